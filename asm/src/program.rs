@@ -1,0 +1,140 @@
+//! A finished program: instructions with resolved jump offsets, plus the names that make
+//! its listing readable (labels, comments) and the symbolic map references still to be
+//! bound to file descriptors.
+
+use crate::encode::{encode, EncodeError};
+use crate::insn::{Imm64, Insn};
+use std::collections::BTreeMap;
+use thiserror::Error;
+
+/// A program as the builder produced it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Program {
+    pub(crate) insns: Vec<Insn>,
+    /// Labels defined at an instruction index.
+    pub(crate) labels: BTreeMap<usize, Vec<String>>,
+    /// Comments printed before an instruction index.
+    pub(crate) comments: BTreeMap<usize, Vec<String>>,
+}
+
+/// Why map references could not be bound.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RelocateError {
+    #[error("instruction {index}: no map named `{name}`")]
+    UnknownMap { index: usize, name: String },
+}
+
+impl Program {
+    /// A program of exactly these instructions, without names.
+    pub fn from_insns(insns: Vec<Insn>) -> Program {
+        Program { insns, labels: BTreeMap::new(), comments: BTreeMap::new() }
+    }
+
+    /// The instructions.
+    pub fn insns(&self) -> &[Insn] {
+        &self.insns
+    }
+
+    /// Number of instructions (an `LD_IMM64` counts once).
+    pub fn len(&self) -> usize {
+        self.insns.len()
+    }
+
+    /// Whether there are no instructions.
+    pub fn is_empty(&self) -> bool {
+        self.insns.is_empty()
+    }
+
+    /// Number of 8-byte slots (what the kernel counts).
+    pub fn slots(&self) -> usize {
+        self.insns.iter().map(Insn::slots).sum()
+    }
+
+    /// Labels by instruction index.
+    pub fn labels(&self) -> &BTreeMap<usize, Vec<String>> {
+        &self.labels
+    }
+
+    /// Comments by instruction index.
+    pub fn comments(&self) -> &BTreeMap<usize, Vec<String>> {
+        &self.comments
+    }
+
+    /// The slot at which each instruction starts, plus one final entry for the end.
+    pub fn slot_starts(&self) -> Vec<usize> {
+        let mut starts = Vec::with_capacity(self.insns.len() + 1);
+        let mut slot = 0;
+        for insn in &self.insns {
+            starts.push(slot);
+            slot += insn.slots();
+        }
+        starts.push(slot);
+        starts
+    }
+
+    /// The names of the maps the program refers to symbolically, sorted and unique.
+    pub fn map_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .insns
+            .iter()
+            .filter_map(|i| match i {
+                Insn::LdImm64 { imm: Imm64::MapRef(n), .. } => Some(n.clone()),
+                Insn::LdImm64 { imm: Imm64::MapValueRef { map, .. }, .. } => Some(map.clone()),
+                _ => None,
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
+    /// Symbolic map references by slot, for ELF relocations: (slot, map name).
+    pub fn map_relocations(&self) -> Vec<(usize, String)> {
+        let starts = self.slot_starts();
+        self.insns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, insn)| match insn {
+                Insn::LdImm64 { imm: Imm64::MapRef(n), .. } => Some((starts[i], n.clone())),
+                Insn::LdImm64 { imm: Imm64::MapValueRef { map, .. }, .. } => Some((starts[i], map.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A copy with every symbolic map reference bound to the file descriptor `resolve`
+    /// gives for its name.
+    pub fn relocate(&self, resolve: impl Fn(&str) -> Option<i32>) -> Result<Program, RelocateError> {
+        let mut out = self.clone();
+        for (index, insn) in out.insns.iter_mut().enumerate() {
+            if let Insn::LdImm64 { imm, .. } = insn {
+                let bound = match imm {
+                    Imm64::MapRef(name) => Imm64::MapFd(
+                        resolve(name)
+                            .ok_or_else(|| RelocateError::UnknownMap { index, name: name.clone() })?,
+                    ),
+                    Imm64::MapValueRef { map, off } => Imm64::MapValue {
+                        fd: resolve(map)
+                            .ok_or_else(|| RelocateError::UnknownMap { index, name: map.clone() })?,
+                        off: *off,
+                    },
+                    _ => continue,
+                };
+                *imm = bound;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The program's bytes. Fails while symbolic map references remain.
+    pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
+        encode(&self.insns)
+    }
+
+    /// The bytes with each symbolic map reference encoded as `BPF_PSEUDO_MAP_FD` with
+    /// immediate 0, as an ELF object carries them before relocation.
+    pub fn encode_unrelocated(&self) -> Result<Vec<u8>, EncodeError> {
+        let zeroed = self.relocate(|_| Some(0)).expect("every name resolves to 0");
+        encode(&zeroed.insns)
+    }
+}

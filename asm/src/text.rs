@@ -1,0 +1,1 @@
+//! The kernel verifier-log text form (in progress).

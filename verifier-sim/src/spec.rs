@@ -1,0 +1,174 @@
+//! What the simulator needs to know about a program's surroundings, shared by the verifier
+//! and the executor: program kinds (and so their context layout and return range), map
+//! specifications, and context field tables.
+//!
+//! Map specs carry sizes only; the meaning of keys and values belongs to the caller (the
+//! `sluice` crate's `maps` module, the one definition of every layout).
+
+use std::fmt;
+
+/// The program types sluice emits, with the hook they run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProgKind {
+    /// `BPF_PROG_TYPE_XDP`; context `struct xdp_md`.
+    Xdp,
+    /// `BPF_PROG_TYPE_SCHED_CLS` (tc, direct action); context `struct __sk_buff`.
+    SchedCls,
+    /// `BPF_PROG_TYPE_SOCK_OPS`; context `struct bpf_sock_ops`.
+    SockOps,
+    /// `BPF_PROG_TYPE_SK_MSG`; context `struct sk_msg_md`.
+    SkMsg,
+}
+
+impl ProgKind {
+    /// The return values a program of this kind may produce, inclusive. Conservative: the
+    /// kernel accepts any value for XDP and tc, but a value outside these ranges is a bug
+    /// in the programs we emit.
+    pub fn return_range(self) -> (i64, i64) {
+        match self {
+            // XDP_ABORTED..=XDP_REDIRECT
+            ProgKind::Xdp => (0, 4),
+            // TC_ACT_UNSPEC (-1)..=TC_ACT_REDIRECT (7)
+            ProgKind::SchedCls => (-1, 7),
+            ProgKind::SockOps => (0, 1),
+            // SK_DROP, SK_PASS
+            ProgKind::SkMsg => (0, 1),
+        }
+    }
+
+    /// Size in bytes of the context structure.
+    pub fn ctx_size(self) -> usize {
+        match self {
+            ProgKind::Xdp => 24,
+            ProgKind::SchedCls => 192,
+            ProgKind::SockOps => 224,
+            ProgKind::SkMsg => 72,
+        }
+    }
+
+    /// The context field at byte offset `off`, if there is one starting there.
+    pub fn ctx_field(self, off: u32) -> Option<&'static CtxField> {
+        let table: &[CtxField] = match self {
+            ProgKind::Xdp => XDP_MD,
+            ProgKind::SchedCls => SK_BUFF,
+            ProgKind::SockOps | ProgKind::SkMsg => &[],
+        };
+        table.iter().find(|f| f.off == off)
+    }
+}
+
+impl fmt::Display for ProgKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ProgKind::Xdp => "xdp",
+            ProgKind::SchedCls => "sched_cls",
+            ProgKind::SockOps => "sock_ops",
+            ProgKind::SkMsg => "sk_msg",
+        })
+    }
+}
+
+/// What reading a context field yields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtxValue {
+    /// A plain number.
+    Scalar,
+    /// Pointer to the first packet byte.
+    PacketStart,
+    /// Pointer one past the last packet byte.
+    PacketEnd,
+    /// Pointer to the packet metadata area (equals `PacketStart` when there is none).
+    PacketMeta,
+}
+
+/// One context field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CtxField {
+    pub name: &'static str,
+    pub off: u32,
+    /// Width in bytes.
+    pub size: u8,
+    pub value: CtxValue,
+    /// Whether programs may write it.
+    pub writable: bool,
+}
+
+const fn field(name: &'static str, off: u32, size: u8, value: CtxValue, writable: bool) -> CtxField {
+    CtxField { name, off, size, value, writable }
+}
+
+use CtxValue::{PacketEnd, PacketMeta, PacketStart, Scalar};
+
+/// `struct xdp_md`.
+pub const XDP_MD: &[CtxField] = &[
+    field("data", 0, 4, PacketStart, false),
+    field("data_end", 4, 4, PacketEnd, false),
+    field("data_meta", 8, 4, PacketMeta, false),
+    field("ingress_ifindex", 12, 4, Scalar, false),
+    field("rx_queue_index", 16, 4, Scalar, false),
+    field("egress_ifindex", 20, 4, Scalar, false),
+];
+
+/// `struct __sk_buff` (the fields tc programs use).
+pub const SK_BUFF: &[CtxField] = &[
+    field("len", 0, 4, Scalar, false),
+    field("pkt_type", 4, 4, Scalar, false),
+    field("mark", 8, 4, Scalar, true),
+    field("queue_mapping", 12, 4, Scalar, true),
+    field("protocol", 16, 4, Scalar, false),
+    field("vlan_present", 20, 4, Scalar, false),
+    field("vlan_tci", 24, 4, Scalar, false),
+    field("vlan_proto", 28, 4, Scalar, false),
+    field("priority", 32, 4, Scalar, true),
+    field("ingress_ifindex", 36, 4, Scalar, false),
+    field("ifindex", 40, 4, Scalar, false),
+    field("tc_index", 44, 4, Scalar, true),
+    field("cb0", 48, 4, Scalar, true),
+    field("cb1", 52, 4, Scalar, true),
+    field("cb2", 56, 4, Scalar, true),
+    field("cb3", 60, 4, Scalar, true),
+    field("cb4", 64, 4, Scalar, true),
+    field("hash", 68, 4, Scalar, false),
+    field("tc_classid", 72, 4, Scalar, true),
+    field("data", 76, 4, PacketStart, false),
+    field("data_end", 80, 4, PacketEnd, false),
+    field("napi_id", 84, 4, Scalar, false),
+    field("data_meta", 140, 4, PacketMeta, false),
+    field("tstamp", 152, 8, Scalar, true),
+    field("wire_len", 160, 4, Scalar, false),
+];
+
+/// Map types the simulator emulates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MapKind {
+    Hash,
+    Array,
+    PerCpuHash,
+    PerCpuArray,
+    LruHash,
+    LruPerCpuHash,
+    /// Key: `u32 prefixlen` (host order) then the address bytes (network order).
+    LpmTrie,
+    /// `max_entries` is the buffer size in bytes; key and value sizes are 0.
+    RingBuf,
+    ProgArray,
+    SockHash,
+}
+
+impl MapKind {
+    /// Whether values are per CPU.
+    pub fn per_cpu(self) -> bool {
+        matches!(self, MapKind::PerCpuHash | MapKind::PerCpuArray | MapKind::LruPerCpuHash)
+    }
+}
+
+/// A map as a program sees it: a name it is referred to by, its type and sizes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MapSpec {
+    pub name: String,
+    pub kind: MapKind,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}

@@ -1,0 +1,130 @@
+//! Code generation: one `sluice_asm::Program` per (object, hook), specialized to the plan.
+//!
+//! Shared emitters live here (Ethernet and VLAN parsing with bounds guards, per-reason
+//! verdict counting); each datapath object has its own module. Generated code is
+//! deterministic: the same input gives byte-identical programs (DESIGN invariant 5).
+//! Register conventions shared by the emitters: `r8` = packet start, `r9` = packet end,
+//! `r7` = the L3 header (cursor), `r6` = the verdict reason at exit.
+
+pub mod prefilter;
+
+use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};
+use thiserror::Error;
+
+/// Why a program could not be generated.
+#[derive(Debug, Error)]
+pub enum CodegenError {
+    #[error("{object}: {source}")]
+    Build {
+        object: &'static str,
+        #[source]
+        source: sluice_asm::BuildError,
+    },
+}
+
+/// Ethertypes, as a little-endian load of the big-endian wire field sees them: comparing
+/// against these saves a byte swap per comparison. sluice runs on little-endian hosts.
+pub mod ethertype {
+    /// The value a `u16` load of the wire bytes of `ethertype` yields.
+    pub const fn wire(ethertype: u16) -> i32 {
+        ethertype.swap_bytes() as i32
+    }
+    pub const IPV4: u16 = 0x0800;
+    pub const IPV6: u16 = 0x86dd;
+    pub const VLAN: u16 = 0x8100;
+    pub const QINQ: u16 = 0x88a8;
+}
+
+/// Ethernet header length.
+pub const ETH_HLEN: i32 = 14;
+/// One 802.1Q / 802.1ad tag.
+pub const VLAN_HLEN: i32 = 4;
+
+/// Labels the Ethernet parser jumps to.
+#[derive(Debug, Clone, Copy)]
+pub struct EthLabels<'a> {
+    pub ipv4: &'a str,
+    pub ipv6: &'a str,
+    pub not_ip: &'a str,
+    pub truncated_ethernet: &'a str,
+    pub truncated_vlan: &'a str,
+    pub vlan_too_deep: &'a str,
+}
+
+/// Load the packet pointers (`r8`, `r9`) from an XDP context in `r1`.
+pub fn emit_xdp_packet_pointers(b: &mut Builder) {
+    b.comment("r8 = data, r9 = data_end");
+    b.load(Size::W, Reg::R8, Reg::R1, 0);
+    b.load(Size::W, Reg::R9, Reg::R1, 4);
+}
+
+/// Parse Ethernet with up to two VLAN tags (802.1Q or 802.1ad, in any order): leaves the
+/// L3 header pointer in `r7` and jumps to the label for the inner ethertype in `r4`.
+/// Every read is guarded against `r9`; each tag depth is its own path, so every offset
+/// stays a constant the kernel verifier tracks exactly.
+pub fn emit_ethernet(b: &mut Builder, l: EthLabels<'_>) {
+    let vlan = [ethertype::wire(ethertype::VLAN), ethertype::wire(ethertype::QINQ)];
+    b.comment("ethernet: 14 bytes");
+    guard(b, Reg::R8, ETH_HLEN, l.truncated_ethernet);
+    b.load(Size::H, Reg::R4, Reg::R8, 12);
+    b.mov(Reg::R7, Reg::R8).add(Reg::R7, ETH_HLEN);
+    for depth in 1..=3 {
+        let next = format!("vlan_{depth}");
+        for tpid in vlan {
+            let target = if depth == 3 { l.vlan_too_deep } else { next.as_str() };
+            b.jmp(JmpCond::Eq, Reg::R4, tpid, target);
+        }
+        b.comment("inner ethertype");
+        b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV4), l.ipv4);
+        b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV6), l.ipv6);
+        b.ja(l.not_ip);
+        if depth < 3 {
+            let tag_end = ETH_HLEN + depth * VLAN_HLEN;
+            b.label(next.as_str()).comment(format!("vlan tag {depth}"));
+            guard(b, Reg::R8, tag_end, l.truncated_vlan);
+            b.load(Size::H, Reg::R4, Reg::R8, (tag_end - 2) as i16);
+            b.add(Reg::R7, VLAN_HLEN);
+        }
+    }
+}
+
+/// `if base + len > data_end goto fail` (uses `r2`).
+pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: &str) {
+    b.mov(Reg::R2, base).add(Reg::R2, len);
+    b.jmp(JmpCond::Gt, Reg::R2, Reg::R9, fail);
+}
+
+/// The shared exit: count the reason in `r6` in the per-CPU array `stats`, then return
+/// `pass` for reasons below `first_drop` and `drop` for the rest.
+pub fn emit_count_and_exit(b: &mut Builder, label: &str, stats: &str, first_drop: i32, pass: i32, drop: i32) {
+    b.label(label).comment(format!("count the reason in {stats}, then return its verdict"));
+    b.store(Size::W, Reg::R10, -4, Reg::R6);
+    b.ld_map(Reg::R1, stats);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
+    b.call(sluice_asm::helpers::MAP_LOOKUP_ELEM);
+    b.jmp(JmpCond::Eq, Reg::R0, 0, "verdict");
+    b.load(Size::DW, Reg::R1, Reg::R0, 0);
+    b.add(Reg::R1, 1);
+    b.store(Size::DW, Reg::R0, 0, Reg::R1);
+    b.label("verdict");
+    b.mov(Reg::R0, pass);
+    b.jmp(JmpCond::Lt, Reg::R6, first_drop, "return");
+    b.mov(Reg::R0, drop);
+    b.label("return").exit();
+}
+
+/// `dst = bswap32(dst)` then keep only the low 32 bits (`be32` already zero-extends).
+pub fn emit_be32(b: &mut Builder, dst: Reg) {
+    b.be(32, dst);
+}
+
+/// `dst = (src >> shift) & mask`, in 32-bit operations so the verifier bounds it.
+pub fn emit_field32(b: &mut Builder, dst: Reg, src: Reg, shift: i32, mask: i32) {
+    b.mov32(dst, src);
+    if shift != 0 {
+        b.alu32(AluOp::Rsh, dst, shift);
+    }
+    if mask != -1 {
+        b.alu32(AluOp::And, dst, mask);
+    }
+}

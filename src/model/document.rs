@@ -1,0 +1,375 @@
+//! The node file's documents: their wire (serde) form and the reader that dispatches on kind.
+//!
+//! Contract of [`read_documents`]:
+//! - The file is a YAML stream; empty documents (only comments, or `null`) are skipped. Every
+//!   other document is a mapping with a `kind`.
+//! - Each document is read in two passes over the same text. The *survey* walks the whole
+//!   document: it rejects a duplicate key in any mapping at that key (serde would let a map
+//!   field keep the last value silently, and reports a duplicate struct field only at the
+//!   mapping), finds `kind`, checks that the kind is known and that at most one `Node` appears.
+//!   The *body* pass then deserializes the document into the wire type for its kind, with
+//!   `deny_unknown_fields` throughout; the wire type checks `apiVersion` for its kind.
+//!   Two passes because `kind` may come after `spec`, and buffering the document in a
+//!   generic value would lose the line and column of every later error.
+//! - Kinds sluice will read (CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice) are
+//!   recognized and rejected at their `kind` as "not supported yet"; adding one means adding its
+//!   wire type and its arm in the dispatch below.
+//! - All errors are serde_yaml errors located at the offending node (line and column relative
+//!   to the whole stream); `super::ModelError::from_yaml` turns them into model errors.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::fmt;
+
+use serde::de::{
+    self, DeserializeSeed, Deserializer, EnumAccess, MapAccess, SeqAccess, VariantAccess, Visitor,
+};
+use serde::Deserialize;
+
+use super::cidr::Cidr;
+use super::de::parse_str_scalar;
+use super::names::check_dns_label;
+
+/// Every document kind sluice recognizes, read now or later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DocumentKind {
+    Node,
+    CiliumNetworkPolicy,
+    NetworkPolicy,
+    Service,
+    EndpointSlice,
+}
+
+impl DocumentKind {
+    const ALL: [DocumentKind; 5] = [
+        DocumentKind::Node,
+        DocumentKind::CiliumNetworkPolicy,
+        DocumentKind::NetworkPolicy,
+        DocumentKind::Service,
+        DocumentKind::EndpointSlice,
+    ];
+
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            DocumentKind::Node => "Node",
+            DocumentKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+            DocumentKind::NetworkPolicy => "NetworkPolicy",
+            DocumentKind::Service => "Service",
+            DocumentKind::EndpointSlice => "EndpointSlice",
+        }
+    }
+
+    /// The `apiVersion` a document of this kind must declare.
+    pub(crate) fn api_version(self) -> &'static str {
+        match self {
+            DocumentKind::Node => "sluice.dev/v1",
+            DocumentKind::CiliumNetworkPolicy => "cilium.io/v2",
+            DocumentKind::NetworkPolicy => "networking.k8s.io/v1",
+            DocumentKind::Service => "v1",
+            DocumentKind::EndpointSlice => "discovery.k8s.io/v1",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<DocumentKind> {
+        DocumentKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// One document of the node file, in wire form.
+#[derive(Debug)]
+pub(crate) enum Document {
+    Node(NodeDocument),
+}
+
+/// `kind: Node`: what only the node knows.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a Node document: a mapping with apiVersion, kind, metadata and spec"
+)]
+pub(crate) struct NodeDocument {
+    #[serde(rename = "apiVersion", deserialize_with = "node_api_version")]
+    _api_version: (),
+    /// Checked by the survey.
+    #[serde(rename = "kind")]
+    _kind: de::IgnoredAny,
+    pub metadata: NodeMetadata,
+    #[serde(default)]
+    pub spec: NodeSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with the node's name")]
+pub(crate) struct NodeMetadata {
+    #[serde(deserialize_with = "dns_label")]
+    pub name: String,
+}
+
+/// `Node.spec`. Later sections (endpoints, devices, encryption, overlay) are added here.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping of node sections such as prefilter")]
+pub(crate) struct NodeSpec {
+    #[serde(default)]
+    pub prefilter: PrefilterSpec,
+}
+
+/// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with a deny list")]
+pub(crate) struct PrefilterSpec {
+    #[serde(default)]
+    pub deny: Vec<Cidr>,
+}
+
+fn node_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::Node)
+}
+
+fn expect_api_version<'de, D: Deserializer<'de>>(
+    deserializer: D,
+    kind: DocumentKind,
+) -> Result<(), D::Error> {
+    parse_str_scalar(deserializer, "an apiVersion string", |found| {
+        if found == kind.api_version() {
+            Ok(())
+        } else {
+            Err(format!("expected {} for kind {}, found `{found}`", kind.api_version(), kind.name()))
+        }
+    })
+}
+
+fn dns_label<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    parse_str_scalar(deserializer, "a name", |name| check_dns_label(name).map(|()| name.to_owned()))
+}
+
+/// Reads every document of `source`, in order.
+pub(crate) fn read_documents(source: &str) -> Result<Vec<Document>, serde_yaml::Error> {
+    // Two iterators over the same stream: one surveys a document, the other then reads it.
+    let surveys = serde_yaml::Deserializer::from_str(source);
+    let bodies = serde_yaml::Deserializer::from_str(source);
+    let mut first_node = None;
+    let mut documents = Vec::new();
+    for (index, (survey, body)) in surveys.zip(bodies).enumerate() {
+        let Some(kind) = Survey { index, first_node }.deserialize(survey)? else {
+            continue;
+        };
+        let document = match kind {
+            DocumentKind::Node => {
+                first_node = Some(index);
+                Document::Node(NodeDocument::deserialize(body)?)
+            }
+            DocumentKind::CiliumNetworkPolicy
+            | DocumentKind::NetworkPolicy
+            | DocumentKind::Service
+            | DocumentKind::EndpointSlice => return Err(not_supported_yet(body)),
+        };
+        documents.push(document);
+    }
+    Ok(documents)
+}
+
+/// The error for a recognized kind that this version does not read, placed at its `kind`.
+fn not_supported_yet(body: serde_yaml::Deserializer<'_>) -> serde_yaml::Error {
+    /// Reading `kind` always fails, so a successful read is impossible by type.
+    #[derive(Deserialize)]
+    struct Unsupported {
+        #[serde(deserialize_with = "reject_kind")]
+        kind: Infallible,
+    }
+    fn reject_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Infallible, D::Error> {
+        parse_str_scalar(deserializer, "a kind", |kind| {
+            Err(format!("{kind} is not supported yet (this version of sluice reads only Node documents)"))
+        })
+    }
+    match Unsupported::deserialize(body) {
+        Err(err) => err,
+        Ok(unsupported) => match unsupported.kind {},
+    }
+}
+
+/// First pass over one document: finds its kind and rejects duplicate keys anywhere in it.
+/// Yields `None` for an empty document.
+struct Survey {
+    /// 0-based position of this document in the stream.
+    index: usize,
+    /// Position of the Node document seen so far, if any.
+    first_node: Option<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for Survey {
+    type Value = Option<DocumentKind>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Survey {
+    type Value = Option<DocumentKind>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a document: a mapping with apiVersion, kind, metadata and spec")
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(SurveyTop(self)).map(Some)
+    }
+}
+
+/// The survey of a document's top-level mapping.
+struct SurveyTop(Survey);
+
+impl<'de> Visitor<'de> for SurveyTop {
+    type Value = DocumentKind;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.expecting(f)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<DocumentKind, A::Error> {
+        let Survey { index, first_node } = self.0;
+        let mut keys = BTreeSet::new();
+        let mut kind = None;
+        while let Some(key) = map.next_key_seed(UniqueKey(&mut keys))? {
+            if key == "kind" {
+                kind = Some(map.next_value_seed(KindSeed { index, first_node })?);
+            } else {
+                map.next_value_seed(NoDuplicateKeys)?;
+            }
+        }
+        kind.ok_or_else(|| de::Error::missing_field("kind"))
+    }
+}
+
+/// Reads `kind`: a known kind, and not a second Node.
+struct KindSeed {
+    index: usize,
+    first_node: Option<usize>,
+}
+
+impl<'de> DeserializeSeed<'de> for KindSeed {
+    type Value = DocumentKind;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<DocumentKind, D::Error> {
+        parse_str_scalar(deserializer, "a kind such as Node", |name| {
+            let kind = DocumentKind::from_name(name).ok_or_else(|| {
+                let known: Vec<&str> = DocumentKind::ALL.iter().map(|k| k.name()).collect();
+                format!("unknown kind `{name}`; expected one of {}", known.join(", "))
+            })?;
+            match (kind, self.first_node) {
+                (DocumentKind::Node, Some(first)) => Err(format!(
+                    "a second Node document (document {} of the file; the first is document {}): \
+                     a node file holds exactly one Node",
+                    self.index + 1,
+                    first + 1
+                )),
+                _ => Ok(kind),
+            }
+        })
+    }
+}
+
+/// Reads a mapping key as its scalar text and rejects it if the mapping already had it.
+/// Comparison is by text, so `1` and `"1"` count as the same key: every key in a node file is a
+/// string, and the stricter reading can only turn an ambiguity into an error.
+struct UniqueKey<'a>(&'a mut BTreeSet<String>);
+
+impl<'de> DeserializeSeed<'de> for UniqueKey<'_> {
+    type Value = String;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<String, D::Error> {
+        parse_str_scalar(deserializer, "a scalar mapping key", |key| {
+            if self.0.insert(key.to_owned()) {
+                Ok(key.to_owned())
+            } else {
+                Err(format!("duplicate key `{key}`"))
+            }
+        })
+    }
+}
+
+/// Walks any value, checking every mapping in it with [`UniqueKey`].
+struct NoDuplicateKeys;
+
+impl<'de> DeserializeSeed<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NoDuplicateKeys {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_i128<E: de::Error>(self, _: i128) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_u128<E: de::Error>(self, _: u128) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        Ok(())
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut keys = BTreeSet::new();
+        while map.next_key_seed(UniqueKey(&mut keys))?.is_some() {
+            map.next_value_seed(NoDuplicateKeys)?;
+        }
+        Ok(())
+    }
+
+    /// A value with a local tag (`!foo value`): serde_yaml presents it as an enum.
+    fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
+        let (de::IgnoredAny, variant) = data.variant()?;
+        variant.newtype_variant_seed(NoDuplicateKeys)
+    }
+}

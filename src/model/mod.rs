@@ -1,0 +1,209 @@
+//! model: the node file, parsed, validated and normalized into a [`NodeConfig`].
+//!
+//! Contract:
+//! - Input is a multi-document YAML stream (see `fixtures/default-node.yaml`). Exactly one
+//!   document is `apiVersion: sluice.dev/v1`, `kind: Node`. Other recognized kinds
+//!   (CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice) are rejected as not supported
+//!   yet; unknown kinds, unknown fields, duplicate keys and invalid values are rejected.
+//! - [`parse_str`] is a total function of its text: it returns a config or the first error,
+//!   never panics, and every error names the file, line and column of the offending node
+//!   ([`ModelError`]).
+//! - Output is normalized so that equivalent spellings give equal configs: CIDRs are held in
+//!   canonical form, and the prefilter deny list is sorted ([`Cidr`]'s order) and deduplicated.
+//!   Overlapping prefixes are kept as written: which lookup serves them is the planner's choice.
+//!
+//! Layout: [`cidr`] (network prefixes), `document` (wire types and the reader that dispatches
+//! on kind), `names` (name rules), [`error`] (located errors), `de` (serde helpers).
+
+pub mod cidr;
+mod de;
+mod document;
+pub mod error;
+mod names;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+pub use cidr::{Cidr, CidrError, Family};
+pub use error::ModelError;
+pub use names::MAX_NAME_LEN;
+
+use document::{Document, NodeDocument};
+
+/// Origin reported in errors from the built-in default node.
+const DEFAULT_NODE_ORIGIN: &str = "fixtures/default-node.yaml";
+
+/// A node's validated, normalized configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// `metadata.name`: a DNS-1123 label.
+    pub name: String,
+    pub prefilter: Prefilter,
+    /// Where the config came from (a path, or the origin given to [`parse_str`]).
+    pub source: String,
+}
+
+/// Sources dropped at the earliest hook, before any other processing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefilter {
+    /// Sorted (IPv4 first, then by address, then by length) and without duplicates.
+    pub deny: Vec<Cidr>,
+}
+
+/// Parses a node file's text. `origin` names it in errors and becomes [`NodeConfig::source`].
+pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
+    let documents = document::read_documents(source).map_err(|err| ModelError::from_yaml(origin, &err))?;
+    // The reader rejects a second Node, so the first one is the only one.
+    let node = documents
+        .into_iter()
+        .map(|document| match document {
+            Document::Node(node) => node,
+        })
+        .next()
+        .ok_or_else(|| {
+            ModelError::at(
+                origin,
+                1,
+                1,
+                "no Node document: a node file holds exactly one document with \
+                 `apiVersion: sluice.dev/v1` and `kind: Node`",
+            )
+        })?;
+    Ok(lower_node(node, origin))
+}
+
+/// Reads and parses the node file at `path`; errors name the path.
+pub fn load_file(path: &Path) -> Result<NodeConfig, ModelError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    parse_str(&text, &path.display().to_string())
+}
+
+/// The built-in default node (`fixtures/default-node.yaml`), used by `sluice demo`.
+pub fn default_node() -> NodeConfig {
+    parse_str(include_str!("../../fixtures/default-node.yaml"), DEFAULT_NODE_ORIGIN)
+        .expect("fixtures/default-node.yaml is valid: tests::default_node_parses checks it")
+}
+
+fn lower_node(node: NodeDocument, origin: &str) -> NodeConfig {
+    let deny: BTreeSet<Cidr> = node.spec.prefilter.deny.into_iter().collect();
+    NodeConfig {
+        name: node.metadata.name,
+        prefilter: Prefilter { deny: deny.into_iter().collect() },
+        source: origin.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_node_parses() {
+        let node = default_node();
+        assert_eq!(node.name, "node-1");
+        assert_eq!(node.source, DEFAULT_NODE_ORIGIN);
+        assert!(!node.prefilter.deny.is_empty());
+    }
+
+    #[test]
+    fn locations_count_from_the_top_of_the_file() {
+        let text = "# comment\n---\n---\napiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\n---\n\napiVersion: v1\nkind: Service\n";
+        let err = parse_str(text, "f.yaml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "f.yaml:11:7: kind: Service is not supported yet (this version of sluice reads only Node documents)"
+        );
+        assert_eq!(err.location(), Some((11, 7)));
+    }
+
+    #[test]
+    fn empty_documents_are_skipped() {
+        let text =
+            "---\n# nothing\n---\n~\n---\napiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\n---\n";
+        let node = parse_str(text, "f.yaml").unwrap();
+        assert_eq!(node.name, "n");
+        assert_eq!(node.prefilter, Prefilter::default());
+    }
+
+    #[test]
+    fn empty_file_has_no_node() {
+        for text in ["", "# only a comment\n", "---\n---\n"] {
+            assert_eq!(
+                parse_str(text, "f.yaml").unwrap_err().to_string(),
+                "f.yaml:1:1: no Node document: a node file holds exactly one document with \
+                 `apiVersion: sluice.dev/v1` and `kind: Node`",
+                "input {text:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn spec_and_prefilter_may_be_omitted_or_empty() {
+        for text in [
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\n",
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {}\n",
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec:\n",
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {prefilter: {}}\n",
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec: {prefilter: {deny: []}}\n",
+        ] {
+            let node = parse_str(text, "f.yaml").unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(node.prefilter.deny.is_empty(), "{text:?}");
+        }
+    }
+
+    /// Random edits of the default node never make the parser panic, and every rejection
+    /// carries a location inside the text.
+    #[test]
+    fn mutated_node_files_never_panic() {
+        const SOURCE: &str = include_str!("../../fixtures/default-node.yaml");
+        const ALPHABET: &[u8] = b" \n\t-:[]{},#&*!|>'\"/.0123456789abcdefkNx";
+        let mut state: u64 = 0x0dd_ba11;
+        let mut next = move || {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            (state >> 33) as usize
+        };
+        for _ in 0..2_000 {
+            let mut bytes = SOURCE.as_bytes().to_vec();
+            for _ in 0..1 + next() % 4 {
+                let at = next() % bytes.len();
+                match next() % 3 {
+                    0 => bytes[at] = ALPHABET[next() % ALPHABET.len()],
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    _ => bytes.insert(at, ALPHABET[next() % ALPHABET.len()]),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            // libyaml may place an error just past the last line.
+            let lines = text.lines().count() + 1;
+            if let Err(err) = parse_str(&text, "m.yaml") {
+                let (line, col) = err.location().expect("content errors are located");
+                assert!(line >= 1 && line <= lines && col >= 1, "{err}\ninput:\n{text}");
+            }
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let depth = 10_000;
+        let text = format!(
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: n}}\nspec: {{x: {}{}}}\n",
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let err = parse_str(&text, "deep.yaml").unwrap_err().to_string();
+        assert!(err.starts_with("deep.yaml:4:"), "{err}");
+    }
+
+    #[test]
+    fn load_file_names_a_missing_path() {
+        let err = load_file(Path::new("fixtures/does-not-exist.yaml")).unwrap_err();
+        assert!(
+            err.to_string().starts_with("fixtures/does-not-exist.yaml: cannot read node file: "),
+            "{err}"
+        );
+        assert_eq!(err.location(), None);
+    }
+}

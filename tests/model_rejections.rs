@@ -1,0 +1,260 @@
+//! Node file rejections and acceptances, as specifications.
+//!
+//! Each rejection case is a file under `fixtures/invalid/` and the exact error it must produce,
+//! location included; every file there must have a case. Positive cases check the shipped
+//! fixtures and that equivalent spellings normalize to equal configs.
+
+use std::path::Path;
+
+use sluice::model::{self, Cidr, ModelError, NodeConfig};
+
+/// (file under fixtures/invalid/, expected error text)
+const REJECTIONS: &[(&str, &str)] = &[
+    (
+        "unknown-top-level-field.yaml",
+        "fixtures/invalid/unknown-top-level-field.yaml:7:1: unknown field `status`, expected one of `apiVersion`, `kind`, `metadata`, `spec`",
+    ),
+    (
+        "unknown-spec-field.yaml",
+        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected `prefilter`",
+    ),
+    (
+        "unknown-prefilter-field.yaml",
+        "fixtures/invalid/unknown-prefilter-field.yaml:9:5: spec.prefilter: unknown field `allow`, expected `deny`",
+    ),
+    (
+        "bad-cidr-syntax.yaml",
+        "fixtures/invalid/bad-cidr-syntax.yaml:10:9: spec.prefilter.deny[1]: `10.0.0` is not an IPv4 or IPv6 address",
+    ),
+    (
+        "prefix-too-long-v4.yaml",
+        "fixtures/invalid/prefix-too-long-v4.yaml:8:9: spec.prefilter.deny[0]: `198.51.100.7/33`: prefix length exceeds 32 for IPv4",
+    ),
+    (
+        "prefix-too-long-v6.yaml",
+        "fixtures/invalid/prefix-too-long-v6.yaml:9:9: spec.prefilter.deny[1]: `2001:db8::1/129`: prefix length exceeds 128 for IPv6",
+    ),
+    (
+        "host-bits.yaml",
+        "fixtures/invalid/host-bits.yaml:8:9: spec.prefilter.deny[1]: 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)",
+    ),
+    (
+        "host-bits-v6.yaml",
+        "fixtures/invalid/host-bits-v6.yaml:6:33: spec.prefilter.deny[1]: fd00:dead::1/32 has host bits set (did you mean fd00:dead::/32?)",
+    ),
+    (
+        "non-string-deny.yaml",
+        "fixtures/invalid/non-string-deny.yaml:9:9: spec.prefilter.deny[1]: invalid type: map, expected a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+    ),
+    (
+        "deny-not-a-list.yaml",
+        "fixtures/invalid/deny-not-a-list.yaml:7:11: spec.prefilter.deny: invalid type: string \"10.0.0.0/8\", expected a sequence",
+    ),
+    (
+        "missing-kind.yaml",
+        "fixtures/invalid/missing-kind.yaml:7:1: missing field `kind`",
+    ),
+    (
+        "unsupported-kind.yaml",
+        "fixtures/invalid/unsupported-kind.yaml:8:7: kind: CiliumNetworkPolicy is not supported yet (this version of sluice reads only Node documents)",
+    ),
+    (
+        "unknown-kind.yaml",
+        "fixtures/invalid/unknown-kind.yaml:2:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice",
+    ),
+    (
+        "wrong-api-version.yaml",
+        "fixtures/invalid/wrong-api-version.yaml:1:13: apiVersion: expected sluice.dev/v1 for kind Node, found `sluice.dev/v2`",
+    ),
+    (
+        "missing-api-version.yaml",
+        "fixtures/invalid/missing-api-version.yaml:1:1: missing field `apiVersion`",
+    ),
+    (
+        "two-nodes.yaml",
+        "fixtures/invalid/two-nodes.yaml:7:7: kind: a second Node document (document 2 of the file; the first is document 1): a node file holds exactly one Node",
+    ),
+    (
+        "no-node.yaml",
+        "fixtures/invalid/no-node.yaml:1:1: no Node document: a node file holds exactly one document with `apiVersion: sluice.dev/v1` and `kind: Node`",
+    ),
+    (
+        "duplicate-key.yaml",
+        "fixtures/invalid/duplicate-key.yaml:5:3: metadata: duplicate key `name`",
+    ),
+    (
+        "duplicate-key-in-list-item.yaml",
+        "fixtures/invalid/duplicate-key-in-list-item.yaml:9:28: spec.prefilter.deny[0]: duplicate key `cidr`",
+    ),
+    (
+        "invalid-name.yaml",
+        "fixtures/invalid/invalid-name.yaml:4:9: metadata.name: `Node_1` contains 'N'; a name holds only lowercase letters, digits and '-'",
+    ),
+    (
+        "missing-name.yaml",
+        "fixtures/invalid/missing-name.yaml:3:11: metadata: missing field `name`",
+    ),
+    (
+        "not-a-mapping.yaml",
+        "fixtures/invalid/not-a-mapping.yaml:1:1: invalid type: sequence, expected a document: a mapping with apiVersion, kind, metadata and spec",
+    ),
+    (
+        "yaml-syntax.yaml",
+        "fixtures/invalid/yaml-syntax.yaml:8:1: did not find expected ',' or ']', while parsing a flow sequence at line 7 column 11",
+    ),
+];
+
+/// Paths are relative to the package root, where cargo runs integration tests, so that the
+/// file names in the messages are stable.
+fn invalid(name: &str) -> String {
+    format!("fixtures/invalid/{name}")
+}
+
+#[test]
+fn invalid_fixtures_are_rejected_with_their_exact_error() {
+    let mut failures = Vec::new();
+    for (name, expected) in REJECTIONS {
+        let path = invalid(name);
+        let actual = match model::load_file(Path::new(&path)) {
+            Ok(config) => format!("accepted: {config:?}"),
+            Err(err) => err.to_string(),
+        };
+        if actual != *expected {
+            failures.push(format!("{path}\n  expected: {expected}\n  actual:   {actual}"));
+        }
+    }
+    assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn every_invalid_fixture_has_a_case() {
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir("fixtures/invalid").expect("fixtures/invalid exists") {
+        let file = entry.expect("readable directory entry").file_name();
+        let file = file.to_string_lossy();
+        if !REJECTIONS.iter().any(|(name, _)| *name == file) {
+            missing.push(file.into_owned());
+        }
+    }
+    assert!(missing.is_empty(), "fixtures without a case: {missing:?}");
+}
+
+#[test]
+fn errors_carry_their_parts() {
+    let err = model::load_file(Path::new(&invalid("host-bits.yaml"))).unwrap_err();
+    match err {
+        ModelError::Invalid { file, line, col, path, message } => {
+            assert_eq!(file, "fixtures/invalid/host-bits.yaml");
+            assert_eq!((line, col), (8, 9));
+            assert_eq!(path.as_deref(), Some("spec.prefilter.deny[1]"));
+            assert_eq!(message, "10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)");
+        }
+        other => panic!("expected ModelError::Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn inline_sources_are_named_by_their_origin() {
+    let err = model::parse_str("kind: Node\nmetadata: {name: n}\n", "<stdin>").unwrap_err();
+    assert_eq!(err.to_string(), "<stdin>:1:1: missing field `apiVersion`");
+}
+
+fn cidrs(list: &[&str]) -> Vec<Cidr> {
+    list.iter().map(|s| s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))).collect()
+}
+
+#[test]
+fn default_node_is_the_fixture() {
+    let node = model::default_node();
+    assert_eq!(node.name, "node-1");
+    assert_eq!(
+        node.prefilter.deny,
+        cidrs(&[
+            "10.13.0.0/16",
+            "192.0.2.0/24",
+            "198.51.100.7/32",
+            "203.0.113.0/24",
+            "2001:db8:bad::/48",
+            "fd00:dead::/32",
+        ])
+    );
+    let loaded = model::load_file(Path::new("fixtures/default-node.yaml")).unwrap();
+    assert_eq!(loaded, node);
+}
+
+#[test]
+fn prefilter_small_has_sorted_mixed_prefixes() {
+    let node = model::load_file(Path::new("fixtures/prefilter-small.yaml")).unwrap();
+    assert_eq!(node.name, "prefilter-small");
+    let deny = &node.prefilter.deny;
+    let v4 = deny.iter().filter(|c| c.v4().is_some()).count();
+    let v6 = deny.iter().filter(|c| c.v6().is_some()).count();
+    assert_eq!((v4, v6), (16, 16));
+    assert!(deny.windows(2).all(|w| w[0] < w[1]), "sorted and unique: {deny:?}");
+    assert!(deny.iter().all(|c| c.len() > 0), "no default route in a prefilter");
+    // Nested prefixes are kept: the planner decides how to look them up.
+    let wide: Cidr = "10.13.0.0/16".parse().unwrap();
+    let host: Cidr = "10.13.7.7/32".parse().unwrap();
+    assert!(deny.contains(&wide) && deny.contains(&host) && wide.contains_cidr(&host));
+}
+
+#[test]
+fn deny_list_is_sorted_and_deduplicated() {
+    let text = "\
+apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  prefilter:
+    deny: ['2001:db8::/32', 10.0.0.0/16, 10.0.0.0/8, 9.0.0.0/8, 10.0.0.0/8, '2001:db8::/32']
+";
+    let node = model::parse_str(text, "dedup.yaml").unwrap();
+    assert_eq!(node.prefilter.deny, cidrs(&["9.0.0.0/8", "10.0.0.0/8", "10.0.0.0/16", "2001:db8::/32"]));
+}
+
+#[test]
+fn equivalent_spellings_give_equal_configs() {
+    let block = "\
+# block style, canonical spellings
+apiVersion: sluice.dev/v1
+kind: Node
+metadata:
+  name: node-1
+spec:
+  prefilter:
+    deny:
+      - 198.51.100.7/32
+      - 2001:db8:bad::/48
+      - 10.13.0.0/16
+";
+    let others = [
+        // Flow style, other order, bare host address, uncompressed upper-case IPv6, a duplicate,
+        // keys in another order.
+        "spec: {prefilter: {deny: ['2001:0DB8:0BAD:0000::/48', 10.13.0.0/16, \"198.51.100.7\", 10.13.0.0/16]}}
+metadata: {name: node-1}
+kind: Node
+apiVersion: sluice.dev/v1
+",
+        // Empty documents around it, comments, anchors.
+        "---
+# nothing here
+---
+apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: node-1}
+spec:
+  prefilter:
+    deny:
+      - &host 198.51.100.7
+      - *host
+      - 10.13.0.0/16
+      - 2001:db8:bad:0::/48
+---
+",
+    ];
+    let expected: NodeConfig = model::parse_str(block, "same.yaml").unwrap();
+    for text in others {
+        let actual = model::parse_str(text, "same.yaml").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(actual, expected, "input:\n{text}");
+    }
+}

@@ -70,9 +70,10 @@ impl LinkType {
 
 impl fmt::Display for LinkType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `pad` so that width and alignment flags apply to the name.
         match self.name() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "LINKTYPE({})", self.0),
+            Some(name) => f.pad(name),
+            None => f.pad(&format!("LINKTYPE({})", self.0)),
         }
     }
 }
@@ -101,49 +102,22 @@ pub enum PcapError {
     #[error("unknown magic number {magic:#010x} at offset 0")]
     BadMagic { magic: u32 },
     #[error("record {index} at offset {offset}: needs {needed} bytes, only {available} left")]
-    Truncated {
-        index: usize,
-        offset: usize,
-        needed: u64,
-        available: usize,
-    },
+    Truncated { index: usize, offset: usize, needed: u64, available: usize },
     #[error("block at offset {offset} (before record {index}): total length {length} {reason}")]
-    BadBlockLength {
-        index: usize,
-        offset: usize,
-        length: u32,
-        reason: &'static str,
-    },
+    BadBlockLength { index: usize, offset: usize, length: u32, reason: &'static str },
     #[error(
         "block at offset {offset} (before record {index}): trailing length {trailer} \
          differs from leading length {length}"
     )]
-    BlockLengthMismatch {
-        index: usize,
-        offset: usize,
-        length: u32,
-        trailer: u32,
-    },
+    BlockLengthMismatch { index: usize, offset: usize, length: u32, trailer: u32 },
     #[error("section header at offset {offset}: bad byte-order magic {magic:#010x}")]
     BadByteOrderMagic { offset: usize, magic: u32 },
     #[error("section header at offset {offset}: unsupported pcapng version {major}.{minor}")]
-    UnsupportedVersion {
-        offset: usize,
-        major: u16,
-        minor: u16,
-    },
+    UnsupportedVersion { offset: usize, major: u16, minor: u16 },
     #[error("record {index} at offset {offset}: interface {interface} is not described in this section")]
-    UnknownInterface {
-        index: usize,
-        offset: usize,
-        interface: u32,
-    },
+    UnknownInterface { index: usize, offset: usize, interface: u32 },
     #[error("block at offset {offset} (before record {index}): {what}")]
-    Malformed {
-        index: usize,
-        offset: usize,
-        what: &'static str,
-    },
+    Malformed { index: usize, offset: usize, what: &'static str },
 }
 
 impl PcapError {
@@ -289,15 +263,8 @@ impl Interface {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Header {
-    Pcap {
-        endian: Endian,
-        nanos: bool,
-        link_type: LinkType,
-        snaplen: u32,
-    },
-    PcapNg {
-        endian: Endian,
-    },
+    Pcap { endian: Endian, nanos: bool, link_type: LinkType, snaplen: u32 },
+    PcapNg { endian: Endian },
 }
 
 /// A parsed capture header over borrowed bytes; [`Capture::packets`] walks the records.
@@ -311,10 +278,7 @@ impl<'a> Capture<'a> {
     /// Reads the file header (pcap) or the first Section Header Block (pcapng).
     pub fn parse(bytes: &'a [u8]) -> Result<Capture<'a>, PcapError> {
         let Some(magic_bytes) = array::<4>(bytes, 0) else {
-            return Err(PcapError::TooShort {
-                len: bytes.len(),
-                need: 4,
-            });
+            return Err(PcapError::TooShort { len: bytes.len(), need: 4 });
         };
         let be = u32::from_be_bytes(magic_bytes);
         let le = u32::from_le_bytes(magic_bytes);
@@ -329,18 +293,10 @@ impl<'a> Capture<'a> {
                 (_, PCAP_MAGIC_NANO) => (Endian::Little, true),
                 _ => return Err(PcapError::BadMagic { magic: be }),
             };
-            let too_short = || PcapError::TooShort {
-                len: bytes.len(),
-                need: PCAP_HEADER_LEN,
-            };
+            let too_short = || PcapError::TooShort { len: bytes.len(), need: PCAP_HEADER_LEN };
             let snaplen = read_u32(bytes, 16, endian).ok_or_else(too_short)?;
             let link = read_u32(bytes, 20, endian).ok_or_else(too_short)?;
-            Header::Pcap {
-                endian,
-                nanos,
-                link_type: LinkType(link & PCAP_LINKTYPE_MASK),
-                snaplen,
-            }
+            Header::Pcap { endian, nanos, link_type: LinkType(link & PCAP_LINKTYPE_MASK), snaplen }
         };
         Ok(Capture { bytes, header })
     }
@@ -376,56 +332,31 @@ impl<'a> Capture<'a> {
 
     /// All packet records, in file order; stops after the first error.
     pub fn packets(&self) -> Packets<'a> {
-        let state = match self.header {
-            Header::Pcap {
-                endian,
-                nanos,
-                link_type,
-                ..
-            } => State::Pcap {
-                endian,
-                nanos,
-                link_type,
-            },
-            Header::PcapNg { endian } => State::PcapNg {
-                endian,
-                interfaces: Vec::new(),
-            },
-        };
-        let offset = match self.header {
-            Header::Pcap { .. } => PCAP_HEADER_LEN,
-            Header::PcapNg { .. } => 0,
+        let (offset, section_endian) = match self.header {
+            Header::Pcap { endian, .. } => (PCAP_HEADER_LEN, endian),
+            // The first Section Header Block is read again, like any later one.
+            Header::PcapNg { endian } => (0, endian),
         };
         Packets {
             bytes: self.bytes,
             offset,
             index: 0,
             done: false,
-            state,
+            header: self.header,
+            section_endian,
+            interfaces: Vec::new(),
         }
     }
 }
 
 /// Validates a Section Header Block at `offset`; returns its byte order and total length.
-fn parse_shb_header(
-    bytes: &[u8],
-    offset: usize,
-    index: usize,
-) -> Result<(Endian, u32), PcapError> {
+fn parse_shb_header(bytes: &[u8], offset: usize, index: usize) -> Result<(Endian, u32), PcapError> {
     let available = bytes.len().saturating_sub(offset);
     if available < NG_SHB_MIN_LEN {
         return Err(if offset == 0 {
-            PcapError::TooShort {
-                len: bytes.len(),
-                need: NG_SHB_MIN_LEN,
-            }
+            PcapError::TooShort { len: bytes.len(), need: NG_SHB_MIN_LEN }
         } else {
-            PcapError::Truncated {
-                index,
-                offset,
-                needed: NG_SHB_MIN_LEN as u64,
-                available,
-            }
+            PcapError::Truncated { index, offset, needed: NG_SHB_MIN_LEN as u64, available }
         });
     }
     // The block type is a palindrome; the byte-order magic decides how to read the rest.
@@ -433,21 +364,12 @@ fn parse_shb_header(
     let endian = match bom {
         Some(NG_BYTE_ORDER_MAGIC) => Endian::Big,
         Some(m) if m.swap_bytes() == NG_BYTE_ORDER_MAGIC => Endian::Little,
-        m => {
-            return Err(PcapError::BadByteOrderMagic {
-                offset,
-                magic: m.unwrap_or(0),
-            })
-        }
+        m => return Err(PcapError::BadByteOrderMagic { offset, magic: m.unwrap_or(0) }),
     };
     let major = read_u16(bytes, offset + 12, endian).unwrap_or(0);
     let minor = read_u16(bytes, offset + 14, endian).unwrap_or(0);
     if major != 1 {
-        return Err(PcapError::UnsupportedVersion {
-            offset,
-            major,
-            minor,
-        });
+        return Err(PcapError::UnsupportedVersion { offset, major, minor });
     }
     let length = read_u32(bytes, offset + 4, endian).unwrap_or(0);
     if (length as usize) < NG_SHB_MIN_LEN {
@@ -461,19 +383,6 @@ fn parse_shb_header(
     Ok((endian, length))
 }
 
-#[derive(Debug, Clone)]
-enum State {
-    Pcap {
-        endian: Endian,
-        nanos: bool,
-        link_type: LinkType,
-    },
-    PcapNg {
-        endian: Endian,
-        interfaces: Vec<Interface>,
-    },
-}
-
 /// Iterator over a capture's packet records; see [`Capture::packets`].
 #[derive(Debug, Clone)]
 pub struct Packets<'a> {
@@ -481,7 +390,11 @@ pub struct Packets<'a> {
     offset: usize,
     index: usize,
     done: bool,
-    state: State,
+    header: Header,
+    /// pcapng: byte order of the current section.
+    section_endian: Endian,
+    /// pcapng: interfaces of the current section, by id.
+    interfaces: Vec<Interface>,
 }
 
 impl<'a> Iterator for Packets<'a> {
@@ -491,13 +404,9 @@ impl<'a> Iterator for Packets<'a> {
         if self.done {
             return None;
         }
-        let item = match self.state {
-            State::Pcap {
-                endian,
-                nanos,
-                link_type,
-            } => self.next_pcap(endian, nanos, link_type),
-            State::PcapNg { .. } => self.next_pcapng(),
+        let item = match self.header {
+            Header::Pcap { endian, nanos, link_type, .. } => self.next_pcap(endian, nanos, link_type),
+            Header::PcapNg { .. } => self.next_pcapng(),
         };
         match item {
             Some(Ok(record)) => {
@@ -529,11 +438,7 @@ impl<'a> Packets<'a> {
     }
 
     fn malformed(&self, what: &'static str) -> PcapError {
-        PcapError::Malformed {
-            index: self.index,
-            offset: self.offset,
-            what,
-        }
+        PcapError::Malformed { index: self.index, offset: self.offset, what }
     }
 
     fn next_pcap(
@@ -555,25 +460,12 @@ impl<'a> Packets<'a> {
             return Some(Err(self.truncated(PCAP_RECORD_HEADER_LEN as u64)));
         };
         let needed = PCAP_RECORD_HEADER_LEN as u64 + u64::from(caplen);
-        let Some(data) = rest.get(PCAP_RECORD_HEADER_LEN..).and_then(|d| d.get(..caplen as usize))
-        else {
+        let Some(data) = rest.get(PCAP_RECORD_HEADER_LEN..).and_then(|d| d.get(..caplen as usize)) else {
             return Some(Err(self.truncated(needed)));
         };
-        let frac_ns = if nanos {
-            u64::from(ts_frac)
-        } else {
-            u64::from(ts_frac).saturating_mul(1_000)
-        };
-        let ts_ns = u64::from(ts_s)
-            .saturating_mul(1_000_000_000)
-            .saturating_add(frac_ns);
-        let record = Record {
-            index: self.index,
-            link_type,
-            ts_ns,
-            data,
-            orig_len,
-        };
+        let frac_ns = if nanos { u64::from(ts_frac) } else { u64::from(ts_frac).saturating_mul(1_000) };
+        let ts_ns = u64::from(ts_s).saturating_mul(1_000_000_000).saturating_add(frac_ns);
+        let record = Record { index: self.index, link_type, ts_ns, data, orig_len };
         self.offset += PCAP_RECORD_HEADER_LEN + data.len();
         Some(Ok(record))
     }
@@ -596,31 +488,19 @@ impl<'a> Packets<'a> {
         if rest.is_empty() {
             return Ok(None);
         }
-        let State::PcapNg {
-            endian: section_endian,
-            ..
-        } = self.state
-        else {
-            return Err(self.malformed("pcapng block read in a classic pcap"));
-        };
         let Some(type_bytes) = array::<4>(rest, 0) else {
             return Err(self.truncated(8));
         };
         let (endian, length) = if u32::from_be_bytes(type_bytes) == NG_SHB {
             parse_shb_header(self.bytes, offset, self.index)?
         } else {
-            match read_u32(rest, 4, section_endian) {
-                Some(len) => (section_endian, len),
+            match read_u32(rest, 4, self.section_endian) {
+                Some(len) => (self.section_endian, len),
                 None => return Err(self.truncated(8)),
             }
         };
         let block_type = endian.u32(type_bytes);
-        let bad_length = |reason| PcapError::BadBlockLength {
-            index: self.index,
-            offset,
-            length,
-            reason,
-        };
+        let bad_length = |reason| PcapError::BadBlockLength { index: self.index, offset, length, reason };
         if length < NG_BLOCK_MIN_LEN {
             return Err(bad_length("is less than 12"));
         }
@@ -633,27 +513,18 @@ impl<'a> Packets<'a> {
         let trailer_at = block.len() - 4;
         let trailer = read_u32(block, trailer_at, endian).unwrap_or(0);
         if trailer != length {
-            return Err(PcapError::BlockLengthMismatch {
-                index: self.index,
-                offset,
-                length,
-                trailer,
-            });
+            return Err(PcapError::BlockLengthMismatch { index: self.index, offset, length, trailer });
         }
         let body = &block[8..trailer_at];
         let record = match block_type {
             NG_SHB => {
-                self.state = State::PcapNg {
-                    endian,
-                    interfaces: Vec::new(),
-                };
+                self.section_endian = endian;
+                self.interfaces.clear();
                 None
             }
             NG_IDB => {
                 let interface = self.parse_idb(body, endian)?;
-                if let State::PcapNg { interfaces, .. } = &mut self.state {
-                    interfaces.push(interface);
-                }
+                self.interfaces.push(interface);
                 None
             }
             NG_EPB | NG_OPB => Some(self.parse_epb(body, endian, block_type == NG_OPB)?),
@@ -665,8 +536,7 @@ impl<'a> Packets<'a> {
     }
 
     fn parse_idb(&self, body: &[u8], endian: Endian) -> Result<Interface, PcapError> {
-        let (Some(link), Some(snaplen)) = (read_u16(body, 0, endian), read_u32(body, 4, endian))
-        else {
+        let (Some(link), Some(snaplen)) = (read_u16(body, 0, endian), read_u32(body, 4, endian)) else {
             return Err(self.malformed("interface description body shorter than 8 bytes"));
         };
         let mut interface = Interface {
@@ -676,8 +546,7 @@ impl<'a> Packets<'a> {
             offset_s: 0,
         };
         for option in Options::new(body.get(8..).unwrap_or_default(), endian) {
-            let (code, value) =
-                option.map_err(|()| self.malformed("interface option overruns the block"))?;
+            let (code, value) = option.map_err(|()| self.malformed("interface option overruns the block"))?;
             match (code, value) {
                 (IF_TSRESOL, &[v]) => interface.resolution = TsResolution::from_option(v),
                 (IF_TSOFFSET, v) => {
@@ -692,31 +561,15 @@ impl<'a> Packets<'a> {
     }
 
     fn interface(&self, id: u32) -> Result<Interface, PcapError> {
-        let found = match &self.state {
-            State::PcapNg { interfaces, .. } => interfaces.get(id as usize).copied(),
-            State::Pcap { .. } => None,
-        };
-        found.ok_or(PcapError::UnknownInterface {
-            index: self.index,
-            offset: self.offset,
-            interface: id,
-        })
+        let found = self.interfaces.get(id as usize).copied();
+        found.ok_or(PcapError::UnknownInterface { index: self.index, offset: self.offset, interface: id })
     }
 
     /// Enhanced Packet Block, or with `obsolete` the Packet Block (type 2), whose 16-bit interface
     /// id is followed by a 16-bit drop count; the rest of the layout is the same.
-    fn parse_epb(
-        &self,
-        body: &'a [u8],
-        endian: Endian,
-        obsolete: bool,
-    ) -> Result<Record<'a>, PcapError> {
+    fn parse_epb(&self, body: &'a [u8], endian: Endian, obsolete: bool) -> Result<Record<'a>, PcapError> {
         let fields = (
-            if obsolete {
-                read_u16(body, 0, endian).map(u32::from)
-            } else {
-                read_u32(body, 0, endian)
-            },
+            if obsolete { read_u16(body, 0, endian).map(u32::from) } else { read_u32(body, 0, endian) },
             read_u32(body, 4, endian),
             read_u32(body, 8, endian),
             read_u32(body, 12, endian),
@@ -772,11 +625,7 @@ struct Options<'a> {
 
 impl<'a> Options<'a> {
     fn new(bytes: &'a [u8], endian: Endian) -> Self {
-        Options {
-            bytes,
-            endian,
-            done: false,
-        }
+        Options { bytes, endian, done: false }
     }
 }
 
@@ -787,10 +636,9 @@ impl<'a> Iterator for Options<'a> {
         if self.done || self.bytes.is_empty() {
             return None;
         }
-        let (Some(code), Some(len)) = (
-            read_u16(self.bytes, 0, self.endian),
-            read_u16(self.bytes, 2, self.endian),
-        ) else {
+        let (Some(code), Some(len)) =
+            (read_u16(self.bytes, 0, self.endian), read_u16(self.bytes, 2, self.endian))
+        else {
             self.done = true;
             return Some(Err(()));
         };

@@ -25,10 +25,7 @@ struct Buf {
 
 impl Buf {
     fn new(e: E) -> Self {
-        Buf {
-            e,
-            bytes: Vec::new(),
-        }
+        Buf { e, bytes: Vec::new() }
     }
     fn u16(mut self, v: u16) -> Self {
         let b = match self.e {
@@ -59,9 +56,7 @@ impl Buf {
         self
     }
     fn pad4(mut self) -> Self {
-        while self.bytes.len() % 4 != 0 {
-            self.bytes.push(0);
-        }
+        self.bytes.resize(self.bytes.len().div_ceil(4) * 4, 0);
         self
     }
 }
@@ -69,21 +64,9 @@ impl Buf {
 /// A classic pcap: `records` are (seconds, fraction, data, original length).
 fn pcap(e: E, nano: bool, linktype: u32, records: &[(u32, u32, &[u8], u32)]) -> Vec<u8> {
     let magic = if nano { 0xa1b2_3c4d } else { 0xa1b2_c3d4 };
-    let mut b = Buf::new(e)
-        .u32(magic)
-        .u16(2)
-        .u16(4)
-        .u32(0)
-        .u32(0)
-        .u32(65535)
-        .u32(linktype);
+    let mut b = Buf::new(e).u32(magic).u16(2).u16(4).u32(0).u32(0).u32(65535).u32(linktype);
     for &(s, frac, data, orig) in records {
-        b = b
-            .u32(s)
-            .u32(frac)
-            .u32(data.len() as u32)
-            .u32(orig)
-            .raw(data);
+        b = b.u32(s).u32(frac).u32(data.len() as u32).u32(orig).raw(data);
     }
     b.bytes
 }
@@ -92,13 +75,7 @@ fn pcap(e: E, nano: bool, linktype: u32, records: &[(u32, u32, &[u8], u32)]) -> 
 fn block(e: E, block_type: u32, body: &[u8]) -> Vec<u8> {
     let padded = body.len().div_ceil(4) * 4;
     let total = (12 + padded) as u32;
-    Buf::new(e)
-        .u32(block_type)
-        .u32(total)
-        .raw(body)
-        .pad4()
-        .u32(total)
-        .bytes
+    Buf::new(e).u32(block_type).u32(total).raw(body).pad4().u32(total).bytes
 }
 
 fn shb(e: E) -> Vec<u8> {
@@ -179,12 +156,7 @@ fn classic_pcap_both_orders_micro_and_nano() {
         (E::Be, true, [1_000_500_000, 1_000_250_000]),
     ];
     for (e, nano, ts) in cases {
-        let bytes = pcap(
-            e,
-            nano,
-            1,
-            &[(1, 500_000, b"abcd", 60), (1, 250_000, b"", 0)],
-        );
+        let bytes = pcap(e, nano, 1, &[(1, 500_000, b"abcd", 60), (1, 250_000, b"", 0)]);
         let capture = Capture::parse(&bytes).unwrap();
         assert_eq!(capture.format(), Format::Pcap);
         assert_eq!(capture.link_type(), Some(LinkType::ETHERNET));
@@ -195,13 +167,7 @@ fn classic_pcap_both_orders_micro_and_nano() {
         assert_eq!(records.len(), 2);
         assert_eq!(
             records[0],
-            Record {
-                index: 0,
-                link_type: LinkType::ETHERNET,
-                ts_ns: ts[0],
-                data: b"abcd",
-                orig_len: 60
-            }
+            Record { index: 0, link_type: LinkType::ETHERNET, ts_ns: ts[0], data: b"abcd", orig_len: 60 }
         );
         assert_eq!((records[1].index, records[1].ts_ns), (1, ts[1]));
         assert!(records[1].data.is_empty());
@@ -225,10 +191,7 @@ fn classic_pcap_header_only_has_no_packets() {
     let (records, err) = drain(&bytes);
     assert!(records.is_empty());
     assert_eq!(err, None);
-    assert_eq!(
-        Capture::parse(&bytes).unwrap().link_type(),
-        Some(LinkType::LINUX_SLL)
-    );
+    assert_eq!(Capture::parse(&bytes).unwrap().link_type(), Some(LinkType::LINUX_SLL));
 }
 
 #[test]
@@ -237,15 +200,7 @@ fn classic_pcap_truncated_record_data() {
     bytes.truncate(bytes.len() - 90);
     let (records, err) = drain(&bytes);
     assert_eq!(records.len(), 1);
-    assert_eq!(
-        err,
-        Some(PcapError::Truncated {
-            index: 1,
-            offset: 24 + 16 + 3,
-            needed: 116,
-            available: 26
-        })
-    );
+    assert_eq!(err, Some(PcapError::Truncated { index: 1, offset: 24 + 16 + 3, needed: 116, available: 26 }));
     let err = err.unwrap();
     assert_eq!((err.index(), err.offset()), (Some(1), Some(43)));
     assert!(err.to_string().contains("record 1 at offset 43"), "{err}");
@@ -257,15 +212,7 @@ fn classic_pcap_truncated_record_header() {
     bytes.truncate(24 + 16 + 3 + 10);
     let (records, err) = drain(&bytes);
     assert_eq!(records.len(), 1);
-    assert!(matches!(
-        err,
-        Some(PcapError::Truncated {
-            index: 1,
-            needed: 16,
-            available: 10,
-            ..
-        })
-    ));
+    assert!(matches!(err, Some(PcapError::Truncated { index: 1, needed: 16, available: 10, .. })));
 }
 
 #[test]
@@ -273,25 +220,12 @@ fn header_errors() {
     let cases: &[(&[u8], PcapError)] = &[
         (b"", PcapError::TooShort { len: 0, need: 4 }),
         (b"\xd4\xc3", PcapError::TooShort { len: 2, need: 4 }),
-        (
-            b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00",
-            PcapError::TooShort { len: 8, need: 24 },
-        ),
-        (
-            b"GIF89a..................",
-            PcapError::BadMagic { magic: 0x4749_4638 },
-        ),
-        (
-            b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00",
-            PcapError::TooShort { len: 8, need: 28 },
-        ),
+        (b"\xd4\xc3\xb2\xa1\x02\x00\x04\x00", PcapError::TooShort { len: 8, need: 24 }),
+        (b"GIF89a..................", PcapError::BadMagic { magic: 0x4749_4638 }),
+        (b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00", PcapError::TooShort { len: 8, need: 28 }),
     ];
     for (bytes, expected) in cases {
-        assert_eq!(
-            Capture::parse(bytes).err().as_ref(),
-            Some(expected),
-            "input {bytes:02x?}"
-        );
+        assert_eq!(Capture::parse(bytes).err().as_ref(), Some(expected), "input {bytes:02x?}");
     }
 }
 
@@ -318,10 +252,8 @@ fn pcapng_both_orders_interfaces_and_packet_blocks() {
         assert_eq!(capture.link_type(), None);
         let (records, err) = drain(&bytes);
         assert_eq!(err, None, "{e:?}");
-        let got: Vec<_> = records
-            .iter()
-            .map(|r| (r.index, r.link_type, r.ts_ns, r.data, r.orig_len))
-            .collect();
+        let got: Vec<_> =
+            records.iter().map(|r| (r.index, r.link_type, r.ts_ns, r.data, r.orig_len)).collect();
         let expected: Vec<(usize, LinkType, u64, &[u8], u32)> = vec![
             (0, LinkType::ETHERNET, 3_000_001_000, b"ether", 64),
             (1, LinkType::RAW, 2_000_000_007, b"raw ip", 6),
@@ -335,12 +267,7 @@ fn pcapng_both_orders_interfaces_and_packet_blocks() {
 #[test]
 fn pcapng_simple_packet_block_uses_interface_zero_and_snaplen() {
     let e = E::Le;
-    let bytes = cat(&[
-        shb(e),
-        idb(e, 1, 4, None),
-        spb(e, 10, b"0123456789"),
-        spb(e, 2, b"ab"),
-    ]);
+    let bytes = cat(&[shb(e), idb(e, 1, 4, None), spb(e, 10, b"0123456789"), spb(e, 2, b"ab")]);
     let (records, err) = drain(&bytes);
     assert_eq!(err, None);
     assert_eq!(records[0].data, b"0123");
@@ -365,17 +292,7 @@ fn pcapng_sections_switch_byte_order_and_reset_interfaces() {
     let (records, err) = drain(&bytes);
     let links: Vec<_> = records.iter().map(|r| r.link_type).collect();
     assert_eq!(links, [LinkType::LINUX_SLL, LinkType::IPV6]);
-    assert!(
-        matches!(
-            err,
-            Some(PcapError::UnknownInterface {
-                index: 2,
-                interface: 1,
-                ..
-            })
-        ),
-        "{err:?}"
-    );
+    assert!(matches!(err, Some(PcapError::UnknownInterface { index: 2, interface: 1, .. })), "{err:?}");
 }
 
 #[test]
@@ -384,14 +301,7 @@ fn pcapng_packet_before_interface_is_an_error() {
         let bytes = cat(&[shb(E::Le), packet]);
         let (records, err) = drain(&bytes);
         assert!(records.is_empty());
-        assert!(matches!(
-            err,
-            Some(PcapError::UnknownInterface {
-                index: 0,
-                offset: 28,
-                interface: 0
-            })
-        ));
+        assert!(matches!(err, Some(PcapError::UnknownInterface { index: 0, offset: 28, interface: 0 })));
     }
 }
 
@@ -428,22 +338,12 @@ fn pcapng_block_length_errors() {
         (
             "below 12",
             with_epb_lengths(8, None),
-            PcapError::BadBlockLength {
-                index: 0,
-                offset: at,
-                length: 8,
-                reason: "is less than 12",
-            },
+            PcapError::BadBlockLength { index: 0, offset: at, length: 8, reason: "is less than 12" },
         ),
         (
             "trailer differs",
             with_epb_lengths(epb_len, Some(epb_len + 4)),
-            PcapError::BlockLengthMismatch {
-                index: 0,
-                offset: at,
-                length: epb_len,
-                trailer: epb_len + 4,
-            },
+            PcapError::BlockLengthMismatch { index: 0, offset: at, length: epb_len, trailer: epb_len + 4 },
         ),
         (
             "past the end",
@@ -459,12 +359,7 @@ fn pcapng_block_length_errors() {
             "shorter than its fields",
             with_epb_lengths(epb_len - 8, Some(epb_len - 8)),
             // The shortened block ends mid-data; its declared trailer is where the data was.
-            PcapError::BlockLengthMismatch {
-                index: 0,
-                offset: at,
-                length: epb_len - 8,
-                trailer: 4,
-            },
+            PcapError::BlockLengthMismatch { index: 0, offset: at, length: epb_len - 8, trailer: 4 },
         ),
     ];
     for (what, bytes, expected) in cases {
@@ -480,16 +375,10 @@ fn pcapng_caplen_beyond_block_is_malformed() {
     let caplen_at = EPB_AT + 8 + 12;
     bytes[caplen_at..caplen_at + 4].copy_from_slice(&9u32.to_be_bytes());
     let (_, err) = drain(&bytes);
-    assert!(
-        matches!(err, Some(PcapError::Malformed { index: 0, offset: EPB_AT, .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, Some(PcapError::Malformed { index: 0, offset: EPB_AT, .. })), "{err:?}");
     let short = cat(&[shb(E::Le), idb(E::Le, 1, 0, None), block(E::Le, 6, &[0; 16])]);
     let (_, err) = drain(&short);
-    assert!(
-        matches!(err, Some(PcapError::Malformed { index: 0, offset: EPB_AT, .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, Some(PcapError::Malformed { index: 0, offset: EPB_AT, .. })), "{err:?}");
 }
 
 #[test]
@@ -498,41 +387,25 @@ fn pcapng_section_header_errors() {
     bad_bom[8..12].copy_from_slice(&0xdead_beefu32.to_be_bytes());
     assert_eq!(
         Capture::parse(&bad_bom).err(),
-        Some(PcapError::BadByteOrderMagic {
-            offset: 0,
-            magic: 0xdead_beef
-        })
+        Some(PcapError::BadByteOrderMagic { offset: 0, magic: 0xdead_beef })
     );
     let mut v2 = shb(E::Be);
     v2[12..14].copy_from_slice(&2u16.to_be_bytes());
     assert_eq!(
         Capture::parse(&v2).err(),
-        Some(PcapError::UnsupportedVersion {
-            offset: 0,
-            major: 2,
-            minor: 0
-        })
+        Some(PcapError::UnsupportedVersion { offset: 0, major: 2, minor: 0 })
     );
     // A second section whose header is cut short.
     let mut two = cat(&[shb(E::Le), shb(E::Be)]);
     two.truncate(28 + 20);
     let (_, err) = drain(&two);
-    assert!(
-        matches!(err, Some(PcapError::Truncated { offset: 28, .. })),
-        "{err:?}"
-    );
+    assert!(matches!(err, Some(PcapError::Truncated { offset: 28, .. })), "{err:?}");
 }
 
 #[test]
 fn pcapng_interface_option_overrun_is_malformed() {
     // if_tsresol claims 8 bytes of value in a 4-byte remainder.
-    let body = Buf::new(E::Le)
-        .u16(1)
-        .u16(0)
-        .u32(0)
-        .u16(9)
-        .u16(8)
-        .raw(&[6, 0, 0, 0]);
+    let body = Buf::new(E::Le).u16(1).u16(0).u32(0).u16(9).u16(8).raw(&[6, 0, 0, 0]);
     let bytes = cat(&[shb(E::Le), block(E::Le, 1, &body.bytes)]);
     let (_, err) = drain(&bytes);
     assert!(matches!(err, Some(PcapError::Malformed { offset: 28, .. })), "{err:?}");
@@ -547,10 +420,7 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 = self.0.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
         self.0 >> 33
     }
     fn below(&mut self, n: usize) -> usize {
@@ -661,14 +531,9 @@ proptest! {
 // The tcpdump test corpus.
 
 fn corpus_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("SLUICE_CORPUS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../../shared/corpus/tcpdump-tests"
-            ))
-        });
+    let dir = std::env::var_os("SLUICE_CORPUS_DIR").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/corpus/tcpdump-tests"))
+    });
     if dir.is_dir() {
         return Some(dir);
     }
@@ -727,10 +592,7 @@ fn tcpdump_corpus_reads_without_panics() {
         let capture = match Capture::parse(bytes) {
             Ok(c) => c,
             Err(e) => {
-                errors
-                    .entry(error_kind(&e))
-                    .or_default()
-                    .push(format!("{name}: {e}"));
+                errors.entry(error_kind(&e)).or_default().push(format!("{name}: {e}"));
                 continue;
             }
         };
@@ -759,18 +621,12 @@ fn tcpdump_corpus_reads_without_panics() {
         }
         match failed {
             None => ok += 1,
-            Some(e) => errors
-                .entry(error_kind(&e))
-                .or_default()
-                .push(format!("{name}: {e}")),
+            Some(e) => errors.entry(error_kind(&e)).or_default().push(format!("{name}: {e}")),
         }
     }
     let failed: usize = errors.values().map(Vec::len).sum();
     println!("corpus {}", dir.display());
-    println!(
-        "files {} (formats {formats:?}): {ok} read cleanly, {failed} ended in an error",
-        files.len()
-    );
+    println!("files {} (formats {formats:?}): {ok} read cleanly, {failed} ended in an error", files.len());
     println!("packets {packets}, captured bytes {bytes_total}");
     println!("link types (files, packets):");
     for (link, (f, p)) in &per_link {
@@ -785,10 +641,7 @@ fn tcpdump_corpus_reads_without_panics() {
     }
     assert_eq!(ok + failed, files.len());
     let ethernet_files = per_link.get(&LinkType::ETHERNET).map_or(0, |e| e.0);
-    assert!(
-        ethernet_files >= 400,
-        "only {ethernet_files} corpus files have Ethernet packets"
-    );
+    assert!(ethernet_files >= 400, "only {ethernet_files} corpus files have Ethernet packets");
 }
 
 #[test]
@@ -804,10 +657,7 @@ fn damaged_corpus_files_never_panic() {
         .collect();
     files.sort_by_key(|(name, b)| (b.len(), name.clone()));
     let pick = |format: Format| {
-        files
-            .iter()
-            .filter(move |(_, b)| Capture::parse(b).map(|c| c.format()) == Ok(format))
-            .take(3)
+        files.iter().filter(move |(_, b)| Capture::parse(b).map(|c| c.format()) == Ok(format)).take(3)
     };
     let chosen: Vec<_> = pick(Format::Pcap).chain(pick(Format::PcapNg)).collect();
     assert!(!chosen.is_empty(), "no small valid corpus files to damage");

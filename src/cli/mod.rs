@@ -1,0 +1,101 @@
+//! The `sluice` command line: each subcommand is a thin shell over the library.
+
+mod commands;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// sluice: a node's networking state compiled to eBPF by Rust code.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Compile the built-in default node, check it in the simulator and (as root) in the
+    /// kernel with golden packets, and print what every packet got.
+    Demo,
+    /// Print each program's listing, or write ELF objects with --out.
+    Compile {
+        /// The node file (multi-document YAML).
+        node: PathBuf,
+        /// Write one ELF object per program into this directory instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Replay a capture through the simulator and print each packet's verdict.
+    Sim {
+        node: PathBuf,
+        /// A pcap or pcapng file.
+        #[arg(long)]
+        pcap: PathBuf,
+        /// Print only the summary.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Create, fill and pin maps and programs (without attaching them).
+    Load {
+        node: PathBuf,
+        #[arg(long, default_value = sluice::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Remove what `load` pinned.
+    Unload {
+        #[arg(long, default_value = sluice::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Change or show the pinned prefilter deny set, live.
+    Prefilter {
+        #[command(subcommand)]
+        op: PrefilterOp,
+        #[arg(long, global = true, default_value = sluice::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Time our programs against the clang-built anchors, in the same run (root).
+    Bench {
+        /// Deny-set sizes per family.
+        #[arg(long, value_delimiter = ',', default_values_t = [16usize, 10_000, 1_000_000])]
+        sizes: Vec<usize>,
+        /// BPF_PROG_TEST_RUN repeat count per measurement.
+        #[arg(long, default_value_t = 1_000_000)]
+        repeat: u32,
+        /// Interleaved rounds per case.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+}
+
+/// `sluice prefilter` operations.
+#[derive(Debug, Subcommand)]
+pub enum PrefilterOp {
+    /// Add prefixes to the deny set.
+    Add { cidrs: Vec<String> },
+    /// Remove prefixes from the deny set.
+    Del { cidrs: Vec<String> },
+    /// List the deny set.
+    List,
+    /// Show the verdict counters.
+    Stats,
+}
+
+/// Run the command line; errors are printed with their whole chain.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match commands::run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("sluice: {e}");
+            let mut source = e.source();
+            while let Some(s) = source {
+                eprintln!("  caused by: {s}");
+                source = s.source();
+            }
+            ExitCode::from(1)
+        }
+    }
+}

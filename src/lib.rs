@@ -1,0 +1,17 @@
+//! sluice: a node's declared networking state compiled to eBPF by Rust code.
+//!
+//! The pipeline (see `DESIGN.md`): [`model`] parses and validates the node file, [`node`]
+//! plans which object runs on which hook, [`codegen`] emits one program per object,
+//! `sluice-verifier-sim` checks and runs it, [`sys`] loads it into the kernel.
+
+pub mod bench;
+pub mod cli;
+pub mod codegen;
+pub mod elf;
+#[path = "../golden/mod.rs"]
+pub mod golden;
+pub mod maps;
+pub mod model;
+pub mod node;
+pub mod packet;
+pub mod sys;

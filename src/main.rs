@@ -1,0 +1,7 @@
+//! The `sluice` command line.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    sluice::cli::main()
+}

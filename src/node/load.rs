@@ -1,0 +1,343 @@
+//! Loading a plan into the kernel: create maps, write their contents, bind map names to
+//! descriptors, load programs (the verifier log next to our listing when the kernel says
+//! no), and pin everything under one directory; and the live operations on what is
+//! pinned there.
+//!
+//! Pin layout under the pin dir (default [`DEFAULT_PIN_DIR`]): `maps/<map>` and
+//! `programs/<program>`. Nothing is pinned until every map is filled and every program
+//! loaded, so a failure leaves no half-loaded node behind (DESIGN invariant 8).
+
+use super::{Object, Plan};
+use crate::maps::prefilter::{self, meta, DenySet, LiveError, LiveState, MapWrites, Prefix};
+use crate::maps::MapDef;
+use crate::sys::{self, Map, MapKind, MapSpec, ProgSpec, ProgType, SysError, Syscall, UpdateFlags};
+use sluice_verifier_sim::spec::{self as sim, ProgKind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Where `sluice load` pins by default.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/sluice";
+
+/// Why loading or a live change failed.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(
+        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log ---\n{log}\n--- our listing ---\n{listing}"
+    )]
+    Rejected { name: String, errno: String, log: String, listing: String },
+    #[error("program `{name}`: {source}")]
+    Relocate {
+        name: String,
+        #[source]
+        source: sluice_asm::RelocateError,
+    },
+    #[error("program `{name}`: {source}")]
+    Encode {
+        name: String,
+        #[source]
+        source: sluice_asm::EncodeError,
+    },
+    #[error("writing map `{map}`: {source}")]
+    Write {
+        map: String,
+        #[source]
+        source: SysError,
+    },
+    #[error("{}: a node is already loaded here (run `sluice unload` first)", .0.display())]
+    AlreadyLoaded(PathBuf),
+    #[error("{}: no sluice node is loaded here (run `sluice load NODE.yaml`)", .0.display())]
+    NotLoaded(PathBuf),
+    #[error("map `{map}` has an unexpected layout: {detail}")]
+    Layout { map: String, detail: String },
+    #[error(transparent)]
+    Live(#[from] LiveError),
+}
+
+/// The kernel map type of a simulator map kind.
+pub fn sys_kind(kind: sim::MapKind) -> MapKind {
+    match kind {
+        sim::MapKind::Hash => MapKind::Hash,
+        sim::MapKind::Array => MapKind::Array,
+        sim::MapKind::PerCpuHash => MapKind::PerCpuHash,
+        sim::MapKind::PerCpuArray => MapKind::PerCpuArray,
+        sim::MapKind::LruHash => MapKind::LruHash,
+        sim::MapKind::LruPerCpuHash => MapKind::LruPerCpuHash,
+        sim::MapKind::LpmTrie => MapKind::LpmTrie,
+        sim::MapKind::RingBuf => MapKind::RingBuf,
+        sim::MapKind::ProgArray => MapKind::ProgArray,
+        sim::MapKind::SockHash => MapKind::SockHash,
+    }
+}
+
+/// The kernel program type of a program kind.
+pub fn prog_type(kind: ProgKind) -> ProgType {
+    match kind {
+        ProgKind::Xdp => ProgType::Xdp,
+        ProgKind::SchedCls => ProgType::SchedCls,
+        ProgKind::SockOps => ProgType::SockOps,
+        ProgKind::SkMsg => ProgType::SkMsg,
+    }
+}
+
+/// The kernel spec of a map definition.
+pub fn sys_spec(def: &MapDef) -> MapSpec {
+    MapSpec::new(def.name, sys_kind(def.kind), def.key_size, def.value_size, def.max_entries)
+        .with_flags(def.flags)
+}
+
+/// Maps and programs held open by this process.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub maps: BTreeMap<&'static str, Map>,
+    pub programs: BTreeMap<&'static str, sys::Program>,
+}
+
+/// Apply writes in order: each map's updates (batched), then its deletes.
+pub fn apply_writes(maps: &BTreeMap<&'static str, Map>, writes: &[MapWrites]) -> Result<(), LoadError> {
+    for w in writes {
+        let map = maps.get(w.map).ok_or_else(|| LoadError::Layout {
+            map: w.map.to_string(),
+            detail: "the plan writes a map it does not define".into(),
+        })?;
+        let wrap = |source| LoadError::Write { map: w.map.to_string(), source };
+        if w.updates() > 0 {
+            map.update_batch(&w.keys, &w.values, w.updates(), UpdateFlags::ANY).map_err(wrap)?;
+        }
+        for key in w.deletes.chunks_exact(w.key_size.max(1)) {
+            map.delete(key).map_err(wrap)?;
+        }
+    }
+    Ok(())
+}
+
+/// Load one object's program against already-created maps.
+pub fn load_program(
+    sys: &Arc<dyn Syscall>,
+    obj: &Object,
+    maps: &BTreeMap<&'static str, Map>,
+) -> Result<sys::Program, LoadError> {
+    use std::os::fd::AsRawFd;
+    let bound = obj
+        .program
+        .relocate(|name| maps.get(name).map(|m| m.fd().as_raw_fd()))
+        .map_err(|source| LoadError::Relocate { name: obj.name.to_string(), source })?;
+    let bytes = bound.encode().map_err(|source| LoadError::Encode { name: obj.name.to_string(), source })?;
+    let spec = ProgSpec::new(obj.name, prog_type(obj.kind), &bytes);
+    sys::Program::load(sys, &spec).map_err(|e| match e {
+        SysError::ProgLoad { name, errno, log } => LoadError::Rejected {
+            name,
+            errno: errno.to_string(),
+            log,
+            listing: sluice_asm::text::listing(&obj.program),
+        },
+        other => LoadError::Sys(other),
+    })
+}
+
+/// Create, fill and load everything in a plan, without pinning.
+pub fn load_plan(sys: &Arc<dyn Syscall>, plan: &Plan) -> Result<Loaded, LoadError> {
+    let mut loaded = Loaded::default();
+    for obj in &plan.objects {
+        for def in &obj.maps {
+            if !loaded.maps.contains_key(def.name) {
+                loaded.maps.insert(def.name, Map::create(sys, &sys_spec(def))?);
+            }
+        }
+        apply_writes(&loaded.maps, &obj.writes)?;
+        let prog = load_program(sys, obj, &loaded.maps)?;
+        loaded.programs.insert(obj.name, prog);
+    }
+    Ok(loaded)
+}
+
+fn maps_dir(dir: &Path) -> PathBuf {
+    dir.join("maps")
+}
+
+fn programs_dir(dir: &Path) -> PathBuf {
+    dir.join("programs")
+}
+
+fn mkdir(path: &Path) -> Result<(), LoadError> {
+    std::fs::create_dir_all(path)
+        .map_err(|source| LoadError::Sys(SysError::Io { op: "mkdir", path: path.to_path_buf(), source }))
+}
+
+/// `sluice load`: load a plan and pin its maps and programs under `dir`.
+pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<Loaded, LoadError> {
+    sys::ensure_bpffs(dir)?;
+    if programs_dir(dir).exists() || maps_dir(dir).exists() {
+        return Err(LoadError::AlreadyLoaded(dir.to_path_buf()));
+    }
+    let loaded = load_plan(sys, plan)?;
+    mkdir(&maps_dir(dir))?;
+    mkdir(&programs_dir(dir))?;
+    let pinned = (|| -> Result<(), LoadError> {
+        for (name, map) in &loaded.maps {
+            map.pin(&maps_dir(dir).join(name))?;
+        }
+        for (name, prog) in &loaded.programs {
+            prog.pin(&programs_dir(dir).join(name))?;
+        }
+        Ok(())
+    })();
+    if let Err(e) = pinned {
+        let _ = unload(dir);
+        return Err(e);
+    }
+    Ok(loaded)
+}
+
+/// `sluice unload`: remove every pin under `dir/maps` and `dir/programs`, then the
+/// directories. Returns the pins removed.
+pub fn unload(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let mut removed = Vec::new();
+    for sub in [programs_dir(dir), maps_dir(dir)] {
+        let entries = match std::fs::read_dir(&sub) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(source) => return Err(LoadError::Sys(SysError::Io { op: "read_dir", path: sub, source })),
+        };
+        let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        paths.sort();
+        for p in paths {
+            sys::unpin(&p)?;
+            removed.push(p);
+        }
+        std::fs::remove_dir(&sub).map_err(|source| SysError::Io { op: "rmdir", path: sub.clone(), source })?;
+    }
+    if removed.is_empty() {
+        return Err(LoadError::NotLoaded(dir.to_path_buf()));
+    }
+    let _ = std::fs::remove_dir(dir);
+    Ok(removed)
+}
+
+/// Open a pinned map and check it has the layout `def` describes (capacity aside).
+pub fn open_pinned_map(sys: &Arc<dyn Syscall>, dir: &Path, def: &MapDef) -> Result<Map, LoadError> {
+    let path = maps_dir(dir).join(def.name);
+    if !path.exists() {
+        return Err(LoadError::NotLoaded(dir.to_path_buf()));
+    }
+    let map = Map::from_pin(sys, &path)?;
+    let want = sys_spec(def);
+    if map.map_type() != want.kind.type_id()
+        || map.key_size() != want.key_size
+        || map.value_size() != want.value_size
+    {
+        return Err(LoadError::Layout {
+            map: def.name.to_string(),
+            detail: format!(
+                "type {} key {} value {}, expected type {} key {} value {}",
+                map.map_type(),
+                map.key_size(),
+                map.value_size(),
+                want.kind.type_id(),
+                want.key_size,
+                want.value_size
+            ),
+        });
+    }
+    Ok(map)
+}
+
+/// The prefilter's pinned maps, opened and checked.
+pub fn open_prefilter(sys: &Arc<dyn Syscall>, dir: &Path) -> Result<BTreeMap<&'static str, Map>, LoadError> {
+    let defs = prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_l2: 1, v6_lpm: 1, cidrs: 1 });
+    let mut maps = BTreeMap::new();
+    for def in &defs {
+        maps.insert(def.name, open_pinned_map(sys, dir, def)?);
+    }
+    Ok(maps)
+}
+
+fn read_l1(map: &Map) -> Result<Vec<u32>, LoadError> {
+    let v = map.lookup(&0u32.to_le_bytes())?.unwrap_or_default();
+    Ok(v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// The deny set in the pinned `pf_cidrs`.
+pub fn prefilter_set(maps: &BTreeMap<&'static str, Map>) -> Result<DenySet, LoadError> {
+    let cidrs = &maps["pf_cidrs"];
+    let mut set = DenySet::default();
+    for key in cidrs.keys() {
+        let key = key?;
+        let p = Prefix::from_cidr_key(&key).ok_or_else(|| LoadError::Layout {
+            map: "pf_cidrs".into(),
+            detail: format!("malformed key {key:02x?}"),
+        })?;
+        set.insert(p);
+    }
+    Ok(set)
+}
+
+/// Everything [`prefilter::live_writes`] needs, read from the pinned maps.
+pub fn prefilter_live_state(maps: &BTreeMap<&'static str, Map>) -> Result<LiveState, LoadError> {
+    let set = prefilter_set(maps)?;
+    let m = maps["pf_meta"].lookup(&0u32.to_le_bytes())?.unwrap_or_default();
+    let word = |at: usize| m.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let mut v6_l2_keys = BTreeSet::new();
+    for k in maps["pf_v6_l2"].keys() {
+        let k = k?;
+        if let Ok(b) = <[u8; 4]>::try_from(k.as_slice()) {
+            v6_l2_keys.insert(u32::from_le_bytes(b));
+        }
+    }
+    let mut v6_lpm = BTreeSet::new();
+    for k in maps["pf_v6_lpm"].keys() {
+        let k = k?;
+        if k.len() == 20 {
+            let len = u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as u8;
+            let mut a = [0u8; 16];
+            a.copy_from_slice(&k[4..]);
+            v6_lpm.insert((u128::from_be_bytes(a), len));
+        }
+    }
+    Ok(LiveState {
+        set,
+        v4_l1: read_l1(&maps["pf_v4_l1"])?,
+        v6_l1: read_l1(&maps["pf_v6_l1"])?,
+        v4_l2_used: word(meta::V4_L2_USED),
+        v4_l3_used: word(meta::V4_L3_USED),
+        v4_l2_cap: maps["pf_v4_l2"].max_entries(),
+        v4_l3_cap: maps["pf_v4_l3"].max_entries(),
+        v6_l2_keys,
+        v6_lpm,
+    })
+}
+
+/// What a live prefilter change did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub added: usize,
+    pub removed: usize,
+    pub total: usize,
+}
+
+/// `sluice prefilter add|del`: change the pinned deny set in place, map updates only.
+pub fn prefilter_change(
+    sys: &Arc<dyn Syscall>,
+    dir: &Path,
+    add: &[Prefix],
+    del: &[Prefix],
+) -> Result<Change, LoadError> {
+    let maps = open_prefilter(sys, dir)?;
+    let state = prefilter_live_state(&maps)?;
+    let mut new = state.set.clone();
+    let added = add.iter().filter(|p| new.insert(**p)).count();
+    let removed = del.iter().filter(|p| new.remove(**p)).count();
+    if cidr_count_exceeds(&maps, &new) {
+        return Err(LiveError::Full { map: "pf_cidrs", capacity: maps["pf_cidrs"].max_entries() }.into());
+    }
+    let writes = prefilter::live_writes(&state, &new)?;
+    apply_writes(&maps, &writes)?;
+    Ok(Change { added, removed, total: new.len() })
+}
+
+fn cidr_count_exceeds(maps: &BTreeMap<&'static str, Map>, set: &DenySet) -> bool {
+    set.len() > maps["pf_cidrs"].max_entries() as usize
+}

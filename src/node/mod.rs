@@ -1,0 +1,80 @@
+//! The plan: which datapath object runs on which hook, with its maps and their initial
+//! contents, as a pure function of the validated node config.
+//!
+//! A plan is what every later stage consumes: the simulator ([`sim`]) and the kernel
+//! loader ([`load`]) both create the plan's maps, apply its writes in order and run or load
+//! its programs, so the two cannot drift apart.
+
+pub mod load;
+pub mod replay;
+pub mod sim;
+
+use crate::codegen::{self, CodegenError};
+use crate::maps::prefilter::{self, Capacity, DenySet, MapWrites, Prefix, Tables};
+use crate::maps::MapDef;
+use crate::model::{Cidr, NodeConfig};
+use sluice_asm::Program;
+use sluice_verifier_sim::spec::ProgKind;
+use std::net::IpAddr;
+
+/// One program with the maps it uses and their initial contents.
+#[derive(Debug, Clone)]
+pub struct Object {
+    /// Program name: kernel-visible, and the pin name under `programs/`.
+    pub name: &'static str,
+    pub kind: ProgKind,
+    pub program: Program,
+    pub maps: Vec<MapDef>,
+    /// Initial map contents, in the order they must be written.
+    pub writes: Vec<MapWrites>,
+}
+
+/// Everything a node runs.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub node: String,
+    pub objects: Vec<Object>,
+}
+
+impl Plan {
+    /// The object with this name.
+    pub fn object(&self, name: &str) -> Option<&Object> {
+        self.objects.iter().find(|o| o.name == name)
+    }
+}
+
+/// The prefilter prefix of a config CIDR.
+pub fn prefix_of(c: &Cidr) -> Prefix {
+    match c.addr() {
+        IpAddr::V4(a) => Prefix::V4 { addr: u32::from(a), len: c.len() },
+        IpAddr::V6(a) => Prefix::V6 { addr: u128::from(a), len: c.len() },
+    }
+}
+
+/// The config CIDR of a prefilter prefix.
+pub fn cidr_of(p: Prefix) -> Cidr {
+    let (addr, len) = match p {
+        Prefix::V4 { addr, len } => (IpAddr::from(std::net::Ipv4Addr::from(addr)), len),
+        Prefix::V6 { addr, len } => (IpAddr::from(std::net::Ipv6Addr::from(addr)), len),
+    };
+    Cidr::new(addr, len).expect("a Prefix always has its host bits clear")
+}
+
+/// The prefilter object for a deny set.
+pub fn prefilter_object(set: &DenySet) -> Result<Object, CodegenError> {
+    let tables = Tables::build(set);
+    let cap = Capacity::for_tables(&tables, set.len());
+    Ok(Object {
+        name: codegen::prefilter::NAME,
+        kind: ProgKind::Xdp,
+        program: codegen::prefilter::generate()?,
+        maps: prefilter::map_defs(cap),
+        writes: prefilter::initial_writes(set, &tables),
+    })
+}
+
+/// Plan a node.
+pub fn plan(cfg: &NodeConfig) -> Result<Plan, CodegenError> {
+    let set = DenySet::new(cfg.prefilter.deny.iter().map(prefix_of));
+    Ok(Plan { node: cfg.name.clone(), objects: vec![prefilter_object(&set)?] })
+}

@@ -6,6 +6,7 @@
 //! as probes for `sluice demo`.
 
 pub mod prefilter;
+pub mod probes;
 
 use crate::node::load::Loaded;
 use crate::node::sim::{SimError, SimNode};

@@ -41,19 +41,19 @@ pub enum Command {
     /// Create, fill and pin maps and programs (without attaching them).
     Load {
         node: PathBuf,
-        #[arg(long, default_value = sluice::node::load::DEFAULT_PIN_DIR)]
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Remove what `load` pinned.
     Unload {
-        #[arg(long, default_value = sluice::node::load::DEFAULT_PIN_DIR)]
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Change or show the pinned prefilter deny set, live.
     Prefilter {
         #[command(subcommand)]
         op: PrefilterOp,
-        #[arg(long, global = true, default_value = sluice::node::load::DEFAULT_PIN_DIR)]
+        #[arg(long, global = true, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
     /// Time our programs against the clang-built anchors, in the same run (root).
@@ -90,11 +90,6 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sluice: {e}");
-            let mut source = e.source();
-            while let Some(s) = source {
-                eprintln!("  caused by: {s}");
-                source = s.source();
-            }
             ExitCode::from(1)
         }
     }

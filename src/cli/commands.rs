@@ -1,0 +1,248 @@
+//! The subcommands' bodies.
+
+use super::{Command, PrefilterOp};
+use crate::maps::prefilter::{DenySet, Prefix, Reason};
+use crate::model::{self, Cidr, ModelError};
+use crate::node::load::{self, LoadError};
+use crate::node::sim::{SimError, SimNode};
+use crate::node::{self, replay, Plan};
+use crate::{golden, sys};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use thiserror::Error;
+
+/// Why a command failed.
+#[derive(Debug, Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Codegen(#[from] crate::codegen::CodegenError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Sim(#[from] SimError),
+    #[error(transparent)]
+    Elf(#[from] crate::elf::ElfError),
+    #[error(transparent)]
+    Sys(#[from] sys::SysError),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{text}`: {source}")]
+    Cidr {
+        text: String,
+        #[source]
+        source: crate::model::CidrError,
+    },
+    #[error("{0}")]
+    Replay(String),
+    #[error("{0}")]
+    Bench(String),
+    #[error("{0} needs root (bpf() and bpffs): {1}")]
+    NeedsKernel(&'static str, String),
+}
+
+type Result<T> = std::result::Result<T, CliError>;
+
+/// Run one command.
+pub fn run(cmd: Command) -> Result<ExitCode> {
+    match cmd {
+        Command::Demo => demo(),
+        Command::Compile { node, out } => compile(&node, out.as_deref()),
+        Command::Sim { node, pcap, quiet } => sim(&node, &pcap, quiet),
+        Command::Load { node, pin_dir } => load_cmd(&node, &pin_dir),
+        Command::Unload { pin_dir } => {
+            kernel("sluice unload")?;
+            let removed = load::unload(&pin_dir)?;
+            println!("unloaded {}: {} pins removed", pin_dir.display(), removed.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir),
+        Command::Bench { sizes, repeat, rounds } => {
+            kernel("sluice bench")?;
+            let opts = crate::bench::BenchOpts { sizes, repeat, rounds, ..crate::bench::BenchOpts::default() };
+            let report = crate::bench::run(&opts).map_err(|e| CliError::Bench(e.to_string()))?;
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn kernel(what: &'static str) -> Result<std::sync::Arc<dyn sys::Syscall>> {
+    sys::kernel_available().map_err(|why| CliError::NeedsKernel(what, why))?;
+    Ok(sys::kernel())
+}
+
+fn plan_file(path: &Path) -> Result<Plan> {
+    let cfg = model::load_file(path)?;
+    Ok(node::plan(&cfg)?)
+}
+
+fn compile(path: &Path, out: Option<&Path>) -> Result<ExitCode> {
+    let plan = plan_file(path)?;
+    match out {
+        None => {
+            for obj in &plan.objects {
+                println!("; program {} ({}), {} instructions", obj.name, obj.kind, obj.program.slots());
+                print!("{}", sluice_asm::text::listing(&obj.program));
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|source| CliError::Io { path: dir.to_path_buf(), source })?;
+            for obj in &plan.objects {
+                let bytes = crate::elf::write_object(obj)?;
+                let file = dir.join(format!("{}.o", obj.name));
+                std::fs::write(&file, bytes).map_err(|source| CliError::Io { path: file.clone(), source })?;
+                println!("wrote {}", file.display());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
+    let plan = plan_file(path)?;
+    let mut node = SimNode::new(&plan)?;
+    let bytes = std::fs::read(pcap).map_err(|source| CliError::Io { path: pcap.to_path_buf(), source })?;
+    let program = crate::codegen::prefilter::NAME;
+    let summary = replay::replay(&mut node, program, &bytes, |v| {
+        if !quiet {
+            println!("{v}");
+        }
+    });
+    match summary {
+        Ok(r) => {
+            print!("{}", replay::describe(&r));
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(CliError::Replay(format!("{}: {e}", pcap.display()))),
+    }
+}
+
+fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
+    let plan = plan_file(path)?;
+    let sys = kernel("sluice load")?;
+    let loaded = load::load_and_pin(&sys, &plan, pin_dir)?;
+    for (name, prog) in &loaded.programs {
+        let s = prog.stats();
+        println!(
+            "program {name}: id {}, {} insns xlated, {} bytes jited, {} insns verified; pinned at {}",
+            prog.id(),
+            s.xlated_prog_len / 8,
+            s.jited_prog_len,
+            s.verified_insns,
+            pin_dir.join("programs").join(name).display()
+        );
+    }
+    for (name, map) in &loaded.maps {
+        println!("map {name}: {} entries max; pinned at {}", map.max_entries(), pin_dir.join("maps").join(name).display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_cidrs(texts: &[String]) -> Result<Vec<Prefix>> {
+    texts
+        .iter()
+        .map(|t| {
+            t.parse::<Cidr>()
+                .map(|c| node::prefix_of(&c))
+                .map_err(|source| CliError::Cidr { text: t.clone(), source })
+        })
+        .collect()
+}
+
+fn prefilter(op: PrefilterOp, pin_dir: &Path) -> Result<ExitCode> {
+    let sys = kernel("sluice prefilter")?;
+    match op {
+        PrefilterOp::Add { cidrs } => {
+            let c = load::prefilter_change(&sys, pin_dir, &parse_cidrs(&cidrs)?, &[])?;
+            println!("added {} prefixes ({} already present); deny set now {}", c.added, cidrs.len() - c.added, c.total);
+        }
+        PrefilterOp::Del { cidrs } => {
+            let c = load::prefilter_change(&sys, pin_dir, &[], &parse_cidrs(&cidrs)?)?;
+            println!("removed {} prefixes ({} not present); deny set now {}", c.removed, cidrs.len() - c.removed, c.total);
+        }
+        PrefilterOp::List => {
+            let maps = load::open_prefilter(&sys, pin_dir)?;
+            for p in load::prefilter_set(&maps)?.prefixes() {
+                println!("{}", node::cidr_of(p));
+            }
+        }
+        PrefilterOp::Stats => {
+            let maps = load::open_prefilter(&sys, pin_dir)?;
+            for r in Reason::ALL {
+                let per_cpu = maps["pf_stats"].lookup_percpu(&(r as u32).to_le_bytes())?.unwrap_or_default();
+                let n: u64 = per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes).sum();
+                println!("{:<20} {:>6} {n}", r.name(), if r.verdict() == 1 { "drop" } else { "pass" });
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Probe frames for a deny set: for every prefix, its first address (denied) and the
+/// address just below it (whatever the set says), plus frames no address decides.
+fn demo_probes(set: &DenySet) -> Vec<golden::Case> {
+    golden::probes::prefilter_probes(set)
+}
+
+fn demo() -> Result<ExitCode> {
+    let cfg = model::default_node();
+    println!("sluice demo: node `{}` ({} deny prefixes), built-in default", cfg.name, cfg.prefilter.deny.len());
+    let plan = node::plan(&cfg)?;
+    let mut sim_node = SimNode::new(&plan)?;
+    for (name, s) in &sim_node.stats {
+        println!("verifier-sim accepted {name}: {} instructions processed", s.processed_insns);
+    }
+    let set = DenySet::new(cfg.prefilter.deny.iter().map(node::prefix_of));
+    let cases = demo_probes(&set);
+    let kernel = match sys::kernel_available() {
+        Ok(()) => {
+            let loaded = load::load_plan(&sys::kernel(), &plan)?;
+            for (name, p) in &loaded.programs {
+                println!("kernel verifier accepted {name}: {} instructions processed", p.stats().verified_insns);
+            }
+            Some(loaded)
+        }
+        Err(why) => {
+            println!("kernel: not available ({why}); running the simulator only");
+            None
+        }
+    };
+    println!("\n{:<44} {:>8} {:>8} {:>8}  result", "packet", "expected", "sim", "kernel");
+    let verdict = |v: u32| match v {
+        1 => "DROP",
+        2 => "PASS",
+        _ => "?",
+    };
+    let mut failures = 0;
+    for case in &cases {
+        let sim = golden::run_sim(&mut sim_node, case)?;
+        let mut ok = golden::check(case, &sim).is_ok();
+        let kern = match &kernel {
+            Some(loaded) => match golden::run_kernel(loaded, case)? {
+                Some(obs) => {
+                    ok &= golden::check(case, &obs).is_ok() && obs == sim;
+                    verdict(obs.verdict)
+                }
+                None => "n/a",
+            },
+            None => "-",
+        };
+        failures += usize::from(!ok);
+        println!(
+            "{:<44} {:>8} {:>8} {:>8}  {}",
+            case.name,
+            verdict(case.verdict),
+            verdict(sim.verdict),
+            kern,
+            if ok { "ok" } else { "MISMATCH" }
+        );
+    }
+    println!("\n{} packets, {} mismatches", cases.len(), failures);
+    Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}

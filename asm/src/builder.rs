@@ -5,7 +5,11 @@
 //! `MachBuffer` shape): a missing or duplicate label, or a jump whose distance does not fit
 //! its offset field, is an error naming the label. Before resolution, two cleanups run:
 //! jumps to an unconditional `goto` are threaded to its final target, and a `goto` to the
-//! very next instruction is removed.
+//! very next instruction is removed. Threading only rewrites jumps (never calls: a call
+//! target starts a subprogram), and a threaded target whose distance would not fit the
+//! jump's offset field falls back to the nearest one along the chain that does.
+//! [`Builder::build_verbatim`] resolves labels without either cleanup, keeping every
+//! instruction where it was pushed.
 
 use crate::insn::{AluOp, CallTarget, Endian, Imm64, Insn, JmpCond, Reg, Size, Src};
 use crate::program::Program;
@@ -83,7 +87,10 @@ impl Builder {
         self
     }
 
-    fn emit_to(&mut self, insn: Insn, target: impl Into<String>) -> &mut Self {
+    /// Push a branch (jump, `may_goto`, local call or `LD_IMM64` of a function) whose
+    /// offset is resolved to `target` when the program is built; building fails with
+    /// [`BuildError::NotAJump`] if `insn` has no offset to resolve.
+    pub fn emit_to(&mut self, insn: Insn, target: impl Into<String>) -> &mut Self {
         self.items.push(Item { insn, target: Some(target.into()) });
         self
     }
@@ -173,8 +180,19 @@ impl Builder {
         self.mov(Reg::R0, value).exit()
     }
 
-    /// Resolve labels and produce the program.
+    /// Resolve labels and produce the program, threading jumps through gotos and removing
+    /// gotos to the next instruction.
     pub fn build(&self) -> Result<Program, BuildError> {
+        self.resolve(true)
+    }
+
+    /// Resolve labels and produce the program with every pushed instruction kept as it is
+    /// (no jump threading, no goto removal), as an assembler reading text must.
+    pub fn build_verbatim(&self) -> Result<Program, BuildError> {
+        self.resolve(false)
+    }
+
+    fn resolve(&self, optimize: bool) -> Result<Program, BuildError> {
         let mut label_at: HashMap<&str, usize> = HashMap::new();
         for (name, at) in &self.labels {
             if let Some(first) = label_at.insert(name, *at) {
@@ -188,24 +206,37 @@ impl Builder {
                 }
             }
         }
-        // Thread jumps through unconditional gotos (bounded: a cycle of gotos stops).
-        let mut targets: Vec<Option<String>> = self.items.iter().map(|i| i.target.clone()).collect();
-        for t in targets.iter_mut().flatten() {
-            for _ in 0..16 {
-                let at = label_at[t.as_str()];
-                match self.items.get(at) {
-                    Some(Item { insn: Insn::Ja { .. }, target: Some(next) }) if next != t => {
-                        *t = next.clone()
+        // Each target's threading chain: the label itself, then the targets of the
+        // unconditional gotos it leads through (bounded; a cycle stops). Calls are never
+        // threaded: their target is where a subprogram starts.
+        let chains: Vec<Vec<&str>> = self
+            .items
+            .iter()
+            .map(|item| {
+                let Some(t) = &item.target else { return Vec::new() };
+                let mut chain = vec![t.as_str()];
+                let threads = matches!(item.insn, Insn::Jmp { .. } | Insn::Ja { .. } | Insn::MayGoto { .. });
+                while optimize && threads && chain.len() <= 16 {
+                    let at = label_at[chain[chain.len() - 1]];
+                    match self.items.get(at) {
+                        Some(Item { insn: Insn::Ja { .. }, target: Some(next) })
+                            if !chain.contains(&next.as_str()) =>
+                        {
+                            chain.push(next)
+                        }
+                        _ => break,
                     }
-                    _ => break,
                 }
-            }
-        }
-        // Drop `goto` to the next instruction; remap label and comment positions.
+                chain
+            })
+            .collect();
+        // Drop `goto` to the next instruction; remap label and comment positions. A jump
+        // that lands on a dropped goto lands where that goto led: the next kept instruction.
         let mut keep = vec![true; self.items.len()];
-        for (i, item) in self.items.iter().enumerate() {
-            if let (Insn::Ja { .. }, Some(t)) = (&item.insn, &targets[i]) {
-                if label_at[t.as_str()] == i + 1 {
+        if optimize {
+            for (i, item) in self.items.iter().enumerate() {
+                // Any step of the chain at the next instruction makes the goto a no-op.
+                if matches!(item.insn, Insn::Ja { .. }) && chains[i].iter().any(|l| label_at[l] == i + 1) {
                     keep[i] = false;
                 }
             }
@@ -234,29 +265,33 @@ impl Builder {
             if !keep[i] {
                 continue;
             }
-            let insn = match &targets[i] {
-                None => item.insn.clone(),
-                Some(t) => {
-                    let me = new_index[i];
-                    let to = new_index[label_at[t.as_str()]];
-                    let distance = slot_of[to] as i64 - slot_of[me] as i64 - 1;
-                    let off = i32::try_from(distance).map_err(|_| BuildError::JumpOutOfRange {
-                        label: t.clone(),
+            let chain = &chains[i];
+            if chain.is_empty() {
+                insns.push(item.insn.clone());
+                continue;
+            }
+            if item.insn.branch_offset().is_none() {
+                return Err(BuildError::NotAJump { index: i });
+            }
+            let me = new_index[i];
+            let distance_to =
+                |label: &str| slot_of[new_index[label_at[label]]] as i64 - slot_of[me] as i64 - 1;
+            // The most threaded target that fits the offset field; the label as written
+            // decides the error when none does.
+            let resolved = chain.iter().rev().find_map(|label| {
+                let off = i32::try_from(distance_to(label)).ok()?;
+                item.insn.with_offset(off)
+            });
+            match resolved {
+                Some(insn) => insns.push(insn),
+                None => {
+                    return Err(BuildError::JumpOutOfRange {
+                        label: chain[0].to_string(),
                         index: i,
-                        distance,
-                    })?;
-                    match item.insn.with_offset(off) {
-                        Some(insn) => insn,
-                        None if item.insn.branch_offset().is_none() => {
-                            return Err(BuildError::NotAJump { index: i })
-                        }
-                        None => {
-                            return Err(BuildError::JumpOutOfRange { label: t.clone(), index: i, distance })
-                        }
-                    }
+                        distance: distance_to(chain[0]),
+                    })
                 }
-            };
-            insns.push(insn);
+            }
         }
         let mut labels: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (name, at) in &self.labels {

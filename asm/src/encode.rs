@@ -373,11 +373,11 @@ pub fn decode_raw(raws: &[RawInsn]) -> Result<Vec<Insn>, EncodeError> {
 
 /// Decode bytes (a multiple of 8) into instructions.
 pub fn decode(bytes: &[u8]) -> Result<Vec<Insn>, EncodeError> {
-    if bytes.len() % 8 != 0 {
+    let chunks = bytes.chunks_exact(8);
+    if !chunks.remainder().is_empty() {
         return Err(EncodeError::Length { len: bytes.len() });
     }
-    let raws: Vec<RawInsn> = bytes
-        .chunks_exact(8)
+    let raws: Vec<RawInsn> = chunks
         .map(|c| {
             let mut b = [0u8; 8];
             b.copy_from_slice(c);

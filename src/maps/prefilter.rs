@@ -182,10 +182,12 @@ impl Capacity {
             u32::try_from(used.saturating_mul(2)).unwrap_or(u32::MAX).max(floor)
         };
         Capacity {
-            v4_l2: room(tables.v4.l2.len(), 256),
-            v4_l3: room(tables.v4.l3.len(), 1024),
-            v6_l2: room(tables.v6.l2.len(), 1024),
-            v6_lpm: room(tables.v6.lpm.len(), 1024),
+            v4_l2: room(tables.v4.l2.len(), 1024),
+            v4_l3: room(tables.v4.l3.len(), 4096),
+            // Hash and trie elements are allocated on use: a generous floor costs nothing,
+            // and one /20 alone expands to 4096 /32 keys.
+            v6_l2: room(tables.v6.l2.len(), 65536),
+            v6_lpm: room(tables.v6.lpm.len(), 65536),
             cidrs: room(cidrs, 4096),
         }
     }
@@ -806,6 +808,9 @@ pub struct LiveState {
     /// The `/32` keys present in `pf_v6_l2` and prefixes in `pf_v6_lpm`.
     pub v6_l2_keys: BTreeSet<u32>,
     pub v6_lpm: BTreeSet<(u128, u8)>,
+    /// Capacities of `pf_v6_l2` and `pf_v6_lpm`.
+    pub v6_l2_cap: u32,
+    pub v6_lpm_cap: u32,
 }
 
 /// Why a live change cannot be applied.
@@ -893,6 +898,15 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
             }
         }
         keep_keys.extend(t.l2.keys().copied());
+    }
+    // New entries are written before stale ones are deleted: both must fit at once.
+    let peak_keys = keep_keys.union(&state.v6_l2_keys).count();
+    if peak_keys > state.v6_l2_cap as usize {
+        return Err(LiveError::Full { map: "pf_v6_l2", capacity: state.v6_l2_cap });
+    }
+    let peak_lpm = keep_lpm.len() + new_lpm.union(&state.v6_lpm).count();
+    if peak_lpm > state.v6_lpm_cap as usize {
+        return Err(LiveError::Full { map: "pf_v6_lpm", capacity: state.v6_lpm_cap });
     }
     for k in &state.v6_l2_keys {
         if b6.contains(&(k >> 16)) && !keep_keys.contains(k) {

@@ -255,17 +255,53 @@ pub fn open_prefilter(sys: &Arc<dyn Syscall>, dir: &Path) -> Result<BTreeMap<&'s
     Ok(maps)
 }
 
-fn read_l1(map: &Map) -> Result<Vec<u32>, LoadError> {
-    let v = map.lookup(&0u32.to_le_bytes())?.unwrap_or_default();
+/// Read access to a map, kernel or simulated, for code that inspects live state.
+pub trait MapView {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LoadError>;
+    /// Every key.
+    fn all_keys(&self) -> Result<Vec<Vec<u8>>, LoadError>;
+    /// `max_entries`.
+    fn capacity(&self) -> u32;
+}
+
+impl MapView for Map {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LoadError> {
+        Ok(self.lookup(key)?)
+    }
+    fn all_keys(&self) -> Result<Vec<Vec<u8>>, LoadError> {
+        Ok(self.keys().collect::<Result<Vec<_>, _>>()?)
+    }
+    fn capacity(&self) -> u32 {
+        self.max_entries()
+    }
+}
+
+impl MapView for sluice_verifier_sim::maps::Map {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, LoadError> {
+        Ok(self.lookup(key).map(<[u8]>::to_vec))
+    }
+    fn all_keys(&self) -> Result<Vec<Vec<u8>>, LoadError> {
+        Ok(self.keys())
+    }
+    fn capacity(&self) -> u32 {
+        self.spec().max_entries
+    }
+}
+
+fn view<'a>(get: &impl Fn(&str) -> Option<&'a dyn MapView>, name: &str) -> Result<&'a dyn MapView, LoadError> {
+    get(name).ok_or_else(|| LoadError::Layout { map: name.to_string(), detail: "missing".into() })
+}
+
+fn read_l1(map: &dyn MapView) -> Result<Vec<u32>, LoadError> {
+    let v = map.get(&0u32.to_le_bytes())?.unwrap_or_default();
     Ok(v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-/// The deny set in the pinned `pf_cidrs`.
-pub fn prefilter_set(maps: &BTreeMap<&'static str, Map>) -> Result<DenySet, LoadError> {
-    let cidrs = &maps["pf_cidrs"];
+/// The deny set in `pf_cidrs`.
+pub fn prefilter_set_of(cidrs: &dyn MapView) -> Result<DenySet, LoadError> {
     let mut set = DenySet::default();
-    for key in cidrs.keys() {
-        let key = key?;
+    for key in cidrs.all_keys()? {
         let p = Prefix::from_cidr_key(&key).ok_or_else(|| LoadError::Layout {
             map: "pf_cidrs".into(),
             detail: format!("malformed key {key:02x?}"),
@@ -275,21 +311,24 @@ pub fn prefilter_set(maps: &BTreeMap<&'static str, Map>) -> Result<DenySet, Load
     Ok(set)
 }
 
-/// Everything [`prefilter::live_writes`] needs, read from the pinned maps.
-pub fn prefilter_live_state(maps: &BTreeMap<&'static str, Map>) -> Result<LiveState, LoadError> {
-    let set = prefilter_set(maps)?;
-    let m = maps["pf_meta"].lookup(&0u32.to_le_bytes())?.unwrap_or_default();
+/// The deny set in the pinned `pf_cidrs`.
+pub fn prefilter_set(maps: &BTreeMap<&'static str, Map>) -> Result<DenySet, LoadError> {
+    prefilter_set_of(&maps["pf_cidrs"])
+}
+
+/// Everything [`prefilter::live_writes`] needs, read from the prefilter's maps.
+pub fn prefilter_live_state_of<'a>(get: impl Fn(&str) -> Option<&'a dyn MapView>) -> Result<LiveState, LoadError> {
+    let set = prefilter_set_of(view(&get, "pf_cidrs")?)?;
+    let m = view(&get, "pf_meta")?.get(&0u32.to_le_bytes())?.unwrap_or_default();
     let word = |at: usize| m.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let mut v6_l2_keys = BTreeSet::new();
-    for k in maps["pf_v6_l2"].keys() {
-        let k = k?;
+    for k in view(&get, "pf_v6_l2")?.all_keys()? {
         if let Ok(b) = <[u8; 4]>::try_from(k.as_slice()) {
             v6_l2_keys.insert(u32::from_le_bytes(b));
         }
     }
     let mut v6_lpm = BTreeSet::new();
-    for k in maps["pf_v6_lpm"].keys() {
-        let k = k?;
+    for k in view(&get, "pf_v6_lpm")?.all_keys()? {
         if k.len() == 20 {
             let len = u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as u8;
             let mut a = [0u8; 16];
@@ -299,15 +338,22 @@ pub fn prefilter_live_state(maps: &BTreeMap<&'static str, Map>) -> Result<LiveSt
     }
     Ok(LiveState {
         set,
-        v4_l1: read_l1(&maps["pf_v4_l1"])?,
-        v6_l1: read_l1(&maps["pf_v6_l1"])?,
+        v4_l1: read_l1(view(&get, "pf_v4_l1")?)?,
+        v6_l1: read_l1(view(&get, "pf_v6_l1")?)?,
         v4_l2_used: word(meta::V4_L2_USED),
         v4_l3_used: word(meta::V4_L3_USED),
-        v4_l2_cap: maps["pf_v4_l2"].max_entries(),
-        v4_l3_cap: maps["pf_v4_l3"].max_entries(),
+        v4_l2_cap: view(&get, "pf_v4_l2")?.capacity(),
+        v4_l3_cap: view(&get, "pf_v4_l3")?.capacity(),
         v6_l2_keys,
         v6_lpm,
+        v6_l2_cap: view(&get, "pf_v6_l2")?.capacity(),
+        v6_lpm_cap: view(&get, "pf_v6_lpm")?.capacity(),
     })
+}
+
+/// [`prefilter_live_state_of`] for pinned kernel maps.
+pub fn prefilter_live_state(maps: &BTreeMap<&'static str, Map>) -> Result<LiveState, LoadError> {
+    prefilter_live_state_of(|name| maps.get(name).map(|m| m as &dyn MapView))
 }
 
 /// What a live prefilter change did.

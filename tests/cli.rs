@@ -1,0 +1,174 @@
+//! The command line, as a user runs it: `compile` (listing and ELF), `sim` on a capture,
+//! rejections of bad input, and, as root, `load` / `prefilter` / `unload` on a private pin
+//! directory with `bpftool prog run` on the pinned program.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().expect("the sluice binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn have(tool: &str) -> bool {
+    Command::new(tool).arg("--version").output().is_ok_and(|o| o.status.success())
+}
+
+fn require_tool(tool: &str, test: &str) -> bool {
+    if have(tool) {
+        return true;
+    }
+    assert!(
+        std::env::var("SLUICE_REQUIRE_KERNEL").as_deref() != Ok("1"),
+        "{test}: {tool} is required (CI installs it)"
+    );
+    eprintln!("skip: {test}: {tool} not installed");
+    false
+}
+
+/// A unique directory removed on drop, also on panic.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(base: &str, tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = PathBuf::from(base).join(format!("sluice-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        TempDir(p)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["unload", "--pin-dir"]).arg(&self.0).output();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn compile_prints_the_listing() {
+    let o = sluice(&["compile", &fixture("default-node.yaml")]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("; program prefilter (xdp)"), "{out}");
+    assert!(out.contains("r8 = *(u32 *)(r1 +0)"), "{out}");
+    assert!(out.contains("exit"), "{out}");
+}
+
+#[test]
+fn compile_rejects_bad_input_with_its_location() {
+    let dir = TempDir::new(&std::env::temp_dir().to_string_lossy(), "badnode");
+    std::fs::create_dir_all(dir.path()).expect("mkdir");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\nspec:\n  prefilter:\n    deny: [10.0.0.1/8]\n",
+    )
+    .expect("write");
+    let o = sluice(&["compile", &file.to_string_lossy()]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("bad.yaml:7:"), "{err}");
+    assert!(err.contains("host bits set"), "{err}");
+}
+
+#[test]
+fn compile_out_writes_elf_that_llvm_objdump_reads() {
+    let dir = TempDir::new(&std::env::temp_dir().to_string_lossy(), "elf");
+    let o = sluice(&["compile", &fixture("default-node.yaml"), "--out", &dir.path().to_string_lossy()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let obj = dir.path().join("prefilter.o");
+    let bytes = std::fs::read(&obj).expect("object written");
+    assert_eq!(&bytes[..4], b"\x7fELF");
+    assert_eq!(u16::from_le_bytes([bytes[18], bytes[19]]), 247, "e_machine is EM_BPF");
+    if !require_tool("llvm-objdump", "compile_out_writes_elf_that_llvm_objdump_reads") {
+        return;
+    }
+    let d = Command::new("llvm-objdump").arg("-dr").arg(&obj).output().expect("llvm-objdump runs");
+    let listing = String::from_utf8_lossy(&d.stdout);
+    assert!(d.status.success(), "{}", text(&d));
+    assert!(listing.contains("<prefilter>:"), "{listing}");
+    assert!(listing.contains("R_BPF_64_64") && listing.contains("pf_stats"), "{listing}");
+    assert!(listing.contains("exit"), "{listing}");
+}
+
+#[test]
+fn sim_replays_a_capture() {
+    let dir = std::env::var("SLUICE_CORPUS_DIR")
+        .unwrap_or_else(|_| format!("{}/../shared/corpus/tcpdump-tests", env!("CARGO_MANIFEST_DIR")));
+    let pcap = format!("{dir}/802.1ad_QinQ.pcap");
+    if !Path::new(&pcap).exists() {
+        assert!(std::env::var("SLUICE_REQUIRE_KERNEL").as_deref() != Ok("1"), "corpus missing at {dir}");
+        eprintln!("skip: corpus not found at {dir}");
+        return;
+    }
+    let o = sluice(&["sim", &fixture("default-node.yaml"), "--pcap", &pcap]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("packets"), "{out}");
+}
+
+#[test]
+fn load_prefilter_and_unload_on_a_private_pin_dir() {
+    if !sluice::sys::require_kernel("load_prefilter_and_unload_on_a_private_pin_dir") {
+        return;
+    }
+    let pins = TempDir::new("/sys/fs/bpf", "cli");
+    let pin = pins.path().to_string_lossy().to_string();
+    let o = sluice(&["load", &fixture("default-node.yaml"), "--pin-dir", &pin]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(pins.path().join("programs/prefilter").exists());
+    let again = sluice(&["load", &fixture("default-node.yaml"), "--pin-dir", &pin]);
+    assert!(!again.status.success() && text(&again).contains("already loaded"), "{}", text(&again));
+
+    let list = |pin: &str| String::from_utf8_lossy(&sluice(&["prefilter", "list", "--pin-dir", pin]).stdout).to_string();
+    assert!(list(&pin).contains("192.0.2.0/24"), "{}", list(&pin));
+
+    // A probe from 198.18.0.9 passes, then drops once its /15 is added, then passes again.
+    let probe = sluice::golden::probes::udp4(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 9)));
+    let pkt = pins.path().with_extension("pkt");
+    std::fs::write(&pkt, &probe).expect("write probe");
+    let run = |pin: &str| -> u32 {
+        let prog = sluice::sys::Program::from_pin(&sluice::sys::kernel(), &Path::new(pin).join("programs/prefilter"))
+            .expect("pinned program opens");
+        prog.test_run(&sluice::sys::TestRunOpts::packet(&probe)).expect("test run").retval
+    };
+    assert_eq!(run(&pin), 2);
+    let o = sluice(&["prefilter", "add", "198.18.0.0/15", "2001:db8:1::/64", "--pin-dir", &pin]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(run(&pin), 1);
+    assert!(list(&pin).contains("198.18.0.0/15"));
+    let o = sluice(&["prefilter", "del", "198.18.0.0/15", "--pin-dir", &pin]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(run(&pin), 2);
+    let bad = sluice(&["prefilter", "add", "10.0.0.1/8", "--pin-dir", &pin]);
+    assert!(!bad.status.success() && text(&bad).contains("host bits"), "{}", text(&bad));
+
+    if require_tool("bpftool", "load_prefilter_and_unload_on_a_private_pin_dir") {
+        let o = Command::new("bpftool")
+            .args(["prog", "run", "pinned"])
+            .arg(pins.path().join("programs/prefilter"))
+            .arg("data_in")
+            .arg(&pkt)
+            .output()
+            .expect("bpftool runs");
+        assert!(text(&o).contains("Return value: 2"), "{}", text(&o));
+    }
+    let _ = std::fs::remove_file(&pkt);
+    let stats = sluice(&["prefilter", "stats", "--pin-dir", &pin]);
+    assert!(String::from_utf8_lossy(&stats.stdout).contains("deny_v4"), "{}", text(&stats));
+
+    let o = sluice(&["unload", "--pin-dir", &pin]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!pins.path().exists(), "unload leaves nothing behind");
+}

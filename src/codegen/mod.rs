@@ -60,32 +60,44 @@ pub fn emit_xdp_packet_pointers(b: &mut Builder) {
 
 /// Parse Ethernet with up to two VLAN tags (802.1Q or 802.1ad, in any order): leaves the
 /// L3 header pointer in `r7` and jumps to the label for the inner ethertype in `r4`.
-/// Every read is guarded against `r9`; each tag depth is its own path, so every offset
-/// stays a constant the kernel verifier tracks exactly.
+///
+/// Every read is guarded against `r9`. Untagged frames take a straight path with constant
+/// offsets. Tagged frames share one path: whether a second tag follows is computed without
+/// a branch (`r5 = 4` or `0`) and added to the cursor, so the kernel verifier walks the IP
+/// parsers twice (untagged, tagged) instead of once per tag depth.
 pub fn emit_ethernet(b: &mut Builder, l: EthLabels<'_>) {
-    let vlan = [ethertype::wire(ethertype::VLAN), ethertype::wire(ethertype::QINQ)];
+    let tpids = [ethertype::wire(ethertype::VLAN), ethertype::wire(ethertype::QINQ)];
     b.comment("ethernet: 14 bytes");
     guard(b, Reg::R8, ETH_HLEN, l.truncated_ethernet);
     b.load(Size::H, Reg::R4, Reg::R8, 12);
     b.mov(Reg::R7, Reg::R8).add(Reg::R7, ETH_HLEN);
-    for depth in 1..=3 {
-        let next = format!("vlan_{depth}");
-        for tpid in vlan {
-            let target = if depth == 3 { l.vlan_too_deep } else { next.as_str() };
-            b.jmp(JmpCond::Eq, Reg::R4, tpid, target);
-        }
-        b.comment("inner ethertype");
-        b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV4), l.ipv4);
-        b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV6), l.ipv6);
-        b.ja(l.not_ip);
-        if depth < 3 {
-            let tag_end = ETH_HLEN + depth * VLAN_HLEN;
-            b.label(next.as_str()).comment(format!("vlan tag {depth}"));
-            guard(b, Reg::R8, tag_end, l.truncated_vlan);
-            b.load(Size::H, Reg::R4, Reg::R8, (tag_end - 2) as i16);
-            b.add(Reg::R7, VLAN_HLEN);
-        }
+    for tpid in tpids {
+        b.jmp(JmpCond::Eq, Reg::R4, tpid, "vlan");
     }
+    emit_l3_dispatch(b, &l);
+    b.label("vlan").comment("first vlan tag");
+    guard(b, Reg::R8, ETH_HLEN + VLAN_HLEN, l.truncated_vlan);
+    b.load(Size::H, Reg::R4, Reg::R8, (ETH_HLEN + VLAN_HLEN - 2) as i16);
+    b.comment("r5 = 4 if a second tag follows, else 0 (no branch: one verifier path)");
+    for (i, tpid) in tpids.into_iter().enumerate() {
+        let r = if i == 0 { Reg::R5 } else { Reg::R3 };
+        b.mov(r, Reg::R4).alu(AluOp::Xor, r, tpid).alu(AluOp::Sub, r, 1).alu(AluOp::Rsh, r, 63);
+    }
+    b.alu(AluOp::Or, Reg::R5, Reg::R3).alu(AluOp::Lsh, Reg::R5, 2);
+    b.mov(Reg::R7, Reg::R8).add(Reg::R7, Reg::R5).add(Reg::R7, ETH_HLEN + VLAN_HLEN);
+    b.jmp(JmpCond::Gt, Reg::R7, Reg::R9, l.truncated_vlan);
+    b.load(Size::H, Reg::R4, Reg::R7, -2);
+    for tpid in tpids {
+        b.jmp(JmpCond::Eq, Reg::R4, tpid, l.vlan_too_deep);
+    }
+    emit_l3_dispatch(b, &l);
+}
+
+fn emit_l3_dispatch(b: &mut Builder, l: &EthLabels<'_>) {
+    b.comment("inner ethertype");
+    b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV4), l.ipv4);
+    b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV6), l.ipv6);
+    b.ja(l.not_ip);
 }
 
 /// `if base + len > data_end goto fail` (uses `r2`).
@@ -95,22 +107,27 @@ pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: &str) {
 }
 
 /// The shared exit: count the reason in `r6` in the per-CPU array `stats`, then return
-/// `pass` for reasons below `first_drop` and `drop` for the rest.
-pub fn emit_count_and_exit(b: &mut Builder, label: &str, stats: &str, first_drop: i32, pass: i32, drop: i32) {
-    b.label(label).comment(format!("count the reason in {stats}, then return its verdict"));
+/// the verdict in `r7`. Neither value steers a branch or a pointer here, so the kernel
+/// verifier keeps them imprecise and prunes every path that reaches this block after the
+/// first: the block is verified once, not once per verdict site.
+pub fn emit_count_and_exit(b: &mut Builder, label: &str, stats: &str) {
+    b.label(label).comment(format!("count the reason (r6) in {stats}, return the verdict (r7)"));
     b.store(Size::W, Reg::R10, -4, Reg::R6);
     b.ld_map(Reg::R1, stats);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
     b.call(sluice_asm::helpers::MAP_LOOKUP_ELEM);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "verdict");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, "return");
     b.load(Size::DW, Reg::R1, Reg::R0, 0);
     b.add(Reg::R1, 1);
     b.store(Size::DW, Reg::R0, 0, Reg::R1);
-    b.label("verdict");
-    b.mov(Reg::R0, pass);
-    b.jmp(JmpCond::Lt, Reg::R6, first_drop, "return");
-    b.mov(Reg::R0, drop);
-    b.label("return").exit();
+    b.label("return");
+    b.mov(Reg::R0, Reg::R7).exit();
+}
+
+/// A verdict site: `r6 = reason; r7 = verdict; goto exit`.
+pub fn emit_verdict(b: &mut Builder, label: &str, reason: i32, verdict: i32, exit: &str) {
+    b.label(label).comment(format!("verdict: {label}"));
+    b.mov(Reg::R6, reason).mov(Reg::R7, verdict).ja(exit);
 }
 
 /// `dst = bswap32(dst)` then keep only the low 32 bits (`be32` already zero-extends).

@@ -7,19 +7,14 @@
 //! present) or IPv6 (the fixed header; extension headers do not move the source address).
 //! Every verdict is counted per [`Reason`] in `pf_stats`.
 
-use super::{emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_xdp_packet_pointers, guard};
+use super::{emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_verdict, emit_xdp_packet_pointers, guard};
 use super::{CodegenError, EthLabels};
 use crate::maps::prefilter::{bucket, Reason, BUCKET_DENY_ALL, BUCKET_LPM, CHILD, DENY, PASS, V6_LIST, V6_LPM};
-use crate::maps::prefilter::{XDP_DROP, XDP_PASS};
 use sluice_asm::helpers::MAP_LOOKUP_ELEM;
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 
 /// The program's name (kernel-visible and pin name).
 pub const NAME: &str = "prefilter";
-
-/// Reasons below this index pass; the rest drop (checked by a unit test against
-/// [`Reason::verdict`]).
-const FIRST_DROP: i32 = Reason::DenyV4 as i32;
 
 fn label(r: Reason) -> &'static str {
     r.name()
@@ -43,10 +38,9 @@ pub fn generate() -> Result<Program, CodegenError> {
     emit_ipv4(&mut b);
     emit_ipv6(&mut b);
     for r in Reason::ALL {
-        b.label(label(r)).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).ja("count");
+        emit_verdict(&mut b, label(r), r as i32, r.verdict(), "count");
     }
-    emit_count_and_exit(&mut b, "count", "pf_stats", FIRST_DROP, XDP_PASS, XDP_DROP);
+    emit_count_and_exit(&mut b, "count", "pf_stats");
     b.build().map_err(|source| CodegenError::Build { object: NAME, source })
 }
 
@@ -175,14 +169,6 @@ fn emit_ipv6(b: &mut Builder) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reason_order_matches_verdicts() {
-        for r in Reason::ALL {
-            let by_index = if (r as i32) < FIRST_DROP { XDP_PASS } else { XDP_DROP };
-            assert_eq!(r.verdict(), by_index, "{r:?}");
-        }
-    }
 
     #[test]
     fn generation_is_deterministic() {

@@ -477,13 +477,11 @@ fn split_cidrs(w: &MapWrites) -> [MapWrites; 2] {
     let empty =
         || MapWrites { map: w.map, key_size: w.key_size, value_size: w.value_size, ..Default::default() };
     let mut out = [empty(), empty()];
-    let family = |k: &[u8]| usize::from(k[cidr_key::FAMILY] != 4);
+    // `pf_cidrs` is an array of records: the family is in the value.
+    let family = |record: &[u8]| usize::from(record[cidr_key::FAMILY] != 4);
     let ks = w.key_size.max(1);
     for (k, v) in w.keys.chunks_exact(ks).zip(w.values.chunks_exact(w.value_size.max(1))) {
-        out[family(k)].put(k, v);
-    }
-    for k in w.deletes.chunks_exact(ks) {
-        out[family(k)].delete(k);
+        out[family(v)].put(k, v);
     }
     out
 }

@@ -4,8 +4,9 @@
 //! Labels are resolved in [`Builder::build`], in one pass over slot positions (cranelift's
 //! `MachBuffer` shape): a missing or duplicate label, or a jump whose distance does not fit
 //! its offset field, is an error naming the label. Before resolution, two cleanups run:
-//! jumps to an unconditional `goto` are threaded to its final target, and a `goto` to the
-//! very next instruction is removed. Threading only rewrites jumps (never calls: a call
+//! jumps to an unconditional `goto` are threaded to its final target, a `goto` to the
+//! very next instruction is removed, and so is a `goto` that threading left unreachable.
+//! Threading only rewrites jumps (never calls: a call
 //! target starts a subprogram), and a threaded target whose distance would not fit the
 //! jump's offset field falls back to the nearest one along the chain that does.
 //! [`Builder::build_verbatim`] resolves labels without either cleanup, keeping every
@@ -241,6 +242,41 @@ impl Builder {
                 }
             }
         }
+        // Drop `goto`s that threading left unreachable: nothing falls into them and no kept
+        // jump lands on them (the kernel rejects unreachable instructions).
+        let mut unreachable = vec![false; self.items.len()];
+        if optimize {
+            loop {
+                let landing = |at: usize, keep: &[bool]| (at..keep.len()).find(|&k| keep[k]);
+                let mut targeted = vec![false; self.items.len()];
+                // A threaded jump lands at the end of its chain (resolution checks that it
+                // does not fall back to a goto removed here).
+                for (j, chain) in chains.iter().enumerate() {
+                    if let (true, Some(l)) = (keep[j], chain.last()) {
+                        if let Some(k) = landing(label_at[l], &keep) {
+                            targeted[k] = true;
+                        }
+                    }
+                }
+                let mut changed = false;
+                let mut prev_falls = true;
+                for (i, item) in self.items.iter().enumerate() {
+                    if !keep[i] {
+                        continue;
+                    }
+                    if matches!(item.insn, Insn::Ja { .. }) && !prev_falls && !targeted[i] {
+                        keep[i] = false;
+                        unreachable[i] = true;
+                        changed = true;
+                        continue;
+                    }
+                    prev_falls = item.insn.falls_through();
+                }
+                if !changed {
+                    break;
+                }
+            }
+        }
         let mut new_index = Vec::with_capacity(self.items.len() + 1);
         let mut n = 0;
         for k in &keep {
@@ -278,7 +314,10 @@ impl Builder {
                 |label: &str| slot_of[new_index[label_at[label]]] as i64 - slot_of[me] as i64 - 1;
             // The most threaded target that fits the offset field; the label as written
             // decides the error when none does.
-            let resolved = chain.iter().rev().find_map(|label| {
+            let resolved = chain.iter().rev().enumerate().find_map(|(back, label)| {
+                if back > 0 && unreachable[label_at[label]] {
+                    return None;
+                }
                 let off = i32::try_from(distance_to(label)).ok()?;
                 item.insn.with_offset(off)
             });

@@ -124,11 +124,11 @@ fn jumps_thread_through_gotos() {
     let p = b.build().expect("builds");
     assert_eq!(
         p.insns(),
+        // The goto at 3 is unreachable once the jump is threaded past it: dropped.
         [
-            jeq(Reg::R1, 0, 6),
+            jeq(Reg::R1, 0, 5),
             Insn::mov64(Reg::R0, 1),
             Insn::Exit,
-            goto(3),
             Insn::mov64(Reg::R0, 5),
             goto(1),
             Insn::mov64(Reg::R0, 6),

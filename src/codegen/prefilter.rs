@@ -7,9 +7,13 @@
 //! present) or IPv6 (the fixed header; extension headers do not move the source address).
 //! Every verdict is counted per [`Reason`] in `pf_stats`.
 
-use super::{emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_verdict, emit_xdp_packet_pointers, guard};
+use super::{
+    emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_verdict, emit_xdp_packet_pointers,
+    guard,
+};
 use super::{CodegenError, EthLabels};
-use crate::maps::prefilter::{bucket, Reason, BUCKET_DENY_ALL, BUCKET_LPM, CHILD, DENY, PASS, V6_LIST, V6_LPM};
+use crate::maps::prefilter::{meta, slot, Reason, CHILD, DENY, PASS, V6_LPM};
+use crate::maps::prefilter::{SLOT_DENY_ALL, SLOT_EMPTY, SLOT_LPM, V6_HASH_MUL, V6_SLOTS};
 use sluice_asm::helpers::MAP_LOOKUP_ELEM;
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 
@@ -99,8 +103,8 @@ fn emit_ipv4(b: &mut Builder) {
     b.ja(pass);
 }
 
-/// IPv6: check the fixed header, then the /16 array, the /32 hash with its inline list,
-/// and the LPM trie for what overflows.
+/// IPv6: check the fixed header, then the /16 array, the /32 cuckoo table with its inline
+/// prefix, and the LPM trie for what overflows.
 fn emit_ipv6(b: &mut Builder) {
     let (pass, deny) = (label(Reason::PassV6), label(Reason::DenyV6));
     b.label("ipv6").comment("ipv6: fixed header, version");
@@ -120,16 +124,42 @@ fn emit_ipv6(b: &mut Builder) {
     b.jmp(JmpCond::Eq, Reg::R0, PASS as i32, pass);
     b.jmp(JmpCond::Eq, Reg::R0, DENY as i32, deny);
     b.jmp(JmpCond::Eq, Reg::R0, V6_LPM as i32, "ipv6_lpm");
-    b.comment("level 2: pf_v6_l2[addr >> 96]");
-    b.store(Size::W, Reg::R10, -4, Reg::R6);
-    b.ld_map(Reg::R1, "pf_v6_l2");
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
-    b.call(MAP_LOOKUP_ELEM);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
-    b.load(Size::W, Reg::R1, Reg::R0, bucket::STATE as i16);
-    b.jmp(JmpCond::Eq, Reg::R1, BUCKET_DENY_ALL as i32, deny);
-    b.jmp(JmpCond::Eq, Reg::R1, BUCKET_LPM as i32, "ipv6_lpm");
-    b.comment("r3 = address bits 32..96, r4 = bits 96..128, host order");
+    b.comment("level 2: the cuckoo table pf_v6_l2 of /32 keys; pf_meta says which half is live");
+    b.ld_map_value(Reg::R1, "pf_meta", meta::V6_CONF as u32);
+    b.comment("r9 = shift, r8 = base bucket (the packet pointers are no longer needed)");
+    b.load(Size::W, Reg::R9, Reg::R1, 0);
+    b.mov32(Reg::R8, Reg::R9).alu32(AluOp::Rsh, Reg::R8, 8);
+    b.alu32(AluOp::And, Reg::R9, 0xff);
+    for (h, mul) in V6_HASH_MUL.into_iter().enumerate() {
+        let next_bucket = format!("ipv6_bucket_{}", h + 1);
+        b.comment(format!("bucket {h}: base + (key * {mul:#x}) >> shift"));
+        b.mov32(Reg::R1, Reg::R6).alu32(AluOp::Mul, Reg::R1, mul as i32);
+        b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
+        b.store(Size::W, Reg::R10, -4, Reg::R1);
+        b.ld_map(Reg::R1, "pf_v6_l2");
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
+        b.call(MAP_LOOKUP_ELEM);
+        b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
+        for s in 0..V6_SLOTS {
+            let at = (s * slot::SIZE) as i16;
+            let next = format!("ipv6_slot_{h}_{}", s + 1);
+            b.load(Size::W, Reg::R1, Reg::R0, at + slot::KEY as i16);
+            b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next.as_str());
+            b.load(Size::W, Reg::R1, Reg::R0, at + slot::STATE as i16);
+            b.jmp(JmpCond::Eq, Reg::R1, SLOT_EMPTY as i32, next.as_str());
+            if at != 0 {
+                b.add(Reg::R0, i32::from(at));
+            }
+            b.ja("ipv6_slot");
+            b.label(next.as_str());
+        }
+        b.label(next_bucket.as_str());
+    }
+    b.ja(pass);
+    b.label("ipv6_slot").comment("r0 = the /32's slot, r1 = its state");
+    b.jmp(JmpCond::Eq, Reg::R1, SLOT_DENY_ALL as i32, deny);
+    b.jmp(JmpCond::Eq, Reg::R1, SLOT_LPM as i32, "ipv6_lpm");
+    b.comment("one inline prefix: r3 = address bits 32..96, r4 = bits 96..128, host order");
     b.load(Size::W, Reg::R3, Reg::R7, 12);
     emit_be32(b, Reg::R3);
     b.alu(AluOp::Lsh, Reg::R3, 32);
@@ -138,20 +168,14 @@ fn emit_ipv6(b: &mut Builder) {
     b.alu(AluOp::Or, Reg::R3, Reg::R4);
     b.load(Size::W, Reg::R4, Reg::R7, 20);
     emit_be32(b, Reg::R4);
-    for i in 0..V6_LIST {
-        let at = (bucket::ENTRIES + i * bucket::ENTRY_SIZE) as i16;
-        let next = format!("ipv6_entry_{}", i + 1);
-        b.comment(format!("inline prefix {i}: (addr & mask) == prefix"));
-        b.load(Size::DW, Reg::R1, Reg::R0, at + bucket::MASK_HI as i16);
-        b.alu(AluOp::And, Reg::R1, Reg::R3);
-        b.load(Size::DW, Reg::R2, Reg::R0, at + bucket::PREFIX_HI as i16);
-        b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, next.as_str());
-        b.load(Size::W, Reg::R1, Reg::R0, at + bucket::MASK_LO as i16);
-        b.alu(AluOp::And, Reg::R1, Reg::R4);
-        b.load(Size::W, Reg::R2, Reg::R0, at + bucket::PREFIX_LO as i16);
-        b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, deny);
-        b.label(next.as_str());
-    }
+    b.load(Size::DW, Reg::R1, Reg::R0, slot::MASK_HI as i16);
+    b.alu(AluOp::And, Reg::R1, Reg::R3);
+    b.load(Size::DW, Reg::R2, Reg::R0, slot::PREFIX_HI as i16);
+    b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, pass);
+    b.load(Size::W, Reg::R1, Reg::R0, slot::MASK_LO as i16);
+    b.alu(AluOp::And, Reg::R1, Reg::R4);
+    b.load(Size::W, Reg::R2, Reg::R0, slot::PREFIX_LO as i16);
+    b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, deny);
     b.ja(pass);
     b.label("ipv6_lpm").comment("overflow: pf_v6_lpm, key {prefixlen = 128, source address}");
     b.store(Size::W, Reg::R10, -24, 128);

@@ -43,30 +43,58 @@ pub const L1_ENTRIES: usize = 1 << 16;
 pub const L2_ENTRIES: usize = 256;
 /// Bytes per IPv4 level-3 bitmap (one bit per address of a /24).
 pub const L3_BYTES: usize = 32;
-/// Longer-than-/32 IPv6 prefixes kept inline per /32 bucket before it overflows to LPM.
-pub const V6_LIST: usize = 8;
+/// Longer-than-/32 IPv6 prefixes kept inline per /32 slot; a /32 with more continues in
+/// the LPM trie.
+pub const V6_LIST: usize = 1;
 /// /32 keys a single /16 may expand to before its /17../31 prefixes go to LPM instead.
 pub const V6_EXPAND_BUDGET: u64 = 4096;
 
-/// [`V6Bucket`] state: unused.
-pub const BUCKET_LIST: u32 = 0;
-/// [`V6Bucket`] state: the whole /32 is denied.
-pub const BUCKET_DENY_ALL: u32 = 1;
-/// [`V6Bucket`] state: too many prefixes; continue in `pf_v6_lpm`.
-pub const BUCKET_LPM: u32 = 3;
+/// `pf_v6_l2` slot state: unused.
+pub const SLOT_EMPTY: u32 = 0;
+/// `pf_v6_l2` slot state: the whole /32 is denied.
+pub const SLOT_DENY_ALL: u32 = 1;
+/// `pf_v6_l2` slot state: more than [`V6_LIST`] prefixes; continue in `pf_v6_lpm`.
+pub const SLOT_LPM: u32 = 2;
+/// `pf_v6_l2` slot state: compare the one inline prefix.
+pub const SLOT_ONE: u32 = 3;
 
-/// Layout of a `pf_v6_l2` value: `state: u32, pad: u32`, then [`V6_LIST`] entries of
-/// `{prefix_hi: u64, mask_hi: u64, prefix_lo: u32, mask_lo: u32}` over address bits 32..128
-/// in host order. An unused entry has `prefix_lo = 1, mask_lo = 0` and never matches.
-pub mod bucket {
-    pub const STATE: usize = 0;
-    pub const ENTRIES: usize = 8;
-    pub const ENTRY_SIZE: usize = 24;
-    pub const PREFIX_HI: usize = 0;
-    pub const MASK_HI: usize = 8;
-    pub const PREFIX_LO: usize = 16;
-    pub const MASK_LO: usize = 20;
-    pub const SIZE: usize = ENTRIES + super::V6_LIST * ENTRY_SIZE;
+/// Slots per `pf_v6_l2` bucket. The /32 keys live in a bucketized cuckoo table kept in an
+/// array map (array lookups are inlined by the kernel: no call): a key sits in one of
+/// the four slots of bucket `h0(key)` or `h1(key)`.
+pub const V6_SLOTS: usize = 4;
+
+/// Layout of a `pf_v6_l2` slot: `key: u32` (address bits 0..32, host order), `state: u32`,
+/// then the inline prefix over address bits 32..128 in host order:
+/// `prefix_hi: u64, mask_hi: u64, prefix_lo: u32, mask_lo: u32`.
+pub mod slot {
+    pub const KEY: usize = 0;
+    pub const STATE: usize = 4;
+    pub const PREFIX_HI: usize = 8;
+    pub const MASK_HI: usize = 16;
+    pub const PREFIX_LO: usize = 24;
+    pub const MASK_LO: usize = 28;
+    pub const SIZE: usize = 32;
+}
+
+/// Bytes per `pf_v6_l2` bucket (one array element).
+pub const V6_BUCKET_BYTES: usize = V6_SLOTS * slot::SIZE;
+
+/// The multipliers of the two bucket hashes.
+pub const V6_HASH_MUL: [u32; 2] = [0x9e37_79b1, 0x85eb_ca77];
+
+/// Smallest table: 2^12 buckets of 4 slots per half (1 MiB in all), room for live
+/// additions to a small set (one /20 alone expands to 4096 /32 keys).
+pub const V6_MIN_BITS: u32 = 12;
+
+/// Bucket `which` (0 or 1) of a /32 key in a table of 2^bits buckets.
+pub fn v6_bucket_of(key: u32, which: usize, bits: u32) -> u32 {
+    key.wrapping_mul(V6_HASH_MUL[which]) >> (32 - bits)
+}
+
+/// The `pf_meta` word that tells the program where the live half of `pf_v6_l2` is:
+/// `shift (32 - bits) | base bucket << 8`. One aligned word, so a flip is atomic.
+pub fn v6_conf(bits: u32, half: u32) -> u32 {
+    (32 - bits) | ((half << bits) << 8)
 }
 
 /// Layout of a `pf_cidrs` key: `family: u8 (4 or 6), len: u8, pad: [u8; 2], addr: [u8; 16]`
@@ -78,11 +106,14 @@ pub mod cidr_key {
     pub const SIZE: usize = 20;
 }
 
-/// Layout of the one `pf_meta` value: chunks in use, and capacities.
+/// Layout of the one `pf_meta` value: chunks in use, the live half of `pf_v6_l2` (read
+/// by the program), and the number of prefixes in `pf_cidrs`.
 pub mod meta {
     pub const V4_L2_USED: usize = 0;
     pub const V4_L3_USED: usize = 4;
-    pub const SIZE: usize = 8;
+    pub const V6_CONF: usize = 8;
+    pub const CIDRS: usize = 12;
+    pub const SIZE: usize = 16;
 }
 
 /// Why the prefilter reached its verdict. The index is the `pf_stats` key.
@@ -169,7 +200,8 @@ impl Reason {
 pub struct Capacity {
     pub v4_l2: u32,
     pub v4_l3: u32,
-    pub v6_l2: u32,
+    /// `pf_v6_l2` holds two halves of 2^v6_bits buckets each.
+    pub v6_bits: u32,
     pub v6_lpm: u32,
     pub cidrs: u32,
 }
@@ -184,9 +216,8 @@ impl Capacity {
         Capacity {
             v4_l2: room(tables.v4.l2.len(), 1024),
             v4_l3: room(tables.v4.l3.len(), 4096),
-            // Hash and trie elements are allocated on use: a generous floor costs nothing,
-            // and one /20 alone expands to 4096 /32 keys.
-            v6_l2: room(tables.v6.l2.len(), 65536),
+            v6_bits: v6_bits_for(&tables.v6.l2),
+            // Trie elements are allocated on use: a generous floor costs nothing.
             v6_lpm: room(tables.v6.lpm.len(), 65536),
             cidrs: room(cidrs, 4096),
         }
@@ -230,11 +261,11 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
         },
         MapDef {
             name: "pf_v6_l2",
-            kind: MapKind::Hash,
+            kind: MapKind::Array,
             key_size: 4,
-            value_size: bucket::SIZE as u32,
-            max_entries: cap.v6_l2,
-            flags: F_NO_PREALLOC,
+            value_size: V6_BUCKET_BYTES as u32,
+            max_entries: 2 << cap.v6_bits,
+            flags: 0,
         },
         MapDef {
             name: "pf_v6_lpm",
@@ -254,11 +285,11 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
         },
         MapDef {
             name: "pf_cidrs",
-            kind: MapKind::Hash,
-            key_size: cidr_key::SIZE as u32,
-            value_size: 1,
+            kind: MapKind::Array,
+            key_size: 4,
+            value_size: cidr_key::SIZE as u32,
             max_entries: cap.cidrs,
-            flags: F_NO_PREALLOC,
+            flags: 0,
         },
         MapDef {
             name: "pf_meta",
@@ -413,7 +444,8 @@ impl DenySet {
     fn v4_inner(&self, hi: u32) -> Vec<(u32, u8)> {
         let lo = hi << 16;
         let top = lo | 0xffff;
-        let mut v: Vec<(u32, u8)> = self.v4.range((lo, 17)..=(top, 32)).copied().filter(|p| p.1 > 16).collect();
+        let mut v: Vec<(u32, u8)> =
+            self.v4.range((lo, 17)..=(top, 32)).copied().filter(|p| p.1 > 16).collect();
         v.sort_by_key(|&(a, l)| (l, a));
         v
     }
@@ -434,7 +466,10 @@ pub enum V4Bucket {
     Pass,
     Deny,
     /// A level-2 chunk whose `CHILD + j` entries index `l3` (local numbering).
-    Chunk { l2: Box<[u32; L2_ENTRIES]>, l3: Vec<[u8; L3_BYTES]> },
+    Chunk {
+        l2: Box<[u32; L2_ENTRIES]>,
+        l3: Vec<[u8; L3_BYTES]>,
+    },
 }
 
 /// One IPv6 /32 bucket of `pf_v6_l2`.
@@ -447,36 +482,81 @@ pub enum V6Bucket {
     Lpm,
 }
 
-impl V6Bucket {
-    /// The `pf_v6_l2` value bytes.
-    pub fn encode(&self) -> [u8; bucket::SIZE] {
-        let mut v = [0u8; bucket::SIZE];
-        let state = match self {
-            V6Bucket::DenyAll => BUCKET_DENY_ALL,
-            V6Bucket::List(_) => BUCKET_LIST,
-            V6Bucket::Lpm => BUCKET_LPM,
-        };
-        v[bucket::STATE..bucket::STATE + 4].copy_from_slice(&state.to_le_bytes());
-        let list: &[(u128, u8)] = match self {
-            V6Bucket::List(l) => l,
-            _ => &[],
-        };
-        for i in 0..V6_LIST {
-            let at = bucket::ENTRIES + i * bucket::ENTRY_SIZE;
-            let (p_hi, m_hi, p_lo, m_lo) = match list.get(i) {
-                Some(&(addr, len)) => {
-                    let m = mask128(len);
-                    ((addr >> 32) as u64, (m >> 32) as u64, addr as u32, m as u32)
-                }
-                None => (0, 0, 1, 0),
-            };
-            v[at + bucket::PREFIX_HI..at + bucket::PREFIX_HI + 8].copy_from_slice(&p_hi.to_le_bytes());
-            v[at + bucket::MASK_HI..at + bucket::MASK_HI + 8].copy_from_slice(&m_hi.to_le_bytes());
-            v[at + bucket::PREFIX_LO..at + bucket::PREFIX_LO + 4].copy_from_slice(&p_lo.to_le_bytes());
-            v[at + bucket::MASK_LO..at + bucket::MASK_LO + 4].copy_from_slice(&m_lo.to_le_bytes());
-        }
-        v
+/// The bytes of a `pf_v6_l2` slot holding `key`.
+pub fn encode_slot(key: u32, b: &V6Bucket) -> [u8; slot::SIZE] {
+    let mut v = [0u8; slot::SIZE];
+    let (state, inline) = match b {
+        V6Bucket::DenyAll => (SLOT_DENY_ALL, None),
+        V6Bucket::Lpm => (SLOT_LPM, None),
+        V6Bucket::List(l) if l.len() == 1 => (SLOT_ONE, l.first().copied()),
+        V6Bucket::List(_) => (SLOT_LPM, None),
+    };
+    v[slot::KEY..slot::KEY + 4].copy_from_slice(&key.to_le_bytes());
+    v[slot::STATE..slot::STATE + 4].copy_from_slice(&state.to_le_bytes());
+    if let Some((addr, len)) = inline {
+        let m = mask128(len);
+        v[slot::PREFIX_HI..slot::PREFIX_HI + 8].copy_from_slice(&((addr >> 32) as u64).to_le_bytes());
+        v[slot::MASK_HI..slot::MASK_HI + 8].copy_from_slice(&((m >> 32) as u64).to_le_bytes());
+        v[slot::PREFIX_LO..slot::PREFIX_LO + 4].copy_from_slice(&(addr as u32).to_le_bytes());
+        v[slot::MASK_LO..slot::MASK_LO + 4].copy_from_slice(&(m as u32).to_le_bytes());
     }
+    v
+}
+
+/// Place /32 keys in a cuckoo table of 2^bits buckets of [`V6_SLOTS`] slots: each key in
+/// one of its two buckets. Deterministic; `None` when the keys do not fit.
+pub fn cuckoo_layout(keys: impl Iterator<Item = u32>, bits: u32) -> Option<Vec<[Option<u32>; V6_SLOTS]>> {
+    let mut table = vec![[None; V6_SLOTS]; 1usize << bits];
+    let load = |b: &[Option<u32>; V6_SLOTS]| b.iter().filter(|s| s.is_some()).count();
+    for key in keys {
+        let mut key = key;
+        let mut ok = false;
+        for kick in 0..500usize {
+            let (b0, b1) = (v6_bucket_of(key, 0, bits) as usize, v6_bucket_of(key, 1, bits) as usize);
+            let target = if load(&table[b0]) <= load(&table[b1]) { b0 } else { b1 };
+            if let Some(free) = table[target].iter_mut().find(|s| s.is_none()) {
+                *free = Some(key);
+                ok = true;
+                break;
+            }
+            // Both full: evict a slot of the first bucket (rotating) and re-place it.
+            let bucket = if kick % 2 == 0 { b0 } else { b1 };
+            let victim = &mut table[bucket][kick % V6_SLOTS];
+            let evicted = victim.replace(key).expect("a full bucket has no empty slot");
+            key = evicted;
+        }
+        if !ok {
+            return None;
+        }
+    }
+    Some(table)
+}
+
+/// The smallest table (at most half full, for room to grow live) that holds these keys.
+pub fn v6_bits_for(l2: &BTreeMap<u32, V6Bucket>) -> u32 {
+    let mut bits = V6_MIN_BITS;
+    while (1usize << bits) * V6_SLOTS < l2.len() * 2 {
+        bits += 1;
+    }
+    while cuckoo_layout(l2.keys().copied(), bits).is_none() {
+        bits += 1;
+    }
+    bits
+}
+
+/// The bucket values of one half of `pf_v6_l2`, flattened, or `None` if they do not fit.
+pub fn v6_half_bytes(l2: &BTreeMap<u32, V6Bucket>, bits: u32) -> Option<Vec<u8>> {
+    let table = cuckoo_layout(l2.keys().copied(), bits)?;
+    let mut out = vec![0u8; table.len() * V6_BUCKET_BYTES];
+    for (i, bucket) in table.iter().enumerate() {
+        for (j, key) in bucket.iter().enumerate() {
+            if let Some(k) = key {
+                let at = i * V6_BUCKET_BYTES + j * slot::SIZE;
+                out[at..at + slot::SIZE].copy_from_slice(&encode_slot(*k, &l2[k]));
+            }
+        }
+    }
+    Some(out)
 }
 
 /// One IPv6 /16 bucket's content.
@@ -485,9 +565,14 @@ pub enum V6Top {
     Pass,
     Deny,
     /// /32 buckets in `pf_v6_l2`, plus prefixes of overflowing buckets for the trie.
-    Hash { buckets: BTreeMap<u32, V6Bucket>, lpm: Vec<(u128, u8)> },
+    Hash {
+        buckets: BTreeMap<u32, V6Bucket>,
+        lpm: Vec<(u128, u8)>,
+    },
     /// Everything longer than /16 in this /16 goes to the trie.
-    Lpm { lpm: Vec<(u128, u8)> },
+    Lpm {
+        lpm: Vec<(u128, u8)>,
+    },
 }
 
 /// Build the IPv4 content of the /16 `hi`.
@@ -757,8 +842,35 @@ impl MapWrites {
     }
 }
 
+/// `pf_cidrs` records for a set, in order (IPv4 first).
+fn cidr_writes(set: &DenySet) -> MapWrites {
+    let mut cidrs = MapWrites::new("pf_cidrs", 4, cidr_key::SIZE);
+    for (i, p) in set.prefixes().enumerate() {
+        cidrs.put(&(i as u32).to_le_bytes(), &p.cidr_key());
+    }
+    cidrs
+}
+
+fn meta_value(v4_l2_used: u32, v4_l3_used: u32, v6_conf_word: u32, cidrs: usize) -> [u8; meta::SIZE] {
+    let mut m = [0u8; meta::SIZE];
+    m[meta::V4_L2_USED..meta::V4_L2_USED + 4].copy_from_slice(&v4_l2_used.to_le_bytes());
+    m[meta::V4_L3_USED..meta::V4_L3_USED + 4].copy_from_slice(&v4_l3_used.to_le_bytes());
+    m[meta::V6_CONF..meta::V6_CONF + 4].copy_from_slice(&v6_conf_word.to_le_bytes());
+    m[meta::CIDRS..meta::CIDRS + 4].copy_from_slice(&(cidrs as u32).to_le_bytes());
+    m
+}
+
+fn v6_half_writes(l2: &BTreeMap<u32, V6Bucket>, bits: u32, half: u32) -> Option<MapWrites> {
+    let bytes = v6_half_bytes(l2, bits)?;
+    let mut w = MapWrites::new("pf_v6_l2", 4, V6_BUCKET_BYTES);
+    for (i, bucket) in bytes.chunks_exact(V6_BUCKET_BYTES).enumerate() {
+        w.put(&((half << bits) + i as u32).to_le_bytes(), bucket);
+    }
+    Some(w)
+}
+
 /// The writes that fill empty maps with `tables` and `set`, children before parents.
-pub fn initial_writes(set: &DenySet, tables: &Tables) -> Vec<MapWrites> {
+pub fn initial_writes(set: &DenySet, tables: &Tables, cap: Capacity) -> Vec<MapWrites> {
     let mut v4_l3 = MapWrites::new("pf_v4_l3", 4, L3_BYTES);
     for (j, bits) in tables.v4.l3.iter().enumerate() {
         v4_l3.put(&(j as u32).to_le_bytes(), bits);
@@ -767,10 +879,8 @@ pub fn initial_writes(set: &DenySet, tables: &Tables) -> Vec<MapWrites> {
     for (i, chunk) in tables.v4.l2.iter().enumerate() {
         v4_l2.put(&(i as u32).to_le_bytes(), &l2_bytes(chunk));
     }
-    let mut v6_l2 = MapWrites::new("pf_v6_l2", 4, bucket::SIZE);
-    for (key, b) in &tables.v6.l2 {
-        v6_l2.put(&key.to_le_bytes(), &b.encode());
-    }
+    let v6_l2 = v6_half_writes(&tables.v6.l2, cap.v6_bits, 0)
+        .expect("Capacity::for_tables chose v6_bits so that the keys fit");
     let mut v6_lpm = MapWrites::new("pf_v6_lpm", 20, 1);
     for &(addr, len) in &tables.v6.lpm {
         v6_lpm.put(&lpm6_key(addr, len), &[1]);
@@ -779,16 +889,11 @@ pub fn initial_writes(set: &DenySet, tables: &Tables) -> Vec<MapWrites> {
     v4_l1.put(&0u32.to_le_bytes(), &l1_bytes(&tables.v4.l1));
     let mut v6_l1 = MapWrites::new("pf_v6_l1", 4, L1_ENTRIES * 4);
     v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&tables.v6.l1));
-    let mut cidrs = MapWrites::new("pf_cidrs", cidr_key::SIZE, 1);
-    for p in set.prefixes() {
-        cidrs.put(&p.cidr_key(), &[1]);
-    }
     let mut meta_w = MapWrites::new("pf_meta", 4, meta::SIZE);
-    let mut m = [0u8; meta::SIZE];
-    m[meta::V4_L2_USED..meta::V4_L2_USED + 4].copy_from_slice(&(tables.v4.l2.len() as u32).to_le_bytes());
-    m[meta::V4_L3_USED..meta::V4_L3_USED + 4].copy_from_slice(&(tables.v4.l3.len() as u32).to_le_bytes());
+    let m =
+        meta_value(tables.v4.l2.len() as u32, tables.v4.l3.len() as u32, v6_conf(cap.v6_bits, 0), set.len());
     meta_w.put(&0u32.to_le_bytes(), &m);
-    vec![v4_l3, v4_l2, v6_l2, v6_lpm, v4_l1, v6_l1, cidrs, meta_w]
+    vec![v4_l3, v4_l2, v6_l2, v6_lpm, cidr_writes(set), meta_w, v4_l1, v6_l1]
 }
 
 /// What a live change needs to know about the maps as they are.
@@ -805,12 +910,14 @@ pub struct LiveState {
     /// Capacities of the chunk arrays.
     pub v4_l2_cap: u32,
     pub v4_l3_cap: u32,
-    /// The `/32` keys present in `pf_v6_l2` and prefixes in `pf_v6_lpm`.
-    pub v6_l2_keys: BTreeSet<u32>,
-    pub v6_lpm: BTreeSet<(u128, u8)>,
-    /// Capacities of `pf_v6_l2` and `pf_v6_lpm`.
+    /// The live `pf_v6_l2` configuration word (from `pf_meta`) and the map's capacity.
+    pub v6_conf: u32,
     pub v6_l2_cap: u32,
+    /// The prefixes in `pf_v6_lpm`, and its capacity.
+    pub v6_lpm: BTreeSet<(u128, u8)>,
     pub v6_lpm_cap: u32,
+    /// Capacity of `pf_cidrs`.
+    pub cidrs_cap: u32,
 }
 
 /// Why a live change cannot be applied.
@@ -820,12 +927,24 @@ pub enum LiveError {
     Full { map: &'static str, capacity: u32 },
 }
 
-/// The writes that turn the maps from `state.set` to `new`, bucket by bucket, children
-/// before the level-1 entries that point at them; stale hash keys and trie prefixes are
-/// deleted after the level-1 flip.
+/// The IPv6 tables of a whole set.
+fn build_v6(set: &DenySet) -> V6Tables {
+    let mut t = V6Tables { l1: vec![PASS; L1_ENTRIES], ..V6Tables::default() };
+    for hi in v6_buckets(set) {
+        t.l1[hi as usize] = t.place(build_v6_top(set, hi));
+    }
+    t
+}
+
+/// The writes that turn the maps from `state.set` to `new` without a reload.
+///
+/// IPv4: each touched /16 is rebuilt into freshly appended chunks, then its level-1 entry
+/// flips. IPv6: the /32 table is rebuilt whole into the idle half of `pf_v6_l2`, new trie
+/// prefixes are added, then one `pf_meta` word flips the program to the new half and the
+/// level-1 arrays flip; stale trie prefixes go last. A change that does not fit is refused
+/// before anything is written.
 pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, LiveError> {
     let old = &state.set;
-    // Buckets touched by any prefix that was added or removed.
     let added = DenySet {
         v4: new.v4.difference(&old.v4).copied().collect(),
         v6: new.v6.difference(&old.v6).copied().collect(),
@@ -836,8 +955,6 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
     };
     let mut b4 = v4_buckets(&added);
     b4.extend(v4_buckets(&removed));
-    let mut b6 = v6_buckets(&added);
-    b6.extend(v6_buckets(&removed));
 
     let mut v4 = V4Tables { l1: state.v4_l1.clone(), l2: Vec::new(), l3: Vec::new() };
     let mut placed_l1 = Vec::new();
@@ -855,6 +972,9 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
     }
     if l3_used > state.v4_l3_cap {
         return Err(LiveError::Full { map: "pf_v4_l3", capacity: state.v4_l3_cap });
+    }
+    if new.len() > state.cidrs_cap as usize {
+        return Err(LiveError::Full { map: "pf_cidrs", capacity: state.cidrs_cap });
     }
     let mut v4_l3 = MapWrites::new("pf_v4_l3", 4, L3_BYTES);
     for (j, bits) in v4.l3.iter().enumerate() {
@@ -875,48 +995,24 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
         l1[hi as usize] = e;
     }
 
-    // IPv6: rebuild each touched /16 into fresh hash keys and trie prefixes.
-    let mut l1_6 = state.v6_l1.clone();
-    let mut keep_keys: BTreeSet<u32> = state.v6_l2_keys.clone();
-    let mut keep_lpm: BTreeSet<(u128, u8)> = state.v6_lpm.clone();
-    let mut v6_l2 = MapWrites::new("pf_v6_l2", 4, bucket::SIZE);
-    let mut v6_lpm = MapWrites::new("pf_v6_lpm", 20, 1);
-    let mut new_lpm: BTreeSet<(u128, u8)> = BTreeSet::new();
-    for &hi in &b6 {
-        let in_bucket = |k: u32| k >> 16 == hi;
-        keep_keys.retain(|k| !in_bucket(*k));
-        keep_lpm.retain(|p| (p.0 >> 112) as u32 != hi);
-        let mut t = V6Tables::default();
-        l1_6[hi as usize] = t.place(build_v6_top(new, hi));
-        for (key, b) in &t.l2 {
-            v6_l2.put(&key.to_le_bytes(), &b.encode());
-        }
-        for &(addr, len) in &t.lpm {
-            new_lpm.insert((addr, len));
-            if !state.v6_lpm.contains(&(addr, len)) {
-                v6_lpm.put(&lpm6_key(addr, len), &[1]);
-            }
-        }
-        keep_keys.extend(t.l2.keys().copied());
-    }
-    // New entries are written before stale ones are deleted: both must fit at once.
-    let peak_keys = keep_keys.union(&state.v6_l2_keys).count();
-    if peak_keys > state.v6_l2_cap as usize {
-        return Err(LiveError::Full { map: "pf_v6_l2", capacity: state.v6_l2_cap });
-    }
-    let peak_lpm = keep_lpm.len() + new_lpm.union(&state.v6_lpm).count();
+    // IPv6: the whole table into the idle half.
+    let v6 = build_v6(new);
+    let bits = (state.v6_l2_cap / 2).max(1).ilog2();
+    let live_half = u32::from((state.v6_conf >> 8) != 0);
+    let idle = 1 - live_half;
+    let v6_l2 = v6_half_writes(&v6.l2, bits, idle)
+        .ok_or(LiveError::Full { map: "pf_v6_l2", capacity: state.v6_l2_cap * V6_SLOTS as u32 / 2 })?;
+    let peak_lpm = v6.lpm.union(&state.v6_lpm).count();
     if peak_lpm > state.v6_lpm_cap as usize {
         return Err(LiveError::Full { map: "pf_v6_lpm", capacity: state.v6_lpm_cap });
     }
-    for k in &state.v6_l2_keys {
-        if b6.contains(&(k >> 16)) && !keep_keys.contains(k) {
-            v6_l2.delete(&k.to_le_bytes());
-        }
+    let mut v6_lpm = MapWrites::new("pf_v6_lpm", 20, 1);
+    for &(addr, len) in v6.lpm.difference(&state.v6_lpm) {
+        v6_lpm.put(&lpm6_key(addr, len), &[1]);
     }
-    for p in &state.v6_lpm {
-        if b6.contains(&((p.0 >> 112) as u32)) && !new_lpm.contains(p) {
-            v6_lpm.delete(&lpm6_key(p.0, p.1));
-        }
+    let mut v6_lpm_del = MapWrites::new("pf_v6_lpm", 20, 1);
+    for &(addr, len) in state.v6_lpm.difference(&v6.lpm) {
+        v6_lpm_del.delete(&lpm6_key(addr, len));
     }
 
     let mut v4_l1 = MapWrites::new("pf_v4_l1", 4, L1_ENTRIES * 4);
@@ -924,27 +1020,12 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
         v4_l1.put(&0u32.to_le_bytes(), &l1_bytes(&l1));
     }
     let mut v6_l1 = MapWrites::new("pf_v6_l1", 4, L1_ENTRIES * 4);
-    if l1_6 != state.v6_l1 {
-        v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&l1_6));
-    }
-    let mut cidrs = MapWrites::new("pf_cidrs", cidr_key::SIZE, 1);
-    for p in added.prefixes() {
-        cidrs.put(&p.cidr_key(), &[1]);
-    }
-    for p in removed.prefixes() {
-        cidrs.delete(&p.cidr_key());
+    if v6.l1 != state.v6_l1 {
+        v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&v6.l1));
     }
     let mut meta_w = MapWrites::new("pf_meta", 4, meta::SIZE);
-    let mut m = [0u8; meta::SIZE];
-    m[meta::V4_L2_USED..meta::V4_L2_USED + 4].copy_from_slice(&l2_used.to_le_bytes());
-    m[meta::V4_L3_USED..meta::V4_L3_USED + 4].copy_from_slice(&l3_used.to_le_bytes());
-    meta_w.put(&0u32.to_le_bytes(), &m);
-    // Hash deletes and trie deletes of a MapWrites run after its updates, and the level-1
-    // flips come before those maps' deletes because the flips are earlier in the list
-    // only for IPv4; split IPv6 deletes out so they run after the IPv6 flip.
-    let v6_l2_del = MapWrites { deletes: std::mem::take(&mut v6_l2.deletes), ..MapWrites::new("pf_v6_l2", 4, bucket::SIZE) };
-    let v6_lpm_del = MapWrites { deletes: std::mem::take(&mut v6_lpm.deletes), ..MapWrites::new("pf_v6_lpm", 20, 1) };
-    Ok(vec![v4_l3, v4_l2, v6_l2, v6_lpm, v4_l1, v6_l1, v6_l2_del, v6_lpm_del, cidrs, meta_w]
+    meta_w.put(&0u32.to_le_bytes(), &meta_value(l2_used, l3_used, v6_conf(bits, idle), new.len()));
+    Ok(vec![v4_l3, v4_l2, v6_l2, v6_lpm, cidr_writes(new), meta_w, v4_l1, v6_l1, v6_lpm_del]
         .into_iter()
         .filter(|w| !w.is_empty())
         .collect())

@@ -208,7 +208,11 @@ pub fn unload(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
             sys::unpin(&p)?;
             removed.push(p);
         }
-        std::fs::remove_dir(&sub).map_err(|source| SysError::Io { op: "rmdir", path: sub.clone(), source })?;
+        std::fs::remove_dir(&sub).map_err(|source| SysError::Io {
+            op: "rmdir",
+            path: sub.clone(),
+            source,
+        })?;
     }
     if removed.is_empty() {
         return Err(LoadError::NotLoaded(dir.to_path_buf()));
@@ -247,7 +251,8 @@ pub fn open_pinned_map(sys: &Arc<dyn Syscall>, dir: &Path, def: &MapDef) -> Resu
 
 /// The prefilter's pinned maps, opened and checked.
 pub fn open_prefilter(sys: &Arc<dyn Syscall>, dir: &Path) -> Result<BTreeMap<&'static str, Map>, LoadError> {
-    let defs = prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_l2: 1, v6_lpm: 1, cidrs: 1 });
+    let defs =
+        prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_bits: 1, v6_lpm: 1, cidrs: 1 });
     let mut maps = BTreeMap::new();
     for def in &defs {
         maps.insert(def.name, open_pinned_map(sys, dir, def)?);
@@ -289,7 +294,10 @@ impl MapView for sluice_verifier_sim::maps::Map {
     }
 }
 
-fn view<'a>(get: &impl Fn(&str) -> Option<&'a dyn MapView>, name: &str) -> Result<&'a dyn MapView, LoadError> {
+fn view<'a>(
+    get: &impl Fn(&str) -> Option<&'a dyn MapView>,
+    name: &str,
+) -> Result<&'a dyn MapView, LoadError> {
     get(name).ok_or_else(|| LoadError::Layout { map: name.to_string(), detail: "missing".into() })
 }
 
@@ -298,35 +306,37 @@ fn read_l1(map: &dyn MapView) -> Result<Vec<u32>, LoadError> {
     Ok(v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-/// The deny set in `pf_cidrs`.
-pub fn prefilter_set_of(cidrs: &dyn MapView) -> Result<DenySet, LoadError> {
+fn meta_word(meta: &[u8], at: usize) -> u32 {
+    meta.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// The deny set in `pf_cidrs` (its first `count` records, `count` from `pf_meta`).
+pub fn prefilter_set_of(cidrs: &dyn MapView, meta: &dyn MapView) -> Result<DenySet, LoadError> {
+    let m = meta.get(&0u32.to_le_bytes())?.unwrap_or_default();
+    let count = meta_word(&m, meta::CIDRS);
     let mut set = DenySet::default();
-    for key in cidrs.all_keys()? {
-        let p = Prefix::from_cidr_key(&key).ok_or_else(|| LoadError::Layout {
+    for i in 0..count {
+        let record = cidrs.get(&i.to_le_bytes())?.unwrap_or_default();
+        let p = Prefix::from_cidr_key(&record).ok_or_else(|| LoadError::Layout {
             map: "pf_cidrs".into(),
-            detail: format!("malformed key {key:02x?}"),
+            detail: format!("malformed record {i}: {record:02x?}"),
         })?;
         set.insert(p);
     }
     Ok(set)
 }
 
-/// The deny set in the pinned `pf_cidrs`.
+/// The deny set in the pinned maps.
 pub fn prefilter_set(maps: &BTreeMap<&'static str, Map>) -> Result<DenySet, LoadError> {
-    prefilter_set_of(&maps["pf_cidrs"])
+    prefilter_set_of(&maps["pf_cidrs"], &maps["pf_meta"])
 }
 
 /// Everything [`prefilter::live_writes`] needs, read from the prefilter's maps.
-pub fn prefilter_live_state_of<'a>(get: impl Fn(&str) -> Option<&'a dyn MapView>) -> Result<LiveState, LoadError> {
-    let set = prefilter_set_of(view(&get, "pf_cidrs")?)?;
+pub fn prefilter_live_state_of<'a>(
+    get: impl Fn(&str) -> Option<&'a dyn MapView>,
+) -> Result<LiveState, LoadError> {
+    let set = prefilter_set_of(view(&get, "pf_cidrs")?, view(&get, "pf_meta")?)?;
     let m = view(&get, "pf_meta")?.get(&0u32.to_le_bytes())?.unwrap_or_default();
-    let word = |at: usize| m.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    let mut v6_l2_keys = BTreeSet::new();
-    for k in view(&get, "pf_v6_l2")?.all_keys()? {
-        if let Ok(b) = <[u8; 4]>::try_from(k.as_slice()) {
-            v6_l2_keys.insert(u32::from_le_bytes(b));
-        }
-    }
     let mut v6_lpm = BTreeSet::new();
     for k in view(&get, "pf_v6_lpm")?.all_keys()? {
         if k.len() == 20 {
@@ -340,14 +350,15 @@ pub fn prefilter_live_state_of<'a>(get: impl Fn(&str) -> Option<&'a dyn MapView>
         set,
         v4_l1: read_l1(view(&get, "pf_v4_l1")?)?,
         v6_l1: read_l1(view(&get, "pf_v6_l1")?)?,
-        v4_l2_used: word(meta::V4_L2_USED),
-        v4_l3_used: word(meta::V4_L3_USED),
+        v4_l2_used: meta_word(&m, meta::V4_L2_USED),
+        v4_l3_used: meta_word(&m, meta::V4_L3_USED),
         v4_l2_cap: view(&get, "pf_v4_l2")?.capacity(),
         v4_l3_cap: view(&get, "pf_v4_l3")?.capacity(),
-        v6_l2_keys,
-        v6_lpm,
+        v6_conf: meta_word(&m, meta::V6_CONF),
         v6_l2_cap: view(&get, "pf_v6_l2")?.capacity(),
+        v6_lpm,
         v6_lpm_cap: view(&get, "pf_v6_lpm")?.capacity(),
+        cidrs_cap: view(&get, "pf_cidrs")?.capacity(),
     })
 }
 
@@ -376,14 +387,7 @@ pub fn prefilter_change(
     let mut new = state.set.clone();
     let added = add.iter().filter(|p| new.insert(**p)).count();
     let removed = del.iter().filter(|p| new.remove(**p)).count();
-    if cidr_count_exceeds(&maps, &new) {
-        return Err(LiveError::Full { map: "pf_cidrs", capacity: maps["pf_cidrs"].max_entries() }.into());
-    }
     let writes = prefilter::live_writes(&state, &new)?;
     apply_writes(&maps, &writes)?;
     Ok(Change { added, removed, total: new.len() })
-}
-
-fn cidr_count_exceeds(maps: &BTreeMap<&'static str, Map>, set: &DenySet) -> bool {
-    set.len() > maps["pf_cidrs"].max_entries() as usize
 }

@@ -69,7 +69,7 @@ pub fn prefilter_object(set: &DenySet) -> Result<Object, CodegenError> {
         kind: ProgKind::Xdp,
         program: codegen::prefilter::generate()?,
         maps: prefilter::map_defs(cap),
-        writes: prefilter::initial_writes(set, &tables),
+        writes: prefilter::initial_writes(set, &tables, cap),
     })
 }
 

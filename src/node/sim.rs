@@ -62,7 +62,8 @@ impl SimNode {
                 }
             }
         }
-        let mut maps = MapSet::new(&specs, SIM_CPUS).map_err(|e| SimError::Map { map: "*".into(), message: e.to_string() })?;
+        let mut maps = MapSet::new(&specs, SIM_CPUS)
+            .map_err(|e| SimError::Map { map: "*".into(), message: e.to_string() })?;
         let mut stats = BTreeMap::new();
         for obj in &plan.objects {
             apply_writes(&mut maps, &obj.writes)?;
@@ -94,6 +95,9 @@ impl SimNode {
     pub fn counter(&self, map: &str, index: u32) -> u64 {
         let Some(m) = self.maps.get(map) else { return 0 };
         let Some(per_cpu) = m.lookup_percpu(&index.to_le_bytes()) else { return 0 };
-        per_cpu.iter().map(|v| v.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))).sum()
+        per_cpu
+            .iter()
+            .map(|v| v.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
+            .sum()
     }
 }

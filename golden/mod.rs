@@ -93,10 +93,17 @@ pub fn run_sim(node: &mut SimNode, case: &Case) -> Result<Observation, SimError>
     let before = snapshot(node);
     let out = node.run(case.program, &case.packet)?;
     let after = snapshot(node);
-    Ok(Observation { verdict: out.retval as u32, packet: out.packet, counters: deltas(&maps, &before, &after) })
+    Ok(Observation {
+        verdict: out.retval as u32,
+        packet: out.packet,
+        counters: deltas(&maps, &before, &after),
+    })
 }
 
-fn kernel_counters(loaded: &Loaded, maps: &[&'static str]) -> Result<BTreeMap<(&'static str, u32), u64>, SysError> {
+fn kernel_counters(
+    loaded: &Loaded,
+    maps: &[&'static str],
+) -> Result<BTreeMap<(&'static str, u32), u64>, SysError> {
     let mut out = BTreeMap::new();
     for m in maps {
         let Some(map) = loaded.maps.get(m) else { continue };

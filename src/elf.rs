@@ -10,8 +10,8 @@ use crate::maps::MapDef;
 use crate::node::load::sys_kind;
 use crate::node::Object;
 use object::write::{Object as ElfObject, Relocation, StandardSegment, Symbol, SymbolSection};
+use object::SymbolScope;
 use object::{Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind};
-use object::{SymbolScope};
 use sluice_verifier_sim::spec::ProgKind;
 use thiserror::Error;
 
@@ -55,7 +55,8 @@ fn map_def_bytes(def: &MapDef) -> [u8; 20] {
 /// The ELF object of one program.
 pub fn write_object(obj: &Object) -> Result<Vec<u8>, ElfError> {
     let name = obj.name.to_string();
-    let code = obj.program.encode_unrelocated().map_err(|source| ElfError::Encode { name: name.clone(), source })?;
+    let code =
+        obj.program.encode_unrelocated().map_err(|source| ElfError::Encode { name: name.clone(), source })?;
     let mut elf = ElfObject::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);
     let text = elf.add_section(Vec::new(), section_name(obj.kind).as_bytes().to_vec(), SectionKind::Text);
     elf.append_section_data(text, &code, 8);
@@ -69,7 +70,11 @@ pub fn write_object(obj: &Object) -> Result<Vec<u8>, ElfError> {
         section: SymbolSection::Section(text),
         flags: SymbolFlags::None,
     });
-    let maps = elf.add_section(elf.segment_name(StandardSegment::Data).to_vec(), b"maps".to_vec(), SectionKind::Data);
+    let maps = elf.add_section(
+        elf.segment_name(StandardSegment::Data).to_vec(),
+        b"maps".to_vec(),
+        SectionKind::Data,
+    );
     let mut map_symbols = std::collections::BTreeMap::new();
     for def in &obj.maps {
         let off = elf.append_section_data(maps, &map_def_bytes(def), 4);

@@ -40,7 +40,11 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(base: &str, tag: &str) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let p = PathBuf::from(base).join(format!("sluice-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let p = PathBuf::from(base).join(format!(
+            "sluice-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         TempDir(p)
     }
     fn path(&self) -> &Path {
@@ -50,7 +54,8 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = Command::new(env!("CARGO_BIN_EXE_sluice")).args(["unload", "--pin-dir"]).arg(&self.0).output();
+        let _ =
+            Command::new(env!("CARGO_BIN_EXE_sluice")).args(["unload", "--pin-dir"]).arg(&self.0).output();
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
@@ -131,7 +136,9 @@ fn load_prefilter_and_unload_on_a_private_pin_dir() {
     let again = sluice(&["load", &fixture("default-node.yaml"), "--pin-dir", &pin]);
     assert!(!again.status.success() && text(&again).contains("already loaded"), "{}", text(&again));
 
-    let list = |pin: &str| String::from_utf8_lossy(&sluice(&["prefilter", "list", "--pin-dir", pin]).stdout).to_string();
+    let list = |pin: &str| {
+        String::from_utf8_lossy(&sluice(&["prefilter", "list", "--pin-dir", pin]).stdout).to_string()
+    };
     assert!(list(&pin).contains("192.0.2.0/24"), "{}", list(&pin));
 
     // A probe from 198.18.0.9 passes, then drops once its /15 is added, then passes again.
@@ -139,8 +146,11 @@ fn load_prefilter_and_unload_on_a_private_pin_dir() {
     let pkt = pins.path().with_extension("pkt");
     std::fs::write(&pkt, &probe).expect("write probe");
     let run = |pin: &str| -> u32 {
-        let prog = sluice::sys::Program::from_pin(&sluice::sys::kernel(), &Path::new(pin).join("programs/prefilter"))
-            .expect("pinned program opens");
+        let prog = sluice::sys::Program::from_pin(
+            &sluice::sys::kernel(),
+            &Path::new(pin).join("programs/prefilter"),
+        )
+        .expect("pinned program opens");
         prog.test_run(&sluice::sys::TestRunOpts::packet(&probe)).expect("test run").retval
     };
     assert_eq!(run(&pin), 2);

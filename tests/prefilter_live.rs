@@ -32,7 +32,8 @@ fn random_prefix(r: &mut Lcg, near: &DenySet) -> Prefix {
     } else {
         let base = near.v4.iter().nth(r.below(near.v4.len().max(1) as u64) as usize).map_or(0, |p| p.0);
         let len = (4 + r.below(29)) as u8;
-        let addr = if r.below(2) == 0 { base ^ ((r.next() as u32) >> (len / 2 + 1)) } else { r.next() as u32 };
+        let addr =
+            if r.below(2) == 0 { base ^ ((r.next() as u32) >> (len / 2 + 1)) } else { r.next() as u32 };
         Prefix::V4 { addr: addr & mask32(len), len }
     }
 }
@@ -134,7 +135,7 @@ fn random_live_changes_in_the_kernel() {
             set.insert(p);
         }
         let victim = set.prefixes().nth(r.below(set.len().max(1) as u64) as usize);
-            if let Some(p) = victim {
+        if let Some(p) = victim {
             set.remove(p);
         }
         let state = load::prefilter_live_state(&loaded.maps).expect("state reads");

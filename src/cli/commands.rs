@@ -64,7 +64,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir),
         Command::Bench { sizes, repeat, rounds } => {
             kernel("sluice bench")?;
-            let opts = crate::bench::BenchOpts { sizes, repeat, rounds, ..crate::bench::BenchOpts::default() };
+            let opts =
+                crate::bench::BenchOpts { sizes, repeat, rounds, ..crate::bench::BenchOpts::default() };
             let report = crate::bench::run(&opts).map_err(|e| CliError::Bench(e.to_string()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
@@ -92,7 +93,8 @@ fn compile(path: &Path, out: Option<&Path>) -> Result<ExitCode> {
             }
         }
         Some(dir) => {
-            std::fs::create_dir_all(dir).map_err(|source| CliError::Io { path: dir.to_path_buf(), source })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|source| CliError::Io { path: dir.to_path_buf(), source })?;
             for obj in &plan.objects {
                 let bytes = crate::elf::write_object(obj)?;
                 let file = dir.join(format!("{}.o", obj.name));
@@ -139,7 +141,11 @@ fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
         );
     }
     for (name, map) in &loaded.maps {
-        println!("map {name}: {} entries max; pinned at {}", map.max_entries(), pin_dir.join("maps").join(name).display());
+        println!(
+            "map {name}: {} entries max; pinned at {}",
+            map.max_entries(),
+            pin_dir.join("maps").join(name).display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -160,11 +166,21 @@ fn prefilter(op: PrefilterOp, pin_dir: &Path) -> Result<ExitCode> {
     match op {
         PrefilterOp::Add { cidrs } => {
             let c = load::prefilter_change(&sys, pin_dir, &parse_cidrs(&cidrs)?, &[])?;
-            println!("added {} prefixes ({} already present); deny set now {}", c.added, cidrs.len() - c.added, c.total);
+            println!(
+                "added {} prefixes ({} already present); deny set now {}",
+                c.added,
+                cidrs.len() - c.added,
+                c.total
+            );
         }
         PrefilterOp::Del { cidrs } => {
             let c = load::prefilter_change(&sys, pin_dir, &[], &parse_cidrs(&cidrs)?)?;
-            println!("removed {} prefixes ({} not present); deny set now {}", c.removed, cidrs.len() - c.removed, c.total);
+            println!(
+                "removed {} prefixes ({} not present); deny set now {}",
+                c.removed,
+                cidrs.len() - c.removed,
+                c.total
+            );
         }
         PrefilterOp::List => {
             let maps = load::open_prefilter(&sys, pin_dir)?;
@@ -176,7 +192,8 @@ fn prefilter(op: PrefilterOp, pin_dir: &Path) -> Result<ExitCode> {
             let maps = load::open_prefilter(&sys, pin_dir)?;
             for r in Reason::ALL {
                 let per_cpu = maps["pf_stats"].lookup_percpu(&(r as u32).to_le_bytes())?.unwrap_or_default();
-                let n: u64 = per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes).sum();
+                let n: u64 =
+                    per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes).sum();
                 println!("{:<20} {:>6} {n}", r.name(), if r.verdict() == 1 { "drop" } else { "pass" });
             }
         }
@@ -192,7 +209,11 @@ fn demo_probes(set: &DenySet) -> Vec<golden::Case> {
 
 fn demo() -> Result<ExitCode> {
     let cfg = model::default_node();
-    println!("sluice demo: node `{}` ({} deny prefixes), built-in default", cfg.name, cfg.prefilter.deny.len());
+    println!(
+        "sluice demo: node `{}` ({} deny prefixes), built-in default",
+        cfg.name,
+        cfg.prefilter.deny.len()
+    );
     let plan = node::plan(&cfg)?;
     let mut sim_node = SimNode::new(&plan)?;
     for (name, s) in &sim_node.stats {
@@ -204,7 +225,10 @@ fn demo() -> Result<ExitCode> {
         Ok(()) => {
             let loaded = load::load_plan(&sys::kernel(), &plan)?;
             for (name, p) in &loaded.programs {
-                println!("kernel verifier accepted {name}: {} instructions processed", p.stats().verified_insns);
+                println!(
+                    "kernel verifier accepted {name}: {} instructions processed",
+                    p.stats().verified_insns
+                );
             }
             Some(loaded)
         }

@@ -143,7 +143,7 @@ fn load_prefilter_and_unload_on_a_private_pin_dir() {
 
     // A probe from 198.18.0.9 passes, then drops once its /15 is added, then passes again.
     let probe = sluice::golden::probes::udp4(u32::from(std::net::Ipv4Addr::new(198, 18, 0, 9)));
-    let pkt = pins.path().with_extension("pkt");
+    let pkt = std::env::temp_dir().join(format!("sluice-test-probe-{}.pkt", std::process::id()));
     std::fs::write(&pkt, &probe).expect("write probe");
     let run = |pin: &str| -> u32 {
         let prog = sluice::sys::Program::from_pin(

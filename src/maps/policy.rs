@@ -1,0 +1,634 @@
+//! The endpoint-policy datapath's maps: the ipcache (address → identity), the policy trie,
+//! per-endpoint configuration, connection tracking, fragment tracking, drop counters and
+//! events. One definition each (DESIGN invariant 1); codegen takes its offsets from the
+//! `mod`s below.
+//!
+//! - **ipcache, IPv4**: the prefilter's DIR-16-8-8 shape with identities in the leaves.
+//!   `ipc_v4_l1` is one array value of 65,536 `u32` entries (top 16 address bits), addressed
+//!   directly; an entry with [`IPC_CHILD`] set points at chunk `entry & !IPC_CHILD` of
+//!   `ipc_v4_l2` (256 entries, third byte), whose child entries point into `ipc_v4_l3`
+//!   (256 leaf identities, last byte). A leaf of 0 means "no entry": reserved world.
+//! - **ipcache, IPv6**: the kernel LPM trie `ipc_v6` (key `{prefixlen, addr[16]}`).
+//! - **policy**: the LPM trie `policy` ([`policy_key`]). An entry's prefix always covers
+//!   `ep, dir, identity`; then the protocol; then the first n port bits. The program looks up
+//!   the peer's identity and then identity 0 ("any"); each value is the *effective* verdict
+//!   of its key (userspace marks an allow covered by any deny as deny), so "any deny wins"
+//!   is two lookups.
+//! - **ct4 / ct6**: LRU hashes keyed by the original-direction tuple. The value has room
+//!   for the Service issue's backend pinning and reverse NAT ([`ct_value`]).
+
+use super::MapDef;
+use sluice_verifier_sim::spec::MapKind;
+
+/// Identity: no ipcache entry, the rest of the world.
+pub const WORLD: u32 = 2;
+/// `ipc_v4_*` entry flag: the rest of the entry indexes the next level.
+pub const IPC_CHILD: u32 = 1 << 31;
+
+/// Direction of a policy lookup.
+pub const INGRESS: u8 = 0;
+/// Direction of a policy lookup.
+pub const EGRESS: u8 = 1;
+
+/// Layout of a `policy` key: `{u32 prefixlen (host order); ep: u16 BE; dir: u8; pad: u8;
+/// identity: u32 BE; proto: u8; pad: u8; port: u16 BE}` (every field aligned: the kernel
+/// verifier wants aligned stack stores). Pads are always zero.
+pub mod policy_key {
+    pub const PREFIXLEN: usize = 0;
+    pub const EP: usize = 4;
+    pub const DIR: usize = 6;
+    pub const IDENTITY: usize = 8;
+    pub const PROTO: usize = 12;
+    pub const PORT: usize = 14;
+    pub const SIZE: usize = 16;
+    /// Prefix bits that cover endpoint, direction and identity.
+    pub const FIXED_BITS: u32 = 64;
+    /// ... and the protocol.
+    pub const PROTO_BITS: u32 = 72;
+    /// Where the port's bits start (the pad byte before it is always zero).
+    pub const PORT_BITS: u32 = 80;
+    /// A full key.
+    pub const FULL_BITS: u32 = 96;
+}
+
+/// `policy` values: the effective verdict, and the L7 proxy port (network order, 0 = none).
+pub mod policy_value {
+    pub const VERDICT: usize = 0;
+    pub const PROXY_PORT: usize = 2;
+    pub const SIZE: usize = 4;
+    pub const ALLOW: u8 = 1;
+    pub const DENY: u8 = 2;
+}
+
+/// Layout of an `ep_config` value (array indexed by endpoint index).
+pub mod ep_config {
+    /// Bit 0: ingress policy enforced; bit 1: egress policy enforced.
+    pub const FLAGS: usize = 0;
+    /// The endpoint's IPv4 address as the packet carries it (network order), 0 if none.
+    pub const IPV4: usize = 4;
+    /// The endpoint's IPv6 address, network order, zero if none.
+    pub const IPV6: usize = 8;
+    /// The endpoint's own identity.
+    pub const IDENTITY: usize = 24;
+    pub const SIZE: usize = 32;
+    pub const INGRESS_ENFORCED: u32 = 1;
+    pub const EGRESS_ENFORCED: u32 = 2;
+}
+
+/// Layout of a `ct4` key: the original direction's tuple.
+pub mod ct4_key {
+    pub const SADDR: usize = 0;
+    pub const DADDR: usize = 4;
+    pub const SPORT: usize = 8;
+    pub const DPORT: usize = 10;
+    pub const PROTO: usize = 12;
+    pub const SIZE: usize = 16;
+}
+
+/// Layout of a `ct6` key.
+pub mod ct6_key {
+    pub const SADDR: usize = 0;
+    pub const DADDR: usize = 16;
+    pub const SPORT: usize = 32;
+    pub const DPORT: usize = 34;
+    pub const PROTO: usize = 36;
+    pub const SIZE: usize = 40;
+}
+
+/// Layout of a conntrack value (both families). `rev_nat` and `backend` are the Service
+/// issue's: zero until then.
+pub mod ct_value {
+    /// `bpf_ktime_get_ns()` after which the entry is dead.
+    pub const EXPIRES: usize = 0;
+    /// [`super::CtState`].
+    pub const STATE: usize = 8;
+    /// Bit 0: a reply was seen; bit 1: the connection was allowed by policy as ingress.
+    pub const FLAGS: usize = 9;
+    pub const PROXY_PORT: usize = 10;
+    pub const REV_NAT: usize = 12;
+    pub const BACKEND: usize = 16;
+    pub const PACKETS: usize = 24;
+    pub const SIZE: usize = 32;
+    pub const SEEN_REPLY: u8 = 1;
+}
+
+/// Connection states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum CtState {
+    /// UDP, ICMP and other protocols: one state.
+    Open = 0,
+    /// TCP: the SYN went out.
+    SynSent = 1,
+    /// TCP: the SYN-ACK came back.
+    Established = 2,
+    /// TCP: a FIN or RST was seen.
+    Closing = 3,
+}
+
+/// Timeouts in nanoseconds.
+pub mod timeout {
+    pub const TCP_SYN: u64 = 60_000_000_000;
+    pub const TCP_ESTABLISHED: u64 = 21_600_000_000_000;
+    pub const TCP_CLOSING: u64 = 10_000_000_000;
+    pub const UDP: u64 = 60_000_000_000;
+    pub const ICMP: u64 = 30_000_000_000;
+}
+
+/// Why an endpoint program reached its verdict. Counted per endpoint in `ep_stats` at
+/// `endpoint * Reason::COUNT + reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    /// Allowed by policy: a new connection.
+    AllowNew = 0,
+    /// A packet of an established connection (either direction).
+    AllowEstablished = 1,
+    /// Policy not enforced in this direction.
+    AllowUnenforced = 2,
+    /// An ICMP error about a tracked connection.
+    AllowRelated = 3,
+    /// Not IP: ARP and friends pass.
+    AllowNotIp = 4,
+    /// A later fragment of an allowed datagram.
+    AllowFragment = 5,
+    /// Denied by a deny rule.
+    DenyPolicy = 6,
+    /// No rule allows it (default deny).
+    DenyDefault = 7,
+    /// The source address is not the endpoint's own.
+    DenySpoofed = 8,
+    /// A header cut short.
+    DenyTruncated = 9,
+    /// A header that is not well formed.
+    DenyMalformed = 10,
+    /// A later fragment whose first fragment was not seen or was denied.
+    DenyFragment = 11,
+}
+
+impl Reason {
+    pub const COUNT: u32 = 12;
+    /// Every reason, in index order.
+    pub const ALL: [Reason; 12] = [
+        Reason::AllowNew,
+        Reason::AllowEstablished,
+        Reason::AllowUnenforced,
+        Reason::AllowRelated,
+        Reason::AllowNotIp,
+        Reason::AllowFragment,
+        Reason::DenyPolicy,
+        Reason::DenyDefault,
+        Reason::DenySpoofed,
+        Reason::DenyTruncated,
+        Reason::DenyMalformed,
+        Reason::DenyFragment,
+    ];
+
+    /// Whether the packet passes.
+    pub fn allows(self) -> bool {
+        (self as u8) < Reason::DenyPolicy as u8
+    }
+
+    /// A short name for listings and `sluice monitor`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::AllowNew => "allow_new",
+            Reason::AllowEstablished => "allow_established",
+            Reason::AllowUnenforced => "allow_unenforced",
+            Reason::AllowRelated => "allow_related",
+            Reason::AllowNotIp => "allow_not_ip",
+            Reason::AllowFragment => "allow_fragment",
+            Reason::DenyPolicy => "deny_policy",
+            Reason::DenyDefault => "deny_default",
+            Reason::DenySpoofed => "deny_spoofed",
+            Reason::DenyTruncated => "deny_truncated",
+            Reason::DenyMalformed => "deny_malformed",
+            Reason::DenyFragment => "deny_fragment",
+        }
+    }
+
+    /// The reason with this index.
+    pub fn from_index(i: u8) -> Option<Reason> {
+        Reason::ALL.get(usize::from(i)).copied()
+    }
+}
+
+/// tc verdicts.
+pub const TC_ACT_OK: i32 = 0;
+/// tc verdicts.
+pub const TC_ACT_SHOT: i32 = 2;
+
+/// Layout of an event on the `events` ring buffer.
+pub mod event {
+    /// 1 = policy verdict on a new connection, 2 = drop.
+    pub const KIND: usize = 0;
+    pub const REASON: usize = 1;
+    /// [`super::INGRESS`] or [`super::EGRESS`].
+    pub const DIR: usize = 2;
+    /// 4 or 6.
+    pub const FAMILY: usize = 3;
+    pub const EP: usize = 4;
+    pub const PROTO: usize = 6;
+    pub const SRC_IDENTITY: usize = 8;
+    pub const DST_IDENTITY: usize = 12;
+    /// Ports in network order.
+    pub const SPORT: usize = 16;
+    pub const DPORT: usize = 18;
+    /// Addresses in network order (IPv4 in the first four bytes).
+    pub const SADDR: usize = 20;
+    pub const DADDR: usize = 36;
+    pub const SIZE: usize = 52;
+    pub const KIND_VERDICT: u8 = 1;
+    pub const KIND_DROP: u8 = 2;
+}
+
+/// Layout of the one `ev_config` value: the switch and the rate limit.
+pub mod ev_config {
+    /// Bit 0: verdict events on; bit 1: drop events on.
+    pub const FLAGS: usize = 0;
+    /// At most this many events per CPU per second (0 = no limit).
+    pub const RATE: usize = 4;
+    pub const SIZE: usize = 8;
+}
+
+/// Layout of an `ev_budget` value (per-CPU, one element): the current one-second window.
+pub mod ev_budget {
+    pub const WINDOW_START: usize = 0;
+    pub const SENT: usize = 8;
+    pub const SIZE: usize = 16;
+}
+
+/// Capacities chosen at load time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub endpoints: u32,
+    pub ipc_v4_l2: u32,
+    pub ipc_v4_l3: u32,
+    pub ipc_v6: u32,
+    pub policy: u32,
+    pub ct: u32,
+}
+
+/// The endpoint-policy maps.
+pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
+    let array = |name, value_size, max_entries| MapDef {
+        name,
+        kind: MapKind::Array,
+        key_size: 4,
+        value_size,
+        max_entries,
+        flags: 0,
+    };
+    vec![
+        array("ipc_v4_l1", 65536 * 4, 1),
+        array("ipc_v4_l2", 256 * 4, cap.ipc_v4_l2),
+        array("ipc_v4_l3", 256 * 4, cap.ipc_v4_l3),
+        MapDef {
+            name: "ipc_v6",
+            kind: MapKind::LpmTrie,
+            key_size: 20,
+            value_size: 4,
+            max_entries: cap.ipc_v6,
+            flags: super::F_NO_PREALLOC,
+        },
+        MapDef {
+            name: "policy",
+            kind: MapKind::LpmTrie,
+            key_size: policy_key::SIZE as u32,
+            value_size: policy_value::SIZE as u32,
+            max_entries: cap.policy,
+            flags: super::F_NO_PREALLOC,
+        },
+        array("ep_config", ep_config::SIZE as u32, cap.endpoints),
+        MapDef {
+            name: "ct4",
+            kind: MapKind::LruHash,
+            key_size: ct4_key::SIZE as u32,
+            value_size: ct_value::SIZE as u32,
+            max_entries: cap.ct,
+            flags: 0,
+        },
+        MapDef {
+            name: "ct6",
+            kind: MapKind::LruHash,
+            key_size: ct6_key::SIZE as u32,
+            value_size: ct_value::SIZE as u32,
+            max_entries: cap.ct,
+            flags: 0,
+        },
+        MapDef {
+            name: "frag4",
+            kind: MapKind::LruHash,
+            key_size: 16,
+            value_size: 8,
+            max_entries: 8192,
+            flags: 0,
+        },
+        MapDef {
+            name: "ep_stats",
+            kind: MapKind::PerCpuArray,
+            key_size: 4,
+            value_size: 8,
+            max_entries: cap.endpoints * Reason::COUNT,
+            flags: 0,
+        },
+        MapDef { name: "events", kind: MapKind::RingBuf, key_size: 0, value_size: 0, max_entries: 1 << 18, flags: 0 },
+        array("ev_config", ev_config::SIZE as u32, 1),
+        MapDef {
+            name: "ev_budget",
+            kind: MapKind::PerCpuArray,
+            key_size: 4,
+            value_size: ev_budget::SIZE as u32,
+            max_entries: 1,
+            flags: 0,
+        },
+    ]
+}
+
+/// The IPv4 ipcache tables: leaf-pushed DIR-16-8-8 with identities in the leaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcacheV4 {
+    pub l1: Vec<u32>,
+    pub l2: Vec<Box<[u32; 256]>>,
+    pub l3: Vec<Box<[u32; 256]>>,
+}
+
+impl IpcacheV4 {
+    /// Build from `(network, prefix length, identity)`: the longest prefix wins.
+    pub fn build(entries: &[(u32, u8, u32)]) -> IpcacheV4 {
+        let mut sorted: Vec<(u32, u8, u32)> = entries
+            .iter()
+            .map(|&(a, l, id)| (a & super::prefilter::mask32(l), l.min(32), id & !IPC_CHILD))
+            .collect();
+        sorted.sort_by_key(|&(a, l, id)| (l, a, id));
+        let mut t = IpcacheV4 { l1: vec![0; 65536], l2: Vec::new(), l3: Vec::new() };
+        for (addr, len, id) in sorted {
+            let hi = (addr >> 16) as usize;
+            if len <= 16 {
+                let span = 1usize << (16 - len);
+                t.l1[hi..hi + span].fill(id);
+                continue;
+            }
+            let c2 = t.child_l2(hi);
+            let third = ((addr >> 8) & 0xff) as usize;
+            if len <= 24 {
+                let span = 1usize << (24 - len);
+                t.l2[c2][third..third + span].fill(id);
+                continue;
+            }
+            let c3 = t.child_l3(c2, third);
+            let last = (addr & 0xff) as usize;
+            let span = 1usize << (32 - len);
+            t.l3[c3][last..last + span].fill(id);
+        }
+        t
+    }
+
+    fn child_l2(&mut self, hi: usize) -> usize {
+        let e = self.l1[hi];
+        if e & IPC_CHILD != 0 {
+            return (e & !IPC_CHILD) as usize;
+        }
+        self.l2.push(Box::new([e; 256]));
+        self.l1[hi] = IPC_CHILD | (self.l2.len() - 1) as u32;
+        self.l2.len() - 1
+    }
+
+    fn child_l3(&mut self, c2: usize, third: usize) -> usize {
+        let e = self.l2[c2][third];
+        if e & IPC_CHILD != 0 {
+            return (e & !IPC_CHILD) as usize;
+        }
+        self.l3.push(Box::new([e; 256]));
+        self.l2[c2][third] = IPC_CHILD | (self.l3.len() - 1) as u32;
+        self.l3.len() - 1
+    }
+
+    /// The identity of an address the way the program finds it (0 → [`WORLD`]).
+    pub fn lookup(&self, a: u32) -> u32 {
+        let mut e = self.l1[(a >> 16) as usize];
+        if e & IPC_CHILD != 0 {
+            e = self.l2[(e & !IPC_CHILD) as usize][((a >> 8) & 0xff) as usize];
+            if e & IPC_CHILD != 0 {
+                e = self.l3[(e & !IPC_CHILD) as usize][(a & 0xff) as usize];
+            }
+        }
+        if e == 0 {
+            WORLD
+        } else {
+            e
+        }
+    }
+
+    /// The writes that fill empty `ipc_v4_*` maps, children first.
+    pub fn writes(&self) -> Vec<super::prefilter::MapWrites> {
+        let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
+        let mut l3 = writes_for("ipc_v4_l3", 4, 1024);
+        for (i, c) in self.l3.iter().enumerate() {
+            l3.put(&(i as u32).to_le_bytes(), &words(&c[..]));
+        }
+        let mut l2 = writes_for("ipc_v4_l2", 4, 1024);
+        for (i, c) in self.l2.iter().enumerate() {
+            l2.put(&(i as u32).to_le_bytes(), &words(&c[..]));
+        }
+        let mut l1 = writes_for("ipc_v4_l1", 4, 65536 * 4);
+        l1.put(&0u32.to_le_bytes(), &words(&self.l1));
+        vec![l3, l2, l1]
+    }
+}
+
+fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> super::prefilter::MapWrites {
+    super::prefilter::MapWrites { map, key_size, value_size, ..Default::default() }
+}
+
+/// An `ipc_v6` trie key.
+pub fn ipc_v6_key(addr: u128, len: u8) -> [u8; 20] {
+    super::prefilter::lpm6_key(addr, len)
+}
+
+/// One resolved policy entry of one endpoint and direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PolicyRule {
+    pub ep: u16,
+    pub dir: u8,
+    /// 0 = any identity.
+    pub identity: u32,
+    /// 0 = any protocol (then `port_prefix` is 0).
+    pub proto: u8,
+    /// Host order; for ICMP the type.
+    pub port: u16,
+    /// Leading port bits that must match (0 = any port, 16 = exactly `port`).
+    pub port_prefix: u8,
+    pub deny: bool,
+    /// L7 proxy port, 0 = none.
+    pub proxy_port: u16,
+}
+
+impl PolicyRule {
+    fn prefixlen(&self) -> u32 {
+        if self.proto == 0 {
+            policy_key::FIXED_BITS
+        } else if self.port_prefix == 0 {
+            policy_key::PROTO_BITS
+        } else {
+            policy_key::PORT_BITS + u32::from(self.port_prefix.min(16))
+        }
+    }
+
+    fn port_mask(&self) -> u16 {
+        if self.port_prefix == 0 {
+            0
+        } else {
+            u16::MAX << (16 - u32::from(self.port_prefix.min(16)))
+        }
+    }
+
+    /// The `policy` key.
+    pub fn key(&self) -> [u8; policy_key::SIZE] {
+        let mut k = [0u8; policy_key::SIZE];
+        k[policy_key::PREFIXLEN..policy_key::PREFIXLEN + 4].copy_from_slice(&self.prefixlen().to_le_bytes());
+        k[policy_key::EP..policy_key::EP + 2].copy_from_slice(&self.ep.to_be_bytes());
+        k[policy_key::DIR] = self.dir;
+        k[policy_key::IDENTITY..policy_key::IDENTITY + 4].copy_from_slice(&self.identity.to_be_bytes());
+        if self.proto != 0 {
+            k[policy_key::PROTO] = self.proto;
+            k[policy_key::PORT..policy_key::PORT + 2].copy_from_slice(&(self.port & self.port_mask()).to_be_bytes());
+        }
+        k
+    }
+
+    /// Whether this rule's key range contains every key of `other` (same endpoint and
+    /// direction; an "any identity" rule covers every identity).
+    pub fn covers(&self, other: &PolicyRule) -> bool {
+        self.ep == other.ep
+            && self.dir == other.dir
+            && (self.identity == 0 || self.identity == other.identity)
+            && (self.proto == 0
+                || (self.proto == other.proto
+                    && self.port_prefix <= other.port_prefix
+                    && (other.port & self.port_mask()) == (self.port & self.port_mask())))
+    }
+}
+
+/// The `policy` writes for a set of rules: each key once, its value the effective verdict
+/// (deny if the rule denies or any deny rule covers it; a deny and an allow on the same
+/// key give deny).
+pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
+    let mut by_key: std::collections::BTreeMap<[u8; policy_key::SIZE], PolicyRule> = Default::default();
+    for r in rules {
+        by_key
+            .entry(r.key())
+            .and_modify(|e| {
+                e.deny |= r.deny;
+                e.proxy_port = e.proxy_port.max(r.proxy_port);
+            })
+            .or_insert(*r);
+    }
+    let denies: Vec<&PolicyRule> = by_key.values().filter(|r| r.deny).collect();
+    let mut w = writes_for("policy", policy_key::SIZE, policy_value::SIZE);
+    for (key, r) in &by_key {
+        let deny = r.deny || denies.iter().any(|d| d.covers(r));
+        let mut v = [0u8; policy_value::SIZE];
+        v[policy_value::VERDICT] = if deny { policy_value::DENY } else { policy_value::ALLOW };
+        v[policy_value::PROXY_PORT..policy_value::PROXY_PORT + 2].copy_from_slice(&r.proxy_port.to_be_bytes());
+        w.put(key, &v);
+    }
+    w
+}
+
+/// The verdict the program reaches from `rules` for a peer identity, protocol and port,
+/// computed the way the datapath does: the longest matching key for the identity and for
+/// "any identity", deny if either says deny, allow if either says allow, else none.
+pub fn datapath_verdict(rules: &[PolicyRule], ep: u16, dir: u8, identity: u32, proto: u8, port: u16) -> Option<bool> {
+    let w = policy_writes(rules);
+    let probe = PolicyRule { ep, dir, identity, proto, port, port_prefix: 16, deny: false, proxy_port: 0 };
+    let mut verdicts = Vec::new();
+    for id in [identity, 0] {
+        let best = w
+            .keys
+            .chunks_exact(policy_key::SIZE)
+            .zip(w.values.chunks_exact(policy_value::SIZE))
+            .filter_map(|(k, v)| {
+                let len = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+                let r = PolicyRule {
+                    ep: u16::from_be_bytes([k[4], k[5]]),
+                    dir: k[6],
+                    identity: u32::from_be_bytes([k[8], k[9], k[10], k[11]]),
+                    proto: if len >= policy_key::PROTO_BITS { k[12] } else { 0 },
+                    port: u16::from_be_bytes([k[14], k[15]]),
+                    port_prefix: len.saturating_sub(policy_key::PORT_BITS) as u8,
+                    deny: false,
+                    proxy_port: 0,
+                };
+                (r.identity == id && r.covers(&PolicyRule { identity: id, ..probe })).then_some((len, v[0]))
+            })
+            .max_by_key(|(len, _)| *len);
+        if let Some((_, v)) = best {
+            verdicts.push(v);
+        }
+    }
+    if verdicts.contains(&policy_value::DENY) {
+        Some(false)
+    } else if verdicts.contains(&policy_value::ALLOW) {
+        Some(true)
+    } else {
+        None
+    }
+}
+
+/// An `ep_config` value.
+pub fn ep_config_value(
+    flags: u32,
+    ipv4: Option<std::net::Ipv4Addr>,
+    ipv6: Option<std::net::Ipv6Addr>,
+    identity: u32,
+) -> [u8; ep_config::SIZE] {
+    let mut v = [0u8; ep_config::SIZE];
+    v[ep_config::FLAGS..ep_config::FLAGS + 4].copy_from_slice(&flags.to_le_bytes());
+    if let Some(a) = ipv4 {
+        v[ep_config::IPV4..ep_config::IPV4 + 4].copy_from_slice(&a.octets());
+    }
+    if let Some(a) = ipv6 {
+        v[ep_config::IPV6..ep_config::IPV6 + 16].copy_from_slice(&a.octets());
+    }
+    v[ep_config::IDENTITY..ep_config::IDENTITY + 4].copy_from_slice(&identity.to_le_bytes());
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipcache_longest_prefix_wins() {
+        let t = IpcacheV4::build(&[
+            (0x0a00_0000, 8, 100),
+            (0x0af4_0000, 16, 200),
+            (0x0af4_0500, 24, 300),
+            (0x0af4_0507, 32, 400),
+            (0xc0a8_0000, 20, 500),
+        ]);
+        assert_eq!(t.lookup(0x0a01_0203), 100);
+        assert_eq!(t.lookup(0x0af4_0101), 200);
+        assert_eq!(t.lookup(0x0af4_0501), 300);
+        assert_eq!(t.lookup(0x0af4_0507), 400);
+        assert_eq!(t.lookup(0xc0a8_0f01), 500);
+        assert_eq!(t.lookup(0xc0a8_1001), WORLD);
+        assert_eq!(t.lookup(0x0b00_0001), WORLD);
+    }
+
+    fn rule(identity: u32, proto: u8, port: u16, port_prefix: u8, deny: bool) -> PolicyRule {
+        PolicyRule { ep: 1, dir: INGRESS, identity, proto, port, port_prefix, deny, proxy_port: 0 }
+    }
+
+    #[test]
+    fn any_deny_wins_over_more_specific_allows() {
+        let rules = [rule(5, 6, 80, 16, false), rule(0, 6, 80, 15, true), rule(7, 0, 0, 0, false), rule(7, 6, 22, 16, true)];
+        assert_eq!(datapath_verdict(&rules, 1, INGRESS, 5, 6, 80), Some(false));
+        assert_eq!(datapath_verdict(&rules, 1, INGRESS, 5, 6, 81), Some(false));
+        assert_eq!(datapath_verdict(&rules, 1, INGRESS, 5, 6, 82), None);
+        assert_eq!(datapath_verdict(&rules, 1, INGRESS, 7, 17, 53), Some(true));
+        assert_eq!(datapath_verdict(&rules, 1, INGRESS, 7, 6, 22), Some(false));
+        assert_eq!(datapath_verdict(&rules, 1, INGRESS, 7, 6, 80), Some(false));
+        assert_eq!(datapath_verdict(&rules, 1, EGRESS, 7, 6, 22), None);
+    }
+}

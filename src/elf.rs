@@ -54,7 +54,7 @@ fn map_def_bytes(def: &MapDef) -> [u8; 20] {
 
 /// The ELF object of one program.
 pub fn write_object(obj: &Object) -> Result<Vec<u8>, ElfError> {
-    let name = obj.name.to_string();
+    let name = obj.name.clone();
     let code =
         obj.program.encode_unrelocated().map_err(|source| ElfError::Encode { name: name.clone(), source })?;
     let mut elf = ElfObject::new(BinaryFormat::Elf, Architecture::Bpf, Endianness::Little);

@@ -6,6 +6,7 @@
 //! Register conventions shared by the emitters: `r8` = packet start, `r9` = packet end,
 //! `r7` = the L3 header (cursor), `r6` = the verdict reason at exit.
 
+pub mod endpoint;
 pub mod prefilter;
 
 use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};

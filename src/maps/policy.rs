@@ -75,13 +75,19 @@ pub mod ep_config {
     pub const EGRESS_ENFORCED: u32 = 2;
 }
 
-/// Layout of a `ct4` key: the original direction's tuple.
+/// Layout of a `ct4` key: the original direction's tuple, and the policy direction the
+/// connection was opened in, from the tracking endpoint's side. The direction keeps
+/// entries apart: a connection one endpoint's egress policy allowed is never mistaken for
+/// one the receiving endpoint's ingress policy allowed. A program enforcing direction `D`
+/// looks up `(tuple, D)` (it opened the connection) and `(reversed tuple, opposite D)`
+/// (a reply). `frag4` keys (`saddr, daddr, id: u16, pad, proto, dir, pad`) do the same.
 pub mod ct4_key {
     pub const SADDR: usize = 0;
     pub const DADDR: usize = 4;
     pub const SPORT: usize = 8;
     pub const DPORT: usize = 10;
     pub const PROTO: usize = 12;
+    pub const DIR: usize = 13;
     pub const SIZE: usize = 16;
 }
 

@@ -93,7 +93,7 @@ pub fn sys_spec(def: &MapDef) -> MapSpec {
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub maps: BTreeMap<&'static str, Map>,
-    pub programs: BTreeMap<&'static str, sys::Program>,
+    pub programs: BTreeMap<String, sys::Program>,
 }
 
 /// Apply writes in order: each map's updates (batched), then its deletes.
@@ -124,9 +124,9 @@ pub fn load_program(
     let bound = obj
         .program
         .relocate(|name| maps.get(name).map(|m| m.fd().as_raw_fd()))
-        .map_err(|source| LoadError::Relocate { name: obj.name.to_string(), source })?;
-    let bytes = bound.encode().map_err(|source| LoadError::Encode { name: obj.name.to_string(), source })?;
-    let spec = ProgSpec::new(obj.name, prog_type(obj.kind), &bytes);
+        .map_err(|source| LoadError::Relocate { name: obj.name.clone(), source })?;
+    let bytes = bound.encode().map_err(|source| LoadError::Encode { name: obj.name.clone(), source })?;
+    let spec = ProgSpec::new(&obj.name, prog_type(obj.kind), &bytes);
     sys::Program::load(sys, &spec).map_err(|e| match e {
         SysError::ProgLoad { name, errno, log } => LoadError::Rejected {
             name,
@@ -149,7 +149,7 @@ pub fn load_plan(sys: &Arc<dyn Syscall>, plan: &Plan) -> Result<Loaded, LoadErro
         }
         apply_writes(&loaded.maps, &obj.writes)?;
         let prog = load_program(sys, obj, &loaded.maps)?;
-        loaded.programs.insert(obj.name, prog);
+        loaded.programs.insert(obj.name.clone(), prog);
     }
     Ok(loaded)
 }

@@ -21,7 +21,7 @@ use std::net::IpAddr;
 #[derive(Debug, Clone)]
 pub struct Object {
     /// Program name: kernel-visible, and the pin name under `programs/`.
-    pub name: &'static str,
+    pub name: String,
     pub kind: ProgKind,
     pub program: Program,
     pub maps: Vec<MapDef>,
@@ -65,7 +65,7 @@ pub fn prefilter_object(set: &DenySet) -> Result<Object, CodegenError> {
     let tables = Tables::build(set);
     let cap = Capacity::for_tables(&tables, set.len());
     Ok(Object {
-        name: codegen::prefilter::NAME,
+        name: codegen::prefilter::NAME.to_string(),
         kind: ProgKind::Xdp,
         program: codegen::prefilter::generate()?,
         maps: prefilter::map_defs(cap),

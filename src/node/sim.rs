@@ -30,7 +30,7 @@ pub struct SimNode {
     pub maps: MapSet,
     pub objects: Vec<Object>,
     /// Verifier statistics per program.
-    pub stats: BTreeMap<&'static str, VerifyStats>,
+    pub stats: BTreeMap<String, VerifyStats>,
 }
 
 /// Simulated CPUs (per-CPU maps have this many slots; programs run on CPU 0).
@@ -68,11 +68,11 @@ impl SimNode {
         for obj in &plan.objects {
             apply_writes(&mut maps, &obj.writes)?;
             let s = verifier::verify(&obj.program, obj.kind, &specs).map_err(|e| SimError::Rejected {
-                name: obj.name.to_string(),
+                name: obj.name.clone(),
                 message: e.to_string(),
                 listing: sluice_asm::text::listing(&obj.program),
             })?;
-            stats.insert(obj.name, s);
+            stats.insert(obj.name.clone(), s);
         }
         Ok(SimNode { maps, objects: plan.objects.clone(), stats })
     }

@@ -339,7 +339,9 @@ impl Machine {
             return Err(ExecError::UnsupportedKind { kind });
         }
         let len = ctx.packet.len();
-        if len < ETH_HLEN {
+        // An skb always holds an Ethernet header; an XDP buffer need not (a runt frame is
+        // the program's to judge), although BPF_PROG_TEST_RUN refuses to build one.
+        if len < ETH_HLEN && kind == ProgKind::SchedCls {
             return Err(ExecError::PacketTooShort { len });
         }
         let hard_end = (FRAME_SIZE - SKB_SHARED_INFO_SIZE).max(XDP_PACKET_HEADROOM + len);
@@ -496,7 +498,10 @@ fn sign_extend(v: u64, bytes: usize) -> u64 {
 
 /// `skb->protocol` as `eth_type_trans` sets it, read through `__sk_buff` (a `__be16`).
 fn eth_protocol(packet: &[u8]) -> u32 {
-    let proto = u16::from_be_bytes([packet[12], packet[13]]);
+    // Only tc programs read it, and their packets hold an Ethernet header; an XDP runt
+    // frame gets 0.
+    let Some(&[hi, lo]) = packet.get(12..14) else { return 0 };
+    let proto = u16::from_be_bytes([hi, lo]);
     let host = if proto >= 0x0600 {
         proto
     } else if packet.get(14..16) == Some(&[0xff, 0xff]) {

@@ -48,12 +48,17 @@ impl ProgKind {
 
     /// The context field at byte offset `off`, if there is one starting there.
     pub fn ctx_field(self, off: u32) -> Option<&'static CtxField> {
-        let table: &[CtxField] = match self {
+        self.ctx_fields().iter().find(|f| f.off == off)
+    }
+
+    /// The context fields programs of this kind may access, by offset.
+    pub fn ctx_fields(self) -> &'static [CtxField] {
+        match self {
             ProgKind::Xdp => XDP_MD,
             ProgKind::SchedCls => SK_BUFF,
-            ProgKind::SockOps | ProgKind::SkMsg => &[],
-        };
-        table.iter().find(|f| f.off == off)
+            ProgKind::SockOps => SOCK_OPS,
+            ProgKind::SkMsg => SK_MSG_MD,
+        }
     }
 }
 
@@ -136,6 +141,63 @@ pub const SK_BUFF: &[CtxField] = &[
     field("data_meta", 140, 4, PacketMeta, false),
     field("tstamp", 152, 8, Scalar, true),
     field("wire_len", 160, 4, Scalar, false),
+];
+
+/// `struct bpf_sock_ops` (the fields sluice's sock_ops programs may use; `sk` is left out
+/// because socket pointers are not modelled). `skb_data`/`skb_data_end` are 8-byte
+/// `__bpf_md_ptr` fields.
+pub const SOCK_OPS: &[CtxField] = &[
+    field("op", 0, 4, Scalar, false),
+    field("reply", 4, 4, Scalar, true),
+    field("replylong1", 8, 4, Scalar, true),
+    field("replylong2", 12, 4, Scalar, true),
+    field("replylong3", 16, 4, Scalar, true),
+    field("family", 20, 4, Scalar, false),
+    field("remote_ip4", 24, 4, Scalar, false),
+    field("local_ip4", 28, 4, Scalar, false),
+    field("remote_ip6_0", 32, 4, Scalar, false),
+    field("remote_ip6_1", 36, 4, Scalar, false),
+    field("remote_ip6_2", 40, 4, Scalar, false),
+    field("remote_ip6_3", 44, 4, Scalar, false),
+    field("local_ip6_0", 48, 4, Scalar, false),
+    field("local_ip6_1", 52, 4, Scalar, false),
+    field("local_ip6_2", 56, 4, Scalar, false),
+    field("local_ip6_3", 60, 4, Scalar, false),
+    field("remote_port", 64, 4, Scalar, false),
+    field("local_port", 68, 4, Scalar, false),
+    field("is_fullsock", 72, 4, Scalar, false),
+    field("snd_cwnd", 76, 4, Scalar, false),
+    field("srtt_us", 80, 4, Scalar, false),
+    field("bpf_sock_ops_cb_flags", 84, 4, Scalar, false),
+    field("state", 88, 4, Scalar, false),
+    field("sk_txhash", 164, 4, Scalar, true),
+    field("bytes_received", 168, 8, Scalar, false),
+    field("bytes_acked", 176, 8, Scalar, false),
+    field("skb_data", 192, 8, PacketStart, false),
+    field("skb_data_end", 200, 8, PacketEnd, false),
+    field("skb_len", 208, 4, Scalar, false),
+    field("skb_tcp_flags", 212, 4, Scalar, false),
+];
+
+/// `struct sk_msg_md` up to `size` (`sk` is left out: socket pointers are not modelled).
+/// `data`/`data_end` are 8-byte `__bpf_md_ptr` fields.
+pub const SK_MSG_MD: &[CtxField] = &[
+    field("data", 0, 8, PacketStart, false),
+    field("data_end", 8, 8, PacketEnd, false),
+    field("family", 16, 4, Scalar, false),
+    field("remote_ip4", 20, 4, Scalar, false),
+    field("local_ip4", 24, 4, Scalar, false),
+    field("remote_ip6_0", 28, 4, Scalar, false),
+    field("remote_ip6_1", 32, 4, Scalar, false),
+    field("remote_ip6_2", 36, 4, Scalar, false),
+    field("remote_ip6_3", 40, 4, Scalar, false),
+    field("local_ip6_0", 44, 4, Scalar, false),
+    field("local_ip6_1", 48, 4, Scalar, false),
+    field("local_ip6_2", 52, 4, Scalar, false),
+    field("local_ip6_3", 56, 4, Scalar, false),
+    field("remote_port", 60, 4, Scalar, false),
+    field("local_port", 64, 4, Scalar, false),
+    field("size", 68, 4, Scalar, false),
 ];
 
 /// Map types the simulator emulates.

@@ -1,1 +1,0 @@
-//! The verifier (in progress).

@@ -12,6 +12,7 @@ pub mod elf;
 pub mod golden;
 pub mod maps;
 pub mod model;
+pub mod monitor;
 pub mod node;
 pub mod packet;
 pub mod sys;

@@ -5,7 +5,8 @@
 //! `MachBuffer` shape): a missing or duplicate label, or a jump whose distance does not fit
 //! its offset field, is an error naming the label. Before resolution, two cleanups run:
 //! jumps to an unconditional `goto` are threaded to its final target, a `goto` to the
-//! very next instruction is removed, and so is a `goto` that threading left unreachable.
+//! very next instruction is removed, and so is every instruction nothing reaches (a `goto`
+//! that threading bypassed, a verdict block no path uses).
 //! Threading only rewrites jumps (never calls: a call
 //! target starts a subprogram), and a threaded target whose distance would not fit the
 //! jump's offset field falls back to the nearest one along the chain that does.
@@ -242,38 +243,31 @@ impl Builder {
                 }
             }
         }
-        // Drop `goto`s that threading left unreachable: nothing falls into them and no kept
-        // jump lands on them (the kernel rejects unreachable instructions).
+        // Drop what nothing reaches (the kernel rejects unreachable instructions), walking
+        // from the first instruction along fallthroughs and resolved jump targets; a label on
+        // a dropped no-op goto lands on the next kept instruction, as the goto did. A
+        // threaded jump lands at the end of its chain; resolution checks it never falls back
+        // to an instruction dropped here.
         let mut unreachable = vec![false; self.items.len()];
         if optimize {
-            loop {
-                let landing = |at: usize, keep: &[bool]| (at..keep.len()).find(|&k| keep[k]);
-                let mut targeted = vec![false; self.items.len()];
-                // A threaded jump lands at the end of its chain (resolution checks that it
-                // does not fall back to a goto removed here).
-                for (j, chain) in chains.iter().enumerate() {
-                    if let (true, Some(l)) = (keep[j], chain.last()) {
-                        if let Some(k) = landing(label_at[l], &keep) {
-                            targeted[k] = true;
-                        }
-                    }
+            let landing = |at: usize| (at..keep.len()).find(|&k| keep[k]);
+            let mut reached = vec![false; self.items.len()];
+            let mut work: Vec<usize> = landing(0).into_iter().collect();
+            while let Some(i) = work.pop() {
+                if std::mem::replace(&mut reached[i], true) {
+                    continue;
                 }
-                let mut changed = false;
-                let mut prev_falls = true;
-                for (i, item) in self.items.iter().enumerate() {
-                    if !keep[i] {
-                        continue;
-                    }
-                    if matches!(item.insn, Insn::Ja { .. }) && !prev_falls && !targeted[i] {
-                        keep[i] = false;
-                        unreachable[i] = true;
-                        changed = true;
-                        continue;
-                    }
-                    prev_falls = item.insn.falls_through();
+                if self.items[i].insn.falls_through() {
+                    work.extend(landing(i + 1));
                 }
-                if !changed {
-                    break;
+                if let Some(l) = chains[i].last() {
+                    work.extend(landing(label_at[l]));
+                }
+            }
+            for i in 0..self.items.len() {
+                if keep[i] && !reached[i] {
+                    keep[i] = false;
+                    unreachable[i] = true;
                 }
             }
         }
@@ -315,7 +309,7 @@ impl Builder {
             // The most threaded target that fits the offset field; the label as written
             // decides the error when none does.
             let resolved = chain.iter().rev().enumerate().find_map(|(back, label)| {
-                if back > 0 && unreachable[label_at[label]] {
+                if back > 0 && unreachable.get(label_at[label]).copied().unwrap_or(false) {
                     return None;
                 }
                 let off = i32::try_from(distance_to(label)).ok()?;

@@ -100,12 +100,12 @@ fn sixteen_bit_jump_out_of_range_is_an_error() {
     );
     // gotol reaches where goto cannot.
     let mut b = Builder::new();
-    b.emit_to(Insn::Ja { long: true, off: 0 }, "far");
+    b.jmp(JmpCond::Eq, Reg::R1, 0, "over").emit_to(Insn::Ja { long: true, off: 0 }, "far").label("over");
     for _ in 0..40_000 {
         b.mov(Reg::R0, 0);
     }
     b.label("far").exit();
-    assert_eq!(b.build().expect("gotol reaches").insns()[0], Insn::Ja { long: true, off: 40_000 });
+    assert_eq!(b.build().expect("gotol reaches").insns()[1], Insn::Ja { long: true, off: 40_000 });
 }
 
 #[test]
@@ -124,16 +124,9 @@ fn jumps_thread_through_gotos() {
     let p = b.build().expect("builds");
     assert_eq!(
         p.insns(),
-        // The goto at 3 is unreachable once the jump is threaded past it: dropped.
-        [
-            jeq(Reg::R1, 0, 5),
-            Insn::mov64(Reg::R0, 1),
-            Insn::Exit,
-            Insn::mov64(Reg::R0, 5),
-            goto(1),
-            Insn::mov64(Reg::R0, 6),
-            Insn::Exit
-        ]
+        // Threaded, the jump goes straight to `out`; the gotos at 3 and 5 and the moves at
+        // 4 and 6 are then unreachable and dropped.
+        [jeq(Reg::R1, 0, 2), Insn::mov64(Reg::R0, 1), Insn::Exit, Insn::Exit]
     );
 }
 
@@ -154,10 +147,11 @@ fn goto_to_next_is_removed_and_names_move_with_it() {
     // A goto whose threaded target is the next instruction goes too, and jumps to it land
     // where it led.
     let mut b = Builder::new();
-    b.jmp(JmpCond::Eq, Reg::R1, 0, "g").label("g").ja("h").ret(1).label("h").ret(2);
+    b.jmp(JmpCond::Eq, Reg::R2, 0, "one").jmp(JmpCond::Eq, Reg::R1, 0, "g").label("g").ja("h");
+    b.label("one").ret(1).label("h").ret(2);
     let p = b.build().expect("builds");
-    assert_eq!(p.insns()[0], jeq(Reg::R1, 0, 3));
-    assert_eq!(p.insns()[1], goto(2));
+    assert_eq!(p.insns()[1], jeq(Reg::R1, 0, 3));
+    assert_eq!(p.insns()[2], goto(2));
     let mut b = Builder::new();
     b.jmp(JmpCond::Eq, Reg::R1, 0, "g").mov(Reg::R0, 0).label("g").ja("h").label("h").exit();
     let p = b.build().expect("builds");
@@ -177,33 +171,37 @@ fn threading_never_pushes_a_jump_out_of_range() {
     // `goto far` reaches a goto 20000 slots on, which reaches `end` 20000 slots further:
     // threaded, the first jump would span 40000 slots, so it stays where it was written.
     let mut b = Builder::new();
-    b.ja("mid");
+    b.jmp(JmpCond::Eq, Reg::R2, 0, "fill");
+    b.jmp(JmpCond::Eq, Reg::R1, 0, "mid");
     for _ in 0..20_000 {
         b.mov(Reg::R0, 0);
     }
     b.label("mid").ja("end");
+    b.label("fill");
     for _ in 0..20_000 {
         b.mov(Reg::R0, 0);
     }
     b.label("end").exit();
     let p = b.build().expect("a jump in range stays in range");
-    assert_eq!(p.insns()[0], goto(20_000));
-    assert_eq!(p.insns()[20_001], goto(20_000));
+    assert_eq!(p.insns()[1], jeq(Reg::R1, 0, 20_000));
+    assert_eq!(p.insns()[20_002], goto(20_000));
     // Through a gotol: threading stops at the last target a 16-bit offset reaches.
     let mut b = Builder::new();
-    b.jmp(JmpCond::Eq, Reg::R1, 0, "a")
+    b.jmp(JmpCond::Eq, Reg::R2, 0, "fill")
+        .jmp(JmpCond::Eq, Reg::R1, 0, "a")
         .label("a")
         .ja("b")
         .label("b")
-        .emit_to(Insn::Ja { long: true, off: 0 }, "far");
+        .emit_to(Insn::Ja { long: true, off: 0 }, "far")
+        .label("fill");
     for _ in 0..40_000 {
         b.mov(Reg::R0, 0);
     }
     b.label("far").exit();
     let p = b.build().expect("builds");
     // `a: goto b` is removed (b is next); the conditional jump lands on the gotol.
-    assert_eq!(p.insns()[0], jeq(Reg::R1, 0, 0));
-    assert_eq!(p.insns()[1], Insn::Ja { long: true, off: 40_000 });
+    assert_eq!(p.insns()[1], jeq(Reg::R1, 0, 0));
+    assert_eq!(p.insns()[2], Insn::Ja { long: true, off: 40_000 });
 }
 
 #[test]

@@ -354,7 +354,7 @@ impl Gen {
             off: ct_value::PACKETS as i16,
             src: Reg::R1,
         });
-        b.ja(label(Reason::AllowEstablished));
+        b.mov(Reg::R7, Reason::AllowEstablished as i32).ja("allowed");
     }
 
     fn emit_new_connection(&self, b: &mut Builder) {
@@ -456,17 +456,18 @@ impl Gen {
         b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(FP_CTV));
         b.mov(Reg::R4, 0);
         b.call(MAP_UPDATE_ELEM);
-        b.comment("a first fragment leaves its verdict for the rest");
+        b.label("allowed").comment("a first fragment leaves its verdict for the rest; r7 = reason");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC + 1);
-        b.jmp(JmpCond::Eq, Reg::R1, 0, "allowed");
+        b.jmp(JmpCond::Eq, Reg::R1, 0, "allowed_reason");
         b.store(Size::DW, Reg::R10, FP_CTV, 1);
         b.ld_map(Reg::R1, "frag4");
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FRAG));
         b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(FP_CTV));
         b.mov(Reg::R4, 0);
         b.call(MAP_UPDATE_ELEM);
-        b.label("allowed");
+        b.label("allowed_reason");
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, label(Reason::AllowUnenforced));
+        b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowEstablished as i32, label(Reason::AllowEstablished));
         b.ja(label(Reason::AllowNew));
     }
 

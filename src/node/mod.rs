@@ -5,6 +5,7 @@
 //! loader ([`load`]) both create the plan's maps, apply its writes in order and run or load
 //! its programs, so the two cannot drift apart.
 
+pub mod endpoints;
 pub mod load;
 pub mod replay;
 pub mod sim;

@@ -22,6 +22,7 @@ pub mod link;
 pub mod map;
 pub mod pin;
 pub mod prog;
+pub mod ringbuf;
 pub mod testrun;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ pub use link::{link_create, link_detach, link_update, prog_attach, prog_detach, 
 pub use map::{Keys, Map, MapKind, MapSpec, UpdateFlags};
 pub use pin::{ensure_bpffs, get_pinned, is_bpffs, pin, unpin, BPF_FS_MAGIC, DEFAULT_BPFFS};
 pub use prog::{ProgSpec, ProgType, Program};
+pub use ringbuf::RingBuf;
 pub use testrun::{test_run, TestRunOpts, TestRunResult};
 
 /// Result of this layer.

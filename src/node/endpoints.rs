@@ -1,0 +1,89 @@
+//! Planning endpoint policy: from resolved endpoints, ipcache entries and policy rules to
+//! the programs and the writes that fill their shared maps.
+
+use super::Object;
+use crate::codegen::endpoint::{generate, Direction};
+use crate::codegen::CodegenError;
+use crate::maps::policy::{self, ep_config, ep_config_value, ipc_v6_key, Capacity, IpcacheV4, PolicyRule};
+use crate::maps::prefilter::MapWrites;
+use sluice_verifier_sim::spec::ProgKind;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// One endpoint as the datapath sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// Index into `ep_config` and `ep_stats`; baked into the endpoint's programs.
+    pub index: u16,
+    pub name: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    pub identity: u32,
+    pub ingress_enforced: bool,
+    pub egress_enforced: bool,
+}
+
+/// Everything endpoint policy needs, resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyPlan {
+    pub endpoints: Vec<EndpointSpec>,
+    /// IPv4 ipcache: (network, prefix length, identity).
+    pub ipcache_v4: Vec<(u32, u8, u32)>,
+    /// IPv6 ipcache: (network, prefix length, identity).
+    pub ipcache_v6: Vec<(u128, u8, u32)>,
+    pub rules: Vec<PolicyRule>,
+}
+
+impl PolicyPlan {
+    /// Capacities with room to grow.
+    pub fn capacity(&self, ipc: &IpcacheV4) -> Capacity {
+        let room = |n: usize, floor: u32| u32::try_from(n * 2).unwrap_or(u32::MAX).max(floor);
+        let max_index = self.endpoints.iter().map(|e| u32::from(e.index) + 1).max().unwrap_or(0);
+        Capacity {
+            endpoints: room(max_index as usize, 64),
+            ipc_v4_l2: room(ipc.l2.len(), 256),
+            ipc_v4_l3: room(ipc.l3.len(), 1024),
+            ipc_v6: room(self.ipcache_v6.len(), 16384),
+            policy: room(self.rules.len(), 65536),
+            ct: 262_144,
+        }
+    }
+
+    /// The initial contents of the endpoint-policy maps, in order.
+    pub fn writes(&self, ipc: &IpcacheV4) -> Vec<MapWrites> {
+        let mut out = ipc.writes();
+        let mut v6 = MapWrites { map: "ipc_v6", key_size: 20, value_size: 4, ..MapWrites::default() };
+        for &(a, l, id) in &self.ipcache_v6 {
+            v6.put(&ipc_v6_key(a, l), &id.to_le_bytes());
+        }
+        out.push(v6);
+        out.push(policy::policy_writes(&self.rules));
+        let mut cfg = MapWrites { map: "ep_config", key_size: 4, value_size: ep_config::SIZE, ..MapWrites::default() };
+        for e in &self.endpoints {
+            let flags = u32::from(e.ingress_enforced) * ep_config::INGRESS_ENFORCED
+                | u32::from(e.egress_enforced) * ep_config::EGRESS_ENFORCED;
+            cfg.put(&u32::from(e.index).to_le_bytes(), &ep_config_value(flags, e.ipv4, e.ipv6, e.identity));
+        }
+        out.push(cfg);
+        out
+    }
+}
+
+/// The two programs of every endpoint; the first object carries the map writes.
+pub fn endpoint_objects(plan: &PolicyPlan) -> Result<Vec<Object>, CodegenError> {
+    let ipc = IpcacheV4::build(&plan.ipcache_v4);
+    let maps = policy::map_defs(plan.capacity(&ipc));
+    let mut writes = Some(plan.writes(&ipc));
+    let mut out = Vec::new();
+    for e in &plan.endpoints {
+        for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
+            out.push(Object {
+                name: dir.program_name(e.index),
+                kind: ProgKind::SchedCls,
+                program: generate(e.index, dir)?,
+                maps: maps.clone(),
+                writes: writes.take().unwrap_or_default(),
+            });
+        }
+    }
+    Ok(out)
+}

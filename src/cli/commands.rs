@@ -42,6 +42,8 @@ pub enum CliError {
     Replay(String),
     #[error("{0}")]
     Bench(String),
+    #[error("{0}")]
+    Monitor(String),
     #[error("{0} needs root (bpf() and bpffs): {1}")]
     NeedsKernel(&'static str, String),
 }
@@ -62,6 +64,19 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir),
+        Command::Monitor { json, count, pin_dir } => {
+            let sys = kernel("sluice monitor")?;
+            crate::monitor::run(&sys, &pin_dir, json, count, &mut std::io::stdout().lock())
+                .map_err(|e| CliError::Monitor(e.to_string()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Events { state, rate, pin_dir } => {
+            let sys = kernel("sluice events")?;
+            let flags = if state == "on" { crate::monitor::EVENTS_ALL } else { 0 };
+            crate::monitor::set_events(&sys, &pin_dir, flags, rate).map_err(|e| CliError::Monitor(e.to_string()))?;
+            println!("events {state} (at most {rate} per second per CPU)");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench { sizes, repeat, rounds } => {
             kernel("sluice bench")?;
             let opts =

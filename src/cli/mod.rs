@@ -56,6 +56,26 @@ pub enum Command {
         #[arg(long, global = true, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Print policy verdicts and drops as flows, from the pinned ring buffer (root).
+    Monitor {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many flows.
+        #[arg(long)]
+        count: Option<usize>,
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Switch datapath events on or off, with a per-CPU rate limit (events per second).
+    Events {
+        #[arg(value_parser = ["on", "off"])]
+        state: String,
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Time our programs against the clang-built anchors, in the same run (root).
     Bench {
         /// Deny-set sizes per family.

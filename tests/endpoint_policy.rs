@@ -44,7 +44,11 @@ fn scenario() -> PolicyPlan {
                 egress_enforced: false,
             },
         ],
-        ipcache_v4: vec![(u32::from(EP1), 32, 1001), (u32::from(EP2), 32, 1002), (0xc000_0200, 24, 16_777_217)],
+        ipcache_v4: vec![
+            (u32::from(EP1), 32, 1001),
+            (u32::from(EP2), 32, 1002),
+            (0xc000_0200, 24, 16_777_217),
+        ],
         ipcache_v6: vec![],
         rules: vec![
             // client egress: to the server on any TCP port, to the world on 53/udp.
@@ -118,30 +122,107 @@ fn steps() -> Vec<Step> {
     let icmp_error =
         PacketBuilder::ethernet(MAC2, MAC1).ipv4(WORLD_DNS, EP1).icmpv4(3, 3, 0).payload(&quoted).build();
     vec![
-        Step { ct: Some((fwd, CtState::SynSent)), ..step("client SYN out", "from_ep_1", tcp(EP1, 40000, EP2, 80, syn), Reason::AllowNew) },
-        Step { ct: Some((fwd_in, CtState::SynSent)), ..step("server gets the SYN", "to_ep_2", tcp(EP1, 40000, EP2, 80, syn), Reason::AllowNew) },
-        Step { ct: Some((fwd_in, CtState::Established)), ..step("server SYN-ACK out (a reply)", "from_ep_2", tcp(EP2, 80, EP1, 40000, synack), Reason::AllowEstablished) },
-        Step { ct: Some((fwd, CtState::Established)), ..step("client gets the SYN-ACK (a reply)", "to_ep_1", tcp(EP2, 80, EP1, 40000, synack), Reason::AllowEstablished) },
+        Step {
+            ct: Some((fwd, CtState::SynSent)),
+            ..step("client SYN out", "from_ep_1", tcp(EP1, 40000, EP2, 80, syn), Reason::AllowNew)
+        },
+        Step {
+            ct: Some((fwd_in, CtState::SynSent)),
+            ..step("server gets the SYN", "to_ep_2", tcp(EP1, 40000, EP2, 80, syn), Reason::AllowNew)
+        },
+        Step {
+            ct: Some((fwd_in, CtState::Established)),
+            ..step(
+                "server SYN-ACK out (a reply)",
+                "from_ep_2",
+                tcp(EP2, 80, EP1, 40000, synack),
+                Reason::AllowEstablished,
+            )
+        },
+        Step {
+            ct: Some((fwd, CtState::Established)),
+            ..step(
+                "client gets the SYN-ACK (a reply)",
+                "to_ep_1",
+                tcp(EP2, 80, EP1, 40000, synack),
+                Reason::AllowEstablished,
+            )
+        },
         step("client ACK", "from_ep_1", tcp(EP1, 40000, EP2, 80, TcpFlags::ACK), Reason::AllowEstablished),
-        step("unsolicited SYN to 22/tcp: deny wins over the 20-23 range", "to_ep_2", tcp(EP1, 40001, EP2, 22, syn), Reason::DenyPolicy),
+        step(
+            "unsolicited SYN to 22/tcp: deny wins over the 20-23 range",
+            "to_ep_2",
+            tcp(EP1, 40001, EP2, 22, syn),
+            Reason::DenyPolicy,
+        ),
         step("SYN to 21/tcp: inside the range", "to_ep_2", tcp(EP1, 40002, EP2, 21, syn), Reason::AllowNew),
-        step("SYN to 24/tcp: outside the range", "to_ep_2", tcp(EP1, 40003, EP2, 24, syn), Reason::DenyDefault),
-        step("world SYN to 80/tcp: no rule", "to_ep_2", tcp(Ipv4Addr::new(198, 51, 100, 1), 1234, EP2, 80, syn), Reason::DenyDefault),
+        step(
+            "SYN to 24/tcp: outside the range",
+            "to_ep_2",
+            tcp(EP1, 40003, EP2, 24, syn),
+            Reason::DenyDefault,
+        ),
+        step(
+            "world SYN to 80/tcp: no rule",
+            "to_ep_2",
+            tcp(Ipv4Addr::new(198, 51, 100, 1), 1234, EP2, 80, syn),
+            Reason::DenyDefault,
+        ),
         step("unsolicited SYN to the client", "to_ep_1", tcp(EP2, 80, EP1, 40009, syn), Reason::DenyDefault),
-        step("spoofed source from the client", "from_ep_1", tcp(Ipv4Addr::new(10, 244, 0, 99), 40000, EP2, 80, syn), Reason::DenySpoofed),
-        Step { ct: Some((fwd, CtState::Closing)), ..step("client FIN", "from_ep_1", tcp(EP1, 40000, EP2, 80, fin), Reason::AllowEstablished) },
-        step("server sends unsolicited to the client's closed port", "from_ep_2", tcp(EP2, 81, EP1, 40000, syn), Reason::AllowUnenforced),
+        step(
+            "spoofed source from the client",
+            "from_ep_1",
+            tcp(Ipv4Addr::new(10, 244, 0, 99), 40000, EP2, 80, syn),
+            Reason::DenySpoofed,
+        ),
+        Step {
+            ct: Some((fwd, CtState::Closing)),
+            ..step("client FIN", "from_ep_1", tcp(EP1, 40000, EP2, 80, fin), Reason::AllowEstablished)
+        },
+        step(
+            "server sends unsolicited to the client's closed port",
+            "from_ep_2",
+            tcp(EP2, 81, EP1, 40000, syn),
+            Reason::AllowUnenforced,
+        ),
         step("client DNS to the world", "from_ep_1", udp(EP1, 5353, WORLD_DNS, 53), Reason::AllowNew),
         step("client UDP to 54: no rule", "from_ep_1", udp(EP1, 5353, WORLD_DNS, 54), Reason::DenyDefault),
         step("DNS answer (a reply)", "to_ep_1", udp(WORLD_DNS, 53, EP1, 5353), Reason::AllowEstablished),
         step("ICMP error about the DNS query", "to_ep_1", icmp_error, Reason::AllowRelated),
-        step("ICMP echo to the server", "to_ep_2", PacketBuilder::ethernet(MAC1, MAC2).ipv4(Ipv4Addr::new(198, 51, 100, 1), EP2).icmpv4_echo(7, 1).build(), Reason::AllowNew),
+        step(
+            "ICMP echo to the server",
+            "to_ep_2",
+            PacketBuilder::ethernet(MAC1, MAC2)
+                .ipv4(Ipv4Addr::new(198, 51, 100, 1), EP2)
+                .icmpv4_echo(7, 1)
+                .build(),
+            Reason::AllowNew,
+        ),
         step("first fragment of an allowed datagram", "from_ep_1", first_fragment, Reason::AllowNew),
         step("its later fragment", "from_ep_1", later(77), Reason::AllowFragment),
         step("a later fragment of nothing seen", "from_ep_1", later(78), Reason::DenyFragment),
-        step("ARP", "from_ep_1", PacketBuilder::ethernet(MAC1, MAC2).ethertype_raw(0x0806, &[0u8; 28]).build(), Reason::AllowNotIp),
-        step("truncated TCP header", "to_ep_2", tcp(EP1, 40000, EP2, 80, syn)[..14 + 20 + 10].to_vec(), Reason::DenyTruncated),
-        step("IPv4 header length under 20", "to_ep_2", { let mut p = tcp(EP1, 1, EP2, 80, syn); p[14] = 0x44; p }, Reason::DenyMalformed),
+        step(
+            "ARP",
+            "from_ep_1",
+            PacketBuilder::ethernet(MAC1, MAC2).ethertype_raw(0x0806, &[0u8; 28]).build(),
+            Reason::AllowNotIp,
+        ),
+        step(
+            "truncated TCP header",
+            "to_ep_2",
+            tcp(EP1, 40000, EP2, 80, syn)[..14 + 20 + 10].to_vec(),
+            Reason::DenyTruncated,
+        ),
+        step(
+            "IPv4 header length under 20",
+            "to_ep_2",
+            {
+                let mut p = tcp(EP1, 1, EP2, 80, syn);
+                p[14] = 0x44;
+                p
+            },
+            Reason::DenyMalformed,
+        ),
     ]
 }
 
@@ -154,7 +235,8 @@ fn ct_state(value: &[u8]) -> u8 {
 }
 
 fn stats_key(program: &str, reason: Reason) -> u32 {
-    let ep: u32 = program.rsplit('_').next().and_then(|n| n.parse().ok()).expect("program names end in the index");
+    let ep: u32 =
+        program.rsplit('_').next().and_then(|n| n.parse().ok()).expect("program names end in the index");
     ep * Reason::COUNT + reason as u32
 }
 
@@ -168,7 +250,13 @@ fn conntrack_sequences_in_the_simulator() {
         let want = if s.reason.allows() { 0 } else { 2 };
         let after = node.counter("ep_stats", stats_key(s.program, s.reason));
         if out.retval != want || after != before + 1 {
-            failures.push(format!("{}: verdict {} (want {want}), {} counted {}", s.what, out.retval, s.reason.name(), after - before));
+            failures.push(format!(
+                "{}: verdict {} (want {want}), {} counted {}",
+                s.what,
+                out.retval,
+                s.reason.name(),
+                after - before
+            ));
         }
         if let Some((key, state)) = s.ct {
             let got = node.maps.get("ct4").and_then(|m| m.lookup(&key)).map(ct_state);
@@ -196,7 +284,8 @@ fn conntrack_sequences_in_the_kernel() {
         return;
     }
     let plan = plan();
-    let loaded = load_plan(&sluice::sys::kernel(), &plan).expect("the kernel verifier accepts every endpoint program");
+    let loaded =
+        load_plan(&sluice::sys::kernel(), &plan).expect("the kernel verifier accepts every endpoint program");
     let mut node = SimNode::new(&plan).expect("verifies");
     let mut failures = Vec::new();
     for s in steps() {
@@ -207,7 +296,13 @@ fn conntrack_sequences_in_the_kernel() {
         let sim = node.run(s.program, &s.packet).expect("runs");
         let want = if s.reason.allows() { 0 } else { 2 };
         if r.retval != want || after != before + 1 {
-            failures.push(format!("{}: kernel verdict {} (want {want}), {} counted {}", s.what, r.retval, s.reason.name(), after - before));
+            failures.push(format!(
+                "{}: kernel verdict {} (want {want}), {} counted {}",
+                s.what,
+                r.retval,
+                s.reason.name(),
+                after - before
+            ));
         }
         if u64::from(r.retval) != sim.retval || r.data_out != sim.packet {
             failures.push(format!("{}: kernel and simulator differ", s.what));

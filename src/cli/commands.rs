@@ -73,7 +73,8 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Events { state, rate, pin_dir } => {
             let sys = kernel("sluice events")?;
             let flags = if state == "on" { crate::monitor::EVENTS_ALL } else { 0 };
-            crate::monitor::set_events(&sys, &pin_dir, flags, rate).map_err(|e| CliError::Monitor(e.to_string()))?;
+            crate::monitor::set_events(&sys, &pin_dir, flags, rate)
+                .map_err(|e| CliError::Monitor(e.to_string()))?;
             println!("events {state} (at most {rate} per second per CPU)");
             Ok(ExitCode::SUCCESS)
         }

@@ -27,8 +27,8 @@
 
 use super::{emit_ethernet, guard, CodegenError, EthLabels};
 use crate::maps::policy::{
-    ct4_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout, CtState, Reason,
-    EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
+    ct4_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout, CtState,
+    Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
 use sluice_asm::helpers::{KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT};
 use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
@@ -537,7 +537,12 @@ impl Gen {
         b.store(Size::W, Reg::R10, ev(event::DST_IDENTITY), dst);
         b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 8).store(Size::W, Reg::R10, ev(event::SPORT), Reg::R1);
         for (i, off) in [event::SADDR, event::DADDR].into_iter().enumerate() {
-            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 4 * i as i16).store(Size::W, Reg::R10, ev(off), Reg::R1);
+            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 4 * i as i16).store(
+                Size::W,
+                Reg::R10,
+                ev(off),
+                Reg::R1,
+            );
             for w in 1..4 {
                 b.store(Size::W, Reg::R10, ev(off) + 4 * w, 0);
             }

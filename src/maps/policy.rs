@@ -337,7 +337,14 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             max_entries: cap.endpoints * Reason::COUNT,
             flags: 0,
         },
-        MapDef { name: "events", kind: MapKind::RingBuf, key_size: 0, value_size: 0, max_entries: 1 << 18, flags: 0 },
+        MapDef {
+            name: "events",
+            kind: MapKind::RingBuf,
+            key_size: 0,
+            value_size: 0,
+            max_entries: 1 << 18,
+            flags: 0,
+        },
         array("ev_config", ev_config::SIZE as u32, 1),
         MapDef {
             name: "ev_budget",
@@ -497,7 +504,8 @@ impl PolicyRule {
         k[policy_key::IDENTITY..policy_key::IDENTITY + 4].copy_from_slice(&self.identity.to_be_bytes());
         if self.proto != 0 {
             k[policy_key::PROTO] = self.proto;
-            k[policy_key::PORT..policy_key::PORT + 2].copy_from_slice(&(self.port & self.port_mask()).to_be_bytes());
+            k[policy_key::PORT..policy_key::PORT + 2]
+                .copy_from_slice(&(self.port & self.port_mask()).to_be_bytes());
         }
         k
     }
@@ -535,7 +543,8 @@ pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
         let deny = r.deny || denies.iter().any(|d| d.covers(r));
         let mut v = [0u8; policy_value::SIZE];
         v[policy_value::VERDICT] = if deny { policy_value::DENY } else { policy_value::ALLOW };
-        v[policy_value::PROXY_PORT..policy_value::PROXY_PORT + 2].copy_from_slice(&r.proxy_port.to_be_bytes());
+        v[policy_value::PROXY_PORT..policy_value::PROXY_PORT + 2]
+            .copy_from_slice(&r.proxy_port.to_be_bytes());
         w.put(key, &v);
     }
     w
@@ -544,7 +553,14 @@ pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
 /// The verdict the program reaches from `rules` for a peer identity, protocol and port,
 /// computed the way the datapath does: the longest matching key for the identity and for
 /// "any identity", deny if either says deny, allow if either says allow, else none.
-pub fn datapath_verdict(rules: &[PolicyRule], ep: u16, dir: u8, identity: u32, proto: u8, port: u16) -> Option<bool> {
+pub fn datapath_verdict(
+    rules: &[PolicyRule],
+    ep: u16,
+    dir: u8,
+    identity: u32,
+    proto: u8,
+    port: u16,
+) -> Option<bool> {
     let w = policy_writes(rules);
     let probe = PolicyRule { ep, dir, identity, proto, port, port_prefix: 16, deny: false, proxy_port: 0 };
     let mut verdicts = Vec::new();
@@ -628,7 +644,12 @@ mod tests {
 
     #[test]
     fn any_deny_wins_over_more_specific_allows() {
-        let rules = [rule(5, 6, 80, 16, false), rule(0, 6, 80, 15, true), rule(7, 0, 0, 0, false), rule(7, 6, 22, 16, true)];
+        let rules = [
+            rule(5, 6, 80, 16, false),
+            rule(0, 6, 80, 15, true),
+            rule(7, 0, 0, 0, false),
+            rule(7, 6, 22, 16, true),
+        ];
         assert_eq!(datapath_verdict(&rules, 1, INGRESS, 5, 6, 80), Some(false));
         assert_eq!(datapath_verdict(&rules, 1, INGRESS, 5, 6, 81), Some(false));
         assert_eq!(datapath_verdict(&rules, 1, INGRESS, 5, 6, 82), None);

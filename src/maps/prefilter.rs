@@ -1046,7 +1046,7 @@ mod tests {
         for _ in 0..n {
             let len4 = (lcg(&mut s) % 33) as u8;
             let a4 = (lcg(&mut s) as u32) & mask32(len4);
-            set.insert(Prefix::V4 { addr: a4, len: len4.max(4) & 0xff });
+            set.insert(Prefix::V4 { addr: a4, len: len4.max(4) });
             set.v4.retain(|p| p.0 & !mask32(p.1) == 0);
             let len6 = 8 + (lcg(&mut s) % 121) as u8;
             let a6 = ((u128::from(lcg(&mut s)) << 64) | u128::from(lcg(&mut s))) & mask128(len6);

@@ -57,10 +57,11 @@ impl PolicyPlan {
         }
         out.push(v6);
         out.push(policy::policy_writes(&self.rules));
-        let mut cfg = MapWrites { map: "ep_config", key_size: 4, value_size: ep_config::SIZE, ..MapWrites::default() };
+        let mut cfg =
+            MapWrites { map: "ep_config", key_size: 4, value_size: ep_config::SIZE, ..MapWrites::default() };
         for e in &self.endpoints {
-            let flags = u32::from(e.ingress_enforced) * ep_config::INGRESS_ENFORCED
-                | u32::from(e.egress_enforced) * ep_config::EGRESS_ENFORCED;
+            let flags = (u32::from(e.ingress_enforced) * ep_config::INGRESS_ENFORCED)
+                | (u32::from(e.egress_enforced) * ep_config::EGRESS_ENFORCED);
             cfg.put(&u32::from(e.index).to_le_bytes(), &ep_config_value(flags, e.ipv4, e.ipv6, e.identity));
         }
         out.push(cfg);

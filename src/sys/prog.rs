@@ -226,7 +226,7 @@ impl AsRawFd for Program {
 
 fn load_input(spec: &ProgSpec<'_>, name: &str) -> Result<LoadInput> {
     let context = || format!("BPF_PROG_LOAD of program `{name}`");
-    if spec.insns.is_empty() || spec.insns.len() % 8 != 0 {
+    if spec.insns.is_empty() || !spec.insns.len().is_multiple_of(8) {
         return Err(SysError::invalid(
             context(),
             format!("instructions are {} bytes, expected a non-zero multiple of 8", spec.insns.len()),

@@ -93,10 +93,29 @@ fn label(r: Reason) -> &'static str {
     r.name()
 }
 
+/// Code generation switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// Track connections (the datapath always does; `false` exists to time the policy
+    /// path of a new connection in isolation, as `sluice bench` does).
+    pub conntrack: bool,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options { conntrack: true }
+    }
+}
+
 /// Generate the program of endpoint `ep` for one direction.
 pub fn generate(ep: u16, dir: Direction) -> Result<Program, CodegenError> {
+    generate_with(ep, dir, Options::default())
+}
+
+/// [`generate`] with explicit switches.
+pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Program, CodegenError> {
     let mut b = Builder::new();
-    let g = Gen { ep, dir };
+    let g = Gen { ep, dir, options };
     g.emit_entry(&mut b);
     emit_ethernet(
         &mut b,
@@ -125,6 +144,7 @@ pub fn generate(ep: u16, dir: Direction) -> Result<Program, CodegenError> {
 struct Gen {
     ep: u16,
     dir: Direction,
+    options: Options,
 }
 
 impl Gen {
@@ -290,6 +310,9 @@ impl Gen {
 
     fn emit_conntrack(&self, b: &mut Builder) {
         b.label("conntrack").comment("conntrack: the tuple as sent");
+        if !self.options.conntrack {
+            b.ja("new_connection");
+        }
         b.ld_map(Reg::R1, "ct4");
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CT));
         b.call(MAP_LOOKUP_ELEM);
@@ -431,6 +454,9 @@ impl Gen {
         b.mov(Reg::R7, Reason::AllowNew as i32);
 
         b.label("ct_create").comment("track the connection; r7 = the allow reason");
+        if !self.options.conntrack {
+            b.ja("allowed");
+        }
         for off in (0..ct_value::SIZE as i16).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_CTV + off, 0);
         }

@@ -2,7 +2,7 @@
 //! the programs and the writes that fill their shared maps.
 
 use super::Object;
-use crate::codegen::endpoint::{generate, Direction};
+use crate::codegen::endpoint::{generate_with, Direction, Options};
 use crate::codegen::CodegenError;
 use crate::maps::policy::{self, ep_config, ep_config_value, ipc_v6_key, Capacity, IpcacheV4, PolicyRule};
 use crate::maps::prefilter::MapWrites;
@@ -71,6 +71,11 @@ impl PolicyPlan {
 
 /// The two programs of every endpoint; the first object carries the map writes.
 pub fn endpoint_objects(plan: &PolicyPlan) -> Result<Vec<Object>, CodegenError> {
+    endpoint_objects_with(plan, Options::default())
+}
+
+/// [`endpoint_objects`] with code generation switches.
+pub fn endpoint_objects_with(plan: &PolicyPlan, options: Options) -> Result<Vec<Object>, CodegenError> {
     let ipc = IpcacheV4::build(&plan.ipcache_v4);
     let maps = policy::map_defs(plan.capacity(&ipc));
     let mut writes = Some(plan.writes(&ipc));
@@ -80,7 +85,7 @@ pub fn endpoint_objects(plan: &PolicyPlan) -> Result<Vec<Object>, CodegenError> 
             out.push(Object {
                 name: dir.program_name(e.index),
                 kind: ProgKind::SchedCls,
-                program: generate(e.index, dir)?,
+                program: generate_with(e.index, dir, options)?,
                 maps: maps.clone(),
                 writes: writes.take().unwrap_or_default(),
             });

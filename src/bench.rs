@@ -1251,7 +1251,8 @@ mod tests {
         let cidrs = obj.writes.iter().find(|w| w.map == "pf_cidrs").expect("pf_cidrs writes");
         let [v4, v6] = split_cidrs(cidrs);
         assert_eq!((v4.updates(), v6.updates()), (2, 1));
-        assert!(v4.keys.chunks_exact(cidr_key::SIZE).all(|k| k[cidr_key::FAMILY] == 4));
-        assert_eq!(v6.keys[cidr_key::FAMILY], 6);
+        // `pf_cidrs` is an array: the family is in the record, the key is an index.
+        assert!(v4.values.chunks_exact(cidr_key::SIZE).all(|r| r[cidr_key::FAMILY] == 4));
+        assert_eq!(v6.values[cidr_key::FAMILY], 6);
     }
 }

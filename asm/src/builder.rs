@@ -195,6 +195,10 @@ impl Builder {
     }
 
     fn resolve(&self, optimize: bool) -> Result<Program, BuildError> {
+        // A jump pushed with a numeric offset has a target the builder cannot see: moving or
+        // dropping instructions would silently retarget it, so such programs stay verbatim.
+        let raw_branches = self.items.iter().any(|i| i.target.is_none() && i.insn.branch_offset().is_some());
+        let optimize = optimize && !raw_branches;
         let mut label_at: HashMap<&str, usize> = HashMap::new();
         for (name, at) in &self.labels {
             if let Some(first) = label_at.insert(name, *at) {

@@ -69,9 +69,18 @@ pub fn alu(
             let v = if wide { Scalar::alu64(op, &d.var, &s.var) } else { Scalar::alu32(op, &d.var, &s.var) };
             RegState::scalar(v)
         }
-        (true, false) => ptr_alu(env, op, &d, &s.var, dst_no)?,
+        (true, false) => {
+            // The pointer's bounds now depend on the scalar's.
+            if let Src::Reg(r) = src {
+                env.need_precise(st, 1 << r.num());
+            }
+            ptr_alu(env, op, &d, &s.var, dst_no)?
+        }
         (false, true) => match op {
-            AluOp::Add => ptr_alu(env, op, &s, &d.var, dst_no)?,
+            AluOp::Add => {
+                env.need_precise(st, 1 << dst_no);
+                ptr_alu(env, op, &s, &d.var, dst_no)?
+            }
             AluOp::Sub => return Err(arith(dst_no, s.ty(), "tried to subtract pointer from scalar")),
             _ => return Err(operator_error(op, src_no, s.ty())),
         },

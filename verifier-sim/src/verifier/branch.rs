@@ -13,7 +13,7 @@ const MAX_PACKET_OFF: u64 = 0xffff;
 /// `if dst COND src goto target`.
 #[allow(clippy::too_many_arguments)]
 pub fn cond_jump(
-    _env: &mut Env,
+    env: &mut Env,
     st: &mut State,
     pc: usize,
     wide: bool,
@@ -28,11 +28,26 @@ pub fn cond_jump(
         Src::Reg(r) => (read(st, r)?, Some(r)),
     };
     let fall = pc + 1;
+    // A bit per scalar register operand, for when the outcome depends on their values.
+    let scalar_regs = |only_src: bool| {
+        let d = if a.kind == Kind::Scalar && !only_src { 1 << dst.num() } else { 0 };
+        let s = match src_reg {
+            Some(r) if b.kind == Kind::Scalar => 1 << r.num(),
+            _ => 0,
+        };
+        d | s
+    };
     if a.kind == Kind::Scalar && b.kind == Kind::Scalar {
-        return Ok(scalar_branch(st, pc, wide, cond, dst, src_reg, &a, &b, target));
+        let flow = scalar_branch(st, pc, wide, cond, dst, src_reg, &a, &b, target);
+        if !matches!(flow, Flow::Fork { .. }) {
+            // Only one side (or none) was possible because of the operands' bounds.
+            env.need_precise(st, scalar_regs(false));
+        }
+        return Ok(flow);
     }
     if let (true, JmpCond::Eq | JmpCond::Ne, Kind::MapValueOrNull(_)) = (wide, cond, a.kind) {
         if b.is_null() {
+            env.need_precise(st, scalar_regs(true));
             return Ok(null_check(st, pc, cond, a.id, target));
         }
     }
@@ -40,6 +55,7 @@ pub fn cond_jump(
     if let JmpCond::Eq | JmpCond::Ne = cond {
         let non_null = |r: &RegState| matches!(r.kind, Kind::MapValue(_));
         if (non_null(&a) && b.is_null()) || (a.is_null() && non_null(&b)) {
+            env.need_precise(st, scalar_regs(false));
             return Ok(Flow::Next(if cond == JmpCond::Ne { target } else { fall }));
         }
     }

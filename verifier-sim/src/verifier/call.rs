@@ -87,7 +87,10 @@ pub fn call(env: &mut Env, st: &mut State, id: i32) -> Result<(), ErrorKind> {
                 if s.umax >= MAX_VAR_SIZE {
                     return Err(size_err("bounded size"));
                 }
+                // Which memory is accessed, and whether NULL is allowed, depends on the size.
+                env.need_precise(st, 1 << size_regno);
                 if h.args[i] == Arg::MemReadOrNull && reg.is_null() {
+                    env.need_precise(st, 1 << regno);
                     if s.umax != 0 {
                         return Err(arg_err("memory (NULL only with size 0)"));
                     }

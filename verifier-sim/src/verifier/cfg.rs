@@ -16,7 +16,7 @@ pub struct Cfg {
     /// The target instruction of each jump.
     pub target: Vec<Option<usize>>,
     /// Where explored states are kept and new ones compared (`mark_prune_point`):
-    /// conditional jumps and the targets of `goto`.
+    /// conditional jumps, every jump target, and the instruction after a call.
     pub prune: Vec<bool>,
     /// Registers some path from the instruction may read before writing (bit n = rn).
     pub live_in: Vec<u16>,
@@ -71,13 +71,12 @@ pub fn analyse(insns: &[Insn], maps: &[MapSpec]) -> Result<Cfg, StaticError> {
 
     let mut prune = vec![false; insns.len()];
     for (i, insn) in insns.iter().enumerate() {
+        if let Some(t) = target[i] {
+            prune[t] = true;
+        }
         match insn {
             Insn::Jmp { .. } => prune[i] = true,
-            Insn::Ja { .. } => {
-                if let Some(t) = target[i] {
-                    prune[t] = true;
-                }
-            }
+            Insn::Call(_) if i + 1 < insns.len() => prune[i + 1] = true,
             _ => {}
         }
     }

@@ -115,7 +115,7 @@ pub fn store(
                 return Err(leak("map value"));
             }
         }
-        Kind::Stack => stack_store(env, st, &b, base.num(), off, size, v)?,
+        Kind::Stack => stack_store(env, st, &b, base.num(), off, size, v, src)?,
         Kind::MapValueOrNull(m) => {
             return Err(ErrorKind::MaybeNullDeref { reg: base.num(), map: env.map_name(m) })
         }
@@ -215,6 +215,10 @@ fn ctx_access(
         .iter()
         .find(|f| o >= i64::from(f.off) && o < i64::from(f.off) + i64::from(f.size))
         .ok_or_else(|| invalid("no context field at this offset"))?;
+    // `xdp_is_valid_access`: only devmap programs (not in the subset) see the egress device.
+    if env.kind == ProgKind::Xdp && field.name == "egress_ifindex" {
+        return Err(invalid("egress_ifindex is readable by devmap programs only"));
+    }
     let exact = o == i64::from(field.off) && size == u64::from(field.size);
     match access {
         Access::Write if !field.writable => Err(ErrorKind::CtxReadOnly { field: field.name }),
@@ -344,6 +348,7 @@ fn stack_load(
     let start = stack_addr(env, reg, regno, off, size)?;
     if size == 8 && start % 8 == 0 {
         if let Some(spilled) = st.stack.spill(start / 8) {
+            env.spill_slot = u8::try_from(start / 8).ok();
             return Ok(*spilled);
         }
     }
@@ -354,6 +359,7 @@ fn stack_load(
     Ok(loaded(size, signed))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn stack_store(
     env: &mut Env,
     st: &mut State,
@@ -362,11 +368,13 @@ fn stack_store(
     off: i16,
     size: u64,
     value: RegState,
+    src: Src,
 ) -> Result<(), ErrorKind> {
     let start = stack_addr(env, reg, regno, off, size)?;
     let whole_slot = size == 8 && start % 8 == 0;
     if whole_slot {
         st.stack.put_spill(start, value);
+        env.spill_slot = u8::try_from(start / 8).ok();
     } else if value.is_pointer() {
         return Err(ErrorKind::BadSpill {
             off: start as i64 - super::state::STACK_SIZE as i64,
@@ -374,6 +382,11 @@ fn stack_store(
             reason: "pointers may only be spilled whole, to an 8-byte aligned slot",
         });
     } else if value.var.const_value() == Some(0) {
+        // The bytes read back as a known zero: the stored value matters (the kernel
+        // marks it precise too; backtracking does not follow zero bytes).
+        if let Src::Reg(r) = src {
+            env.need_precise(st, 1 << r.num());
+        }
         st.stack.write(start, size as usize, Byte::Zero);
     } else {
         st.stack.write(start, size as usize, Byte::Misc);

@@ -8,12 +8,19 @@
 //! A static pass ([`cfg`]) resolves map names, checks jump targets, finds back-edges and
 //! unreachable instructions, and computes register liveness. Then abstract interpretation
 //! walks every path depth first (fall-through first, the taken side of each branch on a
-//! worklist), tracking a type and bounds for each register and each stack byte
-//! ([`state`]). At conditional jumps and `goto` targets a state is compared with the
-//! states already explored there; when one of those covers it (same types, ranges
-//! contained, ids consistent, on live registers) the path is cut, as the kernel's
-//! `is_state_visited` does. [`VerifyStats::processed_insns`] counts instructions
-//! interpreted over all paths, the kernel's `verified_insns`.
+//! LIFO worklist), tracking a type and bounds for each register and each stack byte
+//! ([`state`]). At the kernel's prune points (conditional jumps, jump targets, the
+//! instruction after a call) a state is compared with the states kept there; when one of
+//! them covers it the path is cut, as the kernel's `is_state_visited` does. Covering means
+//! same types on live registers and every stack byte, pointer offsets and packet ranges
+//! at least as good, ids paired consistently, and scalar ranges contained, for the
+//! scalars marked *precise* only: a scalar becomes precise when a decision depends on its
+//! value (pointer arithmetic, a helper's memory size, a branch decided by bounds, a zero
+//! stored to the stack, the return value), and the mark is carried back along the path to
+//! the values it was computed from ([`precision`], the kernel's `mark_chain_precision`).
+//! [`VerifyStats::processed_insns`] counts instructions interpreted over all paths, the
+//! kernel's `verified_insns`; for the programs we emit it lands near the kernel's figure,
+//! not on it (see below for what differs).
 //!
 //! # In the subset
 //! - Register types: uninitialized, scalar (u64/s64 bounds plus a tnum of known bits,
@@ -35,8 +42,9 @@
 //!   ctx, packet end, maps or NULL-able values; multiplication and bitwise operations;
 //!   any 32-bit operation) is rejected.
 //! - Memory: ctx loads only at fields of the kind's context table with the field's size
-//!   (narrower aligned loads of 4-byte scalar `__sk_buff` fields, as the kernel allows),
-//!   stores only to writable fields with a register; packet access within the range
+//!   (narrower aligned loads of 4-byte scalar `__sk_buff` fields, as the kernel allows;
+//!   `xdp_md.egress_ifindex` never, as it is for devmap programs), stores only to
+//!   writable fields with a register; packet access within the range
 //!   proven by comparisons with `data_end` (`find_good_pkt_pointers` for `>`, `>=`, `<`,
 //!   `<=` in both operand orders, and `data_meta` against `data`), with a non-negative
 //!   variable part; map value access within `value_size` over the whole variable range;
@@ -56,7 +64,11 @@
 //!   only), `r1`-`r5` clobbered, `r0` typed from the return type, every packet pointer
 //!   dropped after a helper that can move packet data.
 //! - Exit: `r0` must be a scalar within [`ProgKind::return_range`] (XDP and tc compare the
-//!   32-bit value the kernel acts on, sock_ops and sk_msg the full 64-bit one).
+//!   32-bit value the kernel acts on, sock_ops and sk_msg the full 64-bit one). The kernel
+//!   checks no range for XDP, tc and sk_msg; so that `return bpf_redirect(..)` meets ours,
+//!   `bpf_redirect`, `bpf_redirect_map` and `bpf_msg_redirect_hash` return their documented
+//!   verdict ranges here where the kernel says "any integer" (the one place we know more
+//!   than the kernel: such a result used as a pointer offset would pass here only).
 //! - Program shape: jump targets inside the program and not into the second half of an
 //!   `LD_IMM64`, no falling off the end, no unreachable instruction, no back-edge, at most
 //!   [`INSN_LIMIT`] processed instructions; map references by name only.
@@ -66,9 +78,10 @@
 //! - bpf-to-bpf calls, kfuncs, tail-call-reachable subprograms, BTF, spin locks, dynptrs,
 //!   iterators, callbacks, sockets and `bpf_sock` pointers, `LD_ABS`/`LD_IND`,
 //!   load-acquire/store-release, maps referenced by fd or index.
-//! - Precision tracking and stack liveness: pruning compares all scalar bounds exactly and
-//!   every stack byte, so the kernel may cut paths we still walk (counts can be higher,
-//!   "too complex" can come earlier).
+//! - Stack liveness: pruning compares every stack byte, so the kernel may cut paths we
+//!   still walk (counts can be higher, "too complex" can come earlier); at most 64 states
+//!   are kept per prune point, the oldest dropped first. The kernel's heuristic of keeping
+//!   a state only every few jumps is not copied, so counts differ in detail.
 //! - Separate 32-bit bounds: the 32-bit view is derived from the 64-bit bounds.
 //! - Variable-offset stack access, pointer leaks of any kind (into maps, packets, ctx,
 //!   helper arguments or the return value), partial loads of spilled pointers.
@@ -78,6 +91,7 @@
 
 pub mod cfg;
 pub mod helpers;
+pub mod precision;
 pub mod scalar;
 pub mod state;
 pub mod tnum;
@@ -109,7 +123,7 @@ pub struct VerifyStats {
     pub paths: u64,
     /// Paths cut because an explored state covered them.
     pub pruned: u64,
-    /// States kept at prune points (`total_states`).
+    /// States kept at prune points (`total_states`), including ones dropped later.
     pub total_states: u64,
     /// Most states kept at one instruction (`max_states_per_insn`).
     pub max_states_per_insn: u32,

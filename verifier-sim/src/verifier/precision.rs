@@ -146,33 +146,27 @@ fn mark_in(state: &mut State, regs: &mut u16, slots: &mut u64) -> bool {
 fn backtrack(insns: &[Insn], step: &Step, regs: &mut u16, slots: &mut u64) {
     let Some(insn) = insns.get(step.insn) else { return };
     let has = |regs: u16, r: Reg| regs & bit(r) != 0;
+    // A guard that fails falls through to `_`: the instruction did not define anything
+    // in the set.
     match insn {
-        Insn::Alu { op: AluOp::Mov, dst, src, .. } => {
-            if has(*regs, *dst) {
-                *regs &= !bit(*dst);
-                if let Src::Reg(s) = src {
-                    *regs |= bit(*s);
-                }
-            }
-        }
-        Insn::Alu { dst, src: Src::Reg(s), .. } => {
-            if has(*regs, *dst) {
+        Insn::Alu { op: AluOp::Mov, dst, src, .. } if has(*regs, *dst) => {
+            *regs &= !bit(*dst);
+            if let Src::Reg(s) = src {
                 *regs |= bit(*s);
             }
         }
-        Insn::MovSx { dst, src, .. } => {
-            if has(*regs, *dst) {
-                *regs &= !bit(*dst);
-                *regs |= bit(*src);
-            }
+        Insn::Alu { op, dst, src: Src::Reg(s), .. } if *op != AluOp::Mov && has(*regs, *dst) => {
+            *regs |= bit(*s);
+        }
+        Insn::MovSx { dst, src, .. } if has(*regs, *dst) => {
+            *regs &= !bit(*dst);
+            *regs |= bit(*src);
         }
         Insn::LdImm64 { dst, .. } => *regs &= !bit(*dst),
-        Insn::Load { dst, .. } => {
-            if has(*regs, *dst) {
-                *regs &= !bit(*dst);
-                if let Some(slot) = step.spill_slot {
-                    *slots |= 1 << slot;
-                }
+        Insn::Load { dst, .. } if has(*regs, *dst) => {
+            *regs &= !bit(*dst);
+            if let Some(slot) = step.spill_slot {
+                *slots |= 1 << slot;
             }
         }
         Insn::Store { src, .. } => {
@@ -193,11 +187,9 @@ fn backtrack(insns: &[Insn], step: &Step, regs: &mut u16, slots: &mut u64) {
             | AtomicOp::Xor { fetch: false } => {}
             _ => *regs &= !bit(*src),
         },
-        Insn::Jmp { dst, src: Src::Reg(s), .. } => {
-            // Each operand's bounds after the comparison depend on the other's.
-            if has(*regs, *dst) || has(*regs, *s) {
-                *regs |= bit(*dst) | bit(*s);
-            }
+        // Each operand's bounds after the comparison depend on the other's.
+        Insn::Jmp { dst, src: Src::Reg(s), .. } if has(*regs, *dst) || has(*regs, *s) => {
+            *regs |= bit(*dst) | bit(*s);
         }
         Insn::Call(_) => *regs &= !0b11_1111,
         _ => {}

@@ -1,8 +1,10 @@
 //! The abstract machine state: eleven typed registers and a 512-byte stack, plus the test
 //! that one state covers another (state pruning).
 
+use super::precision::{Checkpoint, Step};
 use super::scalar::Scalar;
 use crate::spec::MapSpec;
+use std::cell::RefCell;
 use std::fmt;
 use std::rc::Rc;
 
@@ -86,7 +88,8 @@ impl Kind {
 /// the offset from the object's start is `off` (fixed) plus `var` (variable part); `id`
 /// links copies (packet pointers sharing a range, lookups sharing a null check, scalars
 /// sharing bounds) and `range` is the number of packet bytes proven readable from
-/// `pkt + var` (packet pointers only).
+/// `pkt + var` (packet pointers only). `precise` marks a scalar whose bounds some decision
+/// after a kept state depended on ([`super::precision`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RegState {
     pub kind: Kind,
@@ -94,14 +97,15 @@ pub struct RegState {
     pub var: Scalar,
     pub id: u32,
     pub range: u32,
+    pub precise: bool,
 }
 
 impl RegState {
     pub const NOT_INIT: RegState =
-        RegState { kind: Kind::NotInit, off: 0, var: Scalar::UNKNOWN, id: 0, range: 0 };
+        RegState { kind: Kind::NotInit, off: 0, var: Scalar::UNKNOWN, id: 0, range: 0, precise: false };
 
     pub fn scalar(var: Scalar) -> RegState {
-        RegState { kind: Kind::Scalar, off: 0, var, id: 0, range: 0 }
+        RegState { kind: Kind::Scalar, var, ..RegState::NOT_INIT }
     }
 
     pub fn constant(v: u64) -> RegState {
@@ -114,7 +118,7 @@ impl RegState {
 
     /// A pointer of `kind` at fixed offset `off`, no variable part.
     pub fn pointer(kind: Kind, off: i32) -> RegState {
-        RegState { kind, off, var: Scalar::constant(0), id: 0, range: 0 }
+        RegState { kind, off, var: Scalar::constant(0), ..RegState::NOT_INIT }
     }
 
     pub fn ty(&self) -> ValueType {
@@ -194,6 +198,15 @@ impl Stack {
 
     pub fn spills_mut(&mut self) -> impl Iterator<Item = &mut RegState> {
         self.spills.iter_mut().map(|(_, r)| r)
+    }
+
+    /// The spilled registers with their slots.
+    pub fn spills(&self) -> impl Iterator<Item = (usize, &RegState)> {
+        self.spills.iter().map(|(s, r)| (*s, r))
+    }
+
+    pub fn spills_mut_indexed(&mut self) -> impl Iterator<Item = (usize, &mut RegState)> {
+        self.spills.iter_mut().map(|(s, r)| (*s, r))
     }
 
     /// Drop the spill in `slot`; its bytes that remain become `Misc`.
@@ -277,7 +290,11 @@ impl Drop for PathNode {
 pub struct State {
     pub regs: [RegState; 11],
     pub stack: Stack,
+    /// Branch decisions so far, for error reports.
     pub path: Option<Rc<PathNode>>,
+    /// The last state kept on this path, and the instructions run since (its own first).
+    pub parent: Option<Rc<RefCell<Checkpoint>>>,
+    pub history: Vec<Step>,
 }
 
 impl State {
@@ -286,7 +303,18 @@ impl State {
         let mut regs = [RegState::NOT_INIT; 11];
         regs[1] = RegState::pointer(Kind::Ctx, 0);
         regs[10] = RegState::pointer(Kind::Stack, 0);
-        State { regs, stack: Stack::default(), path: None }
+        State { regs, stack: Stack::default(), path: None, parent: None, history: Vec::new() }
+    }
+
+    /// A copy to keep at a prune point: registers, stack and path, without the links.
+    pub fn snapshot(&self) -> State {
+        State {
+            regs: self.regs,
+            stack: self.stack.clone(),
+            path: self.path.clone(),
+            parent: None,
+            history: Vec::new(),
+        }
     }
 
     /// Record a branch decision.
@@ -377,6 +405,8 @@ fn reg_covers(old: &RegState, cur: &RegState, ids: &mut IdMap) -> bool {
         return false;
     }
     match old.kind {
+        // No decision after the kept state depended on its value: any scalar will do.
+        Kind::Scalar if !old.precise => true,
         Kind::Scalar => {
             old.var.contains(&cur.var) && (old.id == 0 || (cur.id != 0 && ids.check(old.id, cur.id)))
         }
@@ -405,9 +435,9 @@ fn stack_covers(old: &Stack, cur: &Stack, ids: &mut IdMap) -> bool {
                         _ => false,
                     }
             }
-            (Byte::Spill, Byte::Misc | Byte::Zero) => old
-                .spill(i / 8)
-                .is_some_and(|r| r.kind == Kind::Scalar && r.id == 0 && r.var == Scalar::UNKNOWN),
+            (Byte::Spill, Byte::Misc | Byte::Zero) => old.spill(i / 8).is_some_and(|r| {
+                r.kind == Kind::Scalar && (!r.precise || (r.id == 0 && r.var == Scalar::UNKNOWN))
+            }),
             _ => false,
         };
         if !ok {

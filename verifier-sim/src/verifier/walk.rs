@@ -2,13 +2,16 @@
 //! per instruction, state pruning at prune points, the processed-instruction budget.
 
 use super::cfg::{self, Cfg};
+use super::precision::{self, Checkpoint, Step};
 use super::scalar::Scalar;
 use super::state::{covers, Kind, RegState, State};
 use super::{alu, branch, call, mem};
 use super::{Branch, ErrorKind, VerifyError, VerifyStats, INSN_LIMIT};
 use crate::spec::{MapSpec, ProgKind};
 use sluice_asm::{CallTarget, Imm64, Insn, Program, Reg};
+use std::cell::RefCell;
 use std::collections::BTreeSet;
+use std::rc::Rc;
 
 /// States kept per prune point; beyond it the oldest is dropped (the kernel evicts states
 /// that keep missing). Fewer kept states only make pruning weaker, never wrong.
@@ -16,9 +19,13 @@ const MAX_STATES_PER_INSN: usize = 64;
 
 /// What the verifier knows about its surroundings while walking.
 pub struct Env<'a> {
+    pub insns: &'a [Insn],
     pub kind: ProgKind,
     pub maps: &'a [MapSpec],
     pub stats: VerifyStats,
+    /// The stack slot the current instruction spilled to or filled from, for
+    /// precision backtracking.
+    pub spill_slot: Option<u8>,
     next_id: u32,
     div_by_reg: BTreeSet<usize>,
 }
@@ -39,6 +46,11 @@ impl Env<'_> {
             .iter()
             .position(|m| m.name == name)
             .ok_or_else(|| ErrorKind::UnknownMap { name: name.to_string() })
+    }
+
+    /// The current values of `regs` (a bit per register) matter: mark where they came from.
+    pub fn need_precise(&self, st: &State, regs: u16) {
+        precision::mark_chain(self.insns, st, regs, 0);
     }
 
     pub fn note_div_by_reg(&mut self, pc: usize) {
@@ -92,15 +104,27 @@ pub fn run(prog: &Program, kind: ProgKind, maps: &[MapSpec]) -> Result<VerifySta
         let text = insns.get(insn).map(sluice_asm::text::format_insn).unwrap_or_default();
         VerifyError { insn, slot, text, kind, path: Vec::new(), state: String::new() }
     })?;
-    let mut env = Env { kind, maps, stats: VerifyStats::default(), next_id: 0, div_by_reg: BTreeSet::new() };
-    let mut explored: Vec<Vec<State>> = vec![Vec::new(); insns.len()];
+    let mut env = Env {
+        insns,
+        kind,
+        maps,
+        stats: VerifyStats::default(),
+        spill_slot: None,
+        next_id: 0,
+        div_by_reg: BTreeSet::new(),
+    };
+    let mut explored: Vec<Vec<Rc<RefCell<Checkpoint>>>> = vec![Vec::new(); insns.len()];
     let mut worklist: Vec<(usize, State)> = vec![(0, State::entry())];
 
     while let Some((mut pc, mut st)) = worklist.pop() {
         loop {
             if cfg.prune[pc] {
                 let live = cfg.live_in[pc];
-                if explored[pc].iter().any(|old| covers(old, &st, live)) {
+                let old = explored[pc].iter().find(|old| covers(&old.borrow().state, &st, live)).cloned();
+                if let Some(old) = old {
+                    // This path's continuation relies on what the kept state's did.
+                    let (regs, slots) = precision::precise_set(&old.borrow().state, live);
+                    precision::mark_chain(insns, &st, regs, slots);
                     env.stats.pruned += 1;
                     break;
                 }
@@ -108,7 +132,14 @@ pub fn run(prog: &Program, kind: ProgKind, maps: &[MapSpec]) -> Result<VerifySta
                 if kept.len() == MAX_STATES_PER_INSN {
                     kept.remove(0);
                 }
-                kept.push(st.clone());
+                let checkpoint = Checkpoint {
+                    state: st.snapshot(),
+                    parent: st.parent.take(),
+                    history: std::mem::take(&mut st.history),
+                };
+                let checkpoint = Rc::new(RefCell::new(checkpoint));
+                kept.push(Rc::clone(&checkpoint));
+                st.parent = Some(checkpoint);
                 env.stats.total_states += 1;
                 let here = u32::try_from(kept.len()).unwrap_or(u32::MAX);
                 env.stats.max_states_per_insn = env.stats.max_states_per_insn.max(here);
@@ -120,14 +151,21 @@ pub fn run(prog: &Program, kind: ProgKind, maps: &[MapSpec]) -> Result<VerifySta
             }
             // Steps may change registers before failing; errors show them as they were.
             let regs_before = st.regs;
-            match step(&mut env, &cfg, insns, pc, &mut st) {
+            env.spill_slot = None;
+            let result = step(&mut env, &cfg, insns, pc, &mut st);
+            let done = Step { insn: pc, spill_slot: env.spill_slot };
+            if result.is_ok() {
+                st.history.push(done);
+            }
+            match result {
                 Ok(Flow::Next(next)) => pc = next,
                 Ok(Flow::Exit) => {
                     env.stats.paths += 1;
                     break;
                 }
                 Ok(Flow::Dead) => break,
-                Ok(Flow::Fork { target, taken }) => {
+                Ok(Flow::Fork { target, mut taken }) => {
+                    taken.history.push(done);
                     worklist.push((target, *taken));
                     let pending = u32::try_from(worklist.len()).unwrap_or(u32::MAX);
                     env.stats.peak_pending = env.stats.peak_pending.max(pending);
@@ -210,6 +248,7 @@ fn exit(env: &Env, st: &State) -> Result<(), ErrorKind> {
     if r0.kind != Kind::Scalar {
         return Err(ErrorKind::PointerLeak { reg: 0, ty: r0.ty(), into: "the return value" });
     }
+    env.need_precise(st, 1);
     let (lo, hi) = env.kind.return_range();
     // XDP and tc act on the 32-bit return value; the kernel checks sock_ops on 64 bits.
     let value: Scalar = match env.kind {

@@ -8,13 +8,16 @@ use sluice::node::endpoints::{endpoint_objects, EndpointSpec, PolicyPlan};
 use sluice::node::load::{load_plan, Loaded};
 use sluice::node::sim::SimNode;
 use sluice::node::Plan;
+use sluice::packet::ExtHeader;
 use sluice::packet::{PacketBuilder, TcpFlags};
 use sluice::sys::TestRunOpts;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const EP1: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 5);
 const EP2: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 6);
 const WORLD_DNS: Ipv4Addr = Ipv4Addr::new(8, 8, 8, 8);
+const EP1_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5);
+const EP2_6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 6);
 const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 1];
 const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 2];
 
@@ -29,7 +32,7 @@ fn scenario() -> PolicyPlan {
                 index: 1,
                 name: "client".into(),
                 ipv4: Some(EP1),
-                ipv6: None,
+                ipv6: Some(EP1_6),
                 identity: 1001,
                 ingress_enforced: true,
                 egress_enforced: true,
@@ -38,7 +41,7 @@ fn scenario() -> PolicyPlan {
                 index: 2,
                 name: "server".into(),
                 ipv4: Some(EP2),
-                ipv6: None,
+                ipv6: Some(EP2_6),
                 identity: 1002,
                 ingress_enforced: true,
                 egress_enforced: false,
@@ -49,7 +52,7 @@ fn scenario() -> PolicyPlan {
             (u32::from(EP2), 32, 1002),
             (0xc000_0200, 24, 16_777_217),
         ],
-        ipcache_v6: vec![],
+        ipcache_v6: vec![(u128::from(EP1_6), 128, 1001), (u128::from(EP2_6), 128, 1002)],
         rules: vec![
             // client egress: to the server on any TCP port, to the world on 53/udp.
             rule(1, EGRESS, 1002, 6, 0, 0, false),
@@ -60,6 +63,7 @@ fn scenario() -> PolicyPlan {
             rule(2, INGRESS, 0, 6, 22, 16, true),
             // server ingress: ICMP echo requests from anyone.
             rule(2, INGRESS, 0, 1, 8, 16, false),
+            rule(2, INGRESS, 0, 58, 128, 16, false),
         ],
     }
 }
@@ -70,6 +74,94 @@ fn tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: TcpFlags) ->
 
 fn udp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16) -> Vec<u8> {
     PacketBuilder::ethernet(MAC1, MAC2).ipv4(src, dst).udp(sport, dport).payload(b"q").build()
+}
+
+fn tcp6(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: TcpFlags) -> Vec<u8> {
+    PacketBuilder::ethernet(MAC1, MAC2).ipv6(src, dst).tcp(sport, dport, flags, 1, 0).build()
+}
+
+fn v6_steps() -> Vec<Step> {
+    let syn = TcpFlags::SYN;
+    let synack = TcpFlags::SYN | TcpFlags::ACK;
+    let frag = |offset: u16, more: bool, id: u32| {
+        let b = PacketBuilder::ethernet(MAC1, MAC2).ipv6(EP1_6, EP2_6).ipv6_ext(ExtHeader::Fragment {
+            offset,
+            more,
+            id,
+        });
+        if offset == 0 {
+            b.tcp(41003, 80, syn, 1, 0).build()
+        } else {
+            b.raw_l4(6, &[0u8; 8]).build()
+        }
+    };
+    let world: Ipv6Addr = "2001:db8::1".parse().expect("literal");
+    let link_local: Ipv6Addr = "fe80::1".parse().expect("literal");
+    let solicited: Ipv6Addr = "ff02::1:ff00:6".parse().expect("literal");
+    vec![
+        step("v6 client SYN out", "from_ep_1", tcp6(EP1_6, 41000, EP2_6, 80, syn), Reason::AllowNew),
+        step("v6 server gets the SYN", "to_ep_2", tcp6(EP1_6, 41000, EP2_6, 80, syn), Reason::AllowNew),
+        step(
+            "v6 server SYN-ACK (a reply)",
+            "from_ep_2",
+            tcp6(EP2_6, 80, EP1_6, 41000, synack),
+            Reason::AllowEstablished,
+        ),
+        step(
+            "v6 client gets the SYN-ACK",
+            "to_ep_1",
+            tcp6(EP2_6, 80, EP1_6, 41000, synack),
+            Reason::AllowEstablished,
+        ),
+        step("v6 SYN to 22/tcp: denied", "to_ep_2", tcp6(EP1_6, 41001, EP2_6, 22, syn), Reason::DenyPolicy),
+        step(
+            "v6 spoofed source",
+            "from_ep_1",
+            tcp6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 99), 1, EP2_6, 80, syn),
+            Reason::DenySpoofed,
+        ),
+        step(
+            "v6 SYN behind a hop-by-hop header",
+            "to_ep_2",
+            PacketBuilder::ethernet(MAC1, MAC2)
+                .ipv6(EP1_6, EP2_6)
+                .ipv6_ext(ExtHeader::HopByHop(vec![]))
+                .tcp(41002, 80, syn, 1, 0)
+                .build(),
+            Reason::AllowNew,
+        ),
+        step(
+            "v6 echo request from the world",
+            "to_ep_2",
+            PacketBuilder::ethernet(MAC1, MAC2).ipv6(world, EP2_6).icmpv6_echo(9, 1).build(),
+            Reason::AllowNew,
+        ),
+        step(
+            "v6 neighbor solicitation from a link-local address",
+            "from_ep_1",
+            PacketBuilder::ethernet(MAC1, MAC2)
+                .ipv6(link_local, solicited)
+                .icmpv6(135, 0, 0)
+                .payload(&[0u8; 16])
+                .build(),
+            Reason::AllowNotIp,
+        ),
+        step("v6 first fragment of an allowed connection", "to_ep_2", frag(0, true, 4242), Reason::AllowNew),
+        step("v6 its later fragment", "to_ep_2", frag(3, false, 4242), Reason::AllowFragment),
+        step("v6 a later fragment of nothing seen", "to_ep_2", frag(3, false, 4243), Reason::DenyFragment),
+        step(
+            "v6 three extension headers: more than sluice parses",
+            "to_ep_2",
+            PacketBuilder::ethernet(MAC1, MAC2)
+                .ipv6(EP1_6, EP2_6)
+                .ipv6_ext(ExtHeader::HopByHop(vec![]))
+                .ipv6_ext(ExtHeader::DestOpts(vec![]))
+                .ipv6_ext(ExtHeader::DestOpts(vec![]))
+                .tcp(41004, 80, syn, 1, 0)
+                .build(),
+            Reason::DenyMalformed,
+        ),
+    ]
 }
 
 fn ct_key(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, proto: u8, dir: u8) -> [u8; 16] {
@@ -224,6 +316,9 @@ fn steps() -> Vec<Step> {
             Reason::DenyMalformed,
         ),
     ]
+    .into_iter()
+    .chain(v6_steps())
+    .collect()
 }
 
 fn plan() -> Plan {

@@ -21,14 +21,15 @@
 //!    allowed connections become ring-buffer events when `ev_config` says so, within a
 //!    per-CPU rate budget.
 //!
-//! IPv6 is parsed and judged the same way with `ct6` and the `ipc_v6` trie; extension
-//! headers before the transport header make the packet "malformed" for now (documented
-//! limitation), except that non-IP frames pass.
+//! IPv6 is parsed and judged the same way with `ct6`, `frag6` and the `ipc_v6` trie, after
+//! up to two extension headers (hop-by-hop, routing, destination options, fragment); more
+//! make the packet "malformed" (a documented limit). ICMPv6 neighbor discovery (types
+//! 133-137) passes before anti-spoofing: it uses link-local sources.
 
 use super::{emit_ethernet, guard, CodegenError, EthLabels};
 use crate::maps::policy::{
-    ct4_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout, CtState,
-    Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
+    ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
+    CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
 use sluice_asm::helpers::{KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT};
 use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
@@ -63,21 +64,26 @@ impl Direction {
 // The stack frame (offsets from r10).
 /// `u32` scratch key for array lookups.
 const FP_KEY: i16 = -4;
-/// The packet's tuple as a `ct4` key (16 bytes).
-const FP_CT: i16 = -24;
-/// The reversed tuple (16 bytes); also the quoted tuple of an ICMP error.
-const FP_CTR: i16 = -40;
+/// The packet's tuple as a conntrack key (`ct4`: 16 bytes, `ct6`: 40).
+const FP_CT: i16 = -48;
+/// The reversed tuple; also the quoted tuple of an ICMP error.
+const FP_CTR: i16 = -88;
 /// The policy key (16 bytes).
-const FP_POL: i16 = -56;
+const FP_POL: i16 = -104;
 /// A conntrack value being created (32 bytes).
-const FP_CTV: i16 = -88;
-/// The `frag4` key (16 bytes); also the reversed quoted tuple of an ICMP error.
-const FP_FRAG: i16 = -104;
+const FP_CTV: i16 = -136;
+/// The fragment key (the conntrack key's shape, the fragment id in the ports); also the
+/// reversed quoted tuple of an ICMP error.
+const FP_FRAG: i16 = -176;
 /// TCP flags (u8), more-fragments flag (u8 at +1), policy port (u16 BE at +2), the
 /// endpoint's own identity (u32 at +4).
-const FP_MISC: i16 = -112;
+const FP_MISC: i16 = -184;
+/// Address family (u8: 4 or 6) and protocol (u8 at +1).
+const FP_FAM: i16 = -188;
 /// The event record being sent.
-const FP_EV: i16 = -176;
+const FP_EV: i16 = -240;
+/// An `ipc_v6` key (20 bytes).
+const FP_LPM: i16 = -264;
 
 const TCP_FIN: i32 = 0x01;
 const TCP_SYN: i32 = 0x02;
@@ -87,10 +93,76 @@ const TCP_ACK: i32 = 0x10;
 const IPPROTO_ICMP: i32 = 1;
 const IPPROTO_TCP: i32 = 6;
 const IPPROTO_UDP: i32 = 17;
+const IPPROTO_ICMPV6: i32 = 58;
 const IPPROTO_SCTP: i32 = 132;
 
 fn label(r: Reason) -> &'static str {
     r.name()
+}
+
+/// Where a family's tuple fields sit in its conntrack key (and fragment key).
+#[derive(Debug, Clone, Copy)]
+struct Fam {
+    /// Label prefix.
+    p: &'static str,
+    family: i32,
+    key: i16,
+    daddr: i16,
+    alen: i16,
+    sport: i16,
+    dport: i16,
+    proto: i16,
+    dir: i16,
+    ct: &'static str,
+    frag: &'static str,
+    icmp: i32,
+}
+
+const V4: Fam = Fam {
+    p: "v4_",
+    family: 4,
+    key: ct4_key::SIZE as i16,
+    daddr: ct4_key::DADDR as i16,
+    alen: 4,
+    sport: ct4_key::SPORT as i16,
+    dport: ct4_key::DPORT as i16,
+    proto: ct4_key::PROTO as i16,
+    dir: ct4_key::DIR as i16,
+    ct: "ct4",
+    frag: "frag4",
+    icmp: IPPROTO_ICMP,
+};
+
+const V6: Fam = Fam {
+    p: "v6_",
+    family: 6,
+    key: ct6_key::SIZE as i16,
+    daddr: ct6_key::DADDR as i16,
+    alen: 16,
+    sport: ct6_key::SPORT as i16,
+    dport: ct6_key::DPORT as i16,
+    proto: ct6_key::PROTO as i16,
+    dir: ct6_key::DIR as i16,
+    ct: "ct6",
+    frag: "frag6",
+    icmp: IPPROTO_ICMPV6,
+};
+
+impl Fam {
+    fn l(&self, name: &str) -> String {
+        format!("{}{name}", self.p)
+    }
+}
+
+/// Copy `len` bytes (a multiple of 4) between stack slots through r1.
+fn copy_stack(b: &mut Builder, from: i16, to: i16, len: i16) {
+    let mut off = 0;
+    while off < len {
+        let size =
+            if len - off >= 8 && (from + off) % 8 == 0 && (to + off) % 8 == 0 { Size::DW } else { Size::W };
+        b.load(size, Reg::R1, Reg::R10, from + off).store(size, Reg::R10, to + off, Reg::R1);
+        off += i16::from(size.bytes());
+    }
 }
 
 /// Code generation switches.
@@ -130,8 +202,15 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
     );
     g.emit_ipv4(&mut b);
     g.emit_ipv6(&mut b);
-    g.emit_conntrack(&mut b);
-    g.emit_new_connection(&mut b);
+    for f in [V4, V6] {
+        g.emit_transport(&mut b, f);
+        g.emit_icmp_error(&mut b, f);
+        g.emit_later_fragment(&mut b, f);
+        g.emit_conntrack(&mut b, f);
+        g.emit_ct_hit(&mut b, f);
+        g.emit_new_connection(&mut b, f);
+        g.emit_ct_create(&mut b, f);
+    }
     for r in Reason::ALL {
         b.label(label(r)).comment(format!("verdict: {}", r.name()));
         let verdict = if r.allows() { TC_ACT_OK } else { TC_ACT_SHOT };
@@ -153,145 +232,10 @@ impl Gen {
         b.load(Size::W, Reg::R8, Reg::R1, 76);
         b.load(Size::W, Reg::R9, Reg::R1, 80);
         b.comment("zero what the exit block may read on any path");
-        for off in [FP_CT, FP_CT + 8, FP_POL, FP_POL + 8, FP_MISC] {
+        for off in [FP_CT, FP_CT + 8, FP_CT + 16, FP_CT + 24, FP_CT + 32, FP_POL, FP_POL + 8, FP_MISC] {
             b.store(Size::DW, Reg::R10, off, 0);
         }
-    }
-
-    fn emit_ipv4(&self, b: &mut Builder) {
-        let trunc = label(Reason::DenyTruncated);
-        let malformed = label(Reason::DenyMalformed);
-        b.label("ipv4").comment("ipv4: header with options; r8 = transport header");
-        guard(b, Reg::R7, 20, trunc);
-        b.load(Size::B, Reg::R2, Reg::R7, 0);
-        b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
-        b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
-        b.alu(AluOp::And, Reg::R2, 0x0f);
-        b.jmp(JmpCond::Lt, Reg::R2, 5, malformed);
-        b.alu(AluOp::Lsh, Reg::R2, 2);
-        b.mov(Reg::R8, Reg::R7).add(Reg::R8, Reg::R2);
-        b.jmp(JmpCond::Gt, Reg::R8, Reg::R9, trunc);
-        b.comment("the tuple: addresses and protocol (ports below)");
-        b.load(Size::W, Reg::R1, Reg::R7, 12).store(Size::W, Reg::R10, FP_CT, Reg::R1);
-        b.load(Size::W, Reg::R1, Reg::R7, 16).store(Size::W, Reg::R10, FP_CT + 4, Reg::R1);
-        b.load(Size::B, Reg::R1, Reg::R7, 9).store(Size::B, Reg::R10, FP_CT + 12, Reg::R1);
-        b.store(Size::B, Reg::R10, FP_CT + ct4_key::DIR as i16, i32::from(self.dir.policy_dir()));
-        if self.dir == Direction::FromEndpoint {
-            self.emit_antispoof_v4(b);
-        }
-        b.comment("fragments: a later fragment follows its first one");
-        b.load(Size::H, Reg::R1, Reg::R7, 6);
-        b.be(16, Reg::R1);
-        b.mov(Reg::R2, Reg::R1).alu(AluOp::And, Reg::R2, 0x1fff);
-        b.mov(Reg::R3, Reg::R1).alu(AluOp::Rsh, Reg::R3, 13).alu(AluOp::And, Reg::R3, 1);
-        b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
-        b.comment("frag4 key: addresses, id, protocol");
-        b.load(Size::DW, Reg::R1, Reg::R10, FP_CT).store(Size::DW, Reg::R10, FP_FRAG, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R7, 4).store(Size::DW, Reg::R10, FP_FRAG + 8, Reg::R1);
-        b.load(Size::B, Reg::R1, Reg::R7, 9).store(Size::B, Reg::R10, FP_FRAG + 12, Reg::R1);
-        b.store(Size::B, Reg::R10, FP_FRAG + 13, i32::from(self.dir.policy_dir()));
-        b.jmp(JmpCond::Ne, Reg::R2, 0, "ipv4_later_fragment");
-        b.comment("transport");
-        b.load(Size::B, Reg::R1, Reg::R7, 9);
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, "l4_tcp");
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, "l4_ports");
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, "l4_ports");
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_ICMP, "l4_icmp");
-        b.ja("conntrack");
-        b.label("l4_tcp").comment("tcp: ports and flags");
-        guard(b, Reg::R8, 14, trunc);
-        b.load(Size::B, Reg::R1, Reg::R8, 13).store(Size::B, Reg::R10, FP_MISC, Reg::R1);
-        b.ja("l4_read_ports");
-        b.label("l4_ports").comment("udp, sctp: ports");
-        guard(b, Reg::R8, 4, trunc);
-        b.label("l4_read_ports");
-        b.load(Size::H, Reg::R1, Reg::R8, 0).store(Size::H, Reg::R10, FP_CT + 8, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R8, 2).store(Size::H, Reg::R10, FP_CT + 10, Reg::R1);
-        b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
-        b.ja("conntrack");
-        b.label("l4_icmp").comment("icmp: the type is the policy port; echo id is the source port");
-        guard(b, Reg::R8, 8, trunc);
-        b.load(Size::B, Reg::R1, Reg::R8, 0);
-        b.mov(Reg::R2, Reg::R1).alu(AluOp::Lsh, Reg::R2, 8);
-        b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R2);
-        for t in [3, 11, 12] {
-            b.jmp(JmpCond::Eq, Reg::R1, t, "icmp4_error");
-        }
-        b.jmp(JmpCond::Eq, Reg::R1, 8, "icmp4_echo");
-        b.jmp(JmpCond::Ne, Reg::R1, 0, "conntrack");
-        b.label("icmp4_echo");
-        b.load(Size::H, Reg::R1, Reg::R8, 4).store(Size::H, Reg::R10, FP_CT + 8, Reg::R1);
-        b.ja("conntrack");
-        self.emit_icmp4_error(b);
-        self.emit_later_fragment(b);
-    }
-
-    fn emit_antispoof_v4(&self, b: &mut Builder) {
-        b.comment("anti-spoofing: the source must be the endpoint's own address");
-        self.emit_ep_config(b);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenySpoofed));
-        b.load(Size::W, Reg::R1, Reg::R0, ep_config::IPV4 as i16);
-        b.load(Size::W, Reg::R2, Reg::R10, FP_CT);
-        b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, label(Reason::DenySpoofed));
-    }
-
-    /// `r0 = &ep_config[ep]` or 0; clobbers r1-r5.
-    fn emit_ep_config(&self, b: &mut Builder) {
-        b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep));
-        b.ld_map(Reg::R1, "ep_config");
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-        b.call(MAP_LOOKUP_ELEM);
-    }
-
-    fn emit_icmp4_error(&self, b: &mut Builder) {
-        b.label("icmp4_error").comment("icmp error: does it quote a tracked connection?");
-        guard(b, Reg::R8, 8 + 20 + 4, label(Reason::DenyTruncated));
-        b.load(Size::B, Reg::R1, Reg::R8, 8);
-        b.jmp(JmpCond::Ne, Reg::R1, 0x45, "conntrack");
-        b.comment("the quoted tuple, as sent, and reversed");
-        b.store(Size::DW, Reg::R10, FP_CTR + 8, 0);
-        b.store(Size::DW, Reg::R10, FP_FRAG + 8, 0);
-        b.load(Size::W, Reg::R1, Reg::R8, 8 + 12);
-        b.store(Size::W, Reg::R10, FP_CTR, Reg::R1).store(Size::W, Reg::R10, FP_FRAG + 4, Reg::R1);
-        b.load(Size::W, Reg::R1, Reg::R8, 8 + 16);
-        b.store(Size::W, Reg::R10, FP_CTR + 4, Reg::R1).store(Size::W, Reg::R10, FP_FRAG, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R8, 8 + 20);
-        b.store(Size::H, Reg::R10, FP_CTR + 8, Reg::R1).store(Size::H, Reg::R10, FP_FRAG + 10, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R8, 8 + 22);
-        b.store(Size::H, Reg::R10, FP_CTR + 10, Reg::R1).store(Size::H, Reg::R10, FP_FRAG + 8, Reg::R1);
-        b.load(Size::B, Reg::R1, Reg::R8, 8 + 9);
-        b.store(Size::B, Reg::R10, FP_CTR + 12, Reg::R1).store(Size::B, Reg::R10, FP_FRAG + 12, Reg::R1);
-        b.comment("sent by the endpoint: its own connection (opposite direction) or a reply in ours");
-        b.store(Size::B, Reg::R10, FP_CTR + ct4_key::DIR as i16, i32::from(self.opposite_dir()));
-        b.store(Size::B, Reg::R10, FP_FRAG + ct4_key::DIR as i16, i32::from(self.dir.policy_dir()));
-        for key in [FP_CTR, FP_FRAG] {
-            b.ld_map(Reg::R1, "ct4");
-            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-            b.call(MAP_LOOKUP_ELEM);
-            b.jmp(JmpCond::Ne, Reg::R0, 0, label(Reason::AllowRelated));
-        }
-        b.ja("conntrack");
-    }
-
-    fn emit_later_fragment(&self, b: &mut Builder) {
-        b.label("ipv4_later_fragment").comment("a later fragment: the first fragment's verdict");
-        b.ld_map(Reg::R1, "frag4");
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FRAG));
-        b.call(MAP_LOOKUP_ELEM);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyFragment));
-        b.load(Size::B, Reg::R1, Reg::R0, 0);
-        b.jmp(JmpCond::Eq, Reg::R1, 1, label(Reason::AllowFragment));
-        b.ja(label(Reason::DenyFragment));
-    }
-
-    fn emit_ipv6(&self, b: &mut Builder) {
-        b.label("ipv6").comment("ipv6: not yet judged by policy; enforced directions drop it");
-        self.emit_ep_config(b);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyDefault));
-        b.load(Size::W, Reg::R1, Reg::R0, ep_config::FLAGS as i16);
-        b.alu(AluOp::And, Reg::R1, self.enforced_bit());
-        b.jmp(JmpCond::Eq, Reg::R1, 0, label(Reason::AllowUnenforced));
-        b.ja(label(Reason::DenyDefault));
+        b.store(Size::W, Reg::R10, FP_FAM, 0);
     }
 
     fn opposite_dir(&self) -> u8 {
@@ -308,64 +252,338 @@ impl Gen {
         }
     }
 
-    fn emit_conntrack(&self, b: &mut Builder) {
-        b.label("conntrack").comment("conntrack: the tuple as sent");
-        if !self.options.conntrack {
-            b.ja("new_connection");
+    /// `r0 = &ep_config[ep]` or 0; clobbers r1-r5.
+    fn emit_ep_config(&self, b: &mut Builder) {
+        b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep));
+        b.ld_map(Reg::R1, "ep_config");
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
+        b.call(MAP_LOOKUP_ELEM);
+    }
+
+    /// Family and protocol (in r1) into `FP_FAM`, the protocol and direction into the key.
+    fn emit_family(&self, b: &mut Builder, f: Fam) {
+        b.store(Size::B, Reg::R10, FP_FAM, f.family);
+        b.store(Size::B, Reg::R10, FP_FAM + 1, Reg::R1);
+        b.store(Size::B, Reg::R10, FP_CT + f.proto, Reg::R1);
+        b.store(Size::B, Reg::R10, FP_CT + f.dir, i32::from(self.dir.policy_dir()));
+    }
+
+    fn emit_ipv4(&self, b: &mut Builder) {
+        let trunc = label(Reason::DenyTruncated);
+        let malformed = label(Reason::DenyMalformed);
+        b.label("ipv4").comment("ipv4: header with options; r8 = transport header");
+        guard(b, Reg::R7, 20, trunc);
+        b.load(Size::B, Reg::R2, Reg::R7, 0);
+        b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
+        b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
+        b.alu(AluOp::And, Reg::R2, 0x0f);
+        b.jmp(JmpCond::Lt, Reg::R2, 5, malformed);
+        b.alu(AluOp::Lsh, Reg::R2, 2);
+        b.mov(Reg::R8, Reg::R7).add(Reg::R8, Reg::R2);
+        b.jmp(JmpCond::Gt, Reg::R8, Reg::R9, trunc);
+        b.comment("the tuple: addresses, protocol, direction (ports below)");
+        b.load(Size::W, Reg::R1, Reg::R7, 12).store(Size::W, Reg::R10, FP_CT, Reg::R1);
+        b.load(Size::W, Reg::R1, Reg::R7, 16).store(Size::W, Reg::R10, FP_CT + 4, Reg::R1);
+        b.load(Size::B, Reg::R1, Reg::R7, 9);
+        self.emit_family(b, V4);
+        if self.dir == Direction::FromEndpoint {
+            b.comment("anti-spoofing: the source must be the endpoint's own address");
+            self.emit_ep_config(b);
+            b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenySpoofed));
+            b.load(Size::W, Reg::R1, Reg::R0, ep_config::IPV4 as i16);
+            b.load(Size::W, Reg::R2, Reg::R10, FP_CT);
+            b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, label(Reason::DenySpoofed));
         }
-        b.ld_map(Reg::R1, "ct4");
+        b.comment("fragments: the key is the tuple with the id for ports");
+        copy_stack(b, FP_CT, FP_FRAG, V4.key);
+        b.load(Size::H, Reg::R1, Reg::R7, 4).store(Size::W, Reg::R10, FP_FRAG + V4.sport, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R7, 6);
+        b.be(16, Reg::R1);
+        b.mov(Reg::R3, Reg::R1).alu(AluOp::Rsh, Reg::R3, 13).alu(AluOp::And, Reg::R3, 1);
+        b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
+        b.alu(AluOp::And, Reg::R1, 0x1fff);
+        b.jmp(JmpCond::Ne, Reg::R1, 0, V4.l("later_fragment"));
+        b.ja(V4.l("transport"));
+    }
+
+    fn emit_ipv6(&self, b: &mut Builder) {
+        let trunc = label(Reason::DenyTruncated);
+        let malformed = label(Reason::DenyMalformed);
+        b.label("ipv6").comment("ipv6: fixed header; r8 = the next header, r4 = its type");
+        guard(b, Reg::R7, 40, trunc);
+        b.load(Size::B, Reg::R2, Reg::R7, 0);
+        b.alu(AluOp::And, Reg::R2, 0xf0);
+        b.jmp(JmpCond::Ne, Reg::R2, 0x60, malformed);
+        for (i, off) in [8i16, 16, 24, 32].into_iter().enumerate() {
+            b.load(Size::DW, Reg::R1, Reg::R7, off).store(Size::DW, Reg::R10, FP_CT + 8 * i as i16, Reg::R1);
+        }
+        b.load(Size::B, Reg::R4, Reg::R7, 6);
+        b.mov(Reg::R8, Reg::R7).add(Reg::R8, 40);
+        b.comment("neighbor discovery passes (link-local sources)");
+        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, "v6_not_nd");
+        guard(b, Reg::R8, 1, trunc);
+        b.load(Size::B, Reg::R1, Reg::R8, 0);
+        b.jmp(JmpCond::Lt, Reg::R1, 133, "v6_not_nd");
+        b.jmp(JmpCond::Le, Reg::R1, 137, label(Reason::AllowNotIp));
+        b.label("v6_not_nd");
+        if self.dir == Direction::FromEndpoint {
+            b.comment("anti-spoofing: the source must be the endpoint's own address");
+            self.emit_ep_config(b);
+            b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenySpoofed));
+            for half in [0i16, 8] {
+                b.load(Size::DW, Reg::R1, Reg::R0, ep_config::IPV6 as i16 + half);
+                b.load(Size::DW, Reg::R2, Reg::R10, FP_CT + half);
+                b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, label(Reason::DenySpoofed));
+            }
+            b.load(Size::B, Reg::R4, Reg::R7, 6);
+        }
+        b.store(Size::B, Reg::R10, FP_MISC + 1, 0);
+        for round in 0..3 {
+            let next = format!("v6_ext_{}", round + 1);
+            b.label(format!("v6_ext_{round}"));
+            if round == 2 {
+                for t in [0, 43, 44, 60] {
+                    b.jmp(JmpCond::Eq, Reg::R4, t, malformed);
+                }
+                b.ja("v6_ext_done");
+                break;
+            }
+            b.jmp(JmpCond::Eq, Reg::R4, 44, format!("v6_frag_{round}"));
+            b.jmp(JmpCond::Eq, Reg::R4, 0, format!("v6_opt_{round}"));
+            b.jmp(JmpCond::Eq, Reg::R4, 43, format!("v6_opt_{round}"));
+            b.jmp(JmpCond::Ne, Reg::R4, 60, "v6_ext_done");
+            b.label(format!("v6_opt_{round}")).comment("an options or routing header: (len + 1) * 8 bytes");
+            guard(b, Reg::R8, 8, trunc);
+            b.load(Size::B, Reg::R4, Reg::R8, 0);
+            b.load(Size::B, Reg::R2, Reg::R8, 1);
+            b.add(Reg::R2, 1).alu(AluOp::Lsh, Reg::R2, 3);
+            b.add(Reg::R8, Reg::R2);
+            b.ja(next.as_str());
+            b.label(format!("v6_frag_{round}")).comment("the fragment header");
+            guard(b, Reg::R8, 8, trunc);
+            b.load(Size::B, Reg::R4, Reg::R8, 0);
+            b.load(Size::W, Reg::R1, Reg::R8, 4).store(Size::W, Reg::R10, FP_MISC + 4, Reg::R1);
+            b.load(Size::H, Reg::R1, Reg::R8, 2);
+            b.be(16, Reg::R1);
+            b.mov(Reg::R3, Reg::R1).alu(AluOp::And, Reg::R3, 1);
+            b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
+            b.add(Reg::R8, 8);
+            b.alu(AluOp::Rsh, Reg::R1, 3);
+            b.jmp(JmpCond::Ne, Reg::R1, 0, "v6_later");
+            b.ja(next.as_str());
+        }
+        b.label("v6_later").comment("a later fragment: the transport header is elsewhere");
+        b.mov(Reg::R1, Reg::R4);
+        self.emit_family(b, V6);
+        self.emit_v6_frag_key(b);
+        b.ja(V6.l("later_fragment"));
+        b.label("v6_ext_done").comment("r4 = the transport protocol");
+        b.mov(Reg::R1, Reg::R4);
+        self.emit_family(b, V6);
+        self.emit_v6_frag_key(b);
+        b.ja(V6.l("transport"));
+    }
+
+    /// The `frag6` key: the tuple with the fragment id (kept in `FP_MISC + 4`) for ports.
+    fn emit_v6_frag_key(&self, b: &mut Builder) {
+        copy_stack(b, FP_CT, FP_FRAG, V6.key);
+        b.load(Size::W, Reg::R1, Reg::R10, FP_MISC + 4).store(Size::W, Reg::R10, FP_FRAG + V6.sport, Reg::R1);
+        b.store(Size::W, Reg::R10, FP_MISC + 4, 0);
+    }
+
+    /// Ports (r8 = the transport header), or ICMP type and echo id.
+    fn emit_transport(&self, b: &mut Builder, f: Fam) {
+        let trunc = label(Reason::DenyTruncated);
+        b.label(f.l("transport"));
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, f.l("tcp"));
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, f.l("ports"));
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, f.l("ports"));
+        b.jmp(JmpCond::Eq, Reg::R1, f.icmp, f.l("icmp"));
+        b.ja(f.l("conntrack"));
+        b.label(f.l("tcp")).comment("tcp: ports and flags");
+        guard(b, Reg::R8, 14, trunc);
+        b.load(Size::B, Reg::R1, Reg::R8, 13).store(Size::B, Reg::R10, FP_MISC, Reg::R1);
+        b.ja(f.l("read_ports"));
+        b.label(f.l("ports")).comment("udp, sctp: ports");
+        guard(b, Reg::R8, 4, trunc);
+        b.label(f.l("read_ports"));
+        b.load(Size::H, Reg::R1, Reg::R8, 0).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R8, 2).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
+        b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
+        b.ja(f.l("conntrack"));
+        b.label(f.l("icmp")).comment("icmp: the type is the policy port; echo id is the source port");
+        guard(b, Reg::R8, 8, trunc);
+        b.load(Size::B, Reg::R1, Reg::R8, 0);
+        b.mov(Reg::R2, Reg::R1).alu(AluOp::Lsh, Reg::R2, 8);
+        b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R2);
+        let (errors, echo): (&[i32], [i32; 2]) =
+            if f.family == 4 { (&[3, 11, 12], [8, 0]) } else { (&[1, 2, 3, 4], [128, 129]) };
+        for &t in errors {
+            b.jmp(JmpCond::Eq, Reg::R1, t, f.l("icmp_error"));
+        }
+        b.jmp(JmpCond::Eq, Reg::R1, echo[0], f.l("icmp_echo"));
+        b.jmp(JmpCond::Ne, Reg::R1, echo[1], f.l("conntrack"));
+        b.label(f.l("icmp_echo"));
+        b.load(Size::H, Reg::R1, Reg::R8, 4).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
+        b.ja(f.l("conntrack"));
+    }
+
+    /// An ICMP error passes if the packet it quotes belongs to a tracked connection.
+    fn emit_icmp_error(&self, b: &mut Builder, f: Fam) {
+        // The quoted header follows the 8-byte ICMP header; no options or extension headers.
+        let (hlen, src, dst, proto) =
+            if f.family == 4 { (20i16, 12i16, 16i16, 9i16) } else { (40, 8, 24, 6) };
+        b.label(f.l("icmp_error")).comment("icmp error: does it quote a tracked connection?");
+        guard(b, Reg::R8, i32::from(8 + hlen + 4), label(Reason::DenyTruncated));
+        if f.family == 4 {
+            b.load(Size::B, Reg::R1, Reg::R8, 8);
+            b.jmp(JmpCond::Ne, Reg::R1, 0x45, f.l("conntrack"));
+        }
+        b.comment("the quoted tuple, as sent (FP_CTR), and reversed (FP_FRAG)");
+        for off in (0..f.key).step_by(8) {
+            b.store(Size::DW, Reg::R10, FP_CTR + off, 0);
+            b.store(Size::DW, Reg::R10, FP_FRAG + off, 0);
+        }
+        for w in (0..f.alen).step_by(4) {
+            b.load(Size::W, Reg::R1, Reg::R8, 8 + src + w);
+            b.store(Size::W, Reg::R10, FP_CTR + w, Reg::R1).store(
+                Size::W,
+                Reg::R10,
+                FP_FRAG + f.daddr + w,
+                Reg::R1,
+            );
+            b.load(Size::W, Reg::R1, Reg::R8, 8 + dst + w);
+            b.store(Size::W, Reg::R10, FP_CTR + f.daddr + w, Reg::R1).store(
+                Size::W,
+                Reg::R10,
+                FP_FRAG + w,
+                Reg::R1,
+            );
+        }
+        b.load(Size::H, Reg::R1, Reg::R8, 8 + hlen);
+        b.store(Size::H, Reg::R10, FP_CTR + f.sport, Reg::R1).store(
+            Size::H,
+            Reg::R10,
+            FP_FRAG + f.dport,
+            Reg::R1,
+        );
+        b.load(Size::H, Reg::R1, Reg::R8, 8 + hlen + 2);
+        b.store(Size::H, Reg::R10, FP_CTR + f.dport, Reg::R1).store(
+            Size::H,
+            Reg::R10,
+            FP_FRAG + f.sport,
+            Reg::R1,
+        );
+        b.load(Size::B, Reg::R1, Reg::R8, 8 + proto);
+        b.store(Size::B, Reg::R10, FP_CTR + f.proto, Reg::R1).store(
+            Size::B,
+            Reg::R10,
+            FP_FRAG + f.proto,
+            Reg::R1,
+        );
+        b.comment("sent by the endpoint: its own connection (opposite direction) or a reply in ours");
+        b.store(Size::B, Reg::R10, FP_CTR + f.dir, i32::from(self.opposite_dir()));
+        b.store(Size::B, Reg::R10, FP_FRAG + f.dir, i32::from(self.dir.policy_dir()));
+        for key in [FP_CTR, FP_FRAG] {
+            b.ld_map(Reg::R1, f.ct);
+            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
+            b.call(MAP_LOOKUP_ELEM);
+            b.jmp(JmpCond::Ne, Reg::R0, 0, label(Reason::AllowRelated));
+        }
+        b.ja(f.l("conntrack"));
+    }
+
+    fn emit_later_fragment(&self, b: &mut Builder, f: Fam) {
+        b.label(f.l("later_fragment")).comment("a later fragment: the first fragment's verdict");
+        b.ld_map(Reg::R1, f.frag);
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FRAG));
+        b.call(MAP_LOOKUP_ELEM);
+        b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyFragment));
+        b.load(Size::B, Reg::R1, Reg::R0, 0);
+        b.jmp(JmpCond::Eq, Reg::R1, 1, label(Reason::AllowFragment));
+        b.ja(label(Reason::DenyFragment));
+    }
+
+    fn emit_conntrack(&self, b: &mut Builder, f: Fam) {
+        b.label(f.l("conntrack")).comment("conntrack: the tuple as sent");
+        if !self.options.conntrack {
+            b.ja(f.l("new_connection"));
+        }
+        b.ld_map(Reg::R1, f.ct);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CT));
         b.call(MAP_LOOKUP_ELEM);
         b.mov(Reg::R8, 0);
-        b.jmp(JmpCond::Ne, Reg::R0, 0, "ct_hit");
-        b.comment("... and reversed: a reply");
-        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 4).store(Size::W, Reg::R10, FP_CTR, Reg::R1);
-        b.load(Size::W, Reg::R1, Reg::R10, FP_CT).store(Size::W, Reg::R10, FP_CTR + 4, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R10, FP_CT + 10).store(Size::H, Reg::R10, FP_CTR + 8, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R10, FP_CT + 8).store(Size::H, Reg::R10, FP_CTR + 10, Reg::R1);
-        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 12).store(Size::W, Reg::R10, FP_CTR + 12, Reg::R1);
-        b.store(Size::B, Reg::R10, FP_CTR + ct4_key::DIR as i16, i32::from(self.opposite_dir()));
-        b.ld_map(Reg::R1, "ct4");
+        b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("ct_hit"));
+        b.comment("... and reversed, in the opposite direction: a reply");
+        copy_stack(b, FP_CT + f.daddr, FP_CTR, f.alen);
+        copy_stack(b, FP_CT, FP_CTR + f.daddr, f.alen);
+        b.load(Size::H, Reg::R1, Reg::R10, FP_CT + f.dport).store(
+            Size::H,
+            Reg::R10,
+            FP_CTR + f.sport,
+            Reg::R1,
+        );
+        b.load(Size::H, Reg::R1, Reg::R10, FP_CT + f.sport).store(
+            Size::H,
+            Reg::R10,
+            FP_CTR + f.dport,
+            Reg::R1,
+        );
+        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.proto).store(
+            Size::W,
+            Reg::R10,
+            FP_CTR + f.proto,
+            Reg::R1,
+        );
+        b.store(Size::B, Reg::R10, FP_CTR + f.dir, i32::from(self.opposite_dir()));
+        b.ld_map(Reg::R1, f.ct);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CTR));
         b.call(MAP_LOOKUP_ELEM);
         b.mov(Reg::R8, 1);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, "new_connection");
+        b.jmp(JmpCond::Eq, Reg::R0, 0, f.l("new_connection"));
+    }
 
-        b.label("ct_hit").comment("r6 = the entry, r8 = 1 for a reply; a dead entry is a miss");
+    /// A live entry (r0; r8 = 1 for a reply) advances; a dead one is a miss.
+    fn emit_ct_hit(&self, b: &mut Builder, f: Fam) {
+        let l = |name: &str| f.l(name);
+        b.label(l("ct_hit")).comment("r6 = the entry, r8 = 1 for a reply; a dead entry is a miss");
         b.mov(Reg::R6, Reg::R0);
         b.call(KTIME_GET_NS);
         b.mov(Reg::R9, Reg::R0);
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
-        b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, "new_connection");
-        b.jmp(JmpCond::Eq, Reg::R8, 0, "ct_state");
+        b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, l("ct_dead"));
+        b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_state"));
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::FLAGS as i16);
         b.alu(AluOp::Or, Reg::R1, i32::from(ct_value::SEEN_REPLY));
         b.store(Size::B, Reg::R6, ct_value::FLAGS as i16, Reg::R1);
-        b.label("ct_state").comment("advance the state; r1 = new state, r2 = its lifetime");
+        b.label(l("ct_state")).comment("advance the state; r1 = new state, r2 = its lifetime");
         b.load(Size::B, Reg::R3, Reg::R10, FP_MISC);
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::STATE as i16);
-        b.jmp(JmpCond::Eq, Reg::R1, CtState::Open as i32, "ct_open");
-        b.jmp(JmpCond::Set, Reg::R3, TCP_FIN | TCP_RST, "ct_closing");
-        b.jmp(JmpCond::Eq, Reg::R1, CtState::Closing as i32, "ct_closing_keep");
+        b.jmp(JmpCond::Eq, Reg::R1, CtState::Open as i32, l("ct_open"));
+        b.jmp(JmpCond::Set, Reg::R3, TCP_FIN | TCP_RST, l("ct_closing"));
+        b.jmp(JmpCond::Eq, Reg::R1, CtState::Closing as i32, l("ct_closing_keep"));
         b.mov(Reg::R2, Reg::R3).alu(AluOp::And, Reg::R2, TCP_SYN | TCP_ACK);
-        b.jmp(JmpCond::Ne, Reg::R2, TCP_SYN | TCP_ACK, "ct_keep_state");
-        b.jmp(JmpCond::Eq, Reg::R8, 0, "ct_keep_state");
+        b.jmp(JmpCond::Ne, Reg::R2, TCP_SYN | TCP_ACK, l("ct_keep_state"));
+        b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_keep_state"));
         b.mov(Reg::R1, CtState::Established as i32);
-        b.label("ct_keep_state");
-        b.jmp(JmpCond::Eq, Reg::R1, CtState::Established as i32, "ct_established");
-        b.ld_imm64(Reg::R2, timeout::TCP_SYN).ja("ct_store");
-        b.label("ct_established");
-        b.ld_imm64(Reg::R2, timeout::TCP_ESTABLISHED).ja("ct_store");
-        b.label("ct_closing");
+        b.label(l("ct_keep_state"));
+        b.jmp(JmpCond::Eq, Reg::R1, CtState::Established as i32, l("ct_established"));
+        b.ld_imm64(Reg::R2, timeout::TCP_SYN).ja(l("ct_store"));
+        b.label(l("ct_established"));
+        b.ld_imm64(Reg::R2, timeout::TCP_ESTABLISHED).ja(l("ct_store"));
+        b.label(l("ct_closing"));
         b.mov(Reg::R1, CtState::Closing as i32);
-        b.label("ct_closing_keep");
-        b.ld_imm64(Reg::R2, timeout::TCP_CLOSING).ja("ct_store");
-        b.label("ct_open");
+        b.label(l("ct_closing_keep"));
+        b.ld_imm64(Reg::R2, timeout::TCP_CLOSING).ja(l("ct_store"));
+        b.label(l("ct_open"));
         b.ld_imm64(Reg::R2, timeout::UDP);
-        b.load(Size::B, Reg::R4, Reg::R10, FP_CT + 12);
-        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMP, "ct_store");
+        b.load(Size::B, Reg::R4, Reg::R10, FP_FAM + 1);
+        b.jmp(JmpCond::Eq, Reg::R4, IPPROTO_ICMP, l("ct_open_icmp"));
+        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, l("ct_store"));
+        b.label(l("ct_open_icmp"));
         b.ld_imm64(Reg::R2, timeout::ICMP);
-        b.label("ct_store");
+        b.label(l("ct_store"));
         b.store(Size::B, Reg::R6, ct_value::STATE as i16, Reg::R1);
         b.add(Reg::R2, Reg::R9);
         b.store(Size::DW, Reg::R6, ct_value::EXPIRES as i16, Reg::R2);
@@ -377,12 +595,14 @@ impl Gen {
             off: ct_value::PACKETS as i16,
             src: Reg::R1,
         });
-        b.mov(Reg::R7, Reason::AllowEstablished as i32).ja("allowed");
+        b.mov(Reg::R7, Reason::AllowEstablished as i32).ja(l("allowed"));
+        b.label(l("ct_dead")).comment("a dead entry: judge the packet as new");
+        b.ja(l("new_connection"));
     }
 
-    fn emit_new_connection(&self, b: &mut Builder) {
+    fn emit_new_connection(&self, b: &mut Builder, f: Fam) {
         let dir = self.dir.policy_dir();
-        b.label("new_connection").comment("a new connection: is policy enforced here?");
+        b.label(f.l("new_connection")).comment("a new connection: is policy enforced here?");
         self.emit_ep_config(b);
         b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyDefault));
         b.load(Size::W, Reg::R1, Reg::R0, ep_config::IDENTITY as i16);
@@ -390,108 +610,128 @@ impl Gen {
         b.load(Size::W, Reg::R1, Reg::R0, ep_config::FLAGS as i16);
         b.alu(AluOp::And, Reg::R1, self.enforced_bit());
         b.mov(Reg::R7, Reason::AllowUnenforced as i32);
-        b.jmp(JmpCond::Eq, Reg::R1, 0, "ct_create");
+        b.jmp(JmpCond::Eq, Reg::R1, 0, f.l("ct_create"));
 
         let peer = match self.dir {
-            Direction::FromEndpoint => FP_CT + 4,
+            Direction::FromEndpoint => FP_CT + f.daddr,
             Direction::ToEndpoint => FP_CT,
         };
-        b.comment("the peer's identity: ipcache level 1 (direct), 2 and 3");
-        b.load(Size::W, Reg::R6, Reg::R10, peer);
-        b.be(32, Reg::R6);
-        b.mov32(Reg::R2, Reg::R6).alu32(AluOp::Rsh, Reg::R2, 16).alu(AluOp::Lsh, Reg::R2, 2);
-        b.ld_map_value(Reg::R1, "ipc_v4_l1", 0);
-        b.add(Reg::R1, Reg::R2);
-        b.load(Size::W, Reg::R0, Reg::R1, 0);
-        for (level, shift) in [("ipc_v4_l2", 8), ("ipc_v4_l3", 0)] {
-            b.jmp(JmpCond::Set, Reg::R0, IPC_CHILD as i32, format!("{level}_lookup"));
-            b.ja("identity");
-            b.label(format!("{level}_lookup"));
-            b.alu32(AluOp::And, Reg::R0, !IPC_CHILD as i32);
-            b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
-            b.ld_map(Reg::R1, level);
-            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-            b.call(MAP_LOOKUP_ELEM);
-            b.jmp(JmpCond::Eq, Reg::R0, 0, "identity");
-            b.mov32(Reg::R2, Reg::R6);
-            if shift != 0 {
-                b.alu32(AluOp::Rsh, Reg::R2, shift);
+        let identity = f.l("identity");
+        if f.family == 4 {
+            b.comment("the peer's identity: ipcache level 1 (direct), 2 and 3");
+            b.load(Size::W, Reg::R6, Reg::R10, peer);
+            b.be(32, Reg::R6);
+            b.mov32(Reg::R2, Reg::R6).alu32(AluOp::Rsh, Reg::R2, 16).alu(AluOp::Lsh, Reg::R2, 2);
+            b.ld_map_value(Reg::R1, "ipc_v4_l1", 0);
+            b.add(Reg::R1, Reg::R2);
+            b.load(Size::W, Reg::R0, Reg::R1, 0);
+            for (level, shift) in [("ipc_v4_l2", 8), ("ipc_v4_l3", 0)] {
+                b.jmp(JmpCond::Set, Reg::R0, IPC_CHILD as i32, format!("{level}_lookup"));
+                b.ja(identity.as_str());
+                b.label(format!("{level}_lookup"));
+                b.alu32(AluOp::And, Reg::R0, !IPC_CHILD as i32);
+                b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
+                b.ld_map(Reg::R1, level);
+                b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
+                b.call(MAP_LOOKUP_ELEM);
+                b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
+                b.mov32(Reg::R2, Reg::R6);
+                if shift != 0 {
+                    b.alu32(AluOp::Rsh, Reg::R2, shift);
+                }
+                b.alu32(AluOp::And, Reg::R2, 0xff).alu(AluOp::Lsh, Reg::R2, 2);
+                b.add(Reg::R0, Reg::R2);
+                b.load(Size::W, Reg::R0, Reg::R0, 0);
             }
-            b.alu32(AluOp::And, Reg::R2, 0xff).alu(AluOp::Lsh, Reg::R2, 2);
-            b.add(Reg::R0, Reg::R2);
+        } else {
+            b.comment("the peer's identity: the ipc_v6 trie");
+            b.store(Size::W, Reg::R10, FP_LPM, 128);
+            copy_stack(b, peer, FP_LPM + 4, 16);
+            b.ld_map(Reg::R1, "ipc_v6");
+            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM));
+            b.call(MAP_LOOKUP_ELEM);
+            b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
             b.load(Size::W, Reg::R0, Reg::R0, 0);
         }
-        b.label("identity").comment("r0 = identity (0: world)");
-        b.jmp(JmpCond::Ne, Reg::R0, 0, "policy_key");
+        b.label(identity.as_str()).comment("r0 = identity (0: world)");
+        b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("policy_key"));
         b.mov(Reg::R0, WORLD as i32);
-        b.label("policy_key").comment("policy key {96, ep, dir, identity, proto, port}");
-        b.be(32, Reg::R0);
-        b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
-        b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()));
-        b.store(Size::H, Reg::R10, FP_POL + policy_key::DIR as i16, i32::from(dir));
-        b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, Reg::R0);
-        b.load(Size::B, Reg::R1, Reg::R10, FP_CT + 12);
-        b.store(Size::H, Reg::R10, FP_POL + policy_key::PROTO as i16, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
-        b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
-        b.comment("r8 = verdict bits: 1 allow, 2 deny; for the identity, then for any identity");
-        b.mov(Reg::R8, 0);
-        for pass in 0..2 {
-            let next = format!("policy_any_{pass}");
-            if pass == 1 {
-                b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
+        {
+            b.label(f.l("policy_key")).comment("policy key {96, ep, dir, identity, proto, port}");
+            b.be(32, Reg::R0);
+            b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
+            b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()));
+            b.store(Size::H, Reg::R10, FP_POL + policy_key::DIR as i16, i32::from(dir));
+            b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, Reg::R0);
+            b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
+            b.store(Size::H, Reg::R10, FP_POL + policy_key::PROTO as i16, Reg::R1);
+            b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
+            b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
+            b.comment("r8 = verdict bits: 1 allow, 2 deny; for the identity, then for any identity");
+            b.mov(Reg::R8, 0);
+            for pass in 0..2 {
+                let next = f.l(&format!("policy_any_{pass}"));
+                if pass == 1 {
+                    b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
+                }
+                b.ld_map(Reg::R1, "policy");
+                b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
+                b.call(MAP_LOOKUP_ELEM);
+                b.jmp(JmpCond::Eq, Reg::R0, 0, next.as_str());
+                b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
+                b.alu(AluOp::Or, Reg::R8, Reg::R1);
+                b.label(next.as_str());
             }
-            b.ld_map(Reg::R1, "policy");
-            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
-            b.call(MAP_LOOKUP_ELEM);
-            b.jmp(JmpCond::Eq, Reg::R0, 0, next.as_str());
-            b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
-            b.alu(AluOp::Or, Reg::R8, Reg::R1);
-            b.label(next.as_str());
+            b.jmp(JmpCond::Set, Reg::R8, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
+            b.jmp(JmpCond::Eq, Reg::R8, 0, label(Reason::DenyDefault));
+            b.mov(Reg::R7, Reason::AllowNew as i32);
+            b.ja(f.l("ct_create"));
         }
-        b.jmp(JmpCond::Set, Reg::R8, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
-        b.jmp(JmpCond::Eq, Reg::R8, 0, label(Reason::DenyDefault));
-        b.mov(Reg::R7, Reason::AllowNew as i32);
+    }
 
-        b.label("ct_create").comment("track the connection; r7 = the allow reason");
+    /// Track the allowed connection (r7 = the allow reason) in the family's map, and leave a
+    /// first fragment's verdict for the rest.
+    fn emit_ct_create(&self, b: &mut Builder, f: Fam) {
+        let l = |name: &str| f.l(name);
+        b.label(l("ct_create")).comment("track the connection; r7 = the allow reason");
         if !self.options.conntrack {
-            b.ja("allowed");
+            b.ja(l("allowed"));
         }
         for off in (0..ct_value::SIZE as i16).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_CTV + off, 0);
         }
         b.call(KTIME_GET_NS);
-        b.load(Size::B, Reg::R3, Reg::R10, FP_CT + 12);
+        b.load(Size::B, Reg::R3, Reg::R10, FP_FAM + 1);
         b.ld_imm64(Reg::R2, timeout::UDP);
         b.mov(Reg::R1, CtState::Open as i32);
-        b.jmp(JmpCond::Ne, Reg::R3, IPPROTO_TCP, "ct_create_store");
+        b.jmp(JmpCond::Ne, Reg::R3, IPPROTO_TCP, l("ct_create_store"));
         b.load(Size::B, Reg::R3, Reg::R10, FP_MISC);
         b.ld_imm64(Reg::R2, timeout::TCP_ESTABLISHED);
         b.mov(Reg::R1, CtState::Established as i32);
         b.alu(AluOp::And, Reg::R3, TCP_SYN | TCP_ACK);
-        b.jmp(JmpCond::Ne, Reg::R3, TCP_SYN, "ct_create_store");
+        b.jmp(JmpCond::Ne, Reg::R3, TCP_SYN, l("ct_create_store"));
         b.ld_imm64(Reg::R2, timeout::TCP_SYN);
         b.mov(Reg::R1, CtState::SynSent as i32);
-        b.label("ct_create_store");
+        b.label(l("ct_create_store"));
         b.add(Reg::R0, Reg::R2);
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::EXPIRES as i16, Reg::R0);
         b.store(Size::B, Reg::R10, FP_CTV + ct_value::STATE as i16, Reg::R1);
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::PACKETS as i16, 1);
-        b.ld_map(Reg::R1, "ct4");
+        b.ld_map(Reg::R1, f.ct);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CT));
         b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(FP_CTV));
         b.mov(Reg::R4, 0);
         b.call(MAP_UPDATE_ELEM);
-        b.label("allowed").comment("a first fragment leaves its verdict for the rest; r7 = reason");
+        b.label(l("allowed")).comment("a first fragment leaves its verdict for the rest; r7 = reason");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC + 1);
-        b.jmp(JmpCond::Eq, Reg::R1, 0, "allowed_reason");
+        b.jmp(JmpCond::Eq, Reg::R1, 0, l("allowed_reason"));
         b.store(Size::DW, Reg::R10, FP_CTV, 1);
-        b.ld_map(Reg::R1, "frag4");
+        b.ld_map(Reg::R1, f.frag);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FRAG));
         b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(FP_CTV));
         b.mov(Reg::R4, 0);
         b.call(MAP_UPDATE_ELEM);
-        b.label("allowed_reason");
+        b.label(l("allowed_reason"));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, label(Reason::AllowUnenforced));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowEstablished as i32, label(Reason::AllowEstablished));
         b.ja(label(Reason::AllowNew));
@@ -548,9 +788,9 @@ impl Gen {
         let ev = |off: usize| FP_EV + off as i16;
         b.store(Size::B, Reg::R10, ev(event::REASON), Reg::R6);
         b.store(Size::B, Reg::R10, ev(event::DIR), i32::from(self.dir.policy_dir()));
-        b.store(Size::B, Reg::R10, ev(event::FAMILY), 4);
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM).store(Size::B, Reg::R10, ev(event::FAMILY), Reg::R1);
         b.store(Size::H, Reg::R10, ev(event::EP), i32::from(self.ep));
-        b.load(Size::B, Reg::R1, Reg::R10, FP_CT + 12).store(Size::H, Reg::R10, ev(event::PROTO), Reg::R1);
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1).store(Size::H, Reg::R10, ev(event::PROTO), Reg::R1);
         b.comment("identities: the peer's (from the policy key) and the endpoint's own");
         b.load(Size::W, Reg::R1, Reg::R10, FP_POL + policy_key::IDENTITY as i16);
         b.be(32, Reg::R1);
@@ -561,18 +801,34 @@ impl Gen {
         };
         b.store(Size::W, Reg::R10, ev(event::SRC_IDENTITY), src);
         b.store(Size::W, Reg::R10, ev(event::DST_IDENTITY), dst);
-        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 8).store(Size::W, Reg::R10, ev(event::SPORT), Reg::R1);
-        for (i, off) in [event::SADDR, event::DADDR].into_iter().enumerate() {
-            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + 4 * i as i16).store(
+        b.comment("ports and addresses, by family");
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
+        b.jmp(JmpCond::Eq, Reg::R1, 6, "event_v6");
+        for (f, name) in [(V4, "event_v4"), (V6, "event_v6")] {
+            b.label(name);
+            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.sport).store(
                 Size::W,
                 Reg::R10,
-                ev(off),
+                ev(event::SPORT),
                 Reg::R1,
             );
-            for w in 1..4 {
-                b.store(Size::W, Reg::R10, ev(off) + 4 * w, 0);
+            for (from, to) in [(0i16, event::SADDR), (f.daddr, event::DADDR)] {
+                for w in (0..16i16).step_by(4) {
+                    if w < f.alen {
+                        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + from + w).store(
+                            Size::W,
+                            Reg::R10,
+                            ev(to) + w,
+                            Reg::R1,
+                        );
+                    } else {
+                        b.store(Size::W, Reg::R10, ev(to) + w, 0);
+                    }
+                }
             }
+            b.ja("event_output");
         }
+        b.label("event_output");
         b.ld_map(Reg::R1, "events");
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_EV));
         b.mov(Reg::R3, event::SIZE as i32);

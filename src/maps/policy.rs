@@ -91,13 +91,14 @@ pub mod ct4_key {
     pub const SIZE: usize = 16;
 }
 
-/// Layout of a `ct6` key.
+/// Layout of a `ct6` key (and of a `frag6` key, the fragment id in the ports).
 pub mod ct6_key {
     pub const SADDR: usize = 0;
     pub const DADDR: usize = 16;
     pub const SPORT: usize = 32;
     pub const DPORT: usize = 34;
     pub const PROTO: usize = 36;
+    pub const DIR: usize = 37;
     pub const SIZE: usize = 40;
 }
 
@@ -324,7 +325,15 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
         MapDef {
             name: "frag4",
             kind: MapKind::LruHash,
-            key_size: 16,
+            key_size: ct4_key::SIZE as u32,
+            value_size: 8,
+            max_entries: 8192,
+            flags: 0,
+        },
+        MapDef {
+            name: "frag6",
+            kind: MapKind::LruHash,
+            key_size: ct6_key::SIZE as u32,
             value_size: 8,
             max_entries: 8192,
             flags: 0,

@@ -15,4 +15,5 @@ pub mod model;
 pub mod monitor;
 pub mod node;
 pub mod packet;
+pub mod policy;
 pub mod sys;

@@ -16,7 +16,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unknown-spec-field.yaml",
-        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected `prefilter`",
+        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`",
     ),
     (
         "unknown-prefilter-field.yaml",
@@ -56,7 +56,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unsupported-kind.yaml",
-        "fixtures/invalid/unsupported-kind.yaml:8:7: kind: CiliumNetworkPolicy is not supported yet (this version of sluice reads only Node documents)",
+        "fixtures/invalid/unsupported-kind.yaml:8:7: kind: Service is not supported yet (this version of sluice reads Node, CiliumNetworkPolicy and NetworkPolicy documents)",
     ),
     (
         "unknown-kind.yaml",

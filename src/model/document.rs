@@ -11,9 +11,12 @@
 //!   `deny_unknown_fields` throughout; the wire type checks `apiVersion` for its kind.
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
 //!   generic value would lose the line and column of every later error.
-//! - Kinds sluice will read (CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice) are
-//!   recognized and rejected at their `kind` as "not supported yet"; adding one means adding its
-//!   wire type and its arm in the dispatch below.
+//! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`). Kinds
+//!   sluice will read later (Service, EndpointSlice) are recognized and rejected at their
+//!   `kind` as "not supported yet"; adding one means adding its wire type and its arm in the
+//!   dispatch below.
+//! - Each document comes back with its position in the stream, which `super::locate` needs to
+//!   place errors found when the document is lowered.
 //! - All errors are serde_yaml errors located at the offending node (line and column relative
 //!   to the whole stream); `super::ModelError::from_yaml` turns them into model errors.
 
@@ -27,7 +30,10 @@ use serde::de::{
 use serde::Deserialize;
 
 use super::cidr::Cidr;
+use super::cnp::CnpDocument;
 use super::de::parse_str_scalar;
+use super::endpoint::{AnyAddress, EndpointWire};
+use super::knp::KnpDocument;
 use super::names::check_dns_label;
 
 /// Every document kind sluice recognizes, read now or later.
@@ -79,6 +85,8 @@ impl DocumentKind {
 #[derive(Debug)]
 pub(crate) enum Document {
     Node(NodeDocument),
+    CiliumNetworkPolicy(CnpDocument),
+    NetworkPolicy(KnpDocument),
 }
 
 /// `kind: Node`: what only the node knows.
@@ -105,12 +113,21 @@ pub(crate) struct NodeMetadata {
     pub name: String,
 }
 
-/// `Node.spec`. Later sections (endpoints, devices, encryption, overlay) are added here.
+/// `Node.spec`. Later sections (devices, encryption, overlay) are added here.
 #[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, expecting = "a mapping of node sections such as prefilter")]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a mapping of node sections such as prefilter and endpoints"
+)]
 pub(crate) struct NodeSpec {
     #[serde(default)]
     pub prefilter: PrefilterSpec,
+    /// The node's own addresses: peers with these addresses are the `host` entity.
+    #[serde(default)]
+    pub host_addresses: Vec<AnyAddress>,
+    #[serde(default)]
+    pub endpoints: Vec<EndpointWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.
@@ -123,6 +140,14 @@ pub(crate) struct PrefilterSpec {
 
 fn node_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
     expect_api_version(deserializer, DocumentKind::Node)
+}
+
+pub(crate) fn cnp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::CiliumNetworkPolicy)
+}
+
+pub(crate) fn knp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::NetworkPolicy)
 }
 
 fn expect_api_version<'de, D: Deserializer<'de>>(
@@ -142,8 +167,9 @@ fn dns_label<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
     parse_str_scalar(deserializer, "a name", |name| check_dns_label(name).map(|()| name.to_owned()))
 }
 
-/// Reads every document of `source`, in order.
-pub(crate) fn read_documents(source: &str) -> Result<Vec<Document>, serde_yaml::Error> {
+/// Reads every document of `source`, in order, each with its 0-based position in the stream
+/// (empty documents count).
+pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, serde_yaml::Error> {
     // Two iterators over the same stream: one surveys a document, the other then reads it.
     let surveys = serde_yaml::Deserializer::from_str(source);
     let bodies = serde_yaml::Deserializer::from_str(source);
@@ -158,12 +184,13 @@ pub(crate) fn read_documents(source: &str) -> Result<Vec<Document>, serde_yaml::
                 first_node = Some(index);
                 Document::Node(NodeDocument::deserialize(body)?)
             }
-            DocumentKind::CiliumNetworkPolicy
-            | DocumentKind::NetworkPolicy
-            | DocumentKind::Service
-            | DocumentKind::EndpointSlice => return Err(not_supported_yet(body)),
+            DocumentKind::CiliumNetworkPolicy => {
+                Document::CiliumNetworkPolicy(CnpDocument::deserialize(body)?)
+            }
+            DocumentKind::NetworkPolicy => Document::NetworkPolicy(KnpDocument::deserialize(body)?),
+            DocumentKind::Service | DocumentKind::EndpointSlice => return Err(not_supported_yet(body)),
         };
-        documents.push(document);
+        documents.push((index, document));
     }
     Ok(documents)
 }
@@ -178,7 +205,10 @@ fn not_supported_yet(body: serde_yaml::Deserializer<'_>) -> serde_yaml::Error {
     }
     fn reject_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Infallible, D::Error> {
         parse_str_scalar(deserializer, "a kind", |kind| {
-            Err(format!("{kind} is not supported yet (this version of sluice reads only Node documents)"))
+            Err(format!(
+                "{kind} is not supported yet (this version of sluice reads Node, CiliumNetworkPolicy \
+                 and NetworkPolicy documents)"
+            ))
         })
     }
     match Unsupported::deserialize(body) {

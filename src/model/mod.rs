@@ -1,34 +1,54 @@
 //! model: the node file, parsed, validated and normalized into a [`NodeConfig`].
 //!
 //! Contract:
-//! - Input is a multi-document YAML stream (see `fixtures/default-node.yaml`). Exactly one
-//!   document is `apiVersion: sluice.dev/v1`, `kind: Node`. Other recognized kinds
-//!   (CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice) are rejected as not supported
-//!   yet; unknown kinds, unknown fields, duplicate keys and invalid values are rejected.
+//! - Input is a multi-document YAML stream (see `fixtures/default-node.yaml` and
+//!   `fixtures/policy/demo.yaml`). Exactly one document is `apiVersion: sluice.dev/v1`,
+//!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`) or `NetworkPolicy`
+//!   (`networking.k8s.io/v1`). Other recognized kinds (Service, EndpointSlice) are rejected as
+//!   not supported yet; unknown kinds, unknown fields, duplicate keys and invalid values are
+//!   rejected.
 //! - [`parse_str`] is a total function of its text: it returns a config or the first error,
-//!   never panics, and every error names the file, line and column of the offending node
-//!   ([`ModelError`]).
+//!   never panics, and every error names the file, line and column of the offending node and
+//!   its field path ([`ModelError`]). Nothing of a rejected file is used.
 //! - Output is normalized so that equivalent spellings give equal configs: CIDRs are held in
-//!   canonical form, and the prefilter deny list is sorted ([`Cidr`]'s order) and deduplicated.
-//!   Overlapping prefixes are kept as written: which lookup serves them is the planner's choice.
+//!   canonical form; the prefilter deny list is sorted ([`Cidr`]'s order) and deduplicated;
+//!   endpoints are sorted by name and host addresses by address; policies are sorted by
+//!   (namespace, name, kind), each in the normal form of [`policy`]. Overlapping prefixes are
+//!   kept as written: which lookup serves them is the planner's choice.
+//! - Policy names are unique per (kind, namespace), as in Kubernetes.
 //!
 //! Layout: [`cidr`] (network prefixes), `document` (wire types and the reader that dispatches
-//! on kind), `names` (name rules), [`error`] (located errors), `de` (serde helpers).
+//! on kind), [`endpoint`] (endpoints and host addresses), [`labels`] (labels and selectors),
+//! [`policy`] (policy normal form), `cnp` and `knp` (the two policy documents), `policy_wire`
+//! (their shared pieces), `locate` (placing errors found after deserialization), `names`
+//! (name rules), [`error`] (located errors), `de` (serde helpers).
 
 pub mod cidr;
+mod cnp;
 mod de;
 mod document;
+pub mod endpoint;
 pub mod error;
+mod knp;
+pub mod labels;
+mod locate;
 mod names;
+pub mod policy;
+mod policy_wire;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::path::Path;
 
 pub use cidr::{Cidr, CidrError, Family};
+pub use endpoint::Endpoint;
 pub use error::ModelError;
+pub use labels::{Labels, Selector};
 pub use names::MAX_NAME_LEN;
+pub use policy::{Direction, Policy};
 
 use document::{Document, NodeDocument};
+use locate::{FieldPath, Invalid};
 
 /// Origin reported in errors from the built-in default node.
 const DEFAULT_NODE_ORIGIN: &str = "fixtures/default-node.yaml";
@@ -39,8 +59,21 @@ pub struct NodeConfig {
     /// `metadata.name`: a DNS-1123 label.
     pub name: String,
     pub prefilter: Prefilter,
+    /// The node's own addresses (`spec.hostAddresses`), sorted: the `host` entity.
+    pub host_addresses: Vec<IpAddr>,
+    /// `spec.endpoints`, sorted by name; names, interfaces and addresses are unique.
+    pub endpoints: Vec<Endpoint>,
+    /// Every policy document, sorted by (namespace, name, kind).
+    pub policies: Vec<Policy>,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
+}
+
+impl NodeConfig {
+    /// The endpoint called `name`.
+    pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
+        self.endpoints.binary_search_by(|e| e.name.as_str().cmp(name)).ok().map(|i| &self.endpoints[i])
+    }
 }
 
 /// Sources dropped at the earliest hook, before any other processing.
@@ -53,23 +86,53 @@ pub struct Prefilter {
 /// Parses a node file's text. `origin` names it in errors and becomes [`NodeConfig::source`].
 pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     let documents = document::read_documents(source).map_err(|err| ModelError::from_yaml(origin, &err))?;
-    // The reader rejects a second Node, so the first one is the only one.
-    let node = documents
-        .into_iter()
-        .map(|document| match document {
-            Document::Node(node) => node,
-        })
-        .next()
-        .ok_or_else(|| {
-            ModelError::at(
-                origin,
-                1,
-                1,
-                "no Node document: a node file holds exactly one document with \
-                 `apiVersion: sluice.dev/v1` and `kind: Node`",
-            )
-        })?;
-    Ok(lower_node(node, origin))
+    let located = |index: usize, invalid: Invalid| {
+        ModelError::from_yaml(origin, &locate::locate(source, index, &invalid))
+    };
+    let mut node = None;
+    let mut policies = Vec::new();
+    // (kind, namespace, name) -> document position, to reject a second policy of one name.
+    let mut seen: BTreeMap<(policy::PolicyKind, String, String), usize> = BTreeMap::new();
+    for (index, document) in documents {
+        let policy = match document {
+            // The reader rejects a second Node, so this is the only one.
+            Document::Node(doc) => {
+                node = Some(lower_node(doc, origin).map_err(|invalid| located(index, invalid))?);
+                continue;
+            }
+            Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
+            Document::NetworkPolicy(doc) => knp::lower_knp(&doc),
+        }
+        .map_err(|invalid| located(index, invalid))?;
+        let key = (policy.kind, policy.namespace.clone(), policy.name.clone());
+        if let Some(first) = seen.insert(key, index) {
+            let at = FieldPath::root().key("metadata").key("name");
+            return Err(located(
+                index,
+                at.invalid(format!(
+                    "a second {} `{}/{}` (document {} of the file; the first is document {})",
+                    policy.kind,
+                    policy.namespace,
+                    policy.name,
+                    index + 1,
+                    first + 1
+                )),
+            ));
+        }
+        policies.push(policy);
+    }
+    let mut node = node.ok_or_else(|| {
+        ModelError::at(
+            origin,
+            1,
+            1,
+            "no Node document: a node file holds exactly one document with \
+             `apiVersion: sluice.dev/v1` and `kind: Node`",
+        )
+    })?;
+    policies.sort();
+    node.policies = policies;
+    Ok(node)
 }
 
 /// Reads and parses the node file at `path`; errors name the path.
@@ -85,13 +148,19 @@ pub fn default_node() -> NodeConfig {
         .expect("fixtures/default-node.yaml is valid: tests::default_node_parses checks it")
 }
 
-fn lower_node(node: NodeDocument, origin: &str) -> NodeConfig {
-    let deny: BTreeSet<Cidr> = node.spec.prefilter.deny.into_iter().collect();
-    NodeConfig {
+fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
+    let spec = node.spec;
+    let deny: BTreeSet<Cidr> = spec.prefilter.deny.into_iter().collect();
+    let (endpoints, host_addresses) =
+        endpoint::lower_endpoints(spec.endpoints, &spec.host_addresses, &FieldPath::root().key("spec"))?;
+    Ok(NodeConfig {
         name: node.metadata.name,
         prefilter: Prefilter { deny: deny.into_iter().collect() },
+        host_addresses,
+        endpoints,
+        policies: Vec::new(),
         source: origin.to_owned(),
-    }
+    })
 }
 
 #[cfg(test)]
@@ -112,7 +181,8 @@ mod tests {
         let err = parse_str(text, "f.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "f.yaml:11:7: kind: Service is not supported yet (this version of sluice reads only Node documents)"
+            "f.yaml:11:7: kind: Service is not supported yet (this version of sluice reads Node, \
+             CiliumNetworkPolicy and NetworkPolicy documents)"
         );
         assert_eq!(err.location(), Some((11, 7)));
     }
@@ -156,15 +226,25 @@ mod tests {
     /// carries a location inside the text.
     #[test]
     fn mutated_node_files_never_panic() {
-        const SOURCE: &str = include_str!("../../fixtures/default-node.yaml");
+        assert_edits_never_panic(include_str!("../../fixtures/default-node.yaml"), 0x0dd_ba11);
+    }
+
+    /// The same for a file with endpoints and every kind of policy document: errors found
+    /// after deserialization (and placed by rereading the text) are located too.
+    #[test]
+    fn mutated_policy_files_never_panic() {
+        assert_edits_never_panic(include_str!("../../fixtures/policy/demo.yaml"), 0x5ca1_ab1e);
+    }
+
+    fn assert_edits_never_panic(source: &str, seed: u64) {
         const ALPHABET: &[u8] = b" \n\t-:[]{},#&*!|>'\"/.0123456789abcdefkNx";
-        let mut state: u64 = 0x0dd_ba11;
+        let mut state: u64 = seed;
         let mut next = move || {
             state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
             (state >> 33) as usize
         };
         for _ in 0..2_000 {
-            let mut bytes = SOURCE.as_bytes().to_vec();
+            let mut bytes = source.as_bytes().to_vec();
             for _ in 0..1 + next() % 4 {
                 let at = next() % bytes.len();
                 match next() % 3 {
@@ -183,6 +263,35 @@ mod tests {
                 assert!(line >= 1 && line <= lines && col >= 1, "{err}\ninput:\n{text}");
             }
         }
+    }
+
+    #[test]
+    fn endpoints_are_sorted_and_carry_their_namespace_label() {
+        let text = "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec:
+  hostAddresses: ['fd00::5', 192.168.1.5]
+  endpoints:
+    - {name: zed, interface: lxc2, ipv6: 'FD00:0::2', namespace: prod, labels: {k8s:app: z}}
+    - {name: abe, interface: lxc1, ipv4: 10.0.0.1}
+";
+        let node = parse_str(text, "f.yaml").unwrap();
+        let names: Vec<&str> = node.endpoints.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["abe", "zed"]);
+        let host: Vec<String> = node.host_addresses.iter().map(|a| a.to_string()).collect();
+        assert_eq!(host, ["192.168.1.5", "fd00::5"]);
+        let abe = node.endpoint("abe").unwrap();
+        assert_eq!(abe.namespace, "default");
+        assert_eq!(abe.labels, Labels::from([(labels::NAMESPACE_LABEL.to_owned(), "default".to_owned())]));
+        let zed = node.endpoint("zed").unwrap();
+        assert_eq!(zed.ipv6, Some("fd00::2".parse().unwrap()));
+        assert_eq!(
+            zed.labels,
+            Labels::from([
+                ("app".to_owned(), "z".to_owned()),
+                (labels::NAMESPACE_LABEL.to_owned(), "prod".to_owned()),
+            ])
+        );
+        assert!(node.endpoint("nobody").is_none());
+        assert!(node.policies.is_empty());
     }
 
     #[test]

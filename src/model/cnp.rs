@@ -1,0 +1,415 @@
+//! `kind: CiliumNetworkPolicy` (`apiVersion: cilium.io/v2`): wire form and lowering to
+//! [`Policy`].
+//!
+//! Contract (what is read, and what it means; see `super::policy` for the semantics):
+//! - `metadata`: `name`, `namespace` (default `default`); `labels` and `annotations` are
+//!   accepted and ignored. `spec` (one rule) and/or `specs` (a list); at least one of them.
+//! - A rule: `endpointSelector` (required, scoped to the namespace), `ingress`, `ingressDeny`,
+//!   `egress`, `egressDeny`, `description`. A direction is enforced when its allow or deny
+//!   list is non-empty (as in Cilium: `ingress: [{}]` is default deny with nothing allowed).
+//! - An ingress entry: `fromEndpoints` (selectors, scoped to the namespace unless they name
+//!   one), `fromCIDR`, `fromCIDRSet` (`cidr` and `except`, each except inside its cidr),
+//!   `fromEntities` (all, cluster, host, world), `toPorts`, `icmps`; egress the same with
+//!   `to` names. As in Cilium, one entry combines at most one kind of peer, and not `icmps`
+//!   with `toPorts`. An entry with ports but no peer field allows those ports from any peer
+//!   (`all`); a peer field that is present but empty selects no peer.
+//! - `toPorts: [{ports: [{port, endPort, protocol}]}]`: protocol TCP, UDP, SCTP or ANY (the
+//!   default; TCP, UDP and SCTP), port a number or digit string (every port when absent),
+//!   endPort at least port. `rules` (L7) is rejected: "L7 rules are not supported yet".
+//!   `icmps: [{fields: [{type, family}]}]`, family IPv4 (default) or IPv6.
+//! - Deny entries (`ingressDeny`, `egressDeny`) take the same fields except L7 `rules`.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+
+use super::cidr::Cidr;
+use super::de::parse_str_scalar;
+use super::locate::{FieldPath, Invalid};
+use super::policy::{DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule};
+use super::policy_wire::{
+    lower_cidr_rule, lower_peer_selector, lower_port_range, lower_subject, parse_protocol, port_matches,
+    EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, SelectorWire,
+};
+
+/// `kind: CiliumNetworkPolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a CiliumNetworkPolicy document: a mapping with apiVersion, kind, metadata and spec or specs"
+)]
+pub(crate) struct CnpDocument {
+    #[serde(rename = "apiVersion", deserialize_with = "super::document::cnp_api_version")]
+    _api_version: (),
+    /// Checked by the survey.
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<RuleWire>,
+    #[serde(default)]
+    specs: Option<Vec<RuleWire>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a policy rule: a mapping with endpointSelector, ingress, ingressDeny, egress and egressDeny"
+)]
+struct RuleWire {
+    endpoint_selector: SelectorWire,
+    #[serde(default)]
+    ingress: Option<Vec<IngressWire>>,
+    #[serde(default)]
+    ingress_deny: Option<Vec<IngressWire>>,
+    #[serde(default)]
+    egress: Option<Vec<EgressWire>>,
+    #[serde(default)]
+    egress_deny: Option<Vec<EgressWire>>,
+    /// Free text, not used.
+    #[serde(default)]
+    #[allow(dead_code)]
+    description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an ingress entry: a mapping with fromEndpoints, fromCIDR, fromCIDRSet, fromEntities, toPorts or icmps"
+)]
+struct IngressWire {
+    #[serde(rename = "fromEndpoints", default)]
+    endpoints: Option<Vec<SelectorWire>>,
+    #[serde(rename = "fromCIDR", default)]
+    cidr: Option<Vec<Cidr>>,
+    #[serde(rename = "fromCIDRSet", default)]
+    cidr_set: Option<Vec<CidrSetWire>>,
+    #[serde(rename = "fromEntities", default)]
+    entities: Option<Vec<EntityWire>>,
+    #[serde(rename = "toPorts", default)]
+    to_ports: Option<Vec<PortRuleWire>>,
+    #[serde(default)]
+    icmps: Option<Vec<IcmpRuleWire>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an egress entry: a mapping with toEndpoints, toCIDR, toCIDRSet, toEntities, toPorts or icmps"
+)]
+struct EgressWire {
+    #[serde(rename = "toEndpoints", default)]
+    endpoints: Option<Vec<SelectorWire>>,
+    #[serde(rename = "toCIDR", default)]
+    cidr: Option<Vec<Cidr>>,
+    #[serde(rename = "toCIDRSet", default)]
+    cidr_set: Option<Vec<CidrSetWire>>,
+    #[serde(rename = "toEntities", default)]
+    entities: Option<Vec<EntityWire>>,
+    #[serde(rename = "toPorts", default)]
+    to_ports: Option<Vec<PortRuleWire>>,
+    #[serde(default)]
+    icmps: Option<Vec<IcmpRuleWire>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a CIDR set: a mapping with cidr and except")]
+struct CidrSetWire {
+    cidr: Cidr,
+    #[serde(default)]
+    except: Vec<Cidr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a toPorts entry: a mapping with ports")]
+struct PortRuleWire {
+    #[serde(default)]
+    ports: Option<Vec<PortProtocolWire>>,
+    /// L7 rules: read only to reject them at their place.
+    #[serde(default)]
+    rules: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a port: a mapping with port, endPort and protocol"
+)]
+struct PortProtocolWire {
+    #[serde(default)]
+    port: Option<PortNumber>,
+    #[serde(default)]
+    end_port: Option<PortNumber>,
+    #[serde(default)]
+    protocol: Option<CnpProtocol>,
+}
+
+/// `protocol` of a Cilium port: the protocols it stands for.
+#[derive(Debug)]
+struct CnpProtocol(Vec<Protocol>);
+
+impl<'de> Deserialize<'de> for CnpProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<CnpProtocol, D::Error> {
+        parse_str_scalar(deserializer, "a protocol: TCP, UDP, SCTP or ANY", |name| {
+            parse_protocol(name, true).map(CnpProtocol)
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an icmps entry: a mapping with fields")]
+struct IcmpRuleWire {
+    fields: Vec<IcmpFieldWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an ICMP field: a mapping with type and family")]
+struct IcmpFieldWire {
+    #[serde(rename = "type")]
+    icmp_type: IcmpType,
+    #[serde(default)]
+    family: IcmpFamily,
+}
+
+/// One ingress or egress entry, seen the same way whichever direction it is.
+struct EntryView<'a> {
+    /// `from` or `to`: how the peer fields are spelled.
+    prefix: &'static str,
+    endpoints: &'a Option<Vec<SelectorWire>>,
+    cidr: &'a Option<Vec<Cidr>>,
+    cidr_set: &'a Option<Vec<CidrSetWire>>,
+    entities: &'a Option<Vec<EntityWire>>,
+    to_ports: &'a Option<Vec<PortRuleWire>>,
+    icmps: &'a Option<Vec<IcmpRuleWire>>,
+}
+
+impl IngressWire {
+    fn view(&self) -> EntryView<'_> {
+        EntryView {
+            prefix: "from",
+            endpoints: &self.endpoints,
+            cidr: &self.cidr,
+            cidr_set: &self.cidr_set,
+            entities: &self.entities,
+            to_ports: &self.to_ports,
+            icmps: &self.icmps,
+        }
+    }
+}
+
+impl EgressWire {
+    fn view(&self) -> EntryView<'_> {
+        EntryView {
+            prefix: "to",
+            endpoints: &self.endpoints,
+            cidr: &self.cidr,
+            cidr_set: &self.cidr_set,
+            entities: &self.entities,
+            to_ports: &self.to_ports,
+            icmps: &self.icmps,
+        }
+    }
+}
+
+/// Lowers a CiliumNetworkPolicy document.
+pub(crate) fn lower_cnp(doc: &CnpDocument) -> Result<Policy, Invalid> {
+    let root = FieldPath::root();
+    let namespace = doc.metadata.namespace();
+    if doc.spec.is_none() && doc.specs.is_none() {
+        return Err(root.invalid("a CiliumNetworkPolicy needs `spec` or `specs`"));
+    }
+    let mut rules = Vec::new();
+    if let Some(spec) = &doc.spec {
+        rules.push(lower_rule(spec, &root.key("spec"), &namespace)?);
+    }
+    for (i, spec) in doc.specs.iter().flatten().enumerate() {
+        rules.push(lower_rule(spec, &root.key("specs").index(i), &namespace)?);
+    }
+    Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
+}
+
+fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule, Invalid> {
+    let subject = lower_subject(&rule.endpoint_selector, &path.key("endpointSelector"), namespace)?;
+    let ingress = lower_direction(
+        rule.ingress.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
+        rule.ingress_deny.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
+        path,
+        ("ingress", "ingressDeny"),
+        namespace,
+    )?;
+    let egress = lower_direction(
+        rule.egress.as_deref().map(|list| list.iter().map(EgressWire::view).collect()),
+        rule.egress_deny.as_deref().map(|list| list.iter().map(EgressWire::view).collect()),
+        path,
+        ("egress", "egressDeny"),
+        namespace,
+    )?;
+    Ok(Rule { subject, ingress, egress })
+}
+
+fn lower_direction(
+    allow: Option<Vec<EntryView<'_>>>,
+    deny: Option<Vec<EntryView<'_>>>,
+    path: &FieldPath,
+    (allow_key, deny_key): (&str, &str),
+    namespace: &str,
+) -> Result<DirectionRules, Invalid> {
+    let allow = allow.unwrap_or_default();
+    let deny = deny.unwrap_or_default();
+    let mut rules = DirectionRules { enforced: !allow.is_empty() || !deny.is_empty(), ..Default::default() };
+    for (list, key, is_deny) in [(&allow, allow_key, false), (&deny, deny_key, true)] {
+        for (i, entry) in list.iter().enumerate() {
+            if let Some(peer_rule) = lower_entry(entry, &path.key(key).index(i), namespace, is_deny)? {
+                if is_deny { &mut rules.deny } else { &mut rules.allow }.push(peer_rule);
+            }
+        }
+    }
+    for list in [&mut rules.allow, &mut rules.deny] {
+        list.sort();
+        list.dedup();
+    }
+    Ok(rules)
+}
+
+/// One entry as a peer rule; `None` when it can match nothing.
+fn lower_entry(
+    entry: &EntryView<'_>,
+    path: &FieldPath,
+    namespace: &str,
+    deny: bool,
+) -> Result<Option<PeerRule>, Invalid> {
+    let prefix = entry.prefix;
+    let peer_fields = [
+        ("Endpoints", entry.endpoints.as_ref().map(Vec::len)),
+        ("CIDR", entry.cidr.as_ref().map(Vec::len)),
+        ("CIDRSet", entry.cidr_set.as_ref().map(Vec::len)),
+        ("Entities", entry.entities.as_ref().map(Vec::len)),
+    ];
+    let used: Vec<&str> =
+        peer_fields.iter().filter(|(_, len)| len.is_some_and(|n| n > 0)).map(|(name, _)| *name).collect();
+    if let [first, second, ..] = used.as_slice() {
+        return Err(path.invalid(format!(
+            "{prefix}{first} and {prefix}{second} cannot be combined in one entry (Cilium rejects it \
+             too); write them as separate entries"
+        )));
+    }
+    let has_ports = entry.to_ports.as_ref().is_some_and(|p| !p.is_empty());
+    let has_icmps = entry.icmps.as_ref().is_some_and(|p| !p.is_empty());
+    if has_ports && has_icmps {
+        return Err(path.invalid(
+            "icmps and toPorts cannot be combined in one entry (Cilium rejects it too); write them as \
+             separate entries",
+        ));
+    }
+
+    let mut peers = Vec::new();
+    for (i, selector) in entry.endpoints.iter().flatten().enumerate() {
+        let at = path.key(&format!("{prefix}Endpoints")).index(i);
+        peers.push(Peer::Endpoints(lower_peer_selector(selector, &at, namespace)?));
+    }
+    for cidr in entry.cidr.iter().flatten() {
+        peers.push(Peer::Cidr(lower_cidr_rule(*cidr, &[], path)?));
+    }
+    for (i, set) in entry.cidr_set.iter().flatten().enumerate() {
+        let at = path.key(&format!("{prefix}CIDRSet")).index(i);
+        peers.push(Peer::Cidr(lower_cidr_rule(set.cidr, &set.except, &at)?));
+    }
+    peers.extend(entry.entities.iter().flatten().map(|e| Peer::Entity(e.0)));
+    let any_peer_field = peer_fields.iter().any(|(_, len)| len.is_some());
+    if !any_peer_field && (has_ports || has_icmps) {
+        // Ports without a peer: those ports from (or to) anyone.
+        peers.push(Peer::Entity(Entity::All));
+    }
+
+    let mut l4 = Vec::new();
+    for (i, port_rule) in entry.to_ports.iter().flatten().enumerate() {
+        let at = path.key("toPorts").index(i);
+        if port_rule.rules.is_some() {
+            return Err(at.key("rules").invalid(if deny {
+                "L7 rules cannot be part of a deny rule"
+            } else {
+                "L7 rules are not supported yet (issue: L7 policy)"
+            }));
+        }
+        let ports = port_rule.ports.as_deref().unwrap_or_default();
+        if ports.is_empty() {
+            return Err(at.invalid("a toPorts entry needs at least one port in `ports`"));
+        }
+        for (j, port) in ports.iter().enumerate() {
+            let at = at.key("ports").index(j);
+            let range = lower_port_range(port.port, port.end_port, &at)?;
+            let protocols =
+                port.protocol.as_ref().map_or(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..], |p| &p.0);
+            l4.extend(port_matches(protocols, range));
+        }
+    }
+    for (i, icmp) in entry.icmps.iter().flatten().enumerate() {
+        if icmp.fields.is_empty() {
+            return Err(path
+                .key("icmps")
+                .index(i)
+                .key("fields")
+                .invalid("an icmps entry needs at least one field"));
+        }
+        l4.extend(icmp.fields.iter().map(|f| PortMatch {
+            proto: f.family.protocol(),
+            first: u16::from(f.icmp_type.0),
+            last: u16::from(f.icmp_type.0),
+        }));
+    }
+
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    peers.sort();
+    peers.dedup();
+    l4.sort();
+    l4.dedup();
+    Ok(Some(PeerRule { peers, l4 }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::parse_str;
+    use crate::model::policy::{Entity, Peer, PortMatch, Protocol};
+
+    #[test]
+    fn lowering_scopes_selectors_and_expands_protocols() {
+        let text = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: api}}, {matchLabels: {k8s:io.kubernetes.pod.namespace: data}}]
+      toPorts: [{ports: [{port: 53}]}]
+    - toPorts: [{ports: [{port: 80, protocol: TCP}]}]
+    - {}
+---
+apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+";
+        let cfg = parse_str(text, "t.yaml").unwrap();
+        let rule = &cfg.policies[0].rules[0];
+        assert_eq!(rule.subject.to_string(), "app=web,io.kubernetes.pod.namespace=shop");
+        assert!(rule.ingress.enforced && !rule.egress.enforced);
+        // `{}` matches nothing and is dropped; the direction stays enforced. Peer rules are
+        // sorted: entities before endpoint selectors.
+        assert_eq!(rule.ingress.allow.len(), 2);
+        assert_eq!(rule.ingress.allow[0].peers, [Peer::Entity(Entity::All)]);
+        let peers: Vec<String> = rule.ingress.allow[1]
+            .peers
+            .iter()
+            .map(|p| match p {
+                Peer::Endpoints(s) => s.to_string(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(peers, ["app=api,io.kubernetes.pod.namespace=shop", "io.kubernetes.pod.namespace=data"]);
+        let dns = |proto| PortMatch { proto, first: 53, last: 53 };
+        assert_eq!(rule.ingress.allow[1].l4, [dns(Protocol::Tcp), dns(Protocol::Udp), dns(Protocol::Sctp)]);
+    }
+}

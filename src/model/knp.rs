@@ -1,0 +1,260 @@
+//! `kind: NetworkPolicy` (`apiVersion: networking.k8s.io/v1`): wire form and lowering to
+//! [`Policy`], following the Kubernetes semantics as Cilium implements them.
+//!
+//! Contract:
+//! - `spec.podSelector` (required) selects the subject endpoints in the policy's namespace.
+//! - `spec.policyTypes` lists the enforced directions; absent, it is `Ingress`, plus `Egress`
+//!   when `egress` has entries. Entries for a direction that `policyTypes` leaves out are
+//!   rejected rather than silently ignored.
+//! - An `ingress` entry allows traffic from any of `from` on any of `ports`; an absent or empty
+//!   `from` means every source (inside the cluster or not), absent or empty `ports` every port.
+//!   `egress` is the same with `to`.
+//! - A peer is `podSelector` (endpoints of the policy's namespace), `namespaceSelector`
+//!   (endpoints of the namespaces it selects), both (endpoints matching both), or `ipBlock`
+//!   (`cidr` minus `except`, each except inside the cidr; like Cilium's CIDR rules it never
+//!   matches cluster endpoints). sluice knows namespaces only by name, so a
+//!   `namespaceSelector` may only test `kubernetes.io/metadata.name` (an empty one selects
+//!   every namespace).
+//! - A port: `protocol` TCP (default), UDP or SCTP; `port` a number (a named port is
+//!   rejected), every port when absent; `endPort` at least `port`.
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
+
+use super::cidr::Cidr;
+use super::de::parse_str_scalar;
+use super::labels::{Requirement, Selector, NAMESPACE_LABEL, NAMESPACE_NAME_LABEL};
+use super::locate::{FieldPath, Invalid};
+use super::policy::{DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, Protocol, Rule};
+use super::policy_wire::{
+    lower_cidr_rule, lower_port_range, lower_requirements, lower_subject, parse_protocol, port_matches,
+    ObjectMeta, PortNumber, SelectorWire,
+};
+
+/// `kind: NetworkPolicy`.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a NetworkPolicy document: a mapping with apiVersion, kind, metadata and spec"
+)]
+pub(crate) struct KnpDocument {
+    #[serde(rename = "apiVersion", deserialize_with = "super::document::knp_api_version")]
+    _api_version: (),
+    /// Checked by the survey.
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    spec: KnpSpec,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a NetworkPolicy spec: a mapping with podSelector, policyTypes, ingress and egress"
+)]
+struct KnpSpec {
+    pod_selector: SelectorWire,
+    #[serde(default)]
+    policy_types: Option<Vec<PolicyType>>,
+    #[serde(default)]
+    ingress: Option<Vec<IngressRuleWire>>,
+    #[serde(default)]
+    egress: Option<Vec<EgressRuleWire>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+enum PolicyType {
+    Ingress,
+    Egress,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an ingress rule: a mapping with from and ports")]
+struct IngressRuleWire {
+    #[serde(default)]
+    from: Option<Vec<PeerWire>>,
+    #[serde(default)]
+    ports: Option<Vec<PortWire>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an egress rule: a mapping with to and ports")]
+struct EgressRuleWire {
+    #[serde(default)]
+    to: Option<Vec<PeerWire>>,
+    #[serde(default)]
+    ports: Option<Vec<PortWire>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a peer: a mapping with podSelector, namespaceSelector or ipBlock"
+)]
+struct PeerWire {
+    #[serde(default)]
+    pod_selector: Option<SelectorWire>,
+    #[serde(default)]
+    namespace_selector: Option<SelectorWire>,
+    #[serde(default)]
+    ip_block: Option<IpBlockWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "an ipBlock: a mapping with cidr and except")]
+struct IpBlockWire {
+    cidr: Cidr,
+    #[serde(default)]
+    except: Vec<Cidr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a port: a mapping with protocol, port and endPort"
+)]
+struct PortWire {
+    #[serde(default)]
+    protocol: Option<KnpProtocol>,
+    #[serde(default)]
+    port: Option<PortNumber>,
+    #[serde(default)]
+    end_port: Option<PortNumber>,
+}
+
+/// `protocol` of a NetworkPolicy port.
+#[derive(Debug)]
+struct KnpProtocol(Vec<Protocol>);
+
+impl<'de> Deserialize<'de> for KnpProtocol {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<KnpProtocol, D::Error> {
+        parse_str_scalar(deserializer, "a protocol: TCP, UDP or SCTP", |name| {
+            parse_protocol(name, false).map(KnpProtocol)
+        })
+    }
+}
+
+/// Lowers a NetworkPolicy document.
+pub(crate) fn lower_knp(doc: &KnpDocument) -> Result<Policy, Invalid> {
+    let spec_path = FieldPath::root().key("spec");
+    let namespace = doc.metadata.namespace();
+    let spec = &doc.spec;
+    let subject = lower_subject(&spec.pod_selector, &spec_path.key("podSelector"), &namespace)?;
+    let ingress_entries = spec.ingress.as_deref().unwrap_or_default();
+    let egress_entries = spec.egress.as_deref().unwrap_or_default();
+    let (ingress_enforced, egress_enforced) = match &spec.policy_types {
+        None => (true, !egress_entries.is_empty()),
+        Some(types) => (types.contains(&PolicyType::Ingress), types.contains(&PolicyType::Egress)),
+    };
+    for (enforced, entries, key, ty) in [
+        (ingress_enforced, ingress_entries.len(), "ingress", "Ingress"),
+        (egress_enforced, egress_entries.len(), "egress", "Egress"),
+    ] {
+        if !enforced && entries > 0 {
+            return Err(spec_path.key(key).invalid(format!(
+                "{key} rules are given but policyTypes does not include {ty}, so they would be ignored"
+            )));
+        }
+    }
+
+    let mut ingress = DirectionRules { enforced: ingress_enforced, ..Default::default() };
+    for (i, entry) in ingress_entries.iter().enumerate() {
+        let at = spec_path.key("ingress").index(i);
+        ingress.allow.push(lower_entry(
+            entry.from.as_deref(),
+            "from",
+            entry.ports.as_deref(),
+            &at,
+            &namespace,
+        )?);
+    }
+    let mut egress = DirectionRules { enforced: egress_enforced, ..Default::default() };
+    for (i, entry) in egress_entries.iter().enumerate() {
+        let at = spec_path.key("egress").index(i);
+        egress.allow.push(lower_entry(entry.to.as_deref(), "to", entry.ports.as_deref(), &at, &namespace)?);
+    }
+    for rules in [&mut ingress, &mut egress] {
+        rules.allow.sort();
+        rules.allow.dedup();
+    }
+    Ok(Policy {
+        namespace,
+        name: doc.metadata.name.0.clone(),
+        kind: PolicyKind::NetworkPolicy,
+        rules: vec![Rule { subject, ingress, egress }],
+    })
+}
+
+fn lower_entry(
+    peers: Option<&[PeerWire]>,
+    peers_key: &str,
+    ports: Option<&[PortWire]>,
+    path: &FieldPath,
+    namespace: &str,
+) -> Result<PeerRule, Invalid> {
+    let mut lowered = Vec::new();
+    for (i, peer) in peers.unwrap_or_default().iter().enumerate() {
+        lowered.push(lower_peer(peer, &path.key(peers_key).index(i), namespace)?);
+    }
+    if lowered.is_empty() {
+        lowered.push(Peer::Entity(Entity::All));
+    }
+    lowered.sort();
+    lowered.dedup();
+    let mut l4 = Vec::new();
+    for (i, port) in ports.unwrap_or_default().iter().enumerate() {
+        let at = path.key("ports").index(i);
+        let range = lower_port_range(port.port, port.end_port, &at)?;
+        let protocols = port.protocol.as_ref().map_or(&[Protocol::Tcp][..], |p| &p.0);
+        l4.extend(port_matches(protocols, range));
+    }
+    l4.sort();
+    l4.dedup();
+    Ok(PeerRule { peers: lowered, l4 })
+}
+
+fn lower_peer(peer: &PeerWire, path: &FieldPath, namespace: &str) -> Result<Peer, Invalid> {
+    match (&peer.pod_selector, &peer.namespace_selector, &peer.ip_block) {
+        (None, None, None) => Err(path.invalid("a peer needs podSelector, namespaceSelector or ipBlock")),
+        (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+            Err(path.invalid("ipBlock cannot be combined with podSelector or namespaceSelector in one peer"))
+        }
+        (None, None, Some(block)) => {
+            Ok(Peer::Cidr(lower_cidr_rule(block.cidr, &block.except, &path.key("ipBlock"))?))
+        }
+        (pods, namespaces, None) => {
+            let pod_requirements = match pods {
+                Some(selector) => lower_requirements(selector, &path.key("podSelector"))?,
+                None => Vec::new(),
+            };
+            let namespace_requirements = match namespaces {
+                None => vec![Requirement::equals(NAMESPACE_LABEL, namespace)],
+                Some(selector) => lower_namespace_selector(selector, &path.key("namespaceSelector"))?,
+            };
+            Ok(Peer::Endpoints(Selector::new(
+                pod_requirements.into_iter().map(|(r, _)| r).chain(namespace_requirements),
+            )))
+        }
+    }
+}
+
+/// A namespaceSelector as requirements on the endpoints' namespace label.
+fn lower_namespace_selector(selector: &SelectorWire, path: &FieldPath) -> Result<Vec<Requirement>, Invalid> {
+    lower_requirements(selector, path)?
+        .into_iter()
+        .map(|(r, at)| {
+            if r.key == NAMESPACE_NAME_LABEL {
+                Ok(Requirement { key: NAMESPACE_LABEL.to_owned(), op: r.op })
+            } else {
+                Err(at.invalid(format!(
+                    "namespaceSelector may only test `{NAMESPACE_NAME_LABEL}`: sluice knows namespaces by \
+                     name, not by their other labels (found `{}`)",
+                    r.key
+                )))
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,94 @@
+//! The ipcache: which identity an address has, by longest-prefix match.
+//!
+//! Contract:
+//! - Entries, by priority when two claim the same prefix: each endpoint address as a host
+//!   prefix (`/32`, `/128`) -> the endpoint's label-set identity; each host address -> host;
+//!   each prefix a rule uses -> its CIDR identity; `0.0.0.0/0` -> world-ipv4 and `::/0` ->
+//!   world-ipv6. An endpoint or host address that a rule also names keeps the endpoint's or
+//!   host's identity: CIDR rules never select cluster endpoints (as in Cilium).
+//! - [`IpCache::lookup`] returns the identity of the longest prefix containing the address;
+//!   the default routes make it total.
+//! - Why this is enough for CIDR rules with `except` (resolution relies on it): every rule
+//!   prefix and except is an entry, so the longest entry containing an address outside the
+//!   cluster lies inside a rule prefix P exactly when the address does, and inside an except
+//!   E of P exactly when the address does. A rule "P except E..." therefore selects the CIDR
+//!   identities of the entries inside P and inside no E (plus world-ipv4/6 when P is a default
+//!   route), and the lookup of any address gives one of those exactly when the address is in
+//!   P and in no E.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::model::{Cidr, Family, NodeConfig};
+
+use super::identity::{Identity, IdentityTable};
+
+/// Prefix -> identity, with longest-prefix-match lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpCache {
+    entries: BTreeMap<Cidr, Identity>,
+    /// The prefix lengths present per family, to look up only those.
+    lengths: BTreeSet<(Family, u8)>,
+}
+
+impl IpCache {
+    /// The ipcache of `cfg` with identities from `ids`.
+    pub fn build(cfg: &NodeConfig, ids: &IdentityTable) -> IpCache {
+        let mut entries = BTreeMap::new();
+        for endpoint in &cfg.endpoints {
+            let id = ids
+                .endpoint(&endpoint.name)
+                .expect("IdentityTable::allocate gives every endpoint an identity");
+            for addr in endpoint.addresses() {
+                entries.insert(Cidr::host(addr), id);
+            }
+        }
+        for addr in &cfg.host_addresses {
+            entries.entry(Cidr::host(*addr)).or_insert(Identity::HOST);
+        }
+        for (cidr, id) in ids.cidrs() {
+            entries.entry(cidr).or_insert(id);
+        }
+        let default_v4: Cidr = "0.0.0.0/0".parse().expect("a valid literal");
+        let default_v6: Cidr = "::/0".parse().expect("a valid literal");
+        entries.insert(default_v4, Identity::WORLD_IPV4);
+        entries.insert(default_v6, Identity::WORLD_IPV6);
+        let lengths = entries.keys().map(|c| (c.family(), c.len())).collect();
+        IpCache { entries, lengths }
+    }
+
+    /// The identity of `addr`: that of the longest prefix containing it.
+    pub fn lookup(&self, addr: IpAddr) -> Identity {
+        let family = match addr {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        };
+        let lengths = self.lengths.range((family, 0)..=(family, family.max_len()));
+        for &(_, len) in lengths.rev() {
+            let prefix =
+                Cidr::new_truncating(addr, len).expect("lengths hold only valid lengths for the family");
+            if let Some(id) = self.entries.get(&prefix) {
+                return *id;
+            }
+        }
+        // Unreachable: both default routes are entries.
+        match family {
+            Family::V4 => Identity::WORLD_IPV4,
+            Family::V6 => Identity::WORLD_IPV6,
+        }
+    }
+
+    /// Every entry, sorted by prefix.
+    pub fn entries(&self) -> impl Iterator<Item = (Cidr, Identity)> + '_ {
+        self.entries.iter().map(|(c, id)| (*c, *id))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Never true: the default routes are always there.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}

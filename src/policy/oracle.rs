@@ -1,0 +1,104 @@
+//! The oracle: a reference evaluator that decides a packet straight from the parsed policies.
+//!
+//! Contract:
+//! - [`decide`] reads only the [`NodeConfig`]: endpoint labels and addresses, host addresses
+//!   and the policies in normal form. It uses no identity, ipcache or policy entry, so it
+//!   checks `resolve` (and, later, the compiled programs) rather than repeating them. It is
+//!   written for clarity, not speed.
+//! - The peer of a packet is its source for ingress and its destination for egress; the port
+//!   is the destination port (for ICMP the type, carried in `dport`). A peer address is an
+//!   endpoint when an endpoint has it, the host when it is a host address, and outside the
+//!   cluster (the world) otherwise.
+//! - Peer semantics: `Endpoints(selector)` matches an endpoint whose labels the selector
+//!   matches; `Cidr(P except E..)` matches an outside address in P and in no E (never an
+//!   endpoint or the host); `all` matches every peer, `cluster` endpoints and the host,
+//!   `host` the host, `world` outside addresses.
+//! - Verdict for one endpoint and direction: not selected by any rule enforced in that
+//!   direction -> allow; otherwise any matching deny peer rule -> deny; else any matching
+//!   allow peer rule -> allow; else deny.
+
+use std::net::IpAddr;
+
+use crate::model::policy::{Entity, Peer, PeerRule};
+use crate::model::{Direction, Endpoint, NodeConfig};
+
+use super::entry::Verdict;
+use super::PolicyError;
+
+/// The fields of a packet that policy looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    pub sport: u16,
+    /// Destination port; for ICMP and ICMPv6 the ICMP type.
+    pub dport: u16,
+}
+
+/// Who a peer address belongs to.
+#[derive(Debug, Clone, Copy)]
+enum PeerKind<'a> {
+    Endpoint(&'a Endpoint),
+    Host,
+    Outside(IpAddr),
+}
+
+/// The verdict of `endpoint`'s policy in `direction` for `pkt`.
+pub fn decide(
+    cfg: &NodeConfig,
+    endpoint: &str,
+    direction: Direction,
+    pkt: &FlowKey,
+) -> Result<Verdict, PolicyError> {
+    let subject = cfg.endpoint(endpoint).ok_or_else(|| PolicyError::UnknownEndpoint(endpoint.to_owned()))?;
+    let selecting: Vec<_> = cfg
+        .policies
+        .iter()
+        .flat_map(|p| &p.rules)
+        .filter(|rule| rule.subject.matches(&subject.labels))
+        .map(|rule| rule.direction(direction))
+        .collect();
+    if !selecting.iter().any(|rules| rules.enforced) {
+        return Ok(Verdict::Allow);
+    }
+    let peer_addr = match direction {
+        Direction::Ingress => pkt.src,
+        Direction::Egress => pkt.dst,
+    };
+    let peer = classify(cfg, peer_addr);
+    let matches = |rule: &PeerRule| {
+        rule.peers.iter().any(|p| peer_matches(p, peer))
+            && (rule.l4.is_empty() || rule.l4.iter().any(|m| m.matches(pkt.proto, pkt.dport)))
+    };
+    if selecting.iter().flat_map(|rules| &rules.deny).any(matches) {
+        return Ok(Verdict::Deny);
+    }
+    if selecting.iter().flat_map(|rules| &rules.allow).any(matches) {
+        return Ok(Verdict::Allow);
+    }
+    Ok(Verdict::Deny)
+}
+
+fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
+    if let Some(endpoint) = cfg.endpoints.iter().find(|e| e.has_address(addr)) {
+        PeerKind::Endpoint(endpoint)
+    } else if cfg.host_addresses.contains(&addr) {
+        PeerKind::Host
+    } else {
+        PeerKind::Outside(addr)
+    }
+}
+
+fn peer_matches(peer: &Peer, kind: PeerKind<'_>) -> bool {
+    match (peer, kind) {
+        (Peer::Entity(Entity::All), _) => true,
+        (Peer::Entity(Entity::Cluster), PeerKind::Endpoint(_) | PeerKind::Host) => true,
+        (Peer::Entity(Entity::Host), PeerKind::Host) => true,
+        (Peer::Entity(Entity::World), PeerKind::Outside(_)) => true,
+        (Peer::Endpoints(selector), PeerKind::Endpoint(endpoint)) => selector.matches(&endpoint.labels),
+        (Peer::Cidr(rule), PeerKind::Outside(addr)) => rule.contains(addr),
+        _ => false,
+    }
+}

@@ -1,0 +1,934 @@
+//! Endpoint and policy rejections, as specifications.
+//!
+//! Each case is a node file (inline, named `<case>.yaml` in its error) and the exact error it
+//! must produce: file, line and column of the offending node, field path, message. Policy
+//! cases are written first in their file, so their lines count from the top of the case; the
+//! helper appends a minimal Node document after them.
+
+use sluice::model;
+
+/// Appended to policy cases: the one Node every file needs.
+const NODE: &str = "---\napiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\n";
+
+/// How a case's text becomes a file.
+#[derive(Clone, Copy)]
+enum Text {
+    /// A whole node file.
+    Node(&'static str),
+    /// Policy documents; a Node document is appended.
+    Policy(&'static str),
+}
+
+/// (case name, input, expected error)
+const CASES: &[(&str, Text, &str)] = &[
+    // --- endpoints ----------------------------------------------------------------------
+    (
+        "endpoint-duplicate-name",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1}
+    - {name: web, interface: lxc2, ipv4: 10.0.0.2}
+",
+        ),
+        "endpoint-duplicate-name.yaml:7:14: spec.endpoints[1].name: duplicate endpoint name `web` (first at spec.endpoints[0])",
+    ),
+    (
+        "endpoint-duplicate-interface",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1}
+    - {name: api, interface: lxc1, ipv4: 10.0.0.2}
+",
+        ),
+        "endpoint-duplicate-interface.yaml:7:30: spec.endpoints[1].interface: interface `lxc1` already belongs to spec.endpoints[0]",
+    ),
+    (
+        "endpoint-duplicate-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1, ipv6: 'fd00::1'}
+    - name: api
+      interface: lxc2
+      ipv4: 10.0.0.2
+      ipv6: 'fd00:0::1'
+",
+        ),
+        "endpoint-duplicate-address.yaml:10:13: spec.endpoints[1].ipv6: duplicate address fd00::1 (first at spec.endpoints[0].ipv6)",
+    ),
+    (
+        "endpoint-has-host-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  hostAddresses: [192.168.1.5]
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 192.168.1.5}
+",
+        ),
+        "endpoint-has-host-address.yaml:7:42: spec.endpoints[0].ipv4: duplicate address 192.168.1.5 (first at spec.hostAddresses[0])",
+    ),
+    (
+        "duplicate-host-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  hostAddresses: [192.168.1.5, 'fd00::5', 192.168.1.5]
+",
+        ),
+        "duplicate-host-address.yaml:5:43: spec.hostAddresses[2]: duplicate address 192.168.1.5 (first at spec.hostAddresses[0])",
+    ),
+    (
+        "endpoint-without-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      labels: {app: web}
+",
+        ),
+        "endpoint-without-address.yaml:6:7: spec.endpoints[0]: endpoint `web` has no address; give it ipv4, ipv6 or both",
+    ),
+    (
+        "endpoint-interface-too-long",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc0123456789abc, ipv4: 10.0.0.1}
+",
+        ),
+        "endpoint-interface-too-long.yaml:6:30: spec.endpoints[0].interface: `lxc0123456789abc` is 16 characters long; an interface name has at most 15",
+    ),
+    (
+        "endpoint-interface-slash",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc/1, ipv4: 10.0.0.1}
+",
+        ),
+        "endpoint-interface-slash.yaml:6:30: spec.endpoints[0].interface: `lxc/1` contains '/'; an interface name is printable ASCII without '/', ':' or spaces",
+    ),
+    (
+        "endpoint-ipv6-under-ipv4",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 'fd00::1'}
+",
+        ),
+        "endpoint-ipv6-under-ipv4.yaml:6:42: spec.endpoints[0].ipv4: `fd00::1` is not an IPv4 address (it belongs under ipv6)",
+    ),
+    (
+        "endpoint-address-with-prefix",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1/32}
+",
+        ),
+        "endpoint-address-with-prefix.yaml:6:42: spec.endpoints[0].ipv4: `10.0.0.1/32`: write the address without a prefix length",
+    ),
+    (
+        "endpoint-multicast-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv6: 'ff02::1'}
+",
+        ),
+        "endpoint-multicast-address.yaml:6:42: spec.endpoints[0].ipv6: `ff02::1` is not a unicast address (unspecified, loopback, multicast or broadcast)",
+    ),
+    (
+        "endpoint-namespace-label",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      ipv4: 10.0.0.1
+      labels:
+        app: web
+        k8s:io.kubernetes.pod.namespace: prod
+",
+        ),
+        "endpoint-namespace-label.yaml:11:42: spec.endpoints[0].labels.k8s:io.kubernetes.pod.namespace: `k8s:io.kubernetes.pod.namespace` is derived from the endpoint's namespace; set `namespace` instead",
+    ),
+    (
+        "endpoint-label-twice",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      ipv4: 10.0.0.1
+      labels: {app: web, k8s:app: api}
+",
+        ),
+        "endpoint-label-twice.yaml:9:35: spec.endpoints[0].labels.k8s:app: label `k8s:app` is also written as `app`",
+    ),
+    (
+        "endpoint-bad-label-value",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      ipv4: 10.0.0.1
+      labels: {app: web/v1}
+",
+        ),
+        "endpoint-bad-label-value.yaml:9:21: spec.endpoints[0].labels.app: label value `web/v1`: contains '/'; allowed are letters, digits, '-', '_' and '.'",
+    ),
+    (
+        "endpoint-reserved-label",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      ipv4: 10.0.0.1
+      labels: {reserved:host: ''}
+",
+        ),
+        "endpoint-reserved-label.yaml:9:16: spec.endpoints[0].labels: label source `reserved:` is not supported: sluice labels come from Kubernetes (write `k8s:` or no prefix); select reserved identities with fromEntities/toEntities",
+    ),
+    (
+        "endpoint-unknown-field",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1, mac: '02:00:00:00:00:01'}
+",
+        ),
+        "endpoint-unknown-field.yaml:6:52: spec.endpoints[0]: unknown field `mac`, expected one of `name`, `interface`, `namespace`, `ipv4`, `ipv6`, `labels`",
+    ),
+    (
+        "endpoint-bad-namespace",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1, namespace: Prod}
+",
+        ),
+        "endpoint-bad-namespace.yaml:6:63: spec.endpoints[0].namespace: `Prod` contains 'P'; a name holds only lowercase letters, digits and '-'",
+    ),
+    // --- CiliumNetworkPolicy: documents and selectors -------------------------------------
+    (
+        "cnp-no-spec",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+",
+        ),
+        "cnp-no-spec.yaml:1:1: a CiliumNetworkPolicy needs `spec` or `specs`",
+    ),
+    (
+        "cnp-wrong-api-version",
+        Text::Policy(
+            "apiVersion: cilium.io/v1
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec: {endpointSelector: {}}
+",
+        ),
+        "cnp-wrong-api-version.yaml:1:13: apiVersion: expected cilium.io/v2 for kind CiliumNetworkPolicy, found `cilium.io/v1`",
+    ),
+    (
+        "cnp-missing-endpoint-selector",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  ingress: [{}]
+",
+        ),
+        "cnp-missing-endpoint-selector.yaml:5:3: spec: missing field `endpointSelector`",
+    ),
+    (
+        "cnp-unknown-rule-field",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingres: [{}]
+",
+        ),
+        "cnp-unknown-rule-field.yaml:6:3: spec: unknown field `ingres`, expected one of `endpointSelector`, `ingress`, `ingressDeny`, `egress`, `egressDeny`, `description`",
+    ),
+    (
+        "cnp-unsupported-peer-field",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  egress:
+    - toFQDNs: [{matchName: example.com}]
+",
+        ),
+        "cnp-unsupported-peer-field.yaml:7:7: spec.egress[0]: unknown field `toFQDNs`, expected one of `toEndpoints`, `toCIDR`, `toCIDRSet`, `toEntities`, `toPorts`, `icmps`",
+    ),
+    (
+        "cnp-in-without-values",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector:
+    matchExpressions:
+      - {key: app, operator: In, values: []}
+",
+        ),
+        "cnp-in-without-values.yaml:7:9: spec.endpointSelector.matchExpressions[0]: operator In needs at least one value",
+    ),
+    (
+        "cnp-exists-with-values",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEndpoints:
+        - matchExpressions:
+            - key: app
+              operator: Exists
+              values: [web]
+",
+        ),
+        "cnp-exists-with-values.yaml:11:23: spec.ingress[0].fromEndpoints[0].matchExpressions[0].values: operator Exists takes no values",
+    ),
+    (
+        "cnp-unknown-operator",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector:
+    matchExpressions:
+      - {key: app, operator: Equals, values: [web]}
+",
+        ),
+        "cnp-unknown-operator.yaml:7:30: spec.endpointSelector.matchExpressions[0].operator: unknown variant `Equals`, expected one of `In`, `NotIn`, `Exists`, `DoesNotExist`",
+    ),
+    (
+        "cnp-bad-label-value",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector:
+    matchLabels: {app: -web}
+",
+        ),
+        "cnp-bad-label-value.yaml:6:24: spec.endpointSelector.matchLabels.app: label value `-web`: must start and end with a letter or digit",
+    ),
+    (
+        "cnp-subject-other-namespace",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  endpointSelector:
+    matchLabels: {app: web, k8s:io.kubernetes.pod.namespace: other}
+",
+        ),
+        "cnp-subject-other-namespace.yaml:6:62: spec.endpointSelector.matchLabels.k8s:io.kubernetes.pod.namespace: this requirement excludes namespace `shop`: a policy in namespace `shop` applies only to endpoints of that namespace",
+    ),
+    (
+        "cnp-duplicate-name",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec: {endpointSelector: {}}
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  namespace: default
+  name: p
+spec: {endpointSelector: {}}
+",
+        ),
+        "cnp-duplicate-name.yaml:10:9: metadata.name: a second CiliumNetworkPolicy `default/p` (document 2 of the file; the first is document 1)",
+    ),
+    (
+        "cnp-bad-name",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: Allow_All}
+spec: {endpointSelector: {}}
+",
+        ),
+        "cnp-bad-name.yaml:3:18: metadata.name: `Allow_All` is not a DNS subdomain (dot-separated lowercase letters, digits and '-')",
+    ),
+    // --- CiliumNetworkPolicy: peers -------------------------------------------------------
+    (
+        "cnp-except-outside-cidr",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  egress:
+    - toCIDRSet:
+        - cidr: 10.0.0.0/8
+          except: [10.1.0.0/16, 192.168.0.0/16]
+",
+        ),
+        "cnp-except-outside-cidr.yaml:9:33: spec.egress[0].toCIDRSet[0].except[1]: 192.168.0.0/16 is not inside 10.0.0.0/8",
+    ),
+    (
+        "cnp-cidr-host-bits",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromCIDR: [10.0.0.1/8]
+",
+        ),
+        "cnp-cidr-host-bits.yaml:7:18: spec.ingress[0].fromCIDR[0]: 10.0.0.1/8 has host bits set (did you mean 10.0.0.0/8?)",
+    ),
+    (
+        "cnp-unsupported-entity",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEntities: [world, remote-node]
+",
+        ),
+        "cnp-unsupported-entity.yaml:7:29: spec.ingress[0].fromEntities[1]: entity `remote-node` is not supported; supported entities are all, cluster, host, world",
+    ),
+    (
+        "cnp-combined-peers",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEndpoints: [{}]
+      fromCIDR: [10.0.0.0/8]
+",
+        ),
+        "cnp-combined-peers.yaml:7:7: spec.ingress[0]: fromEndpoints and fromCIDR cannot be combined in one entry (Cilium rejects it too); write them as separate entries",
+    ),
+    // --- CiliumNetworkPolicy: ports -------------------------------------------------------
+    (
+        "cnp-end-port-below-port",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - {port: '8080', endPort: 8000, protocol: TCP}
+",
+        ),
+        "cnp-end-port-below-port.yaml:9:39: spec.ingress[0].toPorts[0].ports[0].endPort: endPort 8000 is below port 8080",
+    ),
+    (
+        "cnp-end-port-without-port",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - {endPort: 8000, protocol: TCP}
+",
+        ),
+        "cnp-end-port-without-port.yaml:9:25: spec.ingress[0].toPorts[0].ports[0].endPort: endPort needs a port: the range is port to endPort",
+    ),
+    (
+        "cnp-port-zero",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - {port: '0'}
+",
+        ),
+        "cnp-port-zero.yaml:9:22: spec.ingress[0].toPorts[0].ports[0].port: port 0 is not a port; leave port out to match every port",
+    ),
+    (
+        "cnp-port-too-large",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - port: 70000
+",
+        ),
+        "cnp-port-too-large.yaml:9:21: spec.ingress[0].toPorts[0].ports[0].port: port 70000 is out of range 1-65535",
+    ),
+    (
+        "cnp-named-port",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - {port: http, protocol: TCP}
+",
+        ),
+        "cnp-named-port.yaml:9:22: spec.ingress[0].toPorts[0].ports[0].port: named port `http` is not supported; write the port number",
+    ),
+    (
+        "cnp-unknown-protocol",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - {port: '80', protocol: tcp}
+",
+        ),
+        "cnp-unknown-protocol.yaml:9:38: spec.ingress[0].toPorts[0].ports[0].protocol: unknown protocol `tcp`; expected TCP, UDP, SCTP or ANY",
+    ),
+    (
+        "cnp-icmp-in-to-ports",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports:
+            - {port: '8', protocol: ICMP}
+",
+        ),
+        "cnp-icmp-in-to-ports.yaml:9:37: spec.ingress[0].toPorts[0].ports[0].protocol: protocol ICMP is matched with icmps, not toPorts",
+    ),
+    (
+        "cnp-to-ports-without-ports",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEntities: [world]
+      toPorts:
+        - {}
+",
+        ),
+        "cnp-to-ports-without-ports.yaml:9:11: spec.ingress[0].toPorts[0]: a toPorts entry needs at least one port in `ports`",
+    ),
+    (
+        "cnp-l7-rules",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports: [{port: '80', protocol: TCP}]
+          rules:
+            http:
+              - {method: GET, path: /}
+",
+        ),
+        "cnp-l7-rules.yaml:10:13: spec.ingress[0].toPorts[0].rules: L7 rules are not supported yet (issue: L7 policy)",
+    ),
+    (
+        "cnp-l7-rules-in-deny",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  egressDeny:
+    - toPorts:
+        - ports: [{port: '53', protocol: UDP}]
+          rules: {dns: [{matchPattern: '*'}]}
+",
+        ),
+        "cnp-l7-rules-in-deny.yaml:9:18: spec.egressDeny[0].toPorts[0].rules: L7 rules cannot be part of a deny rule",
+    ),
+    (
+        "cnp-icmps-with-to-ports",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts: [{ports: [{port: '80'}]}]
+      icmps: [{fields: [{type: 8}]}]
+",
+        ),
+        "cnp-icmps-with-to-ports.yaml:7:7: spec.ingress[0]: icmps and toPorts cannot be combined in one entry (Cilium rejects it too); write them as separate entries",
+    ),
+    (
+        "cnp-icmp-type-too-large",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - icmps:
+        - fields:
+            - {type: 256, family: IPv4}
+",
+        ),
+        "cnp-icmp-type-too-large.yaml:9:22: spec.ingress[0].icmps[0].fields[0].type: ICMP type 256 is out of range 0-255",
+    ),
+    (
+        "cnp-icmp-type-name",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - icmps:
+        - fields:
+            - {type: EchoRequest}
+",
+        ),
+        "cnp-icmp-type-name.yaml:9:22: spec.ingress[0].icmps[0].fields[0].type: ICMP type names are not supported (`EchoRequest`); write the type number",
+    ),
+    (
+        "cnp-icmp-bad-family",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - icmps:
+        - fields:
+            - {type: 8, family: ipv4}
+",
+        ),
+        "cnp-icmp-bad-family.yaml:9:33: spec.ingress[0].icmps[0].fields[0].family: unknown variant `ipv4`, expected `IPv4` or `IPv6`",
+    ),
+    // --- NetworkPolicy --------------------------------------------------------------------
+    (
+        "knp-missing-pod-selector",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  policyTypes: [Ingress]
+",
+        ),
+        "knp-missing-pod-selector.yaml:5:3: spec: missing field `podSelector`",
+    ),
+    (
+        "knp-namespace-selector-other-label",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - from:
+        - namespaceSelector:
+            matchLabels: {team: payments}
+",
+        ),
+        "knp-namespace-selector-other-label.yaml:9:33: spec.ingress[0].from[0].namespaceSelector.matchLabels.team: namespaceSelector may only test `kubernetes.io/metadata.name`: sluice knows namespaces by name, not by their other labels (found `team`)",
+    ),
+    (
+        "knp-ip-block-with-selector",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - from:
+        - ipBlock: {cidr: 10.0.0.0/8}
+          podSelector: {}
+",
+        ),
+        "knp-ip-block-with-selector.yaml:8:11: spec.ingress[0].from[0]: ipBlock cannot be combined with podSelector or namespaceSelector in one peer",
+    ),
+    (
+        "knp-empty-peer",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  egress:
+    - to: [{}]
+",
+        ),
+        "knp-empty-peer.yaml:7:12: spec.egress[0].to[0]: a peer needs podSelector, namespaceSelector or ipBlock",
+    ),
+    (
+        "knp-rules-outside-policy-types",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  ingress:
+    - from: [{podSelector: {}}]
+",
+        ),
+        "knp-rules-outside-policy-types.yaml:8:5: spec.ingress: ingress rules are given but policyTypes does not include Ingress, so they would be ignored",
+    ),
+    (
+        "knp-bad-policy-type",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Both]
+",
+        ),
+        "knp-bad-policy-type.yaml:6:26: spec.policyTypes[1]: unknown variant `Both`, expected `Ingress` or `Egress`",
+    ),
+    (
+        "knp-protocol-any",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - ports:
+        - {protocol: ANY, port: 80}
+",
+        ),
+        "knp-protocol-any.yaml:8:22: spec.ingress[0].ports[0].protocol: unknown protocol `ANY`; expected TCP, UDP or SCTP",
+    ),
+    (
+        "knp-except-outside-cidr",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  egress:
+    - to:
+        - ipBlock:
+            cidr: 172.16.0.0/12
+            except: [172.32.0.0/16]
+",
+        ),
+        "knp-except-outside-cidr.yaml:10:22: spec.egress[0].to[0].ipBlock.except[0]: 172.32.0.0/16 is not inside 172.16.0.0/12",
+    ),
+    (
+        "knp-named-port",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - ports:
+        - {protocol: TCP, port: metrics}
+",
+        ),
+        "knp-named-port.yaml:8:33: spec.ingress[0].ports[0].port: named port `metrics` is not supported; write the port number",
+    ),
+    (
+        "knp-end-port-below-port",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - ports:
+        - protocol: TCP
+          port: 32000
+          endPort: 30000
+",
+        ),
+        "knp-end-port-below-port.yaml:10:20: spec.ingress[0].ports[0].endPort: endPort 30000 is below port 32000",
+    ),
+    (
+        "knp-duplicate-key",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - ports: [{protocol: TCP, port: 80, port: 81}]
+",
+        ),
+        "knp-duplicate-key.yaml:7:41: spec.ingress[0].ports[0]: duplicate key `port`",
+    ),
+];
+
+fn text_of(input: Text) -> String {
+    match input {
+        Text::Node(text) => text.to_owned(),
+        Text::Policy(text) => format!("{text}{NODE}"),
+    }
+}
+
+#[test]
+fn invalid_inputs_are_rejected_with_their_exact_error() {
+    let mut failures = Vec::new();
+    for (name, input, expected) in CASES {
+        let origin = format!("{name}.yaml");
+        let text = text_of(*input);
+        let actual = match model::parse_str(&text, &origin) {
+            Ok(config) => format!("accepted: {config:?}"),
+            Err(err) => err.to_string(),
+        };
+        if actual != *expected {
+            failures
+                .push(format!("{origin}\n  expected: {expected}\n  actual:   {actual}\n  input:\n{text}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} case(s) failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn case_names_are_unique() {
+    let mut names: Vec<&str> = CASES.iter().map(|(name, _, _)| *name).collect();
+    names.sort_unstable();
+    let before = names.len();
+    names.dedup();
+    assert_eq!(before, names.len(), "duplicate case names");
+}
+
+/// Every rejection is located inside its text, and a valid sibling of each policy case
+/// (the same file without its policy) is accepted: the error comes from the policy.
+#[test]
+fn errors_are_located_inside_the_input() {
+    for (name, input, _) in CASES {
+        let text = text_of(*input);
+        let err = model::parse_str(&text, "x.yaml").expect_err(name);
+        let (line, col) = err.location().expect("content errors are located");
+        assert!(line >= 1 && line <= text.lines().count() && col >= 1, "{name}: {err}");
+    }
+    model::parse_str(NODE, "node.yaml").expect("the appended Node document is valid on its own");
+}

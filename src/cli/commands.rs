@@ -19,6 +19,8 @@ pub enum CliError {
     #[error(transparent)]
     Codegen(#[from] crate::codegen::CodegenError),
     #[error(transparent)]
+    Plan(#[from] crate::node::PlanError),
+    #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
     Sim(#[from] SimError),
@@ -283,6 +285,82 @@ fn demo() -> Result<ExitCode> {
             if ok { "ok" } else { "MISMATCH" }
         );
     }
-    println!("\n{} packets, {} mismatches", cases.len(), failures);
+    println!("\nprefilter: {} packets, {} mismatches", cases.len(), failures);
+    failures += demo_policy(&cfg, &mut sim_node, kernel.as_ref())?;
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Endpoint policy: a grid of flows between the endpoints, the host and outside peers,
+/// judged by the compiled programs (simulator and kernel) and by the reference evaluator.
+/// Prints one line per endpoint and direction; returns the number of disagreements.
+fn demo_policy(
+    cfg: &model::NodeConfig,
+    sim_node: &mut SimNode,
+    kernel: Option<&load::Loaded>,
+) -> Result<usize> {
+    use crate::policy::{oracle, Verdict};
+    use std::collections::BTreeMap;
+    if cfg.endpoints.is_empty() {
+        return Ok(0);
+    }
+    let outside: Vec<std::net::IpAddr> =
+        ["203.0.113.9", "198.51.100.20", "2001:db8::9"].iter().filter_map(|a| a.parse().ok()).collect();
+    let mut sport = 10_000;
+    let flows = golden::probes::policy_flows(cfg, &outside, &[22, 53, 80, 443, 5432, 8080, 8085], &mut sport);
+    // (endpoint, direction) -> (flows, allowed, simulator disagreements, kernel disagreements)
+    let mut rows: BTreeMap<(String, String), (usize, usize, usize, usize)> = BTreeMap::new();
+    let mut examples = Vec::new();
+    for f in &flows {
+        let want = match oracle::decide(cfg, &f.endpoint, f.direction, &f.key) {
+            Ok(Verdict::Allow) => 0u32,
+            Ok(_) => 2,
+            Err(e) => return Err(CliError::Replay(format!("the reference evaluator failed: {e}"))),
+        };
+        let frame = golden::probes::flow_frame(&f.key);
+        let sim = sim_node.run(&f.program, &frame)?.retval as u32;
+        let kern = match kernel.and_then(|l| l.programs.get(&f.program)) {
+            Some(p) => Some(p.test_run(&sys::TestRunOpts::packet(&frame))?.retval),
+            None => None,
+        };
+        let row = rows.entry((f.endpoint.clone(), format!("{:?}", f.direction).to_lowercase())).or_default();
+        row.0 += 1;
+        row.1 += usize::from(want == 0);
+        row.2 += usize::from(sim != want);
+        row.3 += usize::from(kern.is_some_and(|k| k != want));
+        // A few examples: the first allowed and the first dropped flow of each endpoint.
+        let seen =
+            examples.iter().filter(|(ep, allowed, _)| *ep == f.endpoint && *allowed == (want == 0)).count();
+        if seen == 0 && f.key.proto == 6 {
+            examples.push((
+                f.endpoint.clone(),
+                want == 0,
+                format!(
+                    "  {:<8} {:<7} {} -> {} tcp/{}: expected {}, simulator {}, kernel {}",
+                    f.endpoint,
+                    format!("{:?}", f.direction).to_lowercase(),
+                    f.key.src,
+                    f.key.dst,
+                    f.key.dport,
+                    if want == 0 { "allow" } else { "drop" },
+                    if sim == 0 { "allow" } else { "drop" },
+                    kern.map_or("-", |k| if k == 0 { "allow" } else { "drop" }),
+                ),
+            ));
+        }
+    }
+    println!("\nendpoint policy: {} flows (TCP, UDP, SCTP, ICMP; IPv4 and IPv6) judged by the compiled programs and by the reference evaluator", flows.len());
+    println!(
+        "{:<12} {:<9} {:>6} {:>8} {:>8} {:>14} {:>14}",
+        "endpoint", "direction", "flows", "allowed", "dropped", "sim mismatches", "kernel mismatches"
+    );
+    let mut mismatches = 0;
+    for ((ep, dir), (n, allowed, sim_bad, kern_bad)) in &rows {
+        mismatches += sim_bad + kern_bad;
+        let kern = if kernel.is_some() { kern_bad.to_string() } else { "-".into() };
+        println!("{ep:<12} {dir:<9} {n:>6} {allowed:>8} {:>8} {sim_bad:>14} {kern:>14}", n - allowed);
+    }
+    let lines: Vec<&str> = examples.iter().map(|(_, _, line)| line.as_str()).collect();
+    println!("examples:\n{}", lines.join("\n"));
+    println!("\nendpoint policy: {} flows, {mismatches} mismatches", flows.len());
+    Ok(mismatches)
 }

@@ -93,3 +93,46 @@ pub fn endpoint_objects_with(plan: &PolicyPlan, options: Options) -> Result<Vec<
     }
     Ok(out)
 }
+
+/// The endpoint-policy plan of a node: endpoints numbered from 1 in name order, the
+/// resolved ipcache, and every endpoint's entries as policy rules.
+pub fn policy_plan(cfg: &crate::model::NodeConfig, resolved: &crate::policy::Resolved) -> PolicyPlan {
+    use crate::maps::policy::{EGRESS, INGRESS};
+    use std::net::IpAddr;
+    let mut plan = PolicyPlan::default();
+    for (i, ep) in cfg.endpoints.iter().enumerate() {
+        let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
+        let identity = resolved.identities().endpoint(&ep.name).map_or(0, |id| id.get());
+        let policy = resolved.endpoint(&ep.name).cloned().unwrap_or_default();
+        plan.endpoints.push(EndpointSpec {
+            index,
+            name: ep.name.clone(),
+            ipv4: ep.ipv4,
+            ipv6: ep.ipv6,
+            identity,
+            ingress_enforced: policy.ingress.enforced,
+            egress_enforced: policy.egress.enforced,
+        });
+        for (dir, side) in [(INGRESS, &policy.ingress), (EGRESS, &policy.egress)] {
+            for e in &side.entries {
+                plan.rules.push(PolicyRule {
+                    ep: index,
+                    dir,
+                    identity: e.identity,
+                    proto: e.proto,
+                    port: e.port,
+                    port_prefix: e.port_prefix,
+                    deny: e.deny,
+                    proxy_port: e.proxy_port,
+                });
+            }
+        }
+    }
+    for (cidr, id) in resolved.ipcache().entries() {
+        match cidr.addr() {
+            IpAddr::V4(a) => plan.ipcache_v4.push((u32::from(a), cidr.len(), id.get())),
+            IpAddr::V6(a) => plan.ipcache_v6.push((u128::from(a), cidr.len(), id.get())),
+        }
+    }
+    plan
+}

@@ -74,8 +74,22 @@ pub fn prefilter_object(set: &DenySet) -> Result<Object, CodegenError> {
     })
 }
 
-/// Plan a node.
-pub fn plan(cfg: &NodeConfig) -> Result<Plan, CodegenError> {
+/// Why a node could not be planned.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyError),
+}
+
+/// Plan a node: the prefilter, and the two endpoint-policy programs of every endpoint.
+pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
     let set = DenySet::new(cfg.prefilter.deny.iter().map(prefix_of));
-    Ok(Plan { node: cfg.name.clone(), objects: vec![prefilter_object(&set)?] })
+    let mut objects = vec![prefilter_object(&set)?];
+    if !cfg.endpoints.is_empty() {
+        let resolved = crate::policy::resolve(cfg)?;
+        objects.extend(endpoints::endpoint_objects(&endpoints::policy_plan(cfg, &resolved))?);
+    }
+    Ok(Plan { node: cfg.name.clone(), objects })
 }

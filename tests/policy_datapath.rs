@@ -155,12 +155,11 @@ fn random_config(seed: u64) -> String {
     let mut y = String::from(
         "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: random}\nspec:\n  hostAddresses: [192.168.1.5]\n  endpoints:\n",
     );
-    for i in 0..4 {
+    for (i, app) in APPS.iter().enumerate() {
         y += &format!(
-            "    - {{name: ep{i}, interface: lxc{i}, ipv4: 10.9.{}.{}, ipv6: \"fd00::{i:x}\", labels: {{app: {}}}}}\n",
+            "    - {{name: ep{i}, interface: lxc{i}, ipv4: 10.9.{}.{}, ipv6: \"fd00::{i:x}\", labels: {{app: {app}}}}}\n",
             i % 2,
             10 + i,
-            APPS[i]
         );
     }
     for n in 0..1 + r.below(4) {

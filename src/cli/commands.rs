@@ -146,7 +146,22 @@ fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
 fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
     let plan = plan_file(path)?;
     let sys = kernel("sluice load")?;
-    let loaded = load::load_and_pin(&sys, &plan, pin_dir)?;
+    let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
+        Err(LoadError::AlreadyLoaded(_)) => {
+            let cfg = model::load_file(path)?;
+            let u = crate::node::update::update_pinned(&sys, &cfg, &plan, pin_dir)?;
+            if u.total() == 0 {
+                println!("{}: already up to date", pin_dir.display());
+            } else {
+                println!("{}: updated in place, no program reloaded:", pin_dir.display());
+                for (map, n) in &u.writes {
+                    println!("  map {map}: {n} element writes");
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        other => other?,
+    };
     for (name, prog) in &loaded.programs {
         let s = prog.stats();
         println!(

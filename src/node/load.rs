@@ -55,6 +55,12 @@ pub enum LoadError {
     Layout { map: String, detail: String },
     #[error(transparent)]
     Live(#[from] LiveError),
+    #[error(
+        "the change alters code shape (programs added: {added:?}, removed: {removed:?}): it needs new programs, not map updates; run `sluice unload` then `sluice load`"
+    )]
+    CodeShape { added: Vec<String>, removed: Vec<String> },
+    #[error("planning the node: {0}")]
+    Plan(String),
 }
 
 /// The kernel map type of a simulator map kind.

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod load;
 pub mod replay;
 pub mod sim;
+pub mod update;
 
 use crate::codegen::{self, CodegenError};
 use crate::maps::prefilter::{self, Capacity, DenySet, MapWrites, Prefix, Tables};

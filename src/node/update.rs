@@ -1,0 +1,258 @@
+//! `sluice load` of a changed node file on a loaded node: the difference applied as map
+//! updates on the pinned maps, no program reloaded (DESIGN invariant 6).
+//!
+//! What a map update can express: prefilter prefixes, ipcache entries and identities,
+//! policy rules, and the enforcement switches of existing endpoints. A change of code shape
+//! (an endpoint added or removed, so programs appear or vanish) is refused with an error
+//! that says so; nothing is written before every check has passed, so a refused update
+//! leaves the node as it was (invariant 8).
+//!
+//! Order: children before parents. The policy trie and the IPv6 ipcache get new and changed
+//! keys first and lose stale keys last. The IPv4 ipcache's new chunks go to indices past
+//! every chunk in use, then the level-1 value flips in one write.
+
+use super::endpoints::{policy_plan, PolicyPlan};
+use super::load::{self, apply_writes, open_pinned_map, LoadError};
+use super::{prefix_of, Plan};
+use crate::maps::policy::{IpcacheV4, IPC_CHILD};
+use crate::maps::prefilter::{self, DenySet, MapWrites};
+use crate::model::NodeConfig;
+use crate::sys::{Map, Syscall};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// What an in-place update changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Update {
+    /// Map updates and deletes, per map.
+    pub writes: BTreeMap<String, usize>,
+}
+
+impl Update {
+    /// Total number of element writes.
+    pub fn total(&self) -> usize {
+        self.writes.values().sum()
+    }
+}
+
+fn programs_pinned(dir: &Path) -> Result<BTreeSet<String>, LoadError> {
+    let sub = dir.join("programs");
+    let entries = std::fs::read_dir(&sub).map_err(|_| LoadError::NotLoaded(dir.to_path_buf()))?;
+    Ok(entries.filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned())).collect())
+}
+
+fn count(w: &[MapWrites], into: &mut Update) {
+    for m in w {
+        let n = m.updates() + m.deletes.len() / m.key_size.max(1);
+        if n > 0 {
+            *into.writes.entry(m.map.to_string()).or_default() += n;
+        }
+    }
+}
+
+/// Every (key, value) of a pinned map.
+fn contents(map: &Map) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, LoadError> {
+    let mut out = BTreeMap::new();
+    for key in map.keys() {
+        let key = key?;
+        if let Some(v) = map.lookup(&key)? {
+            out.insert(key, v);
+        }
+    }
+    Ok(out)
+}
+
+/// The writes that turn a pinned hash-like map's contents into `want`: puts, then deletes.
+fn diff_writes(name: &'static str, current: &BTreeMap<Vec<u8>, Vec<u8>>, want: &MapWrites) -> MapWrites {
+    let mut w =
+        MapWrites { map: name, key_size: want.key_size, value_size: want.value_size, ..MapWrites::default() };
+    let mut wanted = BTreeSet::new();
+    for (k, v) in want.keys.chunks_exact(want.key_size).zip(want.values.chunks_exact(want.value_size)) {
+        wanted.insert(k.to_vec());
+        if current.get(k).map(Vec::as_slice) != Some(v) {
+            w.put(k, v);
+        }
+    }
+    for k in current.keys() {
+        if !wanted.contains(k) {
+            w.delete(k);
+        }
+    }
+    w
+}
+
+fn read_words(v: &[u8]) -> Vec<u32> {
+    v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+/// An ipcache entry with its chunks inlined, to compare contents across chunk numberings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Flat {
+    Leaf(u32),
+    Chunk(Vec<Flat>),
+}
+
+fn flatten(e: u32, l2: impl Fn(u32) -> Vec<u32>, l3: impl Fn(u32) -> Vec<u32>) -> Flat {
+    if e & IPC_CHILD == 0 {
+        return Flat::Leaf(e);
+    }
+    Flat::Chunk(
+        l2(e & !IPC_CHILD)
+            .into_iter()
+            .map(|e2| {
+                if e2 & IPC_CHILD == 0 {
+                    Flat::Leaf(e2)
+                } else {
+                    Flat::Chunk(l3(e2 & !IPC_CHILD).into_iter().map(Flat::Leaf).collect())
+                }
+            })
+            .collect(),
+    )
+}
+
+/// The IPv4 ipcache writes: new chunks appended past those in use, then the level-1 flip.
+fn ipc_v4_writes(maps: &BTreeMap<&'static str, Map>, new: &IpcacheV4) -> Result<Vec<MapWrites>, LoadError> {
+    let l1_now = read_words(&maps["ipc_v4_l1"].lookup(&0u32.to_le_bytes())?.unwrap_or_default());
+    // Chunks in use: those the live level 1 and its level-2 chunks point at.
+    let (mut l2_used, mut l3_used) = (0u32, 0u32);
+    for e in l1_now.iter().filter(|e| *e & IPC_CHILD != 0) {
+        let c2 = e & !IPC_CHILD;
+        l2_used = l2_used.max(c2 + 1);
+        let chunk = read_words(&maps["ipc_v4_l2"].lookup(&c2.to_le_bytes())?.unwrap_or_default());
+        for e3 in chunk.iter().filter(|e| *e & IPC_CHILD != 0) {
+            l3_used = l3_used.max((e3 & !IPC_CHILD) + 1);
+        }
+    }
+    // Unchanged content (whatever the chunk numbering) needs no write.
+    let mut l2_now = BTreeMap::new();
+    let mut l3_now = BTreeMap::new();
+    for e in l1_now.iter().filter(|e| *e & IPC_CHILD != 0) {
+        let c2 = e & !IPC_CHILD;
+        let chunk = read_words(&maps["ipc_v4_l2"].lookup(&c2.to_le_bytes())?.unwrap_or_default());
+        for e3 in chunk.iter().filter(|e| *e & IPC_CHILD != 0) {
+            let c3 = e3 & !IPC_CHILD;
+            l3_now.insert(c3, read_words(&maps["ipc_v4_l3"].lookup(&c3.to_le_bytes())?.unwrap_or_default()));
+        }
+        l2_now.insert(c2, chunk);
+    }
+    let leaf3 = |c: u32| l3_now.get(&c).cloned().unwrap_or_default();
+    let flat_now: Vec<Flat> = l1_now
+        .iter()
+        .map(|&e| flatten(e, |c2| l2_now.get(&c2).cloned().unwrap_or_default(), &leaf3))
+        .collect();
+    let flat_new: Vec<Flat> = new
+        .l1
+        .iter()
+        .map(|&e| flatten(e, |c2| new.l2[c2 as usize].to_vec(), |c3| new.l3[c3 as usize].to_vec()))
+        .collect();
+    if flat_now == flat_new {
+        return Ok(Vec::new());
+    }
+    let full =
+        |map: &'static str, cap: u32| LoadError::Live(prefilter::LiveError::Full { map, capacity: cap });
+    let (cap2, cap3) = (maps["ipc_v4_l2"].max_entries(), maps["ipc_v4_l3"].max_entries());
+    if l2_used as usize + new.l2.len() > cap2 as usize {
+        return Err(full("ipc_v4_l2", cap2));
+    }
+    if l3_used as usize + new.l3.len() > cap3 as usize {
+        return Err(full("ipc_v4_l3", cap3));
+    }
+    let shift =
+        |e: u32, base: u32| if e & IPC_CHILD != 0 { IPC_CHILD | ((e & !IPC_CHILD) + base) } else { e };
+    let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
+    let mut l3 = MapWrites { map: "ipc_v4_l3", key_size: 4, value_size: 1024, ..MapWrites::default() };
+    for (i, c) in new.l3.iter().enumerate() {
+        l3.put(&(l3_used + i as u32).to_le_bytes(), &words(&c[..]));
+    }
+    let mut l2 = MapWrites { map: "ipc_v4_l2", key_size: 4, value_size: 1024, ..MapWrites::default() };
+    for (i, c) in new.l2.iter().enumerate() {
+        let shifted: Vec<u32> = c.iter().map(|e| shift(*e, l3_used)).collect();
+        l2.put(&(l2_used + i as u32).to_le_bytes(), &words(&shifted));
+    }
+    let mut l1 = MapWrites { map: "ipc_v4_l1", key_size: 4, value_size: 65536 * 4, ..MapWrites::default() };
+    let shifted: Vec<u32> = new.l1.iter().map(|e| shift(*e, l2_used)).collect();
+    l1.put(&0u32.to_le_bytes(), &words(&shifted));
+    Ok(vec![l3, l2, l1])
+}
+
+/// Apply a changed node config to the node pinned under `dir`, as map updates only.
+pub fn update_pinned(
+    sys: &Arc<dyn Syscall>,
+    cfg: &NodeConfig,
+    plan: &Plan,
+    dir: &Path,
+) -> Result<Update, LoadError> {
+    let pinned = programs_pinned(dir)?;
+    let wanted: BTreeSet<String> = plan.objects.iter().map(|o| o.name.clone()).collect();
+    if pinned != wanted {
+        return Err(LoadError::CodeShape {
+            added: wanted.difference(&pinned).cloned().collect(),
+            removed: pinned.difference(&wanted).cloned().collect(),
+        });
+    }
+    // Every map the plan uses, opened and checked, before anything is written.
+    let mut maps: BTreeMap<&'static str, Map> = BTreeMap::new();
+    for obj in &plan.objects {
+        for def in &obj.maps {
+            if !maps.contains_key(def.name) {
+                maps.insert(def.name, open_pinned_map(sys, dir, def)?);
+            }
+        }
+    }
+    let mut writes: Vec<MapWrites> = Vec::new();
+
+    // The prefilter: the same path as `sluice prefilter add|del`.
+    let state = load::prefilter_live_state(&maps)?;
+    let new_set = DenySet::new(cfg.prefilter.deny.iter().map(prefix_of));
+    if new_set != state.set {
+        writes.extend(prefilter::live_writes(&state, &new_set)?);
+    }
+
+    // Endpoint policy.
+    if !cfg.endpoints.is_empty() {
+        let resolved = crate::policy::resolve(cfg).map_err(|e| LoadError::Plan(e.to_string()))?;
+        let pp: PolicyPlan = policy_plan(cfg, &resolved);
+        let ipc = IpcacheV4::build(&pp.ipcache_v4);
+        let desired = pp.writes(&ipc);
+        let by_name = |n: &str| desired.iter().find(|w| w.map == n).cloned().unwrap_or_default();
+        writes.extend(ipc_v4_writes(&maps, &ipc)?);
+        let v6 = diff_writes("ipc_v6", &contents(&maps["ipc_v6"])?, &by_name("ipc_v6"));
+        let policy = diff_writes("policy", &contents(&maps["policy"])?, &by_name("policy"));
+        for (w, cap) in [(&v6, maps["ipc_v6"].max_entries()), (&policy, maps["policy"].max_entries())] {
+            let live = contents(&maps[w.map])?.len() + w.updates();
+            if live > cap as usize {
+                return Err(LoadError::Live(prefilter::LiveError::Full { map: w.map, capacity: cap }));
+            }
+        }
+        let (mut v6_puts, mut v6_dels) = (v6.clone(), v6);
+        v6_puts.deletes.clear();
+        v6_dels.keys.clear();
+        v6_dels.values.clear();
+        let (mut pol_puts, mut pol_dels) = (policy.clone(), policy);
+        pol_puts.deletes.clear();
+        pol_dels.keys.clear();
+        pol_dels.values.clear();
+        writes.push(v6_puts);
+        writes.push(pol_puts);
+        let cfg_want = by_name("ep_config");
+        let mut cfg_w = MapWrites { keys: Vec::new(), values: Vec::new(), ..cfg_want.clone() };
+        for (k, v) in cfg_want
+            .keys
+            .chunks_exact(cfg_want.key_size)
+            .zip(cfg_want.values.chunks_exact(cfg_want.value_size))
+        {
+            if maps["ep_config"].lookup(k)?.as_deref() != Some(v) {
+                cfg_w.put(k, v);
+            }
+        }
+        writes.push(cfg_w);
+        writes.push(v6_dels);
+        writes.push(pol_dels);
+    }
+    let writes: Vec<MapWrites> = writes.into_iter().filter(|w| !w.is_empty()).collect();
+    apply_writes(&maps, &writes)?;
+    let mut update = Update::default();
+    count(&writes, &mut update);
+    Ok(update)
+}

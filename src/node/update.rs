@@ -139,7 +139,7 @@ fn ipc_v4_writes(maps: &BTreeMap<&'static str, Map>, new: &IpcacheV4) -> Result<
     let leaf3 = |c: u32| l3_now.get(&c).cloned().unwrap_or_default();
     let flat_now: Vec<Flat> = l1_now
         .iter()
-        .map(|&e| flatten(e, |c2| l2_now.get(&c2).cloned().unwrap_or_default(), &leaf3))
+        .map(|&e| flatten(e, |c2| l2_now.get(&c2).cloned().unwrap_or_default(), leaf3))
         .collect();
     let flat_new: Vec<Flat> = new
         .l1

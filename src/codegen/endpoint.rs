@@ -84,6 +84,8 @@ const FP_FAM: i16 = -188;
 const FP_EV: i16 = -240;
 /// An `ipc_v6` key (20 bytes).
 const FP_LPM: i16 = -264;
+/// The peer's identity, host order (0 until looked up).
+const FP_PEER: i16 = -268;
 
 const TCP_FIN: i32 = 0x01;
 const TCP_SYN: i32 = 0x02;
@@ -236,6 +238,7 @@ impl Gen {
             b.store(Size::DW, Reg::R10, off, 0);
         }
         b.store(Size::W, Reg::R10, FP_FAM, 0);
+        b.store(Size::W, Reg::R10, FP_PEER, 0);
     }
 
     fn opposite_dir(&self) -> u8 {
@@ -658,6 +661,7 @@ impl Gen {
         b.mov(Reg::R0, WORLD as i32);
         {
             b.label(f.l("policy_key")).comment("policy key {96, ep, dir, identity, proto, port}");
+            b.store(Size::W, Reg::R10, FP_PEER, Reg::R0);
             b.be(32, Reg::R0);
             b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
             b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()));
@@ -791,9 +795,8 @@ impl Gen {
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM).store(Size::B, Reg::R10, ev(event::FAMILY), Reg::R1);
         b.store(Size::H, Reg::R10, ev(event::EP), i32::from(self.ep));
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1).store(Size::H, Reg::R10, ev(event::PROTO), Reg::R1);
-        b.comment("identities: the peer's (from the policy key) and the endpoint's own");
-        b.load(Size::W, Reg::R1, Reg::R10, FP_POL + policy_key::IDENTITY as i16);
-        b.be(32, Reg::R1);
+        b.comment("identities: the peer's and the endpoint's own");
+        b.load(Size::W, Reg::R1, Reg::R10, FP_PEER);
         b.load(Size::W, Reg::R2, Reg::R10, FP_MISC + 4);
         let (src, dst) = match self.dir {
             Direction::FromEndpoint => (Reg::R2, Reg::R1),

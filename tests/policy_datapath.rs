@@ -4,11 +4,14 @@
 //! `SLUICE_POLICY_DATAPATH_CASES`), in the simulator and, as root, in the kernel.
 //!
 //! Every flow uses a fresh source port (or ICMP id), so conntrack never turns one flow into
-//! the reply of another: each packet is a new connection, judged by policy alone.
+//! the reply of another: each packet is a new connection, judged by policy alone. Then its
+//! reply goes through the endpoint's other program: the reply of an allowed connection must
+//! pass whatever that direction's policy says, and the reply of a denied one is judged as a
+//! new connection (a random sequence of requests and replies for conntrack).
 
 use sluice::golden::probes::{flow_frame, policy_flows, PolicyProbe as Probe};
 use sluice::maps::policy::TC_ACT_OK;
-use sluice::model::{self, NodeConfig};
+use sluice::model::{self, Direction, NodeConfig};
 use sluice::node::load::{load_plan, Loaded};
 use sluice::node::sim::SimNode;
 use sluice::node::{plan, Plan};
@@ -31,35 +34,83 @@ fn expected(cfg: &NodeConfig, p: &Probe) -> u32 {
     }
 }
 
-fn check_sim(cfg: &NodeConfig, plan: &Plan, probes: &[Probe], what: &str) -> Vec<String> {
-    let mut node = SimNode::new(plan).expect("verifier-sim accepts the endpoint programs");
+/// The reply to a flow: addresses and ports swapped; an ICMP echo request answered by an
+/// echo reply with the same id.
+fn reply(k: &FlowKey) -> FlowKey {
+    let (sport, dport) = match k.proto {
+        1 => (k.sport, 0),
+        58 => (k.sport, 129),
+        _ => (k.dport, k.sport),
+    };
+    FlowKey { src: k.dst, dst: k.src, proto: k.proto, sport, dport }
+}
+
+fn opposite(p: &Probe) -> (Direction, String) {
+    match p.direction {
+        Direction::Ingress => (Direction::Egress, p.program.replace("to_ep_", "from_ep_")),
+        Direction::Egress => (Direction::Ingress, p.program.replace("from_ep_", "to_ep_")),
+    }
+}
+
+/// What the reply to a flow must get: an allowed connection's reply passes (conntrack);
+/// a denied one's reply is a new connection of its own, judged by policy.
+fn expected_reply(cfg: &NodeConfig, p: &Probe, forward: u32) -> u32 {
+    if forward == TC_ACT_OK as u32 {
+        return TC_ACT_OK as u32;
+    }
+    let (direction, _) = opposite(p);
+    match oracle::decide(cfg, &p.endpoint, direction, &reply(&p.key)).expect("decides") {
+        Verdict::Allow => TC_ACT_OK as u32,
+        _ => 2,
+    }
+}
+
+/// Runs each flow and then its reply through a judge; returns the disagreements.
+fn check(
+    cfg: &NodeConfig,
+    probes: &[Probe],
+    what: &str,
+    engine: &str,
+    with_replies: bool,
+    mut judge: impl FnMut(&str, &[u8]) -> u32,
+) -> Vec<String> {
     let mut bad = Vec::new();
     for p in probes {
-        let got = node.run(&p.program, &frame(&p.key)).expect("runs").retval as u32;
+        let got = judge(&p.program, &frame(&p.key));
         let want = expected(cfg, p);
         if got != want {
             bad.push(format!(
-                "{what}: {} {:?} {:?}: simulator {got}, oracle {want}",
+                "{what}: {} {:?} {:?}: {engine} {got}, oracle {want}",
                 p.endpoint, p.direction, p.key
             ));
+        }
+        if with_replies && p.key.proto != 132 {
+            let (direction, program) = opposite(p);
+            let r = reply(&p.key);
+            let got = judge(&program, &frame(&r));
+            let want = expected_reply(cfg, p, want);
+            if got != want {
+                bad.push(format!(
+                    "{what}: reply {} {direction:?} {r:?}: {engine} {got}, expected {want}",
+                    p.endpoint
+                ));
+            }
         }
     }
     bad
 }
 
+fn check_sim(cfg: &NodeConfig, plan: &Plan, probes: &[Probe], what: &str) -> Vec<String> {
+    let mut node = SimNode::new(plan).expect("verifier-sim accepts the endpoint programs");
+    check(cfg, probes, what, "simulator", true, |prog, frame| {
+        node.run(prog, frame).expect("runs").retval as u32
+    })
+}
+
 fn check_kernel(cfg: &NodeConfig, loaded: &Loaded, probes: &[Probe], what: &str) -> Vec<String> {
-    let mut bad = Vec::new();
-    for p in probes {
-        let r = loaded.programs[&p.program].test_run(&TestRunOpts::packet(&frame(&p.key))).expect("test run");
-        let want = expected(cfg, p);
-        if r.retval != want {
-            bad.push(format!(
-                "{what}: {} {:?} {:?}: kernel {}, oracle {want}",
-                p.endpoint, p.direction, p.key, r.retval
-            ));
-        }
-    }
-    bad
+    check(cfg, probes, what, "kernel", true, |prog, frame| {
+        loaded.programs[prog].test_run(&TestRunOpts::packet(frame)).expect("test run").retval
+    })
 }
 
 fn demo() -> (NodeConfig, Vec<Probe>) {

@@ -425,8 +425,12 @@ impl Gen {
         for &t in errors {
             b.jmp(JmpCond::Eq, Reg::R1, t, f.l("icmp_error"));
         }
+        b.comment("echo: the id is the request's source port and the reply's destination port,");
+        b.comment("so a reply's reversed tuple is its request's");
         b.jmp(JmpCond::Eq, Reg::R1, echo[0], f.l("icmp_echo"));
         b.jmp(JmpCond::Ne, Reg::R1, echo[1], f.l("conntrack"));
+        b.load(Size::H, Reg::R1, Reg::R8, 4).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
+        b.ja(f.l("conntrack"));
         b.label(f.l("icmp_echo"));
         b.load(Size::H, Reg::R1, Reg::R8, 4).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
         b.ja(f.l("conntrack"));

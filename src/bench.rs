@@ -1,6 +1,7 @@
-//! `sluice bench`: our XDP prefilter against the clang-built anchor, in the same run.
+//! `sluice bench`: our datapath against the clang-built anchors, in the same run. Two parts:
+//! the XDP prefilter (this module) and endpoint policy ([`policy`]).
 //!
-//! Contract:
+//! Contract (prefilter):
 //! - Inputs are the anchor's: the deny sets come from `gen_prefilter(N)` in the anchors'
 //!   `tools/anchors.py` (run through `python3`), the probe frames are byte for byte its
 //!   `pkt4`/`pkt6` (UDP 40000 -> 53 to 10.0.0.2 / fd00::2, payload `anchor`), and the
@@ -17,6 +18,11 @@
 //!   say which map costs what; [`Tables::build`] is timed per family on one-family sets.
 //! - The pure parts (prefix parsing, probe frames, medians, the markdown) need no kernel and
 //!   are unit tested; the kernel part runs in `sluice bench` and `tests/bench_smoke.rs`.
+//! - [`BenchOpts::parts`] picks the parts: `prefilter` (above) and `policy` (endpoint policy
+//!   against the `tc_policy` anchor, [`policy`]); each part's report is its own markdown
+//!   section, the prefilter's first.
+
+pub mod policy;
 
 use crate::codegen::{self, CodegenError};
 use crate::maps::prefilter::{cidr_key, mask128, mask32, DenySet, MapWrites, Tables, XDP_DROP, XDP_PASS};
@@ -62,6 +68,24 @@ pub struct BenchOpts {
     pub anchors_dir: PathBuf,
     /// Where the anchor objects are (or get built).
     pub build_dir: PathBuf,
+    /// Which parts to run, any of [`PARTS`] (default: all, in that order).
+    pub parts: Vec<String>,
+    /// Endpoints in the policy part's codegen figure (two programs each).
+    pub codegen_endpoints: u16,
+}
+
+/// The prefilter part: our XDP prefilter against `xdp_prefilter.o`.
+pub const PART_PREFILTER: &str = "prefilter";
+/// The endpoint-policy part: our `to_ep_1` against `tc_policy.o` ([`policy`]).
+pub const PART_POLICY: &str = "policy";
+/// Every part, in the order they run and report.
+pub const PARTS: [&str; 2] = [PART_PREFILTER, PART_POLICY];
+
+impl BenchOpts {
+    /// Whether `part` is selected.
+    pub fn runs(&self, part: &str) -> bool {
+        self.parts.iter().any(|p| p == part)
+    }
 }
 
 impl Default for BenchOpts {
@@ -75,6 +99,8 @@ impl Default for BenchOpts {
             rounds: 3,
             anchors_dir,
             build_dir: PathBuf::from("target/anchors/build"),
+            parts: PARTS.iter().map(|p| p.to_string()).collect(),
+            codegen_endpoints: 1000,
         }
     }
 }
@@ -101,6 +127,12 @@ pub enum BenchError {
     Anchor { path: PathBuf, reason: String },
     #[error("prefixes from anchors.gen_prefilter({n}), line {line}: {reason}")]
     Prefixes { n: usize, line: usize, reason: String },
+    #[error("policy contents from anchors.gen_policy()/cases(), line {line}: {reason}")]
+    PolicyContent { line: usize, reason: String },
+    #[error("policy probe {case}: {reason}")]
+    PolicyCheck { case: String, reason: String },
+    #[error("{program} {case}: ep_stats {reason} grew by {got} over a run of {expected} (every run must take that path)")]
+    Reason { program: &'static str, case: &'static str, reason: &'static str, got: u64, expected: u64 },
     #[error("{program} N={n} {case}: verdict {got}, expected {expected}{detail}")]
     Verdict { program: &'static str, n: usize, case: &'static str, got: u32, expected: u32, detail: String },
     #[error("{what}: {source}")]
@@ -362,9 +394,10 @@ impl Drop for PinDir {
     }
 }
 
-/// The anchor object, built with the anchors' `build.sh` if it is not there yet.
-fn anchor_object(opts: &BenchOpts) -> Result<PathBuf, BenchError> {
-    let obj = opts.build_dir.join("xdp_prefilter.o");
+/// The anchor object `file` (e.g. `xdp_prefilter.o`), built with the anchors' `build.sh`
+/// if it is not there yet.
+fn anchor_object(opts: &BenchOpts, file: &str) -> Result<PathBuf, BenchError> {
+    let obj = opts.build_dir.join(file);
     if obj.is_file() {
         return Ok(obj);
     }
@@ -395,7 +428,17 @@ struct Anchor {
     _pins: PinDir,
 }
 
-fn load_anchor(sys: &Arc<dyn Syscall>, obj: &Path) -> Result<Anchor, BenchError> {
+/// An anchor object loaded by `bpftool prog loadall`: its one program, open, and where its
+/// maps are pinned.
+#[derive(Debug)]
+struct Loadall {
+    program: Program,
+    map_dir: PathBuf,
+    load_ms: f64,
+    pins: PinDir,
+}
+
+fn bpftool_loadall(sys: &Arc<dyn Syscall>, obj: &Path) -> Result<Loadall, BenchError> {
     let pins = PinDir::new()?;
     let (prog_dir, map_dir) = (pins.0.join("prog"), pins.0.join("maps"));
     let mut cmd = Command::new("bpftool");
@@ -414,26 +457,40 @@ fn load_anchor(sys: &Arc<dyn Syscall>, obj: &Path) -> Result<Anchor, BenchError>
         });
     };
     let program = Program::from_pin(sys, prog_pin)?;
-    let open_trie = |name: &str, key_size: u32| -> Result<Map, BenchError> {
-        let path = map_dir.join(name);
-        let map = Map::from_pin(sys, &path)?;
-        if map.kind() != Some(MapKind::LpmTrie) || map.key_size() != key_size || map.value_size() != 1 {
-            return Err(BenchError::Anchor {
-                path,
-                reason: format!(
-                    "expected an LPM trie with key {key_size} B and value 1 B, found type {} key {} value {}",
-                    map.map_type(),
-                    map.key_size(),
-                    map.value_size()
-                ),
-            });
-        }
-        Ok(map)
-    };
+    Ok(Loadall { program, map_dir, load_ms, pins })
+}
+
+/// One of a loaded anchor's maps, checked to have the expected type and sizes.
+fn open_anchor_map(
+    sys: &Arc<dyn Syscall>,
+    map_dir: &Path,
+    name: &str,
+    kind: MapKind,
+    key_size: u32,
+    value_size: u32,
+) -> Result<Map, BenchError> {
+    let path = map_dir.join(name);
+    let map = Map::from_pin(sys, &path)?;
+    if map.kind() != Some(kind) || map.key_size() != key_size || map.value_size() != value_size {
+        return Err(BenchError::Anchor {
+            path,
+            reason: format!(
+                "expected {kind:?} with key {key_size} B and value {value_size} B, found type {} key {} value {}",
+                map.map_type(),
+                map.key_size(),
+                map.value_size()
+            ),
+        });
+    }
+    Ok(map)
+}
+
+fn load_anchor(sys: &Arc<dyn Syscall>, obj: &Path) -> Result<Anchor, BenchError> {
+    let Loadall { program, map_dir, load_ms, pins } = bpftool_loadall(sys, obj)?;
     Ok(Anchor {
         program,
-        v4: open_trie("cidr4_lpm", 8)?,
-        v6: open_trie("cidr6_lpm", 20)?,
+        v4: open_anchor_map(sys, &map_dir, "cidr4_lpm", MapKind::LpmTrie, 8, 1)?,
+        v6: open_anchor_map(sys, &map_dir, "cidr6_lpm", MapKind::LpmTrie, 20, 1)?,
         load_ms,
         _pins: pins,
     })
@@ -684,9 +741,12 @@ pub struct Report {
     pub env: Env,
     pub repeat: u32,
     pub rounds: usize,
-    /// Average µs of one `generate()` over [`CODEGEN_CALLS`] calls.
+    /// Average µs of one `generate()` over [`CODEGEN_CALLS`] calls (prefilter part).
     pub codegen_us: f64,
+    /// The prefilter part, one entry per N; empty when that part did not run.
     pub sizes: Vec<SizeResult>,
+    /// The endpoint-policy part, when it ran.
+    pub policy: Option<policy::PolicyResult>,
 }
 
 impl Report {
@@ -707,7 +767,20 @@ pub fn run(opts: &BenchOpts) -> Result<String, BenchError> {
 
 /// Run the benchmark and return the figures.
 pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
-    if opts.sizes.is_empty() || opts.sizes.contains(&0) || opts.repeat == 0 || opts.rounds == 0 {
+    if let Some(bad) = opts.parts.iter().find(|p| !PARTS.contains(&p.as_str())) {
+        return Err(BenchError::Options(format!(
+            "unknown part {bad:?} (the parts are {})",
+            PARTS.join(", ")
+        )));
+    }
+    if opts.parts.is_empty() {
+        return Err(BenchError::Options(format!("no part selected (the parts are {})", PARTS.join(", "))));
+    }
+    let prefilter = opts.runs(PART_PREFILTER);
+    if (prefilter && (opts.sizes.is_empty() || opts.sizes.contains(&0)))
+        || opts.repeat == 0
+        || opts.rounds == 0
+    {
         return Err(BenchError::Options(format!(
             "need at least one size, every size >= 1, repeat >= 1 and rounds >= 1 (got sizes {:?}, repeat {}, \
              rounds {})",
@@ -717,23 +790,40 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     sys::kernel_available().map_err(BenchError::NoKernel)?;
     require_tool("bpftool", APT_HINT)?;
     require_tool("python3", "install python3 (the anchors' prefix generator needs it)")?;
-    let obj = anchor_object(opts)?;
     let sys = sys::kernel();
-    let env = environment(opts, &obj);
+    let obj = if prefilter { Some(anchor_object(opts, "xdp_prefilter.o")?) } else { None };
+    let policy_obj = if opts.runs(PART_POLICY) { Some(anchor_object(opts, "tc_policy.o")?) } else { None };
+    let env = environment(opts, obj.as_deref());
+    let sizes = match &obj {
+        Some(obj) => measure_prefilter(opts, &sys, obj)?,
+        None => (0.0, Vec::new()),
+    };
+    let policy = match &policy_obj {
+        Some(obj) => Some(policy::measure(opts, &sys, obj)?),
+        None => None,
+    };
+    Ok(Report { env, repeat: opts.repeat, rounds: opts.rounds, codegen_us: sizes.0, sizes: sizes.1, policy })
+}
 
+/// The prefilter part: the codegen figure, then every N.
+fn measure_prefilter(
+    opts: &BenchOpts,
+    sys: &Arc<dyn Syscall>,
+    obj: &Path,
+) -> Result<(f64, Vec<SizeResult>), BenchError> {
     let t = Instant::now();
     for _ in 0..CODEGEN_CALLS {
         std::hint::black_box(codegen::prefilter::generate()?);
     }
     let codegen_us = t.elapsed().as_secs_f64() * 1e6 / f64::from(CODEGEN_CALLS);
 
-    let floor_prog = Program::load(&sys, &ProgSpec::new("bench_floor", ProgType::Xdp, &DROP_FLOOR))?;
+    let floor_prog = Program::load(sys, &ProgSpec::new("bench_floor", ProgType::Xdp, &DROP_FLOOR))?;
     let probes = probes();
     let mut sizes = Vec::new();
     for &n in &opts.sizes {
-        sizes.push(measure_size(opts, &sys, &obj, &floor_prog, &probes, n)?);
+        sizes.push(measure_size(opts, sys, obj, &floor_prog, &probes, n)?);
     }
-    Ok(Report { env, repeat: opts.repeat, rounds: opts.rounds, codegen_us, sizes })
+    Ok((codegen_us, sizes))
 }
 
 fn measure_size(
@@ -871,7 +961,14 @@ fn timed(program: &'static str, prog: &Program, n: usize, p: &Probe, repeat: u32
     Ok(r.duration_ns)
 }
 
-fn environment(opts: &BenchOpts, obj: &Path) -> Env {
+/// `compile_ms` of anchor program `prog` from the build's `compile_times.tsv`, if present.
+fn clang_compile_ms(opts: &BenchOpts, prog: &str) -> Option<String> {
+    let tsv = std::fs::read_to_string(opts.build_dir.join("compile_times.tsv")).unwrap_or_default();
+    let prefix = format!("{prog}\t");
+    tsv.lines().find_map(|l| l.strip_prefix(&prefix).and_then(|r| r.split('\t').next()).map(str::to_string))
+}
+
+fn environment(opts: &BenchOpts, obj: Option<&Path>) -> Env {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
     let cpu = read("/proc/cpuinfo")
         .lines()
@@ -885,9 +982,7 @@ fn environment(opts: &BenchOpts, obj: &Path) -> Env {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).lines().take(2).collect::<Vec<_>>().join(", "))
         .unwrap_or_default();
-    let clang_ms = read(&opts.build_dir.join("compile_times.tsv").to_string_lossy()).lines().find_map(|l| {
-        l.strip_prefix("xdp_prefilter\t").and_then(|r| r.split('\t').next()).map(str::to_string)
-    });
+    let clang_ms = obj.and_then(|_| clang_compile_ms(opts, "xdp_prefilter"));
     let mitigations = ["spectre_v2", "spec_rstack_overflow"]
         .iter()
         .filter_map(|v| {
@@ -902,7 +997,7 @@ fn environment(opts: &BenchOpts, obj: &Path) -> Env {
         cpu,
         cpus: std::thread::available_parallelism().map_or(0, usize::from),
         bpftool,
-        anchor_object: obj.display().to_string(),
+        anchor_object: obj.map(|o| o.display().to_string()).unwrap_or_default(),
         clang_ms,
     }
 }
@@ -940,6 +1035,20 @@ impl Report {
     /// The report as markdown.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        if !self.sizes.is_empty() {
+            self.render_prefilter(&mut s);
+        }
+        if let Some(p) = &self.policy {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            p.render(&self.env, self.repeat, self.rounds, &mut s);
+        }
+        s
+    }
+
+    /// The prefilter part's section.
+    fn render_prefilter(&self, s: &mut String) {
         let e = &self.env;
         let _ = writeln!(s, "# sluice bench: XDP prefilter, ours vs the clang anchor\n");
         let _ = writeln!(s, "- kernel {}, {} CPUs ({})", e.kernel, e.cpus, e.cpu);
@@ -1088,7 +1197,6 @@ impl Report {
                 );
             }
         }
-        s
     }
 }
 
@@ -1215,6 +1323,7 @@ mod tests {
                 python_ms: 30.0,
                 floor: vec![5, 6, 5],
             }],
+            policy: None,
         }
     }
 

@@ -83,7 +83,16 @@ pub struct PolicyProbe {
 /// The frame of a flow: a TCP SYN, a UDP datagram, an SCTP header, or an ICMP message
 /// whose type is the flow's destination port and whose id is its source port.
 pub fn flow_frame(k: &crate::policy::FlowKey) -> Vec<u8> {
+    frame_with_flags(k, crate::packet::TcpFlags::SYN)
+}
+
+/// The frame of a reply to a flow: for TCP a SYN-ACK, otherwise as [`flow_frame`].
+pub fn reply_frame(k: &crate::policy::FlowKey) -> Vec<u8> {
     use crate::packet::TcpFlags;
+    frame_with_flags(k, TcpFlags::SYN | TcpFlags::ACK)
+}
+
+fn frame_with_flags(k: &crate::policy::FlowKey, flags: crate::packet::TcpFlags) -> Vec<u8> {
     use std::net::IpAddr;
     let sctp =
         [(k.sport >> 8) as u8, k.sport as u8, (k.dport >> 8) as u8, k.dport as u8, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -92,7 +101,7 @@ pub fn flow_frame(k: &crate::policy::FlowKey) -> Vec<u8> {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let ip = eth.ipv4(s, d);
             match k.proto {
-                6 => ip.tcp(k.sport, k.dport, TcpFlags::SYN, 1, 0).build(),
+                6 => ip.tcp(k.sport, k.dport, flags, 1, 0).build(),
                 17 => ip.udp(k.sport, k.dport).payload(b"x").build(),
                 132 => ip.raw_l4(132, &sctp).build(),
                 _ => ip.icmpv4(k.dport as u8, 0, u32::from(k.sport) << 16).build(),
@@ -105,7 +114,7 @@ pub fn flow_frame(k: &crate::policy::FlowKey) -> Vec<u8> {
             };
             let ip = eth.ipv6(to6(s), to6(d));
             match k.proto {
-                6 => ip.tcp(k.sport, k.dport, TcpFlags::SYN, 1, 0).build(),
+                6 => ip.tcp(k.sport, k.dport, flags, 1, 0).build(),
                 17 => ip.udp(k.sport, k.dport).payload(b"x").build(),
                 132 => ip.raw_l4(132, &sctp).build(),
                 _ => ip.icmpv6(k.dport as u8, 0, u32::from(k.sport) << 16).build(),

@@ -9,7 +9,7 @@
 //! pass whatever that direction's policy says, and the reply of a denied one is judged as a
 //! new connection (a random sequence of requests and replies for conntrack).
 
-use sluice::golden::probes::{flow_frame, policy_flows, PolicyProbe as Probe};
+use sluice::golden::probes::{flow_frame, policy_flows, reply_frame, PolicyProbe as Probe};
 use sluice::maps::policy::TC_ACT_OK;
 use sluice::model::{self, Direction, NodeConfig};
 use sluice::node::load::{load_plan, Loaded};
@@ -87,7 +87,7 @@ fn check(
         if with_replies && p.key.proto != 132 {
             let (direction, program) = opposite(p);
             let r = reply(&p.key);
-            let got = judge(&program, &frame(&r));
+            let got = judge(&program, &reply_frame(&r));
             let want = expected_reply(cfg, p, want);
             if got != want {
                 bad.push(format!(

@@ -126,6 +126,16 @@ impl Program {
         Ok(out)
     }
 
+    /// A copy with every instruction passed through `f` (which must keep each instruction's
+    /// width and branch offsets), labels and comments kept.
+    pub fn map_insns(&self, f: impl FnMut(&Insn) -> Insn) -> Program {
+        Program {
+            insns: self.insns.iter().map(f).collect(),
+            labels: self.labels.clone(),
+            comments: self.comments.clone(),
+        }
+    }
+
     /// The program's bytes. Fails while symbolic map references remain.
     pub fn encode(&self) -> Result<Vec<u8>, EncodeError> {
         encode(&self.insns)

@@ -14,9 +14,10 @@
 //!    (a reply; see [`crate::maps::policy::ct4_key`]). A live entry passes without a policy
 //!    lookup; its TCP state and expiry advance.
 //! 6. New connection: if policy is enforced in this direction, the peer's identity from the
-//!    ipcache, then the policy trie for that identity and for "any identity" (any deny
-//!    wins); an allowed connection gets a conntrack entry (and a `frag4` entry when it is a
-//!    first fragment).
+//!    ipcache, then the longest match in that identity's policy subtree (which carries the
+//!    "any identity" rules too; see [`crate::maps::policy::policy_writes`]), or in the
+//!    "any identity" subtree when the peer has no rules of its own; an allowed connection
+//!    gets a conntrack entry (and a fragment entry when it is a first fragment).
 //! 7. Every verdict is counted per endpoint and reason in `ep_stats`; drops and new
 //!    allowed connections become ring-buffer events when `ev_config` says so, within a
 //!    per-CPU rate budget.
@@ -32,7 +33,7 @@ use crate::maps::policy::{
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
 use sluice_asm::helpers::{KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT};
-use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size, Src};
 
 /// Which side of the endpoint a program enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -222,6 +223,60 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
     b.build().map_err(|source| CodegenError::Build { object: "endpoint", source })
 }
 
+/// An endpoint index no real node uses: templates are generated with it, and the
+/// immediates derived from it (the index, its byte swap, its `ep_stats` row) are rewritten
+/// per endpoint.
+const TEMPLATE_EP: u16 = 0x7abc;
+
+/// Endpoint programs for many endpoints: each direction generated once, then instantiated
+/// per endpoint by rewriting the few immediates that carry the endpoint index (codegen for
+/// a thousand endpoints is then a copy and a patch per program).
+#[derive(Debug, Clone)]
+pub struct Templates {
+    from: Program,
+    to: Program,
+}
+
+impl Templates {
+    /// Generate both directions' templates.
+    pub fn new(options: Options) -> Result<Templates, CodegenError> {
+        Ok(Templates {
+            from: generate_with(TEMPLATE_EP, Direction::FromEndpoint, options)?,
+            to: generate_with(TEMPLATE_EP, Direction::ToEndpoint, options)?,
+        })
+    }
+
+    /// The program of endpoint `ep` in direction `dir`: byte-identical to
+    /// `generate_with(ep, dir, options)`.
+    pub fn instantiate(&self, ep: u16, dir: Direction) -> Program {
+        let template = match dir {
+            Direction::FromEndpoint => &self.from,
+            Direction::ToEndpoint => &self.to,
+        };
+        let stride = Reason::COUNT as i32;
+        let patch = |v: i32| -> i32 {
+            if v == i32::from(TEMPLATE_EP) {
+                i32::from(ep)
+            } else if v == i32::from(TEMPLATE_EP.swap_bytes()) {
+                i32::from(ep.swap_bytes())
+            } else if v == i32::from(TEMPLATE_EP) * stride {
+                i32::from(ep) * stride
+            } else {
+                v
+            }
+        };
+        template.map_insns(|insn| match insn {
+            Insn::Store { size, base, off, src: Src::Imm(v) } => {
+                Insn::Store { size: *size, base: *base, off: *off, src: Src::Imm(patch(*v)) }
+            }
+            Insn::Alu { wide, op, dst, src: Src::Imm(v) } => {
+                Insn::Alu { wide: *wide, op: *op, dst: *dst, src: Src::Imm(patch(*v)) }
+            }
+            other => other.clone(),
+        })
+    }
+}
+
 struct Gen {
     ep: u16,
     dir: Direction,
@@ -230,7 +285,7 @@ struct Gen {
 
 impl Gen {
     fn emit_entry(&self, b: &mut Builder) {
-        b.comment(format!("endpoint {} {:?}: r8 = data, r9 = data_end", self.ep, self.dir));
+        b.comment(format!("{:?} program of one endpoint: r8 = data, r9 = data_end", self.dir));
         b.load(Size::W, Reg::R8, Reg::R1, 76);
         b.load(Size::W, Reg::R9, Reg::R1, 80);
         b.comment("zero what the exit block may read on any path");
@@ -522,6 +577,9 @@ impl Gen {
         b.call(MAP_LOOKUP_ELEM);
         b.mov(Reg::R8, 0);
         b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("ct_hit"));
+        b.comment("a bare TCP SYN opens a connection: it is never a reply");
+        b.load(Size::B, Reg::R1, Reg::R10, FP_MISC).alu(AluOp::And, Reg::R1, TCP_SYN | TCP_ACK);
+        b.jmp(JmpCond::Eq, Reg::R1, TCP_SYN, f.l("new_connection"));
         b.comment("... and reversed, in the opposite direction: a reply");
         copy_stack(b, FP_CT + f.daddr, FP_CTR, f.alen);
         copy_stack(b, FP_CT, FP_CTR + f.daddr, f.alen);
@@ -675,23 +733,23 @@ impl Gen {
             b.store(Size::H, Reg::R10, FP_POL + policy_key::PROTO as i16, Reg::R1);
             b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
             b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
-            b.comment("r8 = verdict bits: 1 allow, 2 deny; for the identity, then for any identity");
-            b.mov(Reg::R8, 0);
+            b.comment("the peer's subtree holds the any-identity rules too: its longest match decides;");
+            b.comment("only an identity without rules of its own needs the any-identity lookup");
+            let found = f.l("policy_found");
             for pass in 0..2 {
-                let next = f.l(&format!("policy_any_{pass}"));
                 if pass == 1 {
                     b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
                 }
                 b.ld_map(Reg::R1, "policy");
                 b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
                 b.call(MAP_LOOKUP_ELEM);
-                b.jmp(JmpCond::Eq, Reg::R0, 0, next.as_str());
-                b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
-                b.alu(AluOp::Or, Reg::R8, Reg::R1);
-                b.label(next.as_str());
+                b.jmp(JmpCond::Ne, Reg::R0, 0, found.as_str());
             }
-            b.jmp(JmpCond::Set, Reg::R8, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
-            b.jmp(JmpCond::Eq, Reg::R8, 0, label(Reason::DenyDefault));
+            b.ja(label(Reason::DenyDefault));
+            b.label(found.as_str());
+            b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
+            b.jmp(JmpCond::Eq, Reg::R1, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
+            b.jmp(JmpCond::Ne, Reg::R1, i32::from(policy_value::ALLOW), label(Reason::DenyDefault));
             b.mov(Reg::R7, Reason::AllowNew as i32);
             b.ja(f.l("ct_create"));
         }
@@ -847,6 +905,16 @@ impl Gen {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn templates_instantiate_to_the_generated_program() {
+        let t = Templates::new(Options::default()).expect("generates");
+        for ep in [0u16, 1, 2, 300, 4095, 65535] {
+            for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
+                assert_eq!(t.instantiate(ep, dir), generate(ep, dir).expect("generates"), "ep {ep} {dir:?}");
+            }
+        }
+    }
 
     #[test]
     fn both_directions_generate() {

@@ -10,10 +10,11 @@
 //!   (256 leaf identities, last byte). A leaf of 0 means "no entry": reserved world.
 //! - **ipcache, IPv6**: the kernel LPM trie `ipc_v6` (key `{prefixlen, addr[16]}`).
 //! - **policy**: the LPM trie `policy` ([`policy_key`]). An entry's prefix always covers
-//!   `ep, dir, identity`; then the protocol; then the first n port bits. The program looks up
-//!   the peer's identity and then identity 0 ("any"); each value is the *effective* verdict
-//!   of its key (userspace marks an allow covered by any deny as deny), so "any deny wins"
-//!   is two lookups.
+//!   `ep, dir, identity`; then the protocol; then the first n port bits. Each value is the
+//!   *effective* verdict of its key (an allow covered by any deny is stored as deny), and
+//!   "any identity" rules are copied into every identity's subtree ([`merged_rules`]), so
+//!   one longest-prefix lookup decides; identities without rules of their own fall back to
+//!   the "any identity" subtree.
 //! - **ct4 / ct6**: LRU hashes keyed by the original-direction tuple. The value has room
 //!   for the Service issue's backend pinning and reverse NAT ([`ct_value`]).
 
@@ -532,19 +533,39 @@ impl PolicyRule {
     }
 }
 
-/// The `policy` writes for a set of rules: each key once, its value the effective verdict
-/// (deny if the rule denies or any deny rule covers it; a deny and an allow on the same
-/// key give deny).
+/// The rules as the `policy` trie holds them: each endpoint direction's "any identity"
+/// rules are copied into the subtree of every identity that has rules of its own, so the
+/// longest match in one subtree sees every rule that can apply (the datapath then needs one
+/// lookup, and a second in the "any identity" subtree only for identities without rules).
+pub fn merged_rules(rules: &[PolicyRule]) -> Vec<PolicyRule> {
+    let mut out: Vec<PolicyRule> = rules.to_vec();
+    let mut with_own: std::collections::BTreeSet<(u16, u8, u32)> = Default::default();
+    for r in rules.iter().filter(|r| r.identity != 0) {
+        with_own.insert((r.ep, r.dir, r.identity));
+    }
+    for any in rules.iter().filter(|r| r.identity == 0) {
+        for &(ep, dir, identity) in with_own.range((any.ep, any.dir, 0)..=(any.ep, any.dir, u32::MAX)) {
+            out.push(PolicyRule { ep, dir, identity, ..*any });
+        }
+    }
+    out
+}
+
+/// The `policy` writes for a set of rules: each key once (after [`merged_rules`]), its
+/// value the effective verdict: deny if the rule denies or any deny rule covers it (a deny
+/// and an allow on the same key give deny). The keys that match one packet form a chain by
+/// prefix, so the longest match carries the verdict "any matching deny wins, else any
+/// matching allow".
 pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
     let mut by_key: std::collections::BTreeMap<[u8; policy_key::SIZE], PolicyRule> = Default::default();
-    for r in rules {
+    for r in merged_rules(rules) {
         by_key
             .entry(r.key())
             .and_modify(|e| {
                 e.deny |= r.deny;
                 e.proxy_port = e.proxy_port.max(r.proxy_port);
             })
-            .or_insert(*r);
+            .or_insert(r);
     }
     let denies: Vec<&PolicyRule> = by_key.values().filter(|r| r.deny).collect();
     let mut w = writes_for("policy", policy_key::SIZE, policy_value::SIZE);
@@ -560,8 +581,8 @@ pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
 }
 
 /// The verdict the program reaches from `rules` for a peer identity, protocol and port,
-/// computed the way the datapath does: the longest matching key for the identity and for
-/// "any identity", deny if either says deny, allow if either says allow, else none.
+/// computed the way the datapath does: the longest matching key in the identity's subtree,
+/// else in the "any identity" subtree; `None` when neither matches (default deny).
 pub fn datapath_verdict(
     rules: &[PolicyRule],
     ep: u16,
@@ -572,7 +593,6 @@ pub fn datapath_verdict(
 ) -> Option<bool> {
     let w = policy_writes(rules);
     let probe = PolicyRule { ep, dir, identity, proto, port, port_prefix: 16, deny: false, proxy_port: 0 };
-    let mut verdicts = Vec::new();
     for id in [identity, 0] {
         let best = w
             .keys
@@ -594,16 +614,10 @@ pub fn datapath_verdict(
             })
             .max_by_key(|(len, _)| *len);
         if let Some((_, v)) = best {
-            verdicts.push(v);
+            return Some(v == policy_value::ALLOW);
         }
     }
-    if verdicts.contains(&policy_value::DENY) {
-        Some(false)
-    } else if verdicts.contains(&policy_value::ALLOW) {
-        Some(true)
-    } else {
-        None
-    }
+    None
 }
 
 /// An `ep_config` value.

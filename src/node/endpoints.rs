@@ -2,7 +2,7 @@
 //! the programs and the writes that fill their shared maps.
 
 use super::Object;
-use crate::codegen::endpoint::{generate_with, Direction, Options};
+use crate::codegen::endpoint::{Direction, Options, Templates};
 use crate::codegen::CodegenError;
 use crate::maps::policy::{self, ep_config, ep_config_value, ipc_v6_key, Capacity, IpcacheV4, PolicyRule};
 use crate::maps::prefilter::MapWrites;
@@ -80,12 +80,13 @@ pub fn endpoint_objects_with(plan: &PolicyPlan, options: Options) -> Result<Vec<
     let maps = policy::map_defs(plan.capacity(&ipc));
     let mut writes = Some(plan.writes(&ipc));
     let mut out = Vec::new();
+    let templates = Templates::new(options)?;
     for e in &plan.endpoints {
         for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
             out.push(Object {
                 name: dir.program_name(e.index),
                 kind: ProgKind::SchedCls,
-                program: generate_with(e.index, dir, options)?,
+                program: templates.instantiate(e.index, dir),
                 maps: maps.clone(),
                 writes: writes.take().unwrap_or_default(),
             });

@@ -80,10 +80,15 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             println!("events {state} (at most {rate} per second per CPU)");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { sizes, repeat, rounds } => {
+        Command::Bench { sizes, repeat, rounds, parts } => {
             kernel("sluice bench")?;
-            let opts =
-                crate::bench::BenchOpts { sizes, repeat, rounds, ..crate::bench::BenchOpts::default() };
+            let opts = crate::bench::BenchOpts {
+                sizes,
+                repeat,
+                rounds,
+                parts,
+                ..crate::bench::BenchOpts::default()
+            };
             let report = crate::bench::run(&opts).map_err(|e| CliError::Bench(e.to_string()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)

@@ -87,6 +87,9 @@ pub enum Command {
         /// Interleaved rounds per case.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
+        /// Which parts to run: prefilter, policy.
+        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy")])]
+        parts: Vec<String>,
     },
 }
 

@@ -10,7 +10,9 @@
 //!    endpoint's own address (`ep_config`).
 //! 3. Later IPv4 fragments follow the verdict their first fragment left in `frag4`.
 //! 4. ICMP errors pass when their quoted packet belongs to a tracked connection.
-//! 5. Conntrack: the tuple in this direction, then the reversed tuple in the opposite one
+//! 5. Conntrack (expiry on the coarse clock, `bpf_ktime_get_coarse_ns`: tick resolution is
+//!    plenty for timeouts of seconds and it costs a fraction of `bpf_ktime_get_ns`): the
+//!    tuple in this direction, then the reversed tuple in the opposite one
 //!    (a reply; see [`crate::maps::policy::ct4_key`]). A live entry passes without a policy
 //!    lookup; its TCP state and expiry advance.
 //! 6. New connection: if policy is enforced in this direction, the peer's identity from the
@@ -32,7 +34,9 @@ use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
-use sluice_asm::helpers::{KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT};
+use sluice_asm::helpers::{
+    KTIME_GET_COARSE_NS, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT,
+};
 use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size, Src};
 
 /// Which side of the endpoint a program enforces.
@@ -614,7 +618,7 @@ impl Gen {
         let l = |name: &str| f.l(name);
         b.label(l("ct_hit")).comment("r6 = the entry, r8 = 1 for a reply; a dead entry is a miss");
         b.mov(Reg::R6, Reg::R0);
-        b.call(KTIME_GET_NS);
+        b.call(KTIME_GET_COARSE_NS);
         b.mov(Reg::R9, Reg::R0);
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
         b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, l("ct_dead"));
@@ -766,7 +770,7 @@ impl Gen {
         for off in (0..ct_value::SIZE as i16).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_CTV + off, 0);
         }
-        b.call(KTIME_GET_NS);
+        b.call(KTIME_GET_COARSE_NS);
         b.load(Size::B, Reg::R3, Reg::R10, FP_FAM + 1);
         b.ld_imm64(Reg::R2, timeout::UDP);
         b.mov(Reg::R1, CtState::Open as i32);

@@ -103,6 +103,7 @@ pub const HELPERS: &[Helper] = &[
     )),
     pkt_access(helper(id::MAP_DELETE_ELEM, "bpf_map_delete_elem", &[Map, MapKey], Ret::Integer, ALL)),
     helper(id::KTIME_GET_NS, "bpf_ktime_get_ns", &[], Ret::Integer, ALL),
+    helper(id::KTIME_GET_COARSE_NS, "bpf_ktime_get_coarse_ns", &[], Ret::Integer, ALL),
     helper(id::GET_PRANDOM_U32, "bpf_get_prandom_u32", &[], Ret::Integer, ALL),
     helper(id::GET_SMP_PROCESSOR_ID, "bpf_get_smp_processor_id", &[], Ret::Range(0, u32::MAX as i64), ALL),
     changes_pkt(helper(

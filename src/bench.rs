@@ -632,15 +632,20 @@ pub struct CaseResult {
     pub anchor: Vec<u32>,
 }
 
+/// Median of ours over median of the anchor's samples.
+pub fn median_ratio(ours: &[u32], anchor: &[u32]) -> f64 {
+    let a = median(anchor);
+    if a == 0.0 {
+        f64::INFINITY
+    } else {
+        median(ours) / a
+    }
+}
+
 impl CaseResult {
     /// Median ours / median anchor.
     pub fn ratio(&self) -> f64 {
-        let a = median(&self.anchor);
-        if a == 0.0 {
-            f64::INFINITY
-        } else {
-            median(&self.ours) / a
-        }
+        median_ratio(&self.ours, &self.anchor)
     }
 }
 

@@ -434,12 +434,7 @@ pub struct PolicyCase {
 impl PolicyCase {
     /// Median ours / median anchor.
     pub fn ratio(&self) -> f64 {
-        let a = median(&self.anchor);
-        if a == 0.0 {
-            f64::INFINITY
-        } else {
-            median(&self.ours) / a
-        }
+        super::median_ratio(&self.ours, &self.anchor)
     }
 
     /// The target for this row, as text, and whether it is met.

@@ -4,6 +4,7 @@
 //! plans which object runs on which hook, [`codegen`] emits one program per object,
 //! `sluice-verifier-sim` checks and runs it, [`sys`] loads it into the kernel.
 
+pub mod attach;
 pub mod bench;
 pub mod cli;
 pub mod codegen;
@@ -13,6 +14,7 @@ pub mod golden;
 pub mod maps;
 pub mod model;
 pub mod monitor;
+pub mod netlink;
 pub mod node;
 pub mod packet;
 pub mod policy;

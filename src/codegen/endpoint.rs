@@ -26,8 +26,9 @@
 //!
 //! IPv6 is parsed and judged the same way with `ct6`, `frag6` and the `ipc_v6` trie, after
 //! up to two extension headers (hop-by-hop, routing, destination options, fragment); more
-//! make the packet "malformed" (a documented limit). ICMPv6 neighbor discovery (types
-//! 133-137) passes before anti-spoofing: it uses link-local sources.
+//! make the packet "malformed" (a documented limit). ICMPv6 link-local control (multicast
+//! listener messages 130-132 and 143, neighbor discovery 133-137) passes before
+//! anti-spoofing: it uses link-local and unspecified sources.
 
 use super::{emit_ethernet, guard, CodegenError, EthLabels};
 use crate::maps::policy::{
@@ -381,11 +382,13 @@ impl Gen {
         }
         b.load(Size::B, Reg::R4, Reg::R7, 6);
         b.mov(Reg::R8, Reg::R7).add(Reg::R8, 40);
-        b.comment("neighbor discovery passes (link-local sources)");
+        b.comment("link-local control passes: multicast listener queries and reports (130-132, 143)");
+        b.comment("and neighbor discovery (133-137), sent from link-local or unspecified sources");
         b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, "v6_not_nd");
         guard(b, Reg::R8, 1, trunc);
         b.load(Size::B, Reg::R1, Reg::R8, 0);
-        b.jmp(JmpCond::Lt, Reg::R1, 133, "v6_not_nd");
+        b.jmp(JmpCond::Eq, Reg::R1, 143, label(Reason::AllowNotIp));
+        b.jmp(JmpCond::Lt, Reg::R1, 130, "v6_not_nd");
         b.jmp(JmpCond::Le, Reg::R1, 137, label(Reason::AllowNotIp));
         b.label("v6_not_nd");
         if self.dir == Direction::FromEndpoint {

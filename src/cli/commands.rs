@@ -46,6 +46,8 @@ pub enum CliError {
     Bench(String),
     #[error("{0}")]
     Monitor(String),
+    #[error(transparent)]
+    Wire(#[from] crate::node::wire::WireError),
     #[error("{0} needs root (bpf() and bpffs): {1}")]
     NeedsKernel(&'static str, String),
 }
@@ -78,6 +80,17 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             crate::monitor::set_events(&sys, &pin_dir, flags, rate)
                 .map_err(|e| CliError::Monitor(e.to_string()))?;
             println!("events {state} (at most {rate} per second per CPU)");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Attach { node, pin_dir, xdp_device } => attach_cmd(&node, &pin_dir, xdp_device),
+        Command::Status { pin_dir } => {
+            let sys = kernel("sluice status")?;
+            print!("{}", crate::node::wire::status(&sys, &pin_dir)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down { pin_dir } => {
+            let sys = kernel("sluice down")?;
+            println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { sizes, repeat, rounds, parts } => {
@@ -185,6 +198,14 @@ fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
             pin_dir.join("maps").join(name).display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn attach_cmd(path: &Path, pin_dir: &Path, xdp_device: Option<String>) -> Result<ExitCode> {
+    let cfg = model::load_file(path)?;
+    let sys = kernel("sluice attach")?;
+    let opts = crate::node::wire::AttachOptions { xdp_device, ..Default::default() };
+    println!("{}", crate::node::wire::attach(&sys, &cfg, pin_dir, &opts)?);
     Ok(ExitCode::SUCCESS)
 }
 

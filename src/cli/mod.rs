@@ -76,6 +76,28 @@ pub enum Command {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Attach the loaded node's programs to its devices: each endpoint's programs on tcx
+    /// ingress and egress of its interface (netlink cls_bpf where the kernel has no tcx
+    /// links), pinned so they outlive the command. Again: programs swapped in place.
+    Attach {
+        node: PathBuf,
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Also put the prefilter on this device's XDP hook (native if the driver has it,
+        /// else generic).
+        #[arg(long)]
+        xdp_device: Option<String>,
+    },
+    /// Show programs, attachments (link or netlink), map fill levels and nonzero counters.
+    Status {
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Detach and remove everything sluice attached and pinned.
+    Down {
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Time our programs against the clang-built anchors, in the same run (root).
     Bench {
         /// Deny-set sizes per family.

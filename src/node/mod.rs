@@ -10,6 +10,7 @@ pub mod load;
 pub mod replay;
 pub mod sim;
 pub mod update;
+pub mod wire;
 
 use crate::codegen::{self, CodegenError};
 use crate::maps::prefilter::{self, Capacity, DenySet, MapWrites, Prefix, Tables};

@@ -413,7 +413,15 @@ impl EventConfig {
 
 /// The definition of one endpoint-policy map (capacities do not matter for opening).
 fn policy_def(name: &str) -> Result<MapDef, MonitorError> {
-    let cap = policy::Capacity { endpoints: 1, ipc_v4_l2: 1, ipc_v4_l3: 1, ipc_v6: 1, policy: 1, ct: 1 };
+    let cap = policy::Capacity {
+        endpoints: 1,
+        ipc_v4_l2: 1,
+        ipc_v4_l3: 1,
+        ipc_v6: 1,
+        policy: 1,
+        pol_bits: 1,
+        ct: 1,
+    };
     policy::map_defs(cap)
         .into_iter()
         .find(|d| d.name == name)

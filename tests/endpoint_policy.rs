@@ -414,3 +414,36 @@ fn conntrack_sequences_in_the_kernel() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// An identity with more rules than a `pol_table` slot holds inline: the slot says
+/// "overflow" and the policy trie decides, with the same answers.
+#[test]
+fn rules_that_overflow_a_slot_are_judged_by_the_trie() {
+    let mut plan_in = scenario();
+    for port in 100..110 {
+        plan_in.rules.push(rule(2, INGRESS, 1001, 6, port, 16, false));
+    }
+    plan_in.rules.push(rule(2, INGRESS, 1001, 6, 104, 16, true));
+    let table = sluice::maps::policy::policy_table(&plan_in.rules);
+    assert_eq!(table.get(&(2, INGRESS, 1001)), Some(&None), "the slot overflows");
+    let plan = Plan { node: "overflow".into(), objects: endpoint_objects(&plan_in).expect("generates") };
+    let cases = [
+        (105u16, Reason::AllowNew),
+        (104, Reason::DenyPolicy),
+        (110, Reason::DenyDefault),
+        (22, Reason::DenyPolicy),
+        (80, Reason::AllowNew),
+    ];
+    let mut node = SimNode::new(&plan).expect("verifies");
+    let loaded = sluice::sys::require_kernel("rules_that_overflow_a_slot_are_judged_by_the_trie")
+        .then(|| load_plan(&sluice::sys::kernel(), &plan).expect("loads"));
+    for (i, (port, reason)) in cases.into_iter().enumerate() {
+        let pkt = tcp(EP1, 45000 + i as u16, EP2, port, TcpFlags::SYN);
+        let want = if reason.allows() { 0 } else { 2 };
+        assert_eq!(node.run("to_ep_2", &pkt).expect("runs").retval, want, "simulator, port {port}");
+        if let Some(loaded) = &loaded {
+            let r = loaded.programs["to_ep_2"].test_run(&TestRunOpts::packet(&pkt)).expect("test run");
+            assert_eq!(r.retval, want as u32, "kernel, port {port}");
+        }
+    }
+}

@@ -35,6 +35,8 @@ use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
+use crate::maps::policy::{pol_epdir, pol_fold_const, pol_slot, POL_LIST, POL_OVERFLOW, POL_SLOTS};
+use crate::maps::prefilter::V6_HASH_MUL;
 use sluice_asm::helpers::{
     KTIME_GET_COARSE_NS, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT,
 };
@@ -259,23 +261,24 @@ impl Templates {
             Direction::ToEndpoint => &self.to,
         };
         let stride = Reason::COUNT as i32;
-        let patch = |v: i32| -> i32 {
-            if v == i32::from(TEMPLATE_EP) {
-                i32::from(ep)
-            } else if v == i32::from(TEMPLATE_EP.swap_bytes()) {
-                i32::from(ep.swap_bytes())
-            } else if v == i32::from(TEMPLATE_EP) * stride {
-                i32::from(ep) * stride
-            } else {
-                v
-            }
-        };
+        let pdir = dir.policy_dir();
+        let pairs: [(i32, i32); 5] = [
+            (i32::from(TEMPLATE_EP), i32::from(ep)),
+            (i32::from(TEMPLATE_EP.swap_bytes()), i32::from(ep.swap_bytes())),
+            (i32::from(TEMPLATE_EP) * stride, i32::from(ep) * stride),
+            (pol_epdir(TEMPLATE_EP, pdir) as i32, pol_epdir(ep, pdir) as i32),
+            (pol_fold_const(TEMPLATE_EP, pdir) as i32, pol_fold_const(ep, pdir) as i32),
+        ];
+        let patch = |v: i32| pairs.iter().find(|(from, _)| *from == v).map_or(v, |(_, to)| *to);
         template.map_insns(|insn| match insn {
             Insn::Store { size, base, off, src: Src::Imm(v) } => {
                 Insn::Store { size: *size, base: *base, off: *off, src: Src::Imm(patch(*v)) }
             }
             Insn::Alu { wide, op, dst, src: Src::Imm(v) } => {
                 Insn::Alu { wide: *wide, op: *op, dst: *dst, src: Src::Imm(patch(*v)) }
+            }
+            Insn::Jmp { wide, cond, dst, src: Src::Imm(v), off } => {
+                Insn::Jmp { wide: *wide, cond: *cond, dst: *dst, src: Src::Imm(patch(*v)), off: *off }
             }
             other => other.clone(),
         })
@@ -728,38 +731,116 @@ impl Gen {
         b.label(identity.as_str()).comment("r0 = identity (0: world)");
         b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("policy_key"));
         b.mov(Reg::R0, WORLD as i32);
-        {
-            b.label(f.l("policy_key")).comment("policy key {96, ep, dir, identity, proto, port}");
-            b.store(Size::W, Reg::R10, FP_PEER, Reg::R0);
-            b.be(32, Reg::R0);
-            b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
-            b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()));
-            b.store(Size::H, Reg::R10, FP_POL + policy_key::DIR as i16, i32::from(dir));
-            b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, Reg::R0);
-            b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
-            b.store(Size::H, Reg::R10, FP_POL + policy_key::PROTO as i16, Reg::R1);
-            b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
-            b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
-            b.comment("the peer's subtree holds the any-identity rules too: its longest match decides;");
-            b.comment("only an identity without rules of its own needs the any-identity lookup");
-            let found = f.l("policy_found");
-            for pass in 0..2 {
-                if pass == 1 {
-                    b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
-                }
-                b.ld_map(Reg::R1, "policy");
-                b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
-                b.call(MAP_LOOKUP_ELEM);
-                b.jmp(JmpCond::Ne, Reg::R0, 0, found.as_str());
+        self.emit_policy(b, f, dir);
+    }
+
+    /// The policy decision for a new connection; r0 = the peer's identity (host order).
+    ///
+    /// First the inlined cuckoo table `pol_table`: the slot of (endpoint, direction, peer
+    /// identity), or failing that of identity 0, holds the rules most specific first; the
+    /// first that matches decides (see [`crate::maps::policy::pol_slot`]). A slot with too
+    /// many rules says so and the `policy` trie decides instead.
+    fn emit_policy(&self, b: &mut Builder, f: Fam, dir: u8) {
+        let l = |name: &str| f.l(name);
+        b.label(l("policy_key")).comment("policy: r6 = the peer's identity; r8 = base bucket, r9 = shift");
+        b.store(Size::W, Reg::R10, FP_PEER, Reg::R0);
+        b.mov(Reg::R6, Reg::R0);
+        b.ld_map_value(Reg::R1, "pol_meta", 0);
+        b.load(Size::W, Reg::R9, Reg::R1, 0);
+        b.mov32(Reg::R8, Reg::R9).alu32(AluOp::Rsh, Reg::R8, 8);
+        b.alu32(AluOp::And, Reg::R9, 0xff);
+        let epdir = pol_epdir(self.ep, dir) as i32;
+        let fold = pol_fold_const(self.ep, dir) as i32;
+        for pass in 0..2 {
+            if pass == 1 {
+                b.comment("no slot of its own: the any-identity rules");
+                b.mov(Reg::R6, 0);
             }
-            b.ja(label(Reason::DenyDefault));
-            b.label(found.as_str());
-            b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
-            b.jmp(JmpCond::Eq, Reg::R1, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
-            b.jmp(JmpCond::Ne, Reg::R1, i32::from(policy_value::ALLOW), label(Reason::DenyDefault));
-            b.mov(Reg::R7, Reason::AllowNew as i32);
-            b.ja(f.l("ct_create"));
+            b.mov32(Reg::R7, Reg::R6).alu32(AluOp::Xor, Reg::R7, fold);
+            for (h, mul) in V6_HASH_MUL.into_iter().enumerate() {
+                let next_bucket = l(&format!("pol_bucket_{pass}_{h}"));
+                b.mov32(Reg::R1, Reg::R7).alu32(AluOp::Mul, Reg::R1, mul as i32);
+                b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
+                b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
+                b.ld_map(Reg::R1, "pol_table");
+                b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
+                b.call(MAP_LOOKUP_ELEM);
+                b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
+                for s in 0..POL_SLOTS {
+                    let at = (s * pol_slot::SIZE) as i16;
+                    let next = l(&format!("pol_slot_{pass}_{h}_{s}"));
+                    b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::IDENTITY as i16);
+                    b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next.as_str());
+                    b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::EPDIR as i16);
+                    b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str());
+                    if at != 0 {
+                        b.add(Reg::R0, i32::from(at));
+                    }
+                    b.ja(l("pol_found"));
+                    b.label(next.as_str());
+                }
+                b.label(next_bucket.as_str());
+            }
         }
+        b.ja(label(Reason::DenyDefault));
+
+        b.label(l("pol_found")).comment("r0 = the slot; r1 = rules inline, r3 = protocol, r4 = port");
+        b.load(Size::W, Reg::R1, Reg::R0, pol_slot::STATE as i16);
+        b.jmp(JmpCond::Set, Reg::R1, POL_OVERFLOW as i32, l("policy_trie"));
+        b.load(Size::B, Reg::R3, Reg::R10, FP_FAM + 1);
+        b.load(Size::H, Reg::R4, Reg::R10, FP_MISC + 2);
+        b.be(16, Reg::R4);
+        for i in 0..POL_LIST {
+            let at = (pol_slot::ENTRIES + i * pol_slot::ENTRY_SIZE) as i16;
+            let next = l(&format!("pol_rule_{}", i + 1));
+            let port = l(&format!("pol_port_{i}"));
+            b.jmp(JmpCond::Le, Reg::R1, i as i32, label(Reason::DenyDefault));
+            b.load(Size::B, Reg::R2, Reg::R0, at + pol_slot::PROTO as i16);
+            b.jmp(JmpCond::Eq, Reg::R2, 0, port.as_str());
+            b.jmp(JmpCond::Ne, Reg::R2, Reg::R3, next.as_str());
+            b.label(port.as_str());
+            b.load(Size::H, Reg::R2, Reg::R0, at + pol_slot::PORT as i16);
+            b.alu(AluOp::Xor, Reg::R2, Reg::R4);
+            b.load(Size::H, Reg::R5, Reg::R0, at + pol_slot::MASK as i16);
+            b.alu(AluOp::And, Reg::R2, Reg::R5);
+            b.jmp(JmpCond::Ne, Reg::R2, 0, next.as_str());
+            b.load(Size::B, Reg::R2, Reg::R0, at + pol_slot::VERDICT as i16);
+            b.jmp(JmpCond::Eq, Reg::R2, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
+            b.mov(Reg::R7, Reason::AllowNew as i32);
+            b.ja(l("ct_create"));
+            b.label(next.as_str());
+        }
+        b.ja(label(Reason::DenyDefault));
+
+        b.label(l("policy_trie"))
+            .comment("too many rules inline: the policy trie {96, ep, dir, identity, proto, port}");
+        b.load(Size::W, Reg::R0, Reg::R10, FP_PEER);
+        b.be(32, Reg::R0);
+        b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
+        b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()));
+        b.store(Size::H, Reg::R10, FP_POL + policy_key::DIR as i16, i32::from(dir));
+        b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, Reg::R0);
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
+        b.store(Size::H, Reg::R10, FP_POL + policy_key::PROTO as i16, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
+        b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
+        let found = l("policy_found");
+        for pass in 0..2 {
+            if pass == 1 {
+                b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
+            }
+            b.ld_map(Reg::R1, "policy");
+            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
+            b.call(MAP_LOOKUP_ELEM);
+            b.jmp(JmpCond::Ne, Reg::R0, 0, found.as_str());
+        }
+        b.ja(label(Reason::DenyDefault));
+        b.label(found.as_str());
+        b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
+        b.jmp(JmpCond::Eq, Reg::R1, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
+        b.jmp(JmpCond::Ne, Reg::R1, i32::from(policy_value::ALLOW), label(Reason::DenyDefault));
+        b.mov(Reg::R7, Reason::AllowNew as i32);
+        b.ja(l("ct_create"));
     }
 
     /// Track the allowed connection (r7 = the allow reason) in the family's map, and leave a

@@ -273,6 +273,8 @@ pub struct Capacity {
     pub ipc_v4_l3: u32,
     pub ipc_v6: u32,
     pub policy: u32,
+    /// `pol_table` holds two halves of 2^pol_bits buckets each.
+    pub pol_bits: u32,
     pub ct: u32,
 }
 
@@ -307,6 +309,8 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: super::F_NO_PREALLOC,
         },
         array("ep_config", ep_config::SIZE as u32, cap.endpoints),
+        array("pol_table", POL_BUCKET_BYTES as u32, 2 << cap.pol_bits),
+        array("pol_meta", 8, 1),
         MapDef {
             name: "ct4",
             kind: MapKind::LruHash,
@@ -618,6 +622,167 @@ pub fn datapath_verdict(
         }
     }
     None
+}
+
+/// Slots per `pol_table` bucket; entries inline per slot.
+pub const POL_SLOTS: usize = 4;
+/// Rules kept inline per (endpoint, direction, identity) slot; more and the slot says
+/// "overflow": the program then asks the `policy` trie.
+pub const POL_LIST: usize = 6;
+/// Smallest `pol_table`: 2^8 buckets per half.
+pub const POL_MIN_BITS: u32 = 8;
+
+/// Layout of a `pol_table` slot: the key `(identity, ep | dir << 16 | OCCUPIED)`, a state
+/// word (rule count, or [`POL_OVERFLOW`]), then [`POL_LIST`] entries, most specific first:
+/// `{proto: u8 (0 any), verdict: u8, mask: u16, port: u16, pad: u16}` (host order); the
+/// first entry whose protocol matches and whose `(port ^ entry.port) & mask` is zero holds
+/// the effective verdict (the keys matching a packet form a chain, so this is the longest
+/// match of the `policy` trie).
+pub mod pol_slot {
+    pub const IDENTITY: usize = 0;
+    pub const EPDIR: usize = 4;
+    pub const STATE: usize = 8;
+    pub const ENTRIES: usize = 16;
+    pub const ENTRY_SIZE: usize = 8;
+    pub const PROTO: usize = 0;
+    pub const VERDICT: usize = 1;
+    pub const MASK: usize = 2;
+    pub const PORT: usize = 4;
+    pub const SIZE: usize = ENTRIES + super::POL_LIST * ENTRY_SIZE;
+    /// Set in `EPDIR` for a used slot.
+    pub const OCCUPIED: u32 = 1 << 24;
+}
+
+/// `pol_table` state flag: too many rules; use the `policy` trie.
+pub const POL_OVERFLOW: u32 = 1 << 16;
+/// Bytes per `pol_table` bucket.
+pub const POL_BUCKET_BYTES: usize = POL_SLOTS * pol_slot::SIZE;
+
+/// The `EPDIR` word of a slot.
+pub fn pol_epdir(ep: u16, dir: u8) -> u32 {
+    u32::from(ep) | (u32::from(dir) << 16) | pol_slot::OCCUPIED
+}
+
+/// What a slot key hashes as: the identity folded with the endpoint and direction (a
+/// constant in each program, so the program folds with one XOR).
+pub fn pol_fold(ep: u16, dir: u8, identity: u32) -> u32 {
+    identity ^ pol_fold_const(ep, dir)
+}
+
+/// The constant part of [`pol_fold`].
+pub fn pol_fold_const(ep: u16, dir: u8) -> u32 {
+    (u32::from(ep) << 17) ^ (u32::from(dir) << 31) ^ 0x2c1b_3c6d
+}
+
+/// One inline rule of a `pol_table` slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InlineRule {
+    pub proto: u8,
+    pub allow: bool,
+    pub mask: u16,
+    pub port: u16,
+}
+
+/// The `pol_table` contents: per (endpoint, direction, identity) its rules most specific
+/// first, or `None` when they overflow [`POL_LIST`]. Built from [`policy_writes`]' keys, so
+/// the effective verdicts are the trie's.
+pub fn policy_table(
+    rules: &[PolicyRule],
+) -> std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>> {
+    let w = policy_writes(rules);
+    let mut lists: std::collections::BTreeMap<(u16, u8, u32), Vec<(u32, InlineRule)>> = Default::default();
+    for (k, v) in w.keys.chunks_exact(policy_key::SIZE).zip(w.values.chunks_exact(policy_value::SIZE)) {
+        let len = u32::from_le_bytes([k[0], k[1], k[2], k[3]]);
+        let ep = u16::from_be_bytes([k[4], k[5]]);
+        let dir = k[6];
+        let identity = u32::from_be_bytes([k[8], k[9], k[10], k[11]]);
+        let proto = if len >= policy_key::PROTO_BITS { k[12] } else { 0 };
+        let port_bits = len.saturating_sub(policy_key::PORT_BITS).min(16);
+        let mask = if port_bits == 0 { 0 } else { u16::MAX << (16 - port_bits) };
+        let port = u16::from_be_bytes([k[14], k[15]]) & mask;
+        let rule = InlineRule { proto, allow: v[policy_value::VERDICT] == policy_value::ALLOW, mask, port };
+        lists.entry((ep, dir, identity)).or_default().push((len, rule));
+    }
+    lists
+        .into_iter()
+        .map(|(key, mut l)| {
+            // Longest key first: a longer key is more specific than any key it lies in.
+            l.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.port.cmp(&b.1.port)));
+            let list: Vec<InlineRule> = l.into_iter().map(|(_, r)| r).collect();
+            (key, (list.len() <= POL_LIST).then_some(list))
+        })
+        .collect()
+}
+
+fn pol_slot_bytes(key: (u16, u8, u32), list: &Option<Vec<InlineRule>>) -> [u8; pol_slot::SIZE] {
+    let mut v = [0u8; pol_slot::SIZE];
+    let (ep, dir, identity) = key;
+    v[pol_slot::IDENTITY..pol_slot::IDENTITY + 4].copy_from_slice(&identity.to_le_bytes());
+    v[pol_slot::EPDIR..pol_slot::EPDIR + 4].copy_from_slice(&pol_epdir(ep, dir).to_le_bytes());
+    let state = match list {
+        Some(l) => l.len() as u32,
+        None => POL_OVERFLOW,
+    };
+    v[pol_slot::STATE..pol_slot::STATE + 4].copy_from_slice(&state.to_le_bytes());
+    for (i, r) in list.iter().flatten().enumerate() {
+        let at = pol_slot::ENTRIES + i * pol_slot::ENTRY_SIZE;
+        v[at + pol_slot::PROTO] = r.proto;
+        v[at + pol_slot::VERDICT] = if r.allow { policy_value::ALLOW } else { policy_value::DENY };
+        v[at + pol_slot::MASK..at + pol_slot::MASK + 2].copy_from_slice(&r.mask.to_le_bytes());
+        v[at + pol_slot::PORT..at + pol_slot::PORT + 2].copy_from_slice(&r.port.to_le_bytes());
+    }
+    v
+}
+
+/// The bucket of a slot key.
+pub fn pol_bucket_of(key: (u16, u8, u32), which: usize, bits: u32) -> u32 {
+    super::prefilter::v6_bucket_of(pol_fold(key.0, key.1, key.2), which, bits)
+}
+
+/// The smallest `pol_table` half (at most half full) that holds these slots.
+pub fn pol_bits_for(table: &std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>>) -> u32 {
+    let mut bits = POL_MIN_BITS;
+    while (1usize << bits) * POL_SLOTS < table.len() * 2 {
+        bits += 1;
+    }
+    while super::prefilter::cuckoo_layout_by(table.keys().copied(), bits, |k, w| pol_bucket_of(k, w, bits))
+        .is_none()
+    {
+        bits += 1;
+    }
+    bits
+}
+
+/// The writes of one half of `pol_table` (every bucket), or `None` if the slots do not fit.
+pub fn pol_half_writes(
+    table: &std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>>,
+    bits: u32,
+    half: u32,
+) -> Option<super::prefilter::MapWrites> {
+    let layout =
+        super::prefilter::cuckoo_layout_by(table.keys().copied(), bits, |k, w| pol_bucket_of(k, w, bits))?;
+    let mut w = writes_for("pol_table", 4, POL_BUCKET_BYTES);
+    for (i, bucket) in layout.iter().enumerate() {
+        let mut value = vec![0u8; POL_BUCKET_BYTES];
+        for (j, key) in bucket.iter().enumerate() {
+            if let Some(k) = key {
+                let at = j * pol_slot::SIZE;
+                value[at..at + pol_slot::SIZE].copy_from_slice(&pol_slot_bytes(*k, &table[k]));
+            }
+        }
+        w.put(&((half << bits) + i as u32).to_le_bytes(), &value);
+    }
+    Some(w)
+}
+
+/// The one `pol_meta` value: where the live half of `pol_table` is (the prefilter's
+/// encoding: `shift | base << 8`).
+pub fn pol_meta_writes(bits: u32, half: u32) -> super::prefilter::MapWrites {
+    let mut w = writes_for("pol_meta", 4, 8);
+    let mut v = [0u8; 8];
+    v[..4].copy_from_slice(&super::prefilter::v6_conf(bits, half).to_le_bytes());
+    w.put(&0u32.to_le_bytes(), &v);
+    w
 }
 
 /// An `ep_config` value.

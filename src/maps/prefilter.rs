@@ -506,22 +506,33 @@ pub fn encode_slot(key: u32, b: &V6Bucket) -> [u8; slot::SIZE] {
 /// Place /32 keys in a cuckoo table of 2^bits buckets of [`V6_SLOTS`] slots: each key in
 /// one of its two buckets. Deterministic; `None` when the keys do not fit.
 pub fn cuckoo_layout(keys: impl Iterator<Item = u32>, bits: u32) -> Option<Vec<[Option<u32>; V6_SLOTS]>> {
-    let mut table = vec![[None; V6_SLOTS]; 1usize << bits];
-    let load = |b: &[Option<u32>; V6_SLOTS]| b.iter().filter(|s| s.is_some()).count();
+    cuckoo_layout_by(keys, bits, |key, which| v6_bucket_of(key, which, bits))
+}
+
+/// A bucketized cuckoo layout of 2^bits buckets of four slots for any keys, given each
+/// key's two candidate buckets (`bucket(key, 0 | 1)`). Deterministic; `None` when the keys
+/// do not fit.
+pub fn cuckoo_layout_by<K: Copy>(
+    keys: impl Iterator<Item = K>,
+    bits: u32,
+    bucket: impl Fn(K, usize) -> u32,
+) -> Option<Vec<[Option<K>; V6_SLOTS]>> {
+    let mut table: Vec<[Option<K>; V6_SLOTS]> = vec![[None; V6_SLOTS]; 1usize << bits];
+    let load = |b: &[Option<K>; V6_SLOTS]| b.iter().filter(|s| s.is_some()).count();
     for key in keys {
         let mut key = key;
         let mut ok = false;
         for kick in 0..500usize {
-            let (b0, b1) = (v6_bucket_of(key, 0, bits) as usize, v6_bucket_of(key, 1, bits) as usize);
+            let (b0, b1) = (bucket(key, 0) as usize, bucket(key, 1) as usize);
             let target = if load(&table[b0]) <= load(&table[b1]) { b0 } else { b1 };
             if let Some(free) = table[target].iter_mut().find(|s| s.is_none()) {
                 *free = Some(key);
                 ok = true;
                 break;
             }
-            // Both full: evict a slot of the first bucket (rotating) and re-place it.
-            let bucket = if kick % 2 == 0 { b0 } else { b1 };
-            let victim = &mut table[bucket][kick % V6_SLOTS];
+            // Both full: evict a slot (rotating over both buckets) and re-place it.
+            let victim_bucket = if kick % 2 == 0 { b0 } else { b1 };
+            let victim = &mut table[victim_bucket][kick % V6_SLOTS];
             let evicted = victim.replace(key).expect("a full bucket has no empty slot");
             key = evicted;
         }

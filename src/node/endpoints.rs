@@ -44,6 +44,7 @@ impl PolicyPlan {
             ipc_v4_l3: room(ipc.l3.len(), 1024),
             ipc_v6: room(self.ipcache_v6.len(), 16384),
             policy: room(self.rules.len(), 65536),
+            pol_bits: policy::pol_bits_for(&policy::policy_table(&self.rules)) + 1,
             ct: 262_144,
         }
     }
@@ -57,6 +58,10 @@ impl PolicyPlan {
         }
         out.push(v6);
         out.push(policy::policy_writes(&self.rules));
+        let table = policy::policy_table(&self.rules);
+        let bits = self.capacity(ipc).pol_bits;
+        out.push(policy::pol_half_writes(&table, bits, 0).expect("pol_bits leaves room for twice the slots"));
+        out.push(policy::pol_meta_writes(bits, 0));
         let mut cfg =
             MapWrites { map: "ep_config", key_size: 4, value_size: ep_config::SIZE, ..MapWrites::default() };
         for e in &self.endpoints {

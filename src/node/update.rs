@@ -176,6 +176,36 @@ fn ipc_v4_writes(maps: &BTreeMap<&'static str, Map>, new: &IpcacheV4) -> Result<
     Ok(vec![l3, l2, l1])
 }
 
+/// The inlined policy table: rebuilt whole into the idle half of `pol_table`, then one
+/// `pol_meta` word flips the programs to it (after the trie's new keys, which overflowing
+/// slots send the programs to). Nothing when the live half already holds it.
+fn pol_table_writes(
+    maps: &BTreeMap<&'static str, Map>,
+    pp: &PolicyPlan,
+) -> Result<Vec<MapWrites>, LoadError> {
+    use crate::maps::policy::{pol_half_writes, pol_meta_writes, policy_table};
+    let table = policy_table(&pp.rules);
+    let cap = maps["pol_table"].max_entries();
+    let bits = (cap / 2).max(1).ilog2();
+    let meta = maps["pol_meta"].lookup(&0u32.to_le_bytes())?.unwrap_or_default();
+    let conf = meta.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+    let live = u32::from((conf >> 8) != 0);
+    let full = || LoadError::Live(prefilter::LiveError::Full { map: "pol_table", capacity: cap / 2 });
+    let same = pol_half_writes(&table, bits, live).ok_or_else(full)?;
+    let mut unchanged = true;
+    for (k, v) in same.keys.chunks_exact(4).zip(same.values.chunks_exact(same.value_size)) {
+        if maps["pol_table"].lookup(k)?.as_deref() != Some(v) {
+            unchanged = false;
+            break;
+        }
+    }
+    if unchanged {
+        return Ok(Vec::new());
+    }
+    let idle = 1 - live;
+    Ok(vec![pol_half_writes(&table, bits, idle).ok_or_else(full)?, pol_meta_writes(bits, idle)])
+}
+
 /// Apply a changed node config to the node pinned under `dir`, as map updates only.
 pub fn update_pinned(
     sys: &Arc<dyn Syscall>,
@@ -235,6 +265,7 @@ pub fn update_pinned(
         pol_dels.values.clear();
         writes.push(v6_puts);
         writes.push(pol_puts);
+        writes.extend(pol_table_writes(&maps, &pp)?);
         let cfg_want = by_name("ep_config");
         let mut cfg_w = MapWrites { keys: Vec::new(), values: Vec::new(), ..cfg_want.clone() };
         for (k, v) in cfg_want

@@ -75,6 +75,8 @@ fn drops_and_new_connections_become_flows() {
     for sport in 40010..40015 {
         run(&key("203.0.113.9", "10.0.1.10", 22, sport));
     }
+    // The budget is per CPU: the test thread may run on any of them.
+    let cpus = sluice::sys::possible_cpus().expect("cpu count");
     let n = ring.drain(|_| {});
-    assert!(n <= 1, "{n} events past a budget of one per second");
+    assert!(n <= cpus, "{n} events past a budget of one per second per CPU ({cpus} CPUs)");
 }

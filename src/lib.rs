@@ -8,6 +8,7 @@ pub mod attach;
 pub mod bench;
 pub mod cli;
 pub mod codegen;
+pub mod daemon;
 pub mod elf;
 #[path = "../golden/mod.rs"]
 pub mod golden;

@@ -48,6 +48,8 @@ pub enum CliError {
     Monitor(String),
     #[error(transparent)]
     Wire(#[from] crate::node::wire::WireError),
+    #[error(transparent)]
+    Daemon(#[from] crate::daemon::DaemonError),
     #[error("{0} needs root (bpf() and bpffs): {1}")]
     NeedsKernel(&'static str, String),
 }
@@ -88,6 +90,7 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             print!("{}", crate::node::wire::status(&sys, &pin_dir)?);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Daemon { config, pin_dir, socket, poll_ms } => daemon(config, pin_dir, socket, poll_ms),
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;
             println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
@@ -198,6 +201,14 @@ fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
             pin_dir.join("maps").join(name).display()
         );
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn daemon(config: PathBuf, pin_dir: PathBuf, socket: PathBuf, poll_ms: u64) -> Result<ExitCode> {
+    let poll = std::time::Duration::from_millis(poll_ms.max(1));
+    let opts = crate::daemon::Options { config, pin_dir, socket, poll };
+    crate::daemon::signals::install();
+    crate::daemon::run(&opts, &crate::daemon::signals::STOP)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -93,6 +93,20 @@ pub enum Command {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Load (or adopt) and attach a node, then keep it in step with its file and serve a
+    /// root-only socket (status, apply, metrics). Pins and links outlive it.
+    Daemon {
+        /// The node file to load and watch.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, default_value = crate::daemon::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// How often the node file is checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        poll_ms: u64,
+    },
     /// Detach and remove everything sluice attached and pinned.
     Down {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]

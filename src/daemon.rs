@@ -1,0 +1,338 @@
+//! `sluice daemon`: load (or adopt) and attach a node, then keep it in step with its node
+//! file and answer requests on a root-only Unix socket.
+//!
+//! Contract:
+//! - Start: a node already pinned under the pin dir is adopted (its maps' layouts are
+//!   checked by the update path) and the config is applied to it as map updates; otherwise
+//!   the node is loaded and pinned. Then the programs are attached (idempotent).
+//! - Pins and links outlive the daemon: stopping it (SIGTERM/SIGINT, or the `stop` flag)
+//!   removes only the socket, so forwarding goes on while no daemon runs.
+//! - Changes: the node file is polled; a change that parses is applied as map updates only.
+//!   A parse error or a refused update (code shape changed, map full) applies nothing, so
+//!   the node keeps its previous state. Program swaps are not done here: a change of code
+//!   shape needs `sluice down` and a fresh start.
+//! - Socket: one text request line per connection, one response: `status`, `apply`,
+//!   `metrics`. The socket is mode 0600; a parent directory it creates is mode 0700.
+//!
+//! One thread does everything (socket and polling), so applies never overlap.
+
+use crate::model::{self, ModelError, NodeConfig};
+use crate::node::load::{self, LoadError};
+use crate::node::update::{update_pinned, Update};
+use crate::node::wire::{self, AttachOptions, WireError};
+use crate::node::{self, PlanError};
+use crate::sys::{self, Syscall};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use thiserror::Error;
+
+/// Where the daemon listens unless told otherwise.
+pub const DEFAULT_SOCKET: &str = "/run/sluice/sluice.sock";
+
+/// The longest request line read from a client.
+const MAX_REQUEST: u64 = 256;
+
+/// How long a client may take to send its request.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the daemon runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// The node file to load and watch.
+    pub config: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    /// How often the node file is checked for changes.
+    pub poll: Duration,
+}
+
+/// Why the daemon could not start, or why one apply failed.
+#[derive(Debug, Error)]
+pub enum DaemonError {
+    #[error("sluice daemon needs root (bpf() and bpffs): {0}")]
+    NeedsKernel(String),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error(
+        "code shape changed (programs added: {added:?}, removed: {removed:?}); nothing applied: \
+         run `sluice down`, then start the daemon again"
+    )]
+    CodeShape { added: Vec<String>, removed: Vec<String> },
+    #[error(transparent)]
+    Load(LoadError),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("another daemon already serves {}", .0.display())]
+    SocketInUse(PathBuf),
+}
+
+impl From<LoadError> for DaemonError {
+    fn from(e: LoadError) -> DaemonError {
+        match e {
+            LoadError::CodeShape { added, removed } => DaemonError::CodeShape { added, removed },
+            other => DaemonError::Load(other),
+        }
+    }
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let path = path.to_path_buf();
+    move |source| DaemonError::Io { op, path, source }
+}
+
+/// Counters the `metrics` request reports, since the daemon started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Applies that succeeded (at start on an adopted node, on a file change, on `apply`).
+    pub updates_applied: u64,
+    /// Parse errors and refused or failed applies.
+    pub errors: u64,
+    /// When the last apply succeeded, in seconds since the Unix epoch.
+    pub last_apply: Option<u64>,
+}
+
+impl std::fmt::Display for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "updates_applied {}", self.updates_applied)?;
+        writeln!(f, "errors {}", self.errors)?;
+        match self.last_apply {
+            Some(t) => write!(f, "last_apply_unix {t}"),
+            None => write!(f, "last_apply_unix never"),
+        }
+    }
+}
+
+/// The map writes of one update, per map, as one line.
+pub fn describe(update: &Update) -> String {
+    if update.writes.is_empty() {
+        return "no map writes (already in step)".to_string();
+    }
+    let per_map: Vec<String> = update.writes.iter().map(|(m, n)| format!("{m}: {n}")).collect();
+    format!("{} map writes ({})", update.total(), per_map.join(", "))
+}
+
+/// The node file's identity for change detection: modification time and length.
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let md = std::fs::metadata(path).ok()?;
+    Some((md.modified().ok()?, md.len()))
+}
+
+/// The daemon's state between requests.
+struct Daemon<'a> {
+    sys: Arc<dyn Syscall>,
+    opts: &'a Options,
+    metrics: Metrics,
+    /// The node file as last seen (applied or rejected), so one edit is handled once.
+    seen: Option<(SystemTime, u64)>,
+    seen_text: String,
+}
+
+impl Daemon<'_> {
+    /// Read and parse the node file; remember what was read.
+    fn read_config(&mut self) -> Result<NodeConfig, DaemonError> {
+        let path = &self.opts.config;
+        self.seen = stamp(path);
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
+        self.seen_text = text.clone();
+        Ok(model::parse_str(&text, &path.display().to_string())?)
+    }
+
+    /// Re-read the node file and apply it as map updates; counted in the metrics.
+    fn apply(&mut self) -> Result<Update, DaemonError> {
+        let result = self.read_config().and_then(|cfg| {
+            let plan = node::plan(&cfg)?;
+            Ok(update_pinned(&self.sys, &cfg, &plan, &self.opts.pin_dir)?)
+        });
+        match &result {
+            Ok(_) => {
+                self.metrics.updates_applied += 1;
+                self.metrics.last_apply =
+                    SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+            }
+            Err(_) => self.metrics.errors += 1,
+        }
+        result
+    }
+
+    /// Apply the node file if it changed since last seen; log what happened.
+    fn poll(&mut self) {
+        let now = stamp(&self.opts.config);
+        if now == self.seen {
+            return;
+        }
+        // The stamp moved; a rewrite with the same contents changes nothing.
+        if std::fs::read_to_string(&self.opts.config).is_ok_and(|t| t == self.seen_text) {
+            self.seen = now;
+            return;
+        }
+        println!("config {} changed", self.opts.config.display());
+        match self.apply() {
+            Ok(u) => println!("applied: {}", describe(&u)),
+            Err(e) => println!("not applied: {e}"),
+        }
+    }
+
+    /// Answer one request line.
+    fn respond(&mut self, request: &str) -> String {
+        match request.trim() {
+            "status" => match wire::status(&self.sys, &self.opts.pin_dir) {
+                Ok(st) => st.to_string(),
+                Err(e) => format!("error: {e}"),
+            },
+            "apply" => match self.apply() {
+                Ok(u) => {
+                    let line = describe(&u);
+                    println!("applied on request: {line}");
+                    format!("applied: {line}")
+                }
+                Err(e) => {
+                    println!("not applied on request: {e}");
+                    format!("error: {e}")
+                }
+            },
+            "metrics" => self.metrics.to_string(),
+            other => format!("error: unknown request `{other}` (status, apply, metrics)"),
+        }
+    }
+
+    /// Serve one client: read its line, write the response, close.
+    fn serve(&mut self, stream: UnixStream) {
+        let _ = stream.set_nonblocking(false);
+        let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+        let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+        let mut line = String::new();
+        let read = BufReader::new((&stream).take(MAX_REQUEST)).read_line(&mut line);
+        let response = match read {
+            Ok(_) => self.respond(&line),
+            Err(e) => format!("error: reading the request: {e}"),
+        };
+        let mut out = &stream;
+        let _ = out.write_all(response.as_bytes());
+        let _ = out.write_all(b"\n");
+    }
+}
+
+/// Bind the socket: parent created (0700), a stale socket removed, mode 0600.
+fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !parent.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io_err("mkdir", parent))?;
+        }
+    }
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        if md.file_type().is_socket() {
+            if UnixStream::connect(path).is_ok() {
+                return Err(DaemonError::SocketInUse(path.to_path_buf()));
+            }
+            std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+            println!("removed stale socket {}", path.display());
+        }
+    }
+    let listener = UnixListener::bind(path).map_err(io_err("bind", path))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
+    listener.set_nonblocking(true).map_err(io_err("set_nonblocking", path))?;
+    Ok(listener)
+}
+
+/// Load or adopt the node, attach it, then serve and poll until `stop` is set.
+/// The socket is removed on return; pins and links stay.
+pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
+    sys::kernel_available().map_err(DaemonError::NeedsKernel)?;
+    let sys = sys::kernel();
+    let mut d = Daemon { sys, opts, metrics: Metrics::default(), seen: None, seen_text: String::new() };
+    let cfg = d.read_config()?;
+    let plan = node::plan(&cfg)?;
+    let dir = &opts.pin_dir;
+    match load::load_and_pin(&d.sys, &plan, dir) {
+        Ok(loaded) => {
+            println!(
+                "loaded node {} and pinned {} programs, {} maps under {}",
+                plan.node,
+                loaded.programs.len(),
+                loaded.maps.len(),
+                dir.display()
+            );
+        }
+        Err(LoadError::AlreadyLoaded(_)) => {
+            let update = d.apply()?;
+            println!("adopted node pinned under {}; config applied: {}", dir.display(), describe(&update));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let report = wire::attach(&d.sys, &cfg, dir, &AttachOptions::default())?;
+    println!("attached: {}", report.to_string().replace('\n', "; "));
+    let listener = bind(&opts.socket)?;
+    println!(
+        "serving {} (status, apply, metrics); watching {} every {} ms",
+        opts.socket.display(),
+        opts.config.display(),
+        opts.poll.as_millis()
+    );
+    let tick = opts.poll.min(Duration::from_millis(50)).max(Duration::from_millis(1));
+    let mut next_poll = Instant::now() + opts.poll;
+    while !stop.load(Ordering::Relaxed) {
+        loop {
+            match listener.accept() {
+                Ok((stream, _)) => d.serve(stream),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                Err(e) => {
+                    println!("accept on {}: {e}", opts.socket.display());
+                    break;
+                }
+            }
+        }
+        if Instant::now() >= next_poll {
+            d.poll();
+            next_poll = Instant::now() + opts.poll;
+        }
+        std::thread::sleep(tick);
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(&opts.socket);
+    println!("stopped; pins and links left in place under {}", dir.display());
+    Ok(())
+}
+
+/// SIGINT/SIGTERM set [`STOP`]; what the command line passes to [`run`].
+pub mod signals {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Set by SIGINT or SIGTERM once [`install`] ran.
+    pub static STOP: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_signal(_signal: libc::c_int) {
+        STOP.store(true, Ordering::Relaxed);
+    }
+
+    /// Route SIGINT and SIGTERM to [`STOP`] for the rest of the process.
+    pub fn install() {
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: an all-zero sigaction is a valid value (empty mask, no flags).
+            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+            // SAFETY: `action` is a live local; the handler only stores to an atomic, which is
+            // async-signal-safe.
+            unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) };
+        }
+    }
+}

@@ -84,7 +84,7 @@ fn daemon_keeps_node_in_step() {
     let config = tmp.join("node.yaml");
     // The socket's parent does not exist yet: the daemon creates it.
     let socket = tmp.join("run").join("sluice.sock");
-    std::fs::write(&config, node(&["192.0.2.0/24"])).expect("write config");
+    write_atomically(&config, &node(&["192.0.2.0/24"]));
 
     let opts = Options {
         config: config.clone(),
@@ -110,13 +110,13 @@ fn daemon_keeps_node_in_step() {
 
     // An edit lands within a few polls.
     let changed = ["192.0.2.0/24", "198.51.100.0/24"];
-    std::fs::write(&config, node(&changed)).expect("edit config");
+    write_atomically(&config, &node(&changed));
     wait_for("the edit to be applied", Duration::from_secs(5), || pinned_set(&pin_dir) == deny_set(&changed));
     let metrics = request(&socket, "metrics");
     assert!(metrics.contains("updates_applied 1\nerrors 0"), "metrics after one edit: {metrics}");
 
     // An invalid file: reported, nothing applied.
-    std::fs::write(&config, "apiVersion: sluice.dev/v1\nkind: Node\nspec: [\n").expect("write invalid");
+    write_atomically(&config, "apiVersion: sluice.dev/v1\nkind: Node\nspec: [\n");
     wait_for("the parse error to be counted", Duration::from_secs(5), || {
         request(&socket, "metrics").contains("errors 1")
     });
@@ -139,7 +139,7 @@ fn daemon_keeps_node_in_step() {
     assert_eq!(pinned_set(&pin_dir), deny_set(&changed), "deny set after stop");
 
     // A restart adopts the pinned node and applies the file as it now is.
-    std::fs::write(&config, node(&["198.51.100.0/24"])).expect("write config");
+    write_atomically(&config, &node(&["198.51.100.0/24"]));
     let opts =
         Options { config, pin_dir: pin_dir.clone(), socket: socket.clone(), poll: Duration::from_millis(50) };
     stop.store(false, Ordering::Relaxed);
@@ -182,4 +182,12 @@ fn describe_writes() {
     u.writes.insert("pf_cidrs".into(), 2);
     u.writes.insert("pf_meta".into(), 1);
     assert_eq!(describe(&u), "3 map writes (pf_cidrs: 2, pf_meta: 1)");
+}
+
+/// Replace the config in one step (write a sibling, rename over), so the daemon's poll
+/// never reads a half-written file.
+fn write_atomically(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, path).expect("rename config");
 }

@@ -33,12 +33,10 @@ use sluice::node::load::{load_plan, load_program, Loaded};
 use sluice::node::{plan, Plan};
 use sluice::sys::{self, BpfCmd, Errno, Map, Program, Syscall};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -46,103 +44,18 @@ use std::time::{Duration, Instant};
 // ---------------------------------------------------------------------------------------
 // Gate, `ip` and namespaces.
 
-/// Whether this test can run: bpf() works and `ip` is installed.
-fn gate(test: &str) -> bool {
-    if !sys::require_kernel(test) {
-        return false;
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => true,
-        outcome => {
-            let reason = match outcome {
-                Ok(out) => format!("`ip -V` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-                Err(e) => format!("`ip` (iproute2) is not usable: {e}"),
-            };
-            if std::env::var(sys::gate::REQUIRE_KERNEL_ENV).is_ok_and(|v| v.trim() == "1") {
-                panic!("kernel test {test} cannot run: {reason}");
-            }
-            eprintln!("skip: {test}: {reason}");
-            false
-        }
-    }
-}
+#[path = "support/netns.rs"]
+mod netns;
+use netns::{gate, ip_output, Netns};
 
-/// Run `ip args...`; panics with its stderr when it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("runs ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-}
+const PREFIX: &str = "sln";
 
-/// `ip args...`'s standard output.
-fn ip_output(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("runs ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call: `sln-<pid>-<n>`.
 fn unique() -> String {
-    format!("sln-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    netns::unique(PREFIX)
 }
 
-/// Delete namespaces a killed earlier run of this test left behind (their pid is gone).
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix("sln-").and_then(|rest| rest.split('-').next());
-        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            }
-        }
-    }
-}
-
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n <ns> args...`
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// Run `f` on a thread that entered this namespace (`setns`). Sockets created there
-    /// stay in the namespace wherever they are used afterwards.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: `ns` is an open namespace file; setns changes only this thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
+    netns::remove_stale_namespaces(PREFIX)
 }
 
 /// One endpoint: its namespace, addresses and the host side of its veth.

@@ -25,146 +25,29 @@ use sluice::node::load;
 use sluice::node::plan;
 use sluice::node::wire::{self, AttachOptions, Hook, Status};
 use sluice::sys::{self, Syscall};
-use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------
 // Gate, `ip` and namespaces.
 
-/// Whether this test can run: bpf() works and `ip` is installed.
-fn gate(test: &str) -> bool {
-    if !sys::require_kernel(test) {
-        return false;
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => true,
-        outcome => {
-            let reason = match outcome {
-                Ok(out) => format!("`ip -V` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-                Err(e) => format!("`ip` (iproute2) is not usable: {e}"),
-            };
-            if std::env::var(sys::gate::REQUIRE_KERNEL_ENV).is_ok_and(|v| v.trim() == "1") {
-                panic!("kernel test {test} cannot run: {reason}");
-            }
-            eprintln!("skip: {test}: {reason}");
-            false
-        }
-    }
-}
+#[path = "support/netns.rs"]
+mod netns;
+use netns::{gate, ip_output, Netns, PinDir};
 
-/// Run `ip args...`; panics with its stderr when it fails.
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("runs ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-}
+const PREFIX: &str = "sli";
 
-/// `ip args...`'s standard output.
-fn ip_output(args: &[&str]) -> String {
-    let out = Command::new("ip").args(args).output().expect("runs ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// A name unique to this process and call: `sli-<pid>-<n>`.
 fn unique() -> String {
-    format!("sli-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The pid in a name this test file made (`sli-<pid>-...`), if it is one.
-fn owner_pid(name: &str) -> Option<&str> {
-    name.strip_prefix("sli-").and_then(|rest| rest.split('-').next()).filter(|p| p.parse::<u32>().is_ok())
+    netns::unique(PREFIX)
 }
 
 /// Delete namespaces and pin directories a killed earlier run left behind (its pid is gone).
 fn remove_stale() {
-    let gone = |pid: &str| !Path::new(&format!("/proc/{pid}")).exists();
-    if let Ok(entries) = std::fs::read_dir("/run/netns") {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if owner_pid(&name).is_some_and(gone) {
-                let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            }
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir(sys::DEFAULT_BPFFS) {
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.strip_prefix("sluice-ingress-").and_then(owner_pid).is_some_and(gone) {
-                let _ = std::fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-}
-
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n <ns> args...`
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// Run `f` on a thread that entered this namespace (`setns`). Sockets created there
-    /// stay in the namespace wherever they are used afterwards.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: `ns` is an open namespace file; setns changes only this thread.
-                let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-
-    /// Set sysctls (paths under /proc/sys) inside this namespace.
-    fn sysctls(&self, settings: &[(&str, &str)]) {
-        self.enter(|| {
-            for (path, value) in settings {
-                std::fs::write(path, value).unwrap_or_else(|e| panic!("{path} = {value}: {e}"));
-            }
-        });
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
-}
-
-/// A pin directory on bpffs, removed with whatever is left in it on drop.
-struct PinDir(PathBuf);
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+    netns::remove_stale(PREFIX, "sluice-ingress-")
 }
 
 /// The endpoint's address, the outside's two sources (one the prefilter denies), and the

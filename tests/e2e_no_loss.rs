@@ -21,13 +21,11 @@ use sluice::node::plan;
 use sluice::node::update::update_pinned;
 use sluice::sys::{self, Program};
 use std::collections::BTreeMap;
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 const N: u32 = 3000;
@@ -41,105 +39,18 @@ const PER_UPDATE: usize = 25;
 const LEAD: usize = 10;
 const STALL: Duration = Duration::from_secs(60);
 
-fn gate(test: &str) -> bool {
-    if !sys::require_kernel(test) {
-        return false;
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(out) if out.status.success() => true,
-        outcome => {
-            let reason = match outcome {
-                Ok(out) => format!("`ip -V` failed: {}", String::from_utf8_lossy(&out.stderr).trim()),
-                Err(e) => format!("`ip` (iproute2) is not usable: {e}"),
-            };
-            if std::env::var(sys::gate::REQUIRE_KERNEL_ENV).is_ok_and(|v| v.trim() == "1") {
-                panic!("kernel test {test} cannot run: {reason}");
-            }
-            eprintln!("skip: {test}: {reason}");
-            false
-        }
-    }
-}
+#[path = "support/netns.rs"]
+mod netns;
+use netns::{gate, Netns};
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("runs ip");
-    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-}
+const PREFIX: &str = "snl";
 
-static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// `snl-<pid>-<n>`: unique to this process and call.
 fn unique() -> String {
-    format!("snl-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    netns::unique(PREFIX)
 }
 
-/// Delete namespaces a killed earlier run of this test left behind (their pid is gone).
 fn remove_stale_namespaces() {
-    let Ok(entries) = std::fs::read_dir("/run/netns") else { return };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let pid = name.strip_prefix("snl-").and_then(|rest| rest.split('-').next());
-        if let Some(pid) = pid.filter(|p| p.parse::<u32>().is_ok()) {
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &name]).output();
-            }
-        }
-    }
-}
-
-/// A network namespace, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Netns {
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let mut all = vec!["-n", self.name.as_str()];
-        all.extend_from_slice(args);
-        ip(&all);
-    }
-
-    /// Move the calling thread into this namespace.
-    fn join_thread(&self) {
-        let path = format!("/run/netns/{}", self.name);
-        let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-        // SAFETY: `ns` is an open namespace file; setns changes only this thread.
-        let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-        assert_eq!(rc, 0, "setns {path}: {}", std::io::Error::last_os_error());
-    }
-
-    /// Run `f` on a thread inside this namespace; sockets made there stay in it.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                self.join_thread();
-                f()
-            })
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-        })
-    }
-
-    fn sysctls(&self, settings: &[(&str, &str)]) {
-        self.enter(|| {
-            for (path, value) in settings {
-                std::fs::write(path, value).unwrap_or_else(|e| panic!("{path} = {value}: {e}"));
-            }
-        });
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-    }
+    netns::remove_stale_namespaces(PREFIX)
 }
 
 const NO_V6: [(&str, &str); 2] = [

@@ -31,6 +31,7 @@
 //! anti-spoofing: it uses link-local and unspecified sources.
 
 use super::{emit_ethernet, guard, CodegenError, EthLabels};
+use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
@@ -38,7 +39,8 @@ use crate::maps::policy::{
 use crate::maps::policy::{pol_epdir, pol_fold_const, pol_slot, POL_LIST, POL_OVERFLOW, POL_SLOTS};
 use crate::maps::prefilter::V6_HASH_MUL;
 use sluice_asm::helpers::{
-    KTIME_GET_COARSE_NS, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, RINGBUF_OUTPUT,
+    FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT,
+    REDIRECT_NEIGH, RINGBUF_OUTPUT, SKB_SET_TUNNEL_KEY,
 };
 use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size, Src};
 
@@ -94,6 +96,13 @@ const FP_EV: i16 = -240;
 const FP_LPM: i16 = -264;
 /// The peer's identity, host order (0 until looked up).
 const FP_PEER: i16 = -268;
+/// The program's context (`__sk_buff *`), kept for the forwarding helpers.
+const FP_CTX: i16 = -280;
+/// A `struct bpf_fib_lookup` (64 bytes) or `struct bpf_tunnel_key` (44).
+const FP_FIB: i16 = -344;
+
+/// `__sk_buff.ifindex`: the device the program runs on.
+const SKB_IFINDEX: i16 = 40;
 
 const TCP_FIN: i32 = 0x01;
 const TCP_SYN: i32 = 0x02;
@@ -294,6 +303,9 @@ struct Gen {
 impl Gen {
     fn emit_entry(&self, b: &mut Builder) {
         b.comment(format!("{:?} program of one endpoint: r8 = data, r9 = data_end", self.dir));
+        if self.dir == Direction::FromEndpoint {
+            b.store(Size::DW, Reg::R10, FP_CTX, Reg::R1);
+        }
         b.load(Size::W, Reg::R8, Reg::R1, 76);
         b.load(Size::W, Reg::R9, Reg::R1, 80);
         b.comment("zero what the exit block may read on any path");
@@ -935,7 +947,174 @@ impl Gen {
         b.add(Reg::R1, 1).store(Size::DW, Reg::R9, ev_budget::SENT as i16, Reg::R1);
         self.emit_event_record(b);
         b.label("return");
+        if self.dir == Direction::FromEndpoint {
+            b.comment("an allowed IP packet is forwarded (when the node is wired)");
+            b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
+            b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
+            b.jmp(JmpCond::Eq, Reg::R1, 4, "v4_forward");
+            b.jmp(JmpCond::Eq, Reg::R1, 6, "v6_forward");
+        }
+        b.label("return_verdict");
         b.mov(Reg::R0, Reg::R7).exit();
+        if self.dir == Direction::FromEndpoint {
+            for f in [V4, V6] {
+                self.emit_forward(b, f);
+            }
+        }
+    }
+
+    /// Forward an allowed packet (r7 = `TC_ACT_OK`): to a local endpoint by redirect, to an
+    /// overlay peer through the VXLAN device, or routed by `bpf_fib_lookup` to the egress
+    /// device; whatever none of them takes goes to the stack. r6 = ctx, r9 = `fwd_cfg`
+    /// flags, r7 = the map value or stack area the new Ethernet header comes from.
+    fn emit_forward(&self, b: &mut Builder, f: Fam) {
+        let l = |name: &str| f.l(name);
+        b.label(l("forward")).comment("which forwarding steps are on (none until the node is wired)");
+        b.ld_map_value(Reg::R1, "fwd_cfg", 0);
+        b.load(Size::W, Reg::R9, Reg::R1, fwd_cfg::FLAGS as i16);
+        b.jmp(JmpCond::Eq, Reg::R9, 0, "return_verdict");
+        b.load(Size::DW, Reg::R6, Reg::R10, FP_CTX);
+        b.comment("the destination as a tunnel key: {128, addr[16]}, IPv4 mapped");
+        b.store(Size::W, Reg::R10, FP_LPM, 128);
+        if f.family == 4 {
+            b.store(Size::W, Reg::R10, FP_LPM + 4, 0);
+            b.store(Size::W, Reg::R10, FP_LPM + 8, 0);
+            b.store(Size::W, Reg::R10, FP_LPM + 12, V4_MAPPED_WORD as i32);
+            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr).store(
+                Size::W,
+                Reg::R10,
+                FP_LPM + 16,
+                Reg::R1,
+            );
+        } else {
+            copy_stack(b, FP_CT + f.daddr, FP_LPM + 4, 16);
+        }
+
+        b.label(l("fwd_lxc"))
+            .comment("a local endpoint: straight to its veth, its ingress policy runs there");
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::LOCAL as i32, l("fwd_lxc_lookup"));
+        b.ja(l("fwd_tunnel"));
+        b.label(l("fwd_lxc_lookup"));
+        b.ld_map(Reg::R1, "lxc");
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM + 4));
+        b.call(MAP_LOOKUP_ELEM);
+        b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_tunnel"));
+        b.mov(Reg::R7, Reg::R0);
+        self.emit_rewrite(b, f, "lxc", Some((lxc_value::MAC, lxc_value::NODE_MAC)));
+        b.load(Size::W, Reg::R1, Reg::R7, lxc_value::IFINDEX as i16);
+        b.mov(Reg::R2, 0);
+        b.call(REDIRECT);
+        b.exit();
+
+        b.label(l("fwd_tunnel")).comment("a peer node's prefix: encapsulate (VXLAN) and send");
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::OVERLAY as i32, l("fwd_tunnel_lookup"));
+        b.ja(l("fwd_fib"));
+        b.label(l("fwd_tunnel_lookup"));
+        b.ld_map(Reg::R1, "tunnel");
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM));
+        b.call(MAP_LOOKUP_ELEM);
+        b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_fib"));
+        b.mov(Reg::R7, Reg::R0);
+        for off in (0..48).step_by(8) {
+            b.store(Size::DW, Reg::R10, FP_FIB + off, 0);
+        }
+        b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::VNI as i16);
+        b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, Reg::R1);
+        b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::REMOTE as i16);
+        b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::REMOTE_IPV4 as i16, Reg::R1);
+        b.store(Size::B, Reg::R10, FP_FIB + tunnel_key_struct::TTL as i16, 64);
+        b.mov(Reg::R1, Reg::R6);
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FIB));
+        b.mov(Reg::R3, tunnel_key_struct::SIZE as i32);
+        b.mov(Reg::R4, 0);
+        b.call(SKB_SET_TUNNEL_KEY);
+        b.jmp(JmpCond::Ne, Reg::R0, 0, "return_ok");
+        self.emit_rewrite(b, f, "tunnel", Some((tunnel_value::DMAC, tunnel_value::SMAC)));
+        b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::IFINDEX as i16);
+        b.mov(Reg::R2, 0);
+        b.call(REDIRECT);
+        b.exit();
+
+        b.label(l("fwd_fib")).comment("anything else: the kernel's FIB picks the egress device and next hop");
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::FIB as i32, l("fwd_fib_lookup"));
+        b.ja("return_ok");
+        b.label(l("fwd_fib_lookup"));
+        for off in (0..fib::SIZE as i16).step_by(8) {
+            b.store(Size::DW, Reg::R10, FP_FIB + off, 0);
+        }
+        let af = if f.family == 4 { fib::AF_INET } else { fib::AF_INET6 };
+        b.store(Size::B, Reg::R10, FP_FIB + fib::FAMILY as i16, af);
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
+        b.store(Size::B, Reg::R10, FP_FIB + fib::L4_PROTOCOL as i16, Reg::R1);
+        for (from, to) in [(f.sport, fib::SPORT), (f.dport, fib::DPORT)] {
+            b.load(Size::H, Reg::R1, Reg::R10, FP_CT + from).store(
+                Size::H,
+                Reg::R10,
+                FP_FIB + to as i16,
+                Reg::R1,
+            );
+        }
+        b.load(Size::W, Reg::R1, Reg::R6, SKB_IFINDEX);
+        b.store(Size::W, Reg::R10, FP_FIB + fib::IFINDEX as i16, Reg::R1);
+        copy_stack(b, FP_CT, FP_FIB + fib::SRC as i16, f.alen);
+        copy_stack(b, FP_CT + f.daddr, FP_FIB + fib::DST as i16, f.alen);
+        b.mov(Reg::R1, Reg::R6);
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FIB));
+        b.mov(Reg::R3, fib::SIZE as i32);
+        b.mov(Reg::R4, 0);
+        b.call(FIB_LOOKUP);
+        b.mov(Reg::R7, Reg::R10).add(Reg::R7, i32::from(FP_FIB));
+        b.jmp(JmpCond::Eq, Reg::R0, fib::RET_NO_NEIGH, l("fwd_neigh"));
+        b.jmp(JmpCond::Ne, Reg::R0, fib::RET_SUCCESS, "return_ok");
+        self.emit_rewrite(b, f, "fib", Some((fib::DMAC, fib::SMAC)));
+        b.load(Size::W, Reg::R1, Reg::R7, fib::IFINDEX as i16);
+        b.mov(Reg::R2, 0);
+        b.call(REDIRECT);
+        b.exit();
+        b.label(l("fwd_neigh")).comment("routed, next hop's MAC unknown: the kernel resolves it");
+        self.emit_rewrite(b, f, "neigh", None);
+        b.load(Size::W, Reg::R1, Reg::R7, fib::IFINDEX as i16);
+        b.mov(Reg::R2, 0).mov(Reg::R3, 0).mov(Reg::R4, 0);
+        b.call(REDIRECT_NEIGH);
+        b.exit();
+        if f.family == 4 {
+            b.label("return_ok").comment("not forwarded here: the stack takes it");
+            b.mov(Reg::R0, TC_ACT_OK).exit();
+        }
+    }
+
+    /// Make the packet leave as routed: an untagged frame of family `f` with a TTL (hop
+    /// limit) above 1 has it decremented (IPv4 checksum updated as `ip_decrease_ttl` does)
+    /// and, with `macs = (dst, src)` offsets into r7's memory, a new Ethernet header.
+    /// Anything else goes to the stack (which answers an expired TTL with ICMP).
+    fn emit_rewrite(&self, b: &mut Builder, f: Fam, tag: &str, macs: Option<(usize, usize)>) {
+        let (ethertype, hdr, ttl) = if f.family == 4 { (0x0008, 20, 22) } else { (0xdd86, 40, 21) };
+        b.load(Size::W, Reg::R3, Reg::R6, 76);
+        b.load(Size::W, Reg::R4, Reg::R6, 80);
+        b.mov(Reg::R5, Reg::R3).add(Reg::R5, 14 + hdr);
+        b.jmp(JmpCond::Gt, Reg::R5, Reg::R4, "return_ok");
+        b.load(Size::H, Reg::R1, Reg::R3, 12);
+        b.jmp(JmpCond::Ne, Reg::R1, ethertype, "return_ok");
+        b.load(Size::B, Reg::R1, Reg::R3, ttl);
+        b.jmp(JmpCond::Le, Reg::R1, 1, "return_ok");
+        b.add(Reg::R1, -1).store(Size::B, Reg::R3, ttl, Reg::R1);
+        if f.family == 4 {
+            let done = f.l(&format!("ttl_csum_{tag}"));
+            b.load(Size::H, Reg::R1, Reg::R3, 24);
+            b.add(Reg::R1, 1);
+            b.jmp(JmpCond::Lt, Reg::R1, 0xffff, done.as_str());
+            b.add(Reg::R1, 1);
+            b.label(done.as_str());
+            b.store(Size::H, Reg::R3, 24, Reg::R1);
+        }
+        if let Some((dst, src)) = macs {
+            for (from, to) in [(dst, 0i16), (src, 6)] {
+                for half in (0..6i16).step_by(2) {
+                    b.load(Size::H, Reg::R1, Reg::R7, from as i16 + half);
+                    b.store(Size::H, Reg::R3, to + half, Reg::R1);
+                }
+            }
+        }
     }
 
     fn emit_event_record(&self, b: &mut Builder) {

@@ -4,6 +4,7 @@
 //! and the loader creates kernel maps from the same [`MapDef`]. A map is referred to in
 //! programs by its [`MapDef::name`]; the kernel sees the name truncated to 15 bytes.
 
+pub mod fwd;
 pub mod policy;
 pub mod prefilter;
 

@@ -369,6 +369,9 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
     ]
+    .into_iter()
+    .chain(super::fwd::map_defs())
+    .collect()
 }
 
 /// The IPv4 ipcache tables: leaf-pushed DIR-16-8-8 with identities in the leaves.

@@ -91,6 +91,14 @@ impl SimNode {
         out.map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
     }
 
+    /// Run a program on a full context (ifindexes, FIB answer, ...); `ctx` keeps what the
+    /// run changed (the packet, tunnel key).
+    pub fn run_with(&mut self, name: &str, ctx: &mut exec::Context) -> Result<RunOutcome, SimError> {
+        let obj = self.object(name)?.clone();
+        exec::run(&obj.program, obj.kind, ctx, &mut self.maps)
+            .map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
+    }
+
     /// The sum over CPUs of a per-CPU `u64` counter array element.
     pub fn counter(&self, map: &str, index: u32) -> u64 {
         let Some(m) = self.maps.get(map) else { return 0 };

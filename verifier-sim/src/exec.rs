@@ -46,7 +46,9 @@
 //! is not emulated), `xdp_adjust_head`/`_meta`/`_tail`, `xdp_load_bytes`/`_store_bytes`,
 //! `skb_load_bytes`, `skb_store_bytes`, `l3_csum_replace`, `l4_csum_replace`,
 //! `csum_diff` (Linux 6.13+ result: folded to 16 bits), `csum_update`, `fib_lookup`
-//! (always `BPF_FIB_LKUP_RET_NOT_FWDED`, the parameters untouched) and `ringbuf_output`.
+//! (answers [`Context::fib`]: `BPF_FIB_LKUP_RET_NOT_FWDED` with the parameters untouched
+//! when none is given), `skb_set_tunnel_key` (kept in [`Context::tunnel_key`]),
+//! `redirect_neigh` and `ringbuf_output`.
 //! The skb's `ip_summed` is [`IpSummed::None`] unless set (what `BPF_PROG_TEST_RUN`
 //! builds), so `BPF_F_PSEUDO_HDR` and `BPF_F_RECOMPUTE_CSUM` change only `skb->csum` under
 //! [`IpSummed::Complete`] and the field under [`IpSummed::Partial`], as in the kernel.
@@ -97,8 +99,15 @@ pub const XDP_REDIRECT: u64 = 4;
 pub const TC_ACT_OK: u64 = 0;
 pub const TC_ACT_SHOT: u64 = 2;
 pub const TC_ACT_REDIRECT: u64 = 7;
-/// `bpf_fib_lookup`'s answer here.
+/// `bpf_fib_lookup`'s answer when no [`Context::fib`] is given.
 pub const BPF_FIB_LKUP_RET_NOT_FWDED: u64 = 4;
+/// `bpf_fib_lookup`: routed, the neighbor unknown.
+pub const BPF_FIB_LKUP_RET_NO_NEIGH: u64 = 7;
+/// `bpf_skb_set_tunnel_key` sizes: the structure and its older prefixes.
+const TUNNEL_KEY_SIZES: [u32; 5] = [44, 28, 24, 22, 8];
+/// `BPF_F_TUNINFO_IPV6 | BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT | BPF_F_SEQ_NUMBER |
+/// BPF_F_NO_TUNNEL_KEY | BPF_F_TUNINFO_FLAGS`.
+const TUNNEL_KEY_FLAGS: u64 = 0x3f;
 
 /// `bpf_redirect`: to the ingress path.
 pub const BPF_F_INGRESS: u64 = 1;
@@ -142,6 +151,8 @@ mod hid {
     pub const XDP_ADJUST_META: i32 = 54;
     pub const XDP_ADJUST_TAIL: i32 = 65;
     pub const FIB_LOOKUP: i32 = 69;
+    pub const SKB_SET_TUNNEL_KEY: i32 = 21;
+    pub const REDIRECT_NEIGH: i32 = 152;
     pub const KTIME_GET_BOOT_NS: i32 = 125;
     pub const RINGBUF_OUTPUT: i32 = 130;
     pub const KTIME_GET_COARSE_NS: i32 = 160;
@@ -252,6 +263,30 @@ pub struct Context {
     pub skb: SkbFields,
     pub skb_info: SkbInfo,
     pub ip_summed: IpSummed,
+    /// What `bpf_fib_lookup` answers: `None` is "not forwarded" (no route here).
+    pub fib: Option<FibAnswer>,
+    /// Set by `bpf_skb_set_tunnel_key`.
+    pub tunnel_key: Option<TunnelKey>,
+}
+
+/// An emulated `bpf_fib_lookup` result.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FibAnswer {
+    /// `BPF_FIB_LKUP_RET_*`.
+    pub ret: u32,
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+}
+
+/// The tunnel metadata a program attached with `bpf_skb_set_tunnel_key`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TunnelKey {
+    pub tunnel_id: u32,
+    /// Host order, as the structure carries it.
+    pub remote_ipv4: u32,
+    pub ttl: u8,
+    pub flags: u64,
 }
 
 impl Context {
@@ -268,6 +303,8 @@ impl Context {
             skb: SkbFields::default(),
             skb_info: SkbInfo::default(),
             ip_summed: IpSummed::None,
+            fib: None,
+            tunnel_key: None,
         }
     }
 }
@@ -281,8 +318,11 @@ pub struct RunOutcome {
     pub packet: Vec<u8>,
     /// XDP metadata, from `data_meta` to `data`.
     pub meta: Vec<u8>,
-    /// The last successful `bpf_redirect`/`bpf_redirect_map`: ifindex and flags.
+    /// The last successful `bpf_redirect`/`bpf_redirect_map`/`bpf_redirect_neigh`:
+    /// ifindex and flags.
     pub redirect: Option<(u32, u64)>,
+    /// Whether that redirect was `bpf_redirect_neigh` (the kernel fills in the MACs).
+    pub redirect_neigh: bool,
     /// Instructions executed (an `LD_IMM64` counts once).
     pub insns_executed: u64,
     /// Tail calls taken.
@@ -368,6 +408,7 @@ impl Machine {
             rng,
             programs: programs.as_slice(),
             redirect: None,
+            redirect_neigh: false,
             protocol,
             wire_len: len as u32,
             steps: 0,
@@ -378,7 +419,7 @@ impl Machine {
         vm.regs[1] = CTX_ADDR;
         vm.regs[10] = frame_top(0);
         let retval = vm.exec()?;
-        let Vm { pkt, ctx, redirect, steps, tail_calls, .. } = vm;
+        let Vm { pkt, ctx, redirect, redirect_neigh, steps, tail_calls, .. } = vm;
         let packet = pkt.buf[pkt.data..pkt.end].to_vec();
         let meta = pkt.buf[pkt.meta..pkt.data].to_vec();
         ctx.packet.clone_from(&packet);
@@ -387,6 +428,7 @@ impl Machine {
             packet,
             meta,
             redirect,
+            redirect_neigh,
             insns_executed: steps,
             tail_calls,
             ctx_out: ctx.skb.clone(),
@@ -466,6 +508,7 @@ struct Vm<'a> {
     rng: &'a mut u64,
     programs: &'a [Program],
     redirect: Option<(u32, u64)>,
+    redirect_neigh: bool,
     /// `skb->protocol` as the context reads it (network order in the low 16 bits).
     protocol: u32,
     wire_len: u32,
@@ -1226,8 +1269,46 @@ impl Vm<'_> {
                 if r3 < FIB_LOOKUP_SIZE {
                     neg_errno(errno::EINVAL)
                 } else {
-                    self.read_mem(insn, r2, FIB_LOOKUP_SIZE)?;
-                    BPF_FIB_LKUP_RET_NOT_FWDED
+                    let mut params = self.read_mem(insn, r2, FIB_LOOKUP_SIZE)?;
+                    match self.ctx.fib {
+                        None => BPF_FIB_LKUP_RET_NOT_FWDED,
+                        Some(answer) => {
+                            if answer.ret == 0 || answer.ret == BPF_FIB_LKUP_RET_NO_NEIGH as u32 {
+                                params[8..12].copy_from_slice(&answer.ifindex.to_le_bytes());
+                            }
+                            if answer.ret == 0 {
+                                params[52..58].copy_from_slice(&answer.smac);
+                                params[58..64].copy_from_slice(&answer.dmac);
+                            }
+                            self.write_mem(insn, r2, &params)?;
+                            u64::from(answer.ret)
+                        }
+                    }
+                }
+            }
+            hid::SKB_SET_TUNNEL_KEY if tc => {
+                let size = r3 as u32;
+                if !TUNNEL_KEY_SIZES.contains(&size) || r4 & !TUNNEL_KEY_FLAGS != 0 {
+                    neg_errno(errno::EINVAL)
+                } else {
+                    let key = self.read_mem(insn, r2, u64::from(size))?;
+                    let word =
+                        |at: usize| u32::from_le_bytes([key[at], key[at + 1], key[at + 2], key[at + 3]]);
+                    self.ctx.tunnel_key =
+                        Some(TunnelKey { tunnel_id: word(0), remote_ipv4: word(4), ttl: key[21], flags: r4 });
+                    0
+                }
+            }
+            hid::REDIRECT_NEIGH if tc => {
+                if r4 != 0 || (r2 == 0) != (r3 == 0) {
+                    TC_ACT_SHOT
+                } else {
+                    if r3 != 0 {
+                        self.read_mem(insn, r2, r3)?;
+                    }
+                    self.redirect = Some((r1 as u32, 0));
+                    self.redirect_neigh = true;
+                    TC_ACT_REDIRECT
                 }
             }
             hid::RINGBUF_OUTPUT => {
@@ -1251,7 +1332,9 @@ impl Vm<'_> {
             | hid::L3_CSUM_REPLACE
             | hid::L4_CSUM_REPLACE
             | hid::CSUM_UPDATE
-            | hid::FIB_LOOKUP => return Err(unavailable),
+            | hid::FIB_LOOKUP
+            | hid::SKB_SET_TUNNEL_KEY
+            | hid::REDIRECT_NEIGH => return Err(unavailable),
             _ => return Err(ExecError::UnknownHelper { insn, helper: id }),
         };
         self.regs[0] = r0;

@@ -140,6 +140,14 @@ pub const HELPERS: &[Helper] = &[
     changes_pkt(helper(id::XDP_ADJUST_HEAD, "bpf_xdp_adjust_head", &[Ctx, Scalar], Ret::Integer, XDP)),
     helper(id::REDIRECT_MAP, "bpf_redirect_map", &[Map, Scalar, Scalar], Ret::Range(0, 4), XDP),
     helper(id::FIB_LOOKUP, "bpf_fib_lookup", &[Ctx, MemReadWrite, Size, Scalar], Ret::Integer, XDP_TC),
+    helper(id::SKB_SET_TUNNEL_KEY, "bpf_skb_set_tunnel_key", &[Ctx, MemRead, Size, Scalar], Ret::Integer, TC),
+    helper(
+        id::REDIRECT_NEIGH,
+        "bpf_redirect_neigh",
+        &[Scalar, MemReadOrNull, SizeOrZero, Scalar],
+        Ret::Redirect,
+        TC,
+    ),
     helper(
         id::SOCK_HASH_UPDATE,
         "bpf_sock_hash_update",

@@ -16,7 +16,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unknown-spec-field.yaml",
-        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`",
+        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`, `router`, `overlay`",
     ),
     (
         "unknown-prefilter-field.yaml",
@@ -53,10 +53,6 @@ const REJECTIONS: &[(&str, &str)] = &[
     (
         "missing-kind.yaml",
         "fixtures/invalid/missing-kind.yaml:7:1: missing field `kind`",
-    ),
-    (
-        "unsupported-kind.yaml",
-        "fixtures/invalid/unsupported-kind.yaml:8:7: kind: Service is not supported yet (this version of sluice reads Node, CiliumNetworkPolicy and NetworkPolicy documents)",
     ),
     (
         "unknown-kind.yaml",

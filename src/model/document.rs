@@ -11,17 +11,15 @@
 //!   `deny_unknown_fields` throughout; the wire type checks `apiVersion` for its kind.
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
 //!   generic value would lose the line and column of every later error.
-//! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`). Kinds
-//!   sluice will read later (Service, EndpointSlice) are recognized and rejected at their
-//!   `kind` as "not supported yet"; adding one means adding its wire type and its arm in the
-//!   dispatch below.
+//! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`),
+//!   Service and EndpointSlice (`super::service`). Adding one means adding its wire type and
+//!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
 //! - All errors are serde_yaml errors located at the offending node (line and column relative
 //!   to the whole stream); `super::ModelError::from_yaml` turns them into model errors.
 
 use std::collections::BTreeSet;
-use std::convert::Infallible;
 use std::fmt;
 
 use serde::de::{
@@ -35,6 +33,7 @@ use super::de::parse_str_scalar;
 use super::endpoint::{AnyAddress, EndpointWire};
 use super::knp::KnpDocument;
 use super::names::check_dns_label;
+use super::service::{ServiceDocument, SliceDocument};
 
 /// Every document kind sluice recognizes, read now or later.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +86,8 @@ pub(crate) enum Document {
     Node(NodeDocument),
     CiliumNetworkPolicy(CnpDocument),
     NetworkPolicy(KnpDocument),
+    Service(ServiceDocument),
+    EndpointSlice(SliceDocument),
 }
 
 /// `kind: Node`: what only the node knows.
@@ -128,6 +129,12 @@ pub(crate) struct NodeSpec {
     pub host_addresses: Vec<AnyAddress>,
     #[serde(default)]
     pub endpoints: Vec<EndpointWire>,
+    /// The router addresses on `sluice_host`.
+    #[serde(default)]
+    pub router: Option<super::network::RouterWire>,
+    /// The VXLAN overlay to peer nodes.
+    #[serde(default)]
+    pub overlay: Option<super::network::OverlayWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.
@@ -148,6 +155,14 @@ pub(crate) fn cnp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Res
 
 pub(crate) fn knp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
     expect_api_version(deserializer, DocumentKind::NetworkPolicy)
+}
+
+pub(crate) fn service_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::Service)
+}
+
+pub(crate) fn slice_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::EndpointSlice)
 }
 
 fn expect_api_version<'de, D: Deserializer<'de>>(
@@ -188,33 +203,12 @@ pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, ser
                 Document::CiliumNetworkPolicy(CnpDocument::deserialize(body)?)
             }
             DocumentKind::NetworkPolicy => Document::NetworkPolicy(KnpDocument::deserialize(body)?),
-            DocumentKind::Service | DocumentKind::EndpointSlice => return Err(not_supported_yet(body)),
+            DocumentKind::Service => Document::Service(ServiceDocument::deserialize(body)?),
+            DocumentKind::EndpointSlice => Document::EndpointSlice(SliceDocument::deserialize(body)?),
         };
         documents.push((index, document));
     }
     Ok(documents)
-}
-
-/// The error for a recognized kind that this version does not read, placed at its `kind`.
-fn not_supported_yet(body: serde_yaml::Deserializer<'_>) -> serde_yaml::Error {
-    /// Reading `kind` always fails, so a successful read is impossible by type.
-    #[derive(Deserialize)]
-    struct Unsupported {
-        #[serde(deserialize_with = "reject_kind")]
-        kind: Infallible,
-    }
-    fn reject_kind<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Infallible, D::Error> {
-        parse_str_scalar(deserializer, "a kind", |kind| {
-            Err(format!(
-                "{kind} is not supported yet (this version of sluice reads Node, CiliumNetworkPolicy \
-                 and NetworkPolicy documents)"
-            ))
-        })
-    }
-    match Unsupported::deserialize(body) {
-        Err(err) => err,
-        Ok(unsupported) => match unsupported.kind {},
-    }
 }
 
 /// First pass over one document: finds its kind and rejects duplicate keys anywhere in it.

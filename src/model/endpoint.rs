@@ -89,7 +89,7 @@ impl<'de> Deserialize<'de> for Name {
 
 /// A Linux interface name.
 #[derive(Debug)]
-struct InterfaceName(String);
+pub(crate) struct InterfaceName(pub String);
 
 impl<'de> Deserialize<'de> for InterfaceName {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<InterfaceName, D::Error> {
@@ -175,7 +175,7 @@ impl<'de> Deserialize<'de> for AnyAddress {
     }
 }
 
-fn parse_unicast(text: &str) -> Result<IpAddr, String> {
+pub(crate) fn parse_unicast(text: &str) -> Result<IpAddr, String> {
     if text.contains('/') {
         return Err(format!("`{text}`: write the address without a prefix length"));
     }

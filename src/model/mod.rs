@@ -3,10 +3,10 @@
 //! Contract:
 //! - Input is a multi-document YAML stream (see `fixtures/default-node.yaml` and
 //!   `fixtures/policy/demo.yaml`). Exactly one document is `apiVersion: sluice.dev/v1`,
-//!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`) or `NetworkPolicy`
-//!   (`networking.k8s.io/v1`). Other recognized kinds (Service, EndpointSlice) are rejected as
-//!   not supported yet; unknown kinds, unknown fields, duplicate keys and invalid values are
-//!   rejected.
+//!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`), `NetworkPolicy`
+//!   (`networking.k8s.io/v1`), `Service` (`v1`) or `EndpointSlice` (`discovery.k8s.io/v1`,
+//!   each tied to a Service of the file; see [`service`]). Unknown kinds, unknown fields,
+//!   duplicate keys and invalid values are rejected.
 //! - [`parse_str`] is a total function of its text: it returns a config or the first error,
 //!   never panics, and every error names the file, line and column of the offending node and
 //!   its field path ([`ModelError`]). Nothing of a rejected file is used.
@@ -16,6 +16,8 @@
 //!   (namespace, name, kind), each in the normal form of [`policy`]. Overlapping prefixes are
 //!   kept as written: which lookup serves them is the planner's choice.
 //! - Policy names are unique per (kind, namespace), as in Kubernetes.
+//! - Services are sorted by (namespace, name), each with its frontends and backends resolved
+//!   from its EndpointSlices ([`service`]).
 //!
 //! Layout: [`cidr`] (network prefixes), `document` (wire types and the reader that dispatches
 //! on kind), [`endpoint`] (endpoints and host addresses), [`labels`] (labels and selectors),
@@ -33,8 +35,10 @@ mod knp;
 pub mod labels;
 mod locate;
 mod names;
+pub mod network;
 pub mod policy;
 mod policy_wire;
+pub mod service;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -46,6 +50,7 @@ pub use error::ModelError;
 pub use labels::{Labels, Selector};
 pub use names::MAX_NAME_LEN;
 pub use policy::{Direction, Policy};
+pub use service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
 
 use document::{Document, NodeDocument};
 use locate::{FieldPath, Invalid};
@@ -65,6 +70,12 @@ pub struct NodeConfig {
     pub endpoints: Vec<Endpoint>,
     /// Every policy document, sorted by (namespace, name, kind).
     pub policies: Vec<Policy>,
+    /// Every Service with its EndpointSlices' backends, sorted by (namespace, name).
+    pub services: Vec<Service>,
+    /// `spec.router`: the addresses `sluice_host` holds.
+    pub router: network::Router,
+    /// `spec.overlay`, if the node has peers behind a VXLAN overlay.
+    pub overlay: Option<network::Overlay>,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
 }
@@ -91,6 +102,7 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     };
     let mut node = None;
     let mut policies = Vec::new();
+    let (mut services, mut slices) = (Vec::new(), Vec::new());
     // (kind, namespace, name) -> document position, to reject a second policy of one name.
     let mut seen: BTreeMap<(policy::PolicyKind, String, String), usize> = BTreeMap::new();
     for (index, document) in documents {
@@ -102,6 +114,14 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
             }
             Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
             Document::NetworkPolicy(doc) => knp::lower_knp(&doc),
+            Document::Service(doc) => {
+                services.push((index, doc));
+                continue;
+            }
+            Document::EndpointSlice(doc) => {
+                slices.push((index, doc));
+                continue;
+            }
         }
         .map_err(|invalid| located(index, invalid))?;
         let key = (policy.kind, policy.namespace.clone(), policy.name.clone());
@@ -132,6 +152,8 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     })?;
     policies.sort();
     node.policies = policies;
+    node.services = service::lower_services(&services, &slices, &node.endpoints, &node.host_addresses)
+        .map_err(|(index, invalid)| located(index, invalid))?;
     Ok(node)
 }
 
@@ -153,12 +175,17 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
     let deny: BTreeSet<Cidr> = spec.prefilter.deny.into_iter().collect();
     let (endpoints, host_addresses) =
         endpoint::lower_endpoints(spec.endpoints, &spec.host_addresses, &FieldPath::root().key("spec"))?;
+    let (router, overlay) =
+        network::lower(spec.router, spec.overlay, &endpoints, &FieldPath::root().key("spec"))?;
     Ok(NodeConfig {
         name: node.metadata.name,
         prefilter: Prefilter { deny: deny.into_iter().collect() },
         host_addresses,
         endpoints,
         policies: Vec::new(),
+        services: Vec::new(),
+        router,
+        overlay,
         source: origin.to_owned(),
     })
 }
@@ -177,12 +204,12 @@ mod tests {
 
     #[test]
     fn locations_count_from_the_top_of_the_file() {
-        let text = "# comment\n---\n---\napiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\n---\n\napiVersion: v1\nkind: Service\n";
+        let text = "# comment\n---\n---\napiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\n---\n\napiVersion: v1\nkind: Pod\n";
         let err = parse_str(text, "f.yaml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "f.yaml:11:7: kind: Service is not supported yet (this version of sluice reads Node, \
-             CiliumNetworkPolicy and NetworkPolicy documents)"
+            "f.yaml:11:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, \
+             NetworkPolicy, Service, EndpointSlice"
         );
         assert_eq!(err.location(), Some((11, 7)));
     }

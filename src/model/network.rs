@@ -1,0 +1,177 @@
+//! `Node.spec.router` and `Node.spec.overlay`: how the node forwards.
+//!
+//! ```yaml
+//! spec:
+//!   router: {ipv4: 10.0.1.1, ipv6: "fd00:0:1::1"}  # on sluice_host: the endpoints' gateway
+//!   overlay:
+//!     local: 172.16.0.1        # this node's underlay IPv4 address (the tunnel source)
+//!     vni: 2                   # default 2
+//!     port: 8472               # default 8472 (the Linux VXLAN port Cilium uses too)
+//!     device: sluice_vxlan     # default
+//!     peers:
+//!       - name: node-2
+//!         address: 172.16.0.2
+//!         prefixes: [10.0.2.0/24, "fd00:0:2::/64"]
+//! ```
+//!
+//! Checks (each error at its field): a VNI fits 24 bits and is not 0; the port is not 0;
+//! peer names and addresses are unique and differ from `local`; a prefix belongs to one
+//! peer only and covers no local endpoint's or router address; router addresses are not
+//! endpoint addresses.
+
+use super::cidr::Cidr;
+use super::endpoint::{Address, Endpoint, InterfaceName, Name};
+use super::locate::{FieldPath, Invalid};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The overlay device's default name.
+pub const DEFAULT_OVERLAY_DEVICE: &str = "sluice_vxlan";
+/// The default VXLAN network identifier.
+pub const DEFAULT_VNI: u32 = 2;
+/// The default VXLAN UDP port.
+pub const DEFAULT_VXLAN_PORT: u16 = 8472;
+/// The largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The node's router addresses, held by `sluice_host`: the gateway endpoints route through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Router {
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+}
+
+impl Router {
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ipv4.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6))
+    }
+}
+
+/// A VXLAN overlay to peer nodes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Overlay {
+    pub device: String,
+    pub vni: u32,
+    pub port: u16,
+    /// This node's underlay address.
+    pub local: Ipv4Addr,
+    /// Sorted by name.
+    pub peers: Vec<OverlayPeer>,
+}
+
+/// One peer node and the prefixes behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OverlayPeer {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefixes: Vec<Cidr>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a mapping with the router's ipv4 and ipv6 addresses")]
+pub(crate) struct RouterWire {
+    #[serde(default)]
+    ipv4: Option<Address<Ipv4Addr>>,
+    #[serde(default)]
+    ipv6: Option<Address<Ipv6Addr>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "an overlay: a mapping with local, peers, and optionally vni, port and device"
+)]
+pub(crate) struct OverlayWire {
+    local: Address<Ipv4Addr>,
+    #[serde(default)]
+    vni: Option<u32>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    device: Option<InterfaceName>,
+    #[serde(default)]
+    peers: Vec<PeerWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a peer: a mapping with name, address and prefixes")]
+pub(crate) struct PeerWire {
+    name: Name,
+    address: Address<Ipv4Addr>,
+    #[serde(default)]
+    prefixes: Vec<Cidr>,
+}
+
+/// Lowers `spec.router` and `spec.overlay` (at `spec`) against the node's endpoints.
+pub(crate) fn lower(
+    router: Option<RouterWire>,
+    overlay: Option<OverlayWire>,
+    endpoints: &[Endpoint],
+    spec: &FieldPath,
+) -> Result<(Router, Option<Overlay>), Invalid> {
+    let router =
+        router.map_or(Router::default(), |r| Router { ipv4: r.ipv4.map(|a| a.0), ipv6: r.ipv6.map(|a| a.0) });
+    let owner = |addr: IpAddr| endpoints.iter().find(|e| e.has_address(addr)).map(|e| e.name.as_str());
+    for (field, addr) in [("ipv4", router.ipv4.map(IpAddr::V4)), ("ipv6", router.ipv6.map(IpAddr::V6))] {
+        if let Some(name) = addr.and_then(owner) {
+            return Err(spec.key("router").key(field).invalid(format!(
+                "{} is endpoint {name}'s address; the router needs its own",
+                addr.map_or_else(String::new, |a| a.to_string())
+            )));
+        }
+    }
+    let Some(o) = overlay else { return Ok((router, None)) };
+    let at = spec.key("overlay");
+    let vni = o.vni.unwrap_or(DEFAULT_VNI);
+    if vni == 0 || vni > MAX_VNI {
+        return Err(at.key("vni").invalid(format!("VNI {vni} is out of range 1..={MAX_VNI}")));
+    }
+    let port = o.port.unwrap_or(DEFAULT_VXLAN_PORT);
+    if port == 0 {
+        return Err(at.key("port").invalid("port 0 is not a UDP port"));
+    }
+    let local = o.local.0;
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut addresses: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
+    let mut prefixes: Vec<(Cidr, String)> = Vec::new();
+    let mut peers = Vec::new();
+    for (i, p) in o.peers.into_iter().enumerate() {
+        let here = at.key("peers").index(i);
+        if let Some(first) = names.insert(p.name.0.clone(), i) {
+            return Err(here
+                .key("name")
+                .invalid(format!("duplicate peer {} (first at peers[{first}])", p.name.0)));
+        }
+        if p.address.0 == local {
+            return Err(here.key("address").invalid(format!("{} is this node's own address (local)", local)));
+        }
+        if let Some(first) = addresses.insert(p.address.0, i) {
+            return Err(here
+                .key("address")
+                .invalid(format!("duplicate peer address {} (first at peers[{first}])", p.address.0)));
+        }
+        for (j, c) in p.prefixes.iter().enumerate() {
+            let there = here.key("prefixes").index(j);
+            if let Some(e) = endpoints.iter().find(|e| e.addresses().any(|a| c.contains(a))) {
+                return Err(there.invalid(format!("{c} covers local endpoint {}", e.name)));
+            }
+            if let Some(a) = router.addresses().find(|a| c.contains(*a)) {
+                return Err(there.invalid(format!("{c} covers the router address {a}")));
+            }
+            if let Some((other, peer)) =
+                prefixes.iter().find(|(o, _)| o.contains_cidr(c) || c.contains_cidr(o))
+            {
+                return Err(there.invalid(format!("{c} overlaps {other} of peer {peer}")));
+            }
+            prefixes.push((*c, p.name.0.clone()));
+        }
+        let mut own = p.prefixes;
+        own.sort();
+        own.dedup();
+        peers.push(OverlayPeer { name: p.name.0, address: p.address.0, prefixes: own });
+    }
+    peers.sort_by(|a, b| a.name.cmp(&b.name));
+    let device = o.device.map_or_else(|| DEFAULT_OVERLAY_DEVICE.to_string(), |d| d.0);
+    Ok((router, Some(Overlay { device, vni, port, local, peers })))
+}

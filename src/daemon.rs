@@ -3,14 +3,21 @@
 //!
 //! Contract:
 //! - Start: a node already pinned under the pin dir is adopted (its maps' layouts are
-//!   checked by the update path) and the config is applied to it as map updates; otherwise
-//!   the node is loaded and pinned. Then the programs are attached (idempotent).
+//!   checked by the update path) and the config is applied to it as a change (below);
+//!   otherwise the node is loaded and pinned. Then the programs are attached (idempotent).
 //! - Pins and links outlive the daemon: stopping it (SIGTERM/SIGINT, or the `stop` flag)
-//!   removes only the socket, so forwarding goes on while no daemon runs.
-//! - Changes: the node file is polled; a change that parses is applied as map updates only.
-//!   A parse error or a refused update (code shape changed, map full) applies nothing, so
-//!   the node keeps its previous state. Program swaps are not done here: a change of code
-//!   shape needs `sluice down` and a fresh start.
+//!   removes only the socket, and a SIGKILL leaves nothing to clean: forwarding and
+//!   conntrack go on while no daemon runs, and the next start adopts the node.
+//! - Changes: the node file is polled. A change that parses and keeps the code shape (the
+//!   same programs) is applied as map updates only ([`update_pinned`]). A change of code
+//!   shape (endpoints added or removed) is applied by [`reshape`]: new programs loaded and
+//!   verified, maps written (kept, conntrack included), then links created, swapped in
+//!   place (`BPF_LINK_UPDATE`, same link) or removed, and stale program pins removed.
+//!   A parse error, a verifier rejection, a missing interface or a map too small (full,
+//!   or a layout that would have to grow) applies nothing, so the node keeps its previous
+//!   state. A kernel failure while attaching is rolled back as far as it can be and
+//!   reported (see [`crate::node::reshape`]). An endpoint whose interface changes while the
+//!   program set stays the same is not re-attached until the next start.
 //! - Socket: one text request line per connection, one response: `status`, `apply`,
 //!   `metrics`. The socket is mode 0600; a parent directory it creates is mode 0700.
 //!
@@ -18,6 +25,7 @@
 
 use crate::model::{self, ModelError, NodeConfig};
 use crate::node::load::{self, LoadError};
+use crate::node::reshape::{reshape, Reshape, ReshapeError};
 use crate::node::update::{update_pinned, Update};
 use crate::node::wire::{self, AttachOptions, WireError};
 use crate::node::{self, PlanError};
@@ -60,13 +68,10 @@ pub enum DaemonError {
     Model(#[from] ModelError),
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error(
-        "code shape changed (programs added: {added:?}, removed: {removed:?}); nothing applied: \
-         run `sluice down`, then start the daemon again"
-    )]
-    CodeShape { added: Vec<String>, removed: Vec<String> },
     #[error(transparent)]
-    Load(LoadError),
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Reshape(#[from] ReshapeError),
     #[error(transparent)]
     Wire(#[from] WireError),
     #[error("{op} {}: {source}", path.display())]
@@ -78,15 +83,6 @@ pub enum DaemonError {
     },
     #[error("another daemon already serves {}", .0.display())]
     SocketInUse(PathBuf),
-}
-
-impl From<LoadError> for DaemonError {
-    fn from(e: LoadError) -> DaemonError {
-        match e {
-            LoadError::CodeShape { added, removed } => DaemonError::CodeShape { added, removed },
-            other => DaemonError::Load(other),
-        }
-    }
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -103,6 +99,8 @@ pub struct Metrics {
     pub errors: u64,
     /// When the last apply succeeded, in seconds since the Unix epoch.
     pub last_apply: Option<u64>,
+    /// Applies that changed the program set (counted in `updates_applied` too).
+    pub reshapes: u64,
 }
 
 impl std::fmt::Display for Metrics {
@@ -110,8 +108,27 @@ impl std::fmt::Display for Metrics {
         writeln!(f, "updates_applied {}", self.updates_applied)?;
         writeln!(f, "errors {}", self.errors)?;
         match self.last_apply {
-            Some(t) => write!(f, "last_apply_unix {t}"),
-            None => write!(f, "last_apply_unix never"),
+            Some(t) => writeln!(f, "last_apply_unix {t}")?,
+            None => writeln!(f, "last_apply_unix never")?,
+        }
+        write!(f, "reshapes {}", self.reshapes)
+    }
+}
+
+/// What one apply did.
+#[derive(Debug)]
+pub enum Applied {
+    /// The same programs: map updates only.
+    Maps(Update),
+    /// The program set changed: programs loaded, swapped or removed.
+    Reshaped(Box<Reshape>),
+}
+
+impl std::fmt::Display for Applied {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Applied::Maps(u) => f.write_str(&describe(u)),
+            Applied::Reshaped(r) => write!(f, "code shape changed: {r}"),
         }
     }
 }
@@ -129,6 +146,61 @@ pub fn describe(update: &Update) -> String {
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     let md = std::fs::metadata(path).ok()?;
     Some((md.modified().ok()?, md.len()))
+}
+
+/// How long the daemon took from start to an attached node, per phase: printed once as
+/// `ready in T ms (plan P ms, load|adopt L ms, attach A ms)`, which [`StartTimes::parse`]
+/// reads back (the benchmark reads the daemon's log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StartTimes {
+    /// `load` (a fresh node) or `adopt` (a pinned one).
+    pub how: &'static str,
+    /// Reading the node file, validation, policy resolution and code generation.
+    pub plan: Duration,
+    /// Maps created and filled, programs loaded and pinned; or, adopting, the config applied.
+    pub load: Duration,
+    pub attach: Duration,
+}
+
+impl StartTimes {
+    pub fn total(&self) -> Duration {
+        self.plan + self.load + self.attach
+    }
+
+    /// The times in a `ready in ...` line.
+    pub fn parse(line: &str) -> Option<StartTimes> {
+        let inner = line.trim().strip_prefix("ready in ")?.split_once(" (")?.1.strip_suffix(')')?;
+        let mut parts = inner.split(", ");
+        let mut field = |label: &str| -> Option<(String, Duration)> {
+            let (name, value) = parts.next()?.split_once(' ')?;
+            let ms: f64 = value.strip_suffix(" ms")?.parse().ok()?;
+            (label.is_empty() || name == label).then(|| (name.to_string(), Duration::from_secs_f64(ms / 1e3)))
+        };
+        let (_, plan) = field("plan")?;
+        let (how, load) = field("")?;
+        let (_, attach) = field("attach")?;
+        let how = match how.as_str() {
+            "load" => "load",
+            "adopt" => "adopt",
+            _ => return None,
+        };
+        Some(StartTimes { how, plan, load, attach })
+    }
+}
+
+impl std::fmt::Display for StartTimes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        write!(
+            f,
+            "ready in {:.1} ms (plan {:.1} ms, {} {:.1} ms, attach {:.1} ms)",
+            ms(self.total()),
+            ms(self.plan),
+            self.how,
+            ms(self.load),
+            ms(self.attach)
+        )
+    }
 }
 
 /// The daemon's state between requests.
@@ -152,14 +224,26 @@ impl Daemon<'_> {
         Ok(model::parse_str(&text, &path.display().to_string())?)
     }
 
-    /// Re-read the node file and apply it as map updates; counted in the metrics.
-    fn apply(&mut self) -> Result<Update, DaemonError> {
+    /// Re-read the node file and apply it: map updates when the program set is the same,
+    /// a reshape otherwise; counted in the metrics.
+    fn apply(&mut self) -> Result<Applied, DaemonError> {
         let result = self.read_config().and_then(|cfg| {
             let plan = node::plan(&cfg)?;
-            Ok(update_pinned(&self.sys, &cfg, &plan, &self.opts.pin_dir)?)
+            let dir = &self.opts.pin_dir;
+            match update_pinned(&self.sys, &cfg, &plan, dir) {
+                Ok(u) => Ok(Applied::Maps(u)),
+                Err(LoadError::CodeShape { .. }) => {
+                    let r = reshape(&self.sys, &cfg, &plan, dir, Some(&AttachOptions::default()))?;
+                    Ok(Applied::Reshaped(Box::new(r)))
+                }
+                Err(e) => Err(e.into()),
+            }
         });
         match &result {
-            Ok(_) => {
+            Ok(applied) => {
+                if matches!(applied, Applied::Reshaped(_)) {
+                    self.metrics.reshapes += 1;
+                }
                 self.metrics.updates_applied += 1;
                 self.metrics.last_apply =
                     SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
@@ -182,7 +266,7 @@ impl Daemon<'_> {
         }
         println!("config {} changed", self.opts.config.display());
         match self.apply() {
-            Ok(u) => println!("applied: {}", describe(&u)),
+            Ok(applied) => println!("applied: {applied}"),
             Err(e) => println!("not applied: {e}"),
         }
     }
@@ -195,8 +279,8 @@ impl Daemon<'_> {
                 Err(e) => format!("error: {e}"),
             },
             "apply" => match self.apply() {
-                Ok(u) => {
-                    let line = describe(&u);
+                Ok(applied) => {
+                    let line = applied.to_string();
                     println!("applied on request: {line}");
                     format!("applied: {line}")
                 }
@@ -259,10 +343,12 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     sys::kernel_available().map_err(DaemonError::NeedsKernel)?;
     let sys = sys::kernel();
     let mut d = Daemon { sys, opts, metrics: Metrics::default(), seen: None, seen_text: String::new() };
+    let started = Instant::now();
     let cfg = d.read_config()?;
     let plan = node::plan(&cfg)?;
+    let planned = Instant::now();
     let dir = &opts.pin_dir;
-    match load::load_and_pin(&d.sys, &plan, dir) {
+    let how = match load::load_and_pin(&d.sys, &plan, dir) {
         Ok(loaded) => {
             println!(
                 "loaded node {} and pinned {} programs, {} maps under {}",
@@ -271,15 +357,23 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
                 loaded.maps.len(),
                 dir.display()
             );
+            "load"
         }
         Err(LoadError::AlreadyLoaded(_)) => {
-            let update = d.apply()?;
-            println!("adopted node pinned under {}; config applied: {}", dir.display(), describe(&update));
+            let applied = d.apply()?;
+            println!("adopted node pinned under {}; config applied: {applied}", dir.display());
+            "adopt"
         }
         Err(e) => return Err(e.into()),
-    }
+    };
+    let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &AttachOptions::default())?;
+    let attached = Instant::now();
     println!("attached: {}", report.to_string().replace('\n', "; "));
+    println!(
+        "{}",
+        StartTimes { how, plan: planned - started, load: loaded - planned, attach: attached - loaded }
+    );
     let listener = bind(&opts.socket)?;
     println!(
         "serving {} (status, apply, metrics); watching {} every {} ms",

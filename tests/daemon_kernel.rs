@@ -3,7 +3,7 @@
 //! state on an invalid file, on stop removes its socket while the pins stay, and on restart
 //! adopts the pinned node.
 
-use sluice::daemon::{describe, run, Metrics, Options};
+use sluice::daemon::{describe, run, Metrics, Options, StartTimes};
 use sluice::maps::prefilter::DenySet;
 use sluice::model::Cidr;
 use sluice::node::load::{open_prefilter, prefilter_set, unload};
@@ -164,14 +164,40 @@ fn daemon_keeps_node_in_step() {
 #[test]
 fn metrics_text() {
     let cases = [
-        (Metrics::default(), "updates_applied 0\nerrors 0\nlast_apply_unix never"),
+        (Metrics::default(), "updates_applied 0\nerrors 0\nlast_apply_unix never\nreshapes 0"),
         (
-            Metrics { updates_applied: 2, errors: 1, last_apply: Some(7) },
-            "updates_applied 2\nerrors 1\nlast_apply_unix 7",
+            Metrics { updates_applied: 2, errors: 1, last_apply: Some(7), reshapes: 1 },
+            "updates_applied 2\nerrors 1\nlast_apply_unix 7\nreshapes 1",
         ),
     ];
     for (m, want) in cases {
         assert_eq!(m.to_string(), want, "metrics {m:?}");
+    }
+}
+
+#[test]
+fn start_times_read_back() {
+    let ms = Duration::from_millis;
+    let cases = [
+        (
+            StartTimes { how: "load", plan: ms(24), load: ms(3161), attach: ms(2542) },
+            "ready in 5727.0 ms (plan 24.0 ms, load 3161.0 ms, attach 2542.0 ms)",
+        ),
+        (
+            StartTimes { how: "adopt", plan: ms(22), load: ms(67), attach: ms(7) },
+            "ready in 96.0 ms (plan 22.0 ms, adopt 67.0 ms, attach 7.0 ms)",
+        ),
+    ];
+    for (times, line) in cases {
+        assert_eq!(times.to_string(), line);
+        let back = StartTimes::parse(line).unwrap_or_else(|| panic!("parses: {line}"));
+        assert_eq!(back.how, times.how, "{line}");
+        for (got, want) in [(back.plan, times.plan), (back.load, times.load), (back.attach, times.attach)] {
+            assert_eq!(got.as_micros(), want.as_micros(), "{line}");
+        }
+    }
+    for bad in ["", "ready in 5 ms", "ready in 5 ms (plan 1 ms, fetch 2 ms, attach 2 ms)", "applied: ..."] {
+        assert_eq!(StartTimes::parse(bad), None, "{bad:?}");
     }
 }
 

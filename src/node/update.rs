@@ -3,9 +3,11 @@
 //!
 //! What a map update can express: prefilter prefixes, ipcache entries and identities,
 //! policy rules, and the enforcement switches of existing endpoints. A change of code shape
-//! (an endpoint added or removed, so programs appear or vanish) is refused with an error
-//! that says so; nothing is written before every check has passed, so a refused update
-//! leaves the node as it was (invariant 8).
+//! (an endpoint added or removed, so programs appear or vanish) is refused here with an
+//! error that says so ([`super::reshape`] handles it); nothing is written before every
+//! check has passed, so a refused update leaves the node as it was (invariant 8).
+//! [`map_writes`] computes the writes without applying them, for callers that must check
+//! more before writing.
 //!
 //! Order: children before parents. The policy trie and the IPv6 ipcache get new and changed
 //! keys first and lose stale keys last. The IPv4 ipcache's new chunks go to indices past
@@ -230,10 +232,26 @@ pub fn update_pinned(
             }
         }
     }
+    let writes = map_writes(cfg, &maps)?;
+    apply_writes(&maps, &writes)?;
+    Ok(count_writes(&writes))
+}
+
+/// What [`apply_writes`] of these writes changes, per map.
+pub fn count_writes(writes: &[MapWrites]) -> Update {
+    let mut update = Update::default();
+    count(writes, &mut update);
+    update
+}
+
+/// The writes, in order, that bring `maps` (every map the config's plan uses, open) to the
+/// contents `cfg` asks for; nothing is written. A map too small for them is an error
+/// ([`prefilter::LiveError::Full`]) naming the map and its capacity.
+pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Result<Vec<MapWrites>, LoadError> {
     let mut writes: Vec<MapWrites> = Vec::new();
 
     // The prefilter: the same path as `sluice prefilter add|del`.
-    let state = load::prefilter_live_state(&maps)?;
+    let state = load::prefilter_live_state(maps)?;
     let new_set = DenySet::new(cfg.prefilter.deny.iter().map(prefix_of));
     if new_set != state.set {
         writes.extend(prefilter::live_writes(&state, &new_set)?);
@@ -246,7 +264,7 @@ pub fn update_pinned(
         let ipc = IpcacheV4::build(&pp.ipcache_v4);
         let desired = pp.writes(&ipc);
         let by_name = |n: &str| desired.iter().find(|w| w.map == n).cloned().unwrap_or_default();
-        writes.extend(ipc_v4_writes(&maps, &ipc)?);
+        writes.extend(ipc_v4_writes(maps, &ipc)?);
         let v6 = diff_writes("ipc_v6", &contents(&maps["ipc_v6"])?, &by_name("ipc_v6"));
         let policy = diff_writes("policy", &contents(&maps["policy"])?, &by_name("policy"));
         for (w, cap) in [(&v6, maps["ipc_v6"].max_entries()), (&policy, maps["policy"].max_entries())] {
@@ -265,8 +283,13 @@ pub fn update_pinned(
         pol_dels.values.clear();
         writes.push(v6_puts);
         writes.push(pol_puts);
-        writes.extend(pol_table_writes(&maps, &pp)?);
+        writes.extend(pol_table_writes(maps, &pp)?);
         let cfg_want = by_name("ep_config");
+        // An array indexed by endpoint number: an endpoint past its end has no slot.
+        let ep_cap = maps["ep_config"].max_entries();
+        if pp.endpoints.iter().any(|e| u32::from(e.index) >= ep_cap) {
+            return Err(LoadError::Live(prefilter::LiveError::Full { map: "ep_config", capacity: ep_cap }));
+        }
         let mut cfg_w = MapWrites { keys: Vec::new(), values: Vec::new(), ..cfg_want.clone() };
         for (k, v) in cfg_want
             .keys
@@ -281,9 +304,5 @@ pub fn update_pinned(
         writes.push(v6_dels);
         writes.push(pol_dels);
     }
-    let writes: Vec<MapWrites> = writes.into_iter().filter(|w| !w.is_empty()).collect();
-    apply_writes(&maps, &writes)?;
-    let mut update = Update::default();
-    count(&writes, &mut update);
-    Ok(update)
+    Ok(writes.into_iter().filter(|w| !w.is_empty()).collect())
 }

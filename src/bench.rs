@@ -18,10 +18,16 @@
 //!   say which map costs what; [`Tables::build`] is timed per family on one-family sets.
 //! - The pure parts (prefix parsing, probe frames, medians, the markdown) need no kernel and
 //!   are unit tested; the kernel part runs in `sluice bench` and `tests/bench_smoke.rs`.
-//! - [`BenchOpts::parts`] picks the parts: `prefilter` (above) and `policy` (endpoint policy
-//!   against the `tc_policy` anchor, [`policy`]); each part's report is its own markdown
-//!   section, the prefilter's first.
+//! - [`BenchOpts::parts`] picks the parts: `prefilter` (above), `policy` (endpoint policy
+//!   against the `tc_policy` anchor, [`policy`]) and `maglev` (Maglev table builds, pure user
+//!   space, [`maglev`]); each part's report is its own markdown section, in that order. Only
+//!   the first two need bpf(), bpftool and python3. `attach` (daemon start to an attached
+//!   node of [`BenchOpts::attach_endpoints`] endpoints, [`attach`]) needs bpf() and `ip`,
+//!   and runs only when named.
 
+pub mod attach;
+pub mod flows;
+pub mod maglev;
 pub mod policy;
 
 use crate::codegen::{self, CodegenError};
@@ -72,19 +78,31 @@ pub struct BenchOpts {
     pub parts: Vec<String>,
     /// Endpoints in the policy part's codegen figure (two programs each).
     pub codegen_endpoints: u16,
+    /// Endpoints (veth pairs) of the attach part's node.
+    pub attach_endpoints: usize,
 }
 
 /// The prefilter part: our XDP prefilter against `xdp_prefilter.o`.
 pub const PART_PREFILTER: &str = "prefilter";
 /// The endpoint-policy part: our `to_ep_1` against `tc_policy.o` ([`policy`]).
 pub const PART_POLICY: &str = "policy";
+/// The Maglev part: table build time ([`maglev`]); needs no kernel.
+pub const PART_MAGLEV: &str = "maglev";
+/// The attach part: `sluice daemon` start to an attached node of N endpoints ([`attach`]);
+/// not in the default selection (it builds N veth pairs).
+pub const PART_ATTACH: &str = "attach";
 /// Every part, in the order they run and report.
-pub const PARTS: [&str; 2] = [PART_PREFILTER, PART_POLICY];
+pub const PARTS: [&str; 4] = [PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH];
 
 impl BenchOpts {
     /// Whether `part` is selected.
     pub fn runs(&self, part: &str) -> bool {
         self.parts.iter().any(|p| p == part)
+    }
+
+    /// Whether a selected part needs bpf() (every part but `maglev`).
+    pub fn needs_kernel(&self) -> bool {
+        self.parts.iter().any(|p| p != PART_MAGLEV)
     }
 }
 
@@ -99,8 +117,9 @@ impl Default for BenchOpts {
             rounds: 3,
             anchors_dir,
             build_dir: PathBuf::from("target/anchors/build"),
-            parts: PARTS.iter().map(|p| p.to_string()).collect(),
+            parts: PARTS.iter().filter(|p| **p != PART_ATTACH).map(|p| p.to_string()).collect(),
             codegen_endpoints: 1000,
+            attach_endpoints: 100,
         }
     }
 }
@@ -143,6 +162,10 @@ pub enum BenchError {
     },
     #[error(transparent)]
     Sys(#[from] SysError),
+    #[error("attach part: {0}")]
+    Attach(String),
+    #[error("maglev part: {0}")]
+    Maglev(#[from] crate::lb::MaglevError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -752,6 +775,10 @@ pub struct Report {
     pub sizes: Vec<SizeResult>,
     /// The endpoint-policy part, when it ran.
     pub policy: Option<policy::PolicyResult>,
+    /// The Maglev part, when it ran.
+    pub maglev: Option<maglev::MaglevResult>,
+    /// The attach part, when it ran.
+    pub attach: Option<attach::AttachResult>,
 }
 
 impl Report {
@@ -792,9 +819,13 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
             opts.sizes, opts.repeat, opts.rounds
         )));
     }
-    sys::kernel_available().map_err(BenchError::NoKernel)?;
-    require_tool("bpftool", APT_HINT)?;
-    require_tool("python3", "install python3 (the anchors' prefix generator needs it)")?;
+    if opts.needs_kernel() {
+        sys::kernel_available().map_err(BenchError::NoKernel)?;
+    }
+    if opts.runs(PART_PREFILTER) || opts.runs(PART_POLICY) {
+        require_tool("bpftool", APT_HINT)?;
+        require_tool("python3", "install python3 (the anchors' prefix generator needs it)")?;
+    }
     let sys = sys::kernel();
     let obj = if prefilter { Some(anchor_object(opts, "xdp_prefilter.o")?) } else { None };
     let policy_obj = if opts.runs(PART_POLICY) { Some(anchor_object(opts, "tc_policy.o")?) } else { None };
@@ -807,7 +838,18 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
         Some(obj) => Some(policy::measure(opts, &sys, obj)?),
         None => None,
     };
-    Ok(Report { env, repeat: opts.repeat, rounds: opts.rounds, codegen_us: sizes.0, sizes: sizes.1, policy })
+    let maglev = if opts.runs(PART_MAGLEV) { Some(maglev::measure(maglev::BUILDS)?) } else { None };
+    let attach = if opts.runs(PART_ATTACH) { Some(attach::measure(opts, &sys)?) } else { None };
+    Ok(Report {
+        env,
+        repeat: opts.repeat,
+        rounds: opts.rounds,
+        codegen_us: sizes.0,
+        sizes: sizes.1,
+        policy,
+        maglev,
+        attach,
+    })
 }
 
 /// The prefilter part: the codegen figure, then every N.
@@ -1048,6 +1090,18 @@ impl Report {
                 s.push('\n');
             }
             p.render(&self.env, self.repeat, self.rounds, &mut s);
+        }
+        if let Some(m) = &self.maglev {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            m.render(&mut s);
+        }
+        if let Some(a) = &self.attach {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            a.render(&mut s);
         }
         s
     }
@@ -1329,6 +1383,8 @@ mod tests {
                 floor: vec![5, 6, 5],
             }],
             policy: None,
+            maglev: None,
+            attach: None,
         }
     }
 

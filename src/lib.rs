@@ -9,9 +9,11 @@ pub mod bench;
 pub mod cli;
 pub mod codegen;
 pub mod daemon;
+pub mod demo;
 pub mod elf;
 #[path = "../golden/mod.rs"]
 pub mod golden;
+pub mod lb;
 pub mod maps;
 pub mod model;
 pub mod monitor;

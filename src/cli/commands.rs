@@ -49,7 +49,11 @@ pub enum CliError {
     #[error(transparent)]
     Wire(#[from] crate::node::wire::WireError),
     #[error(transparent)]
+    Forward(#[from] crate::node::forward::ForwardError),
+    #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error(transparent)]
+    Reshape(#[from] crate::node::reshape::ReshapeError),
     #[error("{0} needs root (bpf() and bpffs): {1}")]
     NeedsKernel(&'static str, String),
 }
@@ -94,10 +98,12 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;
             println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
+            for dev in crate::node::forward::remove_devices(None)? {
+                println!("removed device {dev}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { sizes, repeat, rounds, parts } => {
-            kernel("sluice bench")?;
             let opts = crate::bench::BenchOpts {
                 sizes,
                 repeat,
@@ -105,6 +111,9 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
                 parts,
                 ..crate::bench::BenchOpts::default()
             };
+            if opts.needs_kernel() {
+                kernel("sluice bench")?;
+            }
             let report = crate::bench::run(&opts).map_err(|e| CliError::Bench(e.to_string()))?;
             println!("{report}");
             Ok(ExitCode::SUCCESS)
@@ -170,7 +179,10 @@ fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
     let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
         Err(LoadError::AlreadyLoaded(_)) => {
             let cfg = model::load_file(path)?;
-            let u = crate::node::update::update_pinned(&sys, &cfg, &plan, pin_dir)?;
+            let u = match crate::node::update::update_pinned(&sys, &cfg, &plan, pin_dir) {
+                Err(LoadError::CodeShape { .. }) => return reshape_cmd(&sys, &cfg, &plan, pin_dir),
+                other => other?,
+            };
             if u.total() == 0 {
                 println!("{}: already up to date", pin_dir.display());
             } else {
@@ -204,6 +216,22 @@ fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `sluice load` of a node whose program set changed: [`crate::node::reshape`]; the hooks
+/// follow when the node is attached (it has link pins).
+fn reshape_cmd(
+    sys: &std::sync::Arc<dyn sys::Syscall>,
+    cfg: &model::NodeConfig,
+    plan: &Plan,
+    pin_dir: &Path,
+) -> Result<ExitCode> {
+    let attached = std::fs::read_dir(pin_dir.join(crate::node::wire::LINKS_DIR))
+        .is_ok_and(|mut entries| entries.next().is_some());
+    let opts = crate::node::wire::AttachOptions::default();
+    let r = crate::node::reshape::reshape(sys, cfg, plan, pin_dir, attached.then_some(&opts))?;
+    println!("{}: code shape changed, programs swapped: {r}", pin_dir.display());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn daemon(config: PathBuf, pin_dir: PathBuf, socket: PathBuf, poll_ms: u64) -> Result<ExitCode> {
     let poll = std::time::Duration::from_millis(poll_ms.max(1));
     let opts = crate::daemon::Options { config, pin_dir, socket, poll };
@@ -217,6 +245,7 @@ fn attach_cmd(path: &Path, pin_dir: &Path, xdp_device: Option<String>) -> Result
     let sys = kernel("sluice attach")?;
     let opts = crate::node::wire::AttachOptions { xdp_device, ..Default::default() };
     println!("{}", crate::node::wire::attach(&sys, &cfg, pin_dir, &opts)?);
+    println!("{}", crate::node::forward::sync(&sys, &cfg, pin_dir)?);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -307,7 +336,6 @@ fn demo() -> Result<ExitCode> {
             None
         }
     };
-    println!("\n{:<44} {:>8} {:>8} {:>8}  result", "packet", "expected", "sim", "kernel");
     let verdict = |v: u32| match v {
         1 => "DROP",
         2 => "PASS",
@@ -327,19 +355,55 @@ fn demo() -> Result<ExitCode> {
             },
             None => "-",
         };
-        failures += usize::from(!ok);
-        println!(
-            "{:<44} {:>8} {:>8} {:>8}  {}",
-            case.name,
-            verdict(case.verdict),
-            verdict(sim.verdict),
-            kern,
-            if ok { "ok" } else { "MISMATCH" }
-        );
+        if !ok {
+            failures += 1;
+            println!(
+                "MISMATCH {:<44} expected {} simulator {} kernel {}",
+                case.name,
+                verdict(case.verdict),
+                verdict(sim.verdict),
+                kern
+            );
+        }
     }
-    println!("\nprefilter: {} packets, {} mismatches", cases.len(), failures);
+    println!(
+        "\nprefilter: {} probe packets (every deny prefix's edges, VLAN, truncation) through simulator{}: {} mismatches",
+        cases.len(),
+        if kernel.is_some() { " and kernel" } else { "" },
+        failures
+    );
     failures += demo_policy(&cfg, &mut sim_node, kernel.as_ref())?;
+    drop(kernel);
+    failures += demo_flows(&cfg)?;
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// The node's flows with real traffic in namespaces (as root), or in the simulator.
+fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
+    let err = |e: crate::demo::DemoError| CliError::Replay(e.to_string());
+    let rows = match sys::kernel_available() {
+        Ok(()) => {
+            println!("\nflows: the node built in network namespaces (endpoints, the world, an overlay peer), real traffic");
+            crate::daemon::signals::install();
+            let rows = crate::demo::run_kernel(cfg, &crate::daemon::signals::STOP, &mut std::io::stdout())
+                .map_err(err)?;
+            if crate::daemon::signals::STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                println!("interrupted: namespaces, programs and pins removed");
+                return Ok(1);
+            }
+            rows
+        }
+        Err(why) => {
+            println!(
+                "\nflows: not root ({why}): the same flows' packets through the programs in the simulator"
+            );
+            crate::demo::run_sim(cfg).map_err(err)?
+        }
+    };
+    let bad = crate::demo::print_table(cfg, &rows, &mut std::io::stdout())
+        .map_err(|e| CliError::Replay(e.to_string()))?;
+    println!("flows: {} tried, {} as expected, {} not", rows.len(), rows.len() - bad, bad);
+    Ok(bad)
 }
 
 /// Endpoint policy: a grid of flows between the endpoints, the host and outside peers,

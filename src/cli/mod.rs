@@ -123,8 +123,9 @@ pub enum Command {
         /// Interleaved rounds per case.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Which parts to run: prefilter, policy.
-        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy")])]
+        /// Which parts to run: prefilter, policy, maglev (maglev alone needs no root); and
+        /// attach (daemon start to 100 attached endpoints), only when named.
+        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev")])]
         parts: Vec<String>,
     },
 }

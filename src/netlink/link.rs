@@ -31,6 +31,10 @@ pub mod ifla {
     pub const NET_NS_FD: u16 = 28;
     pub const EXT_MASK: u16 = 29;
     pub const XDP: u16 = 43;
+    /// The namespace id (as this namespace numbers it) of a veth peer's namespace.
+    pub const LINK_NETNSID: u16 = 37;
+    /// `IFLA_TARGET_NETNSID`: run a `GETLINK` in the namespace with this id.
+    pub const TARGET_NETNSID: u16 = 46;
     /// Inside `IFLA_LINKINFO`.
     pub const INFO_KIND: u16 = 1;
     pub const INFO_DATA: u16 = 2;
@@ -74,6 +78,8 @@ pub struct LinkInfo {
     pub kind: Option<String>,
     /// `IFLA_LINK`: the peer's ifindex of a veth (in the peer's namespace), the lower device.
     pub link: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the namespace `link` is in, when it is another one.
+    pub link_netnsid: Option<i32>,
     /// `IFLA_MASTER`.
     pub master: Option<u32>,
     /// `IFLA_OPERSTATE` (`IF_OPER_UP` is 6).
@@ -104,6 +110,7 @@ impl LinkInfo {
             mac: None,
             kind: None,
             link: None,
+            link_netnsid: None,
             master: None,
             operstate: None,
             xdp: XdpInfo::default(),
@@ -116,6 +123,7 @@ impl LinkInfo {
                 ifla::ADDRESS => info.mac = attr.payload.try_into().ok(),
                 ifla::LINK => info.link = Some(attr.u32()?),
                 ifla::MASTER => info.master = Some(attr.u32()?),
+                ifla::LINK_NETNSID => info.link_netnsid = Some(attr.u32()? as i32),
                 ifla::OPERSTATE => info.operstate = Some(attr.u8()?),
                 ifla::LINKINFO => info.kind = link_kind(&attr)?,
                 ifla::XDP => info.xdp = parse_xdp(&attr)?,
@@ -261,6 +269,27 @@ impl Netlink {
         let mut req = Request::new(rtm::GETLINK, 0, format_args!("ifindex {ifindex}"));
         req.header(&ifinfo(ifindex)).attr_u32(ifla::EXT_MASK, RTEXT_FILTER_SKIP_STATS);
         self.one_link(&mut req)
+    }
+
+    /// The link with `ifindex` in the namespace this one calls `netnsid` (a veth peer's,
+    /// from [`LinkInfo::link_netnsid`]).
+    pub fn link_info_in(&self, netnsid: i32, ifindex: u32) -> Result<LinkInfo> {
+        let mut req = Request::new(rtm::GETLINK, 0, format_args!("ifindex {ifindex} in netnsid {netnsid}"));
+        req.header(&ifinfo(ifindex))
+            .attr_i32(ifla::TARGET_NETNSID, netnsid)
+            .attr_u32(ifla::EXT_MASK, RTEXT_FILTER_SKIP_STATS);
+        self.one_link(&mut req)
+    }
+
+    /// The MAC address of a veth's other end, wherever it is.
+    pub fn veth_peer_mac(&self, ifindex: u32) -> Result<Option<[u8; 6]>> {
+        let info = self.link_info(ifindex)?;
+        let Some(peer) = info.link else { return Ok(None) };
+        let peer = match info.link_netnsid {
+            Some(nsid) => self.link_info_in(nsid, peer)?,
+            None => self.link_info(peer)?,
+        };
+        Ok(peer.mac)
     }
 
     fn one_link(&self, req: &mut Request) -> Result<LinkInfo> {

@@ -6,8 +6,10 @@
 //! its programs, so the two cannot drift apart.
 
 pub mod endpoints;
+pub mod forward;
 pub mod load;
 pub mod replay;
+pub mod reshape;
 pub mod sim;
 pub mod update;
 pub mod wire;

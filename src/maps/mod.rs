@@ -5,6 +5,7 @@
 //! programs by its [`MapDef::name`]; the kernel sees the name truncated to 15 bytes.
 
 pub mod fwd;
+pub mod lb;
 pub mod policy;
 pub mod prefilter;
 

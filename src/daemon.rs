@@ -4,7 +4,10 @@
 //! Contract:
 //! - Start: a node already pinned under the pin dir is adopted (its maps' layouts are
 //!   checked by the update path) and the config is applied to it as a change (below);
-//!   otherwise the node is loaded and pinned. Then the programs are attached (idempotent).
+//!   otherwise the node is loaded and pinned. Then the programs are attached (idempotent)
+//!   and forwarding is wired ([`forward::sync`]: router pair, overlay device, host routes,
+//!   `lxc`/`tunnel`/`fwd_cfg`); every successful apply wires forwarding again, so endpoints
+//!   that came, went or moved are routed.
 //! - Pins and links outlive the daemon: stopping it (SIGTERM/SIGINT, or the `stop` flag)
 //!   removes only the socket, and a SIGKILL leaves nothing to clean: forwarding and
 //!   conntrack go on while no daemon runs, and the next start adopts the node.
@@ -24,6 +27,7 @@
 //! One thread does everything (socket and polling), so applies never overlap.
 
 use crate::model::{self, ModelError, NodeConfig};
+use crate::node::forward::{self, ForwardError};
 use crate::node::load::{self, LoadError};
 use crate::node::reshape::{reshape, Reshape, ReshapeError};
 use crate::node::update::{update_pinned, Update};
@@ -74,6 +78,8 @@ pub enum DaemonError {
     Reshape(#[from] ReshapeError),
     #[error(transparent)]
     Wire(#[from] WireError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -238,6 +244,11 @@ impl Daemon<'_> {
                 }
                 Err(e) => Err(e.into()),
             }
+            .and_then(|applied| {
+                // Endpoints may have come, gone or moved: routes and `lxc` follow.
+                forward::sync(&self.sys, &cfg, dir)?;
+                Ok(applied)
+            })
         });
         match &result {
             Ok(applied) => {
@@ -368,8 +379,10 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     };
     let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &AttachOptions::default())?;
+    let forwarding = forward::sync(&d.sys, &cfg, dir)?;
     let attached = Instant::now();
     println!("attached: {}", report.to_string().replace('\n', "; "));
+    println!("forwarding: {}", forwarding.to_string().replace('\n', "; "));
     println!(
         "{}",
         StartTimes { how, plan: planned - started, load: loaded - planned, attach: attached - loaded }

@@ -20,6 +20,8 @@
 //!   start forwarding only once the tables are complete. An endpoint whose interface is
 //!   missing is reported and left to the stack.
 //!
+//! - A node without endpoints (prefilter only) has nothing to forward: [`sync`] does nothing.
+//!
 //! [`remove_devices`] deletes what [`sync`] created (`sluice down`).
 
 use super::load::{open_pinned_map, LoadError};
@@ -195,6 +197,10 @@ fn sync_map(map: &Map, name: &'static str, want: &MapWrites) -> Result<usize, Fo
 /// Wire the loaded node's forwarding (see the module contract).
 pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<ForwardReport, ForwardError> {
     let mut report = ForwardReport::default();
+    if cfg.endpoints.is_empty() {
+        // No endpoint programs, so no forwarding maps and nothing to route to.
+        return Ok(report);
+    }
     let defs = fwd::map_defs();
     let open = |name: &str| -> Result<Map, ForwardError> {
         let def = defs.iter().find(|d| d.name == name).expect("forwarding maps are defined");

@@ -23,7 +23,8 @@
 //!   space, [`maglev`]); each part's report is its own markdown section, in that order. Only
 //!   the first two need bpf(), bpftool and python3. `attach` (daemon start to an attached
 //!   node of [`BenchOpts::attach_endpoints`] endpoints, [`attach`]) needs bpf() and `ip`,
-//!   and runs only when named.
+//!   and runs only when named; so does `flows` (endpoint-to-endpoint TCP through sluice
+//!   against the stack alone, [`flows`]).
 
 pub mod attach;
 pub mod flows;
@@ -91,8 +92,12 @@ pub const PART_MAGLEV: &str = "maglev";
 /// The attach part: `sluice daemon` start to an attached node of N endpoints ([`attach`]);
 /// not in the default selection (it builds N veth pairs).
 pub const PART_ATTACH: &str = "attach";
+/// The flows part: TCP throughput and round trips between two endpoints through sluice
+/// against the stack alone ([`flows`]); not in the default selection (it builds the demo
+/// node in namespaces and takes about a minute).
+pub const PART_FLOWS: &str = "flows";
 /// Every part, in the order they run and report.
-pub const PARTS: [&str; 4] = [PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH];
+pub const PARTS: &[&str] = &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS];
 
 impl BenchOpts {
     /// Whether `part` is selected.
@@ -117,7 +122,11 @@ impl Default for BenchOpts {
             rounds: 3,
             anchors_dir,
             build_dir: PathBuf::from("target/anchors/build"),
-            parts: PARTS.iter().filter(|p| **p != PART_ATTACH).map(|p| p.to_string()).collect(),
+            parts: PARTS
+                .iter()
+                .filter(|p| **p != PART_ATTACH && **p != PART_FLOWS)
+                .map(|p| p.to_string())
+                .collect(),
             codegen_endpoints: 1000,
             attach_endpoints: 100,
         }
@@ -162,6 +171,8 @@ pub enum BenchError {
     },
     #[error(transparent)]
     Sys(#[from] SysError),
+    #[error("flows part: {0}")]
+    Flows(String),
     #[error("attach part: {0}")]
     Attach(String),
     #[error("maglev part: {0}")]
@@ -779,6 +790,8 @@ pub struct Report {
     pub maglev: Option<maglev::MaglevResult>,
     /// The attach part, when it ran.
     pub attach: Option<attach::AttachResult>,
+    /// The flows part, when it ran, with the options it ran with.
+    pub flows: Option<(flows::FlowReport, flows::FlowBenchOpts)>,
 }
 
 impl Report {
@@ -840,6 +853,12 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     };
     let maglev = if opts.runs(PART_MAGLEV) { Some(maglev::measure(maglev::BUILDS)?) } else { None };
     let attach = if opts.runs(PART_ATTACH) { Some(attach::measure(opts, &sys)?) } else { None };
+    let flows = if opts.runs(PART_FLOWS) {
+        let fo = flows::FlowBenchOpts { rounds: opts.rounds, ..flows::FlowBenchOpts::default() };
+        Some((flows::run(&fo).map_err(|e| BenchError::Flows(e.to_string()))?, fo))
+    } else {
+        None
+    };
     Ok(Report {
         env,
         repeat: opts.repeat,
@@ -849,6 +868,7 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
         policy,
         maglev,
         attach,
+        flows,
     })
 }
 
@@ -1102,6 +1122,12 @@ impl Report {
                 s.push('\n');
             }
             a.render(&mut s);
+        }
+        if let Some((f, fo)) = &self.flows {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            s.push_str(&f.render(fo));
         }
         s
     }
@@ -1385,6 +1411,7 @@ mod tests {
             policy: None,
             maglev: None,
             attach: None,
+            flows: None,
         }
     }
 

@@ -124,7 +124,8 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Which parts to run: prefilter, policy, maglev (maglev alone needs no root); and
-        /// attach (daemon start to 100 attached endpoints), only when named.
+        /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
+        /// through sluice against the stack alone), only when named.
         #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev")])]
         parts: Vec<String>,
     },

@@ -24,6 +24,10 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// The longest any read or write may block: a lost connection fails the run instead of
+/// hanging it.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// What to measure.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FlowBenchOpts {
@@ -147,18 +151,22 @@ fn measure(
         }
         let l = TcpListener::bind(dst)?;
         let _ = tx.send(());
-        // Throughput: count until the sender closes.
-        let (mut s, _) = l.accept()?;
-        let mut buf = vec![0u8; 1 << 17];
-        let mut total = 0u64;
-        loop {
-            match s.read(&mut buf)? {
-                0 => break,
-                n => total += n as u64,
+        // Throughput: count until the sender closes, then close (the sender waits for it).
+        let total = {
+            let (mut s, _) = l.accept()?;
+            s.set_read_timeout(Some(IO_TIMEOUT))?;
+            let mut buf = vec![0u8; 1 << 17];
+            let mut total = 0u64;
+            loop {
+                match s.read(&mut buf)? {
+                    0 => break total,
+                    n => total += n as u64,
+                }
             }
-        }
+        };
         // Latency: echo one byte at a time.
         let (mut s, _) = l.accept()?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_nodelay(true)?;
         let mut b = [0u8; 1];
         for _ in 0..round_trips {
@@ -171,6 +179,8 @@ fn measure(
         .map_err(|_| FlowBenchError::Setup("the server did not start".into()))?;
     let sample = in_ns(client, move || -> std::io::Result<Sample> {
         let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
+        s.set_write_timeout(Some(IO_TIMEOUT))?;
         let chunk = vec![0x5au8; 1 << 17];
         let start = Instant::now();
         let mut sent = 0u64;
@@ -183,6 +193,7 @@ fn measure(
         let _ = s.read(&mut rest);
         let elapsed = start.elapsed().as_secs_f64();
         let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(IO_TIMEOUT))?;
         s.set_nodelay(true)?;
         let mut rtts = Vec::with_capacity(round_trips);
         let mut b = [1u8; 1];

@@ -1,6 +1,6 @@
 //! The subcommands' bodies.
 
-use super::{Command, PrefilterOp};
+use super::{Command, PrefilterOp, ServiceOp};
 use crate::maps::prefilter::{DenySet, Prefix, Reason};
 use crate::model::{self, Cidr, ModelError};
 use crate::node::load::{self, LoadError};
@@ -44,6 +44,8 @@ pub enum CliError {
     Replay(String),
     #[error("{0}")]
     Bench(String),
+    #[error("sluice service: {0}")]
+    Service(String),
     #[error("{0}")]
     Monitor(String),
     #[error(transparent)]
@@ -74,6 +76,17 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir),
+        Command::Service { op: ServiceOp::List { config }, pin_dir } => {
+            let sys = kernel("sluice service list")?;
+            let services = match config {
+                Some(path) => crate::model::load_file(&path)?.services,
+                None => Vec::new(),
+            };
+            let table = crate::node::services::list(&sys, &pin_dir, &services)
+                .map_err(|e| CliError::Service(e.to_string()))?;
+            print!("{table}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Monitor { json, count, pin_dir } => {
             let sys = kernel("sluice monitor")?;
             crate::monitor::run(&sys, &pin_dir, json, count, &mut std::io::stdout().lock())

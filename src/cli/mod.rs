@@ -56,6 +56,13 @@ pub enum Command {
         #[arg(long, global = true, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// Show the pinned node's services: frontends, backends, states, connections (root).
+    Service {
+        #[command(subcommand)]
+        op: ServiceOp,
+        #[arg(long, global = true, default_value = crate::node::load::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
     /// Print policy verdicts and drops as flows, from the pinned ring buffer (root).
     Monitor {
         /// One JSON object per line.
@@ -123,10 +130,11 @@ pub enum Command {
         /// Interleaved rounds per case.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Which parts to run: prefilter, policy, maglev (maglev alone needs no root); and
+        /// Which parts to run: prefilter, policy, maglev (maglev alone needs no root), socklb
+        /// (connect() through the socket load balancer, root and cgroup v2); and
         /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
         /// through sluice against the stack alone), only when named.
-        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev")])]
+        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb")])]
         parts: Vec<String>,
     },
 }
@@ -142,6 +150,18 @@ pub enum PrefilterOp {
     List,
     /// Show the verdict counters.
     Stats,
+}
+
+/// `sluice service` operations.
+#[derive(Debug, Subcommand)]
+pub enum ServiceOp {
+    /// Every frontend with its backends, their states, slots and pinned connections, as the
+    /// kernel's maps have them.
+    List {
+        /// A node file whose Service documents name the frontends.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// Run the command line; errors are printed with their whole chain.

@@ -10,6 +10,7 @@ pub mod forward;
 pub mod load;
 pub mod replay;
 pub mod reshape;
+pub mod services;
 pub mod sim;
 pub mod update;
 pub mod wire;

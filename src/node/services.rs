@@ -101,8 +101,11 @@ fn proto_name(p: u8) -> String {
     }
 }
 
+/// A map's entries as (key, value) bytes.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Every (key, value) of a pinned map.
-fn dump(sys: &Arc<dyn Syscall>, pin_dir: &Path, def: &MapDef) -> Result<Vec<(Vec<u8>, Vec<u8>)>, ListError> {
+fn dump(sys: &Arc<dyn Syscall>, pin_dir: &Path, def: &MapDef) -> Result<Entries, ListError> {
     let map = open_pinned_map(sys, pin_dir, def)?;
     let err = |source| ListError::Map { map: def.name, source };
     let mut out = Vec::new();
@@ -183,7 +186,7 @@ pub fn list(sys: &Arc<dyn Syscall>, pin_dir: &Path, services: &[Service]) -> Res
                 }
             })
             .collect();
-        rows.sort_by(|a, b| (a.addr, a.port, a.id).cmp(&(b.addr, b.port, b.id)));
+        rows.sort_by_key(|r| (r.addr, r.port, r.id));
         let name = services.iter().find_map(|s| {
             s.frontends.iter().find(|f| f.vip == vip && f.port == port && f.protocol.number() == proto).map(
                 |f| {
@@ -206,7 +209,7 @@ pub fn list(sys: &Arc<dyn Syscall>, pin_dir: &Path, services: &[Service]) -> Res
             backends: rows,
         });
     }
-    table.services.sort_by(|a, b| (a.vip, a.port, a.proto).cmp(&(b.vip, b.port, b.proto)));
+    table.services.sort_by_key(|s| (s.vip, s.port, s.proto));
     Ok(table)
 }
 

@@ -111,6 +111,13 @@ impl Pair {
     fn ping_from_a(&self, dst: IpAddr) -> bool {
         self.a.run_in(|| icmp_echo(dst, Duration::from_secs(1))).expect("thread in A")
     }
+
+    /// A ping that should get through: up to three echoes (a loaded CI machine can hold
+    /// the first one past its second while the neighbour is resolved). Checks that expect
+    /// a drop use [`Pair::ping_from_a`]: one lost echo is the answer there.
+    fn reaches(&self, dst: IpAddr) -> bool {
+        (0..3).any(|_| self.ping_from_a(dst))
+    }
 }
 
 /// Send one ICMP (or ICMPv6) echo request to `dst` from a raw socket in the calling
@@ -299,8 +306,8 @@ fn veth_addresses_routes_and_neighbors_carry_ping() {
     assert!(ip(&["-n", pair.a.name(), "addr", "show", "dev", "va"]).contains("10.200.0.1/24"));
 
     // Directly connected, both families.
-    assert!(pair.ping_from_a(IpAddr::from(B4)), "IPv4 ping over the veth");
-    assert!(pair.ping_from_a(v6("fd00:200::2")), "IPv6 ping over the veth");
+    assert!(pair.reaches(IpAddr::from(B4)), "IPv4 ping over the veth");
+    assert!(pair.reaches(v6("fd00:200::2")), "IPv6 ping over the veth");
     if has_ping_binary() {
         ip(&["netns", "exec", pair.a.name(), "ping", "-c1", "-W1", "10.200.0.2"]);
     }
@@ -312,7 +319,7 @@ fn veth_addresses_routes_and_neighbors_carry_ping() {
     nl_a.add_route(&via_b).expect("route");
     assert!(nl_a.add_route(&via_b).unwrap_err().is_exists(), "adding is exclusive");
     assert!(ip(&["-n", pair.a.name(), "route", "show"]).contains("10.201.0.0/24 via 10.200.0.2 dev va"));
-    assert!(pair.ping_from_a(v4(10, 201, 0, 1)), "ping through the route");
+    assert!(pair.reaches(v4(10, 201, 0, 1)), "ping through the route");
     nl_a.delete_route(&via_b).expect("delete route");
     assert!(!pair.ping_from_a(v4(10, 201, 0, 1)), "route gone");
 
@@ -327,7 +334,7 @@ fn veth_addresses_routes_and_neighbors_carry_ping() {
     let routes = ip(&["-n", pair.a.name(), "route", "show"]);
     assert!(routes.contains("10.202.0.0/24 via 169.254.1.1 dev va proto static onlink"), "{routes}");
     assert!(ip(&["-n", pair.a.name(), "neigh", "show", "dev", "va"]).contains("169.254.1.1 lladdr"));
-    assert!(pair.ping_from_a(v4(10, 202, 0, 1)), "ping via the static gateway");
+    assert!(pair.reaches(v4(10, 202, 0, 1)), "ping via the static gateway");
     nl_a.delete_route(&onlink).expect("delete onlink route");
     nl_a.delete_neighbor(pair.va, gw).expect("delete neighbour");
     assert!(!ip(&["-n", pair.a.name(), "neigh", "show", "dev", "va"]).contains("169.254.1.1"));
@@ -336,7 +343,7 @@ fn veth_addresses_routes_and_neighbors_carry_ping() {
     nl_b.add_address(nl_b.ifindex("lo").expect("lo"), v6("fd00:201::1"), 128).expect("v6 on B's lo");
     let v6_route = Route::new(cidr("fd00:201::/64")).via(v6("fd00:200::2")).dev(pair.va);
     nl_a.add_route(&v6_route).expect("v6 route");
-    assert!(pair.ping_from_a(v6("fd00:201::1")), "IPv6 ping through the route");
+    assert!(pair.reaches(v6("fd00:201::1")), "IPv6 ping through the route");
     nl_a.delete_route(&v6_route).expect("delete v6 route");
 
     // Address removal.
@@ -442,7 +449,7 @@ fn clsact_bpf_filters_count_drop_and_detach() {
     let counter = Map::create(&kernel(), &MapSpec::new("nl_counter", MapKind::Array, 4, 8, 1)).expect("map");
     let pass = counting_program(&counter, TC_ACT_OK, "nl_count_ok");
     let drop_all = counting_program(&counter, TC_ACT_SHOT, "nl_count_shot");
-    assert!(pair.ping_from_a(IpAddr::from(B4)), "baseline");
+    assert!(pair.reaches(IpAddr::from(B4)), "baseline");
 
     assert!(nl.add_clsact(pair.va).expect("clsact"), "created");
     assert!(!nl.add_clsact(pair.va).expect("clsact again"), "an existing clsact is fine");
@@ -464,7 +471,7 @@ fn clsact_bpf_filters_count_drop_and_detach() {
     assert!(nl.filters(pair.va, TcDirection::Egress).expect("dump").is_empty());
 
     let before = count(&counter);
-    assert!(pair.ping_from_a(IpAddr::from(B4)), "TC_ACT_OK lets the reply in");
+    assert!(pair.reaches(IpAddr::from(B4)), "TC_ACT_OK lets the reply in");
     assert!(count(&counter) > before, "the program saw the reply");
 
     nl.replace_bpf_filter(&filter, drop_all.fd(), "nl_count_shot").expect("replace in place");
@@ -475,7 +482,7 @@ fn clsact_bpf_filters_count_drop_and_detach() {
 
     nl.delete_filter(&filter).expect("delete filter");
     assert!(nl.filters(pair.va, TcDirection::Ingress).expect("dump").is_empty());
-    assert!(pair.ping_from_a(IpAddr::from(B4)), "traffic flows again");
+    assert!(pair.reaches(IpAddr::from(B4)), "traffic flows again");
     assert!(nl.delete_filter(&filter).unwrap_err().is_not_found(), "already gone");
 
     // An egress filter, then deleting the qdisc takes every filter with it.
@@ -526,7 +533,7 @@ fn xdp_attach_replace_and_detach() {
     let info = nl.xdp_info(pair.va).expect("info");
     assert_eq!((info.attached, info.prog_id_in(XdpMode::Skb)), (XdpAttached::Skb, Some(first.id())));
     assert!(ip(&["-n", pair.a.name(), "link", "show", "va"]).contains("xdpgeneric"));
-    assert!(pair.ping_from_a(IpAddr::from(B4)), "XDP_PASS passes");
+    assert!(pair.reaches(IpAddr::from(B4)), "XDP_PASS passes");
 
     // Attaching over an attached program is refused, with the kernel's reason.
     let busy = nl.xdp_attach(pair.va, second.fd(), XdpMode::Skb).unwrap_err();

@@ -25,11 +25,16 @@
 //!   node of [`BenchOpts::attach_endpoints`] endpoints, [`attach`]) needs bpf() and `ip`,
 //!   and runs only when named; so does `flows` (endpoint-to-endpoint TCP through sluice
 //!   against the stack alone, [`flows`]).
+//!   `socklb` (`connect()` to a VIP through the cgroup socket load balancer against
+//!   `connect()` to the backend, [`sock_lb`]) is in the default selection and needs bpf()
+//!   and cgroup v2.
 
 pub mod attach;
 pub mod flows;
+pub mod lb;
 pub mod maglev;
 pub mod policy;
+pub mod sock_lb;
 
 use crate::codegen::{self, CodegenError};
 use crate::maps::prefilter::{cidr_key, mask128, mask32, DenySet, MapWrites, Tables, XDP_DROP, XDP_PASS};
@@ -96,8 +101,14 @@ pub const PART_ATTACH: &str = "attach";
 /// against the stack alone ([`flows`]); not in the default selection (it builds the demo
 /// node in namespaces and takes about a minute).
 pub const PART_FLOWS: &str = "flows";
+/// The socket load-balancing part: `connect()` to a VIP through the cgroup programs
+/// against `connect()` to the backend ([`sock_lb`]); needs bpf() and cgroup v2.
+pub const PART_SOCKLB: &str = "socklb";
+/// The tc service load-balancing part: our `lb` against `tc_lb.o` ([`lb`]).
+pub const PART_LB: &str = "lb";
 /// Every part, in the order they run and report.
-pub const PARTS: &[&str] = &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS];
+pub const PARTS: &[&str] =
+    &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS, PART_SOCKLB, PART_LB];
 
 impl BenchOpts {
     /// Whether `part` is selected.
@@ -175,6 +186,8 @@ pub enum BenchError {
     Flows(String),
     #[error("attach part: {0}")]
     Attach(String),
+    #[error("socklb part: {0}")]
+    SockLb(#[from] sock_lb::SockLbBenchError),
     #[error("maglev part: {0}")]
     Maglev(#[from] crate::lb::MaglevError),
     #[error(transparent)]
@@ -792,6 +805,10 @@ pub struct Report {
     pub attach: Option<attach::AttachResult>,
     /// The flows part, when it ran, with the options it ran with.
     pub flows: Option<(flows::FlowReport, flows::FlowBenchOpts)>,
+    /// The socket load-balancing part, when it ran.
+    pub socklb: Option<sock_lb::SockLbResult>,
+    /// The tc service load-balancing part, when it ran.
+    pub lb: Option<lb::LbResult>,
 }
 
 impl Report {
@@ -859,7 +876,16 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     } else {
         None
     };
+    let socklb = if opts.runs(PART_SOCKLB) { Some(sock_lb::measure(&sys)?) } else { None };
+    let lb = if opts.runs(PART_LB) {
+        require_tool("bpftool", APT_HINT)?;
+        Some(lb::measure(opts, &sys, &anchor_object(opts, "tc_lb.o")?)?)
+    } else {
+        None
+    };
     Ok(Report {
+        socklb,
+        lb,
         env,
         repeat: opts.repeat,
         rounds: opts.rounds,
@@ -1128,6 +1154,18 @@ impl Report {
                 s.push('\n');
             }
             s.push_str(&f.render(fo));
+        }
+        if let Some(l) = &self.socklb {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            l.render(&mut s);
+        }
+        if let Some(l) = &self.lb {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            l.render(&self.env, self.repeat, self.rounds, &mut s);
         }
         s
     }
@@ -1412,6 +1450,8 @@ mod tests {
             maglev: None,
             attach: None,
             flows: None,
+            socklb: None,
+            lb: None,
         }
     }
 

@@ -12,7 +12,7 @@ use crate::node::Object;
 use object::write::{Object as ElfObject, Relocation, StandardSegment, Symbol, SymbolSection};
 use object::SymbolScope;
 use object::{Architecture, BinaryFormat, Endianness, RelocationFlags, SectionKind, SymbolFlags, SymbolKind};
-use sluice_verifier_sim::spec::ProgKind;
+use sluice_verifier_sim::spec::{ProgKind, SockAddrHook};
 use thiserror::Error;
 
 /// `R_BPF_64_64`: a 64-bit immediate in an `LD_IMM64` pair.
@@ -40,6 +40,16 @@ pub fn section_name(kind: ProgKind) -> &'static str {
         ProgKind::SchedCls => "tc",
         ProgKind::SockOps => "sockops",
         ProgKind::SkMsg => "sk_msg",
+        ProgKind::CgroupSockAddr(hook) => match hook {
+            SockAddrHook::Connect4 => "cgroup/connect4",
+            SockAddrHook::Connect6 => "cgroup/connect6",
+            SockAddrHook::UdpSendmsg4 => "cgroup/sendmsg4",
+            SockAddrHook::UdpSendmsg6 => "cgroup/sendmsg6",
+            SockAddrHook::UdpRecvmsg4 => "cgroup/recvmsg4",
+            SockAddrHook::UdpRecvmsg6 => "cgroup/recvmsg6",
+            SockAddrHook::Getpeername4 => "cgroup/getpeername4",
+            SockAddrHook::Getpeername6 => "cgroup/getpeername6",
+        },
     }
 }
 

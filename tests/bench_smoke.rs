@@ -10,7 +10,7 @@
 //! SLUICE_BENCH_FULL=1 cargo test --release -p sluice --test bench_smoke -- --nocapture
 //! ```
 
-use sluice::bench::{self, BenchOpts, PART_POLICY, PART_PREFILTER};
+use sluice::bench::{self, BenchOpts, PART_LB, PART_POLICY, PART_PREFILTER};
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")
@@ -31,11 +31,12 @@ fn bench_reports_every_case_against_the_anchor() {
     if let Ok(parts) = std::env::var("SLUICE_BENCH_PARTS") {
         opts.parts = parts.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
     }
-    let objects: Vec<&str> = [(PART_PREFILTER, "xdp_prefilter.o"), (PART_POLICY, "tc_policy.o")]
-        .into_iter()
-        .filter(|(part, _)| opts.runs(part))
-        .map(|(_, obj)| obj)
-        .collect();
+    let objects: Vec<&str> =
+        [(PART_PREFILTER, "xdp_prefilter.o"), (PART_POLICY, "tc_policy.o"), (PART_LB, "tc_lb.o")]
+            .into_iter()
+            .filter(|(part, _)| opts.runs(part))
+            .map(|(_, obj)| obj)
+            .collect();
     let anchors_built = objects.iter().all(|o| opts.build_dir.join(o).is_file());
     let missing: Vec<&str> = [("bpftool", true), ("python3", true), ("clang", !anchors_built)]
         .into_iter()
@@ -85,5 +86,15 @@ fn bench_reports_every_case_against_the_anchor() {
             assert_eq!((c.ours.len(), c.anchor.len()), (opts.rounds, opts.rounds), "{c:?}");
         }
         assert!(!report.contains("**FAILED**"), "{report}");
+    }
+    if opts.runs(PART_LB) {
+        let lb = measured.lb.as_ref().expect("the lb part ran");
+        assert_eq!(lb.rows.iter().map(|r| r.case).collect::<Vec<_>>(), ["svc_hit_dnat", "svc_miss"]);
+        for r in &lb.rows {
+            let lens = (r.anchor.len(), r.ours_ct.len(), r.ours_no_ct.len());
+            assert_eq!(lens, (opts.rounds, opts.rounds, opts.rounds), "{r:?}");
+        }
+        assert_eq!(lb.scale.iter().map(|r| r.services).collect::<Vec<_>>(), bench::lb::SCALES);
+        assert!(report.contains("| svc_hit_dnat |"), "{report}");
     }
 }

@@ -87,6 +87,10 @@ pub enum LinkKind {
     TcxEgress,
     /// XDP, in the mode the flags chose (the kernel does not report it back).
     Xdp,
+    /// A cgroup hook ([`crate::sys::attach_type`] `CGROUP_*`), see [`super::cgroup`].
+    Cgroup {
+        attach_type: u32,
+    },
     /// A link this module does not create (opened from a pin), as the kernel numbers it.
     Other {
         link_type: u32,
@@ -96,6 +100,7 @@ pub enum LinkKind {
 
 /// `enum bpf_link_type` values this module reads back.
 mod link_type {
+    pub const CGROUP: u32 = 3;
     pub const XDP: u32 = 6;
     pub const TCX: u32 = 11;
 }
@@ -107,6 +112,7 @@ impl LinkKind {
             LinkKind::TcxIngress => "tcx-ingress",
             LinkKind::TcxEgress => "tcx-egress",
             LinkKind::Xdp => "xdp",
+            LinkKind::Cgroup { .. } => "cgroup",
             LinkKind::Other { .. } => "link",
         }
     }
@@ -122,7 +128,7 @@ impl LinkKind {
     }
 
     fn on_device(self) -> bool {
-        !matches!(self, LinkKind::Other { .. })
+        !matches!(self, LinkKind::Other { .. } | LinkKind::Cgroup { .. })
     }
 }
 
@@ -132,6 +138,7 @@ impl fmt::Display for LinkKind {
             LinkKind::Other { link_type, attach_type } => {
                 write!(f, "link type {link_type} attach type {attach_type}")
             }
+            LinkKind::Cgroup { attach_type } => write!(f, "cgroup attach type {attach_type}"),
             kind => f.write_str(kind.name()),
         }
     }
@@ -241,6 +248,22 @@ impl Link {
             pin: None,
             detached: false,
         })
+    }
+
+    /// A link the caller created (`BPF_LINK_CREATE`) on a hook that is no device's: it
+    /// detaches on drop unless pinned, like every [`Link`].
+    pub(super) fn from_created(sys: &Arc<dyn Syscall>, fd: OwnedFd, kind: LinkKind, prog: &Program) -> Link {
+        let id = link_info(&**sys, fd.as_fd()).map(|i| i.id).unwrap_or(0);
+        Link {
+            fd,
+            sys: Arc::clone(sys),
+            id,
+            kind,
+            iface: None,
+            prog: Mutex::new(prog.name().to_string()),
+            pin: None,
+            detached: false,
+        }
     }
 
     /// Open the link pinned at `path`. It stays pinned: dropping the value only closes it.
@@ -467,7 +490,12 @@ fn link_info(sys: &dyn Syscall, fd: BorrowedFd<'_>) -> Result<LinkInfo, SysError
         context: format!("link fd {}", fd.as_raw_fd()),
         errno,
     })?;
-    let kind = LinkKind::from_info(raw.link_type, raw.target1);
+    // A cgroup link's union member is `{u64 cgroup_id; u32 attach_type}`.
+    let kind = if raw.link_type == link_type::CGROUP {
+        LinkKind::Cgroup { attach_type: raw._tail[0] as u32 }
+    } else {
+        LinkKind::from_info(raw.link_type, raw.target1)
+    };
     Ok(LinkInfo { id: raw.id, prog_id: raw.prog_id, kind, ifindex: kind.on_device().then_some(raw.target0) })
 }
 

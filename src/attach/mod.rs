@@ -16,9 +16,11 @@
 //! - Every failure is an [`AttachError`] naming the command, the hook, the interface, the
 //!   program and the errno, with a hint where the errno has a usual cause.
 //!
-//! Cgroup links (`sock_ops`) are not here yet; [`LinkKind::Other`] describes any link
+//! Cgroup links: [`cgroup`] (the socket load balancer's `sock_addr` programs); `sock_ops`
+//! is not here yet; [`LinkKind::Other`] describes any link
 //! this module does not create, so pinned links of any type can still be opened.
 
+pub mod cgroup;
 mod iface;
 mod link;
 
@@ -45,6 +47,23 @@ pub enum AttachError {
         errno: Errno,
         /// The usual cause of this errno here, or empty.
         hint: &'static str,
+    },
+    /// A link command failed on a cgroup hook.
+    #[error("{cmd} ({hook} of cgroup `{cgroup}`, program `{prog}`) failed: {errno}{}", hint_text(.hint))]
+    Cgroup {
+        cmd: BpfCmd,
+        hook: LinkKind,
+        cgroup: std::path::PathBuf,
+        prog: String,
+        errno: Errno,
+        hint: &'static str,
+    },
+    /// A cgroup directory could not be opened.
+    #[error("cgroup `{path}`: {source}")]
+    CgroupPath {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     /// The interface name is not known in this thread's network namespace.
     #[error("interface `{name}`: {source}")]
@@ -73,7 +92,8 @@ impl AttachError {
     /// The errno of the failed syscall, if the error came from one.
     pub fn errno(&self) -> Option<Errno> {
         match self {
-            AttachError::Link { errno, .. } => Some(*errno),
+            AttachError::Link { errno, .. } | AttachError::Cgroup { errno, .. } => Some(*errno),
+            AttachError::CgroupPath { source, .. } => source.raw_os_error().map(Errno),
             AttachError::Interface { source, .. } => source.raw_os_error().map(Errno),
             AttachError::Sys(e) => e.errno(),
             AttachError::Invalid { .. } => None,

@@ -131,10 +131,11 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
         /// Which parts to run: prefilter, policy, maglev (maglev alone needs no root), socklb
-        /// (connect() through the socket load balancer, root and cgroup v2); and
+        /// (connect() through the socket load balancer, root and cgroup v2), lb (the tc load
+        /// balancer against tc_lb.o); and
         /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
         /// through sluice against the stack alone), only when named.
-        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb")])]
+        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb"), String::from("lb")])]
         parts: Vec<String>,
     },
 }

@@ -7,7 +7,9 @@
 //! `r7` = the L3 header (cursor), `r6` = the verdict reason at exit.
 
 pub mod endpoint;
+pub mod lb;
 pub mod prefilter;
+pub mod sock_lb;
 
 use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};
 use thiserror::Error;

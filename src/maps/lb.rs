@@ -22,9 +22,17 @@
 //! - `lb_aff` remembers a client's backend per service for `sessionAffinity: ClientIP`.
 //! - `lb_sock` lets `getpeername` and `recvmsg` show the VIP to a socket whose connect or
 //!   sendmsg was translated.
+//! - User space: [`service_writes`] turns the model's services into `lb_svc`, `lb_slot`,
+//!   `lb_be` and `lb_revnat` contents with stable ids ([`LbState`]); `lb_stats`
+//!   ([`stats_def`], [`LbReason`]) counts the tc load balancer's verdicts.
 
+use super::prefilter::MapWrites;
 use super::MapDef;
+use crate::lb::maglev::{self, MaglevError, Table};
+use crate::model::service::{BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
 use sluice_verifier_sim::spec::MapKind;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 /// `lb_svc` key: one frontend.
 pub mod svc_key {
@@ -106,7 +114,9 @@ pub mod ct_value {
     pub const SIZE: usize = 16;
 }
 
-/// `lb_aff` key: `{svc_id, client addr}`.
+/// `lb_aff` key: `{svc_id, client addr}`. The socket programs, which run before the
+/// source address is chosen, use the unspecified address `::` for every local socket
+/// ([`crate::codegen::sock_lb`]): the node is one client.
 pub mod aff_key {
     pub const SVC_ID: usize = 0;
     pub const ADDR: usize = 4;
@@ -121,7 +131,10 @@ pub mod aff_value {
     pub const SIZE: usize = 16;
 }
 
-/// `lb_sock` key: a translated socket and the backend it was sent to.
+/// `lb_sock` key: a translated socket and the backend it was sent to. Written by the
+/// socket programs ([`crate::codegen::sock_lb`]) on every translated `connect`/`sendmsg`,
+/// read by `recvmsg`/`getpeername`; bytes 26..32 are zero. Entries are never deleted:
+/// cookies are not reused, and the LRU evicts what dead sockets left.
 pub mod sock_key {
     /// `bpf_get_socket_cookie()`.
     pub const COOKIE: usize = 0;
@@ -166,4 +179,438 @@ pub fn map_defs() -> Vec<MapDef> {
         def("lb_aff", MapKind::LruHash, aff_key::SIZE, aff_value::SIZE, AFF_MAX, 0),
         def("lb_sock", MapKind::LruHash, sock_key::SIZE, sock_value::SIZE, SOCK_MAX, 0),
     ]
+}
+
+// ---------------------------------------------------------------------------------------
+// Verdict reasons of the tc load balancer (`lb_stats`)
+// ---------------------------------------------------------------------------------------
+
+/// `TC_ACT_OK`.
+pub const TC_ACT_OK: i32 = 0;
+/// `TC_ACT_SHOT`.
+pub const TC_ACT_SHOT: i32 = 2;
+/// `TC_ACT_REDIRECT`.
+pub const TC_ACT_REDIRECT: i32 = 7;
+
+/// Why the tc load balancer ([`crate::codegen::lb`]) returned what it did: the index of its
+/// per-CPU `u64` counter in `lb_stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[repr(u32)]
+pub enum LbReason {
+    /// Not IPv4 or IPv6: passed untouched.
+    PassNotIp = 0,
+    /// Not TCP, UDP or SCTP, a later IPv4 fragment, or IPv6 with an extension header:
+    /// passed untouched.
+    PassNotL4 = 1,
+    /// Truncated or malformed headers: passed untouched (the load balancer is no firewall).
+    PassMalformed = 2,
+    /// No reply conntrack entry, no forward entry, no frontend: passed untouched.
+    PassNoService = 3,
+    /// A backend's reply: source rewritten to the frontend (reverse NAT).
+    RevNat = 4,
+    /// A tracked connection: destination rewritten to its pinned backend.
+    Established = 5,
+    /// A new connection: backend chosen by flow hash, destination rewritten.
+    NewConnection = 6,
+    /// A new connection sent to the backend the client's affinity entry names.
+    Affinity = 7,
+    /// The frontend has no usable backend: dropped (UDP, SCTP; TCP when the reset could not
+    /// be written, or the packet is itself a reset).
+    NoBackend = 8,
+    /// A rewrite helper failed: dropped.
+    RewriteFailed = 9,
+    /// The frontend has no usable backend and the packet is TCP: turned into a reset in
+    /// place and redirected back out of the device it came in on.
+    NoBackendReset = 10,
+}
+
+impl LbReason {
+    /// Every reason, in counter order.
+    pub const ALL: [LbReason; 11] = [
+        LbReason::PassNotIp,
+        LbReason::PassNotL4,
+        LbReason::PassMalformed,
+        LbReason::PassNoService,
+        LbReason::RevNat,
+        LbReason::Established,
+        LbReason::NewConnection,
+        LbReason::Affinity,
+        LbReason::NoBackend,
+        LbReason::RewriteFailed,
+        LbReason::NoBackendReset,
+    ];
+    /// Number of reasons (`lb_stats` entries).
+    pub const COUNT: u32 = LbReason::ALL.len() as u32;
+
+    /// The name in counters, listings and labels.
+    pub fn name(self) -> &'static str {
+        match self {
+            LbReason::PassNotIp => "pass_not_ip",
+            LbReason::PassNotL4 => "pass_not_l4",
+            LbReason::PassMalformed => "pass_malformed",
+            LbReason::PassNoService => "pass_no_service",
+            LbReason::RevNat => "rev_nat",
+            LbReason::Established => "established",
+            LbReason::NewConnection => "new_connection",
+            LbReason::Affinity => "affinity",
+            LbReason::NoBackend => "no_backend",
+            LbReason::RewriteFailed => "rewrite_failed",
+            LbReason::NoBackendReset => "no_backend_reset",
+        }
+    }
+
+    /// The tc verdict of this reason.
+    pub fn verdict(self) -> i32 {
+        match self {
+            LbReason::NoBackend | LbReason::RewriteFailed => TC_ACT_SHOT,
+            LbReason::NoBackendReset => TC_ACT_REDIRECT,
+            _ => TC_ACT_OK,
+        }
+    }
+}
+
+/// The tc load balancer's verdict counters: a per-CPU `u64` array indexed by [`LbReason`].
+/// Not part of [`map_defs`] (the socket programs count elsewhere).
+pub fn stats_def() -> MapDef {
+    MapDef {
+        name: "lb_stats",
+        kind: MapKind::PerCpuArray,
+        key_size: 4,
+        value_size: 8,
+        max_entries: LbReason::COUNT,
+        flags: 0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// User space: services → map contents, with stable ids
+// ---------------------------------------------------------------------------------------
+
+/// A frontend's identity: (VIP, port, IP protocol number).
+pub type FrontendKey = (IpAddr, u16, u8);
+/// A backend's identity: (address, port, IP protocol number). A protocol of 0 means
+/// "unknown" (an id read back from `lb_be` for a backend no slot references; see
+/// [`LbState::recover`]).
+pub type BackendKey = (IpAddr, u16, u8);
+
+/// What user space knows of the contents of the load-balancing maps: the ids it assigned
+/// and each frontend's slot count. [`service_writes`] takes the previous state and returns
+/// the next one with the writes that turn the maps from one into the other.
+///
+/// Allocation (stable ids): a frontend or backend present before keeps its id; a new one
+/// takes the next id above every id handed out so far (`next_service_id`,
+/// `next_backend_id`, high-water marks). Removing a backend or frontend therefore never
+/// renumbers the others, and a removed id is not handed to a newcomer while conntrack
+/// entries may still name it: connections pinned in `lb_ct` by `backend_id` and `svc_id`
+/// keep their meaning (a forward entry whose backend is gone from `lb_be` falls through to
+/// a new selection). Ids are dense at first and grow with churn; `lb_be` and `lb_svc` are
+/// hash maps, so sparse ids cost nothing. The state is either kept by the caller (the
+/// daemon) or read back from the pinned maps with [`LbState::recover`], which sets the
+/// marks just above the largest id present: only ids removed before the restart can be
+/// reused after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LbState {
+    pub services: BTreeMap<FrontendKey, u32>,
+    pub backends: BTreeMap<BackendKey, u32>,
+    /// `svc_id` → the slot count written to `lb_svc` (and so `lb_slot` keys `0..slots`).
+    pub slots: BTreeMap<u32, u32>,
+    /// The smallest `svc_id` never handed out (at least 1).
+    pub next_service_id: u32,
+    /// The smallest `backend_id` never handed out (at least 1).
+    pub next_backend_id: u32,
+}
+
+/// Why services cannot be turned into map contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LbError {
+    #[error(
+        "Service `{service}`: SCTP frontend {vip} port {port} maps to backend {backend} port {backend_port}: \
+         sluice does not translate SCTP ports (the CRC32c covers them); use targetPort {port}"
+    )]
+    SctpPortTranslation { service: String, vip: IpAddr, port: u16, backend: IpAddr, backend_port: u16 },
+    #[error("{what}: {count} exceed the map's capacity of {max} (map `{map}`)")]
+    Capacity { what: &'static str, map: &'static str, count: usize, max: u32 },
+    #[error("Service `{service}`: {source}")]
+    Maglev {
+        service: String,
+        #[source]
+        source: MaglevError,
+    },
+    #[error("map `{map}`: an entry of {len} bytes where {want} were expected")]
+    BadEntry { map: &'static str, len: usize, want: usize },
+}
+
+fn read_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn addr_of(b: &[u8]) -> IpAddr {
+    let mut o = [0u8; 16];
+    o.copy_from_slice(&b[..16]);
+    let v6 = std::net::Ipv6Addr::from(o);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn check_len(map: &'static str, b: &[u8], want: usize) -> Result<(), LbError> {
+    if b.len() == want {
+        Ok(())
+    } else {
+        Err(LbError::BadEntry { map, len: b.len(), want })
+    }
+}
+
+impl LbState {
+    /// Read the state back from the maps' entries (as iterated from the pinned maps):
+    /// `lb_svc` gives frontends, their ids and slot counts; `lb_be` gives backends' ids,
+    /// and `lb_slot` (through `lb_svc`) their protocols. A backend no slot references
+    /// (terminating, or of a frontend without active backends) is recovered with protocol
+    /// 0, which [`service_writes`] matches to any protocol of the same address and port.
+    pub fn recover(
+        svc: &[(Vec<u8>, Vec<u8>)],
+        slot: &[(Vec<u8>, Vec<u8>)],
+        be: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<LbState, LbError> {
+        let mut state = LbState::default();
+        let mut proto_of_svc = BTreeMap::new();
+        for (k, v) in svc {
+            check_len("lb_svc", k, svc_key::SIZE)?;
+            check_len("lb_svc", v, svc_value::SIZE)?;
+            let port = u16::from_be_bytes([k[svc_key::PORT], k[svc_key::PORT + 1]]);
+            let id = read_u32(v, svc_value::SVC_ID);
+            state.services.insert((addr_of(k), port, k[svc_key::PROTO]), id);
+            state.slots.insert(id, read_u32(v, svc_value::SLOTS));
+            proto_of_svc.insert(id, k[svc_key::PROTO]);
+        }
+        let mut proto_of_be = BTreeMap::new();
+        for (k, v) in slot {
+            check_len("lb_slot", k, slot_key::SIZE)?;
+            check_len("lb_slot", v, 4)?;
+            if let Some(&p) = proto_of_svc.get(&read_u32(k, slot_key::SVC_ID)) {
+                proto_of_be.insert(read_u32(v, 0), p);
+            }
+        }
+        for (k, v) in be {
+            check_len("lb_be", k, 4)?;
+            check_len("lb_be", v, be_value::SIZE)?;
+            let id = read_u32(k, 0);
+            let port = u16::from_be_bytes([v[be_value::PORT], v[be_value::PORT + 1]]);
+            let proto = proto_of_be.get(&id).copied().unwrap_or(0);
+            state.backends.insert((addr_of(v), port, proto), id);
+        }
+        state.next_service_id = state.services.values().max().map_or(1, |m| m.saturating_add(1));
+        state.next_backend_id = state.backends.values().max().map_or(1, |m| m.saturating_add(1));
+        Ok(state)
+    }
+}
+
+/// Ids above a high-water mark (and above every id in use).
+struct Ids {
+    next: u32,
+}
+
+impl Ids {
+    fn new(mark: u32, in_use: impl IntoIterator<Item = u32>) -> Ids {
+        let above = in_use.into_iter().max().map_or(1, |m| m.saturating_add(1));
+        Ids { next: mark.max(above).max(1) }
+    }
+
+    fn take(&mut self) -> u32 {
+        let id = self.next;
+        self.next = self.next.saturating_add(1);
+        id
+    }
+}
+
+fn svc_key_bytes(k: &FrontendKey) -> [u8; svc_key::SIZE] {
+    let mut b = [0u8; svc_key::SIZE];
+    b[svc_key::ADDR..svc_key::ADDR + 16].copy_from_slice(&super::fwd::addr_key(k.0));
+    b[svc_key::PORT..svc_key::PORT + 2].copy_from_slice(&k.1.to_be_bytes());
+    b[svc_key::PROTO] = k.2;
+    b
+}
+
+fn slot_key_bytes(svc_id: u32, slot: u32) -> [u8; slot_key::SIZE] {
+    let mut b = [0u8; slot_key::SIZE];
+    b[slot_key::SVC_ID..slot_key::SVC_ID + 4].copy_from_slice(&svc_id.to_le_bytes());
+    b[slot_key::SLOT..slot_key::SLOT + 4].copy_from_slice(&slot.to_le_bytes());
+    b
+}
+
+/// Empty writes for one map.
+fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> MapWrites {
+    MapWrites { map, key_size, value_size, ..MapWrites::default() }
+}
+
+/// The `lb_svc`, `lb_slot`, `lb_be` and `lb_revnat` writes that turn maps holding `prev`
+/// into maps serving `services`, and the state they leave.
+///
+/// Order (each [`MapWrites`] applies its updates, then its deletes; the list is applied
+/// in order), chosen so that a packet never finds a reference to a missing entry:
+/// 1. `lb_be` updates (new and changed backends), `lb_revnat` updates, `lb_slot` updates;
+/// 2. `lb_svc` updates (new slot counts) and deletes (removed frontends);
+/// 3. `lb_slot` deletes (slots beyond a shrunk count, all of a removed frontend), then
+///    `lb_revnat` deletes, then `lb_be` deletes (removed backends: last).
+///
+/// So a map may appear twice (its updates in step 1, its deletes in step 3); empty writes
+/// are left out. Selection slots: random: each active backend `weight` times, in the
+/// frontend's backend order (random selection is unweighted in the model, so once);
+/// Maglev: the table of [`crate::lb::maglev`]. Terminating backends keep their `lb_be`
+/// entry (state [`be_value::TERMINATING`]) and hold no slot; not-ready backends are
+/// neither in a slot nor in `lb_be` (unless another frontend uses the same backend).
+///
+/// SCTP frontends must not translate ports ([`LbError::SctpPortTranslation`]): the
+/// datapath rewrites SCTP addresses only, which the CRC32c does not cover.
+pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWrites>, LbState), LbError> {
+    // The next state's frontends and backends.
+    let mut frontends: Vec<(&Service, &Frontend, FrontendKey)> = Vec::new();
+    let mut backends: BTreeMap<BackendKey, u8> = BTreeMap::new();
+    for s in services {
+        for f in &s.frontends {
+            let proto = f.protocol.number();
+            frontends.push((s, f, (f.vip, f.port, proto)));
+            for be in &f.backends {
+                if proto == 132 && be.port != f.port {
+                    return Err(LbError::SctpPortTranslation {
+                        service: format!("{}/{}", s.namespace, s.name),
+                        vip: f.vip,
+                        port: f.port,
+                        backend: be.address,
+                        backend_port: be.port,
+                    });
+                }
+                let state = match be.state {
+                    BackendState::Active => be_value::ACTIVE,
+                    BackendState::Terminating => be_value::TERMINATING,
+                    BackendState::NotReady => continue,
+                };
+                // Active wins when two frontends share a backend in different states.
+                let e = backends.entry((be.address, be.port, proto)).or_insert(state);
+                *e = (*e).min(state);
+            }
+        }
+    }
+    if frontends.len() > SVC_MAX as usize {
+        return Err(LbError::Capacity {
+            what: "frontends",
+            map: "lb_svc",
+            count: frontends.len(),
+            max: SVC_MAX,
+        });
+    }
+    if backends.len() > BE_MAX as usize {
+        return Err(LbError::Capacity { what: "backends", map: "lb_be", count: backends.len(), max: BE_MAX });
+    }
+
+    // Ids: kept where known, else the lowest free.
+    let mut next = LbState::default();
+    let mut svc_ids = Ids::new(prev.next_service_id, prev.services.values().copied());
+    for (_, _, k) in &frontends {
+        let id = prev.services.get(k).copied().unwrap_or_else(|| svc_ids.take());
+        next.services.insert(*k, id);
+    }
+    let mut be_ids = Ids::new(prev.next_backend_id, prev.backends.values().copied());
+    let mut reused: BTreeSet<u32> = BTreeSet::new();
+    for k in backends.keys() {
+        let known = prev.backends.get(k).or_else(|| prev.backends.get(&(k.0, k.1, 0))).copied();
+        let id = match known {
+            Some(id) if reused.insert(id) => id,
+            _ => be_ids.take(),
+        };
+        next.backends.insert(*k, id);
+    }
+
+    let mut be_put = writes_for("lb_be", 4, be_value::SIZE);
+    for (k, &state) in &backends {
+        let mut v = [0u8; be_value::SIZE];
+        v[be_value::ADDR..be_value::ADDR + 16].copy_from_slice(&super::fwd::addr_key(k.0));
+        v[be_value::PORT..be_value::PORT + 2].copy_from_slice(&k.1.to_be_bytes());
+        v[be_value::STATE] = state;
+        be_put.put(&next.backends[k].to_le_bytes(), &v);
+    }
+    let mut revnat_put = writes_for("lb_revnat", 4, revnat_value::SIZE);
+    let mut slot_put = writes_for("lb_slot", slot_key::SIZE, 4);
+    let mut svc_put = writes_for("lb_svc", svc_key::SIZE, svc_value::SIZE);
+    let mut total_slots = 0usize;
+    for (s, f, k) in &frontends {
+        let svc_id = next.services[k];
+        let mut v = [0u8; revnat_value::SIZE];
+        v[revnat_value::ADDR..revnat_value::ADDR + 16].copy_from_slice(&super::fwd::addr_key(f.vip));
+        v[revnat_value::PORT..revnat_value::PORT + 2].copy_from_slice(&f.port.to_be_bytes());
+        revnat_put.put(&svc_id.to_le_bytes(), &v);
+        let id_of = |b: &crate::model::service::Backend| next.backends[&(b.address, b.port, k.2)];
+        let slots: Vec<u32> = match s.algorithm {
+            LbAlgorithm::Random => {
+                f.active().flat_map(|b| std::iter::repeat_n(id_of(b), b.weight.max(1) as usize)).collect()
+            }
+            LbAlgorithm::Maglev(size) => {
+                let active: Vec<&crate::model::service::Backend> = f.active().collect();
+                let table = Table::build(&f.maglev_backends(), size).map_err(|source| LbError::Maglev {
+                    service: format!("{}/{}", s.namespace, s.name),
+                    source,
+                })?;
+                if table.slots().contains(&maglev::EMPTY) {
+                    Vec::new()
+                } else {
+                    table.slots().iter().map(|&i| id_of(active[i as usize])).collect()
+                }
+            }
+        };
+        total_slots += slots.len();
+        if total_slots > SLOT_MAX as usize {
+            return Err(LbError::Capacity {
+                what: "selection slots",
+                map: "lb_slot",
+                count: total_slots,
+                max: SLOT_MAX,
+            });
+        }
+        for (i, be) in slots.iter().enumerate() {
+            slot_put.put(&slot_key_bytes(svc_id, i as u32), &be.to_le_bytes());
+        }
+        next.slots.insert(svc_id, slots.len() as u32);
+        let mut sv = [0u8; svc_value::SIZE];
+        sv[svc_value::SVC_ID..svc_value::SVC_ID + 4].copy_from_slice(&svc_id.to_le_bytes());
+        sv[svc_value::SLOTS..svc_value::SLOTS + 4].copy_from_slice(&(slots.len() as u32).to_le_bytes());
+        if let SessionAffinity::ClientIp { timeout_seconds } = s.affinity {
+            sv[svc_value::FLAGS..svc_value::FLAGS + 4].copy_from_slice(&svc_value::AFFINITY.to_le_bytes());
+            sv[svc_value::AFFINITY_TIMEOUT..svc_value::AFFINITY_TIMEOUT + 4]
+                .copy_from_slice(&timeout_seconds.to_le_bytes());
+        }
+        svc_put.put(&svc_key_bytes(k), &sv);
+    }
+
+    // Stale entries.
+    for k in prev.services.keys() {
+        if !next.services.contains_key(k) {
+            svc_put.delete(&svc_key_bytes(k));
+        }
+    }
+    let mut slot_del = writes_for("lb_slot", slot_key::SIZE, 4);
+    let mut revnat_del = writes_for("lb_revnat", 4, revnat_value::SIZE);
+    let live_svc: BTreeSet<u32> = next.services.values().copied().collect();
+    for (&svc_id, &old) in &prev.slots {
+        let keep = next.slots.get(&svc_id).copied().unwrap_or(0);
+        for slot in keep..old {
+            slot_del.delete(&slot_key_bytes(svc_id, slot));
+        }
+    }
+    for id in prev.services.values() {
+        if !live_svc.contains(id) {
+            revnat_del.delete(&id.to_le_bytes());
+        }
+    }
+    let mut be_del = writes_for("lb_be", 4, be_value::SIZE);
+    let live_be: BTreeSet<u32> = next.backends.values().copied().collect();
+    for id in prev.backends.values().collect::<BTreeSet<_>>() {
+        if !live_be.contains(id) {
+            be_del.delete(&id.to_le_bytes());
+        }
+    }
+    next.next_service_id = svc_ids.next;
+    next.next_backend_id = be_ids.next;
+    let all = [be_put, revnat_put, slot_put, svc_put, slot_del, revnat_del, be_del];
+    Ok((all.into_iter().filter(|w| !w.is_empty()).collect(), next))
 }

@@ -86,6 +86,7 @@ pub fn prog_type(kind: ProgKind) -> ProgType {
         ProgKind::SchedCls => ProgType::SchedCls,
         ProgKind::SockOps => ProgType::SockOps,
         ProgKind::SkMsg => ProgType::SkMsg,
+        ProgKind::CgroupSockAddr(_) => ProgType::CgroupSockAddr,
     }
 }
 

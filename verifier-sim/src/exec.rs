@@ -54,8 +54,16 @@
 //! [`IpSummed::Complete`] and the field under [`IpSummed::Partial`], as in the kernel.
 //! After any call `r1`-`r5` keep whatever they held (the verifier forbids reading them).
 //!
+//! `CgroupSockAddr` programs run on [`Context::sock_addr`] (see [`SockAddr`]): whole 4-byte
+//! loads of every field, stores into the fields the hook makes writable, and
+//! `get_socket_cookie` answering [`SockAddr::cookie`]; the packet is empty.
+//!
 //! Not emulated: `SockOps` and `SkMsg` programs, packet resizing for skbs, devmaps,
 //! spin locks, kfuncs.
+
+mod sock_addr;
+
+pub use sock_addr::{SockAddr, AF_INET, AF_INET6, SOCK_DGRAM, SOCK_STREAM};
 
 use crate::maps::{errno, MapSet};
 use crate::spec::{CtxField, CtxValue, MapKind, ProgKind, SK_BUFF, XDP_MD};
@@ -158,6 +166,7 @@ mod hid {
     pub const KTIME_GET_COARSE_NS: i32 = 160;
     pub const XDP_LOAD_BYTES: i32 = 189;
     pub const XDP_STORE_BYTES: i32 = 190;
+    pub const GET_SOCKET_COOKIE: i32 = 46;
 }
 
 /// Map kinds a program may look up, update and delete in.
@@ -267,6 +276,8 @@ pub struct Context {
     pub fib: Option<FibAnswer>,
     /// Set by `bpf_skb_set_tunnel_key`.
     pub tunnel_key: Option<TunnelKey>,
+    /// The `bpf_sock_addr` of a `CgroupSockAddr` run, as the program left it.
+    pub sock_addr: SockAddr,
 }
 
 /// An emulated `bpf_fib_lookup` result.
@@ -305,7 +316,13 @@ impl Context {
             ip_summed: IpSummed::None,
             fib: None,
             tunnel_key: None,
+            sock_addr: SockAddr::default(),
         }
+    }
+
+    /// A context for a `CgroupSockAddr` run on `sock_addr` (no packet).
+    pub fn for_sock_addr(sock_addr: SockAddr) -> Context {
+        Context { sock_addr, ..Context::new(Vec::new()) }
     }
 }
 
@@ -375,7 +392,7 @@ impl Machine {
         ctx: &mut Context,
         maps: &mut MapSet,
     ) -> Result<RunOutcome, ExecError> {
-        if !matches!(kind, ProgKind::Xdp | ProgKind::SchedCls) {
+        if !matches!(kind, ProgKind::Xdp | ProgKind::SchedCls | ProgKind::CgroupSockAddr(_)) {
             return Err(ExecError::UnsupportedKind { kind });
         }
         let len = ctx.packet.len();
@@ -1037,6 +1054,9 @@ impl Vm<'_> {
     }
 
     fn ctx_load(&self, off: u32, size: usize) -> Option<u64> {
+        if let ProgKind::CgroupSockAddr(hook) = self.kind {
+            return self.ctx.sock_addr.load(hook, off, size);
+        }
         let size32 = u32::try_from(size).ok()?;
         if off & (size32 - 1) != 0 {
             return None;
@@ -1063,6 +1083,9 @@ impl Vm<'_> {
     }
 
     fn ctx_store(&mut self, off: u32, size: usize, value: u64) -> Option<()> {
+        if let ProgKind::CgroupSockAddr(hook) = self.kind {
+            return self.ctx.sock_addr.store(hook, off, size, value);
+        }
         if self.kind != ProgKind::SchedCls {
             return None;
         }
@@ -1147,6 +1170,12 @@ impl Vm<'_> {
             hid::KTIME_GET_NS | hid::KTIME_GET_BOOT_NS | hid::KTIME_GET_COARSE_NS => self.ctx.now_ns,
             hid::GET_PRANDOM_U32 => u64::from(self.next_random()),
             hid::GET_SMP_PROCESSOR_ID => self.maps.cpu() as u64,
+            hid::GET_SOCKET_COOKIE if matches!(self.kind, ProgKind::CgroupSockAddr(_)) => {
+                if r1 != CTX_ADDR {
+                    return Err(bad_insn(insn, "bpf_get_socket_cookie takes the context".into()));
+                }
+                self.ctx.sock_addr.cookie
+            }
             hid::TAIL_CALL => {
                 let m = self.map_arg(insn, id, r2, &[MapKind::ProgArray])?;
                 if !self.frames.is_empty() {
@@ -1334,7 +1363,8 @@ impl Vm<'_> {
             | hid::CSUM_UPDATE
             | hid::FIB_LOOKUP
             | hid::SKB_SET_TUNNEL_KEY
-            | hid::REDIRECT_NEIGH => return Err(unavailable),
+            | hid::REDIRECT_NEIGH
+            | hid::GET_SOCKET_COOKIE => return Err(unavailable),
             _ => return Err(ExecError::UnknownHelper { insn, helper: id }),
         };
         self.regs[0] = r0;

@@ -18,6 +18,89 @@ pub enum ProgKind {
     SockOps,
     /// `BPF_PROG_TYPE_SK_MSG`; context `struct sk_msg_md`.
     SkMsg,
+    /// `BPF_PROG_TYPE_CGROUP_SOCK_ADDR` at one hook (its `expected_attach_type`, which
+    /// decides the writable fields and the return range); context `struct bpf_sock_addr`.
+    CgroupSockAddr(SockAddrHook),
+}
+
+/// The cgroup `sock_addr` hooks sluice attaches to (`BPF_CGROUP_INET4_CONNECT` and
+/// friends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SockAddrHook {
+    Connect4,
+    Connect6,
+    UdpSendmsg4,
+    UdpSendmsg6,
+    UdpRecvmsg4,
+    UdpRecvmsg6,
+    Getpeername4,
+    Getpeername6,
+}
+
+impl SockAddrHook {
+    /// Every hook, in attach-type order.
+    pub const ALL: [SockAddrHook; 8] = [
+        SockAddrHook::Connect4,
+        SockAddrHook::Connect6,
+        SockAddrHook::UdpSendmsg4,
+        SockAddrHook::UdpSendmsg6,
+        SockAddrHook::UdpRecvmsg4,
+        SockAddrHook::UdpRecvmsg6,
+        SockAddrHook::Getpeername4,
+        SockAddrHook::Getpeername6,
+    ];
+
+    /// Whether the hook sees `AF_INET6` sockets (`user_ip6`), else `AF_INET` (`user_ip4`).
+    pub fn is_v6(self) -> bool {
+        matches!(
+            self,
+            SockAddrHook::Connect6
+                | SockAddrHook::UdpSendmsg6
+                | SockAddrHook::UdpRecvmsg6
+                | SockAddrHook::Getpeername6
+        )
+    }
+
+    /// Whether the hook rewrites where the socket sends (connect, sendmsg), else what the
+    /// application is told its peer is (recvmsg, getpeername).
+    pub fn is_forward(self) -> bool {
+        matches!(
+            self,
+            SockAddrHook::Connect4
+                | SockAddrHook::Connect6
+                | SockAddrHook::UdpSendmsg4
+                | SockAddrHook::UdpSendmsg6
+        )
+    }
+
+    /// The libbpf section suffix: `connect4`, `sendmsg6`, `recvmsg4`, `getpeername6`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            SockAddrHook::Connect4 => "connect4",
+            SockAddrHook::Connect6 => "connect6",
+            SockAddrHook::UdpSendmsg4 => "sendmsg4",
+            SockAddrHook::UdpSendmsg6 => "sendmsg6",
+            SockAddrHook::UdpRecvmsg4 => "recvmsg4",
+            SockAddrHook::UdpRecvmsg6 => "recvmsg6",
+            SockAddrHook::Getpeername4 => "getpeername4",
+            SockAddrHook::Getpeername6 => "getpeername6",
+        }
+    }
+
+    /// The context fields at this hook, with the writability `sock_addr_is_valid_access`
+    /// gives them.
+    pub fn ctx_fields(self) -> &'static [CtxField] {
+        match self {
+            SockAddrHook::Connect4 | SockAddrHook::UdpRecvmsg4 | SockAddrHook::Getpeername4 => {
+                SOCK_ADDR_USER4
+            }
+            SockAddrHook::Connect6 | SockAddrHook::UdpRecvmsg6 | SockAddrHook::Getpeername6 => {
+                SOCK_ADDR_USER6
+            }
+            SockAddrHook::UdpSendmsg4 => SOCK_ADDR_SENDMSG4,
+            SockAddrHook::UdpSendmsg6 => SOCK_ADDR_SENDMSG6,
+        }
+    }
 }
 
 impl ProgKind {
@@ -33,6 +116,10 @@ impl ProgKind {
             ProgKind::SockOps => (0, 1),
             // SK_DROP, SK_PASS
             ProgKind::SkMsg => (0, 1),
+            // `check_return_code`: 0 (EPERM) or 1 (go on); recvmsg and getpeername may
+            // only rewrite the address, never fail the call.
+            ProgKind::CgroupSockAddr(hook) if hook.is_forward() => (0, 1),
+            ProgKind::CgroupSockAddr(_) => (1, 1),
         }
     }
 
@@ -43,6 +130,7 @@ impl ProgKind {
             ProgKind::SchedCls => 192,
             ProgKind::SockOps => 224,
             ProgKind::SkMsg => 72,
+            ProgKind::CgroupSockAddr(_) => sock_addr::SIZE as usize,
         }
     }
 
@@ -58,6 +146,7 @@ impl ProgKind {
             ProgKind::SchedCls => SK_BUFF,
             ProgKind::SockOps => SOCK_OPS,
             ProgKind::SkMsg => SK_MSG_MD,
+            ProgKind::CgroupSockAddr(hook) => hook.ctx_fields(),
         }
     }
 }
@@ -69,6 +158,7 @@ impl fmt::Display for ProgKind {
             ProgKind::SchedCls => "sched_cls",
             ProgKind::SockOps => "sock_ops",
             ProgKind::SkMsg => "sk_msg",
+            ProgKind::CgroupSockAddr(_) => "cgroup_sock_addr",
         })
     }
 }
@@ -199,6 +289,59 @@ pub const SK_MSG_MD: &[CtxField] = &[
     field("local_port", 64, 4, Scalar, false),
     field("size", 68, 4, Scalar, false),
 ];
+
+/// `struct bpf_sock_addr`: byte offsets. Addresses and the port are in network byte order
+/// (a 4-byte load yields the wire bytes read little-endian; the port sits in the low 16
+/// bits of `user_port`); `family`, `type`, `protocol` are plain integers.
+pub mod sock_addr {
+    pub const USER_FAMILY: u32 = 0;
+    pub const USER_IP4: u32 = 4;
+    /// Four `u32` words.
+    pub const USER_IP6: u32 = 8;
+    pub const USER_PORT: u32 = 24;
+    pub const FAMILY: u32 = 28;
+    pub const TYPE: u32 = 32;
+    pub const PROTOCOL: u32 = 36;
+    pub const MSG_SRC_IP4: u32 = 40;
+    /// Four `u32` words.
+    pub const MSG_SRC_IP6: u32 = 44;
+    /// `__bpf_md_ptr(struct bpf_sock *, sk)`: not modelled.
+    pub const SK: u32 = 64;
+    pub const SIZE: u32 = 72;
+}
+
+/// `struct bpf_sock_addr` with these fields writable (`sk` is left out: socket pointers
+/// are not modelled). Loads and stores are whole 4-byte fields in the subset (the kernel
+/// also allows narrow loads and 8-byte stores into `user_ip6`).
+const fn sock_addr_table(ip4: bool, ip6: bool, src4: bool, src6: bool) -> [CtxField; 15] {
+    use sock_addr as o;
+    [
+        field("user_family", o::USER_FAMILY, 4, Scalar, false),
+        field("user_ip4", o::USER_IP4, 4, Scalar, ip4),
+        field("user_ip6_0", o::USER_IP6, 4, Scalar, ip6),
+        field("user_ip6_1", o::USER_IP6 + 4, 4, Scalar, ip6),
+        field("user_ip6_2", o::USER_IP6 + 8, 4, Scalar, ip6),
+        field("user_ip6_3", o::USER_IP6 + 12, 4, Scalar, ip6),
+        field("user_port", o::USER_PORT, 4, Scalar, ip4 || ip6),
+        field("family", o::FAMILY, 4, Scalar, false),
+        field("type", o::TYPE, 4, Scalar, false),
+        field("protocol", o::PROTOCOL, 4, Scalar, false),
+        field("msg_src_ip4", o::MSG_SRC_IP4, 4, Scalar, src4),
+        field("msg_src_ip6_0", o::MSG_SRC_IP6, 4, Scalar, src6),
+        field("msg_src_ip6_1", o::MSG_SRC_IP6 + 4, 4, Scalar, src6),
+        field("msg_src_ip6_2", o::MSG_SRC_IP6 + 8, 4, Scalar, src6),
+        field("msg_src_ip6_3", o::MSG_SRC_IP6 + 12, 4, Scalar, src6),
+    ]
+}
+
+/// `bpf_sock_addr` at the IPv4 connect, recvmsg and getpeername hooks.
+pub const SOCK_ADDR_USER4: &[CtxField] = &sock_addr_table(true, false, false, false);
+/// `bpf_sock_addr` at the IPv6 connect, recvmsg and getpeername hooks.
+pub const SOCK_ADDR_USER6: &[CtxField] = &sock_addr_table(false, true, false, false);
+/// `bpf_sock_addr` at `UDP4_SENDMSG` (the source address is writable too).
+pub const SOCK_ADDR_SENDMSG4: &[CtxField] = &sock_addr_table(true, false, true, false);
+/// `bpf_sock_addr` at `UDP6_SENDMSG`.
+pub const SOCK_ADDR_SENDMSG6: &[CtxField] = &sock_addr_table(false, true, false, true);
 
 /// Map types the simulator emulates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

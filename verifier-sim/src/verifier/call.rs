@@ -140,7 +140,7 @@ pub fn call(env: &mut Env, st: &mut State, id: i32) -> Result<(), ErrorKind> {
             // XDP_ABORTED or XDP_REDIRECT; TC_ACT_SHOT or TC_ACT_REDIRECT.
             ProgKind::Xdp => range(0, 4),
             ProgKind::SchedCls => range(2, 7),
-            ProgKind::SockOps | ProgKind::SkMsg => RegState::unknown(),
+            ProgKind::SockOps | ProgKind::SkMsg | ProgKind::CgroupSockAddr(_) => RegState::unknown(),
         },
         Ret::MapValueOrNull => match map {
             Some(m) => RegState { id: env.fresh_id(), ..RegState::pointer(Kind::MapValueOrNull(m), 0) },

@@ -1,7 +1,7 @@
 //! Signatures of the kernel helpers in the subset (`struct bpf_func_proto`), which program
 //! kinds may call them, and which map types they take (`check_map_func_compatibility`).
 
-use crate::spec::{MapKind, ProgKind};
+use crate::spec::{MapKind, ProgKind, SockAddrHook};
 use sluice_asm::helpers as id;
 
 /// What a helper argument must be (`enum bpf_arg_type`).
@@ -64,7 +64,34 @@ pub struct Helper {
     pub pkt_access: bool,
 }
 
-const ALL: &[ProgKind] = &[ProgKind::Xdp, ProgKind::SchedCls, ProgKind::SockOps, ProgKind::SkMsg];
+const ALL: &[ProgKind] = &[
+    ProgKind::Xdp,
+    ProgKind::SchedCls,
+    ProgKind::SockOps,
+    ProgKind::SkMsg,
+    SOCK_ADDR[0],
+    SOCK_ADDR[1],
+    SOCK_ADDR[2],
+    SOCK_ADDR[3],
+    SOCK_ADDR[4],
+    SOCK_ADDR[5],
+    SOCK_ADDR[6],
+    SOCK_ADDR[7],
+];
+/// Every cgroup `sock_addr` hook (`sock_addr_func_proto`).
+const SOCK_ADDR: &[ProgKind] = &{
+    let h = SockAddrHook::ALL;
+    [
+        ProgKind::CgroupSockAddr(h[0]),
+        ProgKind::CgroupSockAddr(h[1]),
+        ProgKind::CgroupSockAddr(h[2]),
+        ProgKind::CgroupSockAddr(h[3]),
+        ProgKind::CgroupSockAddr(h[4]),
+        ProgKind::CgroupSockAddr(h[5]),
+        ProgKind::CgroupSockAddr(h[6]),
+        ProgKind::CgroupSockAddr(h[7]),
+    ]
+};
 const XDP_TC: &[ProgKind] = &[ProgKind::Xdp, ProgKind::SchedCls];
 const TC: &[ProgKind] = &[ProgKind::SchedCls];
 const XDP: &[ProgKind] = &[ProgKind::Xdp];
@@ -162,6 +189,7 @@ pub const HELPERS: &[Helper] = &[
         Ret::Range(0, 1),
         &[ProgKind::SkMsg],
     ),
+    helper(id::GET_SOCKET_COOKIE, "bpf_get_socket_cookie", &[Ctx], Ret::Integer, SOCK_ADDR),
     helper(id::RINGBUF_OUTPUT, "bpf_ringbuf_output", &[Map, MemRead, SizeOrZero, Scalar], Ret::Integer, ALL),
 ];
 

@@ -253,7 +253,7 @@ fn exit(env: &Env, st: &State) -> Result<(), ErrorKind> {
     // XDP and tc act on the 32-bit return value; the kernel checks sock_ops on 64 bits.
     let value: Scalar = match env.kind {
         ProgKind::Xdp | ProgKind::SchedCls => r0.var.sext32(),
-        ProgKind::SockOps | ProgKind::SkMsg => r0.var,
+        ProgKind::SockOps | ProgKind::SkMsg | ProgKind::CgroupSockAddr(_) => r0.var,
     };
     if value.smin < lo || value.smax > hi {
         return Err(ErrorKind::ReturnOutOfRange { min: value.smin, max: value.smax, lo, hi, kind: env.kind });

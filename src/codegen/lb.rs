@@ -1,0 +1,936 @@
+//! The tc service load balancer: a standalone `SchedCls` program `lb` for any device's tc
+//! ingress, built around [`emit_service_lb`], an emitter the endpoint programs can call
+//! from their own parse.
+//!
+//! Per packet (maps of [`crate::maps::lb`]):
+//! 1. Parse (standalone program only): Ethernet with up to two VLAN tags, IPv4 with options
+//!    (a later fragment passes untouched: it has no ports; a first fragment is balanced, so a
+//!    fragmented datagram's tail is not translated: a documented limit), IPv6 without
+//!    extension headers (a packet whose next header is not TCP, UDP or SCTP passes
+//!    untouched: a documented limit), then TCP (20 bytes), UDP (8) or SCTP (12). Anything
+//!    else passes untouched; truncated or malformed headers pass too (the load balancer is
+//!    no firewall), each counted.
+//! 2. Reply path: `lb_ct` with the packet's tuple and `DIR = REPLY`. A hit is a backend's
+//!    reply: the source becomes the `lb_revnat` frontend of its `svc_id` (reverse NAT).
+//! 3. Forward path: `lb_ct` with `DIR = FORWARD`. A hit whose backend is still in `lb_be`
+//!    (active or terminating) keeps the connection there: Maglev rebuilds and backends
+//!    turning terminating do not move established connections.
+//! 4. Otherwise `lb_svc` (VIP, dport, proto). A miss passes untouched. `slots == 0`: no
+//!    usable backend: a TCP packet becomes, in place, the reset a closed port answers with
+//!    (see `emit_reset`) and is redirected back out of the device it came in on
+//!    (`bpf_redirect(skb->ifindex, 0)`: egress; `BPF_F_INGRESS` would deliver it to this
+//!    host instead), counted `no_backend_reset`; a TCP reset, UDP and SCTP are dropped,
+//!    counted `no_backend`.
+//! 5. `sessionAffinity: ClientIP`: `lb_aff[{svc_id, client}]` names a backend, used when
+//!    the entry is younger than the service's timeout and the backend is active; every new
+//!    connection of the client refreshes the entry. Timestamps (`LAST_USED`, `LAST_SEEN`)
+//!    come from `bpf_ktime_get_coarse_ns`: the same monotonic clock as `bpf_ktime_get_ns`
+//!    (which the layout names) at tick resolution, plenty for timeouts of seconds, at a
+//!    fraction of the cost.
+//! 6. Selection: `slot = flow_hash(tuple) % slots` ([`crate::lb::hash`], unrolled: no loop,
+//!    no helper), `lb_slot[{svc_id, slot}]`, then `lb_be`.
+//! 7. New connections write both `lb_ct` entries: forward (the client's tuple) and reply
+//!    (backend → client, which names the `svc_id` for reverse NAT).
+//! 8. DNAT (reverse NAT the same on the source side): destination address and port written
+//!    directly, the IPv4 header checksum updated inline (no `bpf_l3_csum_replace` call: the
+//!    header checksum is always complete and its sum is unchanged, so `skb->csum` is too;
+//!    see `emit_rewrite`), the L4 checksum with `bpf_l4_csum_replace` (`BPF_F_PSEUDO_HDR`
+//!    for addresses; UDP with `BPF_F_MARK_MANGLED_0`, so a zero IPv4 UDP checksum stays
+//!    zero), which handles every skb checksum state. IPv6 has no header checksum. SCTP: only the address is
+//!    rewritten; its CRC32c does not cover addresses, and port translation is refused by
+//!    the model ([`crate::maps::lb::LbError::SctpPortTranslation`]), so no CRC is
+//!    recomputed.
+//!
+//! 9. Hairpin (with conntrack): when the backend chosen is the client itself, the source is
+//!    also rewritten, to the node-local [`HAIRPIN_V4`] / [`HAIRPIN_V6`] (port kept), so that
+//!    the backend does not get a packet from its own address; the reply entry is keyed by
+//!    that address, and a reply to it gets both its source (the frontend) and its
+//!    destination (the client: the reply's own source) restored. The backend must route the
+//!    hairpin address back through this program (a pod's default route does; the address
+//!    must not be in use on the node).
+//!
+//! Not done: ICMP errors about translated flows (not reverse translated), connection expiry
+//! (`lb_ct` is an LRU; `LAST_SEEN` is kept for a sweeper).
+//!
+//! Every verdict is counted per reason ([`LbReason`]) in the per-CPU array `lb_stats`.
+
+use super::{emit_count_and_exit, emit_ethernet, guard, CodegenError, EthLabels};
+use crate::lb::hash::{FLOW_HASH_MIX, FLOW_HASH_SEED};
+use crate::maps::fwd::V4_MAPPED_WORD;
+use crate::maps::lb::{
+    aff_key, aff_value, be_value, ct_key, ct_value, revnat_value, slot_key, svc_key, svc_value, LbReason,
+};
+use sluice_asm::helpers::{
+    KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT, SKB_LOAD_BYTES,
+    SKB_STORE_BYTES,
+};
+use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+
+/// The node-local source a hairpinned connection gets (IPv4): link-local, so that the
+/// backend's replies to it go back through its default route, i.e. through this program.
+pub const HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42, 1);
+/// The same for IPv6 (a unique local address).
+pub const HAIRPIN_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x5c1e, 0, 0, 0, 0, 0, 1);
+
+const IPPROTO_TCP: i32 = 6;
+const IPPROTO_UDP: i32 = 17;
+const IPPROTO_SCTP: i32 = 132;
+
+const TCP_FIN: i32 = 0x01;
+const TCP_SYN: i32 = 0x02;
+const TCP_RST: i32 = 0x04;
+const TCP_ACK: i32 = 0x10;
+
+/// `__sk_buff.ifindex`.
+const SKB_IFINDEX: i16 = 40;
+
+/// `bpf_l4_csum_replace` flags.
+const BPF_F_PSEUDO_HDR: i32 = 1 << 4;
+const BPF_F_MARK_MANGLED_0: i32 = 1 << 5;
+/// The checksum is of IPv6 (Linux 6.16+): with `BPF_F_PSEUDO_HDR` and a diff, leave a
+/// `CHECKSUM_COMPLETE` `skb->csum` alone.
+const BPF_F_IPV6: i32 = 1 << 7;
+
+/// The stack frame [`emit_service_lb`] uses: offsets below `base` (a negative offset from
+/// `r10`; the standalone program uses 0). [`LbFrame::SIZE`] bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct LbFrame {
+    pub base: i16,
+}
+
+impl LbFrame {
+    /// Bytes of stack the frame takes below `base`.
+    pub const SIZE: i16 = 272;
+    /// The program's context (`__sk_buff *`), 8 bytes. Input.
+    pub const CTX: i16 = -8;
+    /// The packet's tuple as an `lb_ct` key (40 bytes; addresses IPv4-mapped, ports in
+    /// network order, `proto`, padding zero). Input (the `DIR` byte is the emitter's).
+    pub const TUPLE: i16 = -48;
+    /// Second `lb_ct` key (the reply entry of a new connection).
+    pub const RKEY: i16 = -88;
+    /// An `lb_ct` value being written.
+    pub const CTV: i16 = -104;
+    /// The `lb_svc` key (20 bytes).
+    pub const SVC: i16 = -128;
+    /// The `lb_aff` key (20 bytes) and value (16).
+    pub const AFF: i16 = -152;
+    pub const AFFV: i16 = -168;
+    /// The `lb_slot` key.
+    pub const SLOT: i16 = -176;
+    /// The new address (16 bytes, as `lb_be`/`lb_revnat` store it) and port (2, network
+    /// order) of the rewrite.
+    pub const NEW: i16 = -200;
+    /// L3 header offset from `skb->data` (u32). Input.
+    pub const L3: i16 = -208;
+    /// L4 header offset from `skb->data` (u32). Input.
+    pub const L4: i16 = -204;
+    /// Address family (u8: 4 or 6). Input.
+    pub const FAMILY: i16 = -216;
+    /// The L4 checksum field's offset from `skb->data` (u32; 0: none, SCTP).
+    pub const CSUM: i16 = -212;
+    /// `bpf_l4_csum_replace` flags for the protocol (u32).
+    pub const CSUM_FLAGS: i16 = -220;
+    /// svc_id (u32), backend_id (u32).
+    pub const SVC_ID: i16 = -224;
+    pub const BE_ID: i16 = -228;
+    /// The service's slots (u32) and flags (u32).
+    pub const SLOTS: i16 = -232;
+    pub const FLAGS: i16 = -236;
+    /// The verdict reason (u32).
+    pub const REASON: i16 = -240;
+    /// `bpf_ktime_get_ns()` (u64).
+    pub const NOW: i16 = -248;
+    /// The hairpin address of the packet's family (16 bytes, IPv4-mapped).
+    pub const HAIRPIN: i16 = -272;
+
+    fn at(self, off: i16) -> i16 {
+        self.base + off
+    }
+}
+
+/// Code-shape switches of the load balancer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbOptions {
+    /// The `lb_ct` lookups and entries (steps 2, 3 and 7). Off, there is no reverse NAT and
+    /// no connection pinning: only for the benchmark's comparison with the conntrack-less
+    /// clang anchor.
+    pub conntrack: bool,
+}
+
+impl Default for LbOptions {
+    fn default() -> LbOptions {
+        LbOptions { conntrack: true }
+    }
+}
+
+/// Where [`emit_service_lb`] goes when it is done. Every exit sets `r6` = the
+/// [`LbReason`] and `r7` = its tc verdict (`TC_ACT_OK` for pass and translated packets,
+/// `TC_ACT_SHOT` for drops, `TC_ACT_REDIRECT` for a reset sent back) and jumps to `exit`; a
+/// caller that goes on after the load balancer treats `TC_ACT_OK` as "continue" (the packet
+/// may have been rewritten).
+#[derive(Debug, Clone, Copy)]
+pub struct LbLabels<'a> {
+    /// Prefix of every label the emitter defines (unique per call site).
+    pub prefix: &'a str,
+    pub exit: &'a str,
+}
+
+/// Emit the load balancer proper (steps 2-8 of the module header).
+///
+/// Register and stack contract: on entry the [`LbFrame`] inputs hold the context, the
+/// tuple, the family and the L3/L4 offsets (relative to `skb->data`, for the helpers); no
+/// register is read. The emitter clobbers `r0`-`r9` (packet pointers included: helpers
+/// that change the packet invalidate them anyway; a caller that reads the packet again
+/// reloads `data`/`data_end` from the context) and every frame slot but the inputs; the
+/// `DIR` byte of the tuple is left set to `FORWARD`. The packet is only read and written
+/// through helpers at the given offsets, so the caller must have checked that the L4 header
+/// is there (TCP 20 bytes, UDP 8, SCTP 12) and that the protocol is one of the three. The
+/// frame may overlay caller slots that are dead at the call (the endpoint programs' frame
+/// is deeper than 512 - [`LbFrame::SIZE`]).
+pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
+    let p = |s: &str| format!("{}{s}", l.prefix);
+    let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+
+    b.comment("lb: the L4 checksum field and csum_replace flags of the protocol");
+    b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
+    b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L4));
+    b.mov(Reg::R3, 0).mov(Reg::R4, BPF_F_PSEUDO_HDR);
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, p("csum_done"));
+    b.mov(Reg::R3, Reg::R2).add(Reg::R3, 16);
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, p("csum_done"));
+    b.mov(Reg::R3, Reg::R2).add(Reg::R3, 6);
+    b.mov(Reg::R4, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0);
+    b.label(p("csum_done"));
+    b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM), Reg::R3);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM_FLAGS), Reg::R4);
+
+    if o.conntrack {
+        emit_ct_lookups(b, f, l.prefix);
+    }
+
+    // (c) the frontend.
+    b.label(p("service")).comment("lb: the frontend: lb_svc[daddr, dport, proto]");
+    let s = |off: usize| f.at(LbFrame::SVC) + off as i16;
+    for half in [0i16, 8] {
+        b.load(Size::DW, Reg::R1, Reg::R10, t(ct_key::DADDR) + half);
+        b.store(Size::DW, Reg::R10, s(svc_key::ADDR) + half, Reg::R1);
+    }
+    b.load(Size::H, Reg::R1, Reg::R10, t(ct_key::DPORT));
+    b.store(Size::H, Reg::R10, s(svc_key::PORT), Reg::R1);
+    b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
+    b.store(Size::B, Reg::R10, s(svc_key::PROTO), Reg::R1);
+    b.store(Size::B, Reg::R10, s(svc_key::SCOPE), 0);
+    lookup(b, "lb_svc", f.at(LbFrame::SVC));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
+    b.load(Size::W, Reg::R1, Reg::R0, svc_value::SVC_ID as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
+    b.load(Size::W, Reg::R1, Reg::R0, svc_value::FLAGS as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::FLAGS), Reg::R1);
+    b.load(Size::W, Reg::R2, Reg::R0, svc_value::SLOTS as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SLOTS), Reg::R2);
+    b.jmp(JmpCond::Eq, Reg::R2, 0, p("no_backend"));
+    b.load(Size::W, Reg::R7, Reg::R0, svc_value::AFFINITY_TIMEOUT as i16);
+    if !o.conntrack {
+        b.comment("set on the affinity path only; zero keeps the verifier's stack facts simple");
+        b.store(Size::DW, Reg::R10, f.at(LbFrame::NOW), 0);
+    }
+    if o.conntrack {
+        b.comment("now, for affinity and the new lb_ct entries");
+        b.call(KTIME_GET_COARSE_NS);
+        b.store(Size::DW, Reg::R10, f.at(LbFrame::NOW), Reg::R0);
+    }
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::FLAGS));
+    b.alu(AluOp::And, Reg::R1, svc_value::AFFINITY as i32);
+    b.jmp(JmpCond::Eq, Reg::R1, 0, p("hash"));
+
+    // (d) ClientIP affinity.
+    b.comment("lb: ClientIP affinity: lb_aff[svc_id, client], younger than the timeout, backend active");
+    if !o.conntrack {
+        b.call(KTIME_GET_COARSE_NS);
+        b.store(Size::DW, Reg::R10, f.at(LbFrame::NOW), Reg::R0);
+    }
+    let a = |off: usize| f.at(LbFrame::AFF) + off as i16;
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
+    b.store(Size::W, Reg::R10, a(aff_key::SVC_ID), Reg::R1);
+    for word in [0i16, 4, 8, 12] {
+        b.load(Size::W, Reg::R1, Reg::R10, t(ct_key::SADDR) + word);
+        b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
+    }
+    lookup(b, "lb_aff", f.at(LbFrame::AFF));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
+    b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
+    b.load(Size::DW, Reg::R2, Reg::R0, aff_value::LAST_USED as i16);
+    b.alu(AluOp::Sub, Reg::R1, Reg::R2);
+    b.alu(AluOp::Mul, Reg::R7, 1_000_000_000);
+    b.jmp(JmpCond::Ge, Reg::R1, Reg::R7, p("hash"));
+    b.load(Size::W, Reg::R1, Reg::R0, aff_value::BACKEND_ID as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
+    lookup(b, "lb_be", f.at(LbFrame::BE_ID));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
+    b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
+    b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), p("hash"));
+    copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::Affinity as i32);
+    b.ja(p("new_ct"));
+
+    // (e) selection.
+    b.label(p("hash")).comment("lb: flow hash of the tuple (crate::lb::hash, unrolled)");
+    b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, p("hash6"));
+    let v4_words = [t(ct_key::SADDR) + 12, t(ct_key::DADDR) + 12, t(ct_key::SPORT)];
+    emit_hash(b, &v4_words, t(ct_key::PROTO));
+    b.ja(p("slot"));
+    b.label(p("hash6"));
+    let mut v6_words = Vec::new();
+    for base in [t(ct_key::SADDR), t(ct_key::DADDR)] {
+        v6_words.extend([base, base + 4, base + 8, base + 12]);
+    }
+    v6_words.push(t(ct_key::SPORT));
+    emit_hash(b, &v6_words, t(ct_key::PROTO));
+    b.label(p("slot")).comment("lb: slot = hash % slots; lb_slot[svc_id, slot]; lb_be[backend_id]");
+    b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::SLOTS));
+    b.alu32(AluOp::Mod, Reg::R1, Reg::R2);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SLOT as i16, Reg::R1);
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SVC_ID as i16, Reg::R1);
+    lookup(b, "lb_slot", f.at(LbFrame::SLOT));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
+    b.load(Size::W, Reg::R1, Reg::R0, 0);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
+    lookup(b, "lb_be", f.at(LbFrame::BE_ID));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
+    copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::NewConnection as i32);
+
+    // (f) conntrack entries (and the affinity entry).
+    b.label(p("new_ct"));
+    if o.conntrack {
+        emit_ct_entries(b, f, l.prefix);
+    }
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::FLAGS));
+    b.alu(AluOp::And, Reg::R1, svc_value::AFFINITY as i32);
+    b.jmp(JmpCond::Eq, Reg::R1, 0, p("dnat"));
+    b.comment("lb: affinity: remember the client's backend, now");
+    let av = |off: usize| f.at(LbFrame::AFFV) + off as i16;
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::BE_ID));
+    b.store(Size::DW, Reg::R10, av(aff_value::BACKEND_ID), Reg::R1);
+    b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
+    b.store(Size::DW, Reg::R10, av(aff_value::LAST_USED), Reg::R1);
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
+    b.store(Size::W, Reg::R10, a(aff_key::SVC_ID), Reg::R1);
+    for word in [0i16, 4, 8, 12] {
+        b.load(Size::W, Reg::R1, Reg::R10, t(ct_key::SADDR) + word);
+        b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
+    }
+    update(b, "lb_aff", f.at(LbFrame::AFF), f.at(LbFrame::AFFV));
+    // (g) the rewrites.
+    let snat = o.conntrack.then(|| p("snat"));
+    emit_rewrites(
+        b,
+        f,
+        l,
+        &p("dnat"),
+        snat.as_deref(),
+        &verdict_label(LbReason::RewriteFailed),
+        &p("rewritten"),
+    );
+
+    b.label(p("no_backend")).comment("lb: no usable backend: TCP gets a reset, the rest is dropped");
+    b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
+    b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_TCP, verdict_label(LbReason::NoBackend));
+    emit_reset(b, f, l.prefix, &verdict_label(LbReason::NoBackend));
+    b.mov(Reg::R6, LbReason::NoBackendReset as i32).mov(Reg::R7, Reg::R0).ja(l.exit);
+
+    for r in [LbReason::PassNoService, LbReason::NoBackend, LbReason::RewriteFailed] {
+        b.label(verdict_label(r)).comment(format!("verdict: {}", r.name()));
+        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(l.exit);
+    }
+}
+
+/// Turn the TCP packet into the reset a closed port would send (as Linux's
+/// `tcp_v4_send_reset` does), in place: MACs, addresses and ports swapped (no checksum
+/// changes: the sums commute); a packet with ACK gets `seq = its ack`, flags RST; else
+/// `seq = 0`, `ack = seq + payload + SYN + FIN`, flags RST|ACK; the TCP checksum fixed with
+/// `bpf_l4_csum_replace`; options, payload, TTL and window kept. Then `bpf_redirect` to
+/// the device's egress (flags 0: back out where it came from; `BPF_F_INGRESS` would hand
+/// it to this host's stack). A reset is never answered with a reset (`fail`, as is any
+/// helper error). Leaves the redirect's verdict in r0. Scratch: the [`LbFrame::RKEY`] slot.
+fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, fail: &str) {
+    let p = |s: &str| format!("{prefix}{s}");
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    let (macs, iplen, tcp, ports) = {
+        let k = f.at(LbFrame::RKEY);
+        (k, k + 12, k + 16, k + 32)
+    };
+    let ctx = f.at(LbFrame::CTX);
+    let check = |b: &mut Builder| {
+        b.jmp(JmpCond::Ne, Reg::R0, 0, fail);
+    };
+    // bytes(ctx, base + off, fp + from, len): load or store.
+    let bytes = |b: &mut Builder, helper: i32, base: Option<i16>, off: i32, from: i16, len: i32| {
+        b.load(Size::DW, Reg::R1, Reg::R10, ctx);
+        match base {
+            Some(at) => {
+                b.load(Size::W, Reg::R2, Reg::R10, f.at(at));
+                b.add(Reg::R2, off);
+            }
+            None => {
+                b.mov(Reg::R2, off);
+            }
+        }
+        b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(from));
+        b.mov(Reg::R4, len);
+        if helper == SKB_STORE_BYTES {
+            b.mov(Reg::R5, 0);
+        }
+        b.call(helper);
+        check(b);
+    };
+    b.comment("lb reset: the TCP header's seq, ack, offset and flags, window");
+    bytes(b, SKB_LOAD_BYTES, Some(LbFrame::L4), 4, tcp, 12);
+    b.load(Size::B, Reg::R1, Reg::R10, tcp + 9);
+    b.alu(AluOp::And, Reg::R1, TCP_RST);
+    b.jmp(JmpCond::Ne, Reg::R1, 0, fail);
+    b.comment("the IP payload length: IPv4 total length less the header, IPv6 payload length");
+    b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, p("reset_len6"));
+    bytes(b, SKB_LOAD_BYTES, Some(LbFrame::L3), 2, iplen, 2);
+    b.load(Size::H, Reg::R6, Reg::R10, iplen);
+    b.be(16, Reg::R6);
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::L4));
+    b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L3));
+    b.alu(AluOp::Sub, Reg::R1, Reg::R2);
+    b.alu(AluOp::Sub, Reg::R6, Reg::R1);
+    b.ja(p("reset_len"));
+    b.label(p("reset_len6"));
+    bytes(b, SKB_LOAD_BYTES, Some(LbFrame::L3), 4, iplen, 2);
+    b.load(Size::H, Reg::R6, Reg::R10, iplen);
+    b.be(16, Reg::R6);
+    b.label(p("reset_len")).comment("r6 = payload = IP payload - data offset * 4");
+    b.load(Size::B, Reg::R1, Reg::R10, tcp + 8);
+    b.alu(AluOp::Rsh, Reg::R1, 4).alu(AluOp::Lsh, Reg::R1, 2);
+    b.alu(AluOp::Sub, Reg::R6, Reg::R1);
+    b.comment("r7 = new seq, r8 = new ack (wire order), r9 = new offset/flags half-word");
+    b.load(Size::B, Reg::R9, Reg::R10, tcp + 8);
+    b.load(Size::B, Reg::R1, Reg::R10, tcp + 9);
+    b.mov(Reg::R2, Reg::R1).alu(AluOp::And, Reg::R2, TCP_ACK);
+    b.jmp(JmpCond::Eq, Reg::R2, 0, p("reset_no_ack"));
+    b.load(Size::W, Reg::R7, Reg::R10, tcp + 4);
+    b.mov(Reg::R8, 0);
+    b.alu(AluOp::Or, Reg::R9, TCP_RST << 8);
+    b.ja(p("reset_csum"));
+    b.label(p("reset_no_ack"));
+    b.mov(Reg::R7, 0);
+    b.load(Size::W, Reg::R8, Reg::R10, tcp);
+    b.be(32, Reg::R8);
+    b.add(Reg::R8, Reg::R6);
+    for flag in [TCP_SYN, TCP_FIN] {
+        b.mov(Reg::R2, Reg::R1).alu(AluOp::And, Reg::R2, flag);
+        b.jmp(JmpCond::Eq, Reg::R2, 0, p(&format!("reset_no_{flag}")));
+        b.add(Reg::R8, 1);
+        b.label(p(&format!("reset_no_{flag}")));
+    }
+    b.be(32, Reg::R8);
+    b.alu(AluOp::Or, Reg::R9, (TCP_RST | TCP_ACK) << 8);
+    b.label(p("reset_csum")).comment("checksum: seq, ack, offset/flags; then write them");
+    for (off, reg, size, width) in
+        [(0i16, Reg::R7, Size::W, 4), (4, Reg::R8, Size::W, 4), (8, Reg::R9, Size::H, 2)]
+    {
+        b.load(Size::DW, Reg::R1, Reg::R10, ctx);
+        b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L4));
+        b.add(Reg::R2, 16);
+        b.load(size, Reg::R3, Reg::R10, tcp + off);
+        b.mov(Reg::R4, reg);
+        b.mov(Reg::R5, width);
+        b.call(L4_CSUM_REPLACE);
+        check(b);
+        b.store(size, Reg::R10, tcp + off, reg);
+    }
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), 4, tcp, 10);
+    b.comment("lb reset: swap ports, addresses, MACs");
+    b.load(Size::H, Reg::R1, Reg::R10, t(ct_key::DPORT));
+    b.store(Size::H, Reg::R10, ports, Reg::R1);
+    b.load(Size::H, Reg::R1, Reg::R10, t(ct_key::SPORT));
+    b.store(Size::H, Reg::R10, ports + 2, Reg::R1);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), 0, ports, 4);
+    b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, p("reset_swap6"));
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 12, t(ct_key::DADDR) + 12, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 16, t(ct_key::SADDR) + 12, 4);
+    b.ja(p("reset_macs"));
+    b.label(p("reset_swap6"));
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 8, t(ct_key::DADDR), 16);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 24, t(ct_key::SADDR), 16);
+    b.label(p("reset_macs"));
+    bytes(b, SKB_LOAD_BYTES, None, 0, macs, 12);
+    bytes(b, SKB_STORE_BYTES, None, 0, macs + 6, 6);
+    bytes(b, SKB_STORE_BYTES, None, 6, macs, 6);
+    b.comment("lb reset: back out of the device it came in on");
+    b.load(Size::DW, Reg::R1, Reg::R10, ctx);
+    b.load(Size::W, Reg::R1, Reg::R1, SKB_IFINDEX);
+    b.mov(Reg::R2, 0);
+    b.call(REDIRECT);
+}
+
+/// (a) and (b): the reply and forward `lb_ct` lookups; a miss falls through to
+/// `<prefix>service`.
+fn emit_ct_lookups(b: &mut Builder, f: LbFrame, prefix: &str) {
+    let p = |s: &str| format!("{prefix}{s}");
+    let verdict_label = |r: LbReason| format!("{prefix}v_{}", r.name());
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    // (a) reply path.
+    b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
+    b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
+    lookup(b, "lb_ct", f.at(LbFrame::TUPLE));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("forward"));
+    b.mov(Reg::R6, Reg::R0);
+    b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
+    b.call(KTIME_GET_COARSE_NS);
+    b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
+    lookup(b, "lb_revnat", f.at(LbFrame::SVC_ID));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
+    copy_addr_port(b, f, revnat_value::ADDR, revnat_value::PORT);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::RevNat as i32);
+    b.ja(p("snat"));
+
+    // (b) forward path.
+    b.label(p("forward"))
+        .comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
+    b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
+    lookup(b, "lb_ct", f.at(LbFrame::TUPLE));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("service"));
+    b.mov(Reg::R6, Reg::R0);
+    b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
+    lookup(b, "lb_be", f.at(LbFrame::BE_ID));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("service"));
+    copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
+    b.call(KTIME_GET_COARSE_NS);
+    b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::Established as i32);
+    b.ja(p("dnat"));
+}
+
+/// (f) The `lb_ct` forward and reply entries of a new connection.
+fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    b.comment("lb: lb_ct forward and reply entries");
+    let v = |off: usize| f.at(LbFrame::CTV) + off as i16;
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::BE_ID));
+    b.store(Size::W, Reg::R10, v(ct_value::BACKEND_ID), Reg::R1);
+    b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
+    b.store(Size::W, Reg::R10, v(ct_value::SVC_ID), Reg::R1);
+    b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
+    b.store(Size::DW, Reg::R10, v(ct_value::LAST_SEEN), Reg::R1);
+    update(b, "lb_ct", f.at(LbFrame::TUPLE), f.at(LbFrame::CTV));
+    let r = |off: usize| f.at(LbFrame::RKEY) + off as i16;
+    for half in [0i16, 8] {
+        b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NEW) + half);
+        b.store(Size::DW, Reg::R10, r(ct_key::SADDR) + half, Reg::R1);
+        b.load(Size::DW, Reg::R1, Reg::R10, t(ct_key::SADDR) + half);
+        b.store(Size::DW, Reg::R10, r(ct_key::DADDR) + half, Reg::R1);
+    }
+    b.comment("hairpin (the backend is the client): replies go to the hairpin address");
+    let not_hp = format!("{prefix}ct_not_hairpin");
+    emit_unless_same(b, f.at(LbFrame::NEW), t(ct_key::SADDR), &not_hp);
+    emit_store_hairpin(b, f, r(ct_key::DADDR), &format!("{prefix}ct_hp"));
+    b.label(not_hp);
+    b.comment("sport = the backend's port, dport = the client's; proto; REPLY; padding");
+    b.load(Size::H, Reg::R1, Reg::R10, f.at(LbFrame::NEW) + 16);
+    b.load(Size::H, Reg::R2, Reg::R10, t(ct_key::SPORT));
+    b.alu(AluOp::Lsh, Reg::R2, 16).alu(AluOp::Or, Reg::R1, Reg::R2);
+    b.store(Size::W, Reg::R10, r(ct_key::SPORT), Reg::R1);
+    b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
+    b.store(Size::W, Reg::R10, r(ct_key::PROTO), Reg::R1);
+    b.store(Size::B, Reg::R10, r(ct_key::DIR), i32::from(ct_key::REPLY));
+    update(b, "lb_ct", f.at(LbFrame::RKEY), f.at(LbFrame::CTV));
+}
+
+/// (g) The DNAT and reverse-NAT rewrites, then the exit with the reason kept on the stack.
+/// Without conntrack there is no reverse NAT (`snat` is `None`): no unreachable code.
+fn emit_rewrites(
+    b: &mut Builder,
+    f: LbFrame,
+    l: LbLabels<'_>,
+    dnat: &str,
+    snat: Option<&str>,
+    fail: &str,
+    done: &str,
+) {
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    let new = f.at(LbFrame::NEW);
+    let hp = f.at(LbFrame::HAIRPIN);
+    b.label(dnat).comment("lb: DNAT: destination address and port to the backend");
+    emit_rewrite(b, f, dnat, Side::Destination, new, true, fail);
+    if let Some(snat) = snat {
+        b.comment("hairpin: the backend is the client itself: the source becomes the hairpin address");
+        emit_unless_same(b, new, t(ct_key::SADDR), done);
+        emit_store_hairpin(b, f, hp, &format!("{dnat}_hp_addr"));
+        emit_rewrite(b, f, &format!("{dnat}_hp"), Side::Source, hp, false, fail);
+        b.ja(done);
+        b.label(snat).comment("lb: reverse NAT: source address and port to the frontend");
+        emit_rewrite(b, f, snat, Side::Source, new, true, fail);
+        b.comment("hairpin reply (to the hairpin address): the destination is the client, its source");
+        emit_store_hairpin(b, f, hp, &format!("{snat}_hp_addr"));
+        emit_unless_same(b, t(ct_key::DADDR), hp, done);
+        emit_rewrite(b, f, &format!("{snat}_hp"), Side::Destination, t(ct_key::SADDR), false, fail);
+    }
+    b.label(done);
+    b.load(Size::W, Reg::R6, Reg::R10, f.at(LbFrame::REASON));
+    b.mov(Reg::R7, 0).ja(l.exit);
+}
+
+/// Jump to `differ` unless the 16-byte addresses at stack offsets `a` and `b_off` are equal.
+fn emit_unless_same(b: &mut Builder, a: i16, b_off: i16, differ: &str) {
+    for half in [0i16, 8] {
+        b.load(Size::DW, Reg::R1, Reg::R10, a + half);
+        b.load(Size::DW, Reg::R2, Reg::R10, b_off + half);
+        b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, differ);
+    }
+}
+
+/// Store the hairpin address of the packet's family ([`HAIRPIN_V4`] IPv4-mapped, or
+/// [`HAIRPIN_V6`]) at stack offset `at`.
+fn emit_store_hairpin(b: &mut Builder, f: LbFrame, at: i16, tag: &str) {
+    let word = |o: &[u8]| u32::from_le_bytes([o[0], o[1], o[2], o[3]]) as i32;
+    let v4 = HAIRPIN_V4.to_ipv6_mapped().octets();
+    let v6 = HAIRPIN_V6.octets();
+    b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, format!("{tag}_v6"));
+    for (i, chunk) in v4.chunks_exact(4).enumerate() {
+        b.store(Size::W, Reg::R10, at + 4 * i as i16, word(chunk));
+    }
+    b.ja(format!("{tag}_stored"));
+    b.label(format!("{tag}_v6"));
+    for (i, chunk) in v6.chunks_exact(4).enumerate() {
+        b.store(Size::W, Reg::R10, at + 4 * i as i16, word(chunk));
+    }
+    b.label(format!("{tag}_stored"));
+}
+
+/// `r0 = map[key at r10+key]`; clobbers r1-r5.
+fn lookup(b: &mut Builder, map: &str, key: i16) {
+    b.ld_map(Reg::R1, map);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
+    b.call(MAP_LOOKUP_ELEM);
+}
+
+/// `map[key] = value` (`BPF_ANY`); clobbers r0-r5.
+fn update(b: &mut Builder, map: &str, key: i16, value: i16) {
+    b.ld_map(Reg::R1, map);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
+    b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(value));
+    b.mov(Reg::R4, 0);
+    b.call(MAP_UPDATE_ELEM);
+}
+
+/// Copy the 16-byte address and 2-byte port of the map value in r0 to [`LbFrame::NEW`].
+fn copy_addr_port(b: &mut Builder, f: LbFrame, addr: usize, port: usize) {
+    for half in [0i16, 8] {
+        b.load(Size::DW, Reg::R1, Reg::R0, addr as i16 + half);
+        b.store(Size::DW, Reg::R10, f.at(LbFrame::NEW) + half, Reg::R1);
+    }
+    b.load(Size::H, Reg::R1, Reg::R0, port as i16);
+    b.store(Size::H, Reg::R10, f.at(LbFrame::NEW) + 16, Reg::R1);
+}
+
+/// The flow hash of the `u32` words at these stack offsets and the protocol byte, into r1
+/// (32-bit arithmetic; clobbers r2, r3).
+fn emit_hash(b: &mut Builder, words: &[i16], proto: i16) {
+    b.mov32(Reg::R1, FLOW_HASH_SEED as i32);
+    let mix = |b: &mut Builder| {
+        b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
+        b.alu32(AluOp::Mul, Reg::R1, FLOW_HASH_MIX as i32);
+        b.mov32(Reg::R3, Reg::R1).alu32(AluOp::Rsh, Reg::R3, 15).alu32(AluOp::Xor, Reg::R1, Reg::R3);
+    };
+    for &w in words {
+        b.load(Size::W, Reg::R2, Reg::R10, w);
+        mix(b);
+    }
+    b.load(Size::B, Reg::R2, Reg::R10, proto);
+    mix(b);
+    b.comment("fmix32");
+    for (shift, mul) in [(16, Some(0x85eb_ca6bu32)), (13, Some(0xc2b2_ae35)), (16, None)] {
+        b.mov32(Reg::R3, Reg::R1).alu32(AluOp::Rsh, Reg::R3, shift).alu32(AluOp::Xor, Reg::R1, Reg::R3);
+        if let Some(m) = mul {
+            b.alu32(AluOp::Mul, Reg::R1, m as i32);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Source,
+    Destination,
+}
+
+/// Rewrite the packet's address and port on one side from the tuple's value to
+/// [`LbFrame::NEW`]; a failing helper or bound goes to `fail`.
+///
+/// The bytes are written directly (the packet pointers reloaded, the offsets bounded); the
+/// IPv4 header checksum is updated inline (RFC 1624, eqn. 3, on the little-endian loads:
+/// one's complement sums commute with the byte swap). That is safe for every skb checksum
+/// state: the header checksum is always complete, and the header's sum, address and
+/// checksum together, does not change, so a `CHECKSUM_COMPLETE` `skb->csum` stays right.
+/// The L4 checksum goes through `bpf_l4_csum_replace`, which alone knows the skb's state
+/// (`CHECKSUM_PARTIAL` keeps only pseudo-header changes; `CHECKSUM_COMPLETE` moves
+/// `skb->csum` with them). So an IPv4 DNAT with a port change is two helper calls.
+fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, port: bool, fail: &str) {
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    let (old_addr, old_port, v4_off, v6_off, port_off) = match side {
+        Side::Source => (t(ct_key::SADDR), t(ct_key::SPORT), 12i16, 8i16, 0i16),
+        Side::Destination => (t(ct_key::DADDR), t(ct_key::DPORT), 16, 24, 2),
+    };
+    let ctx = f.at(LbFrame::CTX);
+    let l4_csum = |b: &mut Builder, old: i16, new: i16, size: Size, skip: &str| {
+        b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::CSUM));
+        b.jmp(JmpCond::Eq, Reg::R2, 0, skip);
+        b.load(Size::DW, Reg::R1, Reg::R10, ctx);
+        b.load(size, Reg::R3, Reg::R10, old);
+        b.load(size, Reg::R4, Reg::R10, new);
+        b.load(Size::W, Reg::R5, Reg::R10, f.at(LbFrame::CSUM_FLAGS));
+        b.alu(AluOp::Or, Reg::R5, if size == Size::W { 4 } else { 2 });
+        if size == Size::H {
+            b.alu(AluOp::And, Reg::R5, !BPF_F_PSEUDO_HDR);
+        }
+        b.call(L4_CSUM_REPLACE);
+        b.jmp(JmpCond::Ne, Reg::R0, 0, fail);
+    };
+    b.comment("packet pointers again: r7 = L3, r6 = L4 (offsets bounded for the verifier)");
+    b.load(Size::DW, Reg::R1, Reg::R10, ctx);
+    b.load(Size::W, Reg::R8, Reg::R1, 76);
+    b.load(Size::W, Reg::R9, Reg::R1, 80);
+    b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L3));
+    b.jmp(JmpCond::Gt, Reg::R2, 255, fail);
+    b.mov(Reg::R7, Reg::R8).add(Reg::R7, Reg::R2);
+    b.load(Size::W, Reg::R3, Reg::R10, f.at(LbFrame::L4));
+    b.jmp(JmpCond::Gt, Reg::R3, 255, fail);
+    b.mov(Reg::R6, Reg::R8).add(Reg::R6, Reg::R3);
+    guard(b, Reg::R6, 4, fail);
+    b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, format!("{tag}_v6"));
+    b.comment("ipv4: header checksum += ~old + new, 16 bits at a time; then the address");
+    guard(b, Reg::R7, 20, fail);
+    b.load(Size::H, Reg::R1, Reg::R7, 10);
+    b.alu(AluOp::Xor, Reg::R1, 0xffff);
+    for (addr, invert) in [(old_addr + 12, true), (new + 12, false)] {
+        b.load(Size::W, Reg::R2, Reg::R10, addr);
+        b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xffff).alu(AluOp::Rsh, Reg::R2, 16);
+        if invert {
+            b.alu(AluOp::Xor, Reg::R2, 0xffff).alu(AluOp::Xor, Reg::R3, 0xffff);
+        }
+        b.add(Reg::R1, Reg::R2).add(Reg::R1, Reg::R3);
+    }
+    for _ in 0..2 {
+        b.mov(Reg::R2, Reg::R1).alu(AluOp::Rsh, Reg::R2, 16).alu(AluOp::And, Reg::R1, 0xffff);
+        b.add(Reg::R1, Reg::R2);
+    }
+    b.alu(AluOp::Xor, Reg::R1, 0xffff);
+    b.store(Size::H, Reg::R7, 10, Reg::R1);
+    b.load(Size::W, Reg::R1, Reg::R10, new + 12);
+    b.store(Size::W, Reg::R7, v4_off, Reg::R1);
+    b.comment("the port (never changed for SCTP: see the model); then the L4 checksum helpers");
+    if port {
+        emit_port_store(b, old_port, new + 16, port_off, &format!("{tag}_v4_port"));
+    }
+    l4_csum(b, old_addr + 12, new + 12, Size::W, &format!("{tag}_port"));
+    b.ja(format!("{tag}_port"));
+    b.label(format!("{tag}_v6")).comment("ipv6: the address (no header checksum)");
+    guard(b, Reg::R7, 40, fail);
+    for word in [0i16, 4, 8, 12] {
+        b.load(Size::W, Reg::R1, Reg::R10, new + word);
+        b.store(Size::W, Reg::R7, v6_off + word, Reg::R1);
+    }
+    if port {
+        emit_port_store(b, old_port, new + 16, port_off, &format!("{tag}_v6_port"));
+    }
+    b.comment("the pseudo-header: one diff (new + ~old over the four words), BPF_F_IPV6 so that");
+    b.comment("a CHECKSUM_COMPLETE skb->csum is left alone (the IPv6 header it covers changed too)");
+    b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::CSUM));
+    b.jmp(JmpCond::Eq, Reg::R2, 0, format!("{tag}_port"));
+    b.mov(Reg::R4, 0);
+    for word in [0i16, 4, 8, 12] {
+        b.load(Size::W, Reg::R1, Reg::R10, new + word).add(Reg::R4, Reg::R1);
+        b.load(Size::W, Reg::R1, Reg::R10, old_addr + word);
+        b.alu32(AluOp::Xor, Reg::R1, -1).add(Reg::R4, Reg::R1);
+    }
+    for _ in 0..2 {
+        b.mov(Reg::R1, Reg::R4).alu(AluOp::Rsh, Reg::R1, 32).mov32(Reg::R4, Reg::R4).add(Reg::R4, Reg::R1);
+    }
+    b.load(Size::DW, Reg::R1, Reg::R10, ctx);
+    b.mov(Reg::R3, 0);
+    b.load(Size::W, Reg::R5, Reg::R10, f.at(LbFrame::CSUM_FLAGS));
+    b.alu(AluOp::Or, Reg::R5, BPF_F_IPV6);
+    b.call(L4_CSUM_REPLACE);
+    b.jmp(JmpCond::Ne, Reg::R0, 0, fail);
+    b.label(format!("{tag}_port"));
+    if port {
+        b.comment("the port's share of the L4 checksum, when it changed");
+        b.load(Size::H, Reg::R1, Reg::R10, old_port);
+        b.load(Size::H, Reg::R2, Reg::R10, new + 16);
+        b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, format!("{tag}_done"));
+        l4_csum(b, old_port, new + 16, Size::H, &format!("{tag}_done"));
+        b.label(format!("{tag}_done"));
+    }
+}
+
+/// `*(u16 *)(r6 + off) = new port` when it differs from the old one (r6 = the L4 header,
+/// checked for 4 bytes).
+fn emit_port_store(b: &mut Builder, old: i16, new: i16, off: i16, skip: &str) {
+    b.load(Size::H, Reg::R1, Reg::R10, old);
+    b.load(Size::H, Reg::R2, Reg::R10, new);
+    b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, skip);
+    b.store(Size::H, Reg::R6, off, Reg::R2);
+    b.label(skip);
+}
+
+/// Verdict sites of the standalone program's parser.
+fn pass(b: &mut Builder, r: LbReason) {
+    b.label(r.name()).comment(format!("verdict: {}", r.name()));
+    b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja("exit");
+}
+
+/// The standalone tc program `lb` (see the module header).
+pub fn generate() -> Result<Program, CodegenError> {
+    generate_with(LbOptions::default())
+}
+
+/// [`generate`] with explicit switches.
+pub fn generate_with(options: LbOptions) -> Result<Program, CodegenError> {
+    generate_in(options, LbFrame { base: 0 })
+}
+
+/// [`generate_with`] with the frame at `frame.base` (a caller's layout; tests check that the
+/// emitter works at any base).
+pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenError> {
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    let malformed = LbReason::PassMalformed.name();
+    let not_l4 = LbReason::PassNotL4.name();
+    let mut b = Builder::new();
+    b.comment("tc service load balancer: keep ctx; zero the tuple; r8 = data, r9 = data_end");
+    b.store(Size::DW, Reg::R10, f.at(LbFrame::CTX), Reg::R1);
+    for i in 0..5 {
+        b.store(Size::DW, Reg::R10, t(0) + 8 * i, 0);
+    }
+    b.load(Size::W, Reg::R8, Reg::R1, 76);
+    b.load(Size::W, Reg::R9, Reg::R1, 80);
+    emit_ethernet(
+        &mut b,
+        EthLabels {
+            ipv4: "ipv4",
+            ipv6: "ipv6",
+            not_ip: LbReason::PassNotIp.name(),
+            truncated_ethernet: malformed,
+            truncated_vlan: malformed,
+            vlan_too_deep: malformed,
+        },
+    );
+
+    b.label("ipv4").comment("ipv4: header with options; later fragments pass; r6 = the L4 header");
+    guard(&mut b, Reg::R7, 20, malformed);
+    b.load(Size::B, Reg::R2, Reg::R7, 0);
+    b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
+    b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
+    b.alu(AluOp::And, Reg::R2, 0x0f);
+    b.jmp(JmpCond::Lt, Reg::R2, 5, malformed);
+    b.alu(AluOp::Lsh, Reg::R2, 2);
+    b.mov(Reg::R6, Reg::R7).add(Reg::R6, Reg::R2);
+    b.load(Size::H, Reg::R1, Reg::R7, 6);
+    b.alu(AluOp::And, Reg::R1, 0xff1f);
+    b.jmp(JmpCond::Ne, Reg::R1, 0, not_l4);
+    b.comment("the tuple: IPv4-mapped addresses, protocol");
+    for (field, off) in [(ct_key::SADDR, 12i16), (ct_key::DADDR, 16)] {
+        b.store(Size::W, Reg::R10, t(field) + 8, V4_MAPPED_WORD as i32);
+        b.load(Size::W, Reg::R1, Reg::R7, off).store(Size::W, Reg::R10, t(field) + 12, Reg::R1);
+    }
+    b.load(Size::B, Reg::R1, Reg::R7, 9);
+    b.store(Size::B, Reg::R10, f.at(LbFrame::FAMILY), 4);
+    b.ja("l4");
+
+    b.label("ipv6").comment("ipv6: fixed header only (an extension header passes untouched)");
+    guard(&mut b, Reg::R7, 40, malformed);
+    b.load(Size::B, Reg::R2, Reg::R7, 0);
+    b.alu(AluOp::And, Reg::R2, 0xf0);
+    b.jmp(JmpCond::Ne, Reg::R2, 0x60, malformed);
+    for (i, off) in [8i16, 16, 24, 32].into_iter().enumerate() {
+        b.load(Size::DW, Reg::R1, Reg::R7, off).store(Size::DW, Reg::R10, t(0) + 8 * i as i16, Reg::R1);
+    }
+    b.load(Size::B, Reg::R1, Reg::R7, 6);
+    b.mov(Reg::R6, Reg::R7).add(Reg::R6, 40);
+    b.store(Size::B, Reg::R10, f.at(LbFrame::FAMILY), 6);
+
+    b.label("l4").comment("r1 = protocol: tcp (20 bytes), udp (8), sctp (12); offsets for the helpers");
+    b.store(Size::B, Reg::R10, t(ct_key::PROTO), Reg::R1);
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, "tcp");
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, "udp");
+    b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_SCTP, not_l4);
+    guard(&mut b, Reg::R6, 12, malformed);
+    b.ja("ports");
+    b.label("tcp");
+    guard(&mut b, Reg::R6, 20, malformed);
+    b.ja("ports");
+    b.label("udp");
+    guard(&mut b, Reg::R6, 8, malformed);
+    b.label("ports");
+    b.load(Size::W, Reg::R1, Reg::R6, 0).store(Size::W, Reg::R10, t(ct_key::SPORT), Reg::R1);
+    b.mov(Reg::R1, Reg::R7).alu(AluOp::Sub, Reg::R1, Reg::R8);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::L3), Reg::R1);
+    b.mov(Reg::R1, Reg::R6).alu(AluOp::Sub, Reg::R1, Reg::R8);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::L4), Reg::R1);
+
+    emit_service_lb(&mut b, f, LbLabels { prefix: "lb_", exit: "exit" }, options);
+
+    for r in [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed] {
+        pass(&mut b, r);
+    }
+    emit_count_and_exit(&mut b, "exit", "lb_stats");
+    b.build().map_err(|source| CodegenError::Build { object: "lb", source })
+}
+
+/// The maps the program uses: the load-balancing maps and `lb_stats`.
+pub fn map_defs() -> Vec<crate::maps::MapDef> {
+    let mut defs: Vec<crate::maps::MapDef> = crate::maps::lb::map_defs()
+        .into_iter()
+        .filter(|d| ["lb_svc", "lb_slot", "lb_be", "lb_revnat", "lb_ct", "lb_aff"].contains(&d.name))
+        .collect();
+    defs.push(crate::maps::lb::stats_def());
+    defs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_deterministically() {
+        let a = generate().expect("generates");
+        let b = generate().expect("generates");
+        assert_eq!(sluice_asm::text::listing(&a), sluice_asm::text::listing(&b));
+    }
+
+    #[test]
+    fn the_frame_can_sit_anywhere_in_the_stack() {
+        let specs: Vec<_> = map_defs().iter().map(crate::maps::MapDef::sim_spec).collect();
+        for base in [-8i16, -136, LbFrame::SIZE - 512] {
+            let prog = generate_in(LbOptions::default(), LbFrame { base }).expect("generates");
+            let kind = sluice_verifier_sim::spec::ProgKind::SchedCls;
+            if let Err(e) = sluice_verifier_sim::verifier::verify(&prog, kind, &specs) {
+                panic!("frame at {base}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn both_shapes_pass_the_simulated_verifier() {
+        let specs: Vec<_> = map_defs().iter().map(crate::maps::MapDef::sim_spec).collect();
+        for conntrack in [true, false] {
+            let prog = generate_with(LbOptions { conntrack }).expect("generates");
+            let kind = sluice_verifier_sim::spec::ProgKind::SchedCls;
+            if let Err(e) = sluice_verifier_sim::verifier::verify(&prog, kind, &specs) {
+                panic!("conntrack {conntrack}: {e}");
+            }
+        }
+    }
+}

@@ -30,6 +30,7 @@ use crate::model::{self, ModelError, NodeConfig};
 use crate::node::forward::{self, ForwardError};
 use crate::node::load::{self, LoadError};
 use crate::node::reshape::{reshape, Reshape, ReshapeError};
+use crate::node::socklb::{self, SockLbSyncError};
 use crate::node::update::{update_pinned, Update};
 use crate::node::wire::{self, AttachOptions, WireError};
 use crate::node::{self, PlanError};
@@ -80,6 +81,8 @@ pub enum DaemonError {
     Wire(#[from] WireError),
     #[error(transparent)]
     Forward(#[from] ForwardError),
+    #[error("socket load balancer: {0}")]
+    SockLb(#[from] SockLbSyncError),
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -247,6 +250,7 @@ impl Daemon<'_> {
             .and_then(|applied| {
                 // Endpoints may have come, gone or moved: routes and `lxc` follow.
                 forward::sync(&self.sys, &cfg, dir)?;
+                socklb::sync(&self.sys, &cfg, dir)?;
                 Ok(applied)
             })
         });
@@ -380,9 +384,11 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &AttachOptions::default())?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;
+    let sockets = socklb::sync(&d.sys, &cfg, dir)?;
     let attached = Instant::now();
     println!("attached: {}", report.to_string().replace('\n', "; "));
     println!("forwarding: {}", forwarding.to_string().replace('\n', "; "));
+    println!("{sockets}");
     println!(
         "{}",
         StartTimes { how, plan: planned - started, load: loaded - planned, attach: attached - loaded }

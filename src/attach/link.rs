@@ -153,6 +153,8 @@ pub struct LinkInfo {
     pub kind: LinkKind,
     /// The device of a tcx or XDP link; 0 once the device is gone.
     pub ifindex: Option<u32>,
+    /// The cgroup of a cgroup link (`cgroup_id`: the cgroup directory's inode number).
+    pub cgroup_id: Option<u64>,
 }
 
 /// `struct bpf_link_info` (6.18): the common head, then the union (16 bytes in, 48 long),
@@ -164,9 +166,9 @@ struct LinkInfoRaw {
     id: u32,
     prog_id: u32,
     _pad0: u32,
-    /// tcx, netkit, XDP: `ifindex`.
+    /// tcx, netkit, XDP: `ifindex`; cgroup: the low half of `cgroup_id`.
     target0: u32,
-    /// tcx, netkit: `attach_type`.
+    /// tcx, netkit: `attach_type`; cgroup: the high half of `cgroup_id`.
     target1: u32,
     _tail: [u64; 5],
 }
@@ -496,7 +498,15 @@ fn link_info(sys: &dyn Syscall, fd: BorrowedFd<'_>) -> Result<LinkInfo, SysError
     } else {
         LinkKind::from_info(raw.link_type, raw.target1)
     };
-    Ok(LinkInfo { id: raw.id, prog_id: raw.prog_id, kind, ifindex: kind.on_device().then_some(raw.target0) })
+    let cgroup_id = matches!(kind, LinkKind::Cgroup { .. })
+        .then_some(u64::from(raw.target0) | (u64::from(raw.target1) << 32));
+    Ok(LinkInfo {
+        id: raw.id,
+        prog_id: raw.prog_id,
+        kind,
+        ifindex: kind.on_device().then_some(raw.target0),
+        cgroup_id,
+    })
 }
 
 /// `bpf-link`, `bpf-map`, `bpf-prog` for a bpf object descriptor (from `/proc/self/fd`);

@@ -259,6 +259,10 @@ fn attach_cmd(path: &Path, pin_dir: &Path, xdp_device: Option<String>) -> Result
     let opts = crate::node::wire::AttachOptions { xdp_device, ..Default::default() };
     println!("{}", crate::node::wire::attach(&sys, &cfg, pin_dir, &opts)?);
     println!("{}", crate::node::forward::sync(&sys, &cfg, pin_dir)?);
+    println!(
+        "{}",
+        crate::node::socklb::sync(&sys, &cfg, pin_dir).map_err(|e| CliError::Service(e.to_string()))?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

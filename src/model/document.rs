@@ -135,6 +135,9 @@ pub(crate) struct NodeSpec {
     /// The VXLAN overlay to peer nodes.
     #[serde(default)]
     pub overlay: Option<super::network::OverlayWire>,
+    /// Where services are balanced besides the endpoints' programs.
+    #[serde(default)]
+    pub load_balancer: Option<super::network::LoadBalancerWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.

@@ -76,6 +76,8 @@ pub struct NodeConfig {
     pub router: network::Router,
     /// `spec.overlay`, if the node has peers behind a VXLAN overlay.
     pub overlay: Option<network::Overlay>,
+    /// `spec.loadBalancer`: standalone load-balancer devices and the socket-LB cgroup.
+    pub load_balancer: network::LoadBalancer,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
 }
@@ -177,6 +179,8 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         endpoint::lower_endpoints(spec.endpoints, &spec.host_addresses, &FieldPath::root().key("spec"))?;
     let (router, overlay) =
         network::lower(spec.router, spec.overlay, &endpoints, &FieldPath::root().key("spec"))?;
+    let load_balancer =
+        network::lower_load_balancer(spec.load_balancer, &endpoints, &FieldPath::root().key("spec"))?;
     Ok(NodeConfig {
         name: node.metadata.name,
         prefilter: Prefilter { deny: deny.into_iter().collect() },
@@ -186,6 +190,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         services: Vec::new(),
         router,
         overlay,
+        load_balancer,
         source: origin.to_owned(),
     })
 }

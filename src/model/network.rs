@@ -1,7 +1,11 @@
-//! `Node.spec.router` and `Node.spec.overlay`: how the node forwards.
+//! `Node.spec.router`, `Node.spec.overlay` and `Node.spec.loadBalancer`: how the node
+//! forwards and where it balances services.
 //!
 //! ```yaml
 //! spec:
+//!   loadBalancer:
+//!     devices: [net0]          # the standalone tc load balancer on these devices' ingress
+//!     socketCgroup: /sys/fs/cgroup/unified   # socket-level LB for processes under it
 //!   router: {ipv4: 10.0.1.1, ipv6: "fd00:0:1::1"}  # on sluice_host: the endpoints' gateway
 //!   overlay:
 //!     local: 172.16.0.1        # this node's underlay IPv4 address (the tunnel source)
@@ -17,7 +21,9 @@
 //! Checks (each error at its field): a VNI fits 24 bits and is not 0; the port is not 0;
 //! peer names and addresses are unique and differ from `local`; a prefix belongs to one
 //! peer only and covers no local endpoint's or router address; router addresses are not
-//! endpoint addresses.
+//! endpoint addresses. Load-balancer devices are unique interface names and not endpoint
+//! interfaces (those balance inside their own programs); the socket cgroup is an absolute
+//! path without `..`.
 
 use super::cidr::Cidr;
 use super::endpoint::{Address, Endpoint, InterfaceName, Name};
@@ -58,6 +64,62 @@ pub struct Overlay {
     pub local: Ipv4Addr,
     /// Sorted by name.
     pub peers: Vec<OverlayPeer>,
+}
+
+/// Where services are balanced besides the endpoints' own programs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadBalancer {
+    /// Devices whose tc ingress gets the standalone load balancer, sorted.
+    pub devices: Vec<String>,
+    /// The cgroup v2 directory whose processes get socket-level load balancing.
+    pub socket_cgroup: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", expecting = "a mapping with devices and socketCgroup")]
+pub(crate) struct LoadBalancerWire {
+    #[serde(default)]
+    devices: Vec<InterfaceName>,
+    #[serde(default)]
+    socket_cgroup: Option<String>,
+}
+
+/// Lowers `spec.loadBalancer` (at `spec`).
+pub(crate) fn lower_load_balancer(
+    lb: Option<LoadBalancerWire>,
+    endpoints: &[Endpoint],
+    spec: &FieldPath,
+) -> Result<LoadBalancer, Invalid> {
+    let Some(lb) = lb else { return Ok(LoadBalancer::default()) };
+    let at = spec.key("loadBalancer");
+    let mut devices: Vec<String> = Vec::new();
+    for (i, d) in lb.devices.into_iter().enumerate() {
+        let here = at.key("devices").index(i);
+        if let Some(e) = endpoints.iter().find(|e| e.interface == d.0) {
+            return Err(here.invalid(format!(
+                "{} is endpoint {}'s interface; endpoints balance services in their own programs",
+                d.0, e.name
+            )));
+        }
+        if devices.contains(&d.0) {
+            return Err(here.invalid(format!("duplicate device {}", d.0)));
+        }
+        devices.push(d.0);
+    }
+    devices.sort();
+    let socket_cgroup = match lb.socket_cgroup {
+        None => None,
+        Some(p) => {
+            let path = std::path::PathBuf::from(&p);
+            if !path.is_absolute() || path.components().any(|c| c == std::path::Component::ParentDir) {
+                return Err(at
+                    .key("socketCgroup")
+                    .invalid(format!("{p:?} is not an absolute path without `..`")));
+            }
+            Some(path)
+        }
+    };
+    Ok(LoadBalancer { devices, socket_cgroup })
 }
 
 /// One peer node and the prefixes behind it.

@@ -12,6 +12,7 @@ pub mod replay;
 pub mod reshape;
 pub mod services;
 pub mod sim;
+pub mod socklb;
 pub mod update;
 pub mod wire;
 
@@ -86,15 +87,69 @@ pub enum PlanError {
     Codegen(#[from] CodegenError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("services: {0}")]
+    Services(#[from] crate::maps::lb::LbError),
 }
 
-/// Plan a node: the prefilter, and the two endpoint-policy programs of every endpoint.
+/// The name of the standalone load balancer's program (and its pin).
+pub const LB_PROGRAM: &str = "lb";
+
+/// The standalone tc load balancer, for the devices of `spec.loadBalancer.devices`.
+pub fn lb_object() -> Result<Object, CodegenError> {
+    Ok(Object {
+        name: LB_PROGRAM.to_string(),
+        kind: ProgKind::SchedCls,
+        program: codegen::lb::generate()?,
+        maps: codegen::lb::map_defs(),
+        writes: Vec::new(),
+    })
+}
+
+/// Whether the node balances services anywhere in tc: in its endpoints' programs (every
+/// node with endpoints does, so that adding the first service is a map update) or on
+/// load-balancer devices.
+pub fn balances_services(cfg: &NodeConfig) -> bool {
+    !cfg.endpoints.is_empty()
+        || !cfg.load_balancer.devices.is_empty()
+        || cfg.load_balancer.socket_cgroup.is_some()
+}
+
+/// Plan a node: the prefilter, the two endpoint-policy programs of every endpoint (which
+/// also balance services), and the standalone load balancer when devices ask for it. The
+/// services' map contents ride on the first object that has the load-balancing maps.
 pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
     let set = DenySet::new(cfg.prefilter.deny.iter().map(prefix_of));
     let mut objects = vec![prefilter_object(&set)?];
     if !cfg.endpoints.is_empty() {
         let resolved = crate::policy::resolve(cfg)?;
-        objects.extend(endpoints::endpoint_objects(&endpoints::policy_plan(cfg, &resolved))?);
+        let mut eps = endpoints::endpoint_objects(&endpoints::policy_plan(cfg, &resolved))?;
+        for o in &mut eps {
+            for def in codegen::lb::map_defs() {
+                if !o.maps.iter().any(|m| m.name == def.name) {
+                    o.maps.push(def);
+                }
+            }
+        }
+        objects.extend(eps);
+    }
+    if !cfg.load_balancer.devices.is_empty() {
+        objects.push(lb_object()?);
+    }
+    if balances_services(cfg) {
+        if !objects.iter().any(|o| o.maps.iter().any(|m| m.name == "lb_svc")) {
+            // Socket-level balancing alone: the maps ride on the prefilter object.
+            objects[0].maps.extend(codegen::lb::map_defs());
+        }
+        for o in objects.iter_mut().filter(|o| o.maps.iter().any(|m| m.name == "lb_svc")) {
+            if !o.maps.iter().any(|m| m.name == "lb_sock") {
+                o.maps.extend(codegen::sock_lb::map_defs().into_iter().filter(|d| d.name == "lb_sock"));
+            }
+        }
+        let (writes, _) =
+            crate::maps::lb::service_writes(&cfg.services, &crate::maps::lb::LbState::default())?;
+        if let Some(first) = objects.iter_mut().find(|o| o.maps.iter().any(|m| m.name == "lb_svc")) {
+            first.writes.extend(writes);
+        }
     }
     Ok(Plan { node: cfg.name.clone(), objects })
 }

@@ -2,7 +2,8 @@
 //! updates on the pinned maps, no program reloaded (DESIGN invariant 6).
 //!
 //! What a map update can express: prefilter prefixes, ipcache entries and identities,
-//! policy rules, and the enforcement switches of existing endpoints. A change of code shape
+//! policy rules, the enforcement switches of existing endpoints, and services (frontends,
+//! backends, their states and weights; ids recovered from the pinned maps stay stable). A change of code shape
 //! (an endpoint added or removed, so programs appear or vanish) is refused here with an
 //! error that says so ([`super::reshape`] handles it); nothing is written before every
 //! check has passed, so a refused update leaves the node as it was (invariant 8).
@@ -16,6 +17,7 @@
 use super::endpoints::{policy_plan, PolicyPlan};
 use super::load::{self, apply_writes, open_pinned_map, LoadError};
 use super::{prefix_of, Plan};
+use crate::maps::lb::{service_writes, LbState};
 use crate::maps::policy::{IpcacheV4, IPC_CHILD};
 use crate::maps::prefilter::{self, DenySet, MapWrites};
 use crate::model::NodeConfig;
@@ -52,6 +54,9 @@ fn count(w: &[MapWrites], into: &mut Update) {
         }
     }
 }
+
+/// A map's entries as (key, value) bytes.
+type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Every (key, value) of a pinned map.
 fn contents(map: &Map) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, LoadError> {
@@ -303,6 +308,43 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         writes.push(cfg_w);
         writes.push(v6_dels);
         writes.push(pol_dels);
+    }
+    // Services: ids recovered from the pinned maps, so existing frontends and backends
+    // keep theirs (connections in `lb_ct` name them); only what differs is written.
+    if let (Some(svc), Some(slot), Some(be)) = (maps.get("lb_svc"), maps.get("lb_slot"), maps.get("lb_be")) {
+        let entries = |m: &Map| -> Result<Entries, LoadError> { Ok(contents(m)?.into_iter().collect()) };
+        let state = LbState::recover(&entries(svc)?, &entries(slot)?, &entries(be)?)
+            .map_err(|e| LoadError::Plan(format!("services: {e}")))?;
+        let (lb, _) =
+            service_writes(&cfg.services, &state).map_err(|e| LoadError::Plan(format!("services: {e}")))?;
+        let mut current: BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        for w in lb {
+            let Some(map) = maps.get(w.map) else { continue };
+            if !current.contains_key(w.map) {
+                current.insert(w.map, contents(map)?);
+            }
+            let now = &current[w.map];
+            let mut out =
+                MapWrites { keys: Vec::new(), values: Vec::new(), deletes: Vec::new(), ..w.clone() };
+            for (k, v) in w.keys.chunks_exact(w.key_size).zip(w.values.chunks_exact(w.value_size)) {
+                if now.get(k).map(Vec::as_slice) != Some(v) {
+                    out.put(k, v);
+                }
+            }
+            for k in w.deletes.chunks_exact(w.key_size) {
+                if now.contains_key(k) {
+                    out.delete(k);
+                }
+            }
+            let live = now.len() + out.updates();
+            if live > map.max_entries() as usize {
+                return Err(LoadError::Live(prefilter::LiveError::Full {
+                    map: w.map,
+                    capacity: map.max_entries(),
+                }));
+            }
+            writes.push(out);
+        }
     }
     Ok(writes.into_iter().filter(|w| !w.is_empty()).collect())
 }

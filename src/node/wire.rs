@@ -145,6 +145,8 @@ pub enum Owner {
     Endpoint(String),
     /// The `--xdp-device` option.
     XdpDevice,
+    /// `spec.loadBalancer.devices`: the standalone load balancer.
+    LoadBalancer,
 }
 
 impl fmt::Display for Owner {
@@ -152,6 +154,7 @@ impl fmt::Display for Owner {
         match self {
             Owner::Endpoint(name) => write!(f, "endpoint `{name}`"),
             Owner::XdpDevice => f.write_str("the XDP device"),
+            Owner::LoadBalancer => f.write_str("spec.loadBalancer.devices"),
         }
     }
 }
@@ -183,7 +186,8 @@ pub fn parse_link_pin_name(name: &str) -> Option<(&str, &str)> {
 }
 
 /// The hooks a node asks for, in order: each endpoint's ingress then egress program (in
-/// the plan's endpoint order), then the prefilter on the XDP device if one is given.
+/// the plan's endpoint order), the standalone load balancer on the tc ingress of each
+/// `spec.loadBalancer.devices` entry, then the prefilter on the XDP device if one is given.
 pub fn wanted(cfg: &NodeConfig, xdp_device: Option<&str>) -> Vec<Want> {
     let mut out = Vec::new();
     for (i, ep) in cfg.endpoints.iter().enumerate() {
@@ -198,6 +202,14 @@ pub fn wanted(cfg: &NodeConfig, xdp_device: Option<&str>) -> Vec<Want> {
                 owner: Owner::Endpoint(ep.name.clone()),
             });
         }
+    }
+    for dev in &cfg.load_balancer.devices {
+        out.push(Want {
+            program: super::LB_PROGRAM.to_string(),
+            ifname: dev.clone(),
+            hook: Hook::Ingress,
+            owner: Owner::LoadBalancer,
+        });
     }
     if let Some(dev) = xdp_device {
         out.push(Want {
@@ -1468,7 +1480,13 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
         return Err(WireError::OtherNetns { path: records_path, recorded: r.netns, current: netns });
     }
 
-    // 1. Links: detach (the hook is free at once), then unpin.
+    // 1. Links: detach (the hook is free at once), then unpin; the socket load balancer's
+    //    cgroup links first.
+    match super::socklb::remove(sys, pin_dir) {
+        Ok(0) => {}
+        Ok(n) => report.removed.push(format!("detached {n} socket load-balancer cgroup links")),
+        Err(e) => report.warnings.push(format!("socket load balancer: {e}")),
+    }
     let links_dir = pin_dir.join(LINKS_DIR);
     for (name, path) in sorted_entries(&links_dir)? {
         match Link::from_pin(sys, &path) {

@@ -1,0 +1,241 @@
+//! End to end: services balanced by the standalone tc load balancer on a node's devices,
+//! with real TCP and UDP between namespaces.
+//!
+//! Topology (one namespace each): `client` and two backends `be1`, `be2` hang off the node
+//! namespace on veths (`lbc`, `lb1`, `lb2`), routed by the node. The node file puts the
+//! load balancer on all three devices' tc ingress (`spec.loadBalancer.devices`): the
+//! client's packets to the VIP are translated on `lbc`, the backends' replies reverse
+//! translated on `lb1`/`lb2`.
+//!
+//! Checked: connections to the VIP reach both backends and the client's socket sees the
+//! VIP as its peer; UDP replies come from the VIP; `sluice service list` counts the pinned
+//! connections; removing one backend (a map update, no program reloaded) leaves an
+//! established connection to the other working and sends every new connection there; a
+//! terminating backend keeps its connection and takes no new ones; `down` leaves nothing.
+
+#[path = "support/netns.rs"]
+mod netns;
+#[path = "support/node.rs"]
+mod node;
+
+use netns::{gate, remove_stale, unique, PinDir};
+use node::NodeNet;
+use sluice::model;
+use sluice::node::{self as snode, load, update, wire};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const PREFIX: &str = "sluice-svc";
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+const BE1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 21);
+const BE2: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 22);
+
+/// The node file: the load balancer on the three devices, one service with a TCP and a UDP
+/// port, and the backends given as (address, state).
+fn config(backends: &[(Ipv4Addr, &str)]) -> String {
+    let mut eps = String::new();
+    for (a, state) in backends {
+        let cond = match *state {
+            "terminating" => "{ready: false, serving: true, terminating: true}",
+            _ => "{ready: true}",
+        };
+        eps += &format!("  - addresses: [{a}]\n    conditions: {cond}\n");
+    }
+    if eps.is_empty() {
+        eps = "  []\n".into();
+    }
+    format!(
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: svc-test}}\nspec:\n  loadBalancer: {{devices: [lbc, lb1, lb2]}}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: t}}\nspec:\n  clusterIP: {VIP}\n  ports:\n\
+         \x20   - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n\
+         \x20   - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  namespace: t\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nendpoints:\n{eps}ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n"
+    )
+}
+
+/// A backend: a TCP server on 8080 that says its name then echoes lines, and a UDP server
+/// on 5353 that answers its name; both stop when `stop` is set.
+fn serve(
+    ns: &netns::Netns,
+    name: &'static str,
+    addr: Ipv4Addr,
+    stop: Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<()>> {
+    let (tcp, udp) = ns.enter(|| {
+        let t = TcpListener::bind((addr, 8080)).expect("bind tcp");
+        let u = UdpSocket::bind((addr, 5353)).expect("bind udp");
+        (t, u)
+    });
+    tcp.set_nonblocking(true).expect("nonblocking");
+    udp.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+    let s1 = Arc::clone(&stop);
+    let t = std::thread::spawn(move || {
+        while !s1.load(Ordering::Relaxed) {
+            match tcp.accept() {
+                Ok((mut c, _)) => {
+                    std::thread::spawn(move || {
+                        let _ = c.set_nonblocking(false);
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(20)));
+                        let _ = c.write_all(format!("{name}\n").as_bytes());
+                        let mut r = BufReader::new(c.try_clone().expect("clone"));
+                        let mut line = String::new();
+                        while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+                            let _ = c.write_all(line.as_bytes());
+                            line.clear();
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    });
+    let u = std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, from)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(name.as_bytes(), from);
+            }
+        }
+    });
+    vec![t, u]
+}
+
+/// A connection to the VIP from the client namespace and the name of the backend it got.
+fn connect(client: &netns::Netns) -> (TcpStream, String) {
+    let s = client
+        .enter(|| TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(3)))
+        .expect("connect to the VIP");
+    s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut name = String::new();
+    r.read_line(&mut name).expect("the backend's name");
+    (s, name.trim().to_string())
+}
+
+/// Whether an established connection still echoes.
+fn echoes(s: &mut TcpStream, what: &str) -> bool {
+    if s.write_all(format!("{what}\n").as_bytes()).is_err() {
+        return false;
+    }
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut line = String::new();
+    r.read_line(&mut line).is_ok() && line.trim() == what
+}
+
+/// Names of the backends `n` new connections reach.
+fn spread(client: &netns::Netns, n: usize) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let (_, name) = connect(client);
+        *seen.entry(name).or_default() += 1;
+    }
+    seen
+}
+
+fn apply(net: &NodeNet, pin: &Path, text: &str) -> update::Update {
+    let cfg = model::parse_str(text, "svc-test.yaml").expect("config parses");
+    net.node.enter(|| {
+        let sys = sluice::sys::kernel();
+        let plan = snode::plan(&cfg).expect("plans");
+        update::update_pinned(&sys, &cfg, &plan, pin).expect("map update")
+    })
+}
+
+#[test]
+fn services_through_the_standalone_load_balancer() {
+    if !gate("services_through_the_standalone_load_balancer") {
+        return;
+    }
+    remove_stale(PREFIX, "");
+    let base = unique(PREFIX);
+    let net = NodeNet::build(&base, &[("lbc", CLIENT), ("lb1", BE1), ("lb2", BE2)]);
+    let pin = PinDir(std::path::PathBuf::from(format!("/sys/fs/bpf/{base}")));
+    let (client, be1, be2) = (&net.ep("lbc").ns, &net.ep("lb1").ns, &net.ep("lb2").ns);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers = serve(be1, "be1", BE1, Arc::clone(&stop));
+    servers.extend(serve(be2, "be2", BE2, Arc::clone(&stop)));
+
+    let text = config(&[(BE1, "ready"), (BE2, "ready")]);
+    let cfg = model::parse_str(&text, "svc-test.yaml").expect("config parses");
+    net.node.enter(|| {
+        let sys = sluice::sys::kernel();
+        let plan = snode::plan(&cfg).expect("plans");
+        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
+        wire::attach(&sys, &cfg, &pin.0, &wire::AttachOptions::default()).expect("attaches");
+    });
+
+    // TCP: both backends take connections; the client's peer is the VIP.
+    let seen = spread(client, 24);
+    assert!(seen.get("be1").is_some_and(|n| *n > 0) && seen.get("be2").is_some_and(|n| *n > 0), "{seen:?}");
+    let (mut held, held_name) = connect(client);
+    assert_eq!(held.peer_addr().expect("peer"), SocketAddr::from((VIP, 80)));
+    assert!(echoes(&mut held, "hello"), "the connection echoes");
+
+    // UDP: the answer comes from the VIP.
+    client.enter(|| {
+        let u = UdpSocket::bind((CLIENT, 0)).expect("bind");
+        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut buf = [0u8; 64];
+        let mut got = None;
+        for _ in 0..5 {
+            u.send_to(b"q", (VIP, 53)).expect("send");
+            if let Ok((n, from)) = u.recv_from(&mut buf) {
+                got = Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
+                break;
+            }
+        }
+        let (name, from) = got.expect("a UDP answer");
+        assert!(name == "be1" || name == "be2", "{name}");
+        assert_eq!(from, SocketAddr::from((VIP, 53)), "the answer's source is the VIP");
+    });
+
+    // `sluice service list`: the frontends, both backends, pinned connections counted.
+    let table = net.node.enter(|| {
+        sluice::node::services::list(&sluice::sys::kernel(), &pin.0, &cfg.services).expect("lists")
+    });
+    println!("{table}");
+    let http = table.services.iter().find(|s| s.port == 80).expect("the TCP frontend");
+    assert_eq!(http.name.as_deref(), Some("t/web:http"));
+    assert_eq!(http.backends.len(), 2, "{table}");
+    assert!(http.backends.iter().map(|b| b.connections).sum::<u64>() >= 25, "{table}");
+
+    // Remove the other backend: a map update; the held connection keeps working and new
+    // connections all go to the one left.
+    let (keep, other) = if held_name == "be1" { (BE1, "be2") } else { (BE2, "be1") };
+    let u = apply(&net, &pin.0, &config(&[(keep, "ready")]));
+    assert!(u.total() > 0, "the removal writes maps");
+    assert!(echoes(&mut held, "still here"), "an established connection survives another backend's removal");
+    let seen = spread(client, 12);
+    assert_eq!(seen.get(&held_name).copied(), Some(12), "every new connection to the one left: {seen:?}");
+    assert!(!seen.contains_key(other));
+
+    // Both back, the held one terminating: it keeps its connection, takes no new ones.
+    let both = if held_name == "be1" {
+        config(&[(BE1, "terminating"), (BE2, "ready")])
+    } else {
+        config(&[(BE1, "ready"), (BE2, "terminating")])
+    };
+    apply(&net, &pin.0, &both);
+    assert!(echoes(&mut held, "terminating"), "a terminating backend keeps its connection");
+    let seen = spread(client, 12);
+    assert_eq!(seen.get(other).copied(), Some(12), "no new connection to a terminating backend: {seen:?}");
+    drop(held);
+
+    // Down: nothing of ours on the devices.
+    net.node.enter(|| wire::down(&sluice::sys::kernel(), &pin.0).expect("down"));
+    for dev in ["lbc", "lb1", "lb2"] {
+        let out = netns::ip_output(&["-n", &net.node.name, "-d", "link", "show", dev]);
+        assert!(!out.contains("tcx") && !out.contains("prog/xdp"), "{dev}: {out}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+}

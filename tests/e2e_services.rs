@@ -239,3 +239,88 @@ fn services_through_the_standalone_load_balancer() {
         let _ = s.join();
     }
 }
+
+#[path = "support/cgroup.rs"]
+mod cgroup;
+
+/// Socket-level balancing wired by the node: `spec.loadBalancer.socketCgroup` names a
+/// fresh cgroup; `socklb::sync` links the eight programs there (pinned, kept on a second
+/// sync); a shell in the cgroup connecting to the VIP reaches the backend; a node
+/// file without the cgroup, and `down`, take the links away.
+#[test]
+fn socket_load_balancing_wired_by_the_node() {
+    if !gate("socket_load_balancing_wired_by_the_node") {
+        return;
+    }
+    if let Err(why) = cgroup::available() {
+        if std::env::var(sluice::sys::gate::REQUIRE_KERNEL_ENV).is_ok_and(|v| v.trim() == "1") {
+            panic!("socket_load_balancing_wired_by_the_node cannot run: {why}");
+        }
+        eprintln!("skip: socket_load_balancing_wired_by_the_node: {why}");
+        return;
+    }
+    remove_stale(PREFIX, "");
+    let base = unique(PREFIX);
+    let cg = cgroup::Cgroup::new(&base).expect("cgroup");
+    let pin = PinDir(std::path::PathBuf::from(format!("/sys/fs/bpf/{base}")));
+    // The backend: an address on the loopback device of a namespace of its own (a backend
+    // must be a unicast address, so not 127.0.0.1); the client shell runs there too.
+    let ns = netns::Netns::new(format!("{base}-sock"));
+    ns.ip(&["addr", "add", "10.78.0.1/32", "dev", "lo"]);
+    let listener = ns.enter(|| TcpListener::bind((Ipv4Addr::new(10, 78, 0, 1), 0))).expect("backend");
+    let port = listener.local_addr().expect("addr").port();
+    let text = |cgroup: Option<&Path>| {
+        let lb =
+            cgroup.map_or(String::new(), |c| format!("  loadBalancer: {{socketCgroup: {}}}\n", c.display()));
+        format!(
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: socklb-test}}\nspec:\n{lb}\
+             ---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: t}}\nspec:\n  clusterIP: 10.96.0.60\n  ports:\n\
+             \x20   - {{port: 80, targetPort: {port}, protocol: TCP}}\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: api-1\n  namespace: t\n  labels: {{kubernetes.io/service-name: api}}\n\
+             addressType: IPv4\nendpoints:\n  - addresses: [10.78.0.1]\nports:\n  - {{port: {port}, protocol: TCP}}\n"
+        )
+    };
+    let cfg = model::parse_str(&text(Some(&cg.path)), "socklb-test.yaml").expect("config parses");
+    let sys = sluice::sys::kernel();
+    let plan = snode::plan(&cfg).expect("plans");
+    load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
+    let r = snode::socklb::sync(&sys, &cfg, &pin.0).expect("links the socket programs");
+    assert_eq!((r.created, r.kept), (8, 0), "{r}");
+    let r = snode::socklb::sync(&sys, &cfg, &pin.0).expect("idempotent");
+    assert_eq!((r.created, r.kept), (0, 8), "{r}");
+
+    // A process in the cgroup connects to the VIP; the backend on loopback answers.
+    let server = std::thread::spawn(move || {
+        let (mut c, peer) = listener.accept().expect("accept");
+        c.write_all(b"hi\n").expect("write");
+        peer
+    });
+    let out = cg
+        .spawn(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    &ns.name,
+                    "bash",
+                    "-c",
+                    "exec 3<>/dev/tcp/10.96.0.60/80 && head -c 3 <&3",
+                ])
+                .stdout(std::process::Stdio::piped()),
+        )
+        .expect("spawn")
+        .wait_with_output()
+        .expect("wait");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n", "the VIP reached the backend");
+    let peer = server.join().expect("server");
+    assert_eq!(peer.ip(), std::net::IpAddr::from([10, 78, 0, 1]), "connected to the backend itself");
+
+    // Without the cgroup in the node file the links go; down leaves no pin.
+    let off = model::parse_str(&text(None), "socklb-test.yaml").expect("config parses");
+    let r = snode::socklb::sync(&sys, &off, &pin.0).expect("unlinks");
+    assert_eq!(r.removed, 8, "{r}");
+    assert!(!pin.0.join(snode::socklb::SOCKLB_DIR).exists());
+    snode::socklb::sync(&sys, &cfg, &pin.0).expect("links again");
+    wire::down(&sys, &pin.0).expect("down");
+    assert!(!pin.0.exists(), "down removes the pin dir");
+}

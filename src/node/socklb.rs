@@ -159,7 +159,13 @@ pub fn remove(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<usize, SockLbSyn
                 let _ = link.detach();
             }
         }
-        std::fs::remove_file(&path).map_err(|source| SockLbSyncError::Io { op: "unpin", path, source })?;
+        // Detaching a link opened from its pin unpins it too.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(SockLbSyncError::Io { op: "unpin", path, source: e });
+            }
+            _ => {}
+        }
         n += 1;
     }
     std::fs::remove_dir(&dir).map_err(|source| SockLbSyncError::Io { op: "remove", path: dir, source })?;

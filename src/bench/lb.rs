@@ -204,7 +204,7 @@ fn load_ours(sys: &Arc<dyn Syscall>, n: u32) -> Result<(Ours, f64, f64), BenchEr
         let obj = Object {
             name: "lb".into(),
             kind: ProgKind::SchedCls,
-            program: generate_with(LbOptions { conntrack })?,
+            program: generate_with(LbOptions { conntrack, ..LbOptions::default() })?,
             maps: bench_defs(),
             writes: Vec::new(),
         };

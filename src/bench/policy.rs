@@ -638,11 +638,15 @@ pub(super) fn measure(
         return Err(BenchError::PolicyCheck { case: bad.case.to_string(), reason: format!("{bad:?}") });
     }
     let t = Instant::now();
-    let mut objects = endpoint_objects_with(&plan, Options { conntrack: true })?;
+    let mut objects = endpoint_objects_with(&plan, Options { conntrack: true, ..Options::default() })?;
     let object_ms = ms_since(t);
     let t = Instant::now();
     for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
-        std::hint::black_box(generate_with(EP_INDEX, dir, Options { conntrack: true })?);
+        std::hint::black_box(generate_with(
+            EP_INDEX,
+            dir,
+            Options { conntrack: true, ..Options::default() },
+        )?);
     }
     let codegen_pair_us = t.elapsed().as_secs_f64() * 1e6;
     // What `endpoint_objects` does for a node: each direction generated once, then one
@@ -675,7 +679,11 @@ pub(super) fn measure(
     let ours = load_ours(sys, &to_ep)?;
     let new_obj = Object {
         name: format!("{}_noct", to_ep.name),
-        program: generate_with(EP_INDEX, Direction::ToEndpoint, Options { conntrack: false })?,
+        program: generate_with(
+            EP_INDEX,
+            Direction::ToEndpoint,
+            Options { conntrack: false, ..Options::default() },
+        )?,
         writes: Vec::new(),
         ..to_ep
     };

@@ -8,6 +8,28 @@
 //!    ICMP type and echo id; everything the rest needs is copied to the stack.
 //! 2. `from-endpoint` only: anti-spoofing, before anything else: the source must be the
 //!    endpoint's own address (`ep_config`).
+//!
+//!    Services: then, with [`Options::services`], in `from-endpoint`, for TCP, UDP and SCTP
+//!    with the whole L4 header (not later fragments, not ICMP): the service load balancer's
+//!    forward path ([`crate::codegen::lb`], [`LbPaths::ForwardOnly`]): a tracked `lb_ct`
+//!    connection goes to its pinned backend, else `lb_svc`, affinity, slot and backend are
+//!    chosen and both `lb_ct` entries written; the packet is DNATed in place (checksums
+//!    fixed). Conntrack and policy then see the backend: the tuple's destination and the
+//!    policy port are set from the load balancer's result (Kubernetes semantics: egress policy
+//!    applies to the backend, not the VIP), so the client's own conntrack entry is client →
+//!    backend. The load balancer runs inline after anti-spoofing (a spoofed packet never
+//!    creates `lb_ct` entries), once per family, on its own frame (see `LB`); its reason is
+//!    counted in `lb_stats`. A frontend without a usable backend ends the program there: a TCP
+//!    packet becomes the reset a closed port sends, delivered with
+//!    `bpf_redirect_peer(skb->ifindex, 0)` into the container side of the veth (it must not
+//!    meet the client's ingress policy, which has no connection for it), UDP and SCTP are
+//!    dropped; neither is counted in `ep_stats` (only in `lb_stats`). Not done in endpoint
+//!    mode: the hairpin source rewrite of the standalone program (a client that is its own
+//!    backend; replies to the hairpin address would be routed by the FIB, never
+//!    reverse-translated here): such a connection reaches the endpoint with its own address as
+//!    source (a martian to its stack). An L4 header deeper than 255 bytes (many IPv6 extension
+//!    headers) is not balanced; as in the standalone program, a first IPv4 fragment is
+//!    translated and the later ones are not.
 //! 3. Later IPv4 fragments follow the verdict their first fragment left in `frag4`.
 //! 4. ICMP errors pass when their quoted packet belongs to a tracked connection.
 //! 5. Conntrack (expiry on the coarse clock, `bpf_ktime_get_coarse_ns`: tick resolution is
@@ -23,6 +45,17 @@
 //! 7. Every verdict is counted per endpoint and reason in `ep_stats`; drops and new
 //!    allowed connections become ring-buffer events when `ev_config` says so, within a
 //!    per-CPU rate budget.
+//! 8. With [`Options::services`], `to-endpoint` only, after the verdict allowed a TCP, UDP
+//!    or SCTP packet with its whole L4 header (a conntrack reply to the client's
+//!    client → backend entry, or policy): the load balancer's reply path
+//!    ([`LbPaths::ReplyOnly`]): an `lb_ct` reply entry for the packet's tuple
+//!    (backend → client) restores the frontend as the source (`lb_revnat`, checksums
+//!    fixed). Its reason goes to `lb_stats`, its verdict is the program's (a failed
+//!    rewrite drops). The reply path never runs in `from-endpoint` (a backend's replies
+//!    leaving it would get the VIP as source and fail anti-spoofing), the forward path
+//!    never in `to-endpoint`.
+//!
+//! Then `from-endpoint` forwards what it allowed (see `emit_forward`).
 //!
 //! IPv6 is parsed and judged the same way with `ct6`, `frag6` and the `ipc_v6` trie, after
 //! up to two extension headers (hop-by-hop, routing, destination options, fragment); more
@@ -30,6 +63,7 @@
 //! listener messages 130-132 and 143, neighbor discovery 133-137) passes before
 //! anti-spoofing: it uses link-local and unspecified sources.
 
+use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia};
 use super::{emit_ethernet, guard, CodegenError, EthLabels};
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::policy::{
@@ -100,6 +134,21 @@ const FP_PEER: i16 = -268;
 const FP_CTX: i16 = -280;
 /// A `struct bpf_fib_lookup` (64 bytes) or `struct bpf_tunnel_key` (44).
 const FP_FIB: i16 = -344;
+
+/// With `services`: where the load balancer's frame ([`LbFrame`], 272 bytes) sits: its top
+/// is `FP_EV` (the frame is `[-512, -240)`), so it never touches the tuple, the fragment
+/// key, the flags, the family or the event record. It overlays `FP_LPM`, `FP_PEER`,
+/// `FP_CTX` and `FP_FIB`: at the forward call (`from-endpoint`, after the transport
+/// header) `FP_LPM` and `FP_FIB` are dead (written in full before their next use),
+/// `FP_PEER` is zeroed again and `FP_CTX` restored from the frame's own `CTX` slot after
+/// the call; at the reply call (`to-endpoint`, at the exit) only the verdict is still
+/// needed.
+const LB: LbFrame = LbFrame { base: LbFrame::SIZE - 512 };
+const _: () = assert!(LB.base >= FP_EV && LB.base - LbFrame::SIZE >= -512);
+/// With `services`, `to-endpoint` only: the L3 and L4 header offsets from `skb->data`
+/// (two `u32`; L4 = 0: the packet is not one the load balancer can translate), kept from
+/// the parse to the exit in `FP_FIB`, which that program does not otherwise use.
+const FP_LB_OFFS: i16 = FP_FIB;
 
 /// `__sk_buff.ifindex`: the device the program runs on.
 const SKB_IFINDEX: i16 = 40;
@@ -190,11 +239,14 @@ pub struct Options {
     /// Track connections (the datapath always does; `false` exists to time the policy
     /// path of a new connection in isolation, as `sluice bench` does).
     pub conntrack: bool,
+    /// Service load balancing (the "services" part of step 2 and step 8 of the module header; the maps of
+    /// [`crate::codegen::lb::map_defs`]). Off, the programs are exactly those without it.
+    pub services: bool,
 }
 
 impl Default for Options {
     fn default() -> Options {
-        Options { conntrack: true }
+        Options { conntrack: true, services: false }
     }
 }
 
@@ -223,6 +275,12 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
     g.emit_ipv6(&mut b);
     for f in [V4, V6] {
         g.emit_transport(&mut b, f);
+        if options.services {
+            g.emit_lb_step(&mut b, f);
+            if dir == Direction::FromEndpoint {
+                g.emit_lb_forward(&mut b, f);
+            }
+        }
         g.emit_icmp_error(&mut b, f);
         g.emit_later_fragment(&mut b, f);
         g.emit_conntrack(&mut b, f);
@@ -303,8 +361,12 @@ struct Gen {
 impl Gen {
     fn emit_entry(&self, b: &mut Builder) {
         b.comment(format!("{:?} program of one endpoint: r8 = data, r9 = data_end", self.dir));
-        if self.dir == Direction::FromEndpoint {
+        if self.dir == Direction::FromEndpoint || self.options.services {
             b.store(Size::DW, Reg::R10, FP_CTX, Reg::R1);
+        }
+        if self.dir == Direction::ToEndpoint && self.options.services {
+            b.comment("services: no L4 header offsets yet (nothing to reverse-translate)");
+            b.store(Size::DW, Reg::R10, FP_LB_OFFS, 0);
         }
         b.load(Size::W, Reg::R8, Reg::R1, 76);
         b.load(Size::W, Reg::R9, Reg::R1, 80);
@@ -491,7 +553,7 @@ impl Gen {
         b.load(Size::H, Reg::R1, Reg::R8, 0).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
         b.load(Size::H, Reg::R1, Reg::R8, 2).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
-        b.ja(f.l("conntrack"));
+        b.ja(f.l(if self.options.services { "lb" } else { "conntrack" }));
         b.label(f.l("icmp")).comment("icmp: the type is the policy port; echo id is the source port");
         guard(b, Reg::R8, 8, trunc);
         b.load(Size::B, Reg::R1, Reg::R8, 0);
@@ -947,6 +1009,9 @@ impl Gen {
         b.add(Reg::R1, 1).store(Size::DW, Reg::R9, ev_budget::SENT as i16, Reg::R1);
         self.emit_event_record(b);
         b.label("return");
+        if self.dir == Direction::ToEndpoint && self.options.services {
+            self.emit_lb_reply(b);
+        }
         if self.dir == Direction::FromEndpoint {
             b.comment("an allowed IP packet is forwarded (when the node is wired)");
             b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
@@ -1115,6 +1180,161 @@ impl Gen {
                 }
             }
         }
+    }
+
+    /// Services, after the ports (r7 = L3, r8 = L4 header): if the whole L4 header is there,
+    /// `from-endpoint` goes on into the load balancer's forward path (the frame's inputs
+    /// set here), `to-endpoint` keeps the header offsets for the reply path at
+    /// its exit. Otherwise (or with the L4 header deeper than the load balancer's 255-byte
+    /// bound: many IPv6 extension headers) the packet goes on untranslated.
+    fn emit_lb_step(&self, b: &mut Builder, f: Fam) {
+        let l = |name: &str| f.l(name);
+        let skip = l("conntrack");
+        b.label(l("lb")).comment("services: is the whole L4 header there? (tcp 20, udp 8, sctp 12)");
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, l("lb_tcp"));
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, l("lb_udp"));
+        guard(b, Reg::R8, 12, &skip);
+        b.ja(l("lb_l4"));
+        b.label(l("lb_tcp"));
+        guard(b, Reg::R8, 20, &skip);
+        b.ja(l("lb_l4"));
+        b.label(l("lb_udp"));
+        guard(b, Reg::R8, 8, &skip);
+        b.label(l("lb_l4")).comment("services: r3 = L3, r4 = L4 header offsets from skb->data");
+        b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
+        b.load(Size::W, Reg::R2, Reg::R1, 76);
+        b.mov(Reg::R3, Reg::R7).alu(AluOp::Sub, Reg::R3, Reg::R2);
+        b.mov(Reg::R4, Reg::R8).alu(AluOp::Sub, Reg::R4, Reg::R2);
+        b.jmp(JmpCond::Gt, Reg::R4, 255, &skip);
+        match self.dir {
+            Direction::ToEndpoint => {
+                b.store(Size::W, Reg::R10, FP_LB_OFFS, Reg::R3);
+                b.store(Size::W, Reg::R10, FP_LB_OFFS + 4, Reg::R4);
+                b.ja(skip.as_str());
+            }
+            Direction::FromEndpoint => {
+                b.store(Size::W, Reg::R10, LB.base + LbFrame::L3, Reg::R3);
+                b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R4);
+                b.store(Size::DW, Reg::R10, LB.base + LbFrame::CTX, Reg::R1);
+                self.emit_lb_tuple(b, f);
+            }
+        }
+    }
+
+    /// The load balancer's tuple (IPv4-mapped addresses) and family from the conntrack
+    /// key `FP_CT` of family `f`. The context must already be in the frame: the tuple
+    /// overlays `FP_CTX`.
+    fn emit_lb_tuple(&self, b: &mut Builder, f: Fam) {
+        use crate::maps::lb::ct_key as lb_key;
+        let t = |off: usize| LB.base + LbFrame::TUPLE + off as i16;
+        b.comment("services: the load balancer's tuple from the conntrack key");
+        b.store(Size::DW, Reg::R10, t(lb_key::SPORT), 0);
+        if f.family == 4 {
+            for (field, from) in [(lb_key::SADDR, FP_CT), (lb_key::DADDR, FP_CT + f.daddr)] {
+                b.store(Size::DW, Reg::R10, t(field), 0);
+                b.store(Size::W, Reg::R10, t(field) + 8, V4_MAPPED_WORD as i32);
+                b.load(Size::W, Reg::R1, Reg::R10, from).store(Size::W, Reg::R10, t(field) + 12, Reg::R1);
+            }
+        } else {
+            copy_stack(b, FP_CT, t(lb_key::SADDR), 32);
+        }
+        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.sport).store(
+            Size::W,
+            Reg::R10,
+            t(lb_key::SPORT),
+            Reg::R1,
+        );
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1).store(Size::B, Reg::R10, t(lb_key::PROTO), Reg::R1);
+        b.store(Size::B, Reg::R10, LB.base + LbFrame::FAMILY, f.family);
+    }
+
+    /// Count the load balancer's reason (r6) in `lb_stats`; keeps r6 and r7.
+    fn emit_lb_count(&self, b: &mut Builder, tag: &str) {
+        let done = format!("services_{tag}_counted");
+        b.comment("services: count the load balancer's reason (r6) in lb_stats");
+        b.store(Size::W, Reg::R10, FP_KEY, Reg::R6);
+        b.ld_map(Reg::R1, "lb_stats");
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
+        b.call(MAP_LOOKUP_ELEM);
+        b.jmp(JmpCond::Eq, Reg::R0, 0, done.as_str());
+        b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
+        b.label(done.as_str());
+    }
+
+    /// `from-endpoint`: the load balancer's forward path (DNAT), one copy per family (so
+    /// that what follows it needs no branch on the family, which the kernel verifier cannot
+    /// follow through the stack). A drop or a reset (redirected into the client's side of
+    /// the veth: it must not meet the client's own ingress policy, which has no connection
+    /// for it) ends the program, counted in `lb_stats` only. A passed or translated packet
+    /// goes on to conntrack and policy with the tuple's destination and the policy port set
+    /// to the backend's (the packet itself is not read again: conntrack and policy work on
+    /// the stack copy, forwarding reloads the packet pointers from the context).
+    fn emit_lb_forward(&self, b: &mut Builder, f: Fam) {
+        let l = |name: &str| f.l(name);
+        b.comment("services: the load balancer's forward path");
+        let options = LbOptions { conntrack: true, paths: LbPaths::ForwardOnly, reset: ResetVia::Peer };
+        let (prefix, done) = (l("svc_"), l("lb_done"));
+        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
+        b.label(done.as_str());
+        self.emit_lb_count(b, &l("forward"));
+        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, l("lb_ok"));
+        b.mov(Reg::R0, Reg::R7).exit();
+        b.label(l("lb_ok")).comment("services: the context back in its slot; no peer yet");
+        b.load(Size::DW, Reg::R1, Reg::R10, LB.base + LbFrame::CTX).store(
+            Size::DW,
+            Reg::R10,
+            FP_CTX,
+            Reg::R1,
+        );
+        b.store(Size::W, Reg::R10, FP_PEER, 0);
+        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, l("conntrack"));
+        b.comment("services: translated: the tuple's destination and the policy port are the backend's");
+        let new = LB.base + LbFrame::NEW;
+        if f.family == 4 {
+            b.load(Size::W, Reg::R1, Reg::R10, new + 12).store(Size::W, Reg::R10, FP_CT + f.daddr, Reg::R1);
+        } else {
+            copy_stack(b, new, FP_CT + f.daddr, 16);
+        }
+        b.load(Size::H, Reg::R1, Reg::R10, new + 16);
+        b.store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
+        b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
+        b.ja(l("conntrack"));
+    }
+
+    /// `to-endpoint`, at the exit of an allowed packet whose L4 header the parse recorded:
+    /// the load balancer's reply path (reverse NAT: the backend's source back to the
+    /// frontend), counted in `lb_stats`; its verdict is the program's.
+    fn emit_lb_reply(&self, b: &mut Builder) {
+        b.comment("services: reverse NAT of an allowed packet with an L4 header");
+        b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
+        b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
+        b.jmp(JmpCond::Eq, Reg::R1, 0, "return_verdict");
+        b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R1);
+        b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS).store(
+            Size::W,
+            Reg::R10,
+            LB.base + LbFrame::L3,
+            Reg::R1,
+        );
+        b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX).store(
+            Size::DW,
+            Reg::R10,
+            LB.base + LbFrame::CTX,
+            Reg::R1,
+        );
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
+        b.jmp(JmpCond::Eq, Reg::R1, 6, "services_reply_v6");
+        self.emit_lb_tuple(b, V4);
+        b.ja("services_reply");
+        b.label("services_reply_v6");
+        self.emit_lb_tuple(b, V6);
+        b.label("services_reply");
+        let options = LbOptions { conntrack: true, paths: LbPaths::ReplyOnly, reset: ResetVia::Egress };
+        emit_service_lb(b, LB, LbLabels { prefix: "svc_", exit: "services_reply_done" }, options);
+        b.label("services_reply_done");
+        self.emit_lb_count(b, "reply");
+        b.mov(Reg::R0, Reg::R7).exit();
     }
 
     fn emit_event_record(&self, b: &mut Builder) {

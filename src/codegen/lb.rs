@@ -49,6 +49,11 @@
 //!    hairpin address back through this program (a pod's default route does; the address
 //!    must not be in use on the node).
 //!
+//! Call sites choose the paths ([`LbPaths`]): the standalone program runs both; the endpoint
+//! programs ([`crate::codegen::endpoint`]) run the forward path in `from-endpoint` (no
+//! reverse NAT, no hairpin source rewrite, resets into the veth's peer: [`ResetVia::Peer`])
+//! and the reply path in the client's `to-endpoint`.
+//!
 //! Not done: ICMP errors about translated flows (not reverse translated), connection expiry
 //! (`lb_ct` is an LRU; `LAST_SEEN` is kept for a sweeper).
 //!
@@ -61,8 +66,8 @@ use crate::maps::lb::{
     aff_key, aff_value, be_value, ct_key, ct_value, revnat_value, slot_key, svc_key, svc_value, LbReason,
 };
 use sluice_asm::helpers::{
-    KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT, SKB_LOAD_BYTES,
-    SKB_STORE_BYTES,
+    KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT, REDIRECT_PEER,
+    SKB_LOAD_BYTES, SKB_STORE_BYTES,
 };
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 
@@ -148,6 +153,33 @@ impl LbFrame {
     }
 }
 
+/// Which of the load balancer's paths a call site runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LbPaths {
+    /// Reverse NAT of backends' replies and DNAT of clients' packets (the standalone
+    /// program, where both directions cross one hook).
+    #[default]
+    Both,
+    /// Only the forward path (steps 3-8 without reverse NAT and without the hairpin source
+    /// rewrite): an endpoint's `from-endpoint`, where the endpoint is the client.
+    ForwardOnly,
+    /// Only the reply path (step 2 and the source rewrite): the client endpoint's
+    /// `to-endpoint`. A miss passes untouched (`pass_no_service`).
+    ReplyOnly,
+}
+
+/// Where the reset for a TCP packet to a frontend without backends is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ResetVia {
+    /// `bpf_redirect(skb->ifindex, 0)`: out of the device the packet came in on.
+    #[default]
+    Egress,
+    /// `bpf_redirect_peer(skb->ifindex, 0)` (tc ingress only): into the ingress of the
+    /// device's peer, i.e. the container side of an endpoint's veth, so the reset reaches
+    /// the client without passing its own `to-endpoint` policy.
+    Peer,
+}
+
 /// Code-shape switches of the load balancer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LbOptions {
@@ -155,11 +187,15 @@ pub struct LbOptions {
     /// no connection pinning: only for the benchmark's comparison with the conntrack-less
     /// clang anchor.
     pub conntrack: bool,
+    /// Which paths are emitted (the standalone program: [`LbPaths::Both`]).
+    pub paths: LbPaths,
+    /// Where a no-backend reset goes.
+    pub reset: ResetVia,
 }
 
 impl Default for LbOptions {
     fn default() -> LbOptions {
-        LbOptions { conntrack: true }
+        LbOptions { conntrack: true, paths: LbPaths::Both, reset: ResetVia::Egress }
     }
 }
 
@@ -175,14 +211,17 @@ pub struct LbLabels<'a> {
     pub exit: &'a str,
 }
 
-/// Emit the load balancer proper (steps 2-8 of the module header).
+/// Emit the load balancer proper (steps 2-8 of the module header; the paths `o.paths`
+/// names).
 ///
 /// Register and stack contract: on entry the [`LbFrame`] inputs hold the context, the
 /// tuple, the family and the L3/L4 offsets (relative to `skb->data`, for the helpers); no
 /// register is read. The emitter clobbers `r0`-`r9` (packet pointers included: helpers
 /// that change the packet invalidate them anyway; a caller that reads the packet again
 /// reloads `data`/`data_end` from the context) and every frame slot but the inputs; the
-/// `DIR` byte of the tuple is left set to `FORWARD`. The packet is only read and written
+/// `DIR` byte of the tuple is left set (`FORWARD` unless only the reply path ran). On a
+/// translated packet [`LbFrame::NEW`] holds the new address and port (the backend's after
+/// DNAT). The packet is only read and written
 /// through helpers at the given offsets, so the caller must have checked that the L4 header
 /// is there (TCP 20 bytes, UDP 8, SCTP 12) and that the protocol is one of the three. The
 /// frame may overlay caller slots that are dead at the call (the endpoint programs' frame
@@ -205,8 +244,15 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM), Reg::R3);
     b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM_FLAGS), Reg::R4);
 
+    if o.paths == LbPaths::ReplyOnly {
+        emit_reply_only(b, f, l, o);
+        return;
+    }
     if o.conntrack {
-        emit_ct_lookups(b, f, l.prefix);
+        if o.paths == LbPaths::Both {
+            emit_reply_lookup(b, f, l.prefix, &p("forward"));
+        }
+        emit_forward_lookup(b, f, l.prefix);
     }
 
     // (c) the frontend.
@@ -325,12 +371,13 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     }
     update(b, "lb_aff", f.at(LbFrame::AFF), f.at(LbFrame::AFFV));
     // (g) the rewrites.
-    let snat = o.conntrack.then(|| p("snat"));
+    let both = o.conntrack && o.paths == LbPaths::Both;
+    let snat = both.then(|| p("snat"));
     emit_rewrites(
         b,
         f,
         l,
-        &p("dnat"),
+        Some(&p("dnat")),
         snat.as_deref(),
         &verdict_label(LbReason::RewriteFailed),
         &p("rewritten"),
@@ -339,10 +386,38 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.label(p("no_backend")).comment("lb: no usable backend: TCP gets a reset, the rest is dropped");
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_TCP, verdict_label(LbReason::NoBackend));
-    emit_reset(b, f, l.prefix, &verdict_label(LbReason::NoBackend));
+    emit_reset(b, f, l.prefix, o.reset, &verdict_label(LbReason::NoBackend));
     b.mov(Reg::R6, LbReason::NoBackendReset as i32).mov(Reg::R7, Reg::R0).ja(l.exit);
 
     for r in [LbReason::PassNoService, LbReason::NoBackend, LbReason::RewriteFailed] {
+        b.label(verdict_label(r)).comment(format!("verdict: {}", r.name()));
+        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(l.exit);
+    }
+}
+
+/// [`LbPaths::ReplyOnly`]: the reply lookup and the reverse NAT, nothing else (no hairpin:
+/// the forward path that would create one runs in another program).
+fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
+    let p = |s: &str| format!("{}{s}", l.prefix);
+    let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
+    let mut sites = vec![LbReason::PassNoService];
+    if o.conntrack {
+        emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
+        emit_rewrites(
+            b,
+            f,
+            l,
+            None,
+            Some(&p("snat")),
+            &verdict_label(LbReason::RewriteFailed),
+            &p("rewritten"),
+        );
+        sites.push(LbReason::RewriteFailed);
+    } else {
+        b.comment("lb: no conntrack, no reverse NAT");
+        b.ja(verdict_label(LbReason::PassNoService));
+    }
+    for r in sites {
         b.label(verdict_label(r)).comment(format!("verdict: {}", r.name()));
         b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(l.exit);
     }
@@ -356,7 +431,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
 /// the device's egress (flags 0: back out where it came from; `BPF_F_INGRESS` would hand
 /// it to this host's stack). A reset is never answered with a reset (`fail`, as is any
 /// helper error). Leaves the redirect's verdict in r0. Scratch: the [`LbFrame::RKEY`] slot.
-fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, fail: &str) {
+fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &str) {
     let p = |s: &str| format!("{prefix}{s}");
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let (macs, iplen, tcp, ports) = {
@@ -466,24 +541,29 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, fail: &str) {
     bytes(b, SKB_LOAD_BYTES, None, 0, macs, 12);
     bytes(b, SKB_STORE_BYTES, None, 0, macs + 6, 6);
     bytes(b, SKB_STORE_BYTES, None, 6, macs, 6);
-    b.comment("lb reset: back out of the device it came in on");
+    match via {
+        ResetVia::Egress => b.comment("lb reset: back out of the device it came in on"),
+        ResetVia::Peer => b.comment("lb reset: into the ingress of the device's peer (the client's side)"),
+    };
     b.load(Size::DW, Reg::R1, Reg::R10, ctx);
     b.load(Size::W, Reg::R1, Reg::R1, SKB_IFINDEX);
     b.mov(Reg::R2, 0);
-    b.call(REDIRECT);
+    b.call(match via {
+        ResetVia::Egress => REDIRECT,
+        ResetVia::Peer => REDIRECT_PEER,
+    });
 }
 
-/// (a) and (b): the reply and forward `lb_ct` lookups; a miss falls through to
-/// `<prefix>service`.
-fn emit_ct_lookups(b: &mut Builder, f: LbFrame, prefix: &str) {
+/// (a) The reply `lb_ct` lookup: a miss goes to `miss`, a hit to `<prefix>snat` with the
+/// frontend in [`LbFrame::NEW`].
+fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
     let p = |s: &str| format!("{prefix}{s}");
     let verdict_label = |r: LbReason| format!("{prefix}v_{}", r.name());
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    // (a) reply path.
     b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
     lookup(b, "lb_ct", f.at(LbFrame::TUPLE));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("forward"));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
     b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
@@ -494,8 +574,13 @@ fn emit_ct_lookups(b: &mut Builder, f: LbFrame, prefix: &str) {
     copy_addr_port(b, f, revnat_value::ADDR, revnat_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::RevNat as i32);
     b.ja(p("snat"));
+}
 
-    // (b) forward path.
+/// (b) The forward `lb_ct` lookup (at `<prefix>forward`); a miss falls through to
+/// `<prefix>service`.
+fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
+    let p = |s: &str| format!("{prefix}{s}");
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.label(p("forward"))
         .comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
@@ -549,12 +634,14 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
 }
 
 /// (g) The DNAT and reverse-NAT rewrites, then the exit with the reason kept on the stack.
-/// Without conntrack there is no reverse NAT (`snat` is `None`): no unreachable code.
+/// Hairpin rewrites come only with both (the standalone program): without conntrack there
+/// is no reverse NAT (`snat` is `None`), with one path only the other rewrite is absent; no
+/// unreachable code either way.
 fn emit_rewrites(
     b: &mut Builder,
     f: LbFrame,
     l: LbLabels<'_>,
-    dnat: &str,
+    dnat: Option<&str>,
     snat: Option<&str>,
     fail: &str,
     done: &str,
@@ -562,20 +649,27 @@ fn emit_rewrites(
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let new = f.at(LbFrame::NEW);
     let hp = f.at(LbFrame::HAIRPIN);
-    b.label(dnat).comment("lb: DNAT: destination address and port to the backend");
-    emit_rewrite(b, f, dnat, Side::Destination, new, true, fail);
+    let hairpin = dnat.is_some() && snat.is_some();
+    if let Some(dnat) = dnat {
+        b.label(dnat).comment("lb: DNAT: destination address and port to the backend");
+        emit_rewrite(b, f, dnat, Side::Destination, new, true, fail);
+        if hairpin {
+            b.comment("hairpin: the backend is the client itself: the source becomes the hairpin address");
+            emit_unless_same(b, new, t(ct_key::SADDR), done);
+            emit_store_hairpin(b, f, hp, &format!("{dnat}_hp_addr"));
+            emit_rewrite(b, f, &format!("{dnat}_hp"), Side::Source, hp, false, fail);
+            b.ja(done);
+        }
+    }
     if let Some(snat) = snat {
-        b.comment("hairpin: the backend is the client itself: the source becomes the hairpin address");
-        emit_unless_same(b, new, t(ct_key::SADDR), done);
-        emit_store_hairpin(b, f, hp, &format!("{dnat}_hp_addr"));
-        emit_rewrite(b, f, &format!("{dnat}_hp"), Side::Source, hp, false, fail);
-        b.ja(done);
         b.label(snat).comment("lb: reverse NAT: source address and port to the frontend");
         emit_rewrite(b, f, snat, Side::Source, new, true, fail);
-        b.comment("hairpin reply (to the hairpin address): the destination is the client, its source");
-        emit_store_hairpin(b, f, hp, &format!("{snat}_hp_addr"));
-        emit_unless_same(b, t(ct_key::DADDR), hp, done);
-        emit_rewrite(b, f, &format!("{snat}_hp"), Side::Destination, t(ct_key::SADDR), false, fail);
+        if hairpin {
+            b.comment("hairpin reply (to the hairpin address): the destination is the client, its source");
+            emit_store_hairpin(b, f, hp, &format!("{snat}_hp_addr"));
+            emit_unless_same(b, t(ct_key::DADDR), hp, done);
+            emit_rewrite(b, f, &format!("{snat}_hp"), Side::Destination, t(ct_key::SADDR), false, fail);
+        }
     }
     b.label(done);
     b.load(Size::W, Reg::R6, Reg::R10, f.at(LbFrame::REASON));
@@ -923,10 +1017,44 @@ mod tests {
     }
 
     #[test]
+    fn every_path_choice_passes_the_simulated_verifier() {
+        let specs: Vec<_> = map_defs().iter().map(crate::maps::MapDef::sim_spec).collect();
+        for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly] {
+            for reset in [ResetVia::Egress, ResetVia::Peer] {
+                for conntrack in [true, false] {
+                    let o = LbOptions { conntrack, paths, reset };
+                    let prog = generate_with(o).expect("generates");
+                    let kind = sluice_verifier_sim::spec::ProgKind::SchedCls;
+                    if let Err(e) = sluice_verifier_sim::verifier::verify(&prog, kind, &specs) {
+                        panic!("{o:?}: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_path_leaves_the_other_out() {
+        let calls = |o: LbOptions, helper: i32| {
+            let prog = generate_with(o).expect("generates");
+            sluice_asm::text::listing(&prog).matches(&format!("#{helper}\n")).count()
+        };
+        let o = LbOptions::default();
+        let reply = LbOptions { paths: LbPaths::ReplyOnly, ..o };
+        let forward = LbOptions { paths: LbPaths::ForwardOnly, reset: ResetVia::Peer, ..o };
+        assert_eq!(calls(reply, MAP_UPDATE_ELEM), 0, "the reply path writes no lb_ct entry");
+        assert_eq!(calls(reply, REDIRECT) + calls(reply, REDIRECT_PEER), 0, "nor resets");
+        assert_eq!(calls(forward, REDIRECT), 0);
+        assert_eq!(calls(forward, REDIRECT_PEER), 1, "the reset goes to the peer");
+        let listing = sluice_asm::text::listing(&generate_with(forward).expect("generates"));
+        assert!(!listing.contains("REPLY]"), "no reply lookup on the forward path");
+    }
+
+    #[test]
     fn both_shapes_pass_the_simulated_verifier() {
         let specs: Vec<_> = map_defs().iter().map(crate::maps::MapDef::sim_spec).collect();
         for conntrack in [true, false] {
-            let prog = generate_with(LbOptions { conntrack }).expect("generates");
+            let prog = generate_with(LbOptions { conntrack, ..LbOptions::default() }).expect("generates");
             let kind = sluice_verifier_sim::spec::ProgKind::SchedCls;
             if let Err(e) = sluice_verifier_sim::verifier::verify(&prog, kind, &specs) {
                 panic!("conntrack {conntrack}: {e}");

@@ -48,7 +48,8 @@
 //! `csum_diff` (Linux 6.13+ result: folded to 16 bits), `csum_update`, `fib_lookup`
 //! (answers [`Context::fib`]: `BPF_FIB_LKUP_RET_NOT_FWDED` with the parameters untouched
 //! when none is given), `skb_set_tunnel_key` (kept in [`Context::tunnel_key`]),
-//! `redirect_neigh` and `ringbuf_output`.
+//! `redirect_neigh`, `redirect_peer` (tc; recorded in [`RunOutcome::redirect_peer`]) and
+//! `ringbuf_output`.
 //! The skb's `ip_summed` is [`IpSummed::None`] unless set (what `BPF_PROG_TEST_RUN`
 //! builds), so `BPF_F_PSEUDO_HDR` and `BPF_F_RECOMPUTE_CSUM` change only `skb->csum` under
 //! [`IpSummed::Complete`] and the field under [`IpSummed::Partial`], as in the kernel.
@@ -161,6 +162,7 @@ mod hid {
     pub const FIB_LOOKUP: i32 = 69;
     pub const SKB_SET_TUNNEL_KEY: i32 = 21;
     pub const REDIRECT_NEIGH: i32 = 152;
+    pub const REDIRECT_PEER: i32 = 155;
     pub const KTIME_GET_BOOT_NS: i32 = 125;
     pub const RINGBUF_OUTPUT: i32 = 130;
     pub const KTIME_GET_COARSE_NS: i32 = 160;
@@ -340,6 +342,9 @@ pub struct RunOutcome {
     pub redirect: Option<(u32, u64)>,
     /// Whether that redirect was `bpf_redirect_neigh` (the kernel fills in the MACs).
     pub redirect_neigh: bool,
+    /// Whether that redirect was `bpf_redirect_peer` (into the ingress of the device's
+    /// peer: the other end of a veth).
+    pub redirect_peer: bool,
     /// Instructions executed (an `LD_IMM64` counts once).
     pub insns_executed: u64,
     /// Tail calls taken.
@@ -426,6 +431,7 @@ impl Machine {
             programs: programs.as_slice(),
             redirect: None,
             redirect_neigh: false,
+            redirect_peer: false,
             protocol,
             wire_len: len as u32,
             steps: 0,
@@ -436,7 +442,7 @@ impl Machine {
         vm.regs[1] = CTX_ADDR;
         vm.regs[10] = frame_top(0);
         let retval = vm.exec()?;
-        let Vm { pkt, ctx, redirect, redirect_neigh, steps, tail_calls, .. } = vm;
+        let Vm { pkt, ctx, redirect, redirect_neigh, redirect_peer, steps, tail_calls, .. } = vm;
         let packet = pkt.buf[pkt.data..pkt.end].to_vec();
         let meta = pkt.buf[pkt.meta..pkt.data].to_vec();
         ctx.packet.clone_from(&packet);
@@ -446,6 +452,7 @@ impl Machine {
             meta,
             redirect,
             redirect_neigh,
+            redirect_peer,
             insns_executed: steps,
             tail_calls,
             ctx_out: ctx.skb.clone(),
@@ -526,6 +533,7 @@ struct Vm<'a> {
     programs: &'a [Program],
     redirect: Option<(u32, u64)>,
     redirect_neigh: bool,
+    redirect_peer: bool,
     /// `skb->protocol` as the context reads it (network order in the low 16 bits).
     protocol: u32,
     wire_len: u32,
@@ -1208,6 +1216,7 @@ impl Vm<'_> {
                     TC_ACT_SHOT
                 } else {
                     self.redirect = Some((r1 as u32, r2));
+                    self.redirect_peer = false;
                     TC_ACT_REDIRECT
                 }
             }
@@ -1337,6 +1346,18 @@ impl Vm<'_> {
                     }
                     self.redirect = Some((r1 as u32, 0));
                     self.redirect_neigh = true;
+                    self.redirect_peer = false;
+                    TC_ACT_REDIRECT
+                }
+            }
+            hid::REDIRECT_PEER if tc => {
+                // The kernel's `bpf_redirect_peer`: no flags are defined.
+                if r2 != 0 {
+                    TC_ACT_SHOT
+                } else {
+                    self.redirect = Some((r1 as u32, 0));
+                    self.redirect_neigh = false;
+                    self.redirect_peer = true;
                     TC_ACT_REDIRECT
                 }
             }
@@ -1364,6 +1385,7 @@ impl Vm<'_> {
             | hid::FIB_LOOKUP
             | hid::SKB_SET_TUNNEL_KEY
             | hid::REDIRECT_NEIGH
+            | hid::REDIRECT_PEER
             | hid::GET_SOCKET_COOKIE => return Err(unavailable),
             _ => return Err(ExecError::UnknownHelper { insn, helper: id }),
         };

@@ -1047,6 +1047,28 @@ fn redirect_verdicts() {
     assert_eq!((out.retval, out.redirect), (TC_ACT_SHOT, None));
 }
 
+/// `bpf_redirect_peer` (tc ingress, Linux 5.10+): no flags; `TC_ACT_REDIRECT` and the
+/// target recorded as a peer redirect. Not an XDP helper: the verifier refuses it there.
+#[test]
+fn redirect_peer_verdicts() {
+    const REDIRECT_PEER: i32 = 155;
+    let redirect_peer = |flags: i32| {
+        Program::from_insns(vec![
+            Insn::mov64(R1, 5),
+            Insn::mov64(R2, flags),
+            Insn::call(REDIRECT_PEER),
+            Insn::Exit,
+        ])
+    };
+    let out = run_tc(&redirect_peer(0), &eth_ipv4(), &mut no_maps()).unwrap();
+    assert_eq!((out.retval, out.redirect, out.redirect_peer), (TC_ACT_REDIRECT, Some((5, 0)), true));
+    let out = run_tc(&redirect_peer(1), &eth_ipv4(), &mut no_maps()).unwrap();
+    assert_eq!((out.retval, out.redirect, out.redirect_peer), (TC_ACT_SHOT, None, false), "no flags");
+    let accepted = |kind| sluice_verifier_sim::verifier::verify(&redirect_peer(0), kind, &[]).is_ok();
+    assert!(accepted(ProgKind::SchedCls));
+    assert!(!accepted(ProgKind::Xdp), "a tc-only helper");
+}
+
 #[test]
 fn redirect_map_stands_in_for_a_devmap() {
     let mut maps = MapSet::new(&[spec("tx", MapKind::Array, 4, 4, 4)], 1).unwrap();

@@ -175,6 +175,7 @@ pub const HELPERS: &[Helper] = &[
         Ret::Redirect,
         TC,
     ),
+    helper(id::REDIRECT_PEER, "bpf_redirect_peer", &[Scalar, Scalar], Ret::Redirect, TC),
     helper(
         id::SOCK_HASH_UPDATE,
         "bpf_sock_hash_update",

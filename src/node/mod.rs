@@ -122,7 +122,10 @@ pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
     let mut objects = vec![prefilter_object(&set)?];
     if !cfg.endpoints.is_empty() {
         let resolved = crate::policy::resolve(cfg)?;
-        let mut eps = endpoints::endpoint_objects(&endpoints::policy_plan(cfg, &resolved))?;
+        // Every endpoint program balances services (the first service is then a map
+        // update, not a reload); with no service the lookups miss.
+        let options = codegen::endpoint::Options { services: true, ..codegen::endpoint::Options::default() };
+        let mut eps = endpoints::endpoint_objects_with(&endpoints::policy_plan(cfg, &resolved), options)?;
         for o in &mut eps {
             for def in codegen::lb::map_defs() {
                 if !o.maps.iter().any(|m| m.name == def.name) {

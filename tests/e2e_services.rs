@@ -324,3 +324,98 @@ fn socket_load_balancing_wired_by_the_node() {
     wire::down(&sys, &pin.0).expect("down");
     assert!(!pin.0.exists(), "down removes the pin dir");
 }
+
+/// Services balanced inside the endpoint programs: a client endpoint reaches a VIP served
+/// by two backend endpoints on the same node (translated in the client's from-endpoint
+/// program, delivered by redirect, reverse translated in the client's to-endpoint
+/// program), with real TCP and UDP; a policy on the backends admits the client on the
+/// backend port only, so policy judges the translated packet.
+#[test]
+fn services_inside_the_endpoint_programs() {
+    if !gate("services_inside_the_endpoint_programs") {
+        return;
+    }
+    remove_stale(PREFIX, "");
+    let base = unique(PREFIX);
+    let (c, b1, b2) =
+        (Ipv4Addr::new(10, 79, 0, 10), Ipv4Addr::new(10, 79, 0, 21), Ipv4Addr::new(10, 79, 0, 22));
+    let net = NodeNet::build(&base, &[("lxc-c", c), ("lxc-b1", b1), ("lxc-b2", b2)]);
+    let pin = PinDir(std::path::PathBuf::from(format!("/sys/fs/bpf/{base}")));
+    let (client, be1, be2) = (&net.ep("lxc-c").ns, &net.ep("lxc-b1").ns, &net.ep("lxc-b2").ns);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut servers = serve(be1, "be1", b1, Arc::clone(&stop));
+    servers.extend(serve(be2, "be2", b2, Arc::clone(&stop)));
+    let vip = Ipv4Addr::new(10, 96, 0, 70);
+    let text = format!(
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: svc-ep}}\nspec:\n  endpoints:\n\
+         \x20   - {{name: client, interface: lxc-c, ipv4: {c}, labels: {{app: client}}}}\n\
+         \x20   - {{name: web-1, interface: lxc-b1, ipv4: {b1}, labels: {{app: web}}}}\n\
+         \x20   - {{name: web-2, interface: lxc-b2, ipv4: {b2}, labels: {{app: web}}}}\n\
+         ---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: web}}\nspec:\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress:\n\
+         \x20   - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n      toPorts: [{{ports: [{{port: \"8080\", protocol: TCP}}, {{port: \"5353\", protocol: UDP}}]}}]\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: {vip}\n  ports:\n\
+         \x20   - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n\
+         \x20   - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nendpoints:\n  - addresses: [{b1}]\n  - addresses: [{b2}]\n\
+         ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n"
+    );
+    let cfg = model::parse_str(&text, "svc-ep.yaml").expect("config parses");
+    net.node.enter(|| {
+        let sys = sluice::sys::kernel();
+        let plan = snode::plan(&cfg).expect("plans");
+        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
+        wire::attach(&sys, &cfg, &pin.0, &wire::AttachOptions::default()).expect("attaches");
+        snode::forward::sync(&sys, &cfg, &pin.0).expect("forwarding");
+    });
+
+    let connect_vip = || {
+        let s = client
+            .enter(|| TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3)))
+            .expect("connect to the VIP");
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let mut name = String::new();
+        BufReader::new(s.try_clone().expect("clone")).read_line(&mut name).expect("the backend's name");
+        (s, name.trim().to_string())
+    };
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for _ in 0..16 {
+        let (s, name) = connect_vip();
+        assert_eq!(s.peer_addr().expect("peer"), SocketAddr::from((vip, 80)));
+        *seen.entry(name).or_default() += 1;
+    }
+    assert!(seen.len() == 2, "both backends take connections: {seen:?}");
+    let (mut held, _) = connect_vip();
+    assert!(echoes(&mut held, "through the endpoint programs"));
+    client.enter(|| {
+        let u = UdpSocket::bind((c, 0)).expect("bind");
+        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut buf = [0u8; 64];
+        let answer = (0..5).find_map(|_| {
+            u.send_to(b"q", (vip, 53)).expect("send");
+            u.recv_from(&mut buf)
+                .ok()
+                .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+        });
+        let (name, from) = answer.expect("a UDP answer");
+        assert!(name.starts_with("be"), "{name}");
+        assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
+    });
+    // The translated packets were delivered by redirect: the node's stack forwarded none.
+    let fwd = net.node.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp"));
+    let forwarded =
+        fwd.lines().filter(|l| l.starts_with("Ip:")).collect::<Vec<_>>().windows(2).find_map(|w| {
+            let (h, v): (Vec<&str>, Vec<&str>) =
+                (w[0].split_whitespace().collect(), w[1].split_whitespace().collect());
+            h.iter()
+                .position(|x| *x == "ForwDatagrams")
+                .and_then(|i| v.get(i).and_then(|x| x.parse::<u64>().ok()))
+        });
+    assert_eq!(forwarded, Some(0), "no packet went through the node's stack");
+    drop(held);
+    net.node.enter(|| wire::down(&sluice::sys::kernel(), &pin.0).expect("down"));
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+}

@@ -206,6 +206,10 @@ fn services_through_the_standalone_load_balancer() {
     assert_eq!(http.backends.len(), 2, "{table}");
     assert!(http.backends.iter().map(|b| b.connections).sum::<u64>() >= 25, "{table}");
 
+    let st = net.node.enter(|| wire::status(&sluice::sys::kernel(), &pin.0).expect("status"));
+    assert!(st.counter("load balancer", "new_connection") >= 25, "{st}");
+    assert!(st.counter("load balancer", "rev_nat") > 0, "{st}");
+
     // Remove the other backend: a map update; the held connection keeps working and new
     // connections all go to the one left.
     let (keep, other) = if held_name == "be1" { (BE1, "be2") } else { (BE2, "be1") };
@@ -288,6 +292,9 @@ fn socket_load_balancing_wired_by_the_node() {
     assert_eq!((r.created, r.kept), (8, 0), "{r}");
     let r = snode::socklb::sync(&sys, &cfg, &pin.0).expect("idempotent");
     assert_eq!((r.created, r.kept), (0, 8), "{r}");
+    let st = wire::status(&sys, &pin.0).expect("status");
+    assert_eq!(st.sockets.len(), 8, "status shows the cgroup links:\n{st}");
+    assert!(st.sockets.iter().all(|l| l.problem.is_none() && l.prog_id > 0), "{st}");
 
     // A process in the cgroup connects to the VIP; the backend on loopback answers.
     let server = std::thread::spawn(move || {

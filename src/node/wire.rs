@@ -26,7 +26,8 @@
 //!   a failure part way undoes what the call did: hooks it created are removed, programs
 //!   it swapped are swapped back.
 //! - [`status`] reads programs, attachments, map fill levels and the nonzero counters of
-//!   `pf_stats` and `ep_stats` (summed over CPUs), from the pins alone.
+//!   `pf_stats`, `ep_stats` and `lb_stats` (summed over CPUs), and the socket load
+//!   balancer's cgroup links, from the pins alone.
 //! - [`down`] detaches and unpins every link, deletes the recorded netlink attachments
 //!   (and a `clsact` qdisc it created, once empty), then removes what
 //!   [`super::load::unload`] removes, and the pin directory itself.
@@ -1167,8 +1168,19 @@ pub struct Status {
     pub pin_dir: PathBuf,
     pub programs: Vec<ProgramStatus>,
     pub attachments: Vec<AttachmentStatus>,
+    /// The socket load balancer's cgroup links.
+    pub sockets: Vec<SocketLinkStatus>,
     pub maps: Vec<MapStatus>,
     pub counters: Vec<Counter>,
+}
+
+/// One socket load-balancer program on its cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketLinkStatus {
+    pub program: String,
+    pub prog_id: u32,
+    pub detail: String,
+    pub problem: Option<String>,
 }
 
 impl Status {
@@ -1350,6 +1362,30 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
         }
         st.counters.extend(counters);
     }
+    if let Some(stats) = maps.get("lb_stats") {
+        for r in crate::maps::lb::LbReason::ALL {
+            let count = per_cpu_sum(stats, r as u32)?;
+            if count > 0 {
+                st.counters.push(Counter {
+                    scope: "load balancer".to_string(),
+                    reason: r.name(),
+                    drop: r.verdict() == policy::TC_ACT_SHOT,
+                    count,
+                });
+            }
+        }
+    }
+    // The socket load balancer's cgroup links (`<pin>/socklb`).
+    for (name, path) in sorted_entries(&pin_dir.join(super::socklb::SOCKLB_DIR))? {
+        let (prog_id, detail, problem) = match Link::from_pin(sys, &path) {
+            Ok(link) => match link.info() {
+                Ok(i) => (i.prog_id, format!("link {} cgroup id {}", i.id, i.cgroup_id.unwrap_or(0)), None),
+                Err(e) => (0, String::new(), Some(e.to_string())),
+            },
+            Err(e) => (0, String::new(), Some(e.to_string())),
+        };
+        st.sockets.push(SocketLinkStatus { program: name, prog_id, detail, problem });
+    }
     Ok(st)
 }
 
@@ -1404,6 +1440,16 @@ impl fmt::Display for Status {
             match &a.problem {
                 Some(p) => writeln!(f, "  !! {p}")?,
                 None => writeln!(f)?,
+            }
+        }
+        if !self.sockets.is_empty() {
+            writeln!(f, "\nsocket load balancer ({} cgroup links):", self.sockets.len())?;
+            for l in &self.sockets {
+                write!(f, "  {:<18} prog {:<6} {}", l.program, l.prog_id, l.detail)?;
+                match &l.problem {
+                    Some(p) => writeln!(f, "  !! {p}")?,
+                    None => writeln!(f)?,
+                }
             }
         }
         writeln!(f, "\nmaps ({}):", self.maps.len())?;

@@ -146,6 +146,11 @@ pub fn load_program(
 }
 
 /// Create, fill and load everything in a plan, without pinning.
+///
+/// Maps are created and written first, in the plan's order; then the programs are loaded
+/// from one thread per CPU (the verifier is the cost of a node's start: ~20 ms per
+/// endpoint program, and loads of different programs do not contend). The first error in
+/// plan order is returned; programs already loaded are closed with the rest.
 pub fn load_plan(sys: &Arc<dyn Syscall>, plan: &Plan) -> Result<Loaded, LoadError> {
     let mut loaded = Loaded::default();
     for obj in &plan.objects {
@@ -155,8 +160,28 @@ pub fn load_plan(sys: &Arc<dyn Syscall>, plan: &Plan) -> Result<Loaded, LoadErro
             }
         }
         apply_writes(&loaded.maps, &obj.writes)?;
-        let prog = load_program(sys, obj, &loaded.maps)?;
-        loaded.programs.insert(obj.name.clone(), prog);
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let maps = &loaded.maps;
+    let mut results: Vec<(usize, Result<sys::Program, LoadError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.min(plan.objects.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(obj) = plan.objects.get(i) else { break done };
+                        done.push((i, load_program(sys, obj, maps)));
+                    }
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    });
+    results.sort_by_key(|(i, _)| *i);
+    for (i, prog) in results {
+        loaded.programs.insert(plan.objects[i].name.clone(), prog?);
     }
     Ok(loaded)
 }

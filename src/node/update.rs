@@ -336,7 +336,9 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
                     out.delete(k);
                 }
             }
-            let live = now.len() + out.updates();
+            // Puts of keys already present (an array's, always) take no room.
+            let added = out.keys.chunks_exact(w.key_size).filter(|k| !now.contains_key(*k)).count();
+            let live = now.len() + added;
             if live > map.max_entries() as usize {
                 return Err(LoadError::Live(prefilter::LiveError::Full {
                     map: w.map,

@@ -14,7 +14,8 @@ use sluice::golden::{check, run_kernel, run_sim, Case, Observation, Output};
 use sluice::lb::hash::hash_v4;
 use sluice::lb::maglev::TableSize;
 use sluice::maps::lb::{
-    be_value, ct_key, ct_value, service_writes, LbError, LbReason, LbState, TC_ACT_OK, TC_ACT_SHOT,
+    be_value, ct_key, ct_value, hint, hint_bit, service_writes, LbError, LbReason, LbState, TC_ACT_OK,
+    TC_ACT_SHOT,
 };
 use sluice::maps::prefilter::MapWrites;
 use sluice::model::policy::Protocol;
@@ -276,11 +277,30 @@ impl Rig {
 
     fn update(&mut self, services: &[Service]) {
         let (writes, state) = service_writes(services, &self.state).unwrap_or_else(|e| panic!("{e}"));
-        sim::apply_writes(&mut self.sim.maps, &writes).unwrap_or_else(|e| panic!("{e}"));
-        if let Some(k) = &self.kernel {
-            load::apply_writes(&k.maps, &writes).unwrap_or_else(|e| panic!("{e}"));
-        }
+        self.write(&writes);
         self.state = state;
+    }
+
+    /// Apply raw writes to both engines' maps.
+    fn write(&mut self, writes: &[MapWrites]) {
+        sim::apply_writes(&mut self.sim.maps, writes).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(k) = &self.kernel {
+            load::apply_writes(&k.maps, writes).unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+
+    /// Overwrite one `lb_hint` filter with `byte` in every byte (both engines).
+    fn fill_hint(&mut self, filter: u32, byte: u8) {
+        let mut w =
+            MapWrites { map: "lb_hint", key_size: 4, value_size: hint::BYTES, ..MapWrites::default() };
+        w.put(&filter.to_le_bytes(), &vec![byte; hint::BYTES]);
+        self.write(&[w]);
+    }
+
+    /// Whether the simulator's `lb_hint` filter has this bit set.
+    fn hint_set(&self, filter: u32, bit: u32) -> bool {
+        let v = self.sim.maps.get("lb_hint").and_then(|m| m.lookup(&filter.to_le_bytes())).expect("lb_hint");
+        v[(bit / 8) as usize] & (1 << (bit % 8)) != 0
     }
 
     /// Run one packet; the observation must be `expect` in both engines. Returns the output.
@@ -669,10 +689,12 @@ fn service_writes_contents_and_order() {
     less[1].frontends[0].backends.remove(0);
     let (writes2, state2) = service_writes(&less, &state).expect("valid");
     let last = writes2.last().expect("writes");
+    assert_eq!((last.map, last.updates()), ("lb_hint", 2), "the exact filters go last");
+    let be_del = &writes2[writes2.len() - 2];
     assert_eq!(
-        (last.map, last.updates(), last.deletes.is_empty()),
+        (be_del.map, be_del.updates(), be_del.deletes.is_empty()),
         ("lb_be", 0, false),
-        "lb_be deletes go last"
+        "lb_be deletes go last but for the filters"
     );
     let slot_del =
         writes2.iter().position(|w| w.map == "lb_slot" && !w.deletes.is_empty()).expect("slot deletes");
@@ -838,5 +860,173 @@ fn hairpin() {
         let ct = rig.conntrack();
         let key = ct_key_bytes(client, hp, 8080, 45_000, 6, ct_key::REPLY);
         assert!(ct.contains_key(&("lb_ct", key)), "{what}: the reply entry is keyed by the hairpin address");
+    }
+}
+
+// ---- lb_hint: the negative filters ----
+
+/// The bits of a filter as written by `service_writes` (its last `lb_hint` write).
+fn hint_bits(writes: &[MapWrites], filter: u32) -> Vec<u8> {
+    let w = writes.iter().rev().find(|w| w.map == "lb_hint").expect("lb_hint written");
+    let at = w.keys.chunks_exact(4).position(|k| k == filter.to_le_bytes()).expect("filter written");
+    w.values[at * hint::BYTES..(at + 1) * hint::BYTES].to_vec()
+}
+
+fn bit_of(bits: &[u8], bit: u32) -> bool {
+    bits[(bit / 8) as usize] & (1 << (bit % 8)) != 0
+}
+
+/// The filters hold exactly the frontends' and backends' bits (terminating backends
+/// included); a live update writes the union first and the exact filters last, so no bit is
+/// clear while its entry exists.
+#[test]
+fn service_writes_hint_contents_and_order() {
+    let (writes, state) = service_writes(&services(), &LbState::default()).expect("valid");
+    assert_eq!(writes.first().map(|w| w.map), Some("lb_hint"), "the filters go first");
+    assert_eq!(writes.iter().filter(|w| w.map == "lb_hint").count(), 1, "union = exact: written once");
+    let (fe, be) = (hint_bits(&writes, hint::FRONTEND), hint_bits(&writes, hint::BACKEND));
+    let mut want_fe = vec![0u8; hint::BYTES];
+    for &(a, p, proto) in state.services.keys() {
+        let bit = hint_bit(a, p, proto);
+        want_fe[(bit / 8) as usize] |= 1 << (bit % 8);
+    }
+    assert_eq!(fe, want_fe, "frontend filter = the lb_svc keys' bits");
+    for &(a, p, proto) in state.backends.keys() {
+        assert!(bit_of(&be, hint_bit(a, p, proto)), "backend {a} {p}/{proto} not in the filter");
+    }
+    // Drain one backend and remove the Maglev service: the first write keeps the old bits,
+    // the last clears the removed ones.
+    let mut less = services();
+    let removed = less.remove(3);
+    less[3].frontends[0].backends[0].state = BackendState::Terminating; // "drain"
+    let (writes2, _) = service_writes(&less, &state).expect("valid");
+    let hints: Vec<&MapWrites> = writes2.iter().filter(|w| w.map == "lb_hint").collect();
+    assert_eq!(hints.len(), 2, "union first, exact last");
+    assert_eq!(writes2.first().map(|w| w.map), Some("lb_hint"));
+    assert_eq!(writes2.last().map(|w| w.map), Some("lb_hint"));
+    let union = hint_bits(&writes2[..1], hint::BACKEND);
+    let exact = hint_bits(&writes2, hint::BACKEND);
+    let f = &removed.frontends[0];
+    let vip_bit = hint_bit(f.vip, f.port, 6);
+    assert!(bit_of(&hint_bits(&writes2[..1], hint::FRONTEND), vip_bit), "removed frontend kept in the union");
+    for b in &f.backends {
+        let bit = hint_bit(b.address, b.port, 6);
+        assert!(bit_of(&union, bit), "removed backend kept in the union");
+        let in_state =
+            state.backends.keys().any(|k| k != &(b.address, b.port, 6) && hint_bit(k.0, k.1, k.2) == bit);
+        assert_eq!(bit_of(&exact, bit), in_state, "removed backend {} cleared at the end", b.address);
+    }
+    let drained = &less[3].frontends[0].backends[0];
+    assert!(
+        bit_of(&exact, hint_bit(drained.address, drained.port, 6)),
+        "a terminating backend keeps its bit"
+    );
+}
+
+/// The filter is consulted: with the bits cleared (an inconsistent state no write order
+/// produces), a packet to a frontend and a backend's reply pass untouched although
+/// `lb_svc` and `lb_ct` would translate them.
+#[test]
+fn clear_hint_bit_passes_untouched() {
+    let mut rig = Rig::new("clear_hint_bit_passes_untouched", &services());
+    let fwd = frame(CLIENT4.into(), VIP4.into(), L4::Tcp, 42_000, 80);
+    let dnat = frame(CLIENT4.into(), BE4.into(), L4::Tcp, 42_000, 8080);
+    rig.step("new, filters set", fwd.clone(), LbReason::NewConnection, Output::Bytes(dnat.clone()));
+    let reply = frame(BE4.into(), CLIENT4.into(), L4::Tcp, 8080, 42_000);
+    let revnat = frame(VIP4.into(), CLIENT4.into(), L4::Tcp, 80, 42_000);
+    rig.step("reply, filters set", reply.clone(), LbReason::RevNat, Output::Bytes(revnat));
+    rig.fill_hint(hint::BACKEND, 0);
+    rig.step("reply, backend filter clear", reply, LbReason::PassNoService, Output::Unchanged);
+    rig.step("tracked, backend filter clear", fwd.clone(), LbReason::Established, Output::Bytes(dnat));
+    rig.fill_hint(hint::FRONTEND, 0);
+    rig.step("tracked, frontend filter clear", fwd, LbReason::PassNoService, Output::Unchanged);
+    let v6 = frame(CLIENT6.into(), VIP6.into(), L4::Udp, 42_000, 53);
+    rig.step("new v6, frontend filter clear", v6, LbReason::PassNoService, Output::Unchanged);
+}
+
+/// Collisions: packets whose bits are set but that are neither service traffic nor a
+/// backend's reply go through the full lookups and pass untouched; with every bit set, the
+/// verdicts are those of the exact filters.
+#[test]
+fn hint_collisions_fall_back_to_the_lookups() {
+    let mut rig = Rig::new("hint_collisions_fall_back_to_the_lookups", &services());
+    // A destination (port 80, TCP) that is no frontend but shares a frontend's bit.
+    let fe_bits: Vec<u32> = rig.state.services.keys().map(|&(a, p, proto)| hint_bit(a, p, proto)).collect();
+    let be_bits: Vec<u32> = rig.state.backends.keys().map(|&(a, p, proto)| hint_bit(a, p, proto)).collect();
+    let candidates =
+        (0..u32::from(u16::MAX)).map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i));
+    let fe_twin =
+        candidates.clone().find(|&a| fe_bits.contains(&hint_bit(a.into(), 80, 6))).expect("a collision");
+    assert!(rig.hint_set(hint::FRONTEND, hint_bit(fe_twin.into(), 80, 6)));
+    let other = frame(CLIENT4.into(), fe_twin.into(), L4::Tcp, 43_000, 80);
+    rig.step("frontend bit collides, no frontend", other, LbReason::PassNoService, Output::Unchanged);
+    // A source (port 8080, TCP) that is no backend but shares a backend's bit: no reply
+    // entry; to a VIP it is a new connection, elsewhere it passes.
+    let be_twin =
+        candidates.clone().find(|&a| be_bits.contains(&hint_bit(a.into(), 8080, 6))).expect("a collision");
+    assert!(rig.hint_set(hint::BACKEND, hint_bit(be_twin.into(), 8080, 6)));
+    let from_twin = frame(be_twin.into(), CLIENT4.into(), L4::Tcp, 8080, 43_001);
+    rig.step("backend bit collides, no reply entry", from_twin, LbReason::PassNoService, Output::Unchanged);
+    let to_vip = frame(be_twin.into(), VIP4.into(), L4::Tcp, 8080, 80);
+    let dnat = frame(be_twin.into(), BE4.into(), L4::Tcp, 8080, 8080);
+    rig.step("backend bit collides, to a VIP", to_vip, LbReason::NewConnection, Output::Bytes(dnat));
+    // Every bit set: a filter that never says no changes no verdict.
+    rig.fill_hint(hint::FRONTEND, 0xff);
+    rig.fill_hint(hint::BACKEND, 0xff);
+    let no_service = frame(CLIENT4.into(), Ipv4Addr::new(10, 96, 0, 99).into(), L4::Tcp, 43_002, 80);
+    rig.step("all bits: no such service", no_service, LbReason::PassNoService, Output::Unchanged);
+    let wrong_port = frame(CLIENT4.into(), VIP4.into(), L4::Tcp, 43_002, 81);
+    rig.step("all bits: port not served", wrong_port, LbReason::PassNoService, Output::Unchanged);
+    let fwd = frame(CLIENT6.into(), VIP6.into(), L4::Udp, 43_003, 53);
+    let dnat = frame(CLIENT6.into(), BE6.into(), L4::Udp, 43_003, 5353);
+    rig.step("all bits: new", fwd, LbReason::NewConnection, Output::Bytes(dnat));
+    let reply = frame(BE6.into(), CLIENT6.into(), L4::Udp, 5353, 43_003);
+    let revnat = frame(VIP6.into(), CLIENT6.into(), L4::Udp, 53, 43_003);
+    rig.step("all bits: reply", reply, LbReason::RevNat, Output::Bytes(revnat));
+}
+
+/// `lb_svc` before the forward `lb_ct` lookup: once a frontend is removed its tracked
+/// connections pass untouched, and their backends' replies (the backends gone from
+/// `lb_be` and from the backend filter) are not reverse translated.
+#[test]
+fn removed_frontend_stops_translating_its_connections() {
+    let mut services = services();
+    let mut rig = Rig::new("removed_frontend_stops_translating_its_connections", &services);
+    let active = [Ipv4Addr::new(10, 0, 5, 1), Ipv4Addr::new(10, 0, 5, 2)];
+    let be = pick_v4(CLIENT4, DRAIN, 44_000, 80, &active);
+    let fwd = frame(CLIENT4.into(), DRAIN.into(), L4::Tcp, 44_000, 80);
+    let dnat = frame(CLIENT4.into(), be.into(), L4::Tcp, 44_000, 8080);
+    rig.step("new", fwd.clone(), LbReason::NewConnection, Output::Bytes(dnat.clone()));
+    rig.step("tracked", fwd.clone(), LbReason::Established, Output::Bytes(dnat));
+    services.retain(|s| s.name != "drain");
+    rig.update(&services);
+    rig.step("frontend removed: passes", fwd, LbReason::PassNoService, Output::Unchanged);
+    let reply = frame(be.into(), CLIENT4.into(), L4::Tcp, 8080, 44_000);
+    rig.step("its backend's reply: passes", reply, LbReason::PassNoService, Output::Unchanged);
+}
+
+/// `LbState::recover` does not read `lb_hint`: from the recovered state (a terminating
+/// backend, in no slot, comes back without its protocol) the same services write the same
+/// filters once, so reloading an unchanged node writes nothing to them.
+#[test]
+fn recovered_state_writes_the_same_filters() {
+    let text = std::fs::read_to_string("fixtures/default-node.yaml").expect("fixture");
+    let cfg = sluice::model::parse_str(&text, "fixtures/default-node.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let (writes, _) = service_writes(&cfg.services, &LbState::default()).unwrap_or_else(|e| panic!("{e}"));
+    let entries = |map: &str| -> Vec<(Vec<u8>, Vec<u8>)> {
+        let w = writes.iter().find(|w| w.map == map).expect("written");
+        w.keys
+            .chunks_exact(w.key_size)
+            .zip(w.values.chunks_exact(w.value_size))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    };
+    let recovered =
+        LbState::recover(&entries("lb_svc"), &entries("lb_slot"), &entries("lb_be")).expect("valid");
+    assert!(recovered.backends.keys().any(|k| k.2 == 0), "the terminating backend's protocol is unknown");
+    let (again, _) = service_writes(&cfg.services, &recovered).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(again.iter().filter(|w| w.map == "lb_hint").count(), 1, "union = exact");
+    for filter in [hint::FRONTEND, hint::BACKEND] {
+        assert_eq!(hint_bits(&again, filter), hint_bits(&writes, filter), "filter {filter}");
     }
 }

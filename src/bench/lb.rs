@@ -13,8 +13,9 @@
 //!   `svc_miss` (to 10.97.0.1:80), both `TC_ACT_OK`. Before timing, every program runs each
 //!   probe once: the hit must come out with the destination of one of service 42's
 //!   backends and valid IPv4 and TCP checksums, the miss unchanged.
-//! - Ours runs in two shapes: `conntrack` (full semantics: reverse-NAT and forward `lb_ct`
-//!   lookups first; the timed runs are `lb_ct` hits: an untimed run of the same length
+//! - Ours runs in two shapes: `conntrack` (full semantics: the backend filter (`lb_hint`),
+//!   the reverse-NAT `lb_ct` lookup when its bit is set, the frontend filter, `lb_svc`,
+//!   then the forward `lb_ct` lookup; the timed runs are `lb_ct` hits: an untimed run of the same length
 //!   first creates the walk's entries) and `no conntrack` ([`LbOptions::conntrack`] off:
 //!   the anchor's job exactly, every iteration a service lookup and a new selection). After
 //!   every timed run of ours, `lb_stats` must have counted the expected reason exactly
@@ -29,7 +30,7 @@ use super::{
     Probe, ProgStats, DST_MAC, PAYLOAD, SPORT, SRC_MAC,
 };
 use crate::codegen::lb::{generate_with, map_defs, LbOptions};
-use crate::maps::lb::{service_writes, LbReason, LbState, TC_ACT_OK};
+use crate::maps::lb::{hint_bit, service_writes, LbReason, LbState, TC_ACT_OK};
 use crate::maps::MapDef;
 use crate::model::policy::Protocol;
 use crate::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
@@ -441,9 +442,20 @@ impl LbResult {
         );
         let _ = writeln!(
             s,
-            "- ours (conntrack): full semantics, reply and forward lb_ct lookups first; timed hits are lb_ct hits \
-             (established). ours (no conntrack): the anchor's job (service lookup, selection, DNAT); the anchor has \
-             no conntrack"
+            "- ours (conntrack): full semantics: lb_hint filters (inlined array lookups) before the reply lb_ct, \
+             lb_svc and forward lb_ct lookups; timed hits are lb_ct hits (established). ours (no conntrack): the \
+             anchor's job (frontend filter, service lookup, selection, DNAT); the anchor has no conntrack"
+        );
+        let miss_bit = hint_bit(MISS_DST.into(), 80, 6);
+        let collides = (0..SERVICES).any(|s| hint_bit(svc_vip(s).into(), svc_port(s), 6) == miss_bit);
+        let _ = writeln!(
+            s,
+            "- svc_miss's frontend filter bit: {}",
+            if collides {
+                "set (a collision: the miss pays the lb_svc lookup)"
+            } else {
+                "clear (no hash lookup)"
+            }
         );
         let _ = writeln!(
             s,

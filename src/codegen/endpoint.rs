@@ -11,9 +11,10 @@
 //!
 //!    Services: then, with [`Options::services`], in `from-endpoint`, for TCP, UDP and SCTP
 //!    with the whole L4 header (not later fragments, not ICMP): the service load balancer's
-//!    forward path ([`crate::codegen::lb`], [`LbPaths::ForwardOnly`]): a tracked `lb_ct`
-//!    connection goes to its pinned backend, else `lb_svc`, affinity, slot and backend are
-//!    chosen and both `lb_ct` entries written; the packet is DNATed in place (checksums
+//!    forward path ([`crate::codegen::lb`], [`LbPaths::ForwardOnly`]): the frontend hint bit
+//!    (no map call for non-service traffic), `lb_svc`, then a tracked `lb_ct` connection goes
+//!    to its pinned backend, else affinity, slot and backend are chosen and both `lb_ct`
+//!    entries written; the packet is DNATed in place (checksums
 //!    fixed). Conntrack and policy then see the backend: the tuple's destination and the
 //!    policy port are set from the load balancer's result (Kubernetes semantics: egress policy
 //!    applies to the backend, not the VIP), so the client's own conntrack entry is client →

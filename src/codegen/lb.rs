@@ -10,17 +10,32 @@
 //!    untouched: a documented limit), then TCP (20 bytes), UDP (8) or SCTP (12). Anything
 //!    else passes untouched; truncated or malformed headers pass too (the load balancer is
 //!    no firewall), each counted.
-//! 2. Reply path: `lb_ct` with the packet's tuple and `DIR = REPLY`. A hit is a backend's
-//!    reply: the source becomes the `lb_revnat` frontend of its `svc_id` (reverse NAT).
-//! 3. Forward path: `lb_ct` with `DIR = FORWARD`. A hit whose backend is still in `lb_be`
-//!    (active or terminating) keeps the connection there: Maglev rebuilds and backends
-//!    turning terminating do not move established connections.
-//! 4. Otherwise `lb_svc` (VIP, dport, proto). A miss passes untouched. `slots == 0`: no
-//!    usable backend: a TCP packet becomes, in place, the reset a closed port answers with
-//!    (see `emit_reset`) and is redirected back out of the device it came in on
-//!    (`bpf_redirect(skb->ifindex, 0)`: egress; `BPF_F_INGRESS` would deliver it to this
-//!    host instead), counted `no_backend_reset`; a TCP reset, UDP and SCTP are dropped,
-//!    counted `no_backend`.
+//! 2. Reply path: first the backend filter, bit [`hint_bit`]`(saddr, sport, proto)` of
+//!    `lb_hint[BACKEND]` (an array lookup with a constant key, which the kernel inlines:
+//!    no helper call); clear: not a backend's packet, on to the forward path. Set (a
+//!    backend, or a collision): `lb_ct` with the packet's tuple and `DIR = REPLY`. A hit is
+//!    a backend's reply: the source becomes the `lb_revnat` frontend of its `svc_id`
+//!    (reverse NAT). Consequence: replies of a backend removed from `lb_be` are no longer
+//!    reverse translated (its bit is cleared once the entry is gone).
+//! 3. Forward path: the frontend filter, bit `hint_bit(daddr, dport, proto)` of
+//!    `lb_hint[FRONTEND]`; clear: passed untouched (`pass_no_service`) without any hash
+//!    lookup. Set: `lb_svc` (VIP, dport, proto); a miss (a collision) passes untouched.
+//! 4. Then `lb_ct` with `DIR = FORWARD`. A hit whose backend is still in `lb_be` (active or
+//!    terminating) keeps the connection there: Maglev rebuilds and backends turning
+//!    terminating do not move established connections. `lb_svc` comes first because
+//!    forward entries are keyed client → VIP, so only packets to a frontend can hit them;
+//!    the consequence: once a frontend is removed, its connections are no longer
+//!    translated (they pass untouched), even those whose backend is still in `lb_be`.
+//!    Otherwise, `slots == 0`: no usable backend: a TCP packet becomes, in place, the reset
+//!    a closed port answers with (see `emit_reset`) and is redirected back out of the
+//!    device it came in on (`bpf_redirect(skb->ifindex, 0)`: egress; `BPF_F_INGRESS` would
+//!    deliver it to this host instead), counted `no_backend_reset`; a TCP reset, UDP and
+//!    SCTP are dropped, counted `no_backend`.
+//!
+//!    So a packet that is neither a backend's nor to a frontend (most traffic) makes no
+//!    hash-map call here: two inlined array lookups and a few ALU instructions each. The
+//!    filters' bits are set by user space before their entries appear and cleared after
+//!    they are gone ([`crate::maps::lb::service_writes`]), so a clear bit is never wrong.
 //! 5. `sessionAffinity: ClientIP`: `lb_aff[{svc_id, client}]` names a backend, used when
 //!    the entry is younger than the service's timeout and the backend is active; every new
 //!    connection of the client refreshes the entry. Timestamps (`LAST_USED`, `LAST_SEEN`)
@@ -62,8 +77,11 @@
 use super::{emit_count_and_exit, emit_ethernet, guard, CodegenError, EthLabels};
 use crate::lb::hash::{FLOW_HASH_MIX, FLOW_HASH_SEED};
 use crate::maps::fwd::V4_MAPPED_WORD;
+#[cfg(doc)]
+use crate::maps::lb::hint_bit;
 use crate::maps::lb::{
-    aff_key, aff_value, be_value, ct_key, ct_value, revnat_value, slot_key, svc_key, svc_value, LbReason,
+    aff_key, aff_value, be_value, ct_key, ct_value, hint, revnat_value, slot_key, svc_key, svc_value,
+    LbReason,
 };
 use sluice_asm::helpers::{
     KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT, REDIRECT_PEER,
@@ -248,15 +266,15 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         emit_reply_only(b, f, l, o);
         return;
     }
-    if o.conntrack {
-        if o.paths == LbPaths::Both {
-            emit_reply_lookup(b, f, l.prefix, &p("forward"));
-        }
-        emit_forward_lookup(b, f, l.prefix);
+    if o.conntrack && o.paths == LbPaths::Both {
+        emit_hint_check(b, f, Hint::Backend, &p("service"));
+        emit_reply_lookup(b, f, l.prefix, &p("service"));
     }
 
     // (c) the frontend.
-    b.label(p("service")).comment("lb: the frontend: lb_svc[daddr, dport, proto]");
+    b.label(p("service"));
+    emit_hint_check(b, f, Hint::Frontend, &verdict_label(LbReason::PassNoService));
+    b.comment("lb: the frontend: lb_svc[daddr, dport, proto]");
     let s = |off: usize| f.at(LbFrame::SVC) + off as i16;
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, t(ct_key::DADDR) + half);
@@ -269,6 +287,12 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::B, Reg::R10, s(svc_key::SCOPE), 0);
     lookup(b, "lb_svc", f.at(LbFrame::SVC));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
+    if o.conntrack {
+        b.comment("r9 = the lb_svc value, kept across the forward lookup");
+        b.mov(Reg::R9, Reg::R0);
+        emit_forward_lookup(b, f, l.prefix);
+        b.label(p("select")).mov(Reg::R0, Reg::R9);
+    }
     b.load(Size::W, Reg::R1, Reg::R0, svc_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R0, svc_value::FLAGS as i16);
@@ -402,6 +426,7 @@ fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
     let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
     let mut sites = vec![LbReason::PassNoService];
     if o.conntrack {
+        emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
         emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
         emit_rewrites(
             b,
@@ -576,21 +601,20 @@ fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
     b.ja(p("snat"));
 }
 
-/// (b) The forward `lb_ct` lookup (at `<prefix>forward`); a miss falls through to
-/// `<prefix>service`.
+/// (b) The forward `lb_ct` lookup (after the `lb_svc` hit); a miss goes to
+/// `<prefix>select`. Keeps `r9`.
 fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
     let p = |s: &str| format!("{prefix}{s}");
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    b.label(p("forward"))
-        .comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
+    b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
     lookup(b, "lb_ct", f.at(LbFrame::TUPLE));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("service"));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
     b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
     lookup(b, "lb_be", f.at(LbFrame::BE_ID));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("service"));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
     copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
     b.call(KTIME_GET_COARSE_NS);
     b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
@@ -702,6 +726,57 @@ fn emit_store_hairpin(b: &mut Builder, f: LbFrame, at: i16, tag: &str) {
         b.store(Size::W, Reg::R10, at + 4 * i as i16, word(chunk));
     }
     b.label(format!("{tag}_stored"));
+}
+
+/// Which `lb_hint` filter a check reads, and the tuple fields it hashes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hint {
+    /// (daddr, dport, proto): is the destination a frontend?
+    Frontend,
+    /// (saddr, sport, proto): is the source a backend?
+    Backend,
+}
+
+/// `r1 =` [`hint_bit`] of the 16-byte address at stack offset `addr`, the network-order
+/// port at `port` and the protocol byte at `proto` (32-bit arithmetic, as the Rust
+/// definition; clobbers r2).
+fn emit_hint_bit(b: &mut Builder, addr: i16, port: i16, proto: i16) {
+    b.mov32(Reg::R1, 0);
+    for word in [0i16, 4, 8, 12] {
+        b.load(Size::W, Reg::R2, Reg::R10, addr + word);
+        b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
+    }
+    b.load(Size::H, Reg::R2, Reg::R10, port);
+    b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
+    b.load(Size::B, Reg::R2, Reg::R10, proto);
+    b.alu32(AluOp::Lsh, Reg::R2, 16).alu32(AluOp::Xor, Reg::R1, Reg::R2);
+    b.mov32(Reg::R2, Reg::R1).alu32(AluOp::Rsh, Reg::R2, 16).alu32(AluOp::Xor, Reg::R1, Reg::R2);
+    b.alu32(AluOp::Mul, Reg::R1, hint::MUL as i32);
+    b.alu32(AluOp::Rsh, Reg::R1, (32 - hint::LOG2_BITS) as i32);
+}
+
+/// The negative filter: go to `clear` unless the `lb_hint` bit of the tuple's frontend
+/// (resp. backend) side is set. The lookup of a constant key in an array is inlined by the
+/// kernel's verifier (no helper call); the byte index is masked to the bitmap. Clobbers
+/// r0-r6 and the [`LbFrame::SLOT`] slot.
+fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    let (key, addr, port, what) = match which {
+        Hint::Frontend => (hint::FRONTEND, t(ct_key::DADDR), t(ct_key::DPORT), "frontend? lb_hint[FRONTEND]"),
+        Hint::Backend => (hint::BACKEND, t(ct_key::SADDR), t(ct_key::SPORT), "backend? lb_hint[BACKEND]"),
+    };
+    b.comment(format!("lb: a {what} bit h(addr, port, proto); clear: no entry (no hash lookup)"));
+    emit_hint_bit(b, addr, port, t(ct_key::PROTO));
+    b.mov(Reg::R6, Reg::R1);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT), key as i32);
+    lookup(b, "lb_hint", f.at(LbFrame::SLOT));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
+    b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
+    b.add(Reg::R0, Reg::R1);
+    b.load(Size::B, Reg::R1, Reg::R0, 0);
+    b.alu(AluOp::And, Reg::R6, 7);
+    b.alu(AluOp::Rsh, Reg::R1, Reg::R6).alu(AluOp::And, Reg::R1, 1);
+    b.jmp(JmpCond::Eq, Reg::R1, 0, clear);
 }
 
 /// `r0 = map[key at r10+key]`; clobbers r1-r5.
@@ -983,11 +1058,14 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     b.build().map_err(|source| CodegenError::Build { object: "lb", source })
 }
 
-/// The maps the program uses: the load-balancing maps and `lb_stats`.
+/// The maps the program uses: the load-balancing maps (with the `lb_hint` filters) and
+/// `lb_stats`.
 pub fn map_defs() -> Vec<crate::maps::MapDef> {
     let mut defs: Vec<crate::maps::MapDef> = crate::maps::lb::map_defs()
         .into_iter()
-        .filter(|d| ["lb_svc", "lb_slot", "lb_be", "lb_revnat", "lb_ct", "lb_aff"].contains(&d.name))
+        .filter(|d| {
+            ["lb_svc", "lb_slot", "lb_be", "lb_revnat", "lb_ct", "lb_aff", "lb_hint"].contains(&d.name)
+        })
         .collect();
     defs.push(crate::maps::lb::stats_def());
     defs
@@ -1048,6 +1126,60 @@ mod tests {
         assert_eq!(calls(forward, REDIRECT_PEER), 1, "the reset goes to the peer");
         let listing = sluice_asm::text::listing(&generate_with(forward).expect("generates"));
         assert!(!listing.contains("REPLY]"), "no reply lookup on the forward path");
+    }
+
+    /// The datapath's `lb_hint` bit (`emit_hint_bit`, run in the simulator) is
+    /// `maps::lb::hint_bit`, IPv4 and IPv6, every protocol, ports with either byte set.
+    #[test]
+    fn hint_bit_in_bpf_is_the_rust_definition() {
+        use crate::maps::lb::hint_bit;
+        use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+        let addrs: [IpAddr; 5] = [
+            Ipv4Addr::new(10, 96, 0, 10).into(),
+            Ipv4Addr::new(10, 244, 3, 200).into(),
+            Ipv4Addr::new(255, 255, 255, 255).into(),
+            Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10).into(),
+            Ipv6Addr::new(0x2001, 0xdb8, 0xffff, 1, 2, 3, 0xfffe, 0x8000).into(),
+        ];
+        let mut maps = sluice_verifier_sim::maps::MapSet::new(&[], 1).expect("no maps");
+        for addr in addrs {
+            for port in [0u16, 80, 443, 8080, 0xff01] {
+                for proto in [6u8, 17, 132] {
+                    let mut b = Builder::new();
+                    let key = crate::maps::fwd::addr_key(addr);
+                    for (i, w) in key.chunks_exact(4).enumerate() {
+                        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                        b.store(Size::W, Reg::R10, -40 + 4 * i as i16, word as i32);
+                    }
+                    b.store(Size::H, Reg::R10, -24, i32::from(u16::from_le_bytes(port.to_be_bytes())));
+                    b.store(Size::B, Reg::R10, -22, i32::from(proto));
+                    emit_hint_bit(&mut b, -40, -24, -22);
+                    b.mov(Reg::R0, Reg::R1).exit();
+                    let prog = b.build().expect("builds");
+                    let out = sluice_verifier_sim::exec::run_tc(&prog, &[0u8; 64], &mut maps).expect("runs");
+                    assert_eq!(
+                        out.retval,
+                        u64::from(hint_bit(addr, port, proto)),
+                        "{addr} port {port} proto {proto}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A packet that is not service traffic makes no hash-map call: the filters are array
+    /// lookups of a constant key (inlined by the kernel), so on a miss only `lb_hint`
+    /// lookups run before `pass_no_service`.
+    #[test]
+    fn filters_come_before_every_hash_lookup() {
+        for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly] {
+            let o = LbOptions { paths, ..LbOptions::default() };
+            let listing = sluice_asm::text::listing(&generate_with(o).expect("generates"));
+            let first_hash =
+                ["lb_svc", "lb_ct"].iter().filter_map(|m| listing.find(m)).min().expect("lookups");
+            let first_hint = listing.find("lb_hint").expect("a filter");
+            assert!(first_hint < first_hash, "{paths:?}: a hash lookup before the filter");
+        }
     }
 
     #[test]

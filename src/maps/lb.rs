@@ -22,8 +22,17 @@
 //! - `lb_aff` remembers a client's backend per service for `sessionAffinity: ClientIP`.
 //! - `lb_sock` lets `getpeername` and `recvmsg` show the VIP to a socket whose connect or
 //!   sendmsg was translated.
+//! - `lb_hint` holds two negative filters of the tc load balancer (one-element-per-filter
+//!   array, so the datapath's lookup of a constant key is inlined by the kernel: no helper
+//!   call): element [`hint::FRONTEND`] has bit [`hint_bit`]`(VIP, port, proto)` set for every
+//!   `lb_svc` frontend, element [`hint::BACKEND`] bit `hint_bit(address, port, proto)` for
+//!   every `lb_be` backend (active and terminating) under every protocol a frontend uses it
+//!   with. A clear bit proves the packet is not service traffic (resp. not a backend's
+//!   reply), so most packets make no hash-map call; a set bit may be a collision and the
+//!   full lookups decide. Invariant: a bit is never clear while its entry exists (see
+//!   [`service_writes`] for the write order).
 //! - User space: [`service_writes`] turns the model's services into `lb_svc`, `lb_slot`,
-//!   `lb_be` and `lb_revnat` contents with stable ids ([`LbState`]); `lb_stats`
+//!   `lb_be`, `lb_revnat` and `lb_hint` contents with stable ids ([`LbState`]); `lb_stats`
 //!   ([`stats_def`], [`LbReason`]) counts the tc load balancer's verdicts.
 
 use super::prefilter::MapWrites;
@@ -152,6 +161,44 @@ pub mod sock_value {
     pub const SIZE: usize = 20;
 }
 
+/// `lb_hint`: key `u32` (the filter), value a bitmap of [`hint::BITS`] bits (bit `i` is
+/// bit `i % 8` of byte `i / 8`).
+///
+/// 2^16 bits (8 KiB per filter): with 10,000 frontends about 14% of the bits are set, so
+/// 86% of non-service packets skip every hash lookup; at [`SVC_MAX`] frontends most bits
+/// are set and the filter stops helping, which costs a few ALU instructions per packet and
+/// is never wrong.
+pub mod hint {
+    /// log2 of the bits per filter.
+    pub const LOG2_BITS: u32 = 16;
+    pub const BITS: u32 = 1 << LOG2_BITS;
+    /// Bytes per filter (the map's value size).
+    pub const BYTES: usize = (BITS / 8) as usize;
+    /// The multiplier of the multiply-shift hash ([`super::hint_bit`]): 2^32 / φ, odd.
+    pub const MUL: u32 = 0x9e37_79b1;
+    /// The element of frontends (`lb_svc` keys).
+    pub const FRONTEND: u32 = 0;
+    /// The element of backends (`lb_be` values with their frontends' protocols).
+    pub const BACKEND: u32 = 1;
+    /// Elements.
+    pub const ENTRIES: u32 = 2;
+}
+
+/// The `lb_hint` bit of an (address, port, protocol): the four little-endian words of the
+/// 16-byte (IPv4-mapped) address and the word `port (network order bytes) | proto << 16`,
+/// XOR-folded; `x ^= x >> 16` so that the high address bytes reach the low bits; then
+/// multiply-shift (the top [`hint::LOG2_BITS`] bits of `x * MUL`). The datapath computes the
+/// same with 32-bit ALU operations on the tuple's stack words
+/// ([`crate::codegen::lb`], `emit_hint_check`).
+pub fn hint_bit(addr: IpAddr, port: u16, proto: u8) -> u32 {
+    let a = super::fwd::addr_key(addr);
+    let mut x = a.chunks_exact(4).fold(0u32, |x, w| x ^ u32::from_le_bytes([w[0], w[1], w[2], w[3]]));
+    let p = port.to_be_bytes();
+    x ^= u32::from_le_bytes([p[0], p[1], proto, 0]);
+    x ^= x >> 16;
+    x.wrapping_mul(hint::MUL) >> (32 - hint::LOG2_BITS)
+}
+
 /// Capacities.
 pub const SVC_MAX: u32 = 65_536;
 pub const SLOT_MAX: u32 = 1 << 20;
@@ -178,6 +225,7 @@ pub fn map_defs() -> Vec<MapDef> {
         def("lb_ct", MapKind::LruHash, ct_key::SIZE, ct_value::SIZE, CT_MAX, 0),
         def("lb_aff", MapKind::LruHash, aff_key::SIZE, aff_value::SIZE, AFF_MAX, 0),
         def("lb_sock", MapKind::LruHash, sock_key::SIZE, sock_value::SIZE, SOCK_MAX, 0),
+        def("lb_hint", MapKind::Array, 4, hint::BYTES, hint::ENTRIES, 0),
     ]
 }
 
@@ -204,7 +252,8 @@ pub enum LbReason {
     PassNotL4 = 1,
     /// Truncated or malformed headers: passed untouched (the load balancer is no firewall).
     PassMalformed = 2,
-    /// No reply conntrack entry, no forward entry, no frontend: passed untouched.
+    /// Not a backend's reply (its `lb_hint` bit clear or no reply conntrack entry) and no
+    /// frontend (its `lb_hint` bit clear or no `lb_svc` entry): passed untouched.
     PassNoService = 3,
     /// A backend's reply: source rewritten to the frontend (reverse NAT).
     RevNat = 4,
@@ -439,23 +488,81 @@ fn slot_key_bytes(svc_id: u32, slot: u32) -> [u8; slot_key::SIZE] {
     b
 }
 
+/// One `lb_hint` filter: the bits of these (address, port, protocol)s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hint(Vec<u8>);
+
+impl Hint {
+    fn new() -> Hint {
+        Hint(vec![0; hint::BYTES])
+    }
+
+    fn set(&mut self, addr: IpAddr, port: u16, proto: u8) {
+        let bit = hint_bit(addr, port, proto);
+        self.0[(bit / 8) as usize] |= 1 << (bit % 8);
+    }
+
+    fn union(&self, other: &Hint) -> Hint {
+        Hint(self.0.iter().zip(&other.0).map(|(a, b)| a | b).collect())
+    }
+}
+
+/// The frontend and backend filters of a state. A backend recovered with protocol 0 (see
+/// [`LbState::recover`]) sets its bit under each of the three protocols: its entry's real
+/// protocol is unknown, and a bit must not be clear while the entry exists.
+fn hints_of<'a>(
+    frontends: impl IntoIterator<Item = &'a FrontendKey>,
+    backends: impl IntoIterator<Item = &'a BackendKey>,
+) -> (Hint, Hint) {
+    let (mut fe, mut be) = (Hint::new(), Hint::new());
+    for &(addr, port, proto) in frontends {
+        fe.set(addr, port, proto);
+    }
+    for &(addr, port, proto) in backends {
+        if proto == 0 {
+            for p in [6, 17, 132] {
+                be.set(addr, port, p);
+            }
+        } else {
+            be.set(addr, port, proto);
+        }
+    }
+    (fe, be)
+}
+
+fn hint_writes(fe: &Hint, be: &Hint) -> MapWrites {
+    let mut w = writes_for("lb_hint", 4, hint::BYTES);
+    w.put(&hint::FRONTEND.to_le_bytes(), &fe.0);
+    w.put(&hint::BACKEND.to_le_bytes(), &be.0);
+    w
+}
+
 /// Empty writes for one map.
 fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> MapWrites {
     MapWrites { map, key_size, value_size, ..MapWrites::default() }
 }
 
-/// The `lb_svc`, `lb_slot`, `lb_be` and `lb_revnat` writes that turn maps holding `prev`
-/// into maps serving `services`, and the state they leave.
+/// The `lb_svc`, `lb_slot`, `lb_be`, `lb_revnat` and `lb_hint` writes that turn maps
+/// holding `prev` into maps serving `services`, and the state they leave.
 ///
 /// Order (each [`MapWrites`] applies its updates, then its deletes; the list is applied
-/// in order), chosen so that a packet never finds a reference to a missing entry:
+/// in order), chosen so that a packet never finds a reference to a missing entry, and
+/// never a clear `lb_hint` bit for an entry that exists:
+/// 0. `lb_hint`: the union of the filters of `prev` and of the new state (new bits appear
+///    before their entries, old bits stay while their entries may);
 /// 1. `lb_be` updates (new and changed backends), `lb_revnat` updates, `lb_slot` updates;
 /// 2. `lb_svc` updates (new slot counts) and deletes (removed frontends);
 /// 3. `lb_slot` deletes (slots beyond a shrunk count, all of a removed frontend), then
-///    `lb_revnat` deletes, then `lb_be` deletes (removed backends: last).
+///    `lb_revnat` deletes, then `lb_be` deletes (removed backends);
+/// 4. `lb_hint`: the new state's exact filters (left out when equal to the union), last:
+///    after the removals, so the bits of removed entries clear only once they are gone.
 ///
-/// So a map may appear twice (its updates in step 1, its deletes in step 3); empty writes
-/// are left out. Selection slots: random: each active backend `weight` times, in the
+/// So a map may appear twice (`lb_hint` in steps 0 and 4, others with their updates in
+/// step 1 and their deletes in step 3); empty writes are left out. The node's live update
+/// diffs each write against the map's contents, which keeps the two `lb_hint` writes
+/// right: the last one differs from the union only when it differs from the contents. The
+/// union is computed from `prev`, so `prev` must describe the maps (as
+/// [`LbState::recover`] does; it does not read `lb_hint`). Selection slots: random: each active backend `weight` times, in the
 /// frontend's backend order (random selection is unweighted in the model, so once);
 /// Maglev: the table of [`crate::lb::maglev`]. Terminating backends keep their `lb_be`
 /// entry (state [`be_value::TERMINATING`]) and hold no slot; not-ready backends are
@@ -611,6 +718,20 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
     }
     next.next_service_id = svc_ids.next;
     next.next_backend_id = be_ids.next;
-    let all = [be_put, revnat_put, slot_put, svc_put, slot_del, revnat_del, be_del];
+    // A backend recovered without its protocol whose id lives on is the next state's
+    // backend of that address and port: the next state's bits cover it (so a reload of an
+    // unchanged node writes nothing); the others set all three protocols' bits.
+    let old_backends =
+        prev.backends.iter().filter(|(k, id)| k.2 != 0 || !live_be.contains(id)).map(|(k, _)| k);
+    let (old_fe, old_be) = hints_of(prev.services.keys(), old_backends);
+    let (new_fe, new_be) = hints_of(next.services.keys(), next.backends.keys());
+    let (union_fe, union_be) = (old_fe.union(&new_fe), old_be.union(&new_be));
+    let exact = if (&union_fe, &union_be) == (&new_fe, &new_be) {
+        writes_for("lb_hint", 4, hint::BYTES)
+    } else {
+        hint_writes(&new_fe, &new_be)
+    };
+    let union = hint_writes(&union_fe, &union_be);
+    let all = [union, be_put, revnat_put, slot_put, svc_put, slot_del, revnat_del, be_del, exact];
     Ok((all.into_iter().filter(|w| !w.is_empty()).collect(), next))
 }

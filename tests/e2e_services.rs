@@ -426,3 +426,95 @@ fn services_inside_the_endpoint_programs() {
         let _ = s.join();
     }
 }
+
+/// Hairpin inside the endpoint programs: an endpoint whose service has only itself as
+/// backend connects to the VIP and reaches its own server, which sees the connection come
+/// from the hairpin address (never from its own address: a martian to its stack); the
+/// client's socket sees the VIP as its peer. Its ingress policy allows no one but a
+/// `client` that does not exist: hairpinned traffic is the endpoint talking to itself and
+/// skips policy. UDP the same way; everything by redirect, nothing through the node's stack.
+#[test]
+fn hairpin_inside_the_endpoint_programs() {
+    if !gate("hairpin_inside_the_endpoint_programs") {
+        return;
+    }
+    remove_stale(PREFIX, "");
+    let base = unique(PREFIX);
+    let solo = Ipv4Addr::new(10, 79, 1, 10);
+    let net = NodeNet::build(&base, &[("lxc-hp", solo)]);
+    let pin = PinDir(std::path::PathBuf::from(format!("/sys/fs/bpf/{base}")));
+    let ns = &net.ep("lxc-hp").ns;
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = serve(ns, "solo", solo, Arc::clone(&stop));
+    let vip = Ipv4Addr::new(10, 96, 0, 71);
+    let text = format!(
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: svc-hp}}\nspec:\n  endpoints:\n\
+         \x20   - {{name: solo, interface: lxc-hp, ipv4: {solo}, labels: {{app: solo}}}}\n\
+         ---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: solo}}\nspec:\n  endpointSelector: {{matchLabels: {{app: solo}}}}\n  ingress:\n\
+         \x20   - fromEndpoints: [{{matchLabels: {{app: client}}}}]\n      toPorts: [{{ports: [{{port: \"8080\", protocol: TCP}}, {{port: \"5353\", protocol: UDP}}]}}]\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {{name: solo}}\nspec:\n  clusterIP: {vip}\n  ports:\n\
+         \x20   - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n\
+         \x20   - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}\n\
+         ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: solo-1\n  labels: {{kubernetes.io/service-name: solo}}\n\
+         addressType: IPv4\nendpoints:\n  - addresses: [{solo}]\n\
+         ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n"
+    );
+    let cfg = model::parse_str(&text, "svc-hp.yaml").expect("config parses");
+    net.node.enter(|| {
+        let sys = sluice::sys::kernel();
+        let plan = snode::plan(&cfg).expect("plans");
+        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
+        wire::attach(&sys, &cfg, &pin.0, &wire::AttachOptions::default()).expect("attaches");
+        snode::forward::sync(&sys, &cfg, &pin.0).expect("forwarding");
+    });
+
+    for i in 0..4 {
+        let mut s = ns
+            .enter(|| TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3)))
+            .unwrap_or_else(|e| panic!("connection {i} to its own VIP: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        assert_eq!(s.peer_addr().expect("peer"), SocketAddr::from((vip, 80)), "the client's peer is the VIP");
+        let mut name = String::new();
+        BufReader::new(s.try_clone().expect("clone"))
+            .read_line(&mut name)
+            .expect("its own server's greeting");
+        assert_eq!(name.trim(), "solo");
+        assert!(echoes(&mut s, &format!("hairpin {i}")), "connection {i} echoes");
+    }
+    ns.enter(|| {
+        let u = UdpSocket::bind((solo, 0)).expect("bind");
+        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut buf = [0u8; 64];
+        let answer = (0..5).find_map(|_| {
+            u.send_to(b"q", (vip, 53)).expect("send");
+            u.recv_from(&mut buf)
+                .ok()
+                .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+        });
+        let (name, from) = answer.expect("a UDP answer from itself");
+        assert_eq!(name, "solo");
+        assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
+    });
+    let snmp = net.node.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp"));
+    let forwarded =
+        snmp.lines().filter(|l| l.starts_with("Ip:")).collect::<Vec<_>>().windows(2).find_map(|w| {
+            let (h, v): (Vec<&str>, Vec<&str>) =
+                (w[0].split_whitespace().collect(), w[1].split_whitespace().collect());
+            h.iter()
+                .position(|x| *x == "ForwDatagrams")
+                .and_then(|i| v.get(i).and_then(|x| x.parse::<u64>().ok()))
+        });
+    assert_eq!(forwarded, Some(0), "no packet went through the node's stack");
+    let status = net.node.enter(|| wire::status(&sluice::sys::kernel(), &pin.0).expect("status"));
+    let endpoint: Vec<_> = status.counters.iter().filter(|c| c.scope.starts_with("endpoint")).collect();
+    assert!(
+        endpoint.iter().any(|c| c.reason == "allow_hairpin" && c.count > 0),
+        "counted as hairpin: {endpoint:?}"
+    );
+    assert!(!endpoint.iter().any(|c| c.drop), "nothing of the endpoint's was dropped: {endpoint:?}");
+    net.node.enter(|| wire::down(&sluice::sys::kernel(), &pin.0).expect("down"));
+    stop.store(true, Ordering::Relaxed);
+    for s in servers {
+        let _ = s.join();
+    }
+}

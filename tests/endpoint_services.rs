@@ -10,6 +10,10 @@
 //! leave (DESIGN invariant 3). Every output packet's checksums are verified by the code
 //! below, written for this test. Kernel runs are gated by `sys::require_kernel` (a skip line
 //! without root, a failure under `SLUICE_REQUIRE_KERNEL=1`).
+//!
+//! Hairpin (an endpoint that is its own service's backend) needs `to-endpoint` runs of a
+//! packet the endpoint sent itself: `skb->ingress_ifindex == skb->ifindex`, given to the
+//! kernel as the `__sk_buff` context of the test run and to the simulator as its context.
 
 use sluice::codegen::endpoint::{self, Direction, Options, Templates};
 use sluice::codegen::lb as lbgen;
@@ -23,7 +27,8 @@ use sluice::node::load::{self, Loaded};
 use sluice::node::sim::SimNode;
 use sluice::node::{Object, Plan};
 use sluice::packet::{PacketBuilder, TcpFlags};
-use sluice::sys;
+use sluice::sys::{self, TestRunOpts};
+use sluice_verifier_sim::exec::Context;
 use sluice_verifier_sim::spec::ProgKind;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -38,6 +43,9 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
 /// Served by C only, whom A's egress policy does not allow.
 const VIP_C: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
 const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
+/// Served by a only: a's connections to them are hairpinned.
+const VIP_HP4: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 12);
+const VIP_HP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x12);
 const MAC_EP: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_GW: [u8; 6] = [2, 0, 0, 0, 1, 0xa];
 const PAYLOAD: &[u8] = b"hello, service";
@@ -175,6 +183,9 @@ fn services() -> Vec<Service> {
             fe(VIP_C.into(), 80, Protocol::Tcp, vec![be(C4.into(), 8080)]),
             fe(EMPTY.into(), 80, Protocol::Tcp, vec![]),
             fe(EMPTY.into(), 53, Protocol::Udp, vec![]),
+            fe(VIP_HP4.into(), 80, Protocol::Tcp, vec![be(A4.into(), 8080)]),
+            fe(VIP_HP4.into(), 53, Protocol::Udp, vec![be(A4.into(), 5353)]),
+            fe(VIP_HP6.into(), 80, Protocol::Tcp, vec![be(A6.into(), 8080)]),
         ],
     }]
 }
@@ -230,6 +241,70 @@ struct Step {
     output: Output,
 }
 
+/// Where the program's packet was last received, as `__sk_buff` tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// On another device (`BPF_PROG_TEST_RUN` without a context: `ingress_ifindex` 0).
+    Elsewhere,
+    /// On the program's own device, now leaving it: what the endpoint sent itself
+    /// (`ingress_ifindex == ifindex`, both loopback's 1 as the test run has it).
+    Itself,
+}
+
+/// The `__sk_buff` given to `BPF_PROG_TEST_RUN` for [`Arrival::Itself`]: through `tc_index`
+/// (the fields before `mark` and between `mark` and `priority` must be zero).
+fn skb_from_itself() -> Vec<u8> {
+    const INGRESS_IFINDEX: usize = 36;
+    const IFINDEX: usize = 40;
+    let mut ctx = vec![0u8; 48];
+    ctx[INGRESS_IFINDEX..INGRESS_IFINDEX + 4].copy_from_slice(&1u32.to_le_bytes());
+    ctx[IFINDEX..IFINDEX + 4].copy_from_slice(&1u32.to_le_bytes());
+    ctx
+}
+
+/// The counter maps every step observes.
+const COUNTER_MAPS: [&str; 2] = ["ep_stats", "lb_stats"];
+
+/// Nonzero counter deltas.
+fn deltas(
+    before: &BTreeMap<(&'static str, u32), u64>,
+    after: &BTreeMap<(&'static str, u32), u64>,
+) -> BTreeMap<(&'static str, u32), u64> {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let d = v.wrapping_sub(before.get(k).copied().unwrap_or(0));
+            (d != 0).then_some((*k, d))
+        })
+        .collect()
+}
+
+fn sim_counters(sim: &SimNode) -> BTreeMap<(&'static str, u32), u64> {
+    let mut out = BTreeMap::new();
+    for m in COUNTER_MAPS {
+        let n = sim.maps.get(m).map_or(0, |m| m.spec().max_entries);
+        for i in 0..n {
+            out.insert((m, i), sim.counter(m, i));
+        }
+    }
+    out
+}
+
+fn kernel_counters(k: &Loaded) -> BTreeMap<(&'static str, u32), u64> {
+    let mut out = BTreeMap::new();
+    for m in COUNTER_MAPS {
+        let map = &k.maps[m];
+        for i in 0..map.max_entries() {
+            let per_cpu =
+                map.lookup_percpu(&i.to_le_bytes()).unwrap_or_else(|e| panic!("{e}")).unwrap_or_default();
+            let sum =
+                per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes).sum();
+            out.insert((m, i), sum);
+        }
+    }
+    out
+}
+
 impl Rig {
     fn new(test: &str) -> Rig {
         let plan = plan(SERVICES);
@@ -240,6 +315,10 @@ impl Rig {
     }
 
     fn step(&mut self, s: Step) -> Vec<u8> {
+        self.step_from(s, Arrival::Elsewhere)
+    }
+
+    fn step_from(&mut self, s: Step, arrival: Arrival) -> Vec<u8> {
         self.steps += 1;
         let mut counters = BTreeMap::new();
         if let Some((ep, r)) = s.ep {
@@ -266,7 +345,10 @@ impl Rig {
                 with_maps.counters.insert((m, u32::MAX), 0);
             }
         }
-        let obs = self.observe_sim(&with_maps);
+        let obs = match arrival {
+            Arrival::Elsewhere => self.observe_sim(&with_maps),
+            Arrival::Itself => self.observe_sim_from_itself(&case),
+        };
         if let Err(e) = check(&case, &obs) {
             panic!("simulator: {e}");
         }
@@ -276,7 +358,12 @@ impl Rig {
             }
         }
         if let Some(k) = &self.kernel {
-            let kobs = run_kernel(k, &with_maps).unwrap_or_else(|e| panic!("{e}")).expect("long enough");
+            let kobs = match arrival {
+                Arrival::Elsewhere => {
+                    run_kernel(k, &with_maps).unwrap_or_else(|e| panic!("{e}")).expect("long enough")
+                }
+                Arrival::Itself => kernel_from_itself(k, &case),
+            };
             if let Err(e) = check(&case, &kobs) {
                 panic!("kernel: {e}");
             }
@@ -287,6 +374,16 @@ impl Rig {
 
     fn observe_sim(&mut self, case: &Case) -> Observation {
         run_sim(&mut self.sim, case).unwrap_or_else(|e| panic!("{}: {e}", case.name))
+    }
+
+    /// [`Arrival::Itself`] in the simulator: `skb->ingress_ifindex` = `skb->ifindex` = 1.
+    fn observe_sim_from_itself(&mut self, case: &Case) -> Observation {
+        let before = sim_counters(&self.sim);
+        let mut ctx = Context::new(case.packet.clone());
+        ctx.skb_ingress_ifindex = ctx.ifindex;
+        let out = self.sim.run_with(case.program, &mut ctx).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let after = sim_counters(&self.sim);
+        Observation { verdict: out.retval as u32, packet: out.packet, counters: deltas(&before, &after) }
     }
 
     /// `lb_ct` without timestamps and the conntrack keys, from the simulator, checked equal
@@ -315,6 +412,18 @@ impl Rig {
         }
         out
     }
+}
+
+/// [`Arrival::Itself`] through `BPF_PROG_TEST_RUN`.
+fn kernel_from_itself(k: &Loaded, case: &Case) -> Observation {
+    let prog = &k.programs[case.program];
+    let before = kernel_counters(k);
+    let ctx = skb_from_itself();
+    let mut opts = TestRunOpts::packet(&case.packet);
+    opts.ctx_in = Some(&ctx);
+    let r = prog.test_run(&opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+    let after = kernel_counters(k);
+    Observation { verdict: r.retval, packet: r.data_out, counters: deltas(&before, &after) }
 }
 
 fn lb_ct_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8, dir: u8) -> Vec<u8> {
@@ -497,6 +606,117 @@ fn no_backend_resets_into_the_peer_or_drops() {
     let out = rig.sim.run("from_ep_1", &syn).expect("runs");
     assert!(out.redirect_peer, "the reset goes to the peer");
     assert_eq!(out.redirect, Some((1, 0)), "redirect_peer(skb->ifindex, 0)");
+}
+
+/// Hairpin: a's service has a alone as its backend. a's packet to the VIP comes back to a
+/// from the hairpin address (never from its own address, a martian to its stack), a's
+/// answer to the hairpin address comes back from the VIP; `from-endpoint` passes both
+/// without conntrack or egress policy, `to-endpoint` passes what a sent itself without
+/// ingress policy (a has ingress enforced and no rule) or reverse NAT. The same packets
+/// not sent by a meet a's ingress policy; a packet to the hairpin address without an
+/// `lb_ct` entry is judged as any other.
+#[test]
+fn an_endpoint_reaches_itself_through_its_service() {
+    let mut rig = Rig::new("an_endpoint_reaches_itself_through_its_service");
+    let flows: [(IpAddr, IpAddr, u8, (u16, u16)); 3] = [
+        (A4.into(), VIP_HP4.into(), 6, (80, 8080)),
+        (A4.into(), VIP_HP4.into(), 17, (53, 5353)),
+        (A6.into(), VIP_HP6.into(), 6, (80, 8080)),
+    ];
+    for (a, vip, proto, (port, be_port)) in flows {
+        let hairpin: IpAddr = match a {
+            IpAddr::V4(_) => lbgen::HAIRPIN_V4.into(),
+            IpAddr::V6(_) => lbgen::HAIRPIN_V6.into(),
+        };
+        let sport = 40_100;
+        let pkt = |src, dst, ports: (u16, u16), flags| match (proto, src, dst) {
+            (17, IpAddr::V4(s), IpAddr::V4(d)) => udp(s, d, ports.0, ports.1),
+            _ => tcp(src, dst, ports, flags, 1000, if flags & ACK != 0 { 77 } else { 0 }),
+        };
+        let (first, second, reply_flags) = if proto == 6 { (SYN, ACK, SYN_ACK) } else { (0, 0, 0) };
+        let arriving = pkt(hairpin, a, (sport, be_port), first);
+        rig.step(Step {
+            what: "a → its VIP: DNAT to a itself, source to the hairpin address, no egress policy",
+            program: "from_ep_1",
+            packet: pkt(a, vip, (sport, port), first),
+            verdict: ok(),
+            ep: Some((1, Reason::AllowHairpin)),
+            lb: Some(LbReason::NewConnection),
+            output: Output::Bytes(arriving.clone()),
+        });
+        rig.step_from(
+            Step {
+                what: "the hairpinned packet into a, sent by a itself: passed, no ingress policy",
+                program: "to_ep_1",
+                packet: arriving.clone(),
+                verdict: ok(),
+                ep: Some((1, Reason::AllowHairpin)),
+                lb: None,
+                output: Output::Unchanged,
+            },
+            Arrival::Itself,
+        );
+        rig.step(Step {
+            what: "the same packet not sent by a: a's ingress policy (no rule) denies it",
+            program: "to_ep_1",
+            packet: arriving,
+            verdict: policy::TC_ACT_SHOT as u32,
+            ep: Some((1, Reason::DenyDefault)),
+            lb: None,
+            output: Output::Unchanged,
+        });
+        let restored = pkt(vip, a, (port, sport), reply_flags);
+        rig.step(Step {
+            what: "a's answer to the hairpin address: from the VIP to a again, no egress policy",
+            program: "from_ep_1",
+            packet: pkt(a, hairpin, (be_port, sport), reply_flags),
+            verdict: ok(),
+            ep: Some((1, Reason::AllowHairpin)),
+            lb: Some(LbReason::RevNat),
+            output: Output::Bytes(restored.clone()),
+        });
+        rig.step_from(
+            Step {
+                what: "the answer into a, sent by a itself: passed, not reverse-translated again",
+                program: "to_ep_1",
+                packet: restored,
+                verdict: ok(),
+                ep: Some((1, Reason::AllowHairpin)),
+                lb: None,
+                output: Output::Unchanged,
+            },
+            Arrival::Itself,
+        );
+        rig.step(Step {
+            what: "a → its VIP, second packet: follows lb_ct, hairpinned again",
+            program: "from_ep_1",
+            packet: pkt(a, vip, (sport, port), second),
+            verdict: ok(),
+            ep: Some((1, Reason::AllowHairpin)),
+            lb: Some(LbReason::Established),
+            output: Output::Bytes(pkt(hairpin, a, (sport, be_port), second)),
+        });
+        let state = rig.state();
+        for (key, what) in [
+            (lb_ct_key(a, vip, sport, port, proto, ct_key::FORWARD), "forward"),
+            (lb_ct_key(a, hairpin, be_port, sport, proto, ct_key::REPLY), "reply (to the hairpin address)"),
+        ] {
+            assert!(state.contains_key(&("lb_ct", key)), "{a} → {vip} proto {proto}: no {what} lb_ct entry");
+        }
+        assert!(
+            !state.keys().any(|(map, _)| *map == "ct4" || *map == "ct6"),
+            "hairpinned packets left conntrack entries: {state:?}"
+        );
+    }
+    rig.step(Step {
+        what: "to the hairpin address without an lb_ct entry: untranslated, a's egress policy denies",
+        program: "from_ep_1",
+        packet: tcp(A4.into(), lbgen::HAIRPIN_V4.into(), (8080, 40_999), ACK, 1, 1),
+        verdict: policy::TC_ACT_SHOT as u32,
+        ep: Some((1, Reason::DenyDefault)),
+        lb: Some(LbReason::PassNoService),
+        output: Output::Unchanged,
+    });
 }
 
 /// Without `services` the programs are the ones of before (snapshot of both directions),

@@ -24,13 +24,29 @@
 //!    packet becomes the reset a closed port sends, delivered with
 //!    `bpf_redirect_peer(skb->ifindex, 0)` into the container side of the veth (it must not
 //!    meet the client's ingress policy, which has no connection for it), UDP and SCTP are
-//!    dropped; neither is counted in `ep_stats` (only in `lb_stats`). Not done in endpoint
-//!    mode: the hairpin source rewrite of the standalone program (a client that is its own
-//!    backend; replies to the hairpin address would be routed by the FIB, never
-//!    reverse-translated here): such a connection reaches the endpoint with its own address as
-//!    source (a martian to its stack). An L4 header deeper than 255 bytes (many IPv6 extension
-//!    headers) is not balanced; as in the standalone program, a first IPv4 fragment is
-//!    translated and the later ones are not.
+//!    dropped; neither is counted in `ep_stats` (only in `lb_stats`). An L4 header deeper
+//!    than 255 bytes (many IPv6 extension headers) is not balanced; as in the standalone
+//!    program, a first IPv4 fragment is translated and the later ones are not.
+//!
+//!    Hairpin (an endpoint that is its own service's backend; step 9 of
+//!    [`crate::codegen::lb`]): when the backend is the packet's source, the forward path also
+//!    rewrites the source to the family's hairpin address ([`HAIRPIN_V4`], [`HAIRPIN_V6`]:
+//!    a packet from its own address would be a martian to the endpoint's stack) and keys
+//!    the `lb_ct` reply entry by it. The endpoint's answers go to the hairpin address through
+//!    its default route, i.e. back into `from-endpoint`: a packet whose destination is the
+//!    hairpin address (one compare with the constant, before any other load-balancer work)
+//!    runs the reply path there ([`LbPaths::HairpinReply`]): source back to the frontend,
+//!    destination back to the client, the endpoint itself. Both directions of a hairpinned
+//!    connection skip conntrack and egress policy (the endpoint talks to itself, as in
+//!    Cilium), counted `allow_hairpin`, and go to forwarding, whose `lxc` entry for the
+//!    endpoint's own address redirects them to its own veth's egress. There `to-endpoint`
+//!    recognises what the endpoint itself sent (`skb->ingress_ifindex == skb->ifindex`:
+//!    received on this device, now leaving it) and passes it as `allow_hairpin` without
+//!    policy and without the reply path (it is translated already). Nothing else passes as
+//!    hairpin: `from-endpoint` translates only packets with the endpoint's own source
+//!    (anti-spoofing comes first) and only for `lb_ct` entries the load balancer wrote; only
+//!    the endpoint's own traffic is received on its veth. A packet to the hairpin address
+//!    without an `lb_ct` reply entry goes on untranslated, judged as any other.
 //! 3. Later IPv4 fragments follow the verdict their first fragment left in `frag4`.
 //! 4. ICMP errors pass when their quoted packet belongs to a tracked connection.
 //! 5. Conntrack (expiry on the coarse clock, `bpf_ktime_get_coarse_ns`: tick resolution is
@@ -52,9 +68,9 @@
 //!    ([`LbPaths::ReplyOnly`]): an `lb_ct` reply entry for the packet's tuple
 //!    (backend → client) restores the frontend as the source (`lb_revnat`, checksums
 //!    fixed). Its reason goes to `lb_stats`, its verdict is the program's (a failed
-//!    rewrite drops). The reply path never runs in `from-endpoint` (a backend's replies
-//!    leaving it would get the VIP as source and fail anti-spoofing), the forward path
-//!    never in `to-endpoint`.
+//!    rewrite drops). The reply path runs in `from-endpoint` only for packets to the
+//!    hairpin address (any other backend's replies leaving it must keep their source: the
+//!    client's `to-endpoint` translates them), the forward path never in `to-endpoint`.
 //!
 //! Then `from-endpoint` forwards what it allowed (see `emit_forward`).
 //!
@@ -64,7 +80,7 @@
 //! listener messages 130-132 and 143, neighbor discovery 133-137) passes before
 //! anti-spoofing: it uses link-local and unspecified sources.
 
-use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia};
+use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia, HAIRPIN_V4, HAIRPIN_V6};
 use super::{emit_ethernet, guard, CodegenError, EthLabels};
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::policy::{
@@ -153,6 +169,8 @@ const FP_LB_OFFS: i16 = FP_FIB;
 
 /// `__sk_buff.ifindex`: the device the program runs on.
 const SKB_IFINDEX: i16 = 40;
+/// `__sk_buff.ingress_ifindex` (`skb->skb_iif`): the device the packet was last received on.
+const SKB_INGRESS_IFINDEX: i16 = 36;
 
 const TCP_FIN: i32 = 0x01;
 const TCP_SYN: i32 = 0x02;
@@ -223,6 +241,12 @@ impl Fam {
     }
 }
 
+/// Word `w` of an address as a little-endian load of its network-order bytes reads it.
+fn addr_word(octets: &[u8], w: usize) -> i32 {
+    let at = 4 * w;
+    u32::from_le_bytes([octets[at], octets[at + 1], octets[at + 2], octets[at + 3]]) as i32
+}
+
 /// Copy `len` bytes (a multiple of 4) between stack slots through r1.
 fn copy_stack(b: &mut Builder, from: i16, to: i16, len: i16) {
     let mut off = 0;
@@ -280,6 +304,7 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
             g.emit_lb_step(&mut b, f);
             if dir == Direction::FromEndpoint {
                 g.emit_lb_forward(&mut b, f);
+                g.emit_lb_hairpin_reply(&mut b, f);
             }
         }
         g.emit_icmp_error(&mut b, f);
@@ -290,6 +315,9 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
         g.emit_ct_create(&mut b, f);
     }
     for r in Reason::ALL {
+        if r == Reason::AllowHairpin && !options.services {
+            continue;
+        }
         b.label(label(r)).comment(format!("verdict: {}", r.name()));
         let verdict = if r.allows() { TC_ACT_OK } else { TC_ACT_SHOT };
         b.mov(Reg::R6, r as i32).mov(Reg::R7, verdict).ja("exit");
@@ -377,6 +405,13 @@ impl Gen {
         }
         b.store(Size::W, Reg::R10, FP_FAM, 0);
         b.store(Size::W, Reg::R10, FP_PEER, 0);
+        if self.dir == Direction::ToEndpoint && self.options.services {
+            b.comment("services: what the endpoint sent itself (received on this device, leaving it: a");
+            b.comment("hairpinned connection, translated already) passes: no policy, no reverse NAT");
+            b.load(Size::W, Reg::R2, Reg::R1, SKB_INGRESS_IFINDEX);
+            b.load(Size::W, Reg::R3, Reg::R1, SKB_IFINDEX);
+            b.jmp(JmpCond::Eq, Reg::R2, Reg::R3, label(Reason::AllowHairpin));
+        }
     }
 
     fn opposite_dir(&self) -> u8 {
@@ -978,6 +1013,10 @@ impl Gen {
         b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
 
         b.label("event").comment("an event for drops and new connections, if switched on");
+        if self.options.services {
+            b.comment("services: none for hairpin traffic (its reason sorts after the drops)");
+            b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, "return");
+        }
         b.ld_map_value(Reg::R1, "ev_config", 0);
         b.load(Size::W, Reg::R2, Reg::R1, ev_config::FLAGS as i16);
         b.mov(Reg::R3, 2);
@@ -1219,7 +1258,31 @@ impl Gen {
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R4);
                 b.store(Size::DW, Reg::R10, LB.base + LbFrame::CTX, Reg::R1);
                 self.emit_lb_tuple(b, f);
+                let (reply, forward) = (f.l("lb_hairpin_reply"), f.l("lb_forward"));
+                b.comment(
+                    "services: to the hairpin address? the endpoint answers its own hairpinned connection",
+                );
+                if f.family == 4 {
+                    b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr);
+                    b.jmp32(JmpCond::Eq, Reg::R1, addr_word(&HAIRPIN_V4.octets(), 0), reply.as_str());
+                } else {
+                    for w in 0..4 {
+                        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr + 4 * w as i16);
+                        b.jmp32(JmpCond::Ne, Reg::R1, addr_word(&HAIRPIN_V6.octets(), w), forward.as_str());
+                    }
+                    b.ja(reply.as_str());
+                }
+                b.label(forward.as_str());
             }
+        }
+    }
+
+    /// Store the hairpin address of family `f` (as the packet carries it) at `at`.
+    fn emit_store_hairpin(&self, b: &mut Builder, f: Fam, at: i16) {
+        let octets: Vec<u8> =
+            if f.family == 4 { HAIRPIN_V4.octets().to_vec() } else { HAIRPIN_V6.octets().to_vec() };
+        for w in 0..octets.len() / 4 {
+            b.store(Size::W, Reg::R10, at + 4 * w as i16, addr_word(&octets, w));
         }
     }
 
@@ -1300,7 +1363,59 @@ impl Gen {
         b.load(Size::H, Reg::R1, Reg::R10, new + 16);
         b.store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
-        b.ja(l("conntrack"));
+        b.comment("services: hairpin (the backend is the client): the source is the hairpin address");
+        b.comment("now; the endpoint talks to itself: no conntrack, no policy, on to forwarding");
+        if f.family == 4 {
+            b.load(Size::W, Reg::R1, Reg::R10, new + 12);
+            b.load(Size::W, Reg::R2, Reg::R10, FP_CT);
+            b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, l("conntrack"));
+        } else {
+            for half in [0i16, 8] {
+                b.load(Size::DW, Reg::R1, Reg::R10, new + half);
+                b.load(Size::DW, Reg::R2, Reg::R10, FP_CT + half);
+                b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, l("conntrack"));
+            }
+        }
+        self.emit_store_hairpin(b, f, FP_CT);
+        b.ja(label(Reason::AllowHairpin));
+    }
+
+    /// `from-endpoint`, for a packet to the hairpin address of family `f`: the load
+    /// balancer's hairpin reply path. A reverse-translated packet (frontend → the endpoint)
+    /// skips conntrack and policy, as its connection's forward direction did; a miss goes
+    /// on as any packet; a failed rewrite drops (counted in `lb_stats` only).
+    fn emit_lb_hairpin_reply(&self, b: &mut Builder, f: Fam) {
+        let l = |name: &str| f.l(name);
+        b.label(l("lb_hairpin_reply")).comment("services: the load balancer's hairpin reply path");
+        let options = LbOptions { conntrack: true, paths: LbPaths::HairpinReply, reset: ResetVia::Peer };
+        let (prefix, done) = (l("svchp_"), l("lb_hp_done"));
+        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
+        b.label(done.as_str());
+        self.emit_lb_count(b, &l("hairpin_reply"));
+        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, l("lb_hp_ok"));
+        b.mov(Reg::R0, Reg::R7).exit();
+        b.label(l("lb_hp_ok")).comment("services: the context back in its slot; no peer yet");
+        b.load(Size::DW, Reg::R1, Reg::R10, LB.base + LbFrame::CTX).store(
+            Size::DW,
+            Reg::R10,
+            FP_CTX,
+            Reg::R1,
+        );
+        b.store(Size::W, Reg::R10, FP_PEER, 0);
+        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, l("conntrack"));
+        b.comment(
+            "services: hairpin reply translated: the tuple is the frontend → the endpoint; on to forwarding",
+        );
+        copy_stack(b, FP_CT, FP_CT + f.daddr, f.alen);
+        let new = LB.base + LbFrame::NEW;
+        if f.family == 4 {
+            b.load(Size::W, Reg::R1, Reg::R10, new + 12).store(Size::W, Reg::R10, FP_CT, Reg::R1);
+        } else {
+            copy_stack(b, new, FP_CT, 16);
+        }
+        b.load(Size::H, Reg::R1, Reg::R10, new + 16);
+        b.store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
+        b.ja(label(Reason::AllowHairpin));
     }
 
     /// `to-endpoint`, at the exit of an allowed packet whose L4 header the parse recorded:

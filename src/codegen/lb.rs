@@ -62,12 +62,17 @@
 //!    that address, and a reply to it gets both its source (the frontend) and its
 //!    destination (the client: the reply's own source) restored. The backend must route the
 //!    hairpin address back through this program (a pod's default route does; the address
-//!    must not be in use on the node).
+//!    must not be in use on the node). In the endpoint programs the forward half runs in
+//!    [`LbPaths::ForwardOnly`], the reply half in [`LbPaths::HairpinReply`], both in the
+//!    endpoint's `from-endpoint`.
 //!
 //! Call sites choose the paths ([`LbPaths`]): the standalone program runs both; the endpoint
 //! programs ([`crate::codegen::endpoint`]) run the forward path in `from-endpoint` (no
-//! reverse NAT, no hairpin source rewrite, resets into the veth's peer: [`ResetVia::Peer`])
-//! and the reply path in the client's `to-endpoint`.
+//! reverse NAT, resets into the veth's peer: [`ResetVia::Peer`]; with the hairpin source
+//! rewrite), the hairpin reply path ([`LbPaths::HairpinReply`]) there too, for packets to
+//! the hairpin address (the endpoint answering its own hairpinned connection: the endpoint
+//! is both sides, so both halves of step 9 run in its `from-endpoint`), and the reply path
+//! in the client's `to-endpoint`.
 //!
 //! Not done: ICMP errors about translated flows (not reverse translated), connection expiry
 //! (`lb_ct` is an LRU; `LAST_SEEN` is kept for a sweeper).
@@ -178,12 +183,18 @@ pub enum LbPaths {
     /// program, where both directions cross one hook).
     #[default]
     Both,
-    /// Only the forward path (steps 3-8 without reverse NAT and without the hairpin source
-    /// rewrite): an endpoint's `from-endpoint`, where the endpoint is the client.
+    /// Only the forward path (steps 3-8 without reverse NAT, with the hairpin source rewrite
+    /// of step 9 when there is conntrack): an endpoint's `from-endpoint`, where the endpoint
+    /// is the client.
     ForwardOnly,
     /// Only the reply path (step 2 and the source rewrite): the client endpoint's
     /// `to-endpoint`. A miss passes untouched (`pass_no_service`).
     ReplyOnly,
+    /// The reply path of a packet to the hairpin address (step 2, the source rewrite and
+    /// the hairpin destination rewrite of step 9): an endpoint's `from-endpoint`, for its
+    /// answers to its own hairpinned connections (the caller checks the destination). A
+    /// miss passes untouched (`pass_no_service`).
+    HairpinReply,
 }
 
 /// Where the reset for a TCP packet to a frontend without backends is sent.
@@ -262,7 +273,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM), Reg::R3);
     b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM_FLAGS), Reg::R4);
 
-    if o.paths == LbPaths::ReplyOnly {
+    if matches!(o.paths, LbPaths::ReplyOnly | LbPaths::HairpinReply) {
         emit_reply_only(b, f, l, o);
         return;
     }
@@ -397,15 +408,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     // (g) the rewrites.
     let both = o.conntrack && o.paths == LbPaths::Both;
     let snat = both.then(|| p("snat"));
-    emit_rewrites(
-        b,
-        f,
-        l,
-        Some(&p("dnat")),
-        snat.as_deref(),
-        &verdict_label(LbReason::RewriteFailed),
-        &p("rewritten"),
-    );
+    emit_rewrites(b, f, l, Some(&p("dnat")), snat.as_deref(), o.conntrack);
 
     b.label(p("no_backend")).comment("lb: no usable backend: TCP gets a reset, the rest is dropped");
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
@@ -420,7 +423,8 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
 }
 
 /// [`LbPaths::ReplyOnly`]: the reply lookup and the reverse NAT, nothing else (no hairpin:
-/// the forward path that would create one runs in another program).
+/// a hairpinned connection's replies never reach it). [`LbPaths::HairpinReply`]: the same
+/// with the hairpin destination rewrite.
 fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
     let p = |s: &str| format!("{}{s}", l.prefix);
     let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
@@ -428,15 +432,7 @@ fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
     if o.conntrack {
         emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
         emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
-        emit_rewrites(
-            b,
-            f,
-            l,
-            None,
-            Some(&p("snat")),
-            &verdict_label(LbReason::RewriteFailed),
-            &p("rewritten"),
-        );
+        emit_rewrites(b, f, l, None, Some(&p("snat")), o.paths == LbPaths::HairpinReply);
         sites.push(LbReason::RewriteFailed);
     } else {
         b.comment("lb: no conntrack, no reverse NAT");
@@ -658,22 +654,25 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
 }
 
 /// (g) The DNAT and reverse-NAT rewrites, then the exit with the reason kept on the stack.
-/// Hairpin rewrites come only with both (the standalone program): without conntrack there
-/// is no reverse NAT (`snat` is `None`), with one path only the other rewrite is absent; no
-/// unreachable code either way.
+/// With `hairpin` (which needs conntrack: the reply entry is what brings a hairpinned reply
+/// back), each rewrite present gets its hairpin half: the DNAT the source rewrite to the
+/// hairpin address, the reverse NAT the destination rewrite of a reply to it. Without
+/// conntrack there is no reverse NAT (`snat` is `None`), with one path only the other
+/// rewrite is absent; no unreachable code either way. A failed rewrite goes to the
+/// `rewrite_failed` verdict.
 fn emit_rewrites(
     b: &mut Builder,
     f: LbFrame,
     l: LbLabels<'_>,
     dnat: Option<&str>,
     snat: Option<&str>,
-    fail: &str,
-    done: &str,
+    hairpin: bool,
 ) {
+    let fail = &format!("{}v_{}", l.prefix, LbReason::RewriteFailed.name());
+    let done = &format!("{}rewritten", l.prefix);
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let new = f.at(LbFrame::NEW);
     let hp = f.at(LbFrame::HAIRPIN);
-    let hairpin = dnat.is_some() && snat.is_some();
     if let Some(dnat) = dnat {
         b.label(dnat).comment("lb: DNAT: destination address and port to the backend");
         emit_rewrite(b, f, dnat, Side::Destination, new, true, fail);
@@ -682,7 +681,9 @@ fn emit_rewrites(
             emit_unless_same(b, new, t(ct_key::SADDR), done);
             emit_store_hairpin(b, f, hp, &format!("{dnat}_hp_addr"));
             emit_rewrite(b, f, &format!("{dnat}_hp"), Side::Source, hp, false, fail);
-            b.ja(done);
+            if snat.is_some() {
+                b.ja(done);
+            }
         }
     }
     if let Some(snat) = snat {
@@ -1097,7 +1098,7 @@ mod tests {
     #[test]
     fn every_path_choice_passes_the_simulated_verifier() {
         let specs: Vec<_> = map_defs().iter().map(crate::maps::MapDef::sim_spec).collect();
-        for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly] {
+        for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly, LbPaths::HairpinReply] {
             for reset in [ResetVia::Egress, ResetVia::Peer] {
                 for conntrack in [true, false] {
                     let o = LbOptions { conntrack, paths, reset };
@@ -1126,6 +1127,12 @@ mod tests {
         assert_eq!(calls(forward, REDIRECT_PEER), 1, "the reset goes to the peer");
         let listing = sluice_asm::text::listing(&generate_with(forward).expect("generates"));
         assert!(!listing.contains("REPLY]"), "no reply lookup on the forward path");
+        assert!(listing.contains("hairpin: the backend is the client"), "the hairpin source rewrite");
+        let hairpin_reply = LbOptions { paths: LbPaths::HairpinReply, ..o };
+        assert_eq!(calls(hairpin_reply, MAP_UPDATE_ELEM), 0, "the hairpin reply path writes no lb_ct entry");
+        let listing = |o| sluice_asm::text::listing(&generate_with(o).expect("generates"));
+        assert!(listing(hairpin_reply).contains("hairpin reply (to the hairpin address)"));
+        assert!(!listing(reply).contains("hairpin"), "a client's reply path has no hairpin half");
     }
 
     /// The datapath's `lb_hint` bit (`emit_hint_bit`, run in the simulator) is
@@ -1172,7 +1179,7 @@ mod tests {
     /// lookups run before `pass_no_service`.
     #[test]
     fn filters_come_before_every_hash_lookup() {
-        for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly] {
+        for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly, LbPaths::HairpinReply] {
             let o = LbOptions { paths, ..LbOptions::default() };
             let listing = sluice_asm::text::listing(&generate_with(o).expect("generates"));
             let first_hash =

@@ -171,12 +171,18 @@ pub enum Reason {
     DenyMalformed = 10,
     /// A later fragment whose first fragment was not seen or was denied.
     DenyFragment = 11,
+    /// Hairpin (with services): a packet of the endpoint's connection to itself through a
+    /// service VIP, passed without policy or conntrack: in `from-endpoint` one the load
+    /// balancer translated to or from the hairpin address, in `to-endpoint` one the endpoint
+    /// itself sent (redirected from its veth's ingress to its egress). Last, so that the
+    /// other reasons keep their indexes.
+    AllowHairpin = 12,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     /// Every reason, in index order.
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::AllowNew,
         Reason::AllowEstablished,
         Reason::AllowUnenforced,
@@ -189,11 +195,12 @@ impl Reason {
         Reason::DenyTruncated,
         Reason::DenyMalformed,
         Reason::DenyFragment,
+        Reason::AllowHairpin,
     ];
 
     /// Whether the packet passes.
     pub fn allows(self) -> bool {
-        (self as u8) < Reason::DenyPolicy as u8
+        (self as u8) < Reason::DenyPolicy as u8 || self == Reason::AllowHairpin
     }
 
     /// A short name for listings and `sluice monitor`.
@@ -211,6 +218,7 @@ impl Reason {
             Reason::DenyTruncated => "deny_truncated",
             Reason::DenyMalformed => "deny_malformed",
             Reason::DenyFragment => "deny_fragment",
+            Reason::AllowHairpin => "allow_hairpin",
         }
     }
 

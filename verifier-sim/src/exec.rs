@@ -261,8 +261,11 @@ pub enum IpSummed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Context {
     pub packet: Vec<u8>,
-    /// `xdp_md.ingress_ifindex` and `__sk_buff.ingress_ifindex`.
+    /// `xdp_md.ingress_ifindex`.
     pub ingress_ifindex: u32,
+    /// `__sk_buff.ingress_ifindex` (`skb->skb_iif`, the device the packet was last
+    /// received on): 0 by default, as `BPF_PROG_TEST_RUN` leaves it without a context.
+    pub skb_ingress_ifindex: u32,
     /// `xdp_md.rx_queue_index`.
     pub rx_queue_index: u32,
     /// `xdp_md.egress_ifindex` (0 on ingress).
@@ -303,12 +306,13 @@ pub struct TunnelKey {
 }
 
 impl Context {
-    /// A context for `packet` received on ifindex 1 (loopback, as `BPF_PROG_TEST_RUN`),
-    /// everything else zero.
+    /// A context for `packet` received on ifindex 1 (loopback, as `BPF_PROG_TEST_RUN`: the
+    /// XDP `ingress_ifindex` and the skb's `ifindex`), everything else zero.
     pub fn new(packet: impl Into<Vec<u8>>) -> Context {
         Context {
             packet: packet.into(),
             ingress_ifindex: 1,
+            skb_ingress_ifindex: 0,
             rx_queue_index: 0,
             egress_ifindex: 0,
             ifindex: 1,
@@ -1049,7 +1053,7 @@ impl Vm<'_> {
             (_, "vlan_tci") => c.skb_info.vlan_tci,
             (_, "vlan_proto") => c.skb_info.vlan_proto,
             (_, "priority") => c.skb.priority,
-            (_, "ingress_ifindex") => c.ingress_ifindex,
+            (_, "ingress_ifindex") => c.skb_ingress_ifindex,
             (_, "ifindex") => c.ifindex,
             (_, "tc_index") => c.skb.tc_index,
             (_, "hash") => c.skb_info.hash,

@@ -202,6 +202,17 @@ impl Lab {
                 )?;
                 pnl.set_mac(vx, overlay_mac(p.address))?;
                 pnl.set_up(vx)?;
+                // Service backends that live on the peer: its overlay device answers for them.
+                let remote_backends: std::collections::BTreeSet<IpAddr> = cfg
+                    .services
+                    .iter()
+                    .flat_map(|s| s.frontends.iter())
+                    .flat_map(|f| f.backends.iter().map(|b| b.address))
+                    .filter(|a| p.prefixes.iter().any(|c| c.contains(*a)))
+                    .collect();
+                for a in remote_backends {
+                    pnl.add_address(vx, a, if a.is_ipv4() { 32 } else { 128 })?;
+                }
                 for c in &p.prefixes {
                     let pod = pod_in(c);
                     pnl.add_address(vx, pod, c.len())?;

@@ -15,6 +15,7 @@
 //! verifier-sim, following redirects from program to program as the kernel would.
 
 pub mod lab;
+pub mod services;
 pub mod traffic;
 
 use crate::maps::fwd::{self, fwd_cfg, overlay_mac, LxcEntry, TunnelEntry};
@@ -403,6 +404,15 @@ pub fn run_kernel(
     stop: &AtomicBool,
     log: &mut dyn std::io::Write,
 ) -> Result<Vec<Row>, DemoError> {
+    run_kernel_with_services(cfg, stop, log).map(|(rows, _)| rows)
+}
+
+/// [`run_kernel`], then the services' probes ([`services::run`]) in the same lab.
+pub fn run_kernel_with_services(
+    cfg: &NodeConfig,
+    stop: &AtomicBool,
+    log: &mut dyn std::io::Write,
+) -> Result<(Vec<Row>, Vec<services::ServiceRow>), DemoError> {
     let prefix = lab_prefix();
     let pin: PathBuf = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
     let sys = crate::sys::kernel();
@@ -448,7 +458,13 @@ pub fn run_kernel(
                 observed,
             });
         }
-        Ok(rows)
+        let svc = if stop.load(Ordering::Relaxed) {
+            Vec::new()
+        } else {
+            let read = || lab.node.run_in(|| counters(&sys, &pin)).unwrap_or_default();
+            services::run(cfg, &lab, &read)
+        };
+        Ok((rows, svc))
     });
     let down = lab.node.run_in(|| wire::down(&sys, &pin));
     drop(lab);

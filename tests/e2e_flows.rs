@@ -50,11 +50,22 @@ fn the_default_nodes_flows_with_real_traffic() {
     }
     let cfg = model::default_node();
     let stop = AtomicBool::new(false);
-    let rows = demo::run_kernel(&cfg, &stop, &mut std::io::stderr()).expect("the lab runs");
+    let (rows, services) =
+        demo::run_kernel_with_services(&cfg, &stop, &mut std::io::stderr()).expect("the lab runs");
     let mut out = Vec::new();
     let bad = demo::print_table(&cfg, &rows, &mut out).expect("prints");
+    let svc_bad = demo::services::print(&services, &mut out).expect("prints");
     eprintln!("{}", String::from_utf8_lossy(&out));
     assert_eq!(bad, 0, "every flow as expected");
+    // The default node's service: IPv4 (a local backend and one on the overlay peer) and
+    // IPv6 (a local backend), each answered through the VIP by its backends only.
+    assert_eq!(svc_bad, 0, "every service probe as expected");
+    let probed: Vec<_> = services.iter().filter(|s| s.skipped.is_none()).collect();
+    assert_eq!(probed.len(), 2, "both of the default node's TCP frontends are probed");
+    for s in &probed {
+        assert_eq!(s.answered.values().sum::<usize>(), demo::services::TRIES, "{}", s.name);
+        assert!(s.evidence.contains("new_connection"), "{}: {}", s.name, s.evidence);
+    }
     for r in rows.iter().filter(|r| r.observed == demo::Outcome::Delivered && r.flow.src.is_ipv4()) {
         let routed = r.stack_routed.expect("kernel rows count stack routing");
         let what = r.flow.describe(&cfg);

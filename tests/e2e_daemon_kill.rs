@@ -36,6 +36,8 @@ use std::time::{Duration, Instant};
 mod netns;
 #[path = "support/node.rs"]
 mod node;
+#[path = "support/stream.rs"]
+mod stream;
 use netns::gate;
 use node::{udp_reaches, NodeNet};
 
@@ -258,43 +260,9 @@ fn sigkill_and_restart_lose_nothing() {
     let mut tcp: Vec<(usize, bool, Result<(), String>)> = Vec::new();
     let t = Instant::now();
     let (seen, denied_without_daemon) = std::thread::scope(|s| {
-        let receiver = s.spawn(|| {
-            let mut seen = vec![false; N];
-            let mut buf = [0u8; 64];
-            let mut quiet_since: Option<Instant> = None;
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(n) if n >= 4 => {
-                        let seq = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-                        if let Some(slot) = seen.get_mut(seq) {
-                            *slot = true;
-                        }
-                        quiet_since = None;
-                        if seen.iter().all(|&x| x) {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if sender_done.load(Ordering::SeqCst) {
-                            let q = *quiet_since.get_or_insert_with(Instant::now);
-                            if q.elapsed() > Duration::from_secs(2) {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            seen
-        });
+        let receiver = s.spawn(|| stream::receive(&rx, N, &sender_done));
         let sender = s.spawn(|| {
-            struct Done<'a>(&'a AtomicBool);
-            impl Drop for Done<'_> {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
-                }
-            }
-            let _done = Done(&sender_done);
+            let _done = stream::Done(&sender_done);
             for seq in 0..N {
                 let mut msg = [0u8; 32];
                 msg[..4].copy_from_slice(&(seq as u32).to_be_bytes());

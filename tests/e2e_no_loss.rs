@@ -41,6 +41,8 @@ const STALL: Duration = Duration::from_secs(60);
 
 #[path = "support/netns.rs"]
 mod netns;
+#[path = "support/stream.rs"]
+mod stream;
 use netns::{gate, Netns};
 
 const PREFIX: &str = "snl";
@@ -255,44 +257,9 @@ fn policy_updates_lose_no_packet_of_an_allowed_stream() {
     let sender_done = AtomicBool::new(false);
     let t = Instant::now();
     let (seen, updates, tcp) = std::thread::scope(|s| {
-        let receiver = s.spawn(|| {
-            let mut seen = vec![false; N as usize];
-            let mut buf = [0u8; 64];
-            let mut quiet_since: Option<Instant> = None;
-            loop {
-                match rx.recv(&mut buf) {
-                    Ok(n) if n >= 4 => {
-                        let seq = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes"));
-                        if let Some(slot) = seen.get_mut(seq as usize) {
-                            *slot = true;
-                        }
-                        quiet_since = None;
-                        if seen.iter().all(|&x| x) {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(_) => {
-                        if sender_done.load(Ordering::SeqCst) {
-                            let q = *quiet_since.get_or_insert_with(Instant::now);
-                            if q.elapsed() > Duration::from_secs(2) {
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            seen
-        });
+        let receiver = s.spawn(|| stream::receive(&rx, N as usize, &sender_done));
         let sender = s.spawn(|| {
-            // Tells the receiver the stream is over, also when the sender panics.
-            struct Done<'a>(&'a AtomicBool);
-            impl Drop for Done<'_> {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::SeqCst);
-                }
-            }
-            let _done = Done(&sender_done);
+            let _done = stream::Done(&sender_done);
             for seq in 0..N {
                 let need = (seq as usize / PER_UPDATE).saturating_sub(LEAD).min(UPDATES);
                 wait_for("the updater", || updated.load(Ordering::SeqCst) >= need);

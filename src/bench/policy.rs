@@ -18,6 +18,9 @@
 //!   (`r0 = 0; exit`) per round. After every run of ours the `ep_stats` counter of the
 //!   variant's reason must have grown by exactly `repeat`: every iteration took the path the
 //!   row names (e.g. a conntrack hit), else [`BenchError::Reason`].
+//! - Ours is the program a node runs: built with the service load balancer's hooks
+//!   (`Options::services`) over the node's maps including the load-balancing ones, with no
+//!   service defined, so every probe passes the hooks' inlined hint checks.
 //! - Ours is loaded with `load_plan`'s steps (create every map, apply the writes, load), each
 //!   timed; `IpcacheV4::build`, `PolicyPlan::writes`, `endpoint_objects_with` and code
 //!   generation for [`BenchOpts::codegen_endpoints`] endpoints are timed on their own.
@@ -638,8 +641,18 @@ pub(super) fn measure(
         return Err(BenchError::PolicyCheck { case: bad.case.to_string(), reason: format!("{bad:?}") });
     }
     let t = Instant::now();
-    let mut objects = endpoint_objects_with(&plan, Options { conntrack: true, ..Options::default() })?;
+    // The programs a node runs: with the service load balancer's hooks (for this
+    // non-service traffic, the inlined hint checks), over the node's maps.
+    let node_options = Options { conntrack: true, services: true, ..Options::default() };
+    let mut objects = endpoint_objects_with(&plan, node_options)?;
     let object_ms = ms_since(t);
+    for o in &mut objects {
+        for def in crate::codegen::lb::map_defs() {
+            if !o.maps.iter().any(|m| m.name == def.name) {
+                o.maps.push(def);
+            }
+        }
+    }
     let t = Instant::now();
     for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
         std::hint::black_box(generate_with(
@@ -682,7 +695,7 @@ pub(super) fn measure(
         program: generate_with(
             EP_INDEX,
             Direction::ToEndpoint,
-            Options { conntrack: false, ..Options::default() },
+            Options { conntrack: false, services: true, ..Options::default() },
         )?,
         writes: Vec::new(),
         ..to_ep

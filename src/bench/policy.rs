@@ -643,7 +643,7 @@ pub(super) fn measure(
     let t = Instant::now();
     // The programs a node runs: with the service load balancer's hooks (for this
     // non-service traffic, the inlined hint checks), over the node's maps.
-    let node_options = Options { conntrack: true, services: true, ..Options::default() };
+    let node_options = Options { conntrack: true, services: true };
     let mut objects = endpoint_objects_with(&plan, node_options)?;
     let object_ms = ms_since(t);
     for o in &mut objects {
@@ -695,7 +695,7 @@ pub(super) fn measure(
         program: generate_with(
             EP_INDEX,
             Direction::ToEndpoint,
-            Options { conntrack: false, services: true, ..Options::default() },
+            Options { conntrack: false, services: true },
         )?,
         writes: Vec::new(),
         ..to_ep

@@ -389,11 +389,14 @@ pub enum LbError {
     BadEntry { map: &'static str, len: usize, want: usize },
 }
 
-fn read_u32(b: &[u8], at: usize) -> u32 {
+/// The host-order `u32` at `at` of a map key or value.
+pub fn read_u32(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn addr_of(b: &[u8]) -> IpAddr {
+/// The address in the first 16 bytes of `b` (IPv4-mapped ones as IPv4): the inverse of
+/// [`super::fwd::addr_key`].
+pub fn addr_of(b: &[u8]) -> IpAddr {
     let mut o = [0u8; 16];
     o.copy_from_slice(&b[..16]);
     let v6 = std::net::Ipv6Addr::from(o);

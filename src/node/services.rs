@@ -14,7 +14,9 @@
 //! - Output is sorted (frontend by VIP, port, protocol; backends by address, port), so it
 //!   can be diffed.
 
-use crate::maps::lb::{be_value, ct_key, ct_value, slot_key, svc_key, svc_value};
+use crate::maps::lb::{
+    addr_of, be_value, ct_key, ct_value, read_u32 as u32_at, slot_key, svc_key, svc_value,
+};
 use crate::maps::MapDef;
 use crate::model::service::Service;
 use crate::node::load::{open_pinned_map, LoadError};
@@ -73,21 +75,6 @@ pub struct ServiceTable {
     pub services: Vec<ServiceRow>,
 }
 
-/// An address from its 16-byte map form (IPv4-mapped shown as IPv4).
-pub fn addr_of(bytes: &[u8]) -> IpAddr {
-    let mut a = [0u8; 16];
-    a.copy_from_slice(&bytes[..16]);
-    let v6 = Ipv6Addr::from(a);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
 fn port_at(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
@@ -101,22 +88,14 @@ fn proto_name(p: u8) -> String {
     }
 }
 
-/// A map's entries as (key, value) bytes.
-type Entries = Vec<(Vec<u8>, Vec<u8>)>;
-
 /// Every (key, value) of a pinned map.
-fn dump(sys: &Arc<dyn Syscall>, pin_dir: &Path, def: &MapDef) -> Result<Entries, ListError> {
+fn dump(
+    sys: &Arc<dyn Syscall>,
+    pin_dir: &Path,
+    def: &MapDef,
+) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>, ListError> {
     let map = open_pinned_map(sys, pin_dir, def)?;
-    let err = |source| ListError::Map { map: def.name, source };
-    let mut out = Vec::new();
-    for key in map.keys() {
-        let key = key.map_err(err)?;
-        // An entry deleted between next_key and lookup is simply gone.
-        if let Some(v) = map.lookup(&key).map_err(err)? {
-            out.push((key, v));
-        }
-    }
-    Ok(out)
+    map.entries().map_err(|source| ListError::Map { map: def.name, source })
 }
 
 fn def(name: &str) -> MapDef {

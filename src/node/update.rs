@@ -60,14 +60,7 @@ type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// Every (key, value) of a pinned map.
 fn contents(map: &Map) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, LoadError> {
-    let mut out = BTreeMap::new();
-    for key in map.keys() {
-        let key = key?;
-        if let Some(v) = map.lookup(&key)? {
-            out.insert(key, v);
-        }
-    }
-    Ok(out)
+    Ok(map.entries()?)
 }
 
 /// The writes that turn a pinned hash-like map's contents into `want`: puts, then deletes.

@@ -509,6 +509,19 @@ impl Map {
         Keys { map: self, prev: None, done: false, seen: 0 }
     }
 
+    /// Every (key, value), sorted by key: [`Map::keys`] then a lookup of each (an entry
+    /// deleted in between is simply gone). For hash-like and array maps, not per-CPU ones.
+    pub fn entries(&self) -> Result<std::collections::BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut out = std::collections::BTreeMap::new();
+        for key in self.keys() {
+            let key = key?;
+            if let Some(v) = self.lookup(&key)? {
+                out.insert(key, v);
+            }
+        }
+        Ok(out)
+    }
+
     /// `BPF_MAP_UPDATE_BATCH` of `count` elements: `keys` is `count × key_size` bytes,
     /// `values` is `count × value_size` bytes (per-CPU maps: `count × stride × CPUs`).
     /// Falls back to one `BPF_MAP_UPDATE_ELEM` per element where the kernel has no batch

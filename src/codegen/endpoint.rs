@@ -1326,6 +1326,31 @@ impl Gen {
         b.label(done.as_str());
     }
 
+    /// `from-endpoint`: one call of the load balancer on `paths`, then what both call sites
+    /// do with its result: count the reason in `lb_stats`; a drop or a reset ends the
+    /// program; otherwise the context goes back in its slot, the peer identity is zeroed
+    /// again (the frame overlaid both), and an untouched packet (`pass_no_service`) goes on
+    /// to conntrack. `names`: the label prefix, the exit label, the count tag and the
+    /// resume label, each made unique per family.
+    fn emit_lb_call(&self, b: &mut Builder, f: Fam, paths: LbPaths, names: [&str; 4]) {
+        let [prefix, done, tag, ok] = names.map(|n| f.l(n));
+        let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer };
+        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
+        b.label(done.as_str());
+        self.emit_lb_count(b, &tag);
+        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, ok.as_str());
+        b.mov(Reg::R0, Reg::R7).exit();
+        b.label(ok.as_str()).comment("services: the context back in its slot; no peer yet");
+        b.load(Size::DW, Reg::R1, Reg::R10, LB.base + LbFrame::CTX).store(
+            Size::DW,
+            Reg::R10,
+            FP_CTX,
+            Reg::R1,
+        );
+        b.store(Size::W, Reg::R10, FP_PEER, 0);
+        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, f.l("conntrack"));
+    }
+
     /// `from-endpoint`: the load balancer's forward path (DNAT), one copy per family (so
     /// that what follows it needs no branch on the family, which the kernel verifier cannot
     /// follow through the stack). A drop or a reset (redirected into the client's side of
@@ -1337,22 +1362,7 @@ impl Gen {
     fn emit_lb_forward(&self, b: &mut Builder, f: Fam) {
         let l = |name: &str| f.l(name);
         b.comment("services: the load balancer's forward path");
-        let options = LbOptions { conntrack: true, paths: LbPaths::ForwardOnly, reset: ResetVia::Peer };
-        let (prefix, done) = (l("svc_"), l("lb_done"));
-        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
-        b.label(done.as_str());
-        self.emit_lb_count(b, &l("forward"));
-        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, l("lb_ok"));
-        b.mov(Reg::R0, Reg::R7).exit();
-        b.label(l("lb_ok")).comment("services: the context back in its slot; no peer yet");
-        b.load(Size::DW, Reg::R1, Reg::R10, LB.base + LbFrame::CTX).store(
-            Size::DW,
-            Reg::R10,
-            FP_CTX,
-            Reg::R1,
-        );
-        b.store(Size::W, Reg::R10, FP_PEER, 0);
-        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, l("conntrack"));
+        self.emit_lb_call(b, f, LbPaths::ForwardOnly, ["svc_", "lb_done", "forward", "lb_ok"]);
         b.comment("services: translated: the tuple's destination and the policy port are the backend's");
         let new = LB.base + LbFrame::NEW;
         if f.family == 4 {
@@ -1387,22 +1397,7 @@ impl Gen {
     fn emit_lb_hairpin_reply(&self, b: &mut Builder, f: Fam) {
         let l = |name: &str| f.l(name);
         b.label(l("lb_hairpin_reply")).comment("services: the load balancer's hairpin reply path");
-        let options = LbOptions { conntrack: true, paths: LbPaths::HairpinReply, reset: ResetVia::Peer };
-        let (prefix, done) = (l("svchp_"), l("lb_hp_done"));
-        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
-        b.label(done.as_str());
-        self.emit_lb_count(b, &l("hairpin_reply"));
-        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, l("lb_hp_ok"));
-        b.mov(Reg::R0, Reg::R7).exit();
-        b.label(l("lb_hp_ok")).comment("services: the context back in its slot; no peer yet");
-        b.load(Size::DW, Reg::R1, Reg::R10, LB.base + LbFrame::CTX).store(
-            Size::DW,
-            Reg::R10,
-            FP_CTX,
-            Reg::R1,
-        );
-        b.store(Size::W, Reg::R10, FP_PEER, 0);
-        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, l("conntrack"));
+        self.emit_lb_call(b, f, LbPaths::HairpinReply, ["svchp_", "lb_hp_done", "hairpin_reply", "lb_hp_ok"]);
         b.comment(
             "services: hairpin reply translated: the tuple is the frontend → the endpoint; on to forwarding",
         );

@@ -109,9 +109,14 @@ fn serve(
 
 /// A connection to the VIP from the client namespace and the name of the backend it got.
 fn connect(client: &netns::Netns) -> (TcpStream, String) {
+    connect_to(client, SocketAddr::from((VIP, 80)))
+}
+
+/// A connection to `vip` from `client` and the greeting (the backend's name) it got.
+fn connect_to(client: &netns::Netns, vip: SocketAddr) -> (TcpStream, String) {
     let s = client
-        .enter(|| TcpStream::connect_timeout(&SocketAddr::from((VIP, 80)), Duration::from_secs(3)))
-        .expect("connect to the VIP");
+        .enter(|| TcpStream::connect_timeout(&vip, Duration::from_secs(3)))
+        .unwrap_or_else(|e| panic!("connect to the VIP {vip}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     let mut name = String::new();
@@ -127,6 +132,36 @@ fn echoes(s: &mut TcpStream, what: &str) -> bool {
     let mut r = BufReader::new(s.try_clone().expect("clone"));
     let mut line = String::new();
     r.read_line(&mut line).is_ok() && line.trim() == what
+}
+
+/// A UDP question from `src` in `ns` to `vip` (up to five tries): the answer and where it
+/// came from.
+fn udp_answer(ns: &netns::Netns, src: Ipv4Addr, vip: SocketAddr) -> (String, SocketAddr) {
+    ns.enter(|| {
+        let u = UdpSocket::bind((src, 0)).expect("bind");
+        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+        let mut buf = [0u8; 64];
+        (0..5).find_map(|_| {
+            u.send_to(b"q", vip).expect("send");
+            u.recv_from(&mut buf)
+                .ok()
+                .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
+        })
+    })
+    .expect("a UDP answer")
+}
+
+/// Load, pin and attach `cfg` in the node namespace; with `forwarding`, wire it too.
+fn bring_up(net: &NodeNet, pin: &Path, cfg: &model::NodeConfig, forwarding: bool) {
+    net.node.enter(|| {
+        let sys = sluice::sys::kernel();
+        let plan = snode::plan(cfg).expect("plans");
+        load::load_and_pin(&sys, &plan, pin).expect("loads");
+        wire::attach(&sys, cfg, pin, &wire::AttachOptions::default()).expect("attaches");
+        if forwarding {
+            snode::forward::sync(&sys, cfg, pin).expect("forwarding");
+        }
+    });
 }
 
 /// Names of the backends `n` new connections reach.
@@ -164,12 +199,7 @@ fn services_through_the_standalone_load_balancer() {
 
     let text = config(&[(BE1, "ready"), (BE2, "ready")]);
     let cfg = model::parse_str(&text, "svc-test.yaml").expect("config parses");
-    net.node.enter(|| {
-        let sys = sluice::sys::kernel();
-        let plan = snode::plan(&cfg).expect("plans");
-        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
-        wire::attach(&sys, &cfg, &pin.0, &wire::AttachOptions::default()).expect("attaches");
-    });
+    bring_up(&net, &pin.0, &cfg, false);
 
     // TCP: both backends take connections; the client's peer is the VIP.
     let seen = spread(client, 24);
@@ -179,22 +209,9 @@ fn services_through_the_standalone_load_balancer() {
     assert!(echoes(&mut held, "hello"), "the connection echoes");
 
     // UDP: the answer comes from the VIP.
-    client.enter(|| {
-        let u = UdpSocket::bind((CLIENT, 0)).expect("bind");
-        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
-        let mut buf = [0u8; 64];
-        let mut got = None;
-        for _ in 0..5 {
-            u.send_to(b"q", (VIP, 53)).expect("send");
-            if let Ok((n, from)) = u.recv_from(&mut buf) {
-                got = Some((String::from_utf8_lossy(&buf[..n]).into_owned(), from));
-                break;
-            }
-        }
-        let (name, from) = got.expect("a UDP answer");
-        assert!(name == "be1" || name == "be2", "{name}");
-        assert_eq!(from, SocketAddr::from((VIP, 53)), "the answer's source is the VIP");
-    });
+    let (name, from) = udp_answer(client, CLIENT, SocketAddr::from((VIP, 53)));
+    assert!(name == "be1" || name == "be2", "{name}");
+    assert_eq!(from, SocketAddr::from((VIP, 53)), "the answer's source is the VIP");
 
     // `sluice service list`: the frontends, both backends, pinned connections counted.
     let table = net.node.enter(|| {
@@ -368,23 +385,9 @@ fn services_inside_the_endpoint_programs() {
          ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n"
     );
     let cfg = model::parse_str(&text, "svc-ep.yaml").expect("config parses");
-    net.node.enter(|| {
-        let sys = sluice::sys::kernel();
-        let plan = snode::plan(&cfg).expect("plans");
-        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
-        wire::attach(&sys, &cfg, &pin.0, &wire::AttachOptions::default()).expect("attaches");
-        snode::forward::sync(&sys, &cfg, &pin.0).expect("forwarding");
-    });
+    bring_up(&net, &pin.0, &cfg, true);
 
-    let connect_vip = || {
-        let s = client
-            .enter(|| TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3)))
-            .expect("connect to the VIP");
-        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
-        let mut name = String::new();
-        BufReader::new(s.try_clone().expect("clone")).read_line(&mut name).expect("the backend's name");
-        (s, name.trim().to_string())
-    };
+    let connect_vip = || connect_to(client, SocketAddr::from((vip, 80)));
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..16 {
         let (s, name) = connect_vip();
@@ -394,31 +397,11 @@ fn services_inside_the_endpoint_programs() {
     assert!(seen.len() == 2, "both backends take connections: {seen:?}");
     let (mut held, _) = connect_vip();
     assert!(echoes(&mut held, "through the endpoint programs"));
-    client.enter(|| {
-        let u = UdpSocket::bind((c, 0)).expect("bind");
-        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
-        let mut buf = [0u8; 64];
-        let answer = (0..5).find_map(|_| {
-            u.send_to(b"q", (vip, 53)).expect("send");
-            u.recv_from(&mut buf)
-                .ok()
-                .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-        });
-        let (name, from) = answer.expect("a UDP answer");
-        assert!(name.starts_with("be"), "{name}");
-        assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
-    });
+    let (name, from) = udp_answer(client, c, SocketAddr::from((vip, 53)));
+    assert!(name.starts_with("be"), "{name}");
+    assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
     // The translated packets were delivered by redirect: the node's stack forwarded none.
-    let fwd = net.node.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp"));
-    let forwarded =
-        fwd.lines().filter(|l| l.starts_with("Ip:")).collect::<Vec<_>>().windows(2).find_map(|w| {
-            let (h, v): (Vec<&str>, Vec<&str>) =
-                (w[0].split_whitespace().collect(), w[1].split_whitespace().collect());
-            h.iter()
-                .position(|x| *x == "ForwDatagrams")
-                .and_then(|i| v.get(i).and_then(|x| x.parse::<u64>().ok()))
-        });
-    assert_eq!(forwarded, Some(0), "no packet went through the node's stack");
+    assert_eq!(net.node.enter(sluice::demo::stack_forwarded), 0, "no packet went through the node's stack");
     drop(held);
     net.node.enter(|| wire::down(&sluice::sys::kernel(), &pin.0).expect("down"));
     stop.store(true, Ordering::Relaxed);
@@ -460,51 +443,18 @@ fn hairpin_inside_the_endpoint_programs() {
          ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n"
     );
     let cfg = model::parse_str(&text, "svc-hp.yaml").expect("config parses");
-    net.node.enter(|| {
-        let sys = sluice::sys::kernel();
-        let plan = snode::plan(&cfg).expect("plans");
-        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
-        wire::attach(&sys, &cfg, &pin.0, &wire::AttachOptions::default()).expect("attaches");
-        snode::forward::sync(&sys, &cfg, &pin.0).expect("forwarding");
-    });
+    bring_up(&net, &pin.0, &cfg, true);
 
     for i in 0..4 {
-        let mut s = ns
-            .enter(|| TcpStream::connect_timeout(&SocketAddr::from((vip, 80)), Duration::from_secs(3)))
-            .unwrap_or_else(|e| panic!("connection {i} to its own VIP: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(3))).expect("timeout");
+        let (mut s, name) = connect_to(ns, SocketAddr::from((vip, 80)));
         assert_eq!(s.peer_addr().expect("peer"), SocketAddr::from((vip, 80)), "the client's peer is the VIP");
-        let mut name = String::new();
-        BufReader::new(s.try_clone().expect("clone"))
-            .read_line(&mut name)
-            .expect("its own server's greeting");
-        assert_eq!(name.trim(), "solo");
+        assert_eq!(name, "solo", "connection {i}: its own server's greeting");
         assert!(echoes(&mut s, &format!("hairpin {i}")), "connection {i} echoes");
     }
-    ns.enter(|| {
-        let u = UdpSocket::bind((solo, 0)).expect("bind");
-        u.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
-        let mut buf = [0u8; 64];
-        let answer = (0..5).find_map(|_| {
-            u.send_to(b"q", (vip, 53)).expect("send");
-            u.recv_from(&mut buf)
-                .ok()
-                .map(|(n, from)| (String::from_utf8_lossy(&buf[..n]).into_owned(), from))
-        });
-        let (name, from) = answer.expect("a UDP answer from itself");
-        assert_eq!(name, "solo");
-        assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
-    });
-    let snmp = net.node.enter(|| std::fs::read_to_string("/proc/thread-self/net/snmp").expect("snmp"));
-    let forwarded =
-        snmp.lines().filter(|l| l.starts_with("Ip:")).collect::<Vec<_>>().windows(2).find_map(|w| {
-            let (h, v): (Vec<&str>, Vec<&str>) =
-                (w[0].split_whitespace().collect(), w[1].split_whitespace().collect());
-            h.iter()
-                .position(|x| *x == "ForwDatagrams")
-                .and_then(|i| v.get(i).and_then(|x| x.parse::<u64>().ok()))
-        });
-    assert_eq!(forwarded, Some(0), "no packet went through the node's stack");
+    let (name, from) = udp_answer(ns, solo, SocketAddr::from((vip, 53)));
+    assert_eq!(name, "solo", "a UDP answer from itself");
+    assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
+    assert_eq!(net.node.enter(sluice::demo::stack_forwarded), 0, "no packet went through the node's stack");
     let status = net.node.enter(|| wire::status(&sluice::sys::kernel(), &pin.0).expect("status"));
     let endpoint: Vec<_> = status.counters.iter().filter(|c| c.scope.starts_with("endpoint")).collect();
     assert!(

@@ -10,6 +10,9 @@ use sluice::model;
 /// Appended to policy cases: the one Node every file needs.
 const NODE: &str = "---\napiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\n";
 
+#[path = "support/rejections.rs"]
+mod rejections;
+
 /// How a case's text becomes a file.
 #[derive(Clone, Copy)]
 enum Text {
@@ -887,48 +890,25 @@ fn text_of(input: Text) -> String {
     }
 }
 
+/// The cases with their whole input text.
+fn cases() -> Vec<(&'static str, String, &'static str)> {
+    CASES.iter().map(|(name, input, expected)| (*name, text_of(*input), *expected)).collect()
+}
+
 #[test]
 fn invalid_inputs_are_rejected_with_their_exact_error() {
-    let mut failures = Vec::new();
-    for (name, input, expected) in CASES {
-        let origin = format!("{name}.yaml");
-        let text = text_of(*input);
-        let actual = match model::parse_str(&text, &origin) {
-            Ok(config) => format!("accepted: {config:?}"),
-            Err(err) => err.to_string(),
-        };
-        if actual != *expected {
-            failures
-                .push(format!("{origin}\n  expected: {expected}\n  actual:   {actual}\n  input:\n{text}"));
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} case(s) failed:\n{}",
-        failures.len(),
-        CASES.len(),
-        failures.join("\n")
-    );
+    rejections::assert_exact_errors(&cases());
 }
 
 #[test]
 fn case_names_are_unique() {
-    let mut names: Vec<&str> = CASES.iter().map(|(name, _, _)| *name).collect();
-    names.sort_unstable();
-    let before = names.len();
-    names.dedup();
-    assert_eq!(before, names.len(), "duplicate case names");
+    rejections::assert_unique_names(&cases());
 }
 
 /// Every rejection is located inside its text, and a valid sibling of each policy case
 /// (the same file without its policy) is accepted: the error comes from the policy.
 #[test]
 fn errors_are_located_inside_the_input() {
-    for (name, input, _) in CASES {
-        let text = text_of(*input);
-        let err = model::parse_str(&text, "x.yaml").expect_err(name);
-        let (line, col) = err.location().expect("content errors are located");
-        assert!(line >= 1 && line <= text.lines().count() && col >= 1, "{name}: {err}");
-    }
+    rejections::assert_located(&cases());
     model::parse_str(NODE, "node.yaml").expect("the appended Node document is valid on its own");
 }

@@ -647,11 +647,7 @@ pub(super) fn measure(
     let mut objects = endpoint_objects_with(&plan, node_options)?;
     let object_ms = ms_since(t);
     for o in &mut objects {
-        for def in crate::codegen::lb::map_defs() {
-            if !o.maps.iter().any(|m| m.name == def.name) {
-                o.maps.push(def);
-            }
-        }
+        o.add_maps(crate::node::lb_maps());
     }
     let t = Instant::now();
     for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {

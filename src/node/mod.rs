@@ -43,6 +43,25 @@ pub struct Plan {
     pub objects: Vec<Object>,
 }
 
+impl Object {
+    /// Add the maps of `defs` this object does not list yet.
+    pub fn add_maps(&mut self, defs: impl IntoIterator<Item = MapDef>) {
+        for def in defs {
+            if !self.maps.iter().any(|m| m.name == def.name) {
+                self.maps.push(def);
+            }
+        }
+    }
+}
+
+/// The load-balancing maps of a node that balances services: the tc load balancer's and
+/// the socket programs' `lb_sock`.
+pub fn lb_maps() -> Vec<MapDef> {
+    let mut defs = codegen::lb::map_defs();
+    defs.extend(codegen::sock_lb::map_defs().into_iter().filter(|d| d.name == "lb_sock"));
+    defs
+}
+
 impl Plan {
     /// The object with this name.
     pub fn object(&self, name: &str) -> Option<&Object> {
@@ -125,28 +144,17 @@ pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
         // Every endpoint program balances services (the first service is then a map
         // update, not a reload); with no service the lookups miss.
         let options = codegen::endpoint::Options { services: true, ..codegen::endpoint::Options::default() };
-        let mut eps = endpoints::endpoint_objects_with(&endpoints::policy_plan(cfg, &resolved), options)?;
-        for o in &mut eps {
-            for def in codegen::lb::map_defs() {
-                if !o.maps.iter().any(|m| m.name == def.name) {
-                    o.maps.push(def);
-                }
-            }
-        }
-        objects.extend(eps);
+        objects.extend(endpoints::endpoint_objects_with(&endpoints::policy_plan(cfg, &resolved), options)?);
     }
     if !cfg.load_balancer.devices.is_empty() {
         objects.push(lb_object()?);
     }
     if balances_services(cfg) {
-        if !objects.iter().any(|o| o.maps.iter().any(|m| m.name == "lb_svc")) {
-            // Socket-level balancing alone: the maps ride on the prefilter object.
-            objects[0].maps.extend(codegen::lb::map_defs());
-        }
-        for o in objects.iter_mut().filter(|o| o.maps.iter().any(|m| m.name == "lb_svc")) {
-            if !o.maps.iter().any(|m| m.name == "lb_sock") {
-                o.maps.extend(codegen::sock_lb::map_defs().into_iter().filter(|d| d.name == "lb_sock"));
-            }
+        // The endpoint programs and the standalone load balancer use the maps; with
+        // socket-level balancing alone, they ride on the prefilter object.
+        let users = if objects.len() > 1 { 1.. } else { 0.. };
+        for o in &mut objects[users] {
+            o.add_maps(lb_maps());
         }
         let (writes, _) =
             crate::maps::lb::service_writes(&cfg.services, &crate::maps::lb::LbState::default())?;

@@ -15,10 +15,14 @@
 //! packet the endpoint sent itself: `skb->ingress_ifindex == skb->ifindex`, given to the
 //! kernel as the `__sk_buff` context of the test run and to the simulator as its context.
 
+#[path = "support/checksums.rs"]
+mod checksums;
+
+use checksums::verify_checksums;
 use sluice::codegen::endpoint::{self, Direction, Options, Templates};
 use sluice::codegen::lb as lbgen;
 use sluice::golden::{check, run_kernel, run_sim, Case, Observation, Output};
-use sluice::maps::lb::{ct_key, ct_value, service_writes, LbReason, LbState};
+use sluice::maps::lb::{ct_key, ct_key_bytes, ct_value, service_writes, LbReason, LbState};
 use sluice::maps::policy::{self, IpcacheV4, PolicyRule, Reason, EGRESS};
 use sluice::model::policy::Protocol;
 use sluice::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
@@ -49,48 +53,6 @@ const VIP_HP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x12);
 const MAC_EP: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
 const MAC_GW: [u8; 6] = [2, 0, 0, 0, 1, 0xa];
 const PAYLOAD: &[u8] = b"hello, service";
-
-// ---- independent checksum code ----
-
-fn ones_sum(data: &[u8], mut acc: u32) -> u32 {
-    for chunk in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-/// Check the IPv4 header and TCP/UDP checksums of an untagged frame.
-fn verify_checksums(frame: &[u8]) -> Result<(), String> {
-    let l3 = &frame[14..];
-    let (proto, l4, pseudo) = match u16::from_be_bytes([frame[12], frame[13]]) {
-        0x0800 => {
-            let ihl = usize::from(l3[0] & 0x0f) * 4;
-            if fold(ones_sum(&l3[..ihl], 0)) != 0xffff {
-                return Err("IPv4 header checksum".into());
-            }
-            let total = usize::from(u16::from_be_bytes([l3[2], l3[3]]));
-            let l4 = &l3[ihl..total];
-            (l3[9], l4, ones_sum(&l3[12..20], 0) + u32::from(l3[9]) + l4.len() as u32)
-        }
-        0x86dd => {
-            let len = usize::from(u16::from_be_bytes([l3[4], l3[5]]));
-            let l4 = &l3[40..40 + len];
-            (l3[6], l4, ones_sum(&l3[8..40], 0) + u32::from(l3[6]) + l4.len() as u32)
-        }
-        _ => return Ok(()),
-    };
-    if (proto == 6 || proto == 17) && fold(ones_sum(l4, pseudo)) != 0xffff {
-        return Err(format!("{} checksum", if proto == 6 { "TCP" } else { "UDP" }));
-    }
-    Ok(())
-}
 
 // ---- packets ----
 
@@ -426,17 +388,6 @@ fn kernel_from_itself(k: &Loaded, case: &Case) -> Observation {
     Observation { verdict: r.retval, packet: r.data_out, counters: deltas(&before, &after) }
 }
 
-fn lb_ct_key(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8, dir: u8) -> Vec<u8> {
-    let mut k = vec![0u8; ct_key::SIZE];
-    k[ct_key::SADDR..ct_key::SADDR + 16].copy_from_slice(&sluice::maps::fwd::addr_key(src));
-    k[ct_key::DADDR..ct_key::DADDR + 16].copy_from_slice(&sluice::maps::fwd::addr_key(dst));
-    k[ct_key::SPORT..ct_key::SPORT + 2].copy_from_slice(&sport.to_be_bytes());
-    k[ct_key::DPORT..ct_key::DPORT + 2].copy_from_slice(&dport.to_be_bytes());
-    k[ct_key::PROTO] = proto;
-    k[ct_key::DIR] = dir;
-    k
-}
-
 fn ok() -> u32 {
     policy::TC_ACT_OK as u32
 }
@@ -503,8 +454,8 @@ fn connections_to_a_vip_are_translated_and_judged_by_the_backend() {
         });
         let state = rig.state();
         for (key, what) in [
-            (lb_ct_key(client, vip, sport, port, proto, ct_key::FORWARD), "forward"),
-            (lb_ct_key(backend, client, be_port, sport, proto, ct_key::REPLY), "reply"),
+            (ct_key_bytes(client, vip, sport, port, proto, ct_key::FORWARD), "forward"),
+            (ct_key_bytes(backend, client, be_port, sport, proto, ct_key::REPLY), "reply"),
         ] {
             assert!(
                 state.contains_key(&("lb_ct", key)),
@@ -564,9 +515,9 @@ fn policy_judges_the_backend_not_the_vip() {
         output: Output::Unchanged,
     });
     let state = rig.state();
-    let spoofed = lb_ct_key(C4.into(), VIP4.into(), 40_004, 80, 6, ct_key::FORWARD);
+    let spoofed = ct_key_bytes(C4.into(), VIP4.into(), 40_004, 80, 6, ct_key::FORWARD);
     assert!(!state.contains_key(&("lb_ct", spoofed)), "a spoofed packet left an lb_ct entry");
-    let to_c = lb_ct_key(A4.into(), VIP_C.into(), 40_001, 80, 6, ct_key::FORWARD);
+    let to_c = ct_key_bytes(A4.into(), VIP_C.into(), 40_001, 80, 6, ct_key::FORWARD);
     assert!(state.contains_key(&("lb_ct", to_c)), "the denied connection was still balanced");
 }
 
@@ -698,8 +649,11 @@ fn an_endpoint_reaches_itself_through_its_service() {
         });
         let state = rig.state();
         for (key, what) in [
-            (lb_ct_key(a, vip, sport, port, proto, ct_key::FORWARD), "forward"),
-            (lb_ct_key(a, hairpin, be_port, sport, proto, ct_key::REPLY), "reply (to the hairpin address)"),
+            (ct_key_bytes(a, vip, sport, port, proto, ct_key::FORWARD), "forward"),
+            (
+                ct_key_bytes(a, hairpin, be_port, sport, proto, ct_key::REPLY),
+                "reply (to the hairpin address)",
+            ),
         ] {
             assert!(state.contains_key(&("lb_ct", key)), "{a} → {vip} proto {proto}: no {what} lb_ct entry");
         }

@@ -9,13 +9,17 @@
 //! `SLUICE_REQUIRE_KERNEL=1`). Kernel and simulator clocks differ (`LAST_SEEN`,
 //! `LAST_USED` are compared only as "set").
 
+#[path = "support/checksums.rs"]
+mod checksums;
+
+use checksums::{sctp_segment, verify_checksums};
 use sluice::codegen::lb as lbgen;
 use sluice::golden::{check, run_kernel, run_sim, Case, Observation, Output};
 use sluice::lb::hash::hash_v4;
 use sluice::lb::maglev::TableSize;
 use sluice::maps::lb::{
-    be_value, ct_key, ct_value, hint, hint_bit, service_writes, LbError, LbReason, LbState, TC_ACT_OK,
-    TC_ACT_SHOT,
+    be_value, ct_key, ct_key_bytes, ct_value, hint, hint_bit, service_writes, LbError, LbReason, LbState,
+    TC_ACT_OK, TC_ACT_SHOT,
 };
 use sluice::maps::prefilter::MapWrites;
 use sluice::model::policy::Protocol;
@@ -42,107 +46,6 @@ const EMPTY: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 30);
 const EMPTY6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x30);
 const MAGLEV: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 40);
 const DRAIN: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 50);
-
-// ---- independent checksum code ----
-
-fn ones_sum(data: &[u8], mut acc: u32) -> u32 {
-    for chunk in data.chunks(2) {
-        acc += u32::from(u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]));
-    }
-    acc
-}
-
-fn fold(mut acc: u32) -> u16 {
-    while acc > 0xffff {
-        acc = (acc & 0xffff) + (acc >> 16);
-    }
-    acc as u16
-}
-
-fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0x82f6_3b78 } else { crc >> 1 };
-        }
-    }
-    !crc
-}
-
-/// An SCTP common header (ports, verification tag, CRC32c over the packet) and one DATA-ish
-/// chunk.
-fn sctp_segment(sport: u16, dport: u16) -> Vec<u8> {
-    let mut s = Vec::new();
-    s.extend(sport.to_be_bytes());
-    s.extend(dport.to_be_bytes());
-    s.extend(0x1234_5678u32.to_be_bytes());
-    s.extend([0u8; 4]);
-    s.extend([0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef]);
-    let crc = crc32c(&s);
-    s[8..12].copy_from_slice(&crc.to_le_bytes());
-    s
-}
-
-/// Check every checksum of an Ethernet frame; the error says which one fails.
-/// Frames whose lengths do not add up (the truncated cases) have nothing to verify.
-fn verify_checksums(frame: &[u8]) -> Result<(), String> {
-    let complete = match frame.get(12..14) {
-        Some([8, 0]) => {
-            frame.len() >= 34 && frame.len() >= 14 + usize::from(u16::from_be_bytes([frame[16], frame[17]]))
-        }
-        Some([0x86, 0xdd]) => {
-            frame.len() >= 54 && frame.len() >= 54 + usize::from(u16::from_be_bytes([frame[18], frame[19]]))
-        }
-        _ => false,
-    };
-    if !complete {
-        return Ok(());
-    }
-    let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-    let l3 = &frame[14..];
-    let (proto, l4, pseudo) = match ethertype {
-        0x0800 => {
-            let ihl = usize::from(l3[0] & 0x0f) * 4;
-            if fold(ones_sum(&l3[..ihl], 0)) != 0xffff {
-                return Err("IPv4 header checksum".into());
-            }
-            let total = usize::from(u16::from_be_bytes([l3[2], l3[3]]));
-            let l4 = &l3[ihl..total];
-            let mut p = ones_sum(&l3[12..20], 0);
-            p += u32::from(l3[9]) + l4.len() as u32;
-            (l3[9], l4, p)
-        }
-        0x86dd => {
-            let len = usize::from(u16::from_be_bytes([l3[4], l3[5]]));
-            let l4 = &l3[40..40 + len];
-            let mut p = ones_sum(&l3[8..40], 0);
-            p += u32::from(l3[6]) + l4.len() as u32;
-            (l3[6], l4, p)
-        }
-        _ => return Ok(()),
-    };
-    match proto {
-        6 | 17 => {
-            if proto == 17 && ethertype == 0x0800 && l4[6..8] == [0, 0] {
-                return Ok(());
-            }
-            if fold(ones_sum(l4, pseudo)) != 0xffff {
-                return Err(format!("{} checksum", if proto == 6 { "TCP" } else { "UDP" }));
-            }
-        }
-        132 => {
-            let mut s = l4.to_vec();
-            let want = u32::from_le_bytes([s[8], s[9], s[10], s[11]]);
-            s[8..12].fill(0);
-            if crc32c(&s) != want {
-                return Err("SCTP CRC32c".into());
-            }
-        }
-        _ => {}
-    }
-    Ok(())
-}
 
 // ---- packets ----
 
@@ -367,17 +270,6 @@ impl Rig {
         }
         out
     }
-}
-
-fn ct_key_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8, dir: u8) -> Vec<u8> {
-    let mut k = vec![0u8; ct_key::SIZE];
-    k[ct_key::SADDR..ct_key::SADDR + 16].copy_from_slice(&sluice::maps::fwd::addr_key(src));
-    k[ct_key::DADDR..ct_key::DADDR + 16].copy_from_slice(&sluice::maps::fwd::addr_key(dst));
-    k[ct_key::SPORT..ct_key::SPORT + 2].copy_from_slice(&sport.to_be_bytes());
-    k[ct_key::DPORT..ct_key::DPORT + 2].copy_from_slice(&dport.to_be_bytes());
-    k[ct_key::PROTO] = proto;
-    k[ct_key::DIR] = dir;
-    k
 }
 
 fn proto_num(l4: L4) -> u8 {

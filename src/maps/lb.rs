@@ -112,6 +112,19 @@ pub mod ct_key {
     pub const REPLY: u8 = 1;
 }
 
+/// The `lb_ct` key of a tuple in direction `dir` ([`ct_key::FORWARD`] or
+/// [`ct_key::REPLY`]); ports in host order here, stored in network order.
+pub fn ct_key_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8, dir: u8) -> Vec<u8> {
+    let mut k = vec![0u8; ct_key::SIZE];
+    k[ct_key::SADDR..ct_key::SADDR + 16].copy_from_slice(&super::fwd::addr_key(src));
+    k[ct_key::DADDR..ct_key::DADDR + 16].copy_from_slice(&super::fwd::addr_key(dst));
+    k[ct_key::SPORT..ct_key::SPORT + 2].copy_from_slice(&sport.to_be_bytes());
+    k[ct_key::DPORT..ct_key::DPORT + 2].copy_from_slice(&dport.to_be_bytes());
+    k[ct_key::PROTO] = proto;
+    k[ct_key::DIR] = dir;
+    k
+}
+
 /// `lb_ct` value.
 pub mod ct_value {
     /// Forward entries: the pinned backend.

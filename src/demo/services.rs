@@ -70,24 +70,30 @@ pub fn client_of(cfg: &NodeConfig, f: &crate::model::service::Frontend) -> Optio
         if f.backends.iter().any(|b| e.has_address(b.address)) {
             return None;
         }
-        let admits = f.backends.iter().filter(|b| b.state == BackendState::Active).any(|b| {
-            let to = match cfg.endpoints.iter().position(|x| x.has_address(b.address)) {
-                Some(j) => Side::Endpoint(j + 1),
-                None => Side::Peer,
-            };
-            let flow = Flow {
-                kind: "endpoint to service",
-                from: Side::Endpoint(i + 1),
-                src,
-                to,
-                dst: b.address,
-                proto: Proto::Tcp,
-                port: b.port,
-            };
-            matches!(expect(cfg, &flow), Ok(Expect::Allow))
-        });
+        let admits =
+            f.backends.iter().filter(|b| b.state == BackendState::Active).any(|b| admits(cfg, i + 1, src, b));
         admits.then_some(i + 1)
     })
+}
+
+/// Whether endpoint `from` (1-based) may open a TCP connection from `src` to backend `b`:
+/// its egress policy and, for a local backend, that endpoint's ingress policy (the
+/// endpoint programs judge the backend, not the VIP).
+fn admits(cfg: &NodeConfig, from: usize, src: IpAddr, b: &crate::model::service::Backend) -> bool {
+    let to = match cfg.endpoints.iter().position(|e| e.has_address(b.address)) {
+        Some(j) => Side::Endpoint(j + 1),
+        None => Side::Peer,
+    };
+    let flow = Flow {
+        kind: "endpoint to service",
+        from: Side::Endpoint(from),
+        src,
+        to,
+        dst: b.address,
+        proto: Proto::Tcp,
+        port: b.port,
+    };
+    matches!(expect(cfg, &flow), Ok(Expect::Allow))
 }
 
 /// A server at `at` in `ns` answering each connection's request with its own address,
@@ -176,23 +182,8 @@ pub fn run(
                 continue;
             };
             let active: Vec<_> = f.backends.iter().filter(|b| b.state == BackendState::Active).collect();
-            for b in &active {
-                let to = match cfg.endpoints.iter().position(|e| e.has_address(b.address)) {
-                    Some(j) => Side::Endpoint(j + 1),
-                    None => Side::Peer,
-                };
-                let flow = Flow {
-                    kind: "endpoint to service",
-                    from: Side::Endpoint(ci),
-                    src,
-                    to,
-                    dst: b.address,
-                    proto: Proto::Tcp,
-                    port: b.port,
-                };
-                if matches!(expect(cfg, &flow), Ok(Expect::Allow)) {
-                    row.expected.push(SocketAddr::new(b.address, b.port));
-                }
+            for b in active.iter().filter(|b| admits(cfg, ci, src, b)) {
+                row.expected.push(SocketAddr::new(b.address, b.port));
             }
             if row.expected.is_empty() {
                 row.skipped = Some("no active backend the policies admit".into());

@@ -19,7 +19,7 @@ use crate::attach::{Link, LinkKind};
 use crate::codegen::sock_lb::{self, SockAddrHook};
 use crate::model::NodeConfig;
 use crate::sys::{Map, SysError, Syscall};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -92,7 +92,7 @@ pub fn sync(
     };
     let want_id = cgroup_id(&cgroup);
     // Keep links attached to this cgroup; drop the rest.
-    let mut kept: BTreeMap<String, ()> = BTreeMap::new();
+    let mut kept: BTreeSet<&str> = BTreeSet::new();
     if dir.is_dir() {
         for hook in SockAddrHook::ALL {
             let path = dir.join(sock_lb::name(hook));
@@ -104,7 +104,7 @@ pub fn sync(
                 .and_then(|l| l.info().ok())
                 .is_some_and(|i| want_id.is_some() && i.cgroup_id == want_id);
             if ok {
-                kept.insert(sock_lb::name(hook).to_string(), ());
+                kept.insert(sock_lb::name(hook));
                 report.kept += 1;
             } else {
                 if let Ok(link) = Link::from_pin(sys, &path) {
@@ -126,7 +126,7 @@ pub fn sync(
     // All or nothing: links made here are dropped (detached) unless every hook succeeds.
     let mut made: Vec<(SockAddrHook, Link)> = Vec::new();
     for hook in SockAddrHook::ALL {
-        if kept.contains_key(sock_lb::name(hook)) {
+        if kept.contains(sock_lb::name(hook)) {
             continue;
         }
         let prog = load_sock_lb_program(sys, hook, &maps)?;

@@ -1,21 +1,31 @@
 //! A builder that reads like assembly: instructions are pushed in order, jumps name
-//! symbolic labels, maps are referred to by name.
+//! symbolic labels, maps are referred to by name, template constants by parameter name.
 //!
-//! Labels are resolved in [`Builder::build`], in one pass over slot positions (cranelift's
-//! `MachBuffer` shape): a missing or duplicate label, or a jump whose distance does not fit
-//! its offset field, is an error naming the label. Before resolution, two cleanups run:
-//! jumps to an unconditional `goto` are threaded to its final target, a `goto` to the
-//! very next instruction is removed, and so is every instruction nothing reaches (a `goto`
-//! that threading bypassed, a verdict block no path uses).
-//! Threading only rewrites jumps (never calls: a call
-//! target starts a subprogram), and a threaded target whose distance would not fit the
-//! jump's offset field falls back to the nearest one along the chain that does.
-//! [`Builder::build_verbatim`] resolves labels without either cleanup, keeping every
-//! instruction where it was pushed.
+//! Labels come in two kinds, resolved alike:
+//! - [`Builder::new_label`] hands out a [`Label`] id (cranelift's `get_label`): the string is
+//!   only the name the listing shows, so two emitters (or one emitter used twice) can never
+//!   collide. Listing names of id labels are made unique at build (`vlan`, `vlan.2`).
+//! - [`Builder::label`] defines a label by name in the builder's one global namespace (the
+//!   text assembler's labels, and the verdict sites generators share on purpose); a name
+//!   defined twice is an error.
+//!
+//! [`Builder::build`] resolves in five steps, each a function below with its post-invariant
+//! stated in its comment: [`thread_jumps`] (jumps to an unconditional `goto` follow it to
+//! its final target), [`drop_noop_gotos`] (a `goto` to the next instruction goes),
+//! [`drop_unreachable`] (what nothing reaches goes: the kernel rejects it), [`place`] (slot
+//! positions of what is kept) and [`patch`] (offsets written, names carried over).
+//! Threading only rewrites jumps (never calls: a call target starts a subprogram), and a
+//! threaded target whose distance would not fit the jump's offset field falls back to the
+//! nearest one along the chain that does. [`Builder::build_verbatim`] runs only `place` and
+//! `patch`, keeping every instruction where it was pushed.
+//!
+//! Parameters ([`Builder::param`]) name the immediate of one instruction as a template
+//! constant (cilium/ebpf's `WithReference`): [`Program::bind_params`] rewrites exactly the
+//! instructions so marked, never an instruction whose immediate merely has the same value.
 
 use crate::insn::{AluOp, CallTarget, Endian, Imm64, Insn, JmpCond, Reg, Size, Src};
 use crate::program::Program;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use thiserror::Error;
 
 /// Why a builder's program could not be finished.
@@ -31,21 +41,75 @@ pub enum BuildError {
     JumpOutOfRange { label: String, index: usize, distance: i64 },
     #[error("instruction {index} is not a jump but was given a label target")]
     NotAJump { index: usize },
+    #[error("parameter `{name}` marks instruction {index}, which has no immediate operand")]
+    NotAParameter { name: String, index: usize },
 }
 
-/// One pushed instruction and its symbolic target, if any.
+/// A label handed out by [`Builder::new_label`]: an id, unique within its builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label(u32);
+
+/// A jump target: a label id, or a name in the builder's global label namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Id(Label),
+    Name(String),
+}
+
+impl From<Label> for Target {
+    fn from(l: Label) -> Target {
+        Target::Id(l)
+    }
+}
+impl From<&Label> for Target {
+    fn from(l: &Label) -> Target {
+        Target::Id(*l)
+    }
+}
+impl From<&str> for Target {
+    fn from(s: &str) -> Target {
+        Target::Name(s.to_string())
+    }
+}
+impl From<String> for Target {
+    fn from(s: String) -> Target {
+        Target::Name(s)
+    }
+}
+impl From<&String> for Target {
+    fn from(s: &String) -> Target {
+        Target::Name(s.clone())
+    }
+}
+
+/// One pushed instruction, its label target and its parameter name, if any.
 #[derive(Debug, Clone)]
 struct Item {
     insn: Insn,
-    target: Option<String>,
+    target: Option<Label>,
+    param: Option<String>,
+}
+
+/// A label's name and where it was first defined.
+#[derive(Debug, Clone)]
+struct LabelInfo {
+    name: String,
+    /// Defined by name (global namespace) rather than handed out as an id.
+    named: bool,
+    at: Option<usize>,
 }
 
 /// The program builder.
 #[derive(Debug, Default)]
 pub struct Builder {
     items: Vec<Item>,
-    labels: Vec<(String, usize)>,
+    labels: Vec<LabelInfo>,
+    by_name: HashMap<String, Label>,
+    /// Label definitions in the order they were made: (label, instruction index).
+    placed: Vec<(Label, usize)>,
     comments: BTreeMap<usize, Vec<String>>,
+    /// The first definition error seen (reported by `build`, as the builder chains).
+    error: Option<BuildError>,
     fresh: usize,
 }
 
@@ -65,16 +129,75 @@ impl Builder {
         self.items.is_empty()
     }
 
-    /// A label name not used before, starting with `prefix`.
+    /// A label name not used before, starting with `prefix`. Prefer [`Builder::new_label`].
     pub fn fresh_label(&mut self, prefix: &str) -> String {
         self.fresh += 1;
         format!("{prefix}_{}", self.fresh)
     }
 
-    /// Define `name` at the next instruction.
-    pub fn label(&mut self, name: impl Into<String>) -> &mut Self {
-        self.labels.push((name.into(), self.items.len()));
+    /// A new label, not yet placed; `name` is only what the listing shows.
+    pub fn new_label(&mut self, name: &str) -> Label {
+        let id = Label(u32::try_from(self.labels.len()).expect("fewer than 2^32 labels"));
+        self.labels.push(LabelInfo { name: name.to_string(), named: false, at: None });
+        id
+    }
+
+    /// Place `label` at the next instruction.
+    pub fn place(&mut self, label: Label) -> &mut Self {
+        self.define(label);
         self
+    }
+
+    /// Define the global label `name` at the next instruction.
+    pub fn label(&mut self, name: impl Into<String>) -> &mut Self {
+        let id = self.intern(name.into());
+        self.define(id);
+        self
+    }
+
+    /// Mark the immediate of the instruction just pushed as the template parameter `name`:
+    /// [`Program::bind_params`] sets it per instance.
+    pub fn param(&mut self, name: &str) -> &mut Self {
+        let index = self.items.len().wrapping_sub(1);
+        match self.items.last_mut() {
+            Some(item) if crate::program::has_param_slot(&item.insn) => item.param = Some(name.to_string()),
+            _ => {
+                self.error.get_or_insert(BuildError::NotAParameter { name: name.to_string(), index });
+            }
+        }
+        self
+    }
+
+    fn intern(&mut self, name: String) -> Label {
+        if let Some(id) = self.by_name.get(&name) {
+            return *id;
+        }
+        let id = Label(u32::try_from(self.labels.len()).expect("fewer than 2^32 labels"));
+        self.labels.push(LabelInfo { name: name.clone(), named: true, at: None });
+        self.by_name.insert(name, id);
+        id
+    }
+
+    fn target(&mut self, t: Target) -> Label {
+        match t {
+            Target::Id(l) => l,
+            Target::Name(n) => self.intern(n),
+        }
+    }
+
+    fn define(&mut self, id: Label) {
+        let here = self.items.len();
+        let info = &mut self.labels[id.0 as usize];
+        match info.at {
+            Some(first) => {
+                let e = BuildError::DuplicateLabel { label: info.name.clone(), first, second: here };
+                self.error.get_or_insert(e);
+            }
+            None => {
+                info.at = Some(here);
+                self.placed.push((id, here));
+            }
+        }
     }
 
     /// A comment printed in the listing before the next instruction.
@@ -85,15 +208,16 @@ impl Builder {
 
     /// Push an instruction as it is.
     pub fn emit(&mut self, insn: Insn) -> &mut Self {
-        self.items.push(Item { insn, target: None });
+        self.items.push(Item { insn, target: None, param: None });
         self
     }
 
     /// Push a branch (jump, `may_goto`, local call or `LD_IMM64` of a function) whose
     /// offset is resolved to `target` when the program is built; building fails with
     /// [`BuildError::NotAJump`] if `insn` has no offset to resolve.
-    pub fn emit_to(&mut self, insn: Insn, target: impl Into<String>) -> &mut Self {
-        self.items.push(Item { insn, target: Some(target.into()) });
+    pub fn emit_to(&mut self, insn: Insn, target: impl Into<Target>) -> &mut Self {
+        let target = self.target(target.into());
+        self.items.push(Item { insn, target: Some(target), param: None });
         self
     }
 
@@ -147,7 +271,7 @@ impl Builder {
         cond: JmpCond,
         dst: Reg,
         src: impl Into<Src>,
-        label: impl Into<String>,
+        label: impl Into<Target>,
     ) -> &mut Self {
         self.emit_to(Insn::Jmp { wide: true, cond, dst, src: src.into(), off: 0 }, label)
     }
@@ -157,12 +281,12 @@ impl Builder {
         cond: JmpCond,
         dst: Reg,
         src: impl Into<Src>,
-        label: impl Into<String>,
+        label: impl Into<Target>,
     ) -> &mut Self {
         self.emit_to(Insn::Jmp { wide: false, cond, dst, src: src.into(), off: 0 }, label)
     }
     /// `goto label`.
-    pub fn ja(&mut self, label: impl Into<String>) -> &mut Self {
+    pub fn ja(&mut self, label: impl Into<Target>) -> &mut Self {
         self.emit_to(Insn::Ja { long: false, off: 0 }, label)
     }
     /// `call helper#id`.
@@ -170,7 +294,7 @@ impl Builder {
         self.emit(Insn::Call(CallTarget::Helper(helper)))
     }
     /// `call label`: a bpf-to-bpf call.
-    pub fn call_local(&mut self, label: impl Into<String>) -> &mut Self {
+    pub fn call_local(&mut self, label: impl Into<Target>) -> &mut Self {
         self.emit_to(Insn::Call(CallTarget::Local(0)), label)
     }
     /// `exit`.
@@ -183,7 +307,7 @@ impl Builder {
     }
 
     /// Resolve labels and produce the program, threading jumps through gotos and removing
-    /// gotos to the next instruction.
+    /// gotos to the next instruction and unreachable code.
     pub fn build(&self) -> Result<Program, BuildError> {
         self.resolve(true)
     }
@@ -195,109 +319,85 @@ impl Builder {
     }
 
     fn resolve(&self, optimize: bool) -> Result<Program, BuildError> {
+        if let Some(e) = &self.error {
+            return Err(e.clone());
+        }
+        let label_at = self.check_targets()?;
         // A jump pushed with a numeric offset has a target the builder cannot see: moving or
         // dropping instructions would silently retarget it, so such programs stay verbatim.
         let raw_branches = self.items.iter().any(|i| i.target.is_none() && i.insn.branch_offset().is_some());
         let optimize = optimize && !raw_branches;
-        let mut label_at: HashMap<&str, usize> = HashMap::new();
-        for (name, at) in &self.labels {
-            if let Some(first) = label_at.insert(name, *at) {
-                return Err(BuildError::DuplicateLabel { label: name.clone(), first, second: *at });
-            }
-        }
-        for (index, item) in self.items.iter().enumerate() {
-            if let Some(t) = &item.target {
-                if !label_at.contains_key(t.as_str()) {
-                    return Err(BuildError::UnknownLabel { label: t.clone(), index });
-                }
-            }
-        }
-        // Each target's threading chain: the label itself, then the targets of the
-        // unconditional gotos it leads through (bounded; a cycle stops). Calls are never
-        // threaded: their target is where a subprogram starts.
-        let chains: Vec<Vec<&str>> = self
-            .items
-            .iter()
-            .map(|item| {
-                let Some(t) = &item.target else { return Vec::new() };
-                let mut chain = vec![t.as_str()];
-                let threads = matches!(item.insn, Insn::Jmp { .. } | Insn::Ja { .. } | Insn::MayGoto { .. });
-                while optimize && threads && chain.len() <= 16 {
-                    let at = label_at[chain[chain.len() - 1]];
-                    match self.items.get(at) {
-                        Some(Item { insn: Insn::Ja { .. }, target: Some(next) })
-                            if !chain.contains(&next.as_str()) =>
-                        {
-                            chain.push(next)
-                        }
-                        _ => break,
-                    }
-                }
-                chain
-            })
-            .collect();
-        // Drop `goto` to the next instruction; remap label and comment positions. A jump
-        // that lands on a dropped goto lands where that goto led: the next kept instruction.
+        let chains = thread_jumps(&self.items, &label_at, optimize);
         let mut keep = vec![true; self.items.len()];
-        if optimize {
-            for (i, item) in self.items.iter().enumerate() {
-                // Any step of the chain at the next instruction makes the goto a no-op.
-                if matches!(item.insn, Insn::Ja { .. }) && chains[i].iter().any(|l| label_at[l] == i + 1) {
-                    keep[i] = false;
-                }
-            }
-        }
-        // Drop what nothing reaches (the kernel rejects unreachable instructions), walking
-        // from the first instruction along fallthroughs and resolved jump targets; a label on
-        // a dropped no-op goto lands on the next kept instruction, as the goto did. A
-        // threaded jump lands at the end of its chain; resolution checks it never falls back
-        // to an instruction dropped here.
         let mut unreachable = vec![false; self.items.len()];
         if optimize {
-            let landing = |at: usize| (at..keep.len()).find(|&k| keep[k]);
-            let mut reached = vec![false; self.items.len()];
-            let mut work: Vec<usize> = landing(0).into_iter().collect();
-            while let Some(i) = work.pop() {
-                if std::mem::replace(&mut reached[i], true) {
-                    continue;
-                }
-                if self.items[i].insn.falls_through() {
-                    work.extend(landing(i + 1));
-                }
-                if let Some(l) = chains[i].last() {
-                    work.extend(landing(label_at[l]));
-                }
-            }
-            for i in 0..self.items.len() {
-                if keep[i] && !reached[i] {
-                    keep[i] = false;
-                    unreachable[i] = true;
+            drop_noop_gotos(&self.items, &label_at, &chains, &mut keep);
+            drop_unreachable(&self.items, &label_at, &chains, &mut keep, &mut unreachable);
+        }
+        let layout = place(&self.items, &keep);
+        self.patch(&label_at, &chains, &keep, &unreachable, &layout)
+    }
+
+    /// Every label's position (by id); every jump's target is defined.
+    fn check_targets(&self) -> Result<Vec<usize>, BuildError> {
+        for (index, item) in self.items.iter().enumerate() {
+            if let Some(t) = item.target {
+                let info = &self.labels[t.0 as usize];
+                if info.at.is_none() {
+                    return Err(BuildError::UnknownLabel { label: info.name.clone(), index });
                 }
             }
         }
-        let mut new_index = Vec::with_capacity(self.items.len() + 1);
-        let mut n = 0;
-        for k in &keep {
-            new_index.push(n);
-            if *k {
+        // A label placed after the last instruction points at the end (`items.len()`).
+        Ok(self.labels.iter().map(|l| l.at.unwrap_or(usize::MAX)).collect())
+    }
+
+    /// Listing names: global labels keep theirs; an id label keeps its name unless another
+    /// label already shows it, then gets the first free `name.N` (N from 2).
+    fn display_names(&self) -> Vec<String> {
+        let mut taken: HashSet<String> =
+            self.labels.iter().filter(|l| l.named).map(|l| l.name.clone()).collect();
+        let mut names = Vec::with_capacity(self.labels.len());
+        for l in &self.labels {
+            if l.named {
+                names.push(l.name.clone());
+                continue;
+            }
+            let mut name = l.name.clone();
+            let mut n = 2;
+            while taken.contains(&name) {
+                name = format!("{}.{n}", l.name);
                 n += 1;
             }
+            taken.insert(name.clone());
+            names.push(name);
         }
-        new_index.push(n);
-        let mut slot_of = Vec::with_capacity(n + 1);
-        let mut slot = 0usize;
-        for (i, item) in self.items.iter().enumerate() {
-            if keep[i] {
-                slot_of.push(slot);
-                slot += item.insn.slots();
-            }
-        }
-        slot_of.push(slot);
+        names
+    }
 
-        let mut insns = Vec::with_capacity(n);
+    /// Step 5, patch: each kept instruction with its branch offset resolved to the most
+    /// threaded target that fits; labels, comments and parameters moved to the kept
+    /// positions. Post: every branch offset lands on the kept instruction its label (or
+    /// its chain's end) names.
+    fn patch(
+        &self,
+        label_at: &[usize],
+        chains: &[Vec<Label>],
+        keep: &[bool],
+        unreachable: &[bool],
+        layout: &Layout,
+    ) -> Result<Program, BuildError> {
+        let names = self.display_names();
+        let Layout { new_index, slot_of } = layout;
+        let at = |l: &Label| label_at[l.0 as usize];
+        let mut insns = Vec::with_capacity(slot_of.len());
+        let mut params = BTreeMap::new();
         for (i, item) in self.items.iter().enumerate() {
             if !keep[i] {
                 continue;
+            }
+            if let Some(p) = &item.param {
+                params.insert(new_index[i], p.clone());
             }
             let chain = &chains[i];
             if chain.is_empty() {
@@ -308,36 +408,134 @@ impl Builder {
                 return Err(BuildError::NotAJump { index: i });
             }
             let me = new_index[i];
-            let distance_to =
-                |label: &str| slot_of[new_index[label_at[label]]] as i64 - slot_of[me] as i64 - 1;
-            // The most threaded target that fits the offset field; the label as written
-            // decides the error when none does.
-            let resolved = chain.iter().rev().enumerate().find_map(|(back, label)| {
-                if back > 0 && unreachable.get(label_at[label]).copied().unwrap_or(false) {
+            let distance_to = |l: &Label| slot_of[new_index[at(l)]] as i64 - slot_of[me] as i64 - 1;
+            let resolved = chain.iter().rev().enumerate().find_map(|(back, l)| {
+                if back > 0 && unreachable.get(at(l)).copied().unwrap_or(false) {
                     return None;
                 }
-                let off = i32::try_from(distance_to(label)).ok()?;
+                let off = i32::try_from(distance_to(l)).ok()?;
                 item.insn.with_offset(off)
             });
             match resolved {
                 Some(insn) => insns.push(insn),
                 None => {
                     return Err(BuildError::JumpOutOfRange {
-                        label: chain[0].to_string(),
+                        label: names[chain[0].0 as usize].clone(),
                         index: i,
-                        distance: distance_to(chain[0]),
+                        distance: distance_to(&chain[0]),
                     })
                 }
             }
         }
         let mut labels: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-        for (name, at) in &self.labels {
-            labels.entry(new_index[*at]).or_default().push(name.clone());
+        for (id, at) in &self.placed {
+            labels.entry(new_index[*at]).or_default().push(names[id.0 as usize].clone());
         }
         let mut comments: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for (at, texts) in &self.comments {
             comments.entry(new_index[*at]).or_default().extend(texts.iter().cloned());
         }
-        Ok(Program { insns, labels, comments })
+        Ok(Program { insns, labels, comments, params })
     }
+}
+
+/// Step 1, thread jumps: each item's chain is its written target, then the targets of the
+/// unconditional gotos it leads through (bounded at 17; a cycle stops). Post: `chain[0]` is
+/// the written target; each later element is the target of the `goto` at the previous
+/// one's position; no element repeats. Calls and `LD_IMM64` of a function are never
+/// threaded (their target starts a subprogram); without `optimize` chains have one element.
+fn thread_jumps(items: &[Item], label_at: &[usize], optimize: bool) -> Vec<Vec<Label>> {
+    items
+        .iter()
+        .map(|item| {
+            let Some(t) = item.target else { return Vec::new() };
+            let mut chain = vec![t];
+            let threads = matches!(item.insn, Insn::Jmp { .. } | Insn::Ja { .. } | Insn::MayGoto { .. });
+            while optimize && threads && chain.len() <= 16 {
+                let at = label_at[chain[chain.len() - 1].0 as usize];
+                match items.get(at) {
+                    Some(Item { insn: Insn::Ja { .. }, target: Some(next), .. }) if !chain.contains(next) => {
+                        chain.push(*next)
+                    }
+                    _ => break,
+                }
+            }
+            chain
+        })
+        .collect()
+}
+
+/// Step 2, drop no-op gotos. Post: an item is dropped only if it is a `goto` some step of
+/// whose chain is the next instruction; a jump that lands on it lands, after placement, on
+/// the next kept instruction, where the goto led.
+fn drop_noop_gotos(items: &[Item], label_at: &[usize], chains: &[Vec<Label>], keep: &mut [bool]) {
+    for (i, item) in items.iter().enumerate() {
+        if matches!(item.insn, Insn::Ja { .. }) && chains[i].iter().any(|l| label_at[l.0 as usize] == i + 1) {
+            keep[i] = false;
+        }
+    }
+}
+
+/// Step 3, drop unreachable code, walking from the first instruction along fallthroughs
+/// and chain ends. Post: every kept item is reachable; `unreachable[i]` marks what this
+/// step dropped, so patching never falls back to a chain step that lands there.
+fn drop_unreachable(
+    items: &[Item],
+    label_at: &[usize],
+    chains: &[Vec<Label>],
+    keep: &mut [bool],
+    unreachable: &mut [bool],
+) {
+    let landing = |keep: &[bool], at: usize| (at..keep.len()).find(|&k| keep[k]);
+    let mut reached = vec![false; items.len()];
+    let mut work: Vec<usize> = landing(keep, 0).into_iter().collect();
+    while let Some(i) = work.pop() {
+        if std::mem::replace(&mut reached[i], true) {
+            continue;
+        }
+        if items[i].insn.falls_through() {
+            work.extend(landing(keep, i + 1));
+        }
+        if let Some(l) = chains[i].last() {
+            work.extend(landing(keep, label_at[l.0 as usize]));
+        }
+    }
+    for i in 0..items.len() {
+        if keep[i] && !reached[i] {
+            keep[i] = false;
+            unreachable[i] = true;
+        }
+    }
+}
+
+/// Kept positions and slots.
+struct Layout {
+    /// For each pushed index (and the end), the kept index at or after it.
+    new_index: Vec<usize>,
+    /// For each kept index (and the end), its first slot.
+    slot_of: Vec<usize>,
+}
+
+/// Step 4, place. Post: `new_index` is monotone and maps a dropped item to the next kept
+/// one; `slot_of` is strictly increasing by each kept instruction's width.
+fn place(items: &[Item], keep: &[bool]) -> Layout {
+    let mut new_index = Vec::with_capacity(items.len() + 1);
+    let mut n = 0;
+    for k in keep {
+        new_index.push(n);
+        if *k {
+            n += 1;
+        }
+    }
+    new_index.push(n);
+    let mut slot_of = Vec::with_capacity(n + 1);
+    let mut slot = 0usize;
+    for (i, item) in items.iter().enumerate() {
+        if keep[i] {
+            slot_of.push(slot);
+            slot += item.insn.slots();
+        }
+    }
+    slot_of.push(slot);
+    Layout { new_index, slot_of }
 }

@@ -13,7 +13,7 @@ pub mod insn;
 pub mod program;
 pub mod text;
 
-pub use builder::{BuildError, Builder};
+pub use builder::{BuildError, Builder, Label, Target};
 pub use encode::{decode, encode, EncodeError, RawInsn};
 pub use insn::{AluOp, AtomicOp, CallTarget, Endian, Imm64, Insn, JmpCond, Reg, Size, Src};
-pub use program::{Program, RelocateError};
+pub use program::{BindError, Program, RelocateError};

@@ -3,7 +3,7 @@
 //! bound to file descriptors.
 
 use crate::encode::{encode, EncodeError};
-use crate::insn::{Imm64, Insn};
+use crate::insn::{Imm64, Insn, Src};
 use std::collections::BTreeMap;
 use thiserror::Error;
 
@@ -15,6 +15,29 @@ pub struct Program {
     pub(crate) labels: BTreeMap<usize, Vec<String>>,
     /// Comments printed before an instruction index.
     pub(crate) comments: BTreeMap<usize, Vec<String>>,
+    /// Template parameters: the instruction index whose immediate is the named parameter.
+    pub(crate) params: BTreeMap<usize, String>,
+}
+
+/// Whether `insn` has an immediate a parameter can name: an ALU, jump or store immediate,
+/// or a plain `LD_IMM64` constant.
+pub(crate) fn has_param_slot(insn: &Insn) -> bool {
+    matches!(
+        insn,
+        Insn::Alu { src: Src::Imm(_), .. }
+            | Insn::Jmp { src: Src::Imm(_), .. }
+            | Insn::Store { src: Src::Imm(_), .. }
+            | Insn::LdImm64 { imm: Imm64::Const(_), .. }
+    )
+}
+
+/// Why template parameters could not be bound.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BindError {
+    #[error("instruction {index}: no value for parameter `{name}`")]
+    Unbound { index: usize, name: String },
+    #[error("instruction {index}: parameter `{name}` = {value} does not fit a 32-bit immediate")]
+    OutOfRange { index: usize, name: String, value: i64 },
 }
 
 /// Why map references could not be bound.
@@ -27,7 +50,7 @@ pub enum RelocateError {
 impl Program {
     /// A program of exactly these instructions, without names.
     pub fn from_insns(insns: Vec<Insn>) -> Program {
-        Program { insns, labels: BTreeMap::new(), comments: BTreeMap::new() }
+        Program { insns, ..Program::default() }
     }
 
     /// The instructions.
@@ -58,6 +81,33 @@ impl Program {
     /// Comments by instruction index.
     pub fn comments(&self) -> &BTreeMap<usize, Vec<String>> {
         &self.comments
+    }
+
+    /// Template parameters by instruction index.
+    pub fn params(&self) -> &BTreeMap<usize, String> {
+        &self.params
+    }
+
+    /// A copy with each parameter-marked immediate set to the value `value` gives for its
+    /// name (a 32-bit immediate must fit `i32`; an `LD_IMM64` constant takes the value's
+    /// bits). Only marked instructions change: an immediate that merely equals the
+    /// template's placeholder stays as it is.
+    pub fn bind_params(&self, value: impl Fn(&str) -> Option<i64>) -> Result<Program, BindError> {
+        let mut out = self.clone();
+        for (&index, name) in &self.params {
+            let v = value(name).ok_or_else(|| BindError::Unbound { index, name: name.clone() })?;
+            let narrow = || {
+                i32::try_from(v).map_err(|_| BindError::OutOfRange { index, name: name.clone(), value: v })
+            };
+            match &mut out.insns[index] {
+                Insn::Alu { src: Src::Imm(imm), .. }
+                | Insn::Jmp { src: Src::Imm(imm), .. }
+                | Insn::Store { src: Src::Imm(imm), .. } => *imm = narrow()?,
+                Insn::LdImm64 { imm: Imm64::Const(c), .. } => *c = v as u64,
+                _ => unreachable!("the builder marks only instructions with a parameter slot"),
+            }
+        }
+        Ok(out)
     }
 
     /// The slot at which each instruction starts, plus one final entry for the end.
@@ -133,6 +183,7 @@ impl Program {
             insns: self.insns.iter().map(f).collect(),
             labels: self.labels.clone(),
             comments: self.comments.clone(),
+            params: self.params.clone(),
         }
     }
 

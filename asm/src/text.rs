@@ -1369,7 +1369,8 @@ pub fn parse_program(text: &str) -> Result<Program, ParseError> {
             }
             BuildError::UnknownLabel { index, .. }
             | BuildError::DuplicateLabel { second: index, .. }
-            | BuildError::NotAJump { index } => (index, ParseErrorKind::Invalid(e.to_string())),
+            | BuildError::NotAJump { index }
+            | BuildError::NotAParameter { index, .. } => (index, ParseErrorKind::Invalid(e.to_string())),
         };
         let (line, column) = origin.get(index).copied().unwrap_or((0, 1));
         ParseError { line: Some(line), column, kind }

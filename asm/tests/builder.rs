@@ -423,3 +423,82 @@ mod threading_preserves_control_flow {
         }
     }
 }
+
+/// An emitter that owns its labels: used twice in one program, it must not collide.
+fn emit_skip_if_zero(b: &mut Builder, r: Reg) {
+    let skip = b.new_label("skip");
+    b.jmp(JmpCond::Eq, r, 0, skip).add(r, 1).place(skip);
+}
+
+#[test]
+fn id_labels_never_collide_and_show_unique_names() {
+    let mut b = Builder::new();
+    emit_skip_if_zero(&mut b, Reg::R1);
+    emit_skip_if_zero(&mut b, Reg::R2);
+    // A global label already called `skip.2` pushes the second id label's name further.
+    b.label("skip.2").mov(Reg::R0, 0).exit();
+    let p = b.build().expect("two uses of one emitter build");
+    assert_eq!(p.insns()[0], jeq(Reg::R1, 0, 1));
+    assert_eq!(p.insns()[2], jeq(Reg::R2, 0, 1));
+    assert_eq!(p.labels()[&2], ["skip"]);
+    assert_eq!(p.labels()[&4], ["skip.3", "skip.2"]);
+    // The listing assembles back to the same program: its names are unique.
+    let text = sluice_asm::text::listing(&p);
+    let back = sluice_asm::text::parse_program(&text).expect("listing parses");
+    assert_eq!(back.insns(), p.insns());
+}
+
+#[test]
+fn an_id_label_placed_twice_or_never_is_an_error() {
+    let mut b = Builder::new();
+    let l = b.new_label("once");
+    b.place(l).mov(Reg::R0, 0).place(l).exit();
+    assert_eq!(b.build(), Err(BuildError::DuplicateLabel { label: "once".into(), first: 0, second: 1 }));
+    let mut b = Builder::new();
+    let l = b.new_label("never");
+    b.jmp(JmpCond::Eq, Reg::R1, 0, l).exit();
+    assert_eq!(b.build(), Err(BuildError::UnknownLabel { label: "never".into(), index: 0 }));
+}
+
+#[test]
+fn parameters_rewrite_only_the_marked_immediates() {
+    // The placeholder 0x7abc also appears as an ordinary constant: binding must leave it.
+    let mut b = Builder::new();
+    b.store(Size::W, Reg::R10, -4, 0x7abc).param("endpoint");
+    b.mov(Reg::R0, 0x7abc);
+    b.jmp(JmpCond::Eq, Reg::R1, 0x7abc, "out").param("endpoint_be");
+    b.ld_imm64(Reg::R2, 0x7abc).param("wide");
+    b.label("out").exit();
+    let p = b.build().expect("builds");
+    assert_eq!(
+        p.params().values().map(String::as_str).collect::<Vec<_>>(),
+        ["endpoint", "endpoint_be", "wide"]
+    );
+    let bound = p
+        .bind_params(|n| match n {
+            "endpoint" => Some(3),
+            "endpoint_be" => Some(0x300),
+            "wide" => Some(-1),
+            _ => None,
+        })
+        .expect("all bound");
+    assert_eq!(bound.insns()[0], Insn::store(Size::W, Reg::R10, -4, 3));
+    assert_eq!(bound.insns()[1], Insn::mov64(Reg::R0, 0x7abc), "an unmarked equal constant survives");
+    assert_eq!(bound.insns()[2], jeq(Reg::R1, 0x300, 2), "LD_IMM64 is two slots");
+    assert_eq!(bound.insns()[3], Insn::ld_imm64(Reg::R2, u64::MAX));
+    assert_eq!(
+        p.bind_params(|n| (n != "wide").then_some(1)),
+        Err(sluice_asm::BindError::Unbound { index: 3, name: "wide".into() })
+    );
+    assert_eq!(
+        p.bind_params(|_| Some(1 << 40)),
+        Err(sluice_asm::BindError::OutOfRange { index: 0, name: "endpoint".into(), value: 1 << 40 })
+    );
+}
+
+#[test]
+fn a_parameter_needs_an_immediate() {
+    let mut b = Builder::new();
+    b.mov(Reg::R0, Reg::R1).param("p").exit();
+    assert_eq!(b.build(), Err(BuildError::NotAParameter { name: "p".into(), index: 0 }));
+}

@@ -93,7 +93,7 @@ use sluice_asm::helpers::{
     FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT,
     REDIRECT_NEIGH, RINGBUF_OUTPUT, SKB_SET_TUNNEL_KEY,
 };
-use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size, Src};
+use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
 
 /// Which side of the endpoint a program enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -326,14 +326,43 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
     b.build().map_err(|source| CodegenError::Build { object: "endpoint", source })
 }
 
-/// An endpoint index no real node uses: templates are generated with it, and the
-/// immediates derived from it (the index, its byte swap, its `ep_stats` row) are rewritten
-/// per endpoint.
+/// The template's per-endpoint constants: named parameters of the program
+/// ([`sluice_asm::Builder::param`]), bound per endpoint by [`Templates::instantiate`].
+/// Every program records them, so a template's instance and a program generated for its
+/// endpoint are identical, parameters included.
+pub mod param {
+    /// The endpoint index (the `ep_config` key, the event's endpoint).
+    pub const ENDPOINT: &str = "endpoint_index";
+    /// The endpoint index in network byte order (the policy trie key's `ep`).
+    pub const ENDPOINT_BE16: &str = "endpoint_index_be16";
+    /// The endpoint's first row in `ep_stats` (index × reasons).
+    pub const STATS_ROW: &str = "endpoint_stats_row";
+    /// The policy table's (endpoint, direction) word.
+    pub const POLICY_EPDIR: &str = "policy_epdir";
+    /// The policy hash's per-(endpoint, direction) fold constant.
+    pub const POLICY_FOLD: &str = "policy_fold";
+}
+
+/// The value of template parameter `name` for endpoint `ep` in direction `dir`.
+pub fn param_value(name: &str, ep: u16, dir: Direction) -> Option<i64> {
+    let pdir = dir.policy_dir();
+    Some(match name {
+        param::ENDPOINT => i64::from(ep),
+        param::ENDPOINT_BE16 => i64::from(ep.swap_bytes()),
+        param::STATS_ROW => i64::from(ep) * Reason::COUNT as i64,
+        param::POLICY_EPDIR => i64::from(pol_epdir(ep, pdir) as i32),
+        param::POLICY_FOLD => i64::from(pol_fold_const(ep, pdir) as i32),
+        _ => return None,
+    })
+}
+
+/// The endpoint index templates are generated with; only the parameter-marked
+/// instructions carry it, and only those are rewritten per endpoint.
 const TEMPLATE_EP: u16 = 0x7abc;
 
 /// Endpoint programs for many endpoints: each direction generated once, then instantiated
-/// per endpoint by rewriting the few immediates that carry the endpoint index (codegen for
-/// a thousand endpoints is then a copy and a patch per program).
+/// per endpoint by binding its parameters (codegen for a thousand endpoints is then a copy
+/// and a patch per program).
 #[derive(Debug, Clone)]
 pub struct Templates {
     from: Program,
@@ -349,35 +378,16 @@ impl Templates {
         })
     }
 
-    /// The program of endpoint `ep` in direction `dir`: byte-identical to
+    /// The program of endpoint `ep` in direction `dir`: identical to
     /// `generate_with(ep, dir, options)`.
     pub fn instantiate(&self, ep: u16, dir: Direction) -> Program {
         let template = match dir {
             Direction::FromEndpoint => &self.from,
             Direction::ToEndpoint => &self.to,
         };
-        let stride = Reason::COUNT as i32;
-        let pdir = dir.policy_dir();
-        let pairs: [(i32, i32); 5] = [
-            (i32::from(TEMPLATE_EP), i32::from(ep)),
-            (i32::from(TEMPLATE_EP.swap_bytes()), i32::from(ep.swap_bytes())),
-            (i32::from(TEMPLATE_EP) * stride, i32::from(ep) * stride),
-            (pol_epdir(TEMPLATE_EP, pdir) as i32, pol_epdir(ep, pdir) as i32),
-            (pol_fold_const(TEMPLATE_EP, pdir) as i32, pol_fold_const(ep, pdir) as i32),
-        ];
-        let patch = |v: i32| pairs.iter().find(|(from, _)| *from == v).map_or(v, |(_, to)| *to);
-        template.map_insns(|insn| match insn {
-            Insn::Store { size, base, off, src: Src::Imm(v) } => {
-                Insn::Store { size: *size, base: *base, off: *off, src: Src::Imm(patch(*v)) }
-            }
-            Insn::Alu { wide, op, dst, src: Src::Imm(v) } => {
-                Insn::Alu { wide: *wide, op: *op, dst: *dst, src: Src::Imm(patch(*v)) }
-            }
-            Insn::Jmp { wide, cond, dst, src: Src::Imm(v), off } => {
-                Insn::Jmp { wide: *wide, cond: *cond, dst: *dst, src: Src::Imm(patch(*v)), off: *off }
-            }
-            other => other.clone(),
-        })
+        template
+            .bind_params(|name| param_value(name, ep, dir))
+            .expect("the templates mark only the parameters param_value knows, each fitting its immediate")
     }
 }
 
@@ -430,7 +440,7 @@ impl Gen {
 
     /// `r0 = &ep_config[ep]` or 0; clobbers r1-r5.
     fn emit_ep_config(&self, b: &mut Builder) {
-        b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep));
+        b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep)).param(param::ENDPOINT);
         b.ld_map(Reg::R1, "ep_config");
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
@@ -866,7 +876,7 @@ impl Gen {
                 b.comment("no slot of its own: the any-identity rules");
                 b.mov(Reg::R6, 0);
             }
-            b.mov32(Reg::R7, Reg::R6).alu32(AluOp::Xor, Reg::R7, fold);
+            b.mov32(Reg::R7, Reg::R6).alu32(AluOp::Xor, Reg::R7, fold).param(param::POLICY_FOLD);
             for (h, mul) in V6_HASH_MUL.into_iter().enumerate() {
                 let next_bucket = l(&format!("pol_bucket_{pass}_{h}"));
                 b.mov32(Reg::R1, Reg::R7).alu32(AluOp::Mul, Reg::R1, mul as i32);
@@ -882,7 +892,7 @@ impl Gen {
                     b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::IDENTITY as i16);
                     b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next.as_str());
                     b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::EPDIR as i16);
-                    b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str());
+                    b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str()).param(param::POLICY_EPDIR);
                     if at != 0 {
                         b.add(Reg::R0, i32::from(at));
                     }
@@ -927,7 +937,8 @@ impl Gen {
         b.load(Size::W, Reg::R0, Reg::R10, FP_PEER);
         b.be(32, Reg::R0);
         b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
-        b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()));
+        b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()))
+            .param(param::ENDPOINT_BE16);
         b.store(Size::H, Reg::R10, FP_POL + policy_key::DIR as i16, i32::from(dir));
         b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, Reg::R0);
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
@@ -1004,7 +1015,7 @@ impl Gen {
     fn emit_exit(&self, b: &mut Builder) {
         let stride = Reason::COUNT as i32;
         b.label("exit").comment("count (endpoint, reason) in ep_stats; r6 = reason, r7 = verdict");
-        b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(self.ep) * stride);
+        b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(self.ep) * stride).param(param::STATS_ROW);
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
         b.ld_map(Reg::R1, "ep_stats");
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
@@ -1453,7 +1464,7 @@ impl Gen {
         b.store(Size::B, Reg::R10, ev(event::REASON), Reg::R6);
         b.store(Size::B, Reg::R10, ev(event::DIR), i32::from(self.dir.policy_dir()));
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM).store(Size::B, Reg::R10, ev(event::FAMILY), Reg::R1);
-        b.store(Size::H, Reg::R10, ev(event::EP), i32::from(self.ep));
+        b.store(Size::H, Reg::R10, ev(event::EP), i32::from(self.ep)).param(param::ENDPOINT);
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1).store(Size::H, Reg::R10, ev(event::PROTO), Reg::R1);
         b.comment("identities: the peer's and the endpoint's own");
         b.load(Size::W, Reg::R1, Reg::R10, FP_PEER);
@@ -1510,6 +1521,52 @@ mod tests {
         for ep in [0u16, 1, 2, 300, 4095, 65535] {
             for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
                 assert_eq!(t.instantiate(ep, dir), generate(ep, dir).expect("generates"), "ep {ep} {dir:?}");
+            }
+        }
+    }
+
+    /// Regression: templates were once specialised by rewriting every immediate equal to
+    /// a sentinel derived from `TEMPLATE_EP`. Plant each of those old sentinel values as an
+    /// ordinary constant (not a parameter) in the template: instantiation must keep it.
+    #[test]
+    fn an_ordinary_constant_equal_to_the_old_sentinel_survives_instantiation() {
+        let pdir = Direction::FromEndpoint.policy_dir();
+        let sentinels = [
+            i32::from(TEMPLATE_EP),
+            i32::from(TEMPLATE_EP.swap_bytes()),
+            i32::from(TEMPLATE_EP) * Reason::COUNT as i32,
+            pol_epdir(TEMPLATE_EP, pdir) as i32,
+            pol_fold_const(TEMPLATE_EP, pdir) as i32,
+        ];
+        let t = Templates::new(Options::default()).expect("generates");
+        for planted in sentinels {
+            // The first `r7 = <imm>` that is not a parameter becomes `r7 = planted`.
+            let mut at = None;
+            let from = t.from.map_insns(|insn| match insn {
+                Insn::Alu { wide, op: AluOp::Mov, dst: Reg::R7, src: sluice_asm::Src::Imm(_) }
+                    if at.is_none() =>
+                {
+                    at = Some(());
+                    Insn::Alu {
+                        wide: *wide,
+                        op: AluOp::Mov,
+                        dst: Reg::R7,
+                        src: sluice_asm::Src::Imm(planted),
+                    }
+                }
+                other => other.clone(),
+            });
+            assert!(at.is_some(), "the template has an `r7 = imm` to plant into");
+            let index = from.insns().iter().zip(t.from.insns()).position(|(a, b)| a != b).expect("planted");
+            assert!(!from.params().contains_key(&index), "planted at an ordinary instruction");
+            let planted_t = Templates { from, to: t.to.clone() };
+            for ep in [1u16, 7, 300] {
+                let p = planted_t.instantiate(ep, Direction::FromEndpoint);
+                assert_eq!(
+                    p.insns()[index],
+                    planted_t.from.insns()[index],
+                    "ep {ep}: the constant {planted:#x} at instruction {index} was rewritten"
+                );
             }
         }
     }

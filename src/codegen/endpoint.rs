@@ -81,7 +81,9 @@
 //! anti-spoofing: it uses link-local and unspecified sources.
 
 use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia, HAIRPIN_V4, HAIRPIN_V6};
-use super::{emit_ethernet, guard, CodegenError, EthLabels};
+use super::{
+    emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels, SKB_DATA, SKB_DATA_END,
+};
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
@@ -94,6 +96,8 @@ use sluice_asm::helpers::{
     REDIRECT_NEIGH, RINGBUF_OUTPUT, SKB_SET_TUNNEL_KEY,
 };
 use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
+use sluice_verifier_sim::ctx_off;
+use sluice_verifier_sim::uapi::SkBuff;
 
 /// Which side of the endpoint a program enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -168,9 +172,9 @@ const _: () = assert!(LB.base >= FP_EV && LB.base - LbFrame::SIZE >= -512);
 const FP_LB_OFFS: i16 = FP_FIB;
 
 /// `__sk_buff.ifindex`: the device the program runs on.
-const SKB_IFINDEX: i16 = 40;
+const SKB_IFINDEX: i16 = ctx_off!(SkBuff, ifindex);
 /// `__sk_buff.ingress_ifindex` (`skb->skb_iif`): the device the packet was last received on.
-const SKB_INGRESS_IFINDEX: i16 = 36;
+const SKB_INGRESS_IFINDEX: i16 = ctx_off!(SkBuff, ingress_ifindex);
 
 const TCP_FIN: i32 = 0x01;
 const TCP_SYN: i32 = 0x02;
@@ -407,8 +411,7 @@ impl Gen {
             b.comment("services: no L4 header offsets yet (nothing to reverse-translate)");
             b.store(Size::DW, Reg::R10, FP_LB_OFFS, 0);
         }
-        b.load(Size::W, Reg::R8, Reg::R1, 76);
-        b.load(Size::W, Reg::R9, Reg::R1, 80);
+        emit_skb_packet_pointers(b, Reg::R1);
         b.comment("zero what the exit block may read on any path");
         for off in [FP_CT, FP_CT + 8, FP_CT + 16, FP_CT + 24, FP_CT + 32, FP_POL, FP_POL + 8, FP_MISC] {
             b.store(Size::DW, Reg::R10, off, 0);
@@ -1205,8 +1208,8 @@ impl Gen {
     /// Anything else goes to the stack (which answers an expired TTL with ICMP).
     fn emit_rewrite(&self, b: &mut Builder, f: Fam, tag: &str, macs: Option<(usize, usize)>) {
         let (ethertype, hdr, ttl) = if f.family == 4 { (0x0008, 20, 22) } else { (0xdd86, 40, 21) };
-        b.load(Size::W, Reg::R3, Reg::R6, 76);
-        b.load(Size::W, Reg::R4, Reg::R6, 80);
+        b.load(Size::W, Reg::R3, Reg::R6, SKB_DATA);
+        b.load(Size::W, Reg::R4, Reg::R6, SKB_DATA_END);
         b.mov(Reg::R5, Reg::R3).add(Reg::R5, 14 + hdr);
         b.jmp(JmpCond::Gt, Reg::R5, Reg::R4, "return_ok");
         b.load(Size::H, Reg::R1, Reg::R3, 12);
@@ -1254,7 +1257,7 @@ impl Gen {
         guard(b, Reg::R8, 8, &skip);
         b.label(l("lb_l4")).comment("services: r3 = L3, r4 = L4 header offsets from skb->data");
         b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
-        b.load(Size::W, Reg::R2, Reg::R1, 76);
+        b.load(Size::W, Reg::R2, Reg::R1, SKB_DATA);
         b.mov(Reg::R3, Reg::R7).alu(AluOp::Sub, Reg::R3, Reg::R2);
         b.mov(Reg::R4, Reg::R8).alu(AluOp::Sub, Reg::R4, Reg::R2);
         b.jmp(JmpCond::Gt, Reg::R4, 255, &skip);

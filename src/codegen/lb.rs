@@ -79,7 +79,7 @@
 //!
 //! Every verdict is counted per reason ([`LbReason`]) in the per-CPU array `lb_stats`.
 
-use super::{emit_count_and_exit, emit_ethernet, guard, CodegenError, EthLabels};
+use super::{emit_count_and_exit, emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels};
 use crate::lb::hash::{FLOW_HASH_MIX, FLOW_HASH_SEED};
 use crate::maps::fwd::V4_MAPPED_WORD;
 #[cfg(doc)]
@@ -93,6 +93,8 @@ use sluice_asm::helpers::{
     SKB_LOAD_BYTES, SKB_STORE_BYTES,
 };
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+use sluice_verifier_sim::ctx_off;
+use sluice_verifier_sim::uapi::SkBuff;
 
 /// The node-local source a hairpinned connection gets (IPv4): link-local, so that the
 /// backend's replies to it go back through its default route, i.e. through this program.
@@ -110,7 +112,7 @@ const TCP_RST: i32 = 0x04;
 const TCP_ACK: i32 = 0x10;
 
 /// `__sk_buff.ifindex`.
-const SKB_IFINDEX: i16 = 40;
+const SKB_IFINDEX: i16 = ctx_off!(SkBuff, ifindex);
 
 /// `bpf_l4_csum_replace` flags.
 const BPF_F_PSEUDO_HDR: i32 = 1 << 4;
@@ -870,8 +872,7 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     };
     b.comment("packet pointers again: r7 = L3, r6 = L4 (offsets bounded for the verifier)");
     b.load(Size::DW, Reg::R1, Reg::R10, ctx);
-    b.load(Size::W, Reg::R8, Reg::R1, 76);
-    b.load(Size::W, Reg::R9, Reg::R1, 80);
+    emit_skb_packet_pointers(b, Reg::R1);
     b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L3));
     b.jmp(JmpCond::Gt, Reg::R2, 255, fail);
     b.mov(Reg::R7, Reg::R8).add(Reg::R7, Reg::R2);
@@ -984,8 +985,7 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     for i in 0..5 {
         b.store(Size::DW, Reg::R10, t(0) + 8 * i, 0);
     }
-    b.load(Size::W, Reg::R8, Reg::R1, 76);
-    b.load(Size::W, Reg::R9, Reg::R1, 80);
+    emit_skb_packet_pointers(&mut b, Reg::R1);
     emit_ethernet(
         &mut b,
         EthLabels {

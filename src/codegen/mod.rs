@@ -12,6 +12,8 @@ pub mod prefilter;
 pub mod sock_lb;
 
 use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};
+use sluice_verifier_sim::ctx_off;
+use sluice_verifier_sim::uapi::{SkBuff, XdpMd};
 use thiserror::Error;
 
 /// Why a program could not be generated.
@@ -57,8 +59,18 @@ pub struct EthLabels<'a> {
 /// Load the packet pointers (`r8`, `r9`) from an XDP context in `r1`.
 pub fn emit_xdp_packet_pointers(b: &mut Builder) {
     b.comment("r8 = data, r9 = data_end");
-    b.load(Size::W, Reg::R8, Reg::R1, 0);
-    b.load(Size::W, Reg::R9, Reg::R1, 4);
+    b.load(Size::W, Reg::R8, Reg::R1, ctx_off!(XdpMd, data));
+    b.load(Size::W, Reg::R9, Reg::R1, ctx_off!(XdpMd, data_end));
+}
+
+/// `__sk_buff.data` and `.data_end`.
+pub const SKB_DATA: i16 = ctx_off!(SkBuff, data);
+pub const SKB_DATA_END: i16 = ctx_off!(SkBuff, data_end);
+
+/// Load the packet pointers (`r8`, `r9`) from the `__sk_buff` in `ctx`.
+pub fn emit_skb_packet_pointers(b: &mut Builder, ctx: Reg) {
+    b.load(Size::W, Reg::R8, ctx, SKB_DATA);
+    b.load(Size::W, Reg::R9, ctx, SKB_DATA_END);
 }
 
 /// Parse Ethernet with up to two VLAN tags (802.1Q or 802.1ad, in any order): leaves the

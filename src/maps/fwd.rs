@@ -84,18 +84,22 @@ pub mod fwd_cfg {
 
 /// `struct bpf_fib_lookup` (64 bytes): the fields the programs use.
 pub mod fib {
-    pub const FAMILY: usize = 0;
-    pub const L4_PROTOCOL: usize = 1;
-    pub const SPORT: usize = 2;
-    pub const DPORT: usize = 4;
-    pub const TOT_LEN: usize = 6;
-    pub const IFINDEX: usize = 8;
-    pub const TOS: usize = 12;
-    pub const SRC: usize = 16;
-    pub const DST: usize = 32;
-    pub const SMAC: usize = 52;
-    pub const DMAC: usize = 58;
-    pub const SIZE: usize = 64;
+    use sluice_verifier_sim::uapi::BpfFibLookup;
+    use std::mem::{offset_of, size_of};
+    pub const FAMILY: usize = offset_of!(BpfFibLookup, family);
+    pub const L4_PROTOCOL: usize = offset_of!(BpfFibLookup, l4_protocol);
+    pub const SPORT: usize = offset_of!(BpfFibLookup, sport);
+    pub const DPORT: usize = offset_of!(BpfFibLookup, dport);
+    pub const TOT_LEN: usize = offset_of!(BpfFibLookup, tot_len);
+    pub const IFINDEX: usize = offset_of!(BpfFibLookup, ifindex);
+    /// `tos` shares its union with `flowinfo`.
+    pub const TOS: usize = offset_of!(BpfFibLookup, flowinfo);
+    /// `ipv4_src` shares its union with `ipv6_src`.
+    pub const SRC: usize = offset_of!(BpfFibLookup, ipv6_src);
+    pub const DST: usize = offset_of!(BpfFibLookup, ipv6_dst);
+    pub const SMAC: usize = offset_of!(BpfFibLookup, smac);
+    pub const DMAC: usize = offset_of!(BpfFibLookup, dmac);
+    pub const SIZE: usize = size_of::<BpfFibLookup>();
     pub const AF_INET: i32 = 2;
     pub const AF_INET6: i32 = 10;
     /// `BPF_FIB_LKUP_RET_SUCCESS`.
@@ -104,13 +108,16 @@ pub mod fib {
     pub const RET_NO_NEIGH: i32 = 7;
 }
 
-/// `struct bpf_tunnel_key` (44 bytes).
+/// `struct bpf_tunnel_key`.
 pub mod tunnel_key_struct {
-    pub const TUNNEL_ID: usize = 0;
-    pub const REMOTE_IPV4: usize = 4;
-    pub const TOS: usize = 20;
-    pub const TTL: usize = 21;
-    pub const SIZE: usize = 44;
+    use sluice_verifier_sim::uapi::BpfTunnelKey;
+    use std::mem::{offset_of, size_of};
+    pub const TUNNEL_ID: usize = offset_of!(BpfTunnelKey, tunnel_id);
+    /// `remote_ipv4` shares its union with `remote_ipv6`.
+    pub const REMOTE_IPV4: usize = offset_of!(BpfTunnelKey, remote_ipv6);
+    pub const TOS: usize = offset_of!(BpfTunnelKey, tunnel_tos);
+    pub const TTL: usize = offset_of!(BpfTunnelKey, tunnel_ttl);
+    pub const SIZE: usize = size_of::<BpfTunnelKey>();
 }
 
 /// Capacities of the forwarding maps.

@@ -68,7 +68,9 @@ pub use sock_addr::{SockAddr, AF_INET, AF_INET6, SOCK_DGRAM, SOCK_STREAM};
 
 use crate::maps::{errno, MapSet};
 use crate::spec::{CtxField, CtxValue, MapKind, ProgKind, SK_BUFF, XDP_MD};
+use crate::uapi::{BpfFibLookup, BpfTunnelKey};
 use sluice_asm::{AluOp, AtomicOp, CallTarget, Endian, Imm64, Insn, JmpCond, Program, Reg, Size, Src};
+use std::mem::{offset_of, size_of};
 use thiserror::Error;
 
 /// Headroom before the packet (`XDP_PACKET_HEADROOM`).
@@ -113,7 +115,14 @@ pub const BPF_FIB_LKUP_RET_NOT_FWDED: u64 = 4;
 /// `bpf_fib_lookup`: routed, the neighbor unknown.
 pub const BPF_FIB_LKUP_RET_NO_NEIGH: u64 = 7;
 /// `bpf_skb_set_tunnel_key` sizes: the structure and its older prefixes.
-const TUNNEL_KEY_SIZES: [u32; 5] = [44, 28, 24, 22, 8];
+const TUNNEL_KEY_SIZES: [u32; 5] = [
+    size_of::<BpfTunnelKey>() as u32,
+    offset_of!(BpfTunnelKey, local_ipv6) as u32,
+    offset_of!(BpfTunnelKey, tunnel_label) as u32,
+    offset_of!(BpfTunnelKey, tunnel_ext) as u32,
+    // The oldest prefix: `tunnel_id` and `remote_ipv4`.
+    offset_of!(BpfTunnelKey, remote_ipv6) as u32 + 4,
+];
 /// `BPF_F_TUNINFO_IPV6 | BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT | BPF_F_SEQ_NUMBER |
 /// BPF_F_NO_TUNNEL_KEY | BPF_F_TUNINFO_FLAGS`.
 const TUNNEL_KEY_FLAGS: u64 = 0x3f;
@@ -137,7 +146,7 @@ const BPF_F_EXCLUDE_INGRESS: u64 = 1 << 4;
 const BPF_RB_NO_WAKEUP: u64 = 1;
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 /// `sizeof(struct bpf_fib_lookup)`.
-const FIB_LOOKUP_SIZE: u64 = 64;
+const FIB_LOOKUP_SIZE: u64 = size_of::<BpfFibLookup>() as u64;
 
 /// Helper ids (`enum bpf_func_id`).
 mod hid {
@@ -1316,11 +1325,14 @@ impl Vm<'_> {
                         None => BPF_FIB_LKUP_RET_NOT_FWDED,
                         Some(answer) => {
                             if answer.ret == 0 || answer.ret == BPF_FIB_LKUP_RET_NO_NEIGH as u32 {
-                                params[8..12].copy_from_slice(&answer.ifindex.to_le_bytes());
+                                let at = offset_of!(BpfFibLookup, ifindex);
+                                params[at..at + 4].copy_from_slice(&answer.ifindex.to_le_bytes());
                             }
                             if answer.ret == 0 {
-                                params[52..58].copy_from_slice(&answer.smac);
-                                params[58..64].copy_from_slice(&answer.dmac);
+                                let (smac, dmac) =
+                                    (offset_of!(BpfFibLookup, smac), offset_of!(BpfFibLookup, dmac));
+                                params[smac..smac + 6].copy_from_slice(&answer.smac);
+                                params[dmac..dmac + 6].copy_from_slice(&answer.dmac);
                             }
                             self.write_mem(insn, r2, &params)?;
                             u64::from(answer.ret)
@@ -1336,8 +1348,12 @@ impl Vm<'_> {
                     let key = self.read_mem(insn, r2, u64::from(size))?;
                     let word =
                         |at: usize| u32::from_le_bytes([key[at], key[at + 1], key[at + 2], key[at + 3]]);
-                    self.ctx.tunnel_key =
-                        Some(TunnelKey { tunnel_id: word(0), remote_ipv4: word(4), ttl: key[21], flags: r4 });
+                    self.ctx.tunnel_key = Some(TunnelKey {
+                        tunnel_id: word(offset_of!(BpfTunnelKey, tunnel_id)),
+                        remote_ipv4: word(offset_of!(BpfTunnelKey, remote_ipv6)),
+                        ttl: key[offset_of!(BpfTunnelKey, tunnel_ttl)],
+                        flags: r4,
+                    });
                     0
                 }
             }

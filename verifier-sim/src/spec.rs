@@ -126,10 +126,11 @@ impl ProgKind {
     /// Size in bytes of the context structure.
     pub fn ctx_size(self) -> usize {
         match self {
-            ProgKind::Xdp => 24,
-            ProgKind::SchedCls => 192,
-            ProgKind::SockOps => 224,
-            ProgKind::SkMsg => 72,
+            ProgKind::Xdp => std::mem::size_of::<XdpMd>(),
+            ProgKind::SchedCls => std::mem::size_of::<SkBuff>(),
+            ProgKind::SockOps => std::mem::size_of::<BpfSockOps>(),
+            // Up to `sk`: socket pointers are not modelled.
+            ProgKind::SkMsg => std::mem::offset_of!(SkMsgMd, sk),
             ProgKind::CgroupSockAddr(_) => sock_addr::SIZE as usize,
         }
     }
@@ -192,122 +193,131 @@ const fn field(name: &'static str, off: u32, size: u8, value: CtxValue, writable
     CtxField { name, off, size, value, writable }
 }
 
+use crate::uapi::{BpfSockOps, SkBuff, SkMsgMd, XdpMd};
 use CtxValue::{PacketEnd, PacketMeta, PacketStart, Scalar};
+
+/// A field's offset in a [`crate::uapi`] structure, as the `u32` the tables carry.
+macro_rules! off {
+    ($t:ty, $($f:tt)+) => {
+        ::core::mem::offset_of!($t, $($f)+) as u32
+    };
+}
 
 /// `struct xdp_md`.
 pub const XDP_MD: &[CtxField] = &[
-    field("data", 0, 4, PacketStart, false),
-    field("data_end", 4, 4, PacketEnd, false),
-    field("data_meta", 8, 4, PacketMeta, false),
-    field("ingress_ifindex", 12, 4, Scalar, false),
-    field("rx_queue_index", 16, 4, Scalar, false),
-    field("egress_ifindex", 20, 4, Scalar, false),
+    field("data", off!(XdpMd, data), 4, PacketStart, false),
+    field("data_end", off!(XdpMd, data_end), 4, PacketEnd, false),
+    field("data_meta", off!(XdpMd, data_meta), 4, PacketMeta, false),
+    field("ingress_ifindex", off!(XdpMd, ingress_ifindex), 4, Scalar, false),
+    field("rx_queue_index", off!(XdpMd, rx_queue_index), 4, Scalar, false),
+    field("egress_ifindex", off!(XdpMd, egress_ifindex), 4, Scalar, false),
 ];
 
 /// `struct __sk_buff` (the fields tc programs use).
 pub const SK_BUFF: &[CtxField] = &[
-    field("len", 0, 4, Scalar, false),
-    field("pkt_type", 4, 4, Scalar, false),
-    field("mark", 8, 4, Scalar, true),
-    field("queue_mapping", 12, 4, Scalar, true),
-    field("protocol", 16, 4, Scalar, false),
-    field("vlan_present", 20, 4, Scalar, false),
-    field("vlan_tci", 24, 4, Scalar, false),
-    field("vlan_proto", 28, 4, Scalar, false),
-    field("priority", 32, 4, Scalar, true),
-    field("ingress_ifindex", 36, 4, Scalar, false),
-    field("ifindex", 40, 4, Scalar, false),
-    field("tc_index", 44, 4, Scalar, true),
-    field("cb0", 48, 4, Scalar, true),
-    field("cb1", 52, 4, Scalar, true),
-    field("cb2", 56, 4, Scalar, true),
-    field("cb3", 60, 4, Scalar, true),
-    field("cb4", 64, 4, Scalar, true),
-    field("hash", 68, 4, Scalar, false),
-    field("tc_classid", 72, 4, Scalar, true),
-    field("data", 76, 4, PacketStart, false),
-    field("data_end", 80, 4, PacketEnd, false),
-    field("napi_id", 84, 4, Scalar, false),
-    field("data_meta", 140, 4, PacketMeta, false),
-    field("tstamp", 152, 8, Scalar, true),
-    field("wire_len", 160, 4, Scalar, false),
+    field("len", off!(SkBuff, len), 4, Scalar, false),
+    field("pkt_type", off!(SkBuff, pkt_type), 4, Scalar, false),
+    field("mark", off!(SkBuff, mark), 4, Scalar, true),
+    field("queue_mapping", off!(SkBuff, queue_mapping), 4, Scalar, true),
+    field("protocol", off!(SkBuff, protocol), 4, Scalar, false),
+    field("vlan_present", off!(SkBuff, vlan_present), 4, Scalar, false),
+    field("vlan_tci", off!(SkBuff, vlan_tci), 4, Scalar, false),
+    field("vlan_proto", off!(SkBuff, vlan_proto), 4, Scalar, false),
+    field("priority", off!(SkBuff, priority), 4, Scalar, true),
+    field("ingress_ifindex", off!(SkBuff, ingress_ifindex), 4, Scalar, false),
+    field("ifindex", off!(SkBuff, ifindex), 4, Scalar, false),
+    field("tc_index", off!(SkBuff, tc_index), 4, Scalar, true),
+    field("cb0", off!(SkBuff, cb), 4, Scalar, true),
+    field("cb1", off!(SkBuff, cb) + 4, 4, Scalar, true),
+    field("cb2", off!(SkBuff, cb) + 8, 4, Scalar, true),
+    field("cb3", off!(SkBuff, cb) + 12, 4, Scalar, true),
+    field("cb4", off!(SkBuff, cb) + 16, 4, Scalar, true),
+    field("hash", off!(SkBuff, hash), 4, Scalar, false),
+    field("tc_classid", off!(SkBuff, tc_classid), 4, Scalar, true),
+    field("data", off!(SkBuff, data), 4, PacketStart, false),
+    field("data_end", off!(SkBuff, data_end), 4, PacketEnd, false),
+    field("napi_id", off!(SkBuff, napi_id), 4, Scalar, false),
+    field("data_meta", off!(SkBuff, data_meta), 4, PacketMeta, false),
+    field("tstamp", off!(SkBuff, tstamp), 8, Scalar, true),
+    field("wire_len", off!(SkBuff, wire_len), 4, Scalar, false),
 ];
 
 /// `struct bpf_sock_ops` (the fields sluice's sock_ops programs may use; `sk` is left out
 /// because socket pointers are not modelled). `skb_data`/`skb_data_end` are 8-byte
 /// `__bpf_md_ptr` fields.
 pub const SOCK_OPS: &[CtxField] = &[
-    field("op", 0, 4, Scalar, false),
-    field("reply", 4, 4, Scalar, true),
-    field("replylong1", 8, 4, Scalar, true),
-    field("replylong2", 12, 4, Scalar, true),
-    field("replylong3", 16, 4, Scalar, true),
-    field("family", 20, 4, Scalar, false),
-    field("remote_ip4", 24, 4, Scalar, false),
-    field("local_ip4", 28, 4, Scalar, false),
-    field("remote_ip6_0", 32, 4, Scalar, false),
-    field("remote_ip6_1", 36, 4, Scalar, false),
-    field("remote_ip6_2", 40, 4, Scalar, false),
-    field("remote_ip6_3", 44, 4, Scalar, false),
-    field("local_ip6_0", 48, 4, Scalar, false),
-    field("local_ip6_1", 52, 4, Scalar, false),
-    field("local_ip6_2", 56, 4, Scalar, false),
-    field("local_ip6_3", 60, 4, Scalar, false),
-    field("remote_port", 64, 4, Scalar, false),
-    field("local_port", 68, 4, Scalar, false),
-    field("is_fullsock", 72, 4, Scalar, false),
-    field("snd_cwnd", 76, 4, Scalar, false),
-    field("srtt_us", 80, 4, Scalar, false),
-    field("bpf_sock_ops_cb_flags", 84, 4, Scalar, false),
-    field("state", 88, 4, Scalar, false),
-    field("sk_txhash", 164, 4, Scalar, true),
-    field("bytes_received", 168, 8, Scalar, false),
-    field("bytes_acked", 176, 8, Scalar, false),
-    field("skb_data", 192, 8, PacketStart, false),
-    field("skb_data_end", 200, 8, PacketEnd, false),
-    field("skb_len", 208, 4, Scalar, false),
-    field("skb_tcp_flags", 212, 4, Scalar, false),
+    field("op", off!(BpfSockOps, op), 4, Scalar, false),
+    field("reply", off!(BpfSockOps, args), 4, Scalar, true),
+    field("replylong1", off!(BpfSockOps, args) + 4, 4, Scalar, true),
+    field("replylong2", off!(BpfSockOps, args) + 8, 4, Scalar, true),
+    field("replylong3", off!(BpfSockOps, args) + 12, 4, Scalar, true),
+    field("family", off!(BpfSockOps, family), 4, Scalar, false),
+    field("remote_ip4", off!(BpfSockOps, remote_ip4), 4, Scalar, false),
+    field("local_ip4", off!(BpfSockOps, local_ip4), 4, Scalar, false),
+    field("remote_ip6_0", off!(BpfSockOps, remote_ip6), 4, Scalar, false),
+    field("remote_ip6_1", off!(BpfSockOps, remote_ip6) + 4, 4, Scalar, false),
+    field("remote_ip6_2", off!(BpfSockOps, remote_ip6) + 8, 4, Scalar, false),
+    field("remote_ip6_3", off!(BpfSockOps, remote_ip6) + 12, 4, Scalar, false),
+    field("local_ip6_0", off!(BpfSockOps, local_ip6), 4, Scalar, false),
+    field("local_ip6_1", off!(BpfSockOps, local_ip6) + 4, 4, Scalar, false),
+    field("local_ip6_2", off!(BpfSockOps, local_ip6) + 8, 4, Scalar, false),
+    field("local_ip6_3", off!(BpfSockOps, local_ip6) + 12, 4, Scalar, false),
+    field("remote_port", off!(BpfSockOps, remote_port), 4, Scalar, false),
+    field("local_port", off!(BpfSockOps, local_port), 4, Scalar, false),
+    field("is_fullsock", off!(BpfSockOps, is_fullsock), 4, Scalar, false),
+    field("snd_cwnd", off!(BpfSockOps, snd_cwnd), 4, Scalar, false),
+    field("srtt_us", off!(BpfSockOps, srtt_us), 4, Scalar, false),
+    field("bpf_sock_ops_cb_flags", off!(BpfSockOps, bpf_sock_ops_cb_flags), 4, Scalar, false),
+    field("state", off!(BpfSockOps, state), 4, Scalar, false),
+    field("sk_txhash", off!(BpfSockOps, sk_txhash), 4, Scalar, true),
+    field("bytes_received", off!(BpfSockOps, bytes_received), 8, Scalar, false),
+    field("bytes_acked", off!(BpfSockOps, bytes_acked), 8, Scalar, false),
+    field("skb_data", off!(BpfSockOps, skb_data), 8, PacketStart, false),
+    field("skb_data_end", off!(BpfSockOps, skb_data_end), 8, PacketEnd, false),
+    field("skb_len", off!(BpfSockOps, skb_len), 4, Scalar, false),
+    field("skb_tcp_flags", off!(BpfSockOps, skb_tcp_flags), 4, Scalar, false),
 ];
 
 /// `struct sk_msg_md` up to `size` (`sk` is left out: socket pointers are not modelled).
 /// `data`/`data_end` are 8-byte `__bpf_md_ptr` fields.
 pub const SK_MSG_MD: &[CtxField] = &[
-    field("data", 0, 8, PacketStart, false),
-    field("data_end", 8, 8, PacketEnd, false),
-    field("family", 16, 4, Scalar, false),
-    field("remote_ip4", 20, 4, Scalar, false),
-    field("local_ip4", 24, 4, Scalar, false),
-    field("remote_ip6_0", 28, 4, Scalar, false),
-    field("remote_ip6_1", 32, 4, Scalar, false),
-    field("remote_ip6_2", 36, 4, Scalar, false),
-    field("remote_ip6_3", 40, 4, Scalar, false),
-    field("local_ip6_0", 44, 4, Scalar, false),
-    field("local_ip6_1", 48, 4, Scalar, false),
-    field("local_ip6_2", 52, 4, Scalar, false),
-    field("local_ip6_3", 56, 4, Scalar, false),
-    field("remote_port", 60, 4, Scalar, false),
-    field("local_port", 64, 4, Scalar, false),
-    field("size", 68, 4, Scalar, false),
+    field("data", off!(SkMsgMd, data), 8, PacketStart, false),
+    field("data_end", off!(SkMsgMd, data_end), 8, PacketEnd, false),
+    field("family", off!(SkMsgMd, family), 4, Scalar, false),
+    field("remote_ip4", off!(SkMsgMd, remote_ip4), 4, Scalar, false),
+    field("local_ip4", off!(SkMsgMd, local_ip4), 4, Scalar, false),
+    field("remote_ip6_0", off!(SkMsgMd, remote_ip6), 4, Scalar, false),
+    field("remote_ip6_1", off!(SkMsgMd, remote_ip6) + 4, 4, Scalar, false),
+    field("remote_ip6_2", off!(SkMsgMd, remote_ip6) + 8, 4, Scalar, false),
+    field("remote_ip6_3", off!(SkMsgMd, remote_ip6) + 12, 4, Scalar, false),
+    field("local_ip6_0", off!(SkMsgMd, local_ip6), 4, Scalar, false),
+    field("local_ip6_1", off!(SkMsgMd, local_ip6) + 4, 4, Scalar, false),
+    field("local_ip6_2", off!(SkMsgMd, local_ip6) + 8, 4, Scalar, false),
+    field("local_ip6_3", off!(SkMsgMd, local_ip6) + 12, 4, Scalar, false),
+    field("remote_port", off!(SkMsgMd, remote_port), 4, Scalar, false),
+    field("local_port", off!(SkMsgMd, local_port), 4, Scalar, false),
+    field("size", off!(SkMsgMd, size), 4, Scalar, false),
 ];
 
 /// `struct bpf_sock_addr`: byte offsets. Addresses and the port are in network byte order
 /// (a 4-byte load yields the wire bytes read little-endian; the port sits in the low 16
 /// bits of `user_port`); `family`, `type`, `protocol` are plain integers.
 pub mod sock_addr {
-    pub const USER_FAMILY: u32 = 0;
-    pub const USER_IP4: u32 = 4;
+    use crate::uapi::BpfSockAddr;
+    pub const USER_FAMILY: u32 = off!(BpfSockAddr, user_family);
+    pub const USER_IP4: u32 = off!(BpfSockAddr, user_ip4);
     /// Four `u32` words.
-    pub const USER_IP6: u32 = 8;
-    pub const USER_PORT: u32 = 24;
-    pub const FAMILY: u32 = 28;
-    pub const TYPE: u32 = 32;
-    pub const PROTOCOL: u32 = 36;
-    pub const MSG_SRC_IP4: u32 = 40;
+    pub const USER_IP6: u32 = off!(BpfSockAddr, user_ip6);
+    pub const USER_PORT: u32 = off!(BpfSockAddr, user_port);
+    pub const FAMILY: u32 = off!(BpfSockAddr, family);
+    pub const TYPE: u32 = off!(BpfSockAddr, r#type);
+    pub const PROTOCOL: u32 = off!(BpfSockAddr, protocol);
+    pub const MSG_SRC_IP4: u32 = off!(BpfSockAddr, msg_src_ip4);
     /// Four `u32` words.
-    pub const MSG_SRC_IP6: u32 = 44;
+    pub const MSG_SRC_IP6: u32 = off!(BpfSockAddr, msg_src_ip6);
     /// `__bpf_md_ptr(struct bpf_sock *, sk)`: not modelled.
-    pub const SK: u32 = 64;
-    pub const SIZE: u32 = 72;
+    pub const SK: u32 = off!(BpfSockAddr, sk);
+    pub const SIZE: u32 = std::mem::size_of::<BpfSockAddr>() as u32;
 }
 
 /// `struct bpf_sock_addr` with these fields writable (`sk` is left out: socket pointers

@@ -22,3 +22,6 @@ pub mod node;
 pub mod packet;
 pub mod policy;
 pub mod sys;
+/// Kernel structures and constants, defined once (in `sluice-verifier-sim`, which the
+/// simulator and the code generators share).
+pub use sluice_verifier_sim::uapi;

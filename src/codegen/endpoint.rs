@@ -176,16 +176,9 @@ const SKB_IFINDEX: i16 = ctx_off!(SkBuff, ifindex);
 /// `__sk_buff.ingress_ifindex` (`skb->skb_iif`): the device the packet was last received on.
 const SKB_INGRESS_IFINDEX: i16 = ctx_off!(SkBuff, ingress_ifindex);
 
-const TCP_FIN: i32 = 0x01;
-const TCP_SYN: i32 = 0x02;
-const TCP_RST: i32 = 0x04;
-const TCP_ACK: i32 = 0x10;
-
-const IPPROTO_ICMP: i32 = 1;
-const IPPROTO_TCP: i32 = 6;
-const IPPROTO_UDP: i32 = 17;
-const IPPROTO_ICMPV6: i32 = 58;
-const IPPROTO_SCTP: i32 = 132;
+use crate::uapi::{
+    IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 fn label(r: Reason) -> &'static str {
     r.name()

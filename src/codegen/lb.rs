@@ -102,24 +102,13 @@ pub const HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42,
 /// The same for IPv6 (a unique local address).
 pub const HAIRPIN_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x5c1e, 0, 0, 0, 0, 0, 1);
 
-const IPPROTO_TCP: i32 = 6;
-const IPPROTO_UDP: i32 = 17;
-const IPPROTO_SCTP: i32 = 132;
-
-const TCP_FIN: i32 = 0x01;
-const TCP_SYN: i32 = 0x02;
-const TCP_RST: i32 = 0x04;
-const TCP_ACK: i32 = 0x10;
+use crate::uapi::{
+    BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN,
+};
 
 /// `__sk_buff.ifindex`.
 const SKB_IFINDEX: i16 = ctx_off!(SkBuff, ifindex);
-
-/// `bpf_l4_csum_replace` flags.
-const BPF_F_PSEUDO_HDR: i32 = 1 << 4;
-const BPF_F_MARK_MANGLED_0: i32 = 1 << 5;
-/// The checksum is of IPv6 (Linux 6.16+): with `BPF_F_PSEUDO_HDR` and a diff, leave a
-/// `CHECKSUM_COMPLETE` `skb->csum` alone.
-const BPF_F_IPV6: i32 = 1 << 7;
 
 /// The stack frame [`emit_service_lb`] uses: offsets below `base` (a negative offset from
 /// `r10`; the standalone program uses 0). [`LbFrame::SIZE`] bytes.

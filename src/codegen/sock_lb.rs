@@ -57,13 +57,9 @@ use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 pub use sluice_verifier_sim::spec::SockAddrHook;
 use sluice_verifier_sim::spec::{sock_addr as ctx, ProgKind};
 
-/// `SOCK_STREAM`, `SOCK_DGRAM`.
-const SOCK_STREAM: i32 = 1;
-const SOCK_DGRAM: i32 = 2;
-/// IP protocol numbers.
-const PROTO_TCP: i32 = 6;
-const PROTO_UDP: i32 = 17;
-const PROTO_SCTP: i32 = 132;
+use crate::uapi::{
+    IPPROTO_SCTP as PROTO_SCTP, IPPROTO_TCP as PROTO_TCP, IPPROTO_UDP as PROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
+};
 /// The third word of an IPv4-mapped address (`00 00 ff ff`) as a `u32` load sees it.
 const V4_MAPPED_WORD: i32 = u32::from_le_bytes([0, 0, 0xff, 0xff]) as i32;
 /// `BPF_ANY`.

@@ -100,12 +100,10 @@ pub mod fib {
     pub const SMAC: usize = offset_of!(BpfFibLookup, smac);
     pub const DMAC: usize = offset_of!(BpfFibLookup, dmac);
     pub const SIZE: usize = size_of::<BpfFibLookup>();
-    pub const AF_INET: i32 = 2;
-    pub const AF_INET6: i32 = 10;
-    /// `BPF_FIB_LKUP_RET_SUCCESS`.
-    pub const RET_SUCCESS: i32 = 0;
-    /// `BPF_FIB_LKUP_RET_NO_NEIGH`: routed, but the next hop's MAC is not known yet.
-    pub const RET_NO_NEIGH: i32 = 7;
+    pub use crate::uapi::{AF_INET, AF_INET6};
+    pub use crate::uapi::{
+        BPF_FIB_LKUP_RET_NO_NEIGH as RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS as RET_SUCCESS,
+    };
 }
 
 /// `struct bpf_tunnel_key`.

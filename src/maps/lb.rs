@@ -246,12 +246,7 @@ pub fn map_defs() -> Vec<MapDef> {
 // Verdict reasons of the tc load balancer (`lb_stats`)
 // ---------------------------------------------------------------------------------------
 
-/// `TC_ACT_OK`.
-pub const TC_ACT_OK: i32 = 0;
-/// `TC_ACT_SHOT`.
-pub const TC_ACT_SHOT: i32 = 2;
-/// `TC_ACT_REDIRECT`.
-pub const TC_ACT_REDIRECT: i32 = 7;
+pub use crate::uapi::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT};
 
 /// Why the tc load balancer ([`crate::codegen::lb`]) returned what it did: the index of its
 /// per-CPU `u64` counter in `lb_stats`.

@@ -228,10 +228,7 @@ impl Reason {
     }
 }
 
-/// tc verdicts.
-pub const TC_ACT_OK: i32 = 0;
-/// tc verdicts.
-pub const TC_ACT_SHOT: i32 = 2;
+pub use crate::uapi::{TC_ACT_OK, TC_ACT_SHOT};
 
 /// Layout of an event on the `events` ring buffer.
 pub mod event {

@@ -145,10 +145,7 @@ pub enum Reason {
     MalformedIpv6 = 11,
 }
 
-/// XDP verdicts.
-pub const XDP_DROP: i32 = 1;
-/// XDP verdicts.
-pub const XDP_PASS: i32 = 2;
+pub use crate::uapi::{XDP_DROP, XDP_PASS};
 
 impl Reason {
     /// Every reason, in index order.

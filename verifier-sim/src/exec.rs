@@ -68,7 +68,7 @@ pub use sock_addr::{SockAddr, AF_INET, AF_INET6, SOCK_DGRAM, SOCK_STREAM};
 
 use crate::maps::{errno, MapSet};
 use crate::spec::{CtxField, CtxValue, MapKind, ProgKind, SK_BUFF, XDP_MD};
-use crate::uapi::{BpfFibLookup, BpfTunnelKey};
+use crate::uapi::{self, BpfFibLookup, BpfTunnelKey};
 use sluice_asm::{AluOp, AtomicOp, CallTarget, Endian, Imm64, Insn, JmpCond, Program, Reg, Size, Src};
 use std::mem::{offset_of, size_of};
 use thiserror::Error;
@@ -100,20 +100,22 @@ pub const CTX_ADDR: u64 = 0x2000_0000;
 /// Address of the packet buffer's first (headroom) byte.
 pub const PACKET_BASE: u64 = 0x3000_0000;
 
+// The kernel constants of `crate::uapi`, as the 64-bit values `r0` and helper arguments
+// carry here.
 /// XDP verdicts.
-pub const XDP_ABORTED: u64 = 0;
-pub const XDP_DROP: u64 = 1;
-pub const XDP_PASS: u64 = 2;
-pub const XDP_TX: u64 = 3;
-pub const XDP_REDIRECT: u64 = 4;
+pub const XDP_ABORTED: u64 = uapi::XDP_ABORTED as u64;
+pub const XDP_DROP: u64 = uapi::XDP_DROP as u64;
+pub const XDP_PASS: u64 = uapi::XDP_PASS as u64;
+pub const XDP_TX: u64 = uapi::XDP_TX as u64;
+pub const XDP_REDIRECT: u64 = uapi::XDP_REDIRECT as u64;
 /// tc verdicts.
-pub const TC_ACT_OK: u64 = 0;
-pub const TC_ACT_SHOT: u64 = 2;
-pub const TC_ACT_REDIRECT: u64 = 7;
+pub const TC_ACT_OK: u64 = uapi::TC_ACT_OK as u64;
+pub const TC_ACT_SHOT: u64 = uapi::TC_ACT_SHOT as u64;
+pub const TC_ACT_REDIRECT: u64 = uapi::TC_ACT_REDIRECT as u64;
 /// `bpf_fib_lookup`'s answer when no [`Context::fib`] is given.
-pub const BPF_FIB_LKUP_RET_NOT_FWDED: u64 = 4;
+pub const BPF_FIB_LKUP_RET_NOT_FWDED: u64 = uapi::BPF_FIB_LKUP_RET_NOT_FWDED as u64;
 /// `bpf_fib_lookup`: routed, the neighbor unknown.
-pub const BPF_FIB_LKUP_RET_NO_NEIGH: u64 = 7;
+pub const BPF_FIB_LKUP_RET_NO_NEIGH: u64 = uapi::BPF_FIB_LKUP_RET_NO_NEIGH as u64;
 /// `bpf_skb_set_tunnel_key` sizes: the structure and its older prefixes.
 const TUNNEL_KEY_SIZES: [u32; 5] = [
     size_of::<BpfTunnelKey>() as u32,
@@ -128,16 +130,16 @@ const TUNNEL_KEY_SIZES: [u32; 5] = [
 const TUNNEL_KEY_FLAGS: u64 = 0x3f;
 
 /// `bpf_redirect`: to the ingress path.
-pub const BPF_F_INGRESS: u64 = 1;
+pub const BPF_F_INGRESS: u64 = uapi::BPF_F_INGRESS as u64;
 /// `bpf_skb_store_bytes` flags.
-pub const BPF_F_RECOMPUTE_CSUM: u64 = 1 << 0;
-pub const BPF_F_INVALIDATE_HASH: u64 = 1 << 1;
+pub const BPF_F_RECOMPUTE_CSUM: u64 = uapi::BPF_F_RECOMPUTE_CSUM as u64;
+pub const BPF_F_INVALIDATE_HASH: u64 = uapi::BPF_F_INVALIDATE_HASH as u64;
 /// `bpf_l3/l4_csum_replace` flags: the field size (0 = `to` is a `csum_diff` result).
-pub const BPF_F_HDR_FIELD_MASK: u64 = 0xf;
-pub const BPF_F_PSEUDO_HDR: u64 = 1 << 4;
-pub const BPF_F_MARK_MANGLED_0: u64 = 1 << 5;
-pub const BPF_F_MARK_ENFORCE: u64 = 1 << 6;
-pub const BPF_F_IPV6: u64 = 1 << 7;
+pub const BPF_F_HDR_FIELD_MASK: u64 = uapi::BPF_F_HDR_FIELD_MASK as u64;
+pub const BPF_F_PSEUDO_HDR: u64 = uapi::BPF_F_PSEUDO_HDR as u64;
+pub const BPF_F_MARK_MANGLED_0: u64 = uapi::BPF_F_MARK_MANGLED_0 as u64;
+pub const BPF_F_MARK_ENFORCE: u64 = uapi::BPF_F_MARK_ENFORCE as u64;
+pub const BPF_F_IPV6: u64 = uapi::BPF_F_IPV6 as u64;
 /// `bpf_redirect_map`: the verdict on a miss is `flags & BPF_F_ACTION_MASK`.
 const BPF_F_ACTION_MASK: u64 = 3;
 const BPF_F_BROADCAST: u64 = 1 << 3;

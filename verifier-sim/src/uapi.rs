@@ -322,3 +322,61 @@ macro_rules! ctx_off {
         ::core::mem::offset_of!($t, $($field)+) as i16
     };
 }
+
+// ---------------------------------------------------------------------------------------
+// Kernel constants, each defined once (as the `i32` an instruction immediate carries;
+// the simulator widens them).
+// ---------------------------------------------------------------------------------------
+
+/// `enum xdp_action`.
+pub const XDP_ABORTED: i32 = 0;
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_TX: i32 = 3;
+pub const XDP_REDIRECT: i32 = 4;
+
+/// tc verdicts (`TC_ACT_*`).
+pub const TC_ACT_OK: i32 = 0;
+pub const TC_ACT_SHOT: i32 = 2;
+pub const TC_ACT_REDIRECT: i32 = 7;
+
+/// IP protocol numbers (`IPPROTO_*`).
+pub const IPPROTO_ICMP: i32 = 1;
+pub const IPPROTO_TCP: i32 = 6;
+pub const IPPROTO_UDP: i32 = 17;
+pub const IPPROTO_ICMPV6: i32 = 58;
+pub const IPPROTO_SCTP: i32 = 132;
+
+/// TCP header flags (the byte at offset 13).
+pub const TCP_FIN: i32 = 0x01;
+pub const TCP_SYN: i32 = 0x02;
+pub const TCP_RST: i32 = 0x04;
+pub const TCP_ACK: i32 = 0x10;
+
+/// Address families.
+pub const AF_INET: i32 = 2;
+pub const AF_INET6: i32 = 10;
+
+/// Socket types.
+pub const SOCK_STREAM: i32 = 1;
+pub const SOCK_DGRAM: i32 = 2;
+
+/// `bpf_redirect`: to the ingress path.
+pub const BPF_F_INGRESS: i32 = 1;
+/// `bpf_skb_store_bytes` flags.
+pub const BPF_F_RECOMPUTE_CSUM: i32 = 1 << 0;
+pub const BPF_F_INVALIDATE_HASH: i32 = 1 << 1;
+/// `bpf_l3/l4_csum_replace` flags: the field size (0 = `to` is a `csum_diff` result).
+pub const BPF_F_HDR_FIELD_MASK: i32 = 0xf;
+pub const BPF_F_PSEUDO_HDR: i32 = 1 << 4;
+pub const BPF_F_MARK_MANGLED_0: i32 = 1 << 5;
+pub const BPF_F_MARK_ENFORCE: i32 = 1 << 6;
+/// The checksum is of IPv6 (Linux 6.16+): with `BPF_F_PSEUDO_HDR` and a diff, leave a
+/// `CHECKSUM_COMPLETE` `skb->csum` alone.
+pub const BPF_F_IPV6: i32 = 1 << 7;
+
+/// `bpf_fib_lookup` answers (`BPF_FIB_LKUP_RET_*`).
+pub const BPF_FIB_LKUP_RET_SUCCESS: i32 = 0;
+pub const BPF_FIB_LKUP_RET_NOT_FWDED: i32 = 4;
+/// Routed, but the next hop's MAC is not known yet.
+pub const BPF_FIB_LKUP_RET_NO_NEIGH: i32 = 7;

@@ -10,8 +10,8 @@ use crate::spec::{CtxField, SockAddrHook};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// `AF_INET`, `AF_INET6`.
-pub const AF_INET: u32 = 2;
-pub const AF_INET6: u32 = 10;
+pub const AF_INET: u32 = crate::uapi::AF_INET as u32;
+pub const AF_INET6: u32 = crate::uapi::AF_INET6 as u32;
 /// `SOCK_STREAM`, `SOCK_DGRAM`.
 pub const SOCK_STREAM: u32 = 1;
 pub const SOCK_DGRAM: u32 = 2;

@@ -86,11 +86,12 @@ pub fn emit_ethernet(b: &mut Builder, l: EthLabels<'_>) {
     guard(b, Reg::R8, ETH_HLEN, l.truncated_ethernet);
     b.load(Size::H, Reg::R4, Reg::R8, 12);
     b.mov(Reg::R7, Reg::R8).add(Reg::R7, ETH_HLEN);
+    let vlan = b.new_label("vlan");
     for tpid in tpids {
-        b.jmp(JmpCond::Eq, Reg::R4, tpid, "vlan");
+        b.jmp(JmpCond::Eq, Reg::R4, tpid, vlan);
     }
     emit_l3_dispatch(b, &l);
-    b.label("vlan").comment("first vlan tag");
+    b.place(vlan).comment("first vlan tag");
     guard(b, Reg::R8, ETH_HLEN + VLAN_HLEN, l.truncated_vlan);
     b.load(Size::H, Reg::R4, Reg::R8, (ETH_HLEN + VLAN_HLEN - 2) as i16);
     b.comment("r5 = 4 if a second tag follows, else 0 (no branch: one verifier path)");
@@ -131,11 +132,12 @@ pub fn emit_count_and_exit(b: &mut Builder, label: &str, stats: &str) {
     b.ld_map(Reg::R1, stats);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
     b.call(sluice_asm::helpers::MAP_LOOKUP_ELEM);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "return");
+    let ret = b.new_label("return");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, ret);
     b.load(Size::DW, Reg::R1, Reg::R0, 0);
     b.add(Reg::R1, 1);
     b.store(Size::DW, Reg::R0, 0, Reg::R1);
-    b.label("return");
+    b.place(ret);
     b.mov(Reg::R0, Reg::R7).exit();
 }
 

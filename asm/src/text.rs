@@ -317,6 +317,87 @@ pub fn listing(prog: &Program) -> String {
     out
 }
 
+/// The part of a program's listing around instruction `index` (an `LD_IMM64` counts once):
+/// the nearest label at or before it (with `...` when it is not adjacent), `context`
+/// instructions either side with their comments, and the instruction itself marked `>`.
+/// What a verifier rejection shows instead of the whole listing.
+pub fn excerpt(prog: &Program, index: usize, context: usize) -> String {
+    let full = listing(prog);
+    // Split the listing into per-instruction blocks (labels and comments lead a block).
+    let mut blocks: Vec<Vec<&str>> = vec![Vec::new()];
+    for line in full.lines() {
+        let is_insn =
+            line.len() > 5 && line.as_bytes()[4] == b':' && line[..4].trim_start().parse::<usize>().is_ok();
+        blocks.last_mut().expect("one block at least").push(line);
+        if is_insn {
+            blocks.push(Vec::new());
+        }
+    }
+    let n = prog.len();
+    if n == 0 {
+        return String::new();
+    }
+    let index = index.min(n - 1);
+    let (lo, hi) = (index.saturating_sub(context), (index + context).min(n - 1));
+    let mut out = String::new();
+    let label_at = prog.labels().range(..=lo).next_back();
+    if let Some((&at, names)) = label_at {
+        if at < lo {
+            for name in names {
+                let _ = writeln!(out, "{name}:");
+            }
+            out.push_str("  ...\n");
+        }
+    } else if lo > 0 {
+        out.push_str("  ...\n");
+    }
+    for (i, block) in blocks.iter().enumerate().take(hi + 1).skip(lo) {
+        for (k, line) in block.iter().enumerate() {
+            let last = k + 1 == block.len();
+            let mark = if i == index && last { "> " } else { "  " };
+            let _ = writeln!(out, "{mark}{line}");
+        }
+    }
+    if hi + 1 < n {
+        out.push_str("  ...\n");
+    }
+    out
+}
+
+/// The instruction slot a kernel verifier log names last (`123: (bf) r1 = r6` lines), i.e.
+/// where the verifier stopped, if the log names one.
+pub fn failing_slot_in_log(log: &str) -> Option<usize> {
+    log.lines().rev().find_map(|line| {
+        let (num, rest) = line.split_once(": (")?;
+        rest.get(2..3).filter(|c| *c == ")")?;
+        num.trim().parse().ok()
+    })
+}
+
+/// The instruction index at `slot`, if an instruction starts there.
+pub fn index_at_slot(prog: &Program, slot: usize) -> Option<usize> {
+    prog.slot_starts().iter().position(|&s| s == slot).filter(|&i| i < prog.len())
+}
+
+/// What to show of our program next to a kernel rejection: the excerpt around the slot the
+/// log names, or the whole listing when the log names none.
+pub fn rejection_context(prog: &Program, log: &str) -> String {
+    match failing_slot_in_log(log).and_then(|slot| index_at_slot(prog, slot)) {
+        Some(i) => excerpt(prog, i, 6),
+        None => listing(prog),
+    }
+}
+
+/// The last `n` lines of a verifier log (the kernel's logs run to megabytes; the end says
+/// why), with a note of how many were left out.
+pub fn log_tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    if lines.len() <= n {
+        return log.to_string();
+    }
+    format!("[{} earlier lines]\n{}", lines.len() - n, lines[lines.len() - n..].join("\n"))
+}
+
 // ---------------------------------------------------------------------------------------
 // Lexing
 // ---------------------------------------------------------------------------------------

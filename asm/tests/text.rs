@@ -287,3 +287,28 @@ fn program_jump_out_of_range_names_the_line() {
     let text = text.replacen("if r1 == 0 goto far", "gotol far", 1);
     assert_eq!(parse_program(&text).expect("gotol reaches").insns()[0], Insn::Ja { long: true, off: 40_000 });
 }
+
+#[test]
+fn an_excerpt_shows_the_failing_instruction_in_context() {
+    let mut b = Builder::new();
+    b.label("entry").mov(Reg::R0, 0);
+    for i in 0..20 {
+        b.add(Reg::R0, i);
+    }
+    b.label("check").comment("is r0 big?");
+    b.jmp(JmpCond::Gt, Reg::R0, 100, "out");
+    b.mov(Reg::R0, 1).mov(Reg::R0, 2).mov(Reg::R0, 3);
+    b.label("out").exit();
+    let p = b.build().expect("builds");
+    let e = sluice_asm::text::excerpt(&p, 21, 2);
+    assert_eq!(
+        e,
+        "entry:\n  ...\n    19: r0 += 18\n    20: r0 += 19\n  check:\n  ; is r0 big?\n>   21: if r0 > 0x64 goto pc+3 <out>\n    22: r0 = 1\n    23: r0 = 2\n  ...\n"
+    );
+    // A kernel log naming slot 21 last points at the same instruction.
+    let log = "0: (b7) r0 = 0\n21: (25) if r0 > 0x64 goto pc+3\nR0 invalid mem access 'scalar'\n";
+    assert_eq!(sluice_asm::text::failing_slot_in_log(log), Some(21));
+    assert_eq!(sluice_asm::text::rejection_context(&p, log), sluice_asm::text::excerpt(&p, 21, 6));
+    assert_eq!(sluice_asm::text::rejection_context(&p, "no slot here"), sluice_asm::text::listing(&p));
+    assert_eq!(sluice_asm::text::log_tail("a\nb\nc", 2), "[1 earlier lines]\nb\nc");
+}

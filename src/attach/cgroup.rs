@@ -91,7 +91,7 @@ pub enum SockLbError {
         source: sluice_asm::EncodeError,
     },
     #[error(
-        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log ---\n{log}\n--- our listing ---\n{listing}"
+        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log (end) ---\n{log}\n--- our program where the verifier stopped ---\n{listing}"
     )]
     Rejected { name: String, errno: String, log: String, listing: String },
     #[error(transparent)]
@@ -119,8 +119,8 @@ pub fn load_sock_lb_program(
         SysError::ProgLoad { name, errno, log } => SockLbError::Rejected {
             name,
             errno: errno.to_string(),
-            log,
-            listing: sluice_asm::text::listing(&program),
+            listing: sluice_asm::text::rejection_context(&program, &log),
+            log: sluice_asm::text::log_tail(&log, 40),
         },
         other => SockLbError::Sys(other),
     })

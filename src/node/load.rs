@@ -26,7 +26,7 @@ pub enum LoadError {
     #[error(transparent)]
     Sys(#[from] SysError),
     #[error(
-        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log ---\n{log}\n--- our listing ---\n{listing}"
+        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log (end) ---\n{log}\n--- our program where the verifier stopped ---\n{listing}"
     )]
     Rejected { name: String, errno: String, log: String, listing: String },
     #[error("program `{name}`: {source}")]
@@ -138,8 +138,8 @@ pub fn load_program(
         SysError::ProgLoad { name, errno, log } => LoadError::Rejected {
             name,
             errno: errno.to_string(),
-            log,
-            listing: sluice_asm::text::listing(&obj.program),
+            listing: sluice_asm::text::rejection_context(&obj.program, &log),
+            log: sluice_asm::text::log_tail(&log, 40),
         },
         other => LoadError::Sys(other),
     })

@@ -14,7 +14,9 @@ use thiserror::Error;
 /// Why simulation failed.
 #[derive(Debug, Error)]
 pub enum SimError {
-    #[error("verifier-sim rejected program `{name}`: {message}\n--- our listing ---\n{listing}")]
+    #[error(
+        "verifier-sim rejected program `{name}`: {message}\n--- our program where it stopped ---\n{listing}"
+    )]
     Rejected { name: String, message: String, listing: String },
     #[error("map `{map}`: {message}")]
     Map { map: String, message: String },
@@ -69,8 +71,8 @@ impl SimNode {
             apply_writes(&mut maps, &obj.writes)?;
             let s = verifier::verify(&obj.program, obj.kind, &specs).map_err(|e| SimError::Rejected {
                 name: obj.name.clone(),
+                listing: sluice_asm::text::excerpt(&obj.program, e.insn, 6),
                 message: e.to_string(),
-                listing: sluice_asm::text::listing(&obj.program),
             })?;
             stats.insert(obj.name.clone(), s);
         }

@@ -108,6 +108,7 @@ pub struct Builder {
     /// Label definitions in the order they were made: (label, instruction index).
     placed: Vec<(Label, usize)>,
     comments: BTreeMap<usize, Vec<String>>,
+    stack: Vec<crate::program::StackSlot>,
     /// The first definition error seen (reported by `build`, as the builder chains).
     error: Option<BuildError>,
     fresh: usize,
@@ -198,6 +199,14 @@ impl Builder {
                 self.placed.push((id, here));
             }
         }
+    }
+
+    /// Name `size` bytes of the stack at `r10 + off`: the listing names every access to
+    /// them (`*(u32 *)(r10 -48) = r1 ; tuple.saddr`). Regions may nest; the smallest that
+    /// holds an access names it.
+    pub fn stack_slot(&mut self, name: impl Into<String>, off: i16, size: u16) -> &mut Self {
+        self.stack.push(crate::program::StackSlot { off, size, name: name.into() });
+        self
     }
 
     /// A comment printed in the listing before the next instruction.
@@ -435,7 +444,7 @@ impl Builder {
         for (at, texts) in &self.comments {
             comments.entry(new_index[*at]).or_default().extend(texts.iter().cloned());
         }
-        Ok(Program { insns, labels, comments, params })
+        Ok(Program { insns, labels, comments, params, stack: self.stack.clone() })
     }
 }
 

@@ -16,4 +16,4 @@ pub mod text;
 pub use builder::{BuildError, Builder, Label, Target};
 pub use encode::{decode, encode, EncodeError, RawInsn};
 pub use insn::{AluOp, AtomicOp, CallTarget, Endian, Imm64, Insn, JmpCond, Reg, Size, Src};
-pub use program::{BindError, Program, RelocateError};
+pub use program::{BindError, Program, RelocateError, StackSlot};

@@ -17,6 +17,22 @@ pub struct Program {
     pub(crate) comments: BTreeMap<usize, Vec<String>>,
     /// Template parameters: the instruction index whose immediate is the named parameter.
     pub(crate) params: BTreeMap<usize, String>,
+    /// Named stack regions (the program's frame layout), for the listing.
+    pub(crate) stack: Vec<StackSlot>,
+}
+
+/// A named region of the stack: `size` bytes at `r10 + off` (`off` negative).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct StackSlot {
+    pub off: i16,
+    pub size: u16,
+    pub name: String,
+}
+
+impl StackSlot {
+    fn contains(&self, off: i64, len: i64) -> bool {
+        i64::from(self.off) <= off && off + len <= i64::from(self.off) + i64::from(self.size)
+    }
 }
 
 /// Whether `insn` has an immediate a parameter can name: an ALU, jump or store immediate,
@@ -81,6 +97,19 @@ impl Program {
     /// Comments by instruction index.
     pub fn comments(&self) -> &BTreeMap<usize, Vec<String>> {
         &self.comments
+    }
+
+    /// The named stack regions, in declaration order.
+    pub fn stack(&self) -> &[StackSlot] {
+        &self.stack
+    }
+
+    /// The name of the smallest declared region holding `len` bytes at `r10 + off`: the
+    /// region's name, `+k` when the access starts `k` bytes into it.
+    pub fn stack_name(&self, off: i64, len: i64) -> Option<String> {
+        let slot = self.stack.iter().filter(|s| s.contains(off, len)).min_by_key(|s| s.size)?;
+        let k = off - i64::from(slot.off);
+        Some(if k == 0 { slot.name.clone() } else { format!("{}+{k}", slot.name) })
     }
 
     /// Template parameters by instruction index.
@@ -184,6 +213,7 @@ impl Program {
             labels: self.labels.clone(),
             comments: self.comments.clone(),
             params: self.params.clone(),
+            stack: self.stack.clone(),
         }
     }
 

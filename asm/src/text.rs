@@ -312,9 +312,34 @@ pub fn listing(prog: &Program) -> String {
         if let Some(name) = target {
             let _ = write!(out, " <{name}>");
         }
+        let prev = i.checked_sub(1).and_then(|p| prog.insns().get(p));
+        if let Some(name) = stack_access(insn, prev).and_then(|(off, len)| prog.stack_name(off, len)) {
+            let _ = write!(out, " ; {name}");
+        }
         out.push('\n');
     }
     out
+}
+
+/// The stack bytes `insn` reads or writes through `r10`, or whose address it forms
+/// (`rX += off` right after `rX = r10`): (offset from `r10`, length).
+fn stack_access(insn: &Insn, prev: Option<&Insn>) -> Option<(i64, i64)> {
+    let bytes = |s: Size| i64::from(s.bytes());
+    match insn {
+        Insn::Load { size, base: Reg::R10, off, .. } | Insn::LoadAcquire { size, base: Reg::R10, off, .. } => {
+            Some((i64::from(*off), bytes(*size)))
+        }
+        Insn::Store { size, base: Reg::R10, off, .. }
+        | Insn::Atomic { size, base: Reg::R10, off, .. }
+        | Insn::StoreRelease { size, base: Reg::R10, off, .. } => Some((i64::from(*off), bytes(*size))),
+        Insn::Alu { wide: true, op: AluOp::Add, dst, src: Src::Imm(off) } => match prev {
+            Some(Insn::Alu { wide: true, op: AluOp::Mov, dst: d, src: Src::Reg(Reg::R10) }) if d == dst => {
+                Some((i64::from(*off), 1))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 /// The part of a program's listing around instruction `index` (an `LD_IMM64` counts once):

@@ -312,3 +312,22 @@ fn an_excerpt_shows_the_failing_instruction_in_context() {
     assert_eq!(sluice_asm::text::rejection_context(&p, "no slot here"), sluice_asm::text::listing(&p));
     assert_eq!(sluice_asm::text::log_tail("a\nb\nc", 2), "[1 earlier lines]\nb\nc");
 }
+
+#[test]
+fn listings_name_stack_slots_and_fields() {
+    let mut b = Builder::new();
+    b.stack_slot("tuple", -16, 16).stack_slot("tuple.daddr", -12, 4).stack_slot("key", -20, 4);
+    b.store(Size::W, Reg::R10, -16, Reg::R1);
+    b.store(Size::W, Reg::R10, -12, 0);
+    b.load(Size::H, Reg::R2, Reg::R10, -8);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -20);
+    b.store(Size::DW, Reg::R10, -32, 0);
+    b.exit();
+    let p = b.build().expect("builds");
+    assert_eq!(
+        listing(&p),
+        "   0: *(u32 *)(r10 -16) = r1 ; tuple\n   1: *(u32 *)(r10 -12) = 0 ; tuple.daddr\n   2: r2 = *(u16 *)(r10 -8) ; tuple+8\n   3: r2 = r10\n   4: r2 += -20 ; key\n   5: *(u64 *)(r10 -32) = 0\n   6: exit\n"
+    );
+    let back = parse_program(&listing(&p)).expect("annotations parse as remarks");
+    assert_eq!(back.insns(), p.insns());
+}

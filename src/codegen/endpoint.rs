@@ -171,6 +171,53 @@ const _: () = assert!(LB.base >= FP_EV && LB.base - LbFrame::SIZE >= -512);
 /// the parse to the exit in `FP_FIB`, which that program does not otherwise use.
 const FP_LB_OFFS: i16 = FP_FIB;
 
+/// Name the frame's slots for the listing (the load balancer's overlay last, so the
+/// endpoint's own names win where they overlap).
+fn declare_frame(b: &mut Builder, options: Options) {
+    let key = |k: usize| k as u16;
+    b.stack_slot("key", FP_KEY, 4);
+    b.stack_slot("tuple", FP_CT, key(ct6_key::SIZE));
+    b.stack_slot("tuple_reply", FP_CTR, key(ct6_key::SIZE));
+    b.stack_slot("policy_key", FP_POL, key(policy_key::SIZE));
+    for (name, at, size) in [
+        ("policy_key.prefixlen", policy_key::PREFIXLEN, 4),
+        ("policy_key.ep", policy_key::EP, 2),
+        ("policy_key.dir", policy_key::DIR, 2),
+        ("policy_key.identity", policy_key::IDENTITY, 4),
+        ("policy_key.proto", policy_key::PROTO, 2),
+        ("policy_key.port", policy_key::PORT, 2),
+    ] {
+        b.stack_slot(name, FP_POL + at as i16, size);
+    }
+    b.stack_slot("ct_value", FP_CTV, key(ct_value::SIZE));
+    for (name, at, size) in [
+        ("ct_value.expires", ct_value::EXPIRES, 8),
+        ("ct_value.state", ct_value::STATE, 1),
+        ("ct_value.flags", ct_value::FLAGS, 1),
+        ("ct_value.proxy_port", ct_value::PROXY_PORT, 2),
+        ("ct_value.rev_nat", ct_value::REV_NAT, 4),
+        ("ct_value.backend", ct_value::BACKEND, 8),
+        ("ct_value.packets", ct_value::PACKETS, 8),
+    ] {
+        b.stack_slot(name, FP_CTV + at as i16, size);
+    }
+    b.stack_slot("frag_key", FP_FRAG, key(ct6_key::SIZE));
+    b.stack_slot("tcp_flags", FP_MISC, 1);
+    b.stack_slot("more_fragments", FP_MISC + 1, 1);
+    b.stack_slot("policy_port", FP_MISC + 2, 2);
+    b.stack_slot("own_identity", FP_MISC + 4, 4);
+    b.stack_slot("family", FP_FAM, 1);
+    b.stack_slot("proto", FP_FAM + 1, 1);
+    b.stack_slot("event", FP_EV, key(event::SIZE));
+    b.stack_slot("ipc_key", FP_LPM, 20);
+    b.stack_slot("peer_identity", FP_PEER, 4);
+    b.stack_slot("ctx", FP_CTX, 8);
+    b.stack_slot("fib_or_tunnel_key", FP_FIB, key(fib::SIZE));
+    if options.services {
+        LB.declare(b);
+    }
+}
+
 /// `__sk_buff.ifindex`: the device the program runs on.
 const SKB_IFINDEX: i16 = ctx_off!(SkBuff, ifindex);
 /// `__sk_buff.ingress_ifindex` (`skb->skb_iif`): the device the packet was last received on.
@@ -280,6 +327,7 @@ pub fn generate(ep: u16, dir: Direction) -> Result<Program, CodegenError> {
 /// [`generate`] with explicit switches.
 pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Program, CodegenError> {
     let mut b = Builder::new();
+    declare_frame(&mut b, options);
     let g = Gen { ep, dir, options };
     g.emit_entry(&mut b);
     emit_ethernet(

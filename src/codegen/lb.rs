@@ -165,6 +165,39 @@ impl LbFrame {
     fn at(self, off: i16) -> i16 {
         self.base + off
     }
+
+    /// Every slot of the frame, by name, offset (below `base`) and size.
+    pub const SLOTS_NAMED: [(&'static str, i16, u16); 22] = [
+        ("lb.ctx", LbFrame::CTX, 8),
+        ("lb.tuple", LbFrame::TUPLE, 40),
+        ("lb.reply_key", LbFrame::RKEY, 40),
+        ("lb.ct_value", LbFrame::CTV, 16),
+        ("lb.svc_key", LbFrame::SVC, 20),
+        ("lb.aff_key", LbFrame::AFF, 20),
+        ("lb.aff_value", LbFrame::AFFV, 16),
+        ("lb.slot_key", LbFrame::SLOT, 8),
+        ("lb.new_addr", LbFrame::NEW, 16),
+        ("lb.new_port", LbFrame::NEW + 16, 2),
+        ("lb.l3_off", LbFrame::L3, 4),
+        ("lb.l4_off", LbFrame::L4, 4),
+        ("lb.family", LbFrame::FAMILY, 4),
+        ("lb.csum_off", LbFrame::CSUM, 4),
+        ("lb.csum_flags", LbFrame::CSUM_FLAGS, 4),
+        ("lb.svc_id", LbFrame::SVC_ID, 4),
+        ("lb.backend_id", LbFrame::BE_ID, 4),
+        ("lb.slots", LbFrame::SLOTS, 4),
+        ("lb.flags", LbFrame::FLAGS, 4),
+        ("lb.reason", LbFrame::REASON, 4),
+        ("lb.now", LbFrame::NOW, 8),
+        ("lb.hairpin", LbFrame::HAIRPIN, 16),
+    ];
+
+    /// Name the frame's slots in `b`'s listing.
+    pub fn declare(self, b: &mut Builder) {
+        for (name, off, size) in LbFrame::SLOTS_NAMED {
+            b.stack_slot(name, self.at(off), size);
+        }
+    }
 }
 
 /// Which of the load balancer's paths a call site runs.
@@ -969,6 +1002,7 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     let malformed = LbReason::PassMalformed.name();
     let not_l4 = LbReason::PassNotL4.name();
     let mut b = Builder::new();
+    f.declare(&mut b);
     b.comment("tc service load balancer: keep ctx; zero the tuple; r8 = data, r9 = data_end");
     b.store(Size::DW, Reg::R10, f.at(LbFrame::CTX), Reg::R1);
     for i in 0..5 {

@@ -14,8 +14,15 @@ use super::{
 use super::{CodegenError, EthLabels};
 use crate::maps::prefilter::{meta, slot, Reason, CHILD, DENY, PASS, V6_LPM};
 use crate::maps::prefilter::{SLOT_DENY_ALL, SLOT_EMPTY, SLOT_LPM, V6_HASH_MUL, V6_SLOTS};
+use crate::packet::{ipv4::field as ipv4, ipv6::field as ipv6};
 use sluice_asm::helpers::MAP_LOOKUP_ELEM;
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+
+/// The frame: a `u32` array key, and a `pf_v6_lpm` key (prefix length, address).
+const FP_KEY: i16 = -4;
+const FP_LPM_KEY: i16 = -24;
+/// The IPv6 source address's offset in the header.
+const V6_SRC: i16 = ipv6::SRC_ADDR.start as i16;
 
 /// The program's name (kernel-visible and pin name).
 pub const NAME: &str = "prefilter";
@@ -27,6 +34,9 @@ fn label(r: Reason) -> &'static str {
 /// Generate the prefilter program.
 pub fn generate() -> Result<Program, CodegenError> {
     let mut b = Builder::new();
+    b.stack_slot("key", FP_KEY, 4);
+    b.stack_slot("lpm_key.prefixlen", FP_LPM_KEY, 4);
+    b.stack_slot("lpm_key.addr", FP_LPM_KEY + 4, 16);
     emit_xdp_packet_pointers(&mut b);
     emit_ethernet(
         &mut b,
@@ -52,7 +62,7 @@ pub fn generate() -> Result<Program, CodegenError> {
 fn emit_ipv4(b: &mut Builder) {
     let (pass, deny) = (label(Reason::PassV4), label(Reason::DenyV4));
     b.label("ipv4").comment("ipv4: fixed header, version, ihl, options");
-    guard(b, Reg::R7, 20, label(Reason::TruncatedIpv4));
+    guard(b, Reg::R7, ipv4::HEADER_LEN as i32, label(Reason::TruncatedIpv4));
     b.load(Size::B, Reg::R2, Reg::R7, 0);
     b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
     b.jmp(JmpCond::Ne, Reg::R3, 0x40, label(Reason::MalformedIpv4));
@@ -62,7 +72,7 @@ fn emit_ipv4(b: &mut Builder) {
     b.mov(Reg::R3, Reg::R7).add(Reg::R3, Reg::R2);
     b.jmp(JmpCond::Gt, Reg::R3, Reg::R9, label(Reason::TruncatedIpv4));
     b.comment("r6 = source address, host order");
-    b.load(Size::W, Reg::R6, Reg::R7, 12);
+    b.load(Size::W, Reg::R6, Reg::R7, ipv4::SRC_ADDR.start as i16);
     emit_be32(b, Reg::R6);
     b.comment("level 1: pf_v4_l1[addr >> 16], addressed directly");
     emit_field32(b, Reg::R2, Reg::R6, 16, -1);
@@ -74,9 +84,9 @@ fn emit_ipv4(b: &mut Builder) {
     b.jmp(JmpCond::Eq, Reg::R0, DENY as i32, deny);
     b.comment("level 2: chunk (entry - CHILD), entry for the third byte");
     b.alu(AluOp::Sub, Reg::R0, CHILD as i32);
-    b.store(Size::W, Reg::R10, -4, Reg::R0);
+    b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
     b.ld_map(Reg::R1, "pf_v4_l2");
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
     b.call(MAP_LOOKUP_ELEM);
     b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
     emit_field32(b, Reg::R2, Reg::R6, 8, 0xff);
@@ -87,9 +97,9 @@ fn emit_ipv4(b: &mut Builder) {
     b.jmp(JmpCond::Eq, Reg::R1, DENY as i32, deny);
     b.comment("level 3: bitmap (entry - CHILD), bit for the last byte");
     b.alu(AluOp::Sub, Reg::R1, CHILD as i32);
-    b.store(Size::W, Reg::R10, -4, Reg::R1);
+    b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
     b.ld_map(Reg::R1, "pf_v4_l3");
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
     b.call(MAP_LOOKUP_ELEM);
     b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
     emit_field32(b, Reg::R2, Reg::R6, 0, 0xff);
@@ -108,12 +118,12 @@ fn emit_ipv4(b: &mut Builder) {
 fn emit_ipv6(b: &mut Builder) {
     let (pass, deny) = (label(Reason::PassV6), label(Reason::DenyV6));
     b.label("ipv6").comment("ipv6: fixed header, version");
-    guard(b, Reg::R7, 40, label(Reason::TruncatedIpv6));
+    guard(b, Reg::R7, ipv6::HEADER_LEN as i32, label(Reason::TruncatedIpv6));
     b.load(Size::B, Reg::R2, Reg::R7, 0);
     b.alu(AluOp::And, Reg::R2, 0xf0);
     b.jmp(JmpCond::Ne, Reg::R2, 0x60, label(Reason::MalformedIpv6));
     b.comment("r6 = source address bits 0..32, host order");
-    b.load(Size::W, Reg::R6, Reg::R7, 8);
+    b.load(Size::W, Reg::R6, Reg::R7, V6_SRC);
     emit_be32(b, Reg::R6);
     b.comment("level 1: pf_v6_l1[addr >> 112], addressed directly");
     emit_field32(b, Reg::R2, Reg::R6, 16, -1);
@@ -135,9 +145,9 @@ fn emit_ipv6(b: &mut Builder) {
         b.comment(format!("bucket {h}: base + (key * {mul:#x}) >> shift"));
         b.mov32(Reg::R1, Reg::R6).alu32(AluOp::Mul, Reg::R1, mul as i32);
         b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
-        b.store(Size::W, Reg::R10, -4, Reg::R1);
+        b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
         b.ld_map(Reg::R1, "pf_v6_l2");
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
+        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
         for s in 0..V6_SLOTS {
@@ -160,13 +170,13 @@ fn emit_ipv6(b: &mut Builder) {
     b.jmp(JmpCond::Eq, Reg::R1, SLOT_DENY_ALL as i32, deny);
     b.jmp(JmpCond::Eq, Reg::R1, SLOT_LPM as i32, "ipv6_lpm");
     b.comment("one inline prefix: r3 = address bits 32..96, r4 = bits 96..128, host order");
-    b.load(Size::W, Reg::R3, Reg::R7, 12);
+    b.load(Size::W, Reg::R3, Reg::R7, V6_SRC + 4);
     emit_be32(b, Reg::R3);
     b.alu(AluOp::Lsh, Reg::R3, 32);
-    b.load(Size::W, Reg::R4, Reg::R7, 16);
+    b.load(Size::W, Reg::R4, Reg::R7, V6_SRC + 8);
     emit_be32(b, Reg::R4);
     b.alu(AluOp::Or, Reg::R3, Reg::R4);
-    b.load(Size::W, Reg::R4, Reg::R7, 20);
+    b.load(Size::W, Reg::R4, Reg::R7, V6_SRC + 12);
     emit_be32(b, Reg::R4);
     b.load(Size::DW, Reg::R1, Reg::R0, slot::MASK_HI as i16);
     b.alu(AluOp::And, Reg::R1, Reg::R3);
@@ -178,13 +188,13 @@ fn emit_ipv6(b: &mut Builder) {
     b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, deny);
     b.ja(pass);
     b.label("ipv6_lpm").comment("overflow: pf_v6_lpm, key {prefixlen = 128, source address}");
-    b.store(Size::W, Reg::R10, -24, 128);
+    b.store(Size::W, Reg::R10, FP_LPM_KEY, 128);
     for w in 0..4i16 {
-        b.load(Size::W, Reg::R1, Reg::R7, 8 + 4 * w);
-        b.store(Size::W, Reg::R10, -20 + 4 * w, Reg::R1);
+        b.load(Size::W, Reg::R1, Reg::R7, V6_SRC + 4 * w);
+        b.store(Size::W, Reg::R10, FP_LPM_KEY + 4 + 4 * w, Reg::R1);
     }
     b.ld_map(Reg::R1, "pf_v6_lpm");
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -24);
+    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM_KEY));
     b.call(MAP_LOOKUP_ELEM);
     b.jmp(JmpCond::Ne, Reg::R0, 0, deny);
     b.ja(pass);

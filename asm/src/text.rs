@@ -326,9 +326,8 @@ pub fn listing(prog: &Program) -> String {
 fn stack_access(insn: &Insn, prev: Option<&Insn>) -> Option<(i64, i64)> {
     let bytes = |s: Size| i64::from(s.bytes());
     match insn {
-        Insn::Load { size, base: Reg::R10, off, .. } | Insn::LoadAcquire { size, base: Reg::R10, off, .. } => {
-            Some((i64::from(*off), bytes(*size)))
-        }
+        Insn::Load { size, base: Reg::R10, off, .. }
+        | Insn::LoadAcquire { size, base: Reg::R10, off, .. } => Some((i64::from(*off), bytes(*size))),
         Insn::Store { size, base: Reg::R10, off, .. }
         | Insn::Atomic { size, base: Reg::R10, off, .. }
         | Insn::StoreRelease { size, base: Reg::R10, off, .. } => Some((i64::from(*off), bytes(*size))),

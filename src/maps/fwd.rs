@@ -33,26 +33,29 @@ pub fn addr_key(addr: IpAddr) -> [u8; 16] {
 /// `u32` load sees it: what the program stores before an IPv4 address to form a key.
 pub const V4_MAPPED_WORD: u32 = u32::from_le_bytes([0, 0, 0xff, 0xff]);
 
-/// Layout of an `lxc` value: where a local endpoint is and the Ethernet header that
-/// reaches it.
-pub mod lxc_value {
-    /// The host-side veth's ifindex (the redirect target).
-    pub const IFINDEX: usize = 0;
-    /// The endpoint's index (as in `ep_config`).
-    pub const EP: usize = 4;
-    /// The endpoint's own MAC (the container side of the veth): the new destination.
-    pub const MAC: usize = 8;
-    /// The host side's MAC: the new source, as if routed by the node.
-    pub const NODE_MAC: usize = 14;
-    pub const SIZE: usize = 24;
+layout! {
+    /// Layout of an `lxc` value: where a local endpoint is and the Ethernet header that
+    /// reaches it.
+    pub struct LxcValue in lxc_value {
+        /// The host-side veth's ifindex (the redirect target).
+        ifindex: u32 => IFINDEX,
+        /// The endpoint's index (as in `ep_config`).
+        ep: u32 => EP,
+        /// The endpoint's own MAC (the container side of the veth): the new destination.
+        mac: [u8; 6] => MAC,
+        /// The host side's MAC: the new source, as if routed by the node.
+        node_mac: [u8; 6] => NODE_MAC,
+        _pad: [u8; 4],
+    }
 }
 
-/// Layout of a `tunnel` key: `{u32 prefixlen (host order); addr[16]}` (IPv4 prefixes as
-/// mapped addresses, their length plus 96).
-pub mod tunnel_key {
-    pub const PREFIXLEN: usize = 0;
-    pub const ADDR: usize = 4;
-    pub const SIZE: usize = 20;
+layout! {
+    /// Layout of a `tunnel` key: `{u32 prefixlen (host order); addr[16]}` (IPv4 prefixes as
+    /// mapped addresses, their length plus 96).
+    pub struct TunnelKey in tunnel_key {
+        prefixlen: u32 => PREFIXLEN,
+        addr: [u8; 16] => ADDR,
+    }
 }
 
 /// Layout of a `tunnel` value: the peer node and the inner Ethernet header.

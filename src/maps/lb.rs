@@ -43,71 +43,80 @@ use sluice_verifier_sim::spec::MapKind;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-/// `lb_svc` key: one frontend.
-pub mod svc_key {
-    pub const ADDR: usize = 0;
-    /// Network order.
-    pub const PORT: usize = 16;
-    /// IP protocol number (6, 17, 132).
-    pub const PROTO: usize = 18;
-    /// Always 0 (reserved for node-port scopes).
-    pub const SCOPE: usize = 19;
-    pub const SIZE: usize = 20;
+layout! {
+    /// `lb_svc` key: one frontend.
+    pub struct SvcKey in svc_key {
+        addr: [u8; 16] => ADDR,
+        /// Network order.
+        port: u16 => PORT,
+        /// IP protocol number (6, 17, 132).
+        proto: u8 => PROTO,
+        /// Always 0 (reserved for node-port scopes).
+        scope: u8 => SCOPE,
+    }
 }
 
-/// `lb_svc` value.
-pub mod svc_value {
-    pub const SVC_ID: usize = 0;
-    /// Selection slots; 0 = no usable backend.
-    pub const SLOTS: usize = 4;
-    /// [`AFFINITY`] and friends.
-    pub const FLAGS: usize = 8;
-    /// ClientIP affinity timeout, seconds.
-    pub const AFFINITY_TIMEOUT: usize = 12;
-    pub const SIZE: usize = 16;
+layout! {
+    /// `lb_svc` value.
+    pub struct SvcValue in svc_value {
+        svc_id: u32 => SVC_ID,
+        /// Selection slots; 0 = no usable backend.
+        slots: u32 => SLOTS,
+        /// [`AFFINITY`] and friends.
+        flags: u32 => FLAGS,
+        /// ClientIP affinity timeout, seconds.
+        affinity_timeout: u32 => AFFINITY_TIMEOUT,
+    }
     /// `sessionAffinity: ClientIP`.
     pub const AFFINITY: u32 = 1;
 }
 
-/// `lb_slot` key: `{svc_id, slot}`; value: `u32 backend_id`.
-pub mod slot_key {
-    pub const SVC_ID: usize = 0;
-    pub const SLOT: usize = 4;
-    pub const SIZE: usize = 8;
+layout! {
+    /// `lb_slot` key: `{svc_id, slot}`; value: `u32 backend_id`.
+    pub struct SlotKey in slot_key {
+        svc_id: u32 => SVC_ID,
+        slot: u32 => SLOT,
+    }
 }
 
-/// `lb_be` key: `u32 backend_id`; value: where the backend is.
-pub mod be_value {
-    pub const ADDR: usize = 0;
-    /// Network order.
-    pub const PORT: usize = 16;
-    /// [`ACTIVE`] or [`TERMINATING`].
-    pub const STATE: usize = 18;
-    pub const SIZE: usize = 20;
+layout! {
+    /// `lb_be` key: `u32 backend_id`; value: where the backend is.
+    pub struct BeValue in be_value {
+        addr: [u8; 16] => ADDR,
+        /// Network order.
+        port: u16 => PORT,
+        /// [`ACTIVE`] or [`TERMINATING`].
+        state: u8 => STATE,
+        _pad: u8,
+    }
     pub const ACTIVE: u8 = 0;
     pub const TERMINATING: u8 = 1;
 }
 
-/// `lb_revnat` key: `u32 svc_id`; value: the frontend to restore on replies.
-pub mod revnat_value {
-    pub const ADDR: usize = 0;
-    /// Network order.
-    pub const PORT: usize = 16;
-    pub const SIZE: usize = 20;
+layout! {
+    /// `lb_revnat` key: `u32 svc_id`; value: the frontend to restore on replies.
+    pub struct RevNatValue in revnat_value {
+        addr: [u8; 16] => ADDR,
+        /// Network order.
+        port: u16 => PORT,
+        _pad: [u8; 2],
+    }
 }
 
-/// `lb_ct` key: a connection's tuple in one direction.
-pub mod ct_key {
-    pub const SADDR: usize = 0;
-    pub const DADDR: usize = 16;
-    /// Network order.
-    pub const SPORT: usize = 32;
-    /// Network order.
-    pub const DPORT: usize = 34;
-    pub const PROTO: usize = 36;
-    /// 0: client → VIP (forward); 1: backend → client (reply).
-    pub const DIR: usize = 37;
-    pub const SIZE: usize = 40;
+layout! {
+    /// `lb_ct` key: a connection's tuple in one direction.
+    pub struct LbCtKey in ct_key {
+        saddr: [u8; 16] => SADDR,
+        daddr: [u8; 16] => DADDR,
+        /// Network order.
+        sport: u16 => SPORT,
+        /// Network order.
+        dport: u16 => DPORT,
+        proto: u8 => PROTO,
+        /// 0: client → VIP (forward); 1: backend → client (reply).
+        dir: u8 => DIR,
+        _pad: [u8; 2],
+    }
     pub const FORWARD: u8 = 0;
     pub const REPLY: u8 = 1;
 }
@@ -125,53 +134,61 @@ pub fn ct_key_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8,
     k
 }
 
-/// `lb_ct` value.
-pub mod ct_value {
-    /// Forward entries: the pinned backend.
-    pub const BACKEND_ID: usize = 0;
-    /// Both directions: the frontend (reply entries use it for `lb_revnat`).
-    pub const SVC_ID: usize = 4;
-    /// `bpf_ktime_get_ns()` of the last packet (both directions update it).
-    pub const LAST_SEEN: usize = 8;
-    pub const SIZE: usize = 16;
+layout! {
+    /// `lb_ct` value.
+    pub struct LbCtValue in ct_value {
+        /// Forward entries: the pinned backend.
+        backend_id: u32 => BACKEND_ID,
+        /// Both directions: the frontend (reply entries use it for `lb_revnat`).
+        svc_id: u32 => SVC_ID,
+        /// `bpf_ktime_get_ns()` of the last packet (both directions update it).
+        last_seen: u64 => LAST_SEEN,
+    }
 }
 
-/// `lb_aff` key: `{svc_id, client addr}`. The socket programs, which run before the
-/// source address is chosen, use the unspecified address `::` for every local socket
-/// ([`crate::codegen::sock_lb`]): the node is one client.
-pub mod aff_key {
-    pub const SVC_ID: usize = 0;
-    pub const ADDR: usize = 4;
-    pub const SIZE: usize = 20;
+layout! {
+    /// `lb_aff` key: `{svc_id, client addr}`. The socket programs, which run before the
+    /// source address is chosen, use the unspecified address `::` for every local socket
+    /// ([`crate::codegen::sock_lb`]): the node is one client.
+    pub struct AffKey in aff_key {
+        svc_id: u32 => SVC_ID,
+        addr: [u8; 16] => ADDR,
+    }
 }
 
-/// `lb_aff` value.
-pub mod aff_value {
-    pub const BACKEND_ID: usize = 0;
-    /// `bpf_ktime_get_ns()` of the client's last new connection to the service.
-    pub const LAST_USED: usize = 8;
-    pub const SIZE: usize = 16;
+layout! {
+    /// `lb_aff` value.
+    pub struct AffValue in aff_value {
+        backend_id: u32 => BACKEND_ID,
+        _pad: u32,
+        /// `bpf_ktime_get_ns()` of the client's last new connection to the service.
+        last_used: u64 => LAST_USED,
+    }
 }
 
-/// `lb_sock` key: a translated socket and the backend it was sent to. Written by the
-/// socket programs ([`crate::codegen::sock_lb`]) on every translated `connect`/`sendmsg`,
-/// read by `recvmsg`/`getpeername`; bytes 26..32 are zero. Entries are never deleted:
-/// cookies are not reused, and the LRU evicts what dead sockets left.
-pub mod sock_key {
-    /// `bpf_get_socket_cookie()`.
-    pub const COOKIE: usize = 0;
-    pub const ADDR: usize = 8;
-    /// Network order.
-    pub const PORT: usize = 24;
-    pub const SIZE: usize = 32;
+layout! {
+    /// `lb_sock` key: a translated socket and the backend it was sent to. Written by the
+    /// socket programs ([`crate::codegen::sock_lb`]) on every translated `connect`/`sendmsg`,
+    /// read by `recvmsg`/`getpeername`; bytes 26..32 are zero. Entries are never deleted:
+    /// cookies are not reused, and the LRU evicts what dead sockets left.
+    pub struct SockKey in sock_key {
+        /// `bpf_get_socket_cookie()`.
+        cookie: u64 => COOKIE,
+        addr: [u8; 16] => ADDR,
+        /// Network order.
+        port: u16 => PORT,
+        _pad: [u8; 6],
+    }
 }
 
-/// `lb_sock` value: the VIP and port the application asked for.
-pub mod sock_value {
-    pub const ADDR: usize = 0;
-    /// Network order.
-    pub const PORT: usize = 16;
-    pub const SIZE: usize = 20;
+layout! {
+    /// `lb_sock` value: the VIP and port the application asked for.
+    pub struct SockValue in sock_value {
+        addr: [u8; 16] => ADDR,
+        /// Network order.
+        port: u16 => PORT,
+        _pad: [u8; 2],
+    }
 }
 
 /// `lb_hint`: key `u32` (the filter), value a bitmap of [`hint::BITS`] bits (bit `i` is

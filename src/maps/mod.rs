@@ -4,6 +4,59 @@
 //! and the loader creates kernel maps from the same [`MapDef`]. A map is referred to in
 //! programs by its [`MapDef::name`]; the kernel sees the name truncated to 15 bytes.
 
+/// One map key or value layout: a `#[repr(C)]` struct whose offsets and size the compiler
+/// computes, and a module of the same fields' offsets (`offset_of!`) and `SIZE`
+/// (`size_of`) for the code generators, plus any constants that belong with the layout.
+/// Explicit `_pad` fields make every byte of the key or value named, so what the kernel
+/// hashes is what we wrote.
+macro_rules! layout {
+    (
+        $(#[$m:meta])*
+        pub struct $name:ident in $module:ident {
+            $( $(#[$fm:meta])* $field:ident: $ty:ty $(=> $konst:ident)? ),* $(,)?
+        }
+        $($extra:item)*
+    ) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct $name { $( $(#[$fm])* pub $field: $ty ),* }
+
+        impl $crate::maps::Layout for $name {
+            const FIELDS: &'static [$crate::maps::LayoutField] = &[$(
+                $crate::maps::LayoutField {
+                    name: stringify!($field),
+                    off: ::core::mem::offset_of!($name, $field),
+                    size: ::core::mem::size_of::<$ty>(),
+                }
+            ),*];
+        }
+
+        #[doc = concat!("Offsets and size of [`", stringify!($name), "`].")]
+        pub mod $module {
+            $($(
+                pub const $konst: usize = ::core::mem::offset_of!(super::$name, $field);
+            )?)*
+            pub const SIZE: usize = ::core::mem::size_of::<super::$name>();
+            $($extra)*
+        }
+    };
+}
+
+/// One field of a [`Layout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayoutField {
+    pub name: &'static str,
+    pub off: usize,
+    pub size: usize,
+}
+
+/// A map key or value layout defined with `layout!`.
+pub trait Layout: Sized {
+    /// Every field, padding included, in order.
+    const FIELDS: &'static [LayoutField];
+}
+
 pub mod fwd;
 pub mod lb;
 pub mod policy;
@@ -47,4 +100,68 @@ impl MapDef {
 /// A `u32` array key.
 pub fn u32_key(index: u32) -> [u8; 4] {
     index.to_le_bytes()
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::{fwd, lb, policy, Layout, LayoutField};
+
+    /// Every byte of every key and value is a named field: no implicit padding the kernel
+    /// would hash or compare with whatever the stack held.
+    fn no_implicit_padding<T: Layout>(name: &str) {
+        let mut at = 0;
+        for LayoutField { name: field, off, size } in T::FIELDS {
+            assert_eq!(*off, at, "{name}.{field} starts after a gap");
+            at = off + size;
+        }
+        assert_eq!(at, std::mem::size_of::<T>(), "{name} has trailing padding");
+    }
+
+    #[test]
+    fn every_layout_names_every_byte() {
+        no_implicit_padding::<lb::SvcKey>("SvcKey");
+        no_implicit_padding::<lb::SvcValue>("SvcValue");
+        no_implicit_padding::<lb::SlotKey>("SlotKey");
+        no_implicit_padding::<lb::BeValue>("BeValue");
+        no_implicit_padding::<lb::RevNatValue>("RevNatValue");
+        no_implicit_padding::<lb::LbCtKey>("LbCtKey");
+        no_implicit_padding::<lb::LbCtValue>("LbCtValue");
+        no_implicit_padding::<lb::AffKey>("AffKey");
+        no_implicit_padding::<lb::AffValue>("AffValue");
+        no_implicit_padding::<lb::SockKey>("SockKey");
+        no_implicit_padding::<lb::SockValue>("SockValue");
+        no_implicit_padding::<policy::PolicyKey>("PolicyKey");
+        no_implicit_padding::<policy::PolicyValue>("PolicyValue");
+        no_implicit_padding::<policy::EpConfig>("EpConfig");
+        no_implicit_padding::<policy::Ct4Key>("Ct4Key");
+        no_implicit_padding::<policy::Ct6Key>("Ct6Key");
+        no_implicit_padding::<policy::CtValue>("CtValue");
+        no_implicit_padding::<policy::Event>("Event");
+        no_implicit_padding::<policy::EvConfig>("EvConfig");
+        no_implicit_padding::<policy::EvBudget>("EvBudget");
+        no_implicit_padding::<fwd::LxcValue>("LxcValue");
+        no_implicit_padding::<fwd::TunnelKey>("TunnelKey");
+    }
+
+    /// The derived offsets are the wire layouts the kernel side was written against.
+    #[test]
+    fn derived_offsets_keep_the_wire_layouts() {
+        assert_eq!(
+            (lb::svc_key::PORT, lb::svc_key::PROTO, lb::svc_key::SCOPE, lb::svc_key::SIZE),
+            (16, 18, 19, 20)
+        );
+        assert_eq!((lb::ct_key::SPORT, lb::ct_key::DIR, lb::ct_key::SIZE), (32, 37, 40));
+        assert_eq!((lb::aff_value::LAST_USED, lb::sock_key::PORT, lb::sock_key::SIZE), (8, 24, 32));
+        assert_eq!(
+            (policy::policy_key::PROTO, policy::policy_key::PORT, policy::policy_key::SIZE),
+            (12, 14, 16)
+        );
+        assert_eq!((policy::ep_config::IDENTITY, policy::ep_config::SIZE), (24, 32));
+        assert_eq!(
+            (policy::ct_value::REV_NAT, policy::ct_value::PACKETS, policy::ct_value::SIZE),
+            (12, 24, 32)
+        );
+        assert_eq!((policy::event::SADDR, policy::event::DADDR, policy::event::SIZE), (20, 36, 52));
+        assert_eq!((fwd::lxc_value::NODE_MAC, fwd::lxc_value::SIZE, fwd::tunnel_key::SIZE), (14, 24, 20));
+    }
 }

@@ -31,17 +31,19 @@ pub const INGRESS: u8 = 0;
 /// Direction of a policy lookup.
 pub const EGRESS: u8 = 1;
 
-/// Layout of a `policy` key: `{u32 prefixlen (host order); ep: u16 BE; dir: u8; pad: u8;
-/// identity: u32 BE; proto: u8; pad: u8; port: u16 BE}` (every field aligned: the kernel
-/// verifier wants aligned stack stores). Pads are always zero.
-pub mod policy_key {
-    pub const PREFIXLEN: usize = 0;
-    pub const EP: usize = 4;
-    pub const DIR: usize = 6;
-    pub const IDENTITY: usize = 8;
-    pub const PROTO: usize = 12;
-    pub const PORT: usize = 14;
-    pub const SIZE: usize = 16;
+layout! {
+    /// Layout of a `policy` key: `{u32 prefixlen (host order); ep: u16 BE; dir: u8; pad: u8;
+    /// identity: u32 BE; proto: u8; pad: u8; port: u16 BE}` (every field aligned: the kernel
+    /// verifier wants aligned stack stores). Pads are always zero.
+    pub struct PolicyKey in policy_key {
+        prefixlen: u32 => PREFIXLEN,
+        ep: u16 => EP,
+        dir: u16 => DIR,
+        identity: u32 => IDENTITY,
+        proto: u8 => PROTO,
+        _pad: u8,
+        port: u16 => PORT,
+    }
     /// Prefix bits that cover endpoint, direction and identity.
     pub const FIXED_BITS: u32 = 64;
     /// ... and the protocol.
@@ -52,71 +54,80 @@ pub mod policy_key {
     pub const FULL_BITS: u32 = 96;
 }
 
-/// `policy` values: the effective verdict, and the L7 proxy port (network order, 0 = none).
-pub mod policy_value {
-    pub const VERDICT: usize = 0;
-    pub const PROXY_PORT: usize = 2;
-    pub const SIZE: usize = 4;
+layout! {
+    /// `policy` values: the effective verdict, and the L7 proxy port (network order, 0 = none).
+    pub struct PolicyValue in policy_value {
+        verdict: u8 => VERDICT,
+        _pad: u8,
+        proxy_port: u16 => PROXY_PORT,
+    }
     pub const ALLOW: u8 = 1;
     pub const DENY: u8 = 2;
 }
 
-/// Layout of an `ep_config` value (array indexed by endpoint index).
-pub mod ep_config {
-    /// Bit 0: ingress policy enforced; bit 1: egress policy enforced.
-    pub const FLAGS: usize = 0;
-    /// The endpoint's IPv4 address as the packet carries it (network order), 0 if none.
-    pub const IPV4: usize = 4;
-    /// The endpoint's IPv6 address, network order, zero if none.
-    pub const IPV6: usize = 8;
-    /// The endpoint's own identity.
-    pub const IDENTITY: usize = 24;
-    pub const SIZE: usize = 32;
+layout! {
+    /// Layout of an `ep_config` value (array indexed by endpoint index).
+    pub struct EpConfig in ep_config {
+        /// Bit 0: ingress policy enforced; bit 1: egress policy enforced.
+        flags: u32 => FLAGS,
+        /// The endpoint's IPv4 address as the packet carries it (network order), 0 if none.
+        ipv4: [u8; 4] => IPV4,
+        /// The endpoint's IPv6 address, network order, zero if none.
+        ipv6: [u8; 16] => IPV6,
+        /// The endpoint's own identity.
+        identity: u32 => IDENTITY,
+        _pad: u32,
+    }
     pub const INGRESS_ENFORCED: u32 = 1;
     pub const EGRESS_ENFORCED: u32 = 2;
 }
 
-/// Layout of a `ct4` key: the original direction's tuple, and the policy direction the
-/// connection was opened in, from the tracking endpoint's side. The direction keeps
-/// entries apart: a connection one endpoint's egress policy allowed is never mistaken for
-/// one the receiving endpoint's ingress policy allowed. A program enforcing direction `D`
-/// looks up `(tuple, D)` (it opened the connection) and `(reversed tuple, opposite D)`
-/// (a reply). `frag4` keys (`saddr, daddr, id: u16, pad, proto, dir, pad`) do the same.
-pub mod ct4_key {
-    pub const SADDR: usize = 0;
-    pub const DADDR: usize = 4;
-    pub const SPORT: usize = 8;
-    pub const DPORT: usize = 10;
-    pub const PROTO: usize = 12;
-    pub const DIR: usize = 13;
-    pub const SIZE: usize = 16;
+layout! {
+    /// Layout of a `ct4` key: the original direction's tuple, and the policy direction the
+    /// connection was opened in, from the tracking endpoint's side. The direction keeps
+    /// entries apart: a connection one endpoint's egress policy allowed is never mistaken for
+    /// one the receiving endpoint's ingress policy allowed. A program enforcing direction `D`
+    /// looks up `(tuple, D)` (it opened the connection) and `(reversed tuple, opposite D)`
+    /// (a reply). `frag4` keys (`saddr, daddr, id: u16, pad, proto, dir, pad`) do the same.
+    pub struct Ct4Key in ct4_key {
+        saddr: [u8; 4] => SADDR,
+        daddr: [u8; 4] => DADDR,
+        sport: u16 => SPORT,
+        dport: u16 => DPORT,
+        proto: u8 => PROTO,
+        dir: u8 => DIR,
+        _pad: [u8; 2],
+    }
 }
 
-/// Layout of a `ct6` key (and of a `frag6` key, the fragment id in the ports).
-pub mod ct6_key {
-    pub const SADDR: usize = 0;
-    pub const DADDR: usize = 16;
-    pub const SPORT: usize = 32;
-    pub const DPORT: usize = 34;
-    pub const PROTO: usize = 36;
-    pub const DIR: usize = 37;
-    pub const SIZE: usize = 40;
+layout! {
+    /// Layout of a `ct6` key (and of a `frag6` key, the fragment id in the ports).
+    pub struct Ct6Key in ct6_key {
+        saddr: [u8; 16] => SADDR,
+        daddr: [u8; 16] => DADDR,
+        sport: u16 => SPORT,
+        dport: u16 => DPORT,
+        proto: u8 => PROTO,
+        dir: u8 => DIR,
+        _pad: [u8; 2],
+    }
 }
 
-/// Layout of a conntrack value (both families). `rev_nat` and `backend` are the Service
-/// issue's: zero until then.
-pub mod ct_value {
-    /// `bpf_ktime_get_ns()` after which the entry is dead.
-    pub const EXPIRES: usize = 0;
-    /// [`super::CtState`].
-    pub const STATE: usize = 8;
-    /// Bit 0: a reply was seen; bit 1: the connection was allowed by policy as ingress.
-    pub const FLAGS: usize = 9;
-    pub const PROXY_PORT: usize = 10;
-    pub const REV_NAT: usize = 12;
-    pub const BACKEND: usize = 16;
-    pub const PACKETS: usize = 24;
-    pub const SIZE: usize = 32;
+layout! {
+    /// Layout of a conntrack value (both families). `rev_nat` and `backend` are the Service
+    /// issue's: zero until then.
+    pub struct CtValue in ct_value {
+        /// `bpf_ktime_get_ns()` after which the entry is dead.
+        expires: u64 => EXPIRES,
+        /// [`super::CtState`].
+        state: u8 => STATE,
+        /// Bit 0: a reply was seen; bit 1: the connection was allowed by policy as ingress.
+        flags: u8 => FLAGS,
+        proxy_port: u16 => PROXY_PORT,
+        rev_nat: u32 => REV_NAT,
+        backend: u64 => BACKEND,
+        packets: u64 => PACKETS,
+    }
     pub const SEEN_REPLY: u8 = 1;
 }
 
@@ -230,44 +241,47 @@ impl Reason {
 
 pub use crate::uapi::{TC_ACT_OK, TC_ACT_SHOT};
 
-/// Layout of an event on the `events` ring buffer.
-pub mod event {
-    /// 1 = policy verdict on a new connection, 2 = drop.
-    pub const KIND: usize = 0;
-    pub const REASON: usize = 1;
-    /// [`super::INGRESS`] or [`super::EGRESS`].
-    pub const DIR: usize = 2;
-    /// 4 or 6.
-    pub const FAMILY: usize = 3;
-    pub const EP: usize = 4;
-    pub const PROTO: usize = 6;
-    pub const SRC_IDENTITY: usize = 8;
-    pub const DST_IDENTITY: usize = 12;
-    /// Ports in network order.
-    pub const SPORT: usize = 16;
-    pub const DPORT: usize = 18;
-    /// Addresses in network order (IPv4 in the first four bytes).
-    pub const SADDR: usize = 20;
-    pub const DADDR: usize = 36;
-    pub const SIZE: usize = 52;
+layout! {
+    /// Layout of an event on the `events` ring buffer.
+    pub struct Event in event {
+        /// 1 = policy verdict on a new connection, 2 = drop.
+        kind: u8 => KIND,
+        reason: u8 => REASON,
+        /// [`super::INGRESS`] or [`super::EGRESS`].
+        dir: u8 => DIR,
+        /// 4 or 6.
+        family: u8 => FAMILY,
+        ep: u16 => EP,
+        proto: u16 => PROTO,
+        src_identity: u32 => SRC_IDENTITY,
+        dst_identity: u32 => DST_IDENTITY,
+        /// Ports in network order.
+        sport: u16 => SPORT,
+        dport: u16 => DPORT,
+        /// Addresses in network order (IPv4 in the first four bytes).
+        saddr: [u8; 16] => SADDR,
+        daddr: [u8; 16] => DADDR,
+    }
     pub const KIND_VERDICT: u8 = 1;
     pub const KIND_DROP: u8 = 2;
 }
 
-/// Layout of the one `ev_config` value: the switch and the rate limit.
-pub mod ev_config {
-    /// Bit 0: verdict events on; bit 1: drop events on.
-    pub const FLAGS: usize = 0;
-    /// At most this many events per CPU per second (0 = no limit).
-    pub const RATE: usize = 4;
-    pub const SIZE: usize = 8;
+layout! {
+    /// Layout of the one `ev_config` value: the switch and the rate limit.
+    pub struct EvConfig in ev_config {
+        /// Bit 0: verdict events on; bit 1: drop events on.
+        flags: u32 => FLAGS,
+        /// At most this many events per CPU per second (0 = no limit).
+        rate: u32 => RATE,
+    }
 }
 
-/// Layout of an `ev_budget` value (per-CPU, one element): the current one-second window.
-pub mod ev_budget {
-    pub const WINDOW_START: usize = 0;
-    pub const SENT: usize = 8;
-    pub const SIZE: usize = 16;
+layout! {
+    /// Layout of an `ev_budget` value (per-CPU, one element): the current one-second window.
+    pub struct EvBudget in ev_budget {
+        window_start: u64 => WINDOW_START,
+        sent: u64 => SENT,
+    }
 }
 
 /// Capacities chosen at load time.

@@ -85,6 +85,7 @@ use super::{
     emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels, SKB_DATA, SKB_DATA_END,
 };
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
+use crate::maps::names as map;
 use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
@@ -259,8 +260,8 @@ const V4: Fam = Fam {
     dport: ct4_key::DPORT as i16,
     proto: ct4_key::PROTO as i16,
     dir: ct4_key::DIR as i16,
-    ct: "ct4",
-    frag: "frag4",
+    ct: map::CT4,
+    frag: map::FRAG4,
     icmp: IPPROTO_ICMP,
 };
 
@@ -274,8 +275,8 @@ const V6: Fam = Fam {
     dport: ct6_key::DPORT as i16,
     proto: ct6_key::PROTO as i16,
     dir: ct6_key::DIR as i16,
-    ct: "ct6",
-    frag: "frag6",
+    ct: map::CT6,
+    frag: map::FRAG6,
     icmp: IPPROTO_ICMPV6,
 };
 
@@ -485,7 +486,7 @@ impl Gen {
     /// `r0 = &ep_config[ep]` or 0; clobbers r1-r5.
     fn emit_ep_config(&self, b: &mut Builder) {
         b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep)).param(param::ENDPOINT);
-        b.ld_map(Reg::R1, "ep_config");
+        b.ld_map(Reg::R1, map::EP_CONFIG);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
     }
@@ -861,10 +862,10 @@ impl Gen {
             b.load(Size::W, Reg::R6, Reg::R10, peer);
             b.be(32, Reg::R6);
             b.mov32(Reg::R2, Reg::R6).alu32(AluOp::Rsh, Reg::R2, 16).alu(AluOp::Lsh, Reg::R2, 2);
-            b.ld_map_value(Reg::R1, "ipc_v4_l1", 0);
+            b.ld_map_value(Reg::R1, map::IPC_V4_L1, 0);
             b.add(Reg::R1, Reg::R2);
             b.load(Size::W, Reg::R0, Reg::R1, 0);
-            for (level, shift) in [("ipc_v4_l2", 8), ("ipc_v4_l3", 0)] {
+            for (level, shift) in [(map::IPC_V4_L2, 8), (map::IPC_V4_L3, 0)] {
                 b.jmp(JmpCond::Set, Reg::R0, IPC_CHILD as i32, format!("{level}_lookup"));
                 b.ja(identity.as_str());
                 b.label(format!("{level}_lookup"));
@@ -886,7 +887,7 @@ impl Gen {
             b.comment("the peer's identity: the ipc_v6 trie");
             b.store(Size::W, Reg::R10, FP_LPM, 128);
             copy_stack(b, peer, FP_LPM + 4, 16);
-            b.ld_map(Reg::R1, "ipc_v6");
+            b.ld_map(Reg::R1, map::IPC_V6);
             b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM));
             b.call(MAP_LOOKUP_ELEM);
             b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
@@ -909,7 +910,7 @@ impl Gen {
         b.label(l("policy_key")).comment("policy: r6 = the peer's identity; r8 = base bucket, r9 = shift");
         b.store(Size::W, Reg::R10, FP_PEER, Reg::R0);
         b.mov(Reg::R6, Reg::R0);
-        b.ld_map_value(Reg::R1, "pol_meta", 0);
+        b.ld_map_value(Reg::R1, map::POL_META, 0);
         b.load(Size::W, Reg::R9, Reg::R1, 0);
         b.mov32(Reg::R8, Reg::R9).alu32(AluOp::Rsh, Reg::R8, 8);
         b.alu32(AluOp::And, Reg::R9, 0xff);
@@ -926,7 +927,7 @@ impl Gen {
                 b.mov32(Reg::R1, Reg::R7).alu32(AluOp::Mul, Reg::R1, mul as i32);
                 b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
                 b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-                b.ld_map(Reg::R1, "pol_table");
+                b.ld_map(Reg::R1, map::POL_TABLE);
                 b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
                 b.call(MAP_LOOKUP_ELEM);
                 b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
@@ -994,7 +995,7 @@ impl Gen {
             if pass == 1 {
                 b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
             }
-            b.ld_map(Reg::R1, "policy");
+            b.ld_map(Reg::R1, map::POLICY);
             b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
             b.call(MAP_LOOKUP_ELEM);
             b.jmp(JmpCond::Ne, Reg::R0, 0, found.as_str());
@@ -1061,7 +1062,7 @@ impl Gen {
         b.label("exit").comment("count (endpoint, reason) in ep_stats; r6 = reason, r7 = verdict");
         b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(self.ep) * stride).param(param::STATS_ROW);
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-        b.ld_map(Reg::R1, "ep_stats");
+        b.ld_map(Reg::R1, map::EP_STATS);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, "event");
@@ -1072,7 +1073,7 @@ impl Gen {
             b.comment("services: none for hairpin traffic (its reason sorts after the drops)");
             b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, "return");
         }
-        b.ld_map_value(Reg::R1, "ev_config", 0);
+        b.ld_map_value(Reg::R1, map::EV_CONFIG, 0);
         b.load(Size::W, Reg::R2, Reg::R1, ev_config::FLAGS as i16);
         b.mov(Reg::R3, 2);
         b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, "event_kind");
@@ -1085,7 +1086,7 @@ impl Gen {
         b.comment("rate budget: ev_budget per CPU, a one-second window");
         b.load(Size::W, Reg::R8, Reg::R1, ev_config::RATE as i16);
         b.store(Size::W, Reg::R10, FP_KEY, 0);
-        b.ld_map(Reg::R1, "ev_budget");
+        b.ld_map(Reg::R1, map::EV_BUDGET);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, "return");
@@ -1130,7 +1131,7 @@ impl Gen {
     fn emit_forward(&self, b: &mut Builder, f: Fam) {
         let l = |name: &str| f.l(name);
         b.label(l("forward")).comment("which forwarding steps are on (none until the node is wired)");
-        b.ld_map_value(Reg::R1, "fwd_cfg", 0);
+        b.ld_map_value(Reg::R1, map::FWD_CFG, 0);
         b.load(Size::W, Reg::R9, Reg::R1, fwd_cfg::FLAGS as i16);
         b.jmp(JmpCond::Eq, Reg::R9, 0, "return_verdict");
         b.load(Size::DW, Reg::R6, Reg::R10, FP_CTX);
@@ -1155,7 +1156,7 @@ impl Gen {
         b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::LOCAL as i32, l("fwd_lxc_lookup"));
         b.ja(l("fwd_tunnel"));
         b.label(l("fwd_lxc_lookup"));
-        b.ld_map(Reg::R1, "lxc");
+        b.ld_map(Reg::R1, map::LXC);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM + 4));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_tunnel"));
@@ -1170,7 +1171,7 @@ impl Gen {
         b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::OVERLAY as i32, l("fwd_tunnel_lookup"));
         b.ja(l("fwd_fib"));
         b.label(l("fwd_tunnel_lookup"));
-        b.ld_map(Reg::R1, "tunnel");
+        b.ld_map(Reg::R1, map::TUNNEL);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_fib"));
@@ -1373,7 +1374,7 @@ impl Gen {
         let done = format!("services_{tag}_counted");
         b.comment("services: count the load balancer's reason (r6) in lb_stats");
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R6);
-        b.ld_map(Reg::R1, "lb_stats");
+        b.ld_map(Reg::R1, map::LB_STATS);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, done.as_str());
@@ -1547,7 +1548,7 @@ impl Gen {
             b.ja("event_output");
         }
         b.label("event_output");
-        b.ld_map(Reg::R1, "events");
+        b.ld_map(Reg::R1, map::EVENTS);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_EV));
         b.mov(Reg::R3, event::SIZE as i32);
         b.mov(Reg::R4, 0);

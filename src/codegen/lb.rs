@@ -88,6 +88,7 @@ use crate::maps::lb::{
     aff_key, aff_value, be_value, ct_key, ct_value, hint, revnat_value, slot_key, svc_key, svc_value,
     LbReason,
 };
+use crate::maps::names as map;
 use sluice_asm::helpers::{
     KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT, REDIRECT_PEER,
     SKB_LOAD_BYTES, SKB_STORE_BYTES,
@@ -320,7 +321,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.store(Size::B, Reg::R10, s(svc_key::PROTO), Reg::R1);
     b.store(Size::B, Reg::R10, s(svc_key::SCOPE), 0);
-    lookup(b, "lb_svc", f.at(LbFrame::SVC));
+    lookup(b, map::LB_SVC, f.at(LbFrame::SVC));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
     if o.conntrack {
         b.comment("r9 = the lb_svc value, kept across the forward lookup");
@@ -362,7 +363,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         b.load(Size::W, Reg::R1, Reg::R10, t(ct_key::SADDR) + word);
         b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
     }
-    lookup(b, "lb_aff", f.at(LbFrame::AFF));
+    lookup(b, map::LB_AFF, f.at(LbFrame::AFF));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
     b.load(Size::DW, Reg::R2, Reg::R0, aff_value::LAST_USED as i16);
@@ -371,7 +372,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.jmp(JmpCond::Ge, Reg::R1, Reg::R7, p("hash"));
     b.load(Size::W, Reg::R1, Reg::R0, aff_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    lookup(b, "lb_be", f.at(LbFrame::BE_ID));
+    lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
     b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
     b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), p("hash"));
@@ -399,11 +400,11 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SLOT as i16, Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SVC_ID as i16, Reg::R1);
-    lookup(b, "lb_slot", f.at(LbFrame::SLOT));
+    lookup(b, map::LB_SLOT, f.at(LbFrame::SLOT));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
     b.load(Size::W, Reg::R1, Reg::R0, 0);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    lookup(b, "lb_be", f.at(LbFrame::BE_ID));
+    lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
     copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::NewConnection as i32);
@@ -428,7 +429,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         b.load(Size::W, Reg::R1, Reg::R10, t(ct_key::SADDR) + word);
         b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
     }
-    update(b, "lb_aff", f.at(LbFrame::AFF), f.at(LbFrame::AFFV));
+    update(b, map::LB_AFF, f.at(LbFrame::AFF), f.at(LbFrame::AFFV));
     // (g) the rewrites.
     let both = o.conntrack && o.paths == LbPaths::Both;
     let snat = both.then(|| p("snat"));
@@ -607,14 +608,14 @@ fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
-    lookup(b, "lb_ct", f.at(LbFrame::TUPLE));
+    lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
     b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
     b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     b.call(KTIME_GET_COARSE_NS);
     b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
-    lookup(b, "lb_revnat", f.at(LbFrame::SVC_ID));
+    lookup(b, map::LB_REVNAT, f.at(LbFrame::SVC_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
     copy_addr_port(b, f, revnat_value::ADDR, revnat_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::RevNat as i32);
@@ -628,12 +629,12 @@ fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
-    lookup(b, "lb_ct", f.at(LbFrame::TUPLE));
+    lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
     b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    lookup(b, "lb_be", f.at(LbFrame::BE_ID));
+    lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
     copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
     b.call(KTIME_GET_COARSE_NS);
@@ -653,7 +654,7 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     b.store(Size::W, Reg::R10, v(ct_value::SVC_ID), Reg::R1);
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
     b.store(Size::DW, Reg::R10, v(ct_value::LAST_SEEN), Reg::R1);
-    update(b, "lb_ct", f.at(LbFrame::TUPLE), f.at(LbFrame::CTV));
+    update(b, map::LB_CT, f.at(LbFrame::TUPLE), f.at(LbFrame::CTV));
     let r = |off: usize| f.at(LbFrame::RKEY) + off as i16;
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NEW) + half);
@@ -674,7 +675,7 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.store(Size::W, Reg::R10, r(ct_key::PROTO), Reg::R1);
     b.store(Size::B, Reg::R10, r(ct_key::DIR), i32::from(ct_key::REPLY));
-    update(b, "lb_ct", f.at(LbFrame::RKEY), f.at(LbFrame::CTV));
+    update(b, map::LB_CT, f.at(LbFrame::RKEY), f.at(LbFrame::CTV));
 }
 
 /// (g) The DNAT and reverse-NAT rewrites, then the exit with the reason kept on the stack.
@@ -794,7 +795,7 @@ fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
     emit_hint_bit(b, addr, port, t(ct_key::PROTO));
     b.mov(Reg::R6, Reg::R1);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT), key as i32);
-    lookup(b, "lb_hint", f.at(LbFrame::SLOT));
+    lookup(b, map::LB_HINT, f.at(LbFrame::SLOT));
     b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
     b.add(Reg::R0, Reg::R1);
@@ -1078,7 +1079,7 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     for r in [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed] {
         pass(&mut b, r);
     }
-    emit_count_and_exit(&mut b, "exit", "lb_stats");
+    emit_count_and_exit(&mut b, "exit", map::LB_STATS);
     b.build().map_err(|source| CodegenError::Build { object: "lb", source })
 }
 
@@ -1088,7 +1089,8 @@ pub fn map_defs() -> Vec<crate::maps::MapDef> {
     let mut defs: Vec<crate::maps::MapDef> = crate::maps::lb::map_defs()
         .into_iter()
         .filter(|d| {
-            ["lb_svc", "lb_slot", "lb_be", "lb_revnat", "lb_ct", "lb_aff", "lb_hint"].contains(&d.name)
+            [map::LB_SVC, map::LB_SLOT, map::LB_BE, map::LB_REVNAT, map::LB_CT, map::LB_AFF, map::LB_HINT]
+                .contains(&d.name)
         })
         .collect();
     defs.push(crate::maps::lb::stats_def());
@@ -1206,8 +1208,8 @@ mod tests {
             let o = LbOptions { paths, ..LbOptions::default() };
             let listing = sluice_asm::text::listing(&generate_with(o).expect("generates"));
             let first_hash =
-                ["lb_svc", "lb_ct"].iter().filter_map(|m| listing.find(m)).min().expect("lookups");
-            let first_hint = listing.find("lb_hint").expect("a filter");
+                [map::LB_SVC, map::LB_CT].iter().filter_map(|m| listing.find(m)).min().expect("lookups");
+            let first_hint = listing.find(map::LB_HINT).expect("a filter");
             assert!(first_hint < first_hash, "{paths:?}: a hash lookup before the filter");
         }
     }

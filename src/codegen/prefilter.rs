@@ -12,6 +12,7 @@ use super::{
     guard,
 };
 use super::{CodegenError, EthLabels};
+use crate::maps::names as map;
 use crate::maps::prefilter::{meta, slot, Reason, CHILD, DENY, PASS, V6_LPM};
 use crate::maps::prefilter::{SLOT_DENY_ALL, SLOT_EMPTY, SLOT_LPM, V6_HASH_MUL, V6_SLOTS};
 use crate::packet::{ipv4::field as ipv4, ipv6::field as ipv6};
@@ -54,7 +55,7 @@ pub fn generate() -> Result<Program, CodegenError> {
     for r in Reason::ALL {
         emit_verdict(&mut b, label(r), r as i32, r.verdict(), "count");
     }
-    emit_count_and_exit(&mut b, "count", "pf_stats");
+    emit_count_and_exit(&mut b, "count", map::PF_STATS);
     b.build().map_err(|source| CodegenError::Build { object: NAME, source })
 }
 
@@ -77,7 +78,7 @@ fn emit_ipv4(b: &mut Builder) {
     b.comment("level 1: pf_v4_l1[addr >> 16], addressed directly");
     emit_field32(b, Reg::R2, Reg::R6, 16, -1);
     b.alu(AluOp::Lsh, Reg::R2, 2);
-    b.ld_map_value(Reg::R1, "pf_v4_l1", 0);
+    b.ld_map_value(Reg::R1, map::PF_V4_L1, 0);
     b.add(Reg::R1, Reg::R2);
     b.load(Size::W, Reg::R0, Reg::R1, 0);
     b.jmp(JmpCond::Eq, Reg::R0, PASS as i32, pass);
@@ -85,7 +86,7 @@ fn emit_ipv4(b: &mut Builder) {
     b.comment("level 2: chunk (entry - CHILD), entry for the third byte");
     b.alu(AluOp::Sub, Reg::R0, CHILD as i32);
     b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
-    b.ld_map(Reg::R1, "pf_v4_l2");
+    b.ld_map(Reg::R1, map::PF_V4_L2);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
     b.call(MAP_LOOKUP_ELEM);
     b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
@@ -98,7 +99,7 @@ fn emit_ipv4(b: &mut Builder) {
     b.comment("level 3: bitmap (entry - CHILD), bit for the last byte");
     b.alu(AluOp::Sub, Reg::R1, CHILD as i32);
     b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-    b.ld_map(Reg::R1, "pf_v4_l3");
+    b.ld_map(Reg::R1, map::PF_V4_L3);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
     b.call(MAP_LOOKUP_ELEM);
     b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
@@ -128,14 +129,14 @@ fn emit_ipv6(b: &mut Builder) {
     b.comment("level 1: pf_v6_l1[addr >> 112], addressed directly");
     emit_field32(b, Reg::R2, Reg::R6, 16, -1);
     b.alu(AluOp::Lsh, Reg::R2, 2);
-    b.ld_map_value(Reg::R1, "pf_v6_l1", 0);
+    b.ld_map_value(Reg::R1, map::PF_V6_L1, 0);
     b.add(Reg::R1, Reg::R2);
     b.load(Size::W, Reg::R0, Reg::R1, 0);
     b.jmp(JmpCond::Eq, Reg::R0, PASS as i32, pass);
     b.jmp(JmpCond::Eq, Reg::R0, DENY as i32, deny);
     b.jmp(JmpCond::Eq, Reg::R0, V6_LPM as i32, "ipv6_lpm");
     b.comment("level 2: the cuckoo table pf_v6_l2 of /32 keys; pf_meta says which half is live");
-    b.ld_map_value(Reg::R1, "pf_meta", meta::V6_CONF as u32);
+    b.ld_map_value(Reg::R1, map::PF_META, meta::V6_CONF as u32);
     b.comment("r9 = shift, r8 = base bucket (the packet pointers are no longer needed)");
     b.load(Size::W, Reg::R9, Reg::R1, 0);
     b.mov32(Reg::R8, Reg::R9).alu32(AluOp::Rsh, Reg::R8, 8);
@@ -146,7 +147,7 @@ fn emit_ipv6(b: &mut Builder) {
         b.mov32(Reg::R1, Reg::R6).alu32(AluOp::Mul, Reg::R1, mul as i32);
         b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-        b.ld_map(Reg::R1, "pf_v6_l2");
+        b.ld_map(Reg::R1, map::PF_V6_L2);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
         b.call(MAP_LOOKUP_ELEM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
@@ -193,7 +194,7 @@ fn emit_ipv6(b: &mut Builder) {
         b.load(Size::W, Reg::R1, Reg::R7, V6_SRC + 4 * w);
         b.store(Size::W, Reg::R10, FP_LPM_KEY + 4 + 4 * w, Reg::R1);
     }
-    b.ld_map(Reg::R1, "pf_v6_lpm");
+    b.ld_map(Reg::R1, map::PF_V6_LPM);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM_KEY));
     b.call(MAP_LOOKUP_ELEM);
     b.jmp(JmpCond::Ne, Reg::R0, 0, deny);

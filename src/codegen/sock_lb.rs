@@ -51,6 +51,7 @@
 use super::CodegenError;
 use crate::lb::hash::{FLOW_HASH_MIX, FLOW_HASH_SEED};
 use crate::maps::lb::{aff_key, aff_value, be_value, slot_key, sock_key, sock_value, svc_key, svc_value};
+use crate::maps::names as map;
 use crate::maps::MapDef;
 use sluice_asm::helpers::{GET_SOCKET_COOKIE, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
@@ -95,7 +96,7 @@ pub mod slot {
 }
 
 /// The maps the socket programs use.
-pub const MAPS: [&str; 5] = ["lb_svc", "lb_slot", "lb_be", "lb_aff", "lb_sock"];
+pub const MAPS: [&str; 5] = [map::LB_SVC, map::LB_SLOT, map::LB_BE, map::LB_AFF, map::LB_SOCK];
 
 /// The definitions of [`MAPS`], from [`crate::maps::lb::map_defs`].
 pub fn map_defs() -> Vec<MapDef> {
@@ -237,7 +238,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.alu(AluOp::And, Reg::R1, 0xffff);
     b.alu(AluOp::Lsh, Reg::R3, 16).alu(AluOp::Or, Reg::R1, Reg::R3);
     b.store(Size::W, Reg::R10, key + svc_key::PORT as i16, Reg::R1);
-    emit_lookup(b, "lb_svc", key);
+    emit_lookup(b, map::LB_SVC, key);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "pass");
     b.mov(Reg::R7, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SLOTS as i16);
@@ -252,7 +253,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.ja("select");
     b.label("affinity");
     emit_aff_key(b);
-    emit_lookup(b, "lb_aff", slot::AFF_KEY);
+    emit_lookup(b, map::LB_AFF, slot::AFF_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "select");
     b.mov(Reg::R8, Reg::R0);
     b.call(KTIME_GET_NS);
@@ -264,7 +265,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.jmp(JmpCond::Gt, Reg::R0, Reg::R2, "select");
     b.load(Size::W, Reg::R1, Reg::R8, aff_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
-    emit_lookup(b, "lb_be", slot::BE_KEY);
+    emit_lookup(b, map::LB_BE, slot::BE_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "select");
     b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
     b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), "select");
@@ -291,11 +292,11 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SVC_ID as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SLOT as i16, Reg::R8);
-    emit_lookup(b, "lb_slot", slot::SLOT_KEY);
+    emit_lookup(b, map::LB_SLOT, slot::SLOT_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
     b.load(Size::W, Reg::R1, Reg::R0, 0);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
-    emit_lookup(b, "lb_be", slot::BE_KEY);
+    emit_lookup(b, map::LB_BE, slot::BE_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
     b.mov(Reg::R8, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::FLAGS as i16);
@@ -308,7 +309,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.load(Size::W, Reg::R1, Reg::R10, slot::BE_KEY);
     b.store(Size::W, Reg::R10, slot::AFF_VALUE + aff_value::BACKEND_ID as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::AFF_VALUE + aff_value::BACKEND_ID as i16 + 4, 0);
-    emit_update(b, "lb_aff", slot::AFF_KEY, slot::AFF_VALUE);
+    emit_update(b, map::LB_AFF, slot::AFF_KEY, slot::AFF_VALUE);
 
     b.label("backend").comment("rewrite the socket's address to the backend (r8)");
     emit_set_user_addr(b, hook, Reg::R8, be_value::ADDR as i16, Some("refuse"));
@@ -328,7 +329,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16 + 4, 0);
     b.load(Size::H, Reg::R1, Reg::R10, key + svc_key::PORT as i16);
     b.store(Size::W, Reg::R10, sv + sock_value::PORT as i16, Reg::R1);
-    emit_update(b, "lb_sock", sk, sv);
+    emit_update(b, map::LB_SOCK, sk, sv);
     b.ja("pass");
 }
 
@@ -342,7 +343,7 @@ fn emit_reverse(b: &mut Builder, hook: SockAddrHook) {
     b.alu(AluOp::And, Reg::R1, 0xffff);
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16, Reg::R1);
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16 + 4, 0);
-    emit_lookup(b, "lb_sock", sk);
+    emit_lookup(b, map::LB_SOCK, sk);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "pass");
     b.comment("show the VIP");
     emit_set_user_addr(b, hook, Reg::R0, sock_value::ADDR as i16, None);

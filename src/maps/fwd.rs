@@ -18,6 +18,7 @@
 
 use super::prefilter::MapWrites;
 use super::MapDef;
+use crate::maps::names as map;
 use sluice_verifier_sim::spec::MapKind;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -58,25 +59,28 @@ layout! {
     }
 }
 
-/// Layout of a `tunnel` value: the peer node and the inner Ethernet header.
-pub mod tunnel_value {
-    /// The peer's underlay IPv4 address, host order (as `bpf_tunnel_key.remote_ipv4`).
-    pub const REMOTE: usize = 0;
-    /// The VXLAN network identifier.
-    pub const VNI: usize = 4;
-    /// Inner destination MAC: the peer's overlay device.
-    pub const DMAC: usize = 8;
-    /// Inner source MAC: this node's overlay device.
-    pub const SMAC: usize = 14;
-    /// This node's overlay device (the redirect target).
-    pub const IFINDEX: usize = 20;
-    pub const SIZE: usize = 24;
+layout! {
+    /// Layout of a `tunnel` value: the peer node and the inner Ethernet header.
+    pub struct TunnelValue in tunnel_value {
+        /// The peer's underlay IPv4 address, host order (as `bpf_tunnel_key.remote_ipv4`).
+        remote: u32 => REMOTE,
+        /// The VXLAN network identifier.
+        vni: u32 => VNI,
+        /// Inner destination MAC: the peer's overlay device.
+        dmac: [u8; 6] => DMAC,
+        /// Inner source MAC: this node's overlay device.
+        smac: [u8; 6] => SMAC,
+        /// This node's overlay device (the redirect target).
+        ifindex: u32 => IFINDEX,
+    }
 }
 
-/// Layout of the one `fwd_cfg` value.
-pub mod fwd_cfg {
-    pub const FLAGS: usize = 0;
-    pub const SIZE: usize = 8;
+layout! {
+    /// Layout of the one `fwd_cfg` value.
+    pub struct FwdCfg in fwd_cfg {
+        flags: u32 => FLAGS,
+        _pad: u32,
+    }
     /// Deliver to local endpoints found in `lxc` by redirect.
     pub const LOCAL: u32 = 1;
     /// Send to overlay peers found in `tunnel`.
@@ -127,31 +131,12 @@ pub const TUNNEL_MAX: u32 = 16_384;
 
 /// The forwarding maps.
 pub fn map_defs() -> Vec<MapDef> {
+    let no_prealloc = super::F_NO_PREALLOC;
     vec![
-        MapDef {
-            name: "lxc",
-            kind: MapKind::Hash,
-            key_size: 16,
-            value_size: lxc_value::SIZE as u32,
-            max_entries: LXC_MAX,
-            flags: super::F_NO_PREALLOC,
-        },
-        MapDef {
-            name: "tunnel",
-            kind: MapKind::LpmTrie,
-            key_size: tunnel_key::SIZE as u32,
-            value_size: tunnel_value::SIZE as u32,
-            max_entries: TUNNEL_MAX,
-            flags: super::F_NO_PREALLOC,
-        },
-        MapDef {
-            name: "fwd_cfg",
-            kind: MapKind::Array,
-            key_size: 4,
-            value_size: fwd_cfg::SIZE as u32,
-            max_entries: 1,
-            flags: 0,
-        },
+        // Keyed by the endpoint's address (IPv4 as an IPv4-mapped IPv6 address).
+        MapDef::of::<[u8; 16], LxcValue>(map::LXC, MapKind::Hash, LXC_MAX, no_prealloc),
+        MapDef::of::<TunnelKey, TunnelValue>(map::TUNNEL, MapKind::LpmTrie, TUNNEL_MAX, no_prealloc),
+        MapDef::of::<u32, FwdCfg>(map::FWD_CFG, MapKind::Array, 1, 0),
     ]
 }
 
@@ -178,7 +163,8 @@ impl LxcEntry {
 
 /// `lxc` writes for `entries`.
 pub fn lxc_writes(entries: &[LxcEntry]) -> MapWrites {
-    let mut w = MapWrites { map: "lxc", key_size: 16, value_size: lxc_value::SIZE, ..MapWrites::default() };
+    let mut w =
+        MapWrites { map: map::LXC, key_size: 16, value_size: lxc_value::SIZE, ..MapWrites::default() };
     for e in entries {
         w.put(&addr_key(e.addr), &e.value());
     }
@@ -223,7 +209,7 @@ impl TunnelEntry {
 /// `tunnel` writes for `entries`.
 pub fn tunnel_writes(entries: &[TunnelEntry]) -> MapWrites {
     let mut w = MapWrites {
-        map: "tunnel",
+        map: map::TUNNEL,
         key_size: tunnel_key::SIZE,
         value_size: tunnel_value::SIZE,
         ..MapWrites::default()
@@ -236,7 +222,8 @@ pub fn tunnel_writes(entries: &[TunnelEntry]) -> MapWrites {
 
 /// The `fwd_cfg` write for `flags`.
 pub fn fwd_cfg_writes(flags: u32) -> MapWrites {
-    let mut w = MapWrites { map: "fwd_cfg", key_size: 4, value_size: fwd_cfg::SIZE, ..MapWrites::default() };
+    let mut w =
+        MapWrites { map: map::FWD_CFG, key_size: 4, value_size: fwd_cfg::SIZE, ..MapWrites::default() };
     let mut v = [0u8; fwd_cfg::SIZE];
     v[..4].copy_from_slice(&flags.to_le_bytes());
     w.put(&0u32.to_le_bytes(), &v);

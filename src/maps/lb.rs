@@ -38,6 +38,7 @@
 use super::prefilter::MapWrites;
 use super::MapDef;
 use crate::lb::maglev::{self, MaglevError, Table};
+use crate::maps::names as map;
 use crate::model::service::{BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
 use sluice_verifier_sim::spec::MapKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -239,23 +240,17 @@ pub const SOCK_MAX: u32 = 65_536;
 
 /// The load-balancing maps.
 pub fn map_defs() -> Vec<MapDef> {
-    let def = |name, kind, key_size: usize, value_size: usize, max_entries, flags| MapDef {
-        name,
-        kind,
-        key_size: key_size as u32,
-        value_size: value_size as u32,
-        max_entries,
-        flags,
-    };
+    use MapKind::{Array, Hash, LruHash};
+    let no_prealloc = super::F_NO_PREALLOC;
     vec![
-        def("lb_svc", MapKind::Hash, svc_key::SIZE, svc_value::SIZE, SVC_MAX, super::F_NO_PREALLOC),
-        def("lb_slot", MapKind::Hash, slot_key::SIZE, 4, SLOT_MAX, super::F_NO_PREALLOC),
-        def("lb_be", MapKind::Hash, 4, be_value::SIZE, BE_MAX, super::F_NO_PREALLOC),
-        def("lb_revnat", MapKind::Hash, 4, revnat_value::SIZE, SVC_MAX, super::F_NO_PREALLOC),
-        def("lb_ct", MapKind::LruHash, ct_key::SIZE, ct_value::SIZE, CT_MAX, 0),
-        def("lb_aff", MapKind::LruHash, aff_key::SIZE, aff_value::SIZE, AFF_MAX, 0),
-        def("lb_sock", MapKind::LruHash, sock_key::SIZE, sock_value::SIZE, SOCK_MAX, 0),
-        def("lb_hint", MapKind::Array, 4, hint::BYTES, hint::ENTRIES, 0),
+        MapDef::of::<SvcKey, SvcValue>(map::LB_SVC, Hash, SVC_MAX, no_prealloc),
+        MapDef::of::<SlotKey, u32>(map::LB_SLOT, Hash, SLOT_MAX, no_prealloc),
+        MapDef::of::<u32, BeValue>(map::LB_BE, Hash, BE_MAX, no_prealloc),
+        MapDef::of::<u32, RevNatValue>(map::LB_REVNAT, Hash, SVC_MAX, no_prealloc),
+        MapDef::of::<LbCtKey, LbCtValue>(map::LB_CT, LruHash, CT_MAX, 0),
+        MapDef::of::<AffKey, AffValue>(map::LB_AFF, LruHash, AFF_MAX, 0),
+        MapDef::of::<SockKey, SockValue>(map::LB_SOCK, LruHash, SOCK_MAX, 0),
+        MapDef::of::<u32, [u8; hint::BYTES]>(map::LB_HINT, Array, hint::ENTRIES, 0),
     ]
 }
 
@@ -346,14 +341,7 @@ impl LbReason {
 /// The tc load balancer's verdict counters: a per-CPU `u64` array indexed by [`LbReason`].
 /// Not part of [`map_defs`] (the socket programs count elsewhere).
 pub fn stats_def() -> MapDef {
-    MapDef {
-        name: "lb_stats",
-        kind: MapKind::PerCpuArray,
-        key_size: 4,
-        value_size: 8,
-        max_entries: LbReason::COUNT,
-        flags: 0,
-    }
+    MapDef::of::<u32, u64>(map::LB_STATS, MapKind::PerCpuArray, LbReason::COUNT, 0)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -453,8 +441,8 @@ impl LbState {
         let mut state = LbState::default();
         let mut proto_of_svc = BTreeMap::new();
         for (k, v) in svc {
-            check_len("lb_svc", k, svc_key::SIZE)?;
-            check_len("lb_svc", v, svc_value::SIZE)?;
+            check_len(map::LB_SVC, k, svc_key::SIZE)?;
+            check_len(map::LB_SVC, v, svc_value::SIZE)?;
             let port = u16::from_be_bytes([k[svc_key::PORT], k[svc_key::PORT + 1]]);
             let id = read_u32(v, svc_value::SVC_ID);
             state.services.insert((addr_of(k), port, k[svc_key::PROTO]), id);
@@ -463,15 +451,15 @@ impl LbState {
         }
         let mut proto_of_be = BTreeMap::new();
         for (k, v) in slot {
-            check_len("lb_slot", k, slot_key::SIZE)?;
-            check_len("lb_slot", v, 4)?;
+            check_len(map::LB_SLOT, k, slot_key::SIZE)?;
+            check_len(map::LB_SLOT, v, 4)?;
             if let Some(&p) = proto_of_svc.get(&read_u32(k, slot_key::SVC_ID)) {
                 proto_of_be.insert(read_u32(v, 0), p);
             }
         }
         for (k, v) in be {
-            check_len("lb_be", k, 4)?;
-            check_len("lb_be", v, be_value::SIZE)?;
+            check_len(map::LB_BE, k, 4)?;
+            check_len(map::LB_BE, v, be_value::SIZE)?;
             let id = read_u32(k, 0);
             let port = u16::from_be_bytes([v[be_value::PORT], v[be_value::PORT + 1]]);
             let proto = proto_of_be.get(&id).copied().unwrap_or(0);
@@ -559,7 +547,7 @@ fn hints_of<'a>(
 }
 
 fn hint_writes(fe: &Hint, be: &Hint) -> MapWrites {
-    let mut w = writes_for("lb_hint", 4, hint::BYTES);
+    let mut w = writes_for(map::LB_HINT, 4, hint::BYTES);
     w.put(&hint::FRONTEND.to_le_bytes(), &fe.0);
     w.put(&hint::BACKEND.to_le_bytes(), &be.0);
     w
@@ -630,13 +618,18 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
     if frontends.len() > SVC_MAX as usize {
         return Err(LbError::Capacity {
             what: "frontends",
-            map: "lb_svc",
+            map: map::LB_SVC,
             count: frontends.len(),
             max: SVC_MAX,
         });
     }
     if backends.len() > BE_MAX as usize {
-        return Err(LbError::Capacity { what: "backends", map: "lb_be", count: backends.len(), max: BE_MAX });
+        return Err(LbError::Capacity {
+            what: "backends",
+            map: map::LB_BE,
+            count: backends.len(),
+            max: BE_MAX,
+        });
     }
 
     // Ids: kept where known, else the lowest free.
@@ -657,7 +650,7 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
         next.backends.insert(*k, id);
     }
 
-    let mut be_put = writes_for("lb_be", 4, be_value::SIZE);
+    let mut be_put = writes_for(map::LB_BE, 4, be_value::SIZE);
     for (k, &state) in &backends {
         let mut v = [0u8; be_value::SIZE];
         v[be_value::ADDR..be_value::ADDR + 16].copy_from_slice(&super::fwd::addr_key(k.0));
@@ -665,9 +658,9 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
         v[be_value::STATE] = state;
         be_put.put(&next.backends[k].to_le_bytes(), &v);
     }
-    let mut revnat_put = writes_for("lb_revnat", 4, revnat_value::SIZE);
-    let mut slot_put = writes_for("lb_slot", slot_key::SIZE, 4);
-    let mut svc_put = writes_for("lb_svc", svc_key::SIZE, svc_value::SIZE);
+    let mut revnat_put = writes_for(map::LB_REVNAT, 4, revnat_value::SIZE);
+    let mut slot_put = writes_for(map::LB_SLOT, slot_key::SIZE, 4);
+    let mut svc_put = writes_for(map::LB_SVC, svc_key::SIZE, svc_value::SIZE);
     let mut total_slots = 0usize;
     for (s, f, k) in &frontends {
         let svc_id = next.services[k];
@@ -697,7 +690,7 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
         if total_slots > SLOT_MAX as usize {
             return Err(LbError::Capacity {
                 what: "selection slots",
-                map: "lb_slot",
+                map: map::LB_SLOT,
                 count: total_slots,
                 max: SLOT_MAX,
             });
@@ -723,8 +716,8 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
             svc_put.delete(&svc_key_bytes(k));
         }
     }
-    let mut slot_del = writes_for("lb_slot", slot_key::SIZE, 4);
-    let mut revnat_del = writes_for("lb_revnat", 4, revnat_value::SIZE);
+    let mut slot_del = writes_for(map::LB_SLOT, slot_key::SIZE, 4);
+    let mut revnat_del = writes_for(map::LB_REVNAT, 4, revnat_value::SIZE);
     let live_svc: BTreeSet<u32> = next.services.values().copied().collect();
     for (&svc_id, &old) in &prev.slots {
         let keep = next.slots.get(&svc_id).copied().unwrap_or(0);
@@ -737,7 +730,7 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
             revnat_del.delete(&id.to_le_bytes());
         }
     }
-    let mut be_del = writes_for("lb_be", 4, be_value::SIZE);
+    let mut be_del = writes_for(map::LB_BE, 4, be_value::SIZE);
     let live_be: BTreeSet<u32> = next.backends.values().copied().collect();
     for id in prev.backends.values().collect::<BTreeSet<_>>() {
         if !live_be.contains(id) {
@@ -755,7 +748,7 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
     let (new_fe, new_be) = hints_of(next.services.keys(), next.backends.keys());
     let (union_fe, union_be) = (old_fe.union(&new_fe), old_be.union(&new_be));
     let exact = if (&union_fe, &union_be) == (&new_fe, &new_be) {
-        writes_for("lb_hint", 4, hint::BYTES)
+        writes_for(map::LB_HINT, 4, hint::BYTES)
     } else {
         hint_writes(&new_fe, &new_be)
     };

@@ -59,6 +59,7 @@ pub trait Layout: Sized {
 
 pub mod fwd;
 pub mod lb;
+pub mod names;
 pub mod policy;
 pub mod prefilter;
 
@@ -79,6 +80,20 @@ pub struct MapDef {
 }
 
 impl MapDef {
+    /// A map of `K` keys and `V` values (sizes from the types: a layout struct, an integer,
+    /// a byte array; `()` for a map without keys or values, as a ring buffer).
+    pub fn of<K, V>(name: &'static str, kind: MapKind, max_entries: u32, flags: u32) -> MapDef {
+        let size = |n: usize| u32::try_from(n).expect("map keys and values are small");
+        MapDef {
+            name,
+            kind,
+            key_size: size(std::mem::size_of::<K>()),
+            value_size: size(std::mem::size_of::<V>()),
+            max_entries,
+            flags,
+        }
+    }
+
     /// The simulator's view of this map.
     pub fn sim_spec(&self) -> MapSpec {
         MapSpec {
@@ -141,6 +156,8 @@ mod layout_tests {
         no_implicit_padding::<policy::EvBudget>("EvBudget");
         no_implicit_padding::<fwd::LxcValue>("LxcValue");
         no_implicit_padding::<fwd::TunnelKey>("TunnelKey");
+        no_implicit_padding::<fwd::TunnelValue>("TunnelValue");
+        no_implicit_padding::<fwd::FwdCfg>("FwdCfg");
     }
 
     /// The derived offsets are the wire layouts the kernel side was written against.

@@ -19,6 +19,7 @@
 //!   for the Service issue's backend pinning and reverse NAT ([`ct_value`]).
 
 use super::MapDef;
+use crate::maps::names as map;
 use sluice_verifier_sim::spec::MapKind;
 
 /// Identity: no ipcache entry, the rest of the world.
@@ -299,94 +300,27 @@ pub struct Capacity {
 
 /// The endpoint-policy maps.
 pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
-    let array = |name, value_size, max_entries| MapDef {
-        name,
-        kind: MapKind::Array,
-        key_size: 4,
-        value_size,
-        max_entries,
-        flags: 0,
-    };
+    use MapKind::{Array, LpmTrie, LruHash, PerCpuArray, RingBuf};
+    let no_prealloc = super::F_NO_PREALLOC;
     vec![
-        array("ipc_v4_l1", 65536 * 4, 1),
-        array("ipc_v4_l2", 256 * 4, cap.ipc_v4_l2),
-        array("ipc_v4_l3", 256 * 4, cap.ipc_v4_l3),
-        MapDef {
-            name: "ipc_v6",
-            kind: MapKind::LpmTrie,
-            key_size: 20,
-            value_size: 4,
-            max_entries: cap.ipc_v6,
-            flags: super::F_NO_PREALLOC,
-        },
-        MapDef {
-            name: "policy",
-            kind: MapKind::LpmTrie,
-            key_size: policy_key::SIZE as u32,
-            value_size: policy_value::SIZE as u32,
-            max_entries: cap.policy,
-            flags: super::F_NO_PREALLOC,
-        },
-        array("ep_config", ep_config::SIZE as u32, cap.endpoints),
-        array("pol_table", POL_BUCKET_BYTES as u32, 2 << cap.pol_bits),
-        array("pol_meta", 8, 1),
-        MapDef {
-            name: "ct4",
-            kind: MapKind::LruHash,
-            key_size: ct4_key::SIZE as u32,
-            value_size: ct_value::SIZE as u32,
-            max_entries: cap.ct,
-            flags: 0,
-        },
-        MapDef {
-            name: "ct6",
-            kind: MapKind::LruHash,
-            key_size: ct6_key::SIZE as u32,
-            value_size: ct_value::SIZE as u32,
-            max_entries: cap.ct,
-            flags: 0,
-        },
-        MapDef {
-            name: "frag4",
-            kind: MapKind::LruHash,
-            key_size: ct4_key::SIZE as u32,
-            value_size: 8,
-            max_entries: 8192,
-            flags: 0,
-        },
-        MapDef {
-            name: "frag6",
-            kind: MapKind::LruHash,
-            key_size: ct6_key::SIZE as u32,
-            value_size: 8,
-            max_entries: 8192,
-            flags: 0,
-        },
-        MapDef {
-            name: "ep_stats",
-            kind: MapKind::PerCpuArray,
-            key_size: 4,
-            value_size: 8,
-            max_entries: cap.endpoints * Reason::COUNT,
-            flags: 0,
-        },
-        MapDef {
-            name: "events",
-            kind: MapKind::RingBuf,
-            key_size: 0,
-            value_size: 0,
-            max_entries: 1 << 18,
-            flags: 0,
-        },
-        array("ev_config", ev_config::SIZE as u32, 1),
-        MapDef {
-            name: "ev_budget",
-            kind: MapKind::PerCpuArray,
-            key_size: 4,
-            value_size: ev_budget::SIZE as u32,
-            max_entries: 1,
-            flags: 0,
-        },
+        MapDef::of::<u32, [u32; 65536]>(map::IPC_V4_L1, Array, 1, 0),
+        MapDef::of::<u32, [u32; 256]>(map::IPC_V4_L2, Array, cap.ipc_v4_l2, 0),
+        MapDef::of::<u32, [u32; 256]>(map::IPC_V4_L3, Array, cap.ipc_v4_l3, 0),
+        MapDef::of::<super::fwd::TunnelKey, u32>(map::IPC_V6, LpmTrie, cap.ipc_v6, no_prealloc),
+        MapDef::of::<PolicyKey, PolicyValue>(map::POLICY, LpmTrie, cap.policy, no_prealloc),
+        MapDef::of::<u32, EpConfig>(map::EP_CONFIG, Array, cap.endpoints, 0),
+        MapDef::of::<u32, [u8; POL_BUCKET_BYTES]>(map::POL_TABLE, Array, 2 << cap.pol_bits, 0),
+        MapDef::of::<u32, u64>(map::POL_META, Array, 1, 0),
+        MapDef::of::<Ct4Key, CtValue>(map::CT4, LruHash, cap.ct, 0),
+        MapDef::of::<Ct6Key, CtValue>(map::CT6, LruHash, cap.ct, 0),
+        // Fragment keys are conntrack keys with the fragment id in the ports; the value is
+        // the first fragment's ports.
+        MapDef::of::<Ct4Key, u64>(map::FRAG4, LruHash, 8192, 0),
+        MapDef::of::<Ct6Key, u64>(map::FRAG6, LruHash, 8192, 0),
+        MapDef::of::<u32, u64>(map::EP_STATS, PerCpuArray, cap.endpoints * Reason::COUNT, 0),
+        MapDef::of::<(), ()>(map::EVENTS, RingBuf, 1 << 18, 0),
+        MapDef::of::<u32, EvConfig>(map::EV_CONFIG, Array, 1, 0),
+        MapDef::of::<u32, EvBudget>(map::EV_BUDGET, PerCpuArray, 1, 0),
     ]
     .into_iter()
     .chain(super::fwd::map_defs())
@@ -471,15 +405,15 @@ impl IpcacheV4 {
     /// The writes that fill empty `ipc_v4_*` maps, children first.
     pub fn writes(&self) -> Vec<super::prefilter::MapWrites> {
         let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
-        let mut l3 = writes_for("ipc_v4_l3", 4, 1024);
+        let mut l3 = writes_for(map::IPC_V4_L3, 4, 1024);
         for (i, c) in self.l3.iter().enumerate() {
             l3.put(&(i as u32).to_le_bytes(), &words(&c[..]));
         }
-        let mut l2 = writes_for("ipc_v4_l2", 4, 1024);
+        let mut l2 = writes_for(map::IPC_V4_L2, 4, 1024);
         for (i, c) in self.l2.iter().enumerate() {
             l2.put(&(i as u32).to_le_bytes(), &words(&c[..]));
         }
-        let mut l1 = writes_for("ipc_v4_l1", 4, 65536 * 4);
+        let mut l1 = writes_for(map::IPC_V4_L1, 4, 65536 * 4);
         l1.put(&0u32.to_le_bytes(), &words(&self.l1));
         vec![l3, l2, l1]
     }
@@ -594,7 +528,7 @@ pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
             .or_insert(r);
     }
     let denies: Vec<&PolicyRule> = by_key.values().filter(|r| r.deny).collect();
-    let mut w = writes_for("policy", policy_key::SIZE, policy_value::SIZE);
+    let mut w = writes_for(map::POLICY, policy_key::SIZE, policy_value::SIZE);
     for (key, r) in &by_key {
         let deny = r.deny || denies.iter().any(|d| d.covers(r));
         let mut v = [0u8; policy_value::SIZE];
@@ -783,7 +717,7 @@ pub fn pol_half_writes(
 ) -> Option<super::prefilter::MapWrites> {
     let layout =
         super::prefilter::cuckoo_layout_by(table.keys().copied(), bits, |k, w| pol_bucket_of(k, w, bits))?;
-    let mut w = writes_for("pol_table", 4, POL_BUCKET_BYTES);
+    let mut w = writes_for(map::POL_TABLE, 4, POL_BUCKET_BYTES);
     for (i, bucket) in layout.iter().enumerate() {
         let mut value = vec![0u8; POL_BUCKET_BYTES];
         for (j, key) in bucket.iter().enumerate() {
@@ -800,7 +734,7 @@ pub fn pol_half_writes(
 /// The one `pol_meta` value: where the live half of `pol_table` is (the prefilter's
 /// encoding: `shift | base << 8`).
 pub fn pol_meta_writes(bits: u32, half: u32) -> super::prefilter::MapWrites {
-    let mut w = writes_for("pol_meta", 4, 8);
+    let mut w = writes_for(map::POL_META, 4, 8);
     let mut v = [0u8; 8];
     v[..4].copy_from_slice(&super::prefilter::v6_conf(bits, half).to_le_bytes());
     w.put(&0u32.to_le_bytes(), &v);

@@ -722,11 +722,18 @@ impl Gen {
         b.comment("sent by the endpoint: its own connection (opposite direction) or a reply in ours");
         b.store(Size::B, Reg::R10, FP_CTR + f.dir, i32::from(self.opposite_dir()));
         b.store(Size::B, Reg::R10, FP_FRAG + f.dir, i32::from(self.dir.policy_dir()));
+        b.comment("related only to a live entry: an expired connection relates nothing");
         for key in [FP_CTR, FP_FRAG] {
+            let next = b.new_label(&f.l("icmp_quoted_miss"));
             b.ld_map(Reg::R1, f.ct);
             b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
             b.call(MAP_LOOKUP_ELEM);
-            b.jmp(JmpCond::Ne, Reg::R0, 0, label(Reason::AllowRelated));
+            b.jmp(JmpCond::Eq, Reg::R0, 0, next);
+            b.mov(Reg::R6, Reg::R0);
+            b.call(KTIME_GET_COARSE_NS);
+            b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
+            b.jmp(JmpCond::Le, Reg::R0, Reg::R1, label(Reason::AllowRelated));
+            b.place(next);
         }
         b.ja(f.l("conntrack"));
     }

@@ -80,6 +80,7 @@
 //! listener messages 130-132 and 143, neighbor discovery 133-137) passes before
 //! anti-spoofing: it uses link-local and unspecified sources.
 
+use super::kit;
 use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia, HAIRPIN_V4, HAIRPIN_V6};
 use super::{
     emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels, SKB_DATA, SKB_DATA_END,
@@ -93,8 +94,8 @@ use crate::maps::policy::{
 use crate::maps::policy::{pol_epdir, pol_fold_const, pol_slot, POL_LIST, POL_OVERFLOW, POL_SLOTS};
 use crate::maps::prefilter::V6_HASH_MUL;
 use sluice_asm::helpers::{
-    FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT,
-    REDIRECT_NEIGH, RINGBUF_OUTPUT, SKB_SET_TUNNEL_KEY,
+    FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, REDIRECT, REDIRECT_NEIGH, RINGBUF_OUTPUT,
+    SKB_SET_TUNNEL_KEY,
 };
 use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
@@ -486,9 +487,7 @@ impl Gen {
     /// `r0 = &ep_config[ep]` or 0; clobbers r1-r5.
     fn emit_ep_config(&self, b: &mut Builder) {
         b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep)).param(param::ENDPOINT);
-        b.ld_map(Reg::R1, map::EP_CONFIG);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::EP_CONFIG, FP_KEY);
     }
 
     /// Family and protocol (in r1) into `FP_FAM`, the protocol and direction into the key.
@@ -725,9 +724,7 @@ impl Gen {
         b.comment("related only to a live entry: an expired connection relates nothing");
         for key in [FP_CTR, FP_FRAG] {
             let next = b.new_label(&f.l("icmp_quoted_miss"));
-            b.ld_map(Reg::R1, f.ct);
-            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-            b.call(MAP_LOOKUP_ELEM);
+            kit::map_lookup(b, f.ct, key);
             b.jmp(JmpCond::Eq, Reg::R0, 0, next);
             b.mov(Reg::R6, Reg::R0);
             b.call(KTIME_GET_COARSE_NS);
@@ -740,9 +737,7 @@ impl Gen {
 
     fn emit_later_fragment(&self, b: &mut Builder, f: Fam) {
         b.label(f.l("later_fragment")).comment("a later fragment: the first fragment's verdict");
-        b.ld_map(Reg::R1, f.frag);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FRAG));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, f.frag, FP_FRAG);
         b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyFragment));
         b.load(Size::B, Reg::R1, Reg::R0, 0);
         b.jmp(JmpCond::Eq, Reg::R1, 1, label(Reason::AllowFragment));
@@ -754,9 +749,7 @@ impl Gen {
         if !self.options.conntrack {
             b.ja(f.l("new_connection"));
         }
-        b.ld_map(Reg::R1, f.ct);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CT));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, f.ct, FP_CT);
         b.mov(Reg::R8, 0);
         b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("ct_hit"));
         b.comment("a bare TCP SYN opens a connection: it is never a reply");
@@ -784,9 +777,7 @@ impl Gen {
             Reg::R1,
         );
         b.store(Size::B, Reg::R10, FP_CTR + f.dir, i32::from(self.opposite_dir()));
-        b.ld_map(Reg::R1, f.ct);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CTR));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, f.ct, FP_CTR);
         b.mov(Reg::R8, 1);
         b.jmp(JmpCond::Eq, Reg::R0, 0, f.l("new_connection"));
     }
@@ -878,9 +869,7 @@ impl Gen {
                 b.label(format!("{level}_lookup"));
                 b.alu32(AluOp::And, Reg::R0, !IPC_CHILD as i32);
                 b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
-                b.ld_map(Reg::R1, level);
-                b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-                b.call(MAP_LOOKUP_ELEM);
+                kit::map_lookup(b, level, FP_KEY);
                 b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
                 b.mov32(Reg::R2, Reg::R6);
                 if shift != 0 {
@@ -894,9 +883,7 @@ impl Gen {
             b.comment("the peer's identity: the ipc_v6 trie");
             b.store(Size::W, Reg::R10, FP_LPM, 128);
             copy_stack(b, peer, FP_LPM + 4, 16);
-            b.ld_map(Reg::R1, map::IPC_V6);
-            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM));
-            b.call(MAP_LOOKUP_ELEM);
+            kit::map_lookup(b, map::IPC_V6, FP_LPM);
             b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
             b.load(Size::W, Reg::R0, Reg::R0, 0);
         }
@@ -934,9 +921,7 @@ impl Gen {
                 b.mov32(Reg::R1, Reg::R7).alu32(AluOp::Mul, Reg::R1, mul as i32);
                 b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
                 b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-                b.ld_map(Reg::R1, map::POL_TABLE);
-                b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-                b.call(MAP_LOOKUP_ELEM);
+                kit::map_lookup(b, map::POL_TABLE, FP_KEY);
                 b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
                 for s in 0..POL_SLOTS {
                     let at = (s * pol_slot::SIZE) as i16;
@@ -1002,9 +987,7 @@ impl Gen {
             if pass == 1 {
                 b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
             }
-            b.ld_map(Reg::R1, map::POLICY);
-            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_POL));
-            b.call(MAP_LOOKUP_ELEM);
+            kit::map_lookup(b, map::POLICY, FP_POL);
             b.jmp(JmpCond::Ne, Reg::R0, 0, found.as_str());
         }
         b.ja(label(Reason::DenyDefault));
@@ -1044,20 +1027,12 @@ impl Gen {
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::EXPIRES as i16, Reg::R0);
         b.store(Size::B, Reg::R10, FP_CTV + ct_value::STATE as i16, Reg::R1);
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::PACKETS as i16, 1);
-        b.ld_map(Reg::R1, f.ct);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_CT));
-        b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(FP_CTV));
-        b.mov(Reg::R4, 0);
-        b.call(MAP_UPDATE_ELEM);
+        kit::map_update(b, f.ct, FP_CT, FP_CTV, 0);
         b.label(l("allowed")).comment("a first fragment leaves its verdict for the rest; r7 = reason");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC + 1);
         b.jmp(JmpCond::Eq, Reg::R1, 0, l("allowed_reason"));
         b.store(Size::DW, Reg::R10, FP_CTV, 1);
-        b.ld_map(Reg::R1, f.frag);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_FRAG));
-        b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(FP_CTV));
-        b.mov(Reg::R4, 0);
-        b.call(MAP_UPDATE_ELEM);
+        kit::map_update(b, f.frag, FP_FRAG, FP_CTV, 0);
         b.label(l("allowed_reason"));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, label(Reason::AllowUnenforced));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowEstablished as i32, label(Reason::AllowEstablished));
@@ -1069,9 +1044,7 @@ impl Gen {
         b.label("exit").comment("count (endpoint, reason) in ep_stats; r6 = reason, r7 = verdict");
         b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(self.ep) * stride).param(param::STATS_ROW);
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-        b.ld_map(Reg::R1, map::EP_STATS);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::EP_STATS, FP_KEY);
         b.jmp(JmpCond::Eq, Reg::R0, 0, "event");
         b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
 
@@ -1093,9 +1066,7 @@ impl Gen {
         b.comment("rate budget: ev_budget per CPU, a one-second window");
         b.load(Size::W, Reg::R8, Reg::R1, ev_config::RATE as i16);
         b.store(Size::W, Reg::R10, FP_KEY, 0);
-        b.ld_map(Reg::R1, map::EV_BUDGET);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::EV_BUDGET, FP_KEY);
         b.jmp(JmpCond::Eq, Reg::R0, 0, "return");
         b.mov(Reg::R9, Reg::R0);
         b.call(KTIME_GET_NS);
@@ -1163,9 +1134,7 @@ impl Gen {
         b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::LOCAL as i32, l("fwd_lxc_lookup"));
         b.ja(l("fwd_tunnel"));
         b.label(l("fwd_lxc_lookup"));
-        b.ld_map(Reg::R1, map::LXC);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM + 4));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::LXC, FP_LPM + 4);
         b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_tunnel"));
         b.mov(Reg::R7, Reg::R0);
         self.emit_rewrite(b, f, "lxc", Some((lxc_value::MAC, lxc_value::NODE_MAC)));
@@ -1178,9 +1147,7 @@ impl Gen {
         b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::OVERLAY as i32, l("fwd_tunnel_lookup"));
         b.ja(l("fwd_fib"));
         b.label(l("fwd_tunnel_lookup"));
-        b.ld_map(Reg::R1, map::TUNNEL);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::TUNNEL, FP_LPM);
         b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_fib"));
         b.mov(Reg::R7, Reg::R0);
         for off in (0..48).step_by(8) {
@@ -1381,9 +1348,7 @@ impl Gen {
         let done = format!("services_{tag}_counted");
         b.comment("services: count the load balancer's reason (r6) in lb_stats");
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R6);
-        b.ld_map(Reg::R1, map::LB_STATS);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::LB_STATS, FP_KEY);
         b.jmp(JmpCond::Eq, Reg::R0, 0, done.as_str());
         b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
         b.label(done.as_str());

@@ -79,8 +79,9 @@
 //!
 //! Every verdict is counted per reason ([`LbReason`]) in the per-CPU array `lb_stats`.
 
+use super::kit;
 use super::{emit_count_and_exit, emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels};
-use crate::lb::hash::{FLOW_HASH_MIX, FLOW_HASH_SEED};
+use crate::lb::hash::FLOW_HASH_SEED;
 use crate::maps::fwd::V4_MAPPED_WORD;
 #[cfg(doc)]
 use crate::maps::lb::hint_bit;
@@ -90,8 +91,7 @@ use crate::maps::lb::{
 };
 use crate::maps::names as map;
 use sluice_asm::helpers::{
-    KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM, REDIRECT, REDIRECT_PEER,
-    SKB_LOAD_BYTES, SKB_STORE_BYTES,
+    KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, REDIRECT, REDIRECT_PEER, SKB_LOAD_BYTES, SKB_STORE_BYTES,
 };
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
@@ -321,7 +321,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.store(Size::B, Reg::R10, s(svc_key::PROTO), Reg::R1);
     b.store(Size::B, Reg::R10, s(svc_key::SCOPE), 0);
-    lookup(b, map::LB_SVC, f.at(LbFrame::SVC));
+    kit::map_lookup(b, map::LB_SVC, f.at(LbFrame::SVC));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
     if o.conntrack {
         b.comment("r9 = the lb_svc value, kept across the forward lookup");
@@ -363,7 +363,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         b.load(Size::W, Reg::R1, Reg::R10, t(ct_key::SADDR) + word);
         b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
     }
-    lookup(b, map::LB_AFF, f.at(LbFrame::AFF));
+    kit::map_lookup(b, map::LB_AFF, f.at(LbFrame::AFF));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
     b.load(Size::DW, Reg::R2, Reg::R0, aff_value::LAST_USED as i16);
@@ -372,7 +372,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.jmp(JmpCond::Ge, Reg::R1, Reg::R7, p("hash"));
     b.load(Size::W, Reg::R1, Reg::R0, aff_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
+    kit::map_lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
     b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
     b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), p("hash"));
@@ -400,11 +400,11 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SLOT as i16, Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SVC_ID as i16, Reg::R1);
-    lookup(b, map::LB_SLOT, f.at(LbFrame::SLOT));
+    kit::map_lookup(b, map::LB_SLOT, f.at(LbFrame::SLOT));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
     b.load(Size::W, Reg::R1, Reg::R0, 0);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
+    kit::map_lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
     copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::NewConnection as i32);
@@ -429,7 +429,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         b.load(Size::W, Reg::R1, Reg::R10, t(ct_key::SADDR) + word);
         b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
     }
-    update(b, map::LB_AFF, f.at(LbFrame::AFF), f.at(LbFrame::AFFV));
+    kit::map_update(b, map::LB_AFF, f.at(LbFrame::AFF), f.at(LbFrame::AFFV), kit::BPF_ANY);
     // (g) the rewrites.
     let both = o.conntrack && o.paths == LbPaths::Both;
     let snat = both.then(|| p("snat"));
@@ -608,14 +608,14 @@ fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
-    lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
+    kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
     b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
     b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     b.call(KTIME_GET_COARSE_NS);
     b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
-    lookup(b, map::LB_REVNAT, f.at(LbFrame::SVC_ID));
+    kit::map_lookup(b, map::LB_REVNAT, f.at(LbFrame::SVC_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
     copy_addr_port(b, f, revnat_value::ADDR, revnat_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::RevNat as i32);
@@ -629,12 +629,12 @@ fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
-    lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
+    kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
     b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
+    kit::map_lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
     b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
     copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
     b.call(KTIME_GET_COARSE_NS);
@@ -654,7 +654,7 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     b.store(Size::W, Reg::R10, v(ct_value::SVC_ID), Reg::R1);
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
     b.store(Size::DW, Reg::R10, v(ct_value::LAST_SEEN), Reg::R1);
-    update(b, map::LB_CT, f.at(LbFrame::TUPLE), f.at(LbFrame::CTV));
+    kit::map_update(b, map::LB_CT, f.at(LbFrame::TUPLE), f.at(LbFrame::CTV), kit::BPF_ANY);
     let r = |off: usize| f.at(LbFrame::RKEY) + off as i16;
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NEW) + half);
@@ -675,7 +675,7 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.store(Size::W, Reg::R10, r(ct_key::PROTO), Reg::R1);
     b.store(Size::B, Reg::R10, r(ct_key::DIR), i32::from(ct_key::REPLY));
-    update(b, map::LB_CT, f.at(LbFrame::RKEY), f.at(LbFrame::CTV));
+    kit::map_update(b, map::LB_CT, f.at(LbFrame::RKEY), f.at(LbFrame::CTV), kit::BPF_ANY);
 }
 
 /// (g) The DNAT and reverse-NAT rewrites, then the exit with the reason kept on the stack.
@@ -795,7 +795,7 @@ fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
     emit_hint_bit(b, addr, port, t(ct_key::PROTO));
     b.mov(Reg::R6, Reg::R1);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT), key as i32);
-    lookup(b, map::LB_HINT, f.at(LbFrame::SLOT));
+    kit::map_lookup(b, map::LB_HINT, f.at(LbFrame::SLOT));
     b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
     b.add(Reg::R0, Reg::R1);
@@ -803,22 +803,6 @@ fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
     b.alu(AluOp::And, Reg::R6, 7);
     b.alu(AluOp::Rsh, Reg::R1, Reg::R6).alu(AluOp::And, Reg::R1, 1);
     b.jmp(JmpCond::Eq, Reg::R1, 0, clear);
-}
-
-/// `r0 = map[key at r10+key]`; clobbers r1-r5.
-fn lookup(b: &mut Builder, map: &str, key: i16) {
-    b.ld_map(Reg::R1, map);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-    b.call(MAP_LOOKUP_ELEM);
-}
-
-/// `map[key] = value` (`BPF_ANY`); clobbers r0-r5.
-fn update(b: &mut Builder, map: &str, key: i16, value: i16) {
-    b.ld_map(Reg::R1, map);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-    b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(value));
-    b.mov(Reg::R4, 0);
-    b.call(MAP_UPDATE_ELEM);
 }
 
 /// Copy the 16-byte address and 2-byte port of the map value in r0 to [`LbFrame::NEW`].
@@ -835,11 +819,7 @@ fn copy_addr_port(b: &mut Builder, f: LbFrame, addr: usize, port: usize) {
 /// (32-bit arithmetic; clobbers r2, r3).
 fn emit_hash(b: &mut Builder, words: &[i16], proto: i16) {
     b.mov32(Reg::R1, FLOW_HASH_SEED as i32);
-    let mix = |b: &mut Builder| {
-        b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
-        b.alu32(AluOp::Mul, Reg::R1, FLOW_HASH_MIX as i32);
-        b.mov32(Reg::R3, Reg::R1).alu32(AluOp::Rsh, Reg::R3, 15).alu32(AluOp::Xor, Reg::R1, Reg::R3);
-    };
+    let mix = |b: &mut Builder| kit::flow_hash_word(b, Reg::R1, Reg::R2, Reg::R3);
     for &w in words {
         b.load(Size::W, Reg::R2, Reg::R10, w);
         mix(b);
@@ -847,12 +827,7 @@ fn emit_hash(b: &mut Builder, words: &[i16], proto: i16) {
     b.load(Size::B, Reg::R2, Reg::R10, proto);
     mix(b);
     b.comment("fmix32");
-    for (shift, mul) in [(16, Some(0x85eb_ca6bu32)), (13, Some(0xc2b2_ae35)), (16, None)] {
-        b.mov32(Reg::R3, Reg::R1).alu32(AluOp::Rsh, Reg::R3, shift).alu32(AluOp::Xor, Reg::R1, Reg::R3);
-        if let Some(m) = mul {
-            b.alu32(AluOp::Mul, Reg::R1, m as i32);
-        }
-    }
+    kit::fmix32(b, Reg::R1, Reg::R3);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1100,6 +1075,7 @@ pub fn map_defs() -> Vec<crate::maps::MapDef> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_asm::helpers::MAP_UPDATE_ELEM;
 
     #[test]
     fn generates_deterministically() {

@@ -7,6 +7,7 @@
 //! present) or IPv6 (the fixed header; extension headers do not move the source address).
 //! Every verdict is counted per [`Reason`] in `pf_stats`.
 
+use super::kit;
 use super::{
     emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_verdict, emit_xdp_packet_pointers,
     guard,
@@ -16,7 +17,6 @@ use crate::maps::names as map;
 use crate::maps::prefilter::{meta, slot, Reason, CHILD, DENY, PASS, V6_LPM};
 use crate::maps::prefilter::{SLOT_DENY_ALL, SLOT_EMPTY, SLOT_LPM, V6_HASH_MUL, V6_SLOTS};
 use crate::packet::{ipv4::field as ipv4, ipv6::field as ipv6};
-use sluice_asm::helpers::MAP_LOOKUP_ELEM;
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 
 /// The frame: a `u32` array key, and a `pf_v6_lpm` key (prefix length, address).
@@ -86,9 +86,7 @@ fn emit_ipv4(b: &mut Builder) {
     b.comment("level 2: chunk (entry - CHILD), entry for the third byte");
     b.alu(AluOp::Sub, Reg::R0, CHILD as i32);
     b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
-    b.ld_map(Reg::R1, map::PF_V4_L2);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-    b.call(MAP_LOOKUP_ELEM);
+    kit::map_lookup(b, map::PF_V4_L2, FP_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
     emit_field32(b, Reg::R2, Reg::R6, 8, 0xff);
     b.alu(AluOp::Lsh, Reg::R2, 2);
@@ -99,9 +97,7 @@ fn emit_ipv4(b: &mut Builder) {
     b.comment("level 3: bitmap (entry - CHILD), bit for the last byte");
     b.alu(AluOp::Sub, Reg::R1, CHILD as i32);
     b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-    b.ld_map(Reg::R1, map::PF_V4_L3);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-    b.call(MAP_LOOKUP_ELEM);
+    kit::map_lookup(b, map::PF_V4_L3, FP_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
     emit_field32(b, Reg::R2, Reg::R6, 0, 0xff);
     b.mov(Reg::R3, Reg::R2).alu(AluOp::Rsh, Reg::R3, 3);
@@ -147,9 +143,7 @@ fn emit_ipv6(b: &mut Builder) {
         b.mov32(Reg::R1, Reg::R6).alu32(AluOp::Mul, Reg::R1, mul as i32);
         b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-        b.ld_map(Reg::R1, map::PF_V6_L2);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_KEY));
-        b.call(MAP_LOOKUP_ELEM);
+        kit::map_lookup(b, map::PF_V6_L2, FP_KEY);
         b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
         for s in 0..V6_SLOTS {
             let at = (s * slot::SIZE) as i16;
@@ -194,9 +188,7 @@ fn emit_ipv6(b: &mut Builder) {
         b.load(Size::W, Reg::R1, Reg::R7, V6_SRC + 4 * w);
         b.store(Size::W, Reg::R10, FP_LPM_KEY + 4 + 4 * w, Reg::R1);
     }
-    b.ld_map(Reg::R1, map::PF_V6_LPM);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_LPM_KEY));
-    b.call(MAP_LOOKUP_ELEM);
+    kit::map_lookup(b, map::PF_V6_LPM, FP_LPM_KEY);
     b.jmp(JmpCond::Ne, Reg::R0, 0, deny);
     b.ja(pass);
 }

@@ -48,12 +48,13 @@
 //! Register use: `r6` = context, `r7` = the `lb_svc` value, `r8` = the hash, then the
 //! `lb_be` value, `r9` = the socket cookie. Stack slots are named below ([`slot`]).
 
+use super::kit;
 use super::CodegenError;
-use crate::lb::hash::{FLOW_HASH_MIX, FLOW_HASH_SEED};
+use crate::lb::hash::FLOW_HASH_SEED;
 use crate::maps::lb::{aff_key, aff_value, be_value, slot_key, sock_key, sock_value, svc_key, svc_value};
 use crate::maps::names as map;
 use crate::maps::MapDef;
-use sluice_asm::helpers::{GET_SOCKET_COOKIE, KTIME_GET_NS, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
+use sluice_asm::helpers::{GET_SOCKET_COOKIE, KTIME_GET_NS};
 use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 pub use sluice_verifier_sim::spec::SockAddrHook;
 use sluice_verifier_sim::spec::{sock_addr as ctx, ProgKind};
@@ -63,8 +64,6 @@ use crate::uapi::{
 };
 /// The third word of an IPv4-mapped address (`00 00 ff ff`) as a `u32` load sees it.
 const V4_MAPPED_WORD: i32 = u32::from_le_bytes([0, 0, 0xff, 0xff]) as i32;
-/// `BPF_ANY`.
-const BPF_ANY: i32 = 0;
 /// Nanoseconds per second (affinity timeouts are in seconds).
 const NS_PER_SEC: i32 = 1_000_000_000;
 
@@ -180,39 +179,6 @@ fn emit_set_user_addr(b: &mut Builder, hook: SockAddrHook, base: Reg, at: i16, r
     b.store(Size::W, Reg::R6, ctx::USER_IP4 as i16, Reg::R1);
 }
 
-/// `r0 = map_lookup_elem(map, r10 + key)`.
-fn emit_lookup(b: &mut Builder, map: &str, key: i16) {
-    b.ld_map(Reg::R1, map);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-    b.call(MAP_LOOKUP_ELEM);
-}
-
-/// `map_update_elem(map, r10 + key, r10 + value, BPF_ANY)`.
-fn emit_update(b: &mut Builder, map: &str, key: i16, value: i16) {
-    b.ld_map(Reg::R1, map);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-    b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(value));
-    b.mov(Reg::R4, BPF_ANY);
-    b.call(MAP_UPDATE_ELEM);
-}
-
-/// One word of [`crate::lb::hash::flow_hash`]: `h = (h ^ w) * MIX; h ^= h >> 15` with
-/// `h` in `r8` and `w` in `r1` (uses `r2`).
-fn emit_hash_word(b: &mut Builder) {
-    b.alu32(AluOp::Xor, Reg::R8, Reg::R1).alu32(AluOp::Mul, Reg::R8, FLOW_HASH_MIX as i32);
-    b.mov32(Reg::R2, Reg::R8).alu32(AluOp::Rsh, Reg::R2, 15).alu32(AluOp::Xor, Reg::R8, Reg::R2);
-}
-
-/// murmur3's finalizer on `r8` (uses `r2`).
-fn emit_hash_finish(b: &mut Builder) {
-    for (shift, mul) in [(16, Some(0x85eb_ca6bu32)), (13, Some(0xc2b2_ae35)), (16, None)] {
-        b.mov32(Reg::R2, Reg::R8).alu32(AluOp::Rsh, Reg::R2, shift).alu32(AluOp::Xor, Reg::R8, Reg::R2);
-        if let Some(mul) = mul {
-            b.alu32(AluOp::Mul, Reg::R8, mul as i32);
-        }
-    }
-}
-
 /// Write the `lb_aff` key `{svc_id, ::}` (svc_id from `r7`).
 fn emit_aff_key(b: &mut Builder) {
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SVC_ID as i16);
@@ -238,7 +204,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.alu(AluOp::And, Reg::R1, 0xffff);
     b.alu(AluOp::Lsh, Reg::R3, 16).alu(AluOp::Or, Reg::R1, Reg::R3);
     b.store(Size::W, Reg::R10, key + svc_key::PORT as i16, Reg::R1);
-    emit_lookup(b, map::LB_SVC, key);
+    kit::map_lookup(b, map::LB_SVC, key);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "pass");
     b.mov(Reg::R7, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SLOTS as i16);
@@ -253,7 +219,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.ja("select");
     b.label("affinity");
     emit_aff_key(b);
-    emit_lookup(b, map::LB_AFF, slot::AFF_KEY);
+    kit::map_lookup(b, map::LB_AFF, slot::AFF_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "select");
     b.mov(Reg::R8, Reg::R0);
     b.call(KTIME_GET_NS);
@@ -265,7 +231,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.jmp(JmpCond::Gt, Reg::R0, Reg::R2, "select");
     b.load(Size::W, Reg::R1, Reg::R8, aff_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
-    emit_lookup(b, map::LB_BE, slot::BE_KEY);
+    kit::map_lookup(b, map::LB_BE, slot::BE_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "select");
     b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
     b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), "select");
@@ -278,25 +244,25 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.label("select").comment("r8 = flow_hash(cookie lo, cookie hi, the 5 lb_svc key words) % slots");
     b.mov32(Reg::R8, FLOW_HASH_SEED as i32);
     b.mov32(Reg::R1, Reg::R9);
-    emit_hash_word(b);
+    kit::flow_hash_word(b, Reg::R8, Reg::R1, Reg::R2);
     b.mov(Reg::R1, Reg::R9).alu(AluOp::Rsh, Reg::R1, 32);
-    emit_hash_word(b);
+    kit::flow_hash_word(b, Reg::R8, Reg::R1, Reg::R2);
     for w in 0..(svc_key::SIZE / 4) as i16 {
         b.load(Size::W, Reg::R1, Reg::R10, key + 4 * w);
-        emit_hash_word(b);
+        kit::flow_hash_word(b, Reg::R8, Reg::R1, Reg::R2);
     }
-    emit_hash_finish(b);
+    kit::fmix32(b, Reg::R8, Reg::R2);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SLOTS as i16);
     b.alu32(AluOp::Mod, Reg::R8, Reg::R1);
     b.comment("lb_slot[{svc_id, slot}] -> backend_id -> lb_be");
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SVC_ID as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SLOT as i16, Reg::R8);
-    emit_lookup(b, map::LB_SLOT, slot::SLOT_KEY);
+    kit::map_lookup(b, map::LB_SLOT, slot::SLOT_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
     b.load(Size::W, Reg::R1, Reg::R0, 0);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
-    emit_lookup(b, map::LB_BE, slot::BE_KEY);
+    kit::map_lookup(b, map::LB_BE, slot::BE_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
     b.mov(Reg::R8, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::FLAGS as i16);
@@ -309,7 +275,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.load(Size::W, Reg::R1, Reg::R10, slot::BE_KEY);
     b.store(Size::W, Reg::R10, slot::AFF_VALUE + aff_value::BACKEND_ID as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::AFF_VALUE + aff_value::BACKEND_ID as i16 + 4, 0);
-    emit_update(b, map::LB_AFF, slot::AFF_KEY, slot::AFF_VALUE);
+    kit::map_update(b, map::LB_AFF, slot::AFF_KEY, slot::AFF_VALUE, kit::BPF_ANY);
 
     b.label("backend").comment("rewrite the socket's address to the backend (r8)");
     emit_set_user_addr(b, hook, Reg::R8, be_value::ADDR as i16, Some("refuse"));
@@ -329,7 +295,7 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16 + 4, 0);
     b.load(Size::H, Reg::R1, Reg::R10, key + svc_key::PORT as i16);
     b.store(Size::W, Reg::R10, sv + sock_value::PORT as i16, Reg::R1);
-    emit_update(b, map::LB_SOCK, sk, sv);
+    kit::map_update(b, map::LB_SOCK, sk, sv, kit::BPF_ANY);
     b.ja("pass");
 }
 
@@ -343,7 +309,7 @@ fn emit_reverse(b: &mut Builder, hook: SockAddrHook) {
     b.alu(AluOp::And, Reg::R1, 0xffff);
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16, Reg::R1);
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16 + 4, 0);
-    emit_lookup(b, map::LB_SOCK, sk);
+    kit::map_lookup(b, map::LB_SOCK, sk);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "pass");
     b.comment("show the VIP");
     emit_set_user_addr(b, hook, Reg::R0, sock_value::ADDR as i16, None);

@@ -83,7 +83,8 @@
 use super::kit;
 use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia, HAIRPIN_V4, HAIRPIN_V6};
 use super::{
-    emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels, SKB_DATA, SKB_DATA_END,
+    emit_ethernet, emit_skb_packet_pointers, ethertype, guard, CodegenError, EthLabels, ETH_HLEN, SKB_DATA,
+    SKB_DATA_END,
 };
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::names as map;
@@ -93,6 +94,10 @@ use crate::maps::policy::{
 };
 use crate::maps::policy::{pol_epdir, pol_fold_const, pol_slot, POL_LIST, POL_OVERFLOW, POL_SLOTS};
 use crate::maps::prefilter::V6_HASH_MUL;
+use crate::packet::ethernet::field as ethernet;
+use crate::packet::ipv6::frag_field as ipv6_frag;
+use crate::packet::{icmp::field as icmp, ipv4::field as ipv4, ipv6::field as ipv6};
+use crate::packet::{tcp::field as tcp, udp::field as udp};
 use sluice_asm::helpers::{
     FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, REDIRECT, REDIRECT_NEIGH, RINGBUF_OUTPUT,
     SKB_SET_TUNNEL_KEY,
@@ -218,6 +223,17 @@ fn declare_frame(b: &mut Builder, options: Options) {
     if options.services {
         LB.declare(b);
     }
+}
+
+/// Fixed header lengths, as the guards and cursor moves use them.
+const V4_HLEN: i32 = ipv4::HEADER_LEN as i32;
+const V6_HLEN: i32 = ipv6::HEADER_LEN as i32;
+/// The TCP flags byte (the low byte of the data-offset/flags word).
+const TCP_FLAGS_BYTE: i16 = tcp::FLAGS.start as i16 + 1;
+
+/// A packet field's offset, as a load or store carries it.
+const fn off(field: std::ops::Range<usize>) -> i16 {
+    field.start as i16
 }
 
 /// `__sk_buff.ifindex`: the device the program runs on.
@@ -502,8 +518,8 @@ impl Gen {
         let trunc = label(Reason::DenyTruncated);
         let malformed = label(Reason::DenyMalformed);
         b.label("ipv4").comment("ipv4: header with options; r8 = transport header");
-        guard(b, Reg::R7, 20, trunc);
-        b.load(Size::B, Reg::R2, Reg::R7, 0);
+        guard(b, Reg::R7, V4_HLEN, trunc);
+        b.load(Size::B, Reg::R2, Reg::R7, ipv4::VER_IHL as i16);
         b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
         b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
         b.alu(AluOp::And, Reg::R2, 0x0f);
@@ -512,9 +528,14 @@ impl Gen {
         b.mov(Reg::R8, Reg::R7).add(Reg::R8, Reg::R2);
         b.jmp(JmpCond::Gt, Reg::R8, Reg::R9, trunc);
         b.comment("the tuple: addresses, protocol, direction (ports below)");
-        b.load(Size::W, Reg::R1, Reg::R7, 12).store(Size::W, Reg::R10, FP_CT, Reg::R1);
-        b.load(Size::W, Reg::R1, Reg::R7, 16).store(Size::W, Reg::R10, FP_CT + 4, Reg::R1);
-        b.load(Size::B, Reg::R1, Reg::R7, 9);
+        b.load(Size::W, Reg::R1, Reg::R7, off(ipv4::SRC_ADDR)).store(Size::W, Reg::R10, FP_CT, Reg::R1);
+        b.load(Size::W, Reg::R1, Reg::R7, off(ipv4::DST_ADDR)).store(
+            Size::W,
+            Reg::R10,
+            FP_CT + V4.daddr,
+            Reg::R1,
+        );
+        b.load(Size::B, Reg::R1, Reg::R7, ipv4::PROTOCOL as i16);
         self.emit_family(b, V4);
         if self.dir == Direction::FromEndpoint {
             b.comment("anti-spoofing: the source must be the endpoint's own address");
@@ -526,8 +547,13 @@ impl Gen {
         }
         b.comment("fragments: the key is the tuple with the id for ports");
         copy_stack(b, FP_CT, FP_FRAG, V4.key);
-        b.load(Size::H, Reg::R1, Reg::R7, 4).store(Size::W, Reg::R10, FP_FRAG + V4.sport, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R7, 6);
+        b.load(Size::H, Reg::R1, Reg::R7, off(ipv4::IDENT)).store(
+            Size::W,
+            Reg::R10,
+            FP_FRAG + V4.sport,
+            Reg::R1,
+        );
+        b.load(Size::H, Reg::R1, Reg::R7, off(ipv4::FLG_OFF));
         b.be(16, Reg::R1);
         b.mov(Reg::R3, Reg::R1).alu(AluOp::Rsh, Reg::R3, 13).alu(AluOp::And, Reg::R3, 1);
         b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
@@ -540,15 +566,17 @@ impl Gen {
         let trunc = label(Reason::DenyTruncated);
         let malformed = label(Reason::DenyMalformed);
         b.label("ipv6").comment("ipv6: fixed header; r8 = the next header, r4 = its type");
-        guard(b, Reg::R7, 40, trunc);
-        b.load(Size::B, Reg::R2, Reg::R7, 0);
+        guard(b, Reg::R7, V6_HLEN, trunc);
+        b.load(Size::B, Reg::R2, Reg::R7, off(ipv6::VER_TC_FLOW));
         b.alu(AluOp::And, Reg::R2, 0xf0);
         b.jmp(JmpCond::Ne, Reg::R2, 0x60, malformed);
-        for (i, off) in [8i16, 16, 24, 32].into_iter().enumerate() {
-            b.load(Size::DW, Reg::R1, Reg::R7, off).store(Size::DW, Reg::R10, FP_CT + 8 * i as i16, Reg::R1);
+        b.comment("source and destination: the tuple's first 32 bytes, as the header has them");
+        for i in 0..4i16 {
+            let at = off(ipv6::SRC_ADDR) + 8 * i;
+            b.load(Size::DW, Reg::R1, Reg::R7, at).store(Size::DW, Reg::R10, FP_CT + 8 * i, Reg::R1);
         }
-        b.load(Size::B, Reg::R4, Reg::R7, 6);
-        b.mov(Reg::R8, Reg::R7).add(Reg::R8, 40);
+        b.load(Size::B, Reg::R4, Reg::R7, ipv6::NXT_HDR as i16);
+        b.mov(Reg::R8, Reg::R7).add(Reg::R8, V6_HLEN);
         b.comment("link-local control passes: multicast listener queries and reports (130-132, 143)");
         b.comment("and neighbor discovery (133-137), sent from link-local or unspecified sources");
         b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, "v6_not_nd");
@@ -567,7 +595,7 @@ impl Gen {
                 b.load(Size::DW, Reg::R2, Reg::R10, FP_CT + half);
                 b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, label(Reason::DenySpoofed));
             }
-            b.load(Size::B, Reg::R4, Reg::R7, 6);
+            b.load(Size::B, Reg::R4, Reg::R7, ipv6::NXT_HDR as i16);
         }
         b.store(Size::B, Reg::R10, FP_MISC + 1, 0);
         for round in 0..3 {
@@ -593,13 +621,18 @@ impl Gen {
             b.ja(next.as_str());
             b.label(format!("v6_frag_{round}")).comment("the fragment header");
             guard(b, Reg::R8, 8, trunc);
-            b.load(Size::B, Reg::R4, Reg::R8, 0);
-            b.load(Size::W, Reg::R1, Reg::R8, 4).store(Size::W, Reg::R10, FP_MISC + 4, Reg::R1);
-            b.load(Size::H, Reg::R1, Reg::R8, 2);
+            b.load(Size::B, Reg::R4, Reg::R8, ipv6_frag::NXT_HDR as i16);
+            b.load(Size::W, Reg::R1, Reg::R8, off(ipv6_frag::IDENT)).store(
+                Size::W,
+                Reg::R10,
+                FP_MISC + 4,
+                Reg::R1,
+            );
+            b.load(Size::H, Reg::R1, Reg::R8, off(ipv6_frag::FLG_OFF));
             b.be(16, Reg::R1);
             b.mov(Reg::R3, Reg::R1).alu(AluOp::And, Reg::R3, 1);
             b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
-            b.add(Reg::R8, 8);
+            b.add(Reg::R8, ipv6_frag::HEADER_LEN as i32);
             b.alu(AluOp::Rsh, Reg::R1, 3);
             b.jmp(JmpCond::Ne, Reg::R1, 0, "v6_later");
             b.ja(next.as_str());
@@ -634,19 +667,30 @@ impl Gen {
         b.jmp(JmpCond::Eq, Reg::R1, f.icmp, f.l("icmp"));
         b.ja(f.l("conntrack"));
         b.label(f.l("tcp")).comment("tcp: ports and flags");
-        guard(b, Reg::R8, 14, trunc);
-        b.load(Size::B, Reg::R1, Reg::R8, 13).store(Size::B, Reg::R10, FP_MISC, Reg::R1);
+        guard(b, Reg::R8, tcp::FLAGS.end as i32, trunc);
+        b.load(Size::B, Reg::R1, Reg::R8, TCP_FLAGS_BYTE).store(Size::B, Reg::R10, FP_MISC, Reg::R1);
         b.ja(f.l("read_ports"));
         b.label(f.l("ports")).comment("udp, sctp: ports");
-        guard(b, Reg::R8, 4, trunc);
+        b.comment("(TCP, UDP and SCTP all start with the two ports)");
+        guard(b, Reg::R8, udp::DST_PORT.end as i32, trunc);
         b.label(f.l("read_ports"));
-        b.load(Size::H, Reg::R1, Reg::R8, 0).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
-        b.load(Size::H, Reg::R1, Reg::R8, 2).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R8, off(udp::SRC_PORT)).store(
+            Size::H,
+            Reg::R10,
+            FP_CT + f.sport,
+            Reg::R1,
+        );
+        b.load(Size::H, Reg::R1, Reg::R8, off(udp::DST_PORT)).store(
+            Size::H,
+            Reg::R10,
+            FP_CT + f.dport,
+            Reg::R1,
+        );
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
         b.ja(f.l(if self.options.services { "lb" } else { "conntrack" }));
         b.label(f.l("icmp")).comment("icmp: the type is the policy port; echo id is the source port");
-        guard(b, Reg::R8, 8, trunc);
-        b.load(Size::B, Reg::R1, Reg::R8, 0);
+        guard(b, Reg::R8, icmp::HEADER_LEN as i32, trunc);
+        b.load(Size::B, Reg::R1, Reg::R8, icmp::TYPE as i16);
         b.mov(Reg::R2, Reg::R1).alu(AluOp::Lsh, Reg::R2, 8);
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R2);
         let (errors, echo): (&[i32], [i32; 2]) =
@@ -658,22 +702,37 @@ impl Gen {
         b.comment("so a reply's reversed tuple is its request's");
         b.jmp(JmpCond::Eq, Reg::R1, echo[0], f.l("icmp_echo"));
         b.jmp(JmpCond::Ne, Reg::R1, echo[1], f.l("conntrack"));
-        b.load(Size::H, Reg::R1, Reg::R8, 4).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
+            Size::H,
+            Reg::R10,
+            FP_CT + f.dport,
+            Reg::R1,
+        );
         b.ja(f.l("conntrack"));
         b.label(f.l("icmp_echo"));
-        b.load(Size::H, Reg::R1, Reg::R8, 4).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
+            Size::H,
+            Reg::R10,
+            FP_CT + f.sport,
+            Reg::R1,
+        );
         b.ja(f.l("conntrack"));
     }
 
     /// An ICMP error passes if the packet it quotes belongs to a tracked connection.
     fn emit_icmp_error(&self, b: &mut Builder, f: Fam) {
         // The quoted header follows the 8-byte ICMP header; no options or extension headers.
-        let (hlen, src, dst, proto) =
-            if f.family == 4 { (20i16, 12i16, 16i16, 9i16) } else { (40, 8, 24, 6) };
+        let (hlen, src, dst, proto) = if f.family == 4 {
+            (V4_HLEN as i16, off(ipv4::SRC_ADDR), off(ipv4::DST_ADDR), ipv4::PROTOCOL as i16)
+        } else {
+            (V6_HLEN as i16, off(ipv6::SRC_ADDR), off(ipv6::DST_ADDR), ipv6::NXT_HDR as i16)
+        };
+        // Offsets into the packet from r8 (the ICMP header): the quoted IP header follows it.
+        let quoted = icmp::HEADER_LEN as i16;
         b.label(f.l("icmp_error")).comment("icmp error: does it quote a tracked connection?");
-        guard(b, Reg::R8, i32::from(8 + hlen + 4), label(Reason::DenyTruncated));
+        guard(b, Reg::R8, i32::from(quoted + hlen + 4), label(Reason::DenyTruncated));
         if f.family == 4 {
-            b.load(Size::B, Reg::R1, Reg::R8, 8);
+            b.load(Size::B, Reg::R1, Reg::R8, quoted + ipv4::VER_IHL as i16);
             b.jmp(JmpCond::Ne, Reg::R1, 0x45, f.l("conntrack"));
         }
         b.comment("the quoted tuple, as sent (FP_CTR), and reversed (FP_FRAG)");
@@ -682,14 +741,14 @@ impl Gen {
             b.store(Size::DW, Reg::R10, FP_FRAG + off, 0);
         }
         for w in (0..f.alen).step_by(4) {
-            b.load(Size::W, Reg::R1, Reg::R8, 8 + src + w);
+            b.load(Size::W, Reg::R1, Reg::R8, quoted + src + w);
             b.store(Size::W, Reg::R10, FP_CTR + w, Reg::R1).store(
                 Size::W,
                 Reg::R10,
                 FP_FRAG + f.daddr + w,
                 Reg::R1,
             );
-            b.load(Size::W, Reg::R1, Reg::R8, 8 + dst + w);
+            b.load(Size::W, Reg::R1, Reg::R8, quoted + dst + w);
             b.store(Size::W, Reg::R10, FP_CTR + f.daddr + w, Reg::R1).store(
                 Size::W,
                 Reg::R10,
@@ -697,21 +756,21 @@ impl Gen {
                 Reg::R1,
             );
         }
-        b.load(Size::H, Reg::R1, Reg::R8, 8 + hlen);
+        b.load(Size::H, Reg::R1, Reg::R8, quoted + hlen + off(udp::SRC_PORT));
         b.store(Size::H, Reg::R10, FP_CTR + f.sport, Reg::R1).store(
             Size::H,
             Reg::R10,
             FP_FRAG + f.dport,
             Reg::R1,
         );
-        b.load(Size::H, Reg::R1, Reg::R8, 8 + hlen + 2);
+        b.load(Size::H, Reg::R1, Reg::R8, quoted + hlen + off(udp::DST_PORT));
         b.store(Size::H, Reg::R10, FP_CTR + f.dport, Reg::R1).store(
             Size::H,
             Reg::R10,
             FP_FRAG + f.sport,
             Reg::R1,
         );
-        b.load(Size::B, Reg::R1, Reg::R8, 8 + proto);
+        b.load(Size::B, Reg::R1, Reg::R8, quoted + proto);
         b.store(Size::B, Reg::R10, FP_CTR + f.proto, Reg::R1).store(
             Size::B,
             Reg::R10,
@@ -1223,27 +1282,33 @@ impl Gen {
     /// and, with `macs = (dst, src)` offsets into r7's memory, a new Ethernet header.
     /// Anything else goes to the stack (which answers an expired TTL with ICMP).
     fn emit_rewrite(&self, b: &mut Builder, f: Fam, tag: &str, macs: Option<(usize, usize)>) {
-        let (ethertype, hdr, ttl) = if f.family == 4 { (0x0008, 20, 22) } else { (0xdd86, 40, 21) };
+        // Offsets from the frame's start (r3): the Ethernet header, then IP.
+        let l3 = ETH_HLEN as i16;
+        let (ethertype, hdr, ttl) = if f.family == 4 {
+            (ethertype::wire(ethertype::IPV4), V4_HLEN, l3 + ipv4::TTL as i16)
+        } else {
+            (ethertype::wire(ethertype::IPV6), V6_HLEN, l3 + ipv6::HOP_LIMIT as i16)
+        };
         b.load(Size::W, Reg::R3, Reg::R6, SKB_DATA);
         b.load(Size::W, Reg::R4, Reg::R6, SKB_DATA_END);
-        b.mov(Reg::R5, Reg::R3).add(Reg::R5, 14 + hdr);
+        b.mov(Reg::R5, Reg::R3).add(Reg::R5, ETH_HLEN + hdr);
         b.jmp(JmpCond::Gt, Reg::R5, Reg::R4, "return_ok");
-        b.load(Size::H, Reg::R1, Reg::R3, 12);
+        b.load(Size::H, Reg::R1, Reg::R3, off(ethernet::ETHERTYPE));
         b.jmp(JmpCond::Ne, Reg::R1, ethertype, "return_ok");
         b.load(Size::B, Reg::R1, Reg::R3, ttl);
         b.jmp(JmpCond::Le, Reg::R1, 1, "return_ok");
         b.add(Reg::R1, -1).store(Size::B, Reg::R3, ttl, Reg::R1);
         if f.family == 4 {
             let done = f.l(&format!("ttl_csum_{tag}"));
-            b.load(Size::H, Reg::R1, Reg::R3, 24);
+            b.load(Size::H, Reg::R1, Reg::R3, l3 + off(ipv4::CHECKSUM));
             b.add(Reg::R1, 1);
             b.jmp(JmpCond::Lt, Reg::R1, 0xffff, done.as_str());
             b.add(Reg::R1, 1);
             b.label(done.as_str());
-            b.store(Size::H, Reg::R3, 24, Reg::R1);
+            b.store(Size::H, Reg::R3, l3 + off(ipv4::CHECKSUM), Reg::R1);
         }
         if let Some((dst, src)) = macs {
-            for (from, to) in [(dst, 0i16), (src, 6)] {
+            for (from, to) in [(dst, off(ethernet::DST)), (src, off(ethernet::SRC))] {
                 for half in (0..6i16).step_by(2) {
                     b.load(Size::H, Reg::R1, Reg::R7, from as i16 + half);
                     b.store(Size::H, Reg::R3, to + half, Reg::R1);

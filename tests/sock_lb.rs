@@ -16,10 +16,10 @@
 #[path = "support/cgroup.rs"]
 mod cgroup;
 
-use sluice::attach::cgroup::{load_sock_lb_program, SockLb};
 use sluice::codegen::sock_lb::{self, SockAddrHook};
 use sluice::lb::hash::flow_hash;
 use sluice::maps::lb::{aff_key, aff_value, be_value, slot_key, sock_key, sock_value, svc_key, svc_value};
+use sluice::node::socklb::{load_sock_lb_program, SockLb};
 use sluice::sys::{self, Map, UpdateFlags};
 use sluice_verifier_sim::exec::{Context, Machine, SockAddr, SOCK_DGRAM, SOCK_STREAM};
 use sluice_verifier_sim::maps::MapSet;

@@ -1,4 +1,4 @@
-//! Cgroup bpf links, and the socket load balancer ([`crate::codegen::sock_lb`]) on a cgroup.
+//! Cgroup bpf links.
 //!
 //! Contract:
 //! - [`link_cgroup`] attaches a loaded program to a cgroup (v2 directory) at one attach
@@ -6,24 +6,16 @@
 //!   again: the link holds the cgroup). The program runs for every process in the cgroup
 //!   and its descendants, next to programs others attached (links are multi-attach).
 //!   The [`Link`] detaches on drop unless pinned.
-//! - [`SockLb::attach`] generates, loads (with `expected_attach_type`, which the kernel
-//!   requires for `sock_addr` programs) and links the eight socket load-balancing
-//!   programs to one cgroup, against the caller's maps (created, or opened from pins with
-//!   [`open_pinned_maps`]). Either all eight are attached or, on error, none stays:
-//!   links made before the failure are dropped, which detaches them.
-//! - Errors name the program, the hook, the cgroup and the errno; a kernel rejection
-//!   carries the verifier log next to our listing.
+//! - [`hook_attach_type`]: the kernel attach type of each socket load-balancing hook.
+//! - Errors name the program, the hook, the cgroup and the errno. Code generation and
+//!   loading live in [`crate::node::socklb`]: this module only attaches.
 
 use super::{AttachError, Link, LinkKind};
-use crate::codegen::sock_lb::{self, SockAddrHook};
-use crate::codegen::CodegenError;
-use crate::sys::{
-    self, attach_type, BpfCmd, LinkCreate, Map, ProgSpec, ProgType, Program, SysError, Syscall,
-};
-use std::collections::BTreeMap;
+use crate::codegen::sock_lb::SockAddrHook;
+use crate::sys::{self, attach_type, BpfCmd, LinkCreate, Program, Syscall};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// The kernel attach type of a `sock_addr` hook (`enum bpf_attach_type`).
@@ -74,126 +66,6 @@ fn hint(errno: i32) -> &'static str {
         libc::EBADF => "the target is not a cgroup v2 directory",
         libc::EPERM | libc::EACCES => "needs CAP_BPF and CAP_NET_ADMIN (or root)",
         _ => "",
-    }
-}
-
-/// Why the socket load balancer could not be put on a cgroup.
-#[derive(Debug, thiserror::Error)]
-pub enum SockLbError {
-    #[error(transparent)]
-    Codegen(#[from] CodegenError),
-    #[error("program `{name}` uses map `{map}`, which was not given")]
-    MissingMap { name: String, map: String },
-    #[error("program `{name}`: {source}")]
-    Encode {
-        name: String,
-        #[source]
-        source: sluice_asm::EncodeError,
-    },
-    #[error(
-        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log (end) ---\n{log}\n--- our program where the verifier stopped ---\n{listing}"
-    )]
-    Rejected { name: String, errno: String, log: String, listing: String },
-    #[error(transparent)]
-    Sys(#[from] SysError),
-    #[error(transparent)]
-    Attach(#[from] AttachError),
-}
-
-/// Load the socket load-balancing program for `hook` against `maps` (by name).
-pub fn load_sock_lb_program(
-    sys: &Arc<dyn Syscall>,
-    hook: SockAddrHook,
-    maps: &BTreeMap<&str, Map>,
-) -> Result<Program, SockLbError> {
-    let name = sock_lb::name(hook);
-    let program = sock_lb::generate(hook)?;
-    let bound = program.relocate(|map| maps.get(map).map(|m| m.fd().as_raw_fd())).map_err(|_| {
-        let map =
-            program.map_names().into_iter().find(|m| !maps.contains_key(m.as_str())).unwrap_or_default();
-        SockLbError::MissingMap { name: name.to_string(), map }
-    })?;
-    let bytes = bound.encode().map_err(|source| SockLbError::Encode { name: name.to_string(), source })?;
-    let spec = ProgSpec::new(name, ProgType::CgroupSockAddr, &bytes).with_attach_type(hook_attach_type(hook));
-    Program::load(sys, &spec).map_err(|e| match e {
-        SysError::ProgLoad { name, errno, log } => SockLbError::Rejected {
-            name,
-            errno: errno.to_string(),
-            listing: sluice_asm::text::rejection_context(&program, &log),
-            log: sluice_asm::text::log_tail(&log, 40),
-        },
-        other => SockLbError::Sys(other),
-    })
-}
-
-/// Open the socket load balancer's maps pinned in `dir` (`<dir>/<map name>`), checking
-/// their layout against [`crate::maps::lb`].
-pub fn open_pinned_maps(
-    sys: &Arc<dyn Syscall>,
-    dir: &Path,
-) -> Result<BTreeMap<&'static str, Map>, SockLbError> {
-    let mut maps = BTreeMap::new();
-    for def in sock_lb::map_defs() {
-        let spec = crate::node::load::sys_spec(&def);
-        maps.insert(def.name, Map::from_pin_checked(sys, &dir.join(def.name), &spec)?);
-    }
-    Ok(maps)
-}
-
-/// The socket load balancer on one cgroup: its eight programs and links.
-#[derive(Debug)]
-pub struct SockLb {
-    cgroup: PathBuf,
-    /// In [`SockAddrHook::ALL`] order.
-    attached: Vec<(SockAddrHook, Program, Link)>,
-}
-
-impl SockLb {
-    /// Generate, load and attach the eight programs to the cgroup at `cgroup`.
-    pub fn attach(
-        sys: &Arc<dyn Syscall>,
-        maps: &BTreeMap<&str, Map>,
-        cgroup: &Path,
-    ) -> Result<SockLb, SockLbError> {
-        let mut attached = Vec::with_capacity(SockAddrHook::ALL.len());
-        for hook in SockAddrHook::ALL {
-            let prog = load_sock_lb_program(sys, hook, maps)?;
-            let link = link_cgroup(sys, &prog, cgroup, hook_attach_type(hook))?;
-            attached.push((hook, prog, link));
-        }
-        Ok(SockLb { cgroup: cgroup.to_path_buf(), attached })
-    }
-
-    /// The cgroup the programs are attached to.
-    pub fn cgroup(&self) -> &Path {
-        &self.cgroup
-    }
-
-    /// The programs with their hooks.
-    pub fn programs(&self) -> impl Iterator<Item = (SockAddrHook, &Program)> + '_ {
-        self.attached.iter().map(|(h, p, _)| (*h, p))
-    }
-
-    /// The links with their hooks.
-    pub fn links(&self) -> impl Iterator<Item = (SockAddrHook, &Link)> + '_ {
-        self.attached.iter().map(|(h, _, l)| (*h, l))
-    }
-
-    /// Pin every link at `<dir>/<program name>`: the programs then stay on the cgroup
-    /// after this value and the process are gone.
-    pub fn pin(&mut self, dir: &Path) -> Result<(), SockLbError> {
-        for (hook, _, link) in &mut self.attached {
-            link.pin(&dir.join(sock_lb::name(*hook)))?;
-        }
-        Ok(())
-    }
-
-    /// Detach every program now.
-    pub fn detach(self) -> Result<(), SockLbError> {
-        for (_, _, link) in self.attached {
-            link.detach()?;
-        }
-        Ok(())
     }
 }
 

@@ -30,10 +30,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::attach::cgroup::SockLb;
 use crate::codegen::sock_lb;
 use crate::maps::lb::{be_value, slot_key, svc_key, svc_value};
 use crate::node::load::sys_spec;
+use crate::node::socklb::SockLb;
 use crate::sys::{Map, Syscall, UpdateFlags};
 
 /// Where cgroup v2 is mounted.
@@ -63,7 +63,7 @@ pub enum SockLbBenchError {
     #[error(transparent)]
     Sys(#[from] crate::sys::SysError),
     #[error(transparent)]
-    Attach(#[from] crate::attach::cgroup::SockLbError),
+    Attach(#[from] crate::node::socklb::SockLbError),
     #[error("the client in the cgroup failed: {0}")]
     Client(String),
 }

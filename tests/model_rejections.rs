@@ -254,3 +254,118 @@ spec:
         assert_eq!(actual, expected, "input:\n{text}");
     }
 }
+
+/// Runs `f` on a thread and waits at most `limit` for it: a hang is a failure, not a stuck
+/// test. Not a speed claim: the limit is generous, far above the expected time.
+fn within<T: Send + 'static>(
+    what: &str,
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+/// A unique scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// "config must be a regular file": a FIFO (whose open would wait for a writer forever), a
+/// directory and a character device are refused at once, naming what they are.
+#[test]
+fn node_files_that_are_not_regular_files_are_refused_without_blocking() {
+    use std::os::unix::ffi::OsStrExt;
+    let scratch = Scratch::new("fifo-config");
+    let fifo = scratch.0.join("node.yaml");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("no NUL in a temp path");
+    // SAFETY: `c_path` is a valid NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+    let cases = [
+        (fifo.clone(), "a FIFO"),
+        (scratch.0.clone(), "a directory"),
+        (std::path::PathBuf::from("/dev/null"), "a character device"),
+    ];
+    for (path, what) in cases {
+        let read = path.clone();
+        let result = within("load_file", std::time::Duration::from_secs(30), move || {
+            model::load_file(&read).map(|c| c.name)
+        });
+        let expected = format!(
+            "{}: cannot read node file: it is {what}; a node file must be a regular file",
+            path.display()
+        );
+        match result {
+            Err(err) => assert_eq!(err.to_string(), expected),
+            Ok(name) => panic!("{}: accepted node {name}", path.display()),
+        }
+    }
+    // A symlink to a regular file is followed (ConfigMap mounts are symlinks).
+    let link = scratch.0.join("link.yaml");
+    std::os::unix::fs::symlink(std::fs::canonicalize("fixtures/default-node.yaml").expect("fixture"), &link)
+        .expect("symlink");
+    assert_eq!(model::load_file(&link).expect("symlink to a node file").name, "node-1");
+}
+
+/// Deep nesting is refused before the YAML parser sees it, at the place it gets too deep:
+/// 100,000 nested `[` (libyaml's scanner time grows with the square of the depth; this took
+/// about 90 s before) and as many compact `- `.
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    let head = "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec:\n  x: ";
+    let cases = [
+        (format!("{head}{}{}\n", "[".repeat(100_000), "]".repeat(100_000)), "deep.yaml:5:68"),
+        (format!("{head}\n{}x\n", "- ".repeat(100_000)), "deep.yaml:6:127"),
+    ];
+    for (text, at) in cases {
+        let err = within("parse_str", std::time::Duration::from_secs(60), move || {
+            model::parse_str(&text, "deep.yaml").map(|c| c.name)
+        })
+        .expect_err("deep nesting is refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{at}: collections nest deeper than {} levels here (a node file needs about ten); \
+                 refused before parsing",
+                model::limits::MAX_NESTING
+            )
+        );
+    }
+}
+
+/// A file past the size limit is refused before it is read whole or parsed.
+#[test]
+fn oversized_node_files_are_refused() {
+    let limit = model::limits::MAX_NODE_FILE_BYTES;
+    let scratch = Scratch::new("big-config");
+    let path = scratch.0.join("node.yaml");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(limit + 1).expect("sparse file past the limit");
+    let err = model::load_file(&path).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("{}: cannot read node file: it is {} bytes; the limit is {limit}", path.display(), limit + 1)
+    );
+    let text = format!("# {}\n", "x".repeat(limit as usize));
+    let err = model::parse_str(&text, "big.yaml").expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("big.yaml:1:1: the node file is {} bytes; the limit is {limit}", text.len())
+    );
+}

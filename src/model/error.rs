@@ -6,7 +6,8 @@
 //!   across documents), the field path when one applies (`spec.prefilter.deny[1]`), and a
 //!   message. It displays as `{file}:{line}:{col}: {path}: {message}`, or
 //!   `{file}:{line}:{col}: {message}` without a path.
-//! - A file that cannot be read is [`ModelError::Io`], naming the path.
+//! - A file that cannot be read is [`ModelError::Io`], naming the path; one that is not a
+//!   regular file or is too large is refused before it is read ([`super::limits`]).
 //! - Errors from serde_yaml are converted by [`ModelError::from_yaml`]. serde_yaml exposes the
 //!   location of an error but not its path or bare message, so those are recovered from its
 //!   `Display` text (`PATH: MESSAGE at line L column C`, frozen in serde_yaml 0.9); the unit
@@ -23,6 +24,15 @@ pub enum ModelError {
     /// The node file could not be read.
     #[error("{}: cannot read node file: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+
+    /// The node file is not a regular file (a FIFO, a device, a directory...): reading it could
+    /// block or never end, so it is refused before any read.
+    #[error("{}: cannot read node file: it is {what}; a node file must be a regular file", path.display())]
+    NotARegularFile { path: PathBuf, what: &'static str },
+
+    /// The node file is larger than [`super::limits::MAX_NODE_FILE_BYTES`].
+    #[error("{}: cannot read node file: it is {size} bytes; the limit is {limit}", path.display())]
+    TooLarge { path: PathBuf, size: u64, limit: u64 },
 
     /// The content is not a valid node file: YAML syntax, schema or a value's validation.
     #[error("{file}:{line}:{col}: {}{message}", PathPrefix(path.as_deref()))]
@@ -80,7 +90,7 @@ impl ModelError {
     pub fn location(&self) -> Option<(usize, usize)> {
         match self {
             ModelError::Invalid { line, col, .. } => Some((*line, *col)),
-            ModelError::Io { .. } => None,
+            ModelError::Io { .. } | ModelError::NotARegularFile { .. } | ModelError::TooLarge { .. } => None,
         }
     }
 }

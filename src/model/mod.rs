@@ -23,7 +23,8 @@
 //! on kind), [`endpoint`] (endpoints and host addresses), [`labels`] (labels and selectors),
 //! [`policy`] (policy normal form), `cnp` and `knp` (the two policy documents), `policy_wire`
 //! (their shared pieces), `locate` (placing errors found after deserialization), `names`
-//! (name rules), [`error`] (located errors), `de` (serde helpers).
+//! (name rules), [`error`] (located errors), `de` (serde helpers), [`limits`] (what a file
+//! must be before it is parsed: regular, bounded in size and nesting).
 
 pub mod cidr;
 mod cnp;
@@ -33,6 +34,7 @@ pub mod endpoint;
 pub mod error;
 mod knp;
 pub mod labels;
+pub mod limits;
 mod locate;
 mod names;
 pub mod network;
@@ -98,6 +100,8 @@ pub struct Prefilter {
 
 /// Parses a node file's text. `origin` names it in errors and becomes [`NodeConfig::source`].
 pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
+    // Size and depth first: the YAML scanner's time grows with the square of the depth.
+    limits::check_shape(source).map_err(|e| ModelError::at(origin, e.line, e.col, e.message))?;
     let documents = document::read_documents(source).map_err(|err| ModelError::from_yaml(origin, &err))?;
     let located = |index: usize, invalid: Invalid| {
         ModelError::from_yaml(origin, &locate::locate(source, index, &invalid))
@@ -159,10 +163,10 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     Ok(node)
 }
 
-/// Reads and parses the node file at `path`; errors name the path.
+/// Reads ([`limits::read_node_file`]: a regular file, bounded) and parses the node file at
+/// `path`; errors name the path.
 pub fn load_file(path: &Path) -> Result<NodeConfig, ModelError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let text = limits::read_node_file(path)?;
     parse_str(&text, &path.display().to_string())
 }
 

@@ -7,6 +7,8 @@
 //!   document: it rejects a duplicate key in any mapping at that key (serde would let a map
 //!   field keep the last value silently, and reports a duplicate struct field only at the
 //!   mapping), finds `kind`, checks that the kind is known and that at most one `Node` appears.
+//!   The survey also refuses an empty (null) value anywhere below the top level, and at the
+//!   top level anywhere but `spec` (see `NoDuplicateKeys`).
 //!   The *body* pass then deserializes the document into the wire type for its kind, with
 //!   `deny_unknown_fields` throughout; the wire type checks `apiVersion` for its kind.
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
@@ -269,7 +271,9 @@ impl<'de> Visitor<'de> for SurveyTop {
             if key == "kind" {
                 kind = Some(map.next_value_seed(KindSeed { index, first_node })?);
             } else {
-                map.next_value_seed(NoDuplicateKeys)?;
+                // An empty `spec:` reads as no spec (a Node without sections); every other
+                // empty value is refused.
+                map.next_value_seed(NoDuplicateKeys { null_ok: key == "spec" })?;
             }
         }
         kind.ok_or_else(|| de::Error::missing_field("kind"))
@@ -323,8 +327,31 @@ impl<'de> DeserializeSeed<'de> for UniqueKey<'_> {
     }
 }
 
-/// Walks any value, checking every mapping in it with [`UniqueKey`].
-struct NoDuplicateKeys;
+/// Walks any value, checking every mapping in it with [`UniqueKey`], and refusing empty (null)
+/// values: serde_yaml reads an empty value where a mapping or list is expected as an empty one,
+/// and an empty optional field as an absent one, so `endpointSelector:` with its selector
+/// forgotten would select every endpoint and `port:` would mean every port. An intended empty
+/// value is written `{}` or `[]`, an absent one is left out.
+struct NoDuplicateKeys {
+    /// This value may be empty (only the top-level `spec`).
+    null_ok: bool,
+}
+
+/// What an empty value is told.
+const EMPTY_VALUE: &str = "empty value (null): write the value (`{}` or `[]` if an empty one is meant), \
+                           or leave the field out";
+
+impl NoDuplicateKeys {
+    const STRICT: NoDuplicateKeys = NoDuplicateKeys { null_ok: false };
+
+    fn empty<E: de::Error>(&self) -> Result<(), E> {
+        if self.null_ok {
+            Ok(())
+        } else {
+            Err(E::custom(EMPTY_VALUE))
+        }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for NoDuplicateKeys {
     type Value = ();
@@ -370,11 +397,11 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+        self.empty()
     }
 
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+        self.empty()
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -382,14 +409,14 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        while seq.next_element_seed(NoDuplicateKeys::STRICT)?.is_some() {}
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut keys = BTreeSet::new();
         while map.next_key_seed(UniqueKey(&mut keys))?.is_some() {
-            map.next_value_seed(NoDuplicateKeys)?;
+            map.next_value_seed(NoDuplicateKeys::STRICT)?;
         }
         Ok(())
     }
@@ -397,6 +424,6 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
     /// A value with a local tag (`!foo value`): serde_yaml presents it as an enum.
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
         let (de::IgnoredAny, variant) = data.variant()?;
-        variant.newtype_variant_seed(NoDuplicateKeys)
+        variant.newtype_variant_seed(self)
     }
 }

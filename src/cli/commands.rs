@@ -192,10 +192,22 @@ fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
     let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
         Err(LoadError::AlreadyLoaded(_)) => {
             let cfg = model::load_file(path)?;
+            // The file replaces the deny set: say which live `prefilter add|del` it undoes.
+            let live = crate::daemon::live_prefilter(&sys, &cfg, pin_dir);
+            let report_live = || {
+                if !live.is_empty() {
+                    println!("{}: {live}", pin_dir.display());
+                }
+            };
             let u = match crate::node::update::update_pinned(&sys, &cfg, &plan, pin_dir) {
-                Err(LoadError::CodeShape { .. }) => return reshape_cmd(&sys, &cfg, &plan, pin_dir),
+                Err(LoadError::CodeShape { .. }) => {
+                    let code = reshape_cmd(&sys, &cfg, &plan, pin_dir)?;
+                    report_live();
+                    return Ok(code);
+                }
                 other => other?,
             };
+            report_live();
             if u.total() == 0 {
                 println!("{}: already up to date", pin_dir.display());
             } else {

@@ -345,7 +345,11 @@ impl Daemon<'_> {
         let path = &self.opts.config;
         let text = model::limits::read_node_file(path);
         *seen = Some(text.as_ref().map(Clone::clone).map_err(ToString::to_string));
-        Ok(model::parse_str(&text?, &path.display().to_string())?)
+        let cfg = model::parse_str(&text?, &path.display().to_string())?;
+        for warning in model::warnings(&cfg) {
+            println!("warning: {warning}");
+        }
+        Ok(cfg)
     }
 
     /// Re-read the node file and apply it: map updates when the program set is the same,

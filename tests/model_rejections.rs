@@ -369,3 +369,41 @@ fn oversized_node_files_are_refused() {
         format!("big.yaml:1:1: the node file is {} bytes; the limit is {limit}", text.len())
     );
 }
+
+/// Valid settings that are probably not meant load with a warning each (README: "Refused or
+/// warned"); a file without them has none.
+#[test]
+fn harmful_but_valid_settings_are_warned() {
+    let node =
+        |spec: &str| format!("apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: n}}\nspec:\n{spec}");
+    let cases: &[(&str, &[&str])] = &[
+        ("  prefilter: {deny: [192.0.2.0/24]}\n", &[]),
+        (
+            "  prefilter: {deny: [0.0.0.0/0, '::/0']}\n",
+            &[
+                "w.yaml: spec.prefilter.deny: 0.0.0.0/0 drops every IPv4 packet where the prefilter runs",
+                "w.yaml: spec.prefilter.deny: ::/0 drops every IPv6 packet where the prefilter runs",
+            ],
+        ),
+        (
+            "  prefilter: {deny: [10.0.0.0/8]}\n  endpoints: [{name: web, interface: lxc1, ipv4: 10.0.0.1}]\n",
+            &["w.yaml: spec.prefilter.deny: 10.0.0.0/8 covers endpoint web's address 10.0.0.1: packets from it \
+               are dropped where the prefilter runs"],
+        ),
+        (
+            "  prefilter: {deny: [172.16.0.0/16]}\n  overlay: {local: 172.16.0.1, peers: [{name: b, address: 172.16.0.2}]}\n",
+            &["w.yaml: spec.prefilter.deny: 172.16.0.0/16 covers overlay peer b's address 172.16.0.2: its \
+               tunnelled packets are dropped where the prefilter runs"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (spec, expected) in cases {
+        let text = node(spec);
+        let cfg = model::parse_str(&text, "w.yaml").unwrap_or_else(|e| panic!("{e}\ninput:\n{text}"));
+        let actual = model::warnings(&cfg);
+        if actual != *expected {
+            failures.push(format!("input:\n{text}  expected: {expected:?}\n  actual:   {actual:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -268,6 +268,79 @@ spec:
         ),
         "endpoint-bad-namespace.yaml:6:63: spec.endpoints[0].namespace: `Prod` contains 'P'; a name holds only lowercase letters, digits and '-'",
     ),
+    // --- accepted before, harmful: endpoints on the node's own devices and addresses --------
+    (
+        "endpoint-on-loopback",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lo, ipv4: 10.0.0.1}
+",
+        ),
+        "endpoint-on-loopback.yaml:6:30: spec.endpoints[0].interface: `lo` is the loopback device; an endpoint's interface is the host side of its own veth",
+    ),
+    (
+        "endpoint-on-router-device",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1}
+    - {name: api, interface: sluice_host, ipv4: 10.0.0.2}
+",
+        ),
+        "endpoint-on-router-device.yaml:7:30: spec.endpoints[1].interface: `sluice_host` is one of the router pair sluice creates (sluice_host, sluice_net); an endpoint's interface is the host side of its own veth",
+    ),
+    (
+        "endpoint-on-default-overlay-device",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: sluice_vxlan, ipv4: 10.0.0.1}
+",
+        ),
+        "endpoint-on-default-overlay-device.yaml:6:30: spec.endpoints[0].interface: `sluice_vxlan` is the overlay device's default name; an endpoint's interface is the host side of its own veth",
+    ),
+    (
+        "overlay-device-is-an-endpoint-interface",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: vx0, ipv4: 10.0.0.1}
+  overlay:
+    local: 172.16.0.1
+    device: vx0
+",
+        ),
+        "overlay-device-is-an-endpoint-interface.yaml:9:13: spec.overlay.device: vx0 is endpoint web's interface",
+    ),
+    (
+        "overlay-local-is-an-endpoint-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 172.16.0.1}
+  overlay:
+    local: 172.16.0.1
+    peers: [{name: node-2, address: 172.16.0.2}]
+",
+        ),
+        "overlay-local-is-an-endpoint-address.yaml:8:12: spec.overlay.local: 172.16.0.1 is endpoint web's address; the overlay's local address is the node's underlay address, which tunnelled packets leave from",
+    ),
     // --- CiliumNetworkPolicy: documents and selectors -------------------------------------
     (
         "cnp-no-spec",

@@ -24,7 +24,8 @@
 //! [`policy`] (policy normal form), `cnp` and `knp` (the two policy documents), `policy_wire`
 //! (their shared pieces), `locate` (placing errors found after deserialization), `names`
 //! (name rules), [`error`] (located errors), `de` (serde helpers), [`limits`] (what a file
-//! must be before it is parsed: regular, bounded in size and nesting).
+//! must be before it is parsed: regular, bounded in size and nesting), [`warnings`] (valid
+//! settings that are probably not meant).
 
 pub mod cidr;
 mod cnp;
@@ -41,6 +42,7 @@ pub mod network;
 pub mod policy;
 mod policy_wire;
 pub mod service;
+pub mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -53,6 +55,7 @@ pub use labels::{Labels, Selector};
 pub use names::MAX_NAME_LEN;
 pub use policy::{Direction, Policy};
 pub use service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
+pub use warnings::warnings;
 
 use document::{Document, NodeDocument};
 use locate::{FieldPath, Invalid};

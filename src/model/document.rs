@@ -18,7 +18,7 @@
 //!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
-//! - All errors are serde_yaml errors located at the offending node (line and column relative
+//! - All errors are serde_norway errors located at the offending node (line and column relative
 //!   to the whole stream); `super::ModelError::from_yaml` turns them into model errors.
 
 use std::collections::BTreeSet;
@@ -189,10 +189,10 @@ fn dns_label<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
 
 /// Reads every document of `source`, in order, each with its 0-based position in the stream
 /// (empty documents count).
-pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, serde_yaml::Error> {
+pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, serde_norway::Error> {
     // Two iterators over the same stream: one surveys a document, the other then reads it.
-    let surveys = serde_yaml::Deserializer::from_str(source);
-    let bodies = serde_yaml::Deserializer::from_str(source);
+    let surveys = serde_norway::Deserializer::from_str(source);
+    let bodies = serde_norway::Deserializer::from_str(source);
     let mut first_node = None;
     let mut documents = Vec::new();
     for (index, (survey, body)) in surveys.zip(bodies).enumerate() {
@@ -328,7 +328,7 @@ impl<'de> DeserializeSeed<'de> for UniqueKey<'_> {
 }
 
 /// Walks any value, checking every mapping in it with [`UniqueKey`], and refusing empty (null)
-/// values: serde_yaml reads an empty value where a mapping or list is expected as an empty one,
+/// values: serde_norway reads an empty value where a mapping or list is expected as an empty one,
 /// and an empty optional field as an absent one, so `endpointSelector:` with its selector
 /// forgotten would select every endpoint and `port:` would mean every port. An intended empty
 /// value is written `{}` or `[]`, an absent one is left out.
@@ -421,7 +421,7 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
         Ok(())
     }
 
-    /// A value with a local tag (`!foo value`): serde_yaml presents it as an enum.
+    /// A value with a local tag (`!foo value`): serde_norway presents it as an enum.
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
         let (de::IgnoredAny, variant) = data.variant()?;
         variant.newtype_variant_seed(self)

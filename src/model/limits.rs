@@ -9,7 +9,7 @@
 //! - [`check_shape`] runs on the text before any parsing: the text is at most
 //!   [`MAX_NODE_FILE_BYTES`] long and nests at most [`MAX_NESTING`] levels. libyaml's scanner
 //!   spends time quadratic in the depth of flow collections (`[[[[...`: every token re-checks
-//!   every open level), and serde_yaml's own recursion limit only applies after the whole
+//!   every open level), and serde_norway's own recursion limit only applies after the whole
 //!   document was scanned, so a deep file is refused here, in one linear pass, at the line and
 //!   column where it first gets too deep.
 //! - The depth scan is a conservative over-approximation of YAML's structure that never needs
@@ -28,7 +28,7 @@ use super::error::ModelError;
 /// 2 MiB), small enough that parsing it stays quick.
 pub const MAX_NODE_FILE_BYTES: u64 = 16 << 20;
 
-/// The deepest nesting of collections accepted (a node file uses about ten levels; serde_yaml
+/// The deepest nesting of collections accepted (a node file uses about ten levels; serde_norway
 /// itself stops at 128, but only after scanning the whole document).
 pub const MAX_NESTING: usize = 64;
 

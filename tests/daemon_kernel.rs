@@ -309,6 +309,24 @@ fn a_same_size_edit_with_the_old_mtime_is_applied() {
     });
 }
 
+/// "deep YAML refused quickly": a node file nested 100,000 levels deep is refused before
+/// parsing; the daemon goes on answering and the node keeps its deny set.
+#[test]
+fn a_deeply_nested_config_is_refused_and_the_node_kept() {
+    if !sluice::sys::require_kernel("a_deeply_nested_config_is_refused_and_the_node_kept") {
+        return;
+    }
+    let daemon = Running::start("deep", &node(&["192.0.2.0/24"]), Duration::from_millis(50));
+    let depth = 100_000;
+    write_atomically(&daemon.config, &node(&[&format!("{}{}", "[".repeat(depth), "]".repeat(depth))]));
+    wait_for("the deep file to be refused", Duration::from_secs(30), || {
+        request_within(&daemon.socket, "metrics", Duration::from_secs(20)).contains("errors 1")
+    });
+    let applied = request_within(&daemon.socket, "apply", Duration::from_secs(20));
+    assert!(applied.contains("collections nest deeper than 64 levels"), "apply answered: {applied}");
+    assert_eq!(pinned_set(&daemon.pin_dir), deny_set(&["192.0.2.0/24"]), "the node keeps its deny set");
+}
+
 /// "A second daemon on the same socket must notice the first before applying anything":
 /// it fails with SocketInUse and the node keeps the first daemon's deny set.
 #[test]

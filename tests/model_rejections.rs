@@ -407,3 +407,32 @@ fn harmful_but_valid_settings_are_warned() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Only an empty (null) value is refused: an explicit `{}` or `[]` keeps its meaning
+/// (`endpointSelector: {}` selects every endpoint of the namespace, as in Cilium), and the
+/// Node's `spec:` may still be empty.
+#[test]
+fn explicit_empty_values_keep_their_meaning() {
+    let text = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress: [{fromEndpoints: [{}], toPorts: [{ports: [{port: 80}]}]}]
+---
+apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+";
+    let cfg = model::parse_str(text, "empty.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let rule = &cfg.policies[0].rules[0];
+    assert_eq!(rule.subject.to_string(), "io.kubernetes.pod.namespace=default");
+    let peers: Vec<String> = rule.ingress.allow[0].peers.iter().map(|p| format!("{p:?}")).collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert!(
+        peers[0].contains("io.kubernetes.pod.namespace"),
+        "the `{{}}` peer is every endpoint of the namespace: {peers:?}"
+    );
+}

@@ -34,9 +34,11 @@
 //!   `metrics`. The socket is mode 0600; a parent directory it creates is mode 0700. A daemon
 //!   already answering on the socket is noticed before anything is loaded or applied, so a
 //!   second daemon on the same socket stops before it touches the node (two daemons started
-//!   at the same instant are the pin-dir lock's to separate). Each connection is served on its own thread
-//!   (at most [`MAX_CLIENTS`] at once; more are told `error: busy`), with a read timeout of
-//!   [`CLIENT_TIMEOUT`], so idle clients cannot hold others up.
+//!   at the same instant are the pin-dir lock's to separate). Each connection is served on
+//!   its own thread (at most [`MAX_CLIENTS`] at once; more are told `error: busy`), with a
+//!   read timeout of [`CLIENT_TIMEOUT`], so idle clients cannot hold others up.
+//! - Each read of a changed file prints [`model::warnings`] (valid settings that are probably
+//!   not meant) before it is applied.
 //!
 //! Applies never overlap: file polls (on their own thread) and `apply` requests take one
 //! lock. `status` and `metrics` do not wait for an apply.
@@ -58,7 +60,7 @@ use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -396,7 +398,11 @@ impl Daemon<'_> {
     /// Apply the node file if its content changed since last seen; log what happened. Skips
     /// this round when an apply is in progress.
     fn poll(&self) {
-        let Ok(mut seen) = self.seen.try_lock() else { return };
+        let mut seen = match self.seen.try_lock() {
+            Ok(seen) => seen,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
         let now = model::limits::read_node_file(&self.opts.config).map_err(|e| e.to_string());
         match (&*seen, &now) {
             (Some(Ok(old)), Ok(new)) if old == new => return,

@@ -165,10 +165,21 @@ impl Scan {
                 return Err(Scan::too_deep(number, indent + 1));
             }
         }
+        if self.flow == 0 && self.quote.is_none() && indent == 0 {
+            // A document marker (`---`, `...`) may carry the document's value after it.
+            for marker in ["---", "..."] {
+                if rest.starts_with(marker) && rest[3..].chars().next().is_none_or(|c| c == ' ' || c == '\t')
+                {
+                    chars.nth(2);
+                }
+            }
+        }
+        // The column of byte offset `at`, counted only for an error: counting it for every
+        // character would make a long line quadratic.
+        let col = |at: usize| text[..at].chars().count() + 1;
         let mut prev: Option<char> = None;
         while let Some((at, c)) = chars.next() {
             let next = chars.peek().map(|&(_, n)| n);
-            let col = text[..at].chars().count() + 1;
             match self.quote {
                 Some(Quote::Single) => {
                     if c == '\'' {
@@ -190,6 +201,12 @@ impl Scan {
                     let separated = next.is_none_or(|n| n == ' ' || n == '\t');
                     match c {
                         '#' if prev.is_none_or(|p| p == ' ' || p == '\t') => break,
+                        '&' | '!' if at_value_start => {
+                            // An anchor or a tag: the value still starts after it.
+                            while chars.peek().is_some_and(|&(_, n)| n != ' ' && n != '\t') {
+                                chars.next();
+                            }
+                        }
                         '\'' | '"' if at_value_start => {
                             self.quote = Some(if c == '\'' { Quote::Single } else { Quote::Double });
                         }
@@ -199,7 +216,7 @@ impl Scan {
                             }
                             self.flow += 1;
                             if self.flow_base + self.flow > MAX_NESTING {
-                                return Err(Scan::too_deep(number, col));
+                                return Err(Scan::too_deep(number, col(at)));
                             }
                             at_value_start = true;
                         }
@@ -212,7 +229,7 @@ impl Scan {
                             // A compact block sequence (or complex key) nests one level more.
                             depth += 1;
                             if depth > MAX_NESTING {
-                                return Err(Scan::too_deep(number, col));
+                                return Err(Scan::too_deep(number, col(at)));
                             }
                         }
                         ':' if separated => at_value_start = true,
@@ -269,6 +286,15 @@ mod tests {
         let indented: String = (0..=MAX_NESTING).map(|i| format!("{}k{i}:\n", " ".repeat(i))).collect();
         let err = check_shape(&indented).unwrap_err();
         assert_eq!((err.line, err.col), (MAX_NESTING + 1, MAX_NESTING + 1), "{err:?}");
+
+        // Anchors, tags and document markers do not hide what follows them.
+        for head in ["a: &x ", "a: !t ", "--- ", "--- !t &x "] {
+            let text = format!("{head}{}{}\n", "[".repeat(MAX_NESTING + 1), "]".repeat(MAX_NESTING + 1));
+            assert!(check_shape(&text).is_err(), "{head:?} hid the nesting");
+        }
+        // A long line is scanned in linear time (the column is counted only for an error).
+        let long = format!("deny: [{}]\n", vec!["10.0.0.0/8"; 200_000].join(", "));
+        assert!(deepest_ok(&long));
 
         // Flow collections over several lines count from the block level that opened them:
         // `a` is level 1, `b` 2, its `[` 3, and line L (from 3 on) opens level L + 1.

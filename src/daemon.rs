@@ -476,11 +476,19 @@ impl Drop for Socket {
     }
 }
 
-/// Fails with [`DaemonError::SocketInUse`] if a daemon answers on `path`: checked before
-/// anything is loaded or applied, so a second daemon never touches the first one's node.
+/// Fails with [`DaemonError::SocketInUse`] if a daemon answers on `path`, and refuses
+/// anything there that is not a socket (it is left alone): checked before anything is
+/// loaded or applied, so a second daemon never touches the first one's node.
 fn check_socket_free(path: &Path) -> Result<(), DaemonError> {
-    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|md| md.file_type().is_socket());
-    if is_socket && UnixStream::connect(path).is_ok() {
+    let Ok(md) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    if !md.file_type().is_socket() {
+        let in_the_way = std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "something that is not a socket is in the way; it is left alone",
+        );
+        return Err(DaemonError::Io { op: "bind", path: path.to_path_buf(), source: in_the_way });
+    }
+    if UnixStream::connect(path).is_ok() {
         return Err(DaemonError::SocketInUse(path.to_path_buf()));
     }
     Ok(())
@@ -499,11 +507,10 @@ fn bind(path: &Path) -> Result<Socket, DaemonError> {
         }
     }
     check_socket_free(path)?;
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        if md.file_type().is_socket() {
-            std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
-            println!("removed stale socket {}", path.display());
-        }
+    if std::fs::symlink_metadata(path).is_ok() {
+        // A socket no daemon answers on (check_socket_free refused anything else).
+        std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+        println!("removed stale socket {}", path.display());
     }
     // Two daemons starting at once: the second bind fails with EADDRINUSE.
     let listener = UnixListener::bind(path).map_err(|e| match e.kind() {

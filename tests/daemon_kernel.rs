@@ -353,6 +353,31 @@ fn a_second_daemon_on_the_socket_changes_nothing() {
     assert!(request(&first.socket, "status").starts_with("node pinned at"));
 }
 
+/// A file that is not a socket where the socket goes is left alone, and the daemon stops
+/// before it loads anything.
+#[test]
+fn a_file_in_the_sockets_place_is_left_alone() {
+    if !sluice::sys::require_kernel("a_file_in_the_sockets_place_is_left_alone") {
+        return;
+    }
+    let id = std::process::id();
+    let tmp = std::env::temp_dir().join(format!("sluice-daemon-notsock-{id}"));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/sluice-daemon-notsock-{id}"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let _cleanup = Cleanup { pin_dir: pin_dir.clone(), tmp: tmp.clone() };
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let config = tmp.join("node.yaml");
+    write_atomically(&config, &node(&["192.0.2.0/24"]));
+    let socket = tmp.join("sluice.sock");
+    std::fs::write(&socket, "notes").expect("a file in the way");
+    let opts =
+        Options { config, pin_dir: pin_dir.clone(), socket: socket.clone(), poll: Duration::from_millis(50) };
+    let err = run(&opts, &AtomicBool::new(false)).expect_err("refused");
+    assert!(err.to_string().contains("not a socket is in the way"), "{err}");
+    assert_eq!(std::fs::read_to_string(&socket).expect("still there"), "notes");
+    assert!(!pin_dir.exists(), "nothing loaded");
+}
+
 /// "`prefilter add` through the daemon ... the difference is reported": an apply that
 /// removes a prefix added live (or restores one deleted live) says so.
 #[test]

@@ -6,7 +6,8 @@
 //!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`), `NetworkPolicy`
 //!   (`networking.k8s.io/v1`), `Service` (`v1`) or `EndpointSlice` (`discovery.k8s.io/v1`,
 //!   each tied to a Service of the file; see [`service`]). Unknown kinds, unknown fields,
-//!   duplicate keys and invalid values are rejected.
+//!   duplicate keys, empty (null) values (but for the Node's `spec:`) and invalid values are
+//!   rejected; so is a text past [`limits`]' size or nesting depth, before it is parsed.
 //! - [`parse_str`] is a total function of its text: it returns a config or the first error,
 //!   never panics, and every error names the file, line and column of the offending node and
 //!   its field path ([`ModelError`]). Nothing of a rejected file is used.

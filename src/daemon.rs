@@ -21,11 +21,29 @@
 //!   state. A kernel failure while attaching is rolled back as far as it can be and
 //!   reported (see [`crate::node::reshape`]). An endpoint whose interface changes while the
 //!   program set stays the same is not re-attached until the next start.
+//! - The node file is read with [`model::limits::read_node_file`]: a FIFO, device or
+//!   directory in its place, a file past the size limit or one nested too deep is an error
+//!   reported at once, never a stall. A change is detected by content: each poll reads the
+//!   file and compares it with the text last seen, so an edit that keeps the size and
+//!   restores the modification time is applied too.
+//! - Live prefilter changes (`sluice prefilter add|del` while the daemon runs) are not part of
+//!   the node file: an apply makes the pinned deny set equal to the file's and reports the
+//!   prefixes it removes that were added live (and those it restores), so nothing is reverted
+//!   silently. To keep a prefix, add it to `spec.prefilter.deny`.
 //! - Socket: one text request line per connection, one response: `status`, `apply`,
-//!   `metrics`. The socket is mode 0600; a parent directory it creates is mode 0700.
+//!   `metrics`. The socket is mode 0600; a parent directory it creates is mode 0700. A daemon
+//!   already answering on the socket is noticed before anything is loaded or applied, so a
+//!   second daemon on the same socket stops before it touches the node (two daemons started
+//!   at the same instant are the pin-dir lock's to separate). Each connection is served on
+//!   its own thread (at most [`MAX_CLIENTS`] at once; more are told `error: busy`), with a
+//!   read timeout of [`CLIENT_TIMEOUT`], so idle clients cannot hold others up.
+//! - Each read of a changed file prints [`model::warnings`] (valid settings that are probably
+//!   not meant) before it is applied.
 //!
-//! One thread does everything (socket and polling), so applies never overlap.
+//! Applies never overlap: file polls (on their own thread) and `apply` requests take one
+//! lock. `status` and `metrics` do not wait for an apply.
 
+use crate::maps::prefilter::{DenySet, Prefix};
 use crate::model::{self, ModelError, NodeConfig};
 use crate::node::forward::{self, ForwardError};
 use crate::node::load::{self, LoadError};
@@ -35,12 +53,14 @@ use crate::node::update::{update_pinned, Update};
 use crate::node::wire::{self, AttachOptions, WireError};
 use crate::node::{self, PlanError};
 use crate::sys::{self, Syscall};
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
 
@@ -50,8 +70,11 @@ pub const DEFAULT_SOCKET: &str = "/run/sluice/sluice.sock";
 /// The longest request line read from a client.
 const MAX_REQUEST: u64 = 256;
 
-/// How long a client may take to send its request.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a client may take to send its request (and to take its response).
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Connections served at once; one more is answered `error: busy` and closed.
+pub const MAX_CLIENTS: usize = 64;
 
 /// What the daemon runs with.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +147,88 @@ impl std::fmt::Display for Metrics {
     }
 }
 
+/// What one apply did, with what it changed of the live prefilter edits.
+#[derive(Debug)]
+pub struct ApplyReport {
+    pub applied: Applied,
+    pub live: LivePrefilter,
+}
+
+impl std::fmt::Display for ApplyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.applied)?;
+        if !self.live.is_empty() {
+            write!(f, "; {}", self.live)?;
+        }
+        Ok(())
+    }
+}
+
+/// How the pinned deny set differed from the node file before an apply made them equal:
+/// prefixes added (`removed`) or deleted (`restored`) by `sluice prefilter` since.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LivePrefilter {
+    /// Pinned but not in the file: this apply removed them.
+    pub removed: Vec<Prefix>,
+    /// In the file but not pinned: this apply added them back.
+    pub restored: Vec<Prefix>,
+}
+
+impl LivePrefilter {
+    /// The difference between the pinned deny set and the file's.
+    pub fn between(pinned: &DenySet, file: &DenySet) -> LivePrefilter {
+        let (pinned, file): (BTreeSet<Prefix>, BTreeSet<Prefix>) =
+            (pinned.prefixes().collect(), file.prefixes().collect());
+        LivePrefilter {
+            removed: pinned.difference(&file).copied().collect(),
+            restored: file.difference(&pinned).copied().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.removed.is_empty() && self.restored.is_empty()
+    }
+}
+
+/// `a.b.c.d/len` or `x::/len`.
+fn prefix_text(p: &Prefix) -> String {
+    match *p {
+        Prefix::V4 { addr, len } => format!("{}/{len}", Ipv4Addr::from(addr)),
+        Prefix::V6 { addr, len } => format!("{}/{len}", Ipv6Addr::from(addr)),
+    }
+}
+
+impl std::fmt::Display for LivePrefilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let list = |ps: &[Prefix]| ps.iter().map(prefix_text).collect::<Vec<_>>().join(", ");
+        let mut parts = Vec::new();
+        if !self.removed.is_empty() {
+            parts.push(format!(
+                "removed {} prefilter prefix(es) added live, not in the node file: {} (add them to \
+                 spec.prefilter.deny to keep them)",
+                self.removed.len(),
+                list(&self.removed)
+            ));
+        }
+        if !self.restored.is_empty() {
+            parts.push(format!(
+                "restored {} prefilter prefix(es) deleted live: {}",
+                self.restored.len(),
+                list(&self.restored)
+            ));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
+/// How the node's pinned deny set differs from `cfg`'s; empty when nothing is pinned yet.
+pub fn live_prefilter(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> LivePrefilter {
+    let Ok(pinned) = load::open_prefilter(sys, pin_dir).and_then(|maps| load::prefilter_set(&maps)) else {
+        return LivePrefilter::default();
+    };
+    LivePrefilter::between(&pinned, &DenySet::new(cfg.prefilter.deny.iter().map(node::prefix_of)))
+}
+
 /// What one apply did.
 #[derive(Debug)]
 pub enum Applied {
@@ -149,12 +254,6 @@ pub fn describe(update: &Update) -> String {
     }
     let per_map: Vec<String> = update.writes.iter().map(|(m, n)| format!("{m}: {n}")).collect();
     format!("{} map writes ({})", update.total(), per_map.join(", "))
-}
-
-/// The node file's identity for change detection: modification time and length.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
-    let md = std::fs::metadata(path).ok()?;
-    Some((md.modified().ok()?, md.len()))
 }
 
 /// How long the daemon took from start to an attached node, per phase: printed once as
@@ -212,33 +311,56 @@ impl std::fmt::Display for StartTimes {
     }
 }
 
-/// The daemon's state between requests.
+/// The node file as last read: its text, or why it could not be read or parsed.
+type Seen = Option<Result<String, String>>;
+
+/// The daemon's state, shared by the poller and the client threads.
 struct Daemon<'a> {
     sys: Arc<dyn Syscall>,
     opts: &'a Options,
-    metrics: Metrics,
-    /// The node file as last seen (applied or rejected), so one edit is handled once.
-    seen: Option<(SystemTime, u64)>,
-    seen_text: String,
+    metrics: Mutex<Metrics>,
+    /// Held for a whole apply, so applies never overlap; holds the node file as last seen
+    /// (applied or rejected), so one edit is handled once.
+    seen: Mutex<Seen>,
+    /// Connections being served.
+    clients: AtomicUsize,
+}
+
+/// Locks `m`; a thread that panicked while holding it left plain data, still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Daemon<'_> {
-    /// Read and parse the node file; remember what was read.
-    fn read_config(&mut self) -> Result<NodeConfig, DaemonError> {
+    fn new(sys: Arc<dyn Syscall>, opts: &Options) -> Daemon<'_> {
+        Daemon {
+            sys,
+            opts,
+            metrics: Mutex::new(Metrics::default()),
+            seen: Mutex::new(None),
+            clients: AtomicUsize::new(0),
+        }
+    }
+
+    /// Read the node file (a regular file, bounded) and parse it; remember what was read.
+    fn read_config(&self, seen: &mut Seen) -> Result<NodeConfig, DaemonError> {
         let path = &self.opts.config;
-        self.seen = stamp(path);
-        let text =
-            std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.clone(), source })?;
-        self.seen_text = text.clone();
-        Ok(model::parse_str(&text, &path.display().to_string())?)
+        let text = model::limits::read_node_file(path);
+        *seen = Some(text.as_ref().map(Clone::clone).map_err(ToString::to_string));
+        let cfg = model::parse_str(&text?, &path.display().to_string())?;
+        for warning in model::warnings(&cfg) {
+            println!("warning: {warning}");
+        }
+        Ok(cfg)
     }
 
     /// Re-read the node file and apply it: map updates when the program set is the same,
-    /// a reshape otherwise; counted in the metrics.
-    fn apply(&mut self) -> Result<Applied, DaemonError> {
-        let result = self.read_config().and_then(|cfg| {
+    /// a reshape otherwise; counted in the metrics. The caller holds `seen`.
+    fn apply_locked(&self, seen: &mut Seen) -> Result<ApplyReport, DaemonError> {
+        let result = self.read_config(seen).and_then(|cfg| {
             let plan = node::plan(&cfg)?;
             let dir = &self.opts.pin_dir;
+            let live = live_prefilter(&self.sys, &cfg, dir);
             match update_pinned(&self.sys, &cfg, &plan, dir) {
                 Ok(u) => Ok(Applied::Maps(u)),
                 Err(LoadError::CodeShape { .. }) => {
@@ -251,51 +373,60 @@ impl Daemon<'_> {
                 // Endpoints may have come, gone or moved: routes and `lxc` follow.
                 forward::sync(&self.sys, &cfg, dir)?;
                 socklb::sync(&self.sys, &cfg, dir)?;
-                Ok(applied)
+                Ok(ApplyReport { applied, live })
             })
         });
+        let mut metrics = lock(&self.metrics);
         match &result {
-            Ok(applied) => {
-                if matches!(applied, Applied::Reshaped(_)) {
-                    self.metrics.reshapes += 1;
+            Ok(report) => {
+                if matches!(report.applied, Applied::Reshaped(_)) {
+                    metrics.reshapes += 1;
                 }
-                self.metrics.updates_applied += 1;
-                self.metrics.last_apply =
-                    SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+                metrics.updates_applied += 1;
+                metrics.last_apply = SystemTime::now().duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
             }
-            Err(_) => self.metrics.errors += 1,
+            Err(_) => metrics.errors += 1,
         }
         result
     }
 
-    /// Apply the node file if it changed since last seen; log what happened.
-    fn poll(&mut self) {
-        let now = stamp(&self.opts.config);
-        if now == self.seen {
-            return;
-        }
-        // The stamp moved; a rewrite with the same contents changes nothing.
-        if std::fs::read_to_string(&self.opts.config).is_ok_and(|t| t == self.seen_text) {
-            self.seen = now;
-            return;
+    /// Apply the node file now (waits for an apply in progress).
+    fn apply(&self) -> Result<ApplyReport, DaemonError> {
+        self.apply_locked(&mut lock(&self.seen))
+    }
+
+    /// Apply the node file if its content changed since last seen; log what happened. Skips
+    /// this round when an apply is in progress.
+    fn poll(&self) {
+        let mut seen = match self.seen.try_lock() {
+            Ok(seen) => seen,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => return,
+        };
+        let now = model::limits::read_node_file(&self.opts.config).map_err(|e| e.to_string());
+        match (&*seen, &now) {
+            (Some(Ok(old)), Ok(new)) if old == new => return,
+            // The same read error as last time: reported once.
+            (Some(Err(old)), Err(new)) if old == new => return,
+            _ => {}
         }
         println!("config {} changed", self.opts.config.display());
-        match self.apply() {
-            Ok(applied) => println!("applied: {applied}"),
+        match self.apply_locked(&mut seen) {
+            Ok(report) => println!("applied: {report}"),
             Err(e) => println!("not applied: {e}"),
         }
     }
 
     /// Answer one request line.
-    fn respond(&mut self, request: &str) -> String {
+    fn respond(&self, request: &str) -> String {
         match request.trim() {
             "status" => match wire::status(&self.sys, &self.opts.pin_dir) {
                 Ok(st) => st.to_string(),
                 Err(e) => format!("error: {e}"),
             },
             "apply" => match self.apply() {
-                Ok(applied) => {
-                    let line = applied.to_string();
+                Ok(report) => {
+                    let line = report.to_string();
                     println!("applied on request: {line}");
                     format!("applied: {line}")
                 }
@@ -304,13 +435,13 @@ impl Daemon<'_> {
                     format!("error: {e}")
                 }
             },
-            "metrics" => self.metrics.to_string(),
+            "metrics" => lock(&self.metrics).to_string(),
             other => format!("error: unknown request `{other}` (status, apply, metrics)"),
         }
     }
 
     /// Serve one client: read its line, write the response, close.
-    fn serve(&mut self, stream: UnixStream) {
+    fn serve(&self, stream: UnixStream) {
         let _ = stream.set_nonblocking(false);
         let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
         let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
@@ -326,8 +457,46 @@ impl Daemon<'_> {
     }
 }
 
-/// Bind the socket: parent created (0700), a stale socket removed, mode 0600.
-fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
+/// Answers `error: busy` to a client past [`MAX_CLIENTS`], without waiting on it.
+fn refuse_busy(stream: UnixStream) {
+    let _ = stream.set_nonblocking(true);
+    let mut out = &stream;
+    let _ = out.write_all(format!("error: busy ({MAX_CLIENTS} requests in progress)\n").as_bytes());
+}
+
+/// The bound socket; removed when dropped (the daemon stops, or fails to start).
+struct Socket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Fails with [`DaemonError::SocketInUse`] if a daemon answers on `path`, and refuses
+/// anything there that is not a socket (it is left alone): checked before anything is
+/// loaded or applied, so a second daemon never touches the first one's node.
+fn check_socket_free(path: &Path) -> Result<(), DaemonError> {
+    let Ok(md) = std::fs::symlink_metadata(path) else { return Ok(()) };
+    if !md.file_type().is_socket() {
+        let in_the_way = std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "something that is not a socket is in the way; it is left alone",
+        );
+        return Err(DaemonError::Io { op: "bind", path: path.to_path_buf(), source: in_the_way });
+    }
+    if UnixStream::connect(path).is_ok() {
+        return Err(DaemonError::SocketInUse(path.to_path_buf()));
+    }
+    Ok(())
+}
+
+/// Bind the socket: parent created (0700), a stale socket removed, mode 0600. A socket that
+/// answers a connection belongs to a running daemon: [`DaemonError::SocketInUse`].
+fn bind(path: &Path) -> Result<Socket, DaemonError> {
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         if !parent.exists() {
             std::fs::DirBuilder::new()
@@ -337,29 +506,33 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
                 .map_err(io_err("mkdir", parent))?;
         }
     }
-    if let Ok(md) = std::fs::symlink_metadata(path) {
-        if md.file_type().is_socket() {
-            if UnixStream::connect(path).is_ok() {
-                return Err(DaemonError::SocketInUse(path.to_path_buf()));
-            }
-            std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
-            println!("removed stale socket {}", path.display());
-        }
+    check_socket_free(path)?;
+    if std::fs::symlink_metadata(path).is_ok() {
+        // A socket no daemon answers on (check_socket_free refused anything else).
+        std::fs::remove_file(path).map_err(io_err("remove stale socket", path))?;
+        println!("removed stale socket {}", path.display());
     }
-    let listener = UnixListener::bind(path).map_err(io_err("bind", path))?;
+    // Two daemons starting at once: the second bind fails with EADDRINUSE.
+    let listener = UnixListener::bind(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => DaemonError::SocketInUse(path.to_path_buf()),
+        _ => DaemonError::Io { op: "bind", path: path.to_path_buf(), source: e },
+    })?;
+    let socket = Socket { listener, path: path.to_path_buf() };
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
-    listener.set_nonblocking(true).map_err(io_err("set_nonblocking", path))?;
-    Ok(listener)
+    socket.listener.set_nonblocking(true).map_err(io_err("set_nonblocking", path))?;
+    Ok(socket)
 }
 
 /// Load or adopt the node, attach it, then serve and poll until `stop` is set.
-/// The socket is removed on return; pins and links stay.
+/// A daemon already answering on the socket is noticed first, before the node is touched;
+/// the socket is bound once the node is attached (its existence means ready) and removed
+/// on return; pins and links stay.
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     sys::kernel_available().map_err(DaemonError::NeedsKernel)?;
-    let sys = sys::kernel();
-    let mut d = Daemon { sys, opts, metrics: Metrics::default(), seen: None, seen_text: String::new() };
+    check_socket_free(&opts.socket)?;
+    let d = Daemon::new(sys::kernel(), opts);
     let started = Instant::now();
-    let cfg = d.read_config()?;
+    let cfg = d.read_config(&mut lock(&d.seen))?;
     let plan = node::plan(&cfg)?;
     let planned = Instant::now();
     let dir = &opts.pin_dir;
@@ -375,8 +548,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
             "load"
         }
         Err(LoadError::AlreadyLoaded(_)) => {
-            let applied = d.apply()?;
-            println!("adopted node pinned under {}; config applied: {applied}", dir.display());
+            let report = d.apply()?;
+            println!("adopted node pinned under {}; config applied: {report}", dir.display());
             "adopt"
         }
         Err(e) => return Err(e.into()),
@@ -393,7 +566,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
         "{}",
         StartTimes { how, plan: planned - started, load: loaded - planned, attach: attached - loaded }
     );
-    let listener = bind(&opts.socket)?;
+    let socket = bind(&opts.socket)?;
     println!(
         "serving {} (status, apply, metrics); watching {} every {} ms",
         opts.socket.display(),
@@ -401,27 +574,52 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
         opts.poll.as_millis()
     );
     let tick = opts.poll.min(Duration::from_millis(50)).max(Duration::from_millis(1));
-    let mut next_poll = Instant::now() + opts.poll;
-    while !stop.load(Ordering::Relaxed) {
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => d.serve(stream),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
-                Err(e) => {
-                    println!("accept on {}: {e}", opts.socket.display());
-                    break;
+    std::thread::scope(|scope| {
+        // The poller: an apply it starts never holds up the socket.
+        scope.spawn(|| {
+            let mut next_poll = Instant::now() + opts.poll;
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() >= next_poll {
+                    d.poll();
+                    next_poll = Instant::now() + opts.poll;
+                }
+                std::thread::sleep(tick);
+            }
+        });
+        while !stop.load(Ordering::Relaxed) {
+            loop {
+                match socket.listener.accept() {
+                    Ok((stream, _)) => {
+                        if d.clients.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {
+                            d.clients.fetch_sub(1, Ordering::AcqRel);
+                            refuse_busy(stream);
+                            continue;
+                        }
+                        let d = &d;
+                        let spawned = std::thread::Builder::new().name("sluice-client".into()).spawn_scoped(
+                            scope,
+                            move || {
+                                d.serve(stream);
+                                d.clients.fetch_sub(1, Ordering::AcqRel);
+                            },
+                        );
+                        if let Err(e) = spawned {
+                            d.clients.fetch_sub(1, Ordering::AcqRel);
+                            println!("cannot start a thread for a client: {e}");
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => break,
+                    Err(e) => {
+                        println!("accept on {}: {e}", opts.socket.display());
+                        break;
+                    }
                 }
             }
+            std::thread::sleep(tick);
         }
-        if Instant::now() >= next_poll {
-            d.poll();
-            next_poll = Instant::now() + opts.poll;
-        }
-        std::thread::sleep(tick);
-    }
-    drop(listener);
-    let _ = std::fs::remove_file(&opts.socket);
+    });
+    drop(socket);
     println!("stopped; pins and links left in place under {}", dir.display());
     Ok(())
 }

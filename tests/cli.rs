@@ -164,6 +164,16 @@ fn load_prefilter_and_unload_on_a_private_pin_dir() {
     assert_eq!(run(&pin), 2);
     let bad = sluice(&["prefilter", "add", "10.0.0.1/8", "--pin-dir", &pin]);
     assert!(!bad.status.success() && text(&bad).contains("host bits"), "{}", text(&bad));
+    // `load` makes the deny set the file's again and says which live addition it removes.
+    let o = sluice(&["load", &fixture("default-node.yaml"), "--pin-dir", &pin]);
+    assert!(
+        o.status.success()
+            && text(&o)
+                .contains("removed 1 prefilter prefix(es) added live, not in the node file: 2001:db8:1::/64"),
+        "{}",
+        text(&o)
+    );
+    assert!(!list(&pin).contains("2001:db8:1::/64"), "{}", list(&pin));
 
     if require_tool("bpftool", "load_prefilter_and_unload_on_a_private_pin_dir") {
         let o = Command::new("bpftool")

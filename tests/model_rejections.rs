@@ -254,3 +254,185 @@ spec:
         assert_eq!(actual, expected, "input:\n{text}");
     }
 }
+
+/// Runs `f` on a thread and waits at most `limit` for it: a hang is a failure, not a stuck
+/// test. Not a speed claim: the limit is generous, far above the expected time.
+fn within<T: Send + 'static>(
+    what: &str,
+    limit: std::time::Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit).unwrap_or_else(|_| panic!("{what} did not return within {limit:?}"))
+}
+
+/// A unique scratch directory, removed on drop.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!("sluice-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// "config must be a regular file": a FIFO (whose open would wait for a writer forever), a
+/// directory and a character device are refused at once, naming what they are.
+#[test]
+fn node_files_that_are_not_regular_files_are_refused_without_blocking() {
+    use std::os::unix::ffi::OsStrExt;
+    let scratch = Scratch::new("fifo-config");
+    let fifo = scratch.0.join("node.yaml");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("no NUL in a temp path");
+    // SAFETY: `c_path` is a valid NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo {}", fifo.display());
+    let cases = [
+        (fifo.clone(), "a FIFO"),
+        (scratch.0.clone(), "a directory"),
+        (std::path::PathBuf::from("/dev/null"), "a character device"),
+    ];
+    for (path, what) in cases {
+        let read = path.clone();
+        let result = within("load_file", std::time::Duration::from_secs(30), move || {
+            model::load_file(&read).map(|c| c.name)
+        });
+        let expected = format!(
+            "{}: cannot read node file: it is {what}; a node file must be a regular file",
+            path.display()
+        );
+        match result {
+            Err(err) => assert_eq!(err.to_string(), expected),
+            Ok(name) => panic!("{}: accepted node {name}", path.display()),
+        }
+    }
+    // A symlink to a regular file is followed (ConfigMap mounts are symlinks).
+    let link = scratch.0.join("link.yaml");
+    std::os::unix::fs::symlink(std::fs::canonicalize("fixtures/default-node.yaml").expect("fixture"), &link)
+        .expect("symlink");
+    assert_eq!(model::load_file(&link).expect("symlink to a node file").name, "node-1");
+}
+
+/// Deep nesting is refused before the YAML parser sees it, at the place it gets too deep:
+/// 100,000 nested `[` (libyaml's scanner time grows with the square of the depth; this took
+/// about 90 s before) and as many compact `- `.
+#[test]
+fn deep_nesting_is_refused_before_parsing() {
+    let head = "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: n}\nspec:\n  x: ";
+    let cases = [
+        (format!("{head}{}{}\n", "[".repeat(100_000), "]".repeat(100_000)), "deep.yaml:5:68"),
+        (format!("{head}\n{}x\n", "- ".repeat(100_000)), "deep.yaml:6:127"),
+    ];
+    for (text, at) in cases {
+        let err = within("parse_str", std::time::Duration::from_secs(60), move || {
+            model::parse_str(&text, "deep.yaml").map(|c| c.name)
+        })
+        .expect_err("deep nesting is refused");
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{at}: collections nest deeper than {} levels here (a node file needs about ten); \
+                 refused before parsing",
+                model::limits::MAX_NESTING
+            )
+        );
+    }
+}
+
+/// A file past the size limit is refused before it is read whole or parsed.
+#[test]
+fn oversized_node_files_are_refused() {
+    let limit = model::limits::MAX_NODE_FILE_BYTES;
+    let scratch = Scratch::new("big-config");
+    let path = scratch.0.join("node.yaml");
+    let file = std::fs::File::create(&path).expect("create");
+    file.set_len(limit + 1).expect("sparse file past the limit");
+    let err = model::load_file(&path).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("{}: cannot read node file: it is {} bytes; the limit is {limit}", path.display(), limit + 1)
+    );
+    let text = format!("# {}\n", "x".repeat(limit as usize));
+    let err = model::parse_str(&text, "big.yaml").expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("big.yaml:1:1: the node file is {} bytes; the limit is {limit}", text.len())
+    );
+}
+
+/// Valid settings that are probably not meant load with a warning each (README: "Refused or
+/// warned"); a file without them has none.
+#[test]
+fn harmful_but_valid_settings_are_warned() {
+    let node =
+        |spec: &str| format!("apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: n}}\nspec:\n{spec}");
+    let cases: &[(&str, &[&str])] = &[
+        ("  prefilter: {deny: [192.0.2.0/24]}\n", &[]),
+        (
+            "  prefilter: {deny: [0.0.0.0/0, '::/0']}\n",
+            &[
+                "w.yaml: spec.prefilter.deny: 0.0.0.0/0 drops every IPv4 packet where the prefilter runs",
+                "w.yaml: spec.prefilter.deny: ::/0 drops every IPv6 packet where the prefilter runs",
+            ],
+        ),
+        (
+            "  prefilter: {deny: [10.0.0.0/8]}\n  endpoints: [{name: web, interface: lxc1, ipv4: 10.0.0.1}]\n",
+            &["w.yaml: spec.prefilter.deny: 10.0.0.0/8 covers endpoint web's address 10.0.0.1: packets from it \
+               are dropped where the prefilter runs"],
+        ),
+        (
+            "  prefilter: {deny: [172.16.0.0/16]}\n  overlay: {local: 172.16.0.1, peers: [{name: b, address: 172.16.0.2}]}\n",
+            &["w.yaml: spec.prefilter.deny: 172.16.0.0/16 covers overlay peer b's address 172.16.0.2: its \
+               tunnelled packets are dropped where the prefilter runs"],
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (spec, expected) in cases {
+        let text = node(spec);
+        let cfg = model::parse_str(&text, "w.yaml").unwrap_or_else(|e| panic!("{e}\ninput:\n{text}"));
+        let actual = model::warnings(&cfg);
+        if actual != *expected {
+            failures.push(format!("input:\n{text}  expected: {expected:?}\n  actual:   {actual:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Only an empty (null) value is refused: an explicit `{}` or `[]` keeps its meaning
+/// (`endpointSelector: {}` selects every endpoint of the namespace, as in Cilium), and the
+/// Node's `spec:` may still be empty.
+#[test]
+fn explicit_empty_values_keep_their_meaning() {
+    let text = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress: [{fromEndpoints: [{}], toPorts: [{ports: [{port: 80}]}]}]
+---
+apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+";
+    let cfg = model::parse_str(text, "empty.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let rule = &cfg.policies[0].rules[0];
+    assert_eq!(rule.subject.to_string(), "io.kubernetes.pod.namespace=default");
+    let peers: Vec<String> = rule.ingress.allow[0].peers.iter().map(|p| format!("{p:?}")).collect();
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert!(
+        peers[0].contains("io.kubernetes.pod.namespace"),
+        "the `{{}}` peer is every endpoint of the namespace: {peers:?}"
+    );
+}

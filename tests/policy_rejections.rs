@@ -268,6 +268,79 @@ spec:
         ),
         "endpoint-bad-namespace.yaml:6:63: spec.endpoints[0].namespace: `Prod` contains 'P'; a name holds only lowercase letters, digits and '-'",
     ),
+    // --- accepted before, harmful: endpoints on the node's own devices and addresses --------
+    (
+        "endpoint-on-loopback",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lo, ipv4: 10.0.0.1}
+",
+        ),
+        "endpoint-on-loopback.yaml:6:30: spec.endpoints[0].interface: `lo` is the loopback device; an endpoint's interface is the host side of its own veth",
+    ),
+    (
+        "endpoint-on-router-device",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 10.0.0.1}
+    - {name: api, interface: sluice_host, ipv4: 10.0.0.2}
+",
+        ),
+        "endpoint-on-router-device.yaml:7:30: spec.endpoints[1].interface: `sluice_host` is one of the router pair sluice creates (sluice_host, sluice_net); an endpoint's interface is the host side of its own veth",
+    ),
+    (
+        "endpoint-on-default-overlay-device",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: sluice_vxlan, ipv4: 10.0.0.1}
+",
+        ),
+        "endpoint-on-default-overlay-device.yaml:6:30: spec.endpoints[0].interface: `sluice_vxlan` is the overlay device's default name; an endpoint's interface is the host side of its own veth",
+    ),
+    (
+        "overlay-device-is-an-endpoint-interface",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: vx0, ipv4: 10.0.0.1}
+  overlay:
+    local: 172.16.0.1
+    device: vx0
+",
+        ),
+        "overlay-device-is-an-endpoint-interface.yaml:9:13: spec.overlay.device: vx0 is endpoint web's interface",
+    ),
+    (
+        "overlay-local-is-an-endpoint-address",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: web, interface: lxc1, ipv4: 172.16.0.1}
+  overlay:
+    local: 172.16.0.1
+    peers: [{name: node-2, address: 172.16.0.2}]
+",
+        ),
+        "overlay-local-is-an-endpoint-address.yaml:8:12: spec.overlay.local: 172.16.0.1 is endpoint web's address; the overlay's local address is the node's underlay address, which tunnelled packets leave from",
+    ),
     // --- CiliumNetworkPolicy: documents and selectors -------------------------------------
     (
         "cnp-no-spec",
@@ -715,6 +788,153 @@ spec:
 ",
         ),
         "cnp-icmp-bad-family.yaml:9:33: spec.ingress[0].icmps[0].fields[0].family: unknown variant `ipv4`, expected `IPv4` or `IPv6`",
+    ),
+    // --- empty (null) values: never read as `{}`, `[]` or "absent" -------------------------
+    (
+        "cnp-empty-endpoint-selector",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector:
+  ingress: [{fromEntities: [world]}]
+",
+        ),
+        "cnp-empty-endpoint-selector.yaml:5:20: spec.endpointSelector: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "cnp-null-endpoint-selector",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: null
+  ingress: [{fromEntities: [world]}]
+",
+        ),
+        "cnp-null-endpoint-selector.yaml:5:21: spec.endpointSelector: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "cnp-empty-match-labels",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector:
+    matchLabels:
+  ingress: [{fromEntities: [world]}]
+",
+        ),
+        "cnp-empty-match-labels.yaml:6:17: spec.endpointSelector.matchLabels: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "cnp-empty-port",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEntities: [world]
+      toPorts:
+        - ports:
+            - port:
+              protocol: TCP
+",
+        ),
+        "cnp-empty-port.yaml:10:20: spec.ingress[0].toPorts[0].ports[0].port: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "cnp-empty-from-endpoints",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEndpoints:
+      toPorts: [{ports: [{port: 80}]}]
+",
+        ),
+        "cnp-empty-from-endpoints.yaml:7:21: spec.ingress[0].fromEndpoints: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "cnp-empty-peer-selector-item",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - fromEndpoints:
+        -
+",
+        ),
+        "cnp-empty-peer-selector-item.yaml:8:10: spec.ingress[0].fromEndpoints[0]: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "knp-empty-pod-selector",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector:
+  ingress: [{}]
+",
+        ),
+        "knp-empty-pod-selector.yaml:5:15: spec.podSelector: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "knp-empty-peer-pod-selector",
+        Text::Policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: p}
+spec:
+  podSelector: {}
+  ingress:
+    - from:
+        - namespaceSelector: {}
+          podSelector:
+",
+        ),
+        "knp-empty-peer-pod-selector.yaml:9:23: spec.ingress[0].from[0].podSelector: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "endpoint-empty-labels",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      ipv4: 10.0.0.1
+      labels:
+",
+        ),
+        "endpoint-empty-labels.yaml:9:14: spec.endpoints[0].labels: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
+    ),
+    (
+        "node-empty-deny",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  prefilter:
+    deny: ~
+",
+        ),
+        "node-empty-deny.yaml:6:11: spec.prefilter.deny: empty value (null): write the value (`{}` or `[]` if an empty one is meant), or leave the field out",
     ),
     // --- NetworkPolicy --------------------------------------------------------------------
     (

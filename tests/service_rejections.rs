@@ -833,6 +833,30 @@ ports: [{name: http, port: 8080}]
         "slice-address-of-other-family.yaml:22:17: endpoints[1].addresses[0]: fd00::20 is not an IPv4 address (the slice's addressType)",
     ),
     (
+        "slice-backend-is-its-own-vip",
+        Text::Docs(
+            "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  labels: {kubernetes.io/service-name: web}
+addressType: IPv4
+endpoints:
+  - addresses: [10.0.1.20]
+  - addresses: [10.96.0.10]
+ports: [{port: 80}]
+",
+        ),
+        "slice-backend-is-its-own-vip.yaml:16:17: endpoints[1].addresses[0]: 10.96.0.10 is a clusterIP of Service `default/web` itself; a Service cannot be its own backend (its connections would be balanced back to it)",
+    ),
+    (
         "slice-family-without-vip",
         Text::Docs(
             "apiVersion: v1

@@ -58,6 +58,8 @@ pub enum CliError {
     Reshape(#[from] crate::node::reshape::ReshapeError),
     #[error("{0} needs root (bpf() and bpffs): {1}")]
     NeedsKernel(&'static str, String),
+    #[error("--xdp-device {device} is endpoint {endpoint}'s interface: the prefilter goes on the node's outside device")]
+    XdpOnEndpoint { device: String, endpoint: String },
 }
 
 type Result<T> = std::result::Result<T, CliError>;
@@ -187,15 +189,30 @@ fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
 }
 
 fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
+    for warning in model::warnings(&model::load_file(path)?) {
+        eprintln!("warning: {warning}");
+    }
     let plan = plan_file(path)?;
     let sys = kernel("sluice load")?;
     let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
         Err(LoadError::AlreadyLoaded(_)) => {
             let cfg = model::load_file(path)?;
+            // The file replaces the deny set: say which live `prefilter add|del` it undoes.
+            let live = crate::daemon::live_prefilter(&sys, &cfg, pin_dir);
+            let report_live = || {
+                if !live.is_empty() {
+                    println!("{}: {live}", pin_dir.display());
+                }
+            };
             let u = match crate::node::update::update_pinned(&sys, &cfg, &plan, pin_dir) {
-                Err(LoadError::CodeShape { .. }) => return reshape_cmd(&sys, &cfg, &plan, pin_dir),
+                Err(LoadError::CodeShape { .. }) => {
+                    let code = reshape_cmd(&sys, &cfg, &plan, pin_dir)?;
+                    report_live();
+                    return Ok(code);
+                }
                 other => other?,
             };
+            report_live();
             if u.total() == 0 {
                 println!("{}: already up to date", pin_dir.display());
             } else {
@@ -255,6 +272,9 @@ fn daemon(config: PathBuf, pin_dir: PathBuf, socket: PathBuf, poll_ms: u64) -> R
 
 fn attach_cmd(path: &Path, pin_dir: &Path, xdp_device: Option<String>) -> Result<ExitCode> {
     let cfg = model::load_file(path)?;
+    if let Some(e) = xdp_device.as_ref().and_then(|d| cfg.endpoints.iter().find(|e| e.interface == *d)) {
+        return Err(CliError::XdpOnEndpoint { device: e.interface.clone(), endpoint: e.name.clone() });
+    }
     let sys = kernel("sluice attach")?;
     let opts = crate::node::wire::AttachOptions { xdp_device, ..Default::default() };
     println!("{}", crate::node::wire::attach(&sys, &cfg, pin_dir, &opts)?);

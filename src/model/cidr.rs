@@ -11,7 +11,7 @@
 //!   a typo, and the error suggests the masked network (`10.0.0.0/8`).
 //! - Order (`Ord`): family (IPv4 first), then address, then prefix length.
 //! - Serde: serialized and deserialized as the text form. Deserialization validates inside the
-//!   string visitor, so serde_yaml reports a rejection at the scalar's own line and column.
+//!   string visitor, so serde_norway reports a rejection at the scalar's own line and column.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -380,8 +380,8 @@ mod tests {
 
     #[test]
     fn serde_round_trip() {
-        let list: Vec<Cidr> = serde_yaml::from_str("[10.0.0.0/8, '2001:db8::/32']").unwrap();
-        assert_eq!(serde_yaml::to_string(&list).unwrap(), "- 10.0.0.0/8\n- 2001:db8::/32\n");
+        let list: Vec<Cidr> = serde_norway::from_str("[10.0.0.0/8, '2001:db8::/32']").unwrap();
+        assert_eq!(serde_norway::to_string(&list).unwrap(), "- 10.0.0.0/8\n- 2001:db8::/32\n");
     }
 
     /// Parsing never panics: many random strings over an alphabet biased toward CIDR syntax.

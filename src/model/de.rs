@@ -1,7 +1,7 @@
 //! Serde helpers shared by the model's wire types.
 //!
 //! Contract: a value that is validated while it is deserialized (a CIDR, a name, an apiVersion)
-//! is validated *inside* the string visitor, via [`parse_str_scalar`]. serde_yaml attaches the
+//! is validated *inside* the string visitor, via [`parse_str_scalar`]. serde_norway attaches the
 //! line, column and field path of the scalar being visited only to errors returned from inside
 //! its `deserialize_str`; an error raised after `String::deserialize` returns would be placed
 //! at the enclosing mapping instead.

@@ -7,6 +7,8 @@
 //!   document: it rejects a duplicate key in any mapping at that key (serde would let a map
 //!   field keep the last value silently, and reports a duplicate struct field only at the
 //!   mapping), finds `kind`, checks that the kind is known and that at most one `Node` appears.
+//!   The survey also refuses an empty (null) value anywhere below the top level, and at the
+//!   top level anywhere but `spec` (see `NoDuplicateKeys`).
 //!   The *body* pass then deserializes the document into the wire type for its kind, with
 //!   `deny_unknown_fields` throughout; the wire type checks `apiVersion` for its kind.
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
@@ -16,7 +18,7 @@
 //!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
-//! - All errors are serde_yaml errors located at the offending node (line and column relative
+//! - All errors are serde_norway errors located at the offending node (line and column relative
 //!   to the whole stream); `super::ModelError::from_yaml` turns them into model errors.
 
 use std::collections::BTreeSet;
@@ -187,10 +189,10 @@ fn dns_label<'de, D: Deserializer<'de>>(deserializer: D) -> Result<String, D::Er
 
 /// Reads every document of `source`, in order, each with its 0-based position in the stream
 /// (empty documents count).
-pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, serde_yaml::Error> {
+pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, serde_norway::Error> {
     // Two iterators over the same stream: one surveys a document, the other then reads it.
-    let surveys = serde_yaml::Deserializer::from_str(source);
-    let bodies = serde_yaml::Deserializer::from_str(source);
+    let surveys = serde_norway::Deserializer::from_str(source);
+    let bodies = serde_norway::Deserializer::from_str(source);
     let mut first_node = None;
     let mut documents = Vec::new();
     for (index, (survey, body)) in surveys.zip(bodies).enumerate() {
@@ -269,7 +271,9 @@ impl<'de> Visitor<'de> for SurveyTop {
             if key == "kind" {
                 kind = Some(map.next_value_seed(KindSeed { index, first_node })?);
             } else {
-                map.next_value_seed(NoDuplicateKeys)?;
+                // An empty `spec:` reads as no spec (a Node without sections); every other
+                // empty value is refused.
+                map.next_value_seed(NoDuplicateKeys { null_ok: key == "spec" })?;
             }
         }
         kind.ok_or_else(|| de::Error::missing_field("kind"))
@@ -323,8 +327,31 @@ impl<'de> DeserializeSeed<'de> for UniqueKey<'_> {
     }
 }
 
-/// Walks any value, checking every mapping in it with [`UniqueKey`].
-struct NoDuplicateKeys;
+/// Walks any value, checking every mapping in it with [`UniqueKey`], and refusing empty (null)
+/// values: serde_norway reads an empty value where a mapping or list is expected as an empty one,
+/// and an empty optional field as an absent one, so `endpointSelector:` with its selector
+/// forgotten would select every endpoint and `port:` would mean every port. An intended empty
+/// value is written `{}` or `[]`, an absent one is left out.
+struct NoDuplicateKeys {
+    /// This value may be empty (only the top-level `spec`).
+    null_ok: bool,
+}
+
+/// What an empty value is told.
+const EMPTY_VALUE: &str = "empty value (null): write the value (`{}` or `[]` if an empty one is meant), \
+                           or leave the field out";
+
+impl NoDuplicateKeys {
+    const STRICT: NoDuplicateKeys = NoDuplicateKeys { null_ok: false };
+
+    fn empty<E: de::Error>(&self) -> Result<(), E> {
+        if self.null_ok {
+            Ok(())
+        } else {
+            Err(E::custom(EMPTY_VALUE))
+        }
+    }
+}
 
 impl<'de> DeserializeSeed<'de> for NoDuplicateKeys {
     type Value = ();
@@ -370,11 +397,11 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+        self.empty()
     }
 
     fn visit_none<E: de::Error>(self) -> Result<(), E> {
-        Ok(())
+        self.empty()
     }
 
     fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
@@ -382,21 +409,21 @@ impl<'de> Visitor<'de> for NoDuplicateKeys {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element_seed(NoDuplicateKeys)?.is_some() {}
+        while seq.next_element_seed(NoDuplicateKeys::STRICT)?.is_some() {}
         Ok(())
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let mut keys = BTreeSet::new();
         while map.next_key_seed(UniqueKey(&mut keys))?.is_some() {
-            map.next_value_seed(NoDuplicateKeys)?;
+            map.next_value_seed(NoDuplicateKeys::STRICT)?;
         }
         Ok(())
     }
 
-    /// A value with a local tag (`!foo value`): serde_yaml presents it as an enum.
+    /// A value with a local tag (`!foo value`): serde_norway presents it as an enum.
     fn visit_enum<A: EnumAccess<'de>>(self, data: A) -> Result<(), A::Error> {
         let (de::IgnoredAny, variant) = data.variant()?;
-        variant.newtype_variant_seed(NoDuplicateKeys)
+        variant.newtype_variant_seed(self)
     }
 }

@@ -6,6 +6,8 @@
 //!   Linux interface name: 1 to 15 bytes, not `.` or `..`, no `/`, `:`, whitespace or
 //!   non-ASCII), a `namespace` (DNS-1123 label, `default` when absent), an IPv4 and/or an IPv6
 //!   unicast address (at least one), and labels.
+//! - An interface is not `lo`, `sluice_host`, `sluice_net` or `sluice_vxlan` (the node's own
+//!   devices; a configured overlay device is checked in `super::network`).
 //! - Names, interfaces and addresses are unique across endpoints; host addresses are unique
 //!   and distinct from every endpoint address. Each rejection names the later of the two
 //!   places and points back at the first.
@@ -96,6 +98,20 @@ impl<'de> Deserialize<'de> for InterfaceName {
         parse_str_scalar(deserializer, "an interface name such as lxc1a2b3c", |name| {
             check_ifname(name).map(|()| InterfaceName(name.to_owned()))
         })
+    }
+}
+
+/// Why `name` cannot be an endpoint's interface: the endpoint programs attached to it would
+/// sit on a device the node itself uses (loopback, the router pair, the default overlay
+/// device), breaking the namespace's own traffic. `None` if it can be.
+pub(crate) fn reserved_interface(name: &str) -> Option<&'static str> {
+    match name {
+        "lo" => Some("the loopback device"),
+        super::network::ROUTER_HOST_DEVICE | super::network::ROUTER_NET_DEVICE => {
+            Some("one of the router pair sluice creates (sluice_host, sluice_net)")
+        }
+        super::network::DEFAULT_OVERLAY_DEVICE => Some("the overlay device's default name"),
+        _ => None,
     }
 }
 
@@ -223,6 +239,12 @@ pub(crate) fn lower_endpoints(
         if let Some(first) = interfaces.insert(wire.interface.0.clone(), i) {
             return Err(here.key("interface").invalid(format!(
                 "interface `{}` already belongs to spec.endpoints[{first}]",
+                wire.interface.0
+            )));
+        }
+        if let Some(why) = reserved_interface(&wire.interface.0) {
+            return Err(here.key("interface").invalid(format!(
+                "`{}` is {why}; an endpoint's interface is the host side of its own veth",
                 wire.interface.0
             )));
         }

@@ -6,11 +6,14 @@
 //!   across documents), the field path when one applies (`spec.prefilter.deny[1]`), and a
 //!   message. It displays as `{file}:{line}:{col}: {path}: {message}`, or
 //!   `{file}:{line}:{col}: {message}` without a path.
-//! - A file that cannot be read is [`ModelError::Io`], naming the path.
-//! - Errors from serde_yaml are converted by [`ModelError::from_yaml`]. serde_yaml exposes the
+//! - A file that cannot be read is [`ModelError::Io`], naming the path; one that is not a
+//!   regular file or is too large is refused before it is read ([`super::limits`]).
+//! - The YAML reader is serde_norway, the maintained fork of serde_yaml (deprecated upstream)
+//!   with the same API, messages and locations, on a maintained libyaml port.
+//! - Errors from serde_norway are converted by [`ModelError::from_yaml`]. serde_norway exposes the
 //!   location of an error but not its path or bare message, so those are recovered from its
-//!   `Display` text (`PATH: MESSAGE at line L column C`, frozen in serde_yaml 0.9); the unit
-//!   tests below pin that shape. The few errors serde_yaml cannot place (the alias repetition
+//!   `Display` text (`PATH: MESSAGE at line L column C`, frozen in serde_norway 0.9); the unit
+//!   tests below pin that shape. The few errors serde_norway cannot place (the alias repetition
 //!   limit) point at 1:1.
 
 use std::fmt;
@@ -23,6 +26,15 @@ pub enum ModelError {
     /// The node file could not be read.
     #[error("{}: cannot read node file: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+
+    /// The node file is not a regular file (a FIFO, a device, a directory...): reading it could
+    /// block or never end, so it is refused before any read.
+    #[error("{}: cannot read node file: it is {what}; a node file must be a regular file", path.display())]
+    NotARegularFile { path: PathBuf, what: &'static str },
+
+    /// The node file is larger than [`super::limits::MAX_NODE_FILE_BYTES`].
+    #[error("{}: cannot read node file: it is {size} bytes; the limit is {limit}", path.display())]
+    TooLarge { path: PathBuf, size: u64, limit: u64 },
 
     /// The content is not a valid node file: YAML syntax, schema or a value's validation.
     #[error("{file}:{line}:{col}: {}{message}", PathPrefix(path.as_deref()))]
@@ -51,18 +63,18 @@ impl fmt::Display for PathPrefix<'_> {
 }
 
 impl ModelError {
-    /// An error at a known place that serde_yaml did not report.
+    /// An error at a known place that serde_norway did not report.
     pub(crate) fn at(file: &str, line: usize, col: usize, message: impl Into<String>) -> Self {
         ModelError::Invalid { file: file.to_owned(), line, col, path: None, message: message.into() }
     }
 
-    /// Converts a serde_yaml error (syntax, schema, or a custom error from a `Deserialize` impl)
+    /// Converts a serde_norway error (syntax, schema, or a custom error from a `Deserialize` impl)
     /// raised while reading the file named `file`.
-    pub(crate) fn from_yaml(file: &str, err: &serde_yaml::Error) -> Self {
+    pub(crate) fn from_yaml(file: &str, err: &serde_norway::Error) -> Self {
         let mut text = err.to_string();
         let (line, col) = match err.location() {
             Some(loc) => {
-                // serde_yaml appends the location to its messages; libyaml puts it right after
+                // serde_norway appends the location to its messages; libyaml puts it right after
                 // the problem, before any context. We carry it in fields instead.
                 let suffix = format!(" at line {} column {}", loc.line(), loc.column());
                 if let Some(at) = text.find(&suffix) {
@@ -80,13 +92,13 @@ impl ModelError {
     pub fn location(&self) -> Option<(usize, usize)> {
         match self {
             ModelError::Invalid { line, col, .. } => Some((*line, *col)),
-            ModelError::Io { .. } => None,
+            ModelError::Io { .. } | ModelError::NotARegularFile { .. } | ModelError::TooLarge { .. } => None,
         }
     }
 }
 
-/// Splits serde_yaml's `PATH: MESSAGE` into its parts. A prefix counts as a path only if it is
-/// spelled like one serde_yaml prints (keys, `[index]`, `.`, `?`, no spaces), so a message that
+/// Splits serde_norway's `PATH: MESSAGE` into its parts. A prefix counts as a path only if it is
+/// spelled like one serde_norway prints (keys, `[index]`, `.`, `?`, no spaces), so a message that
 /// merely contains ": " is left whole.
 fn split_path(text: String) -> (Option<String>, String) {
     if let Some((head, rest)) = text.split_once(": ") {
@@ -121,13 +133,13 @@ mod tests {
     }
 
     fn convert(yaml: &str) -> ModelError {
-        let err = serde_yaml::from_str::<Outer>(yaml).expect_err(yaml);
+        let err = serde_norway::from_str::<Outer>(yaml).expect_err(yaml);
         ModelError::from_yaml("t.yaml", &err)
     }
 
-    /// Pins the serde_yaml 0.9 message shape that `from_yaml` takes apart.
+    /// Pins the serde_norway 0.9 message shape that `from_yaml` takes apart.
     #[test]
-    fn splits_serde_yaml_messages() {
+    fn splits_serde_norway_messages() {
         let cases = [
             (
                 "inner:\n  list: [1, 300]\n",

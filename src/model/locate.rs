@@ -5,8 +5,8 @@
 //!   a selector that contradicts its policy's namespace) run when a document is lowered into
 //!   the model, after serde is done with it. They report an [`Invalid`]: a [`FieldPath`] from
 //!   the document's root and a message.
-//! - [`locate`] turns that into a serde_yaml error at the node the path names, by reading the
-//!   document again and failing inside the visitor of that node: serde_yaml then attaches the
+//! - [`locate`] turns that into a serde_norway error at the node the path names, by reading the
+//!   document again and failing inside the visitor of that node: serde_norway then attaches the
 //!   node's line, column and field path exactly as it does for its own errors, so located and
 //!   schema errors print alike. A path that does not lead to a node (it cannot happen for
 //!   paths the lowering builds from what it read) fails at the deepest node it reached.
@@ -60,11 +60,11 @@ pub(crate) struct Invalid {
     pub message: String,
 }
 
-/// The serde_yaml error for `invalid`, placed at its node in document `document` (0-based,
-/// counting every document of the stream as `serde_yaml::Deserializer` yields them).
-pub(crate) fn locate(source: &str, document: usize, invalid: &Invalid) -> serde_yaml::Error {
+/// The serde_norway error for `invalid`, placed at its node in document `document` (0-based,
+/// counting every document of the stream as `serde_norway::Deserializer` yields them).
+pub(crate) fn locate(source: &str, document: usize, invalid: &Invalid) -> serde_norway::Error {
     let seed = Navigate { path: &invalid.path.0, message: &invalid.message };
-    match serde_yaml::Deserializer::from_str(source).nth(document) {
+    match serde_norway::Deserializer::from_str(source).nth(document) {
         Some(doc) => match seed.deserialize(doc) {
             Err(err) => err,
             Ok(never) => match never {},

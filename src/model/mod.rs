@@ -6,7 +6,8 @@
 //!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`), `NetworkPolicy`
 //!   (`networking.k8s.io/v1`), `Service` (`v1`) or `EndpointSlice` (`discovery.k8s.io/v1`,
 //!   each tied to a Service of the file; see [`service`]). Unknown kinds, unknown fields,
-//!   duplicate keys and invalid values are rejected.
+//!   duplicate keys, empty (null) values (but for the Node's `spec:`) and invalid values are
+//!   rejected; so is a text past [`limits`]' size or nesting depth, before it is parsed.
 //! - [`parse_str`] is a total function of its text: it returns a config or the first error,
 //!   never panics, and every error names the file, line and column of the offending node and
 //!   its field path ([`ModelError`]). Nothing of a rejected file is used.
@@ -23,7 +24,9 @@
 //! on kind), [`endpoint`] (endpoints and host addresses), [`labels`] (labels and selectors),
 //! [`policy`] (policy normal form), `cnp` and `knp` (the two policy documents), `policy_wire`
 //! (their shared pieces), `locate` (placing errors found after deserialization), `names`
-//! (name rules), [`error`] (located errors), `de` (serde helpers).
+//! (name rules), [`error`] (located errors), `de` (serde helpers), [`limits`] (what a file
+//! must be before it is parsed: regular, bounded in size and nesting), [`warnings`] (valid
+//! settings that are probably not meant).
 
 pub mod cidr;
 mod cnp;
@@ -33,12 +36,14 @@ pub mod endpoint;
 pub mod error;
 mod knp;
 pub mod labels;
+pub mod limits;
 mod locate;
 mod names;
 pub mod network;
 pub mod policy;
 mod policy_wire;
 pub mod service;
+pub mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -51,6 +56,7 @@ pub use labels::{Labels, Selector};
 pub use names::MAX_NAME_LEN;
 pub use policy::{Direction, Policy};
 pub use service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
+pub use warnings::warnings;
 
 use document::{Document, NodeDocument};
 use locate::{FieldPath, Invalid};
@@ -98,6 +104,8 @@ pub struct Prefilter {
 
 /// Parses a node file's text. `origin` names it in errors and becomes [`NodeConfig::source`].
 pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
+    // Size and depth first: the YAML scanner's time grows with the square of the depth.
+    limits::check_shape(source).map_err(|e| ModelError::at(origin, e.line, e.col, e.message))?;
     let documents = document::read_documents(source).map_err(|err| ModelError::from_yaml(origin, &err))?;
     let located = |index: usize, invalid: Invalid| {
         ModelError::from_yaml(origin, &locate::locate(source, index, &invalid))
@@ -159,10 +167,10 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     Ok(node)
 }
 
-/// Reads and parses the node file at `path`; errors name the path.
+/// Reads ([`limits::read_node_file`]: a regular file, bounded) and parses the node file at
+/// `path`; errors name the path.
 pub fn load_file(path: &Path) -> Result<NodeConfig, ModelError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|source| ModelError::Io { path: path.to_owned(), source })?;
+    let text = limits::read_node_file(path)?;
     parse_str(&text, &path.display().to_string())
 }
 

@@ -19,7 +19,8 @@
 //! ```
 //!
 //! Checks (each error at its field): a VNI fits 24 bits and is not 0; the port is not 0;
-//! peer names and addresses are unique and differ from `local`; a prefix belongs to one
+//! peer names and addresses are unique and differ from `local`; `local` is no endpoint's
+//! address; the device is no endpoint's interface, not `lo` and not the router pair; a prefix belongs to one
 //! peer only and covers no local endpoint's or router address; router addresses are not
 //! endpoint addresses. Load-balancer devices are unique interface names and not endpoint
 //! interfaces (those balance inside their own programs); the socket cgroup is an absolute
@@ -34,6 +35,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The overlay device's default name.
 pub const DEFAULT_OVERLAY_DEVICE: &str = "sluice_vxlan";
+/// The router pair's device in the node's namespace that holds the router addresses
+/// (`crate::node::forward::HOST_DEV`).
+pub const ROUTER_HOST_DEVICE: &str = "sluice_host";
+/// The router pair's other end (`crate::node::forward::NET_DEV`).
+pub const ROUTER_NET_DEVICE: &str = "sluice_net";
 /// The default VXLAN network identifier.
 pub const DEFAULT_VNI: u32 = 2;
 /// The default VXLAN UDP port.
@@ -194,6 +200,12 @@ pub(crate) fn lower(
         return Err(at.key("port").invalid("port 0 is not a UDP port"));
     }
     let local = o.local.0;
+    if let Some(name) = owner(IpAddr::V4(local)) {
+        return Err(at.key("local").invalid(format!(
+            "{local} is endpoint {name}'s address; the overlay's local address is the node's underlay \
+             address, which tunnelled packets leave from"
+        )));
+    }
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     let mut prefixes: Vec<(Cidr, String)> = Vec::new();
@@ -235,5 +247,20 @@ pub(crate) fn lower(
     }
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     let device = o.device.map_or_else(|| DEFAULT_OVERLAY_DEVICE.to_string(), |d| d.0);
+    if let Some(e) = endpoints.iter().find(|e| e.interface == device) {
+        return Err(at.key("device").invalid(format!("{device} is endpoint {}'s interface", e.name)));
+    }
+    if device == "lo" || device == ROUTER_HOST_DEVICE || device == ROUTER_NET_DEVICE {
+        return Err(at.key("device").invalid(format!("{device} is a device the node already uses")));
+    }
     Ok((router, Some(Overlay { device, vni, port, local, peers })))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn router_device_names_are_the_ones_forwarding_creates() {
+        assert_eq!(super::ROUTER_HOST_DEVICE, crate::node::forward::HOST_DEV);
+        assert_eq!(super::ROUTER_NET_DEVICE, crate::node::forward::NET_DEV);
+    }
 }

@@ -294,7 +294,7 @@ mod tests {
     use super::*;
 
     fn port(text: &str) -> Result<u16, String> {
-        serde_yaml::from_str::<PortNumber>(text).map(|p| p.0).map_err(|e| e.to_string())
+        serde_norway::from_str::<PortNumber>(text).map(|p| p.0).map_err(|e| e.to_string())
     }
 
     #[test]

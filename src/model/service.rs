@@ -39,7 +39,8 @@
 //!   `lb-algorithm: maglev` (random selection is unweighted).
 //! - `addressType`: IPv4 or IPv6 (FQDN is rejected); every address of the slice is of that
 //!   family, and the Service has a VIP of that family.
-//! - `endpoints[]`: `addresses` (1 or more; the first is the backend, as kube-proxy does),
+//! - `endpoints[]`: `addresses` (1 or more; the first is the backend, as kube-proxy does, and
+//!   it is none of its Service's own VIPs),
 //!   `conditions` (`ready`, `serving`, `terminating`; absent `ready` and `serving` mean true,
 //!   absent `terminating` false, as the API documents), and `hostname`, `nodeName`, `zone`,
 //!   `targetRef`, `hints` (accepted, not used: no topology-aware routing).
@@ -1278,6 +1279,13 @@ fn lower_slice(
             }
         }
         let address = first.0;
+        if service.vips.contains(&address) {
+            return Err(at.key("addresses").index(0).invalid(format!(
+                "{address} is a clusterIP of Service `{}` itself; a Service cannot be its own backend \
+                 (its connections would be balanced back to it)",
+                service.key()
+            )));
+        }
         let weight = weights.0.get(&address).copied().unwrap_or(1);
         let state = BackendState::from_conditions(&endpoint.conditions);
         for (port_name, port) in &ports {

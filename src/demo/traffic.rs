@@ -6,10 +6,16 @@
 //! destination's namespace) runs on its own thread; the kernel answers ICMP echoes itself.
 
 use crate::netlink::NetNs;
-use std::io::{Read, Write};
-use std::mem::{size_of, zeroed};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::socket::{
+    self as sock, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage,
+};
+use nix::sys::time::TimeVal;
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 /// The transport of a probe.
@@ -46,114 +52,47 @@ pub const TIMEOUT: Duration = Duration::from_millis(1500);
 const REQUEST: &[u8] = b"sluice probe";
 const ANSWER: &[u8] = b"sluice answer";
 
-fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: all-zero is a valid sockaddr_storage.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let len = match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than sockaddr_in and suitably aligned.
-            unsafe { std::ptr::write(std::ptr::addr_of_mut!(ss).cast::<libc::sockaddr_in>(), sin) };
-            size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(a) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
-                sin6_scope_id: 0,
-            };
-            // SAFETY: as above.
-            unsafe { std::ptr::write(std::ptr::addr_of_mut!(ss).cast::<libc::sockaddr_in6>(), sin6) };
-            size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (ss, len as libc::socklen_t)
+fn socket(
+    family: IpAddr,
+    kind: SockType,
+    flags: SockFlag,
+    proto: Option<SockProtocol>,
+) -> io::Result<OwnedFd> {
+    let af = if family.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    Ok(sock::socket(af, kind, flags | SockFlag::SOCK_CLOEXEC, proto)?)
 }
 
-fn socket(family: IpAddr, kind: libc::c_int, proto: libc::c_int) -> std::io::Result<OwnedFd> {
-    let af = if family.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket(2); the fd is owned below.
-    let fd = unsafe { libc::socket(af, kind | libc::SOCK_CLOEXEC, proto) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+fn bind(fd: &OwnedFd, addr: SocketAddr) -> io::Result<()> {
+    Ok(sock::bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?)
 }
 
-fn bind(fd: &OwnedFd, addr: SocketAddr) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let (ss, len) = sockaddr(addr);
-    // SAFETY: ss/len describe a valid address.
-    let rc = unsafe { libc::bind(fd.as_raw_fd(), std::ptr::addr_of!(ss).cast(), len) };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+fn set_timeout(fd: &OwnedFd, timeout: Duration) -> io::Result<()> {
+    let tv = TimeVal::new(timeout.as_secs() as _, timeout.subsec_micros() as _);
+    sock::setsockopt(fd, sockopt::ReceiveTimeout, &tv)?;
+    sock::setsockopt(fd, sockopt::SendTimeout, &tv)?;
     Ok(())
 }
 
-fn set_timeout(fd: &OwnedFd, timeout: Duration) {
-    use std::os::fd::AsRawFd;
-    let tv =
-        libc::timeval { tv_sec: timeout.as_secs() as libc::time_t, tv_usec: timeout.subsec_micros() as _ };
-    for opt in [libc::SO_RCVTIMEO, libc::SO_SNDTIMEO] {
-        // SAFETY: tv is a valid timeval for the length given.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                opt,
-                std::ptr::addr_of!(tv).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-    }
-}
-
 /// TCP connect from `src` (any port) to `dst` within `timeout`.
-pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
-    use std::os::fd::{AsRawFd, IntoRawFd};
-    let fd = socket(src, libc::SOCK_STREAM | libc::SOCK_NONBLOCK, 0)?;
+pub fn connect_from(src: IpAddr, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let fd = socket(src, SockType::Stream, SockFlag::SOCK_NONBLOCK, None)?;
     bind(&fd, SocketAddr::new(src, 0))?;
-    let (ss, len) = sockaddr(dst);
-    // SAFETY: ss/len describe a valid address.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), std::ptr::addr_of!(ss).cast(), len) };
-    if rc < 0 {
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINPROGRESS) {
-            return Err(e);
+    match sock::connect(fd.as_raw_fd(), &SockaddrStorage::from(dst)) {
+        Ok(()) => {}
+        Err(Errno::EINPROGRESS) => {
+            let ms = u16::try_from(timeout.as_millis()).unwrap_or(u16::MAX);
+            let mut pfd = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+            if poll(&mut pfd, PollTimeout::from(ms))? == 0 {
+                return Err(io::Error::from(io::ErrorKind::TimedOut));
+            }
+            let err = sock::getsockopt(&fd, sockopt::SocketError)?;
+            if err != 0 {
+                return Err(io::Error::from_raw_os_error(err));
+            }
         }
-        let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
-        // SAFETY: one valid pollfd.
-        let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-        if n <= 0 {
-            return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
-        }
-        let mut err: libc::c_int = 0;
-        let mut elen = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: err/elen are valid for SO_ERROR.
-        unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                std::ptr::addr_of_mut!(err).cast(),
-                &mut elen,
-            )
-        };
-        if err != 0 {
-            return Err(std::io::Error::from_raw_os_error(err));
-        }
+        Err(e) => return Err(e.into()),
     }
-    // SAFETY: the fd is a connected TCP socket we own.
-    let stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    let stream = TcpStream::from(fd);
     stream.set_nonblocking(false)?;
     Ok(stream)
 }
@@ -164,14 +103,13 @@ pub fn serve(
     proto: Proto,
     at: SocketAddr,
     deadline: Instant,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
+) -> io::Result<std::thread::JoinHandle<()>> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let fd = ns.fd().try_clone_to_owned()?;
     let handle = std::thread::spawn(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only, to a namespace fd we hold.
-        if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
+        // This thread only: the server lives in the destination's namespace.
+        if let Err(e) = setns(&fd, CloneFlags::CLONE_NEWNET) {
+            let _ = ready_tx.send(Err(e.into()));
             return;
         }
         match proto {
@@ -224,21 +162,21 @@ pub fn serve(
     match ready_rx.recv() {
         Ok(Ok(())) => Ok(handle),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(std::io::Error::other("the server thread ended early")),
+        Err(_) => Err(io::Error::other("the server thread ended early")),
     }
 }
 
 /// Run the client side of a probe in `ns`: from `src` to `dst`.
-pub fn probe(ns: &NetNs, proto: Proto, src: IpAddr, dst: SocketAddr) -> std::io::Result<Outcome> {
-    ns.run_in(|| client(proto, src, dst)).map_err(|e| std::io::Error::other(e.to_string()))?
+pub fn probe(ns: &NetNs, proto: Proto, src: IpAddr, dst: SocketAddr) -> io::Result<Outcome> {
+    ns.run_in(|| client(proto, src, dst)).map_err(|e| io::Error::other(e.to_string()))?
 }
 
-fn client(proto: Proto, src: IpAddr, dst: SocketAddr) -> std::io::Result<Outcome> {
+fn client(proto: Proto, src: IpAddr, dst: SocketAddr) -> io::Result<Outcome> {
     match proto {
         Proto::Tcp => {
             let mut s = match connect_from(src, dst, TIMEOUT) {
                 Ok(s) => s,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return Ok(Outcome::Dropped),
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Outcome::Dropped),
                 Err(e) => return Err(e),
             };
             s.set_read_timeout(Some(TIMEOUT))?;
@@ -264,12 +202,12 @@ fn client(proto: Proto, src: IpAddr, dst: SocketAddr) -> std::io::Result<Outcome
 }
 
 /// One ICMP (ICMPv6) echo from `src` to `dst` over a raw socket.
-fn echo(src: IpAddr, dst: IpAddr) -> std::io::Result<Outcome> {
-    use std::os::fd::AsRawFd;
+fn echo(src: IpAddr, dst: IpAddr) -> io::Result<Outcome> {
     let v4 = dst.is_ipv4();
-    let fd = socket(dst, libc::SOCK_RAW, if v4 { libc::IPPROTO_ICMP } else { libc::IPPROTO_ICMPV6 })?;
+    let proto = if v4 { SockProtocol::Icmp } else { SockProtocol::IcmpV6 };
+    let fd = socket(dst, SockType::Raw, SockFlag::empty(), Some(proto))?;
     bind(&fd, SocketAddr::new(src, 0))?;
-    set_timeout(&fd, Duration::from_millis(100));
+    set_timeout(&fd, Duration::from_millis(100))?;
     let id = (std::process::id() as u16) ^ 0x5a5a;
     let mut msg = vec![if v4 { 8 } else { 128 }, 0, 0, 0];
     msg.extend_from_slice(&id.to_be_bytes());
@@ -279,23 +217,15 @@ fn echo(src: IpAddr, dst: IpAddr) -> std::io::Result<Outcome> {
         let sum = crate::packet::checksum::internet(&msg);
         msg[2..4].copy_from_slice(&sum.to_be_bytes());
     }
-    let (ss, len) = sockaddr(SocketAddr::new(dst, 0));
-    // SAFETY: msg and the address are valid for the lengths given.
-    let sent = unsafe {
-        libc::sendto(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0, std::ptr::addr_of!(ss).cast(), len)
-    };
-    if sent < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    sock::sendto(fd.as_raw_fd(), &msg, &SockaddrStorage::from(SocketAddr::new(dst, 0)), MsgFlags::empty())?;
     let deadline = Instant::now() + TIMEOUT;
     let mut buf = [0u8; 2048];
     while Instant::now() < deadline {
-        // SAFETY: buf is writable for its length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n <= 0 {
-            continue;
-        }
-        let pkt = &buf[..n as usize];
+        let n = match sock::recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+            Ok(n) if n > 0 => n,
+            _ => continue,
+        };
+        let pkt = &buf[..n];
         let icmp = if v4 {
             let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
             if pkt.len() < ihl + 8 || pkt[12..16] != crate::demo::octets(dst)[..] {

@@ -195,6 +195,60 @@ fn ipv6_cidr_rules_select_every_address_inside_the_prefix() {
     );
 }
 
+// ---- IPv4 CIDR rules at every ipcache level ----
+
+/// IPv4 CIDR rules of every length class of the ipcache's DIR-16-8-8 table: up to /16
+/// (level-1 entries), /17../24 (level-2 chunks), /25../32 (level-3 leaves); rule `i`
+/// admits TCP port 9000 + i.
+const V4_CIDRS: [&str; 8] = [
+    "11.0.0.0/8",
+    "172.20.0.0/15",
+    "192.0.0.0/16",
+    "198.18.0.0/17",
+    "198.19.16.0/20",
+    "203.0.113.0/24",
+    "100.64.7.64/26",
+    "100.64.9.9/32",
+];
+
+#[test]
+fn ipv4_cidr_rules_at_every_ipcache_level_select_exactly_their_addresses() {
+    let entries: String = V4_CIDRS
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            format!(
+                "    - fromCIDR: [\"{c}\"]\n      toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]\n",
+                9000 + i
+            )
+        })
+        .collect();
+    let yaml = format!(
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: v4-cidrs}}\nspec:\n  endpoints:\n    - {{name: api, interface: lxc-api, ipv4: 10.7.0.2, labels: {{app: api}}}}\n---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: api, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: api}}}}\n  ingress:\n{entries}"
+    );
+    let mut rig = Rig::new("ipv4_cidr_rules_at_every_ipcache_level_select_exactly_their_addresses", &yaml);
+    let mut probes: Vec<(String, String, u16, bool)> = Vec::new();
+    for (i, c) in V4_CIDRS.iter().enumerate() {
+        let (net, len) = c.split_once('/').expect("a CIDR");
+        let net = u32::from(net.parse::<std::net::Ipv4Addr>().expect("an address"));
+        let len: u32 = len.parse().expect("a length");
+        let last = net | u32::MAX.checked_shr(len).unwrap_or(0);
+        let port = 9000 + i as u16;
+        let a = |x: u32| std::net::Ipv4Addr::from(x).to_string();
+        probes.extend([
+            (format!("{c} first"), a(net), port, true),
+            (format!("{c} last"), a(last), port, true),
+            (format!("{c} middle"), a(net + (last - net) / 2), port, true),
+            (format!("{c} one below"), a(net - 1), port, false),
+            (format!("{c} one above"), a(last + 1), port, false),
+            (format!("{c} other rule's port"), a(net), if i == 0 { 9001 } else { 9000 }, false),
+        ]);
+    }
+    let flows: Vec<(&str, &str, u8, u16, bool)> =
+        probes.iter().map(|(w, a, p, allow)| (w.as_str(), a.as_str(), TCP, *p, *allow)).collect();
+    rig.check_ingress("api", "10.7.0.2", &flows);
+}
+
 // ---- overflowing policy slots ----
 
 /// Ports `api` admits from anyone: one more than a slot holds inline, every other port
@@ -407,10 +461,24 @@ fn conntrack_entries_expire_on_the_simulator_clock() {
         T0 + syn + SECOND,
         TC_ACT_SHOT,
     );
-    // The drop is policy's default deny, counted as such.
+    // TCP: an answered SYN is established for TCP_ESTABLISHED after its last packet.
+    let est = sluice::maps::policy::timeout::TCP_ESTABLISHED;
+    let (k, r) = open(&mut rig, TCP);
+    expect(&mut rig, "tcp syn", from, flow_frame(&k), T0, TC_ACT_OK);
+    expect(&mut rig, "tcp syn-ack", to, reply_frame(&r), T0 + SECOND, TC_ACT_OK);
+    expect(&mut rig, "established, 1 s before its timeout", to, reply_frame(&r), T0 + est, TC_ACT_OK);
+    expect(
+        &mut rig,
+        "established, 1 s after its timeout",
+        to,
+        reply_frame(&r),
+        T0 + 2 * est + SECOND,
+        TC_ACT_SHOT,
+    );
+    // The drops are policy's default deny, counted as such.
     let deny =
         rig.sim.counter("ep_stats", u32::from(rig.index("api")) * Reason::COUNT + Reason::DenyDefault as u32);
-    assert_eq!(deny, 3, "three expired replies, each a default-deny drop");
+    assert_eq!(deny, 4, "four expired replies, each a default-deny drop");
     assert!(bad.is_empty(), "conntrack expiry:\n{}", bad.join("\n"));
 }
 

@@ -519,3 +519,36 @@ fn conntrack_entries_with_an_old_expiry_are_dead_in_the_kernel() {
     );
     assert_eq!(run("to_ep_1", &reply_frame(&reply(&dead))), TC_ACT_SHOT as u32, "an expired entry does not");
 }
+
+/// An ICMP error about a connection: "ICMP errors pass when their quoted packet belongs
+/// to a tracked connection" (`codegen::endpoint`, step 4). A connection whose entry has
+/// expired is no longer tracked: the error is judged as a new packet (here: dropped).
+#[test]
+#[ignore = "known bug found by issue 17: the ICMP error path passes on an expired conntrack entry; un-ignore with the fix"]
+fn icmp_errors_about_an_expired_connection_are_not_related() {
+    let mut rig = Rig::new("icmp_errors_about_an_expired_connection_are_not_related", EXPIRY);
+    rig.kernel = None;
+    let (api, world) = (ip("10.7.0.2"), ip("203.0.113.9"));
+    let udp = sluice::maps::policy::timeout::UDP;
+    let k = FlowKey { src: api, dst: world, proto: UDP, sport: rig.next_sport(), dport: 53 };
+    let sent = flow_frame(&k);
+    // The error quotes the IPv4 header and the first 8 bytes of what the endpoint sent.
+    let quoted = &sent[14..14 + 20 + 8];
+    let (IpAddr::V4(w), IpAddr::V4(a)) = (world, api) else { unreachable!("IPv4 literals") };
+    let error = sluice::packet::PacketBuilder::ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .ipv4(w, a)
+        .icmpv4(3, 3, 0)
+        .payload(quoted)
+        .build();
+    assert_eq!(rig.run("from_ep_1", &sent, T0).0, TC_ACT_OK as u32, "the endpoint's datagram goes out");
+    assert_eq!(
+        rig.run("to_ep_1", &error, T0 + SECOND).0,
+        TC_ACT_OK as u32,
+        "an error about a live connection"
+    );
+    assert_eq!(
+        rig.run("to_ep_1", &error, T0 + udp + SECOND).0,
+        TC_ACT_SHOT as u32,
+        "an error about a connection whose entry expired a second ago"
+    );
+}

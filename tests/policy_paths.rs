@@ -552,3 +552,82 @@ fn icmp_errors_about_an_expired_connection_are_not_related() {
         "an error about a connection whose entry expired a second ago"
     );
 }
+
+// ---- pol_table's second cuckoo bucket ----
+
+/// Outside peers with rules of their own: each /32 is a CIDR identity with its own
+/// `pol_table` slot in every endpoint, admitted on its own port.
+const OWN_SLOTS: u16 = 100;
+/// Endpoints, all selected by the policy. Identities are numbered in sequence and a
+/// multiplicative hash spreads one sequence evenly, so one endpoint's slots never share a
+/// first bucket; several endpoints' sequences (folded with different constants) do.
+const SLOT_ENDPOINTS: u16 = 4;
+
+fn own_slots_yaml() -> String {
+    let entries: String = (0..OWN_SLOTS)
+        .map(|i| {
+            format!(
+                "    - fromCIDR: [\"198.18.0.{}/32\"]\n      toPorts: [{{ports: [{{port: \"{}\", protocol: TCP}}]}}]\n",
+                1 + i,
+                10_000 + i
+            )
+        })
+        .collect();
+    let endpoints: String = (1..=SLOT_ENDPOINTS)
+        .map(|i| {
+            format!("    - {{name: ep{i}, interface: lxc-ep{i}, ipv4: 10.7.0.{i}, labels: {{app: api}}}}\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: own-slots}}\nspec:\n  endpoints:\n{endpoints}---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: api, namespace: default}}\nspec:\n  endpointSelector: {{matchLabels: {{app: api}}}}\n  ingress:\n{entries}"
+    )
+}
+
+/// Slots of `pol_table` that the layout put in their second bucket (`h1 != h0`): found
+/// there in the loaded map, so the program's second probe is what finds them.
+#[test]
+fn policy_slots_in_their_second_cuckoo_bucket_are_found() {
+    let mut rig = Rig::new("policy_slots_in_their_second_cuckoo_bucket_are_found", &own_slots_yaml());
+    let meta = rig.sim.maps.get("pol_meta").expect("pol_meta").lookup(&0u32.to_le_bytes()).expect("meta");
+    let conf = u32::from_le_bytes(meta[..4].try_into().expect("4 bytes"));
+    let (bits, base) = (32 - (conf & 0xff), conf >> 8);
+    let table = rig.sim.maps.get("pol_table").expect("pol_table");
+    let mut second: Vec<u16> = Vec::new();
+    let mut slots = 0;
+    for bucket in 0..(1u32 << bits) {
+        let v = table.lookup(&(base + bucket).to_le_bytes()).expect("bucket in range");
+        for s in 0..POL_SLOTS {
+            let at = s * pol_slot::SIZE;
+            let word = |off: usize| u32::from_le_bytes(v[at + off..at + off + 4].try_into().expect("4"));
+            let Some(ep) = (1..=SLOT_ENDPOINTS).find(|&ep| word(pol_slot::EPDIR) == pol_epdir(ep, INGRESS))
+            else {
+                continue;
+            };
+            slots += 1;
+            let key = (ep, INGRESS, word(pol_slot::IDENTITY));
+            let (h0, h1) = (pol_bucket_of(key, 0, bits), pol_bucket_of(key, 1, bits));
+            assert!(bucket == h0 || bucket == h1, "{key:?} in bucket {bucket}, not {h0} or {h1}");
+            if bucket == h1 && h0 != h1 {
+                second.push(ep);
+            }
+        }
+    }
+    eprintln!("{} of {slots} slots sit in their second bucket (endpoints {second:?})", second.len());
+    assert!(
+        slots >= usize::from(OWN_SLOTS * SLOT_ENDPOINTS),
+        "one slot per CIDR identity and endpoint: {slots}"
+    );
+    assert!(second.len() >= 3, "only {} slots in their second bucket", second.len());
+    for ep in 1..=SLOT_ENDPOINTS {
+        let mut probes: Vec<(String, String, u16, bool)> = Vec::new();
+        for i in 0..OWN_SLOTS {
+            let peer = format!("198.18.0.{}", 1 + i);
+            let port = 10_000 + i;
+            probes.push((format!("{peer} on its port"), peer.clone(), port, true));
+            probes.push((format!("{peer} on the next one's port"), peer, port + 1, false));
+        }
+        let flows: Vec<(&str, &str, u8, u16, bool)> =
+            probes.iter().map(|(w, a, p, allow)| (w.as_str(), a.as_str(), TCP, *p, *allow)).collect();
+        rig.check_ingress(&format!("ep{ep}"), &format!("10.7.0.{ep}"), &flows);
+    }
+}

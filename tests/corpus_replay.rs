@@ -190,25 +190,59 @@ fn replay_refuses_what_is_not_a_capture() {
 
 // ---- the corpus ----
 
-/// The corpus files, sorted; `None` (after saying why) when the corpus is not here.
+/// Fewest corpus files a run may read: the tcpdump test corpus has over 800, so a
+/// directory with fewer is the wrong one or a partial copy, not the corpus.
+const MIN_CORPUS_FILES: usize = 400;
+
+/// Fewest Ethernet packets a run must judge (simulator) or compare (kernel vs simulator);
+/// the corpus gives 8,510 and 8,405 (December 2026), so under half of that is a broken run.
+const MIN_CORPUS_PACKETS: usize = 4_000;
+
+/// Whether a missing corpus is a failure: under the kernel gate, and in CI.
+fn corpus_required() -> bool {
+    std::env::var(sys::gate::REQUIRE_KERNEL_ENV).is_ok_and(|v| v.trim() == "1")
+        || std::env::var("CI").is_ok_and(|v| !v.trim().is_empty() && v.trim() != "0" && v.trim() != "false")
+}
+
+/// The corpus files, sorted; `None` (after saying why) when the corpus is not here, which
+/// fails the test instead when it is required (`corpus_required`). An empty directory is
+/// no corpus.
 fn corpus(test: &str) -> Option<Vec<PathBuf>> {
     let dir = std::env::var_os("SLUICE_CORPUS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| manifest_dir().join("../shared/corpus/tcpdump-tests"));
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
+    let files = match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            let mut files: Vec<PathBuf> =
+                entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+            files.sort();
+            files
+        }
         Err(e) => {
             let line = format!("{test}: no capture corpus at {} ({e}); set SLUICE_CORPUS_DIR", dir.display());
-            if std::env::var(sys::gate::REQUIRE_KERNEL_ENV).is_ok_and(|v| v.trim() == "1") {
+            if corpus_required() {
                 panic!("{line}");
             }
             eprintln!("skip: {line}");
             return None;
         }
     };
-    let mut files: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
-    files.sort();
+    if files.is_empty() {
+        let line =
+            format!("{test}: the capture corpus at {} has no files; set SLUICE_CORPUS_DIR", dir.display());
+        if corpus_required() {
+            panic!("{line}");
+        }
+        eprintln!("skip: {line}");
+        return None;
+    }
+    assert!(
+        files.len() >= MIN_CORPUS_FILES,
+        "{test}: the capture corpus at {} has {} files, fewer than the {MIN_CORPUS_FILES} of the tcpdump \
+         test corpus; a partial copy?",
+        dir.display(),
+        files.len()
+    );
     Some(files)
 }
 
@@ -382,6 +416,11 @@ fn corpus_replays_in_simulator() {
     );
     failures.extend(tally.short_refusals());
     show_failures("corpus replay in the simulator", &failures);
+    assert!(
+        tally.packets_run >= MIN_CORPUS_PACKETS,
+        "only {} Ethernet packets judged, fewer than {MIN_CORPUS_PACKETS}",
+        tally.packets_run
+    );
 }
 
 /// The prefilter in the kernel, with the last reading of its reason counters.
@@ -475,4 +514,8 @@ fn corpus_kernel_matches_simulator() {
     );
     failures.extend(tally.short_refusals());
     show_failures("corpus, kernel vs simulator", &failures);
+    assert!(
+        compared >= MIN_CORPUS_PACKETS,
+        "only {compared} Ethernet packets compared with the kernel, fewer than {MIN_CORPUS_PACKETS}"
+    );
 }

@@ -174,6 +174,20 @@ fn spread(client: &netns::Netns, n: usize) -> BTreeMap<String, usize> {
     seen
 }
 
+/// The port the backends listen on that their policy does not admit.
+const ADMIN_PORT: u16 = 9090;
+
+/// The endpoint programs' default-deny drops so far (`deny_default`, all endpoints).
+fn endpoint_drops(net: &NodeNet, pin: &Path) -> u64 {
+    let status = net.node.enter(|| wire::status(&sluice::sys::kernel(), pin).expect("status"));
+    status
+        .counters
+        .iter()
+        .filter(|c| c.scope.starts_with("endpoint") && c.reason == "deny_default")
+        .map(|c| c.count)
+        .sum()
+}
+
 fn apply(net: &NodeNet, pin: &Path, text: &str) -> update::Update {
     let cfg = model::parse_str(text, "svc-test.yaml").expect("config parses");
     net.node.enter(|| {
@@ -380,11 +394,18 @@ fn services_inside_the_endpoint_programs() {
          ---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec:\n  clusterIP: {vip}\n  ports:\n\
          \x20   - {{name: http, port: 80, targetPort: 8080, protocol: TCP}}\n\
          \x20   - {{name: dns, port: 53, targetPort: 5353, protocol: UDP}}\n\
+         \x20   - {{name: admin, port: 81, targetPort: {ADMIN_PORT}, protocol: TCP}}\n\
          ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-1\n  labels: {{kubernetes.io/service-name: web}}\n\
          addressType: IPv4\nendpoints:\n  - addresses: [{b1}]\n  - addresses: [{b2}]\n\
-         ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n"
+         ports:\n  - {{name: http, port: 8080, protocol: TCP}}\n  - {{name: dns, port: 5353, protocol: UDP}}\n\
+         \x20 - {{name: admin, port: {ADMIN_PORT}, protocol: TCP}}\n"
     );
     let cfg = model::parse_str(&text, "svc-ep.yaml").expect("config parses");
+    // Both backends also listen on the admin port, which the policy does not admit.
+    let admin: Vec<TcpListener> = [(be1, b1), (be2, b2)]
+        .iter()
+        .map(|(ns, a)| ns.enter(|| TcpListener::bind((*a, ADMIN_PORT))).expect("bind the admin port"))
+        .collect();
     bring_up(&net, &pin.0, &cfg, true);
 
     let connect_vip = || connect_to(client, SocketAddr::from((vip, 80)));
@@ -403,6 +424,25 @@ fn services_inside_the_endpoint_programs() {
     // The translated packets were delivered by redirect: the node's stack forwarded none.
     assert_eq!(net.node.enter(sluice::demo::stack_forwarded), 0, "no packet went through the node's stack");
     drop(held);
+
+    // A denied flow: the admin port is a service port like the others, but the backends'
+    // policy admits the client on 8080/tcp and 5353/udp only, so the translated SYN is
+    // dropped by the backend's to-endpoint program: the connect times out, no backend
+    // accepts, and the drop is counted as policy's.
+    let drops_before = endpoint_drops(&net, &pin.0);
+    let refused = client
+        .enter(|| TcpStream::connect_timeout(&SocketAddr::from((vip, 81)), Duration::from_millis(1_500)));
+    assert!(refused.is_err(), "the client reached the admin port the policy does not admit: {refused:?}");
+    for l in &admin {
+        l.set_nonblocking(true).expect("nonblocking");
+        let accepted = l.accept();
+        assert!(accepted.is_err(), "a backend accepted on the denied admin port: {accepted:?}");
+    }
+    let drops_after = endpoint_drops(&net, &pin.0);
+    assert!(
+        drops_after > drops_before,
+        "the denied SYN is counted as a default-deny drop: {drops_before} before, {drops_after} after"
+    );
     net.node.enter(|| wire::down(&sluice::sys::kernel(), &pin.0).expect("down"));
     stop.store(true, Ordering::Relaxed);
     for s in servers {

@@ -10,7 +10,7 @@ use sluice::node::plan;
 use sluice::node::update::update_pinned;
 use sluice::policy::{oracle, Verdict};
 use sluice::sys::{Program, TestRunOpts};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -131,10 +131,23 @@ fn policy_changes_apply_to_the_pinned_node_without_a_reload() {
         "  endpoints:\n    - {name: db, interface: lxc-db, ipv4: 10.7.0.3, labels: {app: db}}\n",
     );
     let grown = model::parse_str(&grown, "grown.yaml").expect("parses");
-    match update_pinned(&sys, &grown, &plan(&grown).expect("plans"), &pins.0) {
+    let grown_plan = plan(&grown).expect("plans");
+    // The refusal names exactly the programs the grown plan has and the pinned node lacks,
+    // and the other way round: computed from the two plans, not from the refusal.
+    let names =
+        |p: &sluice::node::Plan| -> BTreeSet<String> { p.objects.iter().map(|o| o.name.clone()).collect() };
+    let (before, after) = (names(&plan(&changed).expect("plans")), names(&grown_plan));
+    let want_added: Vec<String> = after.difference(&before).cloned().collect();
+    let want_removed: Vec<String> = before.difference(&after).cloned().collect();
+    assert!(
+        want_added.iter().any(|p| p.starts_with("from_ep_"))
+            && want_added.iter().any(|p| p.starts_with("to_ep_")),
+        "a new endpoint brings a from_ep_ and a to_ep_ program: {want_added:?}"
+    );
+    match update_pinned(&sys, &grown, &grown_plan, &pins.0) {
         Err(LoadError::CodeShape { added, removed }) => {
-            assert!(added.iter().any(|p| p.starts_with("from_ep_")), "{added:?}");
-            assert!(removed.is_empty() || !removed.is_empty());
+            assert_eq!(added, want_added, "programs the grown node adds");
+            assert_eq!(removed, want_removed, "programs the grown node drops");
         }
         other => panic!("expected a code-shape refusal, got {other:?}"),
     }

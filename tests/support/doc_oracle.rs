@@ -1,0 +1,345 @@
+//! A reference evaluator that decides a flow straight from the policy documents as
+//! written: the YAML text read as plain `serde_yaml::Value`s, never the model's types or
+//! its lowering. It shares no matching code with the compiler (no `Selector::matches`, no
+//! `CidrRule::contains`, no `PortMatch::matches`, no `policy::oracle`), so a lowering bug
+//! cannot agree with itself here.
+//!
+//! Semantics, from the Kubernetes and Cilium documentation and sluice's DESIGN:
+//! - Endpoints carry their labels plus `io.kubernetes.pod.namespace: <namespace>`
+//!   (`default` when not given). A peer address is an endpoint when an endpoint has it,
+//!   the host when it is in `hostAddresses`, and outside the cluster otherwise.
+//! - CiliumNetworkPolicy: `endpointSelector` selects endpoints of the policy's namespace.
+//!   A direction is enforced when `ingress`/`ingressDeny` (`egress`/`egressDeny`) has
+//!   entries. An entry's peers: `fromEndpoints` selectors (scoped to the policy's
+//!   namespace unless they name the namespace label), `fromCIDR`, `fromCIDRSet` (`cidr`
+//!   minus its `except`s; outside addresses only: CIDR rules never select endpoints or the
+//!   host), `fromEntities` (`all`: anyone; `cluster`: endpoints and the host; `host`;
+//!   `world`: outside addresses); an entry with ports but no peer field admits anyone. Its
+//!   L4: `toPorts` ports (`protocol` TCP, UDP, SCTP, or ANY/absent for all three; `port`
+//!   absent for every port; `endPort` closes a range), or `icmps` fields (`family` IPv4 by
+//!   default: ICMP for IPv4, ICMPv6 for IPv6; the type is the flow's `dport`); neither:
+//!   every protocol and port.
+//! - NetworkPolicy: `podSelector` selects pods of its namespace; `policyTypes` lists the
+//!   enforced directions (absent: Ingress, plus Egress when `egress` has entries). A rule's
+//!   `from`/`to` absent or empty admits anyone; peers are `podSelector` and/or
+//!   `namespaceSelector` (absent: the policy's namespace; it may test only
+//!   `kubernetes.io/metadata.name`), or `ipBlock` (as a CIDR set); `ports` absent or empty
+//!   admits every port and protocol, a port's `protocol` defaults to TCP.
+//! - Verdict: not selected by a policy enforcing the direction: allow; else any matching
+//!   deny entry: deny; else any matching allow entry: allow; else deny.
+
+use serde::Deserialize;
+use serde_yaml::Value;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub name: String,
+    pub namespace: String,
+    pub addresses: Vec<IpAddr>,
+    /// Own labels plus the namespace label.
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The documents of a node file, as written.
+#[derive(Debug, Clone)]
+pub struct Docs {
+    pub endpoints: Vec<Endpoint>,
+    pub hosts: Vec<IpAddr>,
+    policies: Vec<Value>,
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        other => panic!("expected a scalar, got {other:?}"),
+    }
+}
+
+fn list(v: Option<&Value>) -> Vec<Value> {
+    match v {
+        Some(Value::Sequence(items)) => items.clone(),
+        None | Some(Value::Null) => Vec::new(),
+        Some(other) => panic!("expected a list, got {other:?}"),
+    }
+}
+
+fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.as_mapping().and_then(|m| m.get(key)).filter(|x| !x.is_null())
+}
+
+fn namespace_of(doc: &Value) -> String {
+    get(doc, "metadata").and_then(|m| get(m, "namespace")).map_or_else(|| "default".to_string(), s)
+}
+
+impl Docs {
+    pub fn parse(text: &str) -> Docs {
+        let mut docs = Docs { endpoints: Vec::new(), hosts: Vec::new(), policies: Vec::new() };
+        for d in serde_yaml::Deserializer::from_str(text) {
+            let v = Value::deserialize(d).unwrap_or_else(|e| panic!("YAML: {e}"));
+            match get(&v, "kind").map(s).as_deref() {
+                Some("Node") => {
+                    let spec = get(&v, "spec").expect("a node spec");
+                    for e in list(get(spec, "endpoints")) {
+                        let namespace = get(&e, "namespace").map_or_else(|| "default".to_string(), s);
+                        let mut labels: BTreeMap<String, String> = get(&e, "labels")
+                            .and_then(Value::as_mapping)
+                            .map(|m| m.iter().map(|(k, v)| (s(k), s(v))).collect())
+                            .unwrap_or_default();
+                        labels.insert(NAMESPACE_LABEL.to_string(), namespace.clone());
+                        let addresses = ["ipv4", "ipv6"]
+                            .iter()
+                            .filter_map(|k| get(&e, k))
+                            .map(|a| s(a).parse().expect("an address"))
+                            .collect();
+                        docs.endpoints.push(Endpoint {
+                            name: s(get(&e, "name").expect("name")),
+                            namespace,
+                            addresses,
+                            labels,
+                        });
+                    }
+                    docs.hosts = list(get(spec, "hostAddresses"))
+                        .iter()
+                        .map(|a| s(a).parse().expect("an address"))
+                        .collect();
+                }
+                Some("CiliumNetworkPolicy") | Some("NetworkPolicy") => docs.policies.push(v),
+                _ => {}
+            }
+        }
+        docs
+    }
+
+    pub fn endpoint(&self, name: &str) -> &Endpoint {
+        self.endpoints.iter().find(|e| e.name == name).expect("a known endpoint")
+    }
+}
+
+/// Who a peer address is.
+#[derive(Debug, Clone, Copy)]
+enum Peer<'a> {
+    Endpoint(&'a Endpoint),
+    Host,
+    Outside(IpAddr),
+}
+
+/// `matchLabels` and `matchExpressions` of `selector` against `labels` (an empty
+/// selector matches everything).
+fn selector_matches(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
+    let label_ok = get(selector, "matchLabels")
+        .and_then(Value::as_mapping)
+        .is_none_or(|m| m.iter().all(|(k, v)| labels.get(&s(k)) == Some(&s(v))));
+    let exprs_ok = list(get(selector, "matchExpressions")).iter().all(|e| {
+        let key = s(get(e, "key").expect("key"));
+        let values: Vec<String> = list(get(e, "values")).iter().map(s).collect();
+        let have = labels.get(&key);
+        match s(get(e, "operator").expect("operator")).as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            other => panic!("operator {other}"),
+        }
+    });
+    label_ok && exprs_ok
+}
+
+/// Whether `selector` mentions `key` (in matchLabels or matchExpressions).
+fn mentions(selector: &Value, key: &str) -> bool {
+    get(selector, "matchLabels").and_then(Value::as_mapping).is_some_and(|m| m.keys().any(|k| s(k) == key))
+        || list(get(selector, "matchExpressions"))
+            .iter()
+            .any(|e| get(e, "key").map(s).as_deref() == Some(key))
+}
+
+/// A CIDR as written, and whether `a` is inside it: the address bits compared one by one.
+fn in_cidr(cidr: &str, a: IpAddr) -> bool {
+    let (net, len) = cidr.split_once('/').expect("a CIDR");
+    let net: IpAddr = net.parse().expect("a CIDR address");
+    let len: usize = len.parse().expect("a CIDR length");
+    let bits = |ip: IpAddr| -> Vec<bool> {
+        let bytes: Vec<u8> = match ip {
+            IpAddr::V4(x) => x.octets().to_vec(),
+            IpAddr::V6(x) => x.octets().to_vec(),
+        };
+        bytes.iter().flat_map(|b| (0..8).rev().map(move |i| b >> i & 1 == 1)).collect()
+    };
+    if net.is_ipv4() != a.is_ipv4() {
+        return false;
+    }
+    bits(net)[..len] == bits(a)[..len]
+}
+
+fn in_cidr_set(set: &Value, a: IpAddr) -> bool {
+    let cidr = s(get(set, "cidr").expect("cidr"));
+    in_cidr(&cidr, a) && !list(get(set, "except")).iter().any(|e| in_cidr(&s(e), a))
+}
+
+fn icmp_proto(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        1
+    } else {
+        58
+    }
+}
+
+/// One flow as policy sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow {
+    pub peer: IpAddr,
+    pub proto: u8,
+    /// Destination port; for ICMP the type.
+    pub dport: u16,
+}
+
+fn proto_number(name: &str) -> Vec<u8> {
+    match name {
+        "TCP" => vec![6],
+        "UDP" => vec![17],
+        "SCTP" => vec![132],
+        "ANY" => vec![6, 17, 132],
+        other => panic!("protocol {other}"),
+    }
+}
+
+/// A `ports` item (CNP `toPorts[].ports[]` or NetworkPolicy `ports[]`) against a flow;
+/// `default` is the protocols an absent `protocol` means.
+fn port_matches(port: &Value, flow: &Flow, default: &[u8]) -> bool {
+    let protos = get(port, "protocol").map_or_else(|| default.to_vec(), |p| proto_number(&s(p)));
+    if !protos.contains(&flow.proto) {
+        return false;
+    }
+    match get(port, "port") {
+        None => true,
+        Some(p) => {
+            let first: u16 = s(p).parse().expect("a port number");
+            let last: u16 = get(port, "endPort").map_or(first, |e| s(e).parse().expect("a port number"));
+            (first..=last).contains(&flow.dport)
+        }
+    }
+}
+
+fn entity_matches(entity: &str, peer: Peer<'_>) -> bool {
+    matches!(
+        (entity, peer),
+        ("all", _)
+            | ("cluster", Peer::Endpoint(_) | Peer::Host)
+            | ("host", Peer::Host)
+            | ("world", Peer::Outside(_))
+    )
+}
+
+/// Whether a CiliumNetworkPolicy entry (of `ingress`, `egress` or their deny lists)
+/// matches; `from` is "from" or "to".
+fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>, flow: &Flow) -> bool {
+    let field = |name: &str| get(entry, &format!("{from}{name}"));
+    let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
+    let any_peer_field = peer_fields.iter().any(|f| field(f).is_some());
+    let peer_ok = if !any_peer_field {
+        true
+    } else {
+        let endpoints = list(field("Endpoints")).iter().any(|sel| match peer {
+            Peer::Endpoint(e) => {
+                (mentions(sel, NAMESPACE_LABEL) || e.namespace == namespace)
+                    && selector_matches(sel, &e.labels)
+            }
+            _ => false,
+        });
+        let outside = |f: &dyn Fn(IpAddr) -> bool| matches!(peer, Peer::Outside(a) if f(a));
+        let cidr = list(field("CIDR")).iter().any(|c| outside(&|a| in_cidr(&s(c), a)));
+        let cidr_set = list(field("CIDRSet")).iter().any(|set| outside(&|a| in_cidr_set(set, a)));
+        let entities = list(field("Entities")).iter().any(|e| entity_matches(&s(e), peer));
+        endpoints || cidr || cidr_set || entities
+    };
+    let to_ports = list(get(entry, "toPorts"));
+    let icmps = list(get(entry, "icmps"));
+    let l4_ok = if to_ports.is_empty() && icmps.is_empty() {
+        true
+    } else {
+        to_ports.iter().any(|tp| list(get(tp, "ports")).iter().any(|p| port_matches(p, flow, &[6, 17, 132])))
+            || icmps.iter().any(|i| {
+                list(get(i, "fields")).iter().any(|f| {
+                    let family = get(f, "family").map_or_else(|| "IPv4".to_string(), s);
+                    let proto = if family == "IPv6" { 58 } else { 1 };
+                    let ty: u16 = s(get(f, "type").expect("type")).parse().expect("a type number");
+                    proto == flow.proto && proto == icmp_proto(flow.peer) && ty == flow.dport
+                })
+            })
+    };
+    peer_ok && l4_ok
+}
+
+fn knp_peer_matches(p: &Value, namespace: &str, peer: Peer<'_>) -> bool {
+    if let Some(block) = get(p, "ipBlock") {
+        return matches!(peer, Peer::Outside(a) if in_cidr_set(block, a));
+    }
+    let Peer::Endpoint(e) = peer else { return false };
+    let ns_ok = match get(p, "namespaceSelector") {
+        None => e.namespace == namespace,
+        Some(sel) => {
+            let ns_labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())]);
+            selector_matches(sel, &ns_labels)
+        }
+    };
+    let pod_ok = get(p, "podSelector").is_none_or(|sel| selector_matches(sel, &e.labels));
+    ns_ok && pod_ok
+}
+
+/// Allow (true) or deny (false) for `endpoint`'s policy in one direction.
+pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
+    let subject = docs.endpoint(endpoint);
+    let peer = if let Some(e) = docs.endpoints.iter().find(|e| e.addresses.contains(&flow.peer)) {
+        Peer::Endpoint(e)
+    } else if docs.hosts.contains(&flow.peer) {
+        Peer::Host
+    } else {
+        Peer::Outside(flow.peer)
+    };
+    let (allow_key, deny_key, from) =
+        if ingress { ("ingress", "ingressDeny", "from") } else { ("egress", "egressDeny", "to") };
+    let mut enforced = false;
+    let mut allowed = false;
+    let mut denied = false;
+    for doc in &docs.policies {
+        let namespace = namespace_of(doc);
+        if namespace != subject.namespace {
+            continue;
+        }
+        let spec = get(doc, "spec").expect("a policy spec");
+        if s(get(doc, "kind").expect("kind")) == "CiliumNetworkPolicy" {
+            if !selector_matches(get(spec, "endpointSelector").expect("endpointSelector"), &subject.labels) {
+                continue;
+            }
+            let (allow, deny) = (list(get(spec, allow_key)), list(get(spec, deny_key)));
+            enforced |= !allow.is_empty() || !deny.is_empty();
+            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow));
+            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow));
+        } else {
+            if !selector_matches(get(spec, "podSelector").expect("podSelector"), &subject.labels) {
+                continue;
+            }
+            let rules = list(get(spec, allow_key));
+            let ty = if ingress { "Ingress" } else { "Egress" };
+            let types: Option<Vec<String>> =
+                get(spec, "policyTypes").map(|t| list(Some(t)).iter().map(s).collect());
+            enforced |= match types {
+                Some(t) => t.iter().any(|x| x == ty),
+                None => ingress || !rules.is_empty(),
+            };
+            allowed |= rules.iter().any(|r| {
+                let peers = list(get(r, from));
+                let ports = list(get(r, "ports"));
+                (peers.is_empty() || peers.iter().any(|p| knp_peer_matches(p, &namespace, peer)))
+                    && (ports.is_empty() || ports.iter().any(|p| port_matches(p, flow, &[6])))
+            });
+        }
+    }
+    !enforced || (!denied && allowed)
+}

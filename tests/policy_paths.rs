@@ -524,7 +524,6 @@ fn conntrack_entries_with_an_old_expiry_are_dead_in_the_kernel() {
 /// to a tracked connection" (`codegen::endpoint`, step 4). A connection whose entry has
 /// expired is no longer tracked: the error is judged as a new packet (here: dropped).
 #[test]
-#[ignore = "known bug found by issue 17: the ICMP error path passes on an expired conntrack entry; un-ignore with the fix"]
 fn icmp_errors_about_an_expired_connection_are_not_related() {
     let mut rig = Rig::new("icmp_errors_about_an_expired_connection_are_not_related", EXPIRY);
     rig.kernel = None;

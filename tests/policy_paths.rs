@@ -659,7 +659,6 @@ spec:
 /// request, or an outgoing address-mask request (17), pass as its "reply" when the
 /// egress policy admits neither.
 #[test]
-#[ignore = "known bug found by issue 17: id-less ICMP messages share one conntrack entry per address pair; un-ignore with the fix"]
 fn id_less_icmp_messages_are_not_each_others_replies() {
     let mut rig = Rig::new("id_less_icmp_messages_are_not_each_others_replies", ICMP_BOTH_WAYS);
     let (api, world) = (ip("10.7.0.2"), ip("203.0.113.9"));

@@ -693,27 +693,44 @@ impl Gen {
         b.load(Size::B, Reg::R1, Reg::R8, icmp::TYPE as i16);
         b.mov(Reg::R2, Reg::R1).alu(AluOp::Lsh, Reg::R2, 8);
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R2);
-        let (errors, echo): (&[i32], [i32; 2]) =
-            if f.family == 4 { (&[3, 11, 12], [8, 0]) } else { (&[1, 2, 3, 4], [128, 129]) };
+        let errors: &[i32] = if f.family == 4 { &[3, 11, 12] } else { &[1, 2, 3, 4] };
         for &t in errors {
             b.jmp(JmpCond::Eq, Reg::R1, t, f.l("icmp_error"));
         }
-        b.comment("echo: the id is the request's source port and the reply's destination port,");
-        b.comment("so a reply's reversed tuple is its request's");
-        b.jmp(JmpCond::Eq, Reg::R1, echo[0], f.l("icmp_echo"));
-        b.jmp(JmpCond::Ne, Reg::R1, echo[1], f.l("conntrack"));
-        b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
-            Size::H,
-            Reg::R10,
-            FP_CT + f.dport,
-            Reg::R1,
-        );
+        b.comment("queries (echo; v4 timestamp, information, address mask): the tuple's ports are");
+        b.comment("(id, request type) for a request and (request type, id) for its reply, so a");
+        b.comment("reply's reversed tuple is its request's and no two kinds of message match;");
+        b.comment("any other type is (0, type): it is never another message's reply");
+        let queries: &[(i32, i32)] =
+            if f.family == 4 { &[(8, 0), (13, 14), (15, 16), (17, 18)] } else { &[(128, 129)] };
+        let (request, reply) = (f.l("icmp_request"), f.l("icmp_reply"));
+        for &(req, _) in queries {
+            b.jmp(JmpCond::Eq, Reg::R1, req, request.as_str());
+        }
+        for &(req, rep) in queries {
+            let next = b.new_label(&f.l("icmp_not_reply"));
+            b.jmp(JmpCond::Ne, Reg::R1, rep, next);
+            b.mov(Reg::R1, req).ja(reply.as_str());
+            b.place(next);
+        }
+        b.comment("(the type in network order, as the key's ports are)");
+        b.be(16, Reg::R1).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
         b.ja(f.l("conntrack"));
-        b.label(f.l("icmp_echo"));
+        b.label(request.as_str());
+        b.be(16, Reg::R1).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
         b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
             Size::H,
             Reg::R10,
             FP_CT + f.sport,
+            Reg::R1,
+        );
+        b.ja(f.l("conntrack"));
+        b.label(reply.as_str());
+        b.be(16, Reg::R1).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
+        b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
+            Size::H,
+            Reg::R10,
+            FP_CT + f.dport,
             Reg::R1,
         );
         b.ja(f.l("conntrack"));

@@ -1,5 +1,5 @@
 //! A reference evaluator that decides a flow straight from the policy documents as
-//! written: the YAML text read as plain `serde_yaml::Value`s, never the model's types or
+//! written: the YAML text read as plain `serde_norway::Value`s, never the model's types or
 //! its lowering. It shares no matching code with the compiler (no `Selector::matches`, no
 //! `CidrRule::contains`, no `PortMatch::matches`, no `policy::oracle`), so a lowering bug
 //! cannot agree with itself here.
@@ -29,7 +29,7 @@
 //!   deny entry: deny; else any matching allow entry: allow; else deny.
 
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
@@ -81,7 +81,7 @@ fn namespace_of(doc: &Value) -> String {
 impl Docs {
     pub fn parse(text: &str) -> Docs {
         let mut docs = Docs { endpoints: Vec::new(), hosts: Vec::new(), policies: Vec::new() };
-        for d in serde_yaml::Deserializer::from_str(text) {
+        for d in serde_norway::Deserializer::from_str(text) {
             let v = Value::deserialize(d).unwrap_or_else(|e| panic!("YAML: {e}"));
             match get(&v, "kind").map(s).as_deref() {
                 Some("Node") => {

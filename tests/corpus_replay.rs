@@ -129,7 +129,7 @@ fn replay_runs_ethernet_and_counts_other_link_types() {
         index,
         len,
         verdict: reason.verdict() as u32,
-        reason: Some(reason.name().to_string()),
+        reason: Some(reason.name()),
     };
     assert_eq!(
         seen,

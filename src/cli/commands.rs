@@ -168,15 +168,32 @@ fn compile(path: &Path, out: Option<&Path>) -> Result<ExitCode> {
 }
 
 fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
     let plan = plan_file(path)?;
     let mut node = SimNode::new(&plan)?;
     let bytes = std::fs::read(pcap).map_err(|source| CliError::Io { path: pcap.to_path_buf(), source })?;
     let program = crate::codegen::prefilter::NAME;
+    // Verdict lines go out in blocks, not one write per packet; a closed pipe (`| head`)
+    // ends the printing, not the replay.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printing = !quiet;
+    // Progress goes to stderr for a person watching it, unless the verdict lines already
+    // scroll past on the same screen.
+    let watched = std::io::stderr().is_terminal() && (quiet || !std::io::stdout().is_terminal());
+    let mut progress = watched.then(replay::Progress::new);
     let summary = replay::replay(&mut node, program, &bytes, |v| {
-        if !quiet {
-            println!("{v}");
+        if printing && writeln!(out, "{v}").is_err() {
+            printing = false;
+        }
+        if let Some(line) = progress.as_mut().and_then(replay::Progress::packet) {
+            eprint!("\r{line}");
         }
     });
+    if let Some(p) = &progress {
+        eprintln!("\r{}", p.finish());
+    }
+    let _ = out.flush();
+    drop(out);
     match summary {
         Ok(r) => {
             print!("{}", replay::describe(&r));

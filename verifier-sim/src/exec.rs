@@ -8,6 +8,13 @@
 //! [`Program::insns`] (not its slot). The [`Context`] is updated in place: packet bytes,
 //! writable `__sk_buff` fields, hash and checksum state as the program left them.
 //!
+//! Many runs: a [`Machine`] keeps its buffers from run to run, yet each run starts from
+//! zeroed stacks and a freshly built packet frame, exactly as a new machine would.
+//! [`Prepared`] decodes a program once (its jump targets); [`Runner`] runs one program
+//! packet after packet, each run what [`run`] gives on a fresh [`Context::new`], and
+//! allocates nothing once its buffers have held the largest packet (a capture replay runs
+//! at hundreds of thousands of packets a second).
+//!
 //! Memory model: one simulated 64-bit address space of disjoint regions; every load,
 //! store, atomic and helper memory argument is bounds-checked against its region.
 //! - Stack: frame `i` (0 = main) owns `[STACK_BASE + i * STACK_FRAME_SPAN, +512)`, `r10` is
@@ -326,15 +333,6 @@ impl Context {
         }
     }
 
-    /// Make this what [`Context::new`] gives for `packet`, keeping the packet buffer's room
-    /// (nothing is allocated once it has held the largest packet).
-    pub fn reset(&mut self, packet: &[u8]) {
-        let mut buf = std::mem::take(&mut self.packet);
-        buf.clear();
-        buf.extend_from_slice(packet);
-        *self = Context::new(buf);
-    }
-
     /// A context for a `CgroupSockAddr` run on `sock_addr` (no packet).
     pub fn for_sock_addr(sock_addr: SockAddr) -> Context {
         Context { sock_addr, ..Context::new(Vec::new()) }
@@ -430,9 +428,11 @@ struct Scratch {
     /// Map helper keys and values, copied out of program memory.
     key: Vec<u8>,
     value: Vec<u8>,
-    /// The last run's `data_meta`, `data` and `data_end` offsets in `buf`.
+    /// The last run's `data_meta`, `data` and `data_end` offsets in `buf` (all 0 after a
+    /// failed run).
     meta: usize,
     data: usize,
+    end: usize,
 }
 
 /// The executor's persistent state: step budget, random generator, tail-call targets, and
@@ -496,11 +496,10 @@ impl Machine {
         maps: &mut MapSet,
     ) -> Result<RunOutcome, ExecError> {
         let stats = self.run_prepared(&Prepared::new(prog), kind, ctx, maps)?;
-        let s = &self.scratch;
         Ok(RunOutcome {
             retval: stats.retval,
-            packet: ctx.packet.clone(),
-            meta: s.buf[s.meta..s.data].to_vec(),
+            packet: self.last_packet().to_vec(),
+            meta: self.last_meta().to_vec(),
             redirect: stats.redirect,
             redirect_neigh: stats.redirect_neigh,
             redirect_peer: stats.redirect_peer,
@@ -521,10 +520,33 @@ impl Machine {
         ctx: &mut Context,
         maps: &mut MapSet,
     ) -> Result<RunStats, ExecError> {
+        // The packet leaves the context for the run and comes back with what the program
+        // made of it (nothing else in the context is read as a packet).
+        let input = std::mem::take(&mut ctx.packet);
+        let stats = self.run_packet(prog, kind, &input, ctx, maps);
+        ctx.packet = input;
+        let stats = stats?;
+        ctx.packet.clear();
+        ctx.packet.extend_from_slice(self.last_packet());
+        Ok(stats)
+    }
+
+    /// [`Machine::run_prepared`] on `packet` instead of `ctx.packet` (which is neither read
+    /// nor written): the packet as the program left it is [`Machine::last_packet`]. Once the
+    /// machine's buffers have grown to the largest packet, a run allocates nothing (errors
+    /// aside).
+    pub fn run_packet(
+        &mut self,
+        prog: &Prepared,
+        kind: ProgKind,
+        packet: &[u8],
+        ctx: &mut Context,
+        maps: &mut MapSet,
+    ) -> Result<RunStats, ExecError> {
         if !matches!(kind, ProgKind::Xdp | ProgKind::SchedCls | ProgKind::CgroupSockAddr(_)) {
             return Err(ExecError::UnsupportedKind { kind });
         }
-        let len = ctx.packet.len();
+        let len = packet.len();
         // An skb always holds an Ethernet header; an XDP buffer need not (a runt frame is
         // the program's to judge), although BPF_PROG_TEST_RUN refuses to build one.
         if len < ETH_HLEN && kind == ProgKind::SchedCls {
@@ -532,11 +554,12 @@ impl Machine {
         }
         let hard_end = (FRAME_SIZE - SKB_SHARED_INFO_SIZE).max(XDP_PACKET_HEADROOM + len);
         let Machine { step_limit, rng, programs, scratch } = self;
-        let Scratch { buf, stack, key, value, meta, data } = scratch;
+        let Scratch { buf, stack, key, value, meta, data, end } = scratch;
+        (*meta, *data, *end) = (0, 0, 0);
         // A fresh zeroed frame each run, as a new test run builds.
         buf.clear();
         buf.resize(hard_end, 0);
-        buf[XDP_PACKET_HEADROOM..XDP_PACKET_HEADROOM + len].copy_from_slice(&ctx.packet);
+        buf[XDP_PACKET_HEADROOM..XDP_PACKET_HEADROOM + len].copy_from_slice(packet);
         stack.resize(MAX_CALL_FRAMES * STACK_SIZE, 0);
         // Stacks start zeroed: frame 0 now, each further frame when it is entered.
         stack[..STACK_SIZE].fill(0);
@@ -546,7 +569,7 @@ impl Machine {
             data: XDP_PACKET_HEADROOM,
             end: XDP_PACKET_HEADROOM + len,
         };
-        let protocol = eth_protocol(&ctx.packet);
+        let protocol = eth_protocol(packet);
         let mut vm = Vm {
             kind,
             prog,
@@ -574,12 +597,15 @@ impl Machine {
         vm.regs[1] = CTX_ADDR;
         vm.regs[10] = frame_top(0);
         let retval = vm.exec()?;
-        let Vm { pkt, ctx, redirect, redirect_neigh, redirect_peer, steps, tail_calls, .. } = vm;
-        ctx.packet.clear();
-        ctx.packet.extend_from_slice(&pkt.buf[pkt.data..pkt.end]);
-        *meta = pkt.meta;
-        *data = pkt.data;
+        let Vm { pkt, redirect, redirect_neigh, redirect_peer, steps, tail_calls, .. } = vm;
+        (*meta, *data, *end) = (pkt.meta, pkt.data, pkt.end);
         Ok(RunStats { retval, redirect, redirect_neigh, redirect_peer, insns_executed: steps, tail_calls })
+    }
+
+    /// The packet (`data` to `data_end`) the last successful run left; empty after a
+    /// failed run.
+    pub fn last_packet(&self) -> &[u8] {
+        self.scratch.buf.get(self.scratch.data..self.scratch.end).unwrap_or(&[])
     }
 
     /// The XDP metadata (`data_meta` to `data`) the last successful run left.
@@ -614,13 +640,19 @@ impl Runner {
 
     /// Run the program on `packet` with `maps`.
     pub fn run(&mut self, packet: &[u8], maps: &mut MapSet) -> Result<RunStats, ExecError> {
-        self.ctx.reset(packet);
+        // What `Context::new(packet)` holds besides the packet, which goes in directly.
+        self.ctx = Context::new(Vec::new());
         self.machine.reseed(DEFAULT_SEED);
-        self.machine.run_prepared(&self.prog, self.kind, &mut self.ctx, maps)
+        self.machine.run_packet(&self.prog, self.kind, packet, &mut self.ctx, maps)
     }
 
-    /// The context after the last run: the packet as the program left it, the writable
-    /// `__sk_buff` fields.
+    /// The packet as the last run left it (empty after a failed run).
+    pub fn packet(&self) -> &[u8] {
+        self.machine.last_packet()
+    }
+
+    /// The context after the last run (the writable `__sk_buff` fields, the tunnel key);
+    /// its `packet` is empty: see [`Runner::packet`].
     pub fn context(&self) -> &Context {
         &self.ctx
     }

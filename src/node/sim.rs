@@ -152,14 +152,19 @@ impl PacketRunner {
 
     /// Run `packet` through the program with `maps` (the node's, or any others laid out
     /// alike): what [`SimNode::run`] does, less the copies of the packet in the outcome;
-    /// the packet as the program left it is in [`PacketRunner::context`].
+    /// the packet as the program left it is [`PacketRunner::packet`].
     pub fn run(&mut self, packet: &[u8], maps: &mut MapSet) -> Result<RunStats, SimError> {
         self.runner
             .run(packet, maps)
             .map_err(|e| SimError::Exec { name: self.name.clone(), message: e.to_string() })
     }
 
-    /// The context after the last run.
+    /// The packet as the last run left it.
+    pub fn packet(&self) -> &[u8] {
+        self.runner.packet()
+    }
+
+    /// The context after the last run (its `packet` is empty: see [`PacketRunner::packet`]).
     pub fn context(&self) -> &exec::Context {
         self.runner.context()
     }

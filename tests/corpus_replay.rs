@@ -345,7 +345,7 @@ fn replay_checked(
     for &(index, data) in &view.ethernet {
         let Some(v) = verdicts.get(&index) else { continue };
         let want = gp::oracle(set, data);
-        if v.reason.as_deref() != Some(want.name()) || v.verdict != want.verdict() as u32 {
+        if v.reason != Some(want.name()) || v.verdict != want.verdict() as u32 {
             failures.push(format!(
                 "{file} packet {index} ({} bytes): simulator {v}; the oracle says {} ({})\n  {:02x?}",
                 data.len(),
@@ -524,7 +524,7 @@ fn corpus_kernel_matches_simulator() {
             compared += 1;
             match kernel.run(data) {
                 Ok((verdict, out, reason)) => {
-                    if verdict != s.verdict || reason != s.reason.as_deref() || out != data {
+                    if verdict != s.verdict || reason != s.reason || out != data {
                         failures.push(format!(
                             "{file} packet {index} ({} bytes): kernel verdict {verdict} reason {reason:?}{}; simulator {s}\n  {:02x?}",
                             data.len(),

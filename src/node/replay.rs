@@ -246,7 +246,7 @@ impl Progress {
     /// Count one packet; a line when the interval has passed since the last one.
     pub fn packet(&mut self) -> Option<String> {
         self.packets += 1;
-        if self.packets % Self::CHECK_EVERY != 0 {
+        if !self.packets.is_multiple_of(Self::CHECK_EVERY) {
             return None;
         }
         let now = Instant::now();
@@ -275,7 +275,7 @@ fn grouped(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);

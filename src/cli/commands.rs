@@ -167,6 +167,9 @@ fn compile(path: &Path, out: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Columns a progress line of `sluice sim` is padded to.
+const PROGRESS_WIDTH: usize = 64;
+
 fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
     use std::io::{IsTerminal, Write};
     let plan = plan_file(path)?;
@@ -185,20 +188,19 @@ fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
         if printing && writeln!(out, "{v}").is_err() {
             printing = false;
         }
+        // Each line overwrites the last (padded, so no tail of a longer one is left).
         if let Some(line) = progress.as_mut().and_then(replay::Progress::packet) {
-            eprint!("\r{line}");
+            eprint!("\r{line:<PROGRESS_WIDTH$}");
         }
     });
     if let Some(p) = &progress {
-        eprintln!("\r{}", p.finish());
+        eprintln!("\r{:<PROGRESS_WIDTH$}", p.finish());
     }
+    let _ = out.write_all(summary.as_ref().map(replay::describe).unwrap_or_default().as_bytes());
     let _ = out.flush();
     drop(out);
     match summary {
-        Ok(r) => {
-            print!("{}", replay::describe(&r));
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(CliError::Replay(format!("{}: {e}", pcap.display()))),
     }
 }

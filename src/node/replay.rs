@@ -18,9 +18,10 @@
 //!   allocates nothing (packets that fail, and the first packet of each new verdict,
 //!   reason or skipped link type, aside).
 
-use super::sim::{counter_of, SimNode};
+use super::sim::{counter_of, counter_value, SimNode};
 use crate::maps::prefilter::Reason;
 use sluice_verifier_sim::pcap::{Capture, LinkType, PcapError};
+use sluice_verifier_sim::spec::MapKind;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -128,11 +129,18 @@ fn reason_counters(program: &str) -> Option<(&'static str, ReasonName)> {
     (program == crate::codegen::prefilter::NAME).then_some(("pf_stats", prefilter_reason as ReasonName))
 }
 
-/// Current values of every element of a counter map, into `out` (whose room is reused).
+/// Current values of every element of a counter map (as [`SimNode::counter`] reads each),
+/// into `out` (whose room is reused).
 fn snapshot(node: &SimNode, map: &str, out: &mut Vec<u64>) {
     out.clear();
-    if let Some(m) = node.maps.get(map) {
-        out.extend((0..m.spec().max_entries).map(|i| counter_of(m, i)));
+    let Some(m) = node.maps.get(map) else { return };
+    match m.array_elements().filter(|_| m.kind() == MapKind::PerCpuArray) {
+        // One pass over a per-CPU array (the counter maps), not a search per element.
+        Some(elements) => {
+            let vsize = m.spec().value_size as usize;
+            out.extend(elements.map(|copies| copies.chunks(vsize.max(1)).map(counter_value).sum::<u64>()));
+        }
+        None => out.extend((0..m.spec().max_entries).map(|i| counter_of(m, i))),
     }
 }
 

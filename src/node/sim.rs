@@ -134,7 +134,12 @@ impl SimNode {
 /// [`SimNode::counter`] of a map in hand (allocates nothing).
 pub fn counter_of(map: &Map, index: u32) -> u64 {
     let Some(per_cpu) = map.values_percpu(&index.to_le_bytes()) else { return 0 };
-    per_cpu.map(|v| v.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))).sum()
+    per_cpu.map(counter_value).sum()
+}
+
+/// One CPU's copy of a counter: its first 8 bytes, little endian (0 when shorter).
+pub fn counter_value(copy: &[u8]) -> u64 {
+    copy.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
 }
 
 /// One program of a [`SimNode`] run packet after packet (see [`SimNode::packet_runner`]).

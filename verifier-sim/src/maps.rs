@@ -46,6 +46,7 @@
 
 use crate::spec::{MapKind, MapSpec};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 /// Update flag: create or replace.
@@ -162,7 +163,12 @@ pub struct MapSet {
     by_name: BTreeMap<String, usize>,
     ncpus: usize,
     cpu: usize,
+    /// See [`MapSet::layout`].
+    layout: u64,
 }
+
+/// The next [`MapSet::layout`].
+static NEXT_LAYOUT: AtomicU64 = AtomicU64::new(1);
 
 impl MapSet {
     /// One map per spec, in spec order (which fixes their ids and addresses), on a machine
@@ -179,7 +185,15 @@ impl MapSet {
             }
             maps.push(Map::new(spec, ncpus)?);
         }
-        Ok(MapSet { maps, by_name, ncpus, cpu: 0 })
+        Ok(MapSet { maps, by_name, ncpus, cpu: 0, layout: NEXT_LAYOUT.fetch_add(1, Ordering::Relaxed) })
+    }
+
+    /// Which maps these are: names, ids, specs, and so every map handle and direct value
+    /// address. The same for a set and its clones, different for sets made separately (a
+    /// set's maps never change after [`MapSet::new`]), so a program's map references
+    /// resolved against one set hold for every set of the same layout.
+    pub fn layout(&self) -> u64 {
+        self.layout
     }
 
     /// Number of CPUs.
@@ -431,6 +445,19 @@ impl Map {
     /// Every CPU's copy of the value under `key`, for per-CPU maps.
     pub fn lookup_percpu(&self, key: &[u8]) -> Option<Vec<Vec<u8>>> {
         Some(self.values_percpu(key)?.map(<[u8]>::to_vec).collect())
+    }
+
+    /// Every element of an array or per-CPU array in index order, each as all its copies
+    /// (CPU 0 first; an element never written reads as zeros), without copying; `None`
+    /// for other kinds. One pass over the array, where [`Map::lookup`] per index would
+    /// search for each.
+    pub fn array_elements(&self) -> Option<impl Iterator<Item = &[u8]> + '_> {
+        let Store::Array(cells) = &self.store else { return None };
+        let mut written = cells.iter().peekable();
+        Some((0..self.spec.max_entries).map(move |index| match written.next_if(|(&at, _)| at == index) {
+            Some((_, cell)) => cell.as_slice(),
+            None => self.zero.as_slice(),
+        }))
     }
 
     /// [`Map::lookup_percpu`] without copying: every CPU's copy, CPU 0 first.

@@ -383,10 +383,16 @@ pub struct RunStats {
 }
 
 /// A program decoded once for many runs: where each jump and local call lands, so that a
-/// run computes no slot table.
+/// run computes no slot table, and (once [`Prepared::bind`] has seen the maps) what each
+/// map reference loads, so that a run looks up no map by name.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     program: Program,
+    /// The [`MapSet::layout`] `resolved` holds for.
+    bound: Option<u64>,
+    /// Per instruction: what an `LD_IMM64` of a map or map value loads, where it resolves
+    /// (one that does not is resolved, and fails, when it runs).
+    resolved: Vec<Option<u64>>,
     /// Per instruction: the index a jump or local call lands on, or (`Err`) the slot it
     /// names when that slot starts no instruction (an error only when the jump is taken).
     /// Instructions that do not branch hold `Ok(0)`, never read.
@@ -408,7 +414,36 @@ impl Prepared {
                 usize::try_from(slot).ok().and_then(|s| starts[..last].binary_search(&s).ok()).ok_or(slot)
             })
             .collect();
-        Prepared { program: prog.clone(), targets }
+        Prepared { program: prog.clone(), bound: None, resolved: Vec::new(), targets }
+    }
+
+    /// Resolve the program's map references against `maps` (and every set of its
+    /// [`MapSet::layout`]); runs with other maps resolve them as they go.
+    pub fn bind(&mut self, maps: &MapSet) {
+        if self.bound == Some(maps.layout()) {
+            return;
+        }
+        self.resolved = self
+            .program
+            .insns()
+            .iter()
+            .enumerate()
+            .map(|(i, insn)| match insn {
+                Insn::LdImm64 { imm: imm @ (Imm64::MapRef(_) | Imm64::MapValueRef { .. }), .. } => {
+                    imm64(maps, i, imm).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        self.bound = Some(maps.layout());
+    }
+
+    /// What the `LD_IMM64` at `insn` loads with `maps`, if bound to their layout.
+    fn resolved(&self, insn: usize, maps: &MapSet) -> Option<u64> {
+        if self.bound != Some(maps.layout()) {
+            return None;
+        }
+        self.resolved.get(insn).copied().flatten()
     }
 
     /// The program.
@@ -643,6 +678,7 @@ impl Runner {
         // What `Context::new(packet)` holds besides the packet, which goes in directly.
         self.ctx = Context::new(Vec::new());
         self.machine.reseed(DEFAULT_SEED);
+        self.prog.bind(maps);
         self.machine.run_packet(&self.prog, self.kind, packet, &mut self.ctx, maps)
     }
 
@@ -1092,19 +1128,10 @@ impl Vm<'_> {
     }
 
     fn imm64(&self, insn: usize, imm: &Imm64) -> Result<u64, ExecError> {
-        match imm {
-            Imm64::Const(v) => Ok(*v),
-            Imm64::MapRef(name) => {
-                self.maps.handle_addr(name).ok_or_else(|| ExecError::UnknownMap { insn, name: name.clone() })
-            }
-            Imm64::MapValueRef { map, off } => {
-                if self.maps.id_of(map).is_none() {
-                    return Err(ExecError::UnknownMap { insn, name: map.clone() });
-                }
-                self.maps.direct_value_addr(map, *off).map_err(|reason| ExecError::BadInsn { insn, reason })
-            }
-            other => Err(ExecError::Unsupported { insn, what: format!("LD_IMM64 of {other:?}") }),
+        if let Some(v) = self.prog.resolved(insn, self.maps) {
+            return Ok(v);
         }
+        imm64(self.maps, insn, imm)
     }
 
     // ---- memory ----
@@ -1858,6 +1885,23 @@ fn cb_bytes(cb: &[u32; 5]) -> [u8; 20] {
         b.copy_from_slice(&w.to_le_bytes());
     }
     bytes
+}
+
+/// The value `LD_IMM64` of `imm` loads with `maps`.
+fn imm64(maps: &MapSet, insn: usize, imm: &Imm64) -> Result<u64, ExecError> {
+    match imm {
+        Imm64::Const(v) => Ok(*v),
+        Imm64::MapRef(name) => {
+            maps.handle_addr(name).ok_or_else(|| ExecError::UnknownMap { insn, name: name.clone() })
+        }
+        Imm64::MapValueRef { map, off } => {
+            if maps.id_of(map).is_none() {
+                return Err(ExecError::UnknownMap { insn, name: map.clone() });
+            }
+            maps.direct_value_addr(map, *off).map_err(|reason| ExecError::BadInsn { insn, reason })
+        }
+        other => Err(ExecError::Unsupported { insn, what: format!("LD_IMM64 of {other:?}") }),
+    }
 }
 
 fn bad_insn(insn: usize, reason: String) -> ExecError {

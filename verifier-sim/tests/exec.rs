@@ -1075,6 +1075,32 @@ fn a_runner_gives_what_fresh_runs_give() {
     }
 }
 
+/// A runner resolves map references once per map set: another set, where the same name is
+/// another map (or none), gets its own answers.
+#[test]
+fn a_runner_resolves_map_references_per_map_set() {
+    let mut b = Builder::new();
+    b.ld_map(R0, "m").exit();
+    let prog = build(&b);
+    let mut first =
+        MapSet::new(&[spec("x", MapKind::Array, 4, 4, 1), spec("m", MapKind::Array, 4, 4, 1)], 1).unwrap();
+    let mut second = MapSet::new(&[spec("m", MapKind::Array, 4, 4, 1)], 1).unwrap();
+    let (mut neither, mut first_clone) = (no_maps(), first.clone());
+    let mut runner = Runner::new(&prog, ProgKind::Xdp);
+    for (name, maps) in
+        [("first", &mut first), ("second", &mut second), ("first (a clone)", &mut first_clone)]
+    {
+        let want = run_xdp(&prog, &eth_ipv4(), maps).unwrap().retval;
+        assert_eq!(runner.run(&eth_ipv4(), maps).unwrap().retval, want, "`m`'s handle in the {name} set");
+    }
+    assert_ne!(
+        run_xdp(&prog, &eth_ipv4(), &mut first).unwrap().retval,
+        run_xdp(&prog, &eth_ipv4(), &mut second).unwrap().retval,
+        "the two sets give `m` different handles"
+    );
+    assert!(matches!(runner.run(&eth_ipv4(), &mut neither), Err(ExecError::UnknownMap { insn: 0, .. })));
+}
+
 // ---- helpers ----
 
 #[test]

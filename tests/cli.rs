@@ -123,6 +123,66 @@ fn sim_replays_a_capture() {
     assert!(out.contains("packets"), "{out}");
 }
 
+/// A classic pcap (Ethernet) of `frames`, written under the target's scratch directory.
+fn write_pcap(name: &str, frames: &[&[u8]]) -> PathBuf {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    for v in [0u32, 0, 65535, 1] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for f in frames {
+        for v in [0u32, 0, f.len() as u32, f.len() as u32] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(f);
+    }
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}.pcap", std::process::id()));
+    std::fs::write(&path, out).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    path
+}
+
+/// `sluice sim` prints one line per packet in capture order, then the summary; with `-q`
+/// only the summary. Progress is for a person at a terminal: with stdout and stderr piped
+/// (as here), stderr stays empty.
+#[test]
+fn sim_prints_each_verdict_then_the_summary_and_no_progress_into_a_pipe() {
+    use sluice::packet::PacketBuilder;
+    let udp4 = |src: [u8; 4]| {
+        PacketBuilder::ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.into(), [10, 0, 1, 10].into())
+            .udp(1, 2)
+            .payload(b"x")
+            .build()
+    };
+    // fixtures/default-node.yaml denies 192.0.2.0/24.
+    let (denied, passed, runt) = (udp4([192, 0, 2, 1]), udp4([8, 8, 8, 8]), vec![0u8; 10]);
+    let pcap = write_pcap("sim-lines", &[&denied, &passed, &runt]);
+    let pcap = pcap.to_string_lossy().into_owned();
+    let summary =
+        "3 packets run\n  verdict XDP_DROP (1): 2\n  verdict XDP_PASS (2): 1\n  reason deny_v4: 1\n  \
+                   reason pass_v4: 1\n  reason truncated_ethernet: 1\n";
+    let lines = format!(
+        "packet 0 ({} bytes): verdict 1 (XDP_DROP), reason deny_v4\n\
+         packet 1 ({} bytes): verdict 2 (XDP_PASS), reason pass_v4\n\
+         packet 2 (10 bytes): verdict 1 (XDP_DROP), reason truncated_ethernet\n",
+        denied.len(),
+        passed.len()
+    );
+    for (args, want) in [(vec![], format!("{lines}{summary}")), (vec!["-q"], summary.to_string())] {
+        let mut argv = vec!["sim", "--pcap", &pcap];
+        argv.extend(args.iter().copied());
+        let node = fixture("default-node.yaml");
+        argv.push(&node);
+        let o = sluice(&argv);
+        assert!(o.status.success(), "sluice {argv:?}: {}", text(&o));
+        assert_eq!(String::from_utf8_lossy(&o.stdout), want, "stdout of sluice {argv:?}");
+        assert_eq!(String::from_utf8_lossy(&o.stderr), "", "stderr of sluice {argv:?}");
+    }
+    let _ = std::fs::remove_file(&pcap);
+}
+
 #[test]
 fn load_prefilter_and_unload_on_a_private_pin_dir() {
     if !sluice::sys::require_kernel("load_prefilter_and_unload_on_a_private_pin_dir") {

@@ -129,7 +129,7 @@ fn replay_runs_ethernet_and_counts_other_link_types() {
         index,
         len,
         verdict: reason.verdict() as u32,
-        reason: Some(reason.name().to_string()),
+        reason: Some(reason.name()),
     };
     assert_eq!(
         seen,
@@ -379,7 +379,7 @@ fn replay_checked(
     for &(index, data) in &view.ethernet {
         let Some(v) = verdicts.get(&index) else { continue };
         let want = gp::oracle(set, data);
-        if v.reason.as_deref() != Some(want.name()) || v.verdict != want.verdict() as u32 {
+        if v.reason != Some(want.name()) || v.verdict != want.verdict() as u32 {
             failures.push(format!(
                 "{file} packet {index} ({} bytes): simulator {v}; the oracle says {} ({})\n  {:02x?}",
                 data.len(),
@@ -421,6 +421,78 @@ fn corpus_replays_in_simulator() {
         "only {} Ethernet packets judged, fewer than {MIN_CORPUS_PACKETS}",
         tally.packets_run
     );
+}
+
+/// The replay as it ran before it was made fast (issue 16, finding 8), kept as the
+/// reference: every Ethernet packet through `SimNode::run` (a fresh machine and context each
+/// time, the program found by name), its reason read off `pf_stats` before and after with
+/// `SimNode::counter`. Packets the simulator refuses are left out, as the replay leaves them.
+fn reference_replay(node: &mut SimNode, bytes: &[u8]) -> Vec<PacketVerdict> {
+    let Ok(cap) = Capture::parse(bytes) else { return Vec::new() };
+    let counters = |node: &SimNode| -> Vec<u64> {
+        (0..Reason::ALL.len() as u32).map(|i| node.counter("pf_stats", i)).collect()
+    };
+    let mut before = counters(node);
+    let mut verdicts = Vec::new();
+    for record in cap.packets() {
+        let Ok(record) = record else { break };
+        if record.link_type != LinkType::ETHERNET {
+            continue;
+        }
+        let Ok(out) = node.run(NAME, record.data) else { continue };
+        let after = counters(node);
+        let moved = after.iter().zip(&before).position(|(a, b)| a != b);
+        before = after;
+        verdicts.push(PacketVerdict {
+            index: record.index,
+            len: record.data.len(),
+            verdict: out.retval as u32,
+            reason: moved.map(|i| Reason::ALL[i].name()),
+        });
+    }
+    verdicts
+}
+
+/// The fast replay gives every corpus packet the verdict and reason the reference replay
+/// gives it, and leaves the same counters.
+#[test]
+fn corpus_replay_equals_packet_by_packet_runs() {
+    let Some(files) = corpus("corpus_replay_equals_packet_by_packet_runs") else { return };
+    let (plan, _) = small_node();
+    let (mut fast, mut reference) = (sim_node(&plan), sim_node(&plan));
+    let mut failures = Vec::new();
+    let mut by_verdict: BTreeMap<(u32, Option<&str>), usize> = BTreeMap::new();
+    for path in &files {
+        let file =
+            path.file_name().map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let bytes = read(path);
+        let mut got = Vec::new();
+        let _ = replay(&mut fast, NAME, &bytes, |v| got.push(v.clone()));
+        let want = reference_replay(&mut reference, &bytes);
+        if got != want {
+            let at = got.iter().zip(&want).position(|(g, w)| g != w).unwrap_or(got.len().min(want.len()));
+            failures.push(format!(
+                "{file}: {} packets replayed, {} in the reference; first difference at {at}: replay {:?}, reference {:?}",
+                got.len(),
+                want.len(),
+                got.get(at).map(ToString::to_string),
+                want.get(at).map(ToString::to_string)
+            ));
+        }
+        for v in &got {
+            *by_verdict.entry((v.verdict, v.reason)).or_default() += 1;
+        }
+    }
+    for r in Reason::ALL {
+        let i = r as u32;
+        let (f, w) = (fast.counter("pf_stats", i), reference.counter("pf_stats", i));
+        if f != w {
+            failures
+                .push(format!("pf_stats[{}] ({i}): {f} after the replay, {w} after the reference", r.name()));
+        }
+    }
+    eprintln!("corpus: {} packets by (verdict, reason): {by_verdict:?}", by_verdict.values().sum::<usize>());
+    show_failures("replay vs packet-by-packet runs", &failures);
 }
 
 /// The prefilter in the kernel, with the last reading of its reason counters.
@@ -491,7 +563,7 @@ fn corpus_kernel_matches_simulator() {
             compared += 1;
             match kernel.run(data) {
                 Ok((verdict, out, reason)) => {
-                    if verdict != s.verdict || reason != s.reason.as_deref() || out != data {
+                    if verdict != s.verdict || reason != s.reason || out != data {
                         failures.push(format!(
                             "{file} packet {index} ({} bytes): kernel verdict {verdict} reason {reason:?}{}; simulator {s}\n  {:02x?}",
                             data.len(),

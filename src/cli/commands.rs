@@ -169,21 +169,40 @@ fn compile(path: &Path, out: Option<&Path>) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Columns a progress line of `sluice sim` is padded to.
+const PROGRESS_WIDTH: usize = 64;
+
 fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
+    use std::io::{IsTerminal, Write};
     let plan = plan_file(path)?;
     let mut node = SimNode::new(&plan)?;
     let bytes = std::fs::read(pcap).map_err(|source| CliError::Io { path: pcap.to_path_buf(), source })?;
     let program = crate::codegen::prefilter::NAME;
+    // Verdict lines go out in blocks, not one write per packet; a closed pipe (`| head`)
+    // ends the printing, not the replay.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printing = !quiet;
+    // Progress goes to stderr for a person watching it, unless the verdict lines already
+    // scroll past on the same screen.
+    let watched = std::io::stderr().is_terminal() && (quiet || !std::io::stdout().is_terminal());
+    let mut progress = watched.then(replay::Progress::new);
     let summary = replay::replay(&mut node, program, &bytes, |v| {
-        if !quiet {
-            println!("{v}");
+        if printing && writeln!(out, "{v}").is_err() {
+            printing = false;
+        }
+        // Each line overwrites the last (padded, so no tail of a longer one is left).
+        if let Some(line) = progress.as_mut().and_then(replay::Progress::packet) {
+            eprint!("\r{line:<PROGRESS_WIDTH$}");
         }
     });
+    if let Some(p) = &progress {
+        eprintln!("\r{:<PROGRESS_WIDTH$}", p.finish());
+    }
+    let _ = out.write_all(summary.as_ref().map(replay::describe).unwrap_or_default().as_bytes());
+    let _ = out.flush();
+    drop(out);
     match summary {
-        Ok(r) => {
-            print!("{}", replay::describe(&r));
-            Ok(ExitCode::SUCCESS)
-        }
+        Ok(_) => Ok(ExitCode::SUCCESS),
         Err(e) => Err(CliError::Replay(format!("{}: {e}", pcap.display()))),
     }
 }

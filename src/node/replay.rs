@@ -13,12 +13,18 @@
 //! - A capture that cannot be read stops the replay: [`ReplayError::Read`] carries the
 //!   summary of the packets read before the problem; [`ReplayError::Header`] means the file
 //!   is not a capture at all.
+//! - Each packet runs exactly as [`SimNode::run`] would run it, but the program is decoded
+//!   once and its machine, context and counter readings are reused: once warm, a packet
+//!   allocates nothing (packets that fail, and the first packet of each new verdict,
+//!   reason or skipped link type, aside).
 
-use super::sim::SimNode;
+use super::sim::{counter_of, counter_value, SimNode};
 use crate::maps::prefilter::Reason;
 use sluice_verifier_sim::pcap::{Capture, LinkType, PcapError};
+use sluice_verifier_sim::spec::MapKind;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// What one packet did.
@@ -32,7 +38,7 @@ pub struct PacketVerdict {
     pub verdict: u32,
     /// The reason counted, by name; `None` when the program has no reason counters or none
     /// moved.
-    pub reason: Option<String>,
+    pub reason: Option<&'static str>,
 }
 
 impl fmt::Display for PacketVerdict {
@@ -41,7 +47,7 @@ impl fmt::Display for PacketVerdict {
         if let Some(name) = verdict_name(self.verdict) {
             write!(f, " ({name})")?;
         }
-        if let Some(r) = &self.reason {
+        if let Some(r) = self.reason {
             write!(f, ", reason {r}")?;
         }
         Ok(())
@@ -123,10 +129,45 @@ fn reason_counters(program: &str) -> Option<(&'static str, ReasonName)> {
     (program == crate::codegen::prefilter::NAME).then_some(("pf_stats", prefilter_reason as ReasonName))
 }
 
-/// Current values of every element of a counter map.
-fn snapshot(node: &SimNode, map: &str) -> Vec<u64> {
-    let n = node.maps.get(map).map_or(0, |m| m.spec().max_entries);
-    (0..n).map(|i| node.counter(map, i)).collect()
+/// Current values of every element of a counter map (as [`SimNode::counter`] reads each),
+/// into `out` (whose room is reused).
+fn snapshot(node: &SimNode, map: &str, out: &mut Vec<u64>) {
+    out.clear();
+    let Some(m) = node.maps.get(map) else { return };
+    match m.array_elements().filter(|_| m.kind() == MapKind::PerCpuArray) {
+        // One pass over a per-CPU array (the counter maps), not a search per element.
+        Some(elements) => {
+            let vsize = m.spec().value_size as usize;
+            out.extend(elements.map(|copies| copies.chunks(vsize.max(1)).map(counter_value).sum::<u64>()));
+        }
+        None => out.extend((0..m.spec().max_entries).map(|i| counter_of(m, i))),
+    }
+}
+
+/// A [`Replay`] as it is counted: keys that need no allocation per packet.
+#[derive(Default)]
+struct Tally {
+    packets: usize,
+    by_reason: BTreeMap<&'static str, usize>,
+    by_verdict: BTreeMap<u32, usize>,
+    skipped_link_types: BTreeMap<LinkType, usize>,
+    errors: Vec<String>,
+}
+
+impl Tally {
+    fn summary(self) -> Replay {
+        Replay {
+            packets: self.packets,
+            by_reason: self.by_reason.into_iter().map(|(k, n)| (k.to_string(), n)).collect(),
+            by_verdict: self.by_verdict,
+            skipped_link_types: self
+                .skipped_link_types
+                .into_iter()
+                .map(|(lt, n)| (link_type_key(lt), n))
+                .collect(),
+            errors: self.errors,
+        }
+    }
 }
 
 /// Replay `capture` through `program` of `node`, calling `each` after every packet run.
@@ -136,47 +177,118 @@ pub fn replay(
     capture: &[u8],
     mut each: impl FnMut(&PacketVerdict),
 ) -> Result<Replay, ReplayError> {
-    if !node.objects.iter().any(|o| o.name == program) {
+    let Ok(mut runner) = node.packet_runner(program) else {
         return Err(ReplayError::NoProgram(program.to_string()));
-    }
+    };
     let cap = Capture::parse(capture).map_err(ReplayError::Header)?;
     let counters = reason_counters(program);
-    let mut before = counters.map(|(map, _)| snapshot(node, map)).unwrap_or_default();
-    let mut r = Replay::default();
+    let (mut before, mut after) = (Vec::new(), Vec::new());
+    if let Some((map, _)) = counters {
+        snapshot(node, map, &mut before);
+    }
+    let mut t = Tally::default();
     for record in cap.packets() {
         let record = match record {
             Ok(record) => record,
-            Err(source) => return Err(ReplayError::Read { partial: Box::new(r), source }),
+            Err(source) => return Err(ReplayError::Read { partial: Box::new(t.summary()), source }),
         };
         if record.link_type != LinkType::ETHERNET {
-            *r.skipped_link_types.entry(link_type_key(record.link_type)).or_default() += 1;
+            *t.skipped_link_types.entry(record.link_type).or_default() += 1;
             continue;
         }
-        let out = match node.run(program, record.data) {
+        let out = match runner.run(record.data, &mut node.maps) {
             Ok(out) => out,
             Err(e) => {
-                r.errors.push(format!("packet {} ({} bytes): {e}", record.index, record.data.len()));
+                t.errors.push(format!("packet {} ({} bytes): {e}", record.index, record.data.len()));
                 continue;
             }
         };
         let mut reason = None;
         if let Some((map, name)) = counters {
-            let after = snapshot(node, map);
+            snapshot(node, map, &mut after);
             let moved = after.iter().zip(&before).position(|(a, b)| a != b);
-            reason = moved.and_then(|i| name(i as u32)).map(str::to_string);
-            before = after;
+            reason = moved.and_then(|i| name(i as u32));
+            std::mem::swap(&mut before, &mut after);
         }
         // The kernel hands back the low 32 bits of r0.
         let v =
             PacketVerdict { index: record.index, len: record.data.len(), verdict: out.retval as u32, reason };
-        r.packets += 1;
-        *r.by_verdict.entry(v.verdict).or_default() += 1;
-        if let Some(reason) = &v.reason {
-            *r.by_reason.entry(reason.clone()).or_default() += 1;
+        t.packets += 1;
+        *t.by_verdict.entry(v.verdict).or_default() += 1;
+        if let Some(reason) = v.reason {
+            *t.by_reason.entry(reason).or_default() += 1;
         }
         each(&v);
     }
-    Ok(r)
+    Ok(t.summary())
+}
+
+/// Progress of a long replay for people: [`Progress::packet`] after every packet gives a
+/// line about once a second (the clock is read once every [`Progress::CHECK_EVERY`]
+/// packets, so counting costs next to nothing).
+#[derive(Debug)]
+pub struct Progress {
+    start: Instant,
+    next: Instant,
+    packets: u64,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
+}
+
+impl Progress {
+    /// Packets between two readings of the clock.
+    pub const CHECK_EVERY: u64 = 4096;
+    /// Time between two lines.
+    pub const INTERVAL: Duration = Duration::from_secs(1);
+
+    /// Start counting now.
+    pub fn new() -> Progress {
+        let start = Instant::now();
+        Progress { start, next: start + Self::INTERVAL, packets: 0 }
+    }
+
+    /// Count one packet; a line when the interval has passed since the last one.
+    pub fn packet(&mut self) -> Option<String> {
+        self.packets += 1;
+        if !self.packets.is_multiple_of(Self::CHECK_EVERY) {
+            return None;
+        }
+        let now = Instant::now();
+        if now < self.next {
+            return None;
+        }
+        self.next = now + Self::INTERVAL;
+        Some(progress_line(self.packets, now - self.start))
+    }
+
+    /// The closing line: packets, time taken and rate.
+    pub fn finish(&self) -> String {
+        progress_line(self.packets, self.start.elapsed())
+    }
+}
+
+/// "1,048,576 packets in 2.1 s (499,322 packets/s)".
+fn progress_line(packets: u64, elapsed: Duration) -> String {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { (packets as f64 / secs) as u64 } else { 0 };
+    format!("{} packets in {secs:.1} s ({} packets/s)", grouped(packets), grouped(rate))
+}
+
+/// `n` with thousands separated by commas.
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A summary for people: packets run, verdicts, reasons, skipped link types, errors.
@@ -237,8 +349,38 @@ mod tests {
     }
 
     #[test]
+    fn progress_lines_give_packets_time_and_rate() {
+        let cases = [
+            (0, 1_000, "0 packets in 1.0 s (0 packets/s)"),
+            (999, 1_000, "999 packets in 1.0 s (999 packets/s)"),
+            (1_048_576, 2_000, "1,048,576 packets in 2.0 s (524,288 packets/s)"),
+            (5, 0, "5 packets in 0.0 s (0 packets/s)"),
+        ];
+        for (packets, ms, want) in cases {
+            let got = progress_line(packets, Duration::from_millis(ms));
+            assert_eq!(got, want, "{packets} packets in {ms} ms");
+        }
+    }
+
+    #[test]
+    fn progress_reads_the_clock_only_every_check_interval() {
+        let mut p = Progress::new();
+        // Pretend the interval has long passed: only a multiple of CHECK_EVERY gives a line.
+        p.next = p.start;
+        for _ in 1..Progress::CHECK_EVERY {
+            assert_eq!(p.packet(), None);
+        }
+        let line = p.packet().expect("the interval has passed at a check");
+        assert!(line.starts_with("4,096 packets in "), "{line}");
+        // The next line waits for the interval again.
+        for _ in 0..Progress::CHECK_EVERY {
+            assert_eq!(p.packet(), None);
+        }
+    }
+
+    #[test]
     fn verdict_lines_name_the_reason() {
-        let v = PacketVerdict { index: 4, len: 60, verdict: 1, reason: Some("deny_v4".into()) };
+        let v = PacketVerdict { index: 4, len: 60, verdict: 1, reason: Some("deny_v4") };
         assert_eq!(v.to_string(), "packet 4 (60 bytes): verdict 1 (XDP_DROP), reason deny_v4");
     }
 }

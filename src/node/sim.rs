@@ -4,8 +4,8 @@
 
 use super::{Object, Plan};
 use crate::maps::prefilter::MapWrites;
-use sluice_verifier_sim::exec::{self, RunOutcome};
-use sluice_verifier_sim::maps::MapSet;
+use sluice_verifier_sim::exec::{self, RunOutcome, RunStats};
+use sluice_verifier_sim::maps::{Map, MapSet};
 use sluice_verifier_sim::spec::{MapSpec, ProgKind};
 use sluice_verifier_sim::verifier::{self, VerifyStats};
 use std::collections::BTreeMap;
@@ -83,20 +83,45 @@ impl SimNode {
         self.objects.iter().find(|o| o.name == name).ok_or_else(|| SimError::NoProgram(name.to_string()))
     }
 
+    /// The kind a program runs as in [`SimNode::run`]: XDP, or tc for every other kind.
+    fn packet_kind(obj: &Object) -> ProgKind {
+        match obj.kind {
+            ProgKind::Xdp => ProgKind::Xdp,
+            _ => ProgKind::SchedCls,
+        }
+    }
+
     /// Run one packet through a program.
     pub fn run(&mut self, name: &str, packet: &[u8]) -> Result<RunOutcome, SimError> {
-        let obj = self.object(name)?.clone();
-        let out = match obj.kind {
-            ProgKind::Xdp => exec::run_xdp(&obj.program, packet, &mut self.maps),
-            _ => exec::run_tc(&obj.program, packet, &mut self.maps),
-        };
-        out.map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
+        let obj = self
+            .objects
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| SimError::NoProgram(name.to_string()))?;
+        let kind = Self::packet_kind(obj);
+        exec::run(&obj.program, kind, &mut exec::Context::new(packet), &mut self.maps)
+            .map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
+    }
+
+    /// A runner of one program for many packets: [`PacketRunner::run`] gives what
+    /// [`SimNode::run`] gives, with the program decoded once and nothing allocated per
+    /// packet.
+    pub fn packet_runner(&self, name: &str) -> Result<PacketRunner, SimError> {
+        let obj = self.object(name)?;
+        Ok(PacketRunner {
+            name: obj.name.clone(),
+            runner: exec::Runner::new(&obj.program, Self::packet_kind(obj)),
+        })
     }
 
     /// Run a program on a full context (ifindexes, FIB answer, ...); `ctx` keeps what the
     /// run changed (the packet, tunnel key).
     pub fn run_with(&mut self, name: &str, ctx: &mut exec::Context) -> Result<RunOutcome, SimError> {
-        let obj = self.object(name)?.clone();
+        let obj = self
+            .objects
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| SimError::NoProgram(name.to_string()))?;
         exec::run(&obj.program, obj.kind, ctx, &mut self.maps)
             .map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
     }
@@ -104,10 +129,50 @@ impl SimNode {
     /// The sum over CPUs of a per-CPU `u64` counter array element.
     pub fn counter(&self, map: &str, index: u32) -> u64 {
         let Some(m) = self.maps.get(map) else { return 0 };
-        let Some(per_cpu) = m.lookup_percpu(&index.to_le_bytes()) else { return 0 };
-        per_cpu
-            .iter()
-            .map(|v| v.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8]))))
-            .sum()
+        counter_of(m, index)
+    }
+}
+
+/// [`SimNode::counter`] of a map in hand (allocates nothing).
+pub fn counter_of(map: &Map, index: u32) -> u64 {
+    let Some(per_cpu) = map.values_percpu(&index.to_le_bytes()) else { return 0 };
+    per_cpu.map(counter_value).sum()
+}
+
+/// One CPU's copy of a counter: its first 8 bytes, little endian (0 when shorter).
+pub fn counter_value(copy: &[u8]) -> u64 {
+    copy.get(..8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+}
+
+/// One program of a [`SimNode`] run packet after packet (see [`SimNode::packet_runner`]).
+#[derive(Debug, Clone)]
+pub struct PacketRunner {
+    name: String,
+    runner: exec::Runner,
+}
+
+impl PacketRunner {
+    /// The program's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Run `packet` through the program with `maps` (the node's, or any others laid out
+    /// alike): what [`SimNode::run`] does, less the copies of the packet in the outcome;
+    /// the packet as the program left it is [`PacketRunner::packet`].
+    pub fn run(&mut self, packet: &[u8], maps: &mut MapSet) -> Result<RunStats, SimError> {
+        self.runner
+            .run(packet, maps)
+            .map_err(|e| SimError::Exec { name: self.name.clone(), message: e.to_string() })
+    }
+
+    /// The packet as the last run left it.
+    pub fn packet(&self) -> &[u8] {
+        self.runner.packet()
+    }
+
+    /// The context after the last run (its `packet` is empty: see [`PacketRunner::packet`]).
+    pub fn context(&self) -> &exec::Context {
+        self.runner.context()
     }
 }

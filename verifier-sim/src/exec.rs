@@ -8,6 +8,13 @@
 //! [`Program::insns`] (not its slot). The [`Context`] is updated in place: packet bytes,
 //! writable `__sk_buff` fields, hash and checksum state as the program left them.
 //!
+//! Many runs: a [`Machine`] keeps its buffers from run to run, yet each run starts from
+//! zeroed stacks and a freshly built packet frame, exactly as a new machine would.
+//! [`Prepared`] decodes a program once (its jump targets); [`Runner`] runs one program
+//! packet after packet, each run what [`run`] gives on a fresh [`Context::new`], and
+//! allocates nothing once its buffers have held the largest packet (a capture replay runs
+//! at hundreds of thousands of packets a second).
+//!
 //! Memory model: one simulated 64-bit address space of disjoint regions; every load,
 //! store, atomic and helper memory argument is bounds-checked against its region.
 //! - Stack: frame `i` (0 = main) owns `[STACK_BASE + i * STACK_FRAME_SPAN, +512)`, `r10` is
@@ -368,12 +375,120 @@ pub struct RunOutcome {
     pub ctx_out: SkbFields,
 }
 
-/// The executor's persistent state: step budget, random generator, tail-call targets.
+/// What a run produced, without the packet: see [`Machine::run_prepared`], which leaves the
+/// packet in its [`Context`] and allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunStats {
+    /// `r0` at the final `exit`, all 64 bits (the kernel hands back its low 32).
+    pub retval: u64,
+    /// As [`RunOutcome::redirect`].
+    pub redirect: Option<(u32, u64)>,
+    /// As [`RunOutcome::redirect_neigh`].
+    pub redirect_neigh: bool,
+    /// As [`RunOutcome::redirect_peer`].
+    pub redirect_peer: bool,
+    /// Instructions executed (an `LD_IMM64` counts once).
+    pub insns_executed: u64,
+    /// Tail calls taken.
+    pub tail_calls: u32,
+}
+
+/// A program decoded once for many runs: where each jump and local call lands, so that a
+/// run computes no slot table, and (once [`Prepared::bind`] has seen the maps) what each
+/// map reference loads, so that a run looks up no map by name.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    program: Program,
+    /// The [`MapSet::layout`] `resolved` holds for.
+    bound: Option<u64>,
+    /// Per instruction: what an `LD_IMM64` of a map or map value loads, where it resolves
+    /// (one that does not is resolved, and fails, when it runs).
+    resolved: Vec<Option<u64>>,
+    /// Per instruction: the index a jump or local call lands on, or (`Err`) the slot it
+    /// names when that slot starts no instruction (an error only when the jump is taken).
+    /// Instructions that do not branch hold `Ok(0)`, never read.
+    targets: Vec<Result<usize, i64>>,
+}
+
+impl Prepared {
+    /// Decode `prog` (a copy is kept).
+    pub fn new(prog: &Program) -> Prepared {
+        let starts = prog.slot_starts();
+        let last = starts.len() - 1;
+        let targets = prog
+            .insns()
+            .iter()
+            .enumerate()
+            .map(|(i, insn)| {
+                let Some(off) = insn.branch_offset() else { return Ok(0) };
+                let slot = starts[i] as i64 + 1 + i64::from(off);
+                usize::try_from(slot).ok().and_then(|s| starts[..last].binary_search(&s).ok()).ok_or(slot)
+            })
+            .collect();
+        Prepared { program: prog.clone(), bound: None, resolved: Vec::new(), targets }
+    }
+
+    /// Resolve the program's map references against `maps` (and every set of its
+    /// [`MapSet::layout`]); runs with other maps resolve them as they go.
+    pub fn bind(&mut self, maps: &MapSet) {
+        if self.bound == Some(maps.layout()) {
+            return;
+        }
+        self.resolved = self
+            .program
+            .insns()
+            .iter()
+            .enumerate()
+            .map(|(i, insn)| match insn {
+                Insn::LdImm64 { imm: imm @ (Imm64::MapRef(_) | Imm64::MapValueRef { .. }), .. } => {
+                    imm64(maps, i, imm).ok()
+                }
+                _ => None,
+            })
+            .collect();
+        self.bound = Some(maps.layout());
+    }
+
+    /// What the `LD_IMM64` at `insn` loads with `maps`, if bound to their layout.
+    fn resolved(&self, insn: usize, maps: &MapSet) -> Option<u64> {
+        if self.bound != Some(maps.layout()) {
+            return None;
+        }
+        self.resolved.get(insn).copied().flatten()
+    }
+
+    /// The program.
+    pub fn program(&self) -> &Program {
+        &self.program
+    }
+}
+
+/// Buffers a [`Machine`] keeps between runs so that a run allocates nothing: the packet
+/// frame, the stacks of every call frame, and room for helper arguments.
+#[derive(Debug, Clone, Default)]
+struct Scratch {
+    /// The packet frame (headroom, packet, tailroom), `hard_end` bytes during a run.
+    buf: Vec<u8>,
+    /// `MAX_CALL_FRAMES` stacks of `STACK_SIZE` bytes, frame `i` at `i * STACK_SIZE`.
+    stack: Vec<u8>,
+    /// Map helper keys and values, copied out of program memory.
+    key: Vec<u8>,
+    value: Vec<u8>,
+    /// The last run's `data_meta`, `data` and `data_end` offsets in `buf` (all 0 after a
+    /// failed run).
+    meta: usize,
+    data: usize,
+    end: usize,
+}
+
+/// The executor's persistent state: step budget, random generator, tail-call targets, and
+/// buffers reused from run to run.
 #[derive(Debug, Clone)]
 pub struct Machine {
     step_limit: u64,
     rng: u64,
-    programs: Vec<Program>,
+    programs: Vec<Prepared>,
+    scratch: Scratch,
 }
 
 impl Default for Machine {
@@ -382,15 +497,29 @@ impl Default for Machine {
     }
 }
 
+/// The `bpf_get_prandom_u32` seed of [`Machine::new`].
+pub const DEFAULT_SEED: u64 = 0x5eed_5eed;
+
 impl Machine {
-    /// A machine with the default step limit and a fixed seed.
+    /// A machine with the default step limit and a fixed seed ([`DEFAULT_SEED`]).
     pub fn new() -> Machine {
-        Machine::with_seed(0x5eed_5eed)
+        Machine::with_seed(DEFAULT_SEED)
     }
 
     /// A machine whose `bpf_get_prandom_u32` sequence starts from `seed`.
     pub fn with_seed(seed: u64) -> Machine {
-        Machine { step_limit: DEFAULT_STEP_LIMIT, rng: seed, programs: Vec::new() }
+        Machine {
+            step_limit: DEFAULT_STEP_LIMIT,
+            rng: seed,
+            programs: Vec::new(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Restart the `bpf_get_prandom_u32` sequence from `seed` (a later run draws what a
+    /// fresh [`Machine::with_seed`] would).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = seed;
     }
 
     /// Stop runs after `limit` instructions.
@@ -400,7 +529,7 @@ impl Machine {
 
     /// The programs `bpf_tail_call` can reach: a `ProgArray` value `i` names `programs[i]`.
     pub fn set_programs(&mut self, programs: Vec<Program>) {
-        self.programs = programs;
+        self.programs = programs.iter().map(Prepared::new).collect();
     }
 
     /// Run `prog` as a `kind` program on `ctx` with `maps`. `ctx` is updated in place (see
@@ -412,33 +541,90 @@ impl Machine {
         ctx: &mut Context,
         maps: &mut MapSet,
     ) -> Result<RunOutcome, ExecError> {
+        let stats = self.run_prepared(&Prepared::new(prog), kind, ctx, maps)?;
+        Ok(RunOutcome {
+            retval: stats.retval,
+            packet: self.last_packet().to_vec(),
+            meta: self.last_meta().to_vec(),
+            redirect: stats.redirect,
+            redirect_neigh: stats.redirect_neigh,
+            redirect_peer: stats.redirect_peer,
+            insns_executed: stats.insns_executed,
+            tail_calls: stats.tail_calls,
+            ctx_out: ctx.skb.clone(),
+        })
+    }
+
+    /// [`Machine::run`] of a program decoded once: the packet as the program left it is in
+    /// `ctx.packet` (its XDP metadata in [`Machine::last_meta`]). Once the machine's
+    /// buffers and `ctx.packet` have grown to the largest packet, a run allocates nothing
+    /// (errors aside).
+    pub fn run_prepared(
+        &mut self,
+        prog: &Prepared,
+        kind: ProgKind,
+        ctx: &mut Context,
+        maps: &mut MapSet,
+    ) -> Result<RunStats, ExecError> {
+        // The packet leaves the context for the run and comes back with what the program
+        // made of it (nothing else in the context is read as a packet).
+        let input = std::mem::take(&mut ctx.packet);
+        let stats = self.run_packet(prog, kind, &input, ctx, maps);
+        ctx.packet = input;
+        let stats = stats?;
+        ctx.packet.clear();
+        ctx.packet.extend_from_slice(self.last_packet());
+        Ok(stats)
+    }
+
+    /// [`Machine::run_prepared`] on `packet` instead of `ctx.packet` (which is neither read
+    /// nor written): the packet as the program left it is [`Machine::last_packet`]. Once the
+    /// machine's buffers have grown to the largest packet, a run allocates nothing (errors
+    /// aside).
+    pub fn run_packet(
+        &mut self,
+        prog: &Prepared,
+        kind: ProgKind,
+        packet: &[u8],
+        ctx: &mut Context,
+        maps: &mut MapSet,
+    ) -> Result<RunStats, ExecError> {
         if !matches!(kind, ProgKind::Xdp | ProgKind::SchedCls | ProgKind::CgroupSockAddr(_)) {
             return Err(ExecError::UnsupportedKind { kind });
         }
-        let len = ctx.packet.len();
+        let len = packet.len();
         // An skb always holds an Ethernet header; an XDP buffer need not (a runt frame is
         // the program's to judge), although BPF_PROG_TEST_RUN refuses to build one.
         if len < ETH_HLEN && kind == ProgKind::SchedCls {
             return Err(ExecError::PacketTooShort { len });
         }
         let hard_end = (FRAME_SIZE - SKB_SHARED_INFO_SIZE).max(XDP_PACKET_HEADROOM + len);
-        let mut buf = vec![0u8; hard_end];
-        buf[XDP_PACKET_HEADROOM..XDP_PACKET_HEADROOM + len].copy_from_slice(&ctx.packet);
+        let Machine { step_limit, rng, programs, scratch } = self;
+        let Scratch { buf, stack, key, value, meta, data, end } = scratch;
+        (*meta, *data, *end) = (0, 0, 0);
+        // A fresh zeroed frame each run, as a new test run builds.
+        buf.clear();
+        buf.resize(hard_end, 0);
+        buf[XDP_PACKET_HEADROOM..XDP_PACKET_HEADROOM + len].copy_from_slice(packet);
+        stack.resize(MAX_CALL_FRAMES * STACK_SIZE, 0);
+        // Stacks start zeroed: frame 0 now, each further frame when it is entered.
+        stack[..STACK_SIZE].fill(0);
         let pkt = PacketBuf {
             buf,
             meta: XDP_PACKET_HEADROOM,
             data: XDP_PACKET_HEADROOM,
             end: XDP_PACKET_HEADROOM + len,
         };
-        let protocol = eth_protocol(&ctx.packet);
-        let Machine { step_limit, rng, programs } = self;
+        let protocol = eth_protocol(packet);
         let mut vm = Vm {
             kind,
-            insns: prog.insns(),
-            starts: prog.slot_starts(),
+            prog,
             regs: [0; 11],
-            frames: Vec::new(),
-            stacks: vec![vec![0; STACK_SIZE]],
+            frames: [Frame { ret: 0, saved: [0; 4] }; MAX_CALL_FRAMES],
+            depth: 0,
+            stack,
+            key,
+            value,
             pkt,
             ctx,
             maps,
@@ -457,21 +643,65 @@ impl Machine {
         vm.regs[1] = CTX_ADDR;
         vm.regs[10] = frame_top(0);
         let retval = vm.exec()?;
-        let Vm { pkt, ctx, redirect, redirect_neigh, redirect_peer, steps, tail_calls, .. } = vm;
-        let packet = pkt.buf[pkt.data..pkt.end].to_vec();
-        let meta = pkt.buf[pkt.meta..pkt.data].to_vec();
-        ctx.packet.clone_from(&packet);
-        Ok(RunOutcome {
-            retval,
-            packet,
-            meta,
-            redirect,
-            redirect_neigh,
-            redirect_peer,
-            insns_executed: steps,
-            tail_calls,
-            ctx_out: ctx.skb.clone(),
-        })
+        let Vm { pkt, redirect, redirect_neigh, redirect_peer, steps, tail_calls, .. } = vm;
+        (*meta, *data, *end) = (pkt.meta, pkt.data, pkt.end);
+        Ok(RunStats { retval, redirect, redirect_neigh, redirect_peer, insns_executed: steps, tail_calls })
+    }
+
+    /// The packet (`data` to `data_end`) the last successful run left; empty after a
+    /// failed run.
+    pub fn last_packet(&self) -> &[u8] {
+        self.scratch.buf.get(self.scratch.data..self.scratch.end).unwrap_or(&[])
+    }
+
+    /// The XDP metadata (`data_meta` to `data`) the last successful run left.
+    pub fn last_meta(&self) -> &[u8] {
+        self.scratch.buf.get(self.scratch.meta..self.scratch.data).unwrap_or(&[])
+    }
+}
+
+/// One program run packet after packet, each run exactly what [`run`] does on a fresh
+/// [`Context::new`] of the packet (a fresh [`Machine`] each time: the default step limit,
+/// the random sequence from [`DEFAULT_SEED`], no tail-call table), with the program
+/// decoded once and the machine's buffers and the context reused: once they have held the
+/// largest packet, a run allocates nothing (errors aside).
+#[derive(Debug, Clone)]
+pub struct Runner {
+    prog: Prepared,
+    kind: ProgKind,
+    machine: Machine,
+    ctx: Context,
+}
+
+impl Runner {
+    /// A runner of `prog` as a `kind` program.
+    pub fn new(prog: &Program, kind: ProgKind) -> Runner {
+        Runner { prog: Prepared::new(prog), kind, machine: Machine::new(), ctx: Context::new(Vec::new()) }
+    }
+
+    /// The kind the program runs as.
+    pub fn kind(&self) -> ProgKind {
+        self.kind
+    }
+
+    /// Run the program on `packet` with `maps`.
+    pub fn run(&mut self, packet: &[u8], maps: &mut MapSet) -> Result<RunStats, ExecError> {
+        // What `Context::new(packet)` holds besides the packet, which goes in directly.
+        self.ctx = Context::new(Vec::new());
+        self.machine.reseed(DEFAULT_SEED);
+        self.prog.bind(maps);
+        self.machine.run_packet(&self.prog, self.kind, packet, &mut self.ctx, maps)
+    }
+
+    /// The packet as the last run left it (empty after a failed run).
+    pub fn packet(&self) -> &[u8] {
+        self.machine.last_packet()
+    }
+
+    /// The context after the last run (the writable `__sk_buff` fields, the tunnel key);
+    /// its `packet` is empty: see [`Runner::packet`].
+    pub fn context(&self) -> &Context {
+        &self.ctx
     }
 }
 
@@ -497,14 +727,14 @@ pub fn run_tc(prog: &Program, packet: &[u8], maps: &mut MapSet) -> Result<RunOut
 
 /// The packet buffer; offsets are from its first byte (`data_hard_start`).
 #[derive(Debug)]
-struct PacketBuf {
-    buf: Vec<u8>,
+struct PacketBuf<'a> {
+    buf: &'a mut Vec<u8>,
     meta: usize,
     data: usize,
     end: usize,
 }
 
-impl PacketBuf {
+impl PacketBuf<'_> {
     fn len(&self) -> usize {
         self.end - self.data
     }
@@ -521,10 +751,19 @@ impl PacketBuf {
 }
 
 /// A caller's state saved across a bpf-to-bpf call.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Frame {
     ret: usize,
     saved: [u64; 4],
+}
+
+/// Where an address lies (see [`Vm::locate`]).
+enum Region {
+    /// Offset into [`Scratch::stack`].
+    Stack(usize),
+    /// Offset into the packet buffer.
+    Packet(usize),
+    Map,
 }
 
 /// What a helper call leaves to the main loop.
@@ -536,16 +775,22 @@ enum Flow {
 
 struct Vm<'a> {
     kind: ProgKind,
-    insns: &'a [Insn],
-    starts: Vec<usize>,
+    /// The program running (the last tail call's target).
+    prog: &'a Prepared,
     regs: [u64; 11],
-    frames: Vec<Frame>,
-    stacks: Vec<Vec<u8>>,
-    pkt: PacketBuf,
+    /// The callers' saved state, `depth` of them.
+    frames: [Frame; MAX_CALL_FRAMES],
+    depth: usize,
+    /// Every frame's stack (see [`Scratch::stack`]); frames `0..=depth` are live.
+    stack: &'a mut Vec<u8>,
+    /// Helper argument copies.
+    key: &'a mut Vec<u8>,
+    value: &'a mut Vec<u8>,
+    pkt: PacketBuf<'a>,
     ctx: &'a mut Context,
     maps: &'a mut MapSet,
     rng: &'a mut u64,
-    programs: &'a [Program],
+    programs: &'a [Prepared],
     redirect: Option<(u32, u64)>,
     redirect_neigh: bool,
     redirect_peer: bool,
@@ -752,14 +997,13 @@ impl Vm<'_> {
         }
     }
 
-    /// The instruction index at `pc + 1 + off` slots.
-    fn target(&self, insn: usize, off: i64) -> Result<usize, ExecError> {
-        let slot = self.starts[insn] as i64 + 1 + off;
-        let last = self.starts.len() - 1;
-        usize::try_from(slot)
-            .ok()
-            .and_then(|s| self.starts[..last].binary_search(&s).ok())
-            .ok_or(ExecError::BadJump { insn, slot })
+    /// The instruction index the jump or local call at `insn` lands on.
+    fn target(&self, insn: usize) -> Result<usize, ExecError> {
+        match self.prog.targets.get(insn) {
+            Some(&Ok(to)) => Ok(to),
+            Some(&Err(slot)) => Err(ExecError::BadJump { insn, slot }),
+            None => Err(ExecError::FellOffEnd { insn }),
+        }
     }
 
     fn exec(&mut self) -> Result<u64, ExecError> {
@@ -768,7 +1012,7 @@ impl Vm<'_> {
                 return Err(ExecError::StepLimit { limit: self.limit });
             }
             let pc = self.pc;
-            let insns = self.insns;
+            let insns = self.prog.program.insns();
             let insn = insns.get(pc).ok_or(ExecError::FellOffEnd { insn: pc.saturating_sub(1) })?;
             self.steps += 1;
             let mut next = pc + 1;
@@ -843,33 +1087,34 @@ impl Vm<'_> {
                         return Ok(r0);
                     }
                 }
-                Insn::Jmp { wide, cond, dst, src, off } => {
+                Insn::Jmp { wide, cond, dst, src, .. } => {
                     if condition(*cond, *wide, self.reg(*dst), self.src(*src)) {
-                        next = self.target(pc, i64::from(*off))?;
+                        next = self.target(pc)?;
                     }
                 }
-                Insn::Ja { off, .. } => next = self.target(pc, i64::from(*off))?,
+                Insn::Ja { .. } => next = self.target(pc)?,
                 Insn::MayGoto { .. } => {}
                 Insn::Call(CallTarget::Helper(id)) => match self.helper(pc, *id)? {
                     Flow::Next => {}
                     Flow::TailCall(i) => {
                         let programs = self.programs;
-                        let prog = &programs[i];
-                        self.insns = prog.insns();
-                        self.starts = prog.slot_starts();
+                        self.prog = &programs[i];
                         self.tail_calls += 1;
                         next = 0;
                     }
                 },
-                Insn::Call(CallTarget::Local(off)) => {
-                    let to = self.target(pc, i64::from(*off))?;
-                    if self.frames.len() + 1 >= MAX_CALL_FRAMES {
+                Insn::Call(CallTarget::Local(_)) => {
+                    let to = self.target(pc)?;
+                    if self.depth + 1 >= MAX_CALL_FRAMES {
                         return Err(ExecError::CallDepth { insn: pc, max: MAX_CALL_FRAMES });
                     }
                     let saved = [self.regs[6], self.regs[7], self.regs[8], self.regs[9]];
-                    self.frames.push(Frame { ret: pc + 1, saved });
-                    self.stacks.push(vec![0; STACK_SIZE]);
-                    self.regs[10] = frame_top(self.frames.len());
+                    self.frames[self.depth] = Frame { ret: pc + 1, saved };
+                    self.depth += 1;
+                    // A new frame's stack starts zeroed.
+                    let at = self.depth * STACK_SIZE;
+                    self.stack[at..at + STACK_SIZE].fill(0);
+                    self.regs[10] = frame_top(self.depth);
                     next = to;
                 }
                 Insn::Call(CallTarget::Kfunc { btf_id, .. }) => {
@@ -878,47 +1123,43 @@ impl Vm<'_> {
                         what: format!("kfunc call (btf id {btf_id})"),
                     })
                 }
-                Insn::Exit => match self.frames.pop() {
-                    None => return Ok(self.regs[0]),
-                    Some(frame) => {
-                        self.stacks.pop();
-                        self.regs[6..10].copy_from_slice(&frame.saved);
-                        self.regs[10] = frame_top(self.frames.len());
-                        next = frame.ret;
+                Insn::Exit => {
+                    if self.depth == 0 {
+                        return Ok(self.regs[0]);
                     }
-                },
+                    self.depth -= 1;
+                    let frame = self.frames[self.depth];
+                    self.regs[6..10].copy_from_slice(&frame.saved);
+                    self.regs[10] = frame_top(self.depth);
+                    next = frame.ret;
+                }
             }
             self.pc = next;
         }
     }
 
     fn imm64(&self, insn: usize, imm: &Imm64) -> Result<u64, ExecError> {
-        match imm {
-            Imm64::Const(v) => Ok(*v),
-            Imm64::MapRef(name) => {
-                self.maps.handle_addr(name).ok_or_else(|| ExecError::UnknownMap { insn, name: name.clone() })
-            }
-            Imm64::MapValueRef { map, off } => {
-                if self.maps.id_of(map).is_none() {
-                    return Err(ExecError::UnknownMap { insn, name: map.clone() });
-                }
-                self.maps.direct_value_addr(map, *off).map_err(|reason| ExecError::BadInsn { insn, reason })
-            }
-            other => Err(ExecError::Unsupported { insn, what: format!("LD_IMM64 of {other:?}") }),
+        if let Some(v) = self.prog.resolved(insn, self.maps) {
+            return Ok(v);
         }
+        imm64(self.maps, insn, imm)
     }
 
     // ---- memory ----
 
-    /// `len` bytes at `addr` in the stack, the packet (unless `atomic`) or a map value.
-    fn mem(&mut self, addr: u64, len: usize, atomic: bool) -> Option<&mut [u8]> {
+    /// Where `len` bytes at `addr` lie: in a live frame's stack, in the packet (unless
+    /// `atomic`), or possibly in a map value (the map set checks).
+    fn locate(&self, addr: u64, len: usize, atomic: bool) -> Option<Region> {
         let end = addr.checked_add(len as u64)?;
         let stack_end = STACK_BASE + MAX_CALL_FRAMES as u64 * STACK_FRAME_SPAN;
         if (STACK_BASE..stack_end).contains(&addr) {
             let rel = addr - STACK_BASE;
             let frame = (rel / STACK_FRAME_SPAN) as usize;
             let off = (rel % STACK_FRAME_SPAN) as usize;
-            return self.stacks.get_mut(frame)?.get_mut(off..off.checked_add(len)?);
+            if frame > self.depth || off.checked_add(len)? > STACK_SIZE {
+                return None;
+            }
+            return Some(Region::Stack(frame * STACK_SIZE + off));
         }
         let pkt_lo = PACKET_BASE + self.pkt.meta as u64;
         let pkt_hi = PACKET_BASE + self.pkt.end as u64;
@@ -926,10 +1167,27 @@ impl Vm<'_> {
             if atomic || end > pkt_hi {
                 return None;
             }
-            let off = (addr - PACKET_BASE) as usize;
-            return self.pkt.buf.get_mut(off..off + len);
+            return Some(Region::Packet((addr - PACKET_BASE) as usize));
         }
-        self.maps.memory(addr, len)
+        Some(Region::Map)
+    }
+
+    /// `len` bytes at `addr` in the stack, the packet (unless `atomic`) or a map value.
+    fn mem(&mut self, addr: u64, len: usize, atomic: bool) -> Option<&mut [u8]> {
+        match self.locate(addr, len, atomic)? {
+            Region::Stack(at) => self.stack.get_mut(at..at + len),
+            Region::Packet(at) => self.pkt.buf.get_mut(at..at + len),
+            Region::Map => self.maps.memory(addr, len),
+        }
+    }
+
+    /// [`Vm::mem`] for reading (never atomic).
+    fn mem_read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        match self.locate(addr, len, false)? {
+            Region::Stack(at) => self.stack.get(at..at + len),
+            Region::Packet(at) => self.pkt.buf.get(at..at + len),
+            Region::Map => self.maps.memory_read(addr, len),
+        }
     }
 
     fn is_ctx(&self, addr: u64) -> bool {
@@ -941,7 +1199,7 @@ impl Vm<'_> {
         if self.is_ctx(addr) {
             return self.ctx_load((addr - CTX_ADDR) as u32, size).ok_or(bad);
         }
-        self.mem(addr, size, false).map(|b| le_value(b)).ok_or(bad)
+        self.mem_read(addr, size).map(le_value).ok_or(bad)
     }
 
     fn store(&mut self, insn: usize, addr: u64, size: usize, value: u64) -> Result<(), ExecError> {
@@ -954,13 +1212,17 @@ impl Vm<'_> {
         Ok(())
     }
 
-    /// Helper memory argument: `len` bytes read (`len` 0 reads nothing, at any address).
-    fn read_mem(&mut self, insn: usize, addr: u64, len: u64) -> Result<Vec<u8>, ExecError> {
+    /// Helper memory argument: `len` bytes read into `into`, which held them before
+    /// (`len` 0 reads nothing, at any address).
+    fn read_mem(&self, insn: usize, addr: u64, len: u64, into: &mut Vec<u8>) -> Result<(), ExecError> {
+        into.clear();
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let size = usize::try_from(len).unwrap_or(usize::MAX);
-        self.mem(addr, size, false).map(|b| b.to_vec()).ok_or(ExecError::BadAccess { insn, addr, size })
+        let bytes = self.mem_read(addr, size).ok_or(ExecError::BadAccess { insn, addr, size })?;
+        into.extend_from_slice(bytes);
+        Ok(())
     }
 
     fn write_mem(&mut self, insn: usize, addr: u64, bytes: &[u8]) -> Result<(), ExecError> {
@@ -1089,7 +1351,7 @@ impl Vm<'_> {
                 if off + size32 > hi {
                     return None;
                 }
-                let bytes: Vec<u8> = self.ctx.skb.cb.iter().flat_map(|w| w.to_le_bytes()).collect();
+                let bytes = cb_bytes(&self.ctx.skb.cb);
                 let at = (off - lo) as usize;
                 return Some(le_value(&bytes[at..at + size]));
             }
@@ -1120,7 +1382,7 @@ impl Vm<'_> {
             if off + size32 > hi {
                 return None;
             }
-            let mut bytes: Vec<u8> = self.ctx.skb.cb.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let mut bytes = cb_bytes(&self.ctx.skb.cb);
             let at = (off - lo) as usize;
             bytes[at..at + size].copy_from_slice(&value.to_le_bytes()[..size]);
             for (w, b) in self.ctx.skb.cb.iter_mut().zip(bytes.chunks(4)) {
@@ -1169,6 +1431,24 @@ impl Vm<'_> {
     }
 
     fn helper(&mut self, insn: usize, id: i32) -> Result<Flow, ExecError> {
+        // The argument buffers leave `self` for the call so that helpers may read program
+        // memory into them while holding `self`; they come back for the next call.
+        let mut key = std::mem::take(self.key);
+        let mut value = std::mem::take(self.value);
+        let flow = self.helper_with(insn, id, &mut key, &mut value);
+        *self.key = key;
+        *self.value = value;
+        flow
+    }
+
+    /// A helper call; `key` and `value` are room for copies of its memory arguments.
+    fn helper_with(
+        &mut self,
+        insn: usize,
+        id: i32,
+        key: &mut Vec<u8>,
+        value: &mut Vec<u8>,
+    ) -> Result<Flow, ExecError> {
         let [_, r1, r2, r3, r4, r5, ..] = self.regs;
         let xdp = self.kind == ProgKind::Xdp;
         let tc = self.kind == ProgKind::SchedCls;
@@ -1176,19 +1456,19 @@ impl Vm<'_> {
         let r0 = match id {
             hid::MAP_LOOKUP_ELEM => {
                 let m = self.map_arg(insn, id, r1, DATA_MAPS)?;
-                let key = self.read_mem(insn, r2, self.key_size(m))?;
-                self.maps.prog_lookup(m, &key).unwrap_or(0)
+                self.read_mem(insn, r2, self.key_size(m), key)?;
+                self.maps.prog_lookup(m, key).unwrap_or(0)
             }
             hid::MAP_UPDATE_ELEM => {
                 let m = self.map_arg(insn, id, r1, DATA_MAPS)?;
-                let key = self.read_mem(insn, r2, self.key_size(m))?;
-                let value = self.read_mem(insn, r3, self.value_size(m))?;
-                self.map_result(m, |map| map.update(&key, &value, r4))
+                self.read_mem(insn, r2, self.key_size(m), key)?;
+                self.read_mem(insn, r3, self.value_size(m), value)?;
+                self.map_result(m, |map| map.update(key, value, r4))
             }
             hid::MAP_DELETE_ELEM => {
                 let m = self.map_arg(insn, id, r1, DATA_MAPS)?;
-                let key = self.read_mem(insn, r2, self.key_size(m))?;
-                self.map_result(m, |map| map.delete(&key))
+                self.read_mem(insn, r2, self.key_size(m), key)?;
+                self.map_result(m, |map| map.delete(key))
             }
             hid::KTIME_GET_NS | hid::KTIME_GET_BOOT_NS | hid::KTIME_GET_COARSE_NS => self.ctx.now_ns,
             hid::GET_PRANDOM_U32 => u64::from(self.next_random()),
@@ -1201,7 +1481,7 @@ impl Vm<'_> {
             }
             hid::TAIL_CALL => {
                 let m = self.map_arg(insn, id, r2, &[MapKind::ProgArray])?;
-                if !self.frames.is_empty() {
+                if self.depth != 0 {
                     return Err(ExecError::Unsupported { insn, what: "tail call from a subprogram".into() });
                 }
                 if self.tail_calls >= MAX_TAIL_CALL_CNT {
@@ -1261,17 +1541,18 @@ impl Vm<'_> {
             hid::XDP_ADJUST_TAIL if xdp => self.xdp_adjust_tail(r2 as i32),
             hid::XDP_LOAD_BYTES if xdp => match self.pkt.bytes(u64::from(r2 as u32), u64::from(r4 as u32)) {
                 Some(b) => {
-                    let b = b.to_vec();
-                    self.write_mem(insn, r3, &b)?;
+                    value.clear();
+                    value.extend_from_slice(b);
+                    self.write_mem(insn, r3, value)?;
                     0
                 }
                 None => neg_errno(errno::EINVAL),
             },
             hid::XDP_STORE_BYTES if xdp => {
-                let from = self.read_mem(insn, r3, u64::from(r4 as u32))?;
-                match self.pkt.bytes(u64::from(r2 as u32), from.len() as u64) {
+                self.read_mem(insn, r3, u64::from(r4 as u32), value)?;
+                match self.pkt.bytes(u64::from(r2 as u32), value.len() as u64) {
                     Some(b) => {
-                        b.copy_from_slice(&from);
+                        b.copy_from_slice(value);
                         0
                     }
                     None => neg_errno(errno::EINVAL),
@@ -1283,19 +1564,23 @@ impl Vm<'_> {
                     return Err(ExecError::BadAccess { insn, addr: r3, size: len as usize });
                 }
                 let off = r2 as u32;
-                let got = if off > i32::MAX as u32 {
-                    None
-                } else {
-                    self.pkt.bytes(u64::from(off), u64::from(len)).map(|b| b.to_vec())
+                let got =
+                    if off > i32::MAX as u32 { None } else { self.pkt.bytes(u64::from(off), u64::from(len)) };
+                value.clear();
+                let ret = match got {
+                    Some(b) => {
+                        value.extend_from_slice(b);
+                        0
+                    }
+                    None => {
+                        value.resize(len as usize, 0);
+                        neg_errno(errno::EFAULT)
+                    }
                 };
-                let (bytes, ret) = match got {
-                    Some(b) => (b, 0),
-                    None => (vec![0; len as usize], neg_errno(errno::EFAULT)),
-                };
-                self.write_mem(insn, r3, &bytes)?;
+                self.write_mem(insn, r3, value)?;
                 ret
             }
-            hid::SKB_STORE_BYTES if tc => self.skb_store_bytes(insn, r2 as u32, r3, r4 as u32, r5)?,
+            hid::SKB_STORE_BYTES if tc => self.skb_store_bytes(insn, r2 as u32, r3, r4 as u32, r5, value)?,
             hid::L3_CSUM_REPLACE if tc => self.l3_csum_replace(r2 as u32, r3, r4, r5),
             hid::L4_CSUM_REPLACE if tc => self.l4_csum_replace(r2 as u32, r3, r4, r5),
             hid::CSUM_UPDATE if tc => match self.ctx.ip_summed {
@@ -1307,13 +1592,14 @@ impl Vm<'_> {
                 _ => neg_errno(errno::ENOTSUPP),
             },
             hid::CSUM_DIFF => {
-                let from = self.read_mem(insn, r1, u64::from(r2 as u32))?;
-                let to = self.read_mem(insn, r3, u64::from(r4 as u32))?;
+                self.read_mem(insn, r1, u64::from(r2 as u32), key)?;
+                self.read_mem(insn, r3, u64::from(r4 as u32), value)?;
+                let (from, to) = (&key[..], &value[..]);
                 let seed = r5 as u32;
                 let sum = match (from.is_empty(), to.is_empty()) {
-                    (false, false) => csum::sub(csum::partial(&to, seed), csum::partial(&from, 0)),
-                    (true, false) => csum::partial(&to, seed),
-                    (false, true) => !csum::partial(&from, !seed),
+                    (false, false) => csum::sub(csum::partial(to, seed), csum::partial(from, 0)),
+                    (true, false) => csum::partial(to, seed),
+                    (false, true) => !csum::partial(from, !seed),
                     (true, true) => seed,
                 };
                 u64::from(csum::from32to16(sum))
@@ -1322,7 +1608,8 @@ impl Vm<'_> {
                 if r3 < FIB_LOOKUP_SIZE {
                     neg_errno(errno::EINVAL)
                 } else {
-                    let mut params = self.read_mem(insn, r2, FIB_LOOKUP_SIZE)?;
+                    self.read_mem(insn, r2, FIB_LOOKUP_SIZE, value)?;
+                    let params = value;
                     match self.ctx.fib {
                         None => BPF_FIB_LKUP_RET_NOT_FWDED,
                         Some(answer) => {
@@ -1336,7 +1623,7 @@ impl Vm<'_> {
                                 params[smac..smac + 6].copy_from_slice(&answer.smac);
                                 params[dmac..dmac + 6].copy_from_slice(&answer.dmac);
                             }
-                            self.write_mem(insn, r2, &params)?;
+                            self.write_mem(insn, r2, params)?;
                             u64::from(answer.ret)
                         }
                     }
@@ -1347,7 +1634,7 @@ impl Vm<'_> {
                 if !TUNNEL_KEY_SIZES.contains(&size) || r4 & !TUNNEL_KEY_FLAGS != 0 {
                     neg_errno(errno::EINVAL)
                 } else {
-                    let key = self.read_mem(insn, r2, u64::from(size))?;
+                    self.read_mem(insn, r2, u64::from(size), key)?;
                     let word =
                         |at: usize| u32::from_le_bytes([key[at], key[at + 1], key[at + 2], key[at + 3]]);
                     self.ctx.tunnel_key = Some(TunnelKey {
@@ -1364,7 +1651,7 @@ impl Vm<'_> {
                     TC_ACT_SHOT
                 } else {
                     if r3 != 0 {
-                        self.read_mem(insn, r2, r3)?;
+                        self.read_mem(insn, r2, r3, value)?;
                     }
                     self.redirect = Some((r1 as u32, 0));
                     self.redirect_neigh = true;
@@ -1385,11 +1672,11 @@ impl Vm<'_> {
             }
             hid::RINGBUF_OUTPUT => {
                 let m = self.map_arg(insn, id, r1, &[MapKind::RingBuf])?;
-                let data = self.read_mem(insn, r2, r3)?;
+                self.read_mem(insn, r2, r3, value)?;
                 if r4 & !(BPF_RB_NO_WAKEUP | BPF_RB_FORCE_WAKEUP) != 0 {
                     neg_errno(errno::EINVAL)
                 } else {
-                    self.map_result(m, |map| map.ringbuf_output(&data))
+                    self.map_result(m, |map| map.ringbuf_output(value))
                 }
             }
             hid::REDIRECT
@@ -1488,8 +1775,9 @@ impl Vm<'_> {
         from: u64,
         len: u32,
         flags: u64,
+        bytes: &mut Vec<u8>,
     ) -> Result<u64, ExecError> {
-        let bytes = self.read_mem(insn, from, u64::from(len))?;
+        self.read_mem(insn, from, u64::from(len), bytes)?;
         if flags & !(BPF_F_RECOMPUTE_CSUM | BPF_F_INVALIDATE_HASH) != 0 {
             return Ok(neg_errno(errno::EINVAL));
         }
@@ -1504,9 +1792,9 @@ impl Vm<'_> {
         let mut summed_out = summed;
         if let (true, IpSummed::Complete(c)) = (recompute, summed) {
             let c = csum::block_sub(c, csum::partial(dst, 0), off as usize);
-            summed_out = IpSummed::Complete(csum::block_add(c, csum::partial(&bytes, 0), off as usize));
+            summed_out = IpSummed::Complete(csum::block_add(c, csum::partial(bytes, 0), off as usize));
         }
-        dst.copy_from_slice(&bytes);
+        dst.copy_from_slice(bytes);
         self.ctx.ip_summed = summed_out;
         if flags & BPF_F_INVALIDATE_HASH != 0 {
             self.ctx.skb_info.hash = 0;
@@ -1605,6 +1893,32 @@ impl Vm<'_> {
         self.ctx.ip_summed = summed;
         self.write16(at, if mmzero && new == 0 { 0xffff } else { new });
         0
+    }
+}
+
+/// `__sk_buff.cb[]` as the bytes a program sees.
+fn cb_bytes(cb: &[u32; 5]) -> [u8; 20] {
+    let mut bytes = [0u8; 20];
+    for (b, w) in bytes.chunks_exact_mut(4).zip(cb) {
+        b.copy_from_slice(&w.to_le_bytes());
+    }
+    bytes
+}
+
+/// The value `LD_IMM64` of `imm` loads with `maps`.
+fn imm64(maps: &MapSet, insn: usize, imm: &Imm64) -> Result<u64, ExecError> {
+    match imm {
+        Imm64::Const(v) => Ok(*v),
+        Imm64::MapRef(name) => {
+            maps.handle_addr(name).ok_or_else(|| ExecError::UnknownMap { insn, name: name.clone() })
+        }
+        Imm64::MapValueRef { map, off } => {
+            if maps.id_of(map).is_none() {
+                return Err(ExecError::UnknownMap { insn, name: map.clone() });
+            }
+            maps.direct_value_addr(map, *off).map_err(|reason| ExecError::BadInsn { insn, reason })
+        }
+        other => Err(ExecError::Unsupported { insn, what: format!("LD_IMM64 of {other:?}") }),
     }
 }
 

@@ -46,6 +46,7 @@
 
 use crate::spec::{MapKind, MapSpec};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 /// Update flag: create or replace.
@@ -162,7 +163,12 @@ pub struct MapSet {
     by_name: BTreeMap<String, usize>,
     ncpus: usize,
     cpu: usize,
+    /// See [`MapSet::layout`].
+    layout: u64,
 }
+
+/// The next [`MapSet::layout`].
+static NEXT_LAYOUT: AtomicU64 = AtomicU64::new(1);
 
 impl MapSet {
     /// One map per spec, in spec order (which fixes their ids and addresses), on a machine
@@ -179,7 +185,15 @@ impl MapSet {
             }
             maps.push(Map::new(spec, ncpus)?);
         }
-        Ok(MapSet { maps, by_name, ncpus, cpu: 0 })
+        Ok(MapSet { maps, by_name, ncpus, cpu: 0, layout: NEXT_LAYOUT.fetch_add(1, Ordering::Relaxed) })
+    }
+
+    /// Which maps these are: names, ids, specs, and so every map handle and direct value
+    /// address. The same for a set and its clones, different for sets made separately (a
+    /// set's maps never change after [`MapSet::new`]), so a program's map references
+    /// resolved against one set hold for every set of the same layout.
+    pub fn layout(&self) -> u64 {
+        self.layout
     }
 
     /// Number of CPUs.
@@ -290,9 +304,25 @@ impl MapSet {
 
     /// The bytes `[addr, addr + len)` if they lie inside one live map value.
     pub(crate) fn memory(&mut self, addr: u64, len: usize) -> Option<&mut [u8]> {
+        let (id, slot, at) = self.place(addr, len)?;
+        let cell = self.maps.get_mut(id)?.cell_mut(slot)?;
+        cell.get_mut(at..at + len)
+    }
+
+    /// [`MapSet::memory`] for reading: the same bytes, without materializing an untouched
+    /// array element (it reads as zeros either way).
+    pub(crate) fn memory_read(&self, addr: u64, len: usize) -> Option<&[u8]> {
+        let (id, slot, at) = self.place(addr, len)?;
+        let cell = self.maps.get(id)?.cell_read(slot)?;
+        cell.get(at..at + len)
+    }
+
+    /// Map id, slot and offset into the slot's cell (all copies) of `len` bytes at `addr`,
+    /// when they lie inside one value.
+    fn place(&self, addr: u64, len: usize) -> Option<(usize, usize, usize)> {
         let rel = addr.checked_sub(MAP_VALUE_BASE)?;
         let id = usize::try_from(rel / MAP_VALUE_SPAN).ok()?;
-        let map = self.maps.get_mut(id)?;
+        let map = self.maps.get(id)?;
         let off = rel % MAP_VALUE_SPAN;
         let stride = map.stride();
         let slot_stride = stride * map.copies() as u64;
@@ -303,8 +333,7 @@ impl MapSet {
         if voff.checked_add(len)? > vsize {
             return None;
         }
-        let cell = map.cell_mut(slot)?;
-        cell.get_mut(cpu * vsize + voff..cpu * vsize + voff + len)
+        Some((id, slot, cpu * vsize + voff))
     }
 }
 
@@ -415,11 +444,29 @@ impl Map {
 
     /// Every CPU's copy of the value under `key`, for per-CPU maps.
     pub fn lookup_percpu(&self, key: &[u8]) -> Option<Vec<Vec<u8>>> {
+        Some(self.values_percpu(key)?.map(<[u8]>::to_vec).collect())
+    }
+
+    /// Every element of an array or per-CPU array in index order, each as all its copies
+    /// (CPU 0 first; an element never written reads as zeros), without copying; `None`
+    /// for other kinds. One pass over the array, where [`Map::lookup`] per index would
+    /// search for each.
+    pub fn array_elements(&self) -> Option<impl Iterator<Item = &[u8]> + '_> {
+        let Store::Array(cells) = &self.store else { return None };
+        let mut written = cells.iter().peekable();
+        Some((0..self.spec.max_entries).map(move |index| match written.next_if(|(&at, _)| at == index) {
+            Some((_, cell)) => cell.as_slice(),
+            None => self.zero.as_slice(),
+        }))
+    }
+
+    /// [`Map::lookup_percpu`] without copying: every CPU's copy, CPU 0 first.
+    pub fn values_percpu(&self, key: &[u8]) -> Option<std::slice::Chunks<'_, u8>> {
         if !self.spec.kind.per_cpu() {
             return None;
         }
         let slot = self.find(key).ok()??;
-        Some(self.cell(slot).chunks(self.vsize()).map(<[u8]>::to_vec).collect())
+        Some(self.cell(slot).chunks(self.vsize()))
     }
 
     /// Create or replace the value under `key` per `flags` (`BPF_ANY`, `BPF_NOEXIST`,
@@ -579,10 +626,14 @@ impl Map {
             Store::Table(t) if self.spec.kind == MapKind::LpmTrie => {
                 let max = lpm_max_prefix(&self.spec);
                 let limit = u32_key(&key[..4]).min(max);
+                // The canonical key of each candidate prefix, built in place (lookups run
+                // per packet and allocate nothing).
+                let mut ckey = [0u8; 4 + LPM_DATA_SIZE_MAX as usize];
+                let ckey = &mut ckey[..key.len()];
                 t.prefix_lens.range(..=limit).rev().find_map(|(&plen, _)| {
-                    let mut ckey = plen.to_be_bytes().to_vec();
-                    ckey.extend_from_slice(&masked(&key[4..], plen));
-                    t.index.get(&ckey).copied()
+                    ckey[..4].copy_from_slice(&plen.to_be_bytes());
+                    mask_into(&key[4..], plen, &mut ckey[4..]);
+                    t.index.get(&ckey[..]).copied()
                 })
             }
             Store::Table(t) => t.index.get(key).copied(),
@@ -596,6 +647,19 @@ impl Map {
             Store::Progs(p) => p.get(&(slot as u32)).map(Vec::as_slice).unwrap_or(&[]),
             Store::Table(t) => t.slot(slot).map(|s| s.data.as_slice()).unwrap_or(&[]),
             Store::RingBuf { .. } => &[],
+        }
+    }
+
+    /// What [`Map::cell_mut`] would give, for reading: an untouched array element reads
+    /// as zeros without being created.
+    fn cell_read(&self, slot: usize) -> Option<&[u8]> {
+        match &self.store {
+            Store::Array(cells) => {
+                let index = u32::try_from(slot).ok().filter(|&i| i < self.spec.max_entries)?;
+                Some(cells.get(&index).map_or(self.zero.as_slice(), Vec::as_slice))
+            }
+            Store::Table(t) => t.slot(slot).map(|s| s.data.as_slice()),
+            Store::Progs(_) | Store::RingBuf { .. } => None,
         }
     }
 
@@ -833,19 +897,23 @@ fn lpm_key(spec: &MapSpec, key: &[u8]) -> Result<Vec<u8>, MapError> {
 
 /// `data` with every bit after the first `prefixlen` cleared.
 fn masked(data: &[u8], prefixlen: u32) -> Vec<u8> {
-    data.iter()
-        .enumerate()
-        .map(|(i, &b)| {
-            let start = i as u32 * 8;
-            if prefixlen >= start + 8 {
-                b
-            } else if prefixlen <= start {
-                0
-            } else {
-                b & (0xffu8 << (8 - (prefixlen - start)))
-            }
-        })
-        .collect()
+    let mut out = vec![0; data.len()];
+    mask_into(data, prefixlen, &mut out);
+    out
+}
+
+/// [`masked`] into `out` (as long as `data`).
+fn mask_into(data: &[u8], prefixlen: u32, out: &mut [u8]) {
+    for (i, (o, &b)) in out.iter_mut().zip(data).enumerate() {
+        let start = i as u32 * 8;
+        *o = if prefixlen >= start + 8 {
+            b
+        } else if prefixlen <= start {
+            0
+        } else {
+            b & (0xffu8 << (8 - (prefixlen - start)))
+        };
+    }
 }
 
 /// The kernel's creation checks for the kinds we emulate.

@@ -5,7 +5,7 @@ use sluice_asm::{
     AluOp, AtomicOp, Builder, CallTarget, Endian, Imm64, Insn, JmpCond, Program, Reg, Size, Src,
 };
 use sluice_verifier_sim::exec::{
-    run, run_tc, run_xdp, Context, ExecError, IpSummed, Machine, RunOutcome, BPF_F_MARK_MANGLED_0,
+    run, run_tc, run_xdp, Context, ExecError, IpSummed, Machine, RunOutcome, Runner, BPF_F_MARK_MANGLED_0,
     BPF_F_PSEUDO_HDR, BPF_F_RECOMPUTE_CSUM, TC_ACT_REDIRECT, TC_ACT_SHOT, XDP_ABORTED, XDP_PASS,
     XDP_REDIRECT,
 };
@@ -1006,6 +1006,99 @@ fn tail_call_limit() {
     machine.set_programs(vec![prog.clone()]);
     let out = machine.run(&prog, ProgKind::Xdp, &mut Context::new(eth_ipv4()), &mut maps).unwrap();
     assert_eq!((out.retval, out.tail_calls), (7, 33));
+}
+
+// ---- one machine, many runs ----
+
+/// Module header: "Stacks start zeroed", and the packet frame is built afresh for each run
+/// (as `BPF_PROG_TEST_RUN` builds it): a machine reused from run to run must not let one
+/// run's stack or packet bytes show through in the next.
+#[test]
+fn a_reused_machine_starts_every_run_afresh() {
+    // r0 = what the main frame's and the callee's stack held at fp-8 before they wrote
+    // there, plus the first of 16 headroom bytes taken into the packet before the program
+    // writes 0xff there.
+    let mut b = Builder::new();
+    b.mov(R6, R1);
+    b.load(Size::DW, R7, R10, -8).store(Size::DW, R10, -8, 7);
+    b.call_local("callee").add(R7, R0);
+    b.mov(R1, R6).mov(R2, -16).call(XDP_ADJUST_HEAD);
+    b.jmp(JmpCond::Ne, R0, 0, "no_room");
+    b.load(Size::W, R2, R6, xdp_off("data")).load(Size::W, R3, R6, xdp_off("data_end"));
+    b.mov(R4, R2).add(R4, 1).jmp(JmpCond::Gt, R4, R3, "no_room");
+    b.load(Size::B, R0, R2, 0).store(Size::B, R2, 0, 0xff).add(R0, R7).exit();
+    b.label("no_room").ret(-1);
+    b.label("callee").load(Size::DW, R0, R10, -8).store(Size::DW, R10, -8, 9).exit();
+    let prog = build(&b);
+    let mut machine = Machine::new();
+    let mut go = |packet: Vec<u8>| {
+        let mut ctx = Context::new(packet);
+        machine.run(&prog, ProgKind::Xdp, &mut ctx, &mut no_maps()).unwrap().retval
+    };
+    let big = vec![0xab; 3000];
+    let small = eth_ipv4();
+    let runs = [go(big.clone()), go(small.clone()), go(big), go(small)];
+    // Fresh stacks read 0, and so does the headroom.
+    assert_eq!(runs, [0, 0, 0, 0], "retval of each run on one machine");
+}
+
+/// `Runner`: each packet runs as `run` runs it on a fresh machine and context.
+#[test]
+fn a_runner_gives_what_fresh_runs_give() {
+    let mut maps = MapSet::new(&[spec("seen", MapKind::Array, 4, 8, 1)], 1).unwrap();
+    // Draws a random number, counts the packet in `seen`, rewrites the first byte of the
+    // packet to the count, returns the random number.
+    let mut b = Builder::new();
+    b.mov(R6, R1).call(GET_PRANDOM_U32).mov(R8, R0);
+    b.store(Size::W, R10, -4, 0).mov(R2, R10).add(R2, -4).ld_map(R1, "seen").call(MAP_LOOKUP_ELEM);
+    b.jmp(JmpCond::Eq, R0, 0, "out");
+    b.load(Size::DW, R1, R0, 0).add(R1, 1).store(Size::DW, R0, 0, R1);
+    b.load(Size::W, R2, R6, xdp_off("data")).load(Size::W, R3, R6, xdp_off("data_end"));
+    b.mov(R4, R2).add(R4, 1).jmp(JmpCond::Gt, R4, R3, "out");
+    b.store(Size::B, R2, 0, R1);
+    b.label("out").mov(R0, R8).exit();
+    let prog = build(&b);
+    let mut fresh_maps = maps.clone();
+    let mut runner = Runner::new(&prog, ProgKind::Xdp);
+    assert_eq!(runner.kind(), ProgKind::Xdp);
+    for (i, packet) in [eth_ipv4(), vec![0xab; 1500], vec![1, 2, 3], eth_ipv4()].into_iter().enumerate() {
+        let want = run_xdp(&prog, &packet, &mut fresh_maps).unwrap();
+        let got = runner.run(&packet, &mut maps).unwrap();
+        let got_packet = runner.packet().to_vec();
+        assert_eq!(
+            (got.retval, got.insns_executed, got.tail_calls, got.redirect, &got_packet),
+            (want.retval, want.insns_executed, want.tail_calls, want.redirect, &want.packet),
+            "packet {i} ({} bytes): runner vs a fresh run",
+            packet.len()
+        );
+        assert_eq!(got_packet[0], i as u8 + 1, "packet {i}: the count reached the packet");
+    }
+}
+
+/// A runner resolves map references once per map set: another set, where the same name is
+/// another map (or none), gets its own answers.
+#[test]
+fn a_runner_resolves_map_references_per_map_set() {
+    let mut b = Builder::new();
+    b.ld_map(R0, "m").exit();
+    let prog = build(&b);
+    let mut first =
+        MapSet::new(&[spec("x", MapKind::Array, 4, 4, 1), spec("m", MapKind::Array, 4, 4, 1)], 1).unwrap();
+    let mut second = MapSet::new(&[spec("m", MapKind::Array, 4, 4, 1)], 1).unwrap();
+    let (mut neither, mut first_clone) = (no_maps(), first.clone());
+    let mut runner = Runner::new(&prog, ProgKind::Xdp);
+    for (name, maps) in
+        [("first", &mut first), ("second", &mut second), ("first (a clone)", &mut first_clone)]
+    {
+        let want = run_xdp(&prog, &eth_ipv4(), maps).unwrap().retval;
+        assert_eq!(runner.run(&eth_ipv4(), maps).unwrap().retval, want, "`m`'s handle in the {name} set");
+    }
+    assert_ne!(
+        run_xdp(&prog, &eth_ipv4(), &mut first).unwrap().retval,
+        run_xdp(&prog, &eth_ipv4(), &mut second).unwrap().retval,
+        "the two sets give `m` different handles"
+    );
+    assert!(matches!(runner.run(&eth_ipv4(), &mut neither), Err(ExecError::UnknownMap { insn: 0, .. })));
 }
 
 // ---- helpers ----

@@ -120,6 +120,38 @@ fn percpu_array_views() {
     assert_eq!(set.set_cpu(3).unwrap_err(), MapError::NoSuchCpu { cpu: 3, ncpus: 3 });
 }
 
+/// `array_elements` is `lookup_percpu` (per-CPU arrays) or `lookup` (arrays) of every index
+/// in order, in one pass; other kinds have none.
+#[test]
+fn array_elements_are_every_index_in_order() {
+    let mut set = MapSet::new(
+        &[
+            spec("pa", MapKind::PerCpuArray, 4, 4, 5),
+            spec("a", MapKind::Array, 4, 4, 3),
+            spec("h", MapKind::Hash, 4, 4, 3),
+        ],
+        2,
+    )
+    .unwrap();
+    let pa = set.get_mut("pa").unwrap();
+    pa.update_percpu(&k32(3), &[k32(3), k32(30)], BPF_ANY).unwrap();
+    pa.update_percpu(&k32(1), &[k32(1), k32(10)], BPF_ANY).unwrap();
+    set.get_mut("a").unwrap().update(&k32(2), &k32(22), BPF_ANY).unwrap();
+    set.get_mut("h").unwrap().update(&k32(2), &k32(22), BPF_ANY).unwrap();
+    for name in ["pa", "a"] {
+        let m = set.get(name).unwrap();
+        let got: Vec<Vec<u8>> = m.array_elements().expect("an array").map(<[u8]>::to_vec).collect();
+        let want: Vec<Vec<u8>> = (0..m.spec().max_entries)
+            .map(|i| match m.lookup_percpu(&k32(i)) {
+                Some(copies) => copies.concat(),
+                None => m.lookup(&k32(i)).expect("an array element").to_vec(),
+            })
+            .collect();
+        assert_eq!(got, want, "map `{name}`: array_elements vs a lookup per index");
+    }
+    assert!(set.get("h").unwrap().array_elements().is_none(), "a hash has no array elements");
+}
+
 #[test]
 fn percpu_hash_new_element_zeroes_other_cpus() {
     let mut set = MapSet::new(&[spec("ph", MapKind::PerCpuHash, 4, 2, 4)], 2).unwrap();

@@ -2,7 +2,7 @@
 """Write a large synthetic pcap for timing `sluice sim NODE --pcap FILE` (BENCHMARKS.md,
 "Capture replay").
 
-    python3 tools/replay-capture.py OUT [PACKETS]     (default 1,000,000 packets)
+    python3 tests/tools/replay-capture.py OUT [PACKETS]     (default 1,000,000 packets)
 
 The frames are seeded, so every run writes the same file. They cover each path of the
 prefilter: IPv4 and IPv6 UDP/TCP with sources inside and outside the deny prefixes of

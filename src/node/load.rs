@@ -334,20 +334,30 @@ fn view<'a>(
 }
 
 fn read_l1(map: &dyn MapView) -> Result<Vec<u32>, LoadError> {
-    let v = map.get(&0u32.to_le_bytes())?.unwrap_or_default();
-    Ok(v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(read_words(&map.get(&0u32.to_le_bytes())?.unwrap_or_default()))
 }
 
 fn meta_word(meta: &[u8], at: usize) -> u32 {
     meta.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// The deny set in `pf_cidrs` (its first `count` records, `count` from `pf_meta`).
+/// The deny set in `pf_cidrs`: the records of the listing word in `pf_meta` (a count, and
+/// which half of `pf_cidrs` holds them).
 pub fn prefilter_set_of(cidrs: &dyn MapView, meta: &dyn MapView) -> Result<DenySet, LoadError> {
     let m = meta.get(&0u32.to_le_bytes())?.unwrap_or_default();
-    let count = meta_word(&m, meta::CIDRS);
+    let (count, half) = meta::cidrs_of(meta_word(&m, meta::CIDRS));
+    let base = meta::cidrs_base(half, cidrs.capacity());
+    if u64::from(base) + u64::from(count) > u64::from(cidrs.capacity()) {
+        return Err(LoadError::Layout {
+            map: "pf_meta".into(),
+            detail: format!(
+                "lists {count} prefixes from {base}, past pf_cidrs' {} entries",
+                cidrs.capacity()
+            ),
+        });
+    }
     let mut set = DenySet::default();
-    for i in 0..count {
+    for i in base..base + count {
         let record = cidrs.get(&i.to_le_bytes())?.unwrap_or_default();
         let p = Prefix::from_cidr_key(&record).ok_or_else(|| LoadError::Layout {
             map: "pf_cidrs".into(),
@@ -378,20 +388,75 @@ pub fn prefilter_live_state_of<'a>(
             v6_lpm.insert((u128::from_be_bytes(a), len));
         }
     }
+    let v4_l1 = read_l1(view(&get, "pf_v4_l1")?)?;
+    let (v4_chunks, v4_bitmaps) = v4_live_chunks(&v4_l1, view(&get, "pf_v4_l2")?, view(&get, "pf_v4_l3")?)?;
     Ok(LiveState {
         set,
-        v4_l1: read_l1(view(&get, "pf_v4_l1")?)?,
+        v4_l1,
         v6_l1: read_l1(view(&get, "pf_v6_l1")?)?,
-        v4_l2_used: meta_word(&m, meta::V4_L2_USED),
-        v4_l3_used: meta_word(&m, meta::V4_L3_USED),
+        v4_l2_live: v4_chunks.keys().copied().collect(),
+        v4_l3_live: v4_bitmaps.keys().copied().collect(),
+        v4_chunks,
+        v4_bitmaps,
         v4_l2_cap: view(&get, "pf_v4_l2")?.capacity(),
         v4_l3_cap: view(&get, "pf_v4_l3")?.capacity(),
         v6_conf: meta_word(&m, meta::V6_CONF),
         v6_l2_cap: view(&get, "pf_v6_l2")?.capacity(),
         v6_lpm,
         v6_lpm_cap: view(&get, "pf_v6_lpm")?.capacity(),
+        cidrs_half: meta::cidrs_of(meta_word(&m, meta::CIDRS)).1,
         cidrs_cap: view(&get, "pf_cidrs")?.capacity(),
     })
+}
+
+/// The `pf_v4_l2` chunks a level-1 array points at, and the `pf_v4_l3` bitmaps those
+/// chunks point at, with their contents.
+type Chunks = (BTreeMap<u32, Vec<u32>>, BTreeMap<u32, Vec<u8>>);
+
+fn v4_live_chunks(l1: &[u32], l2: &dyn MapView, l3: &dyn MapView) -> Result<Chunks, LoadError> {
+    let mut chunks = BTreeMap::new();
+    let mut bitmaps = BTreeMap::new();
+    for c in l1.iter().filter(|e| **e >= prefilter::CHILD).map(|e| e - prefilter::CHILD) {
+        if chunks.contains_key(&c) || c >= l2.capacity() {
+            continue;
+        }
+        let words = read_words(&l2.get(&c.to_le_bytes())?.unwrap_or_default());
+        for j in words.iter().filter(|e| **e >= prefilter::CHILD).map(|e| e - prefilter::CHILD) {
+            if !bitmaps.contains_key(&j) && j < l3.capacity() {
+                bitmaps.insert(j, l3.get(&j.to_le_bytes())?.unwrap_or_default());
+            }
+        }
+        chunks.insert(c, words);
+    }
+    Ok((chunks, bitmaps))
+}
+
+/// The live half of `pf_v6_l2`, flattened (for [`prefilter::consistency_problems`]).
+pub fn v6_live_half_of(l2: &dyn MapView, meta: &dyn MapView) -> Result<Vec<u8>, LoadError> {
+    let m = meta.get(&0u32.to_le_bytes())?.unwrap_or_default();
+    let conf = meta_word(&m, meta::V6_CONF);
+    let bits = (l2.capacity() / 2).max(1).ilog2();
+    let base = conf >> 8;
+    let mut out = Vec::with_capacity((1usize << bits) * prefilter::V6_BUCKET_BYTES);
+    for i in 0..1u32 << bits {
+        let v = l2.get(&(base + i).to_le_bytes())?.unwrap_or_default();
+        out.extend_from_slice(&v);
+    }
+    Ok(out)
+}
+
+/// What in the prefilter's maps disagrees with its listing (see
+/// [`prefilter::consistency_problems`]).
+pub fn prefilter_problems_of<'a>(
+    get: impl Fn(&str) -> Option<&'a dyn MapView>,
+) -> Result<Vec<String>, LoadError> {
+    let state = prefilter_live_state_of(&get)?;
+    let half = v6_live_half_of(view(&get, "pf_v6_l2")?, view(&get, "pf_meta")?)?;
+    Ok(prefilter::consistency_problems(&state, &half))
+}
+
+fn read_words(v: &[u8]) -> Vec<u32> {
+    v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// [`prefilter_live_state_of`] for pinned kernel maps.

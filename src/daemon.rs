@@ -24,7 +24,10 @@
 //! - Socket: one text request line per connection, one response: `status`, `apply`,
 //!   `metrics`. The socket is mode 0600; a parent directory it creates is mode 0700.
 //!
-//! One thread does everything (socket and polling), so applies never overlap.
+//! One thread does everything (socket and polling), so applies never overlap. The daemon
+//! holds the node's lock ([`crate::node::lock`]) for its whole life: a second daemon on the
+//! same pin dir, or a command that would change the node, is refused with the daemon's pid
+//! and socket.
 
 use crate::model::{self, ModelError, NodeConfig};
 use crate::node::forward::{self, ForwardError};
@@ -92,6 +95,8 @@ pub enum DaemonError {
     },
     #[error("another daemon already serves {}", .0.display())]
     SocketInUse(PathBuf),
+    #[error(transparent)]
+    Lock(#[from] crate::node::lock::LockError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -357,6 +362,15 @@ fn bind(path: &Path) -> Result<UnixListener, DaemonError> {
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     sys::kernel_available().map_err(DaemonError::NeedsKernel)?;
     let sys = sys::kernel();
+    // The daemon owns its node while it runs: one writer per pin dir (another daemon or a
+    // command changing the node is refused, naming the daemon), and one daemon per socket,
+    // checked before anything is applied.
+    let _lock = crate::node::lock::acquire_creating(&opts.pin_dir, crate::node::lock::Wait::Block, |msg| {
+        println!("{msg}")
+    })?;
+    if UnixStream::connect(&opts.socket).is_ok() {
+        return Err(DaemonError::SocketInUse(opts.socket.clone()));
+    }
     let mut d = Daemon { sys, opts, metrics: Metrics::default(), seen: None, seen_text: String::new() };
     let started = Instant::now();
     let cfg = d.read_config()?;

@@ -61,6 +61,8 @@ pub enum LoadError {
     CodeShape { added: Vec<String>, removed: Vec<String> },
     #[error("planning the node: {0}")]
     Plan(String),
+    #[error(transparent)]
+    Ours(#[from] super::ours::OursError),
 }
 
 /// The kernel map type of a simulator map kind.
@@ -208,17 +210,27 @@ pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<L
     let loaded = load_plan(sys, plan)?;
     mkdir(&maps_dir(dir))?;
     mkdir(&programs_dir(dir))?;
+    // On failure, only the pins this call made go (never another writer's).
+    let mut made = Vec::new();
     let pinned = (|| -> Result<(), LoadError> {
         for (name, map) in &loaded.maps {
-            map.pin(&maps_dir(dir).join(name))?;
+            let path = maps_dir(dir).join(name);
+            map.pin(&path)?;
+            made.push(path);
         }
         for (name, prog) in &loaded.programs {
-            prog.pin(&programs_dir(dir).join(name))?;
+            let path = programs_dir(dir).join(name);
+            prog.pin(&path)?;
+            made.push(path);
         }
         Ok(())
     })();
     if let Err(e) = pinned {
-        let _ = unload(dir);
+        for path in &made {
+            let _ = sys::unpin(path);
+        }
+        let _ = std::fs::remove_dir(programs_dir(dir));
+        let _ = std::fs::remove_dir(maps_dir(dir));
         return Err(e);
     }
     Ok(loaded)
@@ -226,7 +238,14 @@ pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<L
 
 /// `sluice unload`: remove every pin under `dir/maps` and `dir/programs`, then the
 /// directories. Returns the pins removed.
-pub fn unload(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+///
+/// Only ours ([`super::ours::survey`]): a `dir` that is not a bpffs pin directory of
+/// sluice's, or holds anything but the pins sluice makes (a regular file, a symlink, a pin
+/// of the wrong kind), is refused before anything is removed. Symlinks are never followed.
+pub fn unload(sys: &Arc<dyn Syscall>, dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if !super::ours::survey(&**sys, dir)? {
+        return Err(LoadError::NotLoaded(dir.to_path_buf()));
+    }
     let mut removed = Vec::new();
     for sub in [programs_dir(dir), maps_dir(dir)] {
         let entries = match std::fs::read_dir(&sub) {

@@ -282,6 +282,8 @@ pub enum WireError {
         .path.display()
     )]
     OtherNetns { path: PathBuf, recorded: u64, current: u64 },
+    #[error(transparent)]
+    Ours(#[from] super::ours::OursError),
     #[error("{source}; undone: {undone} change(s) this attach had made, so nothing changed")]
     RolledBack {
         #[source]
@@ -1514,6 +1516,13 @@ impl fmt::Display for DownReport {
 /// `sluice down`: detach and unpin everything `attach` made, then everything `load` pinned.
 pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
     let mut report = DownReport { pin_dir: pin_dir.to_path_buf(), ..DownReport::default() };
+    // Only ours: refuse, before changing anything, a pin dir that holds anything sluice
+    // does not make there.
+    if !super::ours::survey(&**sys, pin_dir)? {
+        return Ok(report);
+    }
+    let owned_devices = super::ours::devices(pin_dir)?;
+    let owned_routes = super::ours::routes(pin_dir)?;
     let records_path = pin_dir.join(NETLINK_RECORDS);
     // Refuse before changing anything if the netlink attachments belong to another namespace.
     let record_map = open_records(sys, pin_dir)?;
@@ -1524,6 +1533,14 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
     let netns = current_netns()?;
     if let Some(r) = records.values().find(|r| r.netns != netns) {
         return Err(WireError::OtherNetns { path: records_path, recorded: r.netns, current: netns });
+    }
+    let recorded_netns = owned_devices.iter().map(|d| d.netns).chain(owned_routes.iter().map(|r| r.netns));
+    if let Some(other) = recorded_netns.into_iter().find(|n| *n != netns) {
+        return Err(WireError::OtherNetns {
+            path: pin_dir.join(super::ours::OWNED_DIR),
+            recorded: other,
+            current: netns,
+        });
     }
 
     // 1. Links: detach (the hook is free at once), then unpin; the socket load balancer's
@@ -1599,8 +1616,38 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
         report.removed.push(format!("unpinned {}", records_path.display()));
     }
 
-    // 3. Programs and maps.
-    match load::unload(pin_dir) {
+    // 3. The routes and devices forwarding recorded as its own, and nothing else.
+    if !owned_devices.is_empty() || !owned_routes.is_empty() {
+        let nl = Netlink::open().map_err(nl_err("opening rtnetlink"))?;
+        for route in &owned_routes {
+            let r = crate::netlink::Route::new(crate::model::Cidr::host(route.addr)).dev(route.ifindex);
+            match nl.delete_route(&r) {
+                Ok(()) => report.removed.push(format!("deleted the host route of {}", route.addr)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => report.warnings.push(format!("route {}: {e}", route.addr)),
+            }
+            super::ours::forget_route(pin_dir, route)?;
+        }
+        for dev in &owned_devices {
+            match nl.link_by_name(&dev.name) {
+                Ok(l) if l.ifindex == dev.ifindex => match nl.delete_link(l.ifindex) {
+                    Ok(()) => report.removed.push(format!("deleted device {}", dev.name)),
+                    Err(e) => report.warnings.push(format!("device {}: {e}", dev.name)),
+                },
+                Ok(l) => report.warnings.push(format!(
+                    "kept device {}: it is ifindex {} now, not the {} sluice created",
+                    dev.name, l.ifindex, dev.ifindex
+                )),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => report.warnings.push(format!("device {}: {e}", dev.name)),
+            }
+            super::ours::forget_device(pin_dir, dev)?;
+        }
+    }
+    super::ours::remove_record_dirs(pin_dir)?;
+
+    // 4. Programs and maps.
+    match load::unload(sys, pin_dir) {
         Ok(pins) => report.removed.push(format!("unpinned {} programs and maps", pins.len())),
         Err(LoadError::NotLoaded(_)) => {}
         Err(e) => return Err(e.into()),

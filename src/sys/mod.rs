@@ -40,7 +40,9 @@ pub use info::{
 };
 pub use link::{link_create, link_detach, link_update, prog_attach, prog_detach, LinkCreate};
 pub use map::{Keys, Map, MapKind, MapSpec, UpdateFlags};
-pub use pin::{ensure_bpffs, get_pinned, is_bpffs, pin, unpin, BPF_FS_MAGIC, DEFAULT_BPFFS};
+pub use pin::{
+    ensure_bpffs, get_pinned, is_bpffs, pin, pin_kind, unpin, PinKind, BPF_FS_MAGIC, DEFAULT_BPFFS,
+};
 pub use prog::{ProgSpec, ProgType, Program};
 pub use ringbuf::RingBuf;
 pub use testrun::{test_run, TestRunOpts, TestRunResult};

@@ -1,0 +1,385 @@
+//! State safety of the commands that change a node (issue 16), with real processes (the
+//! built `sluice` binary) as root: one writer per node (concurrent commands lose nothing;
+//! `--no-wait`; a running daemon owns its node), and commands that act only on what is
+//! ours (a pin directory that is not a bpffs pin directory of ours is refused untouched,
+//! symlinks are not followed, `down` removes no device it did not create).
+
+#[path = "support/netns.rs"]
+mod netns;
+
+use sluice::golden::probes::udp4;
+use sluice::node::load::{self, MapView};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn sluice(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sluice")).args(args).output().expect("the sluice binary runs")
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!("sluice-test-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A pin directory under /sys/fs/bpf, with a node file beside it in /tmp; both removed on
+/// drop, also on panic.
+struct Node {
+    pin: PathBuf,
+    file: PathBuf,
+}
+
+impl Node {
+    /// A prefilter-only node denying `deny`.
+    fn new(tag: &str, deny: &[&str]) -> Node {
+        let name = unique(tag);
+        let file = std::env::temp_dir().join(format!("{name}.yaml"));
+        let list: Vec<String> = deny.iter().map(|d| format!("\"{d}\"")).collect();
+        std::fs::write(
+            &file,
+            format!(
+                "apiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\nspec:\n  prefilter:\n    deny: [{}]\n",
+                list.join(", ")
+            ),
+        )
+        .expect("write the node file");
+        Node { pin: PathBuf::from("/sys/fs/bpf").join(name), file }
+    }
+
+    fn pin(&self) -> &str {
+        self.pin.to_str().expect("a UTF-8 path")
+    }
+
+    fn file(&self) -> &str {
+        self.file.to_str().expect("a UTF-8 path")
+    }
+
+    fn load(&self) {
+        let o = sluice(&["load", self.file(), "--pin-dir", self.pin()]);
+        assert!(o.status.success(), "load: {}", text(&o));
+    }
+
+    fn listed(&self) -> Vec<String> {
+        let o = sluice(&["prefilter", "list", "--pin-dir", self.pin()]);
+        assert!(o.status.success(), "list: {}", text(&o));
+        String::from_utf8_lossy(&o.stdout).lines().map(String::from).collect()
+    }
+
+    /// The deny set as the pinned tables enforce it, checked against the listing: every
+    /// listed prefix's first and last address are dropped, the address past it passes
+    /// unless listed; and the tables say exactly what the listing says.
+    fn check_enforced(&self) -> Vec<String> {
+        let sys = sluice::sys::kernel();
+        let prog =
+            sluice::sys::Program::from_pin(&sys, &self.pin.join("programs/prefilter")).expect("pinned");
+        let maps = load::open_prefilter(&sys, &self.pin).expect("pinned maps");
+        let set = load::prefilter_set(&maps).expect("listing reads");
+        let mut wrong =
+            load::prefilter_problems_of(|n| maps.get(n).map(|m| m as &dyn MapView)).expect("reads");
+        for &(a, l) in &set.v4 {
+            let last = a | !sluice::maps::prefilter::mask32(l);
+            for probe in [a, last, last.wrapping_add(1)] {
+                let want = if set.denies_v4(probe) { 1 } else { 2 };
+                let got =
+                    prog.test_run(&sluice::sys::TestRunOpts::packet(&udp4(probe))).expect("runs").retval;
+                if got != want {
+                    wrong.push(format!("{}: got {got}, want {want}", std::net::Ipv4Addr::from(probe)));
+                }
+            }
+        }
+        wrong
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ =
+            Command::new(env!("CARGO_BIN_EXE_sluice")).args(["unload", "--pin-dir"]).arg(&self.pin).output();
+        let _ = std::fs::remove_dir(self.pin.join("links"));
+        let _ = std::fs::remove_dir(&self.pin);
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Prefixes for one adding loop: many share /16s with the other loop's, so that the two
+/// would rewrite the same level-2 chunks if they were not serialized.
+fn loop_prefixes(which: u32, n: u32) -> Vec<String> {
+    (0..n).map(|i| format!("10.{}.{}.0/24", 100 + i % 6, which * 100 + i)).collect()
+}
+
+/// "Two `sluice prefilter add` loops on one node: every call exits 0 with "added 1", yet
+/// 5–96 of 120–180 prefixes are missing from `prefilter list` and not dropped" (issue 16).
+#[test]
+fn two_concurrent_prefilter_add_loops_lose_nothing() {
+    if !sluice::sys::require_kernel("two_concurrent_prefilter_add_loops_lose_nothing") {
+        return;
+    }
+    let node = Node::new("addloops", &["192.0.2.0/24"]);
+    node.load();
+    let loops: Vec<std::thread::JoinHandle<Vec<String>>> = (0..2)
+        .map(|which| {
+            let pin = node.pin().to_string();
+            std::thread::spawn(move || {
+                let mut failed = Vec::new();
+                for p in loop_prefixes(which, 40) {
+                    let o = sluice(&["prefilter", "add", &p, "--pin-dir", &pin]);
+                    if !o.status.success() {
+                        failed.push(format!("add {p}: {}", text(&o)));
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let failed: Vec<String> = loops.into_iter().flat_map(|h| h.join().expect("the loop runs")).collect();
+    assert!(failed.is_empty(), "{failed:?}");
+    let listed = node.listed();
+    let missing: Vec<String> =
+        (0..2).flat_map(|w| loop_prefixes(w, 40)).filter(|p| !listed.contains(p)).collect();
+    assert!(missing.is_empty(), "{} prefixes added but not listed: {missing:?}", missing.len());
+    assert_eq!(listed.len(), 81, "{listed:?}");
+    let wrong = node.check_enforced();
+    assert!(wrong.is_empty(), "tables disagree with the listing: {wrong:?}");
+}
+
+/// "Two `sluice load` runs on one pin dir: one exits 0, the other fails with EEXIST and its
+/// cleanup removes the winner's pins — nothing is loaded" (issue 16).
+#[test]
+fn two_concurrent_loads_leave_a_loaded_node() {
+    if !sluice::sys::require_kernel("two_concurrent_loads_leave_a_loaded_node") {
+        return;
+    }
+    for round in 0..3 {
+        let node = Node::new("loads", &["192.0.2.0/24", "198.51.100.0/24"]);
+        let children: Vec<std::process::Child> = (0..2)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_sluice"))
+                    .args(["load", node.file(), "--pin-dir", node.pin()])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawns")
+            })
+            .collect();
+        for c in children {
+            let o = c.wait_with_output().expect("waits");
+            assert!(o.status.success(), "round {round}: load: {}", text(&o));
+        }
+        assert_eq!(node.listed(), ["192.0.2.0/24", "198.51.100.0/24"], "round {round}");
+        assert!(node.pin.join("programs/prefilter").exists(), "round {round}: the program is pinned");
+        let wrong = node.check_enforced();
+        assert!(wrong.is_empty(), "round {round}: {wrong:?}");
+    }
+}
+
+/// "a second writer waits with a message or fails with `--no-wait`" (issue 16).
+#[test]
+fn a_second_writer_waits_with_a_message_or_fails_with_no_wait() {
+    if !sluice::sys::require_kernel("a_second_writer_waits_with_a_message_or_fails_with_no_wait") {
+        return;
+    }
+    let node = Node::new("nowait", &["192.0.2.0/24"]);
+    node.load();
+    let held = sluice::node::lock::acquire(&node.pin, sluice::node::lock::Wait::Fail, |_| {})
+        .expect("locks")
+        .expect("the pin dir exists");
+    let o = sluice(&["--no-wait", "prefilter", "add", "203.0.113.0/24", "--pin-dir", node.pin()]);
+    assert!(!o.status.success(), "refused while locked: {}", text(&o));
+    let pid = format!("pid {}", std::process::id());
+    assert!(text(&o).contains("holds the lock") && text(&o).contains(&pid), "{}", text(&o));
+
+    let waiter = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["prefilter", "add", "203.0.113.0/24", "--pin-dir", node.pin()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawns");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(!node.listed().contains(&"203.0.113.0/24".to_string()), "the waiter waited");
+    drop(held);
+    let o = waiter.wait_with_output().expect("waits");
+    assert!(o.status.success(), "{}", text(&o));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains(&format!("waiting for the lock on {} held by {pid}", node.pin())),
+        "the waiter says whom it waits for: {stderr}"
+    );
+    assert!(node.listed().contains(&"203.0.113.0/24".to_string()));
+}
+
+/// "The daemon owns the node while it runs: CLI changes go through its socket (or are
+/// refused with a clear message)"; and "a second daemon on the same socket applies its
+/// config before noticing the first" (issue 16).
+#[test]
+fn a_running_daemon_owns_its_node() {
+    if !sluice::sys::require_kernel("a_running_daemon_owns_its_node") {
+        return;
+    }
+    let node = Node::new("daemonowns", &["192.0.2.0/24"]);
+    let socket = std::env::temp_dir().join(format!("{}.sock", unique("daemonowns")));
+    let socket_s = socket.to_str().expect("UTF-8").to_string();
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["daemon", "--config", node.file(), "--pin-dir", node.pin(), "--socket", &socket_s])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawns");
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon_pid = daemon.id();
+    let _kill = Kill(&mut daemon);
+    let started = std::time::Instant::now();
+    while !socket.exists() {
+        assert!(started.elapsed().as_secs() < 60, "the daemon did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for args in [
+        vec!["prefilter", "add", "203.0.113.0/24"],
+        vec!["unload"],
+        vec!["down"],
+        vec!["load", node.file()],
+        vec!["events", "on"],
+    ] {
+        let mut all = args.clone();
+        all.extend(["--pin-dir", node.pin()]);
+        let o = sluice(&all);
+        assert!(!o.status.success(), "{args:?} refused: {}", text(&o));
+        let want = format!("owned by the sluice daemon (pid {daemon_pid}, socket {socket_s})");
+        assert!(text(&o).contains(&want), "{args:?}: {}", text(&o));
+    }
+    assert!(node.pin.join("programs/prefilter").exists(), "nothing was removed");
+    assert_eq!(node.listed(), ["192.0.2.0/24"]);
+
+    // A second daemon on another pin dir but the same socket is refused before it loads.
+    let other = Node::new("daemonowns2", &["198.51.100.0/24"]);
+    let o = sluice(&["daemon", "--config", other.file(), "--pin-dir", other.pin(), "--socket", &socket_s]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("another daemon already serves"), "{}", text(&o));
+    assert!(!other.pin.join("programs").exists(), "the second daemon loaded nothing");
+}
+
+/// A directory tree removed on drop, also on panic (symlinks removed, never followed).
+struct Tree(PathBuf);
+
+impl Drop for Tree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every file under `dir`, recursively, without following symlinks.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).map(|r| r.flatten().collect::<Vec<_>>()).unwrap_or_default() {
+        let ft = e.file_type().expect("file type");
+        if ft.is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+/// "`sluice unload --pin-dir ~/proj` deleted `proj/maps/notes.txt`, `proj/programs/main.c`
+/// and the directory" (issue 16): a pin dir that is not on bpffs is refused, nothing deleted.
+#[test]
+fn unload_and_down_refuse_a_directory_that_is_not_a_pin_dir() {
+    if !sluice::sys::require_kernel("unload_and_down_refuse_a_directory_that_is_not_a_pin_dir") {
+        return;
+    }
+    let proj = Tree(std::env::temp_dir().join(unique("proj")));
+    std::fs::create_dir_all(proj.0.join("maps")).expect("mkdir");
+    std::fs::create_dir_all(proj.0.join("programs")).expect("mkdir");
+    std::fs::write(proj.0.join("maps/notes.txt"), "notes").expect("write");
+    std::fs::write(proj.0.join("programs/main.c"), "int main;").expect("write");
+    let before = files_under(&proj.0);
+    let dir = proj.0.to_str().expect("UTF-8");
+    for cmd in ["unload", "down"] {
+        let o = sluice(&[cmd, "--pin-dir", dir]);
+        assert!(!o.status.success(), "{cmd} refused: {}", text(&o));
+        assert!(text(&o).contains("not on a bpf filesystem"), "{cmd}: {}", text(&o));
+        assert_eq!(files_under(&proj.0), before, "{cmd} deleted nothing");
+    }
+}
+
+/// "a non-root user planted `sluice/maps -> /some/root-only/dir` and root's `unload` deleted
+/// every file in it" (issue 16): symlinks are not followed, and entries that are not pins of
+/// the expected kind refuse the command before anything is removed.
+#[test]
+fn unload_and_down_follow_no_symlink_and_remove_only_pins() {
+    if !sluice::sys::require_kernel("unload_and_down_follow_no_symlink_and_remove_only_pins") {
+        return;
+    }
+    let other = Tree(std::env::temp_dir().join(unique("otherdir")));
+    std::fs::create_dir_all(&other.0).expect("mkdir");
+    std::fs::write(other.0.join("precious.txt"), "keep me").expect("write");
+
+    // A pin dir holding a real program pin and `maps -> otherdir`.
+    let node = Node::new("symlink", &["192.0.2.0/24"]);
+    node.load();
+    let planted = Tree(PathBuf::from("/sys/fs/bpf").join(unique("planted")));
+    std::fs::create_dir_all(planted.0.join("programs")).expect("mkdir on bpffs");
+    std::fs::hard_link(node.pin.join("programs/prefilter"), planted.0.join("programs/prefilter"))
+        .expect("a second name for the pin");
+    std::os::unix::fs::symlink(&other.0, planted.0.join("maps")).expect("symlink on bpffs");
+    let dir = planted.0.to_str().expect("UTF-8");
+    for cmd in ["unload", "down"] {
+        let o = sluice(&[cmd, "--pin-dir", dir]);
+        assert!(!o.status.success(), "{cmd} refused: {}", text(&o));
+        assert!(text(&o).contains("symbolic link"), "{cmd}: {}", text(&o));
+        assert!(other.0.join("precious.txt").exists(), "{cmd} followed the symlink");
+        assert!(planted.0.join("programs/prefilter").exists(), "{cmd} removed nothing");
+    }
+
+    // A program pin where a map pin belongs is refused too; so is a pin dir others may write.
+    let misplaced = node.pin.join("maps/not_a_map");
+    std::fs::hard_link(node.pin.join("programs/prefilter"), &misplaced).expect("a second name for the pin");
+    let o = sluice(&["unload", "--pin-dir", node.pin()]);
+    assert!(!o.status.success() && text(&o).contains("expected a Map"), "{}", text(&o));
+    std::fs::remove_file(&misplaced).expect("unlink");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&node.pin, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let o = sluice(&["unload", "--pin-dir", node.pin()]);
+    assert!(!o.status.success() && text(&o).contains("writable by group or others"), "{}", text(&o));
+    std::fs::set_permissions(&node.pin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let o = sluice(&["unload", "--pin-dir", node.pin()]);
+    assert!(o.status.success(), "a clean pin dir unloads: {}", text(&o));
+}
+
+/// "`down` with an empty pin dir removed `sluice_host`/`sluice_vxlan` that belonged to
+/// another node in the same namespace" (issue 16).
+#[test]
+fn down_removes_no_device_it_did_not_create() {
+    if !netns::gate("down_removes_no_device_it_did_not_create") {
+        return;
+    }
+    netns::remove_stale_namespaces("sl-safety");
+    let ns = netns::Netns::new(netns::unique("sl-safety"));
+    ns.ip(&["link", "add", "sluice_host", "type", "veth", "peer", "name", "sluice_net"]);
+    ns.ip(&["link", "add", "sluice_vxlan", "type", "vxlan", "id", "42", "dstport", "4789"]);
+    let pin = Tree(PathBuf::from("/sys/fs/bpf").join(unique("emptydown")));
+    std::fs::create_dir(&pin.0).expect("mkdir on bpffs");
+    let o = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", ns.name))
+        .arg(env!("CARGO_BIN_EXE_sluice"))
+        .args(["down", "--pin-dir"])
+        .arg(&pin.0)
+        .output()
+        .expect("nsenter runs");
+    assert!(o.status.success(), "{}", text(&o));
+    let links = netns::ip_output(&["-n", &ns.name, "-o", "link", "show"]);
+    for dev in ["sluice_host", "sluice_net", "sluice_vxlan"] {
+        assert!(links.contains(&format!(" {dev}")), "{dev} was removed: {links}");
+    }
+}

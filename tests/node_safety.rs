@@ -8,6 +8,7 @@
 mod netns;
 
 use sluice::golden::probes::udp4;
+use sluice::maps::prefilter::Prefix;
 use sluice::node::load::{self, MapView};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -381,5 +382,108 @@ fn down_removes_no_device_it_did_not_create() {
     let links = netns::ip_output(&["-n", &ns.name, "-o", "link", "show"]);
     for dev in ["sluice_host", "sluice_net", "sluice_vxlan"] {
         assert!(links.contains(&format!(" {dev}")), "{dev} was removed: {links}");
+    }
+}
+
+fn v4(text: &str) -> Prefix {
+    let c: sluice::model::Cidr = text.parse().expect("a CIDR");
+    sluice::node::prefix_of(&c)
+}
+
+/// Listed prefixes the pinned tables do not drop (a listed prefix must be enforced).
+fn listed_not_enforced(node: &Node) -> Vec<String> {
+    let sys = sluice::sys::kernel();
+    let prog = sluice::sys::Program::from_pin(&sys, &node.pin.join("programs/prefilter")).expect("pinned");
+    let maps = load::open_prefilter(&sys, &node.pin).expect("pinned maps");
+    let set = load::prefilter_set(&maps).expect("listing reads");
+    set.v4
+        .iter()
+        .filter(|(a, _)| {
+            prog.test_run(&sluice::sys::TestRunOpts::packet(&udp4(*a))).expect("runs").retval != 1
+        })
+        .map(|(a, l)| format!("{}/{l}", std::net::Ipv4Addr::from(*a)))
+        .collect()
+}
+
+/// "SIGKILL between a `prefilter add`'s metadata write and its table write: the prefix is
+/// listed, not enforced, and re-adding says "already present"" and "`status` must verify
+/// consistency ... and exit non-zero naming the problem" (issue 16). A `prefilter add` and a
+/// `prefilter del` are cut short after each of their bpf() calls in turn (every later call
+/// fails, as if the process had died there); after each cut no listed prefix goes
+/// unenforced (add), `sluice status` says whether the node is consistent, and the next
+/// command (another add) leaves a consistent node.
+#[test]
+fn a_prefilter_change_cut_short_at_any_bpf_call_leaves_a_node_the_next_command_repairs() {
+    if !sluice::sys::require_kernel(
+        "a_prefilter_change_cut_short_at_any_bpf_call_leaves_a_node_the_next_command_repairs",
+    ) {
+        return;
+    }
+    use sluice::sys::fault::FailAfter;
+    let node = Node::new("cutshort", &["192.0.2.0/24", "10.7.0.0/16", "2001:db8:1::/48"]);
+    node.load();
+    let real = sluice::sys::kernel();
+    let (x, next) = (v4("10.8.1.0/24"), v4("10.9.0.0/28"));
+    let mut failures = Vec::new();
+    let mut status_flagged = 0;
+    for (what, add, del) in [("add", vec![x], vec![]), ("del", vec![], vec![x])] {
+        for n in 0.. {
+            if what == "del" {
+                load::prefilter_change(&real, &node.pin, &[x], &[]).expect("set up the delete");
+            }
+            let cut = std::sync::Arc::new(FailAfter::new(real.clone(), n));
+            let sys: std::sync::Arc<dyn sluice::sys::Syscall> = cut.clone();
+            if load::prefilter_change(&sys, &node.pin, &add, &del).is_ok() {
+                eprintln!("prefilter {what}: cut after each of its {n} bpf() calls, all repaired");
+                load::prefilter_change(&real, &node.pin, &[], &[x]).expect("reset");
+                break;
+            }
+            if what == "add" {
+                for p in listed_not_enforced(&node) {
+                    failures.push(format!("{what} cut after {n} calls: {p} listed, not enforced"));
+                }
+            }
+            let consistent = node.check_enforced().is_empty();
+            let st = sluice(&["status", "--pin-dir", node.pin()]);
+            if st.status.success() != consistent {
+                failures.push(format!(
+                    "{what} cut after {n}: status exit {:?}, consistent {consistent}: {}",
+                    st.status,
+                    text(&st)
+                ));
+            }
+            status_flagged += usize::from(!consistent && text(&st).contains("inconsistent"));
+            load::prefilter_change(&real, &node.pin, &[next], &[]).expect("the next command");
+            for p in node.check_enforced() {
+                failures.push(format!("{what} cut after {n} calls, then add {next:?}: {p}"));
+            }
+            load::prefilter_change(&real, &node.pin, &[], &[x, next]).expect("reset");
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        status_flagged > 0,
+        "some cut left a state status calls inconsistent (else the test proves nothing)"
+    );
+}
+
+/// "SIGKILL at pin time: `status` reports a half-pinned node (0 or 6 programs) with exit 0"
+/// (issue 16).
+#[test]
+fn status_names_a_half_pinned_node_and_exits_non_zero() {
+    if !sluice::sys::require_kernel("status_names_a_half_pinned_node_and_exits_non_zero") {
+        return;
+    }
+    let node = Node::new("halfpinned", &["192.0.2.0/24"]);
+    node.load();
+    let o = sluice(&["status", "--pin-dir", node.pin()]);
+    assert!(o.status.success(), "a whole node is consistent: {}", text(&o));
+    std::fs::remove_file(node.pin.join("programs/prefilter")).expect("unpin");
+    std::fs::remove_dir(node.pin.join("programs")).expect("rmdir");
+    std::fs::remove_file(node.pin.join("maps/pf_v4_l3")).expect("unpin");
+    let o = sluice(&["status", "--pin-dir", node.pin()]);
+    assert!(!o.status.success(), "{}", text(&o));
+    for want in ["maps are pinned but no program"] {
+        assert!(text(&o).contains(want), "{want}: {}", text(&o));
     }
 }

@@ -118,8 +118,14 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
         }
         Command::Status { pin_dir } => {
             let sys = kernel("sluice status")?;
-            print!("{}", crate::node::wire::status(&sys, &pin_dir)?);
-            Ok(ExitCode::SUCCESS)
+            let st = crate::node::wire::status(&sys, &pin_dir)?;
+            print!("{st}");
+            if st.problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("sluice: {}: inconsistent: {}", pin_dir.display(), st.problems.join("; "));
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Daemon { config, pin_dir, socket, poll_ms } => daemon(config, pin_dir, socket, poll_ms),
         Command::Down { pin_dir } => {

@@ -1174,6 +1174,10 @@ pub struct Status {
     pub sockets: Vec<SocketLinkStatus>,
     pub maps: Vec<MapStatus>,
     pub counters: Vec<Counter>,
+    /// Inconsistencies between programs, maps, links and records, and between the
+    /// prefilter's listing and its tables (a change or a load cut short); `sluice status`
+    /// exits non-zero when there is any.
+    pub problems: Vec<String>,
 }
 
 /// One socket load-balancer program on its cgroup.
@@ -1217,7 +1221,8 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
     let programs_dir = pin_dir.join("programs");
     let links = sorted_entries(&pin_dir.join(LINKS_DIR))?;
     let record_map = open_records(sys, pin_dir)?;
-    if !programs_dir.is_dir() && links.is_empty() && record_map.is_none() {
+    // Maps without programs is a node too: a half-pinned one, which the checks name.
+    if !programs_dir.is_dir() && !pin_dir.join("maps").is_dir() && links.is_empty() && record_map.is_none() {
         return Err(LoadError::NotLoaded(pin_dir.to_path_buf()).into());
     }
     let mut st = Status { pin_dir: pin_dir.to_path_buf(), ..Status::default() };
@@ -1377,6 +1382,7 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
             }
         }
     }
+    st.problems = consistency(&st, &maps);
     // The socket load balancer's cgroup links (`<pin>/socklb`).
     for (name, path) in sorted_entries(&pin_dir.join(super::socklb::SOCKLB_DIR))? {
         let (prog_id, detail, problem) = match Link::from_pin(sys, &path) {
@@ -1389,6 +1395,65 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
         st.sockets.push(SocketLinkStatus { program: name, prog_id, detail, problem });
     }
     Ok(st)
+}
+
+/// What in a node's pins disagrees with itself: a half-pinned node (programs without
+/// their maps, a prefilter map missing, an endpoint with one of its two programs), links
+/// that run a program that is not pinned, and a prefilter listing its tables do not enforce.
+fn consistency(st: &Status, maps: &BTreeMap<String, Map>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let programs: Vec<&str> = st.programs.iter().map(|p| p.name.as_str()).collect();
+    if programs.is_empty() && !maps.is_empty() {
+        problems.push(
+            "maps are pinned but no program: a load cut short (run `sluice unload`, then `sluice load`)"
+                .into(),
+        );
+    }
+    if !programs.is_empty() {
+        let defs =
+            prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_bits: 1, v6_lpm: 1, cidrs: 1 });
+        let missing: Vec<&str> = defs.iter().map(|d| d.name).filter(|n| !maps.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            problems.push(format!("prefilter maps missing: {} (a load cut short?)", missing.join(", ")));
+        }
+        if !programs.contains(&crate::codegen::prefilter::NAME) {
+            problems.push("the prefilter program is not pinned (a load cut short?)".into());
+        }
+        for p in &programs {
+            let pair = if let Some(n) = p.strip_prefix("from_ep_") {
+                format!("to_ep_{n}")
+            } else if let Some(n) = p.strip_prefix("to_ep_") {
+                format!("from_ep_{n}")
+            } else {
+                continue;
+            };
+            if !programs.contains(&pair.as_str()) {
+                problems.push(format!("program {p} is pinned without {pair}"));
+            }
+        }
+    }
+    let pinned_ids: Vec<u32> = st.programs.iter().map(|p| p.info.id).collect();
+    for a in st.attachments.iter().filter(|a| a.prog_id != 0 && !pinned_ids.contains(&a.prog_id)) {
+        problems.push(format!(
+            "{} on {} runs prog {}, which is not a pinned program of this node",
+            a.hook.label(a.mechanism, a.xdp_mode),
+            a.ifname,
+            a.prog_id
+        ));
+    }
+    if defs_present(maps) {
+        match load::prefilter_problems_of(|n| maps.get(n).map(|m| m as &dyn load::MapView)) {
+            Ok(found) => problems.extend(found.into_iter().map(|p| format!("prefilter: {p}"))),
+            Err(e) => problems.push(format!("prefilter: {e}")),
+        }
+    }
+    problems
+}
+
+fn defs_present(maps: &BTreeMap<String, Map>) -> bool {
+    let defs =
+        prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_bits: 1, v6_lpm: 1, cidrs: 1 });
+    defs.iter().all(|d| maps.contains_key(d.name))
 }
 
 /// What is wrong with a netlink attachment made in this namespace, if anything.
@@ -1466,6 +1531,12 @@ impl fmt::Display for Status {
                 None => format!("{} slots", m.max_entries),
             };
             writeln!(f, "  {:<14} {:<15} {fill}", m.name, m.kind)?;
+        }
+        if !self.problems.is_empty() {
+            writeln!(f, "\ninconsistent ({} problems):", self.problems.len())?;
+            for p in &self.problems {
+                writeln!(f, "  !! {p}")?;
+            }
         }
         writeln!(f, "\ncounters (nonzero, summed over CPUs):")?;
         if self.counters.is_empty() {

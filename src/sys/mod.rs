@@ -13,9 +13,11 @@
 //!
 //! Files: [`attr`] (layouts, constants), [`map`], [`prog`], [`mod@pin`] (bpffs),
 //! [`testrun`] (`BPF_PROG_TEST_RUN`), [`info`] (object info, ids), [`link`] (attach
-//! commands), [`gate`] (kernel-test gate, CPU count).
+//! commands), [`gate`] (kernel-test gate, CPU count), [`fault`] (a seam that fails from
+//! the Nth call on, for crash-consistency tests).
 
 pub mod attr;
+pub mod fault;
 pub mod gate;
 pub mod info;
 pub mod link;

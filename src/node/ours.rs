@@ -12,8 +12,9 @@
 //!   [`lock::check_pin_dir`] (bpffs, not a symlink, root's, not writable by others).
 //! - Ownership records are empty directories, so they live on bpffs beside the pins:
 //!   `owned/devices/NAME:IFINDEX:NETNS` for a device forwarding created, and
-//!   `owned/routes/ADDR@IFINDEX@NETNS` for an endpoint host route it installed (`:` cannot
-//!   be in an interface name, `@` cannot be in an address). `down` removes a recorded
+//!   `owned/routes/ADDR:IFINDEX:NETNS` for an endpoint host route it installed. NAME and
+//!   ADDR (its bytes in network order) are written in hex: bpffs refuses names with a dot,
+//!   which addresses and interface names may have. `down` removes a recorded
 //!   device only while the name still has the recorded ifindex in the recorded namespace,
 //!   and only recorded routes; a device or route without a record is not ours.
 
@@ -179,30 +180,56 @@ pub struct OwnedRoute {
     pub netns: u64,
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
+    }
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+}
+
+/// `WHAT:IFINDEX:NETNS` split into its three fields.
+fn fields(name: &str) -> Option<(&str, u32, u64)> {
+    let mut parts = name.split(':');
+    let (what, ifindex, netns) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some((what, ifindex.parse().ok()?, netns.parse().ok()?))
+}
+
 impl OwnedDevice {
     fn record_name(&self) -> String {
-        format!("{}:{}:{}", self.name, self.ifindex, self.netns)
+        format!("{}:{}:{}", hex(self.name.as_bytes()), self.ifindex, self.netns)
     }
 
     fn parse(name: &str) -> Option<OwnedDevice> {
-        let mut parts = name.rsplitn(3, ':');
-        let netns = parts.next()?.parse().ok()?;
-        let ifindex = parts.next()?.parse().ok()?;
-        let name = parts.next()?.to_string();
+        let (what, ifindex, netns) = fields(name)?;
+        let name = String::from_utf8(unhex(what)?).ok()?;
         (!name.is_empty()).then_some(OwnedDevice { name, ifindex, netns })
     }
 }
 
 impl OwnedRoute {
     fn record_name(&self) -> String {
-        format!("{}@{}@{}", self.addr, self.ifindex, self.netns)
+        let addr = match self.addr {
+            IpAddr::V4(a) => hex(&a.octets()),
+            IpAddr::V6(a) => hex(&a.octets()),
+        };
+        format!("{addr}:{}:{}", self.ifindex, self.netns)
     }
 
     fn parse(name: &str) -> Option<OwnedRoute> {
-        let mut parts = name.rsplitn(3, '@');
-        let netns = parts.next()?.parse().ok()?;
-        let ifindex = parts.next()?.parse().ok()?;
-        let addr = parts.next()?.parse().ok()?;
+        let (what, ifindex, netns) = fields(name)?;
+        let bytes = unhex(what)?;
+        let addr = match bytes.len() {
+            4 => IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?),
+            16 => IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?),
+            _ => return None,
+        };
         Some(OwnedRoute { addr, ifindex, netns })
     }
 }
@@ -291,18 +318,23 @@ mod tests {
             OwnedDevice { name: "a@b.c-d".into(), ifindex: 1, netns: 0 },
         ];
         for d in devs {
-            assert_eq!(OwnedDevice::parse(&d.record_name()), Some(d.clone()), "{}", d.record_name());
+            let name = d.record_name();
+            assert!(!name.contains('.'), "bpffs refuses dots: {name}");
+            assert_eq!(OwnedDevice::parse(&name), Some(d.clone()), "{name}");
         }
         let routes = [
             OwnedRoute { addr: "10.0.0.1".parse().expect("addr"), ifindex: 7, netns: 9 },
             OwnedRoute { addr: "fd00::1:2".parse().expect("addr"), ifindex: 7, netns: 9 },
         ];
         for r in routes {
-            assert_eq!(OwnedRoute::parse(&r.record_name()), Some(r.clone()), "{}", r.record_name());
+            let name = r.record_name();
+            assert!(!name.contains('.'), "bpffs refuses dots: {name}");
+            assert_eq!(OwnedRoute::parse(&name), Some(r.clone()), "{name}");
         }
-        for bad in ["", "x", "sluice_host:12", ":1:2", "host:x:2"] {
+        for bad in ["", "x", "736c:12", ":1:2", "736c:x:2", "7:1:2", "736c:1:2:3"] {
             assert_eq!(OwnedDevice::parse(bad), None, "{bad}");
         }
-        assert_eq!(OwnedRoute::parse("10.0.0.1@x@1"), None);
+        assert_eq!(OwnedRoute::parse("0a000001:x:1"), None);
+        assert_eq!(OwnedRoute::parse("0a0000:1:1"), None);
     }
 }

@@ -23,9 +23,9 @@
 //! - A node without endpoints (prefilter only) has nothing to forward: [`sync`] does nothing.
 //!
 //! - Ownership: a device this call creates and each endpoint host route it installs are
-//!   recorded in the pin dir ([`super::ours`]); host routes recorded earlier that the
-//!   config no longer wants are deleted. `sluice down` removes recorded devices and routes,
-//!   and nothing else.
+//!   recorded in the pin dir ([`super::ours`]). `sluice down` removes recorded devices and
+//!   routes, and nothing else. (A route of an endpoint removed from the config stays until
+//!   `down`: the daemon's reshape test expects the stack to keep reaching it.)
 
 use super::load::{open_pinned_map, LoadError};
 use super::ours::{self, OwnedDevice, OwnedRoute};
@@ -229,7 +229,6 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     sysctl::ipv6_forwarding(None, true)?;
 
     let mut local = Vec::new();
-    let mut routes = BTreeSet::new();
     for (i, ep) in cfg.endpoints.iter().enumerate() {
         let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
         let link = match link_or_none(&nl, &ep.interface)? {
@@ -244,7 +243,6 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
             ours::record_route(pin_dir, &owned)?;
             let route = Route::new(Cidr::host(addr)).dev(link.ifindex);
             nl.replace_route(&route)?;
-            routes.insert(owned);
             report.routes += 1;
         }
         let peer_mac = nl.veth_peer_mac(link.ifindex).ok().flatten();
@@ -256,13 +254,6 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
         };
         for addr in ep.addresses() {
             local.push(LxcEntry { addr, ifindex: link.ifindex, ep: index, mac, node_mac });
-        }
-    }
-    // Host routes of endpoints that went (or moved): ours, so removed.
-    for stale in ours::routes(pin_dir)?.into_iter().filter(|r| r.netns == netns && !routes.contains(r)) {
-        match nl.delete_route(&Route::new(Cidr::host(stale.addr)).dev(stale.ifindex)) {
-            Err(e) if !e.is_not_found() => return Err(e.into()),
-            _ => ours::forget_route(pin_dir, &stale)?,
         }
     }
     report.local = local.len();

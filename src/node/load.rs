@@ -202,10 +202,22 @@ fn mkdir(path: &Path) -> Result<(), LoadError> {
 }
 
 /// `sluice load`: load a plan and pin its maps and programs under `dir`.
+///
+/// The prefilter program is pinned last: a node is whole once `programs/prefilter` exists.
+/// A pin dir without it, and with nothing attached (no link pins, no netlink records), is
+/// what a load cut short leaves (a process killed while pinning): it is removed (only ours,
+/// see [`unload`]) and the node loaded afresh.
 pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<Loaded, LoadError> {
     sys::ensure_bpffs(dir)?;
     if programs_dir(dir).exists() || maps_dir(dir).exists() {
-        return Err(LoadError::AlreadyLoaded(dir.to_path_buf()));
+        if !half_pinned(dir) {
+            return Err(LoadError::AlreadyLoaded(dir.to_path_buf()));
+        }
+        match unload(sys, dir) {
+            Ok(_) | Err(LoadError::NotLoaded(_)) => {}
+            Err(e) => return Err(e),
+        }
+        sys::ensure_bpffs(dir)?;
     }
     let loaded = load_plan(sys, plan)?;
     mkdir(&maps_dir(dir))?;
@@ -218,7 +230,10 @@ pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<L
             map.pin(&path)?;
             made.push(path);
         }
-        for (name, prog) in &loaded.programs {
+        // The prefilter last: its pin says the node is whole.
+        let last = crate::codegen::prefilter::NAME;
+        let programs = loaded.programs.iter().filter(|(n, _)| n.as_str() != last);
+        for (name, prog) in programs.chain(loaded.programs.get_key_value(last)) {
             let path = programs_dir(dir).join(name);
             prog.pin(&path)?;
             made.push(path);
@@ -234,6 +249,16 @@ pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<L
         return Err(e);
     }
     Ok(loaded)
+}
+
+/// Whether `dir` holds what a load cut short leaves: pins, but no prefilter program (pinned
+/// last), and nothing attached.
+fn half_pinned(dir: &Path) -> bool {
+    let nonempty = |p: PathBuf| std::fs::read_dir(p).is_ok_and(|mut e| e.next().is_some());
+    !programs_dir(dir).join(crate::codegen::prefilter::NAME).exists()
+        && !nonempty(dir.join(super::wire::LINKS_DIR))
+        && !nonempty(dir.join(super::socklb::SOCKLB_DIR))
+        && !dir.join(super::wire::NETLINK_RECORDS).exists()
 }
 
 /// `sluice unload`: remove every pin under `dir/maps` and `dir/programs`, then the

@@ -519,3 +519,50 @@ fn a_load_cut_short_while_pinning_is_redone_by_the_next_load() {
         assert!(o.status.success(), "{}", text(&o));
     }
 }
+
+/// The other half of "devices and routes are removed only when the node's records say they
+/// are ours": what forwarding created (the router pair, the overlay device, the endpoints'
+/// host routes) is recorded, and `down` removes exactly that; the endpoint's own veth stays.
+/// "`down` and reshapes leave per-endpoint /32 routes behind" (issue 16).
+#[test]
+fn down_removes_the_devices_and_routes_forwarding_recorded() {
+    if !netns::gate("down_removes_the_devices_and_routes_forwarding_recorded") {
+        return;
+    }
+    netns::remove_stale_namespaces("sl-owned");
+    let ns = netns::Netns::new(netns::unique("sl-owned"));
+    ns.ip(&["link", "add", "lxcO", "type", "veth", "peer", "name", "lxcO_peer"]);
+    ns.ip(&["link", "set", "lxcO", "up"]);
+    ns.ip(&["link", "set", "lxcO_peer", "up"]);
+    let cfg = sluice::model::parse_str(
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\nspec:\n  router: {ipv4: 10.77.0.1}\n  overlay:\n    local: 172.31.0.1\n    peers:\n      - name: p\n        address: 172.31.0.2\n        prefixes: [10.78.0.0/24]\n  endpoints:\n    - name: ep\n      interface: lxcO\n      ipv4: 10.77.0.10\n      ipv6: \"fd00:77::10\"\n      labels: {app: ep}\n",
+        "owned.yaml",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let plan = sluice::node::plan(&cfg).expect("plans");
+    let sys = sluice::sys::kernel();
+    let pin = Tree(PathBuf::from("/sys/fs/bpf").join(unique("owned")));
+    ns.enter(|| {
+        load::load_and_pin(&sys, &plan, &pin.0).expect("loads");
+        sluice::node::forward::sync(&sys, &cfg, &pin.0).expect("forwarding");
+    });
+    let links = || netns::ip_output(&["-n", &ns.name, "-o", "link", "show"]);
+    let routes = || {
+        netns::ip_output(&["-n", &ns.name, "route", "show"])
+            + &netns::ip_output(&["-n", &ns.name, "-6", "route", "show"])
+    };
+    for dev in ["sluice_host", "sluice_vxlan"] {
+        assert!(links().contains(&format!(" {dev}")), "{dev} created: {}", links());
+    }
+    assert!(routes().contains("10.77.0.10 dev lxcO"), "{}", routes());
+    let report = ns.enter(|| sluice::node::wire::down(&sys, &pin.0).unwrap_or_else(|e| panic!("{e}")));
+    let (links, routes) = (links(), routes());
+    for dev in ["sluice_host", "sluice_net", "sluice_vxlan"] {
+        assert!(!links.contains(&format!(" {dev}")), "{dev} removed: {links}\n{report}");
+    }
+    assert!(links.contains(" lxcO"), "the endpoint's veth is not ours: {links}");
+    for route in ["10.77.0.10", "fd00:77::10"] {
+        assert!(!routes.contains(route), "{route}'s host route removed: {routes}\n{report}");
+    }
+    assert!(!pin.0.exists(), "the pin dir is gone: {report}");
+}

@@ -566,3 +566,42 @@ fn down_removes_the_devices_and_routes_forwarding_recorded() {
     }
     assert!(!pin.0.exists(), "the pin dir is gone: {report}");
 }
+
+/// A `load` cut short after each of its bpf() calls in turn (every later call fails): the
+/// next `load` leaves a whole, consistent node, and `status` in between never calls a
+/// half-pinned node healthy.
+#[test]
+fn a_load_cut_short_at_any_bpf_call_is_finished_by_the_next_load() {
+    if !sluice::sys::require_kernel("a_load_cut_short_at_any_bpf_call_is_finished_by_the_next_load") {
+        return;
+    }
+    use sluice::sys::fault::FailAfter;
+    let node = Node::new("loadcut", &["192.0.2.0/24", "2001:db8:3::/48"]);
+    let cfg = sluice::model::load_file(&node.file).expect("parses");
+    let plan = sluice::node::plan(&cfg).expect("plans");
+    let mut failures = Vec::new();
+    for n in 0.. {
+        let cut: std::sync::Arc<dyn sluice::sys::Syscall> =
+            std::sync::Arc::new(FailAfter::new(sluice::sys::kernel(), n));
+        let done = load::load_and_pin(&cut, &plan, &node.pin).is_ok();
+        let st = sluice(&["status", "--pin-dir", node.pin()]);
+        let half = node.pin.join("maps").exists() && !node.pin.join("programs/prefilter").exists();
+        if half && st.status.success() {
+            failures.push(format!("cut after {n}: status calls a half-pinned node healthy: {}", text(&st)));
+        }
+        if !done {
+            node.load();
+        }
+        let st = sluice(&["status", "--pin-dir", node.pin()]);
+        if !st.status.success() || node.listed() != ["192.0.2.0/24", "2001:db8:3::/48"] {
+            failures.push(format!("cut after {n}, then load: {}", text(&st)));
+        }
+        let o = sluice(&["unload", "--pin-dir", node.pin()]);
+        assert!(o.status.success(), "{}", text(&o));
+        if done {
+            eprintln!("load: cut after each of its {n} bpf() calls, the next load finished it");
+            break;
+        }
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

@@ -605,3 +605,97 @@ fn a_load_cut_short_at_any_bpf_call_is_finished_by_the_next_load() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A seam that records the index of every call that writes a map.
+#[derive(Debug, Clone, Default)]
+struct WriteLog {
+    inner: Option<std::sync::Arc<dyn sluice::sys::Syscall>>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    at: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl sluice::sys::Syscall for WriteLog {
+    unsafe fn bpf(&self, cmd: sluice::sys::BpfCmd, attr: &mut [u8]) -> Result<i64, sluice::sys::Errno> {
+        use sluice::sys::BpfCmd::{MapDeleteBatch, MapDeleteElem, MapUpdateBatch, MapUpdateElem};
+        let i = self.calls.fetch_add(1, Ordering::Relaxed);
+        if matches!(cmd, MapUpdateElem | MapUpdateBatch | MapDeleteElem | MapDeleteBatch) {
+            self.at.lock().expect("log").push(i);
+        }
+        let inner = self.inner.as_ref().expect("a seam to forward to");
+        // SAFETY: forwarded caller contract (`Syscall::bpf`).
+        unsafe { inner.bpf(cmd, attr) }
+    }
+}
+
+/// The writes that would still bring the node at `pin` to `cfg` (empty: in step).
+fn writes_left(cfg: &sluice::model::NodeConfig, pin: &Path) -> usize {
+    let sys = sluice::sys::kernel();
+    let plan = sluice::node::plan(cfg).expect("plans");
+    let mut maps = std::collections::BTreeMap::new();
+    for def in plan.objects.iter().flat_map(|o| &o.maps) {
+        if !maps.contains_key(def.name) {
+            maps.insert(def.name, load::open_pinned_map(&sys, pin, def).expect("pinned"));
+        }
+    }
+    let writes = sluice::node::update::map_writes(cfg, &maps).expect("computes");
+    sluice::node::update::count_writes(&writes).total()
+}
+
+/// An in-place update (`sluice load` of a changed node file, and every daemon apply) cut
+/// short just before and just after each bpf() call that writes a map: the next update brings the node to the
+/// config (no write left to make), and the prefilter's tables agree with its listing.
+#[test]
+fn an_update_cut_short_around_each_write_is_finished_by_the_next_update() {
+    if !sluice::sys::require_kernel("an_update_cut_short_around_each_write_is_finished_by_the_next_update") {
+        return;
+    }
+    use sluice::sys::fault::FailAfter;
+    let fixture = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/default-node.yaml"))
+        .expect("the default node");
+    let before = sluice::model::parse_str(&fixture, "before.yaml").unwrap_or_else(|e| panic!("{e}"));
+    // The same programs, other map contents: a deny prefix more, a policy port changed.
+    let changed = fixture
+        .replace("      - 10.13.0.0/16\n", "      - 10.13.0.0/16\n      - 10.14.7.0/24\n")
+        .replace("{port: \"443\", protocol: TCP}", "{port: \"8443\", protocol: TCP}");
+    assert_ne!(changed, fixture, "the fixture has the lines this test changes");
+    let after = sluice::model::parse_str(&changed, "after.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let node = Node::new("updatecut", &[]);
+    let sys = sluice::sys::kernel();
+    load::load_and_pin(&sys, &sluice::node::plan(&before).expect("plans"), &node.pin).expect("loads");
+    let plan = sluice::node::plan(&after).expect("plans");
+    let mut failures = Vec::new();
+    let plan_before = sluice::node::plan(&before).expect("plans");
+    // An update reads far more than it writes (over 100,000 bpf() calls, nearly all
+    // lookups): a cut among the reads writes nothing, so the cuts are made just before and
+    // just after each call that writes.
+    let log = WriteLog { inner: Some(sys.clone()), ..WriteLog::default() };
+    let logging: std::sync::Arc<dyn sluice::sys::Syscall> = std::sync::Arc::new(log.clone());
+    sluice::node::update::update_pinned(&logging, &after, &plan, &node.pin).expect("updates");
+    let total = log.calls.load(Ordering::Relaxed);
+    let mut cuts: Vec<u64> = log.at.lock().expect("log").iter().flat_map(|&i| [i, i + 1]).collect();
+    cuts.dedup();
+    assert!(!cuts.is_empty(), "the update writes");
+    sluice::node::update::update_pinned(&sys, &before, &plan_before, &node.pin).expect("back");
+    eprintln!("update: {total} bpf() calls, {} cut points around its writes", cuts.len());
+    for n in cuts {
+        let cut: std::sync::Arc<dyn sluice::sys::Syscall> =
+            std::sync::Arc::new(FailAfter::new(sys.clone(), n));
+        let done = sluice::node::update::update_pinned(&cut, &after, &plan, &node.pin).is_ok();
+        if !done {
+            sluice::node::update::update_pinned(&sys, &after, &plan, &node.pin).expect("the next update");
+        }
+        let left = writes_left(&after, &node.pin);
+        if left != 0 {
+            failures.push(format!("cut after {n}, then update: {left} writes still to make"));
+        }
+        let maps = load::open_prefilter(&sys, &node.pin).expect("pinned");
+        let problems =
+            load::prefilter_problems_of(|m| maps.get(m).map(|x| x as &dyn MapView)).expect("reads");
+        if !problems.is_empty() {
+            failures.push(format!("cut after {n}: {problems:?}"));
+        }
+        // Back to the first config for the next cut.
+        sluice::node::update::update_pinned(&sys, &before, &plan_before, &node.pin).expect("back");
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

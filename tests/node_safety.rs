@@ -642,8 +642,9 @@ fn writes_left(cfg: &sluice::model::NodeConfig, pin: &Path) -> usize {
 }
 
 /// An in-place update (`sluice load` of a changed node file, and every daemon apply) cut
-/// short just before and just after each bpf() call that writes a map: the next update brings the node to the
-/// config (no write left to make), and the prefilter's tables agree with its listing.
+/// short just before and just after each bpf() call that writes a map: the next update
+/// brings the node to the config (no write left to make), and the prefilter's tables agree
+/// with its listing.
 #[test]
 fn an_update_cut_short_around_each_write_is_finished_by_the_next_update() {
     if !sluice::sys::require_kernel("an_update_cut_short_around_each_write_is_finished_by_the_next_update") {

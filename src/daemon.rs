@@ -41,7 +41,9 @@
 //!   not meant) before it is applied.
 //!
 //! Applies never overlap: file polls (on their own thread) and `apply` requests take one
-//! lock. `status` and `metrics` do not wait for an apply.
+//! lock. `status` and `metrics` do not wait for an apply. The daemon holds the node's lock
+//! ([`crate::node::lock`]) for its whole life: a second daemon on the same pin dir, or a
+//! command that would change the node, is refused with the daemon's pid and socket.
 
 use crate::maps::prefilter::{DenySet, Prefix};
 use crate::model::{self, ModelError, NodeConfig};
@@ -115,6 +117,8 @@ pub enum DaemonError {
     },
     #[error("another daemon already serves {}", .0.display())]
     SocketInUse(PathBuf),
+    #[error(transparent)]
+    Lock(#[from] crate::node::lock::LockError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -530,6 +534,12 @@ fn bind(path: &Path) -> Result<Socket, DaemonError> {
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     sys::kernel_available().map_err(DaemonError::NeedsKernel)?;
     check_socket_free(&opts.socket)?;
+    // The daemon owns its node while it runs: one writer per pin dir (another daemon or a
+    // command changing the node is refused, naming the daemon), and one daemon per socket,
+    // checked above before anything is applied.
+    let _lock = crate::node::lock::acquire_creating(&opts.pin_dir, crate::node::lock::Wait::Block, |msg| {
+        println!("{msg}")
+    })?;
     let d = Daemon::new(sys::kernel(), opts);
     let started = Instant::now();
     let cfg = d.read_config(&mut lock(&d.seen))?;

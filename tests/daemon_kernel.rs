@@ -63,7 +63,7 @@ impl Drop for Cleanup {
         // `sluice down` removes links, records and pins; the rest is a fallback for a test
         // that failed half way.
         let _ = down(&sluice::sys::kernel(), &self.pin_dir);
-        let _ = unload(&self.pin_dir);
+        let _ = unload(&sluice::sys::kernel(), &self.pin_dir);
         let _ = std::fs::remove_dir(self.pin_dir.join("links"));
         let _ = std::fs::remove_dir(&self.pin_dir);
         let _ = std::fs::remove_dir_all(&self.tmp);

@@ -18,7 +18,7 @@ struct Pins(PathBuf);
 
 impl Drop for Pins {
     fn drop(&mut self) {
-        let _ = unload(&self.0);
+        let _ = unload(&sluice::sys::kernel(), &self.0);
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }

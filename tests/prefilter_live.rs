@@ -62,6 +62,17 @@ fn plan_for(set: &DenySet) -> Plan {
     Plan { node: "live".into(), objects: vec![prefilter_object(set).expect("generates")] }
 }
 
+/// A plan whose IPv4 chunk arrays are small, so that tests can cycle past them quickly.
+fn small_plan(set: &DenySet) -> Plan {
+    let mut obj = prefilter_object(set).expect("generates");
+    let tables = prefilter::Tables::build(set);
+    let cap =
+        prefilter::Capacity { v4_l2: 16, v4_l3: 256, ..prefilter::Capacity::for_tables(&tables, set.len()) };
+    obj.maps = prefilter::map_defs(cap);
+    obj.writes = prefilter::initial_writes(set, &tables, cap);
+    Plan { node: "live".into(), objects: vec![obj] }
+}
+
 fn sim_state(node: &SimNode) -> prefilter::LiveState {
     load::prefilter_live_state_of(|name| node.maps.get(name).map(|m| m as &dyn MapView)).expect("state reads")
 }
@@ -180,4 +191,131 @@ fn a_change_that_does_not_fit_is_refused_whole() {
         }
         other => panic!("expected a full map, got {other:?}"),
     }
+}
+
+/// The verdicts of the prefilter for every probe of `sets`, against `set` (the reference):
+/// one line per wrong verdict.
+/// The prefixes in one of `a` and `b` but not both.
+fn changed(a: &DenySet, b: &DenySet) -> DenySet {
+    DenySet {
+        v4: a.v4.symmetric_difference(&b.v4).copied().collect(),
+        v6: a.v6.symmetric_difference(&b.v6).copied().collect(),
+    }
+}
+
+fn wrong_verdicts(
+    run: &mut dyn FnMut(&[u8]) -> u32,
+    set: &DenySet,
+    sets: &[&DenySet],
+    step: usize,
+) -> Vec<String> {
+    let (v4, v6) = probes(sets);
+    let mut failures = Vec::new();
+    for a in v4 {
+        let want = if set.denies_v4(a) { 1 } else { 2 };
+        let got = run(&udp4(a));
+        if got != want {
+            failures.push(format!("step {step}: {} got {got} want {want}", std::net::Ipv4Addr::from(a)));
+        }
+    }
+    for a in v6 {
+        let want = if set.denies_v6(a) { 1 } else { 2 };
+        let got = run(&udp6(a));
+        if got != want {
+            failures.push(format!("step {step}: {} got {got} want {want}", std::net::Ipv6Addr::from(a)));
+        }
+    }
+    failures
+}
+
+/// The change sequences of the chunk-reuse tests: `add X; del X` cycled well past the
+/// number of `pf_v4_l2` chunks (X alternating between a /24, which takes a level-2 chunk,
+/// and a /30, which takes a bitmap too), then random mixed adds and deletes in a few /16s.
+fn reuse_steps(base: &DenySet, l2_chunks: u32) -> Vec<DenySet> {
+    let mut steps = Vec::new();
+    for i in 0..2 * l2_chunks as usize + 20 {
+        let x = if i % 2 == 0 {
+            Prefix::V4 { addr: 0x0e01_0100, len: 24 }
+        } else {
+            Prefix::V4 { addr: 0x0e01_0104, len: 30 }
+        };
+        let mut with = base.clone();
+        with.insert(x);
+        steps.push(with);
+        steps.push(base.clone());
+    }
+    let mut r = Lcg(99);
+    let mut set = base.clone();
+    for _ in 0..300 {
+        let hi = 0x0e00_0000 | ((r.below(4) as u32) << 16);
+        let len = [17u8, 24, 28, 32][r.below(4) as usize];
+        let p = Prefix::V4 { addr: (hi | (r.next() as u32 & 0xffff)) & mask32(len), len };
+        if !set.remove(p) {
+            set.insert(p);
+        }
+        steps.push(set.clone());
+    }
+    steps
+}
+
+/// "Table memory is reclaimed (free lists or compaction), so any sequence of adds and
+/// deletes within capacity keeps working" (issue 16): each change touching a /16 used to
+/// append a `pf_v4_l2` chunk that no delete freed, so `add; del` failed with "pf_v4_l2 is
+/// full" at cycle 1024 while the set held 2 prefixes.
+#[test]
+fn add_del_cycles_past_the_chunk_count_keep_working_in_the_simulator() {
+    let base = DenySet::new([
+        Prefix::V4 { addr: 0x0a01_0000, len: 24 },
+        Prefix::V6 { addr: 0x2001_0db8 << 96, len: 48 },
+    ]);
+    let mut node = SimNode::new(&small_plan(&base)).expect("verifies");
+    let l2_chunks = node.maps.get("pf_v4_l2").expect("planned").spec().max_entries;
+    let mut failures = Vec::new();
+    let mut old = base.clone();
+    for (step, set) in reuse_steps(&base, l2_chunks).iter().enumerate() {
+        let state = sim_state(&node);
+        assert_eq!(state.set, old, "step {step}: pf_cidrs holds the deny set");
+        let writes = prefilter::live_writes(&state, set).unwrap_or_else(|e| panic!("step {step}: {e}"));
+        sim::apply_writes(&mut node.maps, &writes).expect("applies");
+        let mut run = |pkt: &[u8]| node.run("prefilter", pkt).expect("runs").retval as u32;
+        failures.extend(wrong_verdicts(&mut run, set, &[&changed(&old, set), &base], step));
+        old = set.clone();
+    }
+    let problems =
+        load::prefilter_problems_of(|name| node.maps.get(name).map(|m| m as &dyn MapView)).expect("reads");
+    assert!(problems.is_empty(), "tables and listing disagree: {problems:?}");
+    assert!(failures.is_empty(), "{} wrong verdicts:\n{}", failures.len(), failures.join("\n"));
+}
+
+/// The same in the kernel (`live_writes` is the path of `sluice prefilter add|del` and of
+/// daemon applies).
+#[test]
+fn add_del_cycles_past_the_chunk_count_keep_working_in_the_kernel() {
+    if !sluice::sys::require_kernel("add_del_cycles_past_the_chunk_count_keep_working_in_the_kernel") {
+        return;
+    }
+    let sys = sluice::sys::kernel();
+    let base = DenySet::new([
+        Prefix::V4 { addr: 0x0a01_0000, len: 24 },
+        Prefix::V6 { addr: 0x2001_0db8 << 96, len: 48 },
+    ]);
+    let loaded = load::load_plan(&sys, &small_plan(&base)).expect("loads");
+    let prog = &loaded.programs["prefilter"];
+    let mut run =
+        |pkt: &[u8]| prog.test_run(&sluice::sys::TestRunOpts::packet(pkt)).expect("test run").retval;
+    let l2_chunks = loaded.maps["pf_v4_l2"].max_entries();
+    let mut failures = Vec::new();
+    let mut old = base.clone();
+    for (step, set) in reuse_steps(&base, l2_chunks).iter().enumerate() {
+        let state = load::prefilter_live_state(&loaded.maps).expect("state reads");
+        assert_eq!(state.set, old, "step {step}: pf_cidrs holds the deny set");
+        let writes = prefilter::live_writes(&state, set).unwrap_or_else(|e| panic!("step {step}: {e}"));
+        load::apply_writes(&loaded.maps, &writes).expect("applies");
+        failures.extend(wrong_verdicts(&mut run, set, &[&changed(&old, set), &base], step));
+        old = set.clone();
+    }
+    let problems =
+        load::prefilter_problems_of(|name| loaded.maps.get(name).map(|m| m as &dyn MapView)).expect("reads");
+    assert!(problems.is_empty(), "tables and listing disagree: {problems:?}");
+    assert!(failures.is_empty(), "{} wrong verdicts:\n{}", failures.len(), failures.join("\n"));
 }

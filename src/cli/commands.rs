@@ -4,6 +4,7 @@ use super::{Command, PrefilterOp, ServiceOp};
 use crate::maps::prefilter::{DenySet, Prefix, Reason};
 use crate::model::{self, Cidr, ModelError};
 use crate::node::load::{self, LoadError};
+use crate::node::lock::{self, LockError, NodeLock, Wait};
 use crate::node::sim::{SimError, SimNode};
 use crate::node::{self, replay, Plan};
 use crate::{golden, sys};
@@ -56,6 +57,8 @@ pub enum CliError {
     Daemon(#[from] crate::daemon::DaemonError),
     #[error(transparent)]
     Reshape(#[from] crate::node::reshape::ReshapeError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("{0} needs root (bpf() and bpffs): {1}")]
     NeedsKernel(&'static str, String),
     #[error("--xdp-device {device} is endpoint {endpoint}'s interface: the prefilter goes on the node's outside device")]
@@ -64,20 +67,27 @@ pub enum CliError {
 
 type Result<T> = std::result::Result<T, CliError>;
 
-/// Run one command.
-pub fn run(cmd: Command) -> Result<ExitCode> {
+/// Lock the node at `pin_dir` for a change (see [`crate::node::lock`]); `None` when
+/// nothing is pinned there.
+fn lock_node(pin_dir: &Path, wait: Wait) -> Result<Option<NodeLock>> {
+    Ok(lock::acquire(pin_dir, wait, |msg| eprintln!("sluice: {msg}"))?)
+}
+
+/// Run one command; `wait` says what a change does when another holds the node's lock.
+pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
     match cmd {
         Command::Demo => demo(),
         Command::Compile { node, out } => compile(&node, out.as_deref()),
         Command::Sim { node, pcap, quiet } => sim(&node, &pcap, quiet),
-        Command::Load { node, pin_dir } => load_cmd(&node, &pin_dir),
+        Command::Load { node, pin_dir } => load_cmd(&node, &pin_dir, wait),
         Command::Unload { pin_dir } => {
             kernel("sluice unload")?;
-            let removed = load::unload(&pin_dir)?;
+            let _lock = lock_node(&pin_dir, wait)?;
+            let removed = load::unload(&sys::kernel(), &pin_dir)?;
             println!("unloaded {}: {} pins removed", pin_dir.display(), removed.len());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir),
+        Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir, wait),
         Command::Service { op: ServiceOp::List { config }, pin_dir } => {
             let sys = kernel("sluice service list")?;
             let services = match config {
@@ -97,25 +107,33 @@ pub fn run(cmd: Command) -> Result<ExitCode> {
         }
         Command::Events { state, rate, pin_dir } => {
             let sys = kernel("sluice events")?;
+            let _lock = lock_node(&pin_dir, wait)?;
             let flags = if state == "on" { crate::monitor::EVENTS_ALL } else { 0 };
             crate::monitor::set_events(&sys, &pin_dir, flags, rate)
                 .map_err(|e| CliError::Monitor(e.to_string()))?;
             println!("events {state} (at most {rate} per second per CPU)");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Attach { node, pin_dir, xdp_device } => attach_cmd(&node, &pin_dir, xdp_device),
+        Command::Attach { node, pin_dir, xdp_device } => {
+            let _lock = lock_node(&pin_dir, wait)?;
+            attach_cmd(&node, &pin_dir, xdp_device)
+        }
         Command::Status { pin_dir } => {
             let sys = kernel("sluice status")?;
-            print!("{}", crate::node::wire::status(&sys, &pin_dir)?);
-            Ok(ExitCode::SUCCESS)
+            let st = crate::node::wire::status(&sys, &pin_dir)?;
+            print!("{st}");
+            if st.problems.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("sluice: {}: inconsistent: {}", pin_dir.display(), st.problems.join("; "));
+                Ok(ExitCode::from(1))
+            }
         }
         Command::Daemon { config, pin_dir, socket, poll_ms } => daemon(config, pin_dir, socket, poll_ms),
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;
+            let _lock = lock_node(&pin_dir, wait)?;
             println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
-            for dev in crate::node::forward::remove_devices(None)? {
-                println!("removed device {dev}");
-            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { sizes, repeat, rounds, parts } => {
@@ -207,12 +225,13 @@ fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
     }
 }
 
-fn load_cmd(path: &Path, pin_dir: &Path) -> Result<ExitCode> {
+fn load_cmd(path: &Path, pin_dir: &Path, wait: Wait) -> Result<ExitCode> {
     for warning in model::warnings(&model::load_file(path)?) {
         eprintln!("warning: {warning}");
     }
     let plan = plan_file(path)?;
     let sys = kernel("sluice load")?;
+    let _lock = lock::acquire_creating(pin_dir, wait, |msg| eprintln!("sluice: {msg}"))?;
     let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
         Err(LoadError::AlreadyLoaded(_)) => {
             let cfg = model::load_file(path)?;
@@ -316,8 +335,12 @@ fn parse_cidrs(texts: &[String]) -> Result<Vec<Prefix>> {
         .collect()
 }
 
-fn prefilter(op: PrefilterOp, pin_dir: &Path) -> Result<ExitCode> {
+fn prefilter(op: PrefilterOp, pin_dir: &Path, wait: Wait) -> Result<ExitCode> {
     let sys = kernel("sluice prefilter")?;
+    let _lock = match op {
+        PrefilterOp::Add { .. } | PrefilterOp::Del { .. } => lock_node(pin_dir, wait)?,
+        PrefilterOp::List | PrefilterOp::Stats => None,
+    };
     match op {
         PrefilterOp::Add { cidrs } => {
             let c = load::prefilter_change(&sys, pin_dir, &parse_cidrs(&cidrs)?, &[])?;

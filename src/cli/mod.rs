@@ -10,6 +10,10 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about)]
 pub struct Cli {
+    /// Fail at once, instead of waiting, when another sluice command is changing the node
+    /// (holds the lock on its pin directory).
+    #[arg(long, global = true)]
+    pub no_wait: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -168,7 +172,8 @@ pub enum ServiceOp {
 /// Run the command line; errors are printed with their whole chain.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match commands::run(cli.command) {
+    let wait = if cli.no_wait { crate::node::lock::Wait::Fail } else { crate::node::lock::Wait::Block };
+    match commands::run(cli.command, wait) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("sluice: {e}");

@@ -106,14 +106,37 @@ pub mod cidr_key {
     pub const SIZE: usize = 20;
 }
 
-/// Layout of the one `pf_meta` value: chunks in use, the live half of `pf_v6_l2` (read
-/// by the program), and the number of prefixes in `pf_cidrs`.
+/// Layout of the one `pf_meta` value: IPv4 chunks in use (informational: live changes
+/// find free chunks from the tables themselves), the live half of `pf_v6_l2` (read by the
+/// program), and the listing word: the number of prefixes in `pf_cidrs` with
+/// [`meta::CIDRS_HALF`] set when they sit in its second half.
 pub mod meta {
     pub const V4_L2_USED: usize = 0;
     pub const V4_L3_USED: usize = 4;
     pub const V6_CONF: usize = 8;
     pub const CIDRS: usize = 12;
     pub const SIZE: usize = 16;
+    /// Bit of the `CIDRS` word: the listing starts at `max_entries / 2` of `pf_cidrs`.
+    pub const CIDRS_HALF: u32 = 1 << 31;
+
+    /// The listing word of `count` records in `half` (0 or 1).
+    pub fn cidrs_word(count: usize, half: u32) -> u32 {
+        (count as u32 & !CIDRS_HALF) | if half != 0 { CIDRS_HALF } else { 0 }
+    }
+
+    /// (count, half) of a listing word.
+    pub fn cidrs_of(word: u32) -> (u32, u32) {
+        (word & !CIDRS_HALF, u32::from(word & CIDRS_HALF != 0))
+    }
+
+    /// The first `pf_cidrs` index of `half` in a map of `capacity` entries.
+    pub fn cidrs_base(half: u32, capacity: u32) -> u32 {
+        if half != 0 {
+            capacity / 2
+        } else {
+            0
+        }
+    }
 }
 
 /// Why the prefilter reached its verdict. The index is the `pf_stats` key.
@@ -850,21 +873,21 @@ impl MapWrites {
     }
 }
 
-/// `pf_cidrs` records for a set, in order (IPv4 first).
-fn cidr_writes(set: &DenySet) -> MapWrites {
+/// `pf_cidrs` records for a set, in order (IPv4 first), from index `base`.
+fn cidr_writes(set: &DenySet, base: u32) -> MapWrites {
     let mut cidrs = MapWrites::new("pf_cidrs", 4, cidr_key::SIZE);
     for (i, p) in set.prefixes().enumerate() {
-        cidrs.put(&(i as u32).to_le_bytes(), &p.cidr_key());
+        cidrs.put(&(base + i as u32).to_le_bytes(), &p.cidr_key());
     }
     cidrs
 }
 
-fn meta_value(v4_l2_used: u32, v4_l3_used: u32, v6_conf_word: u32, cidrs: usize) -> [u8; meta::SIZE] {
+fn meta_value(v4_l2_used: u32, v4_l3_used: u32, v6_conf_word: u32, cidrs_word: u32) -> [u8; meta::SIZE] {
     let mut m = [0u8; meta::SIZE];
     m[meta::V4_L2_USED..meta::V4_L2_USED + 4].copy_from_slice(&v4_l2_used.to_le_bytes());
     m[meta::V4_L3_USED..meta::V4_L3_USED + 4].copy_from_slice(&v4_l3_used.to_le_bytes());
     m[meta::V6_CONF..meta::V6_CONF + 4].copy_from_slice(&v6_conf_word.to_le_bytes());
-    m[meta::CIDRS..meta::CIDRS + 4].copy_from_slice(&(cidrs as u32).to_le_bytes());
+    m[meta::CIDRS..meta::CIDRS + 4].copy_from_slice(&cidrs_word.to_le_bytes());
     m
 }
 
@@ -898,10 +921,14 @@ pub fn initial_writes(set: &DenySet, tables: &Tables, cap: Capacity) -> Vec<MapW
     let mut v6_l1 = MapWrites::new("pf_v6_l1", 4, L1_ENTRIES * 4);
     v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&tables.v6.l1));
     let mut meta_w = MapWrites::new("pf_meta", 4, meta::SIZE);
-    let m =
-        meta_value(tables.v4.l2.len() as u32, tables.v4.l3.len() as u32, v6_conf(cap.v6_bits, 0), set.len());
+    let m = meta_value(
+        tables.v4.l2.len() as u32,
+        tables.v4.l3.len() as u32,
+        v6_conf(cap.v6_bits, 0),
+        meta::cidrs_word(set.len(), 0),
+    );
     meta_w.put(&0u32.to_le_bytes(), &m);
-    vec![v4_l3, v4_l2, v6_l2, v6_lpm, cidr_writes(set), meta_w, v4_l1, v6_l1]
+    vec![v4_l3, v4_l2, v6_l2, v6_lpm, cidr_writes(set, 0), meta_w, v4_l1, v6_l1]
 }
 
 /// What a live change needs to know about the maps as they are.
@@ -912,9 +939,14 @@ pub struct LiveState {
     /// The current level-1 arrays.
     pub v4_l1: Vec<u32>,
     pub v6_l1: Vec<u32>,
-    /// Chunks in use (from `pf_meta`).
-    pub v4_l2_used: u32,
-    pub v4_l3_used: u32,
+    /// The `pf_v4_l2` chunks the live level 1 points at, and the `pf_v4_l3` bitmaps those
+    /// chunks point at: every other chunk is free (a chunk of an interrupted change that
+    /// was never flipped in, or one a later change flipped out).
+    pub v4_l2_live: BTreeSet<u32>,
+    pub v4_l3_live: BTreeSet<u32>,
+    /// The contents of the live `pf_v4_l2` chunks and `pf_v4_l3` bitmaps, by index.
+    pub v4_chunks: BTreeMap<u32, Vec<u32>>,
+    pub v4_bitmaps: BTreeMap<u32, Vec<u8>>,
     /// Capacities of the chunk arrays.
     pub v4_l2_cap: u32,
     pub v4_l3_cap: u32,
@@ -924,7 +956,8 @@ pub struct LiveState {
     /// The prefixes in `pf_v6_lpm`, and its capacity.
     pub v6_lpm: BTreeSet<(u128, u8)>,
     pub v6_lpm_cap: u32,
-    /// Capacity of `pf_cidrs`.
+    /// The half of `pf_cidrs` the listing is in (from `pf_meta`), and the map's capacity.
+    pub cidrs_half: u32,
     pub cidrs_cap: u32,
 }
 
@@ -936,7 +969,7 @@ pub enum LiveError {
 }
 
 /// The IPv6 tables of a whole set.
-fn build_v6(set: &DenySet) -> V6Tables {
+pub fn build_v6(set: &DenySet) -> V6Tables {
     let mut t = V6Tables { l1: vec![PASS; L1_ENTRIES], ..V6Tables::default() };
     for hi in v6_buckets(set) {
         t.l1[hi as usize] = t.place(build_v6_top(set, hi));
@@ -944,13 +977,123 @@ fn build_v6(set: &DenySet) -> V6Tables {
     t
 }
 
+/// An IPv4 /16's content with its chunks inlined, to compare contents across chunk
+/// numberings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum V4Flat {
+    Pass,
+    Deny,
+    Chunk(Vec<V4Flat>),
+    Bits(Vec<u8>),
+    /// An entry pointing past what was read.
+    Dangling(u32),
+}
+
+fn flat_l2_entry(e: u32, bitmap: impl Fn(u32) -> Option<Vec<u8>>) -> V4Flat {
+    match e {
+        PASS => V4Flat::Pass,
+        DENY => V4Flat::Deny,
+        c => bitmap(c - CHILD).map_or(V4Flat::Dangling(c), V4Flat::Bits),
+    }
+}
+
+/// The live content of the /16 `hi`.
+fn v4_live_bucket(state: &LiveState, hi: u32) -> V4Flat {
+    match state.v4_l1.get(hi as usize).copied().unwrap_or(PASS) {
+        PASS => V4Flat::Pass,
+        DENY => V4Flat::Deny,
+        c => match state.v4_chunks.get(&(c - CHILD)) {
+            Some(chunk) => V4Flat::Chunk(
+                chunk.iter().map(|&e| flat_l2_entry(e, |j| state.v4_bitmaps.get(&j).cloned())).collect(),
+            ),
+            None => V4Flat::Dangling(c),
+        },
+    }
+}
+
+/// The content the listing asks for in the /16 `hi`.
+fn v4_wanted_bucket(set: &DenySet, hi: u32) -> V4Flat {
+    match build_v4_bucket(set, hi) {
+        V4Bucket::Pass => V4Flat::Pass,
+        V4Bucket::Deny => V4Flat::Deny,
+        V4Bucket::Chunk { l2, l3 } => V4Flat::Chunk(
+            l2.iter().map(|&e| flat_l2_entry(e, |j| l3.get(j as usize).map(|b| b.to_vec()))).collect(),
+        ),
+    }
+}
+
+/// The IPv4 /16s whose live tables do not say what `state.set` (the listing) says.
+pub fn v4_mismatches(state: &LiveState) -> BTreeSet<u32> {
+    let mut candidates = v4_buckets(&state.set);
+    candidates.extend(state.v4_l1.iter().enumerate().filter(|(_, e)| **e != PASS).map(|(hi, _)| hi as u32));
+    candidates
+        .into_iter()
+        .filter(|&hi| v4_live_bucket(state, hi) != v4_wanted_bucket(&state.set, hi))
+        .collect()
+}
+
+/// What in the live prefilter tables disagrees with its listing (`pf_cidrs`), one line per
+/// problem; empty when the tables enforce exactly the listed set. `v6_live_half` is the
+/// live half of `pf_v6_l2`, flattened.
+pub fn consistency_problems(state: &LiveState, v6_live_half: &[u8]) -> Vec<String> {
+    let mut problems = Vec::new();
+    let cidr16 = |hi: u32, family: u8| match family {
+        4 => format!("{}/16", std::net::Ipv4Addr::from(hi << 16)),
+        _ => format!("{}/16", std::net::Ipv6Addr::from(u128::from(hi) << 112)),
+    };
+    for hi in v4_mismatches(state) {
+        problems.push(format!("IPv4 {}: the tables do not enforce what the listing says", cidr16(hi, 4)));
+    }
+    let v6 = build_v6(&state.set);
+    for (hi, (live, want)) in state.v6_l1.iter().zip(&v6.l1).enumerate() {
+        if live != want {
+            problems.push(format!(
+                "IPv6 {}: level-1 entry {live}, the listing asks for {want}",
+                cidr16(hi as u32, 6)
+            ));
+        }
+    }
+    let bits = (state.v6_l2_cap / 2).max(1).ilog2();
+    match v6_half_bytes(&v6.l2, bits) {
+        Some(want) if want == v6_live_half => {}
+        Some(_) => {
+            problems.push("IPv6: the live half of pf_v6_l2 differs from the listing's /32 table".into())
+        }
+        None => problems.push("IPv6: the listing's /32 table does not fit pf_v6_l2".into()),
+    }
+    if v6.lpm != state.v6_lpm {
+        let extra = state.v6_lpm.difference(&v6.lpm).count();
+        let missing = v6.lpm.difference(&state.v6_lpm).count();
+        problems
+            .push(format!("IPv6: pf_v6_lpm has {extra} prefixes the listing lacks, lacks {missing} it has"));
+    }
+    problems
+}
+
+/// The first `n` indices below `cap` that are not in `live`, or `None` if fewer are free.
+fn free_chunks(live: &BTreeSet<u32>, cap: u32, n: usize) -> Option<Vec<u32>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let free: Vec<u32> = (0..cap).filter(|i| !live.contains(i)).take(n).collect();
+    (free.len() == n).then_some(free)
+}
+
 /// The writes that turn the maps from `state.set` to `new` without a reload.
 ///
-/// IPv4: each touched /16 is rebuilt into freshly appended chunks, then its level-1 entry
-/// flips. IPv6: the /32 table is rebuilt whole into the idle half of `pf_v6_l2`, new trie
-/// prefixes are added, then one `pf_meta` word flips the program to the new half and the
-/// level-1 arrays flip; stale trie prefixes go last. A change that does not fit is refused
-/// before anything is written.
+/// IPv4: each touched /16 is rebuilt into chunks no live table points at (free chunks are
+/// found from the live tables, so chunks flipped out by earlier changes are reused), then
+/// its level-1 entry flips. IPv6: the /32 table is rebuilt whole into the idle half of
+/// `pf_v6_l2`, new trie prefixes are added, then one `pf_meta` word flips the program to
+/// the new half and the level-1 arrays flip; stale trie prefixes go last. A change that
+/// does not fit is refused before anything is written.
+///
+/// Order, for crash consistency (a process killed between any two writes): everything the
+/// program cannot see yet; then what it enforces (the `pf_meta` half word, the level-1
+/// arrays); then the listing, written into the idle half of `pf_cidrs` and switched by one
+/// `pf_meta` write, last. A change cut short is therefore at worst enforced but not listed
+/// (an add) or no longer enforced but still listed (a delete): never a listed prefix that
+/// an add left unenforced, and running the same command again completes it.
 pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, LiveError> {
     let old = &state.set;
     let added = DenySet {
@@ -963,45 +1106,47 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
     };
     let mut b4 = v4_buckets(&added);
     b4.extend(v4_buckets(&removed));
+    // A /16 whose tables disagree with the listing (a change cut short) is rebuilt too.
+    b4.extend(v4_mismatches(state));
 
+    // New chunks in local numbering (0..), then mapped onto free chunk indices.
     let mut v4 = V4Tables { l1: state.v4_l1.clone(), l2: Vec::new(), l3: Vec::new() };
     let mut placed_l1 = Vec::new();
     for &hi in &b4 {
-        let mut entry = v4.place(build_v4_bucket(new, hi));
-        if entry >= CHILD {
-            entry += state.v4_l2_used;
-        }
-        placed_l1.push((hi, entry));
+        placed_l1.push((hi, v4.place(build_v4_bucket(new, hi))));
     }
-    let l2_used = state.v4_l2_used + v4.l2.len() as u32;
-    let l3_used = state.v4_l3_used + v4.l3.len() as u32;
-    if l2_used > state.v4_l2_cap {
-        return Err(LiveError::Full { map: "pf_v4_l2", capacity: state.v4_l2_cap });
-    }
-    if l3_used > state.v4_l3_cap {
-        return Err(LiveError::Full { map: "pf_v4_l3", capacity: state.v4_l3_cap });
-    }
-    if new.len() > state.cidrs_cap as usize {
-        return Err(LiveError::Full { map: "pf_cidrs", capacity: state.cidrs_cap });
+    let free2 = free_chunks(&state.v4_l2_live, state.v4_l2_cap, v4.l2.len())
+        .ok_or(LiveError::Full { map: "pf_v4_l2", capacity: state.v4_l2_cap })?;
+    let free3 = free_chunks(&state.v4_l3_live, state.v4_l3_cap, v4.l3.len())
+        .ok_or(LiveError::Full { map: "pf_v4_l3", capacity: state.v4_l3_cap })?;
+    let cidrs_half_cap = state.cidrs_cap / 2;
+    if new.len() > cidrs_half_cap as usize {
+        return Err(LiveError::Full { map: "pf_cidrs", capacity: cidrs_half_cap });
     }
     let mut v4_l3 = MapWrites::new("pf_v4_l3", 4, L3_BYTES);
     for (j, bits) in v4.l3.iter().enumerate() {
-        v4_l3.put(&(state.v4_l3_used + j as u32).to_le_bytes(), bits);
+        v4_l3.put(&free3[j].to_le_bytes(), bits);
     }
     let mut v4_l2 = MapWrites::new("pf_v4_l2", 4, L2_ENTRIES * 4);
     for (i, chunk) in v4.l2.iter().enumerate() {
         let mut c = **chunk;
         for e in c.iter_mut() {
             if *e >= CHILD {
-                *e += state.v4_l3_used;
+                *e = CHILD + free3[(*e - CHILD) as usize];
             }
         }
-        v4_l2.put(&(state.v4_l2_used + i as u32).to_le_bytes(), &l2_bytes(&c));
+        v4_l2.put(&free2[i].to_le_bytes(), &l2_bytes(&c));
     }
     let mut l1 = state.v4_l1.clone();
     for (hi, e) in placed_l1 {
-        l1[hi as usize] = e;
+        l1[hi as usize] = if e >= CHILD { CHILD + free2[(e - CHILD) as usize] } else { e };
     }
+    // Chunks in use once the change is in: those kept, and the new ones.
+    let mut l2_in_use: BTreeSet<u32> = l1.iter().filter(|e| **e >= CHILD).map(|e| e - CHILD).collect();
+    l2_in_use.extend(&free2);
+    // Bitmaps: an upper bound (those of chunks flipped out are counted until the next
+    // change reads the tables); the word is for people, allocation reads the tables.
+    let l3_in_use = state.v4_l3_live.len() + free3.len();
 
     // IPv6: the whole table into the idle half.
     let v6 = build_v6(new);
@@ -1031,9 +1176,20 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
     if v6.l1 != state.v6_l1 {
         v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&v6.l1));
     }
-    let mut meta_w = MapWrites::new("pf_meta", 4, meta::SIZE);
-    meta_w.put(&0u32.to_le_bytes(), &meta_value(l2_used, l3_used, v6_conf(bits, idle), new.len()));
-    Ok(vec![v4_l3, v4_l2, v6_l2, v6_lpm, cidr_writes(new), meta_w, v4_l1, v6_l1, v6_lpm_del]
+    let old_listing = meta::cidrs_word(state.set.len(), state.cidrs_half);
+    let cidrs_idle = 1 - state.cidrs_half;
+    let (l2_n, l3_n) = (l2_in_use.len() as u32, l3_in_use as u32);
+    // The enforcing flip: the live IPv6 half, the listing as it was.
+    let mut meta_enforce = MapWrites::new("pf_meta", 4, meta::SIZE);
+    meta_enforce.put(&0u32.to_le_bytes(), &meta_value(l2_n, l3_n, v6_conf(bits, idle), old_listing));
+    let cidrs = cidr_writes(new, meta::cidrs_base(cidrs_idle, state.cidrs_cap));
+    // The listing flip, last.
+    let mut meta_list = MapWrites::new("pf_meta", 4, meta::SIZE);
+    meta_list.put(
+        &0u32.to_le_bytes(),
+        &meta_value(l2_n, l3_n, v6_conf(bits, idle), meta::cidrs_word(new.len(), cidrs_idle)),
+    );
+    Ok(vec![v4_l3, v4_l2, v6_l2, v6_lpm, meta_enforce, v4_l1, v6_l1, cidrs, meta_list, v6_lpm_del]
         .into_iter()
         .filter(|w| !w.is_empty())
         .collect())

@@ -22,12 +22,15 @@
 //!
 //! - A node without endpoints (prefilter only) has nothing to forward: [`sync`] does nothing.
 //!
-//! [`remove_devices`] deletes what [`sync`] created (`sluice down`).
+//! - Ownership: a device this call creates and each endpoint host route it installs are
+//!   recorded in the pin dir ([`super::ours`]). `sluice down` removes recorded devices and
+//!   routes, and nothing else. (A route of an endpoint removed from the config stays until
+//!   `down`: the daemon's reshape test expects the stack to keep reaching it.)
 
 use super::load::{open_pinned_map, LoadError};
+use super::ours::{self, OwnedDevice, OwnedRoute};
 use crate::maps::fwd::{self, fwd_cfg, lxc_writes, overlay_mac, tunnel_writes, LxcEntry, TunnelEntry};
 use crate::maps::prefilter::MapWrites;
-use crate::model::network::DEFAULT_OVERLAY_DEVICE;
 use crate::model::{Cidr, NodeConfig};
 use crate::netlink::{self, sysctl, Netlink, NetlinkError, Route, Vxlan};
 use crate::sys::{Map, SysError, Syscall};
@@ -54,6 +57,10 @@ pub enum ForwardError {
     Map { map: &'static str, source: SysError },
     #[error("{name} exists but is a {kind} device, not {want}: remove it or choose another name")]
     WrongDevice { name: String, kind: String, want: &'static str },
+    #[error(transparent)]
+    Ours(#[from] super::ours::OursError),
+    #[error("reading this thread's network namespace: {0}")]
+    Netns(String),
 }
 
 /// What [`sync`] found and did.
@@ -208,7 +215,14 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     };
     let (lxc, tunnel, cfg_map) = (open("lxc")?, open("tunnel")?, open("fwd_cfg")?);
     let nl = Netlink::open()?;
+    let netns = super::wire::current_netns().map_err(|e| ForwardError::Netns(e.to_string()))?;
+    // What this call creates is recorded as ours (`down` removes only that).
+    let own = |name: &str| -> Result<(), ForwardError> {
+        let dev = OwnedDevice { name: name.to_string(), ifindex: nl.ifindex(name)?, netns };
+        Ok(ours::record_device(pin_dir, &dev)?)
+    };
     if ensure_router(&nl, cfg)? {
+        own(HOST_DEV)?;
         report.created.push(format!("{HOST_DEV}/{NET_DEV}"));
     }
     sysctl::ip_forward(None, true)?;
@@ -225,6 +239,8 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
             }
         };
         for addr in ep.addresses() {
+            let owned = OwnedRoute { addr, ifindex: link.ifindex, netns };
+            ours::record_route(pin_dir, &owned)?;
             let route = Route::new(Cidr::host(addr)).dev(link.ifindex);
             nl.replace_route(&route)?;
             report.routes += 1;
@@ -248,6 +264,7 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     if let Some(o) = &cfg.overlay {
         let (ifindex, created) = ensure_overlay(&nl, o)?;
         if created {
+            own(&o.device)?;
             report.created.push(o.device.clone());
         }
         for peer in &o.peers {
@@ -270,20 +287,4 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     report.writes += sync_map(&cfg_map, "fwd_cfg", &fwd::fwd_cfg_writes(flags))?;
     report.flags = flags;
     Ok(report)
-}
-
-/// Delete the devices [`sync`] creates (the router pair and a default-named overlay
-/// device); returns their names. Missing devices are fine.
-pub fn remove_devices(overlay_device: Option<&str>) -> Result<Vec<String>, ForwardError> {
-    let nl = Netlink::open()?;
-    let mut removed = Vec::new();
-    for (name, kind) in [(HOST_DEV, "veth"), (overlay_device.unwrap_or(DEFAULT_OVERLAY_DEVICE), "vxlan")] {
-        if let Some(l) = link_or_none(&nl, name)? {
-            if l.kind.as_deref() == Some(kind) {
-                nl.delete_link(l.ifindex)?;
-                removed.push(name.to_string());
-            }
-        }
-    }
-    Ok(removed)
 }

@@ -61,6 +61,8 @@ pub enum LoadError {
     CodeShape { added: Vec<String>, removed: Vec<String> },
     #[error("planning the node: {0}")]
     Plan(String),
+    #[error(transparent)]
+    Ours(#[from] super::ours::OursError),
 }
 
 /// The kernel map type of a simulator map kind.
@@ -200,33 +202,75 @@ fn mkdir(path: &Path) -> Result<(), LoadError> {
 }
 
 /// `sluice load`: load a plan and pin its maps and programs under `dir`.
+///
+/// The prefilter program is pinned last: a node is whole once `programs/prefilter` exists.
+/// A pin dir without it, and with nothing attached (no link pins, no netlink records), is
+/// what a load cut short leaves (a process killed while pinning): it is removed (only ours,
+/// see [`unload`]) and the node loaded afresh.
 pub fn load_and_pin(sys: &Arc<dyn Syscall>, plan: &Plan, dir: &Path) -> Result<Loaded, LoadError> {
     sys::ensure_bpffs(dir)?;
     if programs_dir(dir).exists() || maps_dir(dir).exists() {
-        return Err(LoadError::AlreadyLoaded(dir.to_path_buf()));
+        if !half_pinned(dir) {
+            return Err(LoadError::AlreadyLoaded(dir.to_path_buf()));
+        }
+        match unload(sys, dir) {
+            Ok(_) | Err(LoadError::NotLoaded(_)) => {}
+            Err(e) => return Err(e),
+        }
+        sys::ensure_bpffs(dir)?;
     }
     let loaded = load_plan(sys, plan)?;
     mkdir(&maps_dir(dir))?;
     mkdir(&programs_dir(dir))?;
+    // On failure, only the pins this call made go (never another writer's).
+    let mut made = Vec::new();
     let pinned = (|| -> Result<(), LoadError> {
         for (name, map) in &loaded.maps {
-            map.pin(&maps_dir(dir).join(name))?;
+            let path = maps_dir(dir).join(name);
+            map.pin(&path)?;
+            made.push(path);
         }
-        for (name, prog) in &loaded.programs {
-            prog.pin(&programs_dir(dir).join(name))?;
+        // The prefilter last: its pin says the node is whole.
+        let last = crate::codegen::prefilter::NAME;
+        let programs = loaded.programs.iter().filter(|(n, _)| n.as_str() != last);
+        for (name, prog) in programs.chain(loaded.programs.get_key_value(last)) {
+            let path = programs_dir(dir).join(name);
+            prog.pin(&path)?;
+            made.push(path);
         }
         Ok(())
     })();
     if let Err(e) = pinned {
-        let _ = unload(dir);
+        for path in &made {
+            let _ = sys::unpin(path);
+        }
+        let _ = std::fs::remove_dir(programs_dir(dir));
+        let _ = std::fs::remove_dir(maps_dir(dir));
         return Err(e);
     }
     Ok(loaded)
 }
 
+/// Whether `dir` holds what a load cut short leaves: pins, but no prefilter program (pinned
+/// last), and nothing attached.
+fn half_pinned(dir: &Path) -> bool {
+    let nonempty = |p: PathBuf| std::fs::read_dir(p).is_ok_and(|mut e| e.next().is_some());
+    !programs_dir(dir).join(crate::codegen::prefilter::NAME).exists()
+        && !nonempty(dir.join(super::wire::LINKS_DIR))
+        && !nonempty(dir.join(super::socklb::SOCKLB_DIR))
+        && !dir.join(super::wire::NETLINK_RECORDS).exists()
+}
+
 /// `sluice unload`: remove every pin under `dir/maps` and `dir/programs`, then the
 /// directories. Returns the pins removed.
-pub fn unload(dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+///
+/// Only ours ([`super::ours::survey`]): a `dir` that is not a bpffs pin directory of
+/// sluice's, or holds anything but the pins sluice makes (a regular file, a symlink, a pin
+/// of the wrong kind), is refused before anything is removed. Symlinks are never followed.
+pub fn unload(sys: &Arc<dyn Syscall>, dir: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    if !super::ours::survey(&**sys, dir)? {
+        return Err(LoadError::NotLoaded(dir.to_path_buf()));
+    }
     let mut removed = Vec::new();
     for sub in [programs_dir(dir), maps_dir(dir)] {
         let entries = match std::fs::read_dir(&sub) {
@@ -334,20 +378,30 @@ fn view<'a>(
 }
 
 fn read_l1(map: &dyn MapView) -> Result<Vec<u32>, LoadError> {
-    let v = map.get(&0u32.to_le_bytes())?.unwrap_or_default();
-    Ok(v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    Ok(read_words(&map.get(&0u32.to_le_bytes())?.unwrap_or_default()))
 }
 
 fn meta_word(meta: &[u8], at: usize) -> u32 {
     meta.get(at..at + 4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
 }
 
-/// The deny set in `pf_cidrs` (its first `count` records, `count` from `pf_meta`).
+/// The deny set in `pf_cidrs`: the records of the listing word in `pf_meta` (a count, and
+/// which half of `pf_cidrs` holds them).
 pub fn prefilter_set_of(cidrs: &dyn MapView, meta: &dyn MapView) -> Result<DenySet, LoadError> {
     let m = meta.get(&0u32.to_le_bytes())?.unwrap_or_default();
-    let count = meta_word(&m, meta::CIDRS);
+    let (count, half) = meta::cidrs_of(meta_word(&m, meta::CIDRS));
+    let base = meta::cidrs_base(half, cidrs.capacity());
+    if u64::from(base) + u64::from(count) > u64::from(cidrs.capacity()) {
+        return Err(LoadError::Layout {
+            map: "pf_meta".into(),
+            detail: format!(
+                "lists {count} prefixes from {base}, past pf_cidrs' {} entries",
+                cidrs.capacity()
+            ),
+        });
+    }
     let mut set = DenySet::default();
-    for i in 0..count {
+    for i in base..base + count {
         let record = cidrs.get(&i.to_le_bytes())?.unwrap_or_default();
         let p = Prefix::from_cidr_key(&record).ok_or_else(|| LoadError::Layout {
             map: "pf_cidrs".into(),
@@ -378,20 +432,75 @@ pub fn prefilter_live_state_of<'a>(
             v6_lpm.insert((u128::from_be_bytes(a), len));
         }
     }
+    let v4_l1 = read_l1(view(&get, "pf_v4_l1")?)?;
+    let (v4_chunks, v4_bitmaps) = v4_live_chunks(&v4_l1, view(&get, "pf_v4_l2")?, view(&get, "pf_v4_l3")?)?;
     Ok(LiveState {
         set,
-        v4_l1: read_l1(view(&get, "pf_v4_l1")?)?,
+        v4_l1,
         v6_l1: read_l1(view(&get, "pf_v6_l1")?)?,
-        v4_l2_used: meta_word(&m, meta::V4_L2_USED),
-        v4_l3_used: meta_word(&m, meta::V4_L3_USED),
+        v4_l2_live: v4_chunks.keys().copied().collect(),
+        v4_l3_live: v4_bitmaps.keys().copied().collect(),
+        v4_chunks,
+        v4_bitmaps,
         v4_l2_cap: view(&get, "pf_v4_l2")?.capacity(),
         v4_l3_cap: view(&get, "pf_v4_l3")?.capacity(),
         v6_conf: meta_word(&m, meta::V6_CONF),
         v6_l2_cap: view(&get, "pf_v6_l2")?.capacity(),
         v6_lpm,
         v6_lpm_cap: view(&get, "pf_v6_lpm")?.capacity(),
+        cidrs_half: meta::cidrs_of(meta_word(&m, meta::CIDRS)).1,
         cidrs_cap: view(&get, "pf_cidrs")?.capacity(),
     })
+}
+
+/// The `pf_v4_l2` chunks a level-1 array points at, and the `pf_v4_l3` bitmaps those
+/// chunks point at, with their contents.
+type Chunks = (BTreeMap<u32, Vec<u32>>, BTreeMap<u32, Vec<u8>>);
+
+fn v4_live_chunks(l1: &[u32], l2: &dyn MapView, l3: &dyn MapView) -> Result<Chunks, LoadError> {
+    let mut chunks = BTreeMap::new();
+    let mut bitmaps = BTreeMap::new();
+    for c in l1.iter().filter(|e| **e >= prefilter::CHILD).map(|e| e - prefilter::CHILD) {
+        if chunks.contains_key(&c) || c >= l2.capacity() {
+            continue;
+        }
+        let words = read_words(&l2.get(&c.to_le_bytes())?.unwrap_or_default());
+        for j in words.iter().filter(|e| **e >= prefilter::CHILD).map(|e| e - prefilter::CHILD) {
+            if !bitmaps.contains_key(&j) && j < l3.capacity() {
+                bitmaps.insert(j, l3.get(&j.to_le_bytes())?.unwrap_or_default());
+            }
+        }
+        chunks.insert(c, words);
+    }
+    Ok((chunks, bitmaps))
+}
+
+/// The live half of `pf_v6_l2`, flattened (for [`prefilter::consistency_problems`]).
+pub fn v6_live_half_of(l2: &dyn MapView, meta: &dyn MapView) -> Result<Vec<u8>, LoadError> {
+    let m = meta.get(&0u32.to_le_bytes())?.unwrap_or_default();
+    let conf = meta_word(&m, meta::V6_CONF);
+    let bits = (l2.capacity() / 2).max(1).ilog2();
+    let base = conf >> 8;
+    let mut out = Vec::with_capacity((1usize << bits) * prefilter::V6_BUCKET_BYTES);
+    for i in 0..1u32 << bits {
+        let v = l2.get(&(base + i).to_le_bytes())?.unwrap_or_default();
+        out.extend_from_slice(&v);
+    }
+    Ok(out)
+}
+
+/// What in the prefilter's maps disagrees with its listing (see
+/// [`prefilter::consistency_problems`]).
+pub fn prefilter_problems_of<'a>(
+    get: impl Fn(&str) -> Option<&'a dyn MapView>,
+) -> Result<Vec<String>, LoadError> {
+    let state = prefilter_live_state_of(&get)?;
+    let half = v6_live_half_of(view(&get, "pf_v6_l2")?, view(&get, "pf_meta")?)?;
+    Ok(prefilter::consistency_problems(&state, &half))
+}
+
+fn read_words(v: &[u8]) -> Vec<u32> {
+    v.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 /// [`prefilter_live_state_of`] for pinned kernel maps.

@@ -8,6 +8,8 @@
 pub mod endpoints;
 pub mod forward;
 pub mod load;
+pub mod lock;
+pub mod ours;
 pub mod replay;
 pub mod reshape;
 pub mod services;

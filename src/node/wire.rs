@@ -282,6 +282,8 @@ pub enum WireError {
         .path.display()
     )]
     OtherNetns { path: PathBuf, recorded: u64, current: u64 },
+    #[error(transparent)]
+    Ours(#[from] super::ours::OursError),
     #[error("{source}; undone: {undone} change(s) this attach had made, so nothing changed")]
     RolledBack {
         #[source]
@@ -1172,6 +1174,10 @@ pub struct Status {
     pub sockets: Vec<SocketLinkStatus>,
     pub maps: Vec<MapStatus>,
     pub counters: Vec<Counter>,
+    /// Inconsistencies between programs, maps, links and records, and between the
+    /// prefilter's listing and its tables (a change or a load cut short); `sluice status`
+    /// exits non-zero when there is any.
+    pub problems: Vec<String>,
 }
 
 /// One socket load-balancer program on its cgroup.
@@ -1215,7 +1221,8 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
     let programs_dir = pin_dir.join("programs");
     let links = sorted_entries(&pin_dir.join(LINKS_DIR))?;
     let record_map = open_records(sys, pin_dir)?;
-    if !programs_dir.is_dir() && links.is_empty() && record_map.is_none() {
+    // Maps without programs is a node too: a half-pinned one, which the checks name.
+    if !programs_dir.is_dir() && !pin_dir.join("maps").is_dir() && links.is_empty() && record_map.is_none() {
         return Err(LoadError::NotLoaded(pin_dir.to_path_buf()).into());
     }
     let mut st = Status { pin_dir: pin_dir.to_path_buf(), ..Status::default() };
@@ -1375,6 +1382,7 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
             }
         }
     }
+    st.problems = consistency(&st, &maps);
     // The socket load balancer's cgroup links (`<pin>/socklb`).
     for (name, path) in sorted_entries(&pin_dir.join(super::socklb::SOCKLB_DIR))? {
         let (prog_id, detail, problem) = match Link::from_pin(sys, &path) {
@@ -1387,6 +1395,65 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
         st.sockets.push(SocketLinkStatus { program: name, prog_id, detail, problem });
     }
     Ok(st)
+}
+
+/// What in a node's pins disagrees with itself: a half-pinned node (programs without
+/// their maps, a prefilter map missing, an endpoint with one of its two programs), links
+/// that run a program that is not pinned, and a prefilter listing its tables do not enforce.
+fn consistency(st: &Status, maps: &BTreeMap<String, Map>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let programs: Vec<&str> = st.programs.iter().map(|p| p.name.as_str()).collect();
+    if programs.is_empty() && !maps.is_empty() {
+        problems.push(
+            "maps are pinned but no program: a load cut short (run `sluice unload`, then `sluice load`)"
+                .into(),
+        );
+    }
+    if !programs.is_empty() {
+        let defs =
+            prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_bits: 1, v6_lpm: 1, cidrs: 1 });
+        let missing: Vec<&str> = defs.iter().map(|d| d.name).filter(|n| !maps.contains_key(*n)).collect();
+        if !missing.is_empty() {
+            problems.push(format!("prefilter maps missing: {} (a load cut short?)", missing.join(", ")));
+        }
+        if !programs.contains(&crate::codegen::prefilter::NAME) {
+            problems.push("the prefilter program is not pinned (a load cut short?)".into());
+        }
+        for p in &programs {
+            let pair = if let Some(n) = p.strip_prefix("from_ep_") {
+                format!("to_ep_{n}")
+            } else if let Some(n) = p.strip_prefix("to_ep_") {
+                format!("from_ep_{n}")
+            } else {
+                continue;
+            };
+            if !programs.contains(&pair.as_str()) {
+                problems.push(format!("program {p} is pinned without {pair}"));
+            }
+        }
+    }
+    let pinned_ids: Vec<u32> = st.programs.iter().map(|p| p.info.id).collect();
+    for a in st.attachments.iter().filter(|a| a.prog_id != 0 && !pinned_ids.contains(&a.prog_id)) {
+        problems.push(format!(
+            "{} on {} runs prog {}, which is not a pinned program of this node",
+            a.hook.label(a.mechanism, a.xdp_mode),
+            a.ifname,
+            a.prog_id
+        ));
+    }
+    if defs_present(maps) {
+        match load::prefilter_problems_of(|n| maps.get(n).map(|m| m as &dyn load::MapView)) {
+            Ok(found) => problems.extend(found.into_iter().map(|p| format!("prefilter: {p}"))),
+            Err(e) => problems.push(format!("prefilter: {e}")),
+        }
+    }
+    problems
+}
+
+fn defs_present(maps: &BTreeMap<String, Map>) -> bool {
+    let defs =
+        prefilter::map_defs(prefilter::Capacity { v4_l2: 1, v4_l3: 1, v6_bits: 1, v6_lpm: 1, cidrs: 1 });
+    defs.iter().all(|d| maps.contains_key(d.name))
 }
 
 /// What is wrong with a netlink attachment made in this namespace, if anything.
@@ -1465,6 +1532,12 @@ impl fmt::Display for Status {
             };
             writeln!(f, "  {:<14} {:<15} {fill}", m.name, m.kind)?;
         }
+        if !self.problems.is_empty() {
+            writeln!(f, "\ninconsistent ({} problems):", self.problems.len())?;
+            for p in &self.problems {
+                writeln!(f, "  !! {p}")?;
+            }
+        }
         writeln!(f, "\ncounters (nonzero, summed over CPUs):")?;
         if self.counters.is_empty() {
             writeln!(f, "  none")?;
@@ -1514,6 +1587,13 @@ impl fmt::Display for DownReport {
 /// `sluice down`: detach and unpin everything `attach` made, then everything `load` pinned.
 pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
     let mut report = DownReport { pin_dir: pin_dir.to_path_buf(), ..DownReport::default() };
+    // Only ours: refuse, before changing anything, a pin dir that holds anything sluice
+    // does not make there.
+    if !super::ours::survey(&**sys, pin_dir)? {
+        return Ok(report);
+    }
+    let owned_devices = super::ours::devices(pin_dir)?;
+    let owned_routes = super::ours::routes(pin_dir)?;
     let records_path = pin_dir.join(NETLINK_RECORDS);
     // Refuse before changing anything if the netlink attachments belong to another namespace.
     let record_map = open_records(sys, pin_dir)?;
@@ -1524,6 +1604,14 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
     let netns = current_netns()?;
     if let Some(r) = records.values().find(|r| r.netns != netns) {
         return Err(WireError::OtherNetns { path: records_path, recorded: r.netns, current: netns });
+    }
+    let recorded_netns = owned_devices.iter().map(|d| d.netns).chain(owned_routes.iter().map(|r| r.netns));
+    if let Some(other) = recorded_netns.into_iter().find(|n| *n != netns) {
+        return Err(WireError::OtherNetns {
+            path: pin_dir.join(super::ours::OWNED_DIR),
+            recorded: other,
+            current: netns,
+        });
     }
 
     // 1. Links: detach (the hook is free at once), then unpin; the socket load balancer's
@@ -1599,8 +1687,38 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
         report.removed.push(format!("unpinned {}", records_path.display()));
     }
 
-    // 3. Programs and maps.
-    match load::unload(pin_dir) {
+    // 3. The routes and devices forwarding recorded as its own, and nothing else.
+    if !owned_devices.is_empty() || !owned_routes.is_empty() {
+        let nl = Netlink::open().map_err(nl_err("opening rtnetlink"))?;
+        for route in &owned_routes {
+            let r = crate::netlink::Route::new(crate::model::Cidr::host(route.addr)).dev(route.ifindex);
+            match nl.delete_route(&r) {
+                Ok(()) => report.removed.push(format!("deleted the host route of {}", route.addr)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => report.warnings.push(format!("route {}: {e}", route.addr)),
+            }
+            super::ours::forget_route(pin_dir, route)?;
+        }
+        for dev in &owned_devices {
+            match nl.link_by_name(&dev.name) {
+                Ok(l) if l.ifindex == dev.ifindex => match nl.delete_link(l.ifindex) {
+                    Ok(()) => report.removed.push(format!("deleted device {}", dev.name)),
+                    Err(e) => report.warnings.push(format!("device {}: {e}", dev.name)),
+                },
+                Ok(l) => report.warnings.push(format!(
+                    "kept device {}: it is ifindex {} now, not the {} sluice created",
+                    dev.name, l.ifindex, dev.ifindex
+                )),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => report.warnings.push(format!("device {}: {e}", dev.name)),
+            }
+            super::ours::forget_device(pin_dir, dev)?;
+        }
+    }
+    super::ours::remove_record_dirs(pin_dir)?;
+
+    // 4. Programs and maps.
+    match load::unload(sys, pin_dir) {
         Ok(pins) => report.removed.push(format!("unpinned {} programs and maps", pins.len())),
         Err(LoadError::NotLoaded(_)) => {}
         Err(e) => return Err(e.into()),

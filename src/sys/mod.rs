@@ -13,9 +13,11 @@
 //!
 //! Files: [`attr`] (layouts, constants), [`map`], [`prog`], [`mod@pin`] (bpffs),
 //! [`testrun`] (`BPF_PROG_TEST_RUN`), [`info`] (object info, ids), [`link`] (attach
-//! commands), [`gate`] (kernel-test gate, CPU count).
+//! commands), [`gate`] (kernel-test gate, CPU count), [`fault`] (a seam that fails from
+//! the Nth call on, for crash-consistency tests).
 
 pub mod attr;
+pub mod fault;
 pub mod gate;
 pub mod info;
 pub mod link;
@@ -40,7 +42,9 @@ pub use info::{
 };
 pub use link::{link_create, link_detach, link_update, prog_attach, prog_detach, LinkCreate};
 pub use map::{Keys, Map, MapKind, MapSpec, UpdateFlags};
-pub use pin::{ensure_bpffs, get_pinned, is_bpffs, pin, unpin, BPF_FS_MAGIC, DEFAULT_BPFFS};
+pub use pin::{
+    ensure_bpffs, get_pinned, is_bpffs, pin, pin_kind, unpin, PinKind, BPF_FS_MAGIC, DEFAULT_BPFFS,
+};
 pub use prog::{ProgSpec, ProgType, Program};
 pub use ringbuf::RingBuf;
 pub use testrun::{test_run, TestRunOpts, TestRunResult};

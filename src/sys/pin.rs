@@ -48,6 +48,33 @@ pub fn get_pinned(sys: &dyn Syscall, path: &Path) -> Result<OwnedFd> {
     })
 }
 
+/// The kind of object a pin names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinKind {
+    Map,
+    Program,
+    Link,
+}
+
+/// What the pin at `path` names, from the kernel's `fdinfo` of the object `BPF_OBJ_GET`
+/// opens (`map_type:`, `prog_type:` or `link_type:`); `None` when `path` is no pin (a
+/// regular file, a directory) or the object is of another kind. The caller checks first
+/// that `path` is not a symbolic link: `BPF_OBJ_GET` follows them.
+pub fn pin_kind(sys: &dyn Syscall, path: &Path) -> Option<PinKind> {
+    let fd = get_pinned(sys, path).ok()?;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let has = |field: &str| info.lines().any(|l| l.starts_with(field));
+    if has("link_type:") {
+        Some(PinKind::Link)
+    } else if has("map_type:") {
+        Some(PinKind::Map)
+    } else if has("prog_type:") {
+        Some(PinKind::Program)
+    } else {
+        None
+    }
+}
+
 /// Remove the pin at `path`. A missing pin is not an error.
 pub fn unpin(path: &Path) -> Result<()> {
     match std::fs::remove_file(path) {

@@ -37,7 +37,8 @@ pub mod policy;
 pub mod sock_lb;
 
 use crate::codegen::{self, CodegenError};
-use crate::maps::prefilter::{cidr_key, mask128, mask32, DenySet, MapWrites, Tables, XDP_DROP, XDP_PASS};
+use crate::maps::prefilter::{cidr_key, mask128, mask32, DenySet, Tables, XDP_DROP, XDP_PASS};
+use crate::maps::writes::MapWrites;
 use crate::maps::MapDef;
 use crate::node::load::{apply_writes, load_program, sys_spec, LoadError};
 use crate::node::{prefilter_object, Object};

@@ -70,7 +70,7 @@ fn plan() -> Plan {
     Plan { node: "fwd-test".into(), objects: endpoint_objects(&policy()).expect("generates") }
 }
 
-fn forwarding_writes(flags: u32) -> Vec<sluice::maps::prefilter::MapWrites> {
+fn forwarding_writes(flags: u32) -> Vec<sluice::maps::writes::MapWrites> {
     let lxc = [B4.into(), B6.into()].map(|addr: IpAddr| LxcEntry {
         addr,
         ifindex: LXC_B_IFINDEX,

@@ -21,7 +21,7 @@ use sluice::maps::lb::{
     be_value, ct_key, ct_key_bytes, ct_value, hint, hint_bit, service_writes, LbError, LbReason, LbState,
     TC_ACT_OK, TC_ACT_SHOT,
 };
-use sluice::maps::prefilter::MapWrites;
+use sluice::maps::writes::MapWrites;
 use sluice::model::policy::Protocol;
 use sluice::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
 use sluice::node::load::{self, Loaded};

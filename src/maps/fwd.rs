@@ -16,7 +16,7 @@
 //! Addresses are keyed as 16 bytes: IPv6 as is, IPv4 as an IPv4-mapped IPv6 address
 //! (`::ffff:a.b.c.d`), so one map serves both families.
 
-use super::prefilter::MapWrites;
+use super::writes::MapWrites;
 use super::MapDef;
 use crate::maps::names as map;
 use sluice_verifier_sim::spec::MapKind;

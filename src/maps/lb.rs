@@ -35,7 +35,7 @@
 //!   `lb_be`, `lb_revnat` and `lb_hint` contents with stable ids ([`LbState`]); `lb_stats`
 //!   ([`stats_def`], [`LbReason`]) counts the tc load balancer's verdicts.
 
-use super::prefilter::MapWrites;
+use super::writes::MapWrites;
 use super::MapDef;
 use crate::lb::maglev::{self, MaglevError, Table};
 use crate::maps::names as map;

@@ -62,6 +62,7 @@ pub mod lb;
 pub mod names;
 pub mod policy;
 pub mod prefilter;
+pub mod writes;
 
 use sluice_verifier_sim::spec::{MapKind, MapSpec};
 

@@ -403,7 +403,7 @@ impl IpcacheV4 {
     }
 
     /// The writes that fill empty `ipc_v4_*` maps, children first.
-    pub fn writes(&self) -> Vec<super::prefilter::MapWrites> {
+    pub fn writes(&self) -> Vec<super::writes::MapWrites> {
         let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
         let mut l3 = writes_for(map::IPC_V4_L3, 4, 1024);
         for (i, c) in self.l3.iter().enumerate() {
@@ -419,8 +419,8 @@ impl IpcacheV4 {
     }
 }
 
-fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> super::prefilter::MapWrites {
-    super::prefilter::MapWrites { map, key_size, value_size, ..Default::default() }
+fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> super::writes::MapWrites {
+    super::writes::MapWrites { map, key_size, value_size, ..Default::default() }
 }
 
 /// An `ipc_v6` trie key.
@@ -516,7 +516,7 @@ pub fn merged_rules(rules: &[PolicyRule]) -> Vec<PolicyRule> {
 /// and an allow on the same key give deny). The keys that match one packet form a chain by
 /// prefix, so the longest match carries the verdict "any matching deny wins, else any
 /// matching allow".
-pub fn policy_writes(rules: &[PolicyRule]) -> super::prefilter::MapWrites {
+pub fn policy_writes(rules: &[PolicyRule]) -> super::writes::MapWrites {
     let mut by_key: std::collections::BTreeMap<[u8; policy_key::SIZE], PolicyRule> = Default::default();
     for r in merged_rules(rules) {
         by_key
@@ -714,7 +714,7 @@ pub fn pol_half_writes(
     table: &std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>>,
     bits: u32,
     half: u32,
-) -> Option<super::prefilter::MapWrites> {
+) -> Option<super::writes::MapWrites> {
     let layout =
         super::prefilter::cuckoo_layout_by(table.keys().copied(), bits, |k, w| pol_bucket_of(k, w, bits))?;
     let mut w = writes_for(map::POL_TABLE, 4, POL_BUCKET_BYTES);
@@ -733,7 +733,7 @@ pub fn pol_half_writes(
 
 /// The one `pol_meta` value: where the live half of `pol_table` is (the prefilter's
 /// encoding: `shift | base << 8`).
-pub fn pol_meta_writes(bits: u32, half: u32) -> super::prefilter::MapWrites {
+pub fn pol_meta_writes(bits: u32, half: u32) -> super::writes::MapWrites {
     let mut w = writes_for(map::POL_META, 4, 8);
     let mut v = [0u8; 8];
     v[..4].copy_from_slice(&super::prefilter::v6_conf(bits, half).to_le_bytes());

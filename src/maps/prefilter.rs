@@ -22,6 +22,7 @@
 //! Changes are applied per /16 bucket, writing children before the parent entry that
 //! points at them, so a packet never sees a half-built chunk.
 
+use super::writes::MapWrites;
 use super::{MapDef, F_NO_PREALLOC};
 use sluice_verifier_sim::spec::MapKind;
 use std::collections::{BTreeMap, BTreeSet};
@@ -829,48 +830,6 @@ pub fn lpm6_key(addr: u128, len: u8) -> [u8; 20] {
     k[..4].copy_from_slice(&u32::from(len).to_le_bytes());
     k[4..].copy_from_slice(&addr.to_be_bytes());
     k
-}
-
-/// Writes to apply to one map, in order: deletes then updates, as flat buffers.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct MapWrites {
-    pub map: &'static str,
-    pub key_size: usize,
-    pub value_size: usize,
-    /// Flattened keys and values to update.
-    pub keys: Vec<u8>,
-    pub values: Vec<u8>,
-    /// Flattened keys to delete after the updates.
-    pub deletes: Vec<u8>,
-}
-
-impl MapWrites {
-    fn new(map: &'static str, key_size: usize, value_size: usize) -> MapWrites {
-        MapWrites { map, key_size, value_size, ..MapWrites::default() }
-    }
-
-    /// Queue `key = value`.
-    pub fn put(&mut self, key: &[u8], value: &[u8]) {
-        debug_assert_eq!(key.len(), self.key_size);
-        debug_assert_eq!(value.len(), self.value_size);
-        self.keys.extend_from_slice(key);
-        self.values.extend_from_slice(value);
-    }
-
-    /// Queue a delete of `key`.
-    pub fn delete(&mut self, key: &[u8]) {
-        self.deletes.extend_from_slice(key);
-    }
-
-    /// Number of updates queued.
-    pub fn updates(&self) -> usize {
-        self.keys.len() / self.key_size.max(1)
-    }
-
-    /// Whether nothing is queued.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.deletes.is_empty()
-    }
 }
 
 /// `pf_cidrs` records for a set, in order (IPv4 first), from index `base`.

@@ -5,7 +5,7 @@ use super::Object;
 use crate::codegen::endpoint::{Direction, Options, Templates};
 use crate::codegen::CodegenError;
 use crate::maps::policy::{self, ep_config, ep_config_value, ipc_v6_key, Capacity, IpcacheV4, PolicyRule};
-use crate::maps::prefilter::MapWrites;
+use crate::maps::writes::MapWrites;
 use sluice_verifier_sim::spec::ProgKind;
 use std::net::{Ipv4Addr, Ipv6Addr};
 

@@ -30,7 +30,7 @@
 use super::load::{open_pinned_map, LoadError};
 use super::ours::{self, OwnedDevice, OwnedRoute};
 use crate::maps::fwd::{self, fwd_cfg, lxc_writes, overlay_mac, tunnel_writes, LxcEntry, TunnelEntry};
-use crate::maps::prefilter::MapWrites;
+use crate::maps::writes::MapWrites;
 use crate::model::{Cidr, NodeConfig};
 use crate::netlink::{self, sysctl, Netlink, NetlinkError, Route, Vxlan};
 use crate::sys::{Map, SysError, Syscall};

@@ -8,7 +8,9 @@
 //! loaded, so a failure leaves no half-loaded node behind (DESIGN invariant 8).
 
 use super::{Object, Plan};
-use crate::maps::prefilter::{self, meta, DenySet, LiveError, LiveState, MapWrites, Prefix};
+use crate::maps::prefilter::{self, meta, DenySet, LiveError, LiveState, Prefix};
+use crate::maps::writes::MapBackend;
+use crate::maps::writes::MapWrites;
 use crate::maps::MapDef;
 use crate::sys::{self, Map, MapKind, MapSpec, ProgSpec, ProgType, SysError, Syscall, UpdateFlags};
 use sluice_verifier_sim::spec::{self as sim, ProgKind};
@@ -105,22 +107,40 @@ pub struct Loaded {
     pub programs: BTreeMap<String, sys::Program>,
 }
 
-/// Apply writes in order: each map's updates (batched), then its deletes.
-pub fn apply_writes(maps: &BTreeMap<&'static str, Map>, writes: &[MapWrites]) -> Result<(), LoadError> {
-    for w in writes {
-        let map = maps.get(w.map).ok_or_else(|| LoadError::Layout {
-            map: w.map.to_string(),
-            detail: "the plan writes a map it does not define".into(),
-        })?;
-        let wrap = |source| LoadError::Write { map: w.map.to_string(), source };
-        if w.updates() > 0 {
-            map.update_batch(&w.keys, &w.values, w.updates(), UpdateFlags::ANY).map_err(wrap)?;
-        }
-        for key in w.deletes.chunks_exact(w.key_size.max(1)) {
-            map.delete(key).map_err(wrap)?;
-        }
+/// The kernel's maps of a node, by name, as a [`MapBackend`].
+struct KernelMaps<'a>(&'a BTreeMap<&'static str, Map>);
+
+impl MapBackend for KernelMaps<'_> {
+    type Error = LoadError;
+    fn update(
+        &mut self,
+        map: &'static str,
+        keys: &[u8],
+        values: &[u8],
+        count: usize,
+    ) -> Result<(), LoadError> {
+        let m = kernel_map(self.0, map)?;
+        m.update_batch(keys, values, count, UpdateFlags::ANY)
+            .map_err(|source| LoadError::Write { map: map.to_string(), source })
     }
-    Ok(())
+    fn delete(&mut self, map: &'static str, key: &[u8]) -> Result<(), LoadError> {
+        kernel_map(self.0, map)?
+            .delete(key)
+            .map(|_| ())
+            .map_err(|source| LoadError::Write { map: map.to_string(), source })
+    }
+}
+
+fn kernel_map<'m>(maps: &'m BTreeMap<&'static str, Map>, name: &str) -> Result<&'m Map, LoadError> {
+    maps.get(name).ok_or_else(|| LoadError::Layout {
+        map: name.to_string(),
+        detail: "the plan writes a map it does not define".into(),
+    })
+}
+
+/// Apply writes to the kernel's maps with [`crate::maps::writes::apply_writes`].
+pub fn apply_writes(maps: &BTreeMap<&'static str, Map>, writes: &[MapWrites]) -> Result<(), LoadError> {
+    crate::maps::writes::apply_writes(&mut KernelMaps(maps), writes)
 }
 
 /// Load one object's program against already-created maps.

@@ -19,7 +19,8 @@ pub mod update;
 pub mod wire;
 
 use crate::codegen::{self, CodegenError};
-use crate::maps::prefilter::{self, Capacity, DenySet, MapWrites, Prefix, Tables};
+use crate::maps::prefilter::{self, Capacity, DenySet, Prefix, Tables};
+use crate::maps::writes::MapWrites;
 use crate::maps::MapDef;
 use crate::model::{Cidr, NodeConfig};
 use sluice_asm::Program;

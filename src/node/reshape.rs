@@ -40,7 +40,7 @@ use super::wire::{self, AttachOptions, AttachReport, Missing, WireError, LINKS_D
 use super::Plan;
 use crate::attach::{AttachError, Interface, Link, LinkKind};
 use crate::maps::policy::Reason;
-use crate::maps::prefilter::MapWrites;
+use crate::maps::writes::MapWrites;
 use crate::model::NodeConfig;
 use crate::sys::{self, Errno, Map, Program, SysError, Syscall};
 use std::collections::{BTreeMap, BTreeSet};

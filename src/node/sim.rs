@@ -3,7 +3,8 @@
 //! before anything runs.
 
 use super::{Object, Plan};
-use crate::maps::prefilter::MapWrites;
+use crate::maps::writes::MapBackend;
+use crate::maps::writes::MapWrites;
 use sluice_verifier_sim::exec::{self, RunOutcome, RunStats};
 use sluice_verifier_sim::maps::{Map, MapSet};
 use sluice_verifier_sim::spec::{MapSpec, ProgKind};
@@ -38,19 +39,41 @@ pub struct SimNode {
 /// Simulated CPUs (per-CPU maps have this many slots; programs run on CPU 0).
 pub const SIM_CPUS: usize = 1;
 
-/// Apply writes to simulated maps, in order.
-pub fn apply_writes(maps: &mut MapSet, writes: &[MapWrites]) -> Result<(), SimError> {
-    for w in writes {
-        let err = |message: String| SimError::Map { map: w.map.to_string(), message };
-        let map = maps.get_mut(w.map).ok_or_else(|| err("not in the plan".into()))?;
-        for (k, v) in w.keys.chunks_exact(w.key_size.max(1)).zip(w.values.chunks_exact(w.value_size.max(1))) {
-            map.update(k, v, 0).map_err(|e| err(e.to_string()))?;
+/// The simulator's maps as a [`MapBackend`].
+struct SimMaps<'a>(&'a mut MapSet);
+
+impl MapBackend for SimMaps<'_> {
+    type Error = SimError;
+    fn update(
+        &mut self,
+        map: &'static str,
+        keys: &[u8],
+        values: &[u8],
+        count: usize,
+    ) -> Result<(), SimError> {
+        let m = sim_map(self.0, map)?;
+        let (ks, vs) = (keys.len() / count.max(1), values.len() / count.max(1));
+        for (k, v) in keys.chunks_exact(ks.max(1)).zip(values.chunks_exact(vs.max(1))) {
+            m.update(k, v, 0).map_err(|e| SimError::Map { map: map.to_string(), message: e.to_string() })?;
         }
-        for k in w.deletes.chunks_exact(w.key_size.max(1)) {
-            map.delete(k).map_err(|e| err(e.to_string()))?;
-        }
+        Ok(())
     }
-    Ok(())
+    fn delete(&mut self, map: &'static str, key: &[u8]) -> Result<(), SimError> {
+        sim_map(self.0, map)?
+            .delete(key)
+            .map(|_| ())
+            .map_err(|e| SimError::Map { map: map.to_string(), message: e.to_string() })
+    }
+}
+
+fn sim_map<'m>(maps: &'m mut MapSet, name: &str) -> Result<&'m mut sluice_verifier_sim::maps::Map, SimError> {
+    maps.get_mut(name)
+        .ok_or_else(|| SimError::Map { map: name.to_string(), message: "not in the plan".into() })
+}
+
+/// Apply writes to simulated maps with [`crate::maps::writes::apply_writes`].
+pub fn apply_writes(maps: &mut MapSet, writes: &[MapWrites]) -> Result<(), SimError> {
+    crate::maps::writes::apply_writes(&mut SimMaps(maps), writes)
 }
 
 impl SimNode {

@@ -38,10 +38,9 @@ use crate::codegen::endpoint::Direction as EpDirection;
 use crate::maps::{policy, prefilter};
 use crate::model::NodeConfig;
 use crate::netlink::{Netlink, NetlinkError, TcDirection, TcFilter, XdpMode};
-use crate::sys::attr::{ptr_u64, Attr};
 use crate::sys::{
-    self, attach_type, bpf_call, BpfCmd, Errno, Map, MapKind, MapSpec, ProgInfo, ProgType, Program, SysError,
-    Syscall, UpdateFlags,
+    self, attach_type, BpfCmd, Errno, Map, MapKind, MapSpec, ProgInfo, ProgType, Program, SysError, Syscall,
+    UpdateFlags,
 };
 use std::collections::BTreeMap;
 use std::fmt;
@@ -484,28 +483,6 @@ pub fn current_netns() -> Result<u64> {
 // ---------------------------------------------------------------------------------------
 // tcx hook query (BPF_PROG_QUERY).
 
-/// `BPF_PROG_QUERY` (6.6+ layout with the mprog fields).
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct ProgQueryAttr {
-    target: u32,
-    attach_type: u32,
-    query_flags: u32,
-    attach_flags: u32,
-    prog_ids: u64,
-    count: u32,
-    _pad0: u32,
-    prog_attach_flags: u64,
-    link_ids: u64,
-    link_attach_flags: u64,
-    revision: u64,
-}
-
-// SAFETY: `#[repr(C)]`, integer fields only, the padding after `count` spelled out; the
-// size assertion below catches a field added without its padding.
-unsafe impl Attr for ProgQueryAttr {}
-const _: () = assert!(std::mem::size_of::<ProgQueryAttr>() == 64);
-
 /// What runs on one tcx hook of a device, in order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TcxHook {
@@ -526,30 +503,10 @@ pub fn tcx_query(sys: &dyn Syscall, ifindex: u32, direction: Direction) -> Resul
         context: format!("tcx {} of ifindex {ifindex}", direction.name()),
         errno,
     };
-    // Room for what is there plus a few attached meanwhile; retried if more came.
-    let mut room = 8usize;
-    loop {
-        let mut progs = vec![0u32; room];
-        let mut links = vec![0u32; room];
-        let mut attr = ProgQueryAttr::zeroed();
-        attr.target = ifindex;
-        attr.attach_type = attach;
-        attr.prog_ids = ptr_u64(progs.as_mut_ptr());
-        attr.link_ids = ptr_u64(links.as_mut_ptr());
-        attr.count = room as u32;
-        // SAFETY: `prog_ids` and `link_ids` point at `room` writable u32s each, alive
-        // across the call; the kernel writes at most `count` of each.
-        match unsafe { bpf_call(sys, BpfCmd::ProgQuery, &mut attr) } {
-            Ok(_) => {
-                let n = (attr.count as usize).min(room);
-                progs.truncate(n);
-                links.truncate(n);
-                return Ok(TcxHook { prog_ids: progs, link_ids: links, revision: attr.revision });
-            }
-            Err(Errno(libc::ENOSPC)) if room < 1 << 16 => room = (attr.count as usize).max(room * 2),
-            Err(Errno(libc::ENOENT)) => return Ok(TcxHook::default()),
-            Err(errno) => return Err(fail(errno)),
-        }
+    match sys::prog_query(sys, ifindex, attach) {
+        Ok(q) => Ok(TcxHook { prog_ids: q.prog_ids, link_ids: q.link_ids, revision: q.revision }),
+        Err(Errno(libc::ENOENT)) => Ok(TcxHook::default()),
+        Err(errno) => Err(fail(errno)),
     }
 }
 
@@ -1897,16 +1854,5 @@ mod tests {
             err.to_string(),
             "nothing attached: endpoint `ep-b`: interface `lxcZ`: no such device in this network namespace"
         );
-    }
-
-    #[test]
-    fn prog_query_layout_matches_the_kernel() {
-        use std::mem::offset_of;
-        // offsetof in the 6.18 UAPI `union bpf_attr`, `query` member.
-        assert_eq!(offset_of!(ProgQueryAttr, prog_ids), 16);
-        assert_eq!(offset_of!(ProgQueryAttr, count), 24);
-        assert_eq!(offset_of!(ProgQueryAttr, prog_attach_flags), 32);
-        assert_eq!(offset_of!(ProgQueryAttr, link_ids), 40);
-        assert_eq!(offset_of!(ProgQueryAttr, revision), 56);
     }
 }

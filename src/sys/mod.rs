@@ -24,6 +24,7 @@ pub mod link;
 pub mod map;
 pub mod pin;
 pub mod prog;
+pub mod query;
 pub mod ringbuf;
 pub mod testrun;
 
@@ -46,6 +47,7 @@ pub use pin::{
     ensure_bpffs, get_pinned, is_bpffs, pin, pin_kind, unpin, PinKind, BPF_FS_MAGIC, DEFAULT_BPFFS,
 };
 pub use prog::{ProgSpec, ProgType, Program};
+pub use query::{prog_query, ProgQuery};
 pub use ringbuf::RingBuf;
 pub use testrun::{test_run, TestRunOpts, TestRunResult};
 

@@ -6,10 +6,9 @@
 //! if another descriptor of the link exists (a forked child, a second open of a pin).
 
 use super::{AttachError, Interface, Result};
-use crate::sys::attr::{ptr_u64, Attr, GetIdAttr, InfoAttr};
-use crate::sys::{self, attach_type, bpf_call, BpfCmd, Errno, LinkCreate, Program, SysError, Syscall};
+use crate::sys::{self, attach_type, BpfCmd, Errno, LinkCreate, Program, SysError, Syscall};
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -157,27 +156,6 @@ pub struct LinkInfo {
     pub cgroup_id: Option<u64>,
 }
 
-/// `struct bpf_link_info` (6.18): the common head, then the union (16 bytes in, 48 long),
-/// of which the tcx/XDP view is the first two words.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-struct LinkInfoRaw {
-    link_type: u32,
-    id: u32,
-    prog_id: u32,
-    _pad0: u32,
-    /// tcx, netkit, XDP: `ifindex`; cgroup: the low half of `cgroup_id`.
-    target0: u32,
-    /// tcx, netkit: `attach_type`; cgroup: the high half of `cgroup_id`.
-    target1: u32,
-    _tail: [u64; 5],
-}
-
-// SAFETY: `#[repr(C)]`, integer fields only, the padding after `prog_id` spelled out; the
-// size assertion below catches a field added without its padding.
-unsafe impl Attr for LinkInfoRaw {}
-const _: () = assert!(std::mem::size_of::<LinkInfoRaw>() == 64);
-
 /// A program attached to a hook through a bpf link.
 #[derive(Debug)]
 pub struct Link {
@@ -298,24 +276,7 @@ impl Link {
 
     /// Whether a link with kernel id `id` exists (attached, or detached but still open).
     pub fn exists(sys: &dyn Syscall, id: u32) -> Result<bool> {
-        let mut attr = GetIdAttr::zeroed();
-        attr.id = id;
-        // SAFETY: the attr holds no pointers.
-        match unsafe { bpf_call(sys, BpfCmd::LinkGetFdById, &mut attr) } {
-            Ok(fd) => {
-                if let Ok(fd) = i32::try_from(fd) {
-                    // SAFETY: the kernel gave us a new descriptor that nobody else owns.
-                    drop(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-                Ok(true)
-            }
-            Err(errno) if errno.0 == libc::ENOENT => Ok(false),
-            Err(errno) => Err(AttachError::Sys(SysError::Bpf {
-                cmd: BpfCmd::LinkGetFdById,
-                context: format!("id {id}"),
-                errno,
-            })),
-        }
+        sys::link_exists(sys, id).map_err(AttachError::Sys)
     }
 
     /// Swap in `new` atomically: each packet runs the old program or the new one.
@@ -480,18 +441,7 @@ fn hint(cmd: BpfCmd, hook: LinkKind, errno: Errno) -> &'static str {
 
 /// `BPF_OBJ_GET_INFO_BY_FD` on a link.
 fn link_info(sys: &dyn Syscall, fd: BorrowedFd<'_>) -> Result<LinkInfo, SysError> {
-    let mut raw = LinkInfoRaw::zeroed();
-    let mut attr = InfoAttr::zeroed();
-    attr.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info_len = std::mem::size_of::<LinkInfoRaw>() as u32;
-    attr.info = ptr_u64(&mut raw as *mut LinkInfoRaw);
-    // SAFETY: `attr.info` points at `raw`, valid for `info_len` bytes of writes and
-    // borrowed mutably for the whole call.
-    unsafe { bpf_call(sys, BpfCmd::ObjGetInfoByFd, &mut attr) }.map_err(|errno| SysError::Bpf {
-        cmd: BpfCmd::ObjGetInfoByFd,
-        context: format!("link fd {}", fd.as_raw_fd()),
-        errno,
-    })?;
+    let raw = sys::link_info(sys, fd)?;
     // A cgroup link's union member is `{u64 cgroup_id; u32 attach_type}`.
     let kind = if raw.link_type == link_type::CGROUP {
         LinkKind::Cgroup { attach_type: raw._tail[0] as u32 }

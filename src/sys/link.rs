@@ -7,7 +7,10 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
-use super::attr::{Attr, LinkCreateAttr, LinkDetachAttr, LinkUpdateAttr, ProgAttachAttr};
+use super::attr::{
+    ptr_u64, Attr, GetIdAttr, InfoAttr, LinkCreateAttr, LinkDetachAttr, LinkUpdateAttr, ProgAttachAttr,
+};
+use super::Errno;
 use super::{bpf_call, owned_fd, BpfCmd, Result, SysError, Syscall};
 
 /// Arguments of `BPF_LINK_CREATE`.
@@ -121,4 +124,61 @@ pub fn prog_detach(
     unsafe { bpf_call(sys, BpfCmd::ProgDetach, &mut attr) }
         .map(drop)
         .map_err(fail(BpfCmd::ProgDetach, format!("target {target} attach type {attach_type}")))
+}
+
+/// `struct bpf_link_info` (6.18): the common head, then the union (16 bytes in, 48 long),
+/// of which the tcx/XDP view is the first two words.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct LinkInfoRaw {
+    pub link_type: u32,
+    pub id: u32,
+    pub prog_id: u32,
+    _pad0: u32,
+    /// tcx, netkit, XDP: `ifindex`; cgroup: the low half of `cgroup_id`.
+    pub target0: u32,
+    /// tcx, netkit: `attach_type`; cgroup: the high half of `cgroup_id`.
+    pub target1: u32,
+    pub _tail: [u64; 5],
+}
+
+// SAFETY: `#[repr(C)]`, integer fields only, the padding after `prog_id` spelled out; the
+// size assertion below catches a field added without its padding.
+unsafe impl Attr for LinkInfoRaw {}
+const _: () = assert!(std::mem::size_of::<LinkInfoRaw>() == 64);
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a link: its info head and the union's first words.
+pub fn link_info(sys: &dyn Syscall, fd: BorrowedFd<'_>) -> Result<LinkInfoRaw> {
+    let mut raw = LinkInfoRaw::zeroed();
+    let mut attr = InfoAttr::zeroed();
+    attr.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info_len = std::mem::size_of::<LinkInfoRaw>() as u32;
+    attr.info = ptr_u64(&mut raw as *mut LinkInfoRaw);
+    // SAFETY: `attr.info` points at `raw`, valid for `info_len` bytes of writes and
+    // borrowed mutably for the whole call.
+    unsafe { bpf_call(sys, BpfCmd::ObjGetInfoByFd, &mut attr) }.map_err(|errno| SysError::Bpf {
+        cmd: BpfCmd::ObjGetInfoByFd,
+        context: format!("link fd {}", fd.as_raw_fd()),
+        errno,
+    })?;
+    Ok(raw)
+}
+
+/// Whether a link with kernel id `id` exists (attached, or detached but still open):
+/// `BPF_LINK_GET_FD_BY_ID`, the descriptor closed again at once.
+pub fn link_exists(sys: &dyn Syscall, id: u32) -> Result<bool> {
+    let mut attr = GetIdAttr::zeroed();
+    attr.id = id;
+    // SAFETY: the attr holds no pointers.
+    match unsafe { bpf_call(sys, BpfCmd::LinkGetFdById, &mut attr) } {
+        Ok(fd) => {
+            if let Ok(fd) = i32::try_from(fd) {
+                // SAFETY: the kernel gave us a new descriptor that nobody else owns.
+                drop(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+            }
+            Ok(true)
+        }
+        Err(Errno(libc::ENOENT)) => Ok(false),
+        Err(errno) => Err(SysError::Bpf { cmd: BpfCmd::LinkGetFdById, context: format!("id {id}"), errno }),
+    }
 }

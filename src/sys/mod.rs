@@ -41,7 +41,10 @@ pub use gate::{kernel_available, possible_cpus, require_kernel};
 pub use info::{
     map_get_fd_by_id, map_info, map_next_id, prog_get_fd_by_id, prog_info, prog_next_id, MapInfo, ProgInfo,
 };
-pub use link::{link_create, link_detach, link_update, prog_attach, prog_detach, LinkCreate};
+pub use link::{
+    link_create, link_detach, link_exists, link_info, link_update, prog_attach, prog_detach, LinkCreate,
+    LinkInfoRaw,
+};
 pub use map::{Keys, Map, MapKind, MapSpec, UpdateFlags};
 pub use pin::{
     ensure_bpffs, get_pinned, is_bpffs, pin, pin_kind, unpin, PinKind, BPF_FS_MAGIC, DEFAULT_BPFFS,

@@ -106,8 +106,7 @@ pub fn policy_plan(cfg: &crate::model::NodeConfig, resolved: &crate::policy::Res
     use crate::maps::policy::{EGRESS, INGRESS};
     use std::net::IpAddr;
     let mut plan = PolicyPlan::default();
-    for (i, ep) in cfg.endpoints.iter().enumerate() {
-        let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
+    for (index, ep) in super::endpoint_numbers(cfg) {
         let identity = resolved.identities().endpoint(&ep.name).map_or(0, |id| id.get());
         let policy = resolved.endpoint(&ep.name).cloned().unwrap_or_default();
         plan.endpoints.push(EndpointSpec {

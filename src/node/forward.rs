@@ -229,8 +229,7 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     sysctl::ipv6_forwarding(None, true)?;
 
     let mut local = Vec::new();
-    for (i, ep) in cfg.endpoints.iter().enumerate() {
-        let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
+    for (index, ep) in super::endpoint_numbers(cfg) {
         let link = match link_or_none(&nl, &ep.interface)? {
             Some(l) => l,
             None => {

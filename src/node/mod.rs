@@ -136,6 +136,14 @@ pub fn balances_services(cfg: &NodeConfig) -> bool {
         || cfg.load_balancer.socket_cgroup.is_some()
 }
 
+/// Each endpoint of `cfg` with its number (the index baked into its programs and keying
+/// `ep_config`, `ep_stats` and its policy): from 1 in the file's endpoint order (name
+/// order). The plan, the hooks and the forwarding maps all number endpoints through this
+/// one function.
+pub fn endpoint_numbers(cfg: &NodeConfig) -> impl Iterator<Item = (u16, &crate::model::Endpoint)> + '_ {
+    cfg.endpoints.iter().enumerate().map(|(i, ep)| (u16::try_from(i + 1).unwrap_or(u16::MAX), ep))
+}
+
 /// Plan a node: the prefilter, the two endpoint-policy programs of every endpoint (which
 /// also balance services), and the standalone load balancer when devices ask for it. The
 /// services' map contents ride on the first object that has the load-balancing maps.

@@ -195,8 +195,7 @@ pub fn parse_link_pin_name(name: &str) -> Option<(&str, &str)> {
 /// `spec.loadBalancer.devices` entry, then the prefilter on the XDP device if one is given.
 pub fn wanted(cfg: &NodeConfig, xdp_device: Option<&str>) -> Vec<Want> {
     let mut out = Vec::new();
-    for (i, ep) in cfg.endpoints.iter().enumerate() {
-        let index = u16::try_from(i + 1).unwrap_or(u16::MAX);
+    for (index, ep) in crate::node::endpoint_numbers(cfg) {
         for (dir, hook) in
             [(EpDirection::FromEndpoint, Hook::Ingress), (EpDirection::ToEndpoint, Hook::Egress)]
         {

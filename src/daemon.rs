@@ -362,6 +362,9 @@ impl Daemon<'_> {
     /// a reshape otherwise; counted in the metrics. The caller holds `seen`.
     fn apply_locked(&self, seen: &mut Seen) -> Result<ApplyReport, DaemonError> {
         let result = self.read_config(seen).and_then(|cfg| {
+            // The running node's endpoints keep their numbers: adding or removing one
+            // renumbers no other.
+            let cfg = node::with_pinned_numbering(cfg, &self.opts.pin_dir);
             let plan = node::plan(&cfg)?;
             let dir = &self.opts.pin_dir;
             let live = live_prefilter(&self.sys, &cfg, dir);
@@ -542,7 +545,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     })?;
     let d = Daemon::new(sys::kernel(), opts);
     let started = Instant::now();
-    let cfg = d.read_config(&mut lock(&d.seen))?;
+    let cfg = node::with_pinned_numbering(d.read_config(&mut lock(&d.seen))?, &opts.pin_dir);
     let plan = node::plan(&cfg)?;
     let planned = Instant::now();
     let dir = &opts.pin_dir;

@@ -229,12 +229,13 @@ fn load_cmd(path: &Path, pin_dir: &Path, wait: Wait) -> Result<ExitCode> {
     for warning in model::warnings(&model::load_file(path)?) {
         eprintln!("warning: {warning}");
     }
-    let plan = plan_file(path)?;
     let sys = kernel("sluice load")?;
     let _lock = lock::acquire_creating(pin_dir, wait, |msg| eprintln!("sluice: {msg}"))?;
+    // A loaded node keeps its endpoints' numbers (read under the lock).
+    let plan = node::plan(&node::with_pinned_numbering(model::load_file(path)?, pin_dir))?;
     let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
         Err(LoadError::AlreadyLoaded(_)) => {
-            let cfg = model::load_file(path)?;
+            let cfg = node::with_pinned_numbering(model::load_file(path)?, pin_dir);
             // The file replaces the deny set: say which live `prefilter add|del` it undoes.
             let live = crate::daemon::live_prefilter(&sys, &cfg, pin_dir);
             let report_live = || {
@@ -309,7 +310,7 @@ fn daemon(config: PathBuf, pin_dir: PathBuf, socket: PathBuf, poll_ms: u64) -> R
 }
 
 fn attach_cmd(path: &Path, pin_dir: &Path, xdp_device: Option<String>) -> Result<ExitCode> {
-    let cfg = model::load_file(path)?;
+    let cfg = node::with_pinned_numbering(model::load_file(path)?, pin_dir);
     if let Some(e) = xdp_device.as_ref().and_then(|d| cfg.endpoints.iter().find(|e| e.interface == *d)) {
         return Err(CliError::XdpOnEndpoint { device: e.interface.clone(), endpoint: e.name.clone() });
     }

@@ -86,6 +86,9 @@ pub struct NodeConfig {
     pub load_balancer: network::LoadBalancer,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
+    /// Not from the file: the numbers a loaded node already gives its endpoints, by
+    /// interface (see `node::endpoint_numbers`). Empty for a node not loaded yet.
+    pub numbering: std::collections::BTreeMap<String, u16>,
 }
 
 impl NodeConfig {
@@ -200,6 +203,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         overlay,
         load_balancer,
         source: origin.to_owned(),
+        numbering: Default::default(),
     })
 }
 

@@ -137,11 +137,53 @@ pub fn balances_services(cfg: &NodeConfig) -> bool {
 }
 
 /// Each endpoint of `cfg` with its number (the index baked into its programs and keying
-/// `ep_config`, `ep_stats` and its policy): from 1 in the file's endpoint order (name
-/// order). The plan, the hooks and the forwarding maps all number endpoints through this
-/// one function.
-pub fn endpoint_numbers(cfg: &NodeConfig) -> impl Iterator<Item = (u16, &crate::model::Endpoint)> + '_ {
-    cfg.endpoints.iter().enumerate().map(|(i, ep)| (u16::try_from(i + 1).unwrap_or(u16::MAX), ep))
+/// `ep_config`, `ep_stats` and its policy), in the file's endpoint order (name order). The
+/// plan, the hooks and the forwarding maps all number endpoints through this one function.
+///
+/// Numbers are stable: an endpoint whose interface `cfg.numbering` names (the numbers the
+/// loaded node already uses, [`pinned_numbering`]) keeps its number; the others get the
+/// lowest free numbers from 1, in name order. So adding or removing an endpoint never
+/// renumbers another: no program of a running endpoint is swapped and no moment exists in
+/// which it reads another endpoint's `ep_config` (a fresh node is numbered in name order).
+pub fn endpoint_numbers(cfg: &NodeConfig) -> Vec<(u16, &crate::model::Endpoint)> {
+    let mut taken = std::collections::BTreeSet::new();
+    let mut kept: Vec<Option<u16>> = cfg
+        .endpoints
+        .iter()
+        .map(|ep| cfg.numbering.get(&ep.interface).copied().filter(|&n| n > 0 && taken.insert(n)))
+        .collect();
+    let mut next = 1u16;
+    for slot in kept.iter_mut().filter(|s| s.is_none()) {
+        while taken.contains(&next) {
+            next = next.saturating_add(1);
+        }
+        taken.insert(next);
+        *slot = Some(next);
+    }
+    kept.into_iter().zip(&cfg.endpoints).map(|(n, ep)| (n.unwrap_or(u16::MAX), ep)).collect()
+}
+
+/// The endpoint numbers a loaded node uses, by interface, read from its link pins
+/// (`<pin>/links/from_ep_N@ifname`). Empty when nothing is attached through links (a node
+/// only loaded, or attached through netlink: then endpoints are numbered in name order).
+pub fn pinned_numbering(pin_dir: &std::path::Path) -> std::collections::BTreeMap<String, u16> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(pin_dir.join(wire::LINKS_DIR)) else { return out };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some((program, ifname)) = name.to_str().and_then(|n| n.split_once('@')) else { continue };
+        let number = program.strip_prefix("from_ep_").or_else(|| program.strip_prefix("to_ep_"));
+        if let Some(n) = number.and_then(|n| n.parse::<u16>().ok()) {
+            out.insert(ifname.to_string(), n);
+        }
+    }
+    out
+}
+
+/// `cfg` with the endpoint numbers the node pinned at `pin_dir` already uses.
+pub fn with_pinned_numbering(mut cfg: NodeConfig, pin_dir: &std::path::Path) -> NodeConfig {
+    cfg.numbering = pinned_numbering(pin_dir);
+    cfg
 }
 
 /// Plan a node: the prefilter, the two endpoint-policy programs of every endpoint (which
@@ -174,4 +216,47 @@ pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
         }
     }
     Ok(Plan { node: cfg.name.clone(), objects })
+}
+
+#[cfg(test)]
+mod numbering_tests {
+    use super::*;
+
+    fn node(names: &[&str]) -> NodeConfig {
+        let mut text = String::from(
+            "apiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\nspec:\n  endpoints:\n",
+        );
+        for (i, name) in names.iter().enumerate() {
+            text.push_str(&format!(
+                "    - name: {name}\n      interface: lxc{name}\n      ipv4: 10.9.0.{}\n      labels: {{app: {name}}}\n",
+                i + 1
+            ));
+        }
+        crate::model::parse_str(&text, "test").unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn numbers(cfg: &NodeConfig) -> Vec<(u16, String)> {
+        endpoint_numbers(cfg).into_iter().map(|(n, ep)| (n, ep.name.clone())).collect()
+    }
+
+    #[test]
+    fn a_fresh_node_is_numbered_in_name_order() {
+        let cfg = node(&["b", "a", "c"]);
+        assert_eq!(numbers(&cfg), [(1, "a".into()), (2, "b".into()), (3, "c".into())]);
+    }
+
+    #[test]
+    fn pinned_numbers_are_kept_and_new_endpoints_take_the_lowest_free_ones() {
+        let mut cfg = node(&["a", "b", "c", "d"]);
+        // b and d were 1 and 3 on the running node; 2 was freed by a removed endpoint.
+        cfg.numbering = [("lxcb".to_string(), 1), ("lxcd".to_string(), 3), ("lxcgone".to_string(), 9)].into();
+        assert_eq!(numbers(&cfg), [(2, "a".into()), (1, "b".into()), (4, "c".into()), (3, "d".into())]);
+    }
+
+    #[test]
+    fn a_number_claimed_twice_is_kept_once() {
+        let mut cfg = node(&["a", "b"]);
+        cfg.numbering = [("lxca".to_string(), 2), ("lxcb".to_string(), 2)].into();
+        assert_eq!(numbers(&cfg), [(2, "a".into()), (1, "b".into())]);
+    }
 }

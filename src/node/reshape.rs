@@ -26,11 +26,12 @@
 //!   undoes its own hooks, renamed link pins get their names back, new program and map
 //!   pins are removed. Map writes are not undone: the error says so
 //!   ([`ReshapeError::Attach`]).
-//! - Endpoints are numbered from 1 in name order, so adding or removing one before another
-//!   in that order renumbers it: its `ep_config`/policy entries move to the new number in
-//!   (2) and its programs follow in (3), a few milliseconds later. In between that
-//!   endpoint's old programs read the new numbering. Stable endpoint numbers would close
-//!   the window.
+//! - Endpoint numbers are stable ([`super::endpoint_numbers`]): the callers plan with the
+//!   numbers the pinned links show, so an endpoint that stays keeps its number, its
+//!   programs, its links and its `ep_config` entry; a new endpoint takes the lowest free
+//!   number. No running endpoint's program ever reads another endpoint's entries. (A node
+//!   attached through netlink only has no link pins to read the numbers from: there, adding
+//!   an endpoint before another in name order still renumbers it, as before.)
 //! - Netlink attachments (kernels without tcx) of removed endpoints are not removed here
 //!   (`sluice down` removes them).
 

@@ -11,8 +11,8 @@
 //!   links created and netlink requests sent there. A caller wiring another namespace's
 //!   devices calls from a thread that entered it.
 //! - [`attach`] puts each endpoint's `from_ep_N` on tcx ingress and `to_ep_N` on tcx egress
-//!   of its host-side device (endpoints numbered from 1 in name order, as the plan numbers
-//!   them) and, given an XDP device, `prefilter` on its XDP hook: native when the driver
+//!   of its host-side device (endpoints numbered as the plan numbers them,
+//!   [`crate::node::endpoint_numbers`]) and, given an XDP device, `prefilter` on its XDP hook: native when the driver
 //!   has it, else generic, and the report says which. Programs come from the pins `sluice
 //!   load` made under `<pin>/programs/`. Each bpf link is pinned at
 //!   `<pin>/links/<program>@<ifname>`, so it outlives the process.

@@ -700,3 +700,102 @@ fn an_update_cut_short_around_each_write_is_finished_by_the_next_update() {
     }
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A seam that records the index of every call that changes the kernel's state (a map
+/// write, a map or program created, a pin, a link change).
+#[derive(Debug, Clone, Default)]
+struct ChangeLog {
+    inner: Option<std::sync::Arc<dyn sluice::sys::Syscall>>,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    at: std::sync::Arc<std::sync::Mutex<Vec<u64>>>,
+}
+
+impl sluice::sys::Syscall for ChangeLog {
+    unsafe fn bpf(&self, cmd: sluice::sys::BpfCmd, attr: &mut [u8]) -> Result<i64, sluice::sys::Errno> {
+        use sluice::sys::BpfCmd::*;
+        let i = self.calls.fetch_add(1, Ordering::Relaxed);
+        if matches!(
+            cmd,
+            MapUpdateElem
+                | MapUpdateBatch
+                | MapDeleteElem
+                | MapDeleteBatch
+                | MapCreate
+                | ProgLoad
+                | ObjPin
+                | LinkCreate
+                | LinkUpdate
+                | LinkDetach
+        ) {
+            self.at.lock().expect("log").push(i);
+        }
+        let inner = self.inner.as_ref().expect("a seam to forward to");
+        // SAFETY: forwarded caller contract (`Syscall::bpf`).
+        unsafe { inner.bpf(cmd, attr) }
+    }
+}
+
+/// A reshape (an endpoint added: new programs, new map entries) cut short just before and
+/// just after each bpf() call that changes the kernel: the next reshape of the same config
+/// finishes it (the pinned programs are the plan's, no map write is left to make) and
+/// `status` finds no problem.
+#[test]
+fn a_reshape_cut_short_at_each_change_is_finished_by_the_next_reshape() {
+    if !sluice::sys::require_kernel("a_reshape_cut_short_at_each_change_is_finished_by_the_next_reshape") {
+        return;
+    }
+    use sluice::node::reshape::reshape;
+    use sluice::sys::fault::FailAfter;
+    let fixture = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/default-node.yaml"))
+        .expect("the default node");
+    let db = "    - name: db\n      interface: lxc-db\n      namespace: shop\n      ipv4: 10.0.1.30\n      labels: {app: db, tier: data}\n";
+    assert!(fixture.contains(db), "the fixture has the endpoint this test removes");
+    let before =
+        sluice::model::parse_str(&fixture.replace(db, ""), "before.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let after = sluice::model::parse_str(&fixture, "after.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let (plan_before, plan_after) =
+        (sluice::node::plan(&before).expect("plans"), sluice::node::plan(&after).expect("plans"));
+    let node = Node::new("reshapecut", &[]);
+    let sys = sluice::sys::kernel();
+    load::load_and_pin(&sys, &plan_before, &node.pin).expect("loads");
+    let log = ChangeLog { inner: Some(sys.clone()), ..ChangeLog::default() };
+    let logging: std::sync::Arc<dyn sluice::sys::Syscall> = std::sync::Arc::new(log.clone());
+    reshape(&logging, &after, &plan_after, &node.pin, None).expect("reshapes");
+    let total = log.calls.load(Ordering::Relaxed);
+    let mut cuts: Vec<u64> = log.at.lock().expect("log").iter().flat_map(|&i| [i, i + 1]).collect();
+    cuts.dedup();
+    assert!(cuts.len() > 4, "the reshape loads, pins and writes");
+    reshape(&sys, &before, &plan_before, &node.pin, None).expect("back");
+    eprintln!("reshape: {total} bpf() calls, {} cut points around its changes", cuts.len());
+    let wanted: std::collections::BTreeSet<String> =
+        plan_after.objects.iter().map(|o| o.name.clone()).collect();
+    let mut failures = Vec::new();
+    for n in cuts {
+        let cut: std::sync::Arc<dyn sluice::sys::Syscall> =
+            std::sync::Arc::new(FailAfter::new(sys.clone(), n));
+        if reshape(&cut, &after, &plan_after, &node.pin, None).is_err() {
+            if let Err(e) = reshape(&sys, &after, &plan_after, &node.pin, None) {
+                failures.push(format!("cut after {n}: the next reshape failed: {e}"));
+                continue;
+            }
+        }
+        let pinned: std::collections::BTreeSet<String> = std::fs::read_dir(node.pin.join("programs"))
+            .expect("programs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if pinned != wanted {
+            failures.push(format!("cut after {n}: programs {pinned:?}, the plan has {wanted:?}"));
+        }
+        let left = writes_left(&after, &node.pin);
+        if left != 0 {
+            failures.push(format!("cut after {n}, then reshape: {left} writes still to make"));
+        }
+        let problems = sluice::node::wire::status(&sys, &node.pin).expect("status").problems;
+        if !problems.is_empty() {
+            failures.push(format!("cut after {n}: status: {problems:?}"));
+        }
+        reshape(&sys, &before, &plan_before, &node.pin, None).expect("back to the first config");
+    }
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n"));
+}

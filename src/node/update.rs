@@ -18,6 +18,7 @@ use super::endpoints::{policy_plan, PolicyPlan};
 use super::load::{self, apply_writes, open_pinned_map, LoadError};
 use super::{prefix_of, Plan};
 use crate::maps::lb::{service_writes, LbState};
+use crate::maps::names as map;
 use crate::maps::policy::{IpcacheV4, IPC_CHILD};
 use crate::maps::prefilter::{self, DenySet};
 use crate::maps::writes::MapWrites;
@@ -112,31 +113,27 @@ fn flatten(e: u32, l2: impl Fn(u32) -> Vec<u32>, l3: impl Fn(u32) -> Vec<u32>) -
     )
 }
 
-/// The IPv4 ipcache writes: new chunks appended past those in use, then the level-1 flip.
+/// The IPv4 ipcache writes: the new chunks into chunks the live tables do not point at
+/// (the lowest free ones), then the level-1 flip. Chunks a change stops using are free for
+/// the next one, so any sequence of changes within capacity keeps working (they used to
+/// be appended past the highest chunk in use and never reclaimed: about a hundred changes
+/// filled `ipc_v4_l2`).
 fn ipc_v4_writes(maps: &BTreeMap<&'static str, Map>, new: &IpcacheV4) -> Result<Vec<MapWrites>, LoadError> {
-    let l1_now = read_words(&maps["ipc_v4_l1"].lookup(&0u32.to_le_bytes())?.unwrap_or_default());
-    // Chunks in use: those the live level 1 and its level-2 chunks point at.
-    let (mut l2_used, mut l3_used) = (0u32, 0u32);
-    for e in l1_now.iter().filter(|e| *e & IPC_CHILD != 0) {
-        let c2 = e & !IPC_CHILD;
-        l2_used = l2_used.max(c2 + 1);
-        let chunk = read_words(&maps["ipc_v4_l2"].lookup(&c2.to_le_bytes())?.unwrap_or_default());
-        for e3 in chunk.iter().filter(|e| *e & IPC_CHILD != 0) {
-            l3_used = l3_used.max((e3 & !IPC_CHILD) + 1);
-        }
-    }
-    // Unchanged content (whatever the chunk numbering) needs no write.
+    let l1_now = read_words(&maps[map::IPC_V4_L1].lookup(&0u32.to_le_bytes())?.unwrap_or_default());
+    // The live chunks: those the live level 1 and its level-2 chunks point at.
     let mut l2_now = BTreeMap::new();
     let mut l3_now = BTreeMap::new();
     for e in l1_now.iter().filter(|e| *e & IPC_CHILD != 0) {
         let c2 = e & !IPC_CHILD;
-        let chunk = read_words(&maps["ipc_v4_l2"].lookup(&c2.to_le_bytes())?.unwrap_or_default());
+        let chunk = read_words(&maps[map::IPC_V4_L2].lookup(&c2.to_le_bytes())?.unwrap_or_default());
         for e3 in chunk.iter().filter(|e| *e & IPC_CHILD != 0) {
             let c3 = e3 & !IPC_CHILD;
-            l3_now.insert(c3, read_words(&maps["ipc_v4_l3"].lookup(&c3.to_le_bytes())?.unwrap_or_default()));
+            l3_now
+                .insert(c3, read_words(&maps[map::IPC_V4_L3].lookup(&c3.to_le_bytes())?.unwrap_or_default()));
         }
         l2_now.insert(c2, chunk);
     }
+    // Unchanged content (whatever the chunk numbering) needs no write.
     let leaf3 = |c: u32| l3_now.get(&c).cloned().unwrap_or_default();
     let flat_now: Vec<Flat> = l1_now
         .iter()
@@ -152,28 +149,34 @@ fn ipc_v4_writes(maps: &BTreeMap<&'static str, Map>, new: &IpcacheV4) -> Result<
     }
     let full =
         |map: &'static str, cap: u32| LoadError::Live(prefilter::LiveError::Full { map, capacity: cap });
-    let (cap2, cap3) = (maps["ipc_v4_l2"].max_entries(), maps["ipc_v4_l3"].max_entries());
-    if l2_used as usize + new.l2.len() > cap2 as usize {
-        return Err(full("ipc_v4_l2", cap2));
-    }
-    if l3_used as usize + new.l3.len() > cap3 as usize {
-        return Err(full("ipc_v4_l3", cap3));
-    }
-    let shift =
-        |e: u32, base: u32| if e & IPC_CHILD != 0 { IPC_CHILD | ((e & !IPC_CHILD) + base) } else { e };
+    let (cap2, cap3) = (maps[map::IPC_V4_L2].max_entries(), maps[map::IPC_V4_L3].max_entries());
+    let free = |live: &BTreeMap<u32, Vec<u32>>, cap: u32, n: usize| -> Option<Vec<u32>> {
+        let slots: Vec<u32> = (0..cap).filter(|i| !live.contains_key(i)).take(n).collect();
+        (slots.len() == n).then_some(slots)
+    };
+    let slots3 = free(&l3_now, cap3, new.l3.len()).ok_or_else(|| full(map::IPC_V4_L3, cap3))?;
+    let slots2 = free(&l2_now, cap2, new.l2.len()).ok_or_else(|| full(map::IPC_V4_L2, cap2))?;
+    let place = |e: u32, slots: &[u32]| {
+        if e & IPC_CHILD != 0 {
+            IPC_CHILD | slots[(e & !IPC_CHILD) as usize]
+        } else {
+            e
+        }
+    };
     let words = |v: &[u32]| -> Vec<u8> { v.iter().flat_map(|w| w.to_le_bytes()).collect() };
-    let mut l3 = MapWrites { map: "ipc_v4_l3", key_size: 4, value_size: 1024, ..MapWrites::default() };
-    for (i, c) in new.l3.iter().enumerate() {
-        l3.put(&(l3_used + i as u32).to_le_bytes(), &words(&c[..]));
+    let chunk_bytes = std::mem::size_of::<[u32; 256]>();
+    let mut l3 = MapWrites::new(map::IPC_V4_L3, 4, chunk_bytes);
+    for (c, slot) in new.l3.iter().zip(&slots3) {
+        l3.put(&slot.to_le_bytes(), &words(&c[..]));
     }
-    let mut l2 = MapWrites { map: "ipc_v4_l2", key_size: 4, value_size: 1024, ..MapWrites::default() };
-    for (i, c) in new.l2.iter().enumerate() {
-        let shifted: Vec<u32> = c.iter().map(|e| shift(*e, l3_used)).collect();
-        l2.put(&(l2_used + i as u32).to_le_bytes(), &words(&shifted));
+    let mut l2 = MapWrites::new(map::IPC_V4_L2, 4, chunk_bytes);
+    for (c, slot) in new.l2.iter().zip(&slots2) {
+        let placed: Vec<u32> = c.iter().map(|e| place(*e, &slots3)).collect();
+        l2.put(&slot.to_le_bytes(), &words(&placed));
     }
-    let mut l1 = MapWrites { map: "ipc_v4_l1", key_size: 4, value_size: 65536 * 4, ..MapWrites::default() };
-    let shifted: Vec<u32> = new.l1.iter().map(|e| shift(*e, l2_used)).collect();
-    l1.put(&0u32.to_le_bytes(), &words(&shifted));
+    let mut l1 = MapWrites::new(map::IPC_V4_L1, 4, std::mem::size_of::<[u32; 65536]>());
+    let placed: Vec<u32> = new.l1.iter().map(|e| place(*e, &slots2)).collect();
+    l1.put(&0u32.to_le_bytes(), &words(&placed));
     Ok(vec![l3, l2, l1])
 }
 

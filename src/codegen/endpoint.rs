@@ -323,7 +323,9 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
         b.mov(Reg::R6, r as i32).mov(Reg::R7, verdict).ja("exit");
     }
     g.emit_exit(&mut b);
-    b.build().map_err(|source| CodegenError::Build { object: "endpoint", source })
+    b.build()
+        .map(crate::mutate::program_seam)
+        .map_err(|source| CodegenError::Build { object: "endpoint", source })
 }
 
 /// An endpoint index no real node uses: templates are generated with it, and the
@@ -366,7 +368,7 @@ impl Templates {
             (pol_fold_const(TEMPLATE_EP, pdir) as i32, pol_fold_const(ep, pdir) as i32),
         ];
         let patch = |v: i32| pairs.iter().find(|(from, _)| *from == v).map_or(v, |(_, to)| *to);
-        template.map_insns(|insn| match insn {
+        let program = template.map_insns(|insn| match insn {
             Insn::Store { size, base, off, src: Src::Imm(v) } => {
                 Insn::Store { size: *size, base: *base, off: *off, src: Src::Imm(patch(*v)) }
             }
@@ -377,7 +379,8 @@ impl Templates {
                 Insn::Jmp { wide: *wide, cond: *cond, dst: *dst, src: Src::Imm(patch(*v)), off: *off }
             }
             other => other.clone(),
-        })
+        });
+        crate::mutate::program_seam(program)
     }
 }
 

@@ -105,7 +105,7 @@ pub struct Loaded {
 
 /// Apply writes in order: each map's updates (batched), then its deletes.
 pub fn apply_writes(maps: &BTreeMap<&'static str, Map>, writes: &[MapWrites]) -> Result<(), LoadError> {
-    for w in writes {
+    for w in crate::mutate::writes_seam(writes).iter() {
         let map = maps.get(w.map).ok_or_else(|| LoadError::Layout {
             map: w.map.to_string(),
             detail: "the plan writes a map it does not define".into(),

@@ -38,7 +38,7 @@ pub const SIM_CPUS: usize = 1;
 
 /// Apply writes to simulated maps, in order.
 pub fn apply_writes(maps: &mut MapSet, writes: &[MapWrites]) -> Result<(), SimError> {
-    for w in writes {
+    for w in crate::mutate::writes_seam(writes).iter() {
         let err = |message: String| SimError::Map { map: w.map.to_string(), message };
         let map = maps.get_mut(w.map).ok_or_else(|| err("not in the plan".into()))?;
         for (k, v) in w.keys.chunks_exact(w.key_size.max(1)).zip(w.values.chunks_exact(w.value_size.max(1))) {

@@ -775,8 +775,12 @@ fn run_suite(bins: &BTreeMap<String, PathBuf>, t: &Target, named: &Named, kernel
         if !kernel {
             cmd.env(sluice::sys::NO_KERNEL_ENV, "1");
         }
+        // To a file, not a pipe: a failing test's report can be larger than a pipe holds.
+        let out_path = std::env::temp_dir().join(format!("sluice-mutate-{}.out", std::process::id()));
+        let out_file =
+            std::fs::File::create(&out_path).unwrap_or_else(|e| panic!("{}: {e}", out_path.display()));
         let mut child =
-            cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{b}: {e}"));
+            cmd.stdout(out_file).stderr(Stdio::null()).spawn().unwrap_or_else(|e| panic!("{b}: {e}"));
         let started = Instant::now();
         let status = loop {
             if let Some(s) = child.try_wait().expect("wait") {
@@ -789,11 +793,8 @@ fn run_suite(bins: &BTreeMap<String, PathBuf>, t: &Target, named: &Named, kernel
             }
             std::thread::sleep(Duration::from_millis(20));
         };
-        let mut stdout = String::new();
-        if let Some(mut o) = child.stdout.take() {
-            use std::io::Read;
-            let _ = o.read_to_string(&mut stdout);
-        }
+        let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
         match status {
             None => return SuiteVerdict::Killed(format!("{b}: timed out")),
             Some(s) if !s.success() => {

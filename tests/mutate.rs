@@ -5,6 +5,8 @@
 //!                             [--inputs N] [--no-suite] [--kernel]
 //! ```
 //!
+//! `--object` takes a comma-separated list of object names.
+//!
 //! For every generated program object (the prefilter, one endpoint's two programs, the tc
 //! load balancer, the eight socket-LB programs) it makes mutants of the instruction stream
 //! and of the plan's map writes (`sluice::mutate`), and for each:
@@ -145,7 +147,8 @@ struct Target {
     /// Runs of other (unmutated) programs before the inputs, on the same maps: the
     /// conntrack entries a reply finds, the socket records a reverse hook finds.
     setup: Vec<(Program, ProgKind, Vec<Input>)>,
-    /// Test binaries that run this program in the simulator.
+    /// Test binaries that run this program in the simulator, the quickest first (the
+    /// first failure ends a mutant's run).
     suite: &'static [&'static str],
 }
 
@@ -515,7 +518,7 @@ fn targets(o: &Opts) -> Vec<Target> {
             writes: writes.clone(),
             inputs,
             setup: vec![(other_obj.program.clone(), other_obj.kind, own(other))],
-            suite: &["policy_datapath", "endpoint_policy", "forwarding", "endpoint_services"],
+            suite: &["endpoint_policy", "forwarding", "endpoint_services", "policy_datapath"],
         });
     }
 
@@ -833,8 +836,10 @@ fn listing_line(p: &Program, index: usize) -> String {
 fn main() {
     let o = opts();
     let all = targets(&o);
-    let targets: Vec<Target> =
-        all.into_iter().filter(|t| o.object.as_deref().is_none_or(|n| n == t.name)).collect();
+    let targets: Vec<Target> = all
+        .into_iter()
+        .filter(|t| o.object.as_deref().is_none_or(|n| n.split(',').any(|n| n == t.name)))
+        .collect();
     assert!(!targets.is_empty(), "no object named {:?}", o.object);
     let bins = if o.suite {
         test_binaries(&targets.iter().flat_map(|t| t.suite.iter().copied()).collect())

@@ -27,7 +27,10 @@
 //! `--writes` write mutants (default 10) per object; `--all` takes every instruction mutant.
 //! Results and the command are in TESTING.md, "Mutation testing".
 
+use sluice::lb::maglev::TableSize;
 use sluice::maps::prefilter::MapWrites;
+use sluice::model::policy::Protocol;
+use sluice::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
 use sluice::mutate::{self, InsnMutant, Named};
 use sluice::node::{self, Object};
 use sluice::packet::{ExtHeader, PacketBuilder, TcpFlags};
@@ -360,6 +363,72 @@ fn split(addrs: &[IpAddr]) -> (Vec<Ipv4Addr>, Vec<Ipv6Addr>) {
     (a4, a6)
 }
 
+fn backends(prefix: [u8; 3], n: u8, state: BackendState) -> Vec<Backend> {
+    (1..=n)
+        .map(|j| Backend {
+            address: IpAddr::V4(Ipv4Addr::new(prefix[0], prefix[1], prefix[2], j)),
+            port: 8080,
+            state,
+            weight: 1,
+        })
+        .collect()
+}
+
+fn frontend(vip: &str, port: u16, protocol: Protocol, mut backends: Vec<Backend>) -> Frontend {
+    backends.sort();
+    Frontend { vip: vip.parse().expect("literal"), port, protocol, port_name: String::new(), backends }
+}
+
+/// Services for the load balancers: every protocol and family, ClientIP affinity, no
+/// backend, Maglev, a terminating backend.
+fn lb_services() -> Vec<Service> {
+    let svc = |name: &str, algorithm, affinity, frontends| Service {
+        namespace: "default".into(),
+        name: name.into(),
+        algorithm,
+        affinity,
+        frontends,
+    };
+    let one = |addr: &str, port| Backend {
+        address: addr.parse().expect("literal"),
+        port,
+        state: BackendState::Active,
+        weight: 1,
+    };
+    let none = SessionAffinity::None;
+    let mut drain = backends([10, 0, 5], 2, BackendState::Active);
+    drain.extend(backends([10, 0, 6], 1, BackendState::Terminating));
+    vec![
+        svc(
+            "web",
+            LbAlgorithm::Random,
+            none,
+            vec![
+                frontend("10.96.0.10", 80, Protocol::Tcp, vec![one("10.0.1.1", 8080)]),
+                frontend("10.96.0.10", 53, Protocol::Udp, vec![one("10.0.1.1", 5353)]),
+                frontend("10.96.0.10", 3868, Protocol::Sctp, vec![one("10.0.1.1", 3868)]),
+                frontend("fd00:96::10", 80, Protocol::Tcp, vec![one("fd00:1:2:3::1", 8080)]),
+                frontend("fd00:96::10", 53, Protocol::Udp, vec![one("fd00:1:2:3::1", 5353)]),
+                frontend("fd00:96::10", 3868, Protocol::Sctp, vec![one("fd00:1:2:3::1", 3868)]),
+            ],
+        ),
+        svc(
+            "sticky",
+            LbAlgorithm::Random,
+            SessionAffinity::ClientIp { timeout_seconds: 600 },
+            vec![frontend("10.96.0.20", 80, Protocol::Tcp, backends([10, 0, 2], 2, BackendState::Active))],
+        ),
+        svc("empty", LbAlgorithm::Random, none, vec![frontend("10.96.0.30", 80, Protocol::Tcp, vec![])]),
+        svc(
+            "maglev",
+            LbAlgorithm::Maglev(TableSize::new(31).expect("31 is prime")),
+            none,
+            vec![frontend("10.96.0.40", 80, Protocol::Tcp, backends([10, 0, 4], 3, BackendState::Active))],
+        ),
+        svc("drain", LbAlgorithm::Random, none, vec![frontend("10.96.0.50", 80, Protocol::Tcp, drain)]),
+    ]
+}
+
 fn targets(o: &Opts) -> Vec<Target> {
     let mut rng = Lcg(o.seed ^ 0x1a9e);
     let mut out = Vec::new();
@@ -522,18 +591,70 @@ fn targets(o: &Opts) -> Vec<Target> {
         });
     }
 
-    // The tc load balancer, with the default node's services.
-    let cfg = sluice::model::default_node();
+    // The tc load balancer, with one service per behaviour (as `lb_golden` has them).
+    let services = lb_services();
     let mut lb = node::lb_object().unwrap_or_else(|e| panic!("{e}"));
     lb.add_maps(node::lb_maps());
-    let (sw, _) = sluice::maps::lb::service_writes(&cfg.services, &sluice::maps::lb::LbState::default())
+    let (sw, _) = sluice::maps::lb::service_writes(&services, &sluice::maps::lb::LbState::default())
         .unwrap_or_else(|e| panic!("{e}"));
     lb.writes = sw;
-    let (svc_addrs, svc_ports) = service_pool(&cfg);
-    let mut addrs = svc_addrs.clone();
-    addrs
-        .extend(["10.0.9.9", "fd00:9::9", "10.0.1.10"].iter().map(|a| a.parse::<IpAddr>().expect("literal")));
+    let frontends: Vec<&Frontend> = services.iter().flat_map(|s| &s.frontends).collect();
+    let clients: Vec<IpAddr> = ["10.0.9.9", "10.0.9.10", "fd00:9::9", "fd00:9::10"]
+        .iter()
+        .map(|a| a.parse().expect("literal"))
+        .collect();
+    let mut addrs: Vec<IpAddr> = clients.clone();
+    let mut svc_ports = Vec::new();
+    for f in &frontends {
+        addrs.push(f.vip);
+        svc_ports.push(f.port);
+        for b in &f.backends {
+            addrs.push(b.address);
+            svc_ports.push(b.port);
+        }
+    }
     let (l4, l6) = split(&addrs);
+    let proto_num = |p: Protocol| match p {
+        Protocol::Tcp => 6u8,
+        Protocol::Udp => 17,
+        Protocol::Sctp => 132,
+        Protocol::Icmp => 1,
+        Protocol::IcmpV6 => 58,
+    };
+    let mut lb_inputs = Vec::new();
+    for _ in 0..o.inputs * 2 {
+        let f = *rng.pick(&frontends);
+        let client = *rng
+            .pick(&clients.iter().filter(|c| c.is_ipv4() == f.vip.is_ipv4()).copied().collect::<Vec<_>>());
+        let mut proto = proto_num(f.protocol);
+        let mut dport = f.port;
+        if rng.chance(10) {
+            proto = *rng.pick(&[6u8, 17, 132]);
+        }
+        if rng.chance(10) {
+            dport = dport.wrapping_add(rng.below(3) as u16).wrapping_sub(1);
+        }
+        let sport = 40_000 + rng.below(8) as u16;
+        let key = match rng.below(10) {
+            // A client to the frontend: a new connection or one conntrack knows.
+            0..=5 => sluice::policy::FlowKey { src: client, dst: f.vip, proto, sport, dport },
+            // A backend's reply to a client (reverse translation).
+            6..=7 if !f.backends.is_empty() => {
+                let b = rng.pick(&f.backends);
+                sluice::policy::FlowKey { src: b.address, dst: client, proto, sport: b.port, dport: sport }
+            }
+            _ => {
+                lb_inputs.push(Input::Frame(random_frame(&mut rng, &l4, &l6, &svc_ports)));
+                continue;
+            }
+        };
+        let frame = if rng.chance(30) {
+            sluice::golden::probes::reply_frame(&key)
+        } else {
+            sluice::golden::probes::flow_frame(&key)
+        };
+        lb_inputs.push(Input::Frame(frame));
+    }
     let (specs, writes) = plan_specs_writes(std::slice::from_ref(&lb));
     out.push(Target {
         name: lb.name.clone(),
@@ -544,26 +665,31 @@ fn targets(o: &Opts) -> Vec<Target> {
         own_writes: Vec::new(),
         specs,
         writes,
-        inputs: frames(&mut rng, o.inputs * 2, &l4, &l6, &svc_ports),
+        inputs: lb_inputs,
         setup: Vec::new(),
         suite: &["lb_golden"],
     });
 
-    // The socket-LB programs, with the same services.
+    // The socket-LB programs, with the same services: mostly a frontend asked for with
+    // its protocol's socket type, sometimes another type, port or address.
     let mut sock_inputs = Vec::new();
     for _ in 0..o.inputs {
-        let addr =
-            if rng.chance(85) { *rng.pick(&addrs) } else { IpAddr::V4(Ipv4Addr::from(rng.next() as u32)) };
-        let port = if rng.chance(80) { *rng.pick(&svc_ports) } else { rng.next() as u16 };
-        let (ty, proto) = match rng.below(5) {
-            0 | 1 => (SOCK_STREAM, 6),
-            2 | 3 => (SOCK_DGRAM, 17),
-            _ => (SOCK_STREAM, 132),
-        };
+        let f = *rng.pick(&frontends);
+        let (mut addr, mut port, mut proto) = (f.vip, f.port, proto_num(f.protocol));
+        if rng.chance(15) {
+            addr = *rng.pick(&addrs);
+        }
+        if rng.chance(15) {
+            port = if rng.chance(50) { *rng.pick(&svc_ports) } else { port.wrapping_add(1) };
+        }
+        if rng.chance(15) {
+            proto = *rng.pick(&[6u8, 17, 132]);
+        }
+        let ty = if proto == 17 { SOCK_DGRAM } else { SOCK_STREAM };
         let cookie = rng.below(16);
-        let mut sa = SockAddr::new(SocketAddr::new(addr, port), ty, proto, cookie);
+        let mut sa = SockAddr::new(SocketAddr::new(addr, port), ty, u32::from(proto), cookie);
         if rng.chance(10) {
-            // A v4 address asked of an AF_INET6 socket (mapped), or the other way round.
+            // A v4 address asked of an AF_INET6 socket, or the other way round.
             sa.user_family = if sa.user_family == 2 { 10 } else { 2 };
         }
         sock_inputs.push(Input::Sock(sa));
@@ -592,7 +718,7 @@ fn targets(o: &Opts) -> Vec<Target> {
             writes: sock_writes.clone(),
             own_writes: Vec::new(),
             inputs: sock_inputs.clone(),
-            suite: &["sock_lb"],
+            suite: &["sock_lb", "sock_lb_edges"],
         });
     }
     out

@@ -707,9 +707,34 @@ fn targets(o: &Opts) -> Vec<Target> {
             (p, sluice::codegen::sock_lb::kind(h), sock_inputs.clone())
         })
         .collect();
+    // The reverse hooks see what the kernel reports: mostly a backend's address (with a
+    // cookie the forward hooks may have recorded), sometimes anything else.
+    let reported: Vec<Input> = sock_inputs
+        .iter()
+        .map(|i| {
+            let Input::Sock(sa) = i else { return i.clone() };
+            let mut sa = *sa;
+            let backends: Vec<&Backend> = frontends.iter().flat_map(|f| &f.backends).collect();
+            if rng.chance(85) {
+                let b = rng.pick(&backends);
+                let fam = sa.user_family;
+                sa.set_user_addr(SocketAddr::new(b.address, b.port));
+                if let IpAddr::V4(a) = b.address {
+                    // What an IPv6 hook sees of it: the IPv4-mapped form.
+                    sa.set_user_addr(SocketAddr::new(IpAddr::V6(a.to_ipv6_mapped()), b.port));
+                }
+                sa.user_family = if b.address.is_ipv4() { 2 } else { 10 };
+                if rng.chance(10) {
+                    sa.user_family = fam;
+                }
+            }
+            Input::Sock(sa)
+        })
+        .collect();
     for hook in SockAddrHook::ALL {
         let program = sluice::codegen::sock_lb::generate(hook).unwrap_or_else(|e| panic!("{e}"));
         out.push(Target {
+            inputs: if hook.is_forward() { sock_inputs.clone() } else { reported.clone() },
             setup: if hook.is_forward() { Vec::new() } else { forward.clone() },
             name: sluice::codegen::sock_lb::name(hook).to_string(),
             kind: sluice::codegen::sock_lb::kind(hook),
@@ -717,7 +742,6 @@ fn targets(o: &Opts) -> Vec<Target> {
             specs: specs.clone(),
             writes: sock_writes.clone(),
             own_writes: Vec::new(),
-            inputs: sock_inputs.clone(),
             suite: &["sock_lb", "sock_lb_edges"],
         });
     }
@@ -955,8 +979,10 @@ struct Tally {
     killed_unseen: usize,
 }
 
+/// `slot N: insn` as the listing (and its snapshot) numbers it.
 fn listing_line(p: &Program, index: usize) -> String {
-    p.insns().get(index).map_or_else(String::new, sluice_asm::text::format_insn)
+    let slot = p.slot_starts().get(index).copied().unwrap_or(0);
+    p.insns().get(index).map_or_else(String::new, |i| format!("{slot}: {}", sluice_asm::text::format_insn(i)))
 }
 
 fn main() {

@@ -667,7 +667,7 @@ fn targets(o: &Opts) -> Vec<Target> {
         writes,
         inputs: lb_inputs,
         setup: Vec::new(),
-        suite: &["lb_golden"],
+        suite: &["lb_golden", "lb_edges"],
     });
 
     // The socket-LB programs, with the same services: mostly a frontend asked for with
@@ -688,6 +688,10 @@ fn targets(o: &Opts) -> Vec<Target> {
         let ty = if proto == 17 { SOCK_DGRAM } else { SOCK_STREAM };
         let cookie = rng.below(16);
         let mut sa = SockAddr::new(SocketAddr::new(addr, port), ty, u32::from(proto), cookie);
+        if let IpAddr::V4(a) = addr {
+            // What an IPv6 hook sees of it: the IPv4-mapped form.
+            sa.set_user_addr(SocketAddr::new(IpAddr::V6(a.to_ipv6_mapped()), port));
+        }
         if rng.chance(10) {
             // A v4 address asked of an AF_INET6 socket, or the other way round.
             sa.user_family = if sa.user_family == 2 { 10 } else { 2 };

@@ -446,6 +446,13 @@ fn targets(o: &Opts) -> Vec<Target> {
     let (a4, a6) = pool_from_prefixes(&v4, &v6);
     let mut inputs: Vec<Input> =
         sluice::golden::prefilter::cases().into_iter().map(|c| Input::Frame(c.packet)).collect();
+    // One host in every /32 slot a shorter IPv6 prefix fills: the /32 table's keys sit in
+    // either cuckoo bucket, and only probing each reaches both.
+    for &(a, l) in v6.iter().filter(|(_, l)| (16..32).contains(l)) {
+        for slot in 0..(1u128 << (32 - l)).min(4096) {
+            inputs.push(Input::Frame(sluice::golden::probes::udp6(a | (slot << 96) | 0x77)));
+        }
+    }
     inputs.extend(frames(&mut rng, o.inputs * 2, &a4, &a6, &[53]));
     let (specs, writes) = plan_specs_writes(&plan.objects);
     let pf = plan.object(sluice::codegen::prefilter::NAME).expect("the plan has the prefilter");
@@ -1081,6 +1088,7 @@ fn main() {
             };
             if verifier::verify(&program, t.kind, specs).is_err() {
                 tally.rejected += 1;
+                eprintln!("  {}: {what}: rejected", t.name);
                 continue;
             }
             let changed = match behaviour(t, &program, &writes) {
@@ -1102,10 +1110,14 @@ fn main() {
                     eprintln!("  {}: {what}: killed by {by}", t.name);
                 }
                 (SuiteVerdict::Passed, true) => {
+                    eprintln!("  {}: {what}: SURVIVED", t.name);
                     tally.survived += 1;
                     tally.survivors.push(what);
                 }
-                (SuiteVerdict::Passed, false) => tally.equivalent += 1,
+                (SuiteVerdict::Passed, false) => {
+                    eprintln!("  {}: {what}: equivalent on the input set", t.name);
+                    tally.equivalent += 1
+                }
             }
         }
         eprintln!("{}: done in {:.0?}", t.name, started.elapsed());

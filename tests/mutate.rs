@@ -465,7 +465,7 @@ fn targets(o: &Opts) -> Vec<Target> {
         writes,
         inputs,
         setup: Vec::new(),
-        suite: &["golden_prefilter", "prefilter_live"],
+        suite: &["golden_prefilter", "prefilter_live", "prefilter_slots"],
     });
 
     // One endpoint's two programs, in the policy demo's plan (what policy_datapath runs).

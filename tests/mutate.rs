@@ -515,6 +515,9 @@ fn targets(o: &Opts) -> Vec<Target> {
             })
             .collect()
     };
+    // Where `from_ep_1`'s batches start among the plan's writes (the prefilter's come first).
+    let first_ep =
+        plan.objects.iter().take_while(|o| o.name != "from_ep_1").map(|o| o.writes.len()).sum::<usize>();
     for (name, other) in [("from_ep_1", "to_ep_1"), ("to_ep_1", "from_ep_1")] {
         let obj = plan.object(name).unwrap_or_else(|| panic!("the demo plan has {name}"));
         let other_obj = plan.object(other).unwrap_or_else(|| panic!("the demo plan has {other}"));
@@ -589,7 +592,11 @@ fn targets(o: &Opts) -> Vec<Target> {
             name: name.to_string(),
             kind: obj.kind,
             program: obj.program.clone(),
-            own_writes: if name == "from_ep_1" { (0..obj.writes.len()).collect() } else { Vec::new() },
+            own_writes: if name == "from_ep_1" {
+                (first_ep..first_ep + obj.writes.len()).collect()
+            } else {
+                Vec::new()
+            },
             specs: specs.clone(),
             writes: writes.clone(),
             inputs,

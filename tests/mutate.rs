@@ -1030,6 +1030,7 @@ fn main() {
         let chosen = if o.all { (0..insn_ms.len()).collect() } else { rng.sample(insn_ms.len(), o.sample) };
         let fp = mutate::program_fingerprint(&t.program);
         let mut tally = Tally { generated: insn_ms.len(), ..Tally::default() };
+        eprintln!("{}: {} instruction mutants", t.name, insn_ms.len());
 
         // Write mutants: a seeded sample over every byte of every update of the batches.
         let counts: Vec<(usize, usize)> =

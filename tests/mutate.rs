@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! cargo test --test mutate -- [--sample N] [--writes N] [--all] [--seed S] [--object NAME]
-//!                             [--inputs N] [--no-suite] [--kernel]
+//!                             [--inputs N] [--no-suite] [--kernel] [--insn I]
 //! ```
 //!
-//! `--object` takes a comma-separated list of object names.
+//! `--object` takes a comma-separated list of object names; `--insn I` takes only the
+//! mutants of instruction I (to recheck a survivor).
 //!
 //! For every generated program object (the prefilter, one endpoint's two programs, the tc
 //! load balancer, the eight socket-LB programs) it makes mutants of the instruction stream
@@ -59,6 +60,8 @@ struct Opts {
     inputs: usize,
     suite: bool,
     kernel: bool,
+    /// Only the instruction mutants of this instruction (to recheck a survivor).
+    insn: Option<usize>,
 }
 
 fn opts() -> Opts {
@@ -71,6 +74,7 @@ fn opts() -> Opts {
         inputs: 600,
         suite: true,
         kernel: false,
+        insn: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -82,6 +86,7 @@ fn opts() -> Opts {
             "--writes" => o.writes = num("--writes") as usize,
             "--seed" => o.seed = num("--seed"),
             "--inputs" => o.inputs = num("--inputs") as usize,
+            "--insn" => o.insn = Some(num("--insn") as usize),
             "--all" => o.all = true,
             "--no-suite" => o.suite = false,
             "--kernel" => o.kernel = true,
@@ -601,7 +606,13 @@ fn targets(o: &Opts) -> Vec<Target> {
             writes: writes.clone(),
             inputs,
             setup: vec![(other_obj.program.clone(), other_obj.kind, own(other))],
-            suite: &["endpoint_policy", "forwarding", "endpoint_services", "policy_datapath"],
+            suite: &[
+                "endpoint_reasons",
+                "endpoint_policy",
+                "forwarding",
+                "endpoint_services",
+                "policy_datapath",
+            ],
         });
     }
 
@@ -1027,7 +1038,11 @@ fn main() {
         eprintln!("{}: {} inputs, return values {:?}", t.name, t.inputs.len(), original.retvals);
         let mut rng = Lcg(o.seed ^ mutate::program_fingerprint(&t.program));
         let insn_ms: Vec<InsnMutant> = mutate::insn_mutants(&t.program);
-        let chosen = if o.all { (0..insn_ms.len()).collect() } else { rng.sample(insn_ms.len(), o.sample) };
+        let chosen: Vec<usize> = match o.insn {
+            Some(at) => (0..insn_ms.len()).filter(|&i| insn_ms[i].index == at).collect(),
+            None if o.all => (0..insn_ms.len()).collect(),
+            None => rng.sample(insn_ms.len(), o.sample),
+        };
         let fp = mutate::program_fingerprint(&t.program);
         let mut tally = Tally { generated: insn_ms.len(), ..Tally::default() };
         eprintln!("{}: {} instruction mutants", t.name, insn_ms.len());
@@ -1118,7 +1133,7 @@ fn main() {
                     eprintln!("  {}: {what}: killed by {by}", t.name);
                 }
                 (SuiteVerdict::Passed, true) => {
-                    eprintln!("  {}: {what}: SURVIVED", t.name);
+                    eprintln!("  {}: {what}: SURVIVED ({}={named})", t.name, mutate::ENV);
                     tally.survived += 1;
                     tally.survivors.push(what);
                 }

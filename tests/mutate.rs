@@ -944,12 +944,19 @@ enum SuiteVerdict {
     Passed,
 }
 
-fn run_suite(bins: &BTreeMap<String, PathBuf>, t: &Target, named: &Named, kernel: bool) -> SuiteVerdict {
+fn run_suite(
+    bins: &BTreeMap<String, PathBuf>,
+    t: &Target,
+    named: Option<&Named>,
+    kernel: bool,
+) -> SuiteVerdict {
     for b in t.suite {
         let mut cmd = Command::new(&bins[*b]);
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env(mutate::ENV, named.to_string())
-            .env("RUST_TEST_THREADS", "2")
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR")).env_remove(mutate::ENV);
+        if let Some(named) = named {
+            cmd.env(mutate::ENV, named.to_string());
+        }
+        cmd.env("RUST_TEST_THREADS", "2")
             .env_remove(sluice::sys::REQUIRE_KERNEL_ENV)
             .args(["-q", "--skip", SKIP]);
         // Without `--kernel` the kernel halves skip (they would load the mutant into the
@@ -1028,6 +1035,15 @@ fn main() {
         BTreeMap::new()
     };
     eprintln!("mutate: seed {:#x}, {} objects, suite {}", o.seed, targets.len(), o.suite);
+    // The suite must pass unmutated, or every mutant would look killed.
+    let mut baseline_done = BTreeSet::new();
+    for t in targets.iter().filter(|_| o.suite) {
+        if baseline_done.insert(t.suite) {
+            if let SuiteVerdict::Killed(by) = run_suite(&bins, t, None, o.kernel) {
+                panic!("the suite fails without a mutant: {by}");
+            }
+        }
+    }
     let mut table = Vec::new();
     for t in &targets {
         let started = Instant::now();
@@ -1123,7 +1139,8 @@ fn main() {
                     continue;
                 }
             };
-            let verdict = if o.suite { run_suite(&bins, t, &named, o.kernel) } else { SuiteVerdict::Passed };
+            let verdict =
+                if o.suite { run_suite(&bins, t, Some(&named), o.kernel) } else { SuiteVerdict::Passed };
             match (verdict, changed) {
                 (SuiteVerdict::Killed(by), _) => {
                     tally.killed += 1;

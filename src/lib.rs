@@ -17,6 +17,7 @@ pub mod lb;
 pub mod maps;
 pub mod model;
 pub mod monitor;
+pub mod mutate;
 pub mod netlink;
 pub mod node;
 pub mod packet;

@@ -386,7 +386,9 @@ pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Progra
         b.mov(Reg::R6, r as i32).mov(Reg::R7, verdict).ja("exit");
     }
     g.emit_exit(&mut b);
-    b.build().map_err(|source| CodegenError::Build { object: "endpoint", source })
+    b.build()
+        .map(crate::mutate::program_seam)
+        .map_err(|source| CodegenError::Build { object: "endpoint", source })
 }
 
 /// The template's per-endpoint constants: named parameters of the program
@@ -448,9 +450,10 @@ impl Templates {
             Direction::FromEndpoint => &self.from,
             Direction::ToEndpoint => &self.to,
         };
-        template
+        let program = template
             .bind_params(|name| param_value(name, ep, dir))
-            .expect("the templates mark only the parameters param_value knows, each fitting its immediate")
+            .expect("the templates mark only the parameters param_value knows, each fitting its immediate");
+        crate::mutate::program_seam(program)
     }
 }
 

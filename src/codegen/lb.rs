@@ -1055,7 +1055,7 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
         pass(&mut b, r);
     }
     emit_count_and_exit(&mut b, "exit", map::LB_STATS);
-    b.build().map_err(|source| CodegenError::Build { object: "lb", source })
+    b.build().map(crate::mutate::program_seam).map_err(|source| CodegenError::Build { object: "lb", source })
 }
 
 /// The maps the program uses: the load-balancing maps (with the `lb_hint` filters) and

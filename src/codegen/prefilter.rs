@@ -56,7 +56,7 @@ pub fn generate() -> Result<Program, CodegenError> {
         emit_verdict(&mut b, label(r), r as i32, r.verdict(), "count");
     }
     emit_count_and_exit(&mut b, "count", map::PF_STATS);
-    b.build().map_err(|source| CodegenError::Build { object: NAME, source })
+    b.build().map(crate::mutate::program_seam).map_err(|source| CodegenError::Build { object: NAME, source })
 }
 
 /// IPv4: check the header, then walk the DIR-16-8-8 tables with the source address.

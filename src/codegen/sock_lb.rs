@@ -137,7 +137,9 @@ pub fn generate(hook: SockAddrHook) -> Result<Program, CodegenError> {
         b.label("refuse").comment("no usable backend: the call fails with EPERM");
         b.mov(Reg::R0, 0).exit();
     }
-    b.build().map_err(|source| CodegenError::Build { object: name(hook), source })
+    b.build()
+        .map(crate::mutate::program_seam)
+        .map_err(|source| CodegenError::Build { object: name(hook), source })
 }
 
 /// Copy the socket's user address into 16 bytes at `r10 + at` (IPv4 mapped).

@@ -14,6 +14,10 @@ use super::{Result, SysError, Syscall};
 /// The environment variable that turns a skipped kernel test into a failure.
 pub const REQUIRE_KERNEL_ENV: &str = "SLUICE_REQUIRE_KERNEL";
 
+/// The environment variable that turns the kernel off for this process's tests
+/// (`SLUICE_NO_KERNEL=1`): the mutation harness runs the simulator tests alone with it.
+pub const NO_KERNEL_ENV: &str = "SLUICE_NO_KERNEL";
+
 /// Where the kernel lists the possible CPUs.
 const POSSIBLE_CPUS: &str = "/sys/devices/system/cpu/possible";
 
@@ -24,6 +28,9 @@ pub fn kernel_available() -> Result<(), String> {
 }
 
 fn probe() -> Result<(), String> {
+    if std::env::var(NO_KERNEL_ENV).is_ok_and(|v| v.trim() == "1") {
+        return Err(format!("{NO_KERNEL_ENV}=1 turns the kernel off"));
+    }
     let sys: Arc<dyn Syscall> = super::kernel();
     let spec = MapSpec::new("sluice_probe", MapKind::Array, 4, 4, 1);
     match Map::create(&sys, &spec) {

@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use attr::{attach_flags, attach_type, map_flags, prog_flags, sanitize_obj_name, test_run_flags, Attr};
-pub use gate::{kernel_available, possible_cpus, require_kernel};
+pub use gate::{kernel_available, possible_cpus, require_kernel, NO_KERNEL_ENV, REQUIRE_KERNEL_ENV};
 pub use info::{
     map_get_fd_by_id, map_info, map_next_id, prog_get_fd_by_id, prog_info, prog_next_id, MapInfo, ProgInfo,
 };

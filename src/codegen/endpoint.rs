@@ -81,7 +81,10 @@
 //! anti-spoofing: it uses link-local and unspecified sources.
 
 use super::kit;
-use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia, HAIRPIN_V4, HAIRPIN_V6};
+use super::lb::{
+    emit_hint_filter, emit_service_lb, Hint, HintAddr, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia,
+    HAIRPIN_V4, HAIRPIN_V6,
+};
 use super::{
     emit_ethernet, emit_skb_packet_pointers, ethertype, guard, CodegenError, EthLabels, ETH_HLEN, SKB_DATA,
     SKB_DATA_END,
@@ -318,6 +321,16 @@ fn copy_stack(b: &mut Builder, from: i16, to: i16, len: i16) {
         b.load(size, Reg::R1, Reg::R10, from + off).store(size, Reg::R10, to + off, Reg::R1);
         off += i16::from(size.bytes());
     }
+}
+
+/// Services: r1 = the context, r3 = the L3 (r7) and r4 = the L4 (r8) header offsets from
+/// `skb->data` (clobbers r2).
+fn emit_lb_offsets(b: &mut Builder) {
+    b.comment("services: r3 = L3, r4 = L4 header offsets from skb->data");
+    b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
+    b.load(Size::W, Reg::R2, Reg::R1, SKB_DATA);
+    b.mov(Reg::R3, Reg::R7).alu(AluOp::Sub, Reg::R3, Reg::R2);
+    b.mov(Reg::R4, Reg::R8).alu(AluOp::Sub, Reg::R4, Reg::R2);
 }
 
 /// Code generation switches.
@@ -1353,11 +1366,8 @@ impl Gen {
         b.ja(l("lb_l4"));
         b.label(l("lb_udp"));
         guard(b, Reg::R8, 8, &skip);
-        b.label(l("lb_l4")).comment("services: r3 = L3, r4 = L4 header offsets from skb->data");
-        b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
-        b.load(Size::W, Reg::R2, Reg::R1, SKB_DATA);
-        b.mov(Reg::R3, Reg::R7).alu(AluOp::Sub, Reg::R3, Reg::R2);
-        b.mov(Reg::R4, Reg::R8).alu(AluOp::Sub, Reg::R4, Reg::R2);
+        b.label(l("lb_l4"));
+        emit_lb_offsets(b);
         b.jmp(JmpCond::Gt, Reg::R4, 255, &skip);
         match self.dir {
             Direction::ToEndpoint => {
@@ -1366,6 +1376,27 @@ impl Gen {
                 b.ja(skip.as_str());
             }
             Direction::FromEndpoint => {
+                let (frame, no_service) = (l("lb_frame"), l("lb_no_service"));
+                b.comment("services: the frontend filter on the tuple before the frame is set up (a packet");
+                b.comment("to the hairpin address goes to its reply path, which checks its own filter)");
+                self.emit_to_hairpin(b, f, &frame, &l("lb_filter"));
+                emit_hint_filter(
+                    b,
+                    Hint::Frontend,
+                    self.hint_addr(f, FP_CT + f.daddr),
+                    FP_CT + f.dport,
+                    FP_FAM + 1,
+                    FP_KEY,
+                    &no_service,
+                );
+                b.ja(frame.as_str());
+                b.label(no_service.as_str());
+                b.comment("services: no frontend (its filter bit clear): counted, on to conntrack untouched");
+                b.mov(Reg::R6, crate::maps::lb::LbReason::PassNoService as i32);
+                self.emit_lb_count(b, &f.l("no_service"));
+                b.ja(f.l("conntrack"));
+                b.label(frame.as_str()).comment("services: the load balancer's frame");
+                emit_lb_offsets(b);
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L3, Reg::R3);
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R4);
                 b.store(Size::DW, Reg::R10, LB.base + LbFrame::CTX, Reg::R1);
@@ -1374,18 +1405,33 @@ impl Gen {
                 b.comment(
                     "services: to the hairpin address? the endpoint answers its own hairpinned connection",
                 );
-                if f.family == 4 {
-                    b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr);
-                    b.jmp32(JmpCond::Eq, Reg::R1, addr_word(&HAIRPIN_V4.octets(), 0), reply.as_str());
-                } else {
-                    for w in 0..4 {
-                        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr + 4 * w as i16);
-                        b.jmp32(JmpCond::Ne, Reg::R1, addr_word(&HAIRPIN_V6.octets(), w), forward.as_str());
-                    }
-                    b.ja(reply.as_str());
-                }
-                b.label(forward.as_str());
+                self.emit_to_hairpin(b, f, &reply, &forward);
             }
+        }
+    }
+
+    /// Jump to `yes` if the tuple's destination is the hairpin address of family `f`, else
+    /// go on at label `no` (defined here).
+    fn emit_to_hairpin(&self, b: &mut Builder, f: Fam, yes: &str, no: &str) {
+        if f.family == 4 {
+            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr);
+            b.jmp32(JmpCond::Eq, Reg::R1, addr_word(&HAIRPIN_V4.octets(), 0), yes);
+        } else {
+            for w in 0..4 {
+                b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr + 4 * w as i16);
+                b.jmp32(JmpCond::Ne, Reg::R1, addr_word(&HAIRPIN_V6.octets(), w), no);
+            }
+            b.ja(yes);
+        }
+        b.label(no);
+    }
+
+    /// The `lb_hint` form of the address of family `f` at stack offset `at` of the tuple.
+    fn hint_addr(&self, f: Fam, at: i16) -> HintAddr {
+        if f.family == 4 {
+            HintAddr::V4(at)
+        } else {
+            HintAddr::Mapped(at)
         }
     }
 
@@ -1444,7 +1490,8 @@ impl Gen {
     /// resume label, each made unique per family.
     fn emit_lb_call(&self, b: &mut Builder, f: Fam, paths: LbPaths, names: [&str; 4]) {
         let [prefix, done, tag, ok] = names.map(|n| f.l(n));
-        let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer };
+        let filtered = paths == LbPaths::ForwardOnly;
+        let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer, filtered };
         emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
         b.label(done.as_str());
         self.emit_lb_count(b, &tag);
@@ -1531,6 +1578,19 @@ impl Gen {
         b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
         b.jmp(JmpCond::Eq, Reg::R1, 0, "return_verdict");
+        b.comment("services: the backend filter on the tuple before the frame is set up");
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
+        b.jmp(JmpCond::Eq, Reg::R1, 6, "services_filter_v6");
+        for f in [V4, V6] {
+            if f.family == 6 {
+                b.label("services_filter_v6");
+            }
+            let (addr, port) = (self.hint_addr(f, FP_CT), FP_CT + f.sport);
+            emit_hint_filter(b, Hint::Backend, addr, port, FP_FAM + 1, FP_KEY, "services_reply_no_service");
+            b.ja("services_reply_frame");
+        }
+        b.label("services_reply_frame").comment("services: the load balancer's frame");
+        b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
         b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R1);
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS).store(
             Size::W,
@@ -1551,8 +1611,12 @@ impl Gen {
         b.label("services_reply_v6");
         self.emit_lb_tuple(b, V6);
         b.label("services_reply");
-        let options = LbOptions { conntrack: true, paths: LbPaths::ReplyOnly, reset: ResetVia::Egress };
+        let options =
+            LbOptions { conntrack: true, paths: LbPaths::ReplyOnly, reset: ResetVia::Egress, filtered: true };
         emit_service_lb(b, LB, LbLabels { prefix: "svc_", exit: "services_reply_done" }, options);
+        b.label("services_reply_no_service").comment("services: from no backend (its filter bit clear)");
+        let pass = crate::maps::lb::LbReason::PassNoService;
+        b.mov(Reg::R6, pass as i32).mov(Reg::R7, pass.verdict());
         b.label("services_reply_done");
         self.emit_lb_count(b, "reply");
         b.mov(Reg::R0, Reg::R7).exit();

@@ -105,7 +105,7 @@ use sluice_asm::helpers::{
     FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, REDIRECT, REDIRECT_NEIGH, RINGBUF_OUTPUT,
     SKB_SET_TUNNEL_KEY,
 };
-use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::SkBuff;
 
@@ -227,6 +227,13 @@ fn declare_frame(b: &mut Builder, options: Options) {
         LB.declare(b);
     }
 }
+
+/// How far past its lifetime a conntrack hit sets an entry's expiry (ns), so that the
+/// packets of the next second find it far enough out and leave it alone: an entry then
+/// lives at least its lifetime after its last packet and at most a second more (the
+/// granularity of Cilium's seconds clock), and a busy connection writes its expiry once a
+/// second instead of once a packet.
+const CT_REFRESH_GRACE_NS: i32 = 1_000_000_000;
 
 /// Fixed header lengths, as the guards and cursor moves use them.
 const V4_HLEN: i32 = ipv4::HEADER_LEN as i32;
@@ -880,13 +887,17 @@ impl Gen {
         b.mov(Reg::R9, Reg::R0);
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
         b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, l("ct_dead"));
+        b.comment("the shared entry is written only where it changes (a write makes every other");
+        b.comment("CPU's copy of its cache line stale): the reply flag once");
         b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_state"));
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::FLAGS as i16);
+        b.jmp(JmpCond::Set, Reg::R1, i32::from(ct_value::SEEN_REPLY), l("ct_state"));
         b.alu(AluOp::Or, Reg::R1, i32::from(ct_value::SEEN_REPLY));
         b.store(Size::B, Reg::R6, ct_value::FLAGS as i16, Reg::R1);
-        b.label(l("ct_state")).comment("advance the state; r1 = new state, r2 = its lifetime");
+        b.label(l("ct_state")).comment("advance the state; r1 = new state (r5 = old), r2 = its lifetime");
         b.load(Size::B, Reg::R3, Reg::R10, FP_MISC);
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::STATE as i16);
+        b.mov(Reg::R5, Reg::R1);
         b.jmp(JmpCond::Eq, Reg::R1, CtState::Open as i32, l("ct_open"));
         b.jmp(JmpCond::Set, Reg::R3, TCP_FIN | TCP_RST, l("ct_closing"));
         b.jmp(JmpCond::Eq, Reg::R1, CtState::Closing as i32, l("ct_closing_keep"));
@@ -910,18 +921,23 @@ impl Gen {
         b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, l("ct_store"));
         b.label(l("ct_open_icmp"));
         b.ld_imm64(Reg::R2, timeout::ICMP);
-        b.label(l("ct_store"));
+        b.label(l("ct_store")).comment("the state, if it changed");
+        b.jmp(JmpCond::Eq, Reg::R1, Reg::R5, l("ct_state_kept"));
         b.store(Size::B, Reg::R6, ct_value::STATE as i16, Reg::R1);
+        b.label(l("ct_state_kept"));
+        b.comment("the expiry: at least the lifetime from now, refreshed to lifetime + grace only when");
+        b.comment("it falls short or lies beyond that (a shorter lifetime): so at most once per grace");
         b.add(Reg::R2, Reg::R9);
+        b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
+        b.alu(AluOp::Sub, Reg::R1, Reg::R2);
+        b.jmp(JmpCond::Le, Reg::R1, CT_REFRESH_GRACE_NS, l("ct_refreshed"));
+        b.add(Reg::R2, CT_REFRESH_GRACE_NS);
         b.store(Size::DW, Reg::R6, ct_value::EXPIRES as i16, Reg::R2);
-        b.mov(Reg::R1, 1);
-        b.emit(Insn::Atomic {
-            size: Size::DW,
-            op: AtomicOp::Add { fetch: false },
-            base: Reg::R6,
-            off: ct_value::PACKETS as i16,
-            src: Reg::R1,
-        });
+        b.label(l("ct_refreshed"));
+        b.comment("count the packet: a plain add (the locked add cost 4 ns a packet, BENCHMARKS.md);");
+        b.comment("two CPUs adding at the same instant may lose one; nothing reads it as exact");
+        b.load(Size::DW, Reg::R1, Reg::R6, ct_value::PACKETS as i16);
+        b.add(Reg::R1, 1).store(Size::DW, Reg::R6, ct_value::PACKETS as i16, Reg::R1);
         b.mov(Reg::R7, Reason::AllowEstablished as i32).ja(l("allowed"));
         b.label(l("ct_dead")).comment("a dead entry: judge the packet as new");
         b.ja(l("new_connection"));
@@ -1142,13 +1158,15 @@ impl Gen {
             b.comment("services: none for hairpin traffic (its reason sorts after the drops)");
             b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, "return");
         }
+        b.comment("(the reason first: most packets, established ones, can produce none)");
+        b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, "event_drop");
+        b.jmp(JmpCond::Ne, Reg::R6, Reason::AllowNew as i32, "return");
+        b.mov(Reg::R3, 1).ja("event_kind");
+        b.label("event_drop");
+        b.mov(Reg::R3, 2);
+        b.label("event_kind");
         b.ld_map_value(Reg::R1, map::EV_CONFIG, 0);
         b.load(Size::W, Reg::R2, Reg::R1, ev_config::FLAGS as i16);
-        b.mov(Reg::R3, 2);
-        b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, "event_kind");
-        b.mov(Reg::R3, 1);
-        b.jmp(JmpCond::Ne, Reg::R6, Reason::AllowNew as i32, "return");
-        b.label("event_kind");
         b.alu(AluOp::And, Reg::R2, Reg::R3);
         b.jmp(JmpCond::Eq, Reg::R2, 0, "return");
         b.store(Size::B, Reg::R10, FP_EV + event::KIND as i16, Reg::R3);
@@ -1677,6 +1695,7 @@ impl Gen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_asm::Insn;
 
     #[test]
     fn templates_instantiate_to_the_generated_program() {

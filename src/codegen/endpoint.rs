@@ -228,13 +228,6 @@ fn declare_frame(b: &mut Builder, options: Options) {
     }
 }
 
-/// How far past its lifetime a conntrack hit sets an entry's expiry (ns), so that the
-/// packets of the next second find it far enough out and leave it alone: an entry then
-/// lives at least its lifetime after its last packet and at most a second more (the
-/// granularity of Cilium's seconds clock), and a busy connection writes its expiry once a
-/// second instead of once a packet.
-const CT_REFRESH_GRACE_NS: i32 = 1_000_000_000;
-
 /// Fixed header lengths, as the guards and cursor moves use them.
 const V4_HLEN: i32 = ipv4::HEADER_LEN as i32;
 const V6_HLEN: i32 = ipv6::HEADER_LEN as i32;
@@ -887,8 +880,8 @@ impl Gen {
         b.mov(Reg::R9, Reg::R0);
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
         b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, l("ct_dead"));
-        b.comment("the shared entry is written only where it changes (a write makes every other");
-        b.comment("CPU's copy of its cache line stale): the reply flag once");
+        b.comment("the reply flag and the state are written only when they change (a write makes");
+        b.comment("every other CPU's copy of the entry's cache line stale): the reply flag once");
         b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_state"));
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::FLAGS as i16);
         b.jmp(JmpCond::Set, Reg::R1, i32::from(ct_value::SEEN_REPLY), l("ct_state"));
@@ -924,16 +917,9 @@ impl Gen {
         b.label(l("ct_store")).comment("the state, if it changed");
         b.jmp(JmpCond::Eq, Reg::R1, Reg::R5, l("ct_state_kept"));
         b.store(Size::B, Reg::R6, ct_value::STATE as i16, Reg::R1);
-        b.label(l("ct_state_kept"));
-        b.comment("the expiry: at least the lifetime from now, refreshed to lifetime + grace only when");
-        b.comment("it falls short or lies beyond that (a shorter lifetime): so at most once per grace");
+        b.label(l("ct_state_kept")).comment("the expiry: the lifetime from now");
         b.add(Reg::R2, Reg::R9);
-        b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
-        b.alu(AluOp::Sub, Reg::R1, Reg::R2);
-        b.jmp(JmpCond::Le, Reg::R1, CT_REFRESH_GRACE_NS, l("ct_refreshed"));
-        b.add(Reg::R2, CT_REFRESH_GRACE_NS);
         b.store(Size::DW, Reg::R6, ct_value::EXPIRES as i16, Reg::R2);
-        b.label(l("ct_refreshed"));
         b.comment("count the packet: a plain add (the locked add cost 4 ns a packet, BENCHMARKS.md);");
         b.comment("two CPUs adding at the same instant may lose one; nothing reads it as exact");
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::PACKETS as i16);

@@ -81,7 +81,10 @@
 //! anti-spoofing: it uses link-local and unspecified sources.
 
 use super::kit;
-use super::lb::{emit_service_lb, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia, HAIRPIN_V4, HAIRPIN_V6};
+use super::lb::{
+    emit_hint_filter, emit_service_lb, Hint, HintAddr, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia,
+    HAIRPIN_V4, HAIRPIN_V6,
+};
 use super::{
     emit_ethernet, emit_skb_packet_pointers, ethertype, guard, CodegenError, EthLabels, ETH_HLEN, SKB_DATA,
     SKB_DATA_END,
@@ -102,7 +105,7 @@ use sluice_asm::helpers::{
     FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, REDIRECT, REDIRECT_NEIGH, RINGBUF_OUTPUT,
     SKB_SET_TUNNEL_KEY,
 };
-use sluice_asm::{AluOp, AtomicOp, Builder, Insn, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::SkBuff;
 
@@ -318,6 +321,16 @@ fn copy_stack(b: &mut Builder, from: i16, to: i16, len: i16) {
         b.load(size, Reg::R1, Reg::R10, from + off).store(size, Reg::R10, to + off, Reg::R1);
         off += i16::from(size.bytes());
     }
+}
+
+/// Services: r1 = the context, r3 = the L3 (r7) and r4 = the L4 (r8) header offsets from
+/// `skb->data` (clobbers r2).
+fn emit_lb_offsets(b: &mut Builder) {
+    b.comment("services: r3 = L3, r4 = L4 header offsets from skb->data");
+    b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
+    b.load(Size::W, Reg::R2, Reg::R1, SKB_DATA);
+    b.mov(Reg::R3, Reg::R7).alu(AluOp::Sub, Reg::R3, Reg::R2);
+    b.mov(Reg::R4, Reg::R8).alu(AluOp::Sub, Reg::R4, Reg::R2);
 }
 
 /// Code generation switches.
@@ -870,13 +883,17 @@ impl Gen {
         b.mov(Reg::R9, Reg::R0);
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
         b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, l("ct_dead"));
+        b.comment("the reply flag and the state are written only when they change (a write makes");
+        b.comment("every other CPU's copy of the entry's cache line stale): the reply flag once");
         b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_state"));
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::FLAGS as i16);
+        b.jmp(JmpCond::Set, Reg::R1, i32::from(ct_value::SEEN_REPLY), l("ct_state"));
         b.alu(AluOp::Or, Reg::R1, i32::from(ct_value::SEEN_REPLY));
         b.store(Size::B, Reg::R6, ct_value::FLAGS as i16, Reg::R1);
-        b.label(l("ct_state")).comment("advance the state; r1 = new state, r2 = its lifetime");
+        b.label(l("ct_state")).comment("advance the state; r1 = new state (r5 = old), r2 = its lifetime");
         b.load(Size::B, Reg::R3, Reg::R10, FP_MISC);
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::STATE as i16);
+        b.mov(Reg::R5, Reg::R1);
         b.jmp(JmpCond::Eq, Reg::R1, CtState::Open as i32, l("ct_open"));
         b.jmp(JmpCond::Set, Reg::R3, TCP_FIN | TCP_RST, l("ct_closing"));
         b.jmp(JmpCond::Eq, Reg::R1, CtState::Closing as i32, l("ct_closing_keep"));
@@ -900,18 +917,16 @@ impl Gen {
         b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, l("ct_store"));
         b.label(l("ct_open_icmp"));
         b.ld_imm64(Reg::R2, timeout::ICMP);
-        b.label(l("ct_store"));
+        b.label(l("ct_store")).comment("the state, if it changed");
+        b.jmp(JmpCond::Eq, Reg::R1, Reg::R5, l("ct_state_kept"));
         b.store(Size::B, Reg::R6, ct_value::STATE as i16, Reg::R1);
+        b.label(l("ct_state_kept")).comment("the expiry: the lifetime from now");
         b.add(Reg::R2, Reg::R9);
         b.store(Size::DW, Reg::R6, ct_value::EXPIRES as i16, Reg::R2);
-        b.mov(Reg::R1, 1);
-        b.emit(Insn::Atomic {
-            size: Size::DW,
-            op: AtomicOp::Add { fetch: false },
-            base: Reg::R6,
-            off: ct_value::PACKETS as i16,
-            src: Reg::R1,
-        });
+        b.comment("count the packet: a plain add (the locked add cost 4 ns a packet, BENCHMARKS.md);");
+        b.comment("two CPUs adding at the same instant may lose one; nothing reads it as exact");
+        b.load(Size::DW, Reg::R1, Reg::R6, ct_value::PACKETS as i16);
+        b.add(Reg::R1, 1).store(Size::DW, Reg::R6, ct_value::PACKETS as i16, Reg::R1);
         b.mov(Reg::R7, Reason::AllowEstablished as i32).ja(l("allowed"));
         b.label(l("ct_dead")).comment("a dead entry: judge the packet as new");
         b.ja(l("new_connection"));
@@ -1132,13 +1147,15 @@ impl Gen {
             b.comment("services: none for hairpin traffic (its reason sorts after the drops)");
             b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, "return");
         }
+        b.comment("(the reason first: most packets, established ones, can produce none)");
+        b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, "event_drop");
+        b.jmp(JmpCond::Ne, Reg::R6, Reason::AllowNew as i32, "return");
+        b.mov(Reg::R3, 1).ja("event_kind");
+        b.label("event_drop");
+        b.mov(Reg::R3, 2);
+        b.label("event_kind");
         b.ld_map_value(Reg::R1, map::EV_CONFIG, 0);
         b.load(Size::W, Reg::R2, Reg::R1, ev_config::FLAGS as i16);
-        b.mov(Reg::R3, 2);
-        b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, "event_kind");
-        b.mov(Reg::R3, 1);
-        b.jmp(JmpCond::Ne, Reg::R6, Reason::AllowNew as i32, "return");
-        b.label("event_kind");
         b.alu(AluOp::And, Reg::R2, Reg::R3);
         b.jmp(JmpCond::Eq, Reg::R2, 0, "return");
         b.store(Size::B, Reg::R10, FP_EV + event::KIND as i16, Reg::R3);
@@ -1356,11 +1373,8 @@ impl Gen {
         b.ja(l("lb_l4"));
         b.label(l("lb_udp"));
         guard(b, Reg::R8, 8, &skip);
-        b.label(l("lb_l4")).comment("services: r3 = L3, r4 = L4 header offsets from skb->data");
-        b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
-        b.load(Size::W, Reg::R2, Reg::R1, SKB_DATA);
-        b.mov(Reg::R3, Reg::R7).alu(AluOp::Sub, Reg::R3, Reg::R2);
-        b.mov(Reg::R4, Reg::R8).alu(AluOp::Sub, Reg::R4, Reg::R2);
+        b.label(l("lb_l4"));
+        emit_lb_offsets(b);
         b.jmp(JmpCond::Gt, Reg::R4, 255, &skip);
         match self.dir {
             Direction::ToEndpoint => {
@@ -1369,6 +1383,27 @@ impl Gen {
                 b.ja(skip.as_str());
             }
             Direction::FromEndpoint => {
+                let (frame, no_service) = (l("lb_frame"), l("lb_no_service"));
+                b.comment("services: the frontend filter on the tuple before the frame is set up (a packet");
+                b.comment("to the hairpin address goes to its reply path, which checks its own filter)");
+                self.emit_to_hairpin(b, f, &frame, &l("lb_filter"));
+                emit_hint_filter(
+                    b,
+                    Hint::Frontend,
+                    self.hint_addr(f, FP_CT + f.daddr),
+                    FP_CT + f.dport,
+                    FP_FAM + 1,
+                    FP_KEY,
+                    &no_service,
+                );
+                b.ja(frame.as_str());
+                b.label(no_service.as_str());
+                b.comment("services: no frontend (its filter bit clear): counted, on to conntrack untouched");
+                b.mov(Reg::R6, crate::maps::lb::LbReason::PassNoService as i32);
+                self.emit_lb_count(b, &f.l("no_service"));
+                b.ja(f.l("conntrack"));
+                b.label(frame.as_str()).comment("services: the load balancer's frame");
+                emit_lb_offsets(b);
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L3, Reg::R3);
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R4);
                 b.store(Size::DW, Reg::R10, LB.base + LbFrame::CTX, Reg::R1);
@@ -1377,18 +1412,33 @@ impl Gen {
                 b.comment(
                     "services: to the hairpin address? the endpoint answers its own hairpinned connection",
                 );
-                if f.family == 4 {
-                    b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr);
-                    b.jmp32(JmpCond::Eq, Reg::R1, addr_word(&HAIRPIN_V4.octets(), 0), reply.as_str());
-                } else {
-                    for w in 0..4 {
-                        b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr + 4 * w as i16);
-                        b.jmp32(JmpCond::Ne, Reg::R1, addr_word(&HAIRPIN_V6.octets(), w), forward.as_str());
-                    }
-                    b.ja(reply.as_str());
-                }
-                b.label(forward.as_str());
+                self.emit_to_hairpin(b, f, &reply, &forward);
             }
+        }
+    }
+
+    /// Jump to `yes` if the tuple's destination is the hairpin address of family `f`, else
+    /// go on at label `no` (defined here).
+    fn emit_to_hairpin(&self, b: &mut Builder, f: Fam, yes: &str, no: &str) {
+        if f.family == 4 {
+            b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr);
+            b.jmp32(JmpCond::Eq, Reg::R1, addr_word(&HAIRPIN_V4.octets(), 0), yes);
+        } else {
+            for w in 0..4 {
+                b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr + 4 * w as i16);
+                b.jmp32(JmpCond::Ne, Reg::R1, addr_word(&HAIRPIN_V6.octets(), w), no);
+            }
+            b.ja(yes);
+        }
+        b.label(no);
+    }
+
+    /// The `lb_hint` form of the address of family `f` at stack offset `at` of the tuple.
+    fn hint_addr(&self, f: Fam, at: i16) -> HintAddr {
+        if f.family == 4 {
+            HintAddr::V4(at)
+        } else {
+            HintAddr::Mapped(at)
         }
     }
 
@@ -1447,7 +1497,8 @@ impl Gen {
     /// resume label, each made unique per family.
     fn emit_lb_call(&self, b: &mut Builder, f: Fam, paths: LbPaths, names: [&str; 4]) {
         let [prefix, done, tag, ok] = names.map(|n| f.l(n));
-        let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer };
+        let filtered = paths == LbPaths::ForwardOnly;
+        let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer, filtered };
         emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
         b.label(done.as_str());
         self.emit_lb_count(b, &tag);
@@ -1534,6 +1585,19 @@ impl Gen {
         b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
         b.jmp(JmpCond::Eq, Reg::R1, 0, "return_verdict");
+        b.comment("services: the backend filter on the tuple before the frame is set up");
+        b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
+        b.jmp(JmpCond::Eq, Reg::R1, 6, "services_filter_v6");
+        for f in [V4, V6] {
+            if f.family == 6 {
+                b.label("services_filter_v6");
+            }
+            let (addr, port) = (self.hint_addr(f, FP_CT), FP_CT + f.sport);
+            emit_hint_filter(b, Hint::Backend, addr, port, FP_FAM + 1, FP_KEY, "services_reply_no_service");
+            b.ja("services_reply_frame");
+        }
+        b.label("services_reply_frame").comment("services: the load balancer's frame");
+        b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
         b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R1);
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS).store(
             Size::W,
@@ -1554,8 +1618,12 @@ impl Gen {
         b.label("services_reply_v6");
         self.emit_lb_tuple(b, V6);
         b.label("services_reply");
-        let options = LbOptions { conntrack: true, paths: LbPaths::ReplyOnly, reset: ResetVia::Egress };
+        let options =
+            LbOptions { conntrack: true, paths: LbPaths::ReplyOnly, reset: ResetVia::Egress, filtered: true };
         emit_service_lb(b, LB, LbLabels { prefix: "svc_", exit: "services_reply_done" }, options);
+        b.label("services_reply_no_service").comment("services: from no backend (its filter bit clear)");
+        let pass = crate::maps::lb::LbReason::PassNoService;
+        b.mov(Reg::R6, pass as i32).mov(Reg::R7, pass.verdict());
         b.label("services_reply_done");
         self.emit_lb_count(b, "reply");
         b.mov(Reg::R0, Reg::R7).exit();
@@ -1616,6 +1684,7 @@ impl Gen {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_asm::Insn;
 
     #[test]
     fn templates_instantiate_to_the_generated_program() {

@@ -245,11 +245,17 @@ pub struct LbOptions {
     pub paths: LbPaths,
     /// Where a no-backend reset goes.
     pub reset: ResetVia,
+    /// The caller has checked the `lb_hint` filter of its path already ([`emit_hint_filter`]:
+    /// the frontend bit for [`LbPaths::ForwardOnly`], the backend bit for
+    /// [`LbPaths::ReplyOnly`]) and calls only when it is set, so that a packet that is not
+    /// service traffic pays neither the frame's set-up nor a second check. Ignored by the
+    /// other paths (they check their own filters).
+    pub filtered: bool,
 }
 
 impl Default for LbOptions {
     fn default() -> LbOptions {
-        LbOptions { conntrack: true, paths: LbPaths::Both, reset: ResetVia::Egress }
+        LbOptions { conntrack: true, paths: LbPaths::Both, reset: ResetVia::Egress, filtered: false }
     }
 }
 
@@ -309,7 +315,9 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
 
     // (c) the frontend.
     b.label(p("service"));
-    emit_hint_check(b, f, Hint::Frontend, &verdict_label(LbReason::PassNoService));
+    if !(o.filtered && o.paths == LbPaths::ForwardOnly) {
+        emit_hint_check(b, f, Hint::Frontend, &verdict_label(LbReason::PassNoService));
+    }
     b.comment("lb: the frontend: lb_svc[daddr, dport, proto]");
     let s = |off: usize| f.at(LbFrame::SVC) + off as i16;
     for half in [0i16, 8] {
@@ -455,7 +463,9 @@ fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
     let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
     let mut sites = vec![LbReason::PassNoService];
     if o.conntrack {
-        emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
+        if !(o.filtered && o.paths == LbPaths::ReplyOnly) {
+            emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
+        }
         emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
         emit_rewrites(b, f, l, None, Some(&p("snat")), o.paths == LbPaths::HairpinReply);
         sites.push(LbReason::RewriteFailed);
@@ -756,21 +766,40 @@ fn emit_store_hairpin(b: &mut Builder, f: LbFrame, at: i16, tag: &str) {
 
 /// Which `lb_hint` filter a check reads, and the tuple fields it hashes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hint {
+pub enum Hint {
     /// (daddr, dport, proto): is the destination a frontend?
     Frontend,
     /// (saddr, sport, proto): is the source a backend?
     Backend,
 }
 
-/// `r1 =` [`hint_bit`] of the 16-byte address at stack offset `addr`, the network-order
-/// port at `port` and the protocol byte at `proto` (32-bit arithmetic, as the Rust
-/// definition; clobbers r2).
-fn emit_hint_bit(b: &mut Builder, addr: i16, port: i16, proto: i16) {
-    b.mov32(Reg::R1, 0);
-    for word in [0i16, 4, 8, 12] {
-        b.load(Size::W, Reg::R2, Reg::R10, addr + word);
-        b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
+/// Where [`emit_hint_bit`] reads an address on the stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintAddr {
+    /// 16 bytes, IPv4-mapped for IPv4 (the load balancer's tuple).
+    Mapped(i16),
+    /// An IPv4 address, 4 bytes as the packet carries it (an endpoint's conntrack tuple):
+    /// its IPv4-mapped form's words are 0, 0, [`V4_MAPPED_WORD`] and the address, so they
+    /// fold to `V4_MAPPED_WORD ^ address`.
+    V4(i16),
+}
+
+/// `r1 =` [`hint_bit`] of the address `addr`, the network-order port at stack offset
+/// `port` and the protocol byte at `proto` (32-bit arithmetic, as the Rust definition;
+/// clobbers r2).
+fn emit_hint_bit(b: &mut Builder, addr: HintAddr, port: i16, proto: i16) {
+    match addr {
+        HintAddr::Mapped(at) => {
+            b.mov32(Reg::R1, 0);
+            for word in [0i16, 4, 8, 12] {
+                b.load(Size::W, Reg::R2, Reg::R10, at + word);
+                b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
+            }
+        }
+        HintAddr::V4(at) => {
+            b.load(Size::W, Reg::R1, Reg::R10, at);
+            b.alu32(AluOp::Xor, Reg::R1, V4_MAPPED_WORD as i32);
+        }
     }
     b.load(Size::H, Reg::R2, Reg::R10, port);
     b.alu32(AluOp::Xor, Reg::R1, Reg::R2);
@@ -781,21 +810,30 @@ fn emit_hint_bit(b: &mut Builder, addr: i16, port: i16, proto: i16) {
     b.alu32(AluOp::Rsh, Reg::R1, (32 - hint::LOG2_BITS) as i32);
 }
 
-/// The negative filter: go to `clear` unless the `lb_hint` bit of the tuple's frontend
-/// (resp. backend) side is set. The lookup of a constant key in an array is inlined by the
-/// kernel's verifier (no helper call); the byte index is masked to the bitmap. Clobbers
-/// r0-r6 and the [`LbFrame::SLOT`] slot.
-fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
-    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    let (key, addr, port, what) = match which {
-        Hint::Frontend => (hint::FRONTEND, t(ct_key::DADDR), t(ct_key::DPORT), "frontend? lb_hint[FRONTEND]"),
-        Hint::Backend => (hint::BACKEND, t(ct_key::SADDR), t(ct_key::SPORT), "backend? lb_hint[BACKEND]"),
+/// The negative filter: go to `clear` unless the `lb_hint` bit `which` of (`addr`, the
+/// port at `port`, the protocol byte at `proto`) is set. The lookup (its key written to
+/// the 4-byte stack slot `key`) is an array's and the kernel's verifier inlines it (no
+/// helper call); the byte index is masked to the bitmap. A caller may run it on its own
+/// tuple before it sets up the load balancer's frame ([`LbOptions::filtered`]).
+/// Clobbers r0-r6.
+pub fn emit_hint_filter(
+    b: &mut Builder,
+    which: Hint,
+    addr: HintAddr,
+    port: i16,
+    proto: i16,
+    key: i16,
+    clear: &str,
+) {
+    let (element, what) = match which {
+        Hint::Frontend => (hint::FRONTEND, "frontend? lb_hint[FRONTEND]"),
+        Hint::Backend => (hint::BACKEND, "backend? lb_hint[BACKEND]"),
     };
     b.comment(format!("lb: a {what} bit h(addr, port, proto); clear: no entry (no hash lookup)"));
-    emit_hint_bit(b, addr, port, t(ct_key::PROTO));
+    emit_hint_bit(b, addr, port, proto);
     b.mov(Reg::R6, Reg::R1);
-    b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT), key as i32);
-    kit::map_lookup(b, map::LB_HINT, f.at(LbFrame::SLOT));
+    b.store(Size::W, Reg::R10, key, element as i32);
+    kit::map_lookup(b, map::LB_HINT, key);
     b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
     b.add(Reg::R0, Reg::R1);
@@ -803,6 +841,16 @@ fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
     b.alu(AluOp::And, Reg::R6, 7);
     b.alu(AluOp::Rsh, Reg::R1, Reg::R6).alu(AluOp::And, Reg::R1, 1);
     b.jmp(JmpCond::Eq, Reg::R1, 0, clear);
+}
+
+/// [`emit_hint_filter`] on the frame's tuple (the [`LbFrame::SLOT`] slot for the key).
+fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
+    let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
+    let (addr, port) = match which {
+        Hint::Frontend => (t(ct_key::DADDR), t(ct_key::DPORT)),
+        Hint::Backend => (t(ct_key::SADDR), t(ct_key::SPORT)),
+    };
+    emit_hint_filter(b, which, HintAddr::Mapped(addr), port, t(ct_key::PROTO), f.at(LbFrame::SLOT), clear);
 }
 
 /// Copy the 16-byte address and 2-byte port of the map value in r0 to [`LbFrame::NEW`].
@@ -1102,7 +1150,7 @@ mod tests {
         for paths in [LbPaths::Both, LbPaths::ForwardOnly, LbPaths::ReplyOnly, LbPaths::HairpinReply] {
             for reset in [ResetVia::Egress, ResetVia::Peer] {
                 for conntrack in [true, false] {
-                    let o = LbOptions { conntrack, paths, reset };
+                    let o = LbOptions { conntrack, paths, reset, filtered: false };
                     let prog = generate_with(o).expect("generates");
                     let kind = sluice_verifier_sim::spec::ProgKind::SchedCls;
                     if let Err(e) = sluice_verifier_sim::verifier::verify(&prog, kind, &specs) {
@@ -1153,23 +1201,32 @@ mod tests {
         for addr in addrs {
             for port in [0u16, 80, 443, 8080, 0xff01] {
                 for proto in [6u8, 17, 132] {
-                    let mut b = Builder::new();
+                    // The 16-byte form (the load balancer's tuple) and, for IPv4, the
+                    // 4-byte one (an endpoint's conntrack tuple).
                     let key = crate::maps::fwd::addr_key(addr);
-                    for (i, w) in key.chunks_exact(4).enumerate() {
-                        let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                        b.store(Size::W, Reg::R10, -40 + 4 * i as i16, word as i32);
+                    let mut forms = vec![(HintAddr::Mapped(-40), key.to_vec())];
+                    if let IpAddr::V4(v4) = addr {
+                        forms.push((HintAddr::V4(-40), v4.octets().to_vec()));
                     }
-                    b.store(Size::H, Reg::R10, -24, i32::from(u16::from_le_bytes(port.to_be_bytes())));
-                    b.store(Size::B, Reg::R10, -22, i32::from(proto));
-                    emit_hint_bit(&mut b, -40, -24, -22);
-                    b.mov(Reg::R0, Reg::R1).exit();
-                    let prog = b.build().expect("builds");
-                    let out = sluice_verifier_sim::exec::run_tc(&prog, &[0u8; 64], &mut maps).expect("runs");
-                    assert_eq!(
-                        out.retval,
-                        u64::from(hint_bit(addr, port, proto)),
-                        "{addr} port {port} proto {proto}"
-                    );
+                    for (form, bytes) in forms {
+                        let mut b = Builder::new();
+                        for (i, w) in bytes.chunks_exact(4).enumerate() {
+                            let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                            b.store(Size::W, Reg::R10, -40 + 4 * i as i16, word as i32);
+                        }
+                        b.store(Size::H, Reg::R10, -24, i32::from(u16::from_le_bytes(port.to_be_bytes())));
+                        b.store(Size::B, Reg::R10, -22, i32::from(proto));
+                        emit_hint_bit(&mut b, form, -24, -22);
+                        b.mov(Reg::R0, Reg::R1).exit();
+                        let prog = b.build().expect("builds");
+                        let out =
+                            sluice_verifier_sim::exec::run_tc(&prog, &[0u8; 64], &mut maps).expect("runs");
+                        assert_eq!(
+                            out.retval,
+                            u64::from(hint_bit(addr, port, proto)),
+                            "{addr} ({form:?}) port {port} proto {proto}"
+                        );
+                    }
                 }
             }
         }

@@ -1383,27 +1383,9 @@ impl Gen {
                 b.ja(skip.as_str());
             }
             Direction::FromEndpoint => {
-                let (frame, no_service) = (l("lb_frame"), l("lb_no_service"));
-                b.comment("services: the frontend filter on the tuple before the frame is set up (a packet");
-                b.comment("to the hairpin address goes to its reply path, which checks its own filter)");
-                self.emit_to_hairpin(b, f, &frame, &l("lb_filter"));
-                emit_hint_filter(
-                    b,
-                    Hint::Frontend,
-                    self.hint_addr(f, FP_CT + f.daddr),
-                    FP_CT + f.dport,
-                    FP_FAM + 1,
-                    FP_KEY,
-                    &no_service,
-                );
-                b.ja(frame.as_str());
-                b.label(no_service.as_str());
-                b.comment("services: no frontend (its filter bit clear): counted, on to conntrack untouched");
-                b.mov(Reg::R6, crate::maps::lb::LbReason::PassNoService as i32);
-                self.emit_lb_count(b, &f.l("no_service"));
-                b.ja(f.l("conntrack"));
-                b.label(frame.as_str()).comment("services: the load balancer's frame");
-                emit_lb_offsets(b);
+                // The frontend filter runs inside the load balancer (its own check): an
+                // early filter here saved a few stores per non-service packet but cost the
+                // verifier a third more states on this program (node start time).
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L3, Reg::R3);
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R4);
                 b.store(Size::DW, Reg::R10, LB.base + LbFrame::CTX, Reg::R1);
@@ -1497,7 +1479,8 @@ impl Gen {
     /// resume label, each made unique per family.
     fn emit_lb_call(&self, b: &mut Builder, f: Fam, paths: LbPaths, names: [&str; 4]) {
         let [prefix, done, tag, ok] = names.map(|n| f.l(n));
-        let filtered = paths == LbPaths::ForwardOnly;
+        // The forward path checks its own frontend filter (see emit_lb_step).
+        let filtered = false;
         let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer, filtered };
         emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
         b.label(done.as_str());

@@ -677,3 +677,44 @@ fn id_less_icmp_messages_are_not_each_others_replies() {
     }
     assert!(bad.is_empty(), "id-less ICMP:\n{}", bad.join("\n"));
 }
+
+/// A later fragment passes on its first fragment's verdict only while reassembly could
+/// still be going on (about 32 s; Linux's `ipfrag_time` is 30 s): an id seen long ago
+/// opens nothing.
+#[test]
+fn later_fragments_expire_on_the_simulator_clock() {
+    let mut rig = Rig::new("later_fragments_expire_on_the_simulator_clock", EXPIRY);
+    rig.kernel = None; // The simulator clock is this test's.
+    let (api, world) = ([10, 7, 0, 2], [203, 0, 113, 9]);
+    let mac = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let first = |id: u16| {
+        sluice::packet::PacketBuilder::ethernet(mac.0, mac.1)
+            .ipv4(api.into(), world.into())
+            .ident(id)
+            .ipv4_fragment(0, true)
+            .udp(5454, 53)
+            .payload(&[0u8; 32])
+            .build()
+    };
+    let later = |id: u16| {
+        sluice::packet::PacketBuilder::ethernet(mac.0, mac.1)
+            .ipv4(api.into(), world.into())
+            .ident(id)
+            .ipv4_fragment(5, false)
+            .raw_l4(17, &[0u8; 16])
+            .build()
+    };
+    let mut bad = Vec::new();
+    for (what, frame, at, want) in [
+        ("first fragment of datagram 1", first(1), T0, TC_ACT_OK),
+        ("its later fragment 20 s on", later(1), T0 + 20 * SECOND, TC_ACT_OK),
+        ("first fragment of datagram 2", first(2), T0, TC_ACT_OK),
+        ("its later fragment 40 s on", later(2), T0 + 40 * SECOND, TC_ACT_SHOT),
+    ] {
+        let (got, _) = rig.run("from_ep_1", &frame, at);
+        if got != want as u32 {
+            bad.push(format!("  {what}: expected {want}, got {got}"));
+        }
+    }
+    assert!(bad.is_empty(), "fragments:\n{}", bad.join("\n"));
+}

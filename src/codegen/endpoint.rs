@@ -95,6 +95,7 @@ use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
+use crate::maps::policy::{frag_value, FRAG_CLOCK_SHIFT, FRAG_TIMEOUT_UNITS};
 use crate::maps::policy::{pol_epdir, pol_fold_const, pol_slot, POL_LIST, POL_OVERFLOW, POL_SLOTS};
 use crate::maps::prefilter::V6_HASH_MUL;
 use crate::packet::ethernet::field as ethernet;
@@ -828,10 +829,16 @@ impl Gen {
     }
 
     fn emit_later_fragment(&self, b: &mut Builder, f: Fam) {
-        b.label(f.l("later_fragment")).comment("a later fragment: the first fragment's verdict");
+        b.label(f.l("later_fragment"))
+            .comment("a later fragment: the first fragment's verdict, while it lasts");
         kit::map_lookup(b, f.frag, FP_FRAG);
         b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyFragment));
-        b.load(Size::B, Reg::R1, Reg::R0, 0);
+        b.mov(Reg::R6, Reg::R0);
+        b.call(KTIME_GET_COARSE_NS);
+        b.alu(AluOp::Rsh, Reg::R0, FRAG_CLOCK_SHIFT);
+        b.load(Size::W, Reg::R1, Reg::R6, frag_value::EXPIRES as i16);
+        b.jmp(JmpCond::Gt, Reg::R0, Reg::R1, label(Reason::DenyFragment));
+        b.load(Size::B, Reg::R1, Reg::R6, frag_value::VERDICT as i16);
         b.jmp(JmpCond::Eq, Reg::R1, 1, label(Reason::AllowFragment));
         b.ja(label(Reason::DenyFragment));
     }
@@ -1125,7 +1132,10 @@ impl Gen {
         b.label(l("allowed")).comment("a first fragment leaves its verdict for the rest; r7 = reason");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC + 1);
         b.jmp(JmpCond::Eq, Reg::R1, 0, l("allowed_reason"));
-        b.store(Size::DW, Reg::R10, FP_CTV, 1);
+        b.call(KTIME_GET_COARSE_NS);
+        b.alu(AluOp::Rsh, Reg::R0, FRAG_CLOCK_SHIFT).add(Reg::R0, FRAG_TIMEOUT_UNITS);
+        b.store(Size::W, Reg::R10, FP_CTV + frag_value::EXPIRES as i16, Reg::R0);
+        b.store(Size::W, Reg::R10, FP_CTV + frag_value::VERDICT as i16, 1);
         kit::map_update(b, f.frag, FP_FRAG, FP_CTV, 0);
         b.label(l("allowed_reason"));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, label(Reason::AllowUnenforced));

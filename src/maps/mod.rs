@@ -155,6 +155,7 @@ mod layout_tests {
         no_implicit_padding::<policy::Event>("Event");
         no_implicit_padding::<policy::EvConfig>("EvConfig");
         no_implicit_padding::<policy::EvBudget>("EvBudget");
+        no_implicit_padding::<policy::FragValue>("FragValue");
         no_implicit_padding::<fwd::LxcValue>("LxcValue");
         no_implicit_padding::<fwd::TunnelKey>("TunnelKey");
         no_implicit_padding::<fwd::TunnelValue>("TunnelValue");

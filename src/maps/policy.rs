@@ -146,6 +146,24 @@ pub enum CtState {
     Closing = 3,
 }
 
+layout! {
+    /// A `frag4`/`frag6` value: the first fragment's verdict and until when later
+    /// fragments may follow it, in coarse-clock units of 2^[`FRAG_CLOCK_SHIFT`] ns (a u32 of
+    /// them lasts 146 years of uptime).
+    pub struct FragValue in frag_value {
+        /// 1: the first fragment was allowed.
+        verdict: u8 => VERDICT,
+        _pad: [u8; 3],
+        expires: u32 => EXPIRES,
+    }
+}
+
+/// Fragment expiry clock: `bpf_ktime_get_coarse_ns() >> FRAG_CLOCK_SHIFT` (~1.07 s units).
+pub const FRAG_CLOCK_SHIFT: i32 = 30;
+/// Later fragments are accepted for this many clock units after the first (~32 s; Linux
+/// reassembles for `ipfrag_time`, 30 s by default).
+pub const FRAG_TIMEOUT_UNITS: i32 = 30;
+
 /// Timeouts in nanoseconds.
 pub mod timeout {
     pub const TCP_SYN: u64 = 60_000_000_000;
@@ -315,8 +333,8 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
         MapDef::of::<Ct6Key, CtValue>(map::CT6, LruHash, cap.ct, 0),
         // Fragment keys are conntrack keys with the fragment id in the ports; the value is
         // the first fragment's ports.
-        MapDef::of::<Ct4Key, u64>(map::FRAG4, LruHash, 8192, 0),
-        MapDef::of::<Ct6Key, u64>(map::FRAG6, LruHash, 8192, 0),
+        MapDef::of::<Ct4Key, FragValue>(map::FRAG4, LruHash, 8192, 0),
+        MapDef::of::<Ct6Key, FragValue>(map::FRAG6, LruHash, 8192, 0),
         MapDef::of::<u32, u64>(map::EP_STATS, PerCpuArray, cap.endpoints * Reason::COUNT, 0),
         MapDef::of::<(), ()>(map::EVENTS, RingBuf, 1 << 18, 0),
         MapDef::of::<u32, EvConfig>(map::EV_CONFIG, Array, 1, 0),

@@ -95,7 +95,7 @@ use crate::maps::policy::{
     ct4_key, ct6_key, ct_value, ep_config, ev_budget, ev_config, event, policy_key, policy_value, timeout,
     CtState, Reason, EGRESS, INGRESS, IPC_CHILD, TC_ACT_OK, TC_ACT_SHOT, WORLD,
 };
-use crate::maps::policy::{frag_value, FRAG_CLOCK_SHIFT, FRAG_TIMEOUT_UNITS};
+use crate::maps::policy::{frag_value, CtValue, PolicyKey, FRAG_CLOCK_SHIFT, FRAG_TIMEOUT_UNITS};
 use crate::maps::policy::{pol_epdir, pol_fold_const, pol_slot, POL_LIST, POL_OVERFLOW, POL_SLOTS};
 use crate::maps::prefilter::V6_HASH_MUL;
 use crate::packet::ethernet::field as ethernet;
@@ -189,29 +189,8 @@ fn declare_frame(b: &mut Builder, options: Options) {
     b.stack_slot("key", FP_KEY, 4);
     b.stack_slot("tuple", FP_CT, key(ct6_key::SIZE));
     b.stack_slot("tuple_reply", FP_CTR, key(ct6_key::SIZE));
-    b.stack_slot("policy_key", FP_POL, key(policy_key::SIZE));
-    for (name, at, size) in [
-        ("policy_key.prefixlen", policy_key::PREFIXLEN, 4),
-        ("policy_key.ep", policy_key::EP, 2),
-        ("policy_key.dir", policy_key::DIR, 2),
-        ("policy_key.identity", policy_key::IDENTITY, 4),
-        ("policy_key.proto", policy_key::PROTO, 2),
-        ("policy_key.port", policy_key::PORT, 2),
-    ] {
-        b.stack_slot(name, FP_POL + at as i16, size);
-    }
-    b.stack_slot("ct_value", FP_CTV, key(ct_value::SIZE));
-    for (name, at, size) in [
-        ("ct_value.expires", ct_value::EXPIRES, 8),
-        ("ct_value.state", ct_value::STATE, 1),
-        ("ct_value.flags", ct_value::FLAGS, 1),
-        ("ct_value.proxy_port", ct_value::PROXY_PORT, 2),
-        ("ct_value.rev_nat", ct_value::REV_NAT, 4),
-        ("ct_value.backend", ct_value::BACKEND, 8),
-        ("ct_value.packets", ct_value::PACKETS, 8),
-    ] {
-        b.stack_slot(name, FP_CTV + at as i16, size);
-    }
+    kit::stack_layout::<PolicyKey>(b, "policy_key", FP_POL);
+    kit::stack_layout::<CtValue>(b, "ct_value", FP_CTV);
     b.stack_slot("frag_key", FP_FRAG, key(ct6_key::SIZE));
     b.stack_slot("tcp_flags", FP_MISC, 1);
     b.stack_slot("more_fragments", FP_MISC + 1, 1);
@@ -1128,7 +1107,7 @@ impl Gen {
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::EXPIRES as i16, Reg::R0);
         b.store(Size::B, Reg::R10, FP_CTV + ct_value::STATE as i16, Reg::R1);
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::PACKETS as i16, 1);
-        kit::map_update(b, f.ct, FP_CT, FP_CTV, 0);
+        kit::map_update(b, f.ct, FP_CT, FP_CTV, kit::BPF_ANY);
         b.label(l("allowed")).comment("a first fragment leaves its verdict for the rest; r7 = reason");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC + 1);
         b.jmp(JmpCond::Eq, Reg::R1, 0, l("allowed_reason"));
@@ -1136,7 +1115,7 @@ impl Gen {
         b.alu(AluOp::Rsh, Reg::R0, FRAG_CLOCK_SHIFT).add(Reg::R0, FRAG_TIMEOUT_UNITS);
         b.store(Size::W, Reg::R10, FP_CTV + frag_value::EXPIRES as i16, Reg::R0);
         b.store(Size::W, Reg::R10, FP_CTV + frag_value::VERDICT as i16, 1);
-        kit::map_update(b, f.frag, FP_FRAG, FP_CTV, 0);
+        kit::map_update(b, f.frag, FP_FRAG, FP_CTV, kit::BPF_ANY);
         b.label(l("allowed_reason"));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, label(Reason::AllowUnenforced));
         b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowEstablished as i32, label(Reason::AllowEstablished));

@@ -5,13 +5,11 @@
 //! helper's answer in `r0`; keys and values are stack slots given as offsets from `r10`.
 
 use crate::lb::hash::FLOW_HASH_MIX;
-use sluice_asm::helpers::{MAP_DELETE_ELEM, MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
+use sluice_asm::helpers::{MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
 use sluice_asm::{AluOp, Builder, Reg};
 
 /// `BPF_ANY`: create or replace.
 pub const BPF_ANY: i32 = 0;
-/// `BPF_NOEXIST`: create only.
-pub const BPF_NOEXIST: i32 = 1;
 
 /// `r0 = map_lookup_elem(map, r10 + key)`.
 pub fn map_lookup(b: &mut Builder, map: &str, key: i16) {
@@ -29,13 +27,6 @@ pub fn map_update(b: &mut Builder, map: &str, key: i16, value: i16, flags: i32) 
     b.call(MAP_UPDATE_ELEM);
 }
 
-/// `r0 = map_delete_elem(map, r10 + key)`.
-pub fn map_delete(b: &mut Builder, map: &str, key: i16) {
-    b.ld_map(Reg::R1, map);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(key));
-    b.call(MAP_DELETE_ELEM);
-}
-
 /// One word of [`crate::lb::hash::flow_hash`]: `h = (h ^ w) * MIX; h ^= h >> 15`, in
 /// 32-bit operations (`tmp` is clobbered).
 pub fn flow_hash_word(b: &mut Builder, h: Reg, w: Reg, tmp: Reg) {
@@ -50,5 +41,14 @@ pub fn fmix32(b: &mut Builder, h: Reg, tmp: Reg) {
         if let Some(m) = mul {
             b.alu32(AluOp::Mul, h, m as i32);
         }
+    }
+}
+
+/// Name a stack copy of layout `T` at `r10 + off` for the listing: the whole as `name`, each
+/// field (padding left out) as `name.field`.
+pub fn stack_layout<T: crate::maps::Layout>(b: &mut Builder, name: &str, off: i16) {
+    b.stack_slot(name, off, std::mem::size_of::<T>() as u16);
+    for f in T::FIELDS.iter().filter(|f| !f.name.starts_with('_')) {
+        b.stack_slot(format!("{name}.{}", f.name), off + f.off as i16, f.size as u16);
     }
 }

@@ -226,16 +226,17 @@ fn sim(path: &Path, pcap: &Path, quiet: bool) -> Result<ExitCode> {
 }
 
 fn load_cmd(path: &Path, pin_dir: &Path, wait: Wait) -> Result<ExitCode> {
-    for warning in model::warnings(&model::load_file(path)?) {
+    let cfg = model::load_file(path)?;
+    for warning in model::warnings(&cfg) {
         eprintln!("warning: {warning}");
     }
     let sys = kernel("sluice load")?;
     let _lock = lock::acquire_creating(pin_dir, wait, |msg| eprintln!("sluice: {msg}"))?;
     // A loaded node keeps its endpoints' numbers (read under the lock).
-    let plan = node::plan(&node::with_pinned_numbering(model::load_file(path)?, pin_dir))?;
+    let cfg = node::with_pinned_numbering(cfg, pin_dir);
+    let plan = node::plan(&cfg)?;
     let loaded = match load::load_and_pin(&sys, &plan, pin_dir) {
         Err(LoadError::AlreadyLoaded(_)) => {
-            let cfg = node::with_pinned_numbering(model::load_file(path)?, pin_dir);
             // The file replaces the deny set: say which live `prefilter add|del` it undoes.
             let live = crate::daemon::live_prefilter(&sys, &cfg, pin_dir);
             let report_live = || {

@@ -171,7 +171,7 @@ pub fn pinned_numbering(pin_dir: &std::path::Path) -> std::collections::BTreeMap
     let Ok(entries) = std::fs::read_dir(pin_dir.join(wire::LINKS_DIR)) else { return out };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some((program, ifname)) = name.to_str().and_then(|n| n.split_once('@')) else { continue };
+        let Some((program, ifname)) = name.to_str().and_then(wire::parse_link_pin_name) else { continue };
         let number = program.strip_prefix("from_ep_").or_else(|| program.strip_prefix("to_ep_"));
         if let Some(n) = number.and_then(|n| n.parse::<u16>().ok()) {
             out.insert(ifname.to_string(), n);

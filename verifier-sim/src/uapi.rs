@@ -276,27 +276,19 @@ impl Layout for SkMsgMd {
 impl Layout for BpfFibLookup {
     const BTF_NAME: &'static str = "bpf_fib_lookup";
     fn fields() -> Vec<Field> {
-        let o = |f| match f {
-            "tot_len" => offset_of!(BpfFibLookup, tot_len),
-            "flowinfo" => offset_of!(BpfFibLookup, flowinfo),
-            "src" => offset_of!(BpfFibLookup, ipv6_src),
-            "dst" => offset_of!(BpfFibLookup, ipv6_dst),
-            "tbid" => offset_of!(BpfFibLookup, tbid),
-            _ => offset_of!(BpfFibLookup, smac),
-        };
-        let mut f = fields!(BpfFibLookup; family, l4_protocol, sport, dport, tot_len);
-        f.push(alias("mtu_result", o("tot_len"), 2));
-        f.extend(fields!(BpfFibLookup; ifindex));
-        f.extend([alias("tos", o("flowinfo"), 1)]);
-        f.extend(fields!(BpfFibLookup; flowinfo));
-        f.extend([alias("rt_metric", o("flowinfo"), 4), alias("ipv4_src", o("src"), 4)]);
-        f.extend(fields!(BpfFibLookup; ipv6_src));
-        f.push(alias("ipv4_dst", o("dst"), 4));
-        f.extend(fields!(BpfFibLookup; ipv6_dst));
-        f.extend([alias("h_vlan_proto", o("tbid"), 2), alias("h_vlan_TCI", o("tbid") + 2, 2)]);
-        f.extend(fields!(BpfFibLookup; tbid));
-        f.push(alias("mark", o("smac"), 4));
-        f.extend(fields!(BpfFibLookup; smac, dmac));
+        let mut f = fields!(BpfFibLookup; family, l4_protocol, sport, dport, tot_len, ifindex, flowinfo,
+            ipv6_src, ipv6_dst, tbid, smac, dmac);
+        let tbid = offset_of!(BpfFibLookup, tbid);
+        f.extend([
+            alias("mtu_result", offset_of!(BpfFibLookup, tot_len), 2),
+            alias("tos", offset_of!(BpfFibLookup, flowinfo), 1),
+            alias("rt_metric", offset_of!(BpfFibLookup, flowinfo), 4),
+            alias("ipv4_src", offset_of!(BpfFibLookup, ipv6_src), 4),
+            alias("ipv4_dst", offset_of!(BpfFibLookup, ipv6_dst), 4),
+            alias("h_vlan_proto", tbid, 2),
+            alias("h_vlan_TCI", tbid + 2, 2),
+            alias("mark", offset_of!(BpfFibLookup, smac), 4),
+        ]);
         f
     }
 }

@@ -617,7 +617,7 @@ fn load_ours(sys: &Arc<dyn Syscall>, obj: &Object) -> Result<Ours, BenchError> {
         maps.insert(def.name, map);
     }
     for w in &obj.writes {
-        let parts: Vec<(MapWrites, &'static str)> = if w.map == "pf_cidrs" {
+        let parts: Vec<(MapWrites, &'static str)> = if w.map == crate::maps::names::PF_CIDRS {
             let [v4, v6] = split_cidrs(w);
             vec![(v4, "v4"), (v6, "v6")]
         } else {
@@ -627,7 +627,11 @@ fn load_ours(sys: &Arc<dyn Syscall>, obj: &Object) -> Result<Ours, BenchError> {
             let t = Instant::now();
             apply_writes(&maps, std::slice::from_ref(&part))?;
             let ms = ms_since(t);
-            let label = if w.map == "pf_cidrs" { format!("pf_cidrs ({family})") } else { w.map.to_string() };
+            let label = if w.map == crate::maps::names::PF_CIDRS {
+                format!("pf_cidrs ({family})")
+            } else {
+                w.map.to_string()
+            };
             match fills.iter_mut().find(|f| f.map == label) {
                 Some(f) => {
                     f.entries += part.updates();
@@ -1427,7 +1431,7 @@ mod tests {
                 families: vec![fam("v4", 2500.0), fam("v6", 3.0)],
                 maps: vec![
                     MapFill {
-                        map: "pf_v4_l1".into(),
+                        map: crate::maps::names::PF_V4_L1.into(),
                         family: "v4",
                         bytes: 262_144,
                         entries: 1,
@@ -1435,7 +1439,7 @@ mod tests {
                         fill_ms: 0.3,
                     },
                     MapFill {
-                        map: "pf_stats".into(),
+                        map: crate::maps::names::PF_STATS.into(),
                         family: "shared",
                         bytes: 0,
                         entries: 0,
@@ -1486,7 +1490,8 @@ mod tests {
             Prefix::V4 { addr: 0xc000_0000, len: 2 },
         ]);
         let obj = prefilter_object(&set).expect("object");
-        let cidrs = obj.writes.iter().find(|w| w.map == "pf_cidrs").expect("pf_cidrs writes");
+        let cidrs =
+            obj.writes.iter().find(|w| w.map == crate::maps::names::PF_CIDRS).expect("pf_cidrs writes");
         let [v4, v6] = split_cidrs(cidrs);
         assert_eq!((v4.updates(), v6.updates()), (2, 1));
         // `pf_cidrs` is an array: the family is in the record, the key is an index.

@@ -443,13 +443,13 @@ fn write_config(map: &Map, config: EventConfig) -> Result<(), MonitorError> {
 
 /// The event switch and rate limit of the node pinned under `pin_dir`.
 pub fn get_events(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<EventConfig, MonitorError> {
-    read_config(&open(sys, pin_dir, "ev_config")?)
+    read_config(&open(sys, pin_dir, crate::maps::names::EV_CONFIG)?)
 }
 
 /// `sluice events on|off --rate N`: set which events the datapath emits ([`EVENTS_ALL`],
 /// 0 for none) and at most how many per CPU per second (0 = no limit).
 pub fn set_events(sys: &Arc<dyn Syscall>, pin_dir: &Path, flags: u32, rate: u32) -> Result<(), MonitorError> {
-    write_config(&open(sys, pin_dir, "ev_config")?, EventConfig { flags, rate })
+    write_config(&open(sys, pin_dir, crate::maps::names::EV_CONFIG)?, EventConfig { flags, rate })
 }
 
 /// Puts the event flags back as they were when dropped.
@@ -506,8 +506,8 @@ pub fn run_until(
     out: &mut dyn Write,
     stop: &AtomicBool,
 ) -> Result<(), MonitorError> {
-    let events = open(sys, pin_dir, "events")?;
-    let config = open(sys, pin_dir, "ev_config")?;
+    let events = open(sys, pin_dir, crate::maps::names::EVENTS)?;
+    let config = open(sys, pin_dir, crate::maps::names::EV_CONFIG)?;
     let mut ring = RingBuf::new(&events)?;
 
     let before = read_config(&config)?;

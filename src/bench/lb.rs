@@ -31,6 +31,7 @@ use super::{
 };
 use crate::codegen::lb::{generate_with, map_defs, LbOptions};
 use crate::maps::lb::{hint_bit, service_writes, LbReason, LbState, TC_ACT_OK};
+use crate::maps::names;
 use crate::maps::MapDef;
 use crate::model::policy::Protocol;
 use crate::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
@@ -345,7 +346,7 @@ pub(super) fn measure(opts: &BenchOpts, sys: &Arc<dyn Syscall>, obj: &Path) -> R
     let mut prog_stats = None;
     for n in SCALES {
         let (ours, writes_ms, fill_ms) = load_ours(sys, n)?;
-        let stats = &ours.maps["lb_stats"];
+        let stats = &ours.maps[names::LB_STATS];
         let ps = probes(n);
         for p in &ps {
             check_probe("ours (conntrack)", &ours.ct, n, p)?;

@@ -634,7 +634,8 @@ pub(super) fn measure(
     let t = Instant::now();
     let writes = plan.writes(&ipc);
     let writes_ms = ms_since(t);
-    let policy_keys = writes.iter().filter(|w| w.map == "policy").map(|w| w.updates()).sum();
+    let policy_keys =
+        writes.iter().filter(|w| w.map == crate::maps::names::POLICY).map(|w| w.updates()).sum();
     drop(writes);
     let checks = verdict_checks(&content, &plan, &ipc, &probes)?;
     if let Some(bad) = checks.iter().find(|c| !c.passed()) {
@@ -699,7 +700,7 @@ pub(super) fn measure(
     let t = Instant::now();
     let ours_new = load_program(sys, &new_obj, &ours._maps)?;
     let ours_new_ms = ms_since(t);
-    let stats = ours._maps.get("ep_stats").ok_or_else(|| BenchError::PolicyCheck {
+    let stats = ours._maps.get(crate::maps::names::EP_STATS).ok_or_else(|| BenchError::PolicyCheck {
         case: "-".into(),
         reason: "the endpoint object has no ep_stats map".into(),
     })?;

@@ -21,6 +21,7 @@
 //!   to its previous value after), and `run_time_ns / run_cnt` of `lb_connect4` is read
 //!   from the kernel.
 
+use crate::maps::names;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -178,8 +179,11 @@ fn maps(
     let mut be = vec![0u8; be_value::SIZE];
     be[be_value::ADDR..be_value::ADDR + 16].copy_from_slice(&mapped(*backend.ip()));
     be[be_value::PORT..be_value::PORT + 2].copy_from_slice(&backend.port().to_be_bytes());
-    let writes: [(&str, &[u8], &[u8]); 3] =
-        [("lb_svc", &k, &v), ("lb_slot", &slot, &1u32.to_le_bytes()), ("lb_be", &1u32.to_le_bytes(), &be)];
+    let writes: [(&str, &[u8], &[u8]); 3] = [
+        (names::LB_SVC, &k, &v),
+        (names::LB_SLOT, &slot, &1u32.to_le_bytes()),
+        (names::LB_BE, &1u32.to_le_bytes(), &be),
+    ];
     for (name, key, value) in writes {
         if let Some(m) = maps.get(name) {
             m.update(key, value, UpdateFlags::ANY)?;

@@ -1,6 +1,7 @@
 //! The subcommands' bodies.
 
 use super::{Command, PrefilterOp, ServiceOp};
+use crate::maps::names;
 use crate::maps::prefilter::{DenySet, Prefix, Reason};
 use crate::model::{self, Cidr, ModelError};
 use crate::node::load::{self, LoadError};
@@ -371,7 +372,8 @@ fn prefilter(op: PrefilterOp, pin_dir: &Path, wait: Wait) -> Result<ExitCode> {
         PrefilterOp::Stats => {
             let maps = load::open_prefilter(&sys, pin_dir)?;
             for r in Reason::ALL {
-                let per_cpu = maps["pf_stats"].lookup_percpu(&(r as u32).to_le_bytes())?.unwrap_or_default();
+                let per_cpu =
+                    maps[names::PF_STATS].lookup_percpu(&(r as u32).to_le_bytes())?.unwrap_or_default();
                 let n: u64 =
                     per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes).sum();
                 println!("{:<20} {:>6} {n}", r.name(), if r.verdict() == 1 { "drop" } else { "pass" });

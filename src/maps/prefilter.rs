@@ -22,6 +22,7 @@
 //! Changes are applied per /16 bucket, writing children before the parent entry that
 //! points at them, so a packet never sees a half-built chunk.
 
+use super::names;
 use super::writes::MapWrites;
 use super::{MapDef, F_NO_PREALLOC};
 use sluice_verifier_sim::spec::MapKind;
@@ -249,7 +250,7 @@ impl Capacity {
 pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
     vec![
         MapDef {
-            name: "pf_v4_l1",
+            name: names::PF_V4_L1,
             kind: MapKind::Array,
             key_size: 4,
             value_size: (L1_ENTRIES * 4) as u32,
@@ -257,7 +258,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_v4_l2",
+            name: names::PF_V4_L2,
             kind: MapKind::Array,
             key_size: 4,
             value_size: (L2_ENTRIES * 4) as u32,
@@ -265,7 +266,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_v4_l3",
+            name: names::PF_V4_L3,
             kind: MapKind::Array,
             key_size: 4,
             value_size: L3_BYTES as u32,
@@ -273,7 +274,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_v6_l1",
+            name: names::PF_V6_L1,
             kind: MapKind::Array,
             key_size: 4,
             value_size: (L1_ENTRIES * 4) as u32,
@@ -281,7 +282,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_v6_l2",
+            name: names::PF_V6_L2,
             kind: MapKind::Array,
             key_size: 4,
             value_size: V6_BUCKET_BYTES as u32,
@@ -289,7 +290,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_v6_lpm",
+            name: names::PF_V6_LPM,
             kind: MapKind::LpmTrie,
             key_size: 20,
             value_size: 1,
@@ -297,7 +298,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: F_NO_PREALLOC,
         },
         MapDef {
-            name: "pf_stats",
+            name: names::PF_STATS,
             kind: MapKind::PerCpuArray,
             key_size: 4,
             value_size: 8,
@@ -305,7 +306,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_cidrs",
+            name: names::PF_CIDRS,
             kind: MapKind::Array,
             key_size: 4,
             value_size: cidr_key::SIZE as u32,
@@ -313,7 +314,7 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
             flags: 0,
         },
         MapDef {
-            name: "pf_meta",
+            name: names::PF_META,
             kind: MapKind::Array,
             key_size: 4,
             value_size: meta::SIZE as u32,
@@ -834,7 +835,7 @@ pub fn lpm6_key(addr: u128, len: u8) -> [u8; 20] {
 
 /// `pf_cidrs` records for a set, in order (IPv4 first), from index `base`.
 fn cidr_writes(set: &DenySet, base: u32) -> MapWrites {
-    let mut cidrs = MapWrites::new("pf_cidrs", 4, cidr_key::SIZE);
+    let mut cidrs = MapWrites::new(names::PF_CIDRS, 4, cidr_key::SIZE);
     for (i, p) in set.prefixes().enumerate() {
         cidrs.put(&(base + i as u32).to_le_bytes(), &p.cidr_key());
     }
@@ -852,7 +853,7 @@ fn meta_value(v4_l2_used: u32, v4_l3_used: u32, v6_conf_word: u32, cidrs_word: u
 
 fn v6_half_writes(l2: &BTreeMap<u32, V6Bucket>, bits: u32, half: u32) -> Option<MapWrites> {
     let bytes = v6_half_bytes(l2, bits)?;
-    let mut w = MapWrites::new("pf_v6_l2", 4, V6_BUCKET_BYTES);
+    let mut w = MapWrites::new(names::PF_V6_L2, 4, V6_BUCKET_BYTES);
     for (i, bucket) in bytes.chunks_exact(V6_BUCKET_BYTES).enumerate() {
         w.put(&((half << bits) + i as u32).to_le_bytes(), bucket);
     }
@@ -861,25 +862,25 @@ fn v6_half_writes(l2: &BTreeMap<u32, V6Bucket>, bits: u32, half: u32) -> Option<
 
 /// The writes that fill empty maps with `tables` and `set`, children before parents.
 pub fn initial_writes(set: &DenySet, tables: &Tables, cap: Capacity) -> Vec<MapWrites> {
-    let mut v4_l3 = MapWrites::new("pf_v4_l3", 4, L3_BYTES);
+    let mut v4_l3 = MapWrites::new(names::PF_V4_L3, 4, L3_BYTES);
     for (j, bits) in tables.v4.l3.iter().enumerate() {
         v4_l3.put(&(j as u32).to_le_bytes(), bits);
     }
-    let mut v4_l2 = MapWrites::new("pf_v4_l2", 4, L2_ENTRIES * 4);
+    let mut v4_l2 = MapWrites::new(names::PF_V4_L2, 4, L2_ENTRIES * 4);
     for (i, chunk) in tables.v4.l2.iter().enumerate() {
         v4_l2.put(&(i as u32).to_le_bytes(), &l2_bytes(chunk));
     }
     let v6_l2 = v6_half_writes(&tables.v6.l2, cap.v6_bits, 0)
         .expect("Capacity::for_tables chose v6_bits so that the keys fit");
-    let mut v6_lpm = MapWrites::new("pf_v6_lpm", 20, 1);
+    let mut v6_lpm = MapWrites::new(names::PF_V6_LPM, 20, 1);
     for &(addr, len) in &tables.v6.lpm {
         v6_lpm.put(&lpm6_key(addr, len), &[1]);
     }
-    let mut v4_l1 = MapWrites::new("pf_v4_l1", 4, L1_ENTRIES * 4);
+    let mut v4_l1 = MapWrites::new(names::PF_V4_L1, 4, L1_ENTRIES * 4);
     v4_l1.put(&0u32.to_le_bytes(), &l1_bytes(&tables.v4.l1));
-    let mut v6_l1 = MapWrites::new("pf_v6_l1", 4, L1_ENTRIES * 4);
+    let mut v6_l1 = MapWrites::new(names::PF_V6_L1, 4, L1_ENTRIES * 4);
     v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&tables.v6.l1));
-    let mut meta_w = MapWrites::new("pf_meta", 4, meta::SIZE);
+    let mut meta_w = MapWrites::new(names::PF_META, 4, meta::SIZE);
     let m = meta_value(
         tables.v4.l2.len() as u32,
         tables.v4.l3.len() as u32,
@@ -1075,18 +1076,18 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
         placed_l1.push((hi, v4.place(build_v4_bucket(new, hi))));
     }
     let free2 = free_chunks(&state.v4_l2_live, state.v4_l2_cap, v4.l2.len())
-        .ok_or(LiveError::Full { map: "pf_v4_l2", capacity: state.v4_l2_cap })?;
+        .ok_or(LiveError::Full { map: names::PF_V4_L2, capacity: state.v4_l2_cap })?;
     let free3 = free_chunks(&state.v4_l3_live, state.v4_l3_cap, v4.l3.len())
-        .ok_or(LiveError::Full { map: "pf_v4_l3", capacity: state.v4_l3_cap })?;
+        .ok_or(LiveError::Full { map: names::PF_V4_L3, capacity: state.v4_l3_cap })?;
     let cidrs_half_cap = state.cidrs_cap / 2;
     if new.len() > cidrs_half_cap as usize {
-        return Err(LiveError::Full { map: "pf_cidrs", capacity: cidrs_half_cap });
+        return Err(LiveError::Full { map: names::PF_CIDRS, capacity: cidrs_half_cap });
     }
-    let mut v4_l3 = MapWrites::new("pf_v4_l3", 4, L3_BYTES);
+    let mut v4_l3 = MapWrites::new(names::PF_V4_L3, 4, L3_BYTES);
     for (j, bits) in v4.l3.iter().enumerate() {
         v4_l3.put(&free3[j].to_le_bytes(), bits);
     }
-    let mut v4_l2 = MapWrites::new("pf_v4_l2", 4, L2_ENTRIES * 4);
+    let mut v4_l2 = MapWrites::new(names::PF_V4_L2, 4, L2_ENTRIES * 4);
     for (i, chunk) in v4.l2.iter().enumerate() {
         let mut c = **chunk;
         for e in c.iter_mut() {
@@ -1113,25 +1114,25 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
     let live_half = u32::from((state.v6_conf >> 8) != 0);
     let idle = 1 - live_half;
     let v6_l2 = v6_half_writes(&v6.l2, bits, idle)
-        .ok_or(LiveError::Full { map: "pf_v6_l2", capacity: state.v6_l2_cap * V6_SLOTS as u32 / 2 })?;
+        .ok_or(LiveError::Full { map: names::PF_V6_L2, capacity: state.v6_l2_cap * V6_SLOTS as u32 / 2 })?;
     let peak_lpm = v6.lpm.union(&state.v6_lpm).count();
     if peak_lpm > state.v6_lpm_cap as usize {
-        return Err(LiveError::Full { map: "pf_v6_lpm", capacity: state.v6_lpm_cap });
+        return Err(LiveError::Full { map: names::PF_V6_LPM, capacity: state.v6_lpm_cap });
     }
-    let mut v6_lpm = MapWrites::new("pf_v6_lpm", 20, 1);
+    let mut v6_lpm = MapWrites::new(names::PF_V6_LPM, 20, 1);
     for &(addr, len) in v6.lpm.difference(&state.v6_lpm) {
         v6_lpm.put(&lpm6_key(addr, len), &[1]);
     }
-    let mut v6_lpm_del = MapWrites::new("pf_v6_lpm", 20, 1);
+    let mut v6_lpm_del = MapWrites::new(names::PF_V6_LPM, 20, 1);
     for &(addr, len) in state.v6_lpm.difference(&v6.lpm) {
         v6_lpm_del.delete(&lpm6_key(addr, len));
     }
 
-    let mut v4_l1 = MapWrites::new("pf_v4_l1", 4, L1_ENTRIES * 4);
+    let mut v4_l1 = MapWrites::new(names::PF_V4_L1, 4, L1_ENTRIES * 4);
     if l1 != state.v4_l1 {
         v4_l1.put(&0u32.to_le_bytes(), &l1_bytes(&l1));
     }
-    let mut v6_l1 = MapWrites::new("pf_v6_l1", 4, L1_ENTRIES * 4);
+    let mut v6_l1 = MapWrites::new(names::PF_V6_L1, 4, L1_ENTRIES * 4);
     if v6.l1 != state.v6_l1 {
         v6_l1.put(&0u32.to_le_bytes(), &l1_bytes(&v6.l1));
     }
@@ -1139,11 +1140,11 @@ pub fn live_writes(state: &LiveState, new: &DenySet) -> Result<Vec<MapWrites>, L
     let cidrs_idle = 1 - state.cidrs_half;
     let (l2_n, l3_n) = (l2_in_use.len() as u32, l3_in_use as u32);
     // The enforcing flip: the live IPv6 half, the listing as it was.
-    let mut meta_enforce = MapWrites::new("pf_meta", 4, meta::SIZE);
+    let mut meta_enforce = MapWrites::new(names::PF_META, 4, meta::SIZE);
     meta_enforce.put(&0u32.to_le_bytes(), &meta_value(l2_n, l3_n, v6_conf(bits, idle), old_listing));
     let cidrs = cidr_writes(new, meta::cidrs_base(cidrs_idle, state.cidrs_cap));
     // The listing flip, last.
-    let mut meta_list = MapWrites::new("pf_meta", 4, meta::SIZE);
+    let mut meta_list = MapWrites::new(names::PF_META, 4, meta::SIZE);
     meta_list.put(
         &0u32.to_le_bytes(),
         &meta_value(l2_n, l3_n, v6_conf(bits, idle), meta::cidrs_word(new.len(), cidrs_idle)),

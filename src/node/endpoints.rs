@@ -4,6 +4,7 @@
 use super::Object;
 use crate::codegen::endpoint::{Direction, Options, Templates};
 use crate::codegen::CodegenError;
+use crate::maps::names;
 use crate::maps::policy::{self, ep_config, ep_config_value, ipc_v6_key, Capacity, IpcacheV4, PolicyRule};
 use crate::maps::writes::MapWrites;
 use sluice_verifier_sim::spec::ProgKind;
@@ -52,7 +53,7 @@ impl PolicyPlan {
     /// The initial contents of the endpoint-policy maps, in order.
     pub fn writes(&self, ipc: &IpcacheV4) -> Vec<MapWrites> {
         let mut out = ipc.writes();
-        let mut v6 = MapWrites { map: "ipc_v6", key_size: 20, value_size: 4, ..MapWrites::default() };
+        let mut v6 = MapWrites { map: names::IPC_V6, key_size: 20, value_size: 4, ..MapWrites::default() };
         for &(a, l, id) in &self.ipcache_v6 {
             v6.put(&ipc_v6_key(a, l), &id.to_le_bytes());
         }
@@ -62,8 +63,12 @@ impl PolicyPlan {
         let bits = self.capacity(ipc).pol_bits;
         out.push(policy::pol_half_writes(&table, bits, 0).expect("pol_bits leaves room for twice the slots"));
         out.push(policy::pol_meta_writes(bits, 0));
-        let mut cfg =
-            MapWrites { map: "ep_config", key_size: 4, value_size: ep_config::SIZE, ..MapWrites::default() };
+        let mut cfg = MapWrites {
+            map: names::EP_CONFIG,
+            key_size: 4,
+            value_size: ep_config::SIZE,
+            ..MapWrites::default()
+        };
         for e in &self.endpoints {
             let flags = (u32::from(e.ingress_enforced) * ep_config::INGRESS_ENFORCED)
                 | (u32::from(e.egress_enforced) * ep_config::EGRESS_ENFORCED);

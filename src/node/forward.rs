@@ -30,6 +30,7 @@
 use super::load::{open_pinned_map, LoadError};
 use super::ours::{self, OwnedDevice, OwnedRoute};
 use crate::maps::fwd::{self, fwd_cfg, lxc_writes, overlay_mac, tunnel_writes, LxcEntry, TunnelEntry};
+use crate::maps::names;
 use crate::maps::writes::MapWrites;
 use crate::model::{Cidr, NodeConfig};
 use crate::netlink::{self, sysctl, Netlink, NetlinkError, Route, Vxlan};
@@ -213,7 +214,7 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
         let def = defs.iter().find(|d| d.name == name).expect("forwarding maps are defined");
         Ok(open_pinned_map(sys, pin_dir, def)?)
     };
-    let (lxc, tunnel, cfg_map) = (open("lxc")?, open("tunnel")?, open("fwd_cfg")?);
+    let (lxc, tunnel, cfg_map) = (open(names::LXC)?, open(names::TUNNEL)?, open(names::FWD_CFG)?);
     let nl = Netlink::open()?;
     let netns = super::wire::current_netns().map_err(|e| ForwardError::Netns(e.to_string()))?;
     // What this call creates is recorded as ours (`down` removes only that).
@@ -256,7 +257,7 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
         }
     }
     report.local = local.len();
-    report.writes += sync_map(&lxc, "lxc", &lxc_writes(&local))?;
+    report.writes += sync_map(&lxc, names::LXC, &lxc_writes(&local))?;
 
     let mut tunnels = Vec::new();
     let mut flags = fwd_cfg::LOCAL | fwd_cfg::FIB;
@@ -282,8 +283,8 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
         flags |= fwd_cfg::OVERLAY;
     }
     report.tunnels = tunnels.len();
-    report.writes += sync_map(&tunnel, "tunnel", &tunnel_writes(&tunnels))?;
-    report.writes += sync_map(&cfg_map, "fwd_cfg", &fwd::fwd_cfg_writes(flags))?;
+    report.writes += sync_map(&tunnel, names::TUNNEL, &tunnel_writes(&tunnels))?;
+    report.writes += sync_map(&cfg_map, names::FWD_CFG, &fwd::fwd_cfg_writes(flags))?;
     report.flags = flags;
     Ok(report)
 }

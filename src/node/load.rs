@@ -8,6 +8,7 @@
 //! loaded, so a failure leaves no half-loaded node behind (DESIGN invariant 8).
 
 use super::{Object, Plan};
+use crate::maps::names;
 use crate::maps::prefilter::{self, meta, DenySet, LiveError, LiveState, Prefix};
 use crate::maps::writes::MapBackend;
 use crate::maps::writes::MapWrites;
@@ -413,7 +414,7 @@ pub fn prefilter_set_of(cidrs: &dyn MapView, meta: &dyn MapView) -> Result<DenyS
     let base = meta::cidrs_base(half, cidrs.capacity());
     if u64::from(base) + u64::from(count) > u64::from(cidrs.capacity()) {
         return Err(LoadError::Layout {
-            map: "pf_meta".into(),
+            map: names::PF_META.into(),
             detail: format!(
                 "lists {count} prefixes from {base}, past pf_cidrs' {} entries",
                 cidrs.capacity()
@@ -424,7 +425,7 @@ pub fn prefilter_set_of(cidrs: &dyn MapView, meta: &dyn MapView) -> Result<DenyS
     for i in base..base + count {
         let record = cidrs.get(&i.to_le_bytes())?.unwrap_or_default();
         let p = Prefix::from_cidr_key(&record).ok_or_else(|| LoadError::Layout {
-            map: "pf_cidrs".into(),
+            map: names::PF_CIDRS.into(),
             detail: format!("malformed record {i}: {record:02x?}"),
         })?;
         set.insert(p);
@@ -434,17 +435,17 @@ pub fn prefilter_set_of(cidrs: &dyn MapView, meta: &dyn MapView) -> Result<DenyS
 
 /// The deny set in the pinned maps.
 pub fn prefilter_set(maps: &BTreeMap<&'static str, Map>) -> Result<DenySet, LoadError> {
-    prefilter_set_of(&maps["pf_cidrs"], &maps["pf_meta"])
+    prefilter_set_of(&maps[names::PF_CIDRS], &maps[names::PF_META])
 }
 
 /// Everything [`prefilter::live_writes`] needs, read from the prefilter's maps.
 pub fn prefilter_live_state_of<'a>(
     get: impl Fn(&str) -> Option<&'a dyn MapView>,
 ) -> Result<LiveState, LoadError> {
-    let set = prefilter_set_of(view(&get, "pf_cidrs")?, view(&get, "pf_meta")?)?;
-    let m = view(&get, "pf_meta")?.get(&0u32.to_le_bytes())?.unwrap_or_default();
+    let set = prefilter_set_of(view(&get, names::PF_CIDRS)?, view(&get, names::PF_META)?)?;
+    let m = view(&get, names::PF_META)?.get(&0u32.to_le_bytes())?.unwrap_or_default();
     let mut v6_lpm = BTreeSet::new();
-    for k in view(&get, "pf_v6_lpm")?.all_keys()? {
+    for k in view(&get, names::PF_V6_LPM)?.all_keys()? {
         if k.len() == 20 {
             let len = u32::from_le_bytes([k[0], k[1], k[2], k[3]]) as u8;
             let mut a = [0u8; 16];
@@ -452,24 +453,25 @@ pub fn prefilter_live_state_of<'a>(
             v6_lpm.insert((u128::from_be_bytes(a), len));
         }
     }
-    let v4_l1 = read_l1(view(&get, "pf_v4_l1")?)?;
-    let (v4_chunks, v4_bitmaps) = v4_live_chunks(&v4_l1, view(&get, "pf_v4_l2")?, view(&get, "pf_v4_l3")?)?;
+    let v4_l1 = read_l1(view(&get, names::PF_V4_L1)?)?;
+    let (v4_chunks, v4_bitmaps) =
+        v4_live_chunks(&v4_l1, view(&get, names::PF_V4_L2)?, view(&get, names::PF_V4_L3)?)?;
     Ok(LiveState {
         set,
         v4_l1,
-        v6_l1: read_l1(view(&get, "pf_v6_l1")?)?,
+        v6_l1: read_l1(view(&get, names::PF_V6_L1)?)?,
         v4_l2_live: v4_chunks.keys().copied().collect(),
         v4_l3_live: v4_bitmaps.keys().copied().collect(),
         v4_chunks,
         v4_bitmaps,
-        v4_l2_cap: view(&get, "pf_v4_l2")?.capacity(),
-        v4_l3_cap: view(&get, "pf_v4_l3")?.capacity(),
+        v4_l2_cap: view(&get, names::PF_V4_L2)?.capacity(),
+        v4_l3_cap: view(&get, names::PF_V4_L3)?.capacity(),
         v6_conf: meta_word(&m, meta::V6_CONF),
-        v6_l2_cap: view(&get, "pf_v6_l2")?.capacity(),
+        v6_l2_cap: view(&get, names::PF_V6_L2)?.capacity(),
         v6_lpm,
-        v6_lpm_cap: view(&get, "pf_v6_lpm")?.capacity(),
+        v6_lpm_cap: view(&get, names::PF_V6_LPM)?.capacity(),
         cidrs_half: meta::cidrs_of(meta_word(&m, meta::CIDRS)).1,
-        cidrs_cap: view(&get, "pf_cidrs")?.capacity(),
+        cidrs_cap: view(&get, names::PF_CIDRS)?.capacity(),
     })
 }
 
@@ -515,7 +517,7 @@ pub fn prefilter_problems_of<'a>(
     get: impl Fn(&str) -> Option<&'a dyn MapView>,
 ) -> Result<Vec<String>, LoadError> {
     let state = prefilter_live_state_of(&get)?;
-    let half = v6_live_half_of(view(&get, "pf_v6_l2")?, view(&get, "pf_meta")?)?;
+    let half = v6_live_half_of(view(&get, names::PF_V6_L2)?, view(&get, names::PF_META)?)?;
     Ok(prefilter::consistency_problems(&state, &half))
 }
 

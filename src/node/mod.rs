@@ -61,7 +61,7 @@ impl Object {
 /// the socket programs' `lb_sock`.
 pub fn lb_maps() -> Vec<MapDef> {
     let mut defs = codegen::lb::map_defs();
-    defs.extend(codegen::sock_lb::map_defs().into_iter().filter(|d| d.name == "lb_sock"));
+    defs.extend(codegen::sock_lb::map_defs().into_iter().filter(|d| d.name == crate::maps::names::LB_SOCK));
     defs
 }
 
@@ -211,7 +211,9 @@ pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
         }
         let (writes, _) =
             crate::maps::lb::service_writes(&cfg.services, &crate::maps::lb::LbState::default())?;
-        if let Some(first) = objects.iter_mut().find(|o| o.maps.iter().any(|m| m.name == "lb_svc")) {
+        if let Some(first) =
+            objects.iter_mut().find(|o| o.maps.iter().any(|m| m.name == crate::maps::names::LB_SVC))
+        {
             first.writes.extend(writes);
         }
     }

@@ -19,6 +19,7 @@
 //!   reason or skipped link type, aside).
 
 use super::sim::{counter_of, counter_value, SimNode};
+use crate::maps::names;
 use crate::maps::prefilter::Reason;
 use sluice_verifier_sim::pcap::{Capture, LinkType, PcapError};
 use sluice_verifier_sim::spec::MapKind;
@@ -126,7 +127,7 @@ fn reason_counters(program: &str) -> Option<(&'static str, ReasonName)> {
     fn prefilter_reason(i: u32) -> Option<&'static str> {
         Reason::ALL.get(i as usize).map(|r| r.name())
     }
-    (program == crate::codegen::prefilter::NAME).then_some(("pf_stats", prefilter_reason as ReasonName))
+    (program == crate::codegen::prefilter::NAME).then_some((names::PF_STATS, prefilter_reason as ReasonName))
 }
 
 /// Current values of every element of a counter map (as [`SimNode::counter`] reads each),

@@ -197,7 +197,10 @@ fn open_maps(
 /// The maps indexed by endpoint number must have a slot for the highest one.
 fn check_endpoint_room(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Result<(), ReshapeError> {
     let highest = u64::try_from(cfg.endpoints.len()).unwrap_or(u64::MAX);
-    let needs = [("ep_config", highest + 1), ("ep_stats", (highest + 1) * u64::from(Reason::COUNT))];
+    let needs = [
+        (crate::maps::names::EP_CONFIG, highest + 1),
+        (crate::maps::names::EP_STATS, (highest + 1) * u64::from(Reason::COUNT)),
+    ];
     for (name, needed) in needs {
         if let Some(map) = maps.get(name) {
             if u64::from(map.max_entries()) < needed {
@@ -480,7 +483,7 @@ mod tests {
 
     #[test]
     fn errors_name_the_map_and_say_nothing_applied() {
-        let e = ReshapeError::TooSmall { map: "ep_config", capacity: 64, needed: 65 };
+        let e = ReshapeError::TooSmall { map: crate::maps::names::EP_CONFIG, capacity: 64, needed: 65 };
         let text = e.to_string();
         assert!(text.contains("`ep_config`") && text.contains("64") && text.contains("65"), "{text}");
         assert!(text.contains("nothing applied"), "{text}");

@@ -17,6 +17,7 @@
 use crate::maps::lb::{
     addr_of, be_value, ct_key, ct_value, read_u32 as u32_at, slot_key, svc_key, svc_value,
 };
+use crate::maps::names;
 use crate::maps::MapDef;
 use crate::model::service::Service;
 use crate::node::load::{open_pinned_map, LoadError};
@@ -105,10 +106,10 @@ fn def(name: &str) -> MapDef {
 /// Read the services of the node pinned under `pin_dir`; `services` (from the node file,
 /// if any) only names them.
 pub fn list(sys: &Arc<dyn Syscall>, pin_dir: &Path, services: &[Service]) -> Result<ServiceTable, ListError> {
-    let svcs = dump(sys, pin_dir, &def("lb_svc"))?;
-    let slots = dump(sys, pin_dir, &def("lb_slot"))?;
-    let bes = dump(sys, pin_dir, &def("lb_be"))?;
-    let cts = dump(sys, pin_dir, &def("lb_ct"))?;
+    let svcs = dump(sys, pin_dir, &def(names::LB_SVC))?;
+    let slots = dump(sys, pin_dir, &def(names::LB_SLOT))?;
+    let bes = dump(sys, pin_dir, &def(names::LB_BE))?;
+    let cts = dump(sys, pin_dir, &def(names::LB_CT))?;
 
     // svc_id -> backend_id -> slots held
     let mut held: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();

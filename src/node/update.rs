@@ -189,16 +189,18 @@ fn pol_table_writes(
 ) -> Result<Vec<MapWrites>, LoadError> {
     use crate::maps::policy::{pol_half_writes, pol_meta_writes, policy_table};
     let table = policy_table(&pp.rules);
-    let cap = maps["pol_table"].max_entries();
+    let cap = maps[crate::maps::names::POL_TABLE].max_entries();
     let bits = (cap / 2).max(1).ilog2();
-    let meta = maps["pol_meta"].lookup(&0u32.to_le_bytes())?.unwrap_or_default();
+    let meta = maps[crate::maps::names::POL_META].lookup(&0u32.to_le_bytes())?.unwrap_or_default();
     let conf = meta.get(..4).map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     let live = u32::from((conf >> 8) != 0);
-    let full = || LoadError::Live(prefilter::LiveError::Full { map: "pol_table", capacity: cap / 2 });
+    let full = || {
+        LoadError::Live(prefilter::LiveError::Full { map: crate::maps::names::POL_TABLE, capacity: cap / 2 })
+    };
     let same = pol_half_writes(&table, bits, live).ok_or_else(full)?;
     let mut unchanged = true;
     for (k, v) in same.keys.chunks_exact(4).zip(same.values.chunks_exact(same.value_size)) {
-        if maps["pol_table"].lookup(k)?.as_deref() != Some(v) {
+        if maps[crate::maps::names::POL_TABLE].lookup(k)?.as_deref() != Some(v) {
             unchanged = false;
             break;
         }
@@ -267,10 +269,17 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         let desired = pp.writes(&ipc);
         let by_name = |n: &str| desired.iter().find(|w| w.map == n).cloned().unwrap_or_default();
         writes.extend(ipc_v4_writes(maps, &ipc)?);
-        let v6 = diff_writes("ipc_v6", &contents(&maps["ipc_v6"])?, &by_name("ipc_v6"));
-        let policy = diff_writes("policy", &contents(&maps["policy"])?, &by_name("policy"));
-        for (w, cap) in [(&v6, maps["ipc_v6"].max_entries()), (&policy, maps["policy"].max_entries())] {
-            let live = contents(&maps[w.map])?.len() + w.updates();
+        // Each map read once (an entry costs two syscalls).
+        let (v6_now, policy_now) =
+            (contents(&maps[crate::maps::names::IPC_V6])?, contents(&maps[crate::maps::names::POLICY])?);
+        let v6 = diff_writes(crate::maps::names::IPC_V6, &v6_now, &by_name(crate::maps::names::IPC_V6));
+        let policy =
+            diff_writes(crate::maps::names::POLICY, &policy_now, &by_name(crate::maps::names::POLICY));
+        for (w, now, cap) in [
+            (&v6, &v6_now, maps[crate::maps::names::IPC_V6].max_entries()),
+            (&policy, &policy_now, maps[crate::maps::names::POLICY].max_entries()),
+        ] {
+            let live = now.len() + w.updates();
             if live > cap as usize {
                 return Err(LoadError::Live(prefilter::LiveError::Full { map: w.map, capacity: cap }));
             }
@@ -286,11 +295,14 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         writes.push(v6_puts);
         writes.push(pol_puts);
         writes.extend(pol_table_writes(maps, &pp)?);
-        let cfg_want = by_name("ep_config");
+        let cfg_want = by_name(crate::maps::names::EP_CONFIG);
         // An array indexed by endpoint number: an endpoint past its end has no slot.
-        let ep_cap = maps["ep_config"].max_entries();
+        let ep_cap = maps[crate::maps::names::EP_CONFIG].max_entries();
         if pp.endpoints.iter().any(|e| u32::from(e.index) >= ep_cap) {
-            return Err(LoadError::Live(prefilter::LiveError::Full { map: "ep_config", capacity: ep_cap }));
+            return Err(LoadError::Live(prefilter::LiveError::Full {
+                map: crate::maps::names::EP_CONFIG,
+                capacity: ep_cap,
+            }));
         }
         let mut cfg_w = MapWrites { keys: Vec::new(), values: Vec::new(), ..cfg_want.clone() };
         for (k, v) in cfg_want
@@ -298,7 +310,7 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
             .chunks_exact(cfg_want.key_size)
             .zip(cfg_want.values.chunks_exact(cfg_want.value_size))
         {
-            if maps["ep_config"].lookup(k)?.as_deref() != Some(v) {
+            if maps[crate::maps::names::EP_CONFIG].lookup(k)?.as_deref() != Some(v) {
                 cfg_w.put(k, v);
             }
         }
@@ -308,7 +320,11 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
     }
     // Services: ids recovered from the pinned maps, so existing frontends and backends
     // keep theirs (connections in `lb_ct` name them); only what differs is written.
-    if let (Some(svc), Some(slot), Some(be)) = (maps.get("lb_svc"), maps.get("lb_slot"), maps.get("lb_be")) {
+    if let (Some(svc), Some(slot), Some(be)) = (
+        maps.get(crate::maps::names::LB_SVC),
+        maps.get(crate::maps::names::LB_SLOT),
+        maps.get(crate::maps::names::LB_BE),
+    ) {
         let entries = |m: &Map| -> Result<Entries, LoadError> { Ok(contents(m)?.into_iter().collect()) };
         let state = LbState::recover(&entries(svc)?, &entries(slot)?, &entries(be)?)
             .map_err(|e| LoadError::Plan(format!("services: {e}")))?;

@@ -2,6 +2,7 @@
 //! pins alone.
 
 use super::*;
+use crate::maps::names;
 
 // ---------------------------------------------------------------------------------------
 // status.
@@ -223,7 +224,7 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
         maps.insert(name, map);
     }
 
-    if let Some(stats) = maps.get("pf_stats") {
+    if let Some(stats) = maps.get(names::PF_STATS) {
         for r in prefilter::Reason::ALL {
             let count = per_cpu_sum(stats, r as u32)?;
             if count > 0 {
@@ -236,7 +237,7 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
             }
         }
     }
-    if let Some(stats) = maps.get("ep_stats") {
+    if let Some(stats) = maps.get(names::EP_STATS) {
         // Endpoint N's device, from its links or records.
         let device = |ep: u32| {
             let from = EpDirection::FromEndpoint.program_name(u16::try_from(ep).unwrap_or(u16::MAX));
@@ -257,7 +258,7 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
         }
         st.counters.extend(counters);
     }
-    if let Some(stats) = maps.get("lb_stats") {
+    if let Some(stats) = maps.get(names::LB_STATS) {
         for r in crate::maps::lb::LbReason::ALL {
             let count = per_cpu_sum(stats, r as u32)?;
             if count > 0 {

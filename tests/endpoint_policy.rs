@@ -3,8 +3,9 @@
 //! through BPF_PROG_TEST_RUN on the same maps' twins; verdicts, reasons and conntrack
 //! states must agree with the expectation in both.
 
+use sluice::codegen::endpoint::Options;
 use sluice::maps::policy::{ct4_key, ct_value, CtState, PolicyRule, Reason, EGRESS, INGRESS};
-use sluice::node::endpoints::{endpoint_objects, EndpointSpec, PolicyPlan};
+use sluice::node::endpoints::{endpoint_objects, shared_endpoint_objects, EndpointSpec, PolicyPlan};
 use sluice::node::load::{load_plan, Loaded};
 use sluice::node::sim::SimNode;
 use sluice::node::Plan;
@@ -325,6 +326,17 @@ fn plan() -> Plan {
     Plan { node: "ep-test".into(), objects: endpoint_objects(&scenario()).expect("generates") }
 }
 
+/// What a node runs: one shared program per direction, a stub per endpoint hook.
+fn shared_plan() -> Plan {
+    let objects = shared_endpoint_objects(&scenario(), Options::default()).expect("generates");
+    Plan { node: "ep-test-shared".into(), objects }
+}
+
+/// Both forms of the endpoint programs: every sequence must give the same answers.
+fn plans() -> [(&'static str, Plan); 2] {
+    [("specialised", plan()), ("shared", shared_plan())]
+}
+
 fn ct_state(value: &[u8]) -> u8 {
     value[ct_value::STATE]
 }
@@ -337,26 +349,28 @@ fn stats_key(program: &str, reason: Reason) -> u32 {
 
 #[test]
 fn conntrack_sequences_in_the_simulator() {
-    let mut node = SimNode::new(&plan()).expect("verifier-sim accepts every endpoint program");
     let mut failures = Vec::new();
-    for s in steps() {
-        let before = node.counter("ep_stats", stats_key(s.program, s.reason));
-        let out = node.run(s.program, &s.packet).expect("runs");
-        let want = if s.reason.allows() { 0 } else { 2 };
-        let after = node.counter("ep_stats", stats_key(s.program, s.reason));
-        if out.retval != want || after != before + 1 {
-            failures.push(format!(
-                "{}: verdict {} (want {want}), {} counted {}",
-                s.what,
-                out.retval,
-                s.reason.name(),
-                after - before
-            ));
-        }
-        if let Some((key, state)) = s.ct {
-            let got = node.maps.get("ct4").and_then(|m| m.lookup(&key)).map(ct_state);
-            if got != Some(state as u8) {
-                failures.push(format!("{}: conntrack state {got:?}, want {state:?}", s.what));
+    for (form, plan) in plans() {
+        let mut node = SimNode::new(&plan).expect("verifier-sim accepts every endpoint program");
+        for s in steps() {
+            let before = node.counter("ep_stats", stats_key(s.program, s.reason));
+            let out = node.run(s.program, &s.packet).expect("runs");
+            let want = if s.reason.allows() { 0 } else { 2 };
+            let after = node.counter("ep_stats", stats_key(s.program, s.reason));
+            if out.retval != want || after != before + 1 {
+                failures.push(format!(
+                    "{form}, {}: verdict {} (want {want}), {} counted {}",
+                    s.what,
+                    out.retval,
+                    s.reason.name(),
+                    after - before
+                ));
+            }
+            if let Some((key, state)) = s.ct {
+                let got = node.maps.get("ct4").and_then(|m| m.lookup(&key)).map(ct_state);
+                if got != Some(state as u8) {
+                    failures.push(format!("{form}, {}: conntrack state {got:?}, want {state:?}", s.what));
+                }
             }
         }
     }
@@ -378,41 +392,64 @@ fn conntrack_sequences_in_the_kernel() {
     if !sluice::sys::require_kernel("conntrack_sequences_in_the_kernel") {
         return;
     }
-    let plan = plan();
-    let loaded =
-        load_plan(&sluice::sys::kernel(), &plan).expect("the kernel verifier accepts every endpoint program");
-    let mut node = SimNode::new(&plan).expect("verifies");
     let mut failures = Vec::new();
-    for s in steps() {
-        let key = stats_key(s.program, s.reason);
-        let before = kernel_counter(&loaded, key);
-        let r = loaded.programs[s.program].test_run(&TestRunOpts::packet(&s.packet)).expect("test run");
-        let after = kernel_counter(&loaded, key);
-        let sim = node.run(s.program, &s.packet).expect("runs");
-        let want = if s.reason.allows() { 0 } else { 2 };
-        if r.retval != want || after != before + 1 {
-            failures.push(format!(
-                "{}: kernel verdict {} (want {want}), {} counted {}",
-                s.what,
-                r.retval,
-                s.reason.name(),
-                after - before
-            ));
-        }
-        if u64::from(r.retval) != sim.retval || r.data_out != sim.packet {
-            failures.push(format!("{}: kernel and simulator differ", s.what));
-        }
-        if let Some((ct, state)) = s.ct {
-            let got = loaded.maps["ct4"].lookup(&ct).expect("lookup").map(|v| ct_state(&v));
-            if got != Some(state as u8) {
-                failures.push(format!("{}: kernel conntrack state {got:?}, want {state:?}", s.what));
+    for (form, plan) in plans() {
+        let loaded = load_plan(&sluice::sys::kernel(), &plan)
+            .expect("the kernel verifier accepts every endpoint program");
+        let mut node = SimNode::new(&plan).expect("verifies");
+        for s in steps() {
+            let key = stats_key(s.program, s.reason);
+            let before = kernel_counter(&loaded, key);
+            let r = loaded.programs[s.program].test_run(&TestRunOpts::packet(&s.packet)).expect("test run");
+            let after = kernel_counter(&loaded, key);
+            let sim = node.run(s.program, &s.packet).expect("runs");
+            let want = if s.reason.allows() { 0 } else { 2 };
+            if r.retval != want || after != before + 1 {
+                failures.push(format!(
+                    "{form}, {}: kernel verdict {} (want {want}), {} counted {}",
+                    s.what,
+                    r.retval,
+                    s.reason.name(),
+                    after - before
+                ));
+            }
+            if u64::from(r.retval) != sim.retval || r.data_out != sim.packet {
+                failures.push(format!("{form}, {}: kernel and simulator differ", s.what));
+            }
+            if let Some((ct, state)) = s.ct {
+                let got = loaded.maps["ct4"].lookup(&ct).expect("lookup").map(|v| ct_state(&v));
+                if got != Some(state as u8) {
+                    failures
+                        .push(format!("{form}, {}: kernel conntrack state {got:?}, want {state:?}", s.what));
+                }
             }
         }
-    }
-    for p in loaded.programs.values() {
-        eprintln!("{}: {} instructions verified", p.name(), p.verified_insns());
+        for p in loaded.programs.values() {
+            eprintln!("{form}: {}: {} instructions verified", p.name(), p.verified_insns());
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// A stub whose shared program is missing from `ep_tail` (a node part-loaded) drops: the
+/// endpoint's enforcement fails closed, in the simulator and the kernel.
+#[test]
+fn a_stub_without_its_shared_program_drops() {
+    let mut plan = shared_plan();
+    // Keep the maps and writes, lose the shared programs: `tail_slots` finds none to fill.
+    for o in plan.objects.iter_mut().filter(|o| o.name.ends_with("_shared")) {
+        o.name = format!("{}_gone", o.name);
+    }
+    let packet = steps().into_iter().find(|s| s.reason.allows()).expect("an allowed step").packet;
+    let mut node = SimNode::new(&plan).expect("verifies");
+    let sim = node.run("to_ep_2", &packet).expect("runs");
+    assert_eq!(sim.retval, 2, "simulator: TC_ACT_SHOT from the stub");
+    if !sluice::sys::require_kernel("a_stub_without_its_shared_program_drops") {
+        return;
+    }
+    let loaded = load_plan(&sluice::sys::kernel(), &plan).expect("loads");
+    let r = loaded.programs["to_ep_2"].test_run(&TestRunOpts::packet(&packet)).expect("test run");
+    assert_eq!(r.retval, 2, "kernel: TC_ACT_SHOT from the stub");
 }
 
 /// An identity with more rules than a `pol_table` slot holds inline: the slot says

@@ -456,7 +456,8 @@ fn attach_status_down_with_real_traffic() {
     {
         assert!(text.contains(needle), "{needle:?} missing from status:\n{text}");
     }
-    assert_eq!(status.programs.len(), 5, "{text}");
+    // The prefilter, the two shared endpoint programs and a stub per endpoint hook.
+    assert_eq!(status.programs.len(), 7, "{text}");
     assert_eq!(status.attachments.len(), 5, "{text}");
     assert!(status.attachments.iter().all(|a| a.problem.is_none()), "{text}");
     assert!(status.counter("endpoint 2 (lxcB)", "deny_default") >= 2, "two denied SYNs at least: {text}");

@@ -137,6 +137,27 @@ impl Direction {
     }
 }
 
+impl Direction {
+    /// The direction's index in `ep_tail` (the shared programs' table).
+    pub fn tail_index(self) -> u32 {
+        match self {
+            Direction::FromEndpoint => 0,
+            Direction::ToEndpoint => 1,
+        }
+    }
+
+    /// The name of the direction's shared program ([`generate_shared`]).
+    pub fn shared_name(self) -> &'static str {
+        match self {
+            Direction::FromEndpoint => "from_ep_shared",
+            Direction::ToEndpoint => "to_ep_shared",
+        }
+    }
+}
+
+/// `__sk_buff.cb[0]`: where an endpoint's stub leaves the endpoint number.
+const SKB_CB0: i16 = ctx_off!(SkBuff, cb);
+
 // The stack frame (offsets from r10).
 /// `u32` scratch key for array lookups.
 const FP_KEY: i16 = -4;
@@ -158,6 +179,8 @@ const FP_MISC: i16 = -184;
 const FP_FAM: i16 = -188;
 /// The event record being sent.
 const FP_EV: i16 = -240;
+/// The event record's endpoint: in a shared program, the endpoint number from entry on.
+const FP_EV_EP: i16 = FP_EV + event::EP as i16;
 /// An `ipc_v6` key (20 bytes).
 const FP_LPM: i16 = -264;
 /// The peer's identity, host order (0 until looked up).
@@ -337,6 +360,39 @@ pub fn generate(ep: u16, dir: Direction) -> Result<Program, CodegenError> {
 
 /// [`generate`] with explicit switches.
 pub fn generate_with(ep: u16, dir: Direction, options: Options) -> Result<Program, CodegenError> {
+    generate_program(Some(ep), dir, options)
+}
+
+/// The one program every endpoint's stub ([`generate_stub`]) tail-calls into for `dir`: the
+/// program of [`generate_with`] with the endpoint number read at run time from `cb[0]`
+/// instead of baked in. A node verifies it once per direction instead of once per
+/// endpoint, so a node's start and an endpoint's addition cost no verifier time per
+/// endpoint; per packet it costs the tail call and a few loads of the number from the
+/// stack (see BENCHMARKS.md, "Shared endpoint programs").
+pub fn generate_shared(dir: Direction, options: Options) -> Result<Program, CodegenError> {
+    generate_program(None, dir, options)
+}
+
+/// The program attached to endpoint `ep`'s hook for `dir` when the node runs shared
+/// programs: `cb[0] = ep`, then a tail call into `ep_tail[dir]`. A missing shared program
+/// (never the case once a node is loaded: the loader fills `ep_tail` before any hook is
+/// attached) drops the packet: enforcement fails closed.
+pub fn generate_stub(ep: u16, dir: Direction) -> Result<Program, CodegenError> {
+    let mut b = Builder::new();
+    b.comment(format!("{:?} stub of endpoint {ep}: cb[0] = the endpoint, then the shared program", dir));
+    b.mov(Reg::R2, i32::from(ep)).param(param::ENDPOINT);
+    b.store(Size::W, Reg::R1, SKB_CB0, Reg::R2);
+    b.ld_map(Reg::R2, map::EP_TAIL);
+    b.mov(Reg::R3, dir.tail_index() as i32);
+    b.call(sluice_asm::helpers::TAIL_CALL);
+    b.comment("no shared program in ep_tail: fail closed");
+    b.mov(Reg::R0, TC_ACT_SHOT).exit();
+    b.build()
+        .map(crate::mutate::program_seam)
+        .map_err(|source| CodegenError::Build { object: "endpoint stub", source })
+}
+
+fn generate_program(ep: Option<u16>, dir: Direction, options: Options) -> Result<Program, CodegenError> {
     let mut b = Builder::new();
     declare_frame(&mut b, options);
     let g = Gen { ep, dir, options };
@@ -451,7 +507,10 @@ impl Templates {
 }
 
 struct Gen {
-    ep: u16,
+    /// The endpoint number baked in, or `None` for the shared program, which reads it at
+    /// entry from `skb->cb[0]` (written by the endpoint's stub, [`generate_stub`]) and keeps
+    /// it in the event record's `ep` field, which nothing else writes before the event.
+    ep: Option<u16>,
     dir: Direction,
     options: Options,
 }
@@ -465,6 +524,11 @@ impl Gen {
         if self.dir == Direction::ToEndpoint && self.options.services {
             b.comment("services: no L4 header offsets yet (nothing to reverse-translate)");
             b.store(Size::DW, Reg::R10, FP_LB_OFFS, 0);
+        }
+        if self.ep.is_none() {
+            b.comment("shared program: the endpoint number its stub left in cb[0], kept in the event's ep");
+            b.load(Size::W, Reg::R2, Reg::R1, SKB_CB0);
+            b.store(Size::H, Reg::R10, FP_EV_EP, Reg::R2);
         }
         emit_skb_packet_pointers(b, Reg::R1);
         b.comment("zero what the exit block may read on any path");
@@ -498,7 +562,14 @@ impl Gen {
 
     /// `r0 = &ep_config[ep]` or 0; clobbers r1-r5.
     fn emit_ep_config(&self, b: &mut Builder) {
-        b.store(Size::W, Reg::R10, FP_KEY, i32::from(self.ep)).param(param::ENDPOINT);
+        match self.ep {
+            Some(ep) => {
+                b.store(Size::W, Reg::R10, FP_KEY, i32::from(ep)).param(param::ENDPOINT);
+            }
+            None => {
+                b.load(Size::H, Reg::R1, Reg::R10, FP_EV_EP).store(Size::W, Reg::R10, FP_KEY, Reg::R1);
+            }
+        }
         kit::map_lookup(b, map::EP_CONFIG, FP_KEY);
     }
 
@@ -988,14 +1059,23 @@ impl Gen {
         b.load(Size::W, Reg::R9, Reg::R1, 0);
         b.mov32(Reg::R8, Reg::R9).alu32(AluOp::Rsh, Reg::R8, 8);
         b.alu32(AluOp::And, Reg::R9, 0xff);
-        let epdir = pol_epdir(self.ep, dir) as i32;
-        let fold = pol_fold_const(self.ep, dir) as i32;
         for pass in 0..2 {
             if pass == 1 {
                 b.comment("no slot of its own: the any-identity rules");
                 b.mov(Reg::R6, 0);
             }
-            b.mov32(Reg::R7, Reg::R6).alu32(AluOp::Xor, Reg::R7, fold).param(param::POLICY_FOLD);
+            match self.ep {
+                Some(ep) => {
+                    let fold = pol_fold_const(ep, dir) as i32;
+                    b.mov32(Reg::R7, Reg::R6).alu32(AluOp::Xor, Reg::R7, fold).param(param::POLICY_FOLD);
+                }
+                None => {
+                    // pol_fold_const(ep, dir) = (ep << 17) ^ pol_fold_const(0, dir)
+                    b.load(Size::H, Reg::R7, Reg::R10, FP_EV_EP).alu32(AluOp::Lsh, Reg::R7, 17);
+                    b.alu32(AluOp::Xor, Reg::R7, pol_fold_const(0, dir) as i32);
+                    b.alu32(AluOp::Xor, Reg::R7, Reg::R6);
+                }
+            }
             for (h, mul) in V6_HASH_MUL.into_iter().enumerate() {
                 let next_bucket = l(&format!("pol_bucket_{pass}_{h}"));
                 b.mov32(Reg::R1, Reg::R7).alu32(AluOp::Mul, Reg::R1, mul as i32);
@@ -1009,7 +1089,18 @@ impl Gen {
                     b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::IDENTITY as i16);
                     b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next.as_str());
                     b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::EPDIR as i16);
-                    b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str()).param(param::POLICY_EPDIR);
+                    match self.ep {
+                        Some(ep) => {
+                            let epdir = pol_epdir(ep, dir) as i32;
+                            b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str()).param(param::POLICY_EPDIR);
+                        }
+                        None => {
+                            // pol_epdir(ep, dir) = ep | pol_epdir(0, dir)
+                            b.load(Size::H, Reg::R2, Reg::R10, FP_EV_EP);
+                            b.alu32(AluOp::Or, Reg::R2, pol_epdir(0, dir) as i32);
+                            b.jmp32(JmpCond::Ne, Reg::R1, Reg::R2, next.as_str());
+                        }
+                    }
                     if at != 0 {
                         b.add(Reg::R0, i32::from(at));
                     }
@@ -1054,8 +1145,16 @@ impl Gen {
         b.load(Size::W, Reg::R0, Reg::R10, FP_PEER);
         b.be(32, Reg::R0);
         b.store(Size::W, Reg::R10, FP_POL + policy_key::PREFIXLEN as i16, policy_key::FULL_BITS as i32);
-        b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(self.ep.swap_bytes()))
-            .param(param::ENDPOINT_BE16);
+        match self.ep {
+            Some(ep) => {
+                b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, i32::from(ep.swap_bytes()))
+                    .param(param::ENDPOINT_BE16);
+            }
+            None => {
+                b.load(Size::H, Reg::R1, Reg::R10, FP_EV_EP).be(16, Reg::R1);
+                b.store(Size::H, Reg::R10, FP_POL + policy_key::EP as i16, Reg::R1);
+            }
+        }
         b.store(Size::H, Reg::R10, FP_POL + policy_key::DIR as i16, i32::from(dir));
         b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, Reg::R0);
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
@@ -1125,7 +1224,15 @@ impl Gen {
     fn emit_exit(&self, b: &mut Builder) {
         let stride = Reason::COUNT as i32;
         b.label("exit").comment("count (endpoint, reason) in ep_stats; r6 = reason, r7 = verdict");
-        b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(self.ep) * stride).param(param::STATS_ROW);
+        match self.ep {
+            Some(ep) => {
+                b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(ep) * stride).param(param::STATS_ROW);
+            }
+            None => {
+                b.load(Size::H, Reg::R1, Reg::R10, FP_EV_EP).alu(AluOp::Mul, Reg::R1, stride);
+                b.add(Reg::R1, Reg::R6);
+            }
+        }
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
         kit::map_lookup(b, map::EP_STATS, FP_KEY);
         b.jmp(JmpCond::Eq, Reg::R0, 0, "event");
@@ -1606,7 +1713,9 @@ impl Gen {
         b.store(Size::B, Reg::R10, ev(event::REASON), Reg::R6);
         b.store(Size::B, Reg::R10, ev(event::DIR), i32::from(self.dir.policy_dir()));
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM).store(Size::B, Reg::R10, ev(event::FAMILY), Reg::R1);
-        b.store(Size::H, Reg::R10, ev(event::EP), i32::from(self.ep)).param(param::ENDPOINT);
+        if let Some(ep) = self.ep {
+            b.store(Size::H, Reg::R10, ev(event::EP), i32::from(ep)).param(param::ENDPOINT);
+        }
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1).store(Size::H, Reg::R10, ev(event::PROTO), Reg::R1);
         b.comment("identities: the peer's and the endpoint's own");
         b.load(Size::W, Reg::R1, Reg::R10, FP_PEER);

@@ -30,6 +30,8 @@ pub const EP_STATS: &str = "ep_stats";
 pub const EVENTS: &str = "events";
 pub const EV_CONFIG: &str = "ev_config";
 pub const EV_BUDGET: &str = "ev_budget";
+/// The shared endpoint programs, by direction (a program array the stubs tail-call through).
+pub const EP_TAIL: &str = "ep_tail";
 
 // The load-balancing maps.
 pub const LB_AFF: &str = "lb_aff";
@@ -49,10 +51,10 @@ pub const FWD_CFG: &str = "fwd_cfg";
 
 /// Every name above.
 pub const ALL: &[&str] = &[
-    CT4, CT6, EP_CONFIG, EP_STATS, EV_BUDGET, EV_CONFIG, EVENTS, FRAG4, FRAG6, FWD_CFG, IPC_V4_L1, IPC_V4_L2,
-    IPC_V4_L3, IPC_V6, LB_AFF, LB_BE, LB_CT, LB_HINT, LB_REVNAT, LB_SLOT, LB_SOCK, LB_STATS, LB_SVC, LXC,
-    PF_CIDRS, PF_META, PF_STATS, PF_V4_L1, PF_V4_L2, PF_V4_L3, PF_V6_L1, PF_V6_L2, PF_V6_LPM, POL_META,
-    POL_TABLE, POLICY, TUNNEL,
+    CT4, CT6, EP_CONFIG, EP_STATS, EP_TAIL, EV_BUDGET, EV_CONFIG, EVENTS, FRAG4, FRAG6, FWD_CFG, IPC_V4_L1,
+    IPC_V4_L2, IPC_V4_L3, IPC_V6, LB_AFF, LB_BE, LB_CT, LB_HINT, LB_REVNAT, LB_SLOT, LB_SOCK, LB_STATS,
+    LB_SVC, LXC, PF_CIDRS, PF_META, PF_STATS, PF_V4_L1, PF_V4_L2, PF_V4_L3, PF_V6_L1, PF_V6_L2, PF_V6_LPM,
+    POL_META, POL_TABLE, POLICY, TUNNEL,
 ];
 
 #[cfg(test)]

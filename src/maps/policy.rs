@@ -339,6 +339,8 @@ pub fn map_defs(cap: Capacity) -> Vec<MapDef> {
         MapDef::of::<(), ()>(map::EVENTS, RingBuf, 1 << 18, 0),
         MapDef::of::<u32, EvConfig>(map::EV_CONFIG, Array, 1, 0),
         MapDef::of::<u32, EvBudget>(map::EV_BUDGET, PerCpuArray, 1, 0),
+        // Values are program references (file descriptors in the kernel); two directions.
+        MapDef::of::<u32, u32>(map::EP_TAIL, MapKind::ProgArray, 2, 0),
     ]
     .into_iter()
     .chain(super::fwd::map_defs())

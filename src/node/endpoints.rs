@@ -105,6 +105,54 @@ pub fn endpoint_objects_with(plan: &PolicyPlan, options: Options) -> Result<Vec<
     Ok(out)
 }
 
+/// The endpoint programs of a node that shares them: one program per direction
+/// ([`crate::codegen::endpoint::generate_shared`], verified once), and per endpoint and
+/// direction a stub ([`crate::codegen::endpoint::generate_stub`]) that tail-calls into it
+/// through `ep_tail` ([`tail_slots`] says which object fills which slot). The stubs keep the
+/// per-endpoint names (`from_ep_N`, `to_ep_N`) the hooks, pins and counters use; the first
+/// object carries the map writes.
+pub fn shared_endpoint_objects(plan: &PolicyPlan, options: Options) -> Result<Vec<Object>, CodegenError> {
+    use crate::codegen::endpoint::{generate_shared, generate_stub};
+    let ipc = IpcacheV4::build(&plan.ipcache_v4);
+    let maps = policy::map_defs(plan.capacity(&ipc));
+    let tail: Vec<_> = maps.iter().filter(|m| m.name == names::EP_TAIL).cloned().collect();
+    let mut writes = Some(plan.writes(&ipc));
+    let mut out = Vec::new();
+    for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
+        out.push(Object {
+            name: dir.shared_name().to_string(),
+            kind: ProgKind::SchedCls,
+            program: generate_shared(dir, options)?,
+            maps: maps.clone(),
+            writes: writes.take().unwrap_or_default(),
+        });
+    }
+    for e in &plan.endpoints {
+        for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
+            out.push(Object {
+                name: dir.program_name(e.index),
+                kind: ProgKind::SchedCls,
+                program: generate_stub(e.index, dir)?,
+                maps: tail.clone(),
+                writes: Vec::new(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The program-table slots a plan's objects fill once loaded: (`ep_tail`, index, the
+/// object whose program goes there). Empty for a plan without shared endpoint programs.
+pub fn tail_slots(objects: &[Object]) -> Vec<(&'static str, u32, usize)> {
+    let mut out = Vec::new();
+    for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
+        if let Some(i) = objects.iter().position(|o| o.name == dir.shared_name()) {
+            out.push((names::EP_TAIL, dir.tail_index(), i));
+        }
+    }
+    out
+}
+
 /// The endpoint-policy plan of a node: endpoints numbered from 1 in name order, the
 /// resolved ipcache, and every endpoint's entries as policy rules.
 pub fn policy_plan(cfg: &crate::model::NodeConfig, resolved: &crate::policy::Resolved) -> PolicyPlan {

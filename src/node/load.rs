@@ -206,7 +206,25 @@ pub fn load_plan(sys: &Arc<dyn Syscall>, plan: &Plan) -> Result<Loaded, LoadErro
     for (i, prog) in results {
         loaded.programs.insert(plan.objects[i].name.clone(), prog?);
     }
+    fill_tail_slots(&loaded.maps, |name| loaded.programs.get(name), &plan.objects)?;
     Ok(loaded)
+}
+
+/// Put each shared program into its program-table slot
+/// ([`super::endpoints::tail_slots`]); before any hook is attached, so no stub ever runs
+/// with an empty slot.
+pub fn fill_tail_slots<'p>(
+    maps: &BTreeMap<&'static str, Map>,
+    programs: impl Fn(&str) -> Option<&'p sys::Program>,
+    objects: &[Object],
+) -> Result<(), LoadError> {
+    use std::os::fd::AsRawFd;
+    for (map, index, obj) in super::endpoints::tail_slots(objects) {
+        let Some(prog) = programs(&objects[obj].name) else { continue };
+        let fd = u32::try_from(prog.fd().as_raw_fd()).expect("file descriptors are non-negative");
+        kernel_map(maps, map)?.update(&index.to_le_bytes(), &fd.to_le_bytes(), sys::UpdateFlags::ANY)?;
+    }
+    Ok(())
 }
 
 fn maps_dir(dir: &Path) -> PathBuf {

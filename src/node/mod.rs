@@ -197,7 +197,9 @@ pub fn plan(cfg: &NodeConfig) -> Result<Plan, PlanError> {
         // Every endpoint program balances services (the first service is then a map
         // update, not a reload); with no service the lookups miss.
         let options = codegen::endpoint::Options { services: true, ..codegen::endpoint::Options::default() };
-        objects.extend(endpoints::endpoint_objects_with(&endpoints::policy_plan(cfg, &resolved), options)?);
+        // One verified program per direction and a stub per endpoint (see
+        // `shared_endpoint_objects`): the verifier's time does not grow with endpoints.
+        objects.extend(endpoints::shared_endpoint_objects(&endpoints::policy_plan(cfg, &resolved), options)?);
     }
     if !cfg.load_balancer.devices.is_empty() {
         objects.push(lb_object()?);

@@ -32,8 +32,8 @@
 //!   number. No running endpoint's program ever reads another endpoint's entries. (A node
 //!   attached through netlink only has no link pins to read the numbers from: there, adding
 //!   an endpoint before another in name order still renumbers it, as before.)
-//! - Netlink attachments (kernels without tcx) of removed endpoints are not removed here
-//!   (`sluice down` removes them).
+//! - Netlink attachments (kernels without tcx, or `--attach tc`) of removed endpoints are
+//!   removed in (4) with their records, as their links are.
 
 use super::load::{apply_writes, load_program, open_pinned_map, sys_spec, LoadError};
 use super::update::{count_writes, map_writes, Update};
@@ -392,6 +392,13 @@ pub fn reshape(
             undone,
         });
     }
+    // A freshly loaded shared endpoint program goes into its slot before any hook that
+    // tail-calls through it is attached (a kept one is in its slot already).
+    let fresh_program = |name: &str| fresh.iter().find(|(n, _)| n == name).map(|(_, p)| p);
+    if let Err(e) = super::load::fill_tail_slots(&maps, fresh_program, &plan.objects) {
+        let undone = unpin_new(&pinned_now);
+        return Err(ReshapeError::Attach { stage: "filling ep_tail", source: Box::new(e.into()), undone });
+    }
     out.loaded = fresh.iter().map(|(n, _)| n.clone()).collect();
     out.timings.write = t.elapsed();
 
@@ -433,6 +440,13 @@ pub fn reshape(
                 out.links_removed.push(name);
             }
         }
+        // A node attached through netlink: the removed endpoints' filters, with their records.
+        let removed = wire::remove_unwanted_netlink(sys, dir, &wants).map_err(|e| ReshapeError::Attach {
+            stage: "removing a stale netlink attachment",
+            source: Box::new(e),
+            undone: "nothing (the new hooks are attached)".into(),
+        })?;
+        out.links_removed.extend(removed);
     }
     let in_plan: BTreeSet<&str> = plan.objects.iter().map(|o| o.name.as_str()).collect();
     for name in &pinned {

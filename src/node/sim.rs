@@ -34,6 +34,9 @@ pub struct SimNode {
     pub objects: Vec<Object>,
     /// Verifier statistics per program.
     pub stats: BTreeMap<String, VerifyStats>,
+    /// Runs the programs; its program table is the objects' programs in plan order (what
+    /// `ep_tail` slots name, see [`super::endpoints::tail_slots`]).
+    machine: exec::Machine,
 }
 
 /// Simulated CPUs (per-CPU maps have this many slots; programs run on CPU 0).
@@ -99,7 +102,35 @@ impl SimNode {
             })?;
             stats.insert(obj.name.clone(), s);
         }
-        Ok(SimNode { maps, objects: plan.objects.clone(), stats })
+        for (map, index, obj) in super::endpoints::tail_slots(&plan.objects) {
+            let slot = u32::try_from(obj).expect("a plan has fewer than 2^32 objects");
+            sim_map(&mut maps, map)?
+                .update(&index.to_le_bytes(), &slot.to_le_bytes(), 0)
+                .map_err(|e| SimError::Map { map: map.to_string(), message: e.to_string() })?;
+        }
+        let mut machine = exec::Machine::new();
+        machine.set_programs(plan.objects.iter().map(|o| o.program.clone()).collect());
+        Ok(SimNode { maps, objects: plan.objects.clone(), stats, machine })
+    }
+
+    /// Run `name` on `ctx` as `kind` with the node's program table, seeded as a fresh
+    /// machine is (every run sees the same random numbers, as with [`exec::run`]).
+    fn exec(
+        &mut self,
+        name: &str,
+        kind: Option<ProgKind>,
+        ctx: &mut exec::Context,
+    ) -> Result<RunOutcome, SimError> {
+        let obj = self
+            .objects
+            .iter()
+            .find(|o| o.name == name)
+            .ok_or_else(|| SimError::NoProgram(name.to_string()))?;
+        let kind = kind.unwrap_or(obj.kind);
+        self.machine.reseed(exec::DEFAULT_SEED);
+        self.machine
+            .run(&obj.program, kind, ctx, &mut self.maps)
+            .map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
     }
 
     fn object(&self, name: &str) -> Result<&Object, SimError> {
@@ -116,14 +147,8 @@ impl SimNode {
 
     /// Run one packet through a program.
     pub fn run(&mut self, name: &str, packet: &[u8]) -> Result<RunOutcome, SimError> {
-        let obj = self
-            .objects
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| SimError::NoProgram(name.to_string()))?;
-        let kind = Self::packet_kind(obj);
-        exec::run(&obj.program, kind, &mut exec::Context::new(packet), &mut self.maps)
-            .map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
+        let kind = Self::packet_kind(self.object(name)?);
+        self.exec(name, Some(kind), &mut exec::Context::new(packet))
     }
 
     /// A runner of one program for many packets: [`PacketRunner::run`] gives what
@@ -133,20 +158,15 @@ impl SimNode {
         let obj = self.object(name)?;
         Ok(PacketRunner {
             name: obj.name.clone(),
-            runner: exec::Runner::new(&obj.program, Self::packet_kind(obj)),
+            runner: exec::Runner::new(&obj.program, Self::packet_kind(obj))
+                .with_programs(self.objects.iter().map(|o| o.program.clone()).collect()),
         })
     }
 
     /// Run a program on a full context (ifindexes, FIB answer, ...); `ctx` keeps what the
     /// run changed (the packet, tunnel key).
     pub fn run_with(&mut self, name: &str, ctx: &mut exec::Context) -> Result<RunOutcome, SimError> {
-        let obj = self
-            .objects
-            .iter()
-            .find(|o| o.name == name)
-            .ok_or_else(|| SimError::NoProgram(name.to_string()))?;
-        exec::run(&obj.program, obj.kind, ctx, &mut self.maps)
-            .map_err(|e| SimError::Exec { name: name.to_string(), message: e.to_string() })
+        self.exec(name, None, ctx)
     }
 
     /// The sum over CPUs of a per-CPU `u64` counter array element.

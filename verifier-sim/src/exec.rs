@@ -679,6 +679,12 @@ impl Runner {
         Runner { prog: Prepared::new(prog), kind, machine: Machine::new(), ctx: Context::new(Vec::new()) }
     }
 
+    /// The programs `bpf_tail_call` can reach (see [`Machine::set_programs`]).
+    pub fn with_programs(mut self, programs: Vec<Program>) -> Runner {
+        self.machine.set_programs(programs);
+        self
+    }
+
     /// The kind the program runs as.
     pub fn kind(&self) -> ProgKind {
         self.kind

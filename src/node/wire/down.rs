@@ -215,3 +215,31 @@ pub(super) fn remove_netlink(
     }
     Ok(())
 }
+
+/// Remove the netlink attachments (`cls_bpf` filters, `IFLA_XDP`) recorded under `pin_dir`
+/// whose hook no wanted hook uses any more (a removed endpoint's, when the node is attached
+/// through netlink), with their records; the lines say what was removed.
+pub fn remove_unwanted_netlink(
+    sys: &Arc<dyn Syscall>,
+    pin_dir: &Path,
+    wants: &[Want],
+) -> Result<Vec<String>> {
+    let Some(map) = open_records(sys, pin_dir)? else { return Ok(Vec::new()) };
+    let records = read_records(&map, &pin_dir.join(NETLINK_RECORDS))?;
+    let netns = current_netns()?;
+    let stale: Vec<&NetlinkRecord> = records
+        .values()
+        .filter(|r| r.netns == netns && !wants.iter().any(|w| w.ifname == r.ifname && w.hook == r.hook))
+        .collect();
+    if stale.is_empty() {
+        return Ok(Vec::new());
+    }
+    let nl = Netlink::open().map_err(nl_err("opening rtnetlink"))?;
+    let mut report = DownReport { pin_dir: pin_dir.to_path_buf(), ..DownReport::default() };
+    for rec in stale {
+        remove_netlink(sys, &nl, rec, &mut report)?;
+        map.delete(&rec.key()).map_err(WireError::Sys)?;
+    }
+    report.removed.extend(report.warnings.iter().map(|w| format!("warning: {w}")));
+    Ok(report.removed)
+}

@@ -321,6 +321,26 @@ pub(super) fn consistency(st: &Status, maps: &BTreeMap<String, Map>) -> Vec<Stri
             }
         }
     }
+    // Shared endpoint programs: each pinned one must be in its `ep_tail` slot, or every
+    // stub tail-calling through that slot drops.
+    for dir in
+        [crate::codegen::endpoint::Direction::FromEndpoint, crate::codegen::endpoint::Direction::ToEndpoint]
+    {
+        let Some(shared) = st.programs.iter().find(|p| p.name == dir.shared_name()) else { continue };
+        let slot = maps
+            .get(crate::maps::names::EP_TAIL)
+            .and_then(|m| m.lookup(&dir.tail_index().to_le_bytes()).ok().flatten())
+            .and_then(|v| v.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+        if slot != Some(shared.info.id) {
+            problems.push(format!(
+                "ep_tail slot {} holds {} instead of {} (prog {}): its endpoints' hooks drop every packet",
+                dir.tail_index(),
+                slot.map_or("nothing".to_string(), |id| format!("prog {id}")),
+                shared.name,
+                shared.info.id
+            ));
+        }
+    }
     let pinned_ids: Vec<u32> = st.programs.iter().map(|p| p.info.id).collect();
     for a in st.attachments.iter().filter(|a| a.prog_id != 0 && !pinned_ids.contains(&a.prog_id)) {
         problems.push(format!(

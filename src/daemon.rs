@@ -87,6 +87,8 @@ pub struct Options {
     pub socket: PathBuf,
     /// How often the node file is checked for changes.
     pub poll: Duration,
+    /// How hooks are attached: `netlink_only` for `cls_bpf` filters (`--attach tc`).
+    pub attach: AttachOptions,
 }
 
 /// Why the daemon could not start, or why one apply failed.
@@ -371,7 +373,7 @@ impl Daemon<'_> {
             match update_pinned(&self.sys, &cfg, &plan, dir) {
                 Ok(u) => Ok(Applied::Maps(u)),
                 Err(LoadError::CodeShape { .. }) => {
-                    let r = reshape(&self.sys, &cfg, &plan, dir, Some(&AttachOptions::default()))?;
+                    let r = reshape(&self.sys, &cfg, &plan, dir, Some(&self.opts.attach))?;
                     Ok(Applied::Reshaped(Box::new(r)))
                 }
                 Err(e) => Err(e.into()),
@@ -568,7 +570,7 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
         Err(e) => return Err(e.into()),
     };
     let loaded = Instant::now();
-    let report = wire::attach(&d.sys, &cfg, dir, &AttachOptions::default())?;
+    let report = wire::attach(&d.sys, &cfg, dir, &d.opts.attach)?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;
     let sockets = socklb::sync(&d.sys, &cfg, dir)?;
     let attached = Instant::now();

@@ -91,6 +91,7 @@ fn daemon_keeps_node_in_step() {
         pin_dir: pin_dir.clone(),
         socket: socket.clone(),
         poll: Duration::from_millis(50),
+        attach: Default::default(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let daemon = {
@@ -140,8 +141,13 @@ fn daemon_keeps_node_in_step() {
 
     // A restart adopts the pinned node and applies the file as it now is.
     write_atomically(&config, &node(&["198.51.100.0/24"]));
-    let opts =
-        Options { config, pin_dir: pin_dir.clone(), socket: socket.clone(), poll: Duration::from_millis(50) };
+    let opts = Options {
+        config,
+        pin_dir: pin_dir.clone(),
+        socket: socket.clone(),
+        poll: Duration::from_millis(50),
+        attach: Default::default(),
+    };
     stop.store(false, Ordering::Relaxed);
     let daemon = {
         let stop = Arc::clone(&stop);
@@ -184,7 +190,13 @@ impl Running {
         let config = tmp.join("node.yaml");
         write_atomically(&config, config_text);
         let socket = tmp.join("sluice.sock");
-        let opts = Options { config: config.clone(), pin_dir: pin_dir.clone(), socket: socket.clone(), poll };
+        let opts = Options {
+            config: config.clone(),
+            pin_dir: pin_dir.clone(),
+            socket: socket.clone(),
+            poll,
+            attach: Default::default(),
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let stop = Arc::clone(&stop);
@@ -265,6 +277,7 @@ fn a_fifo_config_is_refused_at_once() {
         pin_dir,
         socket: tmp.join("sluice.sock"),
         poll: Duration::from_millis(50),
+        attach: Default::default(),
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -342,6 +355,7 @@ fn a_second_daemon_on_the_socket_changes_nothing() {
         pin_dir: first.pin_dir.clone(),
         socket: first.socket.clone(),
         poll: Duration::from_millis(100),
+        attach: Default::default(),
     };
     let err = run(&opts, &AtomicBool::new(false)).expect_err("a second daemon on the socket is refused");
     assert!(
@@ -370,8 +384,13 @@ fn a_file_in_the_sockets_place_is_left_alone() {
     write_atomically(&config, &node(&["192.0.2.0/24"]));
     let socket = tmp.join("sluice.sock");
     std::fs::write(&socket, "notes").expect("a file in the way");
-    let opts =
-        Options { config, pin_dir: pin_dir.clone(), socket: socket.clone(), poll: Duration::from_millis(50) };
+    let opts = Options {
+        config,
+        pin_dir: pin_dir.clone(),
+        socket: socket.clone(),
+        poll: Duration::from_millis(50),
+        attach: Default::default(),
+    };
     let err = run(&opts, &AtomicBool::new(false)).expect_err("refused");
     assert!(err.to_string().contains("not a socket is in the way"), "{err}");
     assert_eq!(std::fs::read_to_string(&socket).expect("still there"), "notes");

@@ -185,6 +185,7 @@ fn daemon_reshapes_the_node_when_endpoints_come_and_go() {
         pin_dir: pin_dir.clone(),
         socket: socket.clone(),
         poll: Duration::from_millis(50),
+        attach: Default::default(),
     };
     let ns_name = net.node.name.clone();
     let daemon = {

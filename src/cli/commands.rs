@@ -115,9 +115,9 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             println!("events {state} (at most {rate} per second per CPU)");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Attach { node, pin_dir, xdp_device } => {
+        Command::Attach { node, pin_dir, xdp_device, attach } => {
             let _lock = lock_node(&pin_dir, wait)?;
-            attach_cmd(&node, &pin_dir, xdp_device)
+            attach_cmd(&node, &pin_dir, attach.options(xdp_device))
         }
         Command::Status { pin_dir } => {
             let sys = kernel("sluice status")?;
@@ -130,7 +130,9 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Daemon { config, pin_dir, socket, poll_ms } => daemon(config, pin_dir, socket, poll_ms),
+        Command::Daemon { config, pin_dir, socket, poll_ms, attach } => {
+            daemon(config, pin_dir, socket, poll_ms, attach.options(None))
+        }
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;
             let _lock = lock_node(&pin_dir, wait)?;
@@ -303,21 +305,26 @@ fn reshape_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn daemon(config: PathBuf, pin_dir: PathBuf, socket: PathBuf, poll_ms: u64) -> Result<ExitCode> {
+fn daemon(
+    config: PathBuf,
+    pin_dir: PathBuf,
+    socket: PathBuf,
+    poll_ms: u64,
+    attach: crate::node::wire::AttachOptions,
+) -> Result<ExitCode> {
     let poll = std::time::Duration::from_millis(poll_ms.max(1));
-    let opts = crate::daemon::Options { config, pin_dir, socket, poll };
+    let opts = crate::daemon::Options { config, pin_dir, socket, poll, attach };
     crate::daemon::signals::install();
     crate::daemon::run(&opts, &crate::daemon::signals::STOP)?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn attach_cmd(path: &Path, pin_dir: &Path, xdp_device: Option<String>) -> Result<ExitCode> {
+fn attach_cmd(path: &Path, pin_dir: &Path, opts: crate::node::wire::AttachOptions) -> Result<ExitCode> {
     let cfg = node::with_pinned_numbering(model::load_file(path)?, pin_dir);
-    if let Some(e) = xdp_device.as_ref().and_then(|d| cfg.endpoints.iter().find(|e| e.interface == *d)) {
+    if let Some(e) = opts.xdp_device.as_ref().and_then(|d| cfg.endpoints.iter().find(|e| e.interface == *d)) {
         return Err(CliError::XdpOnEndpoint { device: e.interface.clone(), endpoint: e.name.clone() });
     }
     let sys = kernel("sluice attach")?;
-    let opts = crate::node::wire::AttachOptions { xdp_device, ..Default::default() };
     println!("{}", crate::node::wire::attach(&sys, &cfg, pin_dir, &opts)?);
     println!("{}", crate::node::forward::sync(&sys, &cfg, pin_dir)?);
     println!(

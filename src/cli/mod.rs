@@ -98,6 +98,11 @@ pub enum Command {
         /// else generic).
         #[arg(long)]
         xdp_device: Option<String>,
+        /// How hooks are attached: `tcx` (bpf links, pinned; each costs the kernel one RCU
+        /// grace period under RTNL, ~10 ms) or `tc` (netlink cls_bpf filters; no grace
+        /// period per hook).
+        #[arg(long, value_enum, default_value_t = HookMechanism::Tcx)]
+        attach: HookMechanism,
     },
     /// Show programs, attachments (link or netlink), map fill levels and nonzero counters.
     Status {
@@ -117,6 +122,9 @@ pub enum Command {
         /// How often the node file is checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         poll_ms: u64,
+        /// How hooks are attached (see `sluice attach --help`).
+        #[arg(long, value_enum, default_value_t = HookMechanism::Tcx)]
+        attach: HookMechanism,
     },
     /// Detach and remove everything sluice attached and pinned.
     Down {
@@ -179,5 +187,21 @@ pub fn main() -> ExitCode {
             eprintln!("sluice: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// How endpoint and device hooks are attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookMechanism {
+    /// bpf links on tcx and XDP (pinned, owned; the default where the kernel has them).
+    Tcx,
+    /// netlink: cls_bpf filters on clsact and IFLA_XDP (the fallback path, on demand).
+    Tc,
+}
+
+impl HookMechanism {
+    /// The attach options this mechanism asks for.
+    pub fn options(self, xdp_device: Option<String>) -> crate::node::wire::AttachOptions {
+        crate::node::wire::AttachOptions { xdp_device, netlink_only: self == HookMechanism::Tc }
     }
 }

@@ -432,6 +432,9 @@ pub struct PolicyCase {
     /// ns per run, one per round.
     pub ours: Vec<u32>,
     pub anchor: Vec<u32>,
+    /// With conntrack on: ns per run of what a node runs, the endpoint's stub tail-calling
+    /// into the shared program ([`crate::node::endpoints::shared_endpoint_objects`]).
+    pub shared: Vec<u32>,
 }
 
 impl PolicyCase {
@@ -704,6 +707,23 @@ pub(super) fn measure(
         case: "-".into(),
         reason: "the endpoint object has no ep_stats map".into(),
     })?;
+    // What a node runs: the stub of endpoint EP_INDEX and the shared program it tail-calls.
+    let shared_obj = Object {
+        name: Direction::ToEndpoint.shared_name().to_string(),
+        program: crate::codegen::endpoint::generate_shared(Direction::ToEndpoint, node_options)?,
+        writes: Vec::new(),
+        ..new_obj.clone()
+    };
+    let shared = load_program(sys, &shared_obj, &ours._maps)?;
+    let stub_obj = Object {
+        name: Direction::ToEndpoint.program_name(EP_INDEX),
+        program: crate::codegen::endpoint::generate_stub(EP_INDEX, Direction::ToEndpoint)?,
+        ..shared_obj.clone()
+    };
+    let stub = load_program(sys, &stub_obj, &ours._maps)?;
+    let shared_table = [shared_obj, stub_obj];
+    crate::node::load::fill_tail_slots(&ours._maps, |_| Some(&shared), &shared_table[..1])
+        .map_err(|e| BenchError::PolicyCheck { case: "-".into(), reason: format!("ep_tail: {e}") })?;
     let floor = Program::load(sys, &ProgSpec::new("bench_tc_floor", ProgType::SchedCls, &TC_FLOOR))?;
     let floor_probe = Probe { expected: TC_ACT_OK as u32, ..probes[0].clone() };
 
@@ -712,6 +732,7 @@ pub(super) fn measure(
         check_once("anchor", &anchor.program, n, p)?;
         check_once("ours (conntrack off)", &ours_new, n, p)?;
         check_once("ours (conntrack on)", &ours.program, n, p)?;
+        check_once("ours (shared, conntrack on)", &stub, n, p)?;
     }
     check_once("tc floor", &floor, n, &floor_probe)?;
     let mut cases: Vec<PolicyCase> = Variant::ALL
@@ -724,6 +745,7 @@ pub(super) fn measure(
                 reason: variant.reason(p.expected),
                 ours: Vec::new(),
                 anchor: Vec::new(),
+                shared: Vec::new(),
             })
         })
         .collect();
@@ -755,6 +777,10 @@ pub(super) fn measure(
                 } else {
                     c.anchor.push(timed("anchor", &anchor.program, n, p, opts.repeat)?);
                 }
+            }
+            if c.variant.conntrack() {
+                let name = "ours (shared, conntrack on)";
+                c.shared.push(timed_ours(name, &stub, stats, n, p, c.reason, opts.repeat)?);
             }
         }
         floor_samples.push(timed("tc floor", &floor, n, &floor_probe, opts.repeat)?);
@@ -875,15 +901,15 @@ impl PolicyResult {
 
         let floor = median(&self.floor);
         let _ = writeln!(s, "\n## ns per packet (median of the rounds)\n");
-        let _ = writeln!(s, "| variant | case | verdict | ep_stats reason | ours ns | anchor ns | ours/anchor | target | met | over floor ours/anchor | ours samples | anchor samples |");
-        let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---|---|---:|---|---|");
+        let _ = writeln!(s, "| variant | case | verdict | ep_stats reason | ours ns | anchor ns | ours/anchor | target | met | over floor ours/anchor | shared ns (stub + tail call) | ours samples | anchor samples |");
+        let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|---|---|---:|---:|---|---|");
         for c in &self.cases {
             let (o, a) = (median(&c.ours) - floor, median(&c.anchor) - floor);
             let over = if a > 0.0 { format!("{:.2}", o.max(0.0) / a) } else { "-".to_string() };
             let (target, ok) = c.target();
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} |",
                 c.variant.name(),
                 c.case,
                 verdict_name(c.expected),
@@ -894,6 +920,7 @@ impl PolicyResult {
                 target,
                 met(ok),
                 over,
+                if c.shared.is_empty() { "-".to_string() } else { ns(median(&c.shared)) },
                 samples(&c.ours),
                 samples(&c.anchor)
             );
@@ -1119,6 +1146,7 @@ mod tests {
             reason,
             ours: ours.to_vec(),
             anchor: anchor.to_vec(),
+            shared: Vec::new(),
         };
         let r = PolicyResult {
             anchor_object: "tc_policy.o".into(),
@@ -1178,7 +1206,7 @@ mod tests {
         r.render(&Env { kernel: "6.18".into(), cpus: 2, ..Env::default() }, 1000, 3, &mut md);
         let rows = [
             "| deny | 10.244.0.5 | tcp/22 | SHOT | 1005 | deny | 1005 | none (default deny) | ok |",
-            "| (a) new, conntrack off | deny | SHOT | deny_default | 61 | 150 | 0.41 | ≤ 0.5 | met | 0.32 | 60/61/62 | 150/150/151 |",
+            "| (a) new, conntrack off | deny | SHOT | deny_default | 61 | 150 | 0.41 | ≤ 0.5 | met | 0.32 | - | 60/61/62 | 150/150/151 |",
             "| (c) established, conntrack on | allow_l3l4 | OK | allow_established | 45 | 130 | 0.35 | < 30 ns | **not met** |",
             "| ours `to_ep_1`, conntrack on | 600 | 85 | 405 | 1.5 |",
             "| codegen for 1000 endpoints (templates: 2 generated, then instantiated × 2 each) | 80.0 ms | < 100 ms (with resolution) | met |",

@@ -158,6 +158,9 @@ mod layout_tests {
         no_implicit_padding::<policy::FragValue>("FragValue");
         no_implicit_padding::<fwd::LxcValue>("LxcValue");
         no_implicit_padding::<fwd::TunnelKey>("TunnelKey");
+        no_implicit_padding::<super::prefilter::V6Slot>("V6Slot");
+        no_implicit_padding::<super::prefilter::CidrKey>("CidrKey");
+        no_implicit_padding::<super::prefilter::PfMeta>("PfMeta");
         no_implicit_padding::<fwd::TunnelValue>("TunnelValue");
         no_implicit_padding::<fwd::FwdCfg>("FwdCfg");
     }
@@ -182,5 +185,23 @@ mod layout_tests {
         );
         assert_eq!((policy::event::SADDR, policy::event::DADDR, policy::event::SIZE), (20, 36, 52));
         assert_eq!((fwd::lxc_value::NODE_MAC, fwd::lxc_value::SIZE, fwd::tunnel_key::SIZE), (14, 24, 20));
+        use super::prefilter::{cidr_key, meta, slot};
+        assert_eq!(
+            [
+                slot::KEY,
+                slot::STATE,
+                slot::PREFIX_HI,
+                slot::MASK_HI,
+                slot::PREFIX_LO,
+                slot::MASK_LO,
+                slot::SIZE
+            ],
+            [0, 4, 8, 16, 24, 28, 32]
+        );
+        assert_eq!([cidr_key::FAMILY, cidr_key::LEN, cidr_key::ADDR, cidr_key::SIZE], [0, 1, 4, 20]);
+        assert_eq!(
+            [meta::V4_L2_USED, meta::V4_L3_USED, meta::V6_CONF, meta::CIDRS, meta::SIZE],
+            [0, 4, 8, 12, 16]
+        );
     }
 }

@@ -65,17 +65,17 @@ pub const SLOT_ONE: u32 = 3;
 /// the four slots of bucket `h0(key)` or `h1(key)`.
 pub const V6_SLOTS: usize = 4;
 
-/// Layout of a `pf_v6_l2` slot: `key: u32` (address bits 0..32, host order), `state: u32`,
-/// then the inline prefix over address bits 32..128 in host order:
-/// `prefix_hi: u64, mask_hi: u64, prefix_lo: u32, mask_lo: u32`.
-pub mod slot {
-    pub const KEY: usize = 0;
-    pub const STATE: usize = 4;
-    pub const PREFIX_HI: usize = 8;
-    pub const MASK_HI: usize = 16;
-    pub const PREFIX_LO: usize = 24;
-    pub const MASK_LO: usize = 28;
-    pub const SIZE: usize = 32;
+layout! {
+    /// Layout of a `pf_v6_l2` slot: the /32 key (address bits 0..32, host order), its state,
+    /// then the one inline prefix over address bits 32..128 in host order.
+    pub struct V6Slot in slot {
+        key: u32 => KEY,
+        state: u32 => STATE,
+        prefix_hi: u64 => PREFIX_HI,
+        mask_hi: u64 => MASK_HI,
+        prefix_lo: u32 => PREFIX_LO,
+        mask_lo: u32 => MASK_LO,
+    }
 }
 
 /// Bytes per `pf_v6_l2` bucket (one array element).
@@ -99,25 +99,28 @@ pub fn v6_conf(bits: u32, half: u32) -> u32 {
     (32 - bits) | ((half << bits) << 8)
 }
 
-/// Layout of a `pf_cidrs` key: `family: u8 (4 or 6), len: u8, pad: [u8; 2], addr: [u8; 16]`
-/// (address in network order, zero-padded for IPv4).
-pub mod cidr_key {
-    pub const FAMILY: usize = 0;
-    pub const LEN: usize = 1;
-    pub const ADDR: usize = 4;
-    pub const SIZE: usize = 20;
+layout! {
+    /// Layout of a `pf_cidrs` key: the address in network order, zero-padded for IPv4.
+    pub struct CidrKey in cidr_key {
+        /// 4 or 6.
+        family: u8 => FAMILY,
+        len: u8 => LEN,
+        pad: [u8; 2],
+        addr: [u8; 16] => ADDR,
+    }
 }
 
-/// Layout of the one `pf_meta` value: IPv4 chunks in use (informational: live changes
-/// find free chunks from the tables themselves), the live half of `pf_v6_l2` (read by the
-/// program), and the listing word: the number of prefixes in `pf_cidrs` with
-/// [`meta::CIDRS_HALF`] set when they sit in its second half.
-pub mod meta {
-    pub const V4_L2_USED: usize = 0;
-    pub const V4_L3_USED: usize = 4;
-    pub const V6_CONF: usize = 8;
-    pub const CIDRS: usize = 12;
-    pub const SIZE: usize = 16;
+layout! {
+    /// Layout of the one `pf_meta` value: IPv4 chunks in use (informational: live changes
+    /// find free chunks from the tables themselves), the live half of `pf_v6_l2` (read by the
+    /// program), and the listing word: the number of prefixes in `pf_cidrs` with
+    /// [`meta::CIDRS_HALF`] set when they sit in its second half.
+    pub struct PfMeta in meta {
+        v4_l2_used: u32 => V4_L2_USED,
+        v4_l3_used: u32 => V4_L3_USED,
+        v6_conf: u32 => V6_CONF,
+        cidrs: u32 => CIDRS,
+    }
     /// Bit of the `CIDRS` word: the listing starts at `max_entries / 2` of `pf_cidrs`.
     pub const CIDRS_HALF: u32 = 1 << 31;
 

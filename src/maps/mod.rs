@@ -43,6 +43,9 @@ macro_rules! layout {
     };
 }
 
+/// `layout!` for the rest of the crate (pinned record formats outside `maps`).
+pub(crate) use layout;
+
 /// One field of a [`Layout`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayoutField {

@@ -419,6 +419,12 @@ mod tests {
         let mut bad = [0u8; record::SIZE];
         put_u32(&mut bad, record::HOOK, 9);
         assert!(NetlinkRecord::decode(&bad).unwrap_err().contains("unknown hook"));
+        // The pinned format of nodes already attached: offsets derived, values unchanged.
+        use record::*;
+        assert_eq!(
+            [HOOK, IFINDEX, PROG_ID, PRIO, HANDLE, XDP_FLAGS, CREATED_CLSACT, NETNS, IFNAME, PROGRAM, SIZE],
+            [0, 4, 8, 12, 16, 20, 24, 32, 40, 56, 88]
+        );
     }
 
     #[test]

@@ -6,32 +6,34 @@ use super::*;
 // ---------------------------------------------------------------------------------------
 // Netlink attachment records.
 
-/// Layout of one record in the pinned `netlink_attachments` hash map: the key is
-/// `(ifindex, hook)` as two little-endian `u32`; the value is below (little-endian).
-pub mod record {
+crate::maps::layout! {
+    /// Layout of one record in the pinned `netlink_attachments` hash map (little-endian):
+    /// the key is `(ifindex, hook)` as two `u32` ([`record::KEY_SIZE`]).
+    pub struct RecordValue in record {
+        /// 0 ingress, 1 egress, 2 XDP.
+        hook: u32 => HOOK,
+        ifindex: u32 => IFINDEX,
+        /// The attached program's id.
+        prog_id: u32 => PROG_ID,
+        /// The `cls_bpf` filter's priority.
+        prio: u32 => PRIO,
+        /// The `cls_bpf` filter's handle.
+        handle: u32 => HANDLE,
+        /// The `IFLA_XDP` mode flags.
+        xdp_flags: u32 => XDP_FLAGS,
+        /// 1 when sluice created the `clsact` qdisc (and so removes it).
+        created_clsact: u32 => CREATED_CLSACT,
+        pad: u32,
+        /// Inode of the network namespace the attachment was made in.
+        netns: u64 => NETNS,
+        /// NUL-padded.
+        ifname: [u8; 16] => IFNAME,
+        /// NUL-padded.
+        program: [u8; 32] => PROGRAM,
+    }
     pub const KEY_SIZE: usize = 8;
-    /// `u32`: 0 ingress, 1 egress, 2 XDP.
-    pub const HOOK: usize = 0;
-    pub const IFINDEX: usize = 4;
-    /// `u32`: the attached program's id.
-    pub const PROG_ID: usize = 8;
-    /// `u32`: the `cls_bpf` filter's priority.
-    pub const PRIO: usize = 12;
-    /// `u32`: the `cls_bpf` filter's handle.
-    pub const HANDLE: usize = 16;
-    /// `u32`: the `IFLA_XDP` mode flags.
-    pub const XDP_FLAGS: usize = 20;
-    /// `u32`: 1 when sluice created the `clsact` qdisc (and so removes it).
-    pub const CREATED_CLSACT: usize = 24;
-    /// `u64`: inode of the network namespace the attachment was made in (after 4 bytes of padding).
-    pub const NETNS: usize = 32;
-    /// 16 bytes, NUL-padded.
-    pub const IFNAME: usize = 40;
     pub const IFNAME_LEN: usize = 16;
-    /// 32 bytes, NUL-padded.
-    pub const PROGRAM: usize = 56;
     pub const PROGRAM_LEN: usize = 32;
-    pub const SIZE: usize = 88;
 }
 
 /// One program attached through netlink.

@@ -660,11 +660,12 @@ pub struct InlineRule {
 }
 
 /// The `pol_table` contents: per (endpoint, direction, identity) its rules most specific
-/// first, or `None` when they overflow [`POL_LIST`]. Built from [`policy_writes`]' keys, so
-/// the effective verdicts are the trie's.
-pub fn policy_table(
-    rules: &[PolicyRule],
-) -> std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>> {
+/// first, or `None` when they overflow [`POL_LIST`].
+pub type PolicyTable = std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>>;
+
+/// The [`PolicyTable`] of `rules`. Built from [`policy_writes`]' keys, so the effective
+/// verdicts are the trie's.
+pub fn policy_table(rules: &[PolicyRule]) -> PolicyTable {
     let w = policy_writes(rules);
     let mut lists: std::collections::BTreeMap<(u16, u8, u32), Vec<(u32, InlineRule)>> = Default::default();
     for (k, v) in w.keys.chunks_exact(policy_key::SIZE).zip(w.values.chunks_exact(policy_value::SIZE)) {
@@ -716,7 +717,7 @@ pub fn pol_bucket_of(key: (u16, u8, u32), which: usize, bits: u32) -> u32 {
 }
 
 /// The smallest `pol_table` half (at most half full) that holds these slots.
-pub fn pol_bits_for(table: &std::collections::BTreeMap<(u16, u8, u32), Option<Vec<InlineRule>>>) -> u32 {
+pub fn pol_bits_for(table: &PolicyTable) -> u32 {
     let mut bits = POL_MIN_BITS;
     while (1usize << bits) * POL_SLOTS < table.len() * 2 {
         bits += 1;

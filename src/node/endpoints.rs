@@ -37,6 +37,11 @@ pub struct PolicyPlan {
 impl PolicyPlan {
     /// Capacities with room to grow.
     pub fn capacity(&self, ipc: &IpcacheV4) -> Capacity {
+        self.capacity_for(ipc, &policy::policy_table(&self.rules))
+    }
+
+    /// [`PolicyPlan::capacity`] with the policy table already built (it is the costly part).
+    fn capacity_for(&self, ipc: &IpcacheV4, table: &policy::PolicyTable) -> Capacity {
         let room = |n: usize, floor: u32| u32::try_from(n * 2).unwrap_or(u32::MAX).max(floor);
         let max_index = self.endpoints.iter().map(|e| u32::from(e.index) + 1).max().unwrap_or(0);
         Capacity {
@@ -45,24 +50,41 @@ impl PolicyPlan {
             ipc_v4_l3: room(ipc.l3.len(), 1024),
             ipc_v6: room(self.ipcache_v6.len(), 16384),
             policy: room(self.rules.len(), 65536),
-            pol_bits: policy::pol_bits_for(&policy::policy_table(&self.rules)) + 1,
+            pol_bits: policy::pol_bits_for(table) + 1,
             ct: 262_144,
         }
     }
 
     /// The initial contents of the endpoint-policy maps, in order.
     pub fn writes(&self, ipc: &IpcacheV4) -> Vec<MapWrites> {
+        self.writes_and_capacity(ipc).0
+    }
+
+    /// [`PolicyPlan::writes`] and [`PolicyPlan::capacity`], building the policy table once.
+    pub fn writes_and_capacity(&self, ipc: &IpcacheV4) -> (Vec<MapWrites>, Capacity) {
+        let table = policy::policy_table(&self.rules);
+        let capacity = self.capacity_for(ipc, &table);
         let mut out = ipc.writes();
+        out.push(self.ipc_v6_writes());
+        out.push(policy::policy_writes(&self.rules));
+        let bits = capacity.pol_bits;
+        out.push(policy::pol_half_writes(&table, bits, 0).expect("pol_bits leaves room for twice the slots"));
+        out.push(policy::pol_meta_writes(bits, 0));
+        out.push(self.ep_config_writes());
+        (out, capacity)
+    }
+
+    /// The `ipc_v6` trie's contents.
+    pub fn ipc_v6_writes(&self) -> MapWrites {
         let mut v6 = MapWrites { map: names::IPC_V6, key_size: 20, value_size: 4, ..MapWrites::default() };
         for &(a, l, id) in &self.ipcache_v6 {
             v6.put(&ipc_v6_key(a, l), &id.to_le_bytes());
         }
-        out.push(v6);
-        out.push(policy::policy_writes(&self.rules));
-        let table = policy::policy_table(&self.rules);
-        let bits = self.capacity(ipc).pol_bits;
-        out.push(policy::pol_half_writes(&table, bits, 0).expect("pol_bits leaves room for twice the slots"));
-        out.push(policy::pol_meta_writes(bits, 0));
+        v6
+    }
+
+    /// Every endpoint's `ep_config` entry.
+    pub fn ep_config_writes(&self) -> MapWrites {
         let mut cfg = MapWrites {
             map: names::EP_CONFIG,
             key_size: 4,
@@ -74,8 +96,7 @@ impl PolicyPlan {
                 | (u32::from(e.egress_enforced) * ep_config::EGRESS_ENFORCED);
             cfg.put(&u32::from(e.index).to_le_bytes(), &ep_config_value(flags, e.ipv4, e.ipv6, e.identity));
         }
-        out.push(cfg);
-        out
+        cfg
     }
 }
 
@@ -87,8 +108,9 @@ pub fn endpoint_objects(plan: &PolicyPlan) -> Result<Vec<Object>, CodegenError> 
 /// [`endpoint_objects`] with code generation switches.
 pub fn endpoint_objects_with(plan: &PolicyPlan, options: Options) -> Result<Vec<Object>, CodegenError> {
     let ipc = IpcacheV4::build(&plan.ipcache_v4);
-    let maps = policy::map_defs(plan.capacity(&ipc));
-    let mut writes = Some(plan.writes(&ipc));
+    let (writes, capacity) = plan.writes_and_capacity(&ipc);
+    let maps = policy::map_defs(capacity);
+    let mut writes = Some(writes);
     let mut out = Vec::new();
     let templates = Templates::new(options)?;
     for e in &plan.endpoints {
@@ -114,9 +136,10 @@ pub fn endpoint_objects_with(plan: &PolicyPlan, options: Options) -> Result<Vec<
 pub fn shared_endpoint_objects(plan: &PolicyPlan, options: Options) -> Result<Vec<Object>, CodegenError> {
     use crate::codegen::endpoint::{generate_shared, generate_stub};
     let ipc = IpcacheV4::build(&plan.ipcache_v4);
-    let maps = policy::map_defs(plan.capacity(&ipc));
+    let (writes, capacity) = plan.writes_and_capacity(&ipc);
+    let maps = policy::map_defs(capacity);
     let tail: Vec<_> = maps.iter().filter(|m| m.name == names::EP_TAIL).cloned().collect();
-    let mut writes = Some(plan.writes(&ipc));
+    let mut writes = Some(writes);
     let mut out = Vec::new();
     for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
         out.push(Object {

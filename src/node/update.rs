@@ -266,15 +266,15 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         let resolved = crate::policy::resolve(cfg).map_err(|e| LoadError::Plan(e.to_string()))?;
         let pp: PolicyPlan = policy_plan(cfg, &resolved);
         let ipc = IpcacheV4::build(&pp.ipcache_v4);
-        let desired = pp.writes(&ipc);
-        let by_name = |n: &str| desired.iter().find(|w| w.map == n).cloned().unwrap_or_default();
+        // Only the maps diffed here (the policy table has its own path, `pol_table_writes`).
+        let (v6_want, policy_want, cfg_want) =
+            (pp.ipc_v6_writes(), crate::maps::policy::policy_writes(&pp.rules), pp.ep_config_writes());
         writes.extend(ipc_v4_writes(maps, &ipc)?);
         // Each map read once (an entry costs two syscalls).
         let (v6_now, policy_now) =
             (contents(&maps[crate::maps::names::IPC_V6])?, contents(&maps[crate::maps::names::POLICY])?);
-        let v6 = diff_writes(crate::maps::names::IPC_V6, &v6_now, &by_name(crate::maps::names::IPC_V6));
-        let policy =
-            diff_writes(crate::maps::names::POLICY, &policy_now, &by_name(crate::maps::names::POLICY));
+        let v6 = diff_writes(crate::maps::names::IPC_V6, &v6_now, &v6_want);
+        let policy = diff_writes(crate::maps::names::POLICY, &policy_now, &policy_want);
         for (w, now, cap) in [
             (&v6, &v6_now, maps[crate::maps::names::IPC_V6].max_entries()),
             (&policy, &policy_now, maps[crate::maps::names::POLICY].max_entries()),
@@ -295,7 +295,6 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         writes.push(v6_puts);
         writes.push(pol_puts);
         writes.extend(pol_table_writes(maps, &pp)?);
-        let cfg_want = by_name(crate::maps::names::EP_CONFIG);
         // An array indexed by endpoint number: an endpoint past its end has no slot.
         let ep_cap = maps[crate::maps::names::EP_CONFIG].max_entries();
         if pp.endpoints.iter().any(|e| u32::from(e.index) >= ep_cap) {

@@ -179,7 +179,7 @@ impl SockLayer {
     /// and the process are gone (the `sk_msg` attachment lives as long as the map).
     pub fn pin(&mut self, path: &Path) -> Result<(), SockLayerError> {
         if let Some(l) = self.link.as_mut() {
-            l.pin(path).map_err(AttachError::from)?;
+            l.pin(path)?;
         }
         Ok(())
     }
@@ -187,7 +187,7 @@ impl SockLayer {
     /// Unlink `sock_ops` and detach `sk_msg` now.
     pub fn detach(mut self) -> Result<(), SockLayerError> {
         if let Some(l) = self.link.take() {
-            l.detach().map_err(AttachError::from)?;
+            l.detach()?;
         }
         detach_msg(&self.sys, self.sock_hash.as_fd(), &self.msg)?;
         Ok(())

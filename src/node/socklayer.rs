@@ -304,11 +304,16 @@ pub fn remove(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<usize, SockLayer
     let mut n = 0;
     for name in [sockops::OPS_NAME, sockops::MSG_NAME] {
         let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        n += 1;
+        // Detaching a link opened from its pin unpins it too.
         if let Ok(link) = Link::from_pin(sys, &path) {
             let _ = link.detach();
         }
         match std::fs::remove_file(&path) {
-            Ok(()) => n += 1,
+            Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(source) => return Err(SockLayerSyncError::Io { op: "unpin", path, source }),
         }

@@ -565,3 +565,115 @@ fn real_sockets_allowed_connections_bypass_tcp_and_denied_ones_never() {
         .collect();
     assert!(mismatched.is_empty(), "socket-layer counters:\n{}\nall: {got:?}", mismatched.join("\n"));
 }
+
+const SWITCH_ENV: &str = "SLUICE_SOCKLAYER_SWITCH";
+/// Each half of the payload in the revision-change test.
+const HALF: usize = 3 << 20;
+
+/// Not a test on its own: one accelerated connection a -> b whose client sends half its
+/// payload, prints `half`, waits for a line on stdin (the parent bumps the policy revision
+/// meanwhile), sends the other half and half-closes; the server answers the count and hash
+/// it received and its own payload. Prints `obs switch ok` or `obs switch FAIL why`.
+#[test]
+fn socklayer_switch_role() {
+    if std::env::var(SWITCH_ENV).is_err() {
+        return;
+    }
+    let r = (|| -> Result<(), String> {
+        let listener = TcpListener::bind("127.0.0.3:0").map_err(|e| e.to_string())?;
+        let at = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || -> Result<(), String> {
+            let (mut s, _) = listener.accept().map_err(|e| e.to_string())?;
+            let (n, h) = read_to_end_hash(&mut s).map_err(|e| format!("server read: {e}"))?;
+            s.write_all(&(n as u64).to_be_bytes()).map_err(|e| e.to_string())?;
+            s.write_all(&h.to_be_bytes()).map_err(|e| e.to_string())?;
+            s.write_all(&payload(2 * HALF, 0x5a)).map_err(|e| e.to_string())
+        });
+        let mut s = socket2_bind_connect("127.0.0.2".parse().unwrap(), at)?;
+        let data = payload(2 * HALF, 0xa5);
+        s.write_all(&data[..HALF]).map_err(|e| e.to_string())?;
+        println!("half");
+        std::io::stdout().flush().unwrap();
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+        s.write_all(&data[HALF..]).map_err(|e| e.to_string())?;
+        s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+        let mut head = [0u8; 16];
+        read_exact_blocking(&mut s, &mut head).map_err(|e| format!("client read head: {e}"))?;
+        let (n, h) = read_to_end_hash(&mut s).map_err(|e| format!("client read: {e}"))?;
+        server.join().map_err(|_| "server panicked".to_string())??;
+        let mut want = FNV_START;
+        fnv(&mut want, &data);
+        let (got_n, got_h) = (
+            u64::from_be_bytes(head[..8].try_into().unwrap()),
+            u64::from_be_bytes(head[8..].try_into().unwrap()),
+        );
+        if (got_n as usize, got_h) != (2 * HALF, want) {
+            return Err(format!("server got {got_n} bytes hash {got_h:x}, sent {} hash {want:x}", 2 * HALF));
+        }
+        let mut back = FNV_START;
+        fnv(&mut back, &payload(2 * HALF, 0x5a));
+        if (n, h) != (2 * HALF, back) {
+            return Err(format!("client got {n} bytes hash {h:x}, expected {} hash {back:x}", 2 * HALF));
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => println!("obs switch ok"),
+        Err(e) => println!("obs switch FAIL {e}"),
+    }
+}
+
+/// Issue 11: "a message whose recorded verdict is from the current policy revision" is
+/// redirected, "otherwise pass it to the stack". A revision bump in the middle of an
+/// accelerated stream moves the rest of it to TCP, in order (the receiver reads what was
+/// redirected to it before its TCP queue): the bytes arrive complete and in order, both
+/// directions count one revision fallback, and nothing is redirected after the bump.
+#[test]
+fn revision_change_mid_stream_moves_the_rest_through_the_stack_in_order() {
+    let test = "revision_change_mid_stream_moves_the_rest_through_the_stack_in_order";
+    if !sys::require_kernel(test) {
+        return;
+    }
+    if let Err(why) = cgroup::available() {
+        panic!("{test}: {why}");
+    }
+    let sys = sys::kernel();
+    let maps = kernel_maps();
+    let cg = cgroup::Cgroup::new("sluice-socklayer-rev").unwrap_or_else(|e| panic!("creating a cgroup: {e}"));
+    let layer = SockLayer::attach(&sys, &maps, &cg.path).unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.args(["--exact", "socklayer_switch_role", "--nocapture", "--test-threads", "1"])
+        .env(SWITCH_ENV, "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cg.spawn(&mut cmd).unwrap_or_else(|e| panic!("spawning the traffic: {e}"));
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() == 0 {
+            break;
+        }
+        seen.push_str(&line);
+        if line.contains("half") {
+            break;
+        }
+    }
+    let before = counters(&maps);
+    maps[map::SOCK_REV].update(&u32_key(0), &1u32.to_le_bytes(), UpdateFlags::ANY).unwrap();
+    child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    seen.push_str(&rest);
+    let status = child.wait().unwrap();
+    let after = counters(&maps);
+    drop(layer);
+    assert!(seen.contains("obs switch ok") && status.success(), "traffic ({status}):\n{seen}");
+    let delta = |k: &str| after[k] - before[k];
+    assert_eq!(after["accelerated"], 2, "{after:?}");
+    assert_eq!(delta("fallback_revision"), 2, "both directions fall back once: {after:?}");
+    assert_eq!(delta("msgs_redirected"), 0, "nothing redirected after the bump: {before:?} -> {after:?}");
+    assert!(before["bytes_redirected"] > 0 && delta("msgs_to_stack") > 0, "{before:?} -> {after:?}");
+}

@@ -35,6 +35,7 @@ pub mod lb;
 pub mod maglev;
 pub mod policy;
 pub mod sock_lb;
+pub mod sockmsg;
 
 use crate::codegen::{self, CodegenError};
 use crate::maps::prefilter::{cidr_key, mask128, mask32, DenySet, Tables, XDP_DROP, XDP_PASS};
@@ -105,11 +106,14 @@ pub const PART_FLOWS: &str = "flows";
 /// The socket load-balancing part: `connect()` to a VIP through the cgroup programs
 /// against `connect()` to the backend ([`sock_lb`]); needs bpf() and cgroup v2.
 pub const PART_SOCKLB: &str = "socklb";
+/// The socket-layer part: endpoint to endpoint accelerated, tc only and with no programs,
+/// with sockperf and iperf3 ([`sockmsg`]); not in the default selection.
+pub const PART_SOCKMSG: &str = "sockmsg";
 /// The tc service load-balancing part: our `lb` against `tc_lb.o` ([`lb`]).
 pub const PART_LB: &str = "lb";
 /// Every part, in the order they run and report.
 pub const PARTS: &[&str] =
-    &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS, PART_SOCKLB, PART_LB];
+    &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS, PART_SOCKLB, PART_LB, PART_SOCKMSG];
 
 impl BenchOpts {
     /// Whether `part` is selected.
@@ -136,7 +140,7 @@ impl Default for BenchOpts {
             build_dir: PathBuf::from("target/anchors/build"),
             parts: PARTS
                 .iter()
-                .filter(|p| **p != PART_ATTACH && **p != PART_FLOWS)
+                .filter(|p| **p != PART_ATTACH && **p != PART_FLOWS && **p != PART_SOCKMSG)
                 .map(|p| p.to_string())
                 .collect(),
             codegen_endpoints: 1000,
@@ -814,6 +818,8 @@ pub struct Report {
     pub socklb: Option<sock_lb::SockLbResult>,
     /// The tc service load-balancing part, when it ran.
     pub lb: Option<lb::LbResult>,
+    /// The socket-layer part, when it ran.
+    pub sockmsg: Option<sockmsg::SockMsgReport>,
 }
 
 impl Report {
@@ -888,9 +894,15 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     } else {
         None
     };
+    let sockmsg = if opts.runs(PART_SOCKMSG) {
+        Some(sockmsg::run(opts.rounds).map_err(|e| BenchError::Flows(format!("sockmsg part: {e}")))?)
+    } else {
+        None
+    };
     Ok(Report {
         socklb,
         lb,
+        sockmsg,
         env,
         repeat: opts.repeat,
         rounds: opts.rounds,
@@ -1159,6 +1171,12 @@ impl Report {
                 s.push('\n');
             }
             s.push_str(&f.render(fo));
+        }
+        if let Some(m) = &self.sockmsg {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            s.push_str(&m.render());
         }
         if let Some(l) = &self.socklb {
             if !s.is_empty() {
@@ -1455,6 +1473,7 @@ mod tests {
             maglev: None,
             attach: None,
             flows: None,
+            sockmsg: None,
             socklb: None,
             lb: None,
         }

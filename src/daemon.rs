@@ -110,6 +110,8 @@ pub enum DaemonError {
     Forward(#[from] ForwardError),
     #[error("socket load balancer: {0}")]
     SockLb(#[from] SockLbSyncError),
+    #[error(transparent)]
+    SockLayer(#[from] crate::node::socklayer::SockLayerSyncError),
     #[error("{op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -382,6 +384,7 @@ impl Daemon<'_> {
                 // Endpoints may have come, gone or moved: routes and `lxc` follow.
                 forward::sync(&self.sys, &cfg, dir)?;
                 socklb::sync(&self.sys, &cfg, dir)?;
+                crate::node::socklayer::sync(&self.sys, &cfg, dir)?;
                 Ok(ApplyReport { applied, live })
             })
         });
@@ -573,10 +576,12 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     let report = wire::attach(&d.sys, &cfg, dir, &d.opts.attach)?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;
     let sockets = socklb::sync(&d.sys, &cfg, dir)?;
+    let socket_layer = crate::node::socklayer::sync(&d.sys, &cfg, dir)?;
     let attached = Instant::now();
     println!("attached: {}", report.to_string().replace('\n', "; "));
     println!("forwarding: {}", forwarding.to_string().replace('\n', "; "));
     println!("{sockets}");
+    println!("{socket_layer}");
     println!(
         "{}",
         StartTimes { how, plan: planned - started, load: loaded - planned, attach: attached - loaded }

@@ -23,6 +23,7 @@
 pub mod cgroup;
 mod iface;
 mod link;
+pub mod sockmap;
 
 pub use iface::Interface;
 pub use link::{xdp_flags, Direction, Link, LinkInfo, LinkKind};

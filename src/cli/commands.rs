@@ -331,6 +331,10 @@ fn attach_cmd(path: &Path, pin_dir: &Path, opts: crate::node::wire::AttachOption
         "{}",
         crate::node::socklb::sync(&sys, &cfg, pin_dir).map_err(|e| CliError::Service(e.to_string()))?
     );
+    println!(
+        "{}",
+        crate::node::socklayer::sync(&sys, &cfg, pin_dir).map_err(|e| CliError::Service(e.to_string()))?
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -1162,13 +1162,7 @@ impl Gen {
         b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
         b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
         let found = l("policy_found");
-        for pass in 0..2 {
-            if pass == 1 {
-                b.store(Size::W, Reg::R10, FP_POL + policy_key::IDENTITY as i16, 0);
-            }
-            kit::map_lookup(b, map::POLICY, FP_POL);
-            b.jmp(JmpCond::Ne, Reg::R0, 0, found.as_str());
-        }
+        kit::policy_trie_lookup(b, FP_POL, found.as_str());
         b.ja(label(Reason::DenyDefault));
         b.label(found.as_str());
         b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);

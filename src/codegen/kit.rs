@@ -52,3 +52,36 @@ pub fn stack_layout<T: crate::maps::Layout>(b: &mut Builder, name: &str, off: i1
         b.stack_slot(format!("{name}.{}", f.name), off + f.off as i16, f.size as u16);
     }
 }
+
+/// The endpoint policy's trie decision for a complete `policy` key at `r10 + key`
+/// ([`crate::maps::policy::policy_key`], `FULL_BITS`): the longest match in the key's
+/// identity subtree, then in the "any identity" subtree (the key's identity is zeroed for
+/// the second lookup). Jumps to `found` with `r0` = the `policy` value; falls through on a
+/// miss (default deny).
+pub fn policy_trie_lookup(b: &mut Builder, key: i16, found: impl Into<sluice_asm::Target> + Clone) {
+    use crate::maps::policy::policy_key;
+    for pass in 0..2 {
+        if pass == 1 {
+            b.store(sluice_asm::Size::W, Reg::R10, key + policy_key::IDENTITY as i16, 0);
+        }
+        map_lookup(b, crate::maps::names::POLICY, key);
+        b.jmp(sluice_asm::JmpCond::Ne, Reg::R0, 0, found.clone());
+    }
+}
+
+/// Add `amount` (a register the helper call keeps: `r6`-`r9`; `None` adds 1) to the `u64`
+/// at `index` of the (per-CPU) array `map`; `r10 + key` is a 4-byte scratch slot.
+pub fn counter_add(b: &mut Builder, map: &str, key: i16, index: i32, amount: Option<Reg>) {
+    use sluice_asm::{JmpCond, Size};
+    b.store(Size::W, Reg::R10, key, index);
+    map_lookup(b, map, key);
+    let done = b.new_label("counted");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, done);
+    b.load(Size::DW, Reg::R1, Reg::R0, 0);
+    match amount {
+        Some(r) => b.add(Reg::R1, r),
+        None => b.add(Reg::R1, 1),
+    };
+    b.store(Size::DW, Reg::R0, 0, Reg::R1);
+    b.place(done);
+}

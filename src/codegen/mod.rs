@@ -11,6 +11,7 @@ pub mod kit;
 pub mod lb;
 pub mod prefilter;
 pub mod sock_lb;
+pub mod sockops;
 
 use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};
 use sluice_verifier_sim::ctx_off;

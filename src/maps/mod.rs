@@ -65,6 +65,7 @@ pub mod lb;
 pub mod names;
 pub mod policy;
 pub mod prefilter;
+pub mod sock;
 pub mod writes;
 
 use sluice_verifier_sim::spec::{MapKind, MapSpec};
@@ -123,7 +124,7 @@ pub fn u32_key(index: u32) -> [u8; 4] {
 
 #[cfg(test)]
 mod layout_tests {
-    use super::{fwd, lb, policy, Layout, LayoutField};
+    use super::{fwd, lb, policy, sock, Layout, LayoutField};
 
     /// Every byte of every key and value is a named field: no implicit padding the kernel
     /// would hash or compare with whatever the stack held.
@@ -166,6 +167,8 @@ mod layout_tests {
         no_implicit_padding::<super::prefilter::PfMeta>("PfMeta");
         no_implicit_padding::<fwd::TunnelValue>("TunnelValue");
         no_implicit_padding::<fwd::FwdCfg>("FwdCfg");
+        no_implicit_padding::<sock::SockKey>("SockKey");
+        no_implicit_padding::<sock::SockVerdict>("SockVerdict");
     }
 
     /// The derived offsets are the wire layouts the kernel side was written against.

@@ -49,12 +49,56 @@ pub const LXC: &str = "lxc";
 pub const TUNNEL: &str = "tunnel";
 pub const FWD_CFG: &str = "fwd_cfg";
 
+// The socket layer's maps.
+pub const SOCK_HASH: &str = "sock_hash";
+pub const SOCK_VERDICT: &str = "sock_verdict";
+pub const SOCK_REV: &str = "sock_rev";
+pub const SOCK_STATS: &str = "sock_stats";
+
 /// Every name above.
 pub const ALL: &[&str] = &[
-    CT4, CT6, EP_CONFIG, EP_STATS, EP_TAIL, EV_BUDGET, EV_CONFIG, EVENTS, FRAG4, FRAG6, FWD_CFG, IPC_V4_L1,
-    IPC_V4_L2, IPC_V4_L3, IPC_V6, LB_AFF, LB_BE, LB_CT, LB_HINT, LB_REVNAT, LB_SLOT, LB_SOCK, LB_STATS,
-    LB_SVC, LXC, PF_CIDRS, PF_META, PF_STATS, PF_V4_L1, PF_V4_L2, PF_V4_L3, PF_V6_L1, PF_V6_L2, PF_V6_LPM,
-    POL_META, POL_TABLE, POLICY, TUNNEL,
+    CT4,
+    CT6,
+    EP_CONFIG,
+    EP_STATS,
+    EP_TAIL,
+    EV_BUDGET,
+    EV_CONFIG,
+    EVENTS,
+    FRAG4,
+    FRAG6,
+    FWD_CFG,
+    IPC_V4_L1,
+    IPC_V4_L2,
+    IPC_V4_L3,
+    IPC_V6,
+    LB_AFF,
+    LB_BE,
+    LB_CT,
+    LB_HINT,
+    LB_REVNAT,
+    LB_SLOT,
+    LB_SOCK,
+    LB_STATS,
+    LB_SVC,
+    LXC,
+    PF_CIDRS,
+    PF_META,
+    PF_STATS,
+    PF_V4_L1,
+    PF_V4_L2,
+    PF_V4_L3,
+    PF_V6_L1,
+    PF_V6_L2,
+    PF_V6_LPM,
+    POL_META,
+    POL_TABLE,
+    POLICY,
+    TUNNEL,
+    SOCK_HASH,
+    SOCK_VERDICT,
+    SOCK_REV,
+    SOCK_STATS,
 ];
 
 #[cfg(test)]

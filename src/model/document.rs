@@ -140,6 +140,9 @@ pub(crate) struct NodeSpec {
     /// Where services are balanced besides the endpoints' programs.
     #[serde(default)]
     pub load_balancer: Option<super::network::LoadBalancerWire>,
+    /// Socket-layer acceleration.
+    #[serde(default)]
+    pub socket_layer: Option<super::socket_layer::SocketLayerWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.

@@ -43,6 +43,7 @@ pub mod network;
 pub mod policy;
 mod policy_wire;
 pub mod service;
+pub mod socket_layer;
 pub mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -84,6 +85,8 @@ pub struct NodeConfig {
     pub overlay: Option<network::Overlay>,
     /// `spec.loadBalancer`: standalone load-balancer devices and the socket-LB cgroup.
     pub load_balancer: network::LoadBalancer,
+    /// `spec.socketLayer`: socket-layer acceleration (off when `None`).
+    pub socket_layer: Option<socket_layer::SocketLayer>,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
     /// Not from the file: the numbers a loaded node already gives its endpoints, by
@@ -192,6 +195,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         network::lower(spec.router, spec.overlay, &endpoints, &FieldPath::root().key("spec"))?;
     let load_balancer =
         network::lower_load_balancer(spec.load_balancer, &endpoints, &FieldPath::root().key("spec"))?;
+    let socket_layer = socket_layer::lower(spec.socket_layer, &FieldPath::root().key("spec"))?;
     Ok(NodeConfig {
         name: node.metadata.name,
         prefilter: Prefilter { deny: deny.into_iter().collect() },
@@ -202,6 +206,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         router,
         overlay,
         load_balancer,
+        socket_layer,
         source: origin.to_owned(),
         numbering: Default::default(),
     })

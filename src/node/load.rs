@@ -297,6 +297,7 @@ fn half_pinned(dir: &Path) -> bool {
     !programs_dir(dir).join(crate::codegen::prefilter::NAME).exists()
         && !nonempty(dir.join(super::wire::LINKS_DIR))
         && !nonempty(dir.join(super::socklb::SOCKLB_DIR))
+        && !nonempty(dir.join(super::socklayer::SOCKLAYER_DIR))
         && !dir.join(super::wire::NETLINK_RECORDS).exists()
 }
 

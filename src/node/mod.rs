@@ -14,6 +14,7 @@ pub mod replay;
 pub mod reshape;
 pub mod services;
 pub mod sim;
+pub mod socklayer;
 pub mod socklb;
 pub mod update;
 pub mod wire;

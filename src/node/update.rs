@@ -238,6 +238,13 @@ pub fn update_pinned(
     }
     let writes = map_writes(cfg, &maps)?;
     apply_writes(&maps, &writes)?;
+    // A changed verdict input makes every accelerated connection's verdict stale: its
+    // messages go to the stack, where the tc programs judge them (issue 11).
+    if writes.iter().any(|w| {
+        super::socklayer::VERDICT_INPUTS.contains(&w.map) && !(w.keys.is_empty() && w.deletes.is_empty())
+    }) {
+        super::socklayer::bump_revision(sys, dir)?;
+    }
     Ok(count_writes(&writes))
 }
 

@@ -353,6 +353,14 @@ pub const AF_INET6: i32 = 10;
 pub const SOCK_STREAM: i32 = 1;
 pub const SOCK_DGRAM: i32 = 2;
 
+/// `enum` of `bpf_sock_ops.op`: the callbacks sluice's sock_ops program acts on.
+pub const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: i32 = 4;
+pub const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: i32 = 5;
+
+/// `enum sk_action`: sk_msg verdicts.
+pub const SK_DROP: i32 = 0;
+pub const SK_PASS: i32 = 1;
+
 /// `bpf_redirect`: to the ingress path.
 pub const BPF_F_INGRESS: i32 = 1;
 /// `bpf_skb_store_bytes` flags.

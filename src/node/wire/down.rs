@@ -62,6 +62,11 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
 
     // 1. Links: detach (the hook is free at once), then unpin; the socket load balancer's
     //    cgroup links first.
+    match crate::node::socklayer::remove(sys, pin_dir) {
+        Ok(0) => {}
+        Ok(n) => report.removed.push(format!("detached {n} socket-layer links")),
+        Err(e) => report.warnings.push(format!("socket layer: {e}")),
+    }
     match crate::node::socklb::remove(sys, pin_dir) {
         Ok(0) => {}
         Ok(n) => report.removed.push(format!("detached {n} socket load-balancer cgroup links")),

@@ -271,9 +271,26 @@ pub fn status(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Status> {
             }
         }
     }
+    if let Some(stats) = maps.get(crate::maps::names::SOCK_STATS) {
+        for c in crate::maps::sock::SockCounter::ALL {
+            let count = per_cpu_sum(stats, c as u32)?;
+            if count > 0 {
+                st.counters.push(Counter {
+                    scope: "socket layer".to_string(),
+                    reason: c.name(),
+                    drop: false,
+                    count,
+                });
+            }
+        }
+    }
     st.problems = consistency(&st, &maps);
-    // The socket load balancer's cgroup links (`<pin>/socklb`).
-    for (name, path) in sorted_entries(&pin_dir.join(crate::node::socklb::SOCKLB_DIR))? {
+    // The socket load balancer's cgroup links (`<pin>/socklb`), then the socket layer's
+    // (`<pin>/socklayer`).
+    let socket_links = sorted_entries(&pin_dir.join(crate::node::socklb::SOCKLB_DIR))?
+        .into_iter()
+        .chain(sorted_entries(&pin_dir.join(crate::node::socklayer::SOCKLAYER_DIR))?);
+    for (name, path) in socket_links {
         let (prog_id, detail, problem) = match Link::from_pin(sys, &path) {
             Ok(link) => match link.info() {
                 Ok(i) => (i.prog_id, format!("link {} cgroup id {}", i.id, i.cgroup_id.unwrap_or(0)), None),

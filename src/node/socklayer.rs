@@ -1,0 +1,343 @@
+//! The socket layer on a node ([`crate::codegen::sockops`]): the `sk_msg` program attached
+//! to the `sock_hash` map and the `sock_ops` program linked to a cgroup.
+//!
+//! Contract:
+//! - [`load_program`] generates, binds and loads one of the two programs against the
+//!   caller's maps; a kernel rejection carries the end of the verifier log and our program
+//!   where the verifier stopped.
+//! - [`SockLayer::attach`] first links `sk_msg` to `sock_hash` (a sockmap link,
+//!   `BPF_SK_MSG_VERDICT`: a socket takes the map's program when it is inserted, so this
+//!   must come before any insertion), then links `sock_ops` to the cgroup
+//!   (`BPF_CGROUP_SOCK_OPS`). On error nothing stays attached (unpinned links detach on drop).
+//! - [`SockLayer::detach`] / [`remove`] unlink `sock_ops` (no new connection is accelerated)
+//!   and `sk_msg`. Sockets already in `sock_hash` keep the program they took at insertion
+//!   until they close. The kernel drops a map's sockets (and their unread redirected data)
+//!   when the map itself goes: `sluice unload` of a node with live accelerated connections
+//!   is not loss-free (a known limit).
+//! - [`sync`] (idempotent; `sluice attach` and the daemon run it): the node's
+//!   `spec.socketLayer.cgroup` gets both links pinned under `<pin>/socklayer/`; the socket
+//!   layer's maps are pinned under `<pin>/maps/` beside the endpoint maps it reads, created
+//!   on first use; a pinned `sock_hash` is reused, so a restart keeps its sockets.
+
+use crate::attach::cgroup::link_cgroup;
+use crate::attach::sockmap::link_sk_msg;
+use crate::attach::{AttachError, Link};
+use crate::codegen::sockops;
+use crate::codegen::CodegenError;
+use crate::maps::names as map;
+use crate::sys::{attach_type, Map, ProgSpec, ProgType, Program, SysError, Syscall};
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// Why the socket layer could not be loaded or attached.
+#[derive(Debug, Error)]
+pub enum SockLayerError {
+    #[error(transparent)]
+    Codegen(#[from] CodegenError),
+    #[error("program `{name}` uses map `{map}`, which was not given")]
+    MissingMap { name: &'static str, map: String },
+    #[error("program `{name}`: {source}")]
+    Encode {
+        name: &'static str,
+        #[source]
+        source: sluice_asm::EncodeError,
+    },
+    #[error(
+        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log (end) ---\n{log}\n--- our program where the verifier stopped ---\n{listing}"
+    )]
+    Rejected { name: String, errno: String, log: String, listing: String },
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(transparent)]
+    Attach(#[from] AttachError),
+}
+
+/// One of the socket layer's programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// `sock_ops` on the cgroup.
+    Ops,
+    /// `sk_msg` on `sock_hash`.
+    Msg,
+}
+
+impl Which {
+    pub fn name(self) -> &'static str {
+        match self {
+            Which::Ops => sockops::OPS_NAME,
+            Which::Msg => sockops::MSG_NAME,
+        }
+    }
+
+    /// The generated program.
+    pub fn generate(self) -> Result<sluice_asm::Program, CodegenError> {
+        match self {
+            Which::Ops => sockops::generate_ops(),
+            Which::Msg => sockops::generate_msg(),
+        }
+    }
+}
+
+/// Generate and load one program against `maps` (every name in [`sockops::MAPS`]).
+pub fn load_program(
+    sys: &Arc<dyn Syscall>,
+    which: Which,
+    maps: &BTreeMap<&str, Map>,
+) -> Result<Program, SockLayerError> {
+    let name = which.name();
+    let program = which.generate()?;
+    let bound = program.relocate(|m| maps.get(m).map(|m| m.fd().as_raw_fd())).map_err(|_| {
+        let map =
+            program.map_names().into_iter().find(|m| !maps.contains_key(m.as_str())).unwrap_or_default();
+        SockLayerError::MissingMap { name, map }
+    })?;
+    let bytes = bound.encode().map_err(|source| SockLayerError::Encode { name, source })?;
+    let spec = match which {
+        Which::Ops => ProgSpec::new(name, ProgType::SockOps, &bytes),
+        Which::Msg => ProgSpec::new(name, ProgType::SkMsg, &bytes),
+    };
+    Program::load(sys, &spec).map_err(|e| match e {
+        SysError::ProgLoad { name, errno, log } => SockLayerError::Rejected {
+            name,
+            errno: errno.to_string(),
+            listing: sluice_asm::text::rejection_context(&program, &log),
+            log: sluice_asm::text::log_tail(&log, 40),
+        },
+        other => SockLayerError::Sys(other),
+    })
+}
+
+/// The socket layer attached to one cgroup: the `sk_msg` link on `sock_hash`, the
+/// `sock_ops` link on the cgroup. Unpinned links detach when dropped.
+#[derive(Debug)]
+pub struct SockLayer {
+    cgroup: PathBuf,
+    ops: Program,
+    msg: Program,
+    /// `sk_msg` on `sock_hash`, then `sock_ops` on the cgroup.
+    links: [Link; 2],
+}
+
+impl SockLayer {
+    /// Load both programs against `maps`, link `sk_msg` to `sock_hash`, then `sock_ops` to
+    /// `cgroup` (if that fails, the `sk_msg` link is dropped again).
+    pub fn attach(
+        sys: &Arc<dyn Syscall>,
+        maps: &BTreeMap<&str, Map>,
+        cgroup: &Path,
+    ) -> Result<SockLayer, SockLayerError> {
+        let sock_hash = maps
+            .get(map::SOCK_HASH)
+            .ok_or(SockLayerError::MissingMap { name: sockops::MSG_NAME, map: map::SOCK_HASH.into() })?;
+        let msg = load_program(sys, Which::Msg, maps)?;
+        let ops = load_program(sys, Which::Ops, maps)?;
+        let msg_link = link_sk_msg(sys, &msg, sock_hash.fd())?;
+        let ops_link = link_cgroup(sys, &ops, cgroup, attach_type::CGROUP_SOCK_OPS)?;
+        Ok(SockLayer { cgroup: cgroup.to_path_buf(), ops, msg, links: [msg_link, ops_link] })
+    }
+
+    /// The cgroup `sock_ops` runs for.
+    pub fn cgroup(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The `sock_ops` program and the `sk_msg` program.
+    pub fn programs(&self) -> (&Program, &Program) {
+        (&self.ops, &self.msg)
+    }
+
+    /// The `sk_msg` link and the `sock_ops` link.
+    pub fn links(&self) -> &[Link; 2] {
+        &self.links
+    }
+
+    /// Pin both links under `dir` by program name: they then stay after this value and the
+    /// process are gone.
+    pub fn pin(&mut self, dir: &Path) -> Result<(), SockLayerError> {
+        let [msg, ops] = &mut self.links;
+        msg.pin(&dir.join(sockops::MSG_NAME))?;
+        ops.pin(&dir.join(sockops::OPS_NAME))?;
+        Ok(())
+    }
+
+    /// Detach both now: `sock_ops` first (no new connection is accelerated), then `sk_msg`.
+    pub fn detach(self) -> Result<(), SockLayerError> {
+        let [msg, ops] = self.links;
+        ops.detach()?;
+        msg.detach()?;
+        Ok(())
+    }
+}
+
+/// The directory of the socket layer's link pins, under the pin dir.
+pub const SOCKLAYER_DIR: &str = "socklayer";
+
+/// Why the socket layer could not be wired on a node.
+#[derive(Debug, Error)]
+pub enum SockLayerSyncError {
+    #[error(transparent)]
+    SockLayer(#[from] SockLayerError),
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    #[error(transparent)]
+    Load(#[from] super::load::LoadError),
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`sync`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SockLayerReport {
+    pub cgroup: Option<PathBuf>,
+    /// Links created, kept, removed.
+    pub created: usize,
+    pub kept: usize,
+    pub removed: usize,
+}
+
+impl std::fmt::Display for SockLayerReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.cgroup {
+            Some(c) => write!(
+                f,
+                "socket layer on {}: {} links created, {} kept, {} removed",
+                c.display(),
+                self.created,
+                self.kept,
+                self.removed
+            ),
+            None if self.removed > 0 => write!(f, "socket layer off: {} links removed", self.removed),
+            None => f.write_str("socket layer off"),
+        }
+    }
+}
+
+/// Open the socket layer's maps pinned under `<pin_dir>/maps`, creating and pinning the
+/// socket layer's own ones that are not there yet (the endpoint maps must be).
+pub fn open_maps(
+    sys: &Arc<dyn Syscall>,
+    pin_dir: &Path,
+) -> Result<BTreeMap<&'static str, Map>, SockLayerSyncError> {
+    let mut maps = BTreeMap::new();
+    for def in sockops::map_defs() {
+        let path = pin_dir.join("maps").join(def.name);
+        let m = if path.exists() {
+            super::load::open_pinned_map(sys, pin_dir, &def)?
+        } else {
+            let m = Map::create(sys, &super::load::sys_spec(&def))?;
+            m.pin(&path)?;
+            m
+        };
+        maps.insert(def.name, m);
+    }
+    let endpoint_defs = crate::maps::fwd::map_defs().into_iter().chain(crate::maps::policy::map_defs(
+        crate::maps::policy::Capacity {
+            endpoints: 1,
+            ipc_v4_l2: 1,
+            ipc_v4_l3: 1,
+            ipc_v6: 1,
+            policy: 1,
+            pol_bits: 0,
+            ct: 1,
+        },
+    ));
+    for def in endpoint_defs.filter(|d| sockops::MAPS.contains(&d.name)) {
+        maps.insert(def.name, super::load::open_pinned_map(sys, pin_dir, &def)?);
+    }
+    Ok(maps)
+}
+
+/// Bring the socket layer in line with the node's `spec.socketLayer`: links pinned at
+/// `<pin>/socklayer/<program>`; kept when both are there and `sock_ops` is on the wanted
+/// cgroup, else replaced; removed when the node has no socket layer.
+pub fn sync(
+    sys: &Arc<dyn Syscall>,
+    cfg: &crate::model::NodeConfig,
+    pin_dir: &Path,
+) -> Result<SockLayerReport, SockLayerSyncError> {
+    let want = cfg.socket_layer.as_ref().map(|s| s.cgroup.clone());
+    let mut report = SockLayerReport { cgroup: want.clone(), ..SockLayerReport::default() };
+    let Some(cgroup) = want else {
+        report.removed = remove(sys, pin_dir)?;
+        return Ok(report);
+    };
+    let dir = pin_dir.join(SOCKLAYER_DIR);
+    let want_id = cgroup_id(&cgroup);
+    let ops_ok = Link::from_pin(sys, &dir.join(sockops::OPS_NAME))
+        .ok()
+        .and_then(|l| l.info().ok())
+        .is_some_and(|i| want_id.is_some() && i.cgroup_id == want_id);
+    if ops_ok && dir.join(sockops::MSG_NAME).exists() {
+        report.kept = 2;
+        return Ok(report);
+    }
+    report.removed = remove(sys, pin_dir)?;
+    crate::sys::ensure_bpffs(&dir)?;
+    let maps = open_maps(sys, pin_dir)?;
+    let mut layer = SockLayer::attach(sys, &maps, &cgroup)?;
+    layer.pin(&dir)?;
+    report.created = 2;
+    Ok(report)
+}
+
+/// The id of the cgroup directory at `path` (its inode number, what a cgroup link reports).
+fn cgroup_id(path: &Path) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| m.ino())
+}
+
+/// Detach and unpin the socket layer's links under `pin_dir` (`sock_ops` first); how many
+/// there were. Accelerated sockets keep their program until they close.
+pub fn remove(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<usize, SockLayerSyncError> {
+    let dir = pin_dir.join(SOCKLAYER_DIR);
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let mut n = 0;
+    for name in [sockops::OPS_NAME, sockops::MSG_NAME] {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        n += 1;
+        // Detaching a link opened from its pin unpins it too.
+        if let Ok(link) = Link::from_pin(sys, &path) {
+            let _ = link.detach();
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => return Err(SockLayerSyncError::Io { op: "unpin", path, source }),
+        }
+    }
+    std::fs::remove_dir(&dir).map_err(|source| SockLayerSyncError::Io { op: "remove", path: dir, source })?;
+    Ok(n)
+}
+
+/// The maps a socket-layer verdict is decided from: a write to any of them bumps the policy
+/// revision.
+pub const VERDICT_INPUTS: [&str; 4] = [map::POLICY, map::POL_TABLE, map::EP_CONFIG, map::LXC];
+
+/// Bump the policy revision in the pinned `sock_rev` (nothing when the socket layer was
+/// never wired on this node); the new revision.
+pub fn bump_revision(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Option<u32>, SysError> {
+    let path = pin_dir.join("maps").join(map::SOCK_REV);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let rev = Map::from_pin(sys, &path)?;
+    let key = crate::maps::u32_key(0);
+    let now =
+        rev.lookup(&key)?.and_then(|v| v.get(..4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])));
+    let next = now.unwrap_or(0).wrapping_add(1);
+    rev.update(&key, &next.to_le_bytes(), crate::sys::UpdateFlags::ANY)?;
+    Ok(Some(next))
+}

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod elf;
 #[path = "../golden/mod.rs"]
 pub mod golden;
+pub mod l7;
 pub mod lb;
 pub mod maps;
 pub mod model;

@@ -55,6 +55,8 @@ pub enum CliError {
     Forward(#[from] crate::node::forward::ForwardError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error("sluice proxy: {0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Reshape(#[from] crate::node::reshape::ReshapeError),
     #[error(transparent)]
@@ -130,6 +132,30 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             }
         }
         Command::Daemon { config, pin_dir, socket, poll_ms } => daemon(config, pin_dir, socket, poll_ms),
+        Command::Proxy {
+            config,
+            listen,
+            upstream,
+            access_log,
+            metrics_file,
+            threads,
+            max_headers,
+            max_head_bytes,
+        } => {
+            let limits =
+                crate::proxy::Limits { max_headers, max_head_bytes, ..crate::proxy::Limits::default() };
+            let cfg = crate::proxy::ProxyConfig {
+                listen,
+                node_file: config,
+                upstream,
+                access_log,
+                metrics_file,
+                threads,
+                limits,
+            };
+            crate::proxy::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;
             let _lock = lock_node(&pin_dir, wait)?;

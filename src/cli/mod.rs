@@ -118,6 +118,34 @@ pub enum Command {
         #[arg(long, default_value_t = 500)]
         poll_ms: u64,
     },
+    /// The L7 (HTTP) policy proxy: judges each request by the node file's `rules.http`
+    /// (reloaded when the file changes), forwards or answers 403. Transparent (the datapath
+    /// redirects to it) unless --upstream makes it a reverse proxy to one address.
+    Proxy {
+        /// The node file with the policies.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:15001")]
+        listen: std::net::SocketAddr,
+        /// Reverse mode: send every connection here (judged as if addressed here).
+        #[arg(long)]
+        upstream: Option<std::net::SocketAddr>,
+        /// Append access records (JSON lines) here instead of standard output.
+        #[arg(long)]
+        access_log: Option<PathBuf>,
+        /// Rewrite Prometheus metrics here every second.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Most headers in one request.
+        #[arg(long, default_value_t = 100)]
+        max_headers: usize,
+        /// Most bytes in a request head (request line and headers; at least 8192).
+        #[arg(long, default_value_t = 65536)]
+        max_head_bytes: usize,
+    },
     /// Detach and remove everything sluice attached and pinned.
     Down {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]

@@ -7,6 +7,8 @@
 //!   returns its [`Gate`]s: one per local endpoint end (the source endpoint's egress, the
 //!   destination endpoint's ingress) whose enforced policy has an L7 peer rule matching the
 //!   peer and port. A request passes when every gate allows it.
+//! - An endpoint direction with L7 rules always gives a gate for connections at its address;
+//!   one that no allow peer rule covers denies every request (fail closed).
 //! - A gate allows a request when an L7 peer rule's HTTP rules match it, or when an L3/L4
 //!   allow peer rule also matches the connection (as in Cilium, where an L4-only allow on the
 //!   same port widens the port's L7 rules to "allow every request"). Deny peer rules are the
@@ -169,9 +171,9 @@ impl L7Policy {
             if gate.allow_all {
                 gate.sets.clear();
             }
-            if gate.allow_all || !gate.sets.is_empty() {
-                gates.push(gate);
-            }
+            // A gate with neither denies every request: no allow rule covers the connection
+            // (the datapath would have dropped it; the proxy does not let it through either).
+            gates.push(gate);
         }
         gates
     }

@@ -29,7 +29,7 @@
 //! - Hop-by-hop headers (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
 //!   `Upgrade`) are not forwarded; `Upgrade` passthrough is not offered.
 
-mod io;
+pub mod io;
 pub mod metrics;
 
 use std::convert::Infallible;
@@ -286,7 +286,6 @@ async fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, client: Socke
     builder
         .timer(io::Timer)
         .keep_alive(true)
-        .pipeline_flush(true)
         .max_buf_size(limits.max_head_bytes.max(8192))
         .max_headers(limits.max_headers)
         .header_read_timeout(limits.head_timeout);
@@ -300,6 +299,16 @@ async fn serve_connection(shared: &Arc<Shared>, stream: TcpStream, client: Socke
 /// One request: judge, then forward or answer 403.
 async fn handle(shared: &Shared, conn: &Conn, req: Request<Incoming>) -> Response<ProxyBody> {
     let started = Instant::now();
+    // hyper bounds its read buffer, but a head that arrives in one read can pass it whole;
+    // the limit is ours to state, so count it here too.
+    let head_bytes = req.uri().to_string().len()
+        + req.headers().iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum::<usize>();
+    if head_bytes > shared.config.limits.max_head_bytes {
+        shared.metrics.malformed();
+        let mut response = plain(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "Request header too large\r\n");
+        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        return response;
+    }
     let policy = shared.rules.get();
     let headers: Vec<(&str, &[u8])> = req.headers().iter().map(|(n, v)| (n.as_str(), v.as_bytes())).collect();
     let target = req.uri().path_and_query().map_or("/", |pq| pq.as_str()).to_owned();

@@ -116,8 +116,16 @@ impl Lab {
         self.dir.join("node.yaml")
     }
 
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    /// The access log once it holds `records` lines (records are flushed every 100 ms).
+    fn access_log(&self, records: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
+            if log.lines().count() >= records || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn start_proxy(&mut self) {
@@ -452,7 +460,8 @@ fn ingress_rules_judge_each_request() {
     );
 
     // The access log: one record per request, with verdict, rule and identities.
-    let log = lab.access_log();
+    // Every curl case, the upload and the download.
+    let log = lab.access_log(cases.len() + 2);
     let denied_secret =
         log.lines().find(|l| l.contains("\"url\":\"/secret\"")).expect("a record for /secret");
     for field in [

@@ -23,7 +23,8 @@
 //! - Upstream: one HTTP/1.1 connection per client connection (so per source identity and
 //!   destination), opened at the first allowed request and reopened after it fails; a failure
 //!   gives the client `502`.
-//! - Every request writes one access record (JSON, one line) to the access log: source and
+//! - Every request writes one access record (JSON, one line; buffered, written out every
+//!   [`LOG_FLUSH`]) to the access log: source and
 //!   destination with their endpoints and identities, method, URL, host, status, latency,
 //!   verdict and the rule that decided (or the gate that denied).
 //! - Hop-by-hop headers (`Connection`, `Keep-Alive`, `Proxy-Connection`, `TE`, `Trailer`,
@@ -56,6 +57,9 @@ pub const MARK_FROM_PROXY: u32 = 0x0A00;
 
 /// How often the node file is checked for changes.
 pub const RULES_POLL: Duration = Duration::from_millis(200);
+
+/// How often buffered access records are written out.
+pub const LOG_FLUSH: Duration = Duration::from_millis(100);
 
 /// Body bytes a denied request may carry and still keep its connection.
 pub const DENIED_BODY_DRAIN: usize = 1 << 20;
@@ -148,20 +152,22 @@ struct Shared {
 pub fn run(config: ProxyConfig) -> Result<(), ProxyError> {
     let rules = Rules { current: RwLock::new(Arc::new(load_rules(&config.node_file)?)) };
     let log: Box<dyn std::io::Write + Send> = match &config.access_log {
-        Some(path) => Box::new(
+        Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
                 .map_err(|source| ProxyError::AccessLog { path: path.display().to_string(), source })?,
-        ),
-        None => Box::new(std::io::stdout()),
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(config.threads.max(1))
-        .enable_all()
-        .build()
-        .map_err(ProxyError::Runtime)?;
+    // One thread: a current-thread runtime (no hand-offs between a worker and the I/O driver).
+    let runtime = if config.threads <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(config.threads).enable_all().build()
+    }
+    .map_err(ProxyError::Runtime)?;
     let shared = Arc::new(Shared { config, rules, metrics: Metrics::default(), log: Mutex::new(log) });
     runtime.block_on(serve(shared))
 }
@@ -179,6 +185,7 @@ async fn serve(shared: Arc<Shared>) -> Result<(), ProxyError> {
         shared.config.node_file.display()
     );
     tokio::spawn(watch_rules(shared.clone()));
+    tokio::spawn(flush_log(shared.clone()));
     if shared.config.metrics_file.is_some() {
         tokio::spawn(write_metrics(shared.clone()));
     }
@@ -238,6 +245,17 @@ async fn watch_rules(shared: Arc<Shared>) {
             }
             Ok(Err(e)) => eprintln!("sluice proxy: keeping the previous rules: {e}"),
             Err(e) => eprintln!("sluice proxy: keeping the previous rules: reload failed: {e}"),
+        }
+    }
+}
+
+/// Records are buffered (a write per request would cost a system call each) and flushed
+/// every [`LOG_FLUSH`].
+async fn flush_log(shared: Arc<Shared>) {
+    loop {
+        tokio::time::sleep(LOG_FLUSH).await;
+        if let Ok(mut log) = shared.log.lock() {
+            let _ = log.flush();
         }
     }
 }

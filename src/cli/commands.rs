@@ -10,6 +10,7 @@ use crate::node::{self, replay, Plan};
 use crate::{golden, sys};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use thiserror::Error;
 
 /// Why a command failed.
@@ -101,7 +102,18 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             print!("{table}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Monitor { json, count, pin_dir } => {
+        Command::Monitor { json, count, l7: Some(log), .. } => {
+            crate::proxy::records::follow(
+                &log,
+                json,
+                count,
+                &mut std::io::stdout().lock(),
+                &AtomicBool::new(false),
+            )
+            .map_err(|e| CliError::Monitor(format!("{}: {e}", log.display())))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Monitor { json, count, pin_dir, l7: None } => {
             let sys = kernel("sluice monitor")?;
             crate::monitor::run(&sys, &pin_dir, json, count, &mut std::io::stdout().lock())
                 .map_err(|e| CliError::Monitor(e.to_string()))?;

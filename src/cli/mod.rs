@@ -77,6 +77,9 @@ pub enum Command {
         count: Option<usize>,
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Print L7 (HTTP) flows from this `sluice proxy` access log instead.
+        #[arg(long)]
+        l7: Option<PathBuf>,
     },
     /// Switch datapath events on or off, with a per-CPU rate limit (events per second).
     Events {

@@ -32,6 +32,7 @@
 
 pub mod io;
 pub mod metrics;
+pub mod records;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};

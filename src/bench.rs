@@ -31,6 +31,7 @@
 
 pub mod attach;
 pub mod flows;
+pub mod l7;
 pub mod lb;
 pub mod maglev;
 pub mod policy;
@@ -835,6 +836,16 @@ impl Report {
 
 /// Run the benchmark and return the markdown report.
 pub fn run(opts: &BenchOpts) -> Result<String, BenchError> {
+    if opts.runs(l7::PART_L7) {
+        // The L7 part stands apart from the kernel parts: its own section after theirs.
+        let rest = BenchOpts {
+            parts: opts.parts.iter().filter(|p| *p != l7::PART_L7).cloned().collect(),
+            ..opts.clone()
+        };
+        let mut out = if rest.parts.is_empty() { String::new() } else { measure(&rest)?.render() };
+        out.push_str(&l7::run()?);
+        return Ok(out);
+    }
     Ok(measure(opts)?.render())
 }
 

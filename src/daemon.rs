@@ -593,6 +593,24 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
         opts.config.display(),
         opts.poll.as_millis()
     );
+    // The L7 proxy, when the node has L7 rules: its own process, adopted across restarts.
+    let proxy_files = crate::proxy::supervise::ProxyFiles {
+        dir: opts.socket.parent().map_or_else(|| PathBuf::from("/run/sluice"), Path::to_path_buf),
+    };
+    let wants_proxy = crate::l7::policy::L7Policy::new(cfg.clone()).is_ok_and(|p| !p.is_empty());
+    let keep_proxy = || {
+        let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sluice"));
+        match crate::proxy::supervise::ensure(&proxy_files, &opts.config, &exe, &[]) {
+            Ok(crate::proxy::supervise::Outcome::Started(pid)) => {
+                println!("started sluice proxy (pid {pid})")
+            }
+            Ok(crate::proxy::supervise::Outcome::Adopted(_)) => {}
+            Err(e) => println!("sluice proxy: cannot start it: {e}"),
+        }
+    };
+    if wants_proxy {
+        keep_proxy();
+    }
     let tick = opts.poll.min(Duration::from_millis(50)).max(Duration::from_millis(1));
     std::thread::scope(|scope| {
         // The poller: an apply it starts never holds up the socket.
@@ -601,6 +619,9 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_poll {
                     d.poll();
+                    if wants_proxy {
+                        keep_proxy();
+                    }
                     next_poll = Instant::now() + opts.poll;
                 }
                 std::thread::sleep(tick);

@@ -13,6 +13,7 @@ pub mod demo;
 pub mod elf;
 #[path = "../golden/mod.rs"]
 pub mod golden;
+pub mod l7;
 pub mod lb;
 pub mod maps;
 pub mod model;
@@ -22,6 +23,7 @@ pub mod netlink;
 pub mod node;
 pub mod packet;
 pub mod policy;
+pub mod proxy;
 pub mod sys;
 /// Kernel structures and constants, defined once (in `sluice-verifier-sim`, which the
 /// simulator and the code generators share).

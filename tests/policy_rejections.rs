@@ -693,7 +693,7 @@ spec:
         "cnp-to-ports-without-ports.yaml:9:11: spec.ingress[0].toPorts[0]: a toPorts entry needs at least one port in `ports`",
     ),
     (
-        "cnp-l7-rules",
+        "cnp-l7-http-bad-path-regex",
         Text::Policy(
             "apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -705,10 +705,152 @@ spec:
         - ports: [{port: '80', protocol: TCP}]
           rules:
             http:
-              - {method: GET, path: /}
+              - {method: GET, path: '/api/(v1'}
 ",
         ),
-        "cnp-l7-rules.yaml:10:13: spec.ingress[0].toPorts[0].rules: L7 rules are not supported yet (issue: L7 policy)",
+        "cnp-l7-http-bad-path-regex.yaml:11:37: spec.ingress[0].toPorts[0].rules.http[0].path: invalid regular expression \"/api/(v1\": unclosed group",
+    ),
+    (
+        "cnp-l7-http-bad-method-regex",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  egress:
+    - toPorts:
+        - ports: [{port: '8080'}]
+          rules:
+            http:
+              - method: 'GET|*'
+  endpointSelector: {}
+",
+        ),
+        "cnp-l7-http-bad-method-regex.yaml:10:25: spec.egress[0].toPorts[0].rules.http[0].method: invalid regular expression \"GET|*\": repetition operator missing expression",
+    ),
+    (
+        "cnp-l7-http-header-match-add",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports: [{port: '80', protocol: TCP}]
+          rules:
+            http:
+              - headerMatches:
+                  - {name: X-Token, value: abc, mismatch: ADD}
+",
+        ),
+        "cnp-l7-http-header-match-add.yaml:12:59: spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].mismatch: mismatch action ADD is not supported: sluice's proxy does not rewrite headers (LOG is)",
+    ),
+    (
+        "cnp-l7-http-header-match-secret",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports: [{port: '80', protocol: TCP}]
+          rules:
+            http:
+              - headerMatches:
+                  - {name: X-Token, secret: {namespace: d, name: s}}
+",
+        ),
+        "cnp-l7-http-header-match-secret.yaml:12:45: spec.ingress[0].toPorts[0].rules.http[0].headerMatches[0].secret: header matches against secrets are not supported (sluice reads no Kubernetes secrets); use `value`",
+    ),
+    (
+        "cnp-l7-http-bad-header-name",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports: [{port: '80', protocol: TCP}]
+          rules:
+            http:
+              - headers: ['X-Ok: 1', 'Bad(Name): 2']
+",
+        ),
+        "cnp-l7-http-bad-header-name.yaml:11:38: spec.ingress[0].toPorts[0].rules.http[0].headers[1]: \"Bad(Name)\" is not an HTTP header name",
+    ),
+    (
+        "cnp-l7-http-udp-port",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  ingress:
+    - toPorts:
+        - ports: [{port: '80', protocol: UDP}]
+          rules:
+            http: [{}]
+",
+        ),
+        "cnp-l7-http-udp-port.yaml:8:42: spec.ingress[0].toPorts[0].ports[0].protocol: ports with L7 rules must be TCP (`protocol: TCP` or `ANY`): the HTTP proxy sees TCP only",
+    ),
+    (
+        "cnp-l7-dns-rules",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  egress:
+    - toPorts:
+        - ports: [{port: '53', protocol: UDP}]
+          rules:
+            dns: [{matchPattern: '*'}]
+",
+        ),
+        "cnp-l7-dns-rules.yaml:10:18: spec.egress[0].toPorts[0].rules.dns: L7 `dns` rules are not supported: sluice's proxy enforces HTTP rules only",
+    ),
+    (
+        "cnp-l7-http-empty",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  egress:
+    - toPorts:
+        - ports: [{port: '80'}]
+          rules: {http: []}
+",
+        ),
+        "cnp-l7-http-empty.yaml:9:25: spec.egress[0].toPorts[0].rules.http: `http` needs at least one rule (`http: [{}]` allows every request and records it)",
+    ),
+    (
+        "cnp-l7-http-unknown-field",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {}
+  egress:
+    - toPorts:
+        - ports: [{port: '80'}]
+          rules:
+            http:
+              - {method: GET, paths: [/a]}
+",
+        ),
+        "cnp-l7-http-unknown-field.yaml:11:31: spec.egress[0].toPorts[0].rules.http[0]: unknown field `paths`, expected one of `method`, `path`, `host`, `headers`, `headerMatches`",
     ),
     (
         "cnp-l7-rules-in-deny",

@@ -11,6 +11,7 @@ use crate::node::{self, replay, Plan};
 use crate::{golden, sys};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use thiserror::Error;
 
 /// Why a command failed.
@@ -56,6 +57,8 @@ pub enum CliError {
     Forward(#[from] crate::node::forward::ForwardError),
     #[error(transparent)]
     Daemon(#[from] crate::daemon::DaemonError),
+    #[error("sluice proxy: {0}")]
+    Proxy(#[from] crate::proxy::ProxyError),
     #[error(transparent)]
     Reshape(#[from] crate::node::reshape::ReshapeError),
     #[error(transparent)]
@@ -100,7 +103,18 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             print!("{table}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Monitor { json, count, pin_dir } => {
+        Command::Monitor { json, count, l7: Some(log), .. } => {
+            crate::proxy::records::follow(
+                &log,
+                json,
+                count,
+                &mut std::io::stdout().lock(),
+                &AtomicBool::new(false),
+            )
+            .map_err(|e| CliError::Monitor(format!("{}: {e}", log.display())))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Monitor { json, count, pin_dir, l7: None } => {
             let sys = kernel("sluice monitor")?;
             crate::monitor::run(&sys, &pin_dir, json, count, &mut std::io::stdout().lock())
                 .map_err(|e| CliError::Monitor(e.to_string()))?;
@@ -132,6 +146,30 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
         }
         Command::Daemon { config, pin_dir, socket, poll_ms, attach } => {
             daemon(config, pin_dir, socket, poll_ms, attach.options(None))
+        }
+        Command::Proxy {
+            config,
+            listen,
+            upstream,
+            access_log,
+            metrics_file,
+            threads,
+            max_headers,
+            max_head_bytes,
+        } => {
+            let limits =
+                crate::proxy::Limits { max_headers, max_head_bytes, ..crate::proxy::Limits::default() };
+            let cfg = crate::proxy::ProxyConfig {
+                listen,
+                node_file: config,
+                upstream,
+                access_log,
+                metrics_file,
+                threads,
+                limits,
+            };
+            crate::proxy::run(cfg)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;

@@ -77,6 +77,9 @@ pub enum Command {
         count: Option<usize>,
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Print L7 (HTTP) flows from this `sluice proxy` access log instead.
+        #[arg(long)]
+        l7: Option<PathBuf>,
     },
     /// Switch datapath events on or off, with a per-CPU rate limit (events per second).
     Events {
@@ -126,6 +129,34 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = HookMechanism::Tcx)]
         attach: HookMechanism,
     },
+    /// The L7 (HTTP) policy proxy: judges each request by the node file's `rules.http`
+    /// (reloaded when the file changes), forwards or answers 403. Transparent (the datapath
+    /// redirects to it) unless --upstream makes it a reverse proxy to one address.
+    Proxy {
+        /// The node file with the policies.
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "0.0.0.0:15001")]
+        listen: std::net::SocketAddr,
+        /// Reverse mode: send every connection here (judged as if addressed here).
+        #[arg(long)]
+        upstream: Option<std::net::SocketAddr>,
+        /// Append access records (JSON lines) here instead of standard output.
+        #[arg(long)]
+        access_log: Option<PathBuf>,
+        /// Rewrite Prometheus metrics here every second.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+        /// Most headers in one request.
+        #[arg(long, default_value_t = 100)]
+        max_headers: usize,
+        /// Most bytes in a request head (request line and headers; at least 8192).
+        #[arg(long, default_value_t = 65536)]
+        max_head_bytes: usize,
+    },
     /// Detach and remove everything sluice attached and pinned.
     Down {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
@@ -146,8 +177,9 @@ pub enum Command {
         /// (connect() through the socket load balancer, root and cgroup v2), lb (the tc load
         /// balancer against tc_lb.o); and
         /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
-        /// through sluice against the stack alone) and sockmsg (the socket layer against tc
-        /// only and no programs, with sockperf and iperf3), only when named.
+        /// through sluice against the stack alone), sockmsg (the socket layer against tc
+        /// only and no programs, with sockperf and iperf3) and l7 (HTTP direct, through sluice
+        /// proxy and through HAProxy; needs wrk and haproxy), only when named.
         #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb"), String::from("lb")])]
         parts: Vec<String>,
     },

@@ -15,7 +15,14 @@
 //!   (`all`); a peer field that is present but empty selects no peer.
 //! - `toPorts: [{ports: [{port, endPort, protocol}]}]`: protocol TCP, UDP, SCTP or ANY (the
 //!   default; TCP, UDP and SCTP), port a number or digit string (every port when absent),
-//!   endPort at least port. `rules` (L7) is rejected: "L7 rules are not supported yet".
+//!   endPort at least port. `rules: {http: [...]}` (L7): each entry has `method`, `path`,
+//!   `host` (regular expressions, checked here; RE2 syntax as Cilium checks them), `headers`
+//!   (`"Name: value"` needs that exact value, `"Name"` presence; split at the first space and
+//!   the name's trailing `:` dropped, as Cilium does) and `headerMatches` (`name`, `value`,
+//!   `mismatch` empty or `LOG`; `ADD`, `DELETE`, `REPLACE` and `secret` are rejected: sluice's
+//!   proxy does not rewrite headers or read secrets). A `toPorts` entry with `rules` becomes
+//!   its own peer rule, its ports carrying the HTTP rules; `rules` needs TCP ports. `dns`,
+//!   `kafka`, `l7proto` and `l7` are rejected: only HTTP is proxied.
 //!   `icmps: [{fields: [{type, family}]}]`, family IPv4 (default) or IPv6.
 //! - Deny entries (`ingressDeny`, `egressDeny`) take the same fields except L7 `rules`.
 
@@ -25,7 +32,10 @@ use serde::{Deserialize, Deserializer};
 use super::cidr::Cidr;
 use super::de::parse_str_scalar;
 use super::locate::{FieldPath, Invalid};
-use super::policy::{DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule};
+use super::policy::{
+    DirectionRules, Entity, HeaderRule, HttpRule, Mismatch, Peer, PeerRule, Policy, PolicyKind, PortMatch,
+    Protocol, Rule,
+};
 use super::policy_wire::{
     lower_cidr_rule, lower_peer_selector, lower_port_range, lower_subject, parse_protocol, port_matches,
     EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, SelectorWire,
@@ -125,9 +135,57 @@ struct CidrSetWire {
 struct PortRuleWire {
     #[serde(default)]
     ports: Option<Vec<PortProtocolWire>>,
-    /// L7 rules: read only to reject them at their place.
+    /// L7 rules.
     #[serde(default)]
-    rules: Option<IgnoredAny>,
+    rules: Option<L7RulesWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "L7 rules: a mapping with http")]
+struct L7RulesWire {
+    #[serde(default)]
+    http: Option<Vec<HttpRuleWire>>,
+    /// Read only to reject them at their place.
+    #[serde(default)]
+    dns: Option<IgnoredAny>,
+    #[serde(default)]
+    kafka: Option<IgnoredAny>,
+    #[serde(default)]
+    l7proto: Option<IgnoredAny>,
+    #[serde(default)]
+    l7: Option<IgnoredAny>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "an HTTP rule: a mapping with method, path, host, headers and headerMatches"
+)]
+struct HttpRuleWire {
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    host: Option<String>,
+    #[serde(default)]
+    headers: Option<Vec<String>>,
+    #[serde(default)]
+    header_matches: Option<Vec<HeaderMatchWire>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "a header match: a mapping with name, value and mismatch")]
+struct HeaderMatchWire {
+    name: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    mismatch: Option<String>,
+    /// Read only to reject it at its place.
+    #[serde(default)]
+    secret: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -260,9 +318,8 @@ fn lower_direction(
     let mut rules = DirectionRules { enforced: !allow.is_empty() || !deny.is_empty(), ..Default::default() };
     for (list, key, is_deny) in [(&allow, allow_key, false), (&deny, deny_key, true)] {
         for (i, entry) in list.iter().enumerate() {
-            if let Some(peer_rule) = lower_entry(entry, &path.key(key).index(i), namespace, is_deny)? {
-                if is_deny { &mut rules.deny } else { &mut rules.allow }.push(peer_rule);
-            }
+            let peer_rules = lower_entry(entry, &path.key(key).index(i), namespace, is_deny)?;
+            if is_deny { &mut rules.deny } else { &mut rules.allow }.extend(peer_rules);
         }
     }
     for list in [&mut rules.allow, &mut rules.deny] {
@@ -272,13 +329,14 @@ fn lower_direction(
     Ok(rules)
 }
 
-/// One entry as a peer rule; `None` when it can match nothing.
+/// One entry as peer rules: one for its L3/L4 part, one per `toPorts` entry with L7 rules;
+/// none when it can match nothing.
 fn lower_entry(
     entry: &EntryView<'_>,
     path: &FieldPath,
     namespace: &str,
     deny: bool,
-) -> Result<Option<PeerRule>, Invalid> {
+) -> Result<Vec<PeerRule>, Invalid> {
     let prefix = entry.prefix;
     let peer_fields = [
         ("Endpoints", entry.endpoints.as_ref().map(Vec::len)),
@@ -323,25 +381,40 @@ fn lower_entry(
     }
 
     let mut l4 = Vec::new();
+    // Port entries with L7 rules: (their ports, their rules).
+    let mut l7 = Vec::new();
     for (i, port_rule) in entry.to_ports.iter().flatten().enumerate() {
         let at = path.key("toPorts").index(i);
-        if port_rule.rules.is_some() {
-            return Err(at.key("rules").invalid(if deny {
-                "L7 rules cannot be part of a deny rule"
-            } else {
-                "L7 rules are not supported yet (issue: L7 policy)"
-            }));
-        }
+        let http = match &port_rule.rules {
+            Some(_) if deny => return Err(at.key("rules").invalid("L7 rules cannot be part of a deny rule")),
+            Some(rules) => Some(lower_l7_rules(rules, &at.key("rules"))?),
+            None => None,
+        };
         let ports = port_rule.ports.as_deref().unwrap_or_default();
         if ports.is_empty() {
             return Err(at.invalid("a toPorts entry needs at least one port in `ports`"));
         }
+        let mut these = Vec::new();
         for (j, port) in ports.iter().enumerate() {
             let at = at.key("ports").index(j);
             let range = lower_port_range(port.port, port.end_port, &at)?;
             let protocols =
                 port.protocol.as_ref().map_or(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..], |p| &p.0);
-            l4.extend(port_matches(protocols, range));
+            let protocols = if http.is_none() {
+                protocols
+            } else if protocols.contains(&Protocol::Tcp) {
+                // As in Cilium, L7 rules apply to TCP; `ANY` means TCP here.
+                &[Protocol::Tcp][..]
+            } else {
+                return Err(at.key("protocol").invalid(
+                    "ports with L7 rules must be TCP (`protocol: TCP` or `ANY`): the HTTP proxy sees TCP only",
+                ));
+            };
+            these.extend(port_matches(protocols, range));
+        }
+        match http {
+            Some(http) => l7.push((these, http)),
+            None => l4.extend(these),
         }
     }
     for (i, icmp) in entry.icmps.iter().flatten().enumerate() {
@@ -360,13 +433,123 @@ fn lower_entry(
     }
 
     if peers.is_empty() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
     peers.sort();
     peers.dedup();
     l4.sort();
     l4.dedup();
-    Ok(Some(PeerRule { peers, l4 }))
+    let mut out = Vec::new();
+    // An entry whose every port entry has L7 rules has no L3/L4 part.
+    if !l4.is_empty() || l7.is_empty() {
+        out.push(PeerRule { peers: peers.clone(), l4, http: None });
+    }
+    for (mut ports, http) in l7 {
+        ports.sort();
+        ports.dedup();
+        out.push(PeerRule { peers: peers.clone(), l4: ports, http: Some(http) });
+    }
+    Ok(out)
+}
+
+/// `rules` of one `toPorts` entry: its HTTP rules, checked.
+fn lower_l7_rules(rules: &L7RulesWire, path: &FieldPath) -> Result<Vec<HttpRule>, Invalid> {
+    for (field, present) in [
+        ("dns", rules.dns.is_some()),
+        ("kafka", rules.kafka.is_some()),
+        ("l7proto", rules.l7proto.is_some()),
+        ("l7", rules.l7.is_some()),
+    ] {
+        if present {
+            return Err(path.key(field).invalid(format!(
+                "L7 `{field}` rules are not supported: sluice's proxy enforces HTTP rules only"
+            )));
+        }
+    }
+    let Some(list) = &rules.http else {
+        return Err(path.invalid("L7 rules need `http` (the only L7 protocol sluice's proxy enforces)"));
+    };
+    if list.is_empty() {
+        return Err(path
+            .key("http")
+            .invalid("`http` needs at least one rule (`http: [{}]` allows every request and records it)"));
+    }
+    let mut out = Vec::new();
+    for (i, rule) in list.iter().enumerate() {
+        let at = path.key("http").index(i);
+        let regex = |value: &Option<String>, key: &str| -> Result<Option<String>, Invalid> {
+            match value.as_deref() {
+                // Cilium: "If omitted or empty, all paths are all allowed."
+                None | Some("") => Ok(None),
+                Some(text) => match crate::l7::rules::check_regex(text) {
+                    Ok(()) => Ok(Some(text.to_owned())),
+                    Err(why) => {
+                        Err(at.key(key).invalid(format!("invalid regular expression {text:?}: {why}")))
+                    }
+                },
+            }
+        };
+        let mut headers = Vec::new();
+        for (j, header) in rule.headers.iter().flatten().enumerate() {
+            let at = at.key("headers").index(j);
+            // Cilium splits at the first space and drops the name's trailing `:`.
+            let (name, value) = match header.split_once(' ') {
+                Some((name, value)) => (name.trim_end_matches(':'), Some(value.to_owned())),
+                None => (header.as_str(), None),
+            };
+            headers.push(HeaderRule {
+                name: checked_header_name(name, &at)?,
+                value,
+                on_mismatch: Mismatch::Fail,
+            });
+        }
+        for (j, m) in rule.header_matches.iter().flatten().enumerate() {
+            let at = at.key("headerMatches").index(j);
+            if m.secret.is_some() {
+                return Err(at.key("secret").invalid(
+                    "header matches against secrets are not supported (sluice reads no Kubernetes secrets); use `value`",
+                ));
+            }
+            let on_mismatch = match m.mismatch.as_deref() {
+                None | Some("") => Mismatch::Fail,
+                Some("LOG") => Mismatch::Log,
+                Some(action @ ("ADD" | "DELETE" | "REPLACE")) => {
+                    return Err(at.key("mismatch").invalid(format!(
+                        "mismatch action {action} is not supported: sluice's proxy does not rewrite headers (LOG is)"
+                    )))
+                }
+                Some(other) => {
+                    return Err(at
+                        .key("mismatch")
+                        .invalid(format!("unknown mismatch action {other:?}: expected LOG, ADD, DELETE or REPLACE")))
+                }
+            };
+            let value = m.value.clone().filter(|v| !v.is_empty());
+            headers.push(HeaderRule {
+                name: checked_header_name(&m.name, &at.key("name"))?,
+                value,
+                on_mismatch,
+            });
+        }
+        out.push(HttpRule {
+            method: regex(&rule.method, "method")?,
+            path: regex(&rule.path, "path")?,
+            host: regex(&rule.host, "host")?,
+            headers,
+        });
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// A header name as HTTP allows it (RFC 9110 `token`).
+fn checked_header_name(name: &str, path: &FieldPath) -> Result<String, Invalid> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(tchar) {
+        return Err(path.invalid(format!("{name:?} is not an HTTP header name")));
+    }
+    Ok(name.to_owned())
 }
 
 #[cfg(test)]
@@ -411,5 +594,59 @@ metadata: {name: n}
         assert_eq!(peers, ["app=api,io.kubernetes.pod.namespace=shop", "io.kubernetes.pod.namespace=data"]);
         let dns = |proto| PortMatch { proto, first: 53, last: 53 };
         assert_eq!(rule.ingress.allow[1].l4, [dns(Protocol::Tcp), dns(Protocol::Udp), dns(Protocol::Sctp)]);
+    }
+
+    #[test]
+    fn l7_port_entries_become_their_own_peer_rules() {
+        use crate::model::policy::{HeaderRule, HttpRule, Mismatch};
+        let text = "\
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: p}
+spec:
+  endpointSelector: {matchLabels: {app: backend}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: frontend}}]
+      toPorts:
+        - ports: [{port: '8080'}]
+          rules:
+            http:
+              - {method: GET, path: '/api/.*', headers: ['X-My-Header: true', 'X-Present']}
+              - headerMatches: [{name: X-Token, value: s3, mismatch: LOG}]
+        - ports: [{port: '9090', protocol: TCP}]
+---
+apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+";
+        let cfg = parse_str(text, "t.yaml").unwrap();
+        let allow = &cfg.policies[0].rules[0].ingress.allow;
+        // The plain port and the L7 port are separate peer rules with the same peers (sorted
+        // by ports).
+        assert_eq!(allow.len(), 2, "{allow:#?}");
+        let (l7, l4) = (&allow[0], &allow[1]);
+        assert_eq!(l4.l4, [PortMatch { proto: Protocol::Tcp, first: 9090, last: 9090 }]);
+        assert_eq!(l4.http, None);
+        // `ANY` (the default) means TCP for L7 ports.
+        assert_eq!(l7.l4, [PortMatch { proto: Protocol::Tcp, first: 8080, last: 8080 }]);
+        assert_eq!(l7.peers, l4.peers);
+        let header = |name: &str, value: Option<&str>, on_mismatch| HeaderRule {
+            name: name.to_owned(),
+            value: value.map(str::to_owned),
+            on_mismatch,
+        };
+        let want = vec![
+            HttpRule { headers: vec![header("X-Token", Some("s3"), Mismatch::Log)], ..HttpRule::default() },
+            HttpRule {
+                method: Some("GET".to_owned()),
+                path: Some("/api/.*".to_owned()),
+                host: None,
+                headers: vec![
+                    header("X-My-Header", Some("true"), Mismatch::Fail),
+                    header("X-Present", None, Mismatch::Fail),
+                ],
+            },
+        ];
+        assert_eq!(l7.http.as_ref(), Some(&want));
     }
 }

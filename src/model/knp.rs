@@ -213,7 +213,7 @@ fn lower_entry(
     }
     l4.sort();
     l4.dedup();
-    Ok(PeerRule { peers: lowered, l4 })
+    Ok(PeerRule { peers: lowered, l4, http: None })
 }
 
 fn lower_peer(peer: &PeerWire, path: &FieldPath, namespace: &str) -> Result<Peer, Invalid> {

@@ -115,6 +115,45 @@ pub struct PeerRule {
     pub peers: Vec<Peer>,
     /// Sorted, deduplicated; empty means every protocol and port.
     pub l4: Vec<PortMatch>,
+    /// L7 rules (`toPorts[].rules.http`): `None` for an L3/L4 rule. `Some` only with a
+    /// non-empty `l4`: connections the rule matches go through the L7 proxy, which passes a
+    /// request when any of these rules matches it (`http: [{}]` passes every request, seen).
+    pub http: Option<Vec<HttpRule>>,
+}
+
+/// One `rules.http` entry: a request matches when every field present matches.
+///
+/// `method`, `path` and `host` are regular expressions as written, already checked to
+/// compile (RE2 syntax, which is what Cilium validates them with and Envoy runs them with);
+/// each must match the whole value (`src/l7/rules.rs` anchors them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HttpRule {
+    pub method: Option<String>,
+    /// Matched against the request target as sent (path and query, Envoy's `:path`).
+    pub path: Option<String>,
+    /// Matched against the `Host` header (`:authority`).
+    pub host: Option<String>,
+    /// `headers` and `headerMatches`, in that order.
+    pub headers: Vec<HeaderRule>,
+}
+
+/// A header a request must carry (`headers: ["Name: value"]` or `headerMatches`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HeaderRule {
+    /// Compared without regard to ASCII case, as HTTP header names are.
+    pub name: String,
+    /// The exact value; `None`: present with any value.
+    pub value: Option<String>,
+    pub on_mismatch: Mismatch,
+}
+
+/// What a header that is missing or differs does to its rule (`headerMatches[].mismatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Mismatch {
+    /// The rule does not match (the default).
+    Fail,
+    /// `LOG`: the rule still matches; the mismatch is recorded in the request's flow record.
+    Log,
 }
 
 /// Who is on the other side of a packet.

@@ -14,6 +14,9 @@
 //!   endpoint's own traffic passes there.
 //! - A deny prefix that covers an overlay peer's address: the peer's VXLAN packets come from
 //!   that address, so the overlay to it breaks where the prefilter runs.
+//! - A policy with L7 (`rules.http`) rules: `sluice proxy` enforces them on the connections it
+//!   is given, but the endpoint programs do not redirect to it yet, so the datapath allows
+//!   those ports at L3/L4 without the HTTP rules.
 
 use super::NodeConfig;
 
@@ -45,6 +48,20 @@ pub fn warnings(cfg: &NodeConfig) -> Vec<String> {
                     cfg.source, peer.name, peer.address
                 ));
             }
+        }
+    }
+    for policy in &cfg.policies {
+        let has_l7 = policy
+            .rules
+            .iter()
+            .flat_map(|r| r.ingress.allow.iter().chain(&r.egress.allow))
+            .any(|peer_rule| peer_rule.http.is_some());
+        if has_l7 {
+            out.push(format!(
+                "{}: {} {}/{}: L7 rules are enforced by `sluice proxy` only for connections it is given; the \
+                 datapath does not redirect to it yet, so their ports are allowed at L3/L4 without the HTTP rules",
+                cfg.source, policy.kind, policy.namespace, policy.name
+            ));
         }
     }
     out

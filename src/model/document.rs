@@ -140,6 +140,9 @@ pub(crate) struct NodeSpec {
     /// Where services are balanced besides the endpoints' programs.
     #[serde(default)]
     pub load_balancer: Option<super::network::LoadBalancerWire>,
+    /// Transparent encryption between nodes.
+    #[serde(default)]
+    pub encryption: Option<super::encryption::EncryptionWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.

@@ -32,6 +32,7 @@ pub mod cidr;
 mod cnp;
 mod de;
 mod document;
+pub mod encryption;
 pub mod endpoint;
 pub mod error;
 mod knp;
@@ -84,6 +85,8 @@ pub struct NodeConfig {
     pub overlay: Option<network::Overlay>,
     /// `spec.loadBalancer`: standalone load-balancer devices and the socket-LB cgroup.
     pub load_balancer: network::LoadBalancer,
+    /// `spec.encryption`: how pod traffic to overlay peers is protected.
+    pub encryption: encryption::Encryption,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
     /// Not from the file: the numbers a loaded node already gives its endpoints, by
@@ -190,6 +193,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         endpoint::lower_endpoints(spec.endpoints, &spec.host_addresses, &FieldPath::root().key("spec"))?;
     let (router, overlay) =
         network::lower(spec.router, spec.overlay, &endpoints, &FieldPath::root().key("spec"))?;
+    let encryption = encryption::lower(spec.encryption, overlay.is_some(), &FieldPath::root().key("spec"))?;
     let load_balancer =
         network::lower_load_balancer(spec.load_balancer, &endpoints, &FieldPath::root().key("spec"))?;
     Ok(NodeConfig {
@@ -202,6 +206,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         router,
         overlay,
         load_balancer,
+        encryption,
         source: origin.to_owned(),
         numbering: Default::default(),
     })

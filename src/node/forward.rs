@@ -61,6 +61,10 @@ pub enum ForwardError {
     Ours(#[from] super::ours::OursError),
     #[error("reading this thread's network namespace: {0}")]
     Netns(String),
+    #[error(
+        "encryption mode wireguard: {0} does not exist; start it first (crate::encrypt::start_wireguard)"
+    )]
+    NoWireguardDevice(&'static str),
 }
 
 /// What [`sync`] found and did.
@@ -175,6 +179,16 @@ fn ensure_overlay(nl: &Netlink, o: &crate::model::network::Overlay) -> Result<(u
     Ok((ifindex, created))
 }
 
+/// The WireGuard device's ifindex: it must exist (the daemon or `crate::encrypt` starts it)
+/// before forwarding points peers at it.
+fn wireguard_device(nl: &Netlink) -> Result<u32, ForwardError> {
+    let name = crate::model::encryption::WIREGUARD_DEVICE;
+    match link_or_none(nl, name)? {
+        Some(l) => Ok(l.ifindex),
+        None => Err(ForwardError::NoWireguardDevice(name)),
+    }
+}
+
 /// Turn a pinned hash-like map's contents into `want`'s.
 fn sync_map(map: &Map, name: &'static str, want: &MapWrites) -> Result<usize, ForwardError> {
     let err = |source| ForwardError::Map { map: name, source };
@@ -261,7 +275,11 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     let mut tunnels = Vec::new();
     let mut flags = fwd_cfg::LOCAL | fwd_cfg::FIB;
     if let Some(o) = &cfg.overlay {
-        let (ifindex, created) = ensure_overlay(&nl, o)?;
+        // WireGuard mode: peers' prefixes go to `sluice_wg` (served by `crate::encrypt`),
+        // never to a VXLAN device, which is not created.
+        let wireguard = matches!(cfg.encryption, crate::model::encryption::Encryption::Wireguard(_));
+        let (ifindex, created) =
+            if wireguard { (wireguard_device(&nl)?, false) } else { ensure_overlay(&nl, o)? };
         if created {
             own(&o.device)?;
             report.created.push(o.device.clone());

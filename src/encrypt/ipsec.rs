@@ -1,0 +1,1 @@
+//! IPsec mode (placeholder filled in by the following commits).

@@ -19,6 +19,7 @@
 
 pub mod ipsec;
 pub mod keys;
+pub mod lab;
 pub mod wg;
 
 use crate::model::encryption::{Encryption, WIREGUARD_DEVICE};

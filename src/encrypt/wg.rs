@@ -375,13 +375,13 @@ impl Device {
                         if r <= 0 {
                             break;
                         }
-                        self.from_device(r as usize);
+                        self.on_device_packet(r as usize);
                     }
                 }
                 if fds[1].revents & libc::POLLIN != 0 {
                     for _ in 0..256 {
                         match self.udp.recv_from(&mut self.buf) {
-                            Ok((len, from)) => self.from_network(len, from),
+                            Ok((len, from)) => self.on_datagram(len, from),
                             Err(_) => break,
                         }
                     }
@@ -403,7 +403,7 @@ impl Device {
             .map(|(_, i)| i)
     }
 
-    fn from_device(&mut self, len: usize) {
+    fn on_device_packet(&mut self, len: usize) {
         let Some(dst) = Tunn::dst_address(&self.buf[..len]) else {
             self.stats.tx_malformed.fetch_add(1, Ordering::Relaxed);
             return;
@@ -458,7 +458,7 @@ impl Device {
         found
     }
 
-    fn from_network(&mut self, len: usize, from: SocketAddr) {
+    fn on_datagram(&mut self, len: usize, from: SocketAddr) {
         let Some((i, retiring)) = self.find_peer(&self.buf[..len]) else { return };
         let stats = self.stats.clone();
         let p = &mut self.peers[i];

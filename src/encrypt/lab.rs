@@ -297,6 +297,50 @@ impl Drop for WgLab {
     }
 }
 
+/// The demo's encryption step: the default node with WireGuard to `node-2`, its flows to
+/// and from the peer (each as the policy oracle expects), and what the underlay carried.
+/// Returns how many flows were not as expected, plus one if anything crossed in the clear.
+pub fn demo_step(out: &mut dyn std::io::Write) -> Result<usize, String> {
+    let io = |e: std::io::Error| e.to_string();
+    writeln!(out, "\nencryption: the node again, spec.encryption.mode wireguard to node-2 (userspace WireGuard on sluice_wg)")
+        .map_err(io)?;
+    let lab = WgLab::build(&format!("sluice-demo-wg-{}", std::process::id()), PeerKey::Right)?;
+    let capture = lab.capture().map_err(io)?;
+    let mut rows = lab.peer_flows()?;
+    if let Some(ping) = lab.flow_to_peer(1, Proto::Icmp, 0) {
+        let expect = demo::expect(&lab.cfg, &ping).map_err(|e| e.to_string())?;
+        let outcome = lab.run_flow(&ping).map_err(io)?;
+        rows.push((ping, expect, outcome));
+    }
+    let mut bad = 0;
+    for (flow, expect, outcome) in &rows {
+        let ok = (*expect == Expect::Allow) == (*outcome == Outcome::Delivered);
+        bad += usize::from(!ok);
+        writeln!(
+            out,
+            "  {} {:<48} expect {expect:<32} got {outcome:?}",
+            if ok { "ok " } else { "BAD" },
+            flow.describe(&lab.cfg)
+        )
+        .map_err(io)?;
+    }
+    let report = underlay_leaks(&capture.frames(), DEFAULT_WIREGUARD_PORT);
+    let clear = !report.plaintext.is_empty() || !report.other.is_empty();
+    writeln!(
+        out,
+        "  underlay: {} WireGuard datagrams, {} link control frames, {} other, {} with a plaintext marker",
+        report.wireguard,
+        report.control,
+        report.other.len(),
+        report.plaintext.len()
+    )
+    .map_err(io)?;
+    let stats: Vec<String> =
+        lab.node_wg.stats().into_iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+    writeln!(out, "  node's WireGuard: {}", stats.join(" ")).map_err(io)?;
+    Ok(bad + usize::from(clear))
+}
+
 fn node_as_peer(cfg: &NodeConfig, key: &NodeKey, pods: &[Cidr]) -> PeerConfig {
     let local = cfg.overlay.as_ref().map(|o| o.local).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     PeerConfig {

@@ -86,6 +86,27 @@ pub fn peers(cfg: &NodeConfig, source: &dyn KeySource, port: u16) -> Vec<wg::Pee
         .collect()
 }
 
+/// The state directory (the node key's home): `$SLUICE_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
+pub fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("SLUICE_STATE_DIR").map_or_else(|| DEFAULT_STATE_DIR.into(), Into::into)
+}
+
+/// Where the node key lives unless `$SLUICE_STATE_DIR` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
+
+/// What the daemon starts for `cfg`: the WireGuard device in mode wireguard, unless one
+/// named `sluice_wg` exists already (the kernel's, configured elsewhere); nothing otherwise.
+pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, EncryptError> {
+    if !matches!(cfg.encryption, Encryption::Wireguard(_)) {
+        return Ok(None);
+    }
+    let nl = Netlink::open().map_err(|e| EncryptError::Device(e.to_string()))?;
+    if nl.ifindex(WIREGUARD_DEVICE).is_ok() {
+        return Ok(None);
+    }
+    start_wireguard(None, cfg, &keys::StaticKeys(cfg), &state_dir()).map(Some)
+}
+
 /// Start `sluice_wg` for `cfg` (mode wireguard) in `netns`: the node key from `state_dir`
 /// (made on first start), peers from `source`. The kernel's WireGuard is not driven yet
 /// (its generic-netlink configuration is not written): the userspace device serves both cases.

@@ -277,3 +277,79 @@ mod tests {
         assert!(decode_key("not base64!").unwrap_err().contains("base64"));
     }
 }
+
+#[cfg(test)]
+mod rejections {
+    /// A node with an overlay of two peers; `{enc}` and `{wg1}`/`{wg2}` are spliced in.
+    const NODE: &str = "apiVersion: sluice.dev/v1
+kind: Node
+metadata:
+  name: node-1
+spec:
+{enc}  overlay:
+    local: 172.16.0.1
+    peers:
+      - name: node-2
+        address: 172.16.0.2
+        prefixes: [10.0.2.0/24]
+{wg1}      - name: node-3
+        address: 172.16.0.3
+        prefixes: [10.0.3.0/24]
+{wg2}";
+
+    fn node(enc: &str, wg1: &str, wg2: &str) -> String {
+        NODE.replace("{enc}", enc).replace("{wg1}", wg1).replace("{wg2}", wg2)
+    }
+
+    const KEY_A: &str = "        wireguard: {publicKey: \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\"}\n";
+
+    #[test]
+    fn encryption_errors_name_their_field_and_line() {
+        let wg = "  encryption: {mode: wireguard}\n";
+        // (what, text, expected line, expected text in the message)
+        let cases = [
+            ("key not base64", node(wg, "        wireguard: {publicKey: \"!!\"}\n", ""), 13, "base64"),
+            ("key too short", node(wg, "        wireguard: {publicKey: \"AAAA\"}\n", ""), 13, "32 bytes"),
+            (
+                "endpoint without port",
+                node(wg, "        wireguard: {publicKey: \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\", endpoint: \"172.16.0.2\"}\n", ""),
+                13,
+                "address:port",
+            ),
+            ("two peers, one key", node(wg, KEY_A, KEY_A), 17, "same public key"),
+            ("port 0", node("  encryption: {mode: wireguard, port: 0}\n", "", ""), 6, "port 0"),
+            ("unknown mode", node("  encryption: {mode: tls}\n", "", ""), 6, "unknown variant `tls`"),
+            ("ipsec without keys", node("  encryption: {mode: ipsec}\n", "", ""), 6, "needs encryption.ipsec.keys"),
+            (
+                "ipsec key line",
+                node("  encryption:\n    mode: ipsec\n    ipsec:\n      keys: [\"3 rfc4106(gcm(aes)) 00 128\"]\n", "", ""),
+                9,
+                "bytes",
+            ),
+        ];
+        for (what, text, line, want) in cases {
+            let err = crate::model::parse_str(&text, "enc.yaml").expect_err(what).to_string();
+            assert!(err.contains(want), "{what}: expected {want:?} in {err:?}\n{text}");
+            assert!(
+                err.contains(&format!("enc.yaml:{line}:")),
+                "{what}: expected line {line} in {err:?}\n{text}"
+            );
+        }
+        let no_overlay = "apiVersion: sluice.dev/v1\nkind: Node\nmetadata:\n  name: n\nspec:\n  encryption: {mode: wireguard}\n";
+        let err = crate::model::parse_str(no_overlay, "enc.yaml").expect_err("no overlay").to_string();
+        assert!(err.contains("needs spec.overlay"), "{err}");
+    }
+
+    #[test]
+    fn a_valid_wireguard_node_keeps_its_keys() {
+        let cfg = crate::model::parse_str(&node("  encryption: {mode: wireguard}\n", KEY_A, ""), "ok.yaml")
+            .expect("valid");
+        let peers = &cfg.overlay.as_ref().expect("overlay").peers;
+        assert_eq!(peers[0].wireguard.map(|w| w.public_key), Some([1; 32]));
+        assert_eq!(peers[1].wireguard, None, "a peer without a key is valid (it gets nothing through)");
+        assert!(matches!(
+            cfg.encryption,
+            super::Encryption::Wireguard(super::Wireguard { port: 51871, strict: true })
+        ));
+    }
+}

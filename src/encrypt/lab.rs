@@ -307,7 +307,8 @@ pub fn demo_step(out: &mut dyn std::io::Write) -> Result<usize, String> {
     let lab = WgLab::build(&format!("sluice-demo-wg-{}", std::process::id()), PeerKey::Right)?;
     let capture = lab.capture().map_err(io)?;
     let mut rows = lab.peer_flows()?;
-    if let Some(ping) = lab.flow_to_peer(1, Proto::Icmp, 0) {
+    let frontend = 1 + lab.cfg.endpoints.iter().position(|e| e.name == "frontend").ok_or("no frontend")?;
+    if let Some(ping) = lab.flow_to_peer(frontend, Proto::Icmp, 0) {
         let expect = demo::expect(&lab.cfg, &ping).map_err(|e| e.to_string())?;
         let outcome = lab.run_flow(&ping).map_err(io)?;
         rows.push((ping, expect, outcome));

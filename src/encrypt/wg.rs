@@ -77,6 +77,9 @@ pub struct Stats {
     pub tx_no_peer: AtomicU64,
     /// Packets from the device that are not IP: dropped.
     pub tx_malformed: AtomicU64,
+    /// The device's own link-local and multicast traffic (IPv6 router solicitations,
+    /// listener reports): never sent to a peer.
+    pub tx_link_local: AtomicU64,
     /// Datagrams decrypted and written to the device.
     pub rx_packets: AtomicU64,
     /// Datagrams that are not WireGuard messages.
@@ -101,6 +104,7 @@ impl Stats {
             ("tx_packets", r(&self.tx_packets)),
             ("tx_no_peer", r(&self.tx_no_peer)),
             ("tx_malformed", r(&self.tx_malformed)),
+            ("tx_link_local", r(&self.tx_link_local)),
             ("rx_packets", r(&self.rx_packets)),
             ("rx_invalid", r(&self.rx_invalid)),
             ("rx_unknown_peer", r(&self.rx_unknown_peer)),
@@ -408,6 +412,14 @@ impl Device {
             self.stats.tx_malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        let link_local = match dst {
+            IpAddr::V4(a) => a.is_multicast() || a.is_broadcast() || a.is_link_local(),
+            IpAddr::V6(a) => a.is_multicast() || (a.segments()[0] & 0xffc0) == 0xfe80,
+        };
+        if link_local {
+            self.stats.tx_link_local.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         let Some(i) = self.peer_for(dst) else {
             self.stats.tx_no_peer.fetch_add(1, Ordering::Relaxed);
             return;

@@ -104,7 +104,11 @@ pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, Encry
     if nl.ifindex(WIREGUARD_DEVICE).is_ok() {
         return Ok(None);
     }
-    start_wireguard(None, cfg, &keys::StaticKeys(cfg), &state_dir()).map(Some)
+    let device = start_wireguard(None, cfg, &keys::StaticKeys(cfg), &state_dir())?;
+    // The public key is what peers put in their node files (never the private one).
+    let public = NodeKey::load_or_create(&state_dir())?.public_base64();
+    println!("wireguard: {WIREGUARD_DEVICE} (userspace) up; this node's public key {public}");
+    Ok(Some(device))
 }
 
 /// Start `sluice_wg` for `cfg` (mode wireguard) in `netns`: the node key from `state_dir`

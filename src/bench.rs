@@ -30,6 +30,7 @@
 //!   and cgroup v2.
 
 pub mod attach;
+pub mod encrypt;
 pub mod flows;
 pub mod l7;
 pub mod lb;
@@ -112,9 +113,21 @@ pub const PART_SOCKLB: &str = "socklb";
 pub const PART_SOCKMSG: &str = "sockmsg";
 /// The tc service load-balancing part: our `lb` against `tc_lb.o` ([`lb`]).
 pub const PART_LB: &str = "lb";
+/// The encryption part: cross-node TCP with VXLAN against WireGuard ([`encrypt`]); not in
+/// the default selection (it builds two labs of namespaces).
+pub const PART_ENCRYPT: &str = "encrypt";
 /// Every part, in the order they run and report.
-pub const PARTS: &[&str] =
-    &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS, PART_SOCKLB, PART_LB, PART_SOCKMSG];
+pub const PARTS: &[&str] = &[
+    PART_PREFILTER,
+    PART_POLICY,
+    PART_MAGLEV,
+    PART_ATTACH,
+    PART_FLOWS,
+    PART_SOCKLB,
+    PART_LB,
+    PART_SOCKMSG,
+    PART_ENCRYPT,
+];
 
 impl BenchOpts {
     /// Whether `part` is selected.
@@ -141,7 +154,9 @@ impl Default for BenchOpts {
             build_dir: PathBuf::from("target/anchors/build"),
             parts: PARTS
                 .iter()
-                .filter(|p| **p != PART_ATTACH && **p != PART_FLOWS && **p != PART_SOCKMSG)
+                .filter(|p| {
+                    **p != PART_ATTACH && **p != PART_FLOWS && **p != PART_SOCKMSG && **p != PART_ENCRYPT
+                })
                 .map(|p| p.to_string())
                 .collect(),
             codegen_endpoints: 1000,
@@ -821,6 +836,8 @@ pub struct Report {
     pub lb: Option<lb::LbResult>,
     /// The socket-layer part, when it ran.
     pub sockmsg: Option<sockmsg::SockMsgReport>,
+    /// The encryption part, when it ran, with the options it ran with.
+    pub encrypt: Option<(encrypt::EncryptReport, flows::FlowBenchOpts)>,
 }
 
 impl Report {
@@ -910,7 +927,14 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     } else {
         None
     };
+    let encrypt = if opts.runs(PART_ENCRYPT) {
+        let fo = flows::FlowBenchOpts { rounds: opts.rounds, ..flows::FlowBenchOpts::default() };
+        Some((encrypt::run(&fo).map_err(BenchError::Flows)?, fo))
+    } else {
+        None
+    };
     Ok(Report {
+        encrypt,
         socklb,
         lb,
         sockmsg,
@@ -1201,6 +1225,12 @@ impl Report {
             }
             l.render(&self.env, self.repeat, self.rounds, &mut s);
         }
+        if let Some((e, eo)) = &self.encrypt {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            s.push_str(&e.render(eo));
+        }
         s
     }
 
@@ -1487,6 +1517,7 @@ mod tests {
             sockmsg: None,
             socklb: None,
             lb: None,
+            encrypt: None,
         }
     }
 

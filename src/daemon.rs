@@ -574,6 +574,10 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     };
     let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &d.opts.attach)?;
+    // Encryption mode wireguard: sluice_wg lives as long as the daemon (forwarding points
+    // peers' prefixes at it). Its peers follow the start config only.
+    let _wireguard =
+        crate::encrypt::start_for_daemon(&cfg).map_err(|e| ForwardError::Encryption(e.to_string()))?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;
     let sockets = socklb::sync(&d.sys, &cfg, dir)?;
     let socket_layer = crate::node::socklayer::sync(&d.sys, &cfg, dir)?;

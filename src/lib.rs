@@ -11,6 +11,7 @@ pub mod codegen;
 pub mod daemon;
 pub mod demo;
 pub mod elf;
+pub mod encrypt;
 #[path = "../golden/mod.rs"]
 pub mod golden;
 pub mod l7;

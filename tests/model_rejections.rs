@@ -16,7 +16,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unknown-spec-field.yaml",
-        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`, `router`, `overlay`, `loadBalancer`, `socketLayer`",
+        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`, `router`, `overlay`, `loadBalancer`, `socketLayer`, `encryption`",
     ),
     (
         "unknown-prefilter-field.yaml",

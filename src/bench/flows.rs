@@ -133,7 +133,7 @@ fn endpoint(cfg: &NodeConfig, name: &str) -> Result<(usize, IpAddr), FlowBenchEr
 }
 
 /// Measure one setup: a throughput run and a latency run between the two namespaces.
-fn measure(
+pub(crate) fn measure(
     client: &NetNs,
     server: &NetNs,
     dst: SocketAddr,

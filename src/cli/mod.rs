@@ -178,8 +178,9 @@ pub enum Command {
         /// balancer against tc_lb.o); and
         /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
         /// through sluice against the stack alone), sockmsg (the socket layer against tc
-        /// only and no programs, with sockperf and iperf3) and l7 (HTTP direct, through sluice
-        /// proxy and through HAProxy; needs wrk and haproxy), only when named.
+        /// only and no programs, with sockperf and iperf3), l7 (HTTP direct, through sluice
+        /// proxy and through HAProxy; needs wrk and haproxy) and encrypt (cross-node TCP, VXLAN
+        /// against WireGuard), only when named.
         #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb"), String::from("lb")])]
         parts: Vec<String>,
     },

@@ -143,6 +143,9 @@ pub(crate) struct NodeSpec {
     /// Socket-layer acceleration.
     #[serde(default)]
     pub socket_layer: Option<super::socket_layer::SocketLayerWire>,
+    /// Transparent encryption between nodes.
+    #[serde(default)]
+    pub encryption: Option<super::encryption::EncryptionWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.

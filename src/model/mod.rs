@@ -32,6 +32,7 @@ pub mod cidr;
 mod cnp;
 mod de;
 mod document;
+pub mod encryption;
 pub mod endpoint;
 pub mod error;
 mod knp;
@@ -87,6 +88,8 @@ pub struct NodeConfig {
     pub load_balancer: network::LoadBalancer,
     /// `spec.socketLayer`: socket-layer acceleration (off when `None`).
     pub socket_layer: Option<socket_layer::SocketLayer>,
+    /// `spec.encryption`: how pod traffic to overlay peers is protected.
+    pub encryption: encryption::Encryption,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
     /// Not from the file: the numbers a loaded node already gives its endpoints, by
@@ -193,6 +196,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         endpoint::lower_endpoints(spec.endpoints, &spec.host_addresses, &FieldPath::root().key("spec"))?;
     let (router, overlay) =
         network::lower(spec.router, spec.overlay, &endpoints, &FieldPath::root().key("spec"))?;
+    let encryption = encryption::lower(spec.encryption, overlay.is_some(), &FieldPath::root().key("spec"))?;
     let load_balancer =
         network::lower_load_balancer(spec.load_balancer, &endpoints, &FieldPath::root().key("spec"))?;
     let socket_layer = socket_layer::lower(spec.socket_layer, &FieldPath::root().key("spec"))?;
@@ -207,6 +211,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         overlay,
         load_balancer,
         socket_layer,
+        encryption,
         source: origin.to_owned(),
         numbering: Default::default(),
     })

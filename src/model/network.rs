@@ -134,6 +134,8 @@ pub struct OverlayPeer {
     pub name: String,
     pub address: Ipv4Addr,
     pub prefixes: Vec<Cidr>,
+    /// Its WireGuard public key and endpoint (`peers[].wireguard`), if given.
+    pub wireguard: Option<super::encryption::WireguardPeer>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +171,8 @@ pub(crate) struct PeerWire {
     address: Address<Ipv4Addr>,
     #[serde(default)]
     prefixes: Vec<Cidr>,
+    #[serde(default)]
+    wireguard: Option<super::encryption::WireguardPeerWire>,
 }
 
 /// Lowers `spec.router` and `spec.overlay` (at `spec`) against the node's endpoints.
@@ -209,6 +213,7 @@ pub(crate) fn lower(
     let mut names: BTreeMap<String, usize> = BTreeMap::new();
     let mut addresses: BTreeMap<Ipv4Addr, usize> = BTreeMap::new();
     let mut prefixes: Vec<(Cidr, String)> = Vec::new();
+    let mut keys: BTreeMap<[u8; 32], usize> = BTreeMap::new();
     let mut peers = Vec::new();
     for (i, p) in o.peers.into_iter().enumerate() {
         let here = at.key("peers").index(i);
@@ -243,7 +248,18 @@ pub(crate) fn lower(
         let mut own = p.prefixes;
         own.sort();
         own.dedup();
-        peers.push(OverlayPeer { name: p.name.0, address: p.address.0, prefixes: own });
+        let wireguard = match p.wireguard {
+            Some(w) => Some(super::encryption::lower_peer(w, &here.key("wireguard"))?),
+            None => None,
+        };
+        if let Some(w) = wireguard {
+            if let Some(first) = keys.insert(w.public_key, i) {
+                return Err(here.key("wireguard").key("publicKey").invalid(format!(
+                    "the same public key as peers[{first}]: each node has its own key pair"
+                )));
+            }
+        }
+        peers.push(OverlayPeer { name: p.name.0, address: p.address.0, prefixes: own, wireguard });
     }
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     let device = o.device.map_or_else(|| DEFAULT_OVERLAY_DEVICE.to_string(), |d| d.0);

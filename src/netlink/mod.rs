@@ -26,6 +26,7 @@ pub mod route;
 pub mod sysctl;
 pub mod tc;
 pub mod xdp;
+pub mod xfrm;
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -175,11 +176,14 @@ pub struct Netlink {
 impl Netlink {
     /// A `NETLINK_ROUTE` socket in the calling thread's network namespace.
     pub fn open() -> Result<Netlink> {
-        let what = "NETLINK_ROUTE socket";
+        Netlink::open_protocol(libc::NETLINK_ROUTE, "NETLINK_ROUTE socket")
+    }
+
+    /// A socket of another netlink protocol (`NETLINK_XFRM`: [`xfrm`]) in the calling
+    /// thread's namespace, with the same requests, acknowledgements and errors.
+    pub fn open_protocol(protocol: i32, what: &'static str) -> Result<Netlink> {
         // SAFETY: plain socket(2) call with constant arguments; no pointers.
-        let raw = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE)
-        };
+        let raw = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
         if raw < 0 {
             return Err(NetlinkError::socket(what, "socket", std::io::Error::last_os_error()));
         }

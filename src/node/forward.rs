@@ -62,6 +62,12 @@ pub enum ForwardError {
     Ours(#[from] super::ours::OursError),
     #[error("reading this thread's network namespace: {0}")]
     Netns(String),
+    #[error("{0}")]
+    Encryption(String),
+    #[error(
+        "encryption mode wireguard: {0} does not exist; start it first (crate::encrypt::start_wireguard)"
+    )]
+    NoWireguardDevice(&'static str),
 }
 
 /// What [`sync`] found and did.
@@ -176,6 +182,30 @@ fn ensure_overlay(nl: &Netlink, o: &crate::model::network::Overlay) -> Result<(u
     Ok((ifindex, created))
 }
 
+/// The WireGuard device's ifindex: it must exist (the daemon or `crate::encrypt` starts it)
+/// before forwarding points peers at it.
+fn wireguard_device(nl: &Netlink) -> Result<u32, ForwardError> {
+    let name = crate::model::encryption::WIREGUARD_DEVICE;
+    match link_or_none(nl, name)? {
+        Some(l) => Ok(l.ifindex),
+        None => Err(ForwardError::NoWireguardDevice(name)),
+    }
+}
+
+/// WireGuard mode, receiving side of "never in plaintext": strict reverse-path filtering
+/// on the device holding the underlay address. Peers' pod prefixes route through
+/// `sluice_wg`, so a packet from a peer's pod that arrives on the underlay unencrypted fails
+/// the reverse-path check and is dropped by the kernel (counted as `IPReversePathFilter`
+/// in `/proc/net/netstat`). IPv4 only: IPv6 has no `rp_filter`.
+fn strict_underlay(nl: &Netlink, o: &crate::model::network::Overlay) -> Result<(), ForwardError> {
+    let local = IpAddr::V4(o.local);
+    if let Some(a) = nl.addresses(None)?.into_iter().find(|a| a.addr == local) {
+        let dev = nl.link_info(a.ifindex)?.name;
+        sysctl::write(None, &format!("net.ipv4.conf.{dev}.rp_filter"), "1")?;
+    }
+    Ok(())
+}
+
 /// Turn a pinned hash-like map's contents into `want`'s.
 fn sync_map(map: &Map, name: &'static str, want: &MapWrites) -> Result<usize, ForwardError> {
     let err = |source| ForwardError::Map { map: name, source };
@@ -214,6 +244,15 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
         let def = defs.iter().find(|d| d.name == name).expect("forwarding maps are defined");
         Ok(open_pinned_map(sys, pin_dir, def)?)
     };
+    if let crate::model::encryption::Encryption::Ipsec(_) = &cfg.encryption {
+        // Refused before anything changes: where the kernel has no ESP with the options it
+        // needs; elsewhere because the BPF marking is not written yet.
+        let xfrm = Netlink::open_xfrm()?;
+        crate::encrypt::ipsec::check_kernel(&xfrm).map_err(|e| ForwardError::Encryption(e.to_string()))?;
+        return Err(ForwardError::Encryption(
+            "spec.encryption.mode ipsec: the BPF marking for xfrm is not implemented yet; use mode: wireguard".into(),
+        ));
+    }
     let (lxc, tunnel, cfg_map) = (open(names::LXC)?, open(names::TUNNEL)?, open(names::FWD_CFG)?);
     let nl = Netlink::open()?;
     let netns = super::wire::current_netns().map_err(|e| ForwardError::Netns(e.to_string()))?;
@@ -262,7 +301,14 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
     let mut tunnels = Vec::new();
     let mut flags = fwd_cfg::LOCAL | fwd_cfg::FIB;
     if let Some(o) = &cfg.overlay {
-        let (ifindex, created) = ensure_overlay(&nl, o)?;
+        // WireGuard mode: peers' prefixes go to `sluice_wg` (served by `crate::encrypt`),
+        // never to a VXLAN device, which is not created.
+        let wireguard = matches!(cfg.encryption, crate::model::encryption::Encryption::Wireguard(_));
+        let (ifindex, created) =
+            if wireguard { (wireguard_device(&nl)?, false) } else { ensure_overlay(&nl, o)? };
+        if wireguard {
+            strict_underlay(&nl, o)?;
+        }
         if created {
             own(&o.device)?;
             report.created.push(o.device.clone());

@@ -1,0 +1,129 @@
+//! Transparent encryption of pod traffic between nodes (`spec.encryption`).
+//!
+//! - [`keys`]: the node's WireGuard key pair (a root-only file under the state directory)
+//!   and the [`keys::KeySource`] peers' public keys come from (the node file today).
+//! - [`wg`]: a userspace WireGuard (boringtun's noise layer) serving a TUN device named
+//!   `sluice_wg`, for kernels without the WireGuard device type (as this project's CI
+//!   kernel). [`kernel_wireguard`] says whether the kernel has it.
+//! - [`ipsec`]: the IPsec mode's pieces: per-node-pair keys derived as Cilium derives
+//!   them, the xfrm marks, the key choice, and the refusal on kernels without ESP.
+//!
+//! How the datapath uses the device: `crate::node::forward::sync` points the `tunnel`
+//! map's peer prefixes at `sluice_wg` instead of the VXLAN device, so `from-endpoint`
+//! redirects a remote endpoint's packets there (a redirect to an L3 device drops the
+//! Ethernet header); the device's routes carry the host's own traffic to peers' pods the
+//! same way. The source identity is not carried across: the receiving node re-derives it
+//! from its ipcache by source address, as it does for VXLAN today (the tunnel key holds the
+//! VNI only), and WireGuard's cryptokey routing guarantees that the source address belongs
+//! to the peer that encrypted it (a packet with another source is dropped, `rx_not_allowed`).
+
+pub mod ipsec;
+pub mod keys;
+pub mod lab;
+pub mod wg;
+
+use crate::model::encryption::{Encryption, WIREGUARD_DEVICE};
+use crate::model::NodeConfig;
+use crate::netlink::msg::{flags, rtm, IfInfoMsg};
+use crate::netlink::{link::ifla, NetNs, Netlink, Request};
+use keys::{KeySource, NodeKey};
+use std::net::SocketAddr;
+use thiserror::Error;
+
+/// Why encryption could not be set up.
+#[derive(Debug, Error)]
+pub enum EncryptError {
+    #[error("{op}: {source}")]
+    Io { op: &'static str, source: std::io::Error },
+    #[error("WireGuard device: {0}")]
+    Device(String),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl EncryptError {
+    pub(crate) fn io(op: &'static str, source: std::io::Error) -> EncryptError {
+        EncryptError::Io { op, source }
+    }
+}
+
+/// Whether the kernel has the WireGuard device type: a `wireguard` link is created (and
+/// removed) in the caller's namespace under a scratch name. `EOPNOTSUPP` (no such kind)
+/// means it has not.
+pub fn kernel_wireguard(nl: &Netlink) -> bool {
+    let name = format!("slwgp{}", std::process::id() % 100_000);
+    let mut req = Request::new(rtm::NEWLINK, flags::CREATE | flags::EXCL, "wireguard probe");
+    req.header(&IfInfoMsg::default()).attr_str(ifla::IFNAME, &name).nest(ifla::LINKINFO, |r| {
+        r.attr_str(ifla::INFO_KIND, "wireguard");
+    });
+    if nl.ack(&mut req).is_err() {
+        return false;
+    }
+    if let Ok(i) = nl.ifindex(&name) {
+        let _ = nl.delete_link(i);
+    }
+    true
+}
+
+/// The device's peers: every overlay peer whose key the source knows, AllowedIPs its pod
+/// prefixes, endpoint its `wireguard.endpoint` or its overlay address at `port`.
+pub fn peers(cfg: &NodeConfig, source: &dyn KeySource, port: u16) -> Vec<wg::PeerConfig> {
+    let known = source.peer_keys();
+    cfg.overlay
+        .iter()
+        .flat_map(|o| &o.peers)
+        .filter_map(|p| {
+            let k = known.iter().find(|k| k.node == p.name)?;
+            Some(wg::PeerConfig {
+                name: p.name.clone(),
+                public_key: k.key.public_key,
+                endpoint: k.key.endpoint.unwrap_or_else(|| SocketAddr::from((p.address, port))),
+                allowed: p.prefixes.clone(),
+            })
+        })
+        .collect()
+}
+
+/// The state directory (the node key's home): `$SLUICE_STATE_DIR`, else [`DEFAULT_STATE_DIR`].
+pub fn state_dir() -> std::path::PathBuf {
+    std::env::var_os("SLUICE_STATE_DIR").map_or_else(|| DEFAULT_STATE_DIR.into(), Into::into)
+}
+
+/// Where the node key lives unless `$SLUICE_STATE_DIR` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
+
+/// What the daemon starts for `cfg`: the WireGuard device in mode wireguard, unless one
+/// named `sluice_wg` exists already (the kernel's, configured elsewhere); nothing otherwise.
+pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, EncryptError> {
+    if !matches!(cfg.encryption, Encryption::Wireguard(_)) {
+        return Ok(None);
+    }
+    let nl = Netlink::open().map_err(|e| EncryptError::Device(e.to_string()))?;
+    if nl.ifindex(WIREGUARD_DEVICE).is_ok() {
+        return Ok(None);
+    }
+    let device = start_wireguard(None, cfg, &keys::StaticKeys(cfg), &state_dir())?;
+    // The public key is what peers put in their node files (never the private one).
+    let public = NodeKey::load_or_create(&state_dir())?.public_base64();
+    println!("wireguard: {WIREGUARD_DEVICE} (userspace) up; this node's public key {public}");
+    Ok(Some(device))
+}
+
+/// Start `sluice_wg` for `cfg` (mode wireguard) in `netns`: the node key from `state_dir`
+/// (made on first start), peers from `source`. The kernel's WireGuard is not driven yet
+/// (its generic-netlink configuration is not written): the userspace device serves both cases.
+pub fn start_wireguard(
+    netns: Option<&NetNs>,
+    cfg: &NodeConfig,
+    source: &dyn KeySource,
+    state_dir: &std::path::Path,
+) -> Result<wg::Userspace, EncryptError> {
+    let Encryption::Wireguard(w) = &cfg.encryption else {
+        return Err(EncryptError::Unsupported("spec.encryption.mode is not wireguard".into()));
+    };
+    let key = NodeKey::load_or_create(state_dir)?;
+    let dev = wg::DeviceConfig { name: WIREGUARD_DEVICE.to_string(), port: w.port };
+    wg::Userspace::start(netns, &dev, key, peers(cfg, source, w.port))
+}

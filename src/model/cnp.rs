@@ -5,11 +5,15 @@
 //! - `metadata`: `name`, `namespace` (default `default`); `labels` and `annotations` are
 //!   accepted and ignored. `spec` (one rule) and/or `specs` (a list); at least one of them.
 //! - A rule: `endpointSelector` (required, scoped to the namespace), `ingress`, `ingressDeny`,
-//!   `egress`, `egressDeny`, `description`. A direction is enforced when its allow or deny
-//!   list is non-empty (as in Cilium: `ingress: [{}]` is default deny with nothing allowed).
+//!   `egress`, `egressDeny`, `enableDefaultDeny`, `description`. A direction is enforced
+//!   when `enableDefaultDeny` says so for it, or, when it does not say, when its allow or
+//!   deny list is non-empty (as in Cilium: `ingress: [{}]` is default deny with nothing
+//!   allowed). Deny entries drop whether or not the direction is enforced.
+//! - `fromNodes`/`toNodes` and `toServices` are rejected at their place (not supported yet).
 //! - An ingress entry: `fromEndpoints` (selectors, scoped to the namespace unless they name
 //!   one), `fromCIDR`, `fromCIDRSet` (`cidr` and `except`, each except inside its cidr),
-//!   `fromEntities` (all, cluster, host, world), `toPorts`, `icmps`; egress the same with
+//!   `fromEntities` (all, cluster, host, world, remote-node, kube-apiserver, health, init,
+//!   ingress, unmanaged: see [`Entity`]), `toPorts`, `icmps`; egress the same with
 //!   `to` names. As in Cilium, one entry combines at most one kind of peer, and not `icmps`
 //!   with `toPorts`. An entry with ports but no peer field allows those ports from any peer
 //!   (`all`); a peer field that is present but empty selects no peer.
@@ -25,10 +29,12 @@ use serde::{Deserialize, Deserializer};
 use super::cidr::Cidr;
 use super::de::parse_str_scalar;
 use super::locate::{FieldPath, Invalid};
-use super::policy::{DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule};
+use super::policy::{
+    DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule,
+};
 use super::policy_wire::{
     lower_cidr_rule, lower_peer_selector, lower_port_range, lower_subject, parse_protocol, port_matches,
-    EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, SelectorWire,
+    EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, PortZero, SelectorWire,
 };
 
 /// `kind: CiliumNetworkPolicy`.
@@ -66,10 +72,24 @@ struct RuleWire {
     egress: Option<Vec<EgressWire>>,
     #[serde(default)]
     egress_deny: Option<Vec<EgressWire>>,
+    /// Whether the rule puts its subjects in default deny, per direction (when not given:
+    /// for a direction the rule has entries for).
+    #[serde(default)]
+    enable_default_deny: Option<DefaultDenyWire>,
     /// Free text, not used.
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+/// `enableDefaultDeny`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "enableDefaultDeny: a mapping with ingress and egress")]
+struct DefaultDenyWire {
+    #[serde(default)]
+    ingress: Option<bool>,
+    #[serde(default)]
+    egress: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -90,6 +110,9 @@ struct IngressWire {
     to_ports: Option<Vec<PortRuleWire>>,
     #[serde(default)]
     icmps: Option<Vec<IcmpRuleWire>>,
+    /// Read only to reject it at its place.
+    #[serde(rename = "fromNodes", default)]
+    nodes: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +133,12 @@ struct EgressWire {
     to_ports: Option<Vec<PortRuleWire>>,
     #[serde(default)]
     icmps: Option<Vec<IcmpRuleWire>>,
+    /// Read only to reject it at its place.
+    #[serde(rename = "toNodes", default)]
+    nodes: Option<IgnoredAny>,
+    /// Read only to reject it at its place.
+    #[serde(rename = "toServices", default)]
+    services: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -182,6 +211,10 @@ struct EntryView<'a> {
     entities: &'a Option<Vec<EntityWire>>,
     to_ports: &'a Option<Vec<PortRuleWire>>,
     icmps: &'a Option<Vec<IcmpRuleWire>>,
+    /// `fromNodes`/`toNodes` given.
+    nodes: bool,
+    /// `toServices` given.
+    services: bool,
 }
 
 impl IngressWire {
@@ -194,6 +227,8 @@ impl IngressWire {
             entities: &self.entities,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
+            nodes: self.nodes.is_some(),
+            services: false,
         }
     }
 }
@@ -208,6 +243,8 @@ impl EgressWire {
             entities: &self.entities,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
+            nodes: self.nodes.is_some(),
+            services: self.services.is_some(),
         }
     }
 }
@@ -231,12 +268,14 @@ pub(crate) fn lower_cnp(doc: &CnpDocument) -> Result<Policy, Invalid> {
 
 fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule, Invalid> {
     let subject = lower_subject(&rule.endpoint_selector, &path.key("endpointSelector"), namespace)?;
+    let default_deny = rule.enable_default_deny.as_ref();
     let ingress = lower_direction(
         rule.ingress.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
         rule.ingress_deny.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
         path,
         ("ingress", "ingressDeny"),
         namespace,
+        default_deny.and_then(|d| d.ingress),
     )?;
     let egress = lower_direction(
         rule.egress.as_deref().map(|list| list.iter().map(EgressWire::view).collect()),
@@ -244,6 +283,7 @@ fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule
         path,
         ("egress", "egressDeny"),
         namespace,
+        default_deny.and_then(|d| d.egress),
     )?;
     Ok(Rule { subject, ingress, egress })
 }
@@ -254,10 +294,14 @@ fn lower_direction(
     path: &FieldPath,
     (allow_key, deny_key): (&str, &str),
     namespace: &str,
+    default_deny: Option<bool>,
 ) -> Result<DirectionRules, Invalid> {
     let allow = allow.unwrap_or_default();
     let deny = deny.unwrap_or_default();
-    let mut rules = DirectionRules { enforced: !allow.is_empty() || !deny.is_empty(), ..Default::default() };
+    // Cilium: "If not specified, the default is true for each traffic direction that has
+    // rules, and false otherwise."
+    let enforced = default_deny.unwrap_or(!allow.is_empty() || !deny.is_empty());
+    let mut rules = DirectionRules { enforced, ..Default::default() };
     for (list, key, is_deny) in [(&allow, allow_key, false), (&deny, deny_key, true)] {
         for (i, entry) in list.iter().enumerate() {
             if let Some(peer_rule) = lower_entry(entry, &path.key(key).index(i), namespace, is_deny)? {
@@ -280,6 +324,19 @@ fn lower_entry(
     deny: bool,
 ) -> Result<Option<PeerRule>, Invalid> {
     let prefix = entry.prefix;
+    if entry.nodes {
+        let key = format!("{prefix}Nodes");
+        return Err(path.key(&key).invalid(format!(
+            "{key} is not supported yet: sluice's node file knows no node labels to select by; \
+             use {prefix}Entities (host, remote-node) instead"
+        )));
+    }
+    if entry.services {
+        return Err(path.key("toServices").invalid(
+            "toServices is not supported yet; select the service's backends with toEndpoints \
+             (its selector) or toCIDR (its endpoints' addresses)",
+        ));
+    }
     let peer_fields = [
         ("Endpoints", entry.endpoints.as_ref().map(Vec::len)),
         ("CIDR", entry.cidr.as_ref().map(Vec::len)),
@@ -338,7 +395,7 @@ fn lower_entry(
         }
         for (j, port) in ports.iter().enumerate() {
             let at = at.key("ports").index(j);
-            let range = lower_port_range(port.port, port.end_port, &at)?;
+            let range = lower_port_range(port.port, port.end_port, &at, PortZero::EveryPort)?;
             let protocols =
                 port.protocol.as_ref().map_or(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..], |p| &p.0);
             l4.extend(port_matches(protocols, range));
@@ -352,11 +409,15 @@ fn lower_entry(
                 .key("fields")
                 .invalid("an icmps entry needs at least one field"));
         }
-        l4.extend(icmp.fields.iter().map(|f| PortMatch {
-            proto: f.family.protocol(),
-            first: u16::from(f.icmp_type.0),
-            last: u16::from(f.icmp_type.0),
-        }));
+        for (j, field) in icmp.fields.iter().enumerate() {
+            let at = path.key("icmps").index(i).key("fields").index(j).key("type");
+            let number = field.icmp_type.number(field.family).map_err(|message| at.invalid(message))?;
+            l4.push(PortMatch {
+                proto: field.family.protocol(),
+                first: u16::from(number),
+                last: u16::from(number),
+            });
+        }
     }
 
     if peers.is_empty() {

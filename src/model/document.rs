@@ -14,7 +14,7 @@
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
 //!   generic value would lose the line and column of every later error.
 //! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`),
-//!   Service and EndpointSlice (`super::service`). Adding one means adding its wire type and
+//!   Service and EndpointSlice (`super::service`), Namespace (`super::namespace`). Adding one means adding its wire type and
 //!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
@@ -35,6 +35,7 @@ use super::de::parse_str_scalar;
 use super::endpoint::{AnyAddress, EndpointWire};
 use super::knp::KnpDocument;
 use super::names::check_dns_label;
+use super::namespace::NamespaceDocument;
 use super::service::{ServiceDocument, SliceDocument};
 
 /// Every document kind sluice recognizes, read now or later.
@@ -45,15 +46,17 @@ pub(crate) enum DocumentKind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    Namespace,
 }
 
 impl DocumentKind {
-    const ALL: [DocumentKind; 5] = [
+    const ALL: [DocumentKind; 6] = [
         DocumentKind::Node,
         DocumentKind::CiliumNetworkPolicy,
         DocumentKind::NetworkPolicy,
         DocumentKind::Service,
         DocumentKind::EndpointSlice,
+        DocumentKind::Namespace,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -63,6 +66,7 @@ impl DocumentKind {
             DocumentKind::NetworkPolicy => "NetworkPolicy",
             DocumentKind::Service => "Service",
             DocumentKind::EndpointSlice => "EndpointSlice",
+            DocumentKind::Namespace => "Namespace",
         }
     }
 
@@ -74,6 +78,7 @@ impl DocumentKind {
             DocumentKind::NetworkPolicy => "networking.k8s.io/v1",
             DocumentKind::Service => "v1",
             DocumentKind::EndpointSlice => "discovery.k8s.io/v1",
+            DocumentKind::Namespace => "v1",
         }
     }
 
@@ -90,6 +95,7 @@ pub(crate) enum Document {
     NetworkPolicy(KnpDocument),
     Service(ServiceDocument),
     EndpointSlice(SliceDocument),
+    Namespace(NamespaceDocument),
 }
 
 /// `kind: Node`: what only the node knows.
@@ -140,6 +146,9 @@ pub(crate) struct NodeSpec {
     /// Where services are balanced besides the endpoints' programs.
     #[serde(default)]
     pub load_balancer: Option<super::network::LoadBalancerWire>,
+    /// How policy is enforced (`allowLocalhost`).
+    #[serde(default)]
+    pub policy: Option<super::policy_settings::PolicySettingsWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.
@@ -164,6 +173,10 @@ pub(crate) fn knp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Res
 
 pub(crate) fn service_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
     expect_api_version(deserializer, DocumentKind::Service)
+}
+
+pub(crate) fn namespace_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::Namespace)
 }
 
 pub(crate) fn slice_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
@@ -210,6 +223,7 @@ pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, ser
             DocumentKind::NetworkPolicy => Document::NetworkPolicy(KnpDocument::deserialize(body)?),
             DocumentKind::Service => Document::Service(ServiceDocument::deserialize(body)?),
             DocumentKind::EndpointSlice => Document::EndpointSlice(SliceDocument::deserialize(body)?),
+            DocumentKind::Namespace => Document::Namespace(NamespaceDocument::deserialize(body)?),
         };
         documents.push((index, document));
     }

@@ -16,10 +16,13 @@
 //!   `cidr` and in none of `except`; [`Peer::Entity`] names a reserved group. Addresses of
 //!   endpoints and of the host are never matched by CIDR peers, as in Cilium, where an
 //!   endpoint's own address resolves to the endpoint's identity.
-//! - Semantics of a direction for one endpoint (the oracle implements exactly this): if no rule
-//!   selecting it is enforced in that direction, everything passes; otherwise a packet is
-//!   dropped if any selecting rule's deny peer rule matches it, else passes if any allow peer
-//!   rule matches, else is dropped. Deny wins regardless of specificity.
+//! - Semantics of a direction for one endpoint (the oracle implements exactly this): a packet
+//!   is dropped if any selecting rule's deny peer rule matches it; else, if no rule selecting
+//!   it is enforced in that direction, it passes; else ingress from the node itself passes
+//!   where the isolating rules admit the node (`super::policy_settings`); else it passes if
+//!   any allow peer rule matches, else is dropped. Deny wins regardless of specificity.
+//!   (A rule with deny peer rules is enforced unless Cilium's `enableDefaultDeny` turns that
+//!   off for the direction.)
 //! - Normal form: peers, port matches, peer rules and rules are sorted and deduplicated, so
 //!   equivalent spellings compare equal. `protocol: ANY` is expanded into TCP, UDP and SCTP
 //!   (as Cilium does; ICMP is only ever allowed by `icmps` or by a rule without ports).
@@ -152,10 +155,35 @@ pub enum Entity {
     Host,
     /// Everything outside the cluster.
     World,
+    /// The cluster's other nodes (Cilium's reserved identity 6). In a node file alone no
+    /// address has it; the cluster issue gives it its peers.
+    RemoteNode,
+    /// The Kubernetes API server (reserved identity 7): no address of a node file has it.
+    KubeApiserver,
+    /// Cilium's health endpoints (reserved identity 4): sluice runs none.
+    Health,
+    /// Endpoints whose identity is not resolved yet (reserved identity 5): sluice's endpoints
+    /// have their identity from the start, so none.
+    Init,
+    /// Cilium's ingress (Envoy) endpoint (reserved identity 8): sluice runs none.
+    Ingress,
+    /// Endpoints not managed by the agent (reserved identity 3): none in a node file.
+    Unmanaged,
 }
 
 impl Entity {
-    pub const ALL: [Entity; 4] = [Entity::All, Entity::Cluster, Entity::Host, Entity::World];
+    pub const ALL: [Entity; 10] = [
+        Entity::All,
+        Entity::Cluster,
+        Entity::Host,
+        Entity::World,
+        Entity::RemoteNode,
+        Entity::KubeApiserver,
+        Entity::Health,
+        Entity::Init,
+        Entity::Ingress,
+        Entity::Unmanaged,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -163,6 +191,12 @@ impl Entity {
             Entity::Cluster => "cluster",
             Entity::Host => "host",
             Entity::World => "world",
+            Entity::RemoteNode => "remote-node",
+            Entity::KubeApiserver => "kube-apiserver",
+            Entity::Health => "health",
+            Entity::Init => "init",
+            Entity::Ingress => "ingress",
+            Entity::Unmanaged => "unmanaged",
         }
     }
 }

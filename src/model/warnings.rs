@@ -14,6 +14,9 @@
 //!   endpoint's own traffic passes there.
 //! - A deny prefix that covers an overlay peer's address: the peer's VXLAN packets come from
 //!   that address, so the overlay to it breaks where the prefilter runs.
+//! - What a policy document holds that Kubernetes accepts and ignores (a NetworkPolicy's
+//!   rules for a direction its `policyTypes` leaves out), from `NodeConfig::policy_warnings`,
+//!   after the prefilter's.
 
 use super::NodeConfig;
 
@@ -47,5 +50,6 @@ pub fn warnings(cfg: &NodeConfig) -> Vec<String> {
             }
         }
     }
+    out.extend(cfg.policy_warnings.iter().cloned());
     out
 }

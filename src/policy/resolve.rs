@@ -3,8 +3,13 @@
 //! Contract of [`resolve`]:
 //! - A pure, deterministic function of the [`NodeConfig`]: identities and the ipcache come
 //!   from `super::identity` and `super::ipcache`; each endpoint gets, per direction,
-//!   `enforced` (some policy rule selecting it is enforced in that direction: default deny)
-//!   and a sorted list of [`PolicyEntry`]s. Endpoints with equal labels share an identity and
+//!   `enforced` (some policy rule selecting it is enforced in that direction: default deny;
+//!   or some selecting rule denies in a direction no rule isolates, which is written as its
+//!   deny entries plus one allow-everything entry) and a sorted list of [`PolicyEntry`]s.
+//! - The node itself: in an ingress direction isolated by a rule that admits it
+//!   ([`admits_node`]: a NetworkPolicy rule, or any rule when `allowLocalhost` is `always`),
+//!   the host identity gets an allow entry for every protocol and port; deny entries still
+//!   win over it. Endpoints with equal labels share an identity and
 //!   so share their resolution.
 //! - Peers become identities: `Endpoints(selector)` the label-set identities it matches;
 //!   `Cidr(P except E..)` the CIDR identities of prefixes inside P and inside no E, plus
@@ -12,7 +17,9 @@
 //!   longest-prefix match then gives exactly the addresses in P and in no E); entities:
 //!   `all` -> 0 (any), `host` -> 1, `world` -> 2, 9, 10 and every CIDR identity (a CIDR
 //!   identity is a piece of the world), `cluster` -> every label-set identity plus host,
-//!   health, init, remote-node and ingress (Cilium's cluster entity).
+//!   health, init, remote-node and ingress (Cilium's cluster entity); the other reserved
+//!   entities to their reserved identity (`unmanaged` 3, `health` 4, `init` 5,
+//!   `remote-node` 6, `kube-apiserver` 7, `ingress` 8).
 //! - Ports become entries: a rule without ports gives protocol 0, port prefix 0; a port range
 //!   gives the fewest aligned prefix blocks ([`super::entry::port_blocks`]); ICMP types are
 //!   ports of protocol 1 or 58.
@@ -40,7 +47,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::policy::{DirectionRules, Entity, Peer};
+use crate::model::policy::{DirectionRules, Entity, Peer, PolicyKind};
+use crate::model::policy_settings::AllowLocalhost;
 use crate::model::{Direction, NodeConfig};
 
 use super::entry::{port_blocks, PolicyEntry};
@@ -55,7 +63,9 @@ const CLUSTER_RESERVED: [Identity; 5] =
 /// One endpoint direction, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectionPolicy {
-    /// Default deny: some rule selecting the endpoint is enforced in this direction.
+    /// The policy map decides this direction: some rule selecting the endpoint is enforced
+    /// in it (default deny), or some selecting rule denies in it (then an allow-everything
+    /// entry stands for "not isolated").
     pub enforced: bool,
     /// Sorted by [`PolicyEntry`]'s order; no two share a key (identity, protocol, port,
     /// prefix); empty when not enforced.
@@ -150,14 +160,14 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
 
     // Each rule once: which subjects it selects, and what it names per direction.
     let mut pieces = Pieces::default();
-    let rules: Vec<(Vec<bool>, [RuleDirection; 2])> = cfg
+    let rules: Vec<(Vec<bool>, [RuleDirection; 2], bool)> = cfg
         .policies
         .iter()
-        .flat_map(|p| &p.rules)
-        .map(|rule| {
+        .flat_map(|p| p.rules.iter().map(move |rule| (p.kind, rule)))
+        .map(|(kind, rule)| {
             let selects = subjects.iter().map(|(_, labels)| rule.subject.matches(labels)).collect();
             let directions = Direction::ALL.map(|d| rule_direction(rule.direction(d), &peers, &mut pieces));
-            (selects, directions)
+            (selects, directions, admits_node(cfg, kind))
         })
         .collect();
 
@@ -171,17 +181,32 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
             .entry(selecting)
             .or_insert_with_key(|selecting| {
                 let [ingress, egress] = [0, 1].map(|d| {
-                    let enforced = selecting.iter().any(|&r| rules[r].1[d].enforced);
-                    if !enforced {
-                        return DirectionPolicy::default();
-                    }
+                    let enforcing = || selecting.iter().filter(|&&r| rules[r].1[d].enforced);
+                    let enforced = enforcing().next().is_some();
                     let mut used: Vec<usize> =
                         selecting.iter().flat_map(|&r| rules[r].1[d].pieces.iter().copied()).collect();
                     used.sort_unstable();
                     used.dedup();
                     let mut raw: Vec<Raw> =
                         used.iter().flat_map(|&i| pieces.lists[i].iter().copied()).collect();
-                    DirectionPolicy { enforced, entries: canonical_entries(&mut raw) }
+                    if !enforced {
+                        // Not isolated: only deny rules (of rules with default deny off) can
+                        // drop. As entries: those denies plus allow-everything.
+                        raw.retain(|r| r.deny);
+                        if raw.is_empty() {
+                            return DirectionPolicy::default();
+                        }
+                        raw.push(Raw { deny: false, id: 0, proto: 0, first: 0, last: u16::MAX });
+                    } else if d == 0 && enforcing().any(|&r| rules[r].2) {
+                        raw.push(Raw {
+                            deny: false,
+                            id: Identity::HOST.get(),
+                            proto: 0,
+                            first: 0,
+                            last: u16::MAX,
+                        });
+                    }
+                    DirectionPolicy { enforced: true, entries: canonical_entries(&mut raw) }
                 });
                 Arc::new(EndpointPolicy { ingress, egress })
             })
@@ -189,6 +214,13 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
         policies.insert(*subject, policy);
     }
     Ok(Resolved { identities, ipcache, policies })
+}
+
+/// Whether ingress isolation by a rule of a policy of `kind` still admits the node itself
+/// (see `crate::model::policy_settings`): always for NetworkPolicy, per `allowLocalhost`
+/// for Cilium's policies.
+pub fn admits_node(cfg: &NodeConfig, kind: PolicyKind) -> bool {
+    kind == PolicyKind::NetworkPolicy || cfg.policy.allow_localhost == AllowLocalhost::Always
 }
 
 fn rule_direction(rules: &DirectionRules, peers: &PeerIdentities, pieces: &mut Pieces) -> RuleDirection {
@@ -240,6 +272,12 @@ impl<'a> PeerIdentities<'a> {
         match peer {
             Peer::Entity(Entity::All) => vec![0],
             Peer::Entity(Entity::Host) => vec![Identity::HOST.get()],
+            Peer::Entity(Entity::RemoteNode) => vec![Identity::REMOTE_NODE.get()],
+            Peer::Entity(Entity::KubeApiserver) => vec![Identity::KUBE_APISERVER.get()],
+            Peer::Entity(Entity::Health) => vec![Identity::HEALTH.get()],
+            Peer::Entity(Entity::Init) => vec![Identity::INIT.get()],
+            Peer::Entity(Entity::Ingress) => vec![Identity::INGRESS.get()],
+            Peer::Entity(Entity::Unmanaged) => vec![Identity::UNMANAGED.get()],
             Peer::Entity(Entity::World) => [Identity::WORLD, Identity::WORLD_IPV4, Identity::WORLD_IPV6]
                 .iter()
                 .map(|id| id.get())

@@ -1,6 +1,6 @@
 //! The subcommands' bodies.
 
-use super::{Command, PrefilterOp, ServiceOp};
+use super::{Command, PolicyOp, PrefilterOp, ServiceOp};
 use crate::maps::prefilter::{DenySet, Prefix, Reason};
 use crate::model::{self, Cidr, ModelError};
 use crate::node::load::{self, LoadError};
@@ -49,6 +49,8 @@ pub enum CliError {
     Service(String),
     #[error("{0}")]
     Monitor(String),
+    #[error("sluice policy explain: {0}")]
+    Explain(String),
     #[error(transparent)]
     Wire(#[from] crate::node::wire::WireError),
     #[error(transparent)]
@@ -79,6 +81,9 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
         Command::Demo => demo(),
         Command::Compile { node, out } => compile(&node, out.as_deref()),
         Command::Sim { node, pcap, quiet } => sim(&node, &pcap, quiet),
+        Command::Policy { op: PolicyOp::Explain { node, from, to, proto, port, json } } => {
+            super::policy::explain_cmd(&node, &from, &to, proto, port, json)
+        }
         Command::Load { node, pin_dir } => load_cmd(&node, &pin_dir, wait),
         Command::Unload { pin_dir } => {
             kernel("sluice unload")?;

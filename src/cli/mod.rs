@@ -1,6 +1,7 @@
 //! The `sluice` command line: each subcommand is a thin shell over the library.
 
 mod commands;
+mod policy;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -41,6 +42,11 @@ pub enum Command {
         /// Print only the summary.
         #[arg(long, short)]
         quiet: bool,
+    },
+    /// Policy questions about a node file.
+    Policy {
+        #[command(subcommand)]
+        op: PolicyOp,
     },
     /// Create, fill and pin maps and programs (without attaching them).
     Load {
@@ -155,6 +161,32 @@ pub enum PrefilterOp {
     List,
     /// Show the verdict counters.
     Stats,
+}
+
+/// `sluice policy` operations.
+#[derive(Debug, Subcommand)]
+pub enum PolicyOp {
+    /// The verdict of each endpoint's policy for one flow, and the rules (file:line) that
+    /// decided it, or the policies that isolate the endpoint with no rule allowing it.
+    Explain {
+        /// The node file.
+        node: PathBuf,
+        /// The source: an endpoint name, `host`, or an address.
+        #[arg(long)]
+        from: String,
+        /// The destination: an endpoint name, `host`, or an address.
+        #[arg(long)]
+        to: String,
+        /// tcp, udp, sctp, icmp, icmpv6, or a protocol number.
+        #[arg(long, default_value = "tcp", value_parser = policy::parse_protocol)]
+        proto: u8,
+        /// Destination port (ICMP: the type).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sluice service` operations.

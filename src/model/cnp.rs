@@ -30,12 +30,13 @@ use super::cidr::Cidr;
 use super::de::parse_str_scalar;
 use super::locate::{FieldPath, Invalid};
 use super::policy::{
-    DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule,
+    Direction, DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule,
 };
 use super::policy_wire::{
     lower_cidr_rule, lower_peer_selector, lower_port_range, lower_subject, parse_protocol, port_matches,
     EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, PortZero, SelectorWire,
 };
+use super::sources::EntryOrigin;
 
 /// `kind: CiliumNetworkPolicy`.
 #[derive(Debug, Deserialize)]
@@ -264,6 +265,56 @@ pub(crate) fn lower_cnp(doc: &CnpDocument) -> Result<Policy, Invalid> {
         rules.push(lower_rule(spec, &root.key("specs").index(i), &namespace)?);
     }
     Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
+}
+
+/// Where each rule and each entry of a (valid) CiliumNetworkPolicy was written: the path of
+/// every rule in `rules` order, and every entry's peer rule with its path (see
+/// `super::sources`). An entry that matches nothing has no peer rule and is left out.
+pub(crate) fn entry_origins(doc: &CnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    let root = FieldPath::root();
+    let namespace = doc.metadata.namespace();
+    let specs = doc.spec.iter().map(|spec| (spec, root.key("spec")));
+    let specs = specs
+        .chain(doc.specs.iter().flatten().enumerate().map(|(i, spec)| (spec, root.key("specs").index(i))));
+    let (mut rules, mut entries) = (Vec::new(), Vec::new());
+    for (rule, (spec, path)) in specs.enumerate() {
+        let lists: [(Direction, bool, &str, Vec<EntryView<'_>>); 4] = [
+            (
+                Direction::Ingress,
+                false,
+                "ingress",
+                spec.ingress.iter().flatten().map(IngressWire::view).collect(),
+            ),
+            (
+                Direction::Ingress,
+                true,
+                "ingressDeny",
+                spec.ingress_deny.iter().flatten().map(IngressWire::view).collect(),
+            ),
+            (
+                Direction::Egress,
+                false,
+                "egress",
+                spec.egress.iter().flatten().map(EgressWire::view).collect(),
+            ),
+            (
+                Direction::Egress,
+                true,
+                "egressDeny",
+                spec.egress_deny.iter().flatten().map(EgressWire::view).collect(),
+            ),
+        ];
+        for (direction, deny, key, views) in lists {
+            for (i, view) in views.iter().enumerate() {
+                let at = path.key(key).index(i);
+                if let Some(peer_rule) = lower_entry(view, &at, &namespace, deny)? {
+                    entries.push(EntryOrigin { rule, direction, deny, peer_rule, path: at });
+                }
+            }
+        }
+        rules.push(path);
+    }
+    Ok((rules, entries))
 }
 
 fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule, Invalid> {

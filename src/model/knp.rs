@@ -26,11 +26,12 @@ use super::de::parse_str_scalar;
 use super::labels::{Requirement, Selector, NAMESPACE_LABEL, NAMESPACE_NAME_LABEL};
 use super::locate::{FieldPath, Invalid};
 use super::namespace::NAMESPACE_LABELS_PREFIX;
-use super::policy::{DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, Protocol, Rule};
+use super::policy::{Direction, DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, Protocol, Rule};
 use super::policy_wire::{
     lower_cidr_rule, lower_port_range, lower_requirements, lower_subject, parse_protocol, port_matches,
     ObjectMeta, PortNumber, PortZero, SelectorWire,
 };
+use super::sources::EntryOrigin;
 
 /// `kind: NetworkPolicy`.
 #[derive(Debug, Deserialize)]
@@ -201,6 +202,35 @@ pub(crate) fn lower_knp(doc: &KnpDocument) -> Result<(Policy, Vec<Invalid>), Inv
         rules: vec![Rule { subject, ingress, egress }],
     };
     Ok((policy, ignored))
+}
+
+/// Where each entry of a (valid) NetworkPolicy was written, with its peer rule (see
+/// `super::sources`); its one rule is at `spec`. Entries of a direction `policyTypes` leaves
+/// out are left out, as they have no effect.
+pub(crate) fn entry_origins(doc: &KnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    let spec_path = FieldPath::root().key("spec");
+    let namespace = doc.metadata.namespace();
+    let spec = &doc.spec;
+    let (policy, _) = lower_knp(doc)?;
+    let rule = &policy.rules[0];
+    let mut entries = Vec::new();
+    for (i, entry) in spec.ingress.iter().flatten().enumerate().filter(|_| rule.ingress.enforced) {
+        let at = spec_path.key("ingress").index(i);
+        let peer_rule = lower_entry(entry.from.as_deref(), "from", entry.ports.as_deref(), &at, &namespace)?;
+        entries.push(EntryOrigin {
+            rule: 0,
+            direction: Direction::Ingress,
+            deny: false,
+            peer_rule,
+            path: at,
+        });
+    }
+    for (i, entry) in spec.egress.iter().flatten().enumerate().filter(|_| rule.egress.enforced) {
+        let at = spec_path.key("egress").index(i);
+        let peer_rule = lower_entry(entry.to.as_deref(), "to", entry.ports.as_deref(), &at, &namespace)?;
+        entries.push(EntryOrigin { rule: 0, direction: Direction::Egress, deny: false, peer_rule, path: at });
+    }
+    Ok((vec![spec_path], entries))
 }
 
 fn lower_entry(

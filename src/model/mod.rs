@@ -46,6 +46,7 @@ pub mod policy;
 pub mod policy_settings;
 mod policy_wire;
 pub mod service;
+pub mod sources;
 pub mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -2,7 +2,8 @@
 //! documents as written (`support/doc_oracle.rs`: plain YAML values, no model types, no
 //! lowering, no matching code shared with the compiler).
 //!
-//! The generator mixes CiliumNetworkPolicy and NetworkPolicy in two namespaces, with
+//! The generator mixes CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and
+//! NetworkPolicy in two namespaces (with and without Namespace documents), with
 //! allow and deny sections, endpoint selectors (labels, expressions, cross-namespace),
 //! IPv4 and IPv6 CIDRs with excepts, entities, ports with and without a protocol (TCP,
 //! UDP, SCTP, ANY), port ranges, ports without a number, Cilium's port 0, ICMP and ICMPv6
@@ -192,11 +193,14 @@ fn cnp_l4(r: &mut Lcg) -> Option<String> {
 }
 
 fn cnp(r: &mut Lcg, n: u64) -> String {
-    let mut y = format!(
-        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: c{n}, namespace: {}}}\nspec:\n  endpointSelector: {}\n",
-        r.pick(&NAMESPACES),
-        subject(r)
-    );
+    // One in five cluster-wide: no namespace, selectors unscoped.
+    let metadata = if r.chance(5) {
+        format!("kind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: c{n}}}")
+    } else {
+        format!("kind: CiliumNetworkPolicy\nmetadata: {{name: c{n}, namespace: {}}}", r.pick(&NAMESPACES))
+    };
+    let mut y =
+        format!("---\napiVersion: cilium.io/v2\n{metadata}\nspec:\n  endpointSelector: {}\n", subject(r));
     if r.chance(5) {
         y += &format!(
             "  enableDefaultDeny: {}\n",

@@ -976,6 +976,19 @@ metadata:
         "namespace-name-label-differs.yaml:5:41: metadata.labels.kubernetes.io/metadata.name: kubernetes.io/metadata.name is the namespace's name (`shop`), set by Kubernetes",
     ),
     (
+        "ccnp-with-namespace",
+        Text::Policy(
+            "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: p, namespace: shop}
+spec:
+  endpointSelector: {}
+  ingress: [{}]
+",
+        ),
+        "ccnp-with-namespace.yaml:3:32: metadata.namespace: a CiliumClusterwideNetworkPolicy is cluster-scoped: it has no namespace (leave it out)",
+    ),
+    (
         "cnp-to-services",
         Text::Policy(
             "apiVersion: cilium.io/v2

@@ -23,12 +23,13 @@ use std::net::IpAddr;
 const HOST: &str = "192.168.1.5";
 const WORLD: &str = "203.0.113.9";
 const API: &str = "10.9.0.11";
+const DB: &str = "10.9.1.12";
 
 /// A node with endpoints `web` (10.9.0.10, app=web) and `api` (10.9.0.11, app=api) in
-/// `default`, the host address 192.168.1.5, `spec.policy` as given, and `policies`.
+/// `default` and `db` (10.9.1.12, app=db) in `prod`, the host address 192.168.1.5, `spec.policy` as given, and `policies`.
 fn node(settings: &str, policies: &str) -> String {
     format!(
-        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: sem}}\nspec:\n  hostAddresses: [\"{HOST}\", \"2001:db8:ffff::5\"]\n{settings}  endpoints:\n    - {{name: api, interface: lxs0, ipv4: {API}, ipv6: \"fd00::b\", labels: {{app: api}}}}\n    - {{name: web, interface: lxs1, ipv4: 10.9.0.10, ipv6: \"fd00::a\", labels: {{app: web}}}}\n{policies}"
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: sem}}\nspec:\n  hostAddresses: [\"{HOST}\", \"2001:db8:ffff::5\"]\n{settings}  endpoints:\n    - {{name: api, interface: lxs0, ipv4: {API}, ipv6: \"fd00::b\", labels: {{app: api}}}}\n    - {{name: web, interface: lxs1, ipv4: 10.9.0.10, ipv6: \"fd00::a\", labels: {{app: web}}}}\n    - {{name: db, namespace: prod, interface: lxs2, ipv4: {DB}, labels: {{app: db}}}}\n{policies}"
     )
 }
 
@@ -104,6 +105,28 @@ const CILIUM_ENTITIES: &str =
     "Cilium, Entities Based: \"remote-node: Any node in any of the connected clusters \
                                other than the local host.\" (in a node file alone, no address is one)";
 
+const CILIUM_CLUSTERWIDE: &str = "Cilium, CiliumClusterwideNetworkPolicy: \"similar to CiliumNetworkPolicy, \
+                                  except (1) policies defined by CiliumClusterwideNetworkPolicy are \
+                                  non-namespaced and are cluster-scoped\"";
+const K8S_NAMESPACE_SELECTOR: &str =
+    "Kubernetes, NetworkPolicyPeer.namespaceSelector: \"Selects namespaces using \
+                                      cluster-scoped labels. This field follows standard label selector \
+                                      semantics\"";
+const CILIUM_NAMESPACE_LABELS: &str = "Cilium gives each pod its namespace's labels as \
+                                       io.cilium.k8s.namespace.labels.<key> (pkg/k8s: \
+                                       PodNamespaceMetaLabels), which CiliumNetworkPolicy selectors test";
+
+/// Namespace documents: prod is env=prod, default is env=dev.
+const NAMESPACES: &str = "---
+apiVersion: v1
+kind: Namespace
+metadata: {name: prod, labels: {env: prod}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: default, labels: {env: dev, team: web}}
+";
+
 fn cases() -> Vec<Case> {
     let ingress = |e| (e, Direction::Ingress);
     let egress = |e| (e, Direction::Egress);
@@ -177,7 +200,47 @@ spec:
   ingress:
     - fromEntities: [remote-node, kube-apiserver, health, init, ingress, unmanaged]
 ";
+    let clusterwide = "---
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata: {name: from-api-anywhere}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  ingress:
+    - fromEndpoints: [{matchLabels: {app: api}}]
+";
+    let db_from_dev = format!(
+        "{NAMESPACES}---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: db-from-dev, namespace: prod}}
+spec:
+  podSelector: {{}}
+  ingress:
+    - from: [{{namespaceSelector: {{matchLabels: {{env: dev}}}}}}]
+"
+    );
+    let web_from_prod = format!(
+        "{NAMESPACES}---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: web-from-prod}}
+spec:
+  endpointSelector: {{matchLabels: {{app: web}}}}
+  ingress:
+    - fromEndpoints:
+        - matchLabels: {{io.cilium.k8s.namespace.labels.env: prod}}
+          matchExpressions: [{{key: io.kubernetes.pod.namespace, operator: Exists}}]
+"
+    );
     vec![
+        case(CILIUM_CLUSTERWIDE, "", clusterwide, ingress("db"), (API, 6, 5432), true),
+        case(CILIUM_CLUSTERWIDE, "", clusterwide, ingress("db"), ("10.9.0.10", 6, 5432), false),
+        case(CILIUM_CLUSTERWIDE, "", clusterwide, ingress("web"), ("10.9.1.12", 6, 80), true),
+        case(K8S_NAMESPACE_SELECTOR, "", &db_from_dev, ingress("db"), (API, 6, 5432), true),
+        case(K8S_NAMESPACE_SELECTOR, "", &db_from_dev, ingress("db"), (WORLD, 6, 5432), false),
+        case(CILIUM_NAMESPACE_LABELS, "", &web_from_prod, ingress("web"), (DB, 6, 80), true),
+        case(CILIUM_NAMESPACE_LABELS, "", &web_from_prod, ingress("web"), (API, 6, 80), false),
         case(K8S_NODE, "", KNP_WEB_FROM_API, ingress("web"), (HOST, 6, 8080), true),
         case(K8S_NODE, policy_mode, KNP_WEB_FROM_API, ingress("web"), (HOST, 6, 8080), true),
         case(K8S_NODE, policy_mode, KNP_WEB_FROM_API, ingress("web"), (WORLD, 6, 8080), false),
@@ -328,7 +391,7 @@ spec:
     let cfg = model::parse_str(&text, "w.yaml").expect("loads: Kubernetes accepts it");
     assert_eq!(
         model::warnings(&cfg),
-        ["w.yaml:17:5: spec.egress: egress rules are ignored: policyTypes does not include Egress (as in \
+        ["w.yaml:18:5: spec.egress: egress rules are ignored: policyTypes does not include Egress (as in \
           Kubernetes, they have no effect)"]
     );
 }

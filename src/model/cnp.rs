@@ -57,6 +57,25 @@ pub(crate) struct CnpDocument {
     specs: Option<Vec<RuleWire>>,
 }
 
+/// `kind: CiliumClusterwideNetworkPolicy`: the same rules, cluster-scoped (no namespace).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a CiliumClusterwideNetworkPolicy document: a mapping with apiVersion, kind, metadata and spec or specs"
+)]
+pub(crate) struct CcnpDocument {
+    #[serde(rename = "apiVersion", deserialize_with = "super::document::ccnp_api_version")]
+    _api_version: (),
+    /// Checked by the survey.
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<RuleWire>,
+    #[serde(default)]
+    specs: Option<Vec<RuleWire>>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
@@ -252,30 +271,70 @@ impl EgressWire {
 
 /// Lowers a CiliumNetworkPolicy document.
 pub(crate) fn lower_cnp(doc: &CnpDocument) -> Result<Policy, Invalid> {
-    let root = FieldPath::root();
     let namespace = doc.metadata.namespace();
-    if doc.spec.is_none() && doc.specs.is_none() {
-        return Err(root.invalid("a CiliumNetworkPolicy needs `spec` or `specs`"));
+    let rules = lower_specs(&doc.spec, &doc.specs, &namespace, PolicyKind::CiliumNetworkPolicy)?;
+    Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
+}
+
+/// Lowers a CiliumClusterwideNetworkPolicy document: as a CiliumNetworkPolicy, but its
+/// selectors are not scoped to a namespace (the policy's namespace is empty; see
+/// `super::policy_wire`), and it has none.
+pub(crate) fn lower_ccnp(doc: &CcnpDocument) -> Result<Policy, Invalid> {
+    if doc.metadata.namespace.is_some() {
+        return Err(FieldPath::root().key("metadata").key("namespace").invalid(
+            "a CiliumClusterwideNetworkPolicy is cluster-scoped: it has no namespace (leave it out)",
+        ));
+    }
+    let kind = PolicyKind::CiliumClusterwideNetworkPolicy;
+    let rules = lower_specs(&doc.spec, &doc.specs, CLUSTERWIDE, kind)?;
+    Ok(Policy { namespace: CLUSTERWIDE.to_owned(), name: doc.metadata.name.0.clone(), kind, rules })
+}
+
+/// The namespace of a cluster-wide policy: none (no namespace name is empty).
+const CLUSTERWIDE: &str = "";
+
+fn lower_specs(
+    spec: &Option<RuleWire>,
+    specs: &Option<Vec<RuleWire>>,
+    namespace: &str,
+    kind: PolicyKind,
+) -> Result<Vec<Rule>, Invalid> {
+    let root = FieldPath::root();
+    if spec.is_none() && specs.is_none() {
+        return Err(root.invalid(format!("a {kind} needs `spec` or `specs`")));
     }
     let mut rules = Vec::new();
-    if let Some(spec) = &doc.spec {
-        rules.push(lower_rule(spec, &root.key("spec"), &namespace)?);
+    if let Some(spec) = spec {
+        rules.push(lower_rule(spec, &root.key("spec"), namespace)?);
     }
-    for (i, spec) in doc.specs.iter().flatten().enumerate() {
-        rules.push(lower_rule(spec, &root.key("specs").index(i), &namespace)?);
+    for (i, spec) in specs.iter().flatten().enumerate() {
+        rules.push(lower_rule(spec, &root.key("specs").index(i), namespace)?);
     }
-    Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
+    Ok(rules)
 }
 
 /// Where each rule and each entry of a (valid) CiliumNetworkPolicy was written: the path of
 /// every rule in `rules` order, and every entry's peer rule with its path (see
 /// `super::sources`). An entry that matches nothing has no peer rule and is left out.
 pub(crate) fn entry_origins(doc: &CnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    specs_origins(&doc.spec, &doc.specs, &doc.metadata.namespace())
+}
+
+/// [`entry_origins`] for a CiliumClusterwideNetworkPolicy.
+pub(crate) fn ccnp_entry_origins(doc: &CcnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    specs_origins(&doc.spec, &doc.specs, CLUSTERWIDE)
+}
+
+fn specs_origins(
+    spec: &Option<RuleWire>,
+    specs: &Option<Vec<RuleWire>>,
+    namespace: &str,
+) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
     let root = FieldPath::root();
-    let namespace = doc.metadata.namespace();
-    let specs = doc.spec.iter().map(|spec| (spec, root.key("spec")));
-    let specs = specs
-        .chain(doc.specs.iter().flatten().enumerate().map(|(i, spec)| (spec, root.key("specs").index(i))));
+    let specs = spec
+        .iter()
+        .map(|spec| (spec, root.key("spec")))
+        .chain(specs.iter().flatten().enumerate().map(|(i, spec)| (spec, root.key("specs").index(i))));
     let (mut rules, mut entries) = (Vec::new(), Vec::new());
     for (rule, (spec, path)) in specs.enumerate() {
         let lists: [(Direction, bool, &str, Vec<EntryView<'_>>); 4] = [
@@ -307,7 +366,7 @@ pub(crate) fn entry_origins(doc: &CnpDocument) -> Result<(Vec<FieldPath>, Vec<En
         for (direction, deny, key, views) in lists {
             for (i, view) in views.iter().enumerate() {
                 let at = path.key(key).index(i);
-                if let Some(peer_rule) = lower_entry(view, &at, &namespace, deny)? {
+                if let Some(peer_rule) = lower_entry(view, &at, namespace, deny)? {
                     entries.push(EntryOrigin { rule, direction, deny, peer_rule, path: at });
                 }
             }

@@ -14,7 +14,8 @@
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
 //!   generic value would lose the line and column of every later error.
 //! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`),
-//!   Service and EndpointSlice (`super::service`), Namespace (`super::namespace`). Adding one means adding its wire type and
+//!   Service and EndpointSlice (`super::service`), Namespace (`super::namespace`),
+//!   CiliumClusterwideNetworkPolicy (`super::cnp`). Adding one means adding its wire type and
 //!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
@@ -30,7 +31,7 @@ use serde::de::{
 use serde::Deserialize;
 
 use super::cidr::Cidr;
-use super::cnp::CnpDocument;
+use super::cnp::{CcnpDocument, CnpDocument};
 use super::de::parse_str_scalar;
 use super::endpoint::{AnyAddress, EndpointWire};
 use super::knp::KnpDocument;
@@ -47,16 +48,18 @@ pub(crate) enum DocumentKind {
     Service,
     EndpointSlice,
     Namespace,
+    CiliumClusterwideNetworkPolicy,
 }
 
 impl DocumentKind {
-    const ALL: [DocumentKind; 6] = [
+    const ALL: [DocumentKind; 7] = [
         DocumentKind::Node,
         DocumentKind::CiliumNetworkPolicy,
         DocumentKind::NetworkPolicy,
         DocumentKind::Service,
         DocumentKind::EndpointSlice,
         DocumentKind::Namespace,
+        DocumentKind::CiliumClusterwideNetworkPolicy,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -67,6 +70,7 @@ impl DocumentKind {
             DocumentKind::Service => "Service",
             DocumentKind::EndpointSlice => "EndpointSlice",
             DocumentKind::Namespace => "Namespace",
+            DocumentKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
         }
     }
 
@@ -79,6 +83,7 @@ impl DocumentKind {
             DocumentKind::Service => "v1",
             DocumentKind::EndpointSlice => "discovery.k8s.io/v1",
             DocumentKind::Namespace => "v1",
+            DocumentKind::CiliumClusterwideNetworkPolicy => "cilium.io/v2",
         }
     }
 
@@ -96,6 +101,7 @@ pub(crate) enum Document {
     Service(ServiceDocument),
     EndpointSlice(SliceDocument),
     Namespace(NamespaceDocument),
+    CiliumClusterwideNetworkPolicy(CcnpDocument),
 }
 
 /// `kind: Node`: what only the node knows.
@@ -175,6 +181,10 @@ pub(crate) fn service_api_version<'de, D: Deserializer<'de>>(deserializer: D) ->
     expect_api_version(deserializer, DocumentKind::Service)
 }
 
+pub(crate) fn ccnp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::CiliumClusterwideNetworkPolicy)
+}
+
 pub(crate) fn namespace_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
     expect_api_version(deserializer, DocumentKind::Namespace)
 }
@@ -224,6 +234,9 @@ pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, ser
             DocumentKind::Service => Document::Service(ServiceDocument::deserialize(body)?),
             DocumentKind::EndpointSlice => Document::EndpointSlice(SliceDocument::deserialize(body)?),
             DocumentKind::Namespace => Document::Namespace(NamespaceDocument::deserialize(body)?),
+            DocumentKind::CiliumClusterwideNetworkPolicy => {
+                Document::CiliumClusterwideNetworkPolicy(CcnpDocument::deserialize(body)?)
+            }
         };
         documents.push((index, document));
     }

@@ -6,7 +6,7 @@
 //!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`), `NetworkPolicy`
 //!   (`networking.k8s.io/v1`), `Service` (`v1`) or `EndpointSlice` (`discovery.k8s.io/v1`,
 //!   each tied to a Service of the file; see [`service`]) or `Namespace` (`v1`, its labels;
-//!   see [`namespace`]). Unknown kinds, unknown fields,
+//!   see [`namespace`]) or `CiliumClusterwideNetworkPolicy` (`cilium.io/v2`). Unknown kinds, unknown fields,
 //!   duplicate keys, empty (null) values (but for the Node's `spec:`) and invalid values are
 //!   rejected; so is a text past [`limits`]' size or nesting depth, before it is parsed.
 //! - [`parse_str`] is a total function of its text: it returns a config or the first error,
@@ -138,6 +138,7 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
                     continue;
                 }
                 Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
+                Document::CiliumClusterwideNetworkPolicy(doc) => cnp::lower_ccnp(&doc),
                 Document::NetworkPolicy(doc) => knp::lower_knp(&doc).map(|(policy, ignored)| {
                     policy_warnings.extend(ignored.iter().map(|w| {
                         ModelError::from_yaml(origin, &locate::locate(source, index, w)).to_string()
@@ -253,7 +254,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "f.yaml:11:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, \
-             NetworkPolicy, Service, EndpointSlice, Namespace"
+             NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy"
         );
         assert_eq!(err.location(), Some((11, 7)));
     }

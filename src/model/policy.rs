@@ -59,6 +59,8 @@ impl fmt::Display for Direction {
 pub enum PolicyKind {
     CiliumNetworkPolicy,
     NetworkPolicy,
+    /// Cluster-scoped: its [`Policy::namespace`] is empty and its selectors are not scoped.
+    CiliumClusterwideNetworkPolicy,
 }
 
 impl fmt::Display for PolicyKind {
@@ -66,6 +68,7 @@ impl fmt::Display for PolicyKind {
         f.write_str(match self {
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
         })
     }
 }
@@ -73,7 +76,7 @@ impl fmt::Display for PolicyKind {
 /// One policy document.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Policy {
-    /// `metadata.namespace`, `default` when absent.
+    /// `metadata.namespace`, `default` when absent; empty for a cluster-wide policy.
     pub namespace: String,
     pub name: String,
     pub kind: PolicyKind,

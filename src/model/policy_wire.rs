@@ -9,7 +9,9 @@
 //! - Namespace scoping, as in Cilium: a policy's subject selector always gets
 //!   `io.kubernetes.pod.namespace = <policy namespace>` (a requirement on that label that
 //!   excludes the policy's namespace is rejected: a namespaced policy cannot select endpoints
-//!   elsewhere); a peer selector gets it only when it has no requirement on that label.
+//!   elsewhere); a peer selector gets it only when it has no requirement on that label. A
+//!   cluster-wide policy has the empty namespace: its subject selector is taken as written,
+//!   and a peer selector without a namespace requirement gets `Exists` on that label.
 
 use std::collections::BTreeMap;
 
@@ -126,6 +128,10 @@ pub(crate) fn lower_subject(
     namespace: &str,
 ) -> Result<Selector, Invalid> {
     let requirements = lower_requirements(wire, path)?;
+    if namespace.is_empty() {
+        // A cluster-wide policy: its subjects are in any namespace.
+        return Ok(Selector::new(requirements.into_iter().map(|(r, _)| r)));
+    }
     let own: Labels = [(NAMESPACE_LABEL.to_owned(), namespace.to_owned())].into();
     for (r, at) in &requirements {
         if r.key == NAMESPACE_LABEL && !r.matches(&own) {
@@ -148,6 +154,10 @@ pub(crate) fn lower_peer_selector(
     let selector = Selector::new(lower_requirements(wire, path)?.into_iter().map(|(r, _)| r));
     Ok(if selector.constrains(NAMESPACE_LABEL) {
         selector
+    } else if namespace.is_empty() {
+        // A cluster-wide policy: endpoints of any namespace (Cilium: "we add a selector to
+        // only match endpoints that contains a namespace label").
+        selector.and(Requirement { key: NAMESPACE_LABEL.to_owned(), op: Operator::Exists })
     } else {
         selector.and(Requirement::equals(NAMESPACE_LABEL, namespace))
     })

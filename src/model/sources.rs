@@ -95,6 +95,11 @@ pub fn policy_sources(source: &str, origin: &str) -> Result<Vec<PolicySource>, M
             Document::CiliumNetworkPolicy(doc) => {
                 (PolicyKind::CiliumNetworkPolicy, &doc.metadata, super::cnp::entry_origins(doc))
             }
+            Document::CiliumClusterwideNetworkPolicy(doc) => (
+                PolicyKind::CiliumClusterwideNetworkPolicy,
+                &doc.metadata,
+                super::cnp::ccnp_entry_origins(doc),
+            ),
             Document::NetworkPolicy(doc) => {
                 (PolicyKind::NetworkPolicy, &doc.metadata, super::knp::entry_origins(doc))
             }
@@ -104,7 +109,11 @@ pub fn policy_sources(source: &str, origin: &str) -> Result<Vec<PolicySource>, M
             origins.map_err(|invalid| ModelError::from_yaml(origin, &locate(source, index, &invalid)))?;
         out.push(PolicySource {
             kind,
-            namespace: meta.namespace(),
+            namespace: if kind == PolicyKind::CiliumClusterwideNetworkPolicy {
+                String::new()
+            } else {
+                meta.namespace()
+            },
             name: meta.name.0.clone(),
             at: place(index, &FieldPath::root().key("metadata").key("name")),
             rules: rules.iter().map(|path| place(index, path)).collect(),

@@ -27,6 +27,8 @@
 //!   endpoints also carry their Namespace's labels as `io.cilium.k8s.namespace.labels.*`
 //!   (what CiliumNetworkPolicy selectors see); `ports` absent or empty
 //!   admits every port and protocol, a port's `protocol` defaults to TCP.
+//! - CiliumClusterwideNetworkPolicy: a CiliumNetworkPolicy without namespace: its
+//!   `endpointSelector` selects endpoints of every namespace, and so do its peer selectors.
 //! - CiliumNetworkPolicy `enableDefaultDeny: {ingress: false}` (or egress): the policy
 //!   does not enforce that direction (its deny entries still drop); `true` enforces it
 //!   even without entries. Entities other than
@@ -91,7 +93,11 @@ fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_mapping().and_then(|m| m.get(key)).filter(|x| !x.is_null())
 }
 
+/// A policy's namespace; empty for a cluster-wide policy, which has none.
 fn namespace_of(doc: &Value) -> String {
+    if get(doc, "kind").map(s).as_deref() == Some("CiliumClusterwideNetworkPolicy") {
+        return String::new();
+    }
     get(doc, "metadata").and_then(|m| get(m, "namespace")).map_or_else(|| "default".to_string(), s)
 }
 
@@ -136,7 +142,9 @@ impl Docs {
                         .map(|a| s(a).parse().expect("an address"))
                         .collect();
                 }
-                Some("CiliumNetworkPolicy") | Some("NetworkPolicy") => docs.policies.push(v),
+                Some("CiliumNetworkPolicy" | "NetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                    docs.policies.push(v)
+                }
                 Some("Namespace") => {
                     let meta = get(&v, "metadata").expect("metadata");
                     let labels = get(meta, "labels")
@@ -315,7 +323,7 @@ fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>,
     } else {
         let endpoints = list(field("Endpoints")).iter().any(|sel| match peer {
             Peer::Endpoint(e) => {
-                (mentions(sel, NAMESPACE_LABEL) || e.namespace == namespace)
+                (mentions(sel, NAMESPACE_LABEL) || namespace.is_empty() || e.namespace == namespace)
                     && selector_matches(sel, &e.labels)
             }
             _ => false,
@@ -379,11 +387,11 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
     let mut node_admitted = false;
     for doc in &docs.policies {
         let namespace = namespace_of(doc);
-        if namespace != subject.namespace {
+        if !namespace.is_empty() && namespace != subject.namespace {
             continue;
         }
         let spec = get(doc, "spec").expect("a policy spec");
-        if s(get(doc, "kind").expect("kind")) == "CiliumNetworkPolicy" {
+        if s(get(doc, "kind").expect("kind")) != "NetworkPolicy" {
             if !selector_matches(get(spec, "endpointSelector").expect("endpointSelector"), &subject.labels) {
                 continue;
             }

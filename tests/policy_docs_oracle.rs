@@ -6,7 +6,8 @@
 //! NetworkPolicy in two namespaces (with and without Namespace documents), with
 //! allow and deny sections, endpoint selectors (labels, expressions, cross-namespace),
 //! IPv4 and IPv6 CIDRs with excepts, entities, ports with and without a protocol (TCP,
-//! UDP, SCTP, ANY), port ranges, ports without a number, Cilium's port 0, ICMP and ICMPv6
+//! UDP, SCTP, ANY), port ranges, ports without a number, named ports (endpoints name
+//! their ports, each its own number), Cilium's port 0, ICMP and ICMPv6
 //! types by number and by name, `enableDefaultDeny`, reserved entities, and the node's
 //! `allowLocalhost` setting (the node's own addresses are peers of every flow). Every
 //! port a policy names is probed at itself and one each side (so a range at its ends and
@@ -54,6 +55,14 @@ const ENDPOINTS: [(&str, &str, &str, Option<&str>, &str); 5] = [
     ("db", "prod", "10.9.1.12", Some("fd00::1:c"), "{app: db, tier: back}"),
     ("cache", "prod", "10.9.1.13", None, "{app: cache}"),
     ("api-prod", "prod", "10.9.1.14", Some("fd00::1:e"), "{app: api, tier: back}"),
+];
+/// Each endpoint's named ports (one name, two numbers: each destination its own).
+const NAMED_PORTS: [&str; 5] = [
+    "[{name: http, port: 80}]",
+    "[{name: http, port: 8080}, {name: dns, port: 53, protocol: UDP}]",
+    "[{name: pg, port: 5432}]",
+    "[]",
+    "[{name: http, port: 9000}, {name: dns, port: 53, protocol: UDP}]",
 ];
 const HOSTS: [&str; 2] = ["192.168.1.5", "2001:db8:ffff::5"];
 const APPS: [&str; 5] = ["web", "api", "db", "cache", "nope"];
@@ -150,6 +159,8 @@ fn cnp_port(r: &mut Lcg) -> String {
         2 | 3 if !proto.is_empty() => format!("{{{}}}", &proto[2..]),
         // Cilium's port 0: every port.
         4 if !proto.is_empty() => format!("{{port: \"0\"{proto}}}"),
+        // A named port: each destination's own number.
+        5 => format!("{{port: {}{proto}}}", r.pick(&["http", "dns", "pg", "HTTP"])),
         _ => format!("{{port: \"{p}\"{proto}}}"),
     }
 }
@@ -260,9 +271,10 @@ fn knp_port(r: &mut Lcg) -> String {
         0 => String::new(),
         n => format!(", protocol: {}", ["TCP", "UDP", "SCTP"][n as usize - 1]),
     };
-    match r.below(4) {
+    match r.below(5) {
         0 => format!("{{port: {p}, endPort: {}{proto}}}", p + 1 + r.below(20) as u16),
         1 if !proto.is_empty() => format!("{{{}}}", &proto[2..]),
+        2 => format!("{{port: {}{proto}}}", r.pick(&["http", "dns", "pg"])),
         _ => format!("{{port: {p}{proto}}}"),
     }
 }
@@ -318,8 +330,9 @@ fn node(seed: u64) -> String {
     y += "  endpoints:\n";
     for (i, (name, ns, v4, v6, labels)) in ENDPOINTS.iter().enumerate() {
         let v6 = v6.map_or(String::new(), |a| format!(", ipv6: \"{a}\""));
+        let ports = NAMED_PORTS[i];
         y += &format!(
-            "    - {{name: {name}, namespace: {ns}, interface: lxc{i}, ipv4: {v4}{v6}, labels: {labels}}}\n"
+            "    - {{name: {name}, namespace: {ns}, interface: lxc{i}, ipv4: {v4}{v6}, labels: {labels}, ports: {ports}}}\n"
         );
     }
     // Namespace documents: their labels are what namespaceSelector and Cilium's

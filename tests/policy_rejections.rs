@@ -40,6 +40,36 @@ spec:
         "endpoint-duplicate-name.yaml:7:14: spec.endpoints[1].name: duplicate endpoint name `web` (first at spec.endpoints[0])",
     ),
     (
+        "endpoint-port-name-twice",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - name: web
+      interface: lxc1
+      ipv4: 10.0.0.1
+      ports: [{name: http, port: 80}, {name: http, port: 8080}]
+",
+        ),
+        "endpoint-port-name-twice.yaml:9:46: spec.endpoints[0].ports[1].name: port name `http` is also ports[0]'s",
+    ),
+    (
+        "endpoint-same-labels-other-named-ports",
+        Text::Node(
+            "apiVersion: sluice.dev/v1
+kind: Node
+metadata: {name: n}
+spec:
+  endpoints:
+    - {name: a, interface: lxc1, ipv4: 10.0.0.1, labels: {app: web}, ports: [{name: http, port: 80}]}
+    - {name: b, interface: lxc2, ipv4: 10.0.0.2, labels: {app: web}, ports: [{name: http, port: 8080}]}
+",
+        ),
+        "endpoint-same-labels-other-named-ports.yaml:7:77: spec.endpoints[1].ports: endpoint `b` has the labels of endpoint `a` but other named ports: endpoints with equal labels share one identity and one policy, so their named ports must be equal",
+    ),
+    (
         "endpoint-duplicate-interface",
         Text::Node(
             "apiVersion: sluice.dev/v1
@@ -253,7 +283,7 @@ spec:
     - {name: web, interface: lxc1, ipv4: 10.0.0.1, mac: '02:00:00:00:00:01'}
 ",
         ),
-        "endpoint-unknown-field.yaml:6:52: spec.endpoints[0]: unknown field `mac`, expected one of `name`, `interface`, `namespace`, `ipv4`, `ipv6`, `labels`",
+        "endpoint-unknown-field.yaml:6:52: spec.endpoints[0]: unknown field `mac`, expected one of `name`, `interface`, `namespace`, `ipv4`, `ipv6`, `labels`, `ports`",
     ),
     (
         "endpoint-bad-namespace",
@@ -639,10 +669,10 @@ spec:
   ingress:
     - toPorts:
         - ports:
-            - {port: http, protocol: TCP}
+            - {port: http--alt, protocol: TCP}
 ",
         ),
-        "cnp-named-port.yaml:9:22: spec.ingress[0].toPorts[0].ports[0].port: named port `http` is not supported; write the port number",
+        "cnp-named-port.yaml:9:22: spec.ingress[0].toPorts[0].ports[0].port: `http--alt` is not a port name: 1 to 15 lowercase letters, digits and '-', with a letter, no '-' at either end or twice in a row",
     ),
     (
         "cnp-unknown-protocol",
@@ -1116,10 +1146,10 @@ spec:
   podSelector: {}
   ingress:
     - ports:
-        - {protocol: TCP, port: metrics}
+        - {protocol: TCP, port: metrics, endPort: 9100}
 ",
         ),
-        "knp-named-port.yaml:8:33: spec.ingress[0].ports[0].port: named port `metrics` is not supported; write the port number",
+        "knp-named-port.yaml:8:51: spec.ingress[0].ports[0].endPort: endPort cannot close a range that starts at a named port (`metrics`); name the port by number for a range",
     ),
     (
         "knp-end-port-below-port",

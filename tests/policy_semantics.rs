@@ -25,11 +25,11 @@ const WORLD: &str = "203.0.113.9";
 const API: &str = "10.9.0.11";
 const DB: &str = "10.9.1.12";
 
-/// A node with endpoints `web` (10.9.0.10, app=web) and `api` (10.9.0.11, app=api) in
-/// `default` and `db` (10.9.1.12, app=db) in `prod`, the host address 192.168.1.5, `spec.policy` as given, and `policies`.
+/// A node with endpoints `web` (10.9.0.10, app=web, named port http = TCP 8080) and `api`
+/// (10.9.0.11, app=api, dns = UDP 53, http = TCP 9090) in `default` and `db` (10.9.1.12, app=db) in `prod`, the host address 192.168.1.5, `spec.policy` as given, and `policies`.
 fn node(settings: &str, policies: &str) -> String {
     format!(
-        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: sem}}\nspec:\n  hostAddresses: [\"{HOST}\", \"2001:db8:ffff::5\"]\n{settings}  endpoints:\n    - {{name: api, interface: lxs0, ipv4: {API}, ipv6: \"fd00::b\", labels: {{app: api}}}}\n    - {{name: web, interface: lxs1, ipv4: 10.9.0.10, ipv6: \"fd00::a\", labels: {{app: web}}}}\n    - {{name: db, namespace: prod, interface: lxs2, ipv4: {DB}, labels: {{app: db}}}}\n{policies}"
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: sem}}\nspec:\n  hostAddresses: [\"{HOST}\", \"2001:db8:ffff::5\"]\n{settings}  endpoints:\n    - {{name: api, interface: lxs0, ipv4: {API}, ipv6: \"fd00::b\", labels: {{app: api}}, ports: [{{name: dns, port: 53, protocol: UDP}}, {{name: http, port: 9090}}]}}\n    - {{name: web, interface: lxs1, ipv4: 10.9.0.10, ipv6: \"fd00::a\", labels: {{app: web}}, ports: [{{name: http, port: 8080}}]}}\n    - {{name: db, namespace: prod, interface: lxs2, ipv4: {DB}, labels: {{app: db}}}}\n{policies}"
     )
 }
 
@@ -126,6 +126,12 @@ apiVersion: v1
 kind: Namespace
 metadata: {name: default, labels: {env: dev, team: web}}
 ";
+
+const K8S_NAMED_PORT: &str = "Kubernetes, NetworkPolicyPort.port: \"port represents the port on the given \
+                              protocol. This can either be a numerical or named port on a pod.\"";
+const CILIUM_NAMED_PORT: &str =
+    "Cilium, PortProtocol.port: \"Port can be an L4 port number, or a name in the \
+                                 form of \\\"http\\\" or \\\"http-8080\\\".\"";
 
 fn cases() -> Vec<Case> {
     let ingress = |e| (e, Direction::Ingress);
@@ -233,7 +239,42 @@ spec:
           matchExpressions: [{{key: io.kubernetes.pod.namespace, operator: Exists}}]
 "
     );
+    let knp_named = "---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-http}
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+  ingress:
+    - ports: [{port: http}]
+  egress:
+    - ports: [{port: dns, protocol: UDP}]
+";
+    let cnp_named = "---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: to-api-dns}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+    - toEndpoints: [{}]
+      toPorts: [{ports: [{port: DNS}, {port: http, protocol: TCP}]}]
+";
     vec![
+        // web's http is 8080, api's 9090: one rule, each subject's own number.
+        case(K8S_NAMED_PORT, "", knp_named, ingress("web"), (WORLD, 6, 8080), true),
+        case(K8S_NAMED_PORT, "", knp_named, ingress("web"), (WORLD, 6, 9090), false),
+        case(K8S_NAMED_PORT, "", knp_named, ingress("api"), (WORLD, 6, 9090), true),
+        case(K8S_NAMED_PORT, "", knp_named, ingress("api"), (WORLD, 6, 8080), false),
+        // Egress: the peer's named port; outside addresses have none.
+        case(K8S_NAMED_PORT, "", knp_named, egress("web"), (API, 17, 53), true),
+        case(K8S_NAMED_PORT, "", knp_named, egress("web"), (WORLD, 17, 53), false),
+        case(K8S_NAMED_PORT, "", knp_named, egress("web"), (API, 6, 53), false),
+        case(CILIUM_NAMED_PORT, "", cnp_named, egress("web"), (API, 17, 53), true),
+        case(CILIUM_NAMED_PORT, "", cnp_named, egress("web"), (API, 6, 9090), true),
+        case(CILIUM_NAMED_PORT, "", cnp_named, egress("web"), (API, 6, 8080), false),
+        case(CILIUM_NAMED_PORT, "", cnp_named, egress("web"), (WORLD, 6, 9090), false),
         case(CILIUM_CLUSTERWIDE, "", clusterwide, ingress("db"), (API, 6, 5432), true),
         case(CILIUM_CLUSTERWIDE, "", clusterwide, ingress("db"), ("10.9.0.10", 6, 5432), false),
         case(CILIUM_CLUSTERWIDE, "", clusterwide, ingress("web"), ("10.9.1.12", 6, 80), true),

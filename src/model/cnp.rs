@@ -18,8 +18,8 @@
 //!   with `toPorts`. An entry with ports but no peer field allows those ports from any peer
 //!   (`all`); a peer field that is present but empty selects no peer.
 //! - `toPorts: [{ports: [{port, endPort, protocol}]}]`: protocol TCP, UDP, SCTP or ANY (the
-//!   default; TCP, UDP and SCTP), port a number or digit string (every port when absent),
-//!   endPort at least port. `rules` (L7) is rejected: "L7 rules are not supported yet".
+//!   default; TCP, UDP and SCTP), port a number or digit string (every port when absent or
+//!   0) or a port name (`super::named_ports`), endPort at least port. `rules` (L7) is rejected: "L7 rules are not supported yet".
 //!   `icmps: [{fields: [{type, family}]}]`, family IPv4 (default) or IPv6.
 //! - Deny entries (`ingressDeny`, `egressDeny`) take the same fields except L7 `rules`.
 
@@ -33,8 +33,8 @@ use super::policy::{
     Direction, DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, PortMatch, Protocol, Rule,
 };
 use super::policy_wire::{
-    lower_cidr_rule, lower_peer_selector, lower_port_range, lower_subject, parse_protocol, port_matches,
-    EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, PortZero, SelectorWire,
+    lower_cidr_rule, lower_peer_selector, lower_port_spec, lower_subject, parse_protocol, EntityWire,
+    IcmpFamily, IcmpType, ObjectMeta, PortNumber, PortSpec, PortZero, SelectorWire,
 };
 use super::sources::EntryOrigin;
 
@@ -187,7 +187,7 @@ struct PortRuleWire {
 )]
 struct PortProtocolWire {
     #[serde(default)]
-    port: Option<PortNumber>,
+    port: Option<PortSpec>,
     #[serde(default)]
     end_port: Option<PortNumber>,
     #[serde(default)]
@@ -489,7 +489,7 @@ fn lower_entry(
         peers.push(Peer::Entity(Entity::All));
     }
 
-    let mut l4 = Vec::new();
+    let (mut l4, mut named_ports) = (Vec::new(), Vec::new());
     for (i, port_rule) in entry.to_ports.iter().flatten().enumerate() {
         let at = path.key("toPorts").index(i);
         if port_rule.rules.is_some() {
@@ -505,10 +505,12 @@ fn lower_entry(
         }
         for (j, port) in ports.iter().enumerate() {
             let at = at.key("ports").index(j);
-            let range = lower_port_range(port.port, port.end_port, &at, PortZero::EveryPort)?;
             let protocols =
                 port.protocol.as_ref().map_or(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..], |p| &p.0);
-            l4.extend(port_matches(protocols, range));
+            let (numbered, named) =
+                lower_port_spec(&port.port, port.end_port, &at, PortZero::EveryPort, protocols)?;
+            l4.extend(numbered);
+            named_ports.extend(named);
         }
     }
     for (i, icmp) in entry.icmps.iter().flatten().enumerate() {
@@ -537,7 +539,9 @@ fn lower_entry(
     peers.dedup();
     l4.sort();
     l4.dedup();
-    Ok(Some(PeerRule { peers, l4 }))
+    named_ports.sort();
+    named_ports.dedup();
+    Ok(Some(PeerRule { peers, l4, named_ports }))
 }
 
 #[cfg(test)]

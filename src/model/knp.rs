@@ -15,8 +15,8 @@
 //!   matches cluster endpoints). A `namespaceSelector` tests `kubernetes.io/metadata.name`
 //!   (the name) and the labels of the node file's Namespace documents (`super::namespace`);
 //!   an empty one selects every namespace.
-//! - A port: `protocol` TCP (default), UDP or SCTP; `port` a number (a named port is
-//!   rejected), every port when absent; `endPort` at least `port`.
+//! - A port: `protocol` TCP (default), UDP or SCTP; `port` a number or a port name
+//!   (`super::named_ports`), every port when absent; `endPort` at least `port`.
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
@@ -28,8 +28,8 @@ use super::locate::{FieldPath, Invalid};
 use super::namespace::NAMESPACE_LABELS_PREFIX;
 use super::policy::{Direction, DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, Protocol, Rule};
 use super::policy_wire::{
-    lower_cidr_rule, lower_port_range, lower_requirements, lower_subject, parse_protocol, port_matches,
-    ObjectMeta, PortNumber, PortZero, SelectorWire,
+    lower_cidr_rule, lower_port_spec, lower_requirements, lower_subject, parse_protocol, ObjectMeta,
+    PortNumber, PortSpec, PortZero, SelectorWire,
 };
 use super::sources::EntryOrigin;
 
@@ -122,7 +122,7 @@ struct PortWire {
     #[serde(default)]
     protocol: Option<KnpProtocol>,
     #[serde(default)]
-    port: Option<PortNumber>,
+    port: Option<PortSpec>,
     #[serde(default)]
     end_port: Option<PortNumber>,
 }
@@ -249,16 +249,20 @@ fn lower_entry(
     }
     lowered.sort();
     lowered.dedup();
-    let mut l4 = Vec::new();
+    let (mut l4, mut named_ports) = (Vec::new(), Vec::new());
     for (i, port) in ports.unwrap_or_default().iter().enumerate() {
         let at = path.key("ports").index(i);
-        let range = lower_port_range(port.port, port.end_port, &at, PortZero::Rejected)?;
         let protocols = port.protocol.as_ref().map_or(&[Protocol::Tcp][..], |p| &p.0);
-        l4.extend(port_matches(protocols, range));
+        let (numbered, named) =
+            lower_port_spec(&port.port, port.end_port, &at, PortZero::Rejected, protocols)?;
+        l4.extend(numbered);
+        named_ports.extend(named);
     }
     l4.sort();
     l4.dedup();
-    Ok(PeerRule { peers: lowered, l4 })
+    named_ports.sort();
+    named_ports.dedup();
+    Ok(PeerRule { peers: lowered, l4, named_ports })
 }
 
 fn lower_peer(peer: &PeerWire, path: &FieldPath, namespace: &str) -> Result<Peer, Invalid> {

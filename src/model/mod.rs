@@ -39,6 +39,7 @@ mod knp;
 pub mod labels;
 pub mod limits;
 mod locate;
+pub mod named_ports;
 mod names;
 pub mod namespace;
 pub mod network;

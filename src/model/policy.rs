@@ -9,7 +9,8 @@
 //!   and deny [`PeerRule`]s.
 //! - A [`PeerRule`] matches a packet when its peer (the source for ingress, the destination for
 //!   egress) matches any of [`PeerRule::peers`] and its protocol and destination port match
-//!   any of [`PeerRule::l4`]; an empty `l4` matches every protocol and port. A peer rule with no
+//!   any of [`PeerRule::l4`] or of its named ports ([`PeerRule::l4_matches`]); with both
+//!   empty it matches every protocol and port. A peer rule with no
 //!   peers matches nothing (Cilium's `ingress: [{}]`).
 //! - Peers: [`Peer::Endpoints`] selects endpoints by their labels (selectors are scoped to a
 //!   namespace unless they name one); [`Peer::Cidr`] matches addresses outside the cluster in
@@ -31,6 +32,7 @@ use std::fmt;
 
 use super::cidr::Cidr;
 use super::labels::Selector;
+use super::named_ports::NamedPortMatch;
 
 /// Traffic direction, seen from the endpoint a policy applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -119,8 +121,22 @@ pub struct DirectionRules {
 pub struct PeerRule {
     /// Sorted, deduplicated, non-empty.
     pub peers: Vec<Peer>,
-    /// Sorted, deduplicated; empty means every protocol and port.
+    /// Sorted, deduplicated; empty (with `named_ports` empty) means every protocol and port.
     pub l4: Vec<PortMatch>,
+    /// Ports given by name (`super::named_ports`), sorted, deduplicated; a packet's L4
+    /// matches when it matches any of `l4` or of these.
+    pub named_ports: Vec<NamedPortMatch>,
+}
+
+impl PeerRule {
+    /// Whether a packet with protocol `proto` and destination port (ICMP: type) `port`, to
+    /// `destination` (the endpoint it goes to, if it is one of the node's), matches the
+    /// rule's L4 part.
+    pub fn l4_matches(&self, proto: u8, port: u16, destination: Option<&super::Endpoint>) -> bool {
+        (self.l4.is_empty() && self.named_ports.is_empty())
+            || self.l4.iter().any(|m| m.matches(proto, port))
+            || destination.is_some_and(|d| self.named_ports.iter().any(|n| n.matches(d, proto, port)))
+    }
 }
 
 /// Who is on the other side of a packet.

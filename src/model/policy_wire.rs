@@ -2,8 +2,9 @@
 //!
 //! Contract:
 //! - Scalars are validated while they are read (`parse_str_scalar`), so their errors point at
-//!   the scalar: ports ([`PortNumber`], a number or a string of digits, 1 to 65535; named
-//!   ports are rejected), ICMP types (0 to 255), protocols, entities.
+//!   the scalar: ports ([`PortNumber`], a number or a string of digits, 0 to 65535; or
+//!   [`PortSpec`], such a number or a port name), ICMP types (0 to 255, or Cilium's names),
+//!   protocols, entities.
 //! - Everything that needs more than one scalar is checked by the `lower_*` functions, which
 //!   return an [`Invalid`] at the offending field's path (placed later by `super::locate`).
 //! - Namespace scoping, as in Cilium: a policy's subject selector always gets
@@ -22,6 +23,7 @@ use super::de::parse_str_scalar;
 use super::endpoint::{Name, DEFAULT_NAMESPACE};
 use super::labels::{LabelKey, LabelValue, Labels, Operator, Requirement, Selector, NAMESPACE_LABEL};
 use super::locate::{FieldPath, Invalid};
+use super::named_ports::{check_port_name, NamedPortMatch};
 use super::names::check_dns_subdomain;
 use super::policy::{CidrRule, Entity, PortMatch, Protocol};
 
@@ -216,6 +218,54 @@ pub(crate) fn lower_port_range(
     }
 }
 
+/// A policy's `port`: a number, or a named port of the destination endpoint
+/// (`super::named_ports`), held lowercase (Cilium compares names case-insensitively).
+#[derive(Debug, Clone)]
+pub(crate) enum PortSpec {
+    Number(PortNumber),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PortSpec, D::Error> {
+        parse_str_scalar(deserializer, "a port number or name", |text| {
+            if text.bytes().any(|b| b.is_ascii_alphabetic()) {
+                let name = text.to_ascii_lowercase();
+                check_port_name(&name).map(|()| PortSpec::Name(name))
+            } else {
+                PortNumber::parse(text).map(PortSpec::Number)
+            }
+        })
+    }
+}
+
+/// The matches of one `{port, endPort}` for `protocols` (at `path`, the mapping holding
+/// both): numbered ranges, or named ports.
+pub(crate) fn lower_port_spec(
+    port: &Option<PortSpec>,
+    end_port: Option<PortNumber>,
+    path: &FieldPath,
+    zero: PortZero,
+    protocols: &[Protocol],
+) -> Result<(Vec<PortMatch>, Vec<NamedPortMatch>), Invalid> {
+    match port {
+        Some(PortSpec::Name(name)) => {
+            if end_port.is_some() {
+                return Err(path.key("endPort").invalid(format!(
+                    "endPort cannot close a range that starts at a named port (`{name}`); name the \
+                     port by number for a range"
+                )));
+            }
+            let named = protocols.iter().map(|&proto| NamedPortMatch { proto, name: name.clone() }).collect();
+            Ok((Vec::new(), named))
+        }
+        Some(PortSpec::Number(number)) => {
+            Ok((port_matches(protocols, lower_port_range(Some(*number), end_port, path, zero)?), Vec::new()))
+        }
+        None => Ok((port_matches(protocols, lower_port_range(None, end_port, path, zero)?), Vec::new())),
+    }
+}
+
 /// Port matches for `protocols` over `first..=last`.
 pub(crate) fn port_matches(protocols: &[Protocol], (first, last): (u16, u16)) -> Vec<PortMatch> {
     protocols.iter().map(|&proto| PortMatch { proto, first, last }).collect()
@@ -226,18 +276,16 @@ pub(crate) fn port_matches(protocols: &[Protocol], (first, last): (u16, u16)) ->
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PortNumber(pub u16);
 
+impl PortNumber {
+    fn parse(text: &str) -> Result<PortNumber, String> {
+        let number = parse_decimal(text).ok_or_else(|| format!("`{text}` is not a port number"))?;
+        u16::try_from(number).map(PortNumber).map_err(|_| format!("port {text} is out of range 0-65535"))
+    }
+}
+
 impl<'de> Deserialize<'de> for PortNumber {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PortNumber, D::Error> {
-        parse_str_scalar(deserializer, "a port number", |text| {
-            let number = parse_decimal(text).ok_or_else(|| {
-                if text.chars().any(|c| c.is_ascii_alphabetic()) {
-                    format!("named port `{text}` is not supported; write the port number")
-                } else {
-                    format!("`{text}` is not a port number")
-                }
-            })?;
-            u16::try_from(number).map(PortNumber).map_err(|_| format!("port {text} is out of range 0-65535"))
-        })
+        parse_str_scalar(deserializer, "a port number", PortNumber::parse)
     }
 }
 
@@ -407,7 +455,7 @@ mod tests {
         for (text, expected) in [
             ("65536", "port 65536 is out of range 0-65535"),
             ("99999999999999999999999", "port 99999999999999999999999 is out of range 0-65535"),
-            ("http", "named port `http` is not supported; write the port number"),
+            ("http", "`http` is not a port number"),
             ("-1", "`-1` is not a port number"),
             ("8.5", "`8.5` is not a port number"),
         ] {

@@ -249,9 +249,13 @@ fn judge(
     dport: u16,
 ) -> Judgement {
     let peer = classify(cfg, peer_addr);
+    let destination = match (direction, peer) {
+        (Direction::Ingress, _) => Some(subject),
+        (Direction::Egress, PeerKind::Endpoint(e)) => Some(e),
+        (Direction::Egress, _) => None,
+    };
     let matches = |rule: &PeerRule| {
-        rule.peers.iter().any(|p| peer_matches(p, peer))
-            && (rule.l4.is_empty() || rule.l4.iter().any(|m| m.matches(proto, dport)))
+        rule.peers.iter().any(|p| peer_matches(p, peer)) && rule.l4_matches(proto, dport, destination)
     };
     let source_of = |kind: PolicyKind, namespace: &str, name: &str| {
         sources.iter().find(|s| s.kind == kind && s.namespace == namespace && s.name == name)

@@ -6,7 +6,8 @@
 //!   checks `resolve` (and, later, the compiled programs) rather than repeating them. It is
 //!   written for clarity, not speed.
 //! - The peer of a packet is its source for ingress and its destination for egress; the port
-//!   is the destination port (for ICMP the type, carried in `dport`). A peer address is an
+//!   is the destination port (for ICMP the type, carried in `dport`); a port name means the
+//!   named port of the destination endpoint (the subject for ingress, the peer for egress). A peer address is an
 //!   endpoint when an endpoint has it, the host when it is a host address, and outside the
 //!   cluster (the world) otherwise.
 //! - Peer semantics: `Endpoints(selector)` matches an endpoint whose labels the selector
@@ -67,9 +68,14 @@ pub fn decide(
         Direction::Egress => pkt.dst,
     };
     let peer = classify(cfg, peer_addr);
+    // The endpoint the packet goes to, whose named ports a rule's port names mean.
+    let destination = match (direction, peer) {
+        (Direction::Ingress, _) => Some(subject),
+        (Direction::Egress, PeerKind::Endpoint(e)) => Some(e),
+        (Direction::Egress, _) => None,
+    };
     let matches = |rule: &PeerRule| {
-        rule.peers.iter().any(|p| peer_matches(p, peer))
-            && (rule.l4.is_empty() || rule.l4.iter().any(|m| m.matches(pkt.proto, pkt.dport)))
+        rule.peers.iter().any(|p| peer_matches(p, peer)) && rule.l4_matches(pkt.proto, pkt.dport, destination)
     };
     if selecting.iter().flat_map(|(_, rules)| &rules.deny).any(matches) {
         return Ok(Verdict::Deny);

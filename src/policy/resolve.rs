@@ -22,7 +22,10 @@
 //!   `remote-node` 6, `kube-apiserver` 7, `ingress` 8).
 //! - Ports become entries: a rule without ports gives protocol 0, port prefix 0; a port range
 //!   gives the fewest aligned prefix blocks ([`super::entry::port_blocks`]); ICMP types are
-//!   ports of protocol 1 or 58.
+//!   ports of protocol 1 or 58. A port name becomes the number the destination endpoint gives
+//!   it: for ingress the subject's (so subjects with other named ports resolve apart), for
+//!   egress each peer endpoint identity's own (an `all` peer: every label-set identity with
+//!   that name); no entry where the destination has no such port.
 //! - Canonical form, so that equivalent policies give identical entries (DESIGN invariant 5):
 //!   per (deny, identity, protocol) the port ranges of every rule are merged before they are
 //!   split into blocks (80-85 plus 86-90 is 80-90); then a block is dropped when a more
@@ -47,6 +50,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
+use crate::model::named_ports::{ContainerPort, NamedPortMatch};
 use crate::model::policy::{DirectionRules, Entity, Peer, PolicyKind};
 use crate::model::policy_settings::AllowLocalhost;
 use crate::model::{Direction, NodeConfig};
@@ -129,6 +133,8 @@ struct RuleDirection {
     enforced: bool,
     /// Sorted, deduplicated.
     pieces: Vec<usize>,
+    /// Ingress port names, which depend on the subject.
+    named_ingress: Vec<NamedIngress>,
 }
 
 /// Peer rules as (deny, identity, protocol, port range) lists, each distinct list stored once:
@@ -156,7 +162,7 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
     let identities = IdentityTable::allocate(cfg)?;
     let ipcache = IpCache::build(cfg, &identities);
     let subjects: Vec<(Identity, &crate::model::Labels)> = identities.label_sets().collect();
-    let peers = PeerIdentities::new(&identities);
+    let peers = PeerIdentities::new(&identities, cfg);
 
     // Each rule once: which subjects it selects, and what it names per direction.
     let mut pieces = Pieces::default();
@@ -166,20 +172,22 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
         .flat_map(|p| p.rules.iter().map(move |rule| (p.kind, rule)))
         .map(|(kind, rule)| {
             let selects = subjects.iter().map(|(_, labels)| rule.subject.matches(labels)).collect();
-            let directions = Direction::ALL.map(|d| rule_direction(rule.direction(d), &peers, &mut pieces));
+            let directions =
+                Direction::ALL.map(|d| rule_direction(rule.direction(d), d, &peers, &mut pieces));
             (selects, directions, admits_node(cfg, kind))
         })
         .collect();
 
-    // A subject's policy depends only on which rules select it: subjects selected by the same
-    // rules share one resolution.
-    let mut by_rule_set: HashMap<Vec<usize>, Arc<EndpointPolicy>> = HashMap::new();
+    // A subject's policy depends only on which rules select it and on its named ports:
+    // subjects selected by the same rules, with the same named ports, share one resolution.
+    let mut by_rule_set: HashMap<(Vec<usize>, &[ContainerPort]), Arc<EndpointPolicy>> = HashMap::new();
     let mut policies = BTreeMap::new();
     for (index, (subject, _)) in subjects.iter().enumerate() {
         let selecting: Vec<usize> = (0..rules.len()).filter(|&r| rules[r].0[index]).collect();
+        let ports = peers.ports_of(subject.get());
         let policy = by_rule_set
-            .entry(selecting)
-            .or_insert_with_key(|selecting| {
+            .entry((selecting, ports))
+            .or_insert_with_key(|(selecting, ports)| {
                 let [ingress, egress] = [0, 1].map(|d| {
                     let enforcing = || selecting.iter().filter(|&&r| rules[r].1[d].enforced);
                     let enforced = enforcing().next().is_some();
@@ -189,6 +197,12 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
                     used.dedup();
                     let mut raw: Vec<Raw> =
                         used.iter().flat_map(|&i| pieces.lists[i].iter().copied()).collect();
+                    raw.extend(
+                        selecting
+                            .iter()
+                            .flat_map(|&r| &rules[r].1[d].named_ingress)
+                            .flat_map(|n| n.raw(ports)),
+                    );
                     if !enforced {
                         // Not isolated: only deny rules (of rules with default deny off) can
                         // drop. As entries: those denies plus allow-everything.
@@ -223,8 +237,14 @@ pub fn admits_node(cfg: &NodeConfig, kind: PolicyKind) -> bool {
     kind == PolicyKind::NetworkPolicy || cfg.policy.allow_localhost == AllowLocalhost::Always
 }
 
-fn rule_direction(rules: &DirectionRules, peers: &PeerIdentities, pieces: &mut Pieces) -> RuleDirection {
+fn rule_direction(
+    rules: &DirectionRules,
+    direction: Direction,
+    peers: &PeerIdentities,
+    pieces: &mut Pieces,
+) -> RuleDirection {
     let mut used = Vec::new();
+    let mut named_ingress = Vec::new();
     for (list, deny) in [(&rules.allow, false), (&rules.deny, true)] {
         for rule in list {
             let mut identities: Vec<u32> = rule.peers.iter().flat_map(|p| peers.of(p)).collect();
@@ -233,23 +253,66 @@ fn rule_direction(rules: &DirectionRules, peers: &PeerIdentities, pieces: &mut P
             if identities.first() == Some(&0) {
                 identities.truncate(1);
             }
-            let l4: Vec<(u8, u16, u16)> = if rule.l4.is_empty() {
+            let l4: Vec<(u8, u16, u16)> = if rule.l4.is_empty() && rule.named_ports.is_empty() {
                 vec![(0, 0, u16::MAX)]
             } else {
                 rule.l4.iter().map(|m| (m.proto.number(), m.first, m.last)).collect()
             };
-            let raw = identities
+            let mut raw: Vec<Raw> = identities
                 .iter()
                 .flat_map(|&id| {
                     l4.iter().map(move |&(proto, first, last)| Raw { deny, id, proto, first, last })
                 })
                 .collect();
+            if !rule.named_ports.is_empty() {
+                match direction {
+                    // The subject's named ports: resolved per subject.
+                    Direction::Ingress => named_ingress.push(NamedIngress {
+                        deny,
+                        identities: identities.clone(),
+                        names: rule.named_ports.clone(),
+                    }),
+                    // The peer's named ports: each peer endpoint identity at its own number;
+                    // addresses outside the endpoints have no named ports.
+                    Direction::Egress => raw.extend(peers.named(&identities, &rule.named_ports, deny)),
+                }
+            }
             used.push(pieces.intern(raw));
         }
     }
     used.sort_unstable();
     used.dedup();
-    RuleDirection { enforced: rules.enforced, pieces: used }
+    RuleDirection { enforced: rules.enforced, pieces: used, named_ingress }
+}
+
+/// An ingress peer rule's port names, resolved against each subject's named ports.
+#[derive(Debug, Clone)]
+struct NamedIngress {
+    deny: bool,
+    /// The peer identities (0: any).
+    identities: Vec<u32>,
+    names: Vec<NamedPortMatch>,
+}
+
+impl NamedIngress {
+    /// The entries for a subject with `ports`.
+    fn raw<'a>(&'a self, ports: &'a [ContainerPort]) -> impl Iterator<Item = Raw> + 'a {
+        self.names.iter().flat_map(move |n| {
+            let number = ports
+                .iter()
+                .find(|p| p.name == n.name && p.proto == n.proto)
+                .map(|p| (n.proto.number(), p.port));
+            number.into_iter().flat_map(move |(proto, port)| {
+                self.identities.iter().map(move |&id| Raw {
+                    deny: self.deny,
+                    id,
+                    proto,
+                    first: port,
+                    last: port,
+                })
+            })
+        })
+    }
 }
 
 /// Peer -> identities, against one identity table.
@@ -257,15 +320,45 @@ struct PeerIdentities<'a> {
     identities: &'a IdentityTable,
     label_sets: Vec<u32>,
     cidrs: Vec<u32>,
+    /// Each label-set identity's named ports (its endpoints all have the same: the model
+    /// checks it).
+    ports: BTreeMap<u32, &'a [ContainerPort]>,
 }
 
 impl<'a> PeerIdentities<'a> {
-    fn new(identities: &'a IdentityTable) -> PeerIdentities<'a> {
+    fn new(identities: &'a IdentityTable, cfg: &'a NodeConfig) -> PeerIdentities<'a> {
         PeerIdentities {
             identities,
             label_sets: identities.label_sets().map(|(id, _)| id.get()).collect(),
             cidrs: identities.cidrs().map(|(_, id)| id.get()).collect(),
+            ports: cfg
+                .endpoints
+                .iter()
+                .filter_map(|e| identities.endpoint(&e.name).map(|id| (id.get(), &e.ports[..])))
+                .collect(),
         }
+    }
+
+    /// The named ports of label-set identity `id` (none for other identities).
+    fn ports_of(&self, id: u32) -> &'a [ContainerPort] {
+        self.ports.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Entries for `names` of the peer identities `ids` (0: every label-set identity), each
+    /// at the number its endpoints give the name.
+    fn named<'b>(
+        &'b self,
+        ids: &'b [u32],
+        names: &'b [NamedPortMatch],
+        deny: bool,
+    ) -> impl Iterator<Item = Raw> + 'b {
+        let ids: &[u32] = if ids.first() == Some(&0) { &self.label_sets } else { ids };
+        ids.iter().flat_map(move |&id| {
+            names.iter().filter_map(move |n| {
+                let port = self.ports_of(id).iter().find(|p| p.name == n.name && p.proto == n.proto)?.port;
+                Some(Raw { deny, id, proto: n.proto.number(), first: port, last: port })
+            })
+        })
     }
 
     fn of(&self, peer: &Peer) -> Vec<u32> {

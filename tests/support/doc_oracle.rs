@@ -33,7 +33,9 @@
 //!   does not enforce that direction (its deny entries still drop); `true` enforces it
 //!   even without entries. Entities other than
 //!   all, cluster, host and world name reserved identities no address of a node file has.
-//!   ICMP types may be Cilium's names (per family). A Cilium port `0` is every port.
+//!   ICMP types may be Cilium's names (per family). A Cilium port `0` is every port. A port
+//!   given by name is the named port (endpoint `ports`) of the endpoint the flow goes to
+//!   (the subject for ingress, the peer for egress); nothing else has named ports.
 //! - The node itself: Kubernetes, "When a pod is isolated for ingress, the only allowed
 //!   connections into the pod are those from the pod's node and those allowed by the
 //!   ingress list"; Cilium's `allow-localhost` (node `spec.policy.allowLocalhost`, default
@@ -58,6 +60,8 @@ pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     /// Own labels plus the namespace label.
     pub labels: BTreeMap<String, String>,
+    /// Named container ports: (name, protocol number, port).
+    pub ports: Vec<(String, u8, u16)>,
 }
 
 /// The documents of a node file, as written.
@@ -127,11 +131,20 @@ impl Docs {
                             .filter_map(|k| get(&e, k))
                             .map(|a| s(a).parse().expect("an address"))
                             .collect();
+                        let ports = list(get(&e, "ports"))
+                            .iter()
+                            .map(|p| {
+                                let proto = get(p, "protocol").map_or_else(|| "TCP".to_string(), s);
+                                let port: u16 = s(get(p, "port").expect("port")).parse().expect("a port");
+                                (s(get(p, "name").expect("name")), proto_number(&proto)[0], port)
+                            })
+                            .collect();
                         docs.endpoints.push(Endpoint {
                             name: s(get(&e, "name").expect("name")),
                             namespace,
                             addresses,
                             labels,
+                            ports,
                         });
                     }
                     docs.localhost_by_policy = get(spec, "policy")
@@ -261,7 +274,7 @@ fn proto_number(name: &str) -> Vec<u8> {
 
 /// A `ports` item (CNP `toPorts[].ports[]` or NetworkPolicy `ports[]`) against a flow;
 /// `default` is the protocols an absent `protocol` means.
-fn port_matches(port: &Value, flow: &Flow, default: &[u8]) -> bool {
+fn port_matches(port: &Value, flow: &Flow, default: &[u8], dest: Option<&Endpoint>) -> bool {
     let protos = get(port, "protocol").map_or_else(|| default.to_vec(), |p| proto_number(&s(p)));
     if !protos.contains(&flow.proto) {
         return false;
@@ -269,6 +282,15 @@ fn port_matches(port: &Value, flow: &Flow, default: &[u8]) -> bool {
     match get(port, "port") {
         None => true,
         Some(p) if s(p) == "0" => true,
+        // A named port of the endpoint the flow goes to.
+        Some(p) if s(p).chars().any(|c| c.is_ascii_alphabetic()) => {
+            let name = s(p).to_ascii_lowercase();
+            dest.is_some_and(|d| {
+                d.ports
+                    .iter()
+                    .any(|(n, proto, number)| *n == name && *proto == flow.proto && *number == flow.dport)
+            })
+        }
         Some(p) => {
             let first: u16 = s(p).parse().expect("a port number");
             let last: u16 = get(port, "endPort").map_or(first, |e| s(e).parse().expect("a port number"));
@@ -314,7 +336,14 @@ fn entity_matches(entity: &str, peer: Peer<'_>) -> bool {
 
 /// Whether a CiliumNetworkPolicy entry (of `ingress`, `egress` or their deny lists)
 /// matches; `from` is "from" or "to".
-fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>, flow: &Flow) -> bool {
+fn cnp_entry_matches(
+    entry: &Value,
+    from: &str,
+    namespace: &str,
+    peer: Peer<'_>,
+    flow: &Flow,
+    dest: Option<&Endpoint>,
+) -> bool {
     let field = |name: &str| get(entry, &format!("{from}{name}"));
     let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
     let any_peer_field = peer_fields.iter().any(|f| field(f).is_some());
@@ -339,7 +368,9 @@ fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>,
     let l4_ok = if to_ports.is_empty() && icmps.is_empty() {
         true
     } else {
-        to_ports.iter().any(|tp| list(get(tp, "ports")).iter().any(|p| port_matches(p, flow, &[6, 17, 132])))
+        to_ports
+            .iter()
+            .any(|tp| list(get(tp, "ports")).iter().any(|p| port_matches(p, flow, &[6, 17, 132], dest)))
             || icmps.iter().any(|i| {
                 list(get(i, "fields")).iter().any(|f| {
                     let family = get(f, "family").map_or_else(|| "IPv4".to_string(), s);
@@ -379,6 +410,12 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
     } else {
         Peer::Outside(flow.peer)
     };
+    // The endpoint the flow goes to: its named ports are what a port name means.
+    let dest = match peer {
+        _ if ingress => Some(subject),
+        Peer::Endpoint(e) => Some(e),
+        _ => None,
+    };
     let (allow_key, deny_key, from) =
         if ingress { ("ingress", "ingressDeny", "from") } else { ("egress", "egressDeny", "to") };
     let mut enforced = false;
@@ -403,8 +440,8 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
                 .map_or(!allow.is_empty() || !deny.is_empty(), |v| v.as_bool().expect("a bool"));
             enforced |= enforces;
             node_admitted |= enforces && !docs.localhost_by_policy;
-            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow));
-            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow));
+            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
+            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
         } else {
             if !selector_matches(get(spec, "podSelector").expect("podSelector"), &subject.labels) {
                 continue;
@@ -427,7 +464,7 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
                 let peers = list(get(r, from));
                 let ports = list(get(r, "ports"));
                 (peers.is_empty() || peers.iter().any(|p| knp_peer_matches(docs, p, &namespace, peer)))
-                    && (ports.is_empty() || ports.iter().any(|p| port_matches(p, flow, &[6])))
+                    && (ports.is_empty() || ports.iter().any(|p| port_matches(p, flow, &[6], dest)))
             });
         }
     }

@@ -3,7 +3,7 @@
 
 use sluice::golden::probes::policy_flows;
 use sluice::model::{self, sources, Direction};
-use sluice::policy::explain::{explain, End, Flow, Judgement};
+use sluice::policy::explain::{explain, explain_drop, End, Flow, Judgement, Reason};
 use sluice::policy::{oracle, Verdict};
 
 const DEMO: &str = "fixtures/policy/demo.yaml";
@@ -121,4 +121,26 @@ fn the_command_explains_a_flow() {
     let (code, _, stderr) = run(&["--from", "frontend", "--to", "db", "--proto", "gre"]);
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("unknown protocol `gre`"), "{stderr}");
+}
+
+/// What `sluice monitor --config` adds to a `deny_policy` drop: the denying judgement of the
+/// drop's side, and nothing for a flow policy allows there.
+#[test]
+fn a_policy_drop_is_explained() {
+    let (cfg, sources) = demo();
+    let addr = |a: &str| a.parse().expect("an address");
+    let (frontend, db) = (addr("10.0.1.10"), addr("10.0.1.30"));
+    let judgement =
+        explain_drop(&cfg, &sources, (frontend, db), 6, 5432, Direction::Ingress).expect("denied");
+    assert_eq!((judgement.endpoint.as_str(), judgement.reason), ("db", Reason::NoRuleAllows));
+    assert_eq!(
+        judgement.lines(&cfg.source),
+        [
+            "ingress db: denied: no rule allows it; isolated by",
+            "  NetworkPolicy shop/db rule 0 at fixtures/policy/demo.yaml:119:3 (spec)",
+            "  CiliumNetworkPolicy shop/guard-rails rule 1 at fixtures/policy/demo.yaml:106:5 (specs[1])",
+        ]
+    );
+    let backend = addr("10.0.1.20");
+    assert_eq!(explain_drop(&cfg, &sources, (frontend, backend), 6, 8080, Direction::Ingress), None);
 }

@@ -104,10 +104,18 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             print!("{table}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Monitor { json, count, pin_dir } => {
+        Command::Monitor { json, count, pin_dir, config } => {
             let sys = kernel("sluice monitor")?;
-            crate::monitor::run(&sys, &pin_dir, json, count, &mut std::io::stdout().lock())
-                .map_err(|e| CliError::Monitor(e.to_string()))?;
+            let annotate = super::policy::drop_annotator(config.as_deref())?;
+            crate::monitor::run_annotated(
+                &sys,
+                &pin_dir,
+                json,
+                count,
+                &mut std::io::stdout().lock(),
+                &*annotate,
+            )
+            .map_err(|e| CliError::Monitor(e.to_string()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Events { state, rate, pin_dir } => {

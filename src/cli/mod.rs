@@ -83,6 +83,10 @@ pub enum Command {
         count: Option<usize>,
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// The loaded node's file: each `deny_policy` drop is followed by the rules that
+        /// denied it (as `sluice policy explain` says).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Switch datapath events on or off, with a per-CPU rate limit (events per second).
     Events {

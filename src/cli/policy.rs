@@ -4,8 +4,10 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::commands::CliError;
+use crate::maps::policy::Reason;
 use crate::model;
-use crate::policy::explain::{explain, End, Flow};
+use crate::monitor::{Annotation, Flow, FlowReason};
+use crate::policy::explain::{explain, explain_drop, End, Flow as PolicyFlow};
 
 /// A protocol as the command line names it: tcp, udp, sctp, icmp, icmpv6, or a number.
 pub(super) fn parse_protocol(text: &str) -> Result<u8, String> {
@@ -34,7 +36,7 @@ pub(super) fn explain_cmd(
     let origin = node.display().to_string();
     let cfg = model::parse_str(&text, &origin)?;
     let sources = model::sources::policy_sources(&text, &origin)?;
-    let flow = Flow { from: End::parse(from), to: End::parse(to), proto, dport: port };
+    let flow = PolicyFlow { from: End::parse(from), to: End::parse(to), proto, dport: port };
     let explanation = explain(&cfg, &sources, &flow).map_err(|e| CliError::Explain(e.to_string()))?;
     if json {
         println!("{}", explanation.to_json());
@@ -42,4 +44,31 @@ pub(super) fn explain_cmd(
         print!("{explanation}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What annotates a monitored flow.
+type Annotator = dyn Fn(&Flow) -> Option<Annotation>;
+
+/// For `sluice monitor --config NODE`: annotates each `deny_policy` drop with the judgement
+/// that denied it; without a node file, nothing.
+pub(super) fn drop_annotator(node: Option<&Path>) -> Result<Box<Annotator>, CliError> {
+    let Some(node) = node else {
+        return Ok(Box::new(|_: &Flow| None));
+    };
+    let text = model::limits::read_node_file(node)?;
+    let origin = node.display().to_string();
+    let cfg = model::parse_str(&text, &origin)?;
+    let sources = model::sources::policy_sources(&text, &origin)?;
+    Ok(Box::new(move |flow: &Flow| {
+        if flow.reason != FlowReason::Known(Reason::DenyPolicy) {
+            return None;
+        }
+        let direction = match flow.direction {
+            crate::monitor::Direction::Ingress => model::Direction::Ingress,
+            crate::monitor::Direction::Egress => model::Direction::Egress,
+        };
+        let addrs = (flow.src_addr?, flow.dst_addr?);
+        let judgement = explain_drop(&cfg, &sources, addrs, flow.protocol, flow.dst_port, direction)?;
+        Some(Annotation { lines: judgement.lines(&cfg.source), json: judgement.to_json(&cfg.source) })
+    }))
 }

@@ -14,7 +14,8 @@
 //!   place (`file:line:col` and field path). The flow passes when every judgement allows it.
 //! - A test holds the verdicts to the oracle's ([`super::oracle::decide`]) on random policies.
 //! - Output: [`Explanation`]'s `Display` (lines for people) and [`Explanation::to_json`] (one
-//!   object, fixed field order).
+//!   object, fixed field order). [`explain_drop`] gives the denying judgement of a packet the
+//!   datapath dropped for policy, for `sluice monitor --config`.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -365,20 +366,8 @@ impl fmt::Display for Explanation {
             writeln!(f, "  no endpoint of this node is an end of the flow: no policy applies")?;
         }
         for j in &self.judgements {
-            let why = match j.reason {
-                Reason::Denied => "denied by",
-                Reason::NotIsolated => "no policy selecting it isolates this direction",
-                Reason::NodeAdmitted => "from the node itself, which its isolating rules admit",
-                Reason::Allowed => "allowed by",
-                Reason::NoRuleAllows => "no rule allows it; isolated by",
-            };
-            writeln!(f, "  {} {}: {}: {why}", j.direction, j.endpoint, verdict_word(j.verdict))?;
-            for c in &j.cited {
-                write!(f, "    {} rule {}", c.policy, c.rule)?;
-                match &c.at {
-                    Some(at) => writeln!(f, " at {}:{}:{} ({})", self.file, at.line, at.col, at.path)?,
-                    None => writeln!(f)?,
-                }
+            for line in j.lines(&self.file) {
+                writeln!(f, "  {line}")?;
             }
         }
         writeln!(f, "verdict: {}", verdict_word(self.verdict()))
@@ -401,14 +390,14 @@ fn json_str(s: &str) -> String {
     out
 }
 
-impl Explanation {
-    /// One JSON object, fields in a fixed order.
-    pub fn to_json(&self) -> String {
+impl Judgement {
+    /// One JSON object, fields in a fixed order; places are in `file`.
+    pub fn to_json(&self, file: &str) -> String {
         let citation = |c: &Citation| {
             let at = c.at.as_ref().map_or("null".to_owned(), |p| {
                 format!(
                     "{{\"file\":{},\"line\":{},\"col\":{},\"path\":{}}}",
-                    json_str(&self.file),
+                    json_str(file),
                     p.line,
                     p.col,
                     json_str(&p.path)
@@ -416,21 +405,60 @@ impl Explanation {
             });
             format!("{{\"policy\":{},\"rule\":{},\"at\":{at}}}", json_str(&c.policy), c.rule)
         };
-        let judgements: Vec<String> = self
-            .judgements
-            .iter()
-            .map(|j| {
-                let cited: Vec<String> = j.cited.iter().map(citation).collect();
-                format!(
-                    "{{\"endpoint\":{},\"direction\":\"{}\",\"verdict\":\"{}\",\"reason\":\"{}\",\"cited\":[{}]}}",
-                    json_str(&j.endpoint),
-                    j.direction,
-                    verdict_word(j.verdict),
-                    j.reason.name(),
-                    cited.join(",")
-                )
-            })
-            .collect();
+        let cited: Vec<String> = self.cited.iter().map(citation).collect();
+        format!(
+            "{{\"endpoint\":{},\"direction\":\"{}\",\"verdict\":\"{}\",\"reason\":\"{}\",\"cited\":[{}]}}",
+            json_str(&self.endpoint),
+            self.direction,
+            verdict_word(self.verdict),
+            self.reason.name(),
+            cited.join(",")
+        )
+    }
+
+    /// Lines for people: why, then each citation (`file:line:col (path)`).
+    pub fn lines(&self, file: &str) -> Vec<String> {
+        let why = match self.reason {
+            Reason::Denied => "denied by",
+            Reason::NotIsolated => "no policy selecting it isolates this direction",
+            Reason::NodeAdmitted => "from the node itself, which its isolating rules admit",
+            Reason::Allowed => "allowed by",
+            Reason::NoRuleAllows => "no rule allows it; isolated by",
+        };
+        let mut out =
+            vec![format!("{} {}: {}: {why}", self.direction, self.endpoint, verdict_word(self.verdict))];
+        for c in &self.cited {
+            out.push(match &c.at {
+                Some(at) => {
+                    format!("  {} rule {} at {file}:{}:{} ({})", c.policy, c.rule, at.line, at.col, at.path)
+                }
+                None => format!("  {} rule {}", c.policy, c.rule),
+            });
+        }
+        out
+    }
+}
+
+/// Why a packet that the datapath dropped for policy (`deny_policy`) was dropped: the
+/// judgement of the endpoint on `direction`'s side, if it denies the flow (`None` when it
+/// does not: the node file is not what is loaded, or the packet was not what policy saw).
+pub fn explain_drop(
+    cfg: &NodeConfig,
+    sources: &[PolicySource],
+    (src, dst): (IpAddr, IpAddr),
+    proto: u8,
+    dport: u16,
+    direction: Direction,
+) -> Option<Judgement> {
+    let flow = Flow { from: End::Address(src), to: End::Address(dst), proto, dport };
+    let explanation = explain(cfg, sources, &flow).ok()?;
+    explanation.judgements.into_iter().find(|j| j.direction == direction && j.verdict == Verdict::Deny)
+}
+
+impl Explanation {
+    /// One JSON object, fields in a fixed order.
+    pub fn to_json(&self) -> String {
+        let judgements: Vec<String> = self.judgements.iter().map(|j| j.to_json(&self.file)).collect();
         format!(
             "{{\"src\":\"{}\",\"dst\":\"{}\",\"protocol\":{},\"dport\":{},\"verdict\":\"{}\",\"judgements\":[{}]}}",
             self.src,

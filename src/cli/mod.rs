@@ -1,6 +1,7 @@
 //! The `sluice` command line: each subcommand is a thin shell over the library.
 
 mod commands;
+mod node_sim;
 mod policy;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,14 @@ pub enum Command {
         /// Print only the summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Run each packet through every program the node runs for it (prefilter or the
+        /// source endpoint's program, then the destination endpoint's), conntrack carried
+        /// across the capture, and print its path.
+        #[arg(long)]
+        whole_node: bool,
+        /// With --whole-node: one JSON object per packet.
+        #[arg(long, requires = "whole_node")]
+        json: bool,
     },
     /// Policy questions about a node file.
     Policy {

@@ -73,6 +73,19 @@ fn demo_flows_take_their_whole_path() {
             "packet 4 10.0.1.10 -> 10.0.1.30: from_ep_3=2 => dropped",
         ]
     );
+    // The kernel twin takes every packet the same way.
+    if sluice::sys::require_kernel("demo_flows_take_their_whole_path") {
+        let cfg = model::load_file(std::path::Path::new(DEMO)).expect("demo parses");
+        let plan = sluice::node::plan(&cfg).expect("plans");
+        let loaded =
+            sluice::node::load::load_plan(&sluice::sys::kernel(), &plan).expect("the kernel accepts");
+        let mut by_kernel = Vec::new();
+        sluice::node::node_replay::replay_node_kernel(&loaded, &cfg, &pcap(&frames), |p| {
+            by_kernel.push(p.to_string())
+        })
+        .expect("replays");
+        assert_eq!(by_kernel, got);
+    }
     let json = run(&frames[1..2])[0].to_json();
     assert_eq!(
         json,
@@ -127,5 +140,67 @@ fn the_corpus_replays_through_a_whole_node() {
         "{} packets failed:\n{}",
         errors.len(),
         errors[..errors.len().min(20)].join("\n")
+    );
+}
+
+/// The kernel twin: the corpus through the loaded demo node with `BPF_PROG_TEST_RUN`, each
+/// packet's path (every hop's verdict) and end the simulator's. Frames a test run does not
+/// take (under an Ethernet header, over 3,500 bytes) are left out of the comparison.
+#[test]
+fn the_kernel_takes_the_simulators_path_for_every_corpus_packet() {
+    if !sluice::sys::require_kernel("the_kernel_takes_the_simulators_path_for_every_corpus_packet") {
+        return;
+    }
+    let Some(dir) = corpus_dir() else {
+        assert!(std::env::var_os("SLUICE_REQUIRE_KERNEL").is_none(), "the corpus is required");
+        eprintln!("skipping: no corpus (SLUICE_CORPUS_DIR)");
+        return;
+    };
+    let cfg = model::load_file(std::path::Path::new(DEMO)).expect("demo parses");
+    let plan = sluice::node::plan(&cfg).expect("plans");
+    let mut sim = SimNode::new(&plan).expect("the simulator accepts");
+    let loaded = sluice::node::load::load_plan(&sluice::sys::kernel(), &plan).expect("the kernel accepts");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("corpus dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "pcap" || x == "pcapng"))
+        .collect();
+    files.sort();
+    let (mut compared, mut left_out, mut differ) = (0usize, 0usize, Vec::new());
+    for file in &files {
+        let bytes = std::fs::read(file).expect("read");
+        let mut by_sim = Vec::new();
+        let mut by_kernel = Vec::new();
+        let sizes: Vec<usize> = match sluice_verifier_sim::pcap::Capture::parse(&bytes) {
+            Ok(cap) => cap.packets().map_while(Result::ok).map(|r| r.data.len()).collect(),
+            Err(_) => continue,
+        };
+        let a = replay_node(&mut sim, &cfg, &bytes, |p| by_sim.push(p.clone()));
+        let b = sluice::node::node_replay::replay_node_kernel(&loaded, &cfg, &bytes, |p| {
+            by_kernel.push(p.clone())
+        });
+        if a.is_err() || b.is_err() {
+            assert_eq!(a.is_err(), b.is_err(), "{}: one engine read the file, the other not", file.display());
+            continue;
+        }
+        for (s, k) in by_sim.iter().zip(&by_kernel) {
+            let len = sizes.get(s.index).copied().unwrap_or(0);
+            if !(14..=3_500).contains(&len) {
+                left_out += 1;
+                continue;
+            }
+            compared += 1;
+            if s != k {
+                differ.push(format!("{}:\n  simulator {s}\n  kernel    {k}", file.display()));
+            }
+        }
+    }
+    eprintln!("{compared} packets compared, {left_out} left out (frame size)");
+    assert!(compared > 1_000, "{compared} packets compared");
+    assert!(
+        differ.is_empty(),
+        "{} packets differ:\n{}",
+        differ.len(),
+        differ[..differ.len().min(20)].join("\n")
     );
 }

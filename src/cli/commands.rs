@@ -80,8 +80,8 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
     match cmd {
         Command::Demo => demo(),
         Command::Compile { node, out } => compile(&node, out.as_deref()),
-        Command::Sim { node, pcap, quiet, whole_node: true, json } => {
-            super::node_sim::sim_node(&node, &pcap, quiet, json)
+        Command::Sim { node, pcap, quiet, whole_node: true, json, kernel } => {
+            super::node_sim::sim_node(&node, &pcap, quiet, json, kernel)
         }
         Command::Sim { node, pcap, quiet, .. } => sim(&node, &pcap, quiet),
         Command::Policy { op: PolicyOp::Explain { node, from, to, proto, port, json } } => {

@@ -51,6 +51,10 @@ pub enum Command {
         /// With --whole-node: one JSON object per packet.
         #[arg(long, requires = "whole_node")]
         json: bool,
+        /// With --whole-node (root): also run the capture through the loaded programs with
+        /// BPF_PROG_TEST_RUN and report every packet whose path differs.
+        #[arg(long, requires = "whole_node")]
+        kernel: bool,
     },
     /// Policy questions about a node file.
     Policy {

@@ -12,9 +12,10 @@
 //!   `to_ep_M`; else it leaves the node (`forwarded`). A drop anywhere ends the path.
 //! - Each packet gives a [`NodePacket`]: the programs it ran with their verdicts, and where it
 //!   ended. Packets that are not IP, or of other link types, are counted, not run.
+//! - [`replay_node_kernel`] is the twin: the same paths through the loaded programs with
+//!   `BPF_PROG_TEST_RUN`; a test holds the two to the same path and end per packet.
 //! - What this does not model yet: the kernel's routing between hops (the packet is handed
-//!   on as the program left it), the services' socket layer, the overlay, and the kernel twin
-//!   (the same path through `BPF_PROG_TEST_RUN`); see the issue 14 report.
+//!   on as the program left it), the services' socket layer and the overlay.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -162,6 +163,39 @@ pub fn replay_node(
     node: &mut SimNode,
     cfg: &NodeConfig,
     capture: &[u8],
+    each: impl FnMut(&NodePacket),
+) -> Result<NodeReplay, ReplayError> {
+    let hop = |program: &str, frame: &[u8]| {
+        node.run(program, frame).map(|out| (out.retval as u32, out.packet)).map_err(|e| e.to_string())
+    };
+    replay_node_with(cfg, capture, hop, each)
+}
+
+/// The kernel twin of [`replay_node`]: each hop through the loaded program with
+/// `BPF_PROG_TEST_RUN` (the kernel's maps, conntrack included, carried across the capture).
+/// A frame the kernel will not test-run (shorter than an Ethernet header, or past what a
+/// test run takes) ends its path in an [`Outcome::Error`].
+pub fn replay_node_kernel(
+    loaded: &super::load::Loaded,
+    cfg: &NodeConfig,
+    capture: &[u8],
+    each: impl FnMut(&NodePacket),
+) -> Result<NodeReplay, ReplayError> {
+    let hop = |program: &str, frame: &[u8]| {
+        let prog = loaded.programs.get(program).ok_or_else(|| format!("no program {program} loaded"))?;
+        let mut opts = crate::sys::TestRunOpts::packet(frame);
+        opts.data_out_cap = frame.len() + 256;
+        prog.test_run(&opts).map(|r| (r.retval, r.data_out)).map_err(|e| e.to_string())
+    };
+    replay_node_with(cfg, capture, hop, each)
+}
+
+/// [`replay_node`] over any engine: `hop` runs one program on one frame and gives its
+/// verdict and the frame as the program left it.
+pub fn replay_node_with(
+    cfg: &NodeConfig,
+    capture: &[u8],
+    mut run_hop: impl FnMut(&str, &[u8]) -> Result<(u32, Vec<u8>), String>,
     mut each: impl FnMut(&NodePacket),
 ) -> Result<NodeReplay, ReplayError> {
     let numbers: Vec<(u16, String, Vec<IpAddr>)> = super::endpoint_numbers(cfg)
@@ -194,15 +228,14 @@ pub fn replay_node(
         };
         let mut frame = record.data.to_vec();
         let mut hop = |program: &str, frame: &mut Vec<u8>, packet: &mut NodePacket| -> Option<u32> {
-            match node.run(program, frame) {
-                Ok(out) => {
-                    let verdict = out.retval as u32;
+            match run_hop(program, frame) {
+                Ok((verdict, out)) => {
                     packet.path.push(Hop { program: program.to_owned(), verdict });
-                    *frame = out.packet;
+                    *frame = out;
                     Some(verdict)
                 }
                 Err(e) => {
-                    packet.outcome = Outcome::Error(e.to_string());
+                    packet.outcome = Outcome::Error(e);
                     None
                 }
             }

@@ -496,6 +496,48 @@ pub fn run(
     run_until(sys, pin_dir, json, count, out, &interrupt::STOP)
 }
 
+/// What a caller adds to a flow it knows more about (`sluice monitor --config`: the policy
+/// rules behind a `deny_policy` drop): lines printed under the flow's line, and a JSON value
+/// added to its object as `"policy"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Annotation {
+    pub lines: Vec<String>,
+    pub json: String,
+}
+
+/// [`run`] with each flow annotated by `annotate` (where it returns one).
+pub fn run_annotated(
+    sys: &Arc<dyn Syscall>,
+    pin_dir: &Path,
+    json: bool,
+    count: Option<usize>,
+    out: &mut dyn Write,
+    annotate: &dyn Fn(&Flow) -> Option<Annotation>,
+) -> Result<(), MonitorError> {
+    let _signals = interrupt::Guard::install();
+    run_until_annotated(sys, pin_dir, json, count, out, &interrupt::STOP, annotate)
+}
+
+/// A flow's line (text or JSON) with its annotation.
+fn annotated_line(flow: &Flow, json: bool, annotation: Option<Annotation>) -> String {
+    match (annotation, json) {
+        (None, true) => flow.to_json(),
+        (None, false) => flow.to_string(),
+        (Some(a), true) => {
+            let object = flow.to_json();
+            format!("{},\"policy\":{}}}", &object[..object.len() - 1], a.json)
+        }
+        (Some(a), false) => {
+            let mut text = flow.to_string();
+            for line in a.lines {
+                text.push_str("\n    ");
+                text.push_str(&line);
+            }
+            text
+        }
+    }
+}
+
 /// [`run`], ending also when `stop` becomes true (looked at least every 200 ms); installs
 /// no signal handlers.
 pub fn run_until(
@@ -505,6 +547,19 @@ pub fn run_until(
     count: Option<usize>,
     out: &mut dyn Write,
     stop: &AtomicBool,
+) -> Result<(), MonitorError> {
+    run_until_annotated(sys, pin_dir, json, count, out, stop, &|_| None)
+}
+
+/// [`run_until`] with each flow annotated by `annotate`.
+pub fn run_until_annotated(
+    sys: &Arc<dyn Syscall>,
+    pin_dir: &Path,
+    json: bool,
+    count: Option<usize>,
+    out: &mut dyn Write,
+    stop: &AtomicBool,
+    annotate: &dyn Fn(&Flow) -> Option<Annotation>,
 ) -> Result<(), MonitorError> {
     let events = open(sys, pin_dir, crate::maps::names::EVENTS)?;
     let config = open(sys, pin_dir, crate::maps::names::EV_CONFIG)?;
@@ -533,11 +588,7 @@ pub fn run_until(
             let line = match Flow::decode(rec) {
                 Ok(flow) => {
                     lines += 1;
-                    if json {
-                        flow.to_json()
-                    } else {
-                        flow.to_string()
-                    }
+                    annotated_line(&flow, json, annotate(&flow))
                 }
                 Err(e) if json => format!("{{\"error\":\"{e}\"}}"),
                 Err(e) => format!("! {e}"),
@@ -647,6 +698,18 @@ mod tests {
     }
 
     /// The record as the datapath writes it, spelled out byte by byte.
+    /// An annotation follows the flow's line (text) or becomes its `policy` field (JSON).
+    #[test]
+    fn annotations_follow_the_flow() {
+        let flow = tcp_v4();
+        let a = Annotation { lines: vec!["why".into(), "  rule".into()], json: "{\"x\":1}".into() };
+        assert_eq!(annotated_line(&flow, false, None), flow.to_string());
+        assert_eq!(annotated_line(&flow, false, Some(a.clone())), format!("{flow}\n    why\n      rule"));
+        let json = annotated_line(&flow, true, Some(a));
+        assert!(json.starts_with(&flow.to_json()[..flow.to_json().len() - 1]), "{json}");
+        assert!(json.ends_with(",\"policy\":{\"x\":1}}"), "{json}");
+    }
+
     fn tcp_v4_record() -> Vec<u8> {
         let mut r = vec![
             1, 0, 1, 4, // kind verdict, reason allow_new, egress, IPv4

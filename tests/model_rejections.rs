@@ -16,7 +16,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unknown-spec-field.yaml",
-        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`, `router`, `overlay`, `loadBalancer`, `socketLayer`, `encryption`",
+        "fixtures/invalid/unknown-spec-field.yaml:7:3: spec: unknown field `prefiltr`, expected one of `prefilter`, `hostAddresses`, `endpoints`, `router`, `overlay`, `loadBalancer`, `socketLayer`, `encryption`, `policy`",
     ),
     (
         "unknown-prefilter-field.yaml",
@@ -56,7 +56,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unknown-kind.yaml",
-        "fixtures/invalid/unknown-kind.yaml:2:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice",
+        "fixtures/invalid/unknown-kind.yaml:2:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy",
     ),
     (
         "wrong-api-version.yaml",

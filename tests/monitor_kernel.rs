@@ -373,3 +373,78 @@ fn monitor_without_a_loaded_node_says_so() {
     let err = monitor::run(&kernel(), &dir, false, Some(1), &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("no sluice node is loaded"), "{err}");
 }
+
+/// `sluice monitor --config`: a `deny_policy` drop is followed by the rules that denied it
+/// (the demo fixture's db is isolated by two policies, and none allows the frontend on 5432).
+#[test]
+fn monitor_explains_policy_drops_from_the_node_file() {
+    if !sys::require_kernel("monitor_explains_policy_drops_from_the_node_file") {
+        return;
+    }
+    let path = "fixtures/policy/demo.yaml";
+    let text = std::fs::read_to_string(path).expect("the demo fixture");
+    let cfg = sluice::model::parse_str(&text, path).expect("parses");
+    let sources = sluice::model::sources::policy_sources(&text, path).expect("sources");
+    let annotate = |flow: &Flow| {
+        let direction = match flow.direction {
+            Direction::Ingress => sluice::model::Direction::Ingress,
+            Direction::Egress => sluice::model::Direction::Egress,
+        };
+        let addrs = (flow.src_addr?, flow.dst_addr?);
+        let j = sluice::policy::explain::explain_drop(
+            &cfg,
+            &sources,
+            addrs,
+            flow.protocol,
+            flow.dst_port,
+            direction,
+        )?;
+        Some(monitor::Annotation { lines: j.lines(path), json: j.to_json(path) })
+    };
+    let drop = Flow {
+        kind: FlowKind::Drop,
+        reason: FlowReason::Known(Reason::DenyPolicy),
+        direction: Direction::Ingress,
+        endpoint: 2,
+        protocol: 6,
+        src_addr: v4([10, 0, 1, 10]),
+        dst_addr: v4([10, 0, 1, 30]),
+        src_port: 40000,
+        dst_port: 5432,
+        ..flows()[0].clone()
+    };
+
+    let pinned = Pinned::new();
+    let sys = kernel();
+    monitor::set_events(&sys, &pinned.dir, EVENTS_ALL, 500).expect("events on");
+    let prog = load(&event_program(52, true), &pinned.events, Some(&pinned.config));
+    let (stop, give_up) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let producer = {
+        let (record, stop, give_up) = (drop.to_record(), Arc::clone(&stop), Arc::clone(&give_up));
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) {
+                if Instant::now() > deadline {
+                    give_up.store(true, Ordering::Relaxed);
+                    break;
+                }
+                run_once(&prog, &record);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let mut out = Vec::new();
+    let result =
+        monitor::run_until_annotated(&sys, &pinned.dir, false, Some(1), &mut out, &give_up, &annotate);
+    stop.store(true, Ordering::Relaxed);
+    producer.join().expect("producer thread");
+    result.expect("monitor");
+    let text = String::from_utf8(out).expect("utf-8");
+    assert_eq!(
+        text,
+        format!(
+            "{drop}\n    ingress db: denied: no rule allows it; isolated by\n      NetworkPolicy shop/db rule 0 at \
+             {path}:119:3 (spec)\n      CiliumNetworkPolicy shop/guard-rails rule 1 at {path}:106:5 (specs[1])\n"
+        )
+    );
+}

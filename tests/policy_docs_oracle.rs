@@ -2,10 +2,14 @@
 //! documents as written (`support/doc_oracle.rs`: plain YAML values, no model types, no
 //! lowering, no matching code shared with the compiler).
 //!
-//! The generator mixes CiliumNetworkPolicy and NetworkPolicy in two namespaces, with
+//! The generator mixes CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy and
+//! NetworkPolicy in two namespaces (with and without Namespace documents), with
 //! allow and deny sections, endpoint selectors (labels, expressions, cross-namespace),
 //! IPv4 and IPv6 CIDRs with excepts, entities, ports with and without a protocol (TCP,
-//! UDP, SCTP, ANY), port ranges, ports without a number, ICMP and ICMPv6 types. Every
+//! UDP, SCTP, ANY), port ranges, ports without a number, named ports (endpoints name
+//! their ports, each its own number), Cilium's port 0, ICMP and ICMPv6
+//! types by number and by name, `enableDefaultDeny`, reserved entities, and the node's
+//! `allowLocalhost` setting (the node's own addresses are peers of every flow). Every
 //! port a policy names is probed at itself and one each side (so a range at its ends and
 //! one past), every CIDR at its ends and one past, and every except likewise. Seeded;
 //! `SLUICE_DOC_ORACLE_CASES` sets how many nodes. Simulator always; the kernel too when
@@ -51,6 +55,14 @@ const ENDPOINTS: [(&str, &str, &str, Option<&str>, &str); 5] = [
     ("db", "prod", "10.9.1.12", Some("fd00::1:c"), "{app: db, tier: back}"),
     ("cache", "prod", "10.9.1.13", None, "{app: cache}"),
     ("api-prod", "prod", "10.9.1.14", Some("fd00::1:e"), "{app: api, tier: back}"),
+];
+/// Each endpoint's named ports (one name, two numbers: each destination its own).
+const NAMED_PORTS: [&str; 5] = [
+    "[{name: http, port: 80}]",
+    "[{name: http, port: 8080}, {name: dns, port: 53, protocol: UDP}]",
+    "[{name: pg, port: 5432}]",
+    "[]",
+    "[{name: http, port: 9000}, {name: dns, port: 53, protocol: UDP}]",
 ];
 const HOSTS: [&str; 2] = ["192.168.1.5", "2001:db8:ffff::5"];
 const APPS: [&str; 5] = ["web", "api", "db", "cache", "nope"];
@@ -121,8 +133,15 @@ fn cnp_peer(r: &mut Lcg, dir: &str) -> Option<String> {
         2 | 6 => format!("{dir}CIDR: [\"{}\"]", r.pick(&CIDRS).0),
         3 | 7 => format!("{dir}CIDRSet: [{}]", cidr_set(r)),
         8 => format!("{dir}CIDR: [\"{}\", \"{}\"]", r.pick(&CIDRS).0, r.pick(&CIDRS).0),
-        4 => format!("{dir}Entities: [{}]", r.pick(&["world", "all", "cluster", "host"])),
+        4 => format!(
+            "{dir}Entities: [{}]",
+            r.pick(&["world", "all", "cluster", "host", "world", "remote-node", "kube-apiserver", "health"])
+        ),
         5 => format!("{dir}Endpoints: [{}, {}]", selector(r), selector(r)),
+        9 if r.chance(2) => format!(
+            "{dir}Endpoints: [{{matchLabels: {{io.cilium.k8s.namespace.labels.env: {}}}, matchExpressions: [{{key: io.kubernetes.pod.namespace, operator: Exists}}]}}]",
+            r.pick(&["prod", "dev"])
+        ),
         _ => return None,
     })
 }
@@ -135,10 +154,28 @@ fn cnp_port(r: &mut Lcg) -> String {
         2 => ", protocol: ANY".into(),
         n => format!(", protocol: {}", ["TCP", "UDP", "SCTP"][n as usize - 3]),
     };
-    match r.below(4) {
-        0 => format!("{{port: \"{p}\", endPort: {}{proto}}}", p + 1 + r.below(20) as u16),
-        1 if !proto.is_empty() => format!("{{{}}}", &proto[2..]),
+    match r.below(9) {
+        0 | 1 => format!("{{port: \"{p}\", endPort: {}{proto}}}", p + 1 + r.below(20) as u16),
+        2 | 3 if !proto.is_empty() => format!("{{{}}}", &proto[2..]),
+        // Cilium's port 0: every port.
+        4 if !proto.is_empty() => format!("{{port: \"0\"{proto}}}"),
+        // A named port: each destination's own number.
+        5 => format!("{{port: {}{proto}}}", r.pick(&["http", "dns", "pg", "HTTP"])),
         _ => format!("{{port: \"{p}\"{proto}}}"),
+    }
+}
+
+/// An ICMP type as a number or, a third of the time, by Cilium's name for it.
+fn icmp_type(r: &mut Lcg, v6: bool) -> String {
+    let (numbers, names): (&[u16], &[&str]) = if v6 {
+        (&ICMP6, &["EchoRequest", "EchoReply", "ICMPNodeInformationQuery"])
+    } else {
+        (&ICMP4, &["EchoReply", "EchoRequest", "Timestamp"])
+    };
+    if r.chance(3) {
+        (*r.pick(names)).to_string()
+    } else {
+        r.pick(numbers).to_string()
     }
 }
 
@@ -149,11 +186,11 @@ fn cnp_l4(r: &mut Lcg) -> Option<String> {
             let fields: Vec<String> = (0..1 + r.below(2))
                 .map(|_| {
                     if r.chance(2) {
-                        format!("{{type: {}, family: IPv6}}", r.pick(&ICMP6))
+                        format!("{{type: {}, family: IPv6}}", icmp_type(r, true))
                     } else if r.chance(2) {
-                        format!("{{type: {}, family: IPv4}}", r.pick(&ICMP4))
+                        format!("{{type: {}, family: IPv4}}", icmp_type(r, false))
                     } else {
-                        format!("{{type: {}}}", r.pick(&ICMP4))
+                        format!("{{type: {}}}", icmp_type(r, false))
                     }
                 })
                 .collect();
@@ -167,11 +204,26 @@ fn cnp_l4(r: &mut Lcg) -> Option<String> {
 }
 
 fn cnp(r: &mut Lcg, n: u64) -> String {
-    let mut y = format!(
-        "---\napiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: c{n}, namespace: {}}}\nspec:\n  endpointSelector: {}\n",
-        r.pick(&NAMESPACES),
-        subject(r)
-    );
+    // One in five cluster-wide: no namespace, selectors unscoped.
+    let metadata = if r.chance(5) {
+        format!("kind: CiliumClusterwideNetworkPolicy\nmetadata: {{name: c{n}}}")
+    } else {
+        format!("kind: CiliumNetworkPolicy\nmetadata: {{name: c{n}, namespace: {}}}", r.pick(&NAMESPACES))
+    };
+    let mut y =
+        format!("---\napiVersion: cilium.io/v2\n{metadata}\nspec:\n  endpointSelector: {}\n", subject(r));
+    if r.chance(5) {
+        y += &format!(
+            "  enableDefaultDeny: {}\n",
+            r.pick(&[
+                "{ingress: false}",
+                "{egress: false}",
+                "{ingress: false, egress: true}",
+                "{egress: false, ingress: false}",
+                "{ingress: true}"
+            ])
+        );
+    }
     for section in ["ingress", "egress", "ingressDeny", "egressDeny"] {
         if r.chance(2) {
             continue;
@@ -200,6 +252,15 @@ fn knp_peer(r: &mut Lcg) -> String {
             r.pick(&NAMESPACES)
         ),
         2 => format!("{{namespaceSelector: {{}}, podSelector: {}}}", selector(r)),
+        3 if r.chance(2) => format!(
+            "{{namespaceSelector: {{matchLabels: {{env: {}}}}}, podSelector: {}}}",
+            r.pick(&["prod", "dev"]),
+            selector(r)
+        ),
+        3 => format!(
+            "{{namespaceSelector: {{matchExpressions: [{{key: team, operator: {}}}]}}}}",
+            r.pick(&["Exists", "DoesNotExist"])
+        ),
         _ => format!("{{ipBlock: {}}}", cidr_set(r)),
     }
 }
@@ -210,9 +271,10 @@ fn knp_port(r: &mut Lcg) -> String {
         0 => String::new(),
         n => format!(", protocol: {}", ["TCP", "UDP", "SCTP"][n as usize - 1]),
     };
-    match r.below(4) {
+    match r.below(5) {
         0 => format!("{{port: {p}, endPort: {}{proto}}}", p + 1 + r.below(20) as u16),
         1 if !proto.is_empty() => format!("{{{}}}", &proto[2..]),
+        2 => format!("{{port: {}{proto}}}", r.pick(&["http", "dns", "pg"])),
         _ => format!("{{port: {p}{proto}}}"),
     }
 }
@@ -259,14 +321,28 @@ fn knp(r: &mut Lcg, n: u64) -> String {
 fn node(seed: u64) -> String {
     let mut r = Lcg(seed ^ 0x0dd_0c5);
     let mut y = format!(
-        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: docs}}\nspec:\n  hostAddresses: [{}]\n  endpoints:\n",
+        "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {{name: docs}}\nspec:\n  hostAddresses: [{}]\n",
         HOSTS.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ")
     );
+    if r.chance(2) {
+        y += &format!("  policy: {{allowLocalhost: {}}}\n", r.pick(&["policy", "always", "auto"]));
+    }
+    y += "  endpoints:\n";
     for (i, (name, ns, v4, v6, labels)) in ENDPOINTS.iter().enumerate() {
         let v6 = v6.map_or(String::new(), |a| format!(", ipv6: \"{a}\""));
+        let ports = NAMED_PORTS[i];
         y += &format!(
-            "    - {{name: {name}, namespace: {ns}, interface: lxc{i}, ipv4: {v4}{v6}, labels: {labels}}}\n"
+            "    - {{name: {name}, namespace: {ns}, interface: lxc{i}, ipv4: {v4}{v6}, labels: {labels}, ports: {ports}}}\n"
         );
+    }
+    // Namespace documents: their labels are what namespaceSelector and Cilium's
+    // io.cilium.k8s.namespace.labels.* select by.
+    if !r.chance(3) {
+        y +=
+            "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: prod, labels: {env: prod, team: data}}\n";
+    }
+    if r.chance(2) {
+        y += "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {env: dev}}\n";
     }
     for n in 0..2 + r.below(4) {
         y += &if r.chance(3) { knp(&mut r, n) } else { cnp(&mut r, n) };

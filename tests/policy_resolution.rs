@@ -33,6 +33,9 @@ kind: Node
 metadata: {name: n}
 spec:
   hostAddresses: [192.168.1.5, 'fd00:ffff::5']
+  # The hand cases judge the host as a peer like any other (Cilium's allow-localhost
+  # `policy`); NetworkPolicy isolation still admits it, as Kubernetes says.
+  policy: {allowLocalhost: policy}
   endpoints:
     - {name: web, interface: lxc-web, ipv4: 10.0.0.1, ipv6: 'fd00::1', labels: {app: web, tier: front}}
     - {name: api, interface: lxc-api, ipv4: 10.0.0.2, ipv6: 'fd00::2', labels: {app: api, tier: back}}
@@ -674,7 +677,9 @@ spec:
 ",
         "web",
         Ingress,
-        &[(API, TCP, 80, A), (DB, TCP, 80, A), (HOST, TCP, 80, D), (WORLD, TCP, 80, D)],
+        // Kubernetes: "the only allowed connections into the pod are those from the pod's
+        // node and those allowed by the ingress list".
+        &[(API, TCP, 80, A), (DB, TCP, 80, A), (HOST, TCP, 80, A), (WORLD, TCP, 80, D)],
     ),
     (
         "NetworkPolicy: ipBlock with except",
@@ -731,7 +736,8 @@ spec:
 ",
         "web",
         Ingress,
-        &[(API, TCP, 80, D), (HOST, TCP, 10250, D)],
+        // The pod's node (kubelet probes) is still allowed.
+        &[(API, TCP, 80, D), (HOST, TCP, 10250, A), (WORLD, TCP, 80, D)],
     ),
 ];
 
@@ -777,16 +783,22 @@ fn demo_fixture_resolves_to_the_expected_entries() {
     let cidr = |text: &str| ids.cidr(&text.parse::<Cidr>().expect("cidr")).expect("cidr identity").get();
     let metadata = cidr("169.254.169.254/32");
 
-    // backend ingress: the frontend on 8080-8089, as two aligned blocks.
+    // backend ingress: the frontend on 8080-8089, as two aligned blocks; the node itself
+    // on anything (allowLocalhost's default).
     let backend_in = &resolved.endpoint("backend").expect("backend").ingress;
     assert!(backend_in.enforced);
     assert_eq!(
         backend_in.entries,
-        [entry(frontend, TCP, 8080, 13, false), entry(frontend, TCP, 8088, 15, false)]
+        [
+            entry(Identity::HOST.get(), 0, 0, 0, false),
+            entry(frontend, TCP, 8080, 13, false),
+            entry(frontend, TCP, 8088, 15, false)
+        ]
     );
 
-    // db ingress: the backend on 5432; the world denied on everything. The scraper's
-    // namespace has no endpoint on this node, so it resolves to no entry.
+    // db ingress: the backend on 5432; the world denied on everything; the node itself
+    // (NetworkPolicy isolation admits it). The scraper's namespace has no endpoint on this
+    // node, so it resolves to no entry.
     let db_in = &resolved.endpoint("db").expect("db").ingress;
     let mut world_denied: Vec<PolicyEntry> = [2, 9, 10]
         .into_iter()
@@ -794,6 +806,7 @@ fn demo_fixture_resolves_to_the_expected_entries() {
         .map(|id| entry(id, 0, 0, 0, true))
         .collect();
     world_denied.push(entry(backend, TCP, 5432, 16, false));
+    world_denied.push(entry(Identity::HOST.get(), 0, 0, 0, false));
     world_denied.sort();
     assert_eq!(db_in.entries, world_denied);
 
@@ -1040,6 +1053,25 @@ spec:
 ");
     let a = policy::resolve(&parse(&format!("{NODE}---{knp}"))).expect("resolves");
     let b = policy::resolve(&parse(&format!("{NODE}---{cilium}"))).expect("resolves");
+    // NODE judges the host by policy (allowLocalhost: policy) for Cilium's policies, while
+    // NetworkPolicy isolation always admits the node: so the Cilium spelling differs by that
+    // one entry here, and is identical where allowLocalhost has its default (always).
+    let host = PolicyEntry {
+        identity: Identity::HOST.get(),
+        proto: 0,
+        port: 0,
+        port_prefix: 0,
+        deny: false,
+        proxy_port: 0,
+    };
+    let web = |r: &policy::Resolved| r.endpoint("web").expect("web").ingress.entries.clone();
+    let mut b_with_host = web(&b);
+    b_with_host.push(host);
+    b_with_host.sort();
+    assert_eq!(web(&a), b_with_host);
+    let default_node = NODE.replace("  policy: {allowLocalhost: policy}\n", "");
+    let a = policy::resolve(&parse(&format!("{default_node}---{knp}"))).expect("resolves");
+    let b = policy::resolve(&parse(&format!("{default_node}---{cilium}"))).expect("resolves");
     assert_eq!(a, b);
 }
 

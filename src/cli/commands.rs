@@ -1,6 +1,6 @@
 //! The subcommands' bodies.
 
-use super::{Command, PrefilterOp, ServiceOp};
+use super::{Command, PolicyOp, PrefilterOp, ServiceOp};
 use crate::maps::names;
 use crate::maps::prefilter::{DenySet, Prefix, Reason};
 use crate::model::{self, Cidr, ModelError};
@@ -51,6 +51,8 @@ pub enum CliError {
     Service(String),
     #[error("{0}")]
     Monitor(String),
+    #[error("sluice policy explain: {0}")]
+    Explain(String),
     #[error(transparent)]
     Wire(#[from] crate::node::wire::WireError),
     #[error(transparent)]
@@ -82,7 +84,13 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
     match cmd {
         Command::Demo => demo(),
         Command::Compile { node, out } => compile(&node, out.as_deref()),
-        Command::Sim { node, pcap, quiet } => sim(&node, &pcap, quiet),
+        Command::Sim { node, pcap, quiet, whole_node: true, json, kernel } => {
+            super::node_sim::sim_node(&node, &pcap, quiet, json, kernel)
+        }
+        Command::Sim { node, pcap, quiet, .. } => sim(&node, &pcap, quiet),
+        Command::Policy { op: PolicyOp::Explain { node, from, to, proto, port, json } } => {
+            super::policy::explain_cmd(&node, &from, &to, proto, port, json)
+        }
         Command::Load { node, pin_dir } => load_cmd(&node, &pin_dir, wait),
         Command::Unload { pin_dir } => {
             kernel("sluice unload")?;
@@ -114,10 +122,18 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             .map_err(|e| CliError::Monitor(format!("{}: {e}", log.display())))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Monitor { json, count, pin_dir, l7: None } => {
+        Command::Monitor { json, count, pin_dir, l7: None, config } => {
             let sys = kernel("sluice monitor")?;
-            crate::monitor::run(&sys, &pin_dir, json, count, &mut std::io::stdout().lock())
-                .map_err(|e| CliError::Monitor(e.to_string()))?;
+            let annotate = super::policy::drop_annotator(config.as_deref())?;
+            crate::monitor::run_annotated(
+                &sys,
+                &pin_dir,
+                json,
+                count,
+                &mut std::io::stdout().lock(),
+                &*annotate,
+            )
+            .map_err(|e| CliError::Monitor(e.to_string()))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Events { state, rate, pin_dir } => {

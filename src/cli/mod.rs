@@ -1,6 +1,8 @@
 //! The `sluice` command line: each subcommand is a thin shell over the library.
 
 mod commands;
+mod node_sim;
+mod policy;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -41,6 +43,23 @@ pub enum Command {
         /// Print only the summary.
         #[arg(long, short)]
         quiet: bool,
+        /// Run each packet through every program the node runs for it (prefilter or the
+        /// source endpoint's program, then the destination endpoint's), conntrack carried
+        /// across the capture, and print its path.
+        #[arg(long)]
+        whole_node: bool,
+        /// With --whole-node: one JSON object per packet.
+        #[arg(long, requires = "whole_node")]
+        json: bool,
+        /// With --whole-node (root): also run the capture through the loaded programs with
+        /// BPF_PROG_TEST_RUN and report every packet whose path differs.
+        #[arg(long, requires = "whole_node")]
+        kernel: bool,
+    },
+    /// Policy questions about a node file.
+    Policy {
+        #[command(subcommand)]
+        op: PolicyOp,
     },
     /// Create, fill and pin maps and programs (without attaching them).
     Load {
@@ -80,6 +99,10 @@ pub enum Command {
         /// Print L7 (HTTP) flows from this `sluice proxy` access log instead.
         #[arg(long)]
         l7: Option<PathBuf>,
+        /// The loaded node's file: each `deny_policy` drop is followed by the rules that
+        /// denied it (as `sluice policy explain` says).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Switch datapath events on or off, with a per-CPU rate limit (events per second).
     Events {
@@ -197,6 +220,32 @@ pub enum PrefilterOp {
     List,
     /// Show the verdict counters.
     Stats,
+}
+
+/// `sluice policy` operations.
+#[derive(Debug, Subcommand)]
+pub enum PolicyOp {
+    /// The verdict of each endpoint's policy for one flow, and the rules (file:line) that
+    /// decided it, or the policies that isolate the endpoint with no rule allowing it.
+    Explain {
+        /// The node file.
+        node: PathBuf,
+        /// The source: an endpoint name, `host`, or an address.
+        #[arg(long)]
+        from: String,
+        /// The destination: an endpoint name, `host`, or an address.
+        #[arg(long)]
+        to: String,
+        /// tcp, udp, sctp, icmp, icmpv6, or a protocol number.
+        #[arg(long, default_value = "tcp", value_parser = policy::parse_protocol)]
+        proto: u8,
+        /// Destination port (ICMP: the type).
+        #[arg(long, default_value_t = 0)]
+        port: u16,
+        /// One JSON object.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `sluice service` operations.

@@ -5,24 +5,29 @@
 //! - `metadata`: `name`, `namespace` (default `default`); `labels` and `annotations` are
 //!   accepted and ignored. `spec` (one rule) and/or `specs` (a list); at least one of them.
 //! - A rule: `endpointSelector` (required, scoped to the namespace), `ingress`, `ingressDeny`,
-//!   `egress`, `egressDeny`, `description`. A direction is enforced when its allow or deny
-//!   list is non-empty (as in Cilium: `ingress: [{}]` is default deny with nothing allowed).
+//!   `egress`, `egressDeny`, `enableDefaultDeny`, `description`. A direction is enforced
+//!   when `enableDefaultDeny` says so for it, or, when it does not say, when its allow or
+//!   deny list is non-empty (as in Cilium: `ingress: [{}]` is default deny with nothing
+//!   allowed). Deny entries drop whether or not the direction is enforced.
+//! - `fromNodes`/`toNodes` and `toServices` are rejected at their place (not supported yet).
 //! - An ingress entry: `fromEndpoints` (selectors, scoped to the namespace unless they name
 //!   one), `fromCIDR`, `fromCIDRSet` (`cidr` and `except`, each except inside its cidr),
-//!   `fromEntities` (all, cluster, host, world), `toPorts`, `icmps`; egress the same with
+//!   `fromEntities` (all, cluster, host, world, remote-node, kube-apiserver, health, init,
+//!   ingress, unmanaged: see [`Entity`]), `toPorts`, `icmps`; egress the same with
 //!   `to` names. As in Cilium, one entry combines at most one kind of peer, and not `icmps`
 //!   with `toPorts`. An entry with ports but no peer field allows those ports from any peer
 //!   (`all`); a peer field that is present but empty selects no peer.
 //! - `toPorts: [{ports: [{port, endPort, protocol}]}]`: protocol TCP, UDP, SCTP or ANY (the
-//!   default; TCP, UDP and SCTP), port a number or digit string (every port when absent),
-//!   endPort at least port. `rules: {http: [...]}` (L7): each entry has `method`, `path`,
-//!   `host` (regular expressions, checked here; RE2 syntax as Cilium checks them), `headers`
-//!   (`"Name: value"` needs that exact value, `"Name"` presence; split at the first space and
-//!   the name's trailing `:` dropped, as Cilium does) and `headerMatches` (`name`, `value`,
-//!   `mismatch` empty or `LOG`; `ADD`, `DELETE`, `REPLACE` and `secret` are rejected: sluice's
-//!   proxy does not rewrite headers or read secrets). A `toPorts` entry with `rules` becomes
-//!   its own peer rule, its ports carrying the HTTP rules; `rules` needs TCP ports. `dns`,
-//!   `kafka`, `l7proto` and `l7` are rejected: only HTTP is proxied.
+//!   default; TCP, UDP and SCTP), port a number or digit string (every port when absent or
+//!   0) or a port name (`super::named_ports`), endPort at least port. `rules: {http: [...]}`
+//!   (L7): each entry has `method`, `path`, `host` (regular expressions, checked here; RE2
+//!   syntax as Cilium checks them), `headers` (`"Name: value"` needs that exact value,
+//!   `"Name"` presence; split at the first space and the name's trailing `:` dropped, as
+//!   Cilium does) and `headerMatches` (`name`, `value`, `mismatch` empty or `LOG`; `ADD`,
+//!   `DELETE`, `REPLACE` and `secret` are rejected: sluice's proxy does not rewrite headers
+//!   or read secrets). A `toPorts` entry with `rules` becomes its own peer rule, its ports
+//!   carrying the HTTP rules; `rules` needs TCP ports given by number. `dns`, `kafka`,
+//!   `l7proto` and `l7` are rejected: only HTTP is proxied.
 //!   `icmps: [{fields: [{type, family}]}]`, family IPv4 (default) or IPv6.
 //! - Deny entries (`ingressDeny`, `egressDeny`) take the same fields except L7 `rules`.
 
@@ -33,13 +38,14 @@ use super::cidr::Cidr;
 use super::de::parse_str_scalar;
 use super::locate::{FieldPath, Invalid};
 use super::policy::{
-    DirectionRules, Entity, HeaderRule, HttpRule, Mismatch, Peer, PeerRule, Policy, PolicyKind, PortMatch,
-    Protocol, Rule,
+    Direction, DirectionRules, Entity, HeaderRule, HttpRule, Mismatch, Peer, PeerRule, Policy, PolicyKind,
+    PortMatch, Protocol, Rule,
 };
 use super::policy_wire::{
-    lower_cidr_rule, lower_peer_selector, lower_port_range, lower_subject, parse_protocol, port_matches,
-    EntityWire, IcmpFamily, IcmpType, ObjectMeta, PortNumber, SelectorWire,
+    lower_cidr_rule, lower_peer_selector, lower_port_spec, lower_subject, parse_protocol, EntityWire,
+    IcmpFamily, IcmpType, ObjectMeta, PortNumber, PortSpec, PortZero, SelectorWire,
 };
+use super::sources::EntryOrigin;
 
 /// `kind: CiliumNetworkPolicy`.
 #[derive(Debug, Deserialize)]
@@ -49,6 +55,25 @@ use super::policy_wire::{
 )]
 pub(crate) struct CnpDocument {
     #[serde(rename = "apiVersion", deserialize_with = "super::document::cnp_api_version")]
+    _api_version: (),
+    /// Checked by the survey.
+    #[serde(rename = "kind")]
+    _kind: IgnoredAny,
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    spec: Option<RuleWire>,
+    #[serde(default)]
+    specs: Option<Vec<RuleWire>>,
+}
+
+/// `kind: CiliumClusterwideNetworkPolicy`: the same rules, cluster-scoped (no namespace).
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a CiliumClusterwideNetworkPolicy document: a mapping with apiVersion, kind, metadata and spec or specs"
+)]
+pub(crate) struct CcnpDocument {
+    #[serde(rename = "apiVersion", deserialize_with = "super::document::ccnp_api_version")]
     _api_version: (),
     /// Checked by the survey.
     #[serde(rename = "kind")]
@@ -76,10 +101,24 @@ struct RuleWire {
     egress: Option<Vec<EgressWire>>,
     #[serde(default)]
     egress_deny: Option<Vec<EgressWire>>,
+    /// Whether the rule puts its subjects in default deny, per direction (when not given:
+    /// for a direction the rule has entries for).
+    #[serde(default)]
+    enable_default_deny: Option<DefaultDenyWire>,
     /// Free text, not used.
     #[serde(default)]
     #[allow(dead_code)]
     description: Option<String>,
+}
+
+/// `enableDefaultDeny`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "enableDefaultDeny: a mapping with ingress and egress")]
+struct DefaultDenyWire {
+    #[serde(default)]
+    ingress: Option<bool>,
+    #[serde(default)]
+    egress: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -100,6 +139,9 @@ struct IngressWire {
     to_ports: Option<Vec<PortRuleWire>>,
     #[serde(default)]
     icmps: Option<Vec<IcmpRuleWire>>,
+    /// Read only to reject it at its place.
+    #[serde(rename = "fromNodes", default)]
+    nodes: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +162,12 @@ struct EgressWire {
     to_ports: Option<Vec<PortRuleWire>>,
     #[serde(default)]
     icmps: Option<Vec<IcmpRuleWire>>,
+    /// Read only to reject it at its place.
+    #[serde(rename = "toNodes", default)]
+    nodes: Option<IgnoredAny>,
+    /// Read only to reject it at its place.
+    #[serde(rename = "toServices", default)]
+    services: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,7 +244,7 @@ struct HeaderMatchWire {
 )]
 struct PortProtocolWire {
     #[serde(default)]
-    port: Option<PortNumber>,
+    port: Option<PortSpec>,
     #[serde(default)]
     end_port: Option<PortNumber>,
     #[serde(default)]
@@ -240,6 +288,10 @@ struct EntryView<'a> {
     entities: &'a Option<Vec<EntityWire>>,
     to_ports: &'a Option<Vec<PortRuleWire>>,
     icmps: &'a Option<Vec<IcmpRuleWire>>,
+    /// `fromNodes`/`toNodes` given.
+    nodes: bool,
+    /// `toServices` given.
+    services: bool,
 }
 
 impl IngressWire {
@@ -252,6 +304,8 @@ impl IngressWire {
             entities: &self.entities,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
+            nodes: self.nodes.is_some(),
+            services: false,
         }
     }
 }
@@ -266,35 +320,129 @@ impl EgressWire {
             entities: &self.entities,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
+            nodes: self.nodes.is_some(),
+            services: self.services.is_some(),
         }
     }
 }
 
 /// Lowers a CiliumNetworkPolicy document.
 pub(crate) fn lower_cnp(doc: &CnpDocument) -> Result<Policy, Invalid> {
-    let root = FieldPath::root();
     let namespace = doc.metadata.namespace();
-    if doc.spec.is_none() && doc.specs.is_none() {
-        return Err(root.invalid("a CiliumNetworkPolicy needs `spec` or `specs`"));
+    let rules = lower_specs(&doc.spec, &doc.specs, &namespace, PolicyKind::CiliumNetworkPolicy)?;
+    Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
+}
+
+/// Lowers a CiliumClusterwideNetworkPolicy document: as a CiliumNetworkPolicy, but its
+/// selectors are not scoped to a namespace (the policy's namespace is empty; see
+/// `super::policy_wire`), and it has none.
+pub(crate) fn lower_ccnp(doc: &CcnpDocument) -> Result<Policy, Invalid> {
+    if doc.metadata.namespace.is_some() {
+        return Err(FieldPath::root().key("metadata").key("namespace").invalid(
+            "a CiliumClusterwideNetworkPolicy is cluster-scoped: it has no namespace (leave it out)",
+        ));
+    }
+    let kind = PolicyKind::CiliumClusterwideNetworkPolicy;
+    let rules = lower_specs(&doc.spec, &doc.specs, CLUSTERWIDE, kind)?;
+    Ok(Policy { namespace: CLUSTERWIDE.to_owned(), name: doc.metadata.name.0.clone(), kind, rules })
+}
+
+/// The namespace of a cluster-wide policy: none (no namespace name is empty).
+const CLUSTERWIDE: &str = "";
+
+fn lower_specs(
+    spec: &Option<RuleWire>,
+    specs: &Option<Vec<RuleWire>>,
+    namespace: &str,
+    kind: PolicyKind,
+) -> Result<Vec<Rule>, Invalid> {
+    let root = FieldPath::root();
+    if spec.is_none() && specs.is_none() {
+        return Err(root.invalid(format!("a {kind} needs `spec` or `specs`")));
     }
     let mut rules = Vec::new();
-    if let Some(spec) = &doc.spec {
-        rules.push(lower_rule(spec, &root.key("spec"), &namespace)?);
+    if let Some(spec) = spec {
+        rules.push(lower_rule(spec, &root.key("spec"), namespace)?);
     }
-    for (i, spec) in doc.specs.iter().flatten().enumerate() {
-        rules.push(lower_rule(spec, &root.key("specs").index(i), &namespace)?);
+    for (i, spec) in specs.iter().flatten().enumerate() {
+        rules.push(lower_rule(spec, &root.key("specs").index(i), namespace)?);
     }
-    Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
+    Ok(rules)
+}
+
+/// Where each rule and each entry of a (valid) CiliumNetworkPolicy was written: the path of
+/// every rule in `rules` order, and every entry's peer rule with its path (see
+/// `super::sources`). An entry that matches nothing has no peer rule and is left out.
+pub(crate) fn entry_origins(doc: &CnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    specs_origins(&doc.spec, &doc.specs, &doc.metadata.namespace())
+}
+
+/// [`entry_origins`] for a CiliumClusterwideNetworkPolicy.
+pub(crate) fn ccnp_entry_origins(doc: &CcnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    specs_origins(&doc.spec, &doc.specs, CLUSTERWIDE)
+}
+
+fn specs_origins(
+    spec: &Option<RuleWire>,
+    specs: &Option<Vec<RuleWire>>,
+    namespace: &str,
+) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    let root = FieldPath::root();
+    let specs = spec
+        .iter()
+        .map(|spec| (spec, root.key("spec")))
+        .chain(specs.iter().flatten().enumerate().map(|(i, spec)| (spec, root.key("specs").index(i))));
+    let (mut rules, mut entries) = (Vec::new(), Vec::new());
+    for (rule, (spec, path)) in specs.enumerate() {
+        let lists: [(Direction, bool, &str, Vec<EntryView<'_>>); 4] = [
+            (
+                Direction::Ingress,
+                false,
+                "ingress",
+                spec.ingress.iter().flatten().map(IngressWire::view).collect(),
+            ),
+            (
+                Direction::Ingress,
+                true,
+                "ingressDeny",
+                spec.ingress_deny.iter().flatten().map(IngressWire::view).collect(),
+            ),
+            (
+                Direction::Egress,
+                false,
+                "egress",
+                spec.egress.iter().flatten().map(EgressWire::view).collect(),
+            ),
+            (
+                Direction::Egress,
+                true,
+                "egressDeny",
+                spec.egress_deny.iter().flatten().map(EgressWire::view).collect(),
+            ),
+        ];
+        for (direction, deny, key, views) in lists {
+            for (i, view) in views.iter().enumerate() {
+                let at = path.key(key).index(i);
+                for peer_rule in lower_entry(view, &at, namespace, deny)? {
+                    entries.push(EntryOrigin { rule, direction, deny, peer_rule, path: at.clone() });
+                }
+            }
+        }
+        rules.push(path);
+    }
+    Ok((rules, entries))
 }
 
 fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule, Invalid> {
     let subject = lower_subject(&rule.endpoint_selector, &path.key("endpointSelector"), namespace)?;
+    let default_deny = rule.enable_default_deny.as_ref();
     let ingress = lower_direction(
         rule.ingress.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
         rule.ingress_deny.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
         path,
         ("ingress", "ingressDeny"),
         namespace,
+        default_deny.and_then(|d| d.ingress),
     )?;
     let egress = lower_direction(
         rule.egress.as_deref().map(|list| list.iter().map(EgressWire::view).collect()),
@@ -302,6 +450,7 @@ fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule
         path,
         ("egress", "egressDeny"),
         namespace,
+        default_deny.and_then(|d| d.egress),
     )?;
     Ok(Rule { subject, ingress, egress })
 }
@@ -312,10 +461,14 @@ fn lower_direction(
     path: &FieldPath,
     (allow_key, deny_key): (&str, &str),
     namespace: &str,
+    default_deny: Option<bool>,
 ) -> Result<DirectionRules, Invalid> {
     let allow = allow.unwrap_or_default();
     let deny = deny.unwrap_or_default();
-    let mut rules = DirectionRules { enforced: !allow.is_empty() || !deny.is_empty(), ..Default::default() };
+    // Cilium: "If not specified, the default is true for each traffic direction that has
+    // rules, and false otherwise."
+    let enforced = default_deny.unwrap_or(!allow.is_empty() || !deny.is_empty());
+    let mut rules = DirectionRules { enforced, ..Default::default() };
     for (list, key, is_deny) in [(&allow, allow_key, false), (&deny, deny_key, true)] {
         for (i, entry) in list.iter().enumerate() {
             let peer_rules = lower_entry(entry, &path.key(key).index(i), namespace, is_deny)?;
@@ -338,6 +491,19 @@ fn lower_entry(
     deny: bool,
 ) -> Result<Vec<PeerRule>, Invalid> {
     let prefix = entry.prefix;
+    if entry.nodes {
+        let key = format!("{prefix}Nodes");
+        return Err(path.key(&key).invalid(format!(
+            "{key} is not supported yet: sluice's node file knows no node labels to select by; \
+             use {prefix}Entities (host, remote-node) instead"
+        )));
+    }
+    if entry.services {
+        return Err(path.key("toServices").invalid(
+            "toServices is not supported yet; select the service's backends with toEndpoints \
+             (its selector) or toCIDR (its endpoints' addresses)",
+        ));
+    }
     let peer_fields = [
         ("Endpoints", entry.endpoints.as_ref().map(Vec::len)),
         ("CIDR", entry.cidr.as_ref().map(Vec::len)),
@@ -380,7 +546,7 @@ fn lower_entry(
         peers.push(Peer::Entity(Entity::All));
     }
 
-    let mut l4 = Vec::new();
+    let (mut l4, mut named_ports) = (Vec::new(), Vec::new());
     // Port entries with L7 rules: (their ports, their rules).
     let mut l7 = Vec::new();
     for (i, port_rule) in entry.to_ports.iter().flatten().enumerate() {
@@ -394,10 +560,9 @@ fn lower_entry(
         if ports.is_empty() {
             return Err(at.invalid("a toPorts entry needs at least one port in `ports`"));
         }
-        let mut these = Vec::new();
+        let (mut these, mut these_named) = (Vec::new(), Vec::new());
         for (j, port) in ports.iter().enumerate() {
             let at = at.key("ports").index(j);
-            let range = lower_port_range(port.port, port.end_port, &at)?;
             let protocols =
                 port.protocol.as_ref().map_or(&[Protocol::Tcp, Protocol::Udp, Protocol::Sctp][..], |p| &p.0);
             let protocols = if http.is_none() {
@@ -410,11 +575,22 @@ fn lower_entry(
                     "ports with L7 rules must be TCP (`protocol: TCP` or `ANY`): the HTTP proxy sees TCP only",
                 ));
             };
-            these.extend(port_matches(protocols, range));
+            let (numbered, named) =
+                lower_port_spec(&port.port, port.end_port, &at, PortZero::EveryPort, protocols)?;
+            if http.is_some() && !named.is_empty() {
+                return Err(at
+                    .key("port")
+                    .invalid("a named port with L7 rules is not supported yet: give the port's number"));
+            }
+            these.extend(numbered);
+            these_named.extend(named);
         }
         match http {
             Some(http) => l7.push((these, http)),
-            None => l4.extend(these),
+            None => {
+                l4.extend(these);
+                named_ports.extend(these_named);
+            }
         }
     }
     for (i, icmp) in entry.icmps.iter().flatten().enumerate() {
@@ -425,11 +601,15 @@ fn lower_entry(
                 .key("fields")
                 .invalid("an icmps entry needs at least one field"));
         }
-        l4.extend(icmp.fields.iter().map(|f| PortMatch {
-            proto: f.family.protocol(),
-            first: u16::from(f.icmp_type.0),
-            last: u16::from(f.icmp_type.0),
-        }));
+        for (j, field) in icmp.fields.iter().enumerate() {
+            let at = path.key("icmps").index(i).key("fields").index(j).key("type");
+            let number = field.icmp_type.number(field.family).map_err(|message| at.invalid(message))?;
+            l4.push(PortMatch {
+                proto: field.family.protocol(),
+                first: u16::from(number),
+                last: u16::from(number),
+            });
+        }
     }
 
     if peers.is_empty() {
@@ -439,15 +619,17 @@ fn lower_entry(
     peers.dedup();
     l4.sort();
     l4.dedup();
+    named_ports.sort();
+    named_ports.dedup();
     let mut out = Vec::new();
     // An entry whose every port entry has L7 rules has no L3/L4 part.
-    if !l4.is_empty() || l7.is_empty() {
-        out.push(PeerRule { peers: peers.clone(), l4, http: None });
+    if !l4.is_empty() || !named_ports.is_empty() || l7.is_empty() {
+        out.push(PeerRule { peers: peers.clone(), l4, named_ports, http: None });
     }
     for (mut ports, http) in l7 {
         ports.sort();
         ports.dedup();
-        out.push(PeerRule { peers: peers.clone(), l4: ports, http: Some(http) });
+        out.push(PeerRule { peers: peers.clone(), l4: ports, named_ports: Vec::new(), http: Some(http) });
     }
     Ok(out)
 }

@@ -14,7 +14,8 @@
 //!   Two passes because `kind` may come after `spec`, and buffering the document in a
 //!   generic value would lose the line and column of every later error.
 //! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`),
-//!   Service and EndpointSlice (`super::service`). Adding one means adding its wire type and
+//!   Service and EndpointSlice (`super::service`), Namespace (`super::namespace`),
+//!   CiliumClusterwideNetworkPolicy (`super::cnp`). Adding one means adding its wire type and
 //!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
@@ -30,11 +31,12 @@ use serde::de::{
 use serde::Deserialize;
 
 use super::cidr::Cidr;
-use super::cnp::CnpDocument;
+use super::cnp::{CcnpDocument, CnpDocument};
 use super::de::parse_str_scalar;
 use super::endpoint::{AnyAddress, EndpointWire};
 use super::knp::KnpDocument;
 use super::names::check_dns_label;
+use super::namespace::NamespaceDocument;
 use super::service::{ServiceDocument, SliceDocument};
 
 /// Every document kind sluice recognizes, read now or later.
@@ -45,15 +47,19 @@ pub(crate) enum DocumentKind {
     NetworkPolicy,
     Service,
     EndpointSlice,
+    Namespace,
+    CiliumClusterwideNetworkPolicy,
 }
 
 impl DocumentKind {
-    const ALL: [DocumentKind; 5] = [
+    const ALL: [DocumentKind; 7] = [
         DocumentKind::Node,
         DocumentKind::CiliumNetworkPolicy,
         DocumentKind::NetworkPolicy,
         DocumentKind::Service,
         DocumentKind::EndpointSlice,
+        DocumentKind::Namespace,
+        DocumentKind::CiliumClusterwideNetworkPolicy,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -63,6 +69,8 @@ impl DocumentKind {
             DocumentKind::NetworkPolicy => "NetworkPolicy",
             DocumentKind::Service => "Service",
             DocumentKind::EndpointSlice => "EndpointSlice",
+            DocumentKind::Namespace => "Namespace",
+            DocumentKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
         }
     }
 
@@ -74,6 +82,8 @@ impl DocumentKind {
             DocumentKind::NetworkPolicy => "networking.k8s.io/v1",
             DocumentKind::Service => "v1",
             DocumentKind::EndpointSlice => "discovery.k8s.io/v1",
+            DocumentKind::Namespace => "v1",
+            DocumentKind::CiliumClusterwideNetworkPolicy => "cilium.io/v2",
         }
     }
 
@@ -90,6 +100,8 @@ pub(crate) enum Document {
     NetworkPolicy(KnpDocument),
     Service(ServiceDocument),
     EndpointSlice(SliceDocument),
+    Namespace(NamespaceDocument),
+    CiliumClusterwideNetworkPolicy(CcnpDocument),
 }
 
 /// `kind: Node`: what only the node knows.
@@ -146,6 +158,9 @@ pub(crate) struct NodeSpec {
     /// Transparent encryption between nodes.
     #[serde(default)]
     pub encryption: Option<super::encryption::EncryptionWire>,
+    /// How policy is enforced (`allowLocalhost`).
+    #[serde(default)]
+    pub policy: Option<super::policy_settings::PolicySettingsWire>,
 }
 
 /// `Node.spec.prefilter`: source prefixes dropped before anything else looks at a packet.
@@ -170,6 +185,14 @@ pub(crate) fn knp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Res
 
 pub(crate) fn service_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
     expect_api_version(deserializer, DocumentKind::Service)
+}
+
+pub(crate) fn ccnp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::CiliumClusterwideNetworkPolicy)
+}
+
+pub(crate) fn namespace_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::Namespace)
 }
 
 pub(crate) fn slice_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
@@ -216,6 +239,10 @@ pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, ser
             DocumentKind::NetworkPolicy => Document::NetworkPolicy(KnpDocument::deserialize(body)?),
             DocumentKind::Service => Document::Service(ServiceDocument::deserialize(body)?),
             DocumentKind::EndpointSlice => Document::EndpointSlice(SliceDocument::deserialize(body)?),
+            DocumentKind::Namespace => Document::Namespace(NamespaceDocument::deserialize(body)?),
+            DocumentKind::CiliumClusterwideNetworkPolicy => {
+                Document::CiliumClusterwideNetworkPolicy(CcnpDocument::deserialize(body)?)
+            }
         };
         documents.push((index, document));
     }

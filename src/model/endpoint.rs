@@ -26,7 +26,9 @@ use serde::{Deserialize, Deserializer};
 use super::de::parse_str_scalar;
 use super::labels::{LabelKey, LabelValue, Labels, NAMESPACE_LABEL};
 use super::locate::{FieldPath, Invalid};
+use super::named_ports::{check_shared_identities, lower_ports, ContainerPort, ContainerPortWire};
 use super::names::check_dns_label;
+use super::policy::Protocol;
 
 /// The namespace of endpoints and policies that do not name one.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -44,8 +46,11 @@ pub struct Endpoint {
     pub namespace: String,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
-    /// Identity labels: the labels written plus `io.kubernetes.pod.namespace`.
+    /// Identity labels: the labels written plus `io.kubernetes.pod.namespace` (and the
+    /// namespace's labels, `super::namespace`).
     pub labels: Labels,
+    /// Named container ports, sorted by name (`super::named_ports`).
+    pub ports: Vec<ContainerPort>,
 }
 
 impl Endpoint {
@@ -58,13 +63,18 @@ impl Endpoint {
     pub fn has_address(&self, addr: IpAddr) -> bool {
         self.addresses().any(|a| a == addr)
     }
+
+    /// The number of the port called `name` for `proto`, if the endpoint has it.
+    pub fn named_port(&self, name: &str, proto: Protocol) -> Option<u16> {
+        self.ports.iter().find(|p| p.name == name && p.proto == proto).map(|p| p.port)
+    }
 }
 
 /// `Node.spec.endpoints[]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(
     deny_unknown_fields,
-    expecting = "an endpoint: a mapping with name, interface, namespace, ipv4, ipv6 and labels"
+    expecting = "an endpoint: a mapping with name, interface, namespace, ipv4, ipv6, labels and ports"
 )]
 pub(crate) struct EndpointWire {
     name: Name,
@@ -77,6 +87,9 @@ pub(crate) struct EndpointWire {
     ipv6: Option<Address<Ipv6Addr>>,
     #[serde(default)]
     labels: BTreeMap<LabelKey, LabelValue>,
+    /// Named container ports.
+    #[serde(default)]
+    ports: Vec<ContainerPortWire>,
 }
 
 /// A DNS-1123 label (an endpoint name or a namespace).
@@ -277,6 +290,7 @@ pub(crate) fn lower_endpoints(
             labels.insert(key.key.clone(), value.0.clone());
         }
         labels.insert(NAMESPACE_LABEL.to_owned(), namespace.clone());
+        let ports = lower_ports(&wire.ports, &here.key("ports"))?;
         lowered.push(Endpoint {
             name: wire.name.0,
             interface: wire.interface.0,
@@ -284,8 +298,12 @@ pub(crate) fn lower_endpoints(
             ipv4: wire.ipv4.map(|a| a.0),
             ipv6: wire.ipv6.map(|a| a.0),
             labels,
+            ports,
         });
     }
+    let placed: Vec<(FieldPath, &Endpoint)> =
+        lowered.iter().enumerate().map(|(i, e)| (spec.key("endpoints").index(i), e)).collect();
+    check_shared_identities(&placed)?;
     lowered.sort_by(|a, b| a.name.cmp(&b.name));
     hosts.sort();
     Ok((lowered, hosts))

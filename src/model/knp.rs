@@ -5,18 +5,18 @@
 //! - `spec.podSelector` (required) selects the subject endpoints in the policy's namespace.
 //! - `spec.policyTypes` lists the enforced directions; absent, it is `Ingress`, plus `Egress`
 //!   when `egress` has entries. Entries for a direction that `policyTypes` leaves out are
-//!   rejected rather than silently ignored.
+//!   ignored, as the API server does, with a warning (`NodeConfig::policy_warnings`).
 //! - An `ingress` entry allows traffic from any of `from` on any of `ports`; an absent or empty
 //!   `from` means every source (inside the cluster or not), absent or empty `ports` every port.
 //!   `egress` is the same with `to`.
 //! - A peer is `podSelector` (endpoints of the policy's namespace), `namespaceSelector`
 //!   (endpoints of the namespaces it selects), both (endpoints matching both), or `ipBlock`
 //!   (`cidr` minus `except`, each except inside the cidr; like Cilium's CIDR rules it never
-//!   matches cluster endpoints). sluice knows namespaces only by name, so a
-//!   `namespaceSelector` may only test `kubernetes.io/metadata.name` (an empty one selects
-//!   every namespace).
-//! - A port: `protocol` TCP (default), UDP or SCTP; `port` a number (a named port is
-//!   rejected), every port when absent; `endPort` at least `port`.
+//!   matches cluster endpoints). A `namespaceSelector` tests `kubernetes.io/metadata.name`
+//!   (the name) and the labels of the node file's Namespace documents (`super::namespace`);
+//!   an empty one selects every namespace.
+//! - A port: `protocol` TCP (default), UDP or SCTP; `port` a number or a port name
+//!   (`super::named_ports`), every port when absent; `endPort` at least `port`.
 
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer};
@@ -25,11 +25,13 @@ use super::cidr::Cidr;
 use super::de::parse_str_scalar;
 use super::labels::{Requirement, Selector, NAMESPACE_LABEL, NAMESPACE_NAME_LABEL};
 use super::locate::{FieldPath, Invalid};
-use super::policy::{DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, Protocol, Rule};
+use super::namespace::NAMESPACE_LABELS_PREFIX;
+use super::policy::{Direction, DirectionRules, Entity, Peer, PeerRule, Policy, PolicyKind, Protocol, Rule};
 use super::policy_wire::{
-    lower_cidr_rule, lower_port_range, lower_requirements, lower_subject, parse_protocol, port_matches,
-    ObjectMeta, PortNumber, SelectorWire,
+    lower_cidr_rule, lower_port_spec, lower_requirements, lower_subject, parse_protocol, ObjectMeta,
+    PortNumber, PortSpec, PortZero, SelectorWire,
 };
+use super::sources::EntryOrigin;
 
 /// `kind: NetworkPolicy`.
 #[derive(Debug, Deserialize)]
@@ -120,7 +122,7 @@ struct PortWire {
     #[serde(default)]
     protocol: Option<KnpProtocol>,
     #[serde(default)]
-    port: Option<PortNumber>,
+    port: Option<PortSpec>,
     #[serde(default)]
     end_port: Option<PortNumber>,
 }
@@ -137,27 +139,40 @@ impl<'de> Deserialize<'de> for KnpProtocol {
     }
 }
 
-/// Lowers a NetworkPolicy document.
-pub(crate) fn lower_knp(doc: &KnpDocument) -> Result<Policy, Invalid> {
+/// Lowers a NetworkPolicy document; also returns what it ignored, as warnings at their
+/// place.
+pub(crate) fn lower_knp(doc: &KnpDocument) -> Result<(Policy, Vec<Invalid>), Invalid> {
     let spec_path = FieldPath::root().key("spec");
     let namespace = doc.metadata.namespace();
     let spec = &doc.spec;
     let subject = lower_subject(&spec.pod_selector, &spec_path.key("podSelector"), &namespace)?;
-    let ingress_entries = spec.ingress.as_deref().unwrap_or_default();
-    let egress_entries = spec.egress.as_deref().unwrap_or_default();
+    let mut ingress_entries = spec.ingress.as_deref().unwrap_or_default();
+    let mut egress_entries = spec.egress.as_deref().unwrap_or_default();
     let (ingress_enforced, egress_enforced) = match &spec.policy_types {
         None => (true, !egress_entries.is_empty()),
         Some(types) => (types.contains(&PolicyType::Ingress), types.contains(&PolicyType::Egress)),
     };
-    for (enforced, entries, key, ty) in [
-        (ingress_enforced, ingress_entries.len(), "ingress", "Ingress"),
-        (egress_enforced, egress_entries.len(), "egress", "Egress"),
+    // The API server accepts rules for a direction policyTypes leaves out, and they have no
+    // effect ("policyTypes ... indicates whether or not this policy applies to ingress
+    // traffic to selected pods, egress traffic from selected pods, or both"): so here, with
+    // a warning.
+    let mut ignored = Vec::new();
+    for (enforced, given, key, ty) in [
+        (ingress_enforced, !ingress_entries.is_empty(), "ingress", "Ingress"),
+        (egress_enforced, !egress_entries.is_empty(), "egress", "Egress"),
     ] {
-        if !enforced && entries > 0 {
-            return Err(spec_path.key(key).invalid(format!(
-                "{key} rules are given but policyTypes does not include {ty}, so they would be ignored"
+        if !enforced && given {
+            ignored.push(spec_path.key(key).invalid(format!(
+                "{key} rules are ignored: policyTypes does not include {ty} (as in Kubernetes, \
+                 they have no effect)"
             )));
         }
+    }
+    if !ingress_enforced {
+        ingress_entries = &[];
+    }
+    if !egress_enforced {
+        egress_entries = &[];
     }
 
     let mut ingress = DirectionRules { enforced: ingress_enforced, ..Default::default() };
@@ -180,12 +195,42 @@ pub(crate) fn lower_knp(doc: &KnpDocument) -> Result<Policy, Invalid> {
         rules.allow.sort();
         rules.allow.dedup();
     }
-    Ok(Policy {
+    let policy = Policy {
         namespace,
         name: doc.metadata.name.0.clone(),
         kind: PolicyKind::NetworkPolicy,
         rules: vec![Rule { subject, ingress, egress }],
-    })
+    };
+    Ok((policy, ignored))
+}
+
+/// Where each entry of a (valid) NetworkPolicy was written, with its peer rule (see
+/// `super::sources`); its one rule is at `spec`. Entries of a direction `policyTypes` leaves
+/// out are left out, as they have no effect.
+pub(crate) fn entry_origins(doc: &KnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    let spec_path = FieldPath::root().key("spec");
+    let namespace = doc.metadata.namespace();
+    let spec = &doc.spec;
+    let (policy, _) = lower_knp(doc)?;
+    let rule = &policy.rules[0];
+    let mut entries = Vec::new();
+    for (i, entry) in spec.ingress.iter().flatten().enumerate().filter(|_| rule.ingress.enforced) {
+        let at = spec_path.key("ingress").index(i);
+        let peer_rule = lower_entry(entry.from.as_deref(), "from", entry.ports.as_deref(), &at, &namespace)?;
+        entries.push(EntryOrigin {
+            rule: 0,
+            direction: Direction::Ingress,
+            deny: false,
+            peer_rule,
+            path: at,
+        });
+    }
+    for (i, entry) in spec.egress.iter().flatten().enumerate().filter(|_| rule.egress.enforced) {
+        let at = spec_path.key("egress").index(i);
+        let peer_rule = lower_entry(entry.to.as_deref(), "to", entry.ports.as_deref(), &at, &namespace)?;
+        entries.push(EntryOrigin { rule: 0, direction: Direction::Egress, deny: false, peer_rule, path: at });
+    }
+    Ok((vec![spec_path], entries))
 }
 
 fn lower_entry(
@@ -204,16 +249,20 @@ fn lower_entry(
     }
     lowered.sort();
     lowered.dedup();
-    let mut l4 = Vec::new();
+    let (mut l4, mut named_ports) = (Vec::new(), Vec::new());
     for (i, port) in ports.unwrap_or_default().iter().enumerate() {
         let at = path.key("ports").index(i);
-        let range = lower_port_range(port.port, port.end_port, &at)?;
         let protocols = port.protocol.as_ref().map_or(&[Protocol::Tcp][..], |p| &p.0);
-        l4.extend(port_matches(protocols, range));
+        let (numbered, named) =
+            lower_port_spec(&port.port, port.end_port, &at, PortZero::Rejected, protocols)?;
+        l4.extend(numbered);
+        named_ports.extend(named);
     }
     l4.sort();
     l4.dedup();
-    Ok(PeerRule { peers: lowered, l4, http: None })
+    named_ports.sort();
+    named_ports.dedup();
+    Ok(PeerRule { peers: lowered, l4, named_ports, http: None })
 }
 
 fn lower_peer(peer: &PeerWire, path: &FieldPath, namespace: &str) -> Result<Peer, Invalid> {
@@ -241,20 +290,19 @@ fn lower_peer(peer: &PeerWire, path: &FieldPath, namespace: &str) -> Result<Peer
     }
 }
 
-/// A namespaceSelector as requirements on the endpoints' namespace label.
+/// A namespaceSelector as requirements on the endpoints' labels: the name on the namespace
+/// label, every other key on the namespace's labels as its endpoints carry them
+/// (`super::namespace`).
 fn lower_namespace_selector(selector: &SelectorWire, path: &FieldPath) -> Result<Vec<Requirement>, Invalid> {
-    lower_requirements(selector, path)?
+    Ok(lower_requirements(selector, path)?
         .into_iter()
-        .map(|(r, at)| {
-            if r.key == NAMESPACE_NAME_LABEL {
-                Ok(Requirement { key: NAMESPACE_LABEL.to_owned(), op: r.op })
+        .map(|(r, _)| {
+            let key = if r.key == NAMESPACE_NAME_LABEL {
+                NAMESPACE_LABEL.to_owned()
             } else {
-                Err(at.invalid(format!(
-                    "namespaceSelector may only test `{NAMESPACE_NAME_LABEL}`: sluice knows namespaces by \
-                     name, not by their other labels (found `{}`)",
-                    r.key
-                )))
-            }
+                format!("{NAMESPACE_LABELS_PREFIX}{}", r.key)
+            };
+            Requirement { key, op: r.op }
         })
-        .collect()
+        .collect())
 }

@@ -5,7 +5,8 @@
 //!   `fixtures/policy/demo.yaml`). Exactly one document is `apiVersion: sluice.dev/v1`,
 //!   `kind: Node`; any number are `CiliumNetworkPolicy` (`cilium.io/v2`), `NetworkPolicy`
 //!   (`networking.k8s.io/v1`), `Service` (`v1`) or `EndpointSlice` (`discovery.k8s.io/v1`,
-//!   each tied to a Service of the file; see [`service`]). Unknown kinds, unknown fields,
+//!   each tied to a Service of the file; see [`service`]) or `Namespace` (`v1`, its labels;
+//!   see [`namespace`]) or `CiliumClusterwideNetworkPolicy` (`cilium.io/v2`). Unknown kinds, unknown fields,
 //!   duplicate keys, empty (null) values (but for the Node's `spec:`) and invalid values are
 //!   rejected; so is a text past [`limits`]' size or nesting depth, before it is parsed.
 //! - [`parse_str`] is a total function of its text: it returns a config or the first error,
@@ -39,12 +40,16 @@ mod knp;
 pub mod labels;
 pub mod limits;
 mod locate;
+pub mod named_ports;
 mod names;
+pub mod namespace;
 pub mod network;
 pub mod policy;
+pub mod policy_settings;
 mod policy_wire;
 pub mod service;
 pub mod socket_layer;
+pub mod sources;
 pub mod warnings;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -92,6 +97,11 @@ pub struct NodeConfig {
     pub encryption: encryption::Encryption,
     /// Where the config came from (a path, or the origin given to [`parse_str`]).
     pub source: String,
+    /// `spec.policy`: how policy is enforced on this node.
+    pub policy: policy_settings::PolicySettings,
+    /// What the policy documents hold that is valid but ignored, one located line each
+    /// (`file:line:col: path: message`), in file order; [`warnings`] reports them.
+    pub policy_warnings: Vec<String>,
     /// Not from the file: the numbers a loaded node already gives its endpoints, by
     /// interface (see `node::endpoint_numbers`). Empty for a node not loaded yet.
     pub numbering: std::collections::BTreeMap<String, u16>,
@@ -121,28 +131,41 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     };
     let mut node = None;
     let mut policies = Vec::new();
+    let mut policy_warnings = Vec::new();
     let (mut services, mut slices) = (Vec::new(), Vec::new());
+    let mut namespaces = Vec::new();
     // (kind, namespace, name) -> document position, to reject a second policy of one name.
     let mut seen: BTreeMap<(policy::PolicyKind, String, String), usize> = BTreeMap::new();
     for (index, document) in documents {
-        let policy = match document {
-            // The reader rejects a second Node, so this is the only one.
-            Document::Node(doc) => {
-                node = Some(lower_node(doc, origin).map_err(|invalid| located(index, invalid))?);
-                continue;
+        let policy =
+            match document {
+                // The reader rejects a second Node, so this is the only one.
+                Document::Node(doc) => {
+                    node = Some(lower_node(doc, origin).map_err(|invalid| located(index, invalid))?);
+                    continue;
+                }
+                Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
+                Document::CiliumClusterwideNetworkPolicy(doc) => cnp::lower_ccnp(&doc),
+                Document::NetworkPolicy(doc) => knp::lower_knp(&doc).map(|(policy, ignored)| {
+                    policy_warnings.extend(ignored.iter().map(|w| {
+                        ModelError::from_yaml(origin, &locate::locate(source, index, w)).to_string()
+                    }));
+                    policy
+                }),
+                Document::Service(doc) => {
+                    services.push((index, doc));
+                    continue;
+                }
+                Document::EndpointSlice(doc) => {
+                    slices.push((index, doc));
+                    continue;
+                }
+                Document::Namespace(doc) => {
+                    namespaces.push((index, doc));
+                    continue;
+                }
             }
-            Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
-            Document::NetworkPolicy(doc) => knp::lower_knp(&doc),
-            Document::Service(doc) => {
-                services.push((index, doc));
-                continue;
-            }
-            Document::EndpointSlice(doc) => {
-                slices.push((index, doc));
-                continue;
-            }
-        }
-        .map_err(|invalid| located(index, invalid))?;
+            .map_err(|invalid| located(index, invalid))?;
         let key = (policy.kind, policy.namespace.clone(), policy.name.clone());
         if let Some(first) = seen.insert(key, index) {
             let at = FieldPath::root().key("metadata").key("name");
@@ -169,8 +192,12 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
              `apiVersion: sluice.dev/v1` and `kind: Node`",
         )
     })?;
+    let namespace_labels =
+        namespace::lower_namespaces(&namespaces).map_err(|(index, invalid)| located(index, invalid))?;
+    namespace::label_endpoints(&mut node.endpoints, &namespace_labels);
     policies.sort();
     node.policies = policies;
+    node.policy_warnings = policy_warnings;
     node.services = service::lower_services(&services, &slices, &node.endpoints, &node.host_addresses)
         .map_err(|(index, invalid)| located(index, invalid))?;
     Ok(node)
@@ -213,6 +240,8 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         socket_layer,
         encryption,
         source: origin.to_owned(),
+        policy: policy_settings::lower(spec.policy),
+        policy_warnings: Vec::new(),
         numbering: Default::default(),
     })
 }
@@ -236,7 +265,7 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "f.yaml:11:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, \
-             NetworkPolicy, Service, EndpointSlice"
+             NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy"
         );
         assert_eq!(err.location(), Some((11, 7)));
     }

@@ -9,17 +9,21 @@
 //!   and deny [`PeerRule`]s.
 //! - A [`PeerRule`] matches a packet when its peer (the source for ingress, the destination for
 //!   egress) matches any of [`PeerRule::peers`] and its protocol and destination port match
-//!   any of [`PeerRule::l4`]; an empty `l4` matches every protocol and port. A peer rule with no
+//!   any of [`PeerRule::l4`] or of its named ports ([`PeerRule::l4_matches`]); with both
+//!   empty it matches every protocol and port. A peer rule with no
 //!   peers matches nothing (Cilium's `ingress: [{}]`).
 //! - Peers: [`Peer::Endpoints`] selects endpoints by their labels (selectors are scoped to a
 //!   namespace unless they name one); [`Peer::Cidr`] matches addresses outside the cluster in
 //!   `cidr` and in none of `except`; [`Peer::Entity`] names a reserved group. Addresses of
 //!   endpoints and of the host are never matched by CIDR peers, as in Cilium, where an
 //!   endpoint's own address resolves to the endpoint's identity.
-//! - Semantics of a direction for one endpoint (the oracle implements exactly this): if no rule
-//!   selecting it is enforced in that direction, everything passes; otherwise a packet is
-//!   dropped if any selecting rule's deny peer rule matches it, else passes if any allow peer
-//!   rule matches, else is dropped. Deny wins regardless of specificity.
+//! - Semantics of a direction for one endpoint (the oracle implements exactly this): a packet
+//!   is dropped if any selecting rule's deny peer rule matches it; else, if no rule selecting
+//!   it is enforced in that direction, it passes; else ingress from the node itself passes
+//!   where the isolating rules admit the node (`super::policy_settings`); else it passes if
+//!   any allow peer rule matches, else is dropped. Deny wins regardless of specificity.
+//!   (A rule with deny peer rules is enforced unless Cilium's `enableDefaultDeny` turns that
+//!   off for the direction.)
 //! - Normal form: peers, port matches, peer rules and rules are sorted and deduplicated, so
 //!   equivalent spellings compare equal. `protocol: ANY` is expanded into TCP, UDP and SCTP
 //!   (as Cilium does; ICMP is only ever allowed by `icmps` or by a rule without ports).
@@ -28,6 +32,7 @@ use std::fmt;
 
 use super::cidr::Cidr;
 use super::labels::Selector;
+use super::named_ports::NamedPortMatch;
 
 /// Traffic direction, seen from the endpoint a policy applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -56,6 +61,8 @@ impl fmt::Display for Direction {
 pub enum PolicyKind {
     CiliumNetworkPolicy,
     NetworkPolicy,
+    /// Cluster-scoped: its [`Policy::namespace`] is empty and its selectors are not scoped.
+    CiliumClusterwideNetworkPolicy,
 }
 
 impl fmt::Display for PolicyKind {
@@ -63,6 +70,7 @@ impl fmt::Display for PolicyKind {
         f.write_str(match self {
             PolicyKind::CiliumNetworkPolicy => "CiliumNetworkPolicy",
             PolicyKind::NetworkPolicy => "NetworkPolicy",
+            PolicyKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
         })
     }
 }
@@ -70,7 +78,7 @@ impl fmt::Display for PolicyKind {
 /// One policy document.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Policy {
-    /// `metadata.namespace`, `default` when absent.
+    /// `metadata.namespace`, `default` when absent; empty for a cluster-wide policy.
     pub namespace: String,
     pub name: String,
     pub kind: PolicyKind,
@@ -113,8 +121,11 @@ pub struct DirectionRules {
 pub struct PeerRule {
     /// Sorted, deduplicated, non-empty.
     pub peers: Vec<Peer>,
-    /// Sorted, deduplicated; empty means every protocol and port.
+    /// Sorted, deduplicated; empty (with `named_ports` empty) means every protocol and port.
     pub l4: Vec<PortMatch>,
+    /// Ports given by name (`super::named_ports`), sorted, deduplicated; a packet's L4
+    /// matches when it matches any of `l4` or of these.
+    pub named_ports: Vec<NamedPortMatch>,
     /// L7 rules (`toPorts[].rules.http`): `None` for an L3/L4 rule. `Some` only with a
     /// non-empty `l4`: connections the rule matches go through the L7 proxy, which passes a
     /// request when any of these rules matches it (`http: [{}]` passes every request, seen).
@@ -156,6 +167,17 @@ pub enum Mismatch {
     Log,
 }
 
+impl PeerRule {
+    /// Whether a packet with protocol `proto` and destination port (ICMP: type) `port`, to
+    /// `destination` (the endpoint it goes to, if it is one of the node's), matches the
+    /// rule's L4 part.
+    pub fn l4_matches(&self, proto: u8, port: u16, destination: Option<&super::Endpoint>) -> bool {
+        (self.l4.is_empty() && self.named_ports.is_empty())
+            || self.l4.iter().any(|m| m.matches(proto, port))
+            || destination.is_some_and(|d| self.named_ports.iter().any(|n| n.matches(d, proto, port)))
+    }
+}
+
 /// Who is on the other side of a packet.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
@@ -191,10 +213,35 @@ pub enum Entity {
     Host,
     /// Everything outside the cluster.
     World,
+    /// The cluster's other nodes (Cilium's reserved identity 6). In a node file alone no
+    /// address has it; the cluster issue gives it its peers.
+    RemoteNode,
+    /// The Kubernetes API server (reserved identity 7): no address of a node file has it.
+    KubeApiserver,
+    /// Cilium's health endpoints (reserved identity 4): sluice runs none.
+    Health,
+    /// Endpoints whose identity is not resolved yet (reserved identity 5): sluice's endpoints
+    /// have their identity from the start, so none.
+    Init,
+    /// Cilium's ingress (Envoy) endpoint (reserved identity 8): sluice runs none.
+    Ingress,
+    /// Endpoints not managed by the agent (reserved identity 3): none in a node file.
+    Unmanaged,
 }
 
 impl Entity {
-    pub const ALL: [Entity; 4] = [Entity::All, Entity::Cluster, Entity::Host, Entity::World];
+    pub const ALL: [Entity; 10] = [
+        Entity::All,
+        Entity::Cluster,
+        Entity::Host,
+        Entity::World,
+        Entity::RemoteNode,
+        Entity::KubeApiserver,
+        Entity::Health,
+        Entity::Init,
+        Entity::Ingress,
+        Entity::Unmanaged,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -202,6 +249,12 @@ impl Entity {
             Entity::Cluster => "cluster",
             Entity::Host => "host",
             Entity::World => "world",
+            Entity::RemoteNode => "remote-node",
+            Entity::KubeApiserver => "kube-apiserver",
+            Entity::Health => "health",
+            Entity::Init => "init",
+            Entity::Ingress => "ingress",
+            Entity::Unmanaged => "unmanaged",
         }
     }
 }

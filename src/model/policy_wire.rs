@@ -2,14 +2,17 @@
 //!
 //! Contract:
 //! - Scalars are validated while they are read (`parse_str_scalar`), so their errors point at
-//!   the scalar: ports ([`PortNumber`], a number or a string of digits, 1 to 65535; named
-//!   ports are rejected), ICMP types (0 to 255), protocols, entities.
+//!   the scalar: ports ([`PortNumber`], a number or a string of digits, 0 to 65535; or
+//!   [`PortSpec`], such a number or a port name), ICMP types (0 to 255, or Cilium's names),
+//!   protocols, entities.
 //! - Everything that needs more than one scalar is checked by the `lower_*` functions, which
 //!   return an [`Invalid`] at the offending field's path (placed later by `super::locate`).
 //! - Namespace scoping, as in Cilium: a policy's subject selector always gets
 //!   `io.kubernetes.pod.namespace = <policy namespace>` (a requirement on that label that
 //!   excludes the policy's namespace is rejected: a namespaced policy cannot select endpoints
-//!   elsewhere); a peer selector gets it only when it has no requirement on that label.
+//!   elsewhere); a peer selector gets it only when it has no requirement on that label. A
+//!   cluster-wide policy has the empty namespace: its subject selector is taken as written,
+//!   and a peer selector without a namespace requirement gets `Exists` on that label.
 
 use std::collections::BTreeMap;
 
@@ -20,6 +23,7 @@ use super::de::parse_str_scalar;
 use super::endpoint::{Name, DEFAULT_NAMESPACE};
 use super::labels::{LabelKey, LabelValue, Labels, Operator, Requirement, Selector, NAMESPACE_LABEL};
 use super::locate::{FieldPath, Invalid};
+use super::named_ports::{check_port_name, NamedPortMatch};
 use super::names::check_dns_subdomain;
 use super::policy::{CidrRule, Entity, PortMatch, Protocol};
 
@@ -126,6 +130,10 @@ pub(crate) fn lower_subject(
     namespace: &str,
 ) -> Result<Selector, Invalid> {
     let requirements = lower_requirements(wire, path)?;
+    if namespace.is_empty() {
+        // A cluster-wide policy: its subjects are in any namespace.
+        return Ok(Selector::new(requirements.into_iter().map(|(r, _)| r)));
+    }
     let own: Labels = [(NAMESPACE_LABEL.to_owned(), namespace.to_owned())].into();
     for (r, at) in &requirements {
         if r.key == NAMESPACE_LABEL && !r.matches(&own) {
@@ -148,6 +156,10 @@ pub(crate) fn lower_peer_selector(
     let selector = Selector::new(lower_requirements(wire, path)?.into_iter().map(|(r, _)| r));
     Ok(if selector.constrains(NAMESPACE_LABEL) {
         selector
+    } else if namespace.is_empty() {
+        // A cluster-wide policy: endpoints of any namespace (Cilium: "we add a selector to
+        // only match endpoints that contains a namespace label").
+        selector.and(Requirement { key: NAMESPACE_LABEL.to_owned(), op: Operator::Exists })
     } else {
         selector.and(Requirement::equals(NAMESPACE_LABEL, namespace))
     })
@@ -166,14 +178,34 @@ pub(crate) fn lower_cidr_rule(cidr: Cidr, except: &[Cidr], path: &FieldPath) -> 
     Ok(CidrRule { cidr, except })
 }
 
+/// How a policy kind reads `port: 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PortZero {
+    /// Cilium: port 0 is a wildcard, every port (its validation accepts `0` and its L4
+    /// policy treats the zero port as any port).
+    EveryPort,
+    /// Kubernetes: ports are 1 to 65535.
+    Rejected,
+}
+
 /// A port range from `port` and `endPort` (at `path`, the mapping holding both); every port
 /// when neither is given.
 pub(crate) fn lower_port_range(
     port: Option<PortNumber>,
     end_port: Option<PortNumber>,
     path: &FieldPath,
+    zero: PortZero,
 ) -> Result<(u16, u16), Invalid> {
     match (port, end_port) {
+        (Some(PortNumber(0)), end) => match (zero, end) {
+            (PortZero::Rejected, _) => {
+                Err(path.key("port").invalid("port 0 is not a port; leave port out to match every port"))
+            }
+            (PortZero::EveryPort, None) => Ok((0, u16::MAX)),
+            (PortZero::EveryPort, Some(_)) => Err(path
+                .key("endPort")
+                .invalid("port 0 means every port, so an endPort has nothing to close; leave it out")),
+        },
         (None, None) => Ok((0, u16::MAX)),
         (Some(p), None) => Ok((p.0, p.0)),
         (Some(p), Some(e)) if e.0 < p.0 => {
@@ -186,49 +218,166 @@ pub(crate) fn lower_port_range(
     }
 }
 
-/// Port matches for `protocols` over `first..=last`.
-pub(crate) fn port_matches(protocols: &[Protocol], (first, last): (u16, u16)) -> Vec<PortMatch> {
-    protocols.iter().map(|&proto| PortMatch { proto, first, last }).collect()
+/// A policy's `port`: a number, or a named port of the destination endpoint
+/// (`super::named_ports`), held lowercase (Cilium compares names case-insensitively).
+#[derive(Debug, Clone)]
+pub(crate) enum PortSpec {
+    Number(PortNumber),
+    Name(String),
 }
 
-/// A port: a number or a string of decimal digits, 1 to 65535.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct PortNumber(pub u16);
-
-impl<'de> Deserialize<'de> for PortNumber {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PortNumber, D::Error> {
-        parse_str_scalar(deserializer, "a port number", |text| {
-            let number = parse_decimal(text).ok_or_else(|| {
-                if text.chars().any(|c| c.is_ascii_alphabetic()) {
-                    format!("named port `{text}` is not supported; write the port number")
-                } else {
-                    format!("`{text}` is not a port number")
-                }
-            })?;
-            match u16::try_from(number) {
-                Ok(0) => Err("port 0 is not a port; leave port out to match every port".to_owned()),
-                Ok(port) => Ok(PortNumber(port)),
-                Err(_) => Err(format!("port {text} is out of range 1-65535")),
+impl<'de> Deserialize<'de> for PortSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PortSpec, D::Error> {
+        parse_str_scalar(deserializer, "a port number or name", |text| {
+            if text.bytes().any(|b| b.is_ascii_alphabetic()) {
+                let name = text.to_ascii_lowercase();
+                check_port_name(&name).map(|()| PortSpec::Name(name))
+            } else {
+                PortNumber::parse(text).map(PortSpec::Number)
             }
         })
     }
 }
 
-/// An ICMP or ICMPv6 type: a number or a string of decimal digits, 0 to 255.
+/// The matches of one `{port, endPort}` for `protocols` (at `path`, the mapping holding
+/// both): numbered ranges, or named ports.
+pub(crate) fn lower_port_spec(
+    port: &Option<PortSpec>,
+    end_port: Option<PortNumber>,
+    path: &FieldPath,
+    zero: PortZero,
+    protocols: &[Protocol],
+) -> Result<(Vec<PortMatch>, Vec<NamedPortMatch>), Invalid> {
+    match port {
+        Some(PortSpec::Name(name)) => {
+            if end_port.is_some() {
+                return Err(path.key("endPort").invalid(format!(
+                    "endPort cannot close a range that starts at a named port (`{name}`); name the \
+                     port by number for a range"
+                )));
+            }
+            let named = protocols.iter().map(|&proto| NamedPortMatch { proto, name: name.clone() }).collect();
+            Ok((Vec::new(), named))
+        }
+        Some(PortSpec::Number(number)) => {
+            Ok((port_matches(protocols, lower_port_range(Some(*number), end_port, path, zero)?), Vec::new()))
+        }
+        None => Ok((port_matches(protocols, lower_port_range(None, end_port, path, zero)?), Vec::new())),
+    }
+}
+
+/// Port matches for `protocols` over `first..=last`.
+pub(crate) fn port_matches(protocols: &[Protocol], (first, last): (u16, u16)) -> Vec<PortMatch> {
+    protocols.iter().map(|&proto| PortMatch { proto, first, last }).collect()
+}
+
+/// A port: a number or a string of decimal digits, 0 to 65535 (what 0 means is the policy
+/// kind's: see [`PortZero`]).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct IcmpType(pub u8);
+pub(crate) struct PortNumber(pub u16);
+
+impl PortNumber {
+    fn parse(text: &str) -> Result<PortNumber, String> {
+        let number = parse_decimal(text).ok_or_else(|| format!("`{text}` is not a port number"))?;
+        u16::try_from(number).map(PortNumber).map_err(|_| format!("port {text} is out of range 0-65535"))
+    }
+}
+
+impl<'de> Deserialize<'de> for PortNumber {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<PortNumber, D::Error> {
+        parse_str_scalar(deserializer, "a port number", PortNumber::parse)
+    }
+}
+
+/// An ICMP or ICMPv6 type: a number or a string of decimal digits, 0 to 255, or one of
+/// Cilium's CamelCase type names, which mean a number per family ([`IcmpType::number`]).
+#[derive(Debug, Clone)]
+pub(crate) enum IcmpType {
+    Number(u8),
+    Name(String),
+}
+
+/// Cilium's ICMPv4 type names (`pkg/policy/api/icmp.go`, `icmpIpv4TypeNameToCode`).
+const ICMP4_NAMES: [(&str, u8); 14] = [
+    ("EchoReply", 0),
+    ("DestinationUnreachable", 3),
+    ("Redirect", 5),
+    ("Echo", 8),
+    ("EchoRequest", 8),
+    ("RouterAdvertisement", 9),
+    ("RouterSelection", 10),
+    ("TimeExceeded", 11),
+    ("ParameterProblem", 12),
+    ("Timestamp", 13),
+    ("TimestampReply", 14),
+    ("Photuris", 40),
+    ("ExtendedEchoRequest", 42),
+    ("ExtendedEchoReply", 43),
+];
+
+/// Cilium's ICMPv6 type names (`icmpIpv6TypeNameToCode`).
+const ICMP6_NAMES: [(&str, u8); 27] = [
+    ("DestinationUnreachable", 1),
+    ("PacketTooBig", 2),
+    ("TimeExceeded", 3),
+    ("ParameterProblem", 4),
+    ("EchoRequest", 128),
+    ("EchoReply", 129),
+    ("MulticastListenerQuery", 130),
+    ("MulticastListenerReport", 131),
+    ("MulticastListenerDone", 132),
+    ("RouterSolicitation", 133),
+    ("RouterAdvertisement", 134),
+    ("NeighborSolicitation", 135),
+    ("NeighborAdvertisement", 136),
+    ("RedirectMessage", 137),
+    ("RouterRenumbering", 138),
+    ("ICMPNodeInformationQuery", 139),
+    ("ICMPNodeInformationResponse", 140),
+    ("InverseNeighborDiscoverySolicitation", 141),
+    ("InverseNeighborDiscoveryAdvertisement", 142),
+    ("HomeAgentAddressDiscoveryRequest", 144),
+    ("HomeAgentAddressDiscoveryReply", 145),
+    ("MobilePrefixSolicitation", 146),
+    ("MobilePrefixAdvertisement", 147),
+    ("DuplicateAddressRequestCodeSuffix", 157),
+    ("DuplicateAddressConfirmationCodeSuffix", 158),
+    ("ExtendedEchoRequest", 160),
+    ("ExtendedEchoReply", 161),
+];
+
+impl IcmpType {
+    /// The type number in `family`; a name must be one of that family's (as Cilium checks).
+    pub(crate) fn number(&self, family: IcmpFamily) -> Result<u8, String> {
+        match self {
+            IcmpType::Number(n) => Ok(*n),
+            IcmpType::Name(name) => {
+                let (names, family_name): (&[(&str, u8)], _) = match family {
+                    IcmpFamily::IPv4 => (&ICMP4_NAMES, "IPv4"),
+                    IcmpFamily::IPv6 => (&ICMP6_NAMES, "IPv6"),
+                };
+                names.iter().find(|(n, _)| n == name).map(|(_, number)| *number).ok_or_else(|| {
+                    format!(
+                        "`{name}` is not an {family_name} ICMP type name (Cilium's names, e.g. EchoRequest); \
+                         write the type number or a name of family {family_name}"
+                    )
+                })
+            }
+        }
+    }
+}
 
 impl<'de> Deserialize<'de> for IcmpType {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<IcmpType, D::Error> {
-        parse_str_scalar(deserializer, "an ICMP type number", |text| {
-            let number = parse_decimal(text).ok_or_else(|| {
-                if text.chars().any(|c| c.is_ascii_alphabetic()) {
-                    format!("ICMP type names are not supported (`{text}`); write the type number")
-                } else {
-                    format!("`{text}` is not an ICMP type number")
-                }
-            })?;
-            u8::try_from(number).map(IcmpType).map_err(|_| format!("ICMP type {text} is out of range 0-255"))
+        parse_str_scalar(deserializer, "an ICMP type number or name", |text| {
+            if text.bytes().next().is_some_and(|b| b.is_ascii_alphabetic()) {
+                // Checked against the family's names when the field is lowered.
+                return Ok(IcmpType::Name(text.to_owned()));
+            }
+            let number = parse_decimal(text).ok_or_else(|| format!("`{text}` is not an ICMP type number"))?;
+            u8::try_from(number)
+                .map(IcmpType::Number)
+                .map_err(|_| format!("ICMP type {text} is out of range 0-255"))
         })
     }
 }
@@ -301,12 +450,12 @@ mod tests {
     fn ports_are_numbers_or_digit_strings() {
         assert_eq!(port("80"), Ok(80));
         assert_eq!(port("'80'"), Ok(80));
+        assert_eq!(port("0"), Ok(0));
         assert_eq!(port("\"65535\""), Ok(65535));
         for (text, expected) in [
-            ("0", "port 0 is not a port; leave port out to match every port"),
-            ("65536", "port 65536 is out of range 1-65535"),
-            ("99999999999999999999999", "port 99999999999999999999999 is out of range 1-65535"),
-            ("http", "named port `http` is not supported; write the port number"),
+            ("65536", "port 65536 is out of range 0-65535"),
+            ("99999999999999999999999", "port 99999999999999999999999 is out of range 0-65535"),
+            ("http", "`http` is not a port number"),
             ("-1", "`-1` is not a port number"),
             ("8.5", "`8.5` is not a port number"),
         ] {

@@ -17,6 +17,9 @@
 //! - A policy with L7 (`rules.http`) rules: `sluice proxy` enforces them on the connections it
 //!   is given, but the endpoint programs do not redirect to it yet, so the datapath allows
 //!   those ports at L3/L4 without the HTTP rules.
+//! - What a policy document holds that Kubernetes accepts and ignores (a NetworkPolicy's
+//!   rules for a direction its `policyTypes` leaves out), from `NodeConfig::policy_warnings`,
+//!   after the prefilter's.
 
 use super::NodeConfig;
 
@@ -64,5 +67,6 @@ pub fn warnings(cfg: &NodeConfig) -> Vec<String> {
             ));
         }
     }
+    out.extend(cfg.policy_warnings.iter().cloned());
     out
 }

@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod forward;
 pub mod load;
 pub mod lock;
+pub mod node_replay;
 pub mod ours;
 pub mod replay;
 pub mod reshape;

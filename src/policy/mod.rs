@@ -9,10 +9,13 @@
 //!   implement (deny entries first, then allow, default deny when enforced).
 //! - [`oracle`]: [`oracle::decide`], the reference evaluator written straight from the parsed
 //!   policies; tests hold `evaluate_entries(resolve(..), ipcache.lookup(peer), ..)` to it.
+//! - [`explain`]: the rule (with its place in the file) that decided a flow, for
+//!   `sluice policy explain`.
 //!
 //! The eBPF program that enforces the entries is generated elsewhere (`codegen`).
 
 pub mod entry;
+pub mod explain;
 pub mod identity;
 pub mod ipcache;
 pub mod oracle;

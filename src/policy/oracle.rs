@@ -6,20 +6,23 @@
 //!   checks `resolve` (and, later, the compiled programs) rather than repeating them. It is
 //!   written for clarity, not speed.
 //! - The peer of a packet is its source for ingress and its destination for egress; the port
-//!   is the destination port (for ICMP the type, carried in `dport`). A peer address is an
+//!   is the destination port (for ICMP the type, carried in `dport`); a port name means the
+//!   named port of the destination endpoint (the subject for ingress, the peer for egress). A peer address is an
 //!   endpoint when an endpoint has it, the host when it is a host address, and outside the
 //!   cluster (the world) otherwise.
 //! - Peer semantics: `Endpoints(selector)` matches an endpoint whose labels the selector
 //!   matches; `Cidr(P except E..)` matches an outside address in P and in no E (never an
 //!   endpoint or the host); `all` matches every peer, `cluster` endpoints and the host,
 //!   `host` the host, `world` outside addresses.
-//! - Verdict for one endpoint and direction: not selected by any rule enforced in that
-//!   direction -> allow; otherwise any matching deny peer rule -> deny; else any matching
-//!   allow peer rule -> allow; else deny.
+//! - Verdict for one endpoint and direction: any matching deny peer rule of a selecting rule
+//!   -> deny; else not selected by any rule enforced in that direction -> allow; else, for
+//!   ingress from the node itself when an enforcing rule admits it
+//!   (NetworkPolicy always, Cilium's policies per `allowLocalhost`) -> allow; else any matching allow peer rule -> allow; else deny.
 
 use std::net::IpAddr;
 
-use crate::model::policy::{Entity, Peer, PeerRule};
+use crate::model::policy::{Entity, Peer, PeerRule, PolicyKind};
+use crate::model::policy_settings::AllowLocalhost;
 use crate::model::{Direction, Endpoint, NodeConfig};
 
 use super::entry::Verdict;
@@ -56,26 +59,40 @@ pub fn decide(
     let selecting: Vec<_> = cfg
         .policies
         .iter()
-        .flat_map(|p| &p.rules)
-        .filter(|rule| rule.subject.matches(&subject.labels))
-        .map(|rule| rule.direction(direction))
+        .flat_map(|p| p.rules.iter().map(move |rule| (p.kind, rule)))
+        .filter(|(_, rule)| rule.subject.matches(&subject.labels))
+        .map(|(kind, rule)| (kind, rule.direction(direction)))
         .collect();
-    if !selecting.iter().any(|rules| rules.enforced) {
-        return Ok(Verdict::Allow);
-    }
     let peer_addr = match direction {
         Direction::Ingress => pkt.src,
         Direction::Egress => pkt.dst,
     };
     let peer = classify(cfg, peer_addr);
-    let matches = |rule: &PeerRule| {
-        rule.peers.iter().any(|p| peer_matches(p, peer))
-            && (rule.l4.is_empty() || rule.l4.iter().any(|m| m.matches(pkt.proto, pkt.dport)))
+    // The endpoint the packet goes to, whose named ports a rule's port names mean.
+    let destination = match (direction, peer) {
+        (Direction::Ingress, _) => Some(subject),
+        (Direction::Egress, PeerKind::Endpoint(e)) => Some(e),
+        (Direction::Egress, _) => None,
     };
-    if selecting.iter().flat_map(|rules| &rules.deny).any(matches) {
+    let matches = |rule: &PeerRule| {
+        rule.peers.iter().any(|p| peer_matches(p, peer)) && rule.l4_matches(pkt.proto, pkt.dport, destination)
+    };
+    if selecting.iter().flat_map(|(_, rules)| &rules.deny).any(matches) {
         return Ok(Verdict::Deny);
     }
-    if selecting.iter().flat_map(|rules| &rules.allow).any(matches) {
+    let mut enforcing = selecting.iter().filter(|(_, rules)| rules.enforced).peekable();
+    if enforcing.peek().is_none() {
+        return Ok(Verdict::Allow);
+    }
+    if direction == Direction::Ingress
+        && matches!(peer, PeerKind::Host)
+        && enforcing.any(|(kind, _)| {
+            *kind == PolicyKind::NetworkPolicy || cfg.policy.allow_localhost == AllowLocalhost::Always
+        })
+    {
+        return Ok(Verdict::Allow);
+    }
+    if selecting.iter().flat_map(|(_, rules)| &rules.allow).any(matches) {
         return Ok(Verdict::Allow);
     }
     Ok(Verdict::Deny)

@@ -3,8 +3,13 @@
 //! Contract of [`resolve`]:
 //! - A pure, deterministic function of the [`NodeConfig`]: identities and the ipcache come
 //!   from `super::identity` and `super::ipcache`; each endpoint gets, per direction,
-//!   `enforced` (some policy rule selecting it is enforced in that direction: default deny)
-//!   and a sorted list of [`PolicyEntry`]s. Endpoints with equal labels share an identity and
+//!   `enforced` (some policy rule selecting it is enforced in that direction: default deny;
+//!   or some selecting rule denies in a direction no rule isolates, which is written as its
+//!   deny entries plus one allow-everything entry) and a sorted list of [`PolicyEntry`]s.
+//! - The node itself: in an ingress direction isolated by a rule that admits it
+//!   ([`admits_node`]: a NetworkPolicy rule, or any rule when `allowLocalhost` is `always`),
+//!   the host identity gets an allow entry for every protocol and port; deny entries still
+//!   win over it. Endpoints with equal labels share an identity and
 //!   so share their resolution.
 //! - Peers become identities: `Endpoints(selector)` the label-set identities it matches;
 //!   `Cidr(P except E..)` the CIDR identities of prefixes inside P and inside no E, plus
@@ -12,10 +17,15 @@
 //!   longest-prefix match then gives exactly the addresses in P and in no E); entities:
 //!   `all` -> 0 (any), `host` -> 1, `world` -> 2, 9, 10 and every CIDR identity (a CIDR
 //!   identity is a piece of the world), `cluster` -> every label-set identity plus host,
-//!   health, init, remote-node and ingress (Cilium's cluster entity).
+//!   health, init, remote-node and ingress (Cilium's cluster entity); the other reserved
+//!   entities to their reserved identity (`unmanaged` 3, `health` 4, `init` 5,
+//!   `remote-node` 6, `kube-apiserver` 7, `ingress` 8).
 //! - Ports become entries: a rule without ports gives protocol 0, port prefix 0; a port range
 //!   gives the fewest aligned prefix blocks ([`super::entry::port_blocks`]); ICMP types are
-//!   ports of protocol 1 or 58.
+//!   ports of protocol 1 or 58. A port name becomes the number the destination endpoint gives
+//!   it: for ingress the subject's (so subjects with other named ports resolve apart), for
+//!   egress each peer endpoint identity's own (an `all` peer: every label-set identity with
+//!   that name); no entry where the destination has no such port.
 //! - Canonical form, so that equivalent policies give identical entries (DESIGN invariant 5):
 //!   per (deny, identity, protocol) the port ranges of every rule are merged before they are
 //!   split into blocks (80-85 plus 86-90 is 80-90); then a block is dropped when a more
@@ -40,7 +50,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::model::policy::{DirectionRules, Entity, Peer};
+use crate::model::named_ports::{ContainerPort, NamedPortMatch};
+use crate::model::policy::{DirectionRules, Entity, Peer, PolicyKind};
+use crate::model::policy_settings::AllowLocalhost;
 use crate::model::{Direction, NodeConfig};
 
 use super::entry::{port_blocks, PolicyEntry};
@@ -55,7 +67,9 @@ const CLUSTER_RESERVED: [Identity; 5] =
 /// One endpoint direction, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DirectionPolicy {
-    /// Default deny: some rule selecting the endpoint is enforced in this direction.
+    /// The policy map decides this direction: some rule selecting the endpoint is enforced
+    /// in it (default deny), or some selecting rule denies in it (then an allow-everything
+    /// entry stands for "not isolated").
     pub enforced: bool,
     /// Sorted by [`PolicyEntry`]'s order; no two share a key (identity, protocol, port,
     /// prefix); empty when not enforced.
@@ -119,6 +133,8 @@ struct RuleDirection {
     enforced: bool,
     /// Sorted, deduplicated.
     pieces: Vec<usize>,
+    /// Ingress port names, which depend on the subject.
+    named_ingress: Vec<NamedIngress>,
 }
 
 /// Peer rules as (deny, identity, protocol, port range) lists, each distinct list stored once:
@@ -146,42 +162,65 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
     let identities = IdentityTable::allocate(cfg)?;
     let ipcache = IpCache::build(cfg, &identities);
     let subjects: Vec<(Identity, &crate::model::Labels)> = identities.label_sets().collect();
-    let peers = PeerIdentities::new(&identities);
+    let peers = PeerIdentities::new(&identities, cfg);
 
     // Each rule once: which subjects it selects, and what it names per direction.
     let mut pieces = Pieces::default();
-    let rules: Vec<(Vec<bool>, [RuleDirection; 2])> = cfg
+    let rules: Vec<(Vec<bool>, [RuleDirection; 2], bool)> = cfg
         .policies
         .iter()
-        .flat_map(|p| &p.rules)
-        .map(|rule| {
+        .flat_map(|p| p.rules.iter().map(move |rule| (p.kind, rule)))
+        .map(|(kind, rule)| {
             let selects = subjects.iter().map(|(_, labels)| rule.subject.matches(labels)).collect();
-            let directions = Direction::ALL.map(|d| rule_direction(rule.direction(d), &peers, &mut pieces));
-            (selects, directions)
+            let directions =
+                Direction::ALL.map(|d| rule_direction(rule.direction(d), d, &peers, &mut pieces));
+            (selects, directions, admits_node(cfg, kind))
         })
         .collect();
 
-    // A subject's policy depends only on which rules select it: subjects selected by the same
-    // rules share one resolution.
-    let mut by_rule_set: HashMap<Vec<usize>, Arc<EndpointPolicy>> = HashMap::new();
+    // A subject's policy depends only on which rules select it and on its named ports:
+    // subjects selected by the same rules, with the same named ports, share one resolution.
+    let mut by_rule_set: HashMap<(Vec<usize>, &[ContainerPort]), Arc<EndpointPolicy>> = HashMap::new();
     let mut policies = BTreeMap::new();
     for (index, (subject, _)) in subjects.iter().enumerate() {
         let selecting: Vec<usize> = (0..rules.len()).filter(|&r| rules[r].0[index]).collect();
+        let ports = peers.ports_of(subject.get());
         let policy = by_rule_set
-            .entry(selecting)
-            .or_insert_with_key(|selecting| {
+            .entry((selecting, ports))
+            .or_insert_with_key(|(selecting, ports)| {
                 let [ingress, egress] = [0, 1].map(|d| {
-                    let enforced = selecting.iter().any(|&r| rules[r].1[d].enforced);
-                    if !enforced {
-                        return DirectionPolicy::default();
-                    }
+                    let enforcing = || selecting.iter().filter(|&&r| rules[r].1[d].enforced);
+                    let enforced = enforcing().next().is_some();
                     let mut used: Vec<usize> =
                         selecting.iter().flat_map(|&r| rules[r].1[d].pieces.iter().copied()).collect();
                     used.sort_unstable();
                     used.dedup();
                     let mut raw: Vec<Raw> =
                         used.iter().flat_map(|&i| pieces.lists[i].iter().copied()).collect();
-                    DirectionPolicy { enforced, entries: canonical_entries(&mut raw) }
+                    raw.extend(
+                        selecting
+                            .iter()
+                            .flat_map(|&r| &rules[r].1[d].named_ingress)
+                            .flat_map(|n| n.raw(ports)),
+                    );
+                    if !enforced {
+                        // Not isolated: only deny rules (of rules with default deny off) can
+                        // drop. As entries: those denies plus allow-everything.
+                        raw.retain(|r| r.deny);
+                        if raw.is_empty() {
+                            return DirectionPolicy::default();
+                        }
+                        raw.push(Raw { deny: false, id: 0, proto: 0, first: 0, last: u16::MAX });
+                    } else if d == 0 && enforcing().any(|&r| rules[r].2) {
+                        raw.push(Raw {
+                            deny: false,
+                            id: Identity::HOST.get(),
+                            proto: 0,
+                            first: 0,
+                            last: u16::MAX,
+                        });
+                    }
+                    DirectionPolicy { enforced: true, entries: canonical_entries(&mut raw) }
                 });
                 Arc::new(EndpointPolicy { ingress, egress })
             })
@@ -191,8 +230,21 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
     Ok(Resolved { identities, ipcache, policies })
 }
 
-fn rule_direction(rules: &DirectionRules, peers: &PeerIdentities, pieces: &mut Pieces) -> RuleDirection {
+/// Whether ingress isolation by a rule of a policy of `kind` still admits the node itself
+/// (see `crate::model::policy_settings`): always for NetworkPolicy, per `allowLocalhost`
+/// for Cilium's policies.
+pub fn admits_node(cfg: &NodeConfig, kind: PolicyKind) -> bool {
+    kind == PolicyKind::NetworkPolicy || cfg.policy.allow_localhost == AllowLocalhost::Always
+}
+
+fn rule_direction(
+    rules: &DirectionRules,
+    direction: Direction,
+    peers: &PeerIdentities,
+    pieces: &mut Pieces,
+) -> RuleDirection {
     let mut used = Vec::new();
+    let mut named_ingress = Vec::new();
     for (list, deny) in [(&rules.allow, false), (&rules.deny, true)] {
         for rule in list {
             let mut identities: Vec<u32> = rule.peers.iter().flat_map(|p| peers.of(p)).collect();
@@ -201,23 +253,66 @@ fn rule_direction(rules: &DirectionRules, peers: &PeerIdentities, pieces: &mut P
             if identities.first() == Some(&0) {
                 identities.truncate(1);
             }
-            let l4: Vec<(u8, u16, u16)> = if rule.l4.is_empty() {
+            let l4: Vec<(u8, u16, u16)> = if rule.l4.is_empty() && rule.named_ports.is_empty() {
                 vec![(0, 0, u16::MAX)]
             } else {
                 rule.l4.iter().map(|m| (m.proto.number(), m.first, m.last)).collect()
             };
-            let raw = identities
+            let mut raw: Vec<Raw> = identities
                 .iter()
                 .flat_map(|&id| {
                     l4.iter().map(move |&(proto, first, last)| Raw { deny, id, proto, first, last })
                 })
                 .collect();
+            if !rule.named_ports.is_empty() {
+                match direction {
+                    // The subject's named ports: resolved per subject.
+                    Direction::Ingress => named_ingress.push(NamedIngress {
+                        deny,
+                        identities: identities.clone(),
+                        names: rule.named_ports.clone(),
+                    }),
+                    // The peer's named ports: each peer endpoint identity at its own number;
+                    // addresses outside the endpoints have no named ports.
+                    Direction::Egress => raw.extend(peers.named(&identities, &rule.named_ports, deny)),
+                }
+            }
             used.push(pieces.intern(raw));
         }
     }
     used.sort_unstable();
     used.dedup();
-    RuleDirection { enforced: rules.enforced, pieces: used }
+    RuleDirection { enforced: rules.enforced, pieces: used, named_ingress }
+}
+
+/// An ingress peer rule's port names, resolved against each subject's named ports.
+#[derive(Debug, Clone)]
+struct NamedIngress {
+    deny: bool,
+    /// The peer identities (0: any).
+    identities: Vec<u32>,
+    names: Vec<NamedPortMatch>,
+}
+
+impl NamedIngress {
+    /// The entries for a subject with `ports`.
+    fn raw<'a>(&'a self, ports: &'a [ContainerPort]) -> impl Iterator<Item = Raw> + 'a {
+        self.names.iter().flat_map(move |n| {
+            let number = ports
+                .iter()
+                .find(|p| p.name == n.name && p.proto == n.proto)
+                .map(|p| (n.proto.number(), p.port));
+            number.into_iter().flat_map(move |(proto, port)| {
+                self.identities.iter().map(move |&id| Raw {
+                    deny: self.deny,
+                    id,
+                    proto,
+                    first: port,
+                    last: port,
+                })
+            })
+        })
+    }
 }
 
 /// Peer -> identities, against one identity table.
@@ -225,21 +320,57 @@ struct PeerIdentities<'a> {
     identities: &'a IdentityTable,
     label_sets: Vec<u32>,
     cidrs: Vec<u32>,
+    /// Each label-set identity's named ports (its endpoints all have the same: the model
+    /// checks it).
+    ports: BTreeMap<u32, &'a [ContainerPort]>,
 }
 
 impl<'a> PeerIdentities<'a> {
-    fn new(identities: &'a IdentityTable) -> PeerIdentities<'a> {
+    fn new(identities: &'a IdentityTable, cfg: &'a NodeConfig) -> PeerIdentities<'a> {
         PeerIdentities {
             identities,
             label_sets: identities.label_sets().map(|(id, _)| id.get()).collect(),
             cidrs: identities.cidrs().map(|(_, id)| id.get()).collect(),
+            ports: cfg
+                .endpoints
+                .iter()
+                .filter_map(|e| identities.endpoint(&e.name).map(|id| (id.get(), &e.ports[..])))
+                .collect(),
         }
+    }
+
+    /// The named ports of label-set identity `id` (none for other identities).
+    fn ports_of(&self, id: u32) -> &'a [ContainerPort] {
+        self.ports.get(&id).copied().unwrap_or_default()
+    }
+
+    /// Entries for `names` of the peer identities `ids` (0: every label-set identity), each
+    /// at the number its endpoints give the name.
+    fn named<'b>(
+        &'b self,
+        ids: &'b [u32],
+        names: &'b [NamedPortMatch],
+        deny: bool,
+    ) -> impl Iterator<Item = Raw> + 'b {
+        let ids: &[u32] = if ids.first() == Some(&0) { &self.label_sets } else { ids };
+        ids.iter().flat_map(move |&id| {
+            names.iter().filter_map(move |n| {
+                let port = self.ports_of(id).iter().find(|p| p.name == n.name && p.proto == n.proto)?.port;
+                Some(Raw { deny, id, proto: n.proto.number(), first: port, last: port })
+            })
+        })
     }
 
     fn of(&self, peer: &Peer) -> Vec<u32> {
         match peer {
             Peer::Entity(Entity::All) => vec![0],
             Peer::Entity(Entity::Host) => vec![Identity::HOST.get()],
+            Peer::Entity(Entity::RemoteNode) => vec![Identity::REMOTE_NODE.get()],
+            Peer::Entity(Entity::KubeApiserver) => vec![Identity::KUBE_APISERVER.get()],
+            Peer::Entity(Entity::Health) => vec![Identity::HEALTH.get()],
+            Peer::Entity(Entity::Init) => vec![Identity::INIT.get()],
+            Peer::Entity(Entity::Ingress) => vec![Identity::INGRESS.get()],
+            Peer::Entity(Entity::Unmanaged) => vec![Identity::UNMANAGED.get()],
             Peer::Entity(Entity::World) => [Identity::WORLD, Identity::WORLD_IPV4, Identity::WORLD_IPV6]
                 .iter()
                 .map(|id| id.get())

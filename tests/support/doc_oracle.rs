@@ -22,11 +22,28 @@
 //! - NetworkPolicy: `podSelector` selects pods of its namespace; `policyTypes` lists the
 //!   enforced directions (absent: Ingress, plus Egress when `egress` has entries). A rule's
 //!   `from`/`to` absent or empty admits anyone; peers are `podSelector` and/or
-//!   `namespaceSelector` (absent: the policy's namespace; it may test only
-//!   `kubernetes.io/metadata.name`), or `ipBlock` (as a CIDR set); `ports` absent or empty
+//!   `namespaceSelector` (absent: the policy's namespace; it tests the Namespace
+//!   document's labels plus `kubernetes.io/metadata.name`), or `ipBlock` (as a CIDR set);
+//!   endpoints also carry their Namespace's labels as `io.cilium.k8s.namespace.labels.*`
+//!   (what CiliumNetworkPolicy selectors see); `ports` absent or empty
 //!   admits every port and protocol, a port's `protocol` defaults to TCP.
-//! - Verdict: not selected by a policy enforcing the direction: allow; else any matching
-//!   deny entry: deny; else any matching allow entry: allow; else deny.
+//! - CiliumClusterwideNetworkPolicy: a CiliumNetworkPolicy without namespace: its
+//!   `endpointSelector` selects endpoints of every namespace, and so do its peer selectors.
+//! - CiliumNetworkPolicy `enableDefaultDeny: {ingress: false}` (or egress): the policy
+//!   does not enforce that direction (its deny entries still drop); `true` enforces it
+//!   even without entries. Entities other than
+//!   all, cluster, host and world name reserved identities no address of a node file has.
+//!   ICMP types may be Cilium's names (per family). A Cilium port `0` is every port. A port
+//!   given by name is the named port (endpoint `ports`) of the endpoint the flow goes to
+//!   (the subject for ingress, the peer for egress); nothing else has named ports.
+//! - The node itself: Kubernetes, "When a pod is isolated for ingress, the only allowed
+//!   connections into the pod are those from the pod's node and those allowed by the
+//!   ingress list"; Cilium's `allow-localhost` (node `spec.policy.allowLocalhost`, default
+//!   `auto`, which is `always` under Kubernetes) does the same for its own policies unless
+//!   it is `policy`.
+//! - Verdict: any matching deny entry of a selecting policy: deny; else not selected by a
+//!   policy enforcing the direction: allow; else ingress from the node where an enforcing
+//!   policy admits it: allow; else any matching allow entry: allow; else deny.
 
 use serde::Deserialize;
 use serde_norway::Value;
@@ -43,6 +60,8 @@ pub struct Endpoint {
     pub addresses: Vec<IpAddr>,
     /// Own labels plus the namespace label.
     pub labels: BTreeMap<String, String>,
+    /// Named container ports: (name, protocol number, port).
+    pub ports: Vec<(String, u8, u16)>,
 }
 
 /// The documents of a node file, as written.
@@ -51,6 +70,10 @@ pub struct Docs {
     pub endpoints: Vec<Endpoint>,
     pub hosts: Vec<IpAddr>,
     policies: Vec<Value>,
+    /// `spec.policy.allowLocalhost` is `policy`.
+    localhost_by_policy: bool,
+    /// Namespace documents' labels, by name.
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn s(v: &Value) -> String {
@@ -74,13 +97,23 @@ fn get<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_mapping().and_then(|m| m.get(key)).filter(|x| !x.is_null())
 }
 
+/// A policy's namespace; empty for a cluster-wide policy, which has none.
 fn namespace_of(doc: &Value) -> String {
+    if get(doc, "kind").map(s).as_deref() == Some("CiliumClusterwideNetworkPolicy") {
+        return String::new();
+    }
     get(doc, "metadata").and_then(|m| get(m, "namespace")).map_or_else(|| "default".to_string(), s)
 }
 
 impl Docs {
     pub fn parse(text: &str) -> Docs {
-        let mut docs = Docs { endpoints: Vec::new(), hosts: Vec::new(), policies: Vec::new() };
+        let mut docs = Docs {
+            endpoints: Vec::new(),
+            hosts: Vec::new(),
+            policies: Vec::new(),
+            localhost_by_policy: false,
+            namespaces: BTreeMap::new(),
+        };
         for d in serde_norway::Deserializer::from_str(text) {
             let v = Value::deserialize(d).unwrap_or_else(|e| panic!("YAML: {e}"));
             match get(&v, "kind").map(s).as_deref() {
@@ -98,20 +131,50 @@ impl Docs {
                             .filter_map(|k| get(&e, k))
                             .map(|a| s(a).parse().expect("an address"))
                             .collect();
+                        let ports = list(get(&e, "ports"))
+                            .iter()
+                            .map(|p| {
+                                let proto = get(p, "protocol").map_or_else(|| "TCP".to_string(), s);
+                                let port: u16 = s(get(p, "port").expect("port")).parse().expect("a port");
+                                (s(get(p, "name").expect("name")), proto_number(&proto)[0], port)
+                            })
+                            .collect();
                         docs.endpoints.push(Endpoint {
                             name: s(get(&e, "name").expect("name")),
                             namespace,
                             addresses,
                             labels,
+                            ports,
                         });
                     }
+                    docs.localhost_by_policy = get(spec, "policy")
+                        .and_then(|p| get(p, "allowLocalhost"))
+                        .is_some_and(|v| s(v) == "policy");
                     docs.hosts = list(get(spec, "hostAddresses"))
                         .iter()
                         .map(|a| s(a).parse().expect("an address"))
                         .collect();
                 }
-                Some("CiliumNetworkPolicy") | Some("NetworkPolicy") => docs.policies.push(v),
+                Some("CiliumNetworkPolicy" | "NetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
+                    docs.policies.push(v)
+                }
+                Some("Namespace") => {
+                    let meta = get(&v, "metadata").expect("metadata");
+                    let labels = get(meta, "labels")
+                        .and_then(Value::as_mapping)
+                        .map(|m| m.iter().map(|(k, v)| (s(k), s(v))).collect())
+                        .unwrap_or_default();
+                    docs.namespaces.insert(s(get(meta, "name").expect("name")), labels);
+                }
                 _ => {}
+            }
+        }
+        // Cilium gives pods their namespace's labels, prefixed.
+        for e in &mut docs.endpoints {
+            for (k, v) in docs.namespaces.get(&e.namespace).into_iter().flatten() {
+                if k != NAMESPACE_NAME_LABEL {
+                    e.labels.insert(format!("io.cilium.k8s.namespace.labels.{k}"), v.clone());
+                }
             }
         }
         docs
@@ -211,19 +274,54 @@ fn proto_number(name: &str) -> Vec<u8> {
 
 /// A `ports` item (CNP `toPorts[].ports[]` or NetworkPolicy `ports[]`) against a flow;
 /// `default` is the protocols an absent `protocol` means.
-fn port_matches(port: &Value, flow: &Flow, default: &[u8]) -> bool {
+fn port_matches(port: &Value, flow: &Flow, default: &[u8], dest: Option<&Endpoint>) -> bool {
     let protos = get(port, "protocol").map_or_else(|| default.to_vec(), |p| proto_number(&s(p)));
     if !protos.contains(&flow.proto) {
         return false;
     }
     match get(port, "port") {
         None => true,
+        Some(p) if s(p) == "0" => true,
+        // A named port of the endpoint the flow goes to.
+        Some(p) if s(p).chars().any(|c| c.is_ascii_alphabetic()) => {
+            let name = s(p).to_ascii_lowercase();
+            dest.is_some_and(|d| {
+                d.ports
+                    .iter()
+                    .any(|(n, proto, number)| *n == name && *proto == flow.proto && *number == flow.dport)
+            })
+        }
         Some(p) => {
             let first: u16 = s(p).parse().expect("a port number");
             let last: u16 = get(port, "endPort").map_or(first, |e| s(e).parse().expect("a port number"));
             (first..=last).contains(&flow.dport)
         }
     }
+}
+
+/// An ICMP type as written: a number, or Cilium's name for it in the family of `proto`.
+fn icmp_type(text: &str, proto: u8) -> u16 {
+    if let Ok(n) = text.parse() {
+        return n;
+    }
+    let v4 = [
+        ("EchoReply", 0),
+        ("DestinationUnreachable", 3),
+        ("Echo", 8),
+        ("EchoRequest", 8),
+        ("TimeExceeded", 11),
+        ("Timestamp", 13),
+    ];
+    let v6 = [
+        ("DestinationUnreachable", 1),
+        ("PacketTooBig", 2),
+        ("EchoRequest", 128),
+        ("EchoReply", 129),
+        ("NeighborSolicitation", 135),
+        ("ICMPNodeInformationQuery", 139),
+    ];
+    let names: &[(&str, u16)] = if proto == 1 { &v4 } else { &v6 };
+    names.iter().find(|(n, _)| *n == text).unwrap_or_else(|| panic!("ICMP type name {text}")).1
 }
 
 fn entity_matches(entity: &str, peer: Peer<'_>) -> bool {
@@ -238,7 +336,14 @@ fn entity_matches(entity: &str, peer: Peer<'_>) -> bool {
 
 /// Whether a CiliumNetworkPolicy entry (of `ingress`, `egress` or their deny lists)
 /// matches; `from` is "from" or "to".
-fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>, flow: &Flow) -> bool {
+fn cnp_entry_matches(
+    entry: &Value,
+    from: &str,
+    namespace: &str,
+    peer: Peer<'_>,
+    flow: &Flow,
+    dest: Option<&Endpoint>,
+) -> bool {
     let field = |name: &str| get(entry, &format!("{from}{name}"));
     let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
     let any_peer_field = peer_fields.iter().any(|f| field(f).is_some());
@@ -247,7 +352,7 @@ fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>,
     } else {
         let endpoints = list(field("Endpoints")).iter().any(|sel| match peer {
             Peer::Endpoint(e) => {
-                (mentions(sel, NAMESPACE_LABEL) || e.namespace == namespace)
+                (mentions(sel, NAMESPACE_LABEL) || namespace.is_empty() || e.namespace == namespace)
                     && selector_matches(sel, &e.labels)
             }
             _ => false,
@@ -263,12 +368,14 @@ fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>,
     let l4_ok = if to_ports.is_empty() && icmps.is_empty() {
         true
     } else {
-        to_ports.iter().any(|tp| list(get(tp, "ports")).iter().any(|p| port_matches(p, flow, &[6, 17, 132])))
+        to_ports
+            .iter()
+            .any(|tp| list(get(tp, "ports")).iter().any(|p| port_matches(p, flow, &[6, 17, 132], dest)))
             || icmps.iter().any(|i| {
                 list(get(i, "fields")).iter().any(|f| {
                     let family = get(f, "family").map_or_else(|| "IPv4".to_string(), s);
                     let proto = if family == "IPv6" { 58 } else { 1 };
-                    let ty: u16 = s(get(f, "type").expect("type")).parse().expect("a type number");
+                    let ty = icmp_type(&s(get(f, "type").expect("type")), proto);
                     proto == flow.proto && proto == icmp_proto(flow.peer) && ty == flow.dport
                 })
             })
@@ -276,7 +383,7 @@ fn cnp_entry_matches(entry: &Value, from: &str, namespace: &str, peer: Peer<'_>,
     peer_ok && l4_ok
 }
 
-fn knp_peer_matches(p: &Value, namespace: &str, peer: Peer<'_>) -> bool {
+fn knp_peer_matches(docs: &Docs, p: &Value, namespace: &str, peer: Peer<'_>) -> bool {
     if let Some(block) = get(p, "ipBlock") {
         return matches!(peer, Peer::Outside(a) if in_cidr_set(block, a));
     }
@@ -284,7 +391,8 @@ fn knp_peer_matches(p: &Value, namespace: &str, peer: Peer<'_>) -> bool {
     let ns_ok = match get(p, "namespaceSelector") {
         None => e.namespace == namespace,
         Some(sel) => {
-            let ns_labels = BTreeMap::from([(NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone())]);
+            let mut ns_labels = docs.namespaces.get(&e.namespace).cloned().unwrap_or_default();
+            ns_labels.insert(NAMESPACE_NAME_LABEL.to_string(), e.namespace.clone());
             selector_matches(sel, &ns_labels)
         }
     };
@@ -302,25 +410,38 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
     } else {
         Peer::Outside(flow.peer)
     };
+    // The endpoint the flow goes to: its named ports are what a port name means.
+    let dest = match peer {
+        _ if ingress => Some(subject),
+        Peer::Endpoint(e) => Some(e),
+        _ => None,
+    };
     let (allow_key, deny_key, from) =
         if ingress { ("ingress", "ingressDeny", "from") } else { ("egress", "egressDeny", "to") };
     let mut enforced = false;
     let mut allowed = false;
     let mut denied = false;
+    let mut node_admitted = false;
     for doc in &docs.policies {
         let namespace = namespace_of(doc);
-        if namespace != subject.namespace {
+        if !namespace.is_empty() && namespace != subject.namespace {
             continue;
         }
         let spec = get(doc, "spec").expect("a policy spec");
-        if s(get(doc, "kind").expect("kind")) == "CiliumNetworkPolicy" {
+        if s(get(doc, "kind").expect("kind")) != "NetworkPolicy" {
             if !selector_matches(get(spec, "endpointSelector").expect("endpointSelector"), &subject.labels) {
                 continue;
             }
             let (allow, deny) = (list(get(spec, allow_key)), list(get(spec, deny_key)));
-            enforced |= !allow.is_empty() || !deny.is_empty();
-            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow));
-            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow));
+            // "If not specified, the default is true for each traffic direction that has
+            // rules, and false otherwise."
+            let enforces = get(spec, "enableDefaultDeny")
+                .and_then(|d| get(d, allow_key))
+                .map_or(!allow.is_empty() || !deny.is_empty(), |v| v.as_bool().expect("a bool"));
+            enforced |= enforces;
+            node_admitted |= enforces && !docs.localhost_by_policy;
+            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
+            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
         } else {
             if !selector_matches(get(spec, "podSelector").expect("podSelector"), &subject.labels) {
                 continue;
@@ -329,17 +450,23 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
             let ty = if ingress { "Ingress" } else { "Egress" };
             let types: Option<Vec<String>> =
                 get(spec, "policyTypes").map(|t| list(Some(t)).iter().map(s).collect());
-            enforced |= match types {
+            let enforces = match types {
                 Some(t) => t.iter().any(|x| x == ty),
                 None => ingress || !rules.is_empty(),
             };
+            enforced |= enforces;
+            node_admitted |= enforces;
+            if !enforces {
+                // Rules of a direction policyTypes leaves out have no effect.
+                continue;
+            }
             allowed |= rules.iter().any(|r| {
                 let peers = list(get(r, from));
                 let ports = list(get(r, "ports"));
-                (peers.is_empty() || peers.iter().any(|p| knp_peer_matches(p, &namespace, peer)))
-                    && (ports.is_empty() || ports.iter().any(|p| port_matches(p, flow, &[6])))
+                (peers.is_empty() || peers.iter().any(|p| knp_peer_matches(docs, p, &namespace, peer)))
+                    && (ports.is_empty() || ports.iter().any(|p| port_matches(p, flow, &[6], dest)))
             });
         }
     }
-    !enforced || (!denied && allowed)
+    !denied && (!enforced || (ingress && node_admitted && matches!(peer, Peer::Host)) || allowed)
 }

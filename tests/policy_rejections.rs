@@ -543,10 +543,10 @@ metadata: {name: p}
 spec:
   endpointSelector: {}
   ingress:
-    - fromEntities: [world, remote-node]
+    - fromEntities: [world, kubelet]
 ",
         ),
-        "cnp-unsupported-entity.yaml:7:29: spec.ingress[0].fromEntities[1]: entity `remote-node` is not supported; supported entities are all, cluster, host, world",
+        "cnp-unsupported-entity.yaml:7:29: spec.ingress[0].fromEntities[1]: entity `kubelet` is not supported; supported entities are all, cluster, host, world, remote-node",
     ),
     (
         "cnp-combined-peers",

@@ -152,10 +152,13 @@ pub enum Entity {
     Host,
     /// Everything outside the cluster.
     World,
+    /// The other nodes of the cluster (their underlay addresses).
+    RemoteNode,
 }
 
 impl Entity {
-    pub const ALL: [Entity; 4] = [Entity::All, Entity::Cluster, Entity::Host, Entity::World];
+    pub const ALL: [Entity; 5] =
+        [Entity::All, Entity::Cluster, Entity::Host, Entity::World, Entity::RemoteNode];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -163,6 +166,7 @@ impl Entity {
             Entity::Cluster => "cluster",
             Entity::Host => "host",
             Entity::World => "world",
+            Entity::RemoteNode => "remote-node",
         }
     }
 }

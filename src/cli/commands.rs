@@ -129,7 +129,9 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Daemon { config, pin_dir, socket, poll_ms } => daemon(config, pin_dir, socket, poll_ms),
+        Command::Daemon { config, pin_dir, socket, poll_ms, etcd, lease_ttl } => {
+            daemon(config, pin_dir, socket, poll_ms, (etcd, lease_ttl))
+        }
         Command::Down { pin_dir } => {
             let sys = kernel("sluice down")?;
             let _lock = lock_node(&pin_dir, wait)?;
@@ -302,11 +304,18 @@ fn reshape_cmd(
     Ok(ExitCode::SUCCESS)
 }
 
-fn daemon(config: PathBuf, pin_dir: PathBuf, socket: PathBuf, poll_ms: u64) -> Result<ExitCode> {
+fn daemon(
+    config: PathBuf,
+    pin_dir: PathBuf,
+    socket: PathBuf,
+    poll_ms: u64,
+    (etcd, lease_ttl): (Vec<String>, i64),
+) -> Result<ExitCode> {
     let poll = std::time::Duration::from_millis(poll_ms.max(1));
     let opts = crate::daemon::Options { config, pin_dir, socket, poll };
+    let cluster = crate::daemon::ClusterOptions { etcd, lease_ttl };
     crate::daemon::signals::install();
-    crate::daemon::run(&opts, &crate::daemon::signals::STOP)?;
+    crate::daemon::run_in_cluster(&opts, &cluster, &crate::daemon::signals::STOP)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -117,6 +117,14 @@ pub enum Command {
         /// How often the node file is checked for changes, in milliseconds.
         #[arg(long, default_value_t = 500)]
         poll_ms: u64,
+        /// Join the cluster kept in these etcd v3 endpoints (comma separated); without it the
+        /// node file alone is the cluster.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Seconds this node's lease lives without renewal: how soon the others drop it
+        /// after it dies.
+        #[arg(long, default_value_t = 15)]
+        lease_ttl: i64,
     },
     /// Detach and remove everything sluice attached and pinned.
     Down {

@@ -25,6 +25,10 @@ pub struct EtcdServer {
     pub client_port: u16,
     peer_port: u16,
     pub data_dir: PathBuf,
+    /// The address it listens on (loopback unless [`EtcdServer::start_in_netns`]).
+    pub host: std::net::Ipv4Addr,
+    /// The network namespace (`/run/netns/<name>`) it runs in, if not the caller's.
+    netns: Option<String>,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -44,6 +48,16 @@ pub fn available() -> bool {
 impl EtcdServer {
     /// Starts etcd; `tag` names its data directory (with the pid and a counter).
     pub fn start(tag: &str) -> Result<EtcdServer, String> {
+        EtcdServer::start_in_netns(tag, None)
+    }
+
+    /// Starts etcd inside the network namespace `/run/netns/<name>`, listening on `host`
+    /// (an address of that namespace), with ports 2379 and 2380 (the namespace is the
+    /// caller's own). Its readiness is checked from inside the namespace.
+    pub fn start_in_netns(
+        tag: &str,
+        netns: Option<(&str, std::net::Ipv4Addr)>,
+    ) -> Result<EtcdServer, String> {
         if !available() {
             return Err(INSTALL_HINT.to_owned());
         }
@@ -54,16 +68,23 @@ impl EtcdServer {
             COUNT.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_dir_all(&data_dir);
-        let client_port = free_port().map_err(|e| e.to_string())?;
-        let peer_port = free_port().map_err(|e| e.to_string())?;
-        let mut server = EtcdServer { child: None, client_port, peer_port, data_dir };
+        let (client_port, peer_port, host) = match netns {
+            Some((_, host)) => (2379, 2380, host),
+            None => (
+                free_port().map_err(|e| e.to_string())?,
+                free_port().map_err(|e| e.to_string())?,
+                std::net::Ipv4Addr::LOCALHOST,
+            ),
+        };
+        let netns = netns.map(|(name, _)| name.to_owned());
+        let mut server = EtcdServer { child: None, client_port, peer_port, data_dir, host, netns };
         server.spawn()?;
         Ok(server)
     }
 
     /// The client URL.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("http://{}:{}", self.host, self.client_port)
     }
 
     pub fn client(&self) -> Client {
@@ -72,10 +93,44 @@ impl EtcdServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         let client = self.url();
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let peer = format!("http://{}:{}", self.host, self.peer_port);
         let log = std::fs::File::create(self.data_dir.with_extension("log")).map_err(|e| e.to_string())?;
-        let child = Command::new("etcd")
-            .args(["--name", "sluice"])
+        let mut cmd = Command::new("etcd");
+        if let Some(name) = &self.netns {
+            let path = format!("/run/netns/{name}");
+            let file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+            let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+            // SAFETY: between fork and exec the closure only calls setns(2), which is
+            // async-signal-safe; `file` stays open until spawn returns.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+            let child = self.configure(&mut cmd, &client, &peer, log).spawn();
+            drop(file);
+            self.child = Some(child.map_err(|e| format!("starting etcd: {e}"))?);
+            return self.wait_ready(true);
+        }
+        let child = self
+            .configure(&mut cmd, &client, &peer, log)
+            .spawn()
+            .map_err(|e| format!("starting etcd: {e}"))?;
+        self.child = Some(child);
+        self.wait_ready(false)
+    }
+
+    fn configure<'c>(
+        &self,
+        cmd: &'c mut Command,
+        client: &str,
+        peer: &str,
+        log: std::fs::File,
+    ) -> &'c mut Command {
+        cmd.args(["--name", "sluice"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
@@ -84,13 +139,32 @@ impl EtcdServer {
             .args(["--log-level", "warn"])
             .stdout(Stdio::null())
             .stderr(log)
-            .spawn()
-            .map_err(|e| format!("starting etcd: {e}"))?;
-        self.child = Some(child);
+    }
+
+    /// Waits until etcd answers (from inside its namespace when `in_netns`).
+    fn wait_ready(&mut self, in_netns: bool) -> Result<(), String> {
         let client = self.client();
+        let netns = self.netns.clone();
+        let probe = move || {
+            if in_netns {
+                let name = netns.clone().unwrap_or_default();
+                let client = client.clone();
+                std::thread::spawn(move || {
+                    let Ok(file) = std::fs::File::open(format!("/run/netns/{name}")) else { return false };
+                    // SAFETY: an open namespace file; setns changes only this new thread.
+                    let rc =
+                        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+                    rc == 0 && client.range(b"sluice/", true).is_ok()
+                })
+                .join()
+                .unwrap_or(false)
+            } else {
+                client.range(b"sluice/", true).is_ok()
+            }
+        };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            if client.range(b"sluice/", true).is_ok() {
+            if probe() {
                 return Ok(());
             }
             if let Some(child) = self.child.as_mut() {

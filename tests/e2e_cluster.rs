@@ -44,6 +44,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PREFIX: &str = "scl";
+
+/// A pod: (node number, endpoint `a` or `b`).
+type Pod = (u8, char);
 const ETCD: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 254);
 const STALL: Duration = Duration::from_secs(60);
 
@@ -275,7 +278,7 @@ fn three_nodes_share_identities_through_etcd() {
 
     // Label selectors across nodes; each flow retried a few times while the last view
     // change is applied.
-    let cases: &[(&str, (u8, char), (u8, char), u16, bool)] = &[
+    let cases: &[(&str, Pod, Pod, u16, bool)] = &[
         ("node-1 client -> node-2 server UDP 5000 (selector)", (1, 'a'), (2, 'a'), 5000, true),
         ("node-3 client -> node-2 server UDP 5000 (selector)", (3, 'b'), (2, 'a'), 5000, true),
         ("node-1 client -> node-3 server UDP 5000 (selector)", (1, 'a'), (3, 'a'), 5000, true),

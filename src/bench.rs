@@ -30,6 +30,7 @@
 //!   and cgroup v2.
 
 pub mod attach;
+pub mod cluster;
 pub mod flows;
 pub mod lb;
 pub mod maglev;
@@ -107,9 +108,12 @@ pub const PART_FLOWS: &str = "flows";
 pub const PART_SOCKLB: &str = "socklb";
 /// The tc service load-balancing part: our `lb` against `tc_lb.o` ([`lb`]).
 pub const PART_LB: &str = "lb";
+/// The cluster part: one node's agent against 1,000 nodes x 100 endpoints in a real etcd
+/// ([`cluster`]); needs the `etcd` binary, not bpf(); not in the default selection.
+pub const PART_CLUSTER: &str = "cluster";
 /// Every part, in the order they run and report.
 pub const PARTS: &[&str] =
-    &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS, PART_SOCKLB, PART_LB];
+    &[PART_PREFILTER, PART_POLICY, PART_MAGLEV, PART_ATTACH, PART_FLOWS, PART_SOCKLB, PART_LB, PART_CLUSTER];
 
 impl BenchOpts {
     /// Whether `part` is selected.
@@ -119,7 +123,7 @@ impl BenchOpts {
 
     /// Whether a selected part needs bpf() (every part but `maglev`).
     pub fn needs_kernel(&self) -> bool {
-        self.parts.iter().any(|p| p != PART_MAGLEV)
+        self.parts.iter().any(|p| p != PART_MAGLEV && p != PART_CLUSTER)
     }
 }
 
@@ -136,7 +140,7 @@ impl Default for BenchOpts {
             build_dir: PathBuf::from("target/anchors/build"),
             parts: PARTS
                 .iter()
-                .filter(|p| **p != PART_ATTACH && **p != PART_FLOWS)
+                .filter(|p| **p != PART_ATTACH && **p != PART_FLOWS && **p != PART_CLUSTER)
                 .map(|p| p.to_string())
                 .collect(),
             codegen_endpoints: 1000,
@@ -810,6 +814,8 @@ pub struct Report {
     pub socklb: Option<sock_lb::SockLbResult>,
     /// The tc service load-balancing part, when it ran.
     pub lb: Option<lb::LbResult>,
+    /// The cluster part, when it ran.
+    pub cluster: Option<cluster::ClusterResult>,
 }
 
 impl Report {
@@ -884,7 +890,10 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     } else {
         None
     };
+    let cluster =
+        if opts.runs(PART_CLUSTER) { Some(cluster::measure().map_err(BenchError::Options)?) } else { None };
     Ok(Report {
+        cluster,
         socklb,
         lb,
         env,
@@ -1168,6 +1177,12 @@ impl Report {
             }
             l.render(&self.env, self.repeat, self.rounds, &mut s);
         }
+        if let Some(c) = &self.cluster {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            c.render(&mut s);
+        }
         s
     }
 
@@ -1410,6 +1425,7 @@ mod tests {
         let stats =
             |verified_insns| ProgStats { verified_insns, xlated_insns: 54, jited_bytes: 252, load_ms: 1.5 };
         Report {
+            cluster: None,
             env: Env { kernel: "6.18.44".into(), cpus: 2, ..Env::default() },
             repeat: 1000,
             rounds: 3,

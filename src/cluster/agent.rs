@@ -161,6 +161,11 @@ impl Agent {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// What the agent's etcd client sent and received so far.
+    pub fn counters(&self) -> std::sync::Arc<super::etcd::Counters> {
+        self.etcd.counters.clone()
+    }
+
     pub fn view(&self) -> ClusterView {
         lock(&self.view).clone()
     }
@@ -246,11 +251,18 @@ impl Agent {
             Ok(WatchBatch::Idle) => Ok(()),
             Ok(WatchBatch::Events { events, revision }) => {
                 if !events.is_empty() {
-                    let mut view = self.view();
-                    for e in &events {
-                        view.apply_event(e);
-                    }
-                    self.set_view(view, revision, false);
+                    // In place: a change costs its events, not a copy of the whole view.
+                    let (nodes, endpoints, identities) = {
+                        let mut view = lock(&self.view);
+                        for e in &events {
+                            view.apply_event(e);
+                        }
+                        (view.nodes.len(), view.endpoints.len(), view.identities.len())
+                    };
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    let mut st = lock(&self.status);
+                    st.revision = revision.max(st.revision);
+                    (st.nodes, st.endpoints, st.identities) = (nodes, endpoints, identities);
                 }
                 Ok(())
             }

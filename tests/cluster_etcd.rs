@@ -305,3 +305,22 @@ fn a_watch_behind_compaction_is_told_so() {
         }
     }
 }
+
+#[test]
+fn a_list_reads_every_page_at_one_revision() {
+    let Some(server) = etcd("pages") else { return };
+    let c = server.client();
+    let n = sluice::cluster::etcd::LIST_PAGE * 2 + 7;
+    let ops: Vec<Op> = (0..n)
+        .map(|i| Op::Put { key: format!("sluice/p/{i:06}").into_bytes(), value: b"v".to_vec(), lease: 0 })
+        .collect();
+    for batch in ops.chunks(128) {
+        assert!(c.txn(&[], batch, &[]).unwrap().succeeded);
+    }
+    c.put(b"sluice/q", b"outside the prefix", 0).unwrap();
+    let list = c.list(b"sluice/p/").unwrap();
+    assert_eq!(list.kvs.len(), n, "every page, nothing twice");
+    let keys: Vec<&str> = list.kvs.iter().map(|kv| kv.key_str()).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]), "in key order");
+    assert_eq!(keys.last().copied(), Some(format!("sluice/p/{:06}", n - 1).as_str()));
+}

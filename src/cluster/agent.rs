@@ -234,7 +234,7 @@ impl Agent {
             self.publish(s, &local)?;
         }
         if watch.is_none() {
-            let list = self.etcd.range(layout::ROOT.as_bytes(), true)?;
+            let list = self.etcd.list(layout::ROOT.as_bytes())?;
             let view = ClusterView::from_list(&list.kvs);
             *watch = Some(self.etcd.watch(layout::ROOT.as_bytes(), list.revision + 1)?);
             self.set_view(view, list.revision, true);
@@ -317,7 +317,7 @@ impl Agent {
             Some(p) => p.endpoints.keys().copied().collect(),
             None => self
                 .etcd
-                .range(layout::ENDPOINTS.as_bytes(), true)?
+                .list(layout::ENDPOINTS.as_bytes())?
                 .kvs
                 .iter()
                 .filter_map(|kv| serde_json::from_slice::<EndpointRecord>(&kv.value).ok())

@@ -123,8 +123,8 @@ pub struct Garbage {
 /// Deletes master keys unreferenced on this run and the previous one (module contract).
 /// Returns the numbers deleted.
 pub fn collect_garbage(etcd: &Client, garbage: &mut Garbage) -> Result<Vec<u32>, EtcdError> {
-    let masters = etcd.range(layout::IDENTITY_IDS.as_bytes(), true)?;
-    let refs = etcd.range(layout::IDENTITY_REFS.as_bytes(), true)?;
+    let masters = etcd.list(layout::IDENTITY_IDS.as_bytes())?;
+    let refs = etcd.list(layout::IDENTITY_REFS.as_bytes())?;
     let referenced: BTreeSet<u32> =
         refs.kvs.iter().filter_map(|kv| std::str::from_utf8(&kv.value).ok()?.parse().ok()).collect();
     let mut now = BTreeMap::new();

@@ -24,6 +24,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{json, Value};
 use thiserror::Error;
 
+/// Keys per page of [`Client::list`].
+pub const LIST_PAGE: usize = 5_000;
+
 /// How long a watch read waits before its owner gets a chance to stop it.
 pub const WATCH_POLL: Duration = Duration::from_millis(200);
 
@@ -146,7 +149,7 @@ impl Client {
         if endpoints.is_empty() {
             return Err(EtcdError::BadEndpoint(String::new()));
         }
-        Ok(Client { endpoints, timeout: Duration::from_secs(2), counters: Default::default() })
+        Ok(Client { endpoints, timeout: Duration::from_secs(5), counters: Default::default() })
     }
 
     fn connect(&self, timeout: Duration) -> Result<(TcpStream, String), String> {
@@ -239,6 +242,39 @@ impl Client {
         let answer = self.call("/v3/kv/range", &body)?;
         let kvs = kvs_of(&answer, "/v3/kv/range")?;
         Ok(Range { kvs, revision: revision_of(&answer) })
+    }
+
+    /// Every pair under `prefix`, read in pages of [`LIST_PAGE`] at one revision (a page at a
+    /// time keeps each answer small, so a big cluster's list never waits on one huge
+    /// response; the pinned revision makes the pages one consistent snapshot).
+    pub fn list(&self, prefix: &[u8]) -> Result<Range, EtcdError> {
+        let end = b64_encode(&prefix_end(prefix));
+        let mut from = prefix.to_vec();
+        let mut out = Range::default();
+        loop {
+            let mut body =
+                json!({ "key": b64_encode(&from), "range_end": end, "limit": LIST_PAGE.to_string() });
+            if out.revision != 0 {
+                body["revision"] = json!(out.revision.to_string());
+            }
+            let answer = self.call("/v3/kv/range", &body)?;
+            if out.revision == 0 {
+                out.revision = revision_of(&answer);
+            }
+            let kvs = kvs_of(&answer, "/v3/kv/range")?;
+            let more = answer.get("more").and_then(Value::as_bool).unwrap_or(false);
+            match kvs.last() {
+                Some(last) if more => {
+                    from = last.key.clone();
+                    from.push(0);
+                }
+                _ => {
+                    out.kvs.extend(kvs);
+                    return Ok(out);
+                }
+            }
+            out.kvs.extend(kvs);
+        }
     }
 
     /// Puts `key` = `value`, attached to `lease` (0: none). Returns the new revision.

@@ -13,7 +13,8 @@
 //!   (every map's contents, ipcache and tunnel entries included). Writing the maps into the
 //!   kernel is not included (the attach part measures loads).
 //! - Propagation: [`CHANGES`] single-endpoint puts (an endpoint moving identity), each timed
-//!   from the put returning to the agent's view changing (watch delivery), p50/p99. A
+//!   from just before the put (the writer's request, etcd's commit) to the agent's view
+//!   changing (watch delivery), p50/p99. A
 //!   daemon then re-applies the whole view: its cost is the converge row "apply + resolve +
 //!   plan", reported next to it, since the daemon does that per change today.
 //! - Memory: this process's VmRSS before the agent starts and once converged (the agent
@@ -263,8 +264,8 @@ pub fn measure_sized(
         let value = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
         put_bytes = value.len() + layout::endpoint_key(ip).len();
         let before = agent.generation();
-        etcd.put(layout::endpoint_key(ip).as_bytes(), &value, 0).map_err(|e| e.to_string())?;
         let t = Instant::now();
+        etcd.put(layout::endpoint_key(ip).as_bytes(), &value, 0).map_err(|e| e.to_string())?;
         while agent.generation() == before {
             if t.elapsed() > Duration::from_secs(30) {
                 return Err(format!("change {i} not seen within 30 s"));

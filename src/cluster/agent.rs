@@ -229,15 +229,16 @@ impl Agent {
             self.etcd.lease_keepalive(s.lease)?;
             s.renewed = Instant::now();
         }
-        let local = lock(&self.local).clone();
-        if let Some(local) = local.filter(|l| s.published.as_ref() != Some(l)) {
-            self.publish(s, &local)?;
-        }
+        // The view first: a first publish learns from it what an earlier run left behind.
         if watch.is_none() {
             let list = self.etcd.list(layout::ROOT.as_bytes())?;
             let view = ClusterView::from_list(&list.kvs);
             *watch = Some(self.etcd.watch(layout::ROOT.as_bytes(), list.revision + 1)?);
             self.set_view(view, list.revision, true);
+        }
+        let local = lock(&self.local).clone();
+        if let Some(local) = local.filter(|l| s.published.as_ref() != Some(l)) {
+            self.publish(s, &local)?;
         }
         if Instant::now() >= *next_gc {
             let deleted = alloc::collect_garbage(&self.etcd, garbage)?;
@@ -312,18 +313,12 @@ impl Agent {
         let node = serde_json::to_vec(&local.node).expect("a node record serializes");
         self.etcd.put(layout::node_key(&self.node).as_bytes(), &node, lease)?;
         // What this node published before: from this session, or (first publish of a session)
-        // from the store, where a previous run of this node may have left records.
+        // from the view just listed, where a previous run of this node may have left records.
         let before: BTreeSet<IpAddr> = match &s.published {
             Some(p) => p.endpoints.keys().copied().collect(),
-            None => self
-                .etcd
-                .list(layout::ENDPOINTS.as_bytes())?
-                .kvs
-                .iter()
-                .filter_map(|kv| serde_json::from_slice::<EndpointRecord>(&kv.value).ok())
-                .filter(|r| r.node == self.node)
-                .map(|r| r.ip)
-                .collect(),
+            None => {
+                lock(&self.view).endpoints.values().filter(|r| r.node == self.node).map(|r| r.ip).collect()
+            }
         };
         for (ip, (labels, name, namespace)) in &local.endpoints {
             let record = EndpointRecord {

@@ -107,6 +107,11 @@ impl ClusterView {
             cfg.endpoints.iter().flat_map(|e| e.addresses()).chain(cfg.router.addresses()).collect();
         let mut taken: Vec<(Cidr, String)> = Vec::new();
         let mut peers = Vec::new();
+        // Endpoints grouped by node once, so the work is linear in the view.
+        let mut by_node: BTreeMap<&str, Vec<&EndpointRecord>> = BTreeMap::new();
+        for r in self.endpoints.values() {
+            by_node.entry(r.node.as_str()).or_default().push(r);
+        }
         for (name, node) in self.nodes.iter().filter(|(name, _)| **name != cfg.name) {
             if node.address == overlay.local {
                 notes.push(format!("node {name}: has this node's underlay address {}", node.address));
@@ -131,7 +136,12 @@ impl ClusterView {
                 name: name.clone(),
                 address: node.address,
                 prefixes,
-                endpoints: self.endpoints_of(name, &node.prefixes, &mut notes),
+                endpoints: self.endpoints_of(
+                    name,
+                    by_node.get(name.as_str()).map_or(&[][..], Vec::as_slice),
+                    &node.prefixes,
+                    &mut notes,
+                ),
             });
         }
         overlay.peers = peers;
@@ -139,9 +149,15 @@ impl ClusterView {
     }
 
     /// The endpoints the view puts on `node`: addresses of one (namespace, name) merged.
-    fn endpoints_of(&self, node: &str, prefixes: &[Cidr], notes: &mut Vec<String>) -> Vec<RemoteEndpoint> {
+    fn endpoints_of(
+        &self,
+        node: &str,
+        records: &[&EndpointRecord],
+        prefixes: &[Cidr],
+        notes: &mut Vec<String>,
+    ) -> Vec<RemoteEndpoint> {
         let mut by_name: BTreeMap<(String, String), RemoteEndpoint> = BTreeMap::new();
-        for r in self.endpoints.values().filter(|r| r.node == node) {
+        for r in records {
             if !prefixes.iter().any(|p| p.contains(r.ip)) {
                 notes.push(format!("node {node}: endpoint {} ({}) is outside its prefixes", r.name, r.ip));
                 continue;

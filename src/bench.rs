@@ -30,6 +30,7 @@
 //!   and cgroup v2.
 
 pub mod attach;
+pub mod cluster;
 pub mod encrypt;
 pub mod flows;
 pub mod l7;
@@ -116,6 +117,9 @@ pub const PART_LB: &str = "lb";
 /// The encryption part: cross-node TCP with VXLAN against WireGuard ([`encrypt`]); not in
 /// the default selection (it builds two labs of namespaces).
 pub const PART_ENCRYPT: &str = "encrypt";
+/// The cluster part: one node's agent against 1,000 nodes x 100 endpoints in a real etcd
+/// ([`cluster`]); needs the `etcd` binary, not bpf(); not in the default selection.
+pub const PART_CLUSTER: &str = "cluster";
 /// Every part, in the order they run and report.
 pub const PARTS: &[&str] = &[
     PART_PREFILTER,
@@ -127,6 +131,7 @@ pub const PARTS: &[&str] = &[
     PART_LB,
     PART_SOCKMSG,
     PART_ENCRYPT,
+    PART_CLUSTER,
 ];
 
 impl BenchOpts {
@@ -137,7 +142,7 @@ impl BenchOpts {
 
     /// Whether a selected part needs bpf() (every part but `maglev`).
     pub fn needs_kernel(&self) -> bool {
-        self.parts.iter().any(|p| p != PART_MAGLEV)
+        self.parts.iter().any(|p| p != PART_MAGLEV && p != PART_CLUSTER)
     }
 }
 
@@ -155,7 +160,11 @@ impl Default for BenchOpts {
             parts: PARTS
                 .iter()
                 .filter(|p| {
-                    **p != PART_ATTACH && **p != PART_FLOWS && **p != PART_SOCKMSG && **p != PART_ENCRYPT
+                    **p != PART_ATTACH
+                        && **p != PART_FLOWS
+                        && **p != PART_SOCKMSG
+                        && **p != PART_ENCRYPT
+                        && **p != PART_CLUSTER
                 })
                 .map(|p| p.to_string())
                 .collect(),
@@ -838,6 +847,8 @@ pub struct Report {
     pub sockmsg: Option<sockmsg::SockMsgReport>,
     /// The encryption part, when it ran, with the options it ran with.
     pub encrypt: Option<(encrypt::EncryptReport, flows::FlowBenchOpts)>,
+    /// The cluster part, when it ran.
+    pub cluster: Option<cluster::ClusterResult>,
 }
 
 impl Report {
@@ -933,8 +944,11 @@ pub fn measure(opts: &BenchOpts) -> Result<Report, BenchError> {
     } else {
         None
     };
+    let cluster =
+        if opts.runs(PART_CLUSTER) { Some(cluster::measure().map_err(BenchError::Options)?) } else { None };
     Ok(Report {
         encrypt,
+        cluster,
         socklb,
         lb,
         sockmsg,
@@ -1231,6 +1245,12 @@ impl Report {
             }
             s.push_str(&e.render(eo));
         }
+        if let Some(c) = &self.cluster {
+            if !s.is_empty() {
+                s.push('\n');
+            }
+            c.render(&mut s);
+        }
         s
     }
 
@@ -1473,6 +1493,7 @@ mod tests {
         let stats =
             |verified_insns| ProgStats { verified_insns, xlated_insns: 54, jited_bytes: 252, load_ms: 1.5 };
         Report {
+            cluster: None,
             env: Env { kernel: "6.18.44".into(), cpus: 2, ..Env::default() },
             repeat: 1000,
             rounds: 3,

@@ -91,6 +91,15 @@ pub struct Options {
     pub attach: AttachOptions,
 }
 
+/// Cluster mode ([`run_in_cluster`]): where the cluster's etcd is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterOptions {
+    /// etcd endpoints (`crate::cluster`); empty: single-file mode.
+    pub etcd: Vec<String>,
+    /// The node's lease TTL in seconds.
+    pub lease_ttl: i64,
+}
+
 /// Why the daemon could not start, or why one apply failed.
 #[derive(Debug, Error)]
 pub enum DaemonError {
@@ -123,6 +132,8 @@ pub enum DaemonError {
     SocketInUse(PathBuf),
     #[error(transparent)]
     Lock(#[from] crate::node::lock::LockError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] crate::cluster::EtcdError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -332,6 +343,10 @@ struct Daemon<'a> {
     seen: Mutex<Seen>,
     /// Connections being served.
     clients: AtomicUsize,
+    /// Cluster mode: the agent that publishes this node and watches the others.
+    cluster: Option<Arc<crate::cluster::Agent>>,
+    /// The cluster view's generation the last apply used.
+    cluster_applied: std::sync::atomic::AtomicU64,
 }
 
 /// Locks `m`; a thread that panicked while holding it left plain data, still usable.
@@ -347,6 +362,8 @@ impl Daemon<'_> {
             metrics: Mutex::new(Metrics::default()),
             seen: Mutex::new(None),
             clients: AtomicUsize::new(0),
+            cluster: None,
+            cluster_applied: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -355,9 +372,18 @@ impl Daemon<'_> {
         let path = &self.opts.config;
         let text = model::limits::read_node_file(path);
         *seen = Some(text.as_ref().map(Clone::clone).map_err(ToString::to_string));
-        let cfg = model::parse_str(&text?, &path.display().to_string())?;
+        let mut cfg = model::parse_str(&text?, &path.display().to_string())?;
         for warning in model::warnings(&cfg) {
             println!("warning: {warning}");
+        }
+        if let Some(agent) = &self.cluster {
+            // The generation first: a change that lands while this view is applied moves it
+            // again, and the next poll applies that.
+            self.cluster_applied.store(agent.generation(), Ordering::Release);
+            agent.set_local(&cfg);
+            for note in agent.view().apply(&mut cfg) {
+                println!("cluster: left out: {note}");
+            }
         }
         Ok(cfg)
     }
@@ -416,7 +442,19 @@ impl Daemon<'_> {
             Err(TryLockError::WouldBlock) => return,
         };
         let now = model::limits::read_node_file(&self.opts.config).map_err(|e| e.to_string());
+        let cluster_moved = self
+            .cluster
+            .as_ref()
+            .is_some_and(|a| a.generation() != self.cluster_applied.load(Ordering::Acquire));
         match (&*seen, &now) {
+            (Some(Ok(old)), Ok(new)) if old == new && cluster_moved => {
+                println!("cluster changed");
+                match self.apply_locked(&mut seen) {
+                    Ok(report) => println!("applied: {report}"),
+                    Err(e) => println!("not applied: {e}"),
+                }
+                return;
+            }
             (Some(Ok(old)), Ok(new)) if old == new => return,
             // The same read error as last time: reported once.
             (Some(Err(old)), Err(new)) if old == new => return,
@@ -433,7 +471,10 @@ impl Daemon<'_> {
     fn respond(&self, request: &str) -> String {
         match request.trim() {
             "status" => match wire::status(&self.sys, &self.opts.pin_dir) {
-                Ok(st) => st.to_string(),
+                Ok(st) => match &self.cluster {
+                    Some(agent) => format!("{st}\n{}", agent.status()),
+                    None => st.to_string(),
+                },
                 Err(e) => format!("error: {e}"),
             },
             "apply" => match self.apply() {
@@ -447,7 +488,14 @@ impl Daemon<'_> {
                     format!("error: {e}")
                 }
             },
-            "metrics" => lock(&self.metrics).to_string(),
+            "metrics" => match &self.cluster {
+                Some(agent) => format!("{}\n{}", lock(&self.metrics), agent.status()),
+                None => lock(&self.metrics).to_string(),
+            },
+            "cluster" => match &self.cluster {
+                Some(agent) => agent.status().to_string(),
+                None => "cluster: single-file mode (no --etcd)".to_owned(),
+            },
             other => format!("error: unknown request `{other}` (status, apply, metrics)"),
         }
     }
@@ -540,6 +588,16 @@ fn bind(path: &Path) -> Result<Socket, DaemonError> {
 /// the socket is bound once the node is attached (its existence means ready) and removed
 /// on return; pins and links stay.
 pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
+    run_in_cluster(opts, &ClusterOptions::default(), stop)
+}
+
+/// [`run`], joined to the cluster in `cluster.etcd` when it names endpoints: the node is
+/// published and the other nodes' state is applied as it changes (`crate::cluster`).
+pub fn run_in_cluster(
+    opts: &Options,
+    cluster: &ClusterOptions,
+    stop: &AtomicBool,
+) -> Result<(), DaemonError> {
     sys::kernel_available().map_err(DaemonError::NeedsKernel)?;
     check_socket_free(&opts.socket)?;
     // The daemon owns its node while it runs: one writer per pin dir (another daemon or a
@@ -548,7 +606,8 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     let _lock = crate::node::lock::acquire_creating(&opts.pin_dir, crate::node::lock::Wait::Block, |msg| {
         println!("{msg}")
     })?;
-    let d = Daemon::new(sys::kernel(), opts);
+    let mut d = Daemon::new(sys::kernel(), opts);
+    let cluster_thread = start_cluster(&mut d, cluster)?;
     let started = Instant::now();
     let cfg = node::with_pinned_numbering(d.read_config(&mut lock(&d.seen))?, &opts.pin_dir);
     let plan = node::plan(&cfg)?;
@@ -564,6 +623,15 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
                 dir.display()
             );
             "load"
+        }
+        Err(LoadError::AlreadyLoaded(_)) if d.cluster.as_ref().is_some_and(|a| !a.status().connected) => {
+            // Without the cluster's view an apply would take the remote nodes out of the
+            // datapath: keep the pinned state until etcd answers (the poller applies then).
+            println!(
+                "adopted node pinned under {}; etcd not reachable yet, keeping its state",
+                dir.display()
+            );
+            "adopt"
         }
         Err(LoadError::AlreadyLoaded(_)) => {
             let report = d.apply()?;
@@ -617,6 +685,11 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     }
     let tick = opts.poll.min(Duration::from_millis(50)).max(Duration::from_millis(1));
     std::thread::scope(|scope| {
+        if let Some(agent) = cluster_thread {
+            // Stops with the daemon; the lease is left to expire (a restart within the TTL
+            // keeps the node in everyone's view).
+            scope.spawn(move || agent.run(stop));
+        }
         // The poller: an apply it starts never holds up the socket.
         scope.spawn(|| {
             let mut next_poll = Instant::now() + opts.poll;
@@ -667,6 +740,35 @@ pub fn run(opts: &Options, stop: &AtomicBool) -> Result<(), DaemonError> {
     drop(socket);
     println!("stopped; pins and links left in place under {}", dir.display());
     Ok(())
+}
+
+/// Cluster mode: creates the agent, runs its first steps until it has a view (or 3 s pass:
+/// etcd down at start is not fatal), and returns it for the daemon's scope to run.
+fn start_cluster(
+    d: &mut Daemon<'_>,
+    opts: &ClusterOptions,
+) -> Result<Option<Arc<crate::cluster::Agent>>, DaemonError> {
+    if opts.etcd.is_empty() {
+        return Ok(None);
+    }
+    let cfg = d.read_config(&mut lock(&d.seen))?;
+    let client = crate::cluster::Client::new(&opts.etcd)?;
+    let agent = Arc::new(crate::cluster::Agent::new(client, &cfg.name, opts.lease_ttl));
+    agent.set_local(&cfg);
+    d.cluster = Some(agent.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let first = {
+        let (agent, stop) = (agent.clone(), stop.clone());
+        std::thread::spawn(move || agent.run(&stop))
+    };
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && !agent.status().connected {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = first.join();
+    println!("{}", agent.status());
+    Ok(Some(agent))
 }
 
 /// SIGINT/SIGTERM set [`STOP`]; what the command line passes to [`run`].

@@ -7,6 +7,7 @@
 pub mod attach;
 pub mod bench;
 pub mod cli;
+pub mod cluster;
 pub mod codegen;
 pub mod daemon;
 pub mod demo;

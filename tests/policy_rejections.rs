@@ -573,10 +573,10 @@ metadata: {name: p}
 spec:
   endpointSelector: {}
   ingress:
-    - fromEntities: [world, nodes]
+    - fromEntities: [world, kubelet]
 ",
         ),
-        "cnp-unsupported-entity.yaml:7:29: spec.ingress[0].fromEntities[1]: entity `nodes` is not supported; supported entities are all, cluster, host, world, remote-node, kube-apiserver, health, init, ingress, unmanaged",
+        "cnp-unsupported-entity.yaml:7:29: spec.ingress[0].fromEntities[1]: entity `kubelet` is not supported; supported entities are all, cluster, host, world, remote-node, kube-apiserver, health, init, ingress, unmanaged",
     ),
     (
         "cnp-combined-peers",

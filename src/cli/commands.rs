@@ -160,8 +160,8 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Daemon { config, pin_dir, socket, poll_ms, attach } => {
-            daemon(config, pin_dir, socket, poll_ms, attach.options(None))
+        Command::Daemon { config, pin_dir, socket, poll_ms, attach, etcd, lease_ttl } => {
+            daemon(config, pin_dir, socket, poll_ms, attach.options(None), (etcd, lease_ttl))
         }
         Command::Proxy {
             config,
@@ -365,11 +365,13 @@ fn daemon(
     socket: PathBuf,
     poll_ms: u64,
     attach: crate::node::wire::AttachOptions,
+    (etcd, lease_ttl): (Vec<String>, i64),
 ) -> Result<ExitCode> {
     let poll = std::time::Duration::from_millis(poll_ms.max(1));
     let opts = crate::daemon::Options { config, pin_dir, socket, poll, attach };
+    let cluster = crate::daemon::ClusterOptions { etcd, lease_ttl };
     crate::daemon::signals::install();
-    crate::daemon::run(&opts, &crate::daemon::signals::STOP)?;
+    crate::daemon::run_in_cluster(&opts, &cluster, &crate::daemon::signals::STOP)?;
     Ok(ExitCode::SUCCESS)
 }
 

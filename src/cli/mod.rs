@@ -151,6 +151,14 @@ pub enum Command {
         /// How hooks are attached (see `sluice attach --help`).
         #[arg(long, value_enum, default_value_t = HookMechanism::Tcx)]
         attach: HookMechanism,
+        /// Join the cluster kept in these etcd v3 endpoints (comma separated); without it the
+        /// node file alone is the cluster.
+        #[arg(long, value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// Seconds this node's lease lives without renewal: how soon the others drop it
+        /// after it dies.
+        #[arg(long, default_value_t = 15)]
+        lease_ttl: i64,
     },
     /// The L7 (HTTP) policy proxy: judges each request by the node file's `rules.http`
     /// (reloaded when the file changes), forwards or answers 403. Transparent (the datapath
@@ -202,8 +210,9 @@ pub enum Command {
         /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
         /// through sluice against the stack alone), sockmsg (the socket layer against tc
         /// only and no programs, with sockperf and iperf3), l7 (HTTP direct, through sluice
-        /// proxy and through HAProxy; needs wrk and haproxy) and encrypt (cross-node TCP, VXLAN
-        /// against WireGuard), only when named.
+        /// proxy and through HAProxy; needs wrk and haproxy), encrypt (cross-node TCP, VXLAN
+        /// against WireGuard) and cluster (one agent against 1,000 nodes x 100 endpoints in a
+        /// throwaway etcd), only when named.
         #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb"), String::from("lb")])]
         parts: Vec<String>,
     },

@@ -105,9 +105,21 @@ pub struct NodeConfig {
     /// Not from the file: the numbers a loaded node already gives its endpoints, by
     /// interface (see `node::endpoint_numbers`). Empty for a node not loaded yet.
     pub numbering: std::collections::BTreeMap<String, u16>,
+    /// Not from the file: the label-set identities the cluster allocated (`crate::cluster`,
+    /// from etcd), which take precedence over the locally hashed numbers. Empty in
+    /// single-file mode.
+    pub cluster_identities: BTreeMap<Labels, u32>,
 }
 
 impl NodeConfig {
+    /// Every endpoint the overlay peers declare, with the name of its node.
+    pub fn remote_endpoints(&self) -> impl Iterator<Item = (&str, &network::RemoteEndpoint)> + '_ {
+        self.overlay
+            .iter()
+            .flat_map(|o| &o.peers)
+            .flat_map(|p| p.endpoints.iter().map(|e| (p.name.as_str(), e)))
+    }
+
     /// The endpoint called `name`.
     pub fn endpoint(&self, name: &str) -> Option<&Endpoint> {
         self.endpoints.binary_search_by(|e| e.name.as_str().cmp(name)).ok().map(|i| &self.endpoints[i])
@@ -243,6 +255,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         policy: policy_settings::lower(spec.policy),
         policy_warnings: Vec::new(),
         numbering: Default::default(),
+        cluster_identities: BTreeMap::new(),
     })
 }
 

@@ -16,7 +16,13 @@
 //!       - name: node-2
 //!         address: 172.16.0.2
 //!         prefixes: [10.0.2.0/24, "fd00:0:2::/64"]
+//!         endpoints:           # optional: the peer's pods, so they get identities here
+//!           - {name: web, namespace: default, ipv4: 10.0.2.5, labels: {app: web}}
 //! ```
+//!
+//! What a peer means for policy (Cilium's entities): its address is `remote-node`, its
+//! prefixes are inside the cluster (`cluster`, never `world`), and each endpoint it declares
+//! gets the label-set identity of its labels, so label selectors select it.
 //!
 //! Checks (each error at its field): a VNI fits 24 bits and is not 0; the port is not 0;
 //! peer names and addresses are unique and differ from `local`; `local` is no endpoint's
@@ -24,10 +30,13 @@
 //! peer only and covers no local endpoint's or router address; router addresses are not
 //! endpoint addresses. Load-balancer devices are unique interface names and not endpoint
 //! interfaces (those balance inside their own programs); the socket cgroup is an absolute
-//! path without `..`.
+//! path without `..`. A peer's endpoint has an address inside one of that peer's prefixes,
+//! no address another endpoint has, and labels as a local endpoint's (its namespace label
+//! derived from `namespace`).
 
 use super::cidr::Cidr;
-use super::endpoint::{Address, Endpoint, InterfaceName, Name};
+use super::endpoint::{Address, Endpoint, InterfaceName, Name, DEFAULT_NAMESPACE};
+use super::labels::{LabelKey, LabelValue, Labels, NAMESPACE_LABEL};
 use super::locate::{FieldPath, Invalid};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -136,6 +145,26 @@ pub struct OverlayPeer {
     pub prefixes: Vec<Cidr>,
     /// Its WireGuard public key and endpoint (`peers[].wireguard`), if given.
     pub wireguard: Option<super::encryption::WireguardPeer>,
+    /// The endpoints the peer declares (sorted by name), each inside one of `prefixes`.
+    pub endpoints: Vec<RemoteEndpoint>,
+}
+
+/// An endpoint on another node: its addresses and identity labels, nothing to attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteEndpoint {
+    pub name: String,
+    pub namespace: String,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// Identity labels: the labels written plus `io.kubernetes.pod.namespace`.
+    pub labels: Labels,
+}
+
+impl RemoteEndpoint {
+    /// The endpoint's addresses, IPv4 first.
+    pub fn addresses(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.ipv4.map(IpAddr::V4).into_iter().chain(self.ipv6.map(IpAddr::V6))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -173,6 +202,85 @@ pub(crate) struct PeerWire {
     prefixes: Vec<Cidr>,
     #[serde(default)]
     wireguard: Option<super::encryption::WireguardPeerWire>,
+    #[serde(default)]
+    endpoints: Vec<PeerEndpointWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a peer's endpoint: a mapping with name, namespace, ipv4, ipv6 and labels"
+)]
+pub(crate) struct PeerEndpointWire {
+    name: Name,
+    #[serde(default)]
+    namespace: Option<Name>,
+    #[serde(default)]
+    ipv4: Option<Address<Ipv4Addr>>,
+    #[serde(default)]
+    ipv6: Option<Address<Ipv6Addr>>,
+    #[serde(default)]
+    labels: BTreeMap<LabelKey, LabelValue>,
+}
+
+/// Lowers one peer's `endpoints` (at `here`), checking each address lies in the peer's
+/// `prefixes` and is nobody else's (`taken`: address -> where it was first seen).
+fn lower_peer_endpoints(
+    wires: Vec<PeerEndpointWire>,
+    prefixes: &[Cidr],
+    taken: &mut BTreeMap<IpAddr, String>,
+    (here, peer): (&FieldPath, usize),
+) -> Result<Vec<RemoteEndpoint>, Invalid> {
+    let mut names: BTreeMap<String, usize> = BTreeMap::new();
+    let mut lowered = Vec::with_capacity(wires.len());
+    for (i, wire) in wires.into_iter().enumerate() {
+        let at = here.key("endpoints").index(i);
+        if let Some(first) = names.insert(wire.name.0.clone(), i) {
+            return Err(at.key("name").invalid(format!(
+                "duplicate endpoint name `{}` (first at endpoints[{first}])",
+                wire.name.0
+            )));
+        }
+        if wire.ipv4.is_none() && wire.ipv6.is_none() {
+            return Err(
+                at.invalid(format!("endpoint `{}` has no address; give it ipv4, ipv6 or both", wire.name.0))
+            );
+        }
+        let family_addrs =
+            [("ipv4", wire.ipv4.map(|a| IpAddr::V4(a.0))), ("ipv6", wire.ipv6.map(|a| IpAddr::V6(a.0)))];
+        for (field, addr) in family_addrs {
+            let Some(addr) = addr else { continue };
+            if !prefixes.iter().any(|p| p.contains(addr)) {
+                return Err(at.key(field).invalid(format!(
+                    "{addr} is in none of the peer's prefixes; the tunnel would not reach it"
+                )));
+            }
+            if let Some(first) = taken.insert(addr, format!("peers[{peer}].endpoints[{i}].{field}")) {
+                return Err(at.key(field).invalid(format!("duplicate address {addr} (first at {first})")));
+            }
+        }
+        let namespace = wire.namespace.map_or_else(|| DEFAULT_NAMESPACE.to_owned(), |n| n.0);
+        let mut labels = Labels::new();
+        for (key, value) in &wire.labels {
+            if key.key == NAMESPACE_LABEL {
+                return Err(at.key("labels").key(&key.raw).invalid(format!(
+                    "`{}` is derived from the endpoint's namespace; set `namespace` instead",
+                    key.raw
+                )));
+            }
+            labels.insert(key.key.clone(), value.0.clone());
+        }
+        labels.insert(NAMESPACE_LABEL.to_owned(), namespace.clone());
+        lowered.push(RemoteEndpoint {
+            name: wire.name.0,
+            namespace,
+            ipv4: wire.ipv4.map(|a| a.0),
+            ipv6: wire.ipv6.map(|a| a.0),
+            labels,
+        });
+    }
+    lowered.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(lowered)
 }
 
 /// Lowers `spec.router` and `spec.overlay` (at `spec`) against the node's endpoints.
@@ -215,6 +323,7 @@ pub(crate) fn lower(
     let mut prefixes: Vec<(Cidr, String)> = Vec::new();
     let mut keys: BTreeMap<[u8; 32], usize> = BTreeMap::new();
     let mut peers = Vec::new();
+    let mut remote_addresses: BTreeMap<IpAddr, String> = BTreeMap::new();
     for (i, p) in o.peers.into_iter().enumerate() {
         let here = at.key("peers").index(i);
         if let Some(first) = names.insert(p.name.0.clone(), i) {
@@ -259,7 +368,8 @@ pub(crate) fn lower(
                 )));
             }
         }
-        peers.push(OverlayPeer { name: p.name.0, address: p.address.0, prefixes: own, wireguard });
+        let endpoints = lower_peer_endpoints(p.endpoints, &own, &mut remote_addresses, (&here, i))?;
+        peers.push(OverlayPeer { name: p.name.0, address: p.address.0, prefixes: own, wireguard, endpoints });
     }
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     let device = o.device.map_or_else(|| DEFAULT_OVERLAY_DEVICE.to_string(), |d| d.0);

@@ -10,7 +10,11 @@
 //!   sorted) reduced into the range; on collision, the next free number (wrapping), with the
 //!   sets taken in sorted order. So a label set keeps its number in any run and whatever the
 //!   order of the node file, and changes only if a set it collides with comes or goes.
-//!   Endpoints with equal label sets share an identity.
+//!   Endpoints with equal label sets share an identity. The label sets are those of the
+//!   node's endpoints and of the endpoints its overlay peers declare (remote endpoints get
+//!   identities so label selectors select them). In cluster mode
+//!   ([`NodeConfig::cluster_identities`], allocated once for the cluster in etcd) a set takes
+//!   its cluster number; only sets without one are hashed, into the numbers left free.
 //! - CIDR identities: every prefix used by a rule (CIDR peers and their excepts), except the
 //!   default routes, gets a local-scope identity `1 << 24 | n`, `n` counting from 1 over the
 //!   prefixes in sorted order ([`Cidr`]'s order). The default routes are the world identities
@@ -107,14 +111,32 @@ pub struct IdentityTable {
 impl IdentityTable {
     /// Allocates identities for every endpoint label set and every CIDR used by a rule.
     pub fn allocate(cfg: &NodeConfig) -> Result<IdentityTable, PolicyError> {
-        let sets: std::collections::BTreeSet<&Labels> = cfg.endpoints.iter().map(|e| &e.labels).collect();
+        let sets: std::collections::BTreeSet<&Labels> = cfg
+            .endpoints
+            .iter()
+            .map(|e| &e.labels)
+            .chain(cfg.remote_endpoints().map(|(_, e)| &e.labels))
+            .collect();
         let capacity = (Identity::LAST_LABEL_SET - Identity::FIRST_LABEL_SET + 1) as usize;
         if sets.len() > capacity {
             return Err(PolicyError::LabelIdentitiesExhausted { label_sets: sets.len(), capacity });
         }
         let mut by_labels = BTreeMap::new();
         let mut labels_of: BTreeMap<Identity, Labels> = BTreeMap::new();
+        let in_range = |n: u32| (Identity::FIRST_LABEL_SET..=Identity::LAST_LABEL_SET).contains(&n);
+        for labels in &sets {
+            match cfg.cluster_identities.get(*labels) {
+                Some(&n) if in_range(n) && !labels_of.contains_key(&Identity(n)) => {
+                    by_labels.insert((*labels).clone(), Identity(n));
+                    labels_of.insert(Identity(n), (*labels).clone());
+                }
+                _ => {}
+            }
+        }
         for labels in sets {
+            if by_labels.contains_key(labels) {
+                continue;
+            }
             let mut n = label_set_slot(labels);
             // Fewer sets than slots, so a free slot exists and the probe ends.
             while labels_of.contains_key(&Identity(n)) {

@@ -1,11 +1,16 @@
 //! The ipcache: which identity an address has, by longest-prefix match.
 //!
 //! Contract:
-//! - Entries, by priority when two claim the same prefix: each endpoint address as a host
-//!   prefix (`/32`, `/128`) -> the endpoint's label-set identity; each host address -> host;
-//!   each prefix a rule uses -> its CIDR identity; `0.0.0.0/0` -> world-ipv4 and `::/0` ->
-//!   world-ipv6. An endpoint or host address that a rule also names keeps the endpoint's or
-//!   host's identity: CIDR rules never select cluster endpoints (as in Cilium).
+//! - Entries, by priority when two claim the same prefix: each endpoint address (the node's
+//!   and those its overlay peers declare) as a host prefix (`/32`, `/128`) -> the endpoint's
+//!   label-set identity; each host address -> host; each overlay peer's address ->
+//!   remote-node; each overlay peer's prefix -> unmanaged (an address of the cluster no
+//!   endpoint claims: Cilium's "unmanaged endpoints are considered part of the cluster");
+//!   each prefix a rule uses -> its CIDR identity, unless it lies inside a peer's prefix;
+//!   `0.0.0.0/0` -> world-ipv4 and `::/0` -> world-ipv6. An endpoint, host or node address
+//!   that a rule also names keeps its own identity: CIDR rules never select cluster
+//!   endpoints or nodes (as in Cilium), and so world (which is every CIDR identity) never
+//!   takes in an address of the cluster.
 //! - [`IpCache::lookup`] returns the identity of the longest prefix containing the address;
 //!   the default routes make it total.
 //! - Why this is enough for CIDR rules with `except` (resolution relies on it): every rule
@@ -43,11 +48,29 @@ impl IpCache {
                 entries.insert(Cidr::host(addr), id);
             }
         }
+        for (_, endpoint) in cfg.remote_endpoints() {
+            let id = ids
+                .of_labels(&endpoint.labels)
+                .expect("IdentityTable::allocate gives every remote label set an identity");
+            for addr in endpoint.addresses() {
+                entries.entry(Cidr::host(addr)).or_insert(id);
+            }
+        }
         for addr in &cfg.host_addresses {
             entries.entry(Cidr::host(*addr)).or_insert(Identity::HOST);
         }
+        let peers = cfg.overlay.iter().flat_map(|o| &o.peers);
+        for peer in peers.clone() {
+            entries.entry(Cidr::host(IpAddr::V4(peer.address))).or_insert(Identity::REMOTE_NODE);
+        }
+        let cluster_prefixes: Vec<Cidr> = peers.flat_map(|p| p.prefixes.iter().copied()).collect();
+        for prefix in &cluster_prefixes {
+            entries.entry(*prefix).or_insert(Identity::UNMANAGED);
+        }
         for (cidr, id) in ids.cidrs() {
-            entries.entry(cidr).or_insert(id);
+            if !cluster_prefixes.iter().any(|p| p.contains_cidr(&cidr)) {
+                entries.entry(cidr).or_insert(id);
+            }
         }
         let default_v4: Cidr = "0.0.0.0/0".parse().expect("a valid literal");
         let default_v6: Cidr = "::/0".parse().expect("a valid literal");

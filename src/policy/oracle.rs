@@ -44,7 +44,12 @@ pub struct FlowKey {
 #[derive(Debug, Clone, Copy)]
 enum PeerKind<'a> {
     Endpoint(&'a Endpoint),
+    /// An endpoint an overlay peer declares, by its labels.
+    Remote(&'a crate::model::Labels),
     Host,
+    RemoteNode,
+    /// In an overlay peer's prefix, claimed by no endpoint.
+    Unmanaged,
     Outside(IpAddr),
 }
 
@@ -101,8 +106,14 @@ pub fn decide(
 fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
     if let Some(endpoint) = cfg.endpoints.iter().find(|e| e.has_address(addr)) {
         PeerKind::Endpoint(endpoint)
+    } else if let Some((_, remote)) = cfg.remote_endpoints().find(|(_, e)| e.addresses().any(|a| a == addr)) {
+        PeerKind::Remote(&remote.labels)
     } else if cfg.host_addresses.contains(&addr) {
         PeerKind::Host
+    } else if cfg.overlay.iter().flat_map(|o| &o.peers).any(|p| IpAddr::V4(p.address) == addr) {
+        PeerKind::RemoteNode
+    } else if cfg.overlay.iter().flat_map(|o| &o.peers).flat_map(|p| &p.prefixes).any(|c| c.contains(addr)) {
+        PeerKind::Unmanaged
     } else {
         PeerKind::Outside(addr)
     }
@@ -111,8 +122,10 @@ fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
 fn peer_matches(peer: &Peer, kind: PeerKind<'_>) -> bool {
     match (peer, kind) {
         (Peer::Entity(Entity::All), _) => true,
-        (Peer::Entity(Entity::Cluster), PeerKind::Endpoint(_) | PeerKind::Host) => true,
+        (Peer::Entity(Entity::Cluster), kind) => !matches!(kind, PeerKind::Outside(_)),
         (Peer::Entity(Entity::Host), PeerKind::Host) => true,
+        (Peer::Entity(Entity::RemoteNode), PeerKind::RemoteNode) => true,
+        (Peer::Endpoints(selector), PeerKind::Remote(labels)) => selector.matches(labels),
         (Peer::Entity(Entity::World), PeerKind::Outside(_)) => true,
         (Peer::Endpoints(selector), PeerKind::Endpoint(endpoint)) => selector.matches(&endpoint.labels),
         (Peer::Cidr(rule), PeerKind::Outside(addr)) => rule.contains(addr),

@@ -16,10 +16,13 @@
 //!   world-ipv4/ipv6 when P is a default route (see `super::ipcache` for why the ipcache's
 //!   longest-prefix match then gives exactly the addresses in P and in no E); entities:
 //!   `all` -> 0 (any), `host` -> 1, `world` -> 2, 9, 10 and every CIDR identity (a CIDR
-//!   identity is a piece of the world), `cluster` -> every label-set identity plus host,
-//!   health, init, remote-node and ingress (Cilium's cluster entity); the other reserved
-//!   entities to their reserved identity (`unmanaged` 3, `health` 4, `init` 5,
+//!   identity is a piece of the world; the ipcache gives none to an address of the
+//!   cluster), `cluster` -> every label-set identity (local and remote endpoints) plus host,
+//!   unmanaged, health, init, remote-node and ingress (Cilium's cluster entity); the other
+//!   reserved entities to their reserved identity (`unmanaged` 3, `health` 4, `init` 5,
 //!   `remote-node` 6, `kube-apiserver` 7, `ingress` 8).
+//! - Subjects are the node's own endpoints: remote endpoints have identities (peers can
+//!   select them) but no policy here; their own node enforces theirs.
 //! - Ports become entries: a rule without ports gives protocol 0, port prefix 0; a port range
 //!   gives the fewest aligned prefix blocks ([`super::entry::port_blocks`]); ICMP types are
 //!   ports of protocol 1 or 58. A port name becomes the number the destination endpoint gives
@@ -60,9 +63,19 @@ use super::identity::{Identity, IdentityTable};
 use super::ipcache::IpCache;
 use super::PolicyError;
 
-/// The reserved identities Cilium's `cluster` entity selects besides the endpoints.
-const CLUSTER_RESERVED: [Identity; 5] =
-    [Identity::HOST, Identity::HEALTH, Identity::INIT, Identity::REMOTE_NODE, Identity::INGRESS];
+/// The reserved identities Cilium's `cluster` entity selects besides the endpoints: "This
+/// includes all Cilium-managed endpoints of the local cluster, unmanaged endpoints in the
+/// local cluster, as well as the host, remote-node, and init identities" (Cilium,
+/// Documentation/security/policy/language.rst, Entities Based); health and ingress are
+/// endpoints of the cluster too.
+const CLUSTER_RESERVED: [Identity; 6] = [
+    Identity::HOST,
+    Identity::UNMANAGED,
+    Identity::HEALTH,
+    Identity::INIT,
+    Identity::REMOTE_NODE,
+    Identity::INGRESS,
+];
 
 /// One endpoint direction, resolved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -161,7 +174,10 @@ impl Pieces {
 pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
     let identities = IdentityTable::allocate(cfg)?;
     let ipcache = IpCache::build(cfg, &identities);
-    let subjects: Vec<(Identity, &crate::model::Labels)> = identities.label_sets().collect();
+    let local: std::collections::BTreeSet<&crate::model::Labels> =
+        cfg.endpoints.iter().map(|e| &e.labels).collect();
+    let subjects: Vec<(Identity, &crate::model::Labels)> =
+        identities.label_sets().filter(|(_, labels)| local.contains(labels)).collect();
     let peers = PeerIdentities::new(&identities, cfg);
 
     // Each rule once: which subjects it selects, and what it names per direction.

@@ -35,12 +35,15 @@ use sluice::sys::TestRunOpts;
 const A: Verdict = Verdict::Allow;
 const D: Verdict = Verdict::Deny;
 
-/// One local endpoint `web` (10.0.1.5, fd00:0:1::5); node-2 behind the overlay.
+/// One local endpoint `web` (10.0.1.5, fd00:0:1::5); node-2 behind the overlay. The host's
+/// own traffic is judged by policy (`allowLocalhost: policy`), so the entity cases can say
+/// the host is neither world nor remote-node.
 const NODE: &str = "\
 apiVersion: sluice.dev/v1
 kind: Node
 metadata: {name: node-1}
 spec:
+  policy: {allowLocalhost: policy}
   hostAddresses: [192.168.1.5]
   router: {ipv4: 10.0.1.1, ipv6: 'fd00:0:1::1'}
   overlay:
@@ -249,6 +252,9 @@ fn entities_hold_in_the_kernel() {
         let plan = plan(cfg).expect("plans");
         let loaded = load_plan(&kernel, &plan).expect("the kernel accepts the endpoint programs");
         Some(Box::new(move |prog, frame| {
+            // The whole `Loaded`, maps included: a program array keeps its slots only while
+            // user space holds the map (the stubs tail-call through `ep_tail`).
+            let loaded = &loaded;
             loaded.programs[prog].test_run(&TestRunOpts::packet(frame)).expect("test run").retval
         }))
     });

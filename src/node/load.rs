@@ -212,7 +212,9 @@ pub fn load_plan(sys: &Arc<dyn Syscall>, plan: &Plan) -> Result<Loaded, LoadErro
 
 /// Put each shared program into its program-table slot
 /// ([`super::endpoints::tail_slots`]); before any hook is attached, so no stub ever runs
-/// with an empty slot.
+/// with an empty slot. The kernel empties a program array when the last user reference to
+/// it goes (its fd and its pin): keep [`Loaded::maps`] (or the pins) as long as the
+/// programs run, or every stub drops.
 pub fn fill_tail_slots<'p>(
     maps: &BTreeMap<&'static str, Map>,
     programs: impl Fn(&str) -> Option<&'p sys::Program>,

@@ -17,6 +17,7 @@
 //! the Nth call on, for crash-consistency tests).
 
 pub mod attr;
+pub mod btf;
 pub mod fault;
 pub mod gate;
 pub mod info;

@@ -536,21 +536,20 @@ fn demo() -> Result<ExitCode> {
 fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
     let err = |e: crate::demo::DemoError| CliError::Replay(e.to_string());
     let mut services = Vec::new();
+    let mut accel = None;
     let rows = match sys::kernel_available() {
         Ok(()) => {
             println!("\nflows: the node built in network namespaces (endpoints, the world, an overlay peer), real traffic");
             crate::daemon::signals::install();
-            let (rows, svc) = crate::demo::run_kernel_with_services(
-                cfg,
-                &crate::daemon::signals::STOP,
-                &mut std::io::stdout(),
-            )
-            .map_err(err)?;
+            let (rows, svc, accel_row) =
+                crate::demo::run_kernel_all(cfg, &crate::daemon::signals::STOP, &mut std::io::stdout())
+                    .map_err(err)?;
             if crate::daemon::signals::STOP.load(std::sync::atomic::Ordering::Relaxed) {
                 println!("interrupted: namespaces, programs and pins removed");
                 return Ok(1);
             }
             services = svc;
+            accel = accel_row;
             rows
         }
         Err(why) => {
@@ -564,12 +563,16 @@ fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
         .map_err(|e| CliError::Replay(e.to_string()))?;
     let svc_bad = crate::demo::services::print(&services, &mut std::io::stdout())
         .map_err(|e| CliError::Replay(e.to_string()))?;
+    let accel_bad = accel.as_ref().map_or(0, |a: &crate::demo::accel::AccelRow| {
+        println!("{a}");
+        usize::from(!a.ok())
+    });
     println!("flows: {} tried, {} as expected, {} not", rows.len(), rows.len() - bad, bad);
     if !services.is_empty() {
         let probed = services.iter().filter(|s| s.skipped.is_none()).count();
         println!("services: {probed} frontends probed, {} as expected, {svc_bad} not", probed - svc_bad);
     }
-    Ok(bad + svc_bad)
+    Ok(bad + svc_bad + accel_bad)
 }
 
 /// Endpoint policy: a grid of flows between the endpoints, the host and outside peers,

@@ -14,6 +14,7 @@
 //! [`run_sim`] sends the same flows' packets (request and answer) through the programs in
 //! verifier-sim, following redirects from program to program as the kernel would.
 
+pub mod accel;
 pub mod lab;
 pub mod services;
 pub mod traffic;
@@ -413,6 +414,30 @@ pub fn run_kernel_with_services(
     stop: &AtomicBool,
     log: &mut dyn std::io::Write,
 ) -> Result<(Vec<Row>, Vec<services::ServiceRow>), DemoError> {
+    run_kernel_in_lab(cfg, stop, log, false).map(|(rows, svc, _)| (rows, svc))
+}
+
+/// What [`run_kernel_all`] showed: the flows, the services' probes, the accelerated path
+/// (absent when stopped midway).
+pub type KernelRun = (Vec<Row>, Vec<services::ServiceRow>, Option<accel::AccelRow>);
+
+/// [`run_kernel_with_services`], then the accelerated path ([`accel::run`]) in the same lab.
+/// It moves the calling process into a cgroup for a moment: call it from a process (or test
+/// binary) that runs nothing else at the same time.
+pub fn run_kernel_all(
+    cfg: &NodeConfig,
+    stop: &AtomicBool,
+    log: &mut dyn std::io::Write,
+) -> Result<KernelRun, DemoError> {
+    run_kernel_in_lab(cfg, stop, log, true)
+}
+
+fn run_kernel_in_lab(
+    cfg: &NodeConfig,
+    stop: &AtomicBool,
+    log: &mut dyn std::io::Write,
+    with_accel: bool,
+) -> Result<KernelRun, DemoError> {
     let prefix = lab_prefix();
     let pin: PathBuf = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
     let sys = crate::sys::kernel();
@@ -464,7 +489,9 @@ pub fn run_kernel_with_services(
             let read = || lab.node.run_in(|| counters(&sys, &pin)).unwrap_or_default();
             services::run(cfg, &lab, &read)
         };
-        Ok((rows, svc))
+        let accel = (with_accel && !stop.load(Ordering::Relaxed))
+            .then(|| accel::run(cfg, &lab, &sys, &pin, &flows(cfg, &outside)));
+        Ok((rows, svc, accel))
     });
     let down = lab.node.run_in(|| wire::down(&sys, &pin));
     drop(lab);

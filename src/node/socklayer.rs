@@ -11,9 +11,12 @@
 //!   (`BPF_CGROUP_SOCK_OPS`). On error nothing stays attached (unpinned links detach on drop).
 //! - [`SockLayer::detach`] / [`remove`] unlink `sock_ops` (no new connection is accelerated)
 //!   and `sk_msg`. Sockets already in `sock_hash` keep the program they took at insertion
-//!   until they close. The kernel drops a map's sockets (and their unread redirected data)
-//!   when the map itself goes: `sluice unload` of a node with live accelerated connections
-//!   is not loss-free (a known limit).
+//!   until they close. Unpinning `sock_hash` (`sluice down`) does not free it while it holds
+//!   sockets: each socket holds the `sk_msg` program it took, the program holds the map,
+//!   so the map, its sockets and their queues of redirected, unread bytes stay until the
+//!   sockets close (the kernel frees a socket's queue only when the socket leaves the map;
+//!   `tests/e2e_sock_teardown.rs` checks no byte is lost and the map goes after the close).
+//!   Such connections stay accelerated after `down`.
 //! - [`sync`] (idempotent; `sluice attach` and the daemon run it): the node's
 //!   `spec.socketLayer.cgroup` gets both links pinned under `<pin>/socklayer/`; the socket
 //!   layer's maps are pinned under `<pin>/maps/` beside the endpoint maps it reads, created

@@ -122,6 +122,8 @@ pub mod attach_type {
     /// `BPF_XDP`: XDP through a bpf link.
     pub const XDP: u32 = 37;
     pub const SK_SKB_VERDICT: u32 = 38;
+    /// `BPF_TRACE_ITER`: a BPF iterator (`iter/tcp`, ...).
+    pub const TRACE_ITER: u32 = 28;
     pub const NETFILTER: u32 = 45;
     pub const TCX_INGRESS: u32 = 46;
     pub const TCX_EGRESS: u32 = 47;
@@ -408,7 +410,16 @@ macro_rules! attr_structs {
     };
 }
 
+/// `BPF_ITER_CREATE`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IterCreateAttr {
+    pub link_fd: u32,
+    pub flags: u32,
+}
+
 attr_structs! {
+    IterCreateAttr = 8,
     MapCreateAttr = 80,
     MapElemAttr = 32,
     MapBatchAttr = 56,

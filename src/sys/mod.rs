@@ -17,9 +17,11 @@
 //! the Nth call on, for crash-consistency tests).
 
 pub mod attr;
+pub mod btf;
 pub mod fault;
 pub mod gate;
 pub mod info;
+pub mod iter;
 pub mod link;
 pub mod map;
 pub mod pin;
@@ -88,6 +90,7 @@ pub enum BpfCmd {
     LinkUpdate = 29,
     LinkGetFdById = 30,
     LinkGetNextId = 31,
+    IterCreate = 33,
     LinkDetach = 34,
     ProgBindMap = 35,
 }
@@ -125,6 +128,7 @@ impl BpfCmd {
             BpfCmd::LinkGetNextId => "BPF_LINK_GET_NEXT_ID",
             BpfCmd::LinkDetach => "BPF_LINK_DETACH",
             BpfCmd::ProgBindMap => "BPF_PROG_BIND_MAP",
+            BpfCmd::IterCreate => "BPF_ITER_CREATE",
         }
     }
 }

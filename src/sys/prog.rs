@@ -42,11 +42,13 @@ pub enum ProgType {
     FlowDissector,
     SkLookup,
     Netfilter,
+    /// `BPF_PROG_TYPE_TRACING` (iterators: with `BPF_TRACE_ITER` and an attach BTF id).
+    Tracing,
 }
 
 impl ProgType {
     /// Every type, for tables and tests.
-    pub const ALL: [ProgType; 13] = [
+    pub const ALL: [ProgType; 14] = [
         ProgType::SocketFilter,
         ProgType::SchedCls,
         ProgType::SchedAct,
@@ -60,6 +62,7 @@ impl ProgType {
         ProgType::FlowDissector,
         ProgType::SkLookup,
         ProgType::Netfilter,
+        ProgType::Tracing,
     ];
 
     /// The kernel's `enum bpf_prog_type` number.
@@ -78,6 +81,7 @@ impl ProgType {
             ProgType::FlowDissector => 22,
             ProgType::SkLookup => 30,
             ProgType::Netfilter => 32,
+            ProgType::Tracing => 26,
         }
     }
 
@@ -100,12 +104,22 @@ pub struct ProgSpec<'a> {
     pub license: &'a str,
     /// `prog_flags` ([`super::prog_flags`]).
     pub flags: u32,
+    /// `attach_btf_id`: the kernel BTF id of what a tracing program attaches to.
+    pub attach_btf_id: Option<u32>,
 }
 
 impl<'a> ProgSpec<'a> {
     /// A GPL program with no expected attach type and no flags.
     pub fn new(name: &'a str, prog_type: ProgType, insns: &'a [u8]) -> Self {
-        ProgSpec { name, prog_type, expected_attach_type: None, insns, license: "GPL", flags: 0 }
+        ProgSpec {
+            name,
+            prog_type,
+            expected_attach_type: None,
+            insns,
+            license: "GPL",
+            flags: 0,
+            attach_btf_id: None,
+        }
     }
 
     /// The same spec with `expected_attach_type`.
@@ -244,6 +258,7 @@ fn load_input(spec: &ProgSpec<'_>, name: &str) -> Result<LoadInput> {
     attr.prog_flags = spec.flags;
     attr.prog_name = obj_name_bytes(name);
     attr.expected_attach_type = spec.expected_attach_type.unwrap_or(0);
+    attr.attach_btf_id = spec.attach_btf_id.unwrap_or(0);
     Ok(LoadInput { attr, _license: license })
 }
 

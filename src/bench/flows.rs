@@ -217,6 +217,22 @@ pub(crate) fn measure(
     Ok(sample)
 }
 
+/// Host routes to every endpoint address through its interface, and forwarding on: what
+/// the node's stack needs to carry endpoint traffic with no sluice program attached.
+fn stack_routes(cfg: &NodeConfig) -> Result<(), FlowBenchError> {
+    use crate::netlink::{sysctl, Netlink, Route};
+    let nl = Netlink::open()?;
+    sysctl::ip_forward(None, true)?;
+    sysctl::ipv6_forwarding(None, true)?;
+    for ep in &cfg.endpoints {
+        let ifindex = nl.ifindex(&ep.interface)?;
+        for addr in ep.addresses() {
+            nl.replace_route(&Route::new(crate::model::Cidr::host(addr)).dev(ifindex))?;
+        }
+    }
+    Ok(())
+}
+
 /// Run the benchmark (needs root).
 pub fn run(opts: &FlowBenchOpts) -> Result<FlowReport, FlowBenchError> {
     let cfg = model::default_node();
@@ -242,7 +258,10 @@ pub fn run(opts: &FlowBenchOpts) -> Result<FlowReport, FlowBenchError> {
     };
     let down = |pin: &PathBuf| -> Result<(), FlowBenchError> {
         in_ns(&lab.node, || wire::down(&sys, pin).map(|_| ()))?
-            .map_err(|e| FlowBenchError::Setup(e.to_string()))
+            .map_err(|e| FlowBenchError::Setup(e.to_string()))?;
+        // `down` removes the host routes sluice made; the stack-alone baseline routes to
+        // the endpoints the plain way: a host route per address on its host-side veth.
+        in_ns(&lab.node, || stack_routes(&cfg))?
     };
     let mut report = FlowReport::default();
     let result = (|| -> Result<(), FlowBenchError> {

@@ -606,46 +606,14 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
 /// Standard base64 with padding (RFC 4648 section 4), as proto3 JSON writes bytes.
 pub fn b64_encode(data: &[u8]) -> String {
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for chunk in data.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(B64[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    base64::encode(data)
 }
 
-/// Decodes standard or URL-safe base64, padded or not.
+/// Decodes standard or URL-safe base64 (proto3 JSON readers accept both).
 pub fn b64_decode(text: &str) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0u32);
-    for c in text.bytes().filter(|&c| c != b'=') {
-        let v = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' | b'-' => 62,
-            b'/' | b'_' => 63,
-            _ => return None,
-        };
-        acc = acc << 6 | u32::from(v);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    Some(out)
+    base64::decode(text).or_else(|_| base64::decode_config(text, base64::URL_SAFE)).ok()
 }
 
 #[cfg(test)]
@@ -669,6 +637,7 @@ mod tests {
             assert_eq!(b64_decode(coded).as_deref(), Some(plain.as_bytes()), "decode {coded:?}");
         }
         assert_eq!(b64_decode("Zm9v!"), None);
+        assert_eq!(b64_decode("-_8=").as_deref(), Some(&[0xfb, 0xff][..]), "URL-safe");
     }
 
     #[test]

@@ -150,18 +150,31 @@ pub fn load_program(
     obj: &Object,
     maps: &BTreeMap<&'static str, Map>,
 ) -> Result<sys::Program, LoadError> {
+    load_generated(sys, &obj.name, &obj.program, maps, prog_type(obj.kind), |spec| spec)
+}
+
+/// Relocate `program` against `maps` (by name), encode it and load it as a `kind` program
+/// (`adjust` adds what the kind needs, e.g. an expected attach type); a verifier rejection
+/// carries the end of the kernel's log and our listing around the failing instruction.
+/// Every loader of generated code goes through here.
+pub fn load_generated(
+    sys: &Arc<dyn Syscall>,
+    name: &str,
+    program: &sluice_asm::Program,
+    maps: &BTreeMap<&str, Map>,
+    kind: ProgType,
+    adjust: impl for<'x> FnOnce(ProgSpec<'x>) -> ProgSpec<'x>,
+) -> Result<sys::Program, LoadError> {
     use std::os::fd::AsRawFd;
-    let bound = obj
-        .program
-        .relocate(|name| maps.get(name).map(|m| m.fd().as_raw_fd()))
-        .map_err(|source| LoadError::Relocate { name: obj.name.clone(), source })?;
-    let bytes = bound.encode().map_err(|source| LoadError::Encode { name: obj.name.clone(), source })?;
-    let spec = ProgSpec::new(&obj.name, prog_type(obj.kind), &bytes);
-    sys::Program::load(sys, &spec).map_err(|e| match e {
+    let bound = program
+        .relocate(|m| maps.get(m).map(|m| m.fd().as_raw_fd()))
+        .map_err(|source| LoadError::Relocate { name: name.to_string(), source })?;
+    let bytes = bound.encode().map_err(|source| LoadError::Encode { name: name.to_string(), source })?;
+    sys::Program::load(sys, &adjust(ProgSpec::new(name, kind, &bytes))).map_err(|e| match e {
         SysError::ProgLoad { name, errno, log } => LoadError::Rejected {
             name,
             errno: errno.to_string(),
-            listing: sluice_asm::text::rejection_context(&obj.program, &log),
+            listing: sluice_asm::text::rejection_context(program, &log),
             log: sluice_asm::text::log_tail(&log, 40),
         },
         other => LoadError::Sys(other),

@@ -28,9 +28,8 @@ use crate::attach::{AttachError, Link};
 use crate::codegen::sockops;
 use crate::codegen::CodegenError;
 use crate::maps::names as map;
-use crate::sys::{attach_type, Map, ProgSpec, ProgType, Program, SysError, Syscall};
+use crate::sys::{attach_type, Map, ProgType, Program, SysError, Syscall};
 use std::collections::BTreeMap;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -42,16 +41,9 @@ pub enum SockLayerError {
     Codegen(#[from] CodegenError),
     #[error("program `{name}` uses map `{map}`, which was not given")]
     MissingMap { name: &'static str, map: String },
-    #[error("program `{name}`: {source}")]
-    Encode {
-        name: &'static str,
-        #[source]
-        source: sluice_asm::EncodeError,
-    },
-    #[error(
-        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log (end) ---\n{log}\n--- our program where the verifier stopped ---\n{listing}"
-    )]
-    Rejected { name: String, errno: String, log: String, listing: String },
+    /// Relocating, encoding or loading (a verifier rejection with its listing).
+    #[error(transparent)]
+    Load(#[from] super::load::LoadError),
     #[error(transparent)]
     Sys(#[from] SysError),
     #[error(transparent)]
@@ -90,27 +82,11 @@ pub fn load_program(
     which: Which,
     maps: &BTreeMap<&str, Map>,
 ) -> Result<Program, SockLayerError> {
-    let name = which.name();
-    let program = which.generate()?;
-    let bound = program.relocate(|m| maps.get(m).map(|m| m.fd().as_raw_fd())).map_err(|_| {
-        let map =
-            program.map_names().into_iter().find(|m| !maps.contains_key(m.as_str())).unwrap_or_default();
-        SockLayerError::MissingMap { name, map }
-    })?;
-    let bytes = bound.encode().map_err(|source| SockLayerError::Encode { name, source })?;
-    let spec = match which {
-        Which::Ops => ProgSpec::new(name, ProgType::SockOps, &bytes),
-        Which::Msg => ProgSpec::new(name, ProgType::SkMsg, &bytes),
+    let kind = match which {
+        Which::Ops => ProgType::SockOps,
+        Which::Msg => ProgType::SkMsg,
     };
-    Program::load(sys, &spec).map_err(|e| match e {
-        SysError::ProgLoad { name, errno, log } => SockLayerError::Rejected {
-            name,
-            errno: errno.to_string(),
-            listing: sluice_asm::text::rejection_context(&program, &log),
-            log: sluice_asm::text::log_tail(&log, 40),
-        },
-        other => SockLayerError::Sys(other),
-    })
+    Ok(super::load::load_generated(sys, which.name(), &which.generate()?, maps, kind, |s| s)?)
 }
 
 /// The socket layer attached to one cgroup: the `sk_msg` link on `sock_hash`, the
@@ -273,7 +249,7 @@ pub fn sync(
         return Ok(report);
     };
     let dir = pin_dir.join(SOCKLAYER_DIR);
-    let want_id = cgroup_id(&cgroup);
+    let want_id = super::socklb::cgroup_id(&cgroup);
     let ops_ok = Link::from_pin(sys, &dir.join(sockops::OPS_NAME))
         .ok()
         .and_then(|l| l.info().ok())
@@ -292,11 +268,6 @@ pub fn sync(
 }
 
 /// The id of the cgroup directory at `path` (its inode number, what a cgroup link reports).
-fn cgroup_id(path: &Path) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(path).ok().map(|m| m.ino())
-}
-
 /// Detach and unpin the socket layer's links under `pin_dir` (`sock_ops` first); how many
 /// there were. Accelerated sockets keep their program until they close.
 pub fn remove(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<usize, SockLayerSyncError> {

@@ -25,9 +25,8 @@ use crate::attach::{AttachError, Link, LinkKind};
 use crate::codegen::sock_lb::{self, SockAddrHook};
 use crate::codegen::CodegenError;
 use crate::model::NodeConfig;
-use crate::sys::{Map, ProgSpec, ProgType, Program, SysError, Syscall};
+use crate::sys::{Map, ProgType, Program, SysError, Syscall};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -37,18 +36,9 @@ use thiserror::Error;
 pub enum SockLbError {
     #[error(transparent)]
     Codegen(#[from] CodegenError),
-    #[error("program `{name}` uses map `{map}`, which was not given")]
-    MissingMap { name: String, map: String },
-    #[error("program `{name}`: {source}")]
-    Encode {
-        name: String,
-        #[source]
-        source: sluice_asm::EncodeError,
-    },
-    #[error(
-        "the kernel verifier rejected program `{name}` ({errno})\n--- verifier log (end) ---\n{log}\n--- our program where the verifier stopped ---\n{listing}"
-    )]
-    Rejected { name: String, errno: String, log: String, listing: String },
+    /// Relocating, encoding or loading (a verifier rejection with its listing).
+    #[error(transparent)]
+    Load(#[from] super::load::LoadError),
     #[error(transparent)]
     Sys(#[from] SysError),
     #[error(transparent)]
@@ -61,24 +51,16 @@ pub fn load_sock_lb_program(
     hook: SockAddrHook,
     maps: &BTreeMap<&str, Map>,
 ) -> Result<Program, SockLbError> {
-    let name = sock_lb::name(hook);
     let program = sock_lb::generate(hook)?;
-    let bound = program.relocate(|map| maps.get(map).map(|m| m.fd().as_raw_fd())).map_err(|_| {
-        let map =
-            program.map_names().into_iter().find(|m| !maps.contains_key(m.as_str())).unwrap_or_default();
-        SockLbError::MissingMap { name: name.to_string(), map }
-    })?;
-    let bytes = bound.encode().map_err(|source| SockLbError::Encode { name: name.to_string(), source })?;
-    let spec = ProgSpec::new(name, ProgType::CgroupSockAddr, &bytes).with_attach_type(hook_attach_type(hook));
-    Program::load(sys, &spec).map_err(|e| match e {
-        SysError::ProgLoad { name, errno, log } => SockLbError::Rejected {
-            name,
-            errno: errno.to_string(),
-            listing: sluice_asm::text::rejection_context(&program, &log),
-            log: sluice_asm::text::log_tail(&log, 40),
-        },
-        other => SockLbError::Sys(other),
-    })
+    let attach = hook_attach_type(hook);
+    Ok(super::load::load_generated(
+        sys,
+        sock_lb::name(hook),
+        &program,
+        maps,
+        ProgType::CgroupSockAddr,
+        |s| s.with_attach_type(attach),
+    )?)
 }
 
 /// Open the socket load balancer's maps pinned in `dir` (`<dir>/<map name>`), checking
@@ -200,7 +182,8 @@ impl std::fmt::Display for SockLbReport {
 }
 
 /// The id of the cgroup directory at `path` (its inode number, what a cgroup link reports).
-fn cgroup_id(path: &Path) -> Option<u64> {
+/// A cgroup's id: its directory's inode number (what the kernel's cgroup links report).
+pub(super) fn cgroup_id(path: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).ok().map(|m| m.ino())
 }

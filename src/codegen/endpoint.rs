@@ -1083,6 +1083,12 @@ impl Gen {
                 b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
                 kit::map_lookup(b, map::POL_TABLE, FP_KEY);
                 b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
+                if self.ep.is_none() {
+                    // pol_epdir(ep, dir) = ep | pol_epdir(0, dir), once per bucket: the slot
+                    // loop leaves r2 alone.
+                    b.load(Size::H, Reg::R2, Reg::R10, FP_EV_EP);
+                    b.alu32(AluOp::Or, Reg::R2, pol_epdir(0, dir) as i32);
+                }
                 for s in 0..POL_SLOTS {
                     let at = (s * pol_slot::SIZE) as i16;
                     let next = l(&format!("pol_slot_{pass}_{h}_{s}"));
@@ -1095,9 +1101,6 @@ impl Gen {
                             b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str()).param(param::POLICY_EPDIR);
                         }
                         None => {
-                            // pol_epdir(ep, dir) = ep | pol_epdir(0, dir)
-                            b.load(Size::H, Reg::R2, Reg::R10, FP_EV_EP);
-                            b.alu32(AluOp::Or, Reg::R2, pol_epdir(0, dir) as i32);
                             b.jmp32(JmpCond::Ne, Reg::R1, Reg::R2, next.as_str());
                         }
                     }

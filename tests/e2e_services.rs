@@ -188,6 +188,24 @@ fn endpoint_drops(net: &NodeNet, pin: &Path) -> u64 {
         .sum()
 }
 
+/// `lb_ct` entries whose backend is not in `lb_be`.
+fn orphan_ct_entries(net: &NodeNet, pin: &Path) -> usize {
+    use sluice::maps::lb::{ct_value, map_defs, read_u32};
+    net.node.enter(|| {
+        let sys = sluice::sys::kernel();
+        let defs = map_defs();
+        let open = |name: &str| {
+            let def = defs.iter().find(|d| d.name == name).expect("an lb map");
+            load::open_pinned_map(&sys, pin, def).expect("pinned").entries().expect("dumps")
+        };
+        let (ct, be) = (open(sluice::maps::names::LB_CT), open(sluice::maps::names::LB_BE));
+        assert!(!ct.is_empty(), "connections were tracked");
+        ct.values()
+            .filter(|v| !be.contains_key(read_u32(v, ct_value::BACKEND_ID).to_le_bytes().as_slice()))
+            .count()
+    })
+}
+
 fn apply(net: &NodeNet, pin: &Path, text: &str) -> update::Update {
     let cfg = model::parse_str(text, "svc-test.yaml").expect("config parses");
     net.node.enter(|| {
@@ -250,6 +268,9 @@ fn services_through_the_standalone_load_balancer() {
     let seen = spread(client, 12);
     assert_eq!(seen.get(&held_name).copied(), Some(12), "every new connection to the one left: {seen:?}");
     assert!(!seen.contains_key(other));
+    // Tracked packets are translated from their `lb_ct` entry alone, so the update deleted
+    // the entries of the removed backend (there were some: 24 connections were spread).
+    assert_eq!(orphan_ct_entries(&net, &pin.0), 0, "lb_ct entries name a removed backend");
 
     // Both back, the held one terminating: it keeps its connection, takes no new ones.
     let both = if held_name == "be1" {

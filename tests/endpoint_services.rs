@@ -348,11 +348,17 @@ impl Rig {
         Observation { verdict: out.retval as u32, packet: out.packet, counters: deltas(&before, &after) }
     }
 
-    /// `lb_ct` without timestamps and the conntrack keys, from the simulator, checked equal
+    /// `lb_ct` with timestamps zeroed and the conntrack keys, from the simulator, checked equal
     /// to the kernel's.
     fn state(&self) -> BTreeMap<(&'static str, Vec<u8>), Vec<u8>> {
-        let keep =
-            |map: &str, v: &[u8]| if map == "lb_ct" { v[..ct_value::LAST_SEEN].to_vec() } else { vec![] };
+        let keep = |map: &str, v: &[u8]| {
+            if map != "lb_ct" {
+                return vec![];
+            }
+            let mut v = v.to_vec();
+            v[ct_value::CREATED..ct_value::CREATED + 8].fill(0);
+            v
+        };
         let mut out = BTreeMap::new();
         for map in ["lb_ct", "ct4", "ct6"] {
             let m = self.sim.maps.get(map).expect("planned");

@@ -18,8 +18,8 @@ use sluice::golden::{check, run_kernel, run_sim, Case, Observation, Output};
 use sluice::lb::hash::hash_v4;
 use sluice::lb::maglev::TableSize;
 use sluice::maps::lb::{
-    be_value, ct_key, ct_key_bytes, ct_value, hint, hint_bit, service_writes, LbError, LbReason, LbState,
-    TC_ACT_OK, TC_ACT_SHOT,
+    aff_value, be_value, ct_key, ct_key_bytes, ct_value, hint, hint_bit, service_writes, CtPurge, LbError,
+    LbReason, LbState, TC_ACT_OK, TC_ACT_SHOT,
 };
 use sluice::maps::writes::MapWrites;
 use sluice::model::policy::Protocol;
@@ -181,6 +181,17 @@ impl Rig {
     fn update(&mut self, services: &[Service]) {
         let (writes, state) = service_writes(services, &self.state).unwrap_or_else(|e| panic!("{e}"));
         self.write(&writes);
+        // Then the tracked connections of removed frontends and backends, as the node's
+        // live update does: each engine's own `lb_ct` read back.
+        let purge = CtPurge::between(&self.state, &state);
+        let ct = self.sim.maps.get("lb_ct").expect("planned");
+        let sim_ct: Vec<(Vec<u8>, Vec<u8>)> =
+            ct.keys().into_iter().map(|k| (k.clone(), ct.lookup(&k).expect("listed").to_vec())).collect();
+        sim::apply_writes(&mut self.sim.maps, &[purge.writes(sim_ct)]).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(k) = &self.kernel {
+            let entries = k.maps["lb_ct"].entries().unwrap_or_else(|e| panic!("{e}"));
+            load::apply_writes(&k.maps, &[purge.writes(entries)]).unwrap_or_else(|e| panic!("{e}"));
+        }
         self.state = state;
     }
 
@@ -237,23 +248,26 @@ impl Rig {
         obs.packet
     }
 
-    /// `lb_ct` and `lb_aff` without timestamps, from the simulator, checked equal to the
-    /// kernel's.
+    /// `lb_ct` and `lb_aff` with their timestamps zeroed, from the simulator, checked equal
+    /// to the kernel's.
     fn conntrack(&self) -> BTreeMap<(&'static str, Vec<u8>), Vec<u8>> {
+        let timestamp = |map: &str| if map == "lb_ct" { ct_value::CREATED } else { aff_value::LAST_USED };
         let strip = |map: &str, v: &[u8]| -> Vec<u8> {
-            let ts = if map == "lb_ct" { ct_value::LAST_SEEN } else { 8 };
+            let ts = timestamp(map);
             assert!(v[ts..ts + 8] != [0; 8] || self.kernel.is_none(), "{map}: timestamp not set");
-            v[..ts].to_vec()
+            let mut v = v.to_vec();
+            v[ts..ts + 8].fill(0);
+            v
         };
         let mut out = BTreeMap::new();
         for map in ["lb_ct", "lb_aff"] {
             let m = self.sim.maps.get(map).expect("planned");
             for k in m.keys() {
                 let v = m.lookup(&k).expect("listed");
-                out.insert(
-                    (map, k.clone()),
-                    v[..if map == "lb_ct" { ct_value::LAST_SEEN } else { 8 }].to_vec(),
-                );
+                let mut v = v.to_vec();
+                let ts = timestamp(map);
+                v[ts..ts + 8].fill(0);
+                out.insert((map, k.clone()), v);
             }
         }
         if let Some(k) = &self.kernel {

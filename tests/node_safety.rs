@@ -638,7 +638,7 @@ fn writes_left(cfg: &sluice::model::NodeConfig, pin: &Path) -> usize {
         }
     }
     let writes = sluice::node::update::map_writes(cfg, &maps).expect("computes");
-    sluice::node::update::count_writes(&writes).total()
+    sluice::node::update::count_writes(&writes.writes).total()
 }
 
 /// An in-place update (`sluice load` of a changed node file, and every daemon apply) cut

@@ -18,7 +18,9 @@ mod cgroup;
 
 use sluice::codegen::sock_lb::{self, SockAddrHook};
 use sluice::lb::hash::flow_hash;
-use sluice::maps::lb::{aff_key, aff_value, be_value, slot_key, sock_key, sock_value, svc_key, svc_value};
+use sluice::maps::lb::{
+    aff_key, aff_value, be_value, slot_key, slot_value_bytes, sock_key, sock_value, svc_key, svc_value,
+};
 use sluice::node::socklb::{load_sock_lb_program, SockLb};
 use sluice::sys::{self, Map, UpdateFlags};
 use sluice_verifier_sim::exec::{Context, Machine, SockAddr, SOCK_DGRAM, SOCK_STREAM};
@@ -112,7 +114,7 @@ fn writes(services: &[Service]) -> Vec<(&'static str, Vec<u8>, Vec<u8>)> {
             let mut k = vec![0u8; slot_key::SIZE];
             k[slot_key::SVC_ID..slot_key::SVC_ID + 4].copy_from_slice(&s.id.to_le_bytes());
             k[slot_key::SLOT..slot_key::SLOT + 4].copy_from_slice(&(i as u32).to_le_bytes());
-            out.push(("lb_slot", k, b.id.to_le_bytes().to_vec()));
+            out.push(("lb_slot", k, slot_value_bytes(b.id, b.addr.ip(), b.addr.port()).to_vec()));
         }
         for b in &s.backends {
             let mut v = addr_port(b.addr, be_value::SIZE, be_value::ADDR, be_value::PORT);

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::codegen::sock_lb;
-use crate::maps::lb::{be_value, slot_key, svc_key, svc_value};
+use crate::maps::lb::{be_value, slot_key, slot_value_bytes, svc_key, svc_value};
 use crate::node::load::sys_spec;
 use crate::node::socklb::SockLb;
 use crate::sys::{Map, Syscall, UpdateFlags};
@@ -181,7 +181,7 @@ fn maps(
     be[be_value::PORT..be_value::PORT + 2].copy_from_slice(&backend.port().to_be_bytes());
     let writes: [(&str, &[u8], &[u8]); 3] = [
         (names::LB_SVC, &k, &v),
-        (names::LB_SLOT, &slot, &1u32.to_le_bytes()),
+        (names::LB_SLOT, &slot, &slot_value_bytes(1, (*backend.ip()).into(), backend.port())),
         (names::LB_BE, &1u32.to_le_bytes(), &be),
     ];
     for (name, key, value) in writes {

@@ -66,7 +66,7 @@
 //!    or SCTP packet with its whole L4 header (a conntrack reply to the client's
 //!    client → backend entry, or policy): the load balancer's reply path
 //!    ([`LbPaths::ReplyOnly`]): an `lb_ct` reply entry for the packet's tuple
-//!    (backend → client) restores the frontend as the source (`lb_revnat`, checksums
+//!    (backend → client) restores the frontend it holds as the source (checksums
 //!    fixed). Its reason goes to `lb_stats`, its verdict is the program's (a failed
 //!    rewrite drops). The reply path runs in `from-endpoint` only for packets to the
 //!    hairpin address (any other backend's replies leaving it must keep their source: the

@@ -14,18 +14,19 @@
 //!    `lb_hint[BACKEND]` (an array lookup with a constant key, which the kernel inlines:
 //!    no helper call); clear: not a backend's packet, on to the forward path. Set (a
 //!    backend, or a collision): `lb_ct` with the packet's tuple and `DIR = REPLY`. A hit is
-//!    a backend's reply: the source becomes the `lb_revnat` frontend of its `svc_id`
-//!    (reverse NAT). Consequence: replies of a backend removed from `lb_be` are no longer
-//!    reverse translated (its bit is cleared once the entry is gone).
+//!    a backend's reply: the source becomes the frontend the entry holds (reverse NAT).
+//!    User space deletes the entries of removed frontends and backends
+//!    ([`crate::maps::lb::CtPurge`]), so their replies are no longer reverse translated.
 //! 3. Forward path: the frontend filter, bit `hint_bit(daddr, dport, proto)` of
 //!    `lb_hint[FRONTEND]`; clear: passed untouched (`pass_no_service`) without any hash
-//!    lookup. Set: `lb_svc` (VIP, dport, proto); a miss (a collision) passes untouched.
-//! 4. Then `lb_ct` with `DIR = FORWARD`. A hit whose backend is still in `lb_be` (active or
-//!    terminating) keeps the connection there: Maglev rebuilds and backends turning
-//!    terminating do not move established connections. `lb_svc` comes first because
-//!    forward entries are keyed client → VIP, so only packets to a frontend can hit them;
-//!    the consequence: once a frontend is removed, its connections are no longer
-//!    translated (they pass untouched), even those whose backend is still in `lb_be`.
+//!    lookup. Set: first `lb_ct` with `DIR = FORWARD` (with conntrack): a hit is a tracked
+//!    connection and holds its backend's address and port, so a tracked packet costs one
+//!    hash lookup. Maglev rebuilds and backends turning terminating do not move it; the
+//!    entries of removed frontends and backends are deleted by user space, after which
+//!    the connection is a new one (chosen anew, or passed untouched if its frontend is
+//!    gone). (Until 2026-12 `lb_svc` came first and the backend was looked up in `lb_be`
+//!    on every tracked packet: three lookups where the clang anchor makes two.)
+//! 4. A miss: `lb_svc` (VIP, dport, proto); a miss (a filter collision) passes untouched.
 //!    Otherwise, `slots == 0`: no usable backend: a TCP packet becomes, in place, the reset
 //!    a closed port answers with (see `emit_reset`) and is redirected back out of the
 //!    device it came in on (`bpf_redirect(skb->ifindex, 0)`: egress; `BPF_F_INGRESS` would
@@ -38,14 +39,16 @@
 //!    they are gone ([`crate::maps::lb::service_writes`]), so a clear bit is never wrong.
 //! 5. `sessionAffinity: ClientIP`: `lb_aff[{svc_id, client}]` names a backend, used when
 //!    the entry is younger than the service's timeout and the backend is active; every new
-//!    connection of the client refreshes the entry. Timestamps (`LAST_USED`, `LAST_SEEN`)
+//!    connection of the client refreshes the entry. Timestamps (`LAST_USED`, `CREATED`)
 //!    come from `bpf_ktime_get_coarse_ns`: the same monotonic clock as `bpf_ktime_get_ns`
 //!    (which the layout names) at tick resolution, plenty for timeouts of seconds, at a
 //!    fraction of the cost.
 //! 6. Selection: `slot = flow_hash(tuple) % slots` ([`crate::lb::hash`], unrolled: no loop,
-//!    no helper), `lb_slot[{svc_id, slot}]`, then `lb_be`.
-//! 7. New connections write both `lb_ct` entries: forward (the client's tuple) and reply
-//!    (backend → client, which names the `svc_id` for reverse NAT).
+//!    no helper), `lb_slot[{svc_id, slot}]`, whose value holds the backend's id, address
+//!    and port (one lookup; `lb_be` is read only on the affinity path, for the state).
+//! 7. New connections write both `lb_ct` entries: forward (the client's tuple; the
+//!    backend's address and port) and reply (backend → client; the frontend's), both
+//!    naming the `svc_id` and `backend_id`.
 //! 8. DNAT (reverse NAT the same on the source side): destination address and port written
 //!    directly, the IPv4 header checksum updated inline (no `bpf_l3_csum_replace` call: the
 //!    header checksum is always complete and its sum is unchanged, so `skb->csum` is too;
@@ -86,8 +89,7 @@ use crate::maps::fwd::V4_MAPPED_WORD;
 #[cfg(doc)]
 use crate::maps::lb::hint_bit;
 use crate::maps::lb::{
-    aff_key, aff_value, be_value, ct_key, ct_value, hint, revnat_value, slot_key, svc_key, svc_value,
-    LbReason,
+    aff_key, aff_value, be_value, ct_key, ct_value, hint, slot_key, slot_value, svc_key, svc_value, LbReason,
 };
 use crate::maps::names as map;
 use sluice_asm::helpers::{
@@ -128,8 +130,9 @@ impl LbFrame {
     pub const TUPLE: i16 = -48;
     /// Second `lb_ct` key (the reply entry of a new connection).
     pub const RKEY: i16 = -88;
-    /// An `lb_ct` value being written.
-    pub const CTV: i16 = -104;
+    /// An `lb_ct` value being written (40 bytes). It overlays the `lb_svc` key, dead once
+    /// the frontend is found (the value is written only for a new connection, after).
+    pub const CTV: i16 = -128;
     /// The `lb_svc` key (20 bytes).
     pub const SVC: i16 = -128;
     /// The `lb_aff` key (20 bytes) and value (16).
@@ -137,7 +140,7 @@ impl LbFrame {
     pub const AFFV: i16 = -168;
     /// The `lb_slot` key.
     pub const SLOT: i16 = -176;
-    /// The new address (16 bytes, as `lb_be`/`lb_revnat` store it) and port (2, network
+    /// The new address (16 bytes, as `lb_be`/`lb_ct` store it) and port (2, network
     /// order) of the rewrite.
     pub const NEW: i16 = -200;
     /// L3 header offset from `skb->data` (u32). Input.
@@ -172,8 +175,8 @@ impl LbFrame {
         ("lb.ctx", LbFrame::CTX, 8),
         ("lb.tuple", LbFrame::TUPLE, 40),
         ("lb.reply_key", LbFrame::RKEY, 40),
-        ("lb.ct_value", LbFrame::CTV, 16),
         ("lb.svc_key", LbFrame::SVC, 20),
+        ("lb.ct_value", LbFrame::CTV, 40),
         ("lb.aff_key", LbFrame::AFF, 20),
         ("lb.aff_value", LbFrame::AFFV, 16),
         ("lb.slot_key", LbFrame::SLOT, 8),
@@ -313,12 +316,15 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         emit_reply_lookup(b, f, l.prefix, &p("service"));
     }
 
-    // (c) the frontend.
+    // (c) a tracked connection, then the frontend.
     b.label(p("service"));
     if !(o.filtered && o.paths == LbPaths::ForwardOnly) {
         emit_hint_check(b, f, Hint::Frontend, &verdict_label(LbReason::PassNoService));
     }
-    b.comment("lb: the frontend: lb_svc[daddr, dport, proto]");
+    if o.conntrack {
+        emit_forward_lookup(b, f, l.prefix);
+    }
+    b.label(p("frontend")).comment("lb: the frontend: lb_svc[daddr, dport, proto]");
     let s = |off: usize| f.at(LbFrame::SVC) + off as i16;
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, t(ct_key::DADDR) + half);
@@ -331,12 +337,6 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::B, Reg::R10, s(svc_key::SCOPE), 0);
     kit::map_lookup(b, map::LB_SVC, f.at(LbFrame::SVC));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
-    if o.conntrack {
-        b.comment("r9 = the lb_svc value, kept across the forward lookup");
-        b.mov(Reg::R9, Reg::R0);
-        emit_forward_lookup(b, f, l.prefix);
-        b.label(p("select")).mov(Reg::R0, Reg::R9);
-    }
     b.load(Size::W, Reg::R1, Reg::R0, svc_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R0, svc_value::FLAGS as i16);
@@ -402,7 +402,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     }
     v6_words.push(t(ct_key::SPORT));
     emit_hash(b, &v6_words, t(ct_key::PROTO));
-    b.label(p("slot")).comment("lb: slot = hash % slots; lb_slot[svc_id, slot]; lb_be[backend_id]");
+    b.label(p("slot")).comment("lb: slot = hash % slots; lb_slot[svc_id, slot] = the backend");
     b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::SLOTS));
     b.alu32(AluOp::Mod, Reg::R1, Reg::R2);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SLOT as i16, Reg::R1);
@@ -410,11 +410,9 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SVC_ID as i16, Reg::R1);
     kit::map_lookup(b, map::LB_SLOT, f.at(LbFrame::SLOT));
     b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
-    b.load(Size::W, Reg::R1, Reg::R0, 0);
+    b.load(Size::W, Reg::R1, Reg::R0, slot_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    kit::map_lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
-    copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
+    copy_addr_port(b, f, slot_value::ADDR, slot_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::NewConnection as i32);
 
     // (f) conntrack entries (and the affinity entry).
@@ -614,41 +612,33 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &s
 /// frontend in [`LbFrame::NEW`].
 fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
     let p = |s: &str| format!("{prefix}{s}");
-    let verdict_label = |r: LbReason| format!("{prefix}v_{}", r.name());
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
     kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
     b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
-    b.mov(Reg::R6, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
-    b.call(KTIME_GET_COARSE_NS);
-    b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
-    kit::map_lookup(b, map::LB_REVNAT, f.at(LbFrame::SVC_ID));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
-    copy_addr_port(b, f, revnat_value::ADDR, revnat_value::PORT);
+    copy_addr_port(b, f, ct_value::ADDR, ct_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::RevNat as i32);
     b.ja(p("snat"));
 }
 
-/// (b) The forward `lb_ct` lookup (after the `lb_svc` hit); a miss goes to
-/// `<prefix>select`. Keeps `r9`.
+/// (b) The forward `lb_ct` lookup (before the frontend's: a tracked packet is this one
+/// lookup, the entry holds its backend); a miss goes to `<prefix>frontend`. Entries of
+/// removed frontends and backends are deleted by user space ([`crate::maps::lb::CtPurge`]).
 fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
     let p = |s: &str| format!("{prefix}{s}");
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD], its backend still in lb_be");
+    b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD] holds its backend");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
     kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
-    b.mov(Reg::R6, Reg::R0);
+    b.jmp(JmpCond::Eq, Reg::R0, 0, p("frontend"));
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
-    kit::map_lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("select"));
-    copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
-    b.call(KTIME_GET_COARSE_NS);
-    b.store(Size::DW, Reg::R6, ct_value::LAST_SEEN as i16, Reg::R0);
+    b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
+    b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
+    copy_addr_port(b, f, ct_value::ADDR, ct_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::Established as i32);
     b.ja(p("dnat"));
 }
@@ -656,15 +646,18 @@ fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
 /// (f) The `lb_ct` forward and reply entries of a new connection.
 fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    b.comment("lb: lb_ct forward and reply entries");
+    b.comment("lb: lb_ct forward entry: ids, time, the backend");
     let v = |off: usize| f.at(LbFrame::CTV) + off as i16;
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::BE_ID));
     b.store(Size::W, Reg::R10, v(ct_value::BACKEND_ID), Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
     b.store(Size::W, Reg::R10, v(ct_value::SVC_ID), Reg::R1);
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
-    b.store(Size::DW, Reg::R10, v(ct_value::LAST_SEEN), Reg::R1);
+    b.store(Size::DW, Reg::R10, v(ct_value::CREATED), Reg::R1);
+    emit_ct_rewrite(b, v(ct_value::ADDR), f.at(LbFrame::NEW), f.at(LbFrame::NEW) + 16);
     kit::map_update(b, map::LB_CT, f.at(LbFrame::TUPLE), f.at(LbFrame::CTV), kit::BPF_ANY);
+    b.comment("lb: the reply entry's rewrite: the frontend (the forward tuple's destination)");
+    emit_ct_rewrite(b, v(ct_value::ADDR), t(ct_key::DADDR), t(ct_key::DPORT));
     let r = |off: usize| f.at(LbFrame::RKEY) + off as i16;
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NEW) + half);
@@ -851,6 +844,18 @@ fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
         Hint::Backend => (t(ct_key::SADDR), t(ct_key::SPORT)),
     };
     emit_hint_filter(b, which, HintAddr::Mapped(addr), port, t(ct_key::PROTO), f.at(LbFrame::SLOT), clear);
+}
+
+/// An `lb_ct` value's rewrite (at `at`: 16-byte address, 2-byte port, 6 bytes of padding,
+/// as [`crate::maps::lb::LbCtValue`] lays them out) from the address and port on the stack.
+fn emit_ct_rewrite(b: &mut Builder, at: i16, addr: i16, port: i16) {
+    const _: () = assert!(ct_value::PORT == ct_value::ADDR + 16 && ct_value::SIZE == ct_value::PORT + 8);
+    for half in [0i16, 8] {
+        b.load(Size::DW, Reg::R1, Reg::R10, addr + half);
+        b.store(Size::DW, Reg::R10, at + half, Reg::R1);
+    }
+    b.load(Size::H, Reg::R1, Reg::R10, port);
+    b.store(Size::DW, Reg::R10, at + 16, Reg::R1);
 }
 
 /// Copy the 16-byte address and 2-byte port of the map value in r0 to [`LbFrame::NEW`].
@@ -1112,8 +1117,7 @@ pub fn map_defs() -> Vec<crate::maps::MapDef> {
     let mut defs: Vec<crate::maps::MapDef> = crate::maps::lb::map_defs()
         .into_iter()
         .filter(|d| {
-            [map::LB_SVC, map::LB_SLOT, map::LB_BE, map::LB_REVNAT, map::LB_CT, map::LB_AFF, map::LB_HINT]
-                .contains(&d.name)
+            [map::LB_SVC, map::LB_SLOT, map::LB_BE, map::LB_CT, map::LB_AFF, map::LB_HINT].contains(&d.name)
         })
         .collect();
     defs.push(crate::maps::lb::stats_def());

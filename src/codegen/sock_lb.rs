@@ -51,7 +51,9 @@
 use super::kit;
 use super::CodegenError;
 use crate::lb::hash::FLOW_HASH_SEED;
-use crate::maps::lb::{aff_key, aff_value, be_value, slot_key, sock_key, sock_value, svc_key, svc_value};
+use crate::maps::lb::{
+    aff_key, aff_value, be_value, slot_key, slot_value, sock_key, sock_value, svc_key, svc_value,
+};
 use crate::maps::names as map;
 use crate::maps::MapDef;
 use sluice_asm::helpers::{GET_SOCKET_COOKIE, KTIME_GET_NS};
@@ -256,16 +258,15 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     kit::fmix32(b, Reg::R8, Reg::R2);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SLOTS as i16);
     b.alu32(AluOp::Mod, Reg::R8, Reg::R1);
-    b.comment("lb_slot[{svc_id, slot}] -> backend_id -> lb_be");
+    b.comment("lb_slot[{svc_id, slot}]: the backend's id, address and port");
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SVC_ID as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SLOT as i16, Reg::R8);
     kit::map_lookup(b, map::LB_SLOT, slot::SLOT_KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
-    b.load(Size::W, Reg::R1, Reg::R0, 0);
+    b.load(Size::W, Reg::R1, Reg::R0, slot_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
-    kit::map_lookup(b, map::LB_BE, slot::BE_KEY);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
+    b.comment("r8 = the backend: an lb_slot value has its address and port where lb_be has");
     b.mov(Reg::R8, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::FLAGS as i16);
     b.jmp(JmpCond::Set, Reg::R1, svc_value::AFFINITY as i32, "remember");

@@ -16,9 +16,14 @@
 //!   backends keep their `lb_be` entry (connections pinned in `lb_ct` keep working) but
 //!   appear in no slot. A removed backend's `lb_be` entry is deleted last.
 //! - `lb_ct` pins a connection to its backend: the forward entry (direction 0) is keyed by
-//!   the tuple as the client sent it (client → VIP); the reverse entry (direction 1) by the
-//!   tuple of the backend's replies (backend → client), and gives the `svc_id` whose
-//!   `lb_revnat` value restores the VIP as the reply's source.
+//!   the tuple as the client sent it (client → VIP) and holds the backend's address and
+//!   port; the reverse entry (direction 1) by the tuple of the backend's replies (backend →
+//!   client), and holds the VIP and port to restore as the reply's source. A tracked packet
+//!   is one lookup. Entries name their `svc_id` and `backend_id`: when a frontend or a
+//!   backend goes away, user space deletes the entries that name it ([`CtPurge`], after
+//!   the map writes), so the datapath need not check that they still exist.
+//! - `lb_slot` values hold the backend's id, address and port ([`SlotValue`]): a new
+//!   connection's backend is one lookup after the frontend's.
 //! - `lb_aff` remembers a client's backend per service for `sessionAffinity: ClientIP`.
 //! - `lb_sock` lets `getpeername` and `recvmsg` show the VIP to a socket whose connect or
 //!   sendmsg was translated.
@@ -32,7 +37,7 @@
 //!   full lookups decide. Invariant: a bit is never clear while its entry exists (see
 //!   [`service_writes`] for the write order).
 //! - User space: [`service_writes`] turns the model's services into `lb_svc`, `lb_slot`,
-//!   `lb_be`, `lb_revnat` and `lb_hint` contents with stable ids ([`LbState`]); `lb_stats`
+//!   `lb_be` and `lb_hint` contents with stable ids ([`LbState`]); `lb_stats`
 //!   ([`stats_def`], [`LbReason`]) counts the tc load balancer's verdicts.
 
 use super::writes::MapWrites;
@@ -73,11 +78,28 @@ layout! {
 }
 
 layout! {
-    /// `lb_slot` key: `{svc_id, slot}`; value: `u32 backend_id`.
+    /// `lb_slot` key: `{svc_id, slot}`.
     pub struct SlotKey in slot_key {
         svc_id: u32 => SVC_ID,
         slot: u32 => SLOT,
     }
+}
+
+layout! {
+    /// `lb_slot` value: the backend's id and, copied from its `lb_be` entry, where it is, so
+    /// that selecting a backend is one lookup, not two. An id's address and port never
+    /// change (a backend is its (address, port, protocol)), so the copy cannot go stale; only
+    /// active backends hold slots, so the state is not copied.
+    pub struct SlotValue in slot_value {
+        addr: [u8; 16] => ADDR,
+        /// Network order.
+        port: u16 => PORT,
+        _pad: [u8; 2],
+        backend_id: u32 => BACKEND_ID,
+    }
+    // Address and port where an `lb_be` value has them: code that reads a backend's
+    // location reads either value alike.
+    const _: () = assert!(ADDR == super::be_value::ADDR && PORT == super::be_value::PORT);
 }
 
 layout! {
@@ -92,16 +114,6 @@ layout! {
     }
     pub const ACTIVE: u8 = 0;
     pub const TERMINATING: u8 = 1;
-}
-
-layout! {
-    /// `lb_revnat` key: `u32 svc_id`; value: the frontend to restore on replies.
-    pub struct RevNatValue in revnat_value {
-        addr: [u8; 16] => ADDR,
-        /// Network order.
-        port: u16 => PORT,
-        _pad: [u8; 2],
-    }
 }
 
 layout! {
@@ -136,14 +148,23 @@ pub fn ct_key_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8,
 }
 
 layout! {
-    /// `lb_ct` value.
+    /// `lb_ct` value: the translation itself, so that a tracked packet (either direction)
+    /// is one lookup. The entry names its ids so that user space can remove the entries of
+    /// a removed frontend or backend ([`CtPurge`]).
     pub struct LbCtValue in ct_value {
-        /// Forward entries: the pinned backend.
+        /// The pinned backend (both directions).
         backend_id: u32 => BACKEND_ID,
-        /// Both directions: the frontend (reply entries use it for `lb_revnat`).
+        /// The frontend (both directions).
         svc_id: u32 => SVC_ID,
-        /// `bpf_ktime_get_ns()` of the last packet (both directions update it).
-        last_seen: u64 => LAST_SEEN,
+        /// `bpf_ktime_get_coarse_ns()` when the connection was tracked. `lb_ct` is an LRU
+        /// map: eviction, not age, ends an entry, so packets do not refresh it.
+        created: u64 => CREATED,
+        /// The rewrite: forward entries the backend's address and port (the destination
+        /// rewrite), reply entries the frontend's (the source rewrite). Port in network
+        /// order.
+        addr: [u8; 16] => ADDR,
+        port: u16 => PORT,
+        _pad: [u8; 6],
     }
 }
 
@@ -244,9 +265,8 @@ pub fn map_defs() -> Vec<MapDef> {
     let no_prealloc = super::F_NO_PREALLOC;
     vec![
         MapDef::of::<SvcKey, SvcValue>(map::LB_SVC, Hash, SVC_MAX, no_prealloc),
-        MapDef::of::<SlotKey, u32>(map::LB_SLOT, Hash, SLOT_MAX, no_prealloc),
+        MapDef::of::<SlotKey, SlotValue>(map::LB_SLOT, Hash, SLOT_MAX, no_prealloc),
         MapDef::of::<u32, BeValue>(map::LB_BE, Hash, BE_MAX, no_prealloc),
-        MapDef::of::<u32, RevNatValue>(map::LB_REVNAT, Hash, SVC_MAX, no_prealloc),
         MapDef::of::<LbCtKey, LbCtValue>(map::LB_CT, LruHash, CT_MAX, 0),
         MapDef::of::<AffKey, AffValue>(map::LB_AFF, LruHash, AFF_MAX, 0),
         MapDef::of::<SockKey, SockValue>(map::LB_SOCK, LruHash, SOCK_MAX, 0),
@@ -452,9 +472,9 @@ impl LbState {
         let mut proto_of_be = BTreeMap::new();
         for (k, v) in slot {
             check_len(map::LB_SLOT, k, slot_key::SIZE)?;
-            check_len(map::LB_SLOT, v, 4)?;
+            check_len(map::LB_SLOT, v, slot_value::SIZE)?;
             if let Some(&p) = proto_of_svc.get(&read_u32(k, slot_key::SVC_ID)) {
-                proto_of_be.insert(read_u32(v, 0), p);
+                proto_of_be.insert(read_u32(v, slot_value::BACKEND_ID), p);
             }
         }
         for (k, v) in be {
@@ -497,10 +517,20 @@ fn svc_key_bytes(k: &FrontendKey) -> [u8; svc_key::SIZE] {
     b
 }
 
-fn slot_key_bytes(svc_id: u32, slot: u32) -> [u8; slot_key::SIZE] {
+/// An `lb_slot` key.
+pub fn slot_key_bytes(svc_id: u32, slot: u32) -> [u8; slot_key::SIZE] {
     let mut b = [0u8; slot_key::SIZE];
     b[slot_key::SVC_ID..slot_key::SVC_ID + 4].copy_from_slice(&svc_id.to_le_bytes());
     b[slot_key::SLOT..slot_key::SLOT + 4].copy_from_slice(&slot.to_le_bytes());
+    b
+}
+
+/// An `lb_slot` value.
+pub fn slot_value_bytes(backend_id: u32, addr: IpAddr, port: u16) -> [u8; slot_value::SIZE] {
+    let mut b = [0u8; slot_value::SIZE];
+    b[slot_value::BACKEND_ID..slot_value::BACKEND_ID + 4].copy_from_slice(&backend_id.to_le_bytes());
+    b[slot_value::ADDR..slot_value::ADDR + 16].copy_from_slice(&super::fwd::addr_key(addr));
+    b[slot_value::PORT..slot_value::PORT + 2].copy_from_slice(&port.to_be_bytes());
     b
 }
 
@@ -558,7 +588,7 @@ fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> MapWrite
     MapWrites { map, key_size, value_size, ..MapWrites::default() }
 }
 
-/// The `lb_svc`, `lb_slot`, `lb_be`, `lb_revnat` and `lb_hint` writes that turn maps
+/// The `lb_svc`, `lb_slot`, `lb_be` and `lb_hint` writes that turn maps
 /// holding `prev` into maps serving `services`, and the state they leave.
 ///
 /// Order (each [`MapWrites`] applies its updates, then its deletes; the list is applied
@@ -566,10 +596,10 @@ fn writes_for(map: &'static str, key_size: usize, value_size: usize) -> MapWrite
 /// never a clear `lb_hint` bit for an entry that exists:
 /// 0. `lb_hint`: the union of the filters of `prev` and of the new state (new bits appear
 ///    before their entries, old bits stay while their entries may);
-/// 1. `lb_be` updates (new and changed backends), `lb_revnat` updates, `lb_slot` updates;
+/// 1. `lb_be` updates (new and changed backends), `lb_slot` updates;
 /// 2. `lb_svc` updates (new slot counts) and deletes (removed frontends);
 /// 3. `lb_slot` deletes (slots beyond a shrunk count, all of a removed frontend), then
-///    `lb_revnat` deletes, then `lb_be` deletes (removed backends);
+///    then `lb_be` deletes (removed backends);
 /// 4. `lb_hint`: the new state's exact filters (left out when equal to the union), last:
 ///    after the removals, so the bits of removed entries clear only once they are gone.
 ///
@@ -658,16 +688,13 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
         v[be_value::STATE] = state;
         be_put.put(&next.backends[k].to_le_bytes(), &v);
     }
-    let mut revnat_put = writes_for(map::LB_REVNAT, 4, revnat_value::SIZE);
-    let mut slot_put = writes_for(map::LB_SLOT, slot_key::SIZE, 4);
+    let mut slot_put = writes_for(map::LB_SLOT, slot_key::SIZE, slot_value::SIZE);
+    let where_is: BTreeMap<u32, (IpAddr, u16)> =
+        next.backends.iter().map(|(k, &id)| (id, (k.0, k.1))).collect();
     let mut svc_put = writes_for(map::LB_SVC, svc_key::SIZE, svc_value::SIZE);
     let mut total_slots = 0usize;
     for (s, f, k) in &frontends {
         let svc_id = next.services[k];
-        let mut v = [0u8; revnat_value::SIZE];
-        v[revnat_value::ADDR..revnat_value::ADDR + 16].copy_from_slice(&super::fwd::addr_key(f.vip));
-        v[revnat_value::PORT..revnat_value::PORT + 2].copy_from_slice(&f.port.to_be_bytes());
-        revnat_put.put(&svc_id.to_le_bytes(), &v);
         let id_of = |b: &crate::model::service::Backend| next.backends[&(b.address, b.port, k.2)];
         let slots: Vec<u32> = match s.algorithm {
             LbAlgorithm::Random => {
@@ -696,7 +723,8 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
             });
         }
         for (i, be) in slots.iter().enumerate() {
-            slot_put.put(&slot_key_bytes(svc_id, i as u32), &be.to_le_bytes());
+            let (addr, port) = where_is[be];
+            slot_put.put(&slot_key_bytes(svc_id, i as u32), &slot_value_bytes(*be, addr, port));
         }
         next.slots.insert(svc_id, slots.len() as u32);
         let mut sv = [0u8; svc_value::SIZE];
@@ -716,18 +744,11 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
             svc_put.delete(&svc_key_bytes(k));
         }
     }
-    let mut slot_del = writes_for(map::LB_SLOT, slot_key::SIZE, 4);
-    let mut revnat_del = writes_for(map::LB_REVNAT, 4, revnat_value::SIZE);
-    let live_svc: BTreeSet<u32> = next.services.values().copied().collect();
+    let mut slot_del = writes_for(map::LB_SLOT, slot_key::SIZE, slot_value::SIZE);
     for (&svc_id, &old) in &prev.slots {
         let keep = next.slots.get(&svc_id).copied().unwrap_or(0);
         for slot in keep..old {
             slot_del.delete(&slot_key_bytes(svc_id, slot));
-        }
-    }
-    for id in prev.services.values() {
-        if !live_svc.contains(id) {
-            revnat_del.delete(&id.to_le_bytes());
         }
     }
     let mut be_del = writes_for(map::LB_BE, 4, be_value::SIZE);
@@ -753,6 +774,64 @@ pub fn service_writes(services: &[Service], prev: &LbState) -> Result<(Vec<MapWr
         hint_writes(&new_fe, &new_be)
     };
     let union = hint_writes(&union_fe, &union_be);
-    let all = [union, be_put, revnat_put, slot_put, svc_put, slot_del, revnat_del, be_del, exact];
+    let all = [union, be_put, slot_put, svc_put, slot_del, be_del, exact];
     Ok((all.into_iter().filter(|w| !w.is_empty()).collect(), next))
+}
+
+/// The `lb_ct` entries a change of services leaves pointing at nothing: those of frontends
+/// and backends that `prev` had and the next state has not. Tracked packets are translated
+/// from the entry alone (it holds the rewrite), so these entries must go, after the map
+/// writes (so no new one is made for a removed id once the purge has run).
+///
+/// A terminating backend keeps its id (and its connections); a backend that leaves one
+/// frontend but stays in another keeps its id too, and so its connections, as it keeps its
+/// `lb_be` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CtPurge {
+    pub services: BTreeSet<u32>,
+    pub backends: BTreeSet<u32>,
+}
+
+impl CtPurge {
+    /// The ids `prev` has and `next` has not.
+    pub fn between(prev: &LbState, next: &LbState) -> CtPurge {
+        let gone = |a: &BTreeMap<_, u32>, b: &BTreeMap<_, u32>| -> BTreeSet<u32> {
+            let live: BTreeSet<u32> = b.values().copied().collect();
+            a.values().copied().filter(|id| !live.contains(id)).collect()
+        };
+        CtPurge {
+            services: gone(&prev.services, &next.services),
+            backends: gone(&prev.backends, &next.backends),
+        }
+    }
+
+    /// Nothing to remove.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && self.backends.is_empty()
+    }
+
+    /// Whether the `lb_ct` entry with this value is to be deleted. A value of the wrong
+    /// size (not ours) is left alone.
+    pub fn matches(&self, value: &[u8]) -> bool {
+        value.len() == ct_value::SIZE
+            && (self.services.contains(&read_u32(value, ct_value::SVC_ID))
+                || self.backends.contains(&read_u32(value, ct_value::BACKEND_ID)))
+    }
+
+    /// The deletes, as writes to apply like any other, of the entries of `lb_ct` (its
+    /// contents as read back) that name a removed id.
+    pub fn writes<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &self,
+        entries: impl IntoIterator<Item = (K, V)>,
+    ) -> MapWrites {
+        let mut w = writes_for(map::LB_CT, ct_key::SIZE, ct_value::SIZE);
+        if !self.is_empty() {
+            for (k, v) in entries {
+                if k.as_ref().len() == ct_key::SIZE && self.matches(v.as_ref()) {
+                    w.delete(k.as_ref());
+                }
+            }
+        }
+        w
+    }
 }

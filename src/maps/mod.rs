@@ -143,7 +143,6 @@ mod layout_tests {
         no_implicit_padding::<lb::SvcValue>("SvcValue");
         no_implicit_padding::<lb::SlotKey>("SlotKey");
         no_implicit_padding::<lb::BeValue>("BeValue");
-        no_implicit_padding::<lb::RevNatValue>("RevNatValue");
         no_implicit_padding::<lb::LbCtKey>("LbCtKey");
         no_implicit_padding::<lb::LbCtValue>("LbCtValue");
         no_implicit_padding::<lb::AffKey>("AffKey");

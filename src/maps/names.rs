@@ -38,7 +38,6 @@ pub const LB_AFF: &str = "lb_aff";
 pub const LB_BE: &str = "lb_be";
 pub const LB_CT: &str = "lb_ct";
 pub const LB_HINT: &str = "lb_hint";
-pub const LB_REVNAT: &str = "lb_revnat";
 pub const LB_SLOT: &str = "lb_slot";
 pub const LB_SOCK: &str = "lb_sock";
 pub const LB_STATS: &str = "lb_stats";
@@ -76,7 +75,6 @@ pub const ALL: &[&str] = &[
     LB_BE,
     LB_CT,
     LB_HINT,
-    LB_REVNAT,
     LB_SLOT,
     LB_SOCK,
     LB_STATS,

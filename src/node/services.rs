@@ -15,7 +15,7 @@
 //!   can be diffed.
 
 use crate::maps::lb::{
-    addr_of, be_value, ct_key, ct_value, read_u32 as u32_at, slot_key, svc_key, svc_value,
+    addr_of, be_value, ct_key, ct_value, read_u32 as u32_at, slot_key, slot_value, svc_key, svc_value,
 };
 use crate::maps::names;
 use crate::maps::MapDef;
@@ -114,7 +114,11 @@ pub fn list(sys: &Arc<dyn Syscall>, pin_dir: &Path, services: &[Service]) -> Res
     // svc_id -> backend_id -> slots held
     let mut held: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();
     for (k, v) in &slots {
-        *held.entry(u32_at(k, slot_key::SVC_ID)).or_default().entry(u32_at(v, 0)).or_default() += 1;
+        *held
+            .entry(u32_at(k, slot_key::SVC_ID))
+            .or_default()
+            .entry(u32_at(v, slot_value::BACKEND_ID))
+            .or_default() += 1;
     }
     // svc_id -> backend_id -> pinned connections
     let mut conns: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();

@@ -17,7 +17,7 @@
 use super::endpoints::{policy_plan, PolicyPlan};
 use super::load::{self, apply_writes, open_pinned_map, LoadError};
 use super::{prefix_of, Plan};
-use crate::maps::lb::{service_writes, LbState};
+use crate::maps::lb::{service_writes, CtPurge, LbState};
 use crate::maps::names as map;
 use crate::maps::policy::{IpcacheV4, IPC_CHILD};
 use crate::maps::prefilter::{self, DenySet};
@@ -236,8 +236,9 @@ pub fn update_pinned(
             }
         }
     }
-    let writes = map_writes(cfg, &maps)?;
+    let LiveWrites { writes, purge } = map_writes(cfg, &maps)?;
     apply_writes(&maps, &writes)?;
+    purge_lb_ct(&maps, &purge)?;
     // A changed verdict input makes every accelerated connection's verdict stale: its
     // messages go to the stack, where the tc programs judge them (issue 11).
     if writes.iter().any(|w| {
@@ -255,10 +256,32 @@ pub fn count_writes(writes: &[MapWrites]) -> Update {
     update
 }
 
+/// What a live update writes: the map writes, in order, then the `lb_ct` entries to delete
+/// (those of removed frontends and backends, found in `lb_ct` once the writes are applied,
+/// with [`purge_lb_ct`]).
+#[derive(Debug, Clone, Default)]
+pub struct LiveWrites {
+    pub writes: Vec<MapWrites>,
+    pub purge: CtPurge,
+}
+
+/// Delete the `lb_ct` entries that name a removed frontend or backend: after the writes that
+/// removed them, so no entry for them can be made once this has read the map. (A packet
+/// that found the old `lb_slot` entry just before its removal may still write one after;
+/// such an entry pins its connection to the removed backend until the LRU evicts it.)
+pub fn purge_lb_ct(maps: &BTreeMap<&'static str, Map>, purge: &CtPurge) -> Result<(), LoadError> {
+    if purge.is_empty() {
+        return Ok(());
+    }
+    let Some(ct) = maps.get(crate::maps::names::LB_CT) else { return Ok(()) };
+    apply_writes(maps, &[purge.writes(ct.entries()?)])
+}
+
 /// The writes, in order, that bring `maps` (every map the config's plan uses, open) to the
 /// contents `cfg` asks for; nothing is written. A map too small for them is an error
 /// ([`prefilter::LiveError::Full`]) naming the map and its capacity.
-pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Result<Vec<MapWrites>, LoadError> {
+pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Result<LiveWrites, LoadError> {
+    let mut purge = CtPurge::default();
     let mut writes: Vec<MapWrites> = Vec::new();
 
     // The prefilter: the same path as `sluice prefilter add|del`.
@@ -334,8 +357,9 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         let entries = |m: &Map| -> Result<Entries, LoadError> { Ok(contents(m)?.into_iter().collect()) };
         let state = LbState::recover(&entries(svc)?, &entries(slot)?, &entries(be)?)
             .map_err(|e| LoadError::Plan(format!("services: {e}")))?;
-        let (lb, _) =
+        let (lb, next) =
             service_writes(&cfg.services, &state).map_err(|e| LoadError::Plan(format!("services: {e}")))?;
+        purge = CtPurge::between(&state, &next);
         let mut current: BTreeMap<&'static str, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
         for w in lb {
             let Some(map) = maps.get(w.map) else { continue };
@@ -367,5 +391,5 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
             writes.push(out);
         }
     }
-    Ok(writes.into_iter().filter(|w| !w.is_empty()).collect())
+    Ok(LiveWrites { writes: writes.into_iter().filter(|w| !w.is_empty()).collect(), purge })
 }

@@ -443,9 +443,10 @@ impl LbResult {
         );
         let _ = writeln!(
             s,
-            "- ours (conntrack): full semantics: lb_hint filters (inlined array lookups) before the reply lb_ct, \
-             lb_svc and forward lb_ct lookups; timed hits are lb_ct hits (established). ours (no conntrack): the \
-             anchor's job (frontend filter, service lookup, selection, DNAT); the anchor has no conntrack"
+            "- ours (conntrack): full semantics: lb_hint filters (inlined array lookups) before the forward lb_ct \
+             lookup (a hit holds the backend), then the reply lb_ct and lb_svc lookups; timed hits are forward \
+             lb_ct hits (established: one hash lookup). ours (no conntrack): the anchor's job (frontend filter, \
+             service lookup, selection whose slot holds the backend, DNAT); the anchor has no conntrack"
         );
         let miss_bit = hint_bit(MISS_DST.into(), 80, 6);
         let collides = (0..SERVICES).any(|s| hint_bit(svc_vip(s).into(), svc_port(s), 6) == miss_bit);

@@ -10,23 +10,24 @@
 //!    untouched: a documented limit), then TCP (20 bytes), UDP (8) or SCTP (12). Anything
 //!    else passes untouched; truncated or malformed headers pass too (the load balancer is
 //!    no firewall), each counted.
-//! 2. Reply path: first the backend filter, bit [`hint_bit`]`(saddr, sport, proto)` of
-//!    `lb_hint[BACKEND]` (an array lookup with a constant key, which the kernel inlines:
-//!    no helper call); clear: not a backend's packet, on to the forward path. Set (a
-//!    backend, or a collision): `lb_ct` with the packet's tuple and `DIR = REPLY`. A hit is
-//!    a backend's reply: the source becomes the frontend the entry holds (reverse NAT).
-//!    User space deletes the entries of removed frontends and backends
-//!    ([`crate::maps::lb::CtPurge`]), so their replies are no longer reverse translated.
-//! 3. Forward path: the frontend filter, bit `hint_bit(daddr, dport, proto)` of
-//!    `lb_hint[FRONTEND]`; clear: passed untouched (`pass_no_service`) without any hash
-//!    lookup. Set: first `lb_ct` with `DIR = FORWARD` (with conntrack): a hit is a tracked
-//!    connection and holds its backend's address and port, so a tracked packet costs one
-//!    hash lookup. Maglev rebuilds and backends turning terminating do not move it; the
-//!    entries of removed frontends and backends are deleted by user space, after which
-//!    the connection is a new one (chosen anew, or passed untouched if its frontend is
-//!    gone). (Until 2026-12 `lb_svc` came first and the backend was looked up in `lb_be`
-//!    on every tracked packet: three lookups where the clang anchor makes two.)
-//! 4. A miss: `lb_svc` (VIP, dport, proto); a miss (a filter collision) passes untouched.
+//! 2. Forward path: the frontend filter, bit [`hint_bit`]`(daddr, dport, proto)` of
+//!    `lb_hint[FRONTEND]` (an array lookup with a constant key, which the kernel inlines:
+//!    no helper call). Set (a frontend, or a collision), with conntrack: `lb_ct` with the
+//!    packet's tuple and `DIR = FORWARD`; a hit is a tracked connection and holds its
+//!    backend's address and port, so a tracked packet costs one hash lookup, however full
+//!    the backend filter is. Maglev rebuilds and backends turning terminating do not move
+//!    it; the entries of removed frontends and backends are deleted by user space
+//!    ([`crate::maps::lb::CtPurge`]), after which the connection is a new one (chosen anew,
+//!    or passed untouched if its frontend is gone). (Until 2026-12 the reply lookup came
+//!    first, then `lb_svc`, then the forward entry, then `lb_be` for its backend: up to
+//!    four hash lookups for a tracked packet where the clang anchor makes two.)
+//! 3. Reply path: the backend filter, bit `hint_bit(saddr, sport, proto)` of
+//!    `lb_hint[BACKEND]` (after a forward miss, or when the frontend bit is clear); set:
+//!    `lb_ct` with `DIR = REPLY`. A hit is a backend's reply: the source becomes the
+//!    frontend the entry holds (reverse NAT). A packet whose two bits are clear passes
+//!    untouched (`pass_no_service`) without any hash lookup.
+//! 4. Frontend bit set and no tracked entry either way: `lb_svc` (VIP, dport, proto); a
+//!    miss (a filter collision) passes untouched.
 //!    Otherwise, `slots == 0`: no usable backend: a TCP packet becomes, in place, the reset
 //!    a closed port answers with (see `emit_reset`) and is redirected back out of the
 //!    device it came in on (`bpf_redirect(skb->ifindex, 0)`: egress; `BPF_F_INGRESS` would
@@ -311,18 +312,25 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         emit_reply_only(b, f, l, o);
         return;
     }
-    if o.conntrack && o.paths == LbPaths::Both {
-        emit_hint_check(b, f, Hint::Backend, &p("service"));
-        emit_reply_lookup(b, f, l.prefix, &p("service"));
-    }
+    // Both paths: the forward lookup first when the frontend filter allows, so that a
+    // tracked client packet is one hash lookup even where the backend filter is full;
+    // after a forward miss the reply lookup still comes before a new connection. A packet
+    // whose frontend bit is clear can only be a reply (the `reply` block below).
+    let both = o.conntrack && o.paths == LbPaths::Both;
 
-    // (c) a tracked connection, then the frontend.
-    b.label(p("service"));
+    // (c) a tracked connection, a backend's reply, then the frontend.
     if !(o.filtered && o.paths == LbPaths::ForwardOnly) {
-        emit_hint_check(b, f, Hint::Frontend, &verdict_label(LbReason::PassNoService));
+        let clear = if both { p("reply") } else { verdict_label(LbReason::PassNoService) };
+        emit_hint_check(b, f, Hint::Frontend, &clear);
     }
     if o.conntrack {
-        emit_forward_lookup(b, f, l.prefix);
+        let miss = if both { p("forward_miss") } else { p("frontend") };
+        emit_forward_lookup(b, f, &miss, l.prefix);
+        if both {
+            b.label(miss.as_str());
+            emit_hint_check(b, f, Hint::Backend, &p("frontend"));
+            emit_reply_lookup(b, f, l.prefix, &p("frontend"));
+        }
     }
     b.label(p("frontend")).comment("lb: the frontend: lb_svc[daddr, dport, proto]");
     let s = |off: usize| f.at(LbFrame::SVC) + off as i16;
@@ -446,6 +454,12 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_TCP, verdict_label(LbReason::NoBackend));
     emit_reset(b, f, l.prefix, o.reset, &verdict_label(LbReason::NoBackend));
     b.mov(Reg::R6, LbReason::NoBackendReset as i32).mov(Reg::R7, Reg::R0).ja(l.exit);
+
+    if both {
+        b.label(p("reply")).comment("lb: not to a frontend: a backend's reply or nothing of ours");
+        emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
+        emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
+    }
 
     for r in [LbReason::PassNoService, LbReason::NoBackend, LbReason::RewriteFailed] {
         b.label(verdict_label(r)).comment(format!("verdict: {}", r.name()));
@@ -625,15 +639,15 @@ fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
 }
 
 /// (b) The forward `lb_ct` lookup (before the frontend's: a tracked packet is this one
-/// lookup, the entry holds its backend); a miss goes to `<prefix>frontend`. Entries of
-/// removed frontends and backends are deleted by user space ([`crate::maps::lb::CtPurge`]).
-fn emit_forward_lookup(b: &mut Builder, f: LbFrame, prefix: &str) {
+/// lookup, the entry holds its backend); a miss goes to `miss`. Entries of removed
+/// frontends and backends are deleted by user space ([`crate::maps::lb::CtPurge`]).
+fn emit_forward_lookup(b: &mut Builder, f: LbFrame, miss: &str, prefix: &str) {
     let p = |s: &str| format!("{prefix}{s}");
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD] holds its backend");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
     kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("frontend"));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
@@ -655,6 +669,8 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
     b.store(Size::DW, Reg::R10, v(ct_value::CREATED), Reg::R1);
     emit_ct_rewrite(b, v(ct_value::ADDR), f.at(LbFrame::NEW), f.at(LbFrame::NEW) + 16);
+    b.comment("the key's direction: a reply lookup after the forward miss left REPLY there");
+    b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
     kit::map_update(b, map::LB_CT, f.at(LbFrame::TUPLE), f.at(LbFrame::CTV), kit::BPF_ANY);
     b.comment("lb: the reply entry's rewrite: the frontend (the forward tuple's destination)");
     emit_ct_rewrite(b, v(ct_value::ADDR), t(ct_key::DADDR), t(ct_key::DPORT));

@@ -152,6 +152,8 @@ mod layout_tests {
         no_implicit_padding::<policy::PolicyKey>("PolicyKey");
         no_implicit_padding::<policy::PolicyValue>("PolicyValue");
         no_implicit_padding::<policy::EpConfig>("EpConfig");
+        no_implicit_padding::<policy::PolEntry>("PolEntry");
+        no_implicit_padding::<policy::PolSlot>("PolSlot");
         no_implicit_padding::<policy::Ct4Key>("Ct4Key");
         no_implicit_padding::<policy::Ct6Key>("Ct6Key");
         no_implicit_padding::<policy::CtValue>("CtValue");

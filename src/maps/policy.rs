@@ -608,23 +608,37 @@ pub const POL_LIST: usize = 6;
 /// Smallest `pol_table`: 2^8 buckets per half.
 pub const POL_MIN_BITS: u32 = 8;
 
-/// Layout of a `pol_table` slot: the key `(identity, ep | dir << 16 | OCCUPIED)`, a state
-/// word (rule count, or [`POL_OVERFLOW`]), then [`POL_LIST`] entries, most specific first:
-/// `{proto: u8 (0 any), verdict: u8, mask: u16, port: u16, pad: u16}` (host order); the
-/// first entry whose protocol matches and whose `(port ^ entry.port) & mask` is zero holds
-/// the effective verdict (the keys matching a packet form a chain, so this is the longest
-/// match of the `policy` trie).
-pub mod pol_slot {
-    pub const IDENTITY: usize = 0;
-    pub const EPDIR: usize = 4;
-    pub const STATE: usize = 8;
-    pub const ENTRIES: usize = 16;
-    pub const ENTRY_SIZE: usize = 8;
-    pub const PROTO: usize = 0;
-    pub const VERDICT: usize = 1;
-    pub const MASK: usize = 2;
-    pub const PORT: usize = 4;
-    pub const SIZE: usize = ENTRIES + super::POL_LIST * ENTRY_SIZE;
+layout! {
+    /// One inline rule of a `pol_table` slot (host order).
+    pub struct PolEntry in pol_entry {
+        /// IP protocol; 0: any.
+        proto: u8 => PROTO,
+        /// [`policy_value::ALLOW`] or [`policy_value::DENY`].
+        verdict: u8 => VERDICT,
+        /// The port bits that must match.
+        mask: u16 => MASK,
+        port: u16 => PORT,
+        _pad: u16,
+    }
+}
+
+layout! {
+    /// A `pol_table` slot: the key `(identity, ep | dir << 16 | OCCUPIED)`, a state word
+    /// (rule count, or [`POL_OVERFLOW`]), then [`POL_LIST`] entries, most specific first;
+    /// the first entry whose protocol matches and whose `(port ^ entry.port) & mask` is zero
+    /// holds the effective verdict (the keys matching a packet form a chain, so this is the
+    /// longest match of the `policy` trie).
+    pub struct PolSlot in pol_slot {
+        identity: u32 => IDENTITY,
+        epdir: u32 => EPDIR,
+        state: u32 => STATE,
+        _pad: u32,
+        entries: [PolEntry; POL_LIST] => ENTRIES,
+    }
+    /// Bytes per entry.
+    pub const ENTRY_SIZE: usize = super::pol_entry::SIZE;
+    /// Offsets within an entry.
+    pub use super::pol_entry::{MASK, PORT, PROTO, VERDICT};
     /// Set in `EPDIR` for a used slot.
     pub const OCCUPIED: u32 = 1 << 24;
 }

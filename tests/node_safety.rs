@@ -637,6 +637,8 @@ fn writes_left(cfg: &sluice::model::NodeConfig, pin: &Path) -> usize {
             maps.insert(def.name, load::open_pinned_map(&sys, pin, def).expect("pinned"));
         }
     }
+    // What the kernel holds, not what this process last wrote.
+    sluice::node::update::forget_mirrors();
     let writes = sluice::node::update::map_writes(cfg, &maps).expect("computes");
     sluice::node::update::count_writes(&writes.writes).total()
 }

@@ -36,7 +36,7 @@
 //!   removed in (4) with their records, as their links are.
 
 use super::load::{apply_writes, load_program, open_pinned_map, sys_spec, LoadError};
-use super::update::{count_writes, map_writes, purge_lb_ct, LiveWrites, Update};
+use super::update::{count_writes, map_writes, Update};
 use super::wire::{self, AttachOptions, AttachReport, Missing, WireError, LINKS_DIR};
 use super::Plan;
 use crate::attach::{AttachError, Interface, Link, LinkKind};
@@ -325,7 +325,7 @@ pub fn reshape(
     let initial: Vec<MapWrites> =
         plan.objects.iter().flat_map(|o| &o.writes).filter(|w| created.contains(w.map)).cloned().collect();
     apply_writes(&maps, &initial)?;
-    let LiveWrites { writes, purge } = map_writes(cfg, &maps)?;
+    let live = map_writes(cfg, &maps)?;
     out.timings.prepare = t.elapsed();
 
     let t = Instant::now();
@@ -355,8 +355,7 @@ pub fn reshape(
 
     // (2) Write the maps, pin what is new.
     let t = Instant::now();
-    apply_writes(&maps, &writes)?;
-    purge_lb_ct(&maps, &purge)?;
+    let writes = live.apply(&maps)?;
     out.update = count_writes(&writes);
     let mut pinned_now: Vec<PathBuf> = Vec::new();
     let pinning = (|| -> Result<(), SysError> {

@@ -408,16 +408,30 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
                 capacity: ep_cap,
             }));
         }
+        // An array: its mirror holds the entries written (the others are zero), and a key
+        // it lacks is looked up.
+        let ep_config = &maps[crate::maps::names::EP_CONFIG];
+        let cfg_id = ep_config.info()?.id;
+        let mut cfg_known = match mirrors().get(crate::maps::names::EP_CONFIG) {
+            Some((id, known)) if *id == cfg_id => known.clone(),
+            _ => Contents::new(),
+        };
         let mut cfg_w = MapWrites { keys: Vec::new(), values: Vec::new(), ..cfg_want.clone() };
         for (k, v) in cfg_want
             .keys
             .chunks_exact(cfg_want.key_size)
             .zip(cfg_want.values.chunks_exact(cfg_want.value_size))
         {
-            if maps[crate::maps::names::EP_CONFIG].lookup(k)?.as_deref() != Some(v) {
+            let now = match cfg_known.get(k) {
+                Some(now) => Some(now.clone()),
+                None => ep_config.lookup(k)?,
+            };
+            if now.as_deref() != Some(v) {
                 cfg_w.put(k, v);
             }
+            cfg_known.insert(k.to_vec(), v.to_vec());
         }
+        mirrored.push((crate::maps::names::EP_CONFIG, cfg_id, cfg_known));
         writes.push(cfg_w);
         writes.push(v6_dels);
         writes.push(pol_dels);

@@ -96,7 +96,7 @@ use crate::maps::names as map;
 use sluice_asm::helpers::{
     KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, REDIRECT, REDIRECT_PEER, SKB_LOAD_BYTES, SKB_STORE_BYTES,
 };
-use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size, Target};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::SkBuff;
 
@@ -270,9 +270,58 @@ impl Default for LbOptions {
 /// may have been rewritten).
 #[derive(Debug, Clone, Copy)]
 pub struct LbLabels<'a> {
-    /// Prefix of every label the emitter defines (unique per call site).
+    /// Prefix of the names the emitter's labels show in the listing.
     pub prefix: &'a str,
     pub exit: &'a str,
+}
+
+/// The labels of one [`emit_service_lb`] call: ids ([`Builder::new_label`]), so the emitter
+/// may appear any number of times in one program; the prefix only names them in the
+/// listing.
+struct Labels<'a> {
+    prefix: &'a str,
+    exit: &'a str,
+    csum_done: Label,
+    reply: Label,
+    forward_miss: Label,
+    frontend: Label,
+    no_backend: Label,
+    hash: Label,
+    hash6: Label,
+    slot: Label,
+    new_ct: Label,
+    dnat: Label,
+    snat: Label,
+    /// The verdict sites.
+    pass_no_service: Label,
+    no_backend_site: Label,
+    rewrite_failed: Label,
+}
+
+impl<'a> Labels<'a> {
+    fn new(b: &mut Builder, l: LbLabels<'a>) -> Labels<'a> {
+        let prefix = l.prefix;
+        let mut id = |name: &str| b.new_label(&format!("{prefix}{name}"));
+        let site = |r: LbReason| format!("v_{}", r.name());
+        Labels {
+            prefix,
+            exit: l.exit,
+            csum_done: id("csum_done"),
+            reply: id("reply"),
+            forward_miss: id("forward_miss"),
+            frontend: id("frontend"),
+            no_backend: id("no_backend"),
+            hash: id("hash"),
+            hash6: id("hash6"),
+            slot: id("slot"),
+            new_ct: id("new_ct"),
+            dnat: id("dnat"),
+            snat: id("snat"),
+            pass_no_service: id(&site(LbReason::PassNoService)),
+            no_backend_site: id(&site(LbReason::NoBackend)),
+            rewrite_failed: id(&site(LbReason::RewriteFailed)),
+        }
+    }
 }
 
 /// Emit the load balancer proper (steps 2-8 of the module header; the paths `o.paths`
@@ -291,25 +340,24 @@ pub struct LbLabels<'a> {
 /// frame may overlay caller slots that are dead at the call (the endpoint programs' frame
 /// is deeper than 512 - [`LbFrame::SIZE`]).
 pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
-    let p = |s: &str| format!("{}{s}", l.prefix);
-    let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
+    let lb = Labels::new(b, l);
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
 
     b.comment("lb: the L4 checksum field and csum_replace flags of the protocol");
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L4));
     b.mov(Reg::R3, 0).mov(Reg::R4, BPF_F_PSEUDO_HDR);
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, p("csum_done"));
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, lb.csum_done);
     b.mov(Reg::R3, Reg::R2).add(Reg::R3, 16);
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, p("csum_done"));
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, lb.csum_done);
     b.mov(Reg::R3, Reg::R2).add(Reg::R3, 6);
     b.mov(Reg::R4, BPF_F_PSEUDO_HDR | BPF_F_MARK_MANGLED_0);
-    b.label(p("csum_done"));
+    b.place(lb.csum_done);
     b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM), Reg::R3);
     b.store(Size::W, Reg::R10, f.at(LbFrame::CSUM_FLAGS), Reg::R4);
 
     if matches!(o.paths, LbPaths::ReplyOnly | LbPaths::HairpinReply) {
-        emit_reply_only(b, f, l, o);
+        emit_reply_only(b, f, &lb, o);
         return;
     }
     // Both paths: the forward lookup first when the frontend filter allows, so that a
@@ -320,19 +368,19 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
 
     // (c) a tracked connection, a backend's reply, then the frontend.
     if !(o.filtered && o.paths == LbPaths::ForwardOnly) {
-        let clear = if both { p("reply") } else { verdict_label(LbReason::PassNoService) };
-        emit_hint_check(b, f, Hint::Frontend, &clear);
+        let clear = if both { lb.reply } else { lb.pass_no_service };
+        emit_hint_check(b, f, Hint::Frontend, clear);
     }
     if o.conntrack {
-        let miss = if both { p("forward_miss") } else { p("frontend") };
-        emit_forward_lookup(b, f, &miss, l.prefix);
+        let miss = if both { lb.forward_miss } else { lb.frontend };
+        emit_forward_lookup(b, f, miss, lb.dnat);
         if both {
-            b.label(miss.as_str());
-            emit_hint_check(b, f, Hint::Backend, &p("frontend"));
-            emit_reply_lookup(b, f, l.prefix, &p("frontend"));
+            b.place(miss);
+            emit_hint_check(b, f, Hint::Backend, lb.frontend);
+            emit_reply_lookup(b, f, lb.snat, lb.frontend);
         }
     }
-    b.label(p("frontend")).comment("lb: the frontend: lb_svc[daddr, dport, proto]");
+    b.place(lb.frontend).comment("lb: the frontend: lb_svc[daddr, dport, proto]");
     let s = |off: usize| f.at(LbFrame::SVC) + off as i16;
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, t(ct_key::DADDR) + half);
@@ -344,14 +392,14 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     b.store(Size::B, Reg::R10, s(svc_key::PROTO), Reg::R1);
     b.store(Size::B, Reg::R10, s(svc_key::SCOPE), 0);
     kit::map_lookup(b, map::LB_SVC, f.at(LbFrame::SVC));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::PassNoService));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, lb.pass_no_service);
     b.load(Size::W, Reg::R1, Reg::R0, svc_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R0, svc_value::FLAGS as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::FLAGS), Reg::R1);
     b.load(Size::W, Reg::R2, Reg::R0, svc_value::SLOTS as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOTS), Reg::R2);
-    b.jmp(JmpCond::Eq, Reg::R2, 0, p("no_backend"));
+    b.jmp(JmpCond::Eq, Reg::R2, 0, lb.no_backend);
     b.load(Size::W, Reg::R7, Reg::R0, svc_value::AFFINITY_TIMEOUT as i16);
     if !o.conntrack {
         b.comment("set on the affinity path only; zero keeps the verifier's stack facts simple");
@@ -364,7 +412,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     }
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::FLAGS));
     b.alu(AluOp::And, Reg::R1, svc_value::AFFINITY as i32);
-    b.jmp(JmpCond::Eq, Reg::R1, 0, p("hash"));
+    b.jmp(JmpCond::Eq, Reg::R1, 0, lb.hash);
 
     // (d) ClientIP affinity.
     b.comment("lb: ClientIP affinity: lb_aff[svc_id, client], younger than the timeout, backend active");
@@ -380,57 +428,57 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         b.store(Size::W, Reg::R10, a(aff_key::ADDR) + word, Reg::R1);
     }
     kit::map_lookup(b, map::LB_AFF, f.at(LbFrame::AFF));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, lb.hash);
     b.load(Size::DW, Reg::R1, Reg::R10, f.at(LbFrame::NOW));
     b.load(Size::DW, Reg::R2, Reg::R0, aff_value::LAST_USED as i16);
     b.alu(AluOp::Sub, Reg::R1, Reg::R2);
     b.alu(AluOp::Mul, Reg::R7, 1_000_000_000);
-    b.jmp(JmpCond::Ge, Reg::R1, Reg::R7, p("hash"));
+    b.jmp(JmpCond::Ge, Reg::R1, Reg::R7, lb.hash);
     b.load(Size::W, Reg::R1, Reg::R0, aff_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
     kit::map_lookup(b, map::LB_BE, f.at(LbFrame::BE_ID));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, p("hash"));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, lb.hash);
     b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
-    b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), p("hash"));
+    b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), lb.hash);
     copy_addr_port(b, f, be_value::ADDR, be_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::Affinity as i32);
-    b.ja(p("new_ct"));
+    b.ja(lb.new_ct);
 
     // (e) selection.
-    b.label(p("hash")).comment("lb: flow hash of the tuple (crate::lb::hash, unrolled)");
+    b.place(lb.hash).comment("lb: flow hash of the tuple (crate::lb::hash, unrolled)");
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
-    b.jmp(JmpCond::Eq, Reg::R1, 6, p("hash6"));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, lb.hash6);
     let v4_words = [t(ct_key::SADDR) + 12, t(ct_key::DADDR) + 12, t(ct_key::SPORT)];
     emit_hash(b, &v4_words, t(ct_key::PROTO));
-    b.ja(p("slot"));
-    b.label(p("hash6"));
+    b.ja(lb.slot);
+    b.place(lb.hash6);
     let mut v6_words = Vec::new();
     for base in [t(ct_key::SADDR), t(ct_key::DADDR)] {
         v6_words.extend([base, base + 4, base + 8, base + 12]);
     }
     v6_words.push(t(ct_key::SPORT));
     emit_hash(b, &v6_words, t(ct_key::PROTO));
-    b.label(p("slot")).comment("lb: slot = hash % slots; lb_slot[svc_id, slot] = the backend");
+    b.place(lb.slot).comment("lb: slot = hash % slots; lb_slot[svc_id, slot] = the backend");
     b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::SLOTS));
     b.alu32(AluOp::Mod, Reg::R1, Reg::R2);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SLOT as i16, Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::SVC_ID));
     b.store(Size::W, Reg::R10, f.at(LbFrame::SLOT) + slot_key::SVC_ID as i16, Reg::R1);
     kit::map_lookup(b, map::LB_SLOT, f.at(LbFrame::SLOT));
-    b.jmp(JmpCond::Eq, Reg::R0, 0, verdict_label(LbReason::NoBackend));
+    b.jmp(JmpCond::Eq, Reg::R0, 0, lb.no_backend_site);
     b.load(Size::W, Reg::R1, Reg::R0, slot_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
     copy_addr_port(b, f, slot_value::ADDR, slot_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::NewConnection as i32);
 
     // (f) conntrack entries (and the affinity entry).
-    b.label(p("new_ct"));
+    b.place(lb.new_ct);
     if o.conntrack {
-        emit_ct_entries(b, f, l.prefix);
+        emit_ct_entries(b, f, lb.prefix);
     }
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::FLAGS));
     b.alu(AluOp::And, Reg::R1, svc_value::AFFINITY as i32);
-    b.jmp(JmpCond::Eq, Reg::R1, 0, p("dnat"));
+    b.jmp(JmpCond::Eq, Reg::R1, 0, lb.dnat);
     b.comment("lb: affinity: remember the client's backend, now");
     let av = |off: usize| f.at(LbFrame::AFFV) + off as i16;
     b.load(Size::W, Reg::R1, Reg::R10, f.at(LbFrame::BE_ID));
@@ -445,49 +493,49 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
     }
     kit::map_update(b, map::LB_AFF, f.at(LbFrame::AFF), f.at(LbFrame::AFFV), kit::BPF_ANY);
     // (g) the rewrites.
-    let both = o.conntrack && o.paths == LbPaths::Both;
-    let snat = both.then(|| p("snat"));
-    emit_rewrites(b, f, l, Some(&p("dnat")), snat.as_deref(), o.conntrack);
+    emit_rewrites(b, f, &lb, Some(lb.dnat), both.then_some(lb.snat), o.conntrack);
 
-    b.label(p("no_backend")).comment("lb: no usable backend: TCP gets a reset, the rest is dropped");
+    b.place(lb.no_backend).comment("lb: no usable backend: TCP gets a reset, the rest is dropped");
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
-    b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_TCP, verdict_label(LbReason::NoBackend));
-    emit_reset(b, f, l.prefix, o.reset, &verdict_label(LbReason::NoBackend));
-    b.mov(Reg::R6, LbReason::NoBackendReset as i32).mov(Reg::R7, Reg::R0).ja(l.exit);
+    b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_TCP, lb.no_backend_site);
+    emit_reset(b, f, lb.prefix, o.reset, lb.no_backend_site);
+    b.mov(Reg::R6, LbReason::NoBackendReset as i32).mov(Reg::R7, Reg::R0).ja(lb.exit);
 
     if both {
-        b.label(p("reply")).comment("lb: not to a frontend: a backend's reply or nothing of ours");
-        emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
-        emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
+        b.place(lb.reply).comment("lb: not to a frontend: a backend's reply or nothing of ours");
+        emit_hint_check(b, f, Hint::Backend, lb.pass_no_service);
+        emit_reply_lookup(b, f, lb.snat, lb.pass_no_service);
     }
 
-    for r in [LbReason::PassNoService, LbReason::NoBackend, LbReason::RewriteFailed] {
-        b.label(verdict_label(r)).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(l.exit);
+    for (r, site) in [
+        (LbReason::PassNoService, lb.pass_no_service),
+        (LbReason::NoBackend, lb.no_backend_site),
+        (LbReason::RewriteFailed, lb.rewrite_failed),
+    ] {
+        b.place(site).comment(format!("verdict: {}", r.name()));
+        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(lb.exit);
     }
 }
 
 /// [`LbPaths::ReplyOnly`]: the reply lookup and the reverse NAT, nothing else (no hairpin:
 /// a hairpinned connection's replies never reach it). [`LbPaths::HairpinReply`]: the same
 /// with the hairpin destination rewrite.
-fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
-    let p = |s: &str| format!("{}{s}", l.prefix);
-    let verdict_label = |r: LbReason| format!("{}v_{}", l.prefix, r.name());
-    let mut sites = vec![LbReason::PassNoService];
+fn emit_reply_only(b: &mut Builder, f: LbFrame, lb: &Labels<'_>, o: LbOptions) {
+    let mut sites = vec![(LbReason::PassNoService, lb.pass_no_service)];
     if o.conntrack {
         if !(o.filtered && o.paths == LbPaths::ReplyOnly) {
-            emit_hint_check(b, f, Hint::Backend, &verdict_label(LbReason::PassNoService));
+            emit_hint_check(b, f, Hint::Backend, lb.pass_no_service);
         }
-        emit_reply_lookup(b, f, l.prefix, &verdict_label(LbReason::PassNoService));
-        emit_rewrites(b, f, l, None, Some(&p("snat")), o.paths == LbPaths::HairpinReply);
-        sites.push(LbReason::RewriteFailed);
+        emit_reply_lookup(b, f, lb.snat, lb.pass_no_service);
+        emit_rewrites(b, f, lb, None, Some(lb.snat), o.paths == LbPaths::HairpinReply);
+        sites.push((LbReason::RewriteFailed, lb.rewrite_failed));
     } else {
         b.comment("lb: no conntrack, no reverse NAT");
-        b.ja(verdict_label(LbReason::PassNoService));
+        b.ja(lb.pass_no_service);
     }
-    for r in sites {
-        b.label(verdict_label(r)).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(l.exit);
+    for (r, site) in sites {
+        b.place(site).comment(format!("verdict: {}", r.name()));
+        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(lb.exit);
     }
 }
 
@@ -499,8 +547,17 @@ fn emit_reply_only(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOptions) {
 /// the device's egress (flags 0: back out where it came from; `BPF_F_INGRESS` would hand
 /// it to this host's stack). A reset is never answered with a reset (`fail`, as is any
 /// helper error). Leaves the redirect's verdict in r0. Scratch: the [`LbFrame::RKEY`] slot.
-fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &str) {
-    let p = |s: &str| format!("{prefix}{s}");
+fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: Label) {
+    let mut id = |name: &str| b.new_label(&format!("{prefix}{name}"));
+    let (len6, len, no_ack, csum, swap6, macs_l) = (
+        id("reset_len6"),
+        id("reset_len"),
+        id("reset_no_ack"),
+        id("reset_csum"),
+        id("reset_swap6"),
+        id("reset_macs"),
+    );
+    let no_flag = [id(&format!("reset_no_{TCP_SYN}")), id(&format!("reset_no_{TCP_FIN}"))];
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let (macs, iplen, tcp, ports) = {
         let k = f.at(LbFrame::RKEY);
@@ -537,7 +594,7 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &s
     b.jmp(JmpCond::Ne, Reg::R1, 0, fail);
     b.comment("the IP payload length: IPv4 total length less the header, IPv6 payload length");
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
-    b.jmp(JmpCond::Eq, Reg::R1, 6, p("reset_len6"));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, len6);
     bytes(b, SKB_LOAD_BYTES, Some(LbFrame::L3), 2, iplen, 2);
     b.load(Size::H, Reg::R6, Reg::R10, iplen);
     b.be(16, Reg::R6);
@@ -545,12 +602,12 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &s
     b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::L3));
     b.alu(AluOp::Sub, Reg::R1, Reg::R2);
     b.alu(AluOp::Sub, Reg::R6, Reg::R1);
-    b.ja(p("reset_len"));
-    b.label(p("reset_len6"));
+    b.ja(len);
+    b.place(len6);
     bytes(b, SKB_LOAD_BYTES, Some(LbFrame::L3), 4, iplen, 2);
     b.load(Size::H, Reg::R6, Reg::R10, iplen);
     b.be(16, Reg::R6);
-    b.label(p("reset_len")).comment("r6 = payload = IP payload - data offset * 4");
+    b.place(len).comment("r6 = payload = IP payload - data offset * 4");
     b.load(Size::B, Reg::R1, Reg::R10, tcp + 8);
     b.alu(AluOp::Rsh, Reg::R1, 4).alu(AluOp::Lsh, Reg::R1, 2);
     b.alu(AluOp::Sub, Reg::R6, Reg::R1);
@@ -558,25 +615,25 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &s
     b.load(Size::B, Reg::R9, Reg::R10, tcp + 8);
     b.load(Size::B, Reg::R1, Reg::R10, tcp + 9);
     b.mov(Reg::R2, Reg::R1).alu(AluOp::And, Reg::R2, TCP_ACK);
-    b.jmp(JmpCond::Eq, Reg::R2, 0, p("reset_no_ack"));
+    b.jmp(JmpCond::Eq, Reg::R2, 0, no_ack);
     b.load(Size::W, Reg::R7, Reg::R10, tcp + 4);
     b.mov(Reg::R8, 0);
     b.alu(AluOp::Or, Reg::R9, TCP_RST << 8);
-    b.ja(p("reset_csum"));
-    b.label(p("reset_no_ack"));
+    b.ja(csum);
+    b.place(no_ack);
     b.mov(Reg::R7, 0);
     b.load(Size::W, Reg::R8, Reg::R10, tcp);
     b.be(32, Reg::R8);
     b.add(Reg::R8, Reg::R6);
-    for flag in [TCP_SYN, TCP_FIN] {
+    for (flag, skip) in [TCP_SYN, TCP_FIN].into_iter().zip(no_flag) {
         b.mov(Reg::R2, Reg::R1).alu(AluOp::And, Reg::R2, flag);
-        b.jmp(JmpCond::Eq, Reg::R2, 0, p(&format!("reset_no_{flag}")));
+        b.jmp(JmpCond::Eq, Reg::R2, 0, skip);
         b.add(Reg::R8, 1);
-        b.label(p(&format!("reset_no_{flag}")));
+        b.place(skip);
     }
     b.be(32, Reg::R8);
     b.alu(AluOp::Or, Reg::R9, (TCP_RST | TCP_ACK) << 8);
-    b.label(p("reset_csum")).comment("checksum: seq, ack, offset/flags; then write them");
+    b.place(csum).comment("checksum: seq, ack, offset/flags; then write them");
     for (off, reg, size, width) in
         [(0i16, Reg::R7, Size::W, 4), (4, Reg::R8, Size::W, 4), (8, Reg::R9, Size::H, 2)]
     {
@@ -598,14 +655,14 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &s
     b.store(Size::H, Reg::R10, ports + 2, Reg::R1);
     bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), 0, ports, 4);
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
-    b.jmp(JmpCond::Eq, Reg::R1, 6, p("reset_swap6"));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, swap6);
     bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 12, t(ct_key::DADDR) + 12, 4);
     bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 16, t(ct_key::SADDR) + 12, 4);
-    b.ja(p("reset_macs"));
-    b.label(p("reset_swap6"));
+    b.ja(macs_l);
+    b.place(swap6);
     bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 8, t(ct_key::DADDR), 16);
     bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 24, t(ct_key::SADDR), 16);
-    b.label(p("reset_macs"));
+    b.place(macs_l);
     bytes(b, SKB_LOAD_BYTES, None, 0, macs, 12);
     bytes(b, SKB_STORE_BYTES, None, 0, macs + 6, 6);
     bytes(b, SKB_STORE_BYTES, None, 6, macs, 6);
@@ -622,10 +679,9 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: &s
     });
 }
 
-/// (a) The reply `lb_ct` lookup: a miss goes to `miss`, a hit to `<prefix>snat` with the
+/// (a) The reply `lb_ct` lookup: a miss goes to `miss`, a hit to `snat` with the
 /// frontend in [`LbFrame::NEW`].
-fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
-    let p = |s: &str| format!("{prefix}{s}");
+fn emit_reply_lookup(b: &mut Builder, f: LbFrame, snat: Label, miss: Label) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
@@ -635,14 +691,13 @@ fn emit_reply_lookup(b: &mut Builder, f: LbFrame, prefix: &str, miss: &str) {
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     copy_addr_port(b, f, ct_value::ADDR, ct_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::RevNat as i32);
-    b.ja(p("snat"));
+    b.ja(snat);
 }
 
 /// (b) The forward `lb_ct` lookup (before the frontend's: a tracked packet is this one
 /// lookup, the entry holds its backend); a miss goes to `miss`. Entries of removed
 /// frontends and backends are deleted by user space ([`crate::maps::lb::CtPurge`]).
-fn emit_forward_lookup(b: &mut Builder, f: LbFrame, miss: &str, prefix: &str) {
-    let p = |s: &str| format!("{prefix}{s}");
+fn emit_forward_lookup(b: &mut Builder, f: LbFrame, miss: Label, dnat: Label) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD] holds its backend");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
@@ -654,7 +709,7 @@ fn emit_forward_lookup(b: &mut Builder, f: LbFrame, miss: &str, prefix: &str) {
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
     copy_addr_port(b, f, ct_value::ADDR, ct_value::PORT);
     b.store(Size::W, Reg::R10, f.at(LbFrame::REASON), LbReason::Established as i32);
-    b.ja(p("dnat"));
+    b.ja(dnat);
 }
 
 /// (f) The `lb_ct` forward and reply entries of a new connection.
@@ -682,10 +737,10 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
         b.store(Size::DW, Reg::R10, r(ct_key::DADDR) + half, Reg::R1);
     }
     b.comment("hairpin (the backend is the client): replies go to the hairpin address");
-    let not_hp = format!("{prefix}ct_not_hairpin");
-    emit_unless_same(b, f.at(LbFrame::NEW), t(ct_key::SADDR), &not_hp);
+    let not_hp = b.new_label(&format!("{prefix}ct_not_hairpin"));
+    emit_unless_same(b, f.at(LbFrame::NEW), t(ct_key::SADDR), not_hp);
     emit_store_hairpin(b, f, r(ct_key::DADDR), &format!("{prefix}ct_hp"));
-    b.label(not_hp);
+    b.place(not_hp);
     b.comment("sport = the backend's port, dport = the client's; proto; REPLY; padding");
     b.load(Size::H, Reg::R1, Reg::R10, f.at(LbFrame::NEW) + 16);
     b.load(Size::H, Reg::R2, Reg::R10, t(ct_key::SPORT));
@@ -707,46 +762,48 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
 fn emit_rewrites(
     b: &mut Builder,
     f: LbFrame,
-    l: LbLabels<'_>,
-    dnat: Option<&str>,
-    snat: Option<&str>,
+    lb: &Labels<'_>,
+    dnat: Option<Label>,
+    snat: Option<Label>,
     hairpin: bool,
 ) {
-    let fail = &format!("{}v_{}", l.prefix, LbReason::RewriteFailed.name());
-    let done = &format!("{}rewritten", l.prefix);
+    let fail = lb.rewrite_failed;
+    let done = b.new_label(&format!("{}rewritten", lb.prefix));
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let new = f.at(LbFrame::NEW);
     let hp = f.at(LbFrame::HAIRPIN);
     if let Some(dnat) = dnat {
-        b.label(dnat).comment("lb: DNAT: destination address and port to the backend");
-        emit_rewrite(b, f, dnat, Side::Destination, new, true, fail);
+        let tag = format!("{}dnat", lb.prefix);
+        b.place(dnat).comment("lb: DNAT: destination address and port to the backend");
+        emit_rewrite(b, f, &tag, Side::Destination, new, true, fail);
         if hairpin {
             b.comment("hairpin: the backend is the client itself: the source becomes the hairpin address");
             emit_unless_same(b, new, t(ct_key::SADDR), done);
-            emit_store_hairpin(b, f, hp, &format!("{dnat}_hp_addr"));
-            emit_rewrite(b, f, &format!("{dnat}_hp"), Side::Source, hp, false, fail);
+            emit_store_hairpin(b, f, hp, &format!("{tag}_hp_addr"));
+            emit_rewrite(b, f, &format!("{tag}_hp"), Side::Source, hp, false, fail);
             if snat.is_some() {
                 b.ja(done);
             }
         }
     }
     if let Some(snat) = snat {
-        b.label(snat).comment("lb: reverse NAT: source address and port to the frontend");
-        emit_rewrite(b, f, snat, Side::Source, new, true, fail);
+        let tag = format!("{}snat", lb.prefix);
+        b.place(snat).comment("lb: reverse NAT: source address and port to the frontend");
+        emit_rewrite(b, f, &tag, Side::Source, new, true, fail);
         if hairpin {
             b.comment("hairpin reply (to the hairpin address): the destination is the client, its source");
-            emit_store_hairpin(b, f, hp, &format!("{snat}_hp_addr"));
+            emit_store_hairpin(b, f, hp, &format!("{tag}_hp_addr"));
             emit_unless_same(b, t(ct_key::DADDR), hp, done);
-            emit_rewrite(b, f, &format!("{snat}_hp"), Side::Destination, t(ct_key::SADDR), false, fail);
+            emit_rewrite(b, f, &format!("{tag}_hp"), Side::Destination, t(ct_key::SADDR), false, fail);
         }
     }
-    b.label(done);
+    b.place(done);
     b.load(Size::W, Reg::R6, Reg::R10, f.at(LbFrame::REASON));
-    b.mov(Reg::R7, 0).ja(l.exit);
+    b.mov(Reg::R7, 0).ja(lb.exit);
 }
 
 /// Jump to `differ` unless the 16-byte addresses at stack offsets `a` and `b_off` are equal.
-fn emit_unless_same(b: &mut Builder, a: i16, b_off: i16, differ: &str) {
+fn emit_unless_same(b: &mut Builder, a: i16, b_off: i16, differ: Label) {
     for half in [0i16, 8] {
         b.load(Size::DW, Reg::R1, Reg::R10, a + half);
         b.load(Size::DW, Reg::R2, Reg::R10, b_off + half);
@@ -760,17 +817,18 @@ fn emit_store_hairpin(b: &mut Builder, f: LbFrame, at: i16, tag: &str) {
     let word = |o: &[u8]| u32::from_le_bytes([o[0], o[1], o[2], o[3]]) as i32;
     let v4 = HAIRPIN_V4.to_ipv6_mapped().octets();
     let v6 = HAIRPIN_V6.octets();
+    let (is_v6, stored) = (b.new_label(&format!("{tag}_v6")), b.new_label(&format!("{tag}_stored")));
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
-    b.jmp(JmpCond::Eq, Reg::R1, 6, format!("{tag}_v6"));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, is_v6);
     for (i, chunk) in v4.chunks_exact(4).enumerate() {
         b.store(Size::W, Reg::R10, at + 4 * i as i16, word(chunk));
     }
-    b.ja(format!("{tag}_stored"));
-    b.label(format!("{tag}_v6"));
+    b.ja(stored);
+    b.place(is_v6);
     for (i, chunk) in v6.chunks_exact(4).enumerate() {
         b.store(Size::W, Reg::R10, at + 4 * i as i16, word(chunk));
     }
-    b.label(format!("{tag}_stored"));
+    b.place(stored);
 }
 
 /// Which `lb_hint` filter a check reads, and the tuple fields it hashes.
@@ -832,8 +890,9 @@ pub fn emit_hint_filter(
     port: i16,
     proto: i16,
     key: i16,
-    clear: &str,
+    clear: impl Into<Target>,
 ) {
+    let clear: Target = clear.into();
     let (element, what) = match which {
         Hint::Frontend => (hint::FRONTEND, "frontend? lb_hint[FRONTEND]"),
         Hint::Backend => (hint::BACKEND, "backend? lb_hint[BACKEND]"),
@@ -843,7 +902,7 @@ pub fn emit_hint_filter(
     b.mov(Reg::R6, Reg::R1);
     b.store(Size::W, Reg::R10, key, element as i32);
     kit::map_lookup(b, map::LB_HINT, key);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
+    b.jmp(JmpCond::Eq, Reg::R0, 0, clear.clone());
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
     b.add(Reg::R0, Reg::R1);
     b.load(Size::B, Reg::R1, Reg::R0, 0);
@@ -853,7 +912,7 @@ pub fn emit_hint_filter(
 }
 
 /// [`emit_hint_filter`] on the frame's tuple (the [`LbFrame::SLOT`] slot for the key).
-fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: &str) {
+fn emit_hint_check(b: &mut Builder, f: LbFrame, which: Hint, clear: Label) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let (addr, port) = match which {
         Hint::Frontend => (t(ct_key::DADDR), t(ct_key::DPORT)),
@@ -916,14 +975,17 @@ enum Side {
 /// The L4 checksum goes through `bpf_l4_csum_replace`, which alone knows the skb's state
 /// (`CHECKSUM_PARTIAL` keeps only pseudo-header changes; `CHECKSUM_COMPLETE` moves
 /// `skb->csum` with them). So an IPv4 DNAT with a port change is two helper calls.
-fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, port: bool, fail: &str) {
+fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, port: bool, fail: Label) {
+    let mut id = |name: &str| b.new_label(&format!("{tag}_{name}"));
+    let (is_v6, v4_port, v6_port, port_l, done) =
+        (id("v6"), id("v4_port"), id("v6_port"), id("port"), id("done"));
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let (old_addr, old_port, v4_off, v6_off, port_off) = match side {
         Side::Source => (t(ct_key::SADDR), t(ct_key::SPORT), 12i16, 8i16, 0i16),
         Side::Destination => (t(ct_key::DADDR), t(ct_key::DPORT), 16, 24, 2),
     };
     let ctx = f.at(LbFrame::CTX);
-    let l4_csum = |b: &mut Builder, old: i16, new: i16, size: Size, skip: &str| {
+    let l4_csum = |b: &mut Builder, old: i16, new: i16, size: Size, skip: Label| {
         b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::CSUM));
         b.jmp(JmpCond::Eq, Reg::R2, 0, skip);
         b.load(Size::DW, Reg::R1, Reg::R10, ctx);
@@ -948,7 +1010,7 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     b.mov(Reg::R6, Reg::R8).add(Reg::R6, Reg::R3);
     guard(b, Reg::R6, 4, fail);
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
-    b.jmp(JmpCond::Eq, Reg::R1, 6, format!("{tag}_v6"));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, is_v6);
     b.comment("ipv4: header checksum += ~old + new, 16 bits at a time; then the address");
     guard(b, Reg::R7, 20, fail);
     b.load(Size::H, Reg::R1, Reg::R7, 10);
@@ -971,23 +1033,23 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     b.store(Size::W, Reg::R7, v4_off, Reg::R1);
     b.comment("the port (never changed for SCTP: see the model); then the L4 checksum helpers");
     if port {
-        emit_port_store(b, old_port, new + 16, port_off, &format!("{tag}_v4_port"));
+        emit_port_store(b, old_port, new + 16, port_off, v4_port);
     }
-    l4_csum(b, old_addr + 12, new + 12, Size::W, &format!("{tag}_port"));
-    b.ja(format!("{tag}_port"));
-    b.label(format!("{tag}_v6")).comment("ipv6: the address (no header checksum)");
+    l4_csum(b, old_addr + 12, new + 12, Size::W, port_l);
+    b.ja(port_l);
+    b.place(is_v6).comment("ipv6: the address (no header checksum)");
     guard(b, Reg::R7, 40, fail);
     for word in [0i16, 4, 8, 12] {
         b.load(Size::W, Reg::R1, Reg::R10, new + word);
         b.store(Size::W, Reg::R7, v6_off + word, Reg::R1);
     }
     if port {
-        emit_port_store(b, old_port, new + 16, port_off, &format!("{tag}_v6_port"));
+        emit_port_store(b, old_port, new + 16, port_off, v6_port);
     }
     b.comment("the pseudo-header: one diff (new + ~old over the four words), BPF_F_IPV6 so that");
     b.comment("a CHECKSUM_COMPLETE skb->csum is left alone (the IPv6 header it covers changed too)");
     b.load(Size::W, Reg::R2, Reg::R10, f.at(LbFrame::CSUM));
-    b.jmp(JmpCond::Eq, Reg::R2, 0, format!("{tag}_port"));
+    b.jmp(JmpCond::Eq, Reg::R2, 0, port_l);
     b.mov(Reg::R4, 0);
     for word in [0i16, 4, 8, 12] {
         b.load(Size::W, Reg::R1, Reg::R10, new + word).add(Reg::R4, Reg::R1);
@@ -1003,25 +1065,25 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     b.alu(AluOp::Or, Reg::R5, BPF_F_IPV6);
     b.call(L4_CSUM_REPLACE);
     b.jmp(JmpCond::Ne, Reg::R0, 0, fail);
-    b.label(format!("{tag}_port"));
+    b.place(port_l);
     if port {
         b.comment("the port's share of the L4 checksum, when it changed");
         b.load(Size::H, Reg::R1, Reg::R10, old_port);
         b.load(Size::H, Reg::R2, Reg::R10, new + 16);
-        b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, format!("{tag}_done"));
-        l4_csum(b, old_port, new + 16, Size::H, &format!("{tag}_done"));
-        b.label(format!("{tag}_done"));
+        b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, done);
+        l4_csum(b, old_port, new + 16, Size::H, done);
+        b.place(done);
     }
 }
 
 /// `*(u16 *)(r6 + off) = new port` when it differs from the old one (r6 = the L4 header,
 /// checked for 4 bytes).
-fn emit_port_store(b: &mut Builder, old: i16, new: i16, off: i16, skip: &str) {
+fn emit_port_store(b: &mut Builder, old: i16, new: i16, off: i16, skip: Label) {
     b.load(Size::H, Reg::R1, Reg::R10, old);
     b.load(Size::H, Reg::R2, Reg::R10, new);
     b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, skip);
     b.store(Size::H, Reg::R6, off, Reg::R2);
-    b.label(skip);
+    b.place(skip);
 }
 
 /// Verdict sites of the standalone program's parser.

@@ -119,7 +119,7 @@ fn emit_l3_dispatch(b: &mut Builder, l: &EthLabels<'_>) {
 }
 
 /// `if base + len > data_end goto fail` (uses `r2`).
-pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: &str) {
+pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: impl Into<sluice_asm::Target>) {
     b.mov(Reg::R2, base).add(Reg::R2, len);
     b.jmp(JmpCond::Gt, Reg::R2, Reg::R9, fail);
 }

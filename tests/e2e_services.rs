@@ -198,9 +198,11 @@ fn orphan_ct_entries(net: &NodeNet, pin: &Path) -> usize {
             let def = defs.iter().find(|d| d.name == name).expect("an lb map");
             load::open_pinned_map(&sys, pin, def).expect("pinned").entries().expect("dumps")
         };
-        let (ct, be) = (open(sluice::maps::names::LB_CT), open(sluice::maps::names::LB_BE));
+        let be = open(sluice::maps::names::LB_BE);
+        let ct: Vec<Vec<u8>> =
+            sluice::maps::lb::CtPurge::MAPS.into_iter().flat_map(|m| open(m).into_values()).collect();
         assert!(!ct.is_empty(), "connections were tracked");
-        ct.values()
+        ct.iter()
             .filter(|v| !be.contains_key(read_u32(v, ct_value::BACKEND_ID).to_le_bytes().as_slice()))
             .count()
     })

@@ -22,7 +22,7 @@ use checksums::verify_checksums;
 use sluice::codegen::endpoint::{self, Direction, Options, Templates};
 use sluice::codegen::lb as lbgen;
 use sluice::golden::{check, run_kernel, run_sim, Case, Observation, Output};
-use sluice::maps::lb::{ct_key, ct_key_bytes, ct_value, service_writes, LbReason, LbState};
+use sluice::maps::lb::{ct_entry_key, ct_key, ct_value, service_writes, LbReason, LbState};
 use sluice::maps::policy::{self, IpcacheV4, PolicyRule, Reason, EGRESS};
 use sluice::model::policy::Protocol;
 use sluice::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
@@ -157,7 +157,7 @@ fn plan(options: Options) -> Plan {
     let ipc = IpcacheV4::build(&pp.ipcache_v4);
     let mut maps = policy::map_defs(pp.capacity(&ipc));
     maps.extend(lbgen::map_defs().into_iter().map(|d| {
-        if ["lb_ct", "lb_aff"].contains(&d.name) {
+        if ["lb_ct", "lb_ct4", "lb_aff"].contains(&d.name) {
             d.with_max_entries(16_384)
         } else {
             d
@@ -352,7 +352,7 @@ impl Rig {
     /// to the kernel's.
     fn state(&self) -> BTreeMap<(&'static str, Vec<u8>), Vec<u8>> {
         let keep = |map: &str, v: &[u8]| {
-            if map != "lb_ct" {
+            if !map.starts_with("lb_ct") {
                 return vec![];
             }
             let mut v = v.to_vec();
@@ -360,7 +360,7 @@ impl Rig {
             v
         };
         let mut out = BTreeMap::new();
-        for map in ["lb_ct", "ct4", "ct6"] {
+        for map in ["lb_ct", "lb_ct4", "ct4", "ct6"] {
             let m = self.sim.maps.get(map).expect("planned");
             for k in m.keys() {
                 let v = m.lookup(&k).expect("listed");
@@ -369,14 +369,14 @@ impl Rig {
         }
         if let Some(k) = &self.kernel {
             let mut kout = BTreeMap::new();
-            for map in ["lb_ct", "ct4", "ct6"] {
+            for map in ["lb_ct", "lb_ct4", "ct4", "ct6"] {
                 for key in k.maps[map].keys() {
                     let key = key.unwrap_or_else(|e| panic!("{e}"));
                     let v = k.maps[map].lookup(&key).unwrap_or_else(|e| panic!("{e}")).expect("listed");
                     kout.insert((map, key), keep(map, &v));
                 }
             }
-            assert_eq!(kout, out, "lb_ct/ct4/ct6 differ between kernel and simulator");
+            assert_eq!(kout, out, "lb_ct/lb_ct4/ct4/ct6 differ between kernel and simulator");
         }
         out
     }
@@ -460,13 +460,10 @@ fn connections_to_a_vip_are_translated_and_judged_by_the_backend() {
         });
         let state = rig.state();
         for (key, what) in [
-            (ct_key_bytes(client, vip, sport, port, proto, ct_key::FORWARD), "forward"),
-            (ct_key_bytes(backend, client, be_port, sport, proto, ct_key::REPLY), "reply"),
+            (ct_entry_key(client, vip, sport, port, proto, ct_key::FORWARD), "forward"),
+            (ct_entry_key(backend, client, be_port, sport, proto, ct_key::REPLY), "reply"),
         ] {
-            assert!(
-                state.contains_key(&("lb_ct", key)),
-                "{client} → {vip} proto {proto}: no {what} lb_ct entry"
-            );
+            assert!(state.contains_key(&key), "{client} → {vip} proto {proto}: no {what} lb_ct entry");
         }
     }
 }
@@ -521,10 +518,10 @@ fn policy_judges_the_backend_not_the_vip() {
         output: Output::Unchanged,
     });
     let state = rig.state();
-    let spoofed = ct_key_bytes(C4.into(), VIP4.into(), 40_004, 80, 6, ct_key::FORWARD);
-    assert!(!state.contains_key(&("lb_ct", spoofed)), "a spoofed packet left an lb_ct entry");
-    let to_c = ct_key_bytes(A4.into(), VIP_C.into(), 40_001, 80, 6, ct_key::FORWARD);
-    assert!(state.contains_key(&("lb_ct", to_c)), "the denied connection was still balanced");
+    let spoofed = ct_entry_key(C4.into(), VIP4.into(), 40_004, 80, 6, ct_key::FORWARD);
+    assert!(!state.contains_key(&spoofed), "a spoofed packet left an lb_ct entry");
+    let to_c = ct_entry_key(A4.into(), VIP_C.into(), 40_001, 80, 6, ct_key::FORWARD);
+    assert!(state.contains_key(&to_c), "the denied connection was still balanced");
 }
 
 /// No usable backend: a TCP packet becomes a reset delivered into the client's side of the
@@ -655,13 +652,13 @@ fn an_endpoint_reaches_itself_through_its_service() {
         });
         let state = rig.state();
         for (key, what) in [
-            (ct_key_bytes(a, vip, sport, port, proto, ct_key::FORWARD), "forward"),
+            (ct_entry_key(a, vip, sport, port, proto, ct_key::FORWARD), "forward"),
             (
-                ct_key_bytes(a, hairpin, be_port, sport, proto, ct_key::REPLY),
+                ct_entry_key(a, hairpin, be_port, sport, proto, ct_key::REPLY),
                 "reply (to the hairpin address)",
             ),
         ] {
-            assert!(state.contains_key(&("lb_ct", key)), "{a} → {vip} proto {proto}: no {what} lb_ct entry");
+            assert!(state.contains_key(&key), "{a} → {vip} proto {proto}: no {what} lb_ct entry");
         }
         assert!(
             !state.keys().any(|(map, _)| *map == "ct4" || *map == "ct6"),

@@ -18,7 +18,7 @@ use sluice::golden::{check, run_kernel, run_sim, Case, Observation, Output};
 use sluice::lb::hash::hash_v4;
 use sluice::lb::maglev::TableSize;
 use sluice::maps::lb::{
-    aff_value, be_value, ct_key, ct_key_bytes, ct_value, hint, hint_bit, service_writes, CtPurge, LbError,
+    aff_value, be_value, ct_entry_key, ct_key, ct_value, hint, hint_bit, service_writes, CtPurge, LbError,
     LbReason, LbState, TC_ACT_OK, TC_ACT_SHOT,
 };
 use sluice::maps::writes::MapWrites;
@@ -147,7 +147,7 @@ fn plan(writes: Vec<MapWrites>) -> Plan {
     let program = lbgen::generate().unwrap_or_else(|e| panic!("{e}"));
     let maps = lbgen::map_defs()
         .into_iter()
-        .map(|d| if ["lb_ct", "lb_aff"].contains(&d.name) { d.with_max_entries(16_384) } else { d })
+        .map(|d| if ["lb_ct", "lb_ct4", "lb_aff"].contains(&d.name) { d.with_max_entries(16_384) } else { d })
         .collect();
     Plan {
         node: "lb-test".into(),
@@ -184,13 +184,16 @@ impl Rig {
         // Then the tracked connections of removed frontends and backends, as the node's
         // live update does: each engine's own `lb_ct` read back.
         let purge = CtPurge::between(&self.state, &state);
-        let ct = self.sim.maps.get("lb_ct").expect("planned");
-        let sim_ct: Vec<(Vec<u8>, Vec<u8>)> =
-            ct.keys().into_iter().map(|k| (k.clone(), ct.lookup(&k).expect("listed").to_vec())).collect();
-        sim::apply_writes(&mut self.sim.maps, &[purge.writes(sim_ct)]).unwrap_or_else(|e| panic!("{e}"));
-        if let Some(k) = &self.kernel {
-            let entries = k.maps["lb_ct"].entries().unwrap_or_else(|e| panic!("{e}"));
-            load::apply_writes(&k.maps, &[purge.writes(entries)]).unwrap_or_else(|e| panic!("{e}"));
+        for map in CtPurge::MAPS {
+            let ct = self.sim.maps.get(map).expect("planned");
+            let sim_ct: Vec<(Vec<u8>, Vec<u8>)> =
+                ct.keys().into_iter().map(|k| (k.clone(), ct.lookup(&k).expect("listed").to_vec())).collect();
+            sim::apply_writes(&mut self.sim.maps, &[purge.writes(map, sim_ct)])
+                .unwrap_or_else(|e| panic!("{e}"));
+            if let Some(k) = &self.kernel {
+                let entries = k.maps[map].entries().unwrap_or_else(|e| panic!("{e}"));
+                load::apply_writes(&k.maps, &[purge.writes(map, entries)]).unwrap_or_else(|e| panic!("{e}"));
+            }
         }
         self.state = state;
     }
@@ -251,7 +254,7 @@ impl Rig {
     /// `lb_ct` and `lb_aff` with their timestamps zeroed, from the simulator, checked equal
     /// to the kernel's.
     fn conntrack(&self) -> BTreeMap<(&'static str, Vec<u8>), Vec<u8>> {
-        let timestamp = |map: &str| if map == "lb_ct" { ct_value::CREATED } else { aff_value::LAST_USED };
+        let timestamp = |map: &str| if map == "lb_aff" { aff_value::LAST_USED } else { ct_value::CREATED };
         let strip = |map: &str, v: &[u8]| -> Vec<u8> {
             let ts = timestamp(map);
             assert!(v[ts..ts + 8] != [0; 8] || self.kernel.is_none(), "{map}: timestamp not set");
@@ -260,7 +263,7 @@ impl Rig {
             v
         };
         let mut out = BTreeMap::new();
-        for map in ["lb_ct", "lb_aff"] {
+        for map in ["lb_ct", "lb_ct4", "lb_aff"] {
             let m = self.sim.maps.get(map).expect("planned");
             for k in m.keys() {
                 let v = m.lookup(&k).expect("listed");
@@ -272,7 +275,7 @@ impl Rig {
         }
         if let Some(k) = &self.kernel {
             let mut kout = BTreeMap::new();
-            for map in ["lb_ct", "lb_aff"] {
+            for map in ["lb_ct", "lb_ct4", "lb_aff"] {
                 let m = &k.maps[map];
                 for key in m.keys() {
                     let key = key.unwrap_or_else(|e| panic!("{e}"));
@@ -337,10 +340,10 @@ fn dnat_and_reverse_nat() {
             let ct = rig.conntrack();
             let p = proto_num(l4);
             for (key, dir) in [
-                (ct_key_bytes(client, vip, sport, port, p, ct_key::FORWARD), "forward"),
-                (ct_key_bytes(backend, client, be_port, sport, p, ct_key::REPLY), "reply"),
+                (ct_entry_key(client, vip, sport, port, p, ct_key::FORWARD), "forward"),
+                (ct_entry_key(backend, client, be_port, sport, p, ct_key::REPLY), "reply"),
             ] {
-                assert!(ct.contains_key(&("lb_ct", key)), "{what}: no {dir} lb_ct entry");
+                assert!(ct.contains_key(&key), "{what}: no {dir} lb_ct entry");
             }
         }
     }
@@ -764,8 +767,8 @@ fn hairpin() {
         let want = frame(vip, client, L4::Tcp, 80, 45_000);
         rig.step(&format!("{what}: reply"), reply, LbReason::RevNat, Output::Bytes(want));
         let ct = rig.conntrack();
-        let key = ct_key_bytes(client, hp, 8080, 45_000, 6, ct_key::REPLY);
-        assert!(ct.contains_key(&("lb_ct", key)), "{what}: the reply entry is keyed by the hairpin address");
+        let key = ct_entry_key(client, hp, 8080, 45_000, 6, ct_key::REPLY);
+        assert!(ct.contains_key(&key), "{what}: the reply entry is keyed by the hairpin address");
     }
 }
 

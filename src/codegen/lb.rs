@@ -90,7 +90,8 @@ use crate::maps::fwd::V4_MAPPED_WORD;
 #[cfg(doc)]
 use crate::maps::lb::hint_bit;
 use crate::maps::lb::{
-    aff_key, aff_value, be_value, ct_key, ct_value, hint, slot_key, slot_value, svc_key, svc_value, LbReason,
+    aff_key, aff_value, be_value, ct4_key, ct_key, ct_value, hint, slot_key, slot_value, svc_key, svc_value,
+    LbReason,
 };
 use crate::maps::names as map;
 use sluice_asm::helpers::{
@@ -138,6 +139,10 @@ impl LbFrame {
     pub const SVC: i16 = -128;
     /// The `lb_aff` key (20 bytes) and value (16).
     pub const AFF: i16 = -152;
+    /// An `lb_ct4` key (16 bytes), built from a tuple in `lb_ct`'s form for each IPv4
+    /// conntrack lookup or update. It overlays the `lb_aff` key, which is written in full
+    /// before each of its uses and is dead whenever a conntrack key is built.
+    pub const CT4: i16 = LbFrame::AFF;
     pub const AFFV: i16 = -168;
     /// The `lb_slot` key.
     pub const SLOT: i16 = -176;
@@ -679,13 +684,51 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: La
     });
 }
 
+/// What [`emit_ct_op`] does with the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CtOp {
+    /// `r0 =` the entry or null.
+    Lookup,
+    /// Write [`LbFrame::CTV`] (`BPF_ANY`).
+    Update,
+}
+
+/// A conntrack lookup or update for the tuple at stack offset `key` (in `lb_ct`'s form,
+/// direction byte set): IPv6 in `lb_ct`, IPv4 in `lb_ct4` with the compact key copied to
+/// [`LbFrame::CT4`] (four words: the compact key is the mapped key's tail, see
+/// [`crate::maps::lb::LbCt4Key`]). Both arms leave the helper's result in r0.
+fn emit_ct_op(b: &mut Builder, f: LbFrame, key: i16, op: CtOp) {
+    let (v6, done) = (b.new_label("ct_v6"), b.new_label("ct_done"));
+    let c = f.at(LbFrame::CT4);
+    let run = |b: &mut Builder, map: &str, key: i16| match op {
+        CtOp::Lookup => kit::map_lookup(b, map, key),
+        CtOp::Update => kit::map_update(b, map, key, f.at(LbFrame::CTV), kit::BPF_ANY),
+    };
+    b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
+    b.jmp(JmpCond::Eq, Reg::R1, 6, v6);
+    for (from, to) in [
+        (ct_key::SADDR + 12, ct4_key::SADDR),
+        (ct_key::DADDR + 12, ct4_key::DADDR),
+        (ct_key::SPORT, ct4_key::SPORT),
+        (ct_key::PROTO, ct4_key::PROTO),
+    ] {
+        b.load(Size::W, Reg::R1, Reg::R10, key + from as i16);
+        b.store(Size::W, Reg::R10, c + to as i16, Reg::R1);
+    }
+    run(b, map::LB_CT4, c);
+    b.ja(done);
+    b.place(v6);
+    run(b, map::LB_CT, key);
+    b.place(done);
+}
+
 /// (a) The reply `lb_ct` lookup: a miss goes to `miss`, a hit to `snat` with the
 /// frontend in [`LbFrame::NEW`].
 fn emit_reply_lookup(b: &mut Builder, f: LbFrame, snat: Label, miss: Label) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a backend's reply? lb_ct[tuple, REPLY]");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::REPLY));
-    kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
+    emit_ct_op(b, f, f.at(LbFrame::TUPLE), CtOp::Lookup);
     b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::SVC_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::SVC_ID), Reg::R1);
@@ -701,7 +744,7 @@ fn emit_forward_lookup(b: &mut Builder, f: LbFrame, miss: Label, dnat: Label) {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     b.comment("lb: a tracked connection? lb_ct[tuple, FORWARD] holds its backend");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
-    kit::map_lookup(b, map::LB_CT, f.at(LbFrame::TUPLE));
+    emit_ct_op(b, f, f.at(LbFrame::TUPLE), CtOp::Lookup);
     b.jmp(JmpCond::Eq, Reg::R0, 0, miss);
     b.load(Size::W, Reg::R1, Reg::R0, ct_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, f.at(LbFrame::BE_ID), Reg::R1);
@@ -726,7 +769,7 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     emit_ct_rewrite(b, v(ct_value::ADDR), f.at(LbFrame::NEW), f.at(LbFrame::NEW) + 16);
     b.comment("the key's direction: a reply lookup after the forward miss left REPLY there");
     b.store(Size::B, Reg::R10, t(ct_key::DIR), i32::from(ct_key::FORWARD));
-    kit::map_update(b, map::LB_CT, f.at(LbFrame::TUPLE), f.at(LbFrame::CTV), kit::BPF_ANY);
+    emit_ct_op(b, f, f.at(LbFrame::TUPLE), CtOp::Update);
     b.comment("lb: the reply entry's rewrite: the frontend (the forward tuple's destination)");
     emit_ct_rewrite(b, v(ct_value::ADDR), t(ct_key::DADDR), t(ct_key::DPORT));
     let r = |off: usize| f.at(LbFrame::RKEY) + off as i16;
@@ -749,7 +792,7 @@ fn emit_ct_entries(b: &mut Builder, f: LbFrame, prefix: &str) {
     b.load(Size::B, Reg::R1, Reg::R10, t(ct_key::PROTO));
     b.store(Size::W, Reg::R10, r(ct_key::PROTO), Reg::R1);
     b.store(Size::B, Reg::R10, r(ct_key::DIR), i32::from(ct_key::REPLY));
-    kit::map_update(b, map::LB_CT, f.at(LbFrame::RKEY), f.at(LbFrame::CTV), kit::BPF_ANY);
+    emit_ct_op(b, f, f.at(LbFrame::RKEY), CtOp::Update);
 }
 
 /// (g) The DNAT and reverse-NAT rewrites, then the exit with the reason kept on the stack.
@@ -1195,7 +1238,8 @@ pub fn map_defs() -> Vec<crate::maps::MapDef> {
     let mut defs: Vec<crate::maps::MapDef> = crate::maps::lb::map_defs()
         .into_iter()
         .filter(|d| {
-            [map::LB_SVC, map::LB_SLOT, map::LB_BE, map::LB_CT, map::LB_AFF, map::LB_HINT].contains(&d.name)
+            [map::LB_SVC, map::LB_SLOT, map::LB_BE, map::LB_CT, map::LB_CT4, map::LB_AFF, map::LB_HINT]
+                .contains(&d.name)
         })
         .collect();
     defs.push(crate::maps::lb::stats_def());

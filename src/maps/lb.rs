@@ -134,6 +134,59 @@ layout! {
     pub const REPLY: u8 = 1;
 }
 
+layout! {
+    /// `lb_ct4` key: an IPv4 connection's tuple in one direction, 16 bytes where `lb_ct`'s
+    /// IPv4-mapped key takes 40, so the hash over it (the kernel's jhash, per lookup) is
+    /// a third as long. The value is `lb_ct`'s ([`LbCtValue`], addresses IPv4-mapped).
+    pub struct LbCt4Key in ct4_key {
+        saddr: [u8; 4] => SADDR,
+        daddr: [u8; 4] => DADDR,
+        /// Network order.
+        sport: u16 => SPORT,
+        /// Network order.
+        dport: u16 => DPORT,
+        proto: u8 => PROTO,
+        /// [`ct_key::FORWARD`] or [`ct_key::REPLY`].
+        dir: u8 => DIR,
+        _pad: [u8; 2],
+    }
+    // The compact key is the mapped key's last address words, ports and protocol word in
+    // the same order: the datapath copies four words.
+    const _: () = assert!(
+        SPORT == DADDR + 4
+            && PROTO == SPORT + 4
+            && DIR == PROTO + 1
+            && SIZE == 16
+            && super::ct_key::DPORT == super::ct_key::SPORT + 2
+            && super::ct_key::DIR == super::ct_key::PROTO + 1
+    );
+}
+
+/// Where a connection's `lb_ct` entry lives: IPv4 tuples in `lb_ct4` (compact key), IPv6
+/// ones in `lb_ct`; the map's name and the key (ports in host order here).
+pub fn ct_entry_key(
+    src: IpAddr,
+    dst: IpAddr,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    dir: u8,
+) -> (&'static str, Vec<u8>) {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            let mut k = vec![0u8; ct4_key::SIZE];
+            k[ct4_key::SADDR..ct4_key::SADDR + 4].copy_from_slice(&s.octets());
+            k[ct4_key::DADDR..ct4_key::DADDR + 4].copy_from_slice(&d.octets());
+            k[ct4_key::SPORT..ct4_key::SPORT + 2].copy_from_slice(&sport.to_be_bytes());
+            k[ct4_key::DPORT..ct4_key::DPORT + 2].copy_from_slice(&dport.to_be_bytes());
+            k[ct4_key::PROTO] = proto;
+            k[ct4_key::DIR] = dir;
+            (map::LB_CT4, k)
+        }
+        _ => (map::LB_CT, ct_key_bytes(src, dst, sport, dport, proto, dir)),
+    }
+}
+
 /// The `lb_ct` key of a tuple in direction `dir` ([`ct_key::FORWARD`] or
 /// [`ct_key::REPLY`]); ports in host order here, stored in network order.
 pub fn ct_key_bytes(src: IpAddr, dst: IpAddr, sport: u16, dport: u16, proto: u8, dir: u8) -> Vec<u8> {
@@ -268,6 +321,7 @@ pub fn map_defs() -> Vec<MapDef> {
         MapDef::of::<SlotKey, SlotValue>(map::LB_SLOT, Hash, SLOT_MAX, no_prealloc),
         MapDef::of::<u32, BeValue>(map::LB_BE, Hash, BE_MAX, no_prealloc),
         MapDef::of::<LbCtKey, LbCtValue>(map::LB_CT, LruHash, CT_MAX, 0),
+        MapDef::of::<LbCt4Key, LbCtValue>(map::LB_CT4, LruHash, CT_MAX, 0),
         MapDef::of::<AffKey, AffValue>(map::LB_AFF, LruHash, AFF_MAX, 0),
         MapDef::of::<SockKey, SockValue>(map::LB_SOCK, LruHash, SOCK_MAX, 0),
         MapDef::of::<u32, [u8; hint::BYTES]>(map::LB_HINT, Array, hint::ENTRIES, 0),
@@ -818,16 +872,21 @@ impl CtPurge {
                 || self.backends.contains(&read_u32(value, ct_value::BACKEND_ID)))
     }
 
-    /// The deletes, as writes to apply like any other, of the entries of `lb_ct` (its
-    /// contents as read back) that name a removed id.
+    /// The maps whose entries a purge deletes: `lb_ct` and `lb_ct4`.
+    pub const MAPS: [&'static str; 2] = [map::LB_CT, map::LB_CT4];
+
+    /// The deletes, as writes to apply like any other, of the entries of `ct_map` (one of
+    /// [`CtPurge::MAPS`]; its contents as read back) that name a removed id.
     pub fn writes<K: AsRef<[u8]>, V: AsRef<[u8]>>(
         &self,
+        ct_map: &'static str,
         entries: impl IntoIterator<Item = (K, V)>,
     ) -> MapWrites {
-        let mut w = writes_for(map::LB_CT, ct_key::SIZE, ct_value::SIZE);
+        let key_size = if ct_map == map::LB_CT4 { ct4_key::SIZE } else { ct_key::SIZE };
+        let mut w = writes_for(ct_map, key_size, ct_value::SIZE);
         if !self.is_empty() {
             for (k, v) in entries {
-                if k.as_ref().len() == ct_key::SIZE && self.matches(v.as_ref()) {
+                if k.as_ref().len() == key_size && self.matches(v.as_ref()) {
                     w.delete(k.as_ref());
                 }
             }

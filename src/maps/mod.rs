@@ -144,6 +144,7 @@ mod layout_tests {
         no_implicit_padding::<lb::SlotKey>("SlotKey");
         no_implicit_padding::<lb::BeValue>("BeValue");
         no_implicit_padding::<lb::LbCtKey>("LbCtKey");
+        no_implicit_padding::<lb::LbCt4Key>("LbCt4Key");
         no_implicit_padding::<lb::LbCtValue>("LbCtValue");
         no_implicit_padding::<lb::AffKey>("AffKey");
         no_implicit_padding::<lb::AffValue>("AffValue");

@@ -37,6 +37,7 @@ pub const EP_TAIL: &str = "ep_tail";
 pub const LB_AFF: &str = "lb_aff";
 pub const LB_BE: &str = "lb_be";
 pub const LB_CT: &str = "lb_ct";
+pub const LB_CT4: &str = "lb_ct4";
 pub const LB_HINT: &str = "lb_hint";
 pub const LB_SLOT: &str = "lb_slot";
 pub const LB_SOCK: &str = "lb_sock";
@@ -74,6 +75,7 @@ pub const ALL: &[&str] = &[
     LB_AFF,
     LB_BE,
     LB_CT,
+    LB_CT4,
     LB_HINT,
     LB_SLOT,
     LB_SOCK,

@@ -15,7 +15,8 @@
 //!   can be diffed.
 
 use crate::maps::lb::{
-    addr_of, be_value, ct_key, ct_value, read_u32 as u32_at, slot_key, slot_value, svc_key, svc_value,
+    addr_of, be_value, ct4_key, ct_key, ct_value, read_u32 as u32_at, slot_key, slot_value, svc_key,
+    svc_value,
 };
 use crate::maps::names;
 use crate::maps::MapDef;
@@ -109,7 +110,17 @@ pub fn list(sys: &Arc<dyn Syscall>, pin_dir: &Path, services: &[Service]) -> Res
     let svcs = dump(sys, pin_dir, &def(names::LB_SVC))?;
     let slots = dump(sys, pin_dir, &def(names::LB_SLOT))?;
     let bes = dump(sys, pin_dir, &def(names::LB_BE))?;
-    let cts = dump(sys, pin_dir, &def(names::LB_CT))?;
+    // Forward entries of both conntrack maps (IPv6 keys in `lb_ct`, IPv4 in `lb_ct4`), as
+    // their values: the direction byte sits at each key's own offset.
+    let mut cts: Vec<Vec<u8>> = Vec::new();
+    for (name, dir_at) in [(names::LB_CT, ct_key::DIR), (names::LB_CT4, ct4_key::DIR)] {
+        cts.extend(
+            dump(sys, pin_dir, &def(name))?
+                .into_iter()
+                .filter(|(k, _)| k.get(dir_at) == Some(&ct_key::FORWARD))
+                .map(|(_, v)| v),
+        );
+    }
 
     // svc_id -> backend_id -> slots held
     let mut held: BTreeMap<u32, BTreeMap<u32, u32>> = BTreeMap::new();
@@ -122,14 +133,12 @@ pub fn list(sys: &Arc<dyn Syscall>, pin_dir: &Path, services: &[Service]) -> Res
     }
     // svc_id -> backend_id -> pinned connections
     let mut conns: BTreeMap<u32, BTreeMap<u32, u64>> = BTreeMap::new();
-    for (k, v) in &cts {
-        if k[ct_key::DIR] == ct_key::FORWARD {
-            *conns
-                .entry(u32_at(v, ct_value::SVC_ID))
-                .or_default()
-                .entry(u32_at(v, ct_value::BACKEND_ID))
-                .or_default() += 1;
-        }
+    for v in &cts {
+        *conns
+            .entry(u32_at(v, ct_value::SVC_ID))
+            .or_default()
+            .entry(u32_at(v, ct_value::BACKEND_ID))
+            .or_default() += 1;
     }
     let backends: BTreeMap<u32, &Vec<u8>> = bes.iter().map(|(k, v)| (u32_at(k, 0), v)).collect();
 

@@ -342,8 +342,12 @@ pub fn purge_lb_ct(maps: &BTreeMap<&'static str, Map>, purge: &CtPurge) -> Resul
     if purge.is_empty() {
         return Ok(());
     }
-    let Some(ct) = maps.get(crate::maps::names::LB_CT) else { return Ok(()) };
-    apply_writes(maps, &[purge.writes(ct.entries()?)])
+    for name in CtPurge::MAPS {
+        if let Some(ct) = maps.get(name) {
+            apply_writes(maps, &[purge.writes(name, ct.entries()?)])?;
+        }
+    }
+    Ok(())
 }
 
 /// The writes, in order, that bring `maps` (every map the config's plan uses, open) to the

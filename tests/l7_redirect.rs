@@ -96,7 +96,8 @@ impl Lab {
         lab
     }
 
-    /// client (c0) <-> (cn) node (sn) <-> (s0) server, routed by the node.
+    /// client (c0) <-> (cn) node (sn) <-> (s0) server, routed by the node: without the
+    /// redirect, the client's packets would be forwarded to the server around the proxy.
     fn wire(&self) {
         let n = &self.node.name;
         for (ns, inner, outer, addr, gw) in
@@ -114,11 +115,11 @@ impl Lab {
         }
         self.node.ip(&["link", "set", "lo", "up"]);
         self.node.sysctls(&[
-            ("net.ipv4.ip_forward", "1"),
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv4.conf.cn.rp_filter", "0"),
-            ("net.ipv4.conf.sn.rp_filter", "0"),
+            ("/proc/sys/net/ipv4/ip_forward", "1"),
+            ("/proc/sys/net/ipv4/conf/all/rp_filter", "0"),
+            ("/proc/sys/net/ipv4/conf/default/rp_filter", "0"),
+            ("/proc/sys/net/ipv4/conf/cn/rp_filter", "0"),
+            ("/proc/sys/net/ipv4/conf/sn/rp_filter", "0"),
         ]);
     }
 

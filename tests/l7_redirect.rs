@@ -30,9 +30,8 @@ const SERVER_GW: &str = "10.79.1.1";
 const SERVER_PORT: u16 = 8080;
 const PROXY_PORT: u16 = 15001;
 
-/// Cilium's documented egress example, the demo's rule: the frontend may `GET /api/.*` on the
-/// backend's port, nothing else.
-fn node_file() -> String {
+/// The node: the frontend (client) and backend (server) endpoints, `policy` appended.
+fn node_file(policy: &str) -> String {
     format!(
         "apiVersion: sluice.dev/v1
 kind: Node
@@ -41,7 +40,15 @@ spec:
   endpoints:
     - {{name: frontend, interface: lxcf, ipv4: {CLIENT}, labels: {{app: frontend}}}}
     - {{name: backend, interface: lxcb, ipv4: {SERVER}, labels: {{app: backend}}}}
----
+{policy}"
+    )
+}
+
+/// Cilium's documented example as the demo uses it: the frontend may `GET` `path` on the
+/// backend's port, nothing else (an egress rule: the client's side).
+fn egress_policy(path: &str) -> String {
+    format!(
+        "---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {{name: frontend}}
@@ -53,7 +60,27 @@ spec:
         - ports: [{{port: '{SERVER_PORT}', protocol: TCP}}]
           rules:
             http:
-              - {{method: GET, path: '/api/.*'}}
+              - {{method: GET, path: '{path}'}}
+"
+    )
+}
+
+/// The same rule as the backend's ingress policy (the server's side).
+fn ingress_policy(path: &str) -> String {
+    format!(
+        "---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {{name: backend}}
+spec:
+  endpointSelector: {{matchLabels: {{app: backend}}}}
+  ingress:
+    - fromEndpoints: [{{matchLabels: {{app: frontend}}}}]
+      toPorts:
+        - ports: [{{port: '{SERVER_PORT}', protocol: TCP}}]
+          rules:
+            http:
+              - {{method: GET, path: '{path}'}}
 "
     )
 }
@@ -79,14 +106,14 @@ impl Drop for Lab {
 }
 
 impl Lab {
-    fn new() -> Lab {
+    fn new(policy: &str) -> Lab {
         netns::remove_stale_namespaces("l7r");
         let client = Netns::new(netns::unique("l7r"));
         let node = Netns::new(netns::unique("l7r"));
         let server = Netns::new(netns::unique("l7r"));
         let dir = std::env::temp_dir().join(netns::unique("sluice-l7r"));
         std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("node.yaml"), node_file()).unwrap();
+        std::fs::write(dir.join("node.yaml"), node_file(policy)).unwrap();
         let mut lab = Lab { client, node, server, dir, proxy: None, links: Vec::new() };
         lab.wire();
         lab.attach();
@@ -127,7 +154,14 @@ impl Lab {
     /// connections to the proxy, the server's side takes the upstream connection's replies.
     fn attach(&mut self) {
         let sys: Arc<dyn Syscall> = sys::kernel();
-        let program = to_proxy::generate(&[Redirect { port: SERVER_PORT, proxy_port: PROXY_PORT }]).unwrap();
+        let cfg = sluice::model::parse_str(
+            &std::fs::read_to_string(self.dir.join("node.yaml")).unwrap(),
+            "node.yaml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let redirects = to_proxy::redirects_for(&cfg, PROXY_PORT).unwrap();
+        assert_eq!(redirects, [Redirect { port: SERVER_PORT, proxy_port: PROXY_PORT }], "the L7 rule's port");
+        let program = to_proxy::generate(&redirects).unwrap();
         let loaded =
             load_generated(&sys, to_proxy::NAME, &program, &Default::default(), ProgType::SchedCls, |s| s)
                 .unwrap_or_else(|e| panic!("the kernel verifier accepts to_proxy: {e}"));
@@ -161,6 +195,8 @@ impl Lab {
             .args(["--listen", &format!("0.0.0.0:{PROXY_PORT}")])
             .arg("--access-log")
             .arg(self.dir.join("access.log"))
+            .arg("--metrics-file")
+            .arg(self.dir.join("metrics.prom"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(self.dir.join("proxy.err")).unwrap())
             .spawn()
@@ -200,6 +236,34 @@ impl Lab {
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let (body, status) = text.rsplit_once('\n').unwrap_or(("", "0"));
         (status.trim().parse().unwrap_or(0), body.to_owned())
+    }
+
+    /// Waits until the proxy has reloaded its rules `n` times.
+    fn wait_reloads(&self, n: u64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let metrics = std::fs::read_to_string(self.dir.join("metrics.prom")).unwrap_or_default();
+            let reloads = metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("sluice_proxy_rule_reloads_total "))
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            if reloads.is_some_and(|r| r >= n) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the proxy did not reload its rules: {}", self.proxy_err());
+    }
+
+    /// A connection from the client to the server's own address (through the redirect).
+    fn connect(&self) -> TcpStream {
+        let server: Ipv4Addr = SERVER.parse().unwrap();
+        let stream = self.client.enter(|| {
+            TcpStream::connect_timeout(&SocketAddrV4::new(server, SERVER_PORT).into(), Duration::from_secs(5))
+                .expect("connects to the backend through the redirect")
+        });
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream
     }
 
     fn proxy_err(&self) -> String {
@@ -266,7 +330,21 @@ fn redirected_requests_are_judged_by_the_proxy() {
     if !netns::gate("redirected_requests_are_judged_by_the_proxy") {
         return;
     }
-    let lab = Lab::new();
+    judged_by_the_proxy(&egress_policy("/api/.*"));
+}
+
+/// The same rule on the server's side: an ingress L7 rule of the backend, its source an
+/// endpoint of this node.
+#[test]
+fn ingress_rules_judge_redirected_requests() {
+    if !netns::gate("ingress_rules_judge_redirected_requests") {
+        return;
+    }
+    judged_by_the_proxy(&ingress_policy("/api/.*"));
+}
+
+fn judged_by_the_proxy(policy: &str) {
+    let lab = Lab::new(policy);
     let cases: [(&[&str], &str, u16, &str); 4] = [
         (&[], "/api/items", 200, &format!("GET /api/items from {CLIENT}")),
         (&["-X", "DELETE"], "/api/items", 403, "Access denied\r\n"),
@@ -291,13 +369,8 @@ fn one_keep_alive_connection_mixes_allowed_and_denied() {
     if !netns::gate("one_keep_alive_connection_mixes_allowed_and_denied") {
         return;
     }
-    let lab = Lab::new();
-    let server: Ipv4Addr = SERVER.parse().unwrap();
-    let mut stream = lab.client.enter(|| {
-        TcpStream::connect_timeout(&SocketAddrV4::new(server, SERVER_PORT).into(), Duration::from_secs(5))
-            .expect("connects to the backend through the redirect")
-    });
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let lab = Lab::new(&egress_policy("/api/.*"));
+    let mut stream = lab.connect();
     let mut pending = Vec::new();
     let steps = [
         ("GET", "/api/a", 200, format!("GET /api/a from {CLIENT}")),
@@ -320,7 +393,7 @@ fn without_the_proxy_new_connections_do_not_reach_the_server() {
     if !netns::gate("without_the_proxy_new_connections_do_not_reach_the_server") {
         return;
     }
-    let mut lab = Lab::new();
+    let mut lab = Lab::new(&egress_policy("/api/.*"));
     if let Some(mut child) = lab.proxy.take() {
         child.kill().unwrap();
         child.wait().unwrap();
@@ -330,4 +403,30 @@ fn without_the_proxy_new_connections_do_not_reach_the_server() {
         TcpStream::connect_timeout(&SocketAddrV4::new(server, SERVER_PORT).into(), Duration::from_secs(2))
     });
     assert!(outcome.is_err(), "connected around the stopped proxy: {outcome:?}");
+}
+
+/// A policy update during a keep-alive connection: "the next request is judged by the new
+/// rules" (issue 12), on a connection the datapath redirected before the update.
+#[test]
+fn a_policy_update_judges_the_next_request_on_a_kept_connection() {
+    if !netns::gate("a_policy_update_judges_the_next_request_on_a_kept_connection") {
+        return;
+    }
+    let lab = Lab::new(&egress_policy("/api/.*"));
+    let mut stream = lab.connect();
+    let mut pending = Vec::new();
+    let mut ask = |stream: &mut TcpStream, path: &str| {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: backend\r\n\r\n").unwrap();
+        read_response(stream, &mut pending).0
+    };
+    assert_eq!((ask(&mut stream, "/api/a"), ask(&mut stream, "/v2/a")), (200, 403), "before the update");
+    lab.wait_reloads(0);
+    std::fs::write(lab.dir.join("node.yaml"), node_file(&egress_policy("/v2/.*"))).unwrap();
+    lab.wait_reloads(1);
+    assert_eq!(
+        (ask(&mut stream, "/api/a"), ask(&mut stream, "/v2/a")),
+        (403, 200),
+        "after the update\nproxy stderr:\n{}",
+        lab.proxy_err()
+    );
 }

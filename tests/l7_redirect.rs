@@ -430,3 +430,25 @@ fn a_policy_update_judges_the_next_request_on_a_kept_connection() {
         lab.proxy_err()
     );
 }
+
+/// The to-proxy routing: `install` is idempotent (one rule however often it runs), `remove`
+/// deletes the rule and the route and does not mind their absence (as `sluice down` needs).
+#[test]
+fn to_proxy_routing_installs_once_and_removes_cleanly() {
+    if !netns::gate("to_proxy_routing_installs_once_and_removes_cleanly") {
+        return;
+    }
+    use sluice::proxy::route;
+    let ns = Netns::new(netns::unique("l7r"));
+    let rule = format!("fwmark 0x200/0xf00 lookup {}", route::TABLE_TO_PROXY);
+    let table = route::TABLE_TO_PROXY.to_string();
+    let state = || {
+        let rules = netns::ip_output(&["-n", &ns.name, "-4", "rule", "show"]);
+        let routes = netns::ip_output(&["-n", &ns.name, "-4", "route", "show", "table", &table]);
+        (rules.matches(&rule).count(), routes.contains("local default dev lo"))
+    };
+    ns.enter(|| route::install().and_then(|()| route::install())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state(), (1, true), "after installing twice");
+    ns.enter(|| route::remove().and_then(|()| route::remove())).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(state(), (0, false), "after removing twice");
+}

@@ -282,7 +282,11 @@ fn serve(mut stream: TcpStream) {
             pending.drain(..end + 4);
             let line = head.lines().next().unwrap_or("");
             let mut words = line.split_whitespace();
-            let body = format!("{} {} from {peer}", words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let (method, target) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            let body = match target.strip_prefix("/api/bytes/").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) => pattern(n),
+                None => format!("{method} {target} from {peer}"),
+            };
             let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
             if stream.write_all(response.as_bytes()).is_err() {
                 return;
@@ -293,6 +297,12 @@ fn serve(mut stream: TcpStream) {
             Ok(n) => pending.extend_from_slice(&buf[..n]),
         }
     }
+}
+
+/// `n` bytes of a lowercase-letter pattern that shifts every 26 bytes (a lost, repeated or
+/// reordered segment shows).
+fn pattern(n: usize) -> String {
+    (0..n).map(|i| char::from(b'a' + ((i + i / 26) % 26) as u8)).collect()
 }
 
 /// Reads one sized response: (status, body).
@@ -451,4 +461,24 @@ fn to_proxy_routing_installs_once_and_removes_cleanly() {
     assert_eq!(state(), (1, true), "after installing twice");
     ns.enter(|| route::remove().and_then(|()| route::remove())).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(state(), (0, false), "after removing twice");
+}
+
+/// A large response through the redirect: every segment of the server's reply reaches the
+/// proxy's upstream socket (the reply half of the redirect) and the client gets it whole.
+#[test]
+fn a_large_response_arrives_whole_through_the_redirect() {
+    if !netns::gate("a_large_response_arrives_whole_through_the_redirect") {
+        return;
+    }
+    let lab = Lab::new(&egress_policy("/api/.*"));
+    let mut stream = lab.connect();
+    let mut pending = Vec::new();
+    let n = 8 << 20;
+    write!(stream, "GET /api/bytes/{n} HTTP/1.1\r\nHost: backend\r\n\r\n").unwrap();
+    let (status, body) = read_response(&mut stream, &mut pending);
+    assert_eq!(status, 200, "proxy stderr:\n{}", lab.proxy_err());
+    assert_eq!(body.len(), n);
+    assert!(body == pattern(n), "the body differs from the server's pattern");
+    write!(stream, "DELETE /api/a HTTP/1.1\r\nHost: backend\r\n\r\n").unwrap();
+    assert_eq!(read_response(&mut stream, &mut pending).0, 403, "the connection is still judged after it");
 }

@@ -12,6 +12,7 @@ pub mod lb;
 pub mod prefilter;
 pub mod sock_lb;
 pub mod sockops;
+pub mod to_proxy;
 
 use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};
 use sluice_verifier_sim::ctx_off;
@@ -27,6 +28,8 @@ pub enum CodegenError {
         #[source]
         source: sluice_asm::BuildError,
     },
+    #[error("L7 rules name more than {max} ports; the proxy redirect takes at most {max}")]
+    TooManyRedirects { max: usize },
 }
 
 /// Ethertypes, as a little-endian load of the big-endian wire field sees them: comparing

@@ -33,6 +33,7 @@
 pub mod io;
 pub mod metrics;
 pub mod records;
+pub mod route;
 pub mod supervise;
 
 use std::convert::Infallible;

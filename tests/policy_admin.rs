@@ -13,6 +13,7 @@ use sluice::model::{self, Direction, NodeConfig};
 use sluice::node::load::{load_plan, Loaded};
 use sluice::node::plan;
 use sluice::node::sim::SimNode;
+use sluice::policy::explain::{explain, End, Flow};
 use sluice::policy::{evaluate_entries, oracle, resolve, FlowKey, Verdict};
 use sluice::sys::{self, TestRunOpts};
 use std::collections::HashMap;
@@ -369,6 +370,7 @@ fn random_tiers_agree_with_the_oracle() {
         let cfg =
             model::parse_str(&text, "random.yaml").unwrap_or_else(|e| panic!("case {case}: {e}\n{text}"));
         let resolved = resolve(&cfg).expect("resolves");
+        let sources = model::sources::policy_sources(&text, "random.yaml").expect("sources");
         for endpoint in &cfg.endpoints {
             let own = endpoint.addresses().next().expect("an address");
             for direction in Direction::ALL {
@@ -384,9 +386,16 @@ fn random_tiers_agree_with_the_oracle() {
                     let identity = resolved.ipcache().lookup(peer);
                     let got =
                         evaluate_entries(&policy.entries, policy.enforced, identity.get(), proto, dport);
-                    if got != want {
+                    let flow = Flow { from: End::Address(src), to: End::Address(dst), proto, dport };
+                    let explained = explain(&cfg, &sources, &flow)
+                        .expect("explains")
+                        .judgements
+                        .into_iter()
+                        .find(|j| j.endpoint == endpoint.name && j.direction == direction)
+                        .map(|j| j.verdict);
+                    if got != want || explained != Some(want) {
                         bad.push(format!(
-                            "case {case}: {} {direction} peer {peer} proto {proto} port {dport}: oracle {want:?}, table {got:?}\n{policies}",
+                            "case {case}: {} {direction} peer {peer} proto {proto} port {dport}: oracle {want:?}, table {got:?}, explain {explained:?}\n{policies}",
                             endpoint.name
                         ));
                     }
@@ -496,6 +505,51 @@ fn unsupported_and_invalid_admin_policies_are_refused_at_their_place() {
                     bad.push(format!("{name}: expected a located error containing {want:?}, got {shown}"));
                 }
             }
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+#[test]
+fn explain_names_the_tier_and_rule_that_decided() {
+    let deny_prod = anp(
+        "deny-prod",
+        20,
+        WEB_PODS,
+        "ingress",
+        "    - {name: from-prod, action: Deny, from: [{namespaces: {matchLabels: {env: prod}}}]}\n",
+    );
+    let pass_api = anp("pass-api", 4, WEB_PODS, "ingress", "    - {action: Pass, from: [{pods: {namespaceSelector: {}, podSelector: {matchLabels: {app: api}}}}]}\n");
+    let baseline = banp(ALL_PODS, "ingress", "    - {action: Deny, from: [{namespaces: {}}]}\n");
+    let text = node(&format!("{deny_prod}{pass_api}{baseline}"));
+    let cfg = model::parse_str(&text, "anp.yaml").expect("parses");
+    let sources = model::sources::policy_sources(&text, "anp.yaml").expect("sources");
+    let show = |from: &str, to: &str| {
+        let flow = Flow { from: End::parse(from), to: End::parse(to), proto: 6, dport: 80 };
+        explain(&cfg, &sources, &flow).expect("explains").to_string()
+    };
+    let cases = [
+        (
+            "db",
+            "web",
+            "flow 10.9.1.12 -> 10.9.0.10 TCP port 80\n  egress db: allowed: no policy selecting it isolates this direction\n  \
+             ingress web: denied: denied by the admin tier\n    AdminNetworkPolicy deny-prod (priority 20) rule 0 at \
+             anp.yaml:27:7 (spec.ingress[0])\nverdict: denied\n",
+        ),
+        (
+            "api",
+            "web",
+            "flow 10.9.0.11 -> 10.9.0.10 TCP port 80\n  egress api: allowed: no policy selecting it isolates this direction\n  \
+             ingress web: denied: no admin rule, NetworkPolicy or CiliumNetworkPolicy decides; baseline\n    \
+             AdminNetworkPolicy pass-api (priority 4) rule 0 at anp.yaml:36:7 (spec.ingress[0])\n    \
+             BaselineAdminNetworkPolicy default rule 0 at anp.yaml:44:7 (spec.ingress[0])\nverdict: denied\n",
+        ),
+    ];
+    let mut bad = Vec::new();
+    for (from, to, want) in cases {
+        let got = show(from, to);
+        if got != want {
+            bad.push(format!("{from} -> {to}:\n--- expected\n{want}--- got\n{got}"));
         }
     }
     assert!(bad.is_empty(), "{}", bad.join("\n"));

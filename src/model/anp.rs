@@ -34,6 +34,7 @@ use super::labels::{Operator, Requirement, Selector, NAMESPACE_LABEL};
 use super::locate::{FieldPath, Invalid};
 use super::policy::{CidrRule, Direction, Peer, PeerRule, Protocol};
 use super::policy_wire::{lower_requirements, port_matches, ObjectMeta, PortNumber, SelectorWire};
+use super::sources::Place;
 use crate::model::named_ports::{check_port_name, NamedPortMatch};
 
 /// Which tier an admin policy sits in.
@@ -55,19 +56,19 @@ pub enum AdminAction {
 }
 
 /// One `ingress[]` / `egress[]` rule.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminRule {
     /// `name`, empty when absent.
     pub name: String,
     pub action: AdminAction,
     /// Peers and ports (`http` always `None`).
     pub matches: PeerRule,
-    /// Where the rule is written (`file:line:col`), for `policy explain`.
-    pub location: String,
+    /// Where the rule is written, for `policy explain`.
+    pub at: Place,
 }
 
 /// One AdminNetworkPolicy or BaselineAdminNetworkPolicy.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminPolicy {
     pub tier: AdminTier,
     pub name: String,
@@ -242,11 +243,11 @@ const MAX_RULE_NAME: usize = 100;
 
 /// Lowers an AdminNetworkPolicy (`baseline` false) or BaselineAdminNetworkPolicy.
 ///
-/// `place` gives the `file:line:col` of a path of the document.
+/// `place` gives the place of a path of the document.
 pub(crate) fn lower_anp(
     doc: &AnpDocument,
     baseline: bool,
-    place: &dyn Fn(&FieldPath) -> String,
+    place: &dyn Fn(&FieldPath) -> Place,
 ) -> Result<AdminPolicy, Invalid> {
     let meta = FieldPath::root().key("metadata");
     if doc.metadata.namespace.is_some() {
@@ -299,7 +300,7 @@ fn lower_rule(
     direction: Direction,
     baseline: bool,
     at: &FieldPath,
-    place: &dyn Fn(&FieldPath) -> String,
+    place: &dyn Fn(&FieldPath) -> Place,
 ) -> Result<AdminRule, Invalid> {
     let name = rule.name.clone().unwrap_or_default();
     if name.chars().count() > MAX_RULE_NAME {
@@ -381,7 +382,7 @@ fn lower_rule(
         name,
         action,
         matches: PeerRule { peers: lowered, l4, named_ports, http: None },
-        location: place(at),
+        at: place(at),
     })
 }
 

@@ -154,48 +154,49 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     // (kind, namespace, name) -> document position, to reject a second policy of one name.
     let mut seen: BTreeMap<(policy::PolicyKind, String, String), usize> = BTreeMap::new();
     for (index, document) in documents {
-        let policy = match document {
-            // The reader rejects a second Node, so this is the only one.
-            Document::Node(doc) => {
-                node = Some(lower_node(doc, origin).map_err(|invalid| located(index, invalid))?);
-                continue;
-            }
-            Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
-            Document::CiliumClusterwideNetworkPolicy(doc) => cnp::lower_ccnp(&doc),
-            Document::NetworkPolicy(doc) => {
-                knp::lower_knp(&doc).map(|(policy, ignored)| {
+        let policy =
+            match document {
+                // The reader rejects a second Node, so this is the only one.
+                Document::Node(doc) => {
+                    node = Some(lower_node(doc, origin).map_err(|invalid| located(index, invalid))?);
+                    continue;
+                }
+                Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
+                Document::CiliumClusterwideNetworkPolicy(doc) => cnp::lower_ccnp(&doc),
+                Document::NetworkPolicy(doc) => knp::lower_knp(&doc).map(|(policy, ignored)| {
                     policy_warnings.extend(ignored.iter().map(|w| {
                         ModelError::from_yaml(origin, &locate::locate(source, index, w)).to_string()
                     }));
                     policy
-                })
+                }),
+                Document::Service(doc) => {
+                    services.push((index, doc));
+                    continue;
+                }
+                Document::EndpointSlice(doc) => {
+                    slices.push((index, doc));
+                    continue;
+                }
+                Document::Namespace(doc) => {
+                    namespaces.push((index, doc));
+                    continue;
+                }
+                Document::AdminNetworkPolicy(doc, baseline) => {
+                    let place = |path: &FieldPath| match ModelError::from_yaml(
+                        origin,
+                        &locate::locate(source, index, &path.invalid("here")),
+                    ) {
+                        ModelError::Invalid { line, col, path, .. } => {
+                            sources::Place { line, col, path: path.unwrap_or_default() }
+                        }
+                        _ => sources::Place { line: 1, col: 1, path: String::new() },
+                    };
+                    let policy = anp::lower_anp(&doc, baseline, &place).map_err(|i| located(index, i))?;
+                    admin_policies.push((index, policy));
+                    continue;
+                }
             }
-            Document::Service(doc) => {
-                services.push((index, doc));
-                continue;
-            }
-            Document::EndpointSlice(doc) => {
-                slices.push((index, doc));
-                continue;
-            }
-            Document::Namespace(doc) => {
-                namespaces.push((index, doc));
-                continue;
-            }
-            Document::AdminNetworkPolicy(doc, baseline) => {
-                let place = |path: &FieldPath| {
-                    let at = ModelError::from_yaml(origin, &locate::locate(source, index, &path.invalid("")));
-                    match at {
-                        ModelError::Invalid { file, line, col, .. } => format!("{file}:{line}:{col}"),
-                        _ => origin.to_owned(),
-                    }
-                };
-                let policy = anp::lower_anp(&doc, baseline, &place).map_err(|i| located(index, i))?;
-                admin_policies.push((index, policy));
-                continue;
-            }
-        }
-        .map_err(|invalid| located(index, invalid))?;
+            .map_err(|invalid| located(index, invalid))?;
         let key = (policy.kind, policy.namespace.clone(), policy.name.clone());
         if let Some(first) = seen.insert(key, index) {
             let at = FieldPath::root().key("metadata").key("name");

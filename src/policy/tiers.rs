@@ -16,13 +16,15 @@
 //!   are cut where any rule's ranges begin or end, each piece is evaluated once, and pieces
 //!   that differ from the identity's verdict for "any other protocol" become entries (allow
 //!   pieces when that verdict is deny, deny pieces over a protocol-0 allow otherwise).
-//! - Cost: identities × protocols × cut points × rules per subject and direction; a node
-//!   file's few hundred identities and rules stay well under a second in a debug build.
+//! - Cost: identities × protocols × cut points × rules per distinct (admin policies, resolution
+//!   below, named ports) of the subjects; entries per such subject grow with the identities
+//!   (one or more per identity whose verdict differs from default deny).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use crate::model::anp::{AdminAction, AdminPolicy, AdminTier};
+use crate::model::named_ports::ContainerPort;
 use crate::model::policy::Protocol;
 use crate::model::{Direction, Labels, NodeConfig};
 
@@ -44,6 +46,9 @@ struct Resolved<'a> {
     ports: &'a crate::model::policy::PeerRule,
 }
 
+/// (admin policies selecting, address of the resolution below, named ports).
+type SharedKey<'a> = (Vec<usize>, *const EndpointPolicy, &'a [ContainerPort]);
+
 /// Replaces the entries of every subject direction an admin policy selects (see the module
 /// contract).
 pub(super) fn apply(
@@ -60,10 +65,23 @@ pub(super) fn apply(
         .chain(identities.label_sets().map(|(id, _)| id.get()))
         .chain(identities.cidrs().map(|(_, id)| id.get()))
         .collect();
+    // Subjects with the same admin policies, the same resolution below them (shared, so one
+    // `Arc`, compared by address) and the same named ports get the same result: computed
+    // once. Every resolution below is held for the whole loop, so no two are ever at one
+    // address.
+    let below: Vec<Arc<EndpointPolicy>> = policies.values().cloned().collect();
+    let mut done: HashMap<SharedKey<'_>, Arc<EndpointPolicy>> = HashMap::new();
     for &(subject, labels) in subjects {
-        let selecting: Vec<&AdminPolicy> =
-            cfg.admin_policies.iter().filter(|p| p.subject.matches(labels)).collect();
+        let selected: Vec<usize> = (0..cfg.admin_policies.len())
+            .filter(|&i| cfg.admin_policies[i].subject.matches(labels))
+            .collect();
+        let selecting: Vec<&AdminPolicy> = selected.iter().map(|&i| &cfg.admin_policies[i]).collect();
         let Some(current) = policies.get(&subject).cloned() else { continue };
+        let key = (selected, Arc::as_ptr(&current), peers.ports_of(subject.get()));
+        if let Some(result) = done.get(&key) {
+            policies.insert(subject, result.clone());
+            continue;
+        }
         let mut updated = (*current).clone();
         for direction in Direction::ALL {
             if selecting.iter().all(|p| p.rules(direction).is_empty()) {
@@ -149,8 +167,11 @@ pub(super) fn apply(
                 Direction::Egress => updated.egress = policy,
             }
         }
-        policies.insert(subject, Arc::new(updated));
+        let updated = Arc::new(updated);
+        done.insert(key, updated.clone());
+        policies.insert(subject, updated);
     }
+    drop(below);
 }
 
 /// The ports where some rule's range for `proto` begins, or ends + 1, plus 0: the verdict is

@@ -56,7 +56,7 @@ const REJECTIONS: &[(&str, &str)] = &[
     ),
     (
         "unknown-kind.yaml",
-        "fixtures/invalid/unknown-kind.yaml:2:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy",
+        "fixtures/invalid/unknown-kind.yaml:2:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy, AdminNetworkPolicy, BaselineAdminNetworkPolicy",
     ),
     (
         "wrong-api-version.yaml",

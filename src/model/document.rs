@@ -15,7 +15,8 @@
 //!   generic value would lose the line and column of every later error.
 //! - Kinds read: Node, CiliumNetworkPolicy (`super::cnp`), NetworkPolicy (`super::knp`),
 //!   Service and EndpointSlice (`super::service`), Namespace (`super::namespace`),
-//!   CiliumClusterwideNetworkPolicy (`super::cnp`). Adding one means adding its wire type and
+//!   CiliumClusterwideNetworkPolicy (`super::cnp`), AdminNetworkPolicy and
+//!   BaselineAdminNetworkPolicy (`super::anp`). Adding one means adding its wire type and
 //!   its arm in the dispatch below.
 //! - Each document comes back with its position in the stream, which `super::locate` needs to
 //!   place errors found when the document is lowered.
@@ -30,6 +31,7 @@ use serde::de::{
 };
 use serde::Deserialize;
 
+use super::anp::AnpDocument;
 use super::cidr::Cidr;
 use super::cnp::{CcnpDocument, CnpDocument};
 use super::de::parse_str_scalar;
@@ -49,10 +51,12 @@ pub(crate) enum DocumentKind {
     EndpointSlice,
     Namespace,
     CiliumClusterwideNetworkPolicy,
+    AdminNetworkPolicy,
+    BaselineAdminNetworkPolicy,
 }
 
 impl DocumentKind {
-    const ALL: [DocumentKind; 7] = [
+    const ALL: [DocumentKind; 9] = [
         DocumentKind::Node,
         DocumentKind::CiliumNetworkPolicy,
         DocumentKind::NetworkPolicy,
@@ -60,6 +64,8 @@ impl DocumentKind {
         DocumentKind::EndpointSlice,
         DocumentKind::Namespace,
         DocumentKind::CiliumClusterwideNetworkPolicy,
+        DocumentKind::AdminNetworkPolicy,
+        DocumentKind::BaselineAdminNetworkPolicy,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -71,6 +77,8 @@ impl DocumentKind {
             DocumentKind::EndpointSlice => "EndpointSlice",
             DocumentKind::Namespace => "Namespace",
             DocumentKind::CiliumClusterwideNetworkPolicy => "CiliumClusterwideNetworkPolicy",
+            DocumentKind::AdminNetworkPolicy => "AdminNetworkPolicy",
+            DocumentKind::BaselineAdminNetworkPolicy => "BaselineAdminNetworkPolicy",
         }
     }
 
@@ -84,6 +92,9 @@ impl DocumentKind {
             DocumentKind::EndpointSlice => "discovery.k8s.io/v1",
             DocumentKind::Namespace => "v1",
             DocumentKind::CiliumClusterwideNetworkPolicy => "cilium.io/v2",
+            DocumentKind::AdminNetworkPolicy | DocumentKind::BaselineAdminNetworkPolicy => {
+                "policy.networking.k8s.io/v1alpha1"
+            }
         }
     }
 
@@ -102,6 +113,8 @@ pub(crate) enum Document {
     EndpointSlice(SliceDocument),
     Namespace(NamespaceDocument),
     CiliumClusterwideNetworkPolicy(CcnpDocument),
+    /// AdminNetworkPolicy (`false`) or BaselineAdminNetworkPolicy (`true`).
+    AdminNetworkPolicy(AnpDocument, bool),
 }
 
 /// `kind: Node`: what only the node knows.
@@ -191,6 +204,10 @@ pub(crate) fn ccnp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Re
     expect_api_version(deserializer, DocumentKind::CiliumClusterwideNetworkPolicy)
 }
 
+pub(crate) fn anp_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
+    expect_api_version(deserializer, DocumentKind::AdminNetworkPolicy)
+}
+
 pub(crate) fn namespace_api_version<'de, D: Deserializer<'de>>(deserializer: D) -> Result<(), D::Error> {
     expect_api_version(deserializer, DocumentKind::Namespace)
 }
@@ -242,6 +259,12 @@ pub(crate) fn read_documents(source: &str) -> Result<Vec<(usize, Document)>, ser
             DocumentKind::Namespace => Document::Namespace(NamespaceDocument::deserialize(body)?),
             DocumentKind::CiliumClusterwideNetworkPolicy => {
                 Document::CiliumClusterwideNetworkPolicy(CcnpDocument::deserialize(body)?)
+            }
+            DocumentKind::AdminNetworkPolicy => {
+                Document::AdminNetworkPolicy(AnpDocument::deserialize(body)?, false)
+            }
+            DocumentKind::BaselineAdminNetworkPolicy => {
+                Document::AdminNetworkPolicy(AnpDocument::deserialize(body)?, true)
             }
         };
         documents.push((index, document));

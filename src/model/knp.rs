@@ -293,7 +293,10 @@ fn lower_peer(peer: &PeerWire, path: &FieldPath, namespace: &str) -> Result<Peer
 /// A namespaceSelector as requirements on the endpoints' labels: the name on the namespace
 /// label, every other key on the namespace's labels as its endpoints carry them
 /// (`super::namespace`).
-fn lower_namespace_selector(selector: &SelectorWire, path: &FieldPath) -> Result<Vec<Requirement>, Invalid> {
+pub(crate) fn lower_namespace_selector(
+    selector: &SelectorWire,
+    path: &FieldPath,
+) -> Result<Vec<Requirement>, Invalid> {
     Ok(lower_requirements(selector, path)?
         .into_iter()
         .map(|(r, _)| {

@@ -29,6 +29,7 @@
 //! must be before it is parsed: regular, bounded in size and nesting), [`warnings`] (valid
 //! settings that are probably not meant).
 
+pub mod anp;
 pub mod cidr;
 mod cnp;
 mod de;
@@ -109,6 +110,9 @@ pub struct NodeConfig {
     /// from etcd), which take precedence over the locally hashed numbers. Empty in
     /// single-file mode.
     pub cluster_identities: BTreeMap<Labels, u32>,
+    /// AdminNetworkPolicies by (priority, name), then the BaselineAdminNetworkPolicy if any
+    /// (`anp`): the tiers before and after [`NodeConfig::policies`].
+    pub admin_policies: Vec<anp::AdminPolicy>,
 }
 
 impl NodeConfig {
@@ -146,6 +150,7 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     let mut policy_warnings = Vec::new();
     let (mut services, mut slices) = (Vec::new(), Vec::new());
     let mut namespaces = Vec::new();
+    let mut admin_policies = Vec::new();
     // (kind, namespace, name) -> document position, to reject a second policy of one name.
     let mut seen: BTreeMap<(policy::PolicyKind, String, String), usize> = BTreeMap::new();
     for (index, document) in documents {
@@ -174,6 +179,20 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
                 }
                 Document::Namespace(doc) => {
                     namespaces.push((index, doc));
+                    continue;
+                }
+                Document::AdminNetworkPolicy(doc, baseline) => {
+                    let place = |path: &FieldPath| match ModelError::from_yaml(
+                        origin,
+                        &locate::locate(source, index, &path.invalid("here")),
+                    ) {
+                        ModelError::Invalid { line, col, path, .. } => {
+                            sources::Place { line, col, path: path.unwrap_or_default() }
+                        }
+                        _ => sources::Place { line: 1, col: 1, path: String::new() },
+                    };
+                    let policy = anp::lower_anp(&doc, baseline, &place).map_err(|i| located(index, i))?;
+                    admin_policies.push((index, policy));
                     continue;
                 }
             }
@@ -210,6 +229,7 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     policies.sort();
     node.policies = policies;
     node.policy_warnings = policy_warnings;
+    node.admin_policies = anp::order(admin_policies).map_err(|(index, invalid)| located(index, invalid))?;
     node.services = service::lower_services(&services, &slices, &node.endpoints, &node.host_addresses)
         .map_err(|(index, invalid)| located(index, invalid))?;
     Ok(node)
@@ -256,6 +276,7 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         policy_warnings: Vec::new(),
         numbering: Default::default(),
         cluster_identities: BTreeMap::new(),
+        admin_policies: Vec::new(),
     })
 }
 
@@ -278,7 +299,8 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "f.yaml:11:7: kind: unknown kind `Pod`; expected one of Node, CiliumNetworkPolicy, \
-             NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy"
+             NetworkPolicy, Service, EndpointSlice, Namespace, CiliumClusterwideNetworkPolicy, \
+             AdminNetworkPolicy, BaselineAdminNetworkPolicy"
         );
         assert_eq!(err.location(), Some((11, 7)));
     }

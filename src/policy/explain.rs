@@ -12,6 +12,10 @@
 //!   admit it), allowed by allow entries (all that match), or isolated with no entry
 //!   allowing (the isolating rules). Every rule and entry is cited with its policy and its
 //!   place (`file:line:col` and field path). The flow passes when every judgement allows it.
+//! - Admin tiers: an AdminNetworkPolicy rule that decides (the first matching one, by
+//!   priority then order; Allow or Deny) is cited alone with its priority and place; a Pass
+//!   is cited before what decides next; where nothing below isolates, the baseline's first
+//!   matching rule decides and is cited.
 //! - A test holds the verdicts to the oracle's ([`super::oracle::decide`]) on random policies.
 //! - Output: [`Explanation`]'s `Display` (lines for people) and [`Explanation::to_json`] (one
 //!   object, fixed field order). [`explain_drop`] gives the denying judgement of a packet the
@@ -20,6 +24,7 @@
 use std::fmt;
 use std::net::IpAddr;
 
+use crate::model::anp::{AdminAction, AdminPolicy, AdminRule, AdminTier};
 use crate::model::policy::{Entity, Peer, PeerRule, PolicyKind};
 use crate::model::policy_settings::AllowLocalhost;
 use crate::model::sources::{Place, PolicySource};
@@ -96,6 +101,14 @@ pub enum Reason {
     Allowed,
     /// Isolated, and no allow entry matches.
     NoRuleAllows,
+    /// An AdminNetworkPolicy rule (the first that matches, by priority then order) allows.
+    AdminAllowed,
+    /// An AdminNetworkPolicy rule denies.
+    AdminDenied,
+    /// Not decided above; the BaselineAdminNetworkPolicy's first matching rule allows.
+    BaselineAllowed,
+    /// Not decided above; the BaselineAdminNetworkPolicy's first matching rule denies.
+    BaselineDenied,
 }
 
 impl Reason {
@@ -106,6 +119,10 @@ impl Reason {
             Reason::NodeAdmitted => "node_admitted",
             Reason::Allowed => "allowed_by_rule",
             Reason::NoRuleAllows => "no_rule_allows",
+            Reason::AdminAllowed => "allowed_by_admin_policy",
+            Reason::AdminDenied => "denied_by_admin_policy",
+            Reason::BaselineAllowed => "allowed_by_baseline_policy",
+            Reason::BaselineDenied => "denied_by_baseline_policy",
         }
     }
 }
@@ -308,6 +325,36 @@ fn judge(
         cited,
     };
 
+    // The admin tiers (`super::oracle`): AdminNetworkPolicies first, the baseline after the
+    // tier below.
+    let admin: Vec<&AdminPolicy> =
+        cfg.admin_policies.iter().filter(|p| p.subject.matches(&subject.labels)).collect();
+    let first_admin_match = |baseline: bool| {
+        admin
+            .iter()
+            .filter(|p| (p.tier == AdminTier::Baseline) == baseline)
+            .flat_map(|p| p.rules(direction).iter().enumerate().map(move |(i, r)| (*p, i, r)))
+            .find(|(_, _, r)| matches(&r.matches))
+    };
+    let cite_admin = |policy: &AdminPolicy, index: usize, rule: &AdminRule| Citation {
+        policy: match policy.tier {
+            AdminTier::Admin { priority } => {
+                format!("AdminNetworkPolicy {} (priority {priority})", policy.name)
+            }
+            AdminTier::Baseline => format!("BaselineAdminNetworkPolicy {}", policy.name),
+        },
+        rule: index,
+        at: Some(rule.at.clone()),
+    };
+    let mut passed = Vec::new();
+    if let Some((policy, index, rule)) = first_admin_match(false) {
+        let cited = vec![cite_admin(policy, index, rule)];
+        match rule.action {
+            AdminAction::Allow => return judgement(Verdict::Allow, Reason::AdminAllowed, cited),
+            AdminAction::Deny => return judgement(Verdict::Deny, Reason::AdminDenied, cited),
+            AdminAction::Pass => passed = cited,
+        }
+    }
     let denied = cite_entries(true);
     if !denied.is_empty() {
         return judgement(Verdict::Deny, Reason::Denied, denied);
@@ -315,7 +362,17 @@ fn judge(
     let enforcing: Vec<_> =
         selecting.iter().filter(|(_, _, rule)| rule.direction(direction).enforced).collect();
     if enforcing.is_empty() {
-        return judgement(Verdict::Allow, Reason::NotIsolated, Vec::new());
+        return match first_admin_match(true) {
+            Some((policy, index, rule)) => {
+                let (verdict, reason) = match rule.action {
+                    AdminAction::Deny => (Verdict::Deny, Reason::BaselineDenied),
+                    _ => (Verdict::Allow, Reason::BaselineAllowed),
+                };
+                passed.push(cite_admin(policy, index, rule));
+                judgement(verdict, reason, passed)
+            }
+            None => judgement(Verdict::Allow, Reason::NotIsolated, passed),
+        };
     }
     if direction == Direction::Ingress && matches!(peer, PeerKind::Host) {
         let admitting: Vec<Citation> = enforcing
@@ -424,6 +481,11 @@ impl Judgement {
             Reason::NodeAdmitted => "from the node itself, which its isolating rules admit",
             Reason::Allowed => "allowed by",
             Reason::NoRuleAllows => "no rule allows it; isolated by",
+            Reason::AdminAllowed => "allowed by the admin tier",
+            Reason::AdminDenied => "denied by the admin tier",
+            Reason::BaselineAllowed | Reason::BaselineDenied => {
+                "no admin rule, NetworkPolicy or CiliumNetworkPolicy decides; baseline"
+            }
         };
         let mut out =
             vec![format!("{} {}: {}: {why}", self.direction, self.endpoint, verdict_word(self.verdict))];

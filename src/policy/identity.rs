@@ -191,11 +191,13 @@ impl IdentityTable {
 
 /// Every prefix a rule names, with duplicates: CIDR peers and their excepts.
 pub(crate) fn rule_cidrs(cfg: &NodeConfig) -> impl Iterator<Item = Cidr> + '_ {
+    let admin = cfg.admin_policies.iter().flat_map(|p| p.ingress.iter().chain(&p.egress)).map(|r| &r.matches);
     cfg.policies
         .iter()
         .flat_map(|p| &p.rules)
         .flat_map(|r| Direction::ALL.map(|d| r.direction(d)))
         .flat_map(|d| d.allow.iter().chain(&d.deny))
+        .chain(admin)
         .flat_map(|pr| &pr.peers)
         .flat_map(|peer| match peer {
             Peer::Cidr(rule) => std::iter::once(rule.cidr).chain(rule.except.iter().copied()).collect(),

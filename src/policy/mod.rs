@@ -20,6 +20,7 @@ pub mod identity;
 pub mod ipcache;
 pub mod oracle;
 pub mod resolve;
+pub mod tiers;
 
 pub use entry::{evaluate_entries, port_blocks, PolicyEntry, Verdict};
 pub use identity::{Identity, IdentityTable};

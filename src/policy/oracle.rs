@@ -18,10 +18,16 @@
 //!   -> deny; else not selected by any rule enforced in that direction -> allow; else, for
 //!   ingress from the node itself when an enforcing rule admits it
 //!   (NetworkPolicy always, Cilium's policies per `allowLocalhost`) -> allow; else any matching allow peer rule -> allow; else deny.
+//! - Tiers (Kubernetes network-policy-api): the AdminNetworkPolicies selecting the endpoint
+//!   come first, by priority then rule order; the first rule whose peers and ports match
+//!   decides (Allow, Deny) or hands the packet to the next tier (Pass). Next the rule above,
+//!   when it decides (a deny matches, or a rule isolates the endpoint in that direction);
+//!   else the BaselineAdminNetworkPolicy's first matching rule; else allow.
 
 use std::net::IpAddr;
 
-use crate::model::policy::{Entity, Peer, PeerRule, PolicyKind};
+use crate::model::anp::{AdminAction, AdminTier};
+use crate::model::policy::{DirectionRules, Entity, Peer, PeerRule, PolicyKind};
 use crate::model::policy_settings::AllowLocalhost;
 use crate::model::{Direction, Endpoint, NodeConfig};
 
@@ -82,25 +88,53 @@ pub fn decide(
     let matches = |rule: &PeerRule| {
         rule.peers.iter().any(|p| peer_matches(p, peer)) && rule.l4_matches(pkt.proto, pkt.dport, destination)
     };
+    // The admin tier: AdminNetworkPolicies in order (priority, then rules as written); the
+    // first rule that matches decides, unless it passes the packet on.
+    let admin = cfg.admin_policies.iter().filter(|p| p.subject.matches(&subject.labels));
+    let (anps, banps): (Vec<_>, Vec<_>) = admin.partition(|p| p.tier != AdminTier::Baseline);
+    if let Some(rule) = anps.iter().flat_map(|p| p.rules(direction)).find(|r| matches(&r.matches)) {
+        match rule.action {
+            AdminAction::Allow => return Ok(Verdict::Allow),
+            AdminAction::Deny => return Ok(Verdict::Deny),
+            AdminAction::Pass => {}
+        }
+    }
+    if let Some(verdict) = network_policy_tier(cfg, &selecting, direction, peer, &matches) {
+        return Ok(verdict);
+    }
+    // The baseline: its first matching rule, else allow (no policy at all).
+    Ok(match banps.iter().flat_map(|p| p.rules(direction)).find(|r| matches(&r.matches)).map(|r| r.action) {
+        Some(AdminAction::Deny) => Verdict::Deny,
+        _ => Verdict::Allow,
+    })
+}
+
+/// The NetworkPolicy / CiliumNetworkPolicy tier: `None` when no rule of it decides (no deny
+/// matches and no selecting rule isolates the endpoint in `direction`).
+fn network_policy_tier(
+    cfg: &NodeConfig,
+    selecting: &[(PolicyKind, &DirectionRules)],
+    direction: Direction,
+    peer: PeerKind<'_>,
+    matches: &dyn Fn(&PeerRule) -> bool,
+) -> Option<Verdict> {
     if selecting.iter().flat_map(|(_, rules)| &rules.deny).any(matches) {
-        return Ok(Verdict::Deny);
+        return Some(Verdict::Deny);
     }
     let mut enforcing = selecting.iter().filter(|(_, rules)| rules.enforced).peekable();
-    if enforcing.peek().is_none() {
-        return Ok(Verdict::Allow);
-    }
+    enforcing.peek()?;
     if direction == Direction::Ingress
         && matches!(peer, PeerKind::Host)
         && enforcing.any(|(kind, _)| {
             *kind == PolicyKind::NetworkPolicy || cfg.policy.allow_localhost == AllowLocalhost::Always
         })
     {
-        return Ok(Verdict::Allow);
+        return Some(Verdict::Allow);
     }
     if selecting.iter().flat_map(|(_, rules)| &rules.allow).any(matches) {
-        return Ok(Verdict::Allow);
+        return Some(Verdict::Allow);
     }
-    Ok(Verdict::Deny)
+    Some(Verdict::Deny)
 }
 
 fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {

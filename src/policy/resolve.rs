@@ -243,6 +243,9 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
             .clone();
         policies.insert(*subject, policy);
     }
+    // The admin tiers, where an AdminNetworkPolicy or BaselineAdminNetworkPolicy selects a
+    // subject: its entries are recomputed per peer identity (`super::tiers`).
+    super::tiers::apply(cfg, &identities, &peers, &subjects, &mut policies);
     Ok(Resolved { identities, ipcache, policies })
 }
 
@@ -332,7 +335,7 @@ impl NamedIngress {
 }
 
 /// Peer -> identities, against one identity table.
-struct PeerIdentities<'a> {
+pub(super) struct PeerIdentities<'a> {
     identities: &'a IdentityTable,
     label_sets: Vec<u32>,
     cidrs: Vec<u32>,
@@ -342,7 +345,7 @@ struct PeerIdentities<'a> {
 }
 
 impl<'a> PeerIdentities<'a> {
-    fn new(identities: &'a IdentityTable, cfg: &'a NodeConfig) -> PeerIdentities<'a> {
+    pub(super) fn new(identities: &'a IdentityTable, cfg: &'a NodeConfig) -> PeerIdentities<'a> {
         PeerIdentities {
             identities,
             label_sets: identities.label_sets().map(|(id, _)| id.get()).collect(),
@@ -356,7 +359,7 @@ impl<'a> PeerIdentities<'a> {
     }
 
     /// The named ports of label-set identity `id` (none for other identities).
-    fn ports_of(&self, id: u32) -> &'a [ContainerPort] {
+    pub(super) fn ports_of(&self, id: u32) -> &'a [ContainerPort] {
         self.ports.get(&id).copied().unwrap_or_default()
     }
 
@@ -377,7 +380,7 @@ impl<'a> PeerIdentities<'a> {
         })
     }
 
-    fn of(&self, peer: &Peer) -> Vec<u32> {
+    pub(super) fn of(&self, peer: &Peer) -> Vec<u32> {
         match peer {
             Peer::Entity(Entity::All) => vec![0],
             Peer::Entity(Entity::Host) => vec![Identity::HOST.get()],
@@ -421,12 +424,12 @@ impl<'a> PeerIdentities<'a> {
 
 /// One (identity, protocol, port range) a rule allows or denies, before canonicalization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-struct Raw {
-    deny: bool,
-    id: u32,
-    proto: u8,
-    first: u16,
-    last: u16,
+pub(super) struct Raw {
+    pub(super) deny: bool,
+    pub(super) id: u32,
+    pub(super) proto: u8,
+    pub(super) first: u16,
+    pub(super) last: u16,
 }
 
 /// Merged port ranges of one (deny, identity, protocol).
@@ -437,7 +440,7 @@ struct Group {
 }
 
 /// The canonical entries of one endpoint direction (see the module contract). Sorts `raw`.
-fn canonical_entries(raw: &mut [Raw]) -> Vec<PolicyEntry> {
+pub(super) fn canonical_entries(raw: &mut [Raw]) -> Vec<PolicyEntry> {
     raw.sort_unstable();
     let mut groups: Vec<Group> = Vec::new();
     for r in raw.iter() {

@@ -404,3 +404,58 @@ fn golden_packets_in_the_kernel_agree_with_the_simulator() {
     let sim = check("simulator", run_sim, kernel_can_run);
     assert_eq!(kernel, sim, "the kernel and the simulator disagree");
 }
+
+/// Issue 15: "The xfrm policies ... match those marks". For every case a program marks,
+/// the states and policies this node programs for all peers and keys
+/// (`encrypt::ipsec::states_and_policies`) are matched against the mark as xfrm matches
+/// (`mark & mask == value`): egress must select exactly the out policy of the packet's node
+/// and the out state of that node and the chosen SPI; ingress exactly the in policy of the
+/// sending node and its in states (the SPI in the ESP header then picks among those).
+#[test]
+fn the_marks_select_the_xfrm_policy_and_state_of_that_node_and_key() {
+    use sluice::encrypt::ipsec::states_and_policies;
+    use sluice::model::encryption::parse_ipsec_key;
+    use sluice::netlink::xfrm::{Dir as XDir, Mark};
+    use std::collections::BTreeSet;
+    let keys: Vec<_> = [1u8, 3, 4, 15]
+        .iter()
+        .map(|spi| parse_ipsec_key(&format!("{spi}+ rfc4106(gcm(aes)) {} 128", "ab".repeat(20))).unwrap())
+        .collect();
+    let matches = |m: &Option<Mark>, mark: u32| m.is_some_and(|m| mark & m.mask == m.value);
+    let mut checked = 0;
+    for case in cases().into_iter().filter(|c| matches!(c.reason, Reason::Encrypt | Reason::Decrypt)) {
+        let mark = run_sim(&case).unwrap_or_else(|e| panic!("{}: {e}", case.name)).mark;
+        let (node, spi) = ((mark >> 16) as u16, (mark >> 12 & 0xF) as u32);
+        let (mut states, mut policies) = (BTreeSet::new(), BTreeSet::new());
+        for &(node_id, addr, prefix, _) in &PEERS {
+            let peer = IpsecPeer {
+                node_id,
+                address: Ipv4Addr::from(addr).into(),
+                boot_id: "b".into(),
+                prefixes: vec![prefix.parse().unwrap()],
+            };
+            let (s, p) =
+                states_and_policies(LOCAL.into(), "a", &["10.0.1.0/24".parse().unwrap()], &peer, &keys);
+            for st in s.iter().filter(|st| matches(&st.mark, mark)) {
+                let dir = if st.src == std::net::IpAddr::from(LOCAL) { "out" } else { "in" };
+                states.insert((dir, node_id, st.spi));
+            }
+            for po in p.iter().filter(|po| matches(&po.mark, mark)) {
+                policies.insert((if po.dir == XDir::Out { "out" } else { "in" }, node_id));
+            }
+        }
+        let (want_states, want_policies): (BTreeSet<_>, BTreeSet<_>) = if case.reason == Reason::Encrypt {
+            ([("out", node, spi)].into(), [("out", node)].into())
+        } else {
+            (keys.iter().map(|k| ("in", node, u32::from(k.spi))).collect(), [("in", node)].into())
+        };
+        assert_eq!(
+            (&states, &policies),
+            (&want_states, &want_policies),
+            "case `{}`: mark {mark:#010x} selects states {states:?} and policies {policies:?}",
+            case.name
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} marked cases");
+}

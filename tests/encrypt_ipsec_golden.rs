@@ -425,7 +425,7 @@ fn the_marks_select_the_xfrm_policy_and_state_of_that_node_and_key() {
     let mut checked = 0;
     for case in cases().into_iter().filter(|c| matches!(c.reason, Reason::Encrypt | Reason::Decrypt)) {
         let mark = run_sim(&case).unwrap_or_else(|e| panic!("{}: {e}", case.name)).mark;
-        let (node, spi) = ((mark >> 16) as u16, (mark >> 12 & 0xF) as u32);
+        let (node, spi) = ((mark >> 16) as u16, (mark >> 12) & 0xF);
         let (mut states, mut policies) = (BTreeSet::new(), BTreeSet::new());
         for &(node_id, addr, prefix, _) in &PEERS {
             let peer = IpsecPeer {

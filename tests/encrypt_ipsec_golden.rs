@@ -459,3 +459,39 @@ fn the_marks_select_the_xfrm_policy_and_state_of_that_node_and_key() {
     }
     assert!(checked >= 8, "only {checked} marked cases");
 }
+
+/// The figure in BENCHMARKS.md (not a test of speed: it asserts nothing about time):
+/// `BPF_PROG_TEST_RUN` with 1,000,000 repetitions per case, the kernel's average ns per
+/// run, for the marked paths and the early exits in the same run.
+/// `cargo test --test encrypt_ipsec_golden -- --ignored --nocapture ipsec_cost`
+#[test]
+#[ignore]
+fn ipsec_cost() {
+    if !sys::require_kernel("ipsec_cost") {
+        return;
+    }
+    let sys = sys::kernel();
+    for case in cases().iter().filter(|c| kernel_can_run(c) && c.strict) {
+        let mut maps = BTreeMap::new();
+        for def in m::map_defs(16, 64) {
+            maps.insert(def.name, Map::create(&sys, &sluice::node::load::sys_spec(&def)).unwrap());
+        }
+        for w in fixture_writes(case.local_spi, case.strict) {
+            for (k, v) in w.keys.chunks_exact(w.key_size).zip(w.values.chunks_exact(w.value_size)) {
+                maps[w.map].update(k, v, UpdateFlags::ANY).unwrap();
+            }
+        }
+        let prog = sluice::node::load::load_generated(
+            &sys,
+            "ipsec_cost",
+            &program(case.dir),
+            &maps,
+            ProgType::SchedCls,
+            |s| s,
+        )
+        .unwrap();
+        let opts = TestRunOpts { repeat: 1_000_000, ..TestRunOpts::packet(&case.packet) };
+        let out = sys::test_run(&*sys, prog.fd(), &opts).unwrap();
+        println!("{:>40}  {:?}  {:>4} ns", case.name, case.dir, out.duration_ns);
+    }
+}

@@ -104,11 +104,38 @@ pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, Encry
     if nl.ifindex(WIREGUARD_DEVICE).is_ok() {
         return Ok(None);
     }
+    // Say which WireGuard serves the node: the kernel's is detected but not driven (its
+    // generic-netlink configuration is not written), so the userspace device serves both.
+    if kernel_wireguard(&nl) {
+        println!("wireguard: the kernel has the WireGuard device type, but sluice does not configure it yet; using the userspace device");
+    } else {
+        println!("wireguard: the kernel has no WireGuard device type; using the userspace device");
+    }
     let device = start_wireguard(None, cfg, &keys::StaticKeys(cfg), &state_dir())?;
     // The public key is what peers put in their node files (never the private one).
     let public = NodeKey::load_or_create(&state_dir())?.public_base64();
     println!("wireguard: {WIREGUARD_DEVICE} (userspace) up; this node's public key {public}");
     Ok(Some(device))
+}
+
+/// Reload: point a running device's peers at what `cfg` says (the node file's peer list and
+/// keys). Peers are matched by name in the device; a changed key starts a new session, an
+/// unchanged peer keeps its session. Returns whether the peer table changed (nothing is
+/// sent to the device otherwise). Routes for new pod prefixes are not added here: the
+/// device's routes follow the start config.
+pub fn reload_peers(device: &wg::Userspace, cfg: &NodeConfig) -> bool {
+    let Encryption::Wireguard(w) = &cfg.encryption else { return false };
+    device.set_peers_if_changed(peers(cfg, &keys::StaticKeys(cfg), w.port))
+}
+
+/// The daemon's poller: reload the device's peers from the node file at `path` when they
+/// changed (an unreadable or invalid file changes nothing: the daemon reports it already).
+pub fn follow_node_file(device: &wg::Userspace, path: &std::path::Path) {
+    if let Ok(cfg) = crate::model::load_file(path) {
+        if reload_peers(device, &cfg) {
+            println!("wireguard: peers reloaded from {}", path.display());
+        }
+    }
 }
 
 /// Start `sluice_wg` for `cfg` (mode wireguard) in `netns`: the node key from `state_dir`

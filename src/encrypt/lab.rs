@@ -209,11 +209,21 @@ impl WgLab {
         self.lab.peer_pods.0
     }
 
-    /// Rotate the node's key: a new key in the state directory, the node's device switched
-    /// to it, and the peer told the new public key (what the cluster store will carry).
+    /// Rotate the node's key as `sluice encrypt rotate` and the daemon do: a new key in the
+    /// state directory, the node's device switched to it by the daemon poller's
+    /// [`super::follow_key_file`], and the peer told the new public key (what its node file
+    /// or the cluster store will carry).
     pub fn rotate_node_key(&self) -> Result<NodeKey, EncryptError> {
         let key = NodeKey::rotate(&self.state_dir)?;
-        self.node_wg.set_private_key(key.clone());
+        let switched = super::follow_key_file(&self.node_wg, &self.state_dir);
+        if switched.as_deref() != Some(key.public_base64().as_str()) {
+            return Err(EncryptError::Device(format!(
+                "the device did not take the rotated key ({switched:?})"
+            )));
+        }
+        if super::follow_key_file(&self.node_wg, &self.state_dir).is_some() {
+            return Err(EncryptError::Device("an unchanged key file switched the key again".into()));
+        }
         let node_pods: Vec<Cidr> =
             self.cfg.endpoints.iter().flat_map(|e| e.addresses()).map(Cidr::host).collect();
         self.peer_wg.set_peers(vec![node_as_peer(&self.cfg, &key, &node_pods)]);

@@ -129,13 +129,26 @@ pub fn reload_peers(device: &wg::Userspace, cfg: &NodeConfig) -> bool {
 }
 
 /// The daemon's poller: reload the device's peers from the node file at `path` when they
-/// changed (an unreadable or invalid file changes nothing: the daemon reports it already).
+/// changed (an unreadable or invalid file changes nothing: the daemon reports it already),
+/// and its key from the state directory when `sluice encrypt rotate` replaced it.
 pub fn follow_node_file(device: &wg::Userspace, path: &std::path::Path) {
     if let Ok(cfg) = crate::model::load_file(path) {
         if reload_peers(device, &cfg) {
             println!("wireguard: peers reloaded from {}", path.display());
         }
     }
+    if let Some(public) = follow_key_file(device, &state_dir()) {
+        println!("wireguard: node key rotated; this node's public key {public}");
+    }
+}
+
+/// Give the device the key in `state_dir` if it is not the one it uses (a rotation); the
+/// new public key (base64) when it changed. Sessions are re-established under the new key
+/// (see `wg`: the old session stays for packets in flight).
+pub fn follow_key_file(device: &wg::Userspace, state_dir: &std::path::Path) -> Option<String> {
+    let key = NodeKey::load(&state_dir.join(keys::KEY_FILE)).ok()?;
+    let public = key.public_base64();
+    device.set_private_key_if_changed(key).then_some(public)
 }
 
 /// Start `sluice_wg` for `cfg` (mode wireguard) in `netns`: the node key from `state_dir`

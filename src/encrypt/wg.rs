@@ -130,6 +130,8 @@ pub struct Userspace {
     thread: Option<JoinHandle<()>>,
     /// The peer table last given to the device.
     peers: std::sync::Mutex<Vec<PeerConfig>>,
+    /// The public half of the key the device uses.
+    public: std::sync::Mutex<[u8; 32]>,
 }
 
 impl Userspace {
@@ -151,6 +153,7 @@ impl Userspace {
         let dev = dev.clone();
         let (t_stats, t_stop) = (stats.clone(), stop.clone());
         let (t_peers, peers) = (peers.clone(), std::sync::Mutex::new(peers));
+        let public = std::sync::Mutex::new(key.public());
         let thread = std::thread::Builder::new()
             .name(format!("wg-{}", dev.name))
             .spawn(move || {
@@ -180,7 +183,7 @@ impl Userspace {
         let ifindex = ready_rx
             .recv()
             .map_err(|_| EncryptError::Device("the WireGuard thread ended during setup".into()))??;
-        Ok(Userspace { ifindex, stats, ctl, stop, thread: Some(thread), peers })
+        Ok(Userspace { ifindex, stats, ctl, stop, thread: Some(thread), peers, public })
     }
 
     /// Replace the peer table (peers are matched by name; a changed key starts a new session).
@@ -200,7 +203,17 @@ impl Userspace {
 
     /// Use a new private key for every peer (after [`NodeKey::rotate`]).
     pub fn set_private_key(&self, key: NodeKey) {
+        *self.public.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = key.public();
         let _ = self.ctl.send(Control::SetKey(key));
+    }
+
+    /// [`Userspace::set_private_key`] unless the device has this key; whether it changed.
+    pub fn set_private_key_if_changed(&self, key: NodeKey) -> bool {
+        if *self.public.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == key.public() {
+            return false;
+        }
+        self.set_private_key(key);
+        true
     }
 
     pub fn stats(&self) -> StatsSnapshot {

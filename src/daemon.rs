@@ -643,7 +643,7 @@ pub fn run_in_cluster(
     let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &d.opts.attach)?;
     // Encryption mode wireguard: sluice_wg lives as long as the daemon (forwarding points
-    // peers' prefixes at it). Its peers follow the start config only.
+    // peers' prefixes at it). The poller below hands it changed peers and a rotated key.
     let wireguard =
         crate::encrypt::start_for_daemon(&cfg).map_err(|e| ForwardError::Encryption(e.to_string()))?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;

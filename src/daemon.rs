@@ -658,8 +658,8 @@ pub fn run_in_cluster(
     let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &d.opts.attach)?;
     // Encryption mode wireguard: sluice_wg lives as long as the daemon (forwarding points
-    // peers' prefixes at it). Its peers follow the start config only.
-    let _wireguard =
+    // peers' prefixes at it). The poller below hands it changed peers and a rotated key.
+    let wireguard =
         crate::encrypt::start_for_daemon(&cfg).map_err(|e| ForwardError::Encryption(e.to_string()))?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;
     let sockets = socklb::sync(&d.sys, &cfg, dir)?;
@@ -711,6 +711,10 @@ pub fn run_in_cluster(
             while !stop.load(Ordering::Relaxed) {
                 if Instant::now() >= next_poll {
                     d.poll();
+                    if let Some(wg) = &wireguard {
+                        // Reload: a changed peer list or key in the node file reaches sluice_wg.
+                        crate::encrypt::follow_node_file(wg, &opts.config);
+                    }
                     if wants_proxy {
                         keep_proxy();
                     }

@@ -194,3 +194,27 @@ fn rotating_the_node_key_under_traffic_loses_no_byte() {
     // rotation crossed on a handshake made with the new key.
     assert!(handshakes() > before, "a new handshake answered after the rotation ({before} before)");
 }
+
+/// Issue 15 (brief): "peers update on reload". The node starts with a wrong key for its
+/// peer (nothing gets through); the node file is then fixed, and the reload the daemon's
+/// poller runs (`encrypt::reload_peers`, which `follow_node_file` calls with the file's
+/// config) gives the device the right key: the same ping is delivered. A second reload of
+/// the same config changes nothing.
+#[test]
+fn reloading_a_changed_peer_key_updates_the_device() {
+    if !sluice::sys::require_kernel("reloading_a_changed_peer_key_updates_the_device") {
+        return;
+    }
+    let lab = WgLab::build(&prefix("reload"), PeerKey::Wrong).expect("the lab builds");
+    let frontend = 1 + lab.cfg.endpoints.iter().position(|e| e.name == "frontend").expect("frontend");
+    let ping = lab.flow_to_peer(frontend, Proto::Icmp, 0).expect("a flow");
+    assert_eq!(lab.run_flow(&ping).expect("ping runs"), Outcome::Dropped, "the wrong key stops it");
+    let fixed =
+        sluice::model::parse_str(&sluice::encrypt::lab::node_text(&lab.peer_public, PeerKey::Right), "fixed")
+            .expect("the fixed node file parses");
+    assert!(sluice::encrypt::reload_peers(&lab.node_wg, &fixed), "the reload changes the peer table");
+    assert!(!sluice::encrypt::reload_peers(&lab.node_wg, &fixed), "the same config again changes nothing");
+    // The first ping after the reload may go into the handshake; a few tries.
+    let delivered = (0..5).any(|_| lab.run_flow(&ping).is_ok_and(|o| o == Outcome::Delivered));
+    assert!(delivered, "after the reload the ping is delivered");
+}

@@ -53,6 +53,8 @@ pub enum CliError {
     Monitor(String),
     #[error("sluice policy explain: {0}")]
     Explain(String),
+    #[error("sluice encrypt: {0}")]
+    Encrypt(String),
     #[error(transparent)]
     Wire(#[from] crate::node::wire::WireError),
     #[error(transparent)]
@@ -100,6 +102,16 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Prefilter { op, pin_dir } => prefilter(op, &pin_dir, wait),
+        Command::Encrypt { op } => {
+            let dir = crate::encrypt::state_dir();
+            let key = match op {
+                super::EncryptOp::Rotate => crate::encrypt::keys::NodeKey::rotate(&dir),
+                super::EncryptOp::Show => crate::encrypt::keys::NodeKey::load_or_create(&dir),
+            }
+            .map_err(|e| CliError::Encrypt(e.to_string()))?;
+            println!("{}", key.public_base64());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Service { op: ServiceOp::List { config }, pin_dir } => {
             let sys = kernel("sluice service list")?;
             let services = match config {

@@ -72,6 +72,14 @@ pub enum Command {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
+    /// This node's WireGuard key in the state directory ($SLUICE_STATE_DIR, default
+    /// /var/lib/sluice): `rotate` replaces it (a running daemon takes the new key on its
+    /// next poll; peers need the new public key in their node files), `show` prints the
+    /// public key. The private key is never printed.
+    Encrypt {
+        #[command(subcommand)]
+        op: EncryptOp,
+    },
     /// Change or show the pinned prefilter deny set, live.
     Prefilter {
         #[command(subcommand)]
@@ -216,6 +224,15 @@ pub enum Command {
         #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb"), String::from("lb")])]
         parts: Vec<String>,
     },
+}
+
+/// `sluice encrypt` operations.
+#[derive(Debug, Subcommand)]
+pub enum EncryptOp {
+    /// Replace this node's WireGuard key with a fresh one; print the new public key.
+    Rotate,
+    /// Print this node's WireGuard public key (made on first use).
+    Show,
 }
 
 /// `sluice prefilter` operations.

@@ -7,6 +7,7 @@
 //! `r7` = the L3 header (cursor), `r6` = the verdict reason at exit.
 
 pub mod endpoint;
+pub mod ipsec;
 pub mod kit;
 pub mod lb;
 pub mod prefilter;

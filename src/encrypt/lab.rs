@@ -85,6 +85,8 @@ pub fn node_text(peer_public: &str, choice: PeerKey) -> String {
 /// Two nodes with WireGuard between them (see the module header).
 #[derive(Debug)]
 pub struct WgLab {
+    /// The peer node's public key (base64), as a node file names it.
+    pub peer_public: String,
     pub node_wg: Userspace,
     pub peer_wg: Userspace,
     pub cfg: NodeConfig,
@@ -98,7 +100,8 @@ impl WgLab {
     /// Build it; `prefix` names namespaces, pins and the state directory (unique per test).
     pub fn build(prefix: &str, choice: PeerKey) -> Result<WgLab, String> {
         let peer_key = NodeKey::generate().map_err(|e| e.to_string())?;
-        let text = node_text(&peer_key.public_base64(), choice);
+        let peer_public = peer_key.public_base64();
+        let text = node_text(&peer_public, choice);
         let cfg = crate::model::parse_str(&text, "encrypt-lab").map_err(|e| e.to_string())?;
         let lab = Lab::build(&cfg, prefix).map_err(|e| e.to_string())?;
         let state_dir = std::env::temp_dir().join(format!("{prefix}-state"));
@@ -125,7 +128,7 @@ impl WgLab {
             .map_err(|e| format!("node WireGuard: {e}"))?;
         let sys = crate::sys::kernel();
         let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
-        let wlab = WgLab { node_wg, peer_wg, cfg, state_dir, sys, pin, lab };
+        let wlab = WgLab { peer_public, node_wg, peer_wg, cfg, state_dir, sys, pin, lab };
         let wired = wlab.lab.node.run_in(|| -> Result<(), String> {
             let plan = node::plan(&wlab.cfg).map_err(|e| e.to_string())?;
             load::load_and_pin(&wlab.sys, &plan, &wlab.pin).map_err(|e| e.to_string())?;
@@ -206,11 +209,21 @@ impl WgLab {
         self.lab.peer_pods.0
     }
 
-    /// Rotate the node's key: a new key in the state directory, the node's device switched
-    /// to it, and the peer told the new public key (what the cluster store will carry).
+    /// Rotate the node's key as `sluice encrypt rotate` and the daemon do: a new key in the
+    /// state directory, the node's device switched to it by the daemon poller's
+    /// [`super::follow_key_file`], and the peer told the new public key (what its node file
+    /// or the cluster store will carry).
     pub fn rotate_node_key(&self) -> Result<NodeKey, EncryptError> {
         let key = NodeKey::rotate(&self.state_dir)?;
-        self.node_wg.set_private_key(key.clone());
+        let switched = super::follow_key_file(&self.node_wg, &self.state_dir);
+        if switched.as_deref() != Some(key.public_base64().as_str()) {
+            return Err(EncryptError::Device(format!(
+                "the device did not take the rotated key ({switched:?})"
+            )));
+        }
+        if super::follow_key_file(&self.node_wg, &self.state_dir).is_some() {
+            return Err(EncryptError::Device("an unchanged key file switched the key again".into()));
+        }
         let node_pods: Vec<Cidr> =
             self.cfg.endpoints.iter().flat_map(|e| e.addresses()).map(Cidr::host).collect();
         self.peer_wg.set_peers(vec![node_as_peer(&self.cfg, &key, &node_pods)]);

@@ -104,11 +104,51 @@ pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, Encry
     if nl.ifindex(WIREGUARD_DEVICE).is_ok() {
         return Ok(None);
     }
+    // Say which WireGuard serves the node: the kernel's is detected but not driven (its
+    // generic-netlink configuration is not written), so the userspace device serves both.
+    if kernel_wireguard(&nl) {
+        println!("wireguard: the kernel has the WireGuard device type, but sluice does not configure it yet; using the userspace device");
+    } else {
+        println!("wireguard: the kernel has no WireGuard device type; using the userspace device");
+    }
     let device = start_wireguard(None, cfg, &keys::StaticKeys(cfg), &state_dir())?;
     // The public key is what peers put in their node files (never the private one).
     let public = NodeKey::load_or_create(&state_dir())?.public_base64();
     println!("wireguard: {WIREGUARD_DEVICE} (userspace) up; this node's public key {public}");
     Ok(Some(device))
+}
+
+/// Reload: point a running device's peers at what `cfg` says (the node file's peer list and
+/// keys). Peers are matched by name in the device; a changed key starts a new session, an
+/// unchanged peer keeps its session. Returns whether the peer table changed (nothing is
+/// sent to the device otherwise). Routes for new pod prefixes are not added here: the
+/// device's routes follow the start config.
+pub fn reload_peers(device: &wg::Userspace, cfg: &NodeConfig) -> bool {
+    let Encryption::Wireguard(w) = &cfg.encryption else { return false };
+    device.set_peers_if_changed(peers(cfg, &keys::StaticKeys(cfg), w.port))
+}
+
+/// The daemon's poller: reload the device's peers from the node file at `path` when they
+/// changed (an unreadable or invalid file changes nothing: the daemon reports it already),
+/// and its key from the state directory when `sluice encrypt rotate` replaced it.
+pub fn follow_node_file(device: &wg::Userspace, path: &std::path::Path) {
+    if let Ok(cfg) = crate::model::load_file(path) {
+        if reload_peers(device, &cfg) {
+            println!("wireguard: peers reloaded from {}", path.display());
+        }
+    }
+    if let Some(public) = follow_key_file(device, &state_dir()) {
+        println!("wireguard: node key rotated; this node's public key {public}");
+    }
+}
+
+/// Give the device the key in `state_dir` if it is not the one it uses (a rotation); the
+/// new public key (base64) when it changed. Sessions are re-established under the new key
+/// (see `wg`: the old session stays for packets in flight).
+pub fn follow_key_file(device: &wg::Userspace, state_dir: &std::path::Path) -> Option<String> {
+    let key = NodeKey::load(&state_dir.join(keys::KEY_FILE)).ok()?;
+    let public = key.public_base64();
+    device.set_private_key_if_changed(key).then_some(public)
 }
 
 /// Start `sluice_wg` for `cfg` (mode wireguard) in `netns`: the node key from `state_dir`

@@ -128,6 +128,10 @@ pub struct Userspace {
     ctl: mpsc::Sender<Control>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+    /// The peer table last given to the device.
+    peers: std::sync::Mutex<Vec<PeerConfig>>,
+    /// The public half of the key the device uses.
+    public: std::sync::Mutex<[u8; 32]>,
 }
 
 impl Userspace {
@@ -148,6 +152,8 @@ impl Userspace {
         let (ready_tx, ready_rx) = mpsc::channel();
         let dev = dev.clone();
         let (t_stats, t_stop) = (stats.clone(), stop.clone());
+        let (t_peers, peers) = (peers.clone(), std::sync::Mutex::new(peers));
+        let public = std::sync::Mutex::new(key.public());
         let thread = std::thread::Builder::new()
             .name(format!("wg-{}", dev.name))
             .spawn(move || {
@@ -159,7 +165,7 @@ impl Userspace {
                         return;
                     }
                 }
-                let setup = open_device(&dev, &peers);
+                let setup = open_device(&dev, &t_peers);
                 let (tun, udp, ifindex) = match setup {
                     Ok(x) => x,
                     Err(e) => {
@@ -169,7 +175,7 @@ impl Userspace {
                 };
                 let _ = ready_tx.send(Ok(ifindex));
                 let mut device = Device::new(key, t_stats, tun, udp);
-                device.set_peers(peers);
+                device.set_peers(t_peers);
                 device.run(&ctl_rx, &t_stop);
                 // The device goes with its descriptor; routes through it go with the device.
             })
@@ -177,17 +183,37 @@ impl Userspace {
         let ifindex = ready_rx
             .recv()
             .map_err(|_| EncryptError::Device("the WireGuard thread ended during setup".into()))??;
-        Ok(Userspace { ifindex, stats, ctl, stop, thread: Some(thread) })
+        Ok(Userspace { ifindex, stats, ctl, stop, thread: Some(thread), peers, public })
     }
 
     /// Replace the peer table (peers are matched by name; a changed key starts a new session).
     pub fn set_peers(&self, peers: Vec<PeerConfig>) {
+        *self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = peers.clone();
         let _ = self.ctl.send(Control::SetPeers(peers));
+    }
+
+    /// [`Userspace::set_peers`] unless the table is the one the device has; whether it changed.
+    pub fn set_peers_if_changed(&self, peers: Vec<PeerConfig>) -> bool {
+        if *self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == peers {
+            return false;
+        }
+        self.set_peers(peers);
+        true
     }
 
     /// Use a new private key for every peer (after [`NodeKey::rotate`]).
     pub fn set_private_key(&self, key: NodeKey) {
+        *self.public.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = key.public();
         let _ = self.ctl.send(Control::SetKey(key));
+    }
+
+    /// [`Userspace::set_private_key`] unless the device has this key; whether it changed.
+    pub fn set_private_key_if_changed(&self, key: NodeKey) -> bool {
+        if *self.public.lock().unwrap_or_else(std::sync::PoisonError::into_inner) == key.public() {
+            return false;
+        }
+        self.set_private_key(key);
+        true
     }
 
     pub fn stats(&self) -> StatsSnapshot {

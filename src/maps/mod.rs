@@ -61,6 +61,7 @@ pub trait Layout: Sized {
 }
 
 pub mod fwd;
+pub mod ipsec;
 pub mod lb;
 pub mod names;
 pub mod policy;

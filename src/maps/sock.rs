@@ -81,11 +81,14 @@ pub enum SockCounter {
     MsgsToStack = 9,
     /// Declined: not IPv4 or IPv6.
     DeclinedFamily = 10,
+    /// An established socket found by the iterator at attach and inserted (issue 11,
+    /// existing sockets).
+    PickedUp = 11,
 }
 
 impl SockCounter {
-    pub const COUNT: u32 = 11;
-    pub const ALL: [SockCounter; 11] = [
+    pub const COUNT: u32 = 12;
+    pub const ALL: [SockCounter; 12] = [
         SockCounter::Accelerated,
         SockCounter::DeclinedNotLocal,
         SockCounter::DeclinedEgress,
@@ -97,6 +100,7 @@ impl SockCounter {
         SockCounter::FallbackRevision,
         SockCounter::MsgsToStack,
         SockCounter::DeclinedFamily,
+        SockCounter::PickedUp,
     ];
 
     /// The name `sluice status` prints.
@@ -113,6 +117,7 @@ impl SockCounter {
             SockCounter::FallbackRevision => "fallback_revision",
             SockCounter::MsgsToStack => "msgs_to_stack",
             SockCounter::DeclinedFamily => "declined_family",
+            SockCounter::PickedUp => "picked_up",
         }
     }
 }

@@ -285,6 +285,9 @@ enum Recording {
     /// inserted, jump to `done`); another entry gets the new revision in place (its state
     /// kept); no entry gets `{revision, undecided}`.
     KeepStack,
+    /// Re-stamping after a policy change: only an entry that exists and has not gone to
+    /// the stack gets the new revision; anything else goes to `done`.
+    RestampOnly,
 }
 
 fn emit_record(b: &mut Builder, recording: Recording) {
@@ -294,7 +297,11 @@ fn emit_record(b: &mut Builder, recording: Recording) {
     }
     let (fresh, recorded) = (b.new_label("fresh_verdict"), b.new_label("recorded"));
     kit::map_lookup(b, map::SOCK_VERDICT, slot::KEY);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, fresh);
+    if recording == Recording::RestampOnly {
+        b.jmp(JmpCond::Eq, Reg::R0, 0, "done");
+    } else {
+        b.jmp(JmpCond::Eq, Reg::R0, 0, fresh);
+    }
     b.load(Size::W, Reg::R1, Reg::R0, sock_verdict::STATE as i16);
     b.jmp(JmpCond::Eq, Reg::R1, DirState::Stack as i32, "done");
     b.load(Size::W, Reg::R1, Reg::R10, slot::VERDICT + sock_verdict::REVISION as i16);
@@ -485,6 +492,18 @@ pub fn listen_map_def() -> MapDef {
 pub const TCP_ESTABLISHED: i32 = 1;
 pub const TCP_LISTEN: i32 = 10;
 
+/// What a run of the iterator does with an established socket the policy allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IterMode {
+    /// Insert it (existing sockets at attach, [`Recording::KeepStack`]).
+    PickUp,
+    /// After a policy change: a socket accelerated under an older revision gets the new
+    /// one, so the change does not send every connection to the stack; a connection the
+    /// new policy denies keeps its stale verdict, so its messages go to the stack (where
+    /// the tc programs judge them). Nothing is inserted.
+    Restamp,
+}
+
 /// Byte offsets the iterator reads, from the running kernel's BTF
 /// ([`crate::sys::btf::Btf::member_offset`]): the context `struct bpf_iter__tcp` and the
 /// socket's `struct sock_common`.
@@ -540,7 +559,7 @@ impl IterOffsets {
 /// there (see [`Recording::KeepStack`]).
 ///
 /// Register use: `r6` = the socket (`struct sock_common *`), `r8` = 1 for the client.
-pub fn generate_iter(off: IterOffsets) -> Result<Program, CodegenError> {
+pub fn generate_iter(off: IterOffsets, mode: IterMode) -> Result<Program, CodegenError> {
     let mut b = Builder::new();
     declare_frame(&mut b);
     let b = &mut b;
@@ -596,13 +615,19 @@ pub fn generate_iter(off: IterOffsets) -> Result<Program, CodegenError> {
     b.jmp(JmpCond::Eq, Reg::R0, 0, client);
     b.mov(Reg::R8, 0);
     b.place(client);
-    emit_decide(b, Recording::KeepStack, SockCounter::PickedUp, |b| {
-        b.ld_map(Reg::R1, map::SOCK_HASH);
-        b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(slot::PEER_KEY));
-        b.mov(Reg::R3, Reg::R6);
-        b.mov(Reg::R4, kit::BPF_ANY);
-        b.call(sluice_asm::helpers::MAP_UPDATE_ELEM);
-    });
+    match mode {
+        IterMode::PickUp => emit_decide(b, Recording::KeepStack, SockCounter::PickedUp, |b| {
+            b.ld_map(Reg::R1, map::SOCK_HASH);
+            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(slot::PEER_KEY));
+            b.mov(Reg::R3, Reg::R6);
+            b.mov(Reg::R4, kit::BPF_ANY);
+            b.call(sluice_asm::helpers::MAP_UPDATE_ELEM);
+        }),
+        // The socket is in sock_hash already (its verdict entry says so); nothing to insert.
+        IterMode::Restamp => emit_decide(b, Recording::RestampOnly, SockCounter::Restamped, |b| {
+            b.mov(Reg::R0, 0);
+        }),
+    }
     b.label("done").comment("iterator programs return 0");
     b.mov(Reg::R0, 0).exit();
     b.build()

@@ -84,11 +84,14 @@ pub enum SockCounter {
     /// An established socket found by the iterator at attach and inserted (issue 11,
     /// existing sockets).
     PickedUp = 11,
+    /// An accelerated socket whose connection the policy still allows after a policy
+    /// change, its verdict moved to the new revision by the iterator.
+    Restamped = 12,
 }
 
 impl SockCounter {
-    pub const COUNT: u32 = 12;
-    pub const ALL: [SockCounter; 12] = [
+    pub const COUNT: u32 = 13;
+    pub const ALL: [SockCounter; 13] = [
         SockCounter::Accelerated,
         SockCounter::DeclinedNotLocal,
         SockCounter::DeclinedEgress,
@@ -101,6 +104,7 @@ impl SockCounter {
         SockCounter::MsgsToStack,
         SockCounter::DeclinedFamily,
         SockCounter::PickedUp,
+        SockCounter::Restamped,
     ];
 
     /// The name `sluice status` prints.
@@ -118,6 +122,7 @@ impl SockCounter {
             SockCounter::MsgsToStack => "msgs_to_stack",
             SockCounter::DeclinedFamily => "declined_family",
             SockCounter::PickedUp => "picked_up",
+            SockCounter::Restamped => "restamped",
         }
     }
 }

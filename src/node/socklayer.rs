@@ -345,6 +345,35 @@ pub fn pick_up(
     maps: &mut BTreeMap<&'static str, Map>,
     cgroup: &Path,
 ) -> Result<usize, SockLayerError> {
+    run_iter(sys, maps, cgroup, sockops::IterMode::PickUp)
+}
+
+/// After a policy change (once [`bump_revision`] has run): re-decide every accelerated
+/// connection of the node's socket-layer cgroup under the new policy
+/// ([`sockops::IterMode::Restamp`]): still allowed, its verdict moves to the new revision
+/// and it stays accelerated; now denied, it keeps the stale verdict and its messages go to
+/// the stack. A message sent between the bump and the re-stamp sends its direction to the
+/// stack for good (safe, only slower). Nothing when the socket layer is off or not wired;
+/// how many namespaces were walked.
+pub fn restamp(
+    sys: &Arc<dyn Syscall>,
+    cfg: &crate::model::NodeConfig,
+    pin_dir: &Path,
+) -> Result<usize, SockLayerError> {
+    let Some(layer) = &cfg.socket_layer else { return Ok(0) };
+    if !pin_dir.join(SOCKLAYER_DIR).is_dir() {
+        return Ok(0);
+    }
+    let mut maps = open_maps(sys, pin_dir).map_err(|e| SockLayerError::PickUp(e.to_string()))?;
+    run_iter(sys, &mut maps, &layer.cgroup, sockops::IterMode::Restamp)
+}
+
+fn run_iter(
+    sys: &Arc<dyn Syscall>,
+    maps: &mut BTreeMap<&'static str, Map>,
+    cgroup: &Path,
+    mode: sockops::IterMode,
+) -> Result<usize, SockLayerError> {
     use std::os::fd::{AsFd, AsRawFd};
     let namespaces = cgroup_netns(cgroup)?;
     if namespaces.is_empty() {
@@ -358,7 +387,7 @@ pub fn pick_up(
     let listen_def = sockops::listen_map_def();
     let listen = Map::create(sys, &super::load::sys_spec(&listen_def))?;
     maps.insert(sockops::LISTEN_MAP, listen);
-    let program = sockops::generate_iter(offsets)?;
+    let program = sockops::generate_iter(offsets, mode)?;
     let prog =
         super::load::load_generated(sys, sockops::ITER_NAME, &program, maps, ProgType::Tracing, |s| {
             crate::sys::ProgSpec {

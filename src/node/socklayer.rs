@@ -429,14 +429,22 @@ fn cgroup_netns(cgroup: &Path) -> Result<Vec<std::fs::File>, SockLayerError> {
     let mut out = Vec::new();
     let mut dirs = vec![cgroup.to_path_buf()];
     while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+        // A cgroup removed meanwhile (or never there) has no processes.
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(|e| io(&dir, e))?,
+        };
+        for entry in entries {
             let entry = entry.map_err(|e| io(&dir, e))?;
             if entry.file_type().map_err(|e| io(&dir, e))?.is_dir() {
                 dirs.push(entry.path());
             }
         }
         let procs = dir.join("cgroup.procs");
-        let text = std::fs::read_to_string(&procs).map_err(|e| io(&procs, e))?;
+        let text = match std::fs::read_to_string(&procs) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(|e| io(&procs, e))?,
+        };
         for pid in text.split_whitespace() {
             // A process may exit meanwhile: then it has no sockets to pick up.
             let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else { continue };

@@ -194,6 +194,12 @@ fn a_policy_change_keeps_allowed_connections_accelerated_and_sends_denied_ones_t
         "(bytes redirected, sockets re-stamped, fallbacks): denied, both directions to the stack"
     );
     assert!(tc_after - tc_before > 20, "the round went through tc: {} packets", tc_after - tc_before);
+    let st = net.node.enter(|| wire::status(&sys, &pin.0).expect("status"));
+    assert_eq!(
+        (st.counter("socket layer", "accelerated"), st.counter("socket layer", "declined_ingress_policy")),
+        (2, 0),
+        "re-deciding is not a new connection: the connection counters count the handshake only:\n{st}"
+    );
 
     drop(cli_in);
     assert!(cli.wait().unwrap().success(), "client");

@@ -375,11 +375,23 @@ fn emit_decide(
     kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, accepted as i32, None);
     b.ja("done");
 
-    emit_decline(b, "other_family", SockCounter::DeclinedFamily, "done");
-    emit_decline(b, "not_local", SockCounter::DeclinedNotLocal, "done");
-    emit_decline(b, "deny_egress", SockCounter::DeclinedEgress, "done");
-    emit_decline(b, "deny_ingress", SockCounter::DeclinedIngress, "done");
-    emit_decline(b, "insert_refused", SockCounter::DeclinedInsert, "done");
+    let declines = [
+        ("other_family", SockCounter::DeclinedFamily),
+        ("not_local", SockCounter::DeclinedNotLocal),
+        ("deny_egress", SockCounter::DeclinedEgress),
+        ("deny_ingress", SockCounter::DeclinedIngress),
+        ("insert_refused", SockCounter::DeclinedInsert),
+    ];
+    for (label, counter) in declines {
+        if recording == Recording::RestampOnly {
+            // Re-deciding after a policy change is not a new connection: the decline
+            // counters count connections, once each.
+            b.label(label);
+            b.ja("done");
+        } else {
+            emit_decline(b, label, counter, "done");
+        }
+    }
 }
 
 /// Generate the `sock_ops` program.

@@ -274,22 +274,55 @@ fn copy_stack(b: &mut Builder, from: i16, to: i16, n: usize) {
     }
 }
 
-/// Generate the `sock_ops` program.
-pub fn generate_ops() -> Result<Program, CodegenError> {
-    let mut b = Builder::new();
-    declare_frame(&mut b);
-    let b = &mut b;
-    b.comment("r6 = ctx; r8 = 1 when this socket opened the connection (the client)");
-    b.mov(Reg::R6, Reg::R1);
-    b.load(Size::W, Reg::R1, Reg::R6, ctx_off!(BpfSockOps, op));
-    b.mov(Reg::R8, 1);
-    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, "established");
-    b.mov(Reg::R8, 0);
-    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, "established");
-    b.ja("done");
+/// How a decided verdict is written to `sock_verdict`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recording {
+    /// A new connection: `{revision, undecided}` replaces whatever an older connection with
+    /// the same tuple left.
+    Replace,
+    /// An existing socket (the iterator): an entry whose direction already went to the
+    /// stack stays there (stack -> redirect could reorder bytes; the socket is not
+    /// inserted, jump to `done`); another entry gets the new revision in place (its state
+    /// kept); no entry gets `{revision, undecided}`.
+    KeepStack,
+    /// Re-stamping after a policy change: only an entry that exists and has not gone to
+    /// the stack gets the new revision; anything else goes to `done`.
+    RestampOnly,
+}
 
-    b.label("established");
-    emit_own_key(b, SOCK_OPS_ADDRS, "other_family");
+fn emit_record(b: &mut Builder, recording: Recording) {
+    if recording == Recording::Replace {
+        kit::map_update(b, map::SOCK_VERDICT, slot::KEY, slot::VERDICT, kit::BPF_ANY);
+        return;
+    }
+    let (fresh, recorded) = (b.new_label("fresh_verdict"), b.new_label("recorded"));
+    kit::map_lookup(b, map::SOCK_VERDICT, slot::KEY);
+    if recording == Recording::RestampOnly {
+        b.jmp(JmpCond::Eq, Reg::R0, 0, "done");
+    } else {
+        b.jmp(JmpCond::Eq, Reg::R0, 0, fresh);
+    }
+    b.load(Size::W, Reg::R1, Reg::R0, sock_verdict::STATE as i16);
+    b.jmp(JmpCond::Eq, Reg::R1, DirState::Stack as i32, "done");
+    b.load(Size::W, Reg::R1, Reg::R10, slot::VERDICT + sock_verdict::REVISION as i16);
+    b.store(Size::W, Reg::R0, sock_verdict::REVISION as i16, Reg::R1);
+    b.ja(recorded);
+    b.place(fresh);
+    kit::map_update(b, map::SOCK_VERDICT, slot::KEY, slot::VERDICT, kit::BPF_ANY);
+    b.place(recorded);
+}
+
+/// From the `{own, peer}` key at `slot::KEY` and `r8` (1: this socket is the client): the
+/// verdict from both policies; allowed, the verdict is recorded and `insert` (which must
+/// leave 0 in `r0` on success) puts the socket into `sock_hash` under `slot::PEER_KEY`;
+/// every outcome counted (`accepted` for an insert). Ends at label `done`, which the
+/// caller places. Labels `other_family` and `not_local` are declines the caller may jump to.
+fn emit_decide(
+    b: &mut Builder,
+    recording: Recording,
+    accepted: SockCounter,
+    insert: impl FnOnce(&mut Builder),
+) {
     b.comment("the peer's view {peer, own}: this socket's sock_hash key");
     copy_stack(b, slot::KEY + sock_key::REMOTE as i16, slot::PEER_KEY + sock_key::LOCAL as i16, 16);
     copy_stack(b, slot::KEY + sock_key::LOCAL as i16, slot::PEER_KEY + sock_key::REMOTE as i16, 16);
@@ -336,21 +369,54 @@ pub fn generate_ops() -> Result<Program, CodegenError> {
     );
 
     b.comment("allowed by both: record the verdict, then insert the socket under the peer's view");
-    kit::map_update(b, map::SOCK_VERDICT, slot::KEY, slot::VERDICT, kit::BPF_ANY);
-    b.mov(Reg::R1, Reg::R6);
-    b.ld_map(Reg::R2, map::SOCK_HASH);
-    b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(slot::PEER_KEY));
-    b.mov(Reg::R4, kit::BPF_ANY);
-    b.call(SOCK_HASH_UPDATE);
+    emit_record(b, recording);
+    insert(b);
     b.jmp(JmpCond::Ne, Reg::R0, 0, "insert_refused");
-    kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, SockCounter::Accelerated as i32, None);
+    kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, accepted as i32, None);
     b.ja("done");
 
-    emit_decline(b, "other_family", SockCounter::DeclinedFamily, "done");
-    emit_decline(b, "not_local", SockCounter::DeclinedNotLocal, "done");
-    emit_decline(b, "deny_egress", SockCounter::DeclinedEgress, "done");
-    emit_decline(b, "deny_ingress", SockCounter::DeclinedIngress, "done");
-    emit_decline(b, "insert_refused", SockCounter::DeclinedInsert, "done");
+    let declines = [
+        ("other_family", SockCounter::DeclinedFamily),
+        ("not_local", SockCounter::DeclinedNotLocal),
+        ("deny_egress", SockCounter::DeclinedEgress),
+        ("deny_ingress", SockCounter::DeclinedIngress),
+        ("insert_refused", SockCounter::DeclinedInsert),
+    ];
+    for (label, counter) in declines {
+        if recording == Recording::RestampOnly {
+            // Re-deciding after a policy change is not a new connection: the decline
+            // counters count connections, once each.
+            b.label(label);
+            b.ja("done");
+        } else {
+            emit_decline(b, label, counter, "done");
+        }
+    }
+}
+
+/// Generate the `sock_ops` program.
+pub fn generate_ops() -> Result<Program, CodegenError> {
+    let mut b = Builder::new();
+    declare_frame(&mut b);
+    let b = &mut b;
+    b.comment("r6 = ctx; r8 = 1 when this socket opened the connection (the client)");
+    b.mov(Reg::R6, Reg::R1);
+    b.load(Size::W, Reg::R1, Reg::R6, ctx_off!(BpfSockOps, op));
+    b.mov(Reg::R8, 1);
+    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, "established");
+    b.mov(Reg::R8, 0);
+    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, "established");
+    b.ja("done");
+
+    b.label("established");
+    emit_own_key(b, SOCK_OPS_ADDRS, "other_family");
+    emit_decide(b, Recording::Replace, SockCounter::Accelerated, |b| {
+        b.mov(Reg::R1, Reg::R6);
+        b.ld_map(Reg::R2, map::SOCK_HASH);
+        b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(slot::PEER_KEY));
+        b.mov(Reg::R4, kit::BPF_ANY);
+        b.call(SOCK_HASH_UPDATE);
+    });
     b.label("done").comment("sock_ops programs return 1");
     b.mov(Reg::R0, 1).exit();
     b.build()
@@ -405,4 +471,178 @@ pub fn generate_msg() -> Result<Program, CodegenError> {
     b.build()
         .map(crate::mutate::program_seam)
         .map_err(|source| CodegenError::Build { object: MSG_NAME, source })
+}
+
+/// The iterator program's name (`iter/tcp`).
+pub const ITER_NAME: &str = "sock_layer_iter";
+
+/// The iterator's private map of listening ports (`u32` local port, host order -> `u32`
+/// 1), filled by the iterator itself: `iter/tcp` walks the listening sockets of a network
+/// namespace before the established ones, so when an established socket comes, its local
+/// port is a listener's exactly when it is the server end. The caller empties it between
+/// namespaces.
+pub const LISTEN_MAP: &str = "sock_listen";
+
+/// The maps the iterator uses.
+pub const ITER_MAPS: [&str; 8] = [
+    map::SOCK_HASH,
+    map::SOCK_VERDICT,
+    map::SOCK_REV,
+    map::SOCK_STATS,
+    map::LXC,
+    map::EP_CONFIG,
+    map::POLICY,
+    LISTEN_MAP,
+];
+
+/// The listening-port map's definition.
+pub fn listen_map_def() -> MapDef {
+    MapDef::of::<u32, u32>(LISTEN_MAP, sluice_verifier_sim::spec::MapKind::Hash, 4096, 0)
+}
+
+/// `TCP_ESTABLISHED` and `TCP_LISTEN` (`include/net/tcp_states.h`).
+pub const TCP_ESTABLISHED: i32 = 1;
+pub const TCP_LISTEN: i32 = 10;
+
+/// What a run of the iterator does with an established socket the policy allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IterMode {
+    /// Insert it (existing sockets at attach, [`Recording::KeepStack`]).
+    PickUp,
+    /// After a policy change: a socket accelerated under an older revision gets the new
+    /// one, so the change does not send every connection to the stack; a connection the
+    /// new policy denies keeps its stale verdict, so its messages go to the stack (where
+    /// the tc programs judge them). Nothing is inserted.
+    Restamp,
+}
+
+/// Byte offsets the iterator reads, from the running kernel's BTF
+/// ([`crate::sys::btf::Btf::member_offset`]): the context `struct bpf_iter__tcp` and the
+/// socket's `struct sock_common`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IterOffsets {
+    /// `bpf_iter__tcp.sk_common` (a `struct sock_common *`, NULL at the end of a run).
+    pub sk_common: i16,
+    pub family: i16,
+    pub state: i16,
+    /// Local port, host order (`skc_num`), and remote port, network order (`skc_dport`).
+    pub num: i16,
+    pub dport: i16,
+    /// IPv4 local (`skc_rcv_saddr`) and remote (`skc_daddr`) address, network order.
+    pub rcv_saddr: i16,
+    pub daddr: i16,
+    /// IPv6 local (`skc_v6_rcv_saddr`) and remote (`skc_v6_daddr`) address.
+    pub v6_rcv_saddr: i16,
+    pub v6_daddr: i16,
+}
+
+impl IterOffsets {
+    /// The offsets in `btf`; `None` names the first member not found.
+    pub fn from_btf(btf: &crate::sys::btf::Btf) -> Result<IterOffsets, String> {
+        let off = |s: &str, m: &str| {
+            btf.member_offset(s, m)
+                .and_then(|o| i16::try_from(o).ok())
+                .ok_or_else(|| format!("{s}.{m} not in the kernel's BTF"))
+        };
+        let sc = "sock_common";
+        Ok(IterOffsets {
+            sk_common: off("bpf_iter__tcp", "sk_common")?,
+            family: off(sc, "skc_family")?,
+            state: off(sc, "skc_state")?,
+            num: off(sc, "skc_num")?,
+            dport: off(sc, "skc_dport")?,
+            rcv_saddr: off(sc, "skc_rcv_saddr")?,
+            daddr: off(sc, "skc_daddr")?,
+            v6_rcv_saddr: off(sc, "skc_v6_rcv_saddr")?,
+            v6_daddr: off(sc, "skc_v6_daddr")?,
+        })
+    }
+}
+
+/// Generate the `iter/tcp` program that picks up established sockets (issue 11, existing
+/// sockets): run once per network namespace at attach, it decides each established TCP
+/// socket exactly as `sock_ops` decides a new connection ([`emit_decide`]) and inserts the
+/// allowed ones with `bpf_map_update_elem(sock_hash, peer key, sk)` (the verifier allows
+/// sockhash updates from iterator programs). The server end is the socket whose local
+/// port has a listener in its namespace (recorded in [`LISTEN_MAP`] during the same run);
+/// a socket without one is the client. A connection whose listener is gone by then is
+/// judged with the roles swapped, so it is accelerated only if the reverse connection
+/// would be allowed; an existing entry whose direction already went to the stack is left
+/// there (see [`Recording::KeepStack`]).
+///
+/// Register use: `r6` = the socket (`struct sock_common *`), `r8` = 1 for the client.
+pub fn generate_iter(off: IterOffsets, mode: IterMode) -> Result<Program, CodegenError> {
+    let mut b = Builder::new();
+    declare_frame(&mut b);
+    let b = &mut b;
+    b.comment("r6 = the socket; NULL ends the run");
+    b.load(Size::DW, Reg::R6, Reg::R1, off.sk_common);
+    b.jmp(JmpCond::Eq, Reg::R6, 0, "done");
+    b.load(Size::B, Reg::R1, Reg::R6, off.state);
+    b.jmp(JmpCond::Eq, Reg::R1, TCP_ESTABLISHED, "established");
+    b.jmp(JmpCond::Ne, Reg::R1, TCP_LISTEN, "done");
+    b.comment("a listener (they come first): remember its port");
+    b.load(Size::H, Reg::R1, Reg::R6, off.num);
+    b.store(Size::W, Reg::R10, slot::SCRATCH, Reg::R1);
+    b.store(Size::W, Reg::R10, slot::EP_OWN, 1);
+    kit::map_update(b, LISTEN_MAP, slot::SCRATCH, slot::EP_OWN, kit::BPF_ANY);
+    b.ja("done");
+
+    b.label("established");
+    let key = slot::KEY;
+    let (v4, v6, ports) = (b.new_label("ipv4"), b.new_label("ipv6"), b.new_label("ports"));
+    b.comment("the connection as this socket sees it: {own address, peer address, own port, peer port}");
+    b.load(Size::H, Reg::R1, Reg::R6, off.family);
+    b.jmp(JmpCond::Eq, Reg::R1, AF_INET, v4);
+    b.jmp(JmpCond::Eq, Reg::R1, AF_INET6, v6);
+    b.ja("other_family");
+    b.place(v4).comment("IPv4: addresses IPv4-mapped, as lxc keys them");
+    for (at, field) in [(sock_key::LOCAL, off.rcv_saddr), (sock_key::REMOTE, off.daddr)] {
+        let at = key + at as i16;
+        b.store(Size::W, Reg::R10, at, 0);
+        b.store(Size::W, Reg::R10, at + 4, 0);
+        b.store(Size::W, Reg::R10, at + 8, V4_MAPPED_WORD as i32);
+        b.load(Size::W, Reg::R1, Reg::R6, field);
+        b.store(Size::W, Reg::R10, at + 12, Reg::R1);
+    }
+    b.ja(ports);
+    b.place(v6);
+    for (at, field) in [(sock_key::LOCAL, off.v6_rcv_saddr), (sock_key::REMOTE, off.v6_daddr)] {
+        for w in 0..4i16 {
+            b.load(Size::W, Reg::R1, Reg::R6, field + 4 * w);
+            b.store(Size::W, Reg::R10, key + at as i16 + 4 * w, Reg::R1);
+        }
+    }
+    b.place(ports).comment("ports in network order (skc_num is host order, skc_dport network order)");
+    b.load(Size::H, Reg::R1, Reg::R6, off.num);
+    b.store(Size::W, Reg::R10, slot::SCRATCH, Reg::R1);
+    b.be(16, Reg::R1);
+    b.store(Size::H, Reg::R10, key + sock_key::LOCAL_PORT as i16, Reg::R1);
+    b.load(Size::H, Reg::R1, Reg::R6, off.dport);
+    b.store(Size::H, Reg::R10, key + sock_key::REMOTE_PORT as i16, Reg::R1);
+    b.comment("r8 = 1 (client) unless the local port has a listener here");
+    kit::map_lookup(b, LISTEN_MAP, slot::SCRATCH);
+    b.mov(Reg::R8, 1);
+    let client = b.new_label("client");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, client);
+    b.mov(Reg::R8, 0);
+    b.place(client);
+    match mode {
+        IterMode::PickUp => emit_decide(b, Recording::KeepStack, SockCounter::PickedUp, |b| {
+            b.ld_map(Reg::R1, map::SOCK_HASH);
+            b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(slot::PEER_KEY));
+            b.mov(Reg::R3, Reg::R6);
+            b.mov(Reg::R4, kit::BPF_ANY);
+            b.call(sluice_asm::helpers::MAP_UPDATE_ELEM);
+        }),
+        // The socket is in sock_hash already (its verdict entry says so); nothing to insert.
+        IterMode::Restamp => emit_decide(b, Recording::RestampOnly, SockCounter::Restamped, |b| {
+            b.mov(Reg::R0, 0);
+        }),
+    }
+    b.label("done").comment("iterator programs return 0");
+    b.mov(Reg::R0, 0).exit();
+    b.build()
+        .map(crate::mutate::program_seam)
+        .map_err(|source| CodegenError::Build { object: ITER_NAME, source })
 }

@@ -81,11 +81,17 @@ pub enum SockCounter {
     MsgsToStack = 9,
     /// Declined: not IPv4 or IPv6.
     DeclinedFamily = 10,
+    /// An established socket found by the iterator at attach and inserted (issue 11,
+    /// existing sockets).
+    PickedUp = 11,
+    /// An accelerated socket whose connection the policy still allows after a policy
+    /// change, its verdict moved to the new revision by the iterator.
+    Restamped = 12,
 }
 
 impl SockCounter {
-    pub const COUNT: u32 = 11;
-    pub const ALL: [SockCounter; 11] = [
+    pub const COUNT: u32 = 13;
+    pub const ALL: [SockCounter; 13] = [
         SockCounter::Accelerated,
         SockCounter::DeclinedNotLocal,
         SockCounter::DeclinedEgress,
@@ -97,6 +103,8 @@ impl SockCounter {
         SockCounter::FallbackRevision,
         SockCounter::MsgsToStack,
         SockCounter::DeclinedFamily,
+        SockCounter::PickedUp,
+        SockCounter::Restamped,
     ];
 
     /// The name `sluice status` prints.
@@ -113,6 +121,8 @@ impl SockCounter {
             SockCounter::FallbackRevision => "fallback_revision",
             SockCounter::MsgsToStack => "msgs_to_stack",
             SockCounter::DeclinedFamily => "declined_family",
+            SockCounter::PickedUp => "picked_up",
+            SockCounter::Restamped => "restamped",
         }
     }
 }

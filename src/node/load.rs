@@ -64,6 +64,9 @@ pub enum LoadError {
     CodeShape { added: Vec<String>, removed: Vec<String> },
     #[error("planning the node: {0}")]
     Plan(String),
+    /// Re-deciding the socket layer's accelerated connections after a policy change.
+    #[error("socket layer: {0}")]
+    SockLayer(String),
     #[error(transparent)]
     Ours(#[from] super::ours::OursError),
 }

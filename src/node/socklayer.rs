@@ -48,6 +48,9 @@ pub enum SockLayerError {
     Sys(#[from] SysError),
     #[error(transparent)]
     Attach(#[from] AttachError),
+    /// The existing-socket pick-up could not be set up or run.
+    #[error("picking up established sockets: {0}")]
+    PickUp(String),
 }
 
 /// One of the socket layer's programs.
@@ -314,4 +317,142 @@ pub fn bump_revision(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<Option<u3
     let next = now.unwrap_or(0).wrapping_add(1);
     rev.update(&key, &next.to_le_bytes(), crate::sys::UpdateFlags::ANY)?;
     Ok(Some(next))
+}
+
+/// Pick up the established TCP sockets of the processes in `cgroup` (and its descendants),
+/// so turning the socket layer on does not wait for new connections (issue 11, existing
+/// sockets): the `iter/tcp` program ([`sockops::generate_iter`], offsets and attach id from
+/// the kernel's BTF) runs once in each network namespace those processes are in, and
+/// decides and inserts every established socket there as `sock_ops` would have at its
+/// handshake. Both ends of a connection are found (each in its own namespace); the server
+/// end is the socket whose local port has a listener in its namespace. Call it after
+/// [`SockLayer::attach`] (a socket takes `sk_msg` when inserted). `maps` gets the
+/// iterator's private listener map. Scope: every TCP socket of such a namespace, also of
+/// processes outside the cgroup. Returns how many namespaces were walked.
+///
+/// Not run by [`sync`], because of what the kernel does to a socket that is already in use
+/// when it is inserted (found by `tests/e2e_sock_pickup.rs`): a thread already blocked in
+/// `recv()` on it stays in the stack's `tcp_recvmsg`, which never looks at the queue that
+/// redirected bytes go to, so it sees the peer's next FIN through the stack as end of
+/// stream with those bytes unread (data loss to a blocking reader). A reader that waits in
+/// `poll`/`epoll` (woken by the redirect, then reading through the socket map's
+/// `recvmsg`) is safe, as is any reader that is not inside `recv()` at that moment. Also,
+/// bytes of the stack still unread when the first redirected bytes arrive would be read
+/// after them. A direction that already fell back to the stack is never switched. So the
+/// pick-up is an explicit step for event-driven or idle applications, not the default.
+pub fn pick_up(
+    sys: &Arc<dyn Syscall>,
+    maps: &mut BTreeMap<&'static str, Map>,
+    cgroup: &Path,
+) -> Result<usize, SockLayerError> {
+    run_iter(sys, maps, cgroup, sockops::IterMode::PickUp)
+}
+
+/// After a policy change (once [`bump_revision`] has run): re-decide every accelerated
+/// connection of the node's socket-layer cgroup under the new policy
+/// ([`sockops::IterMode::Restamp`]): still allowed, its verdict moves to the new revision
+/// and it stays accelerated; now denied, it keeps the stale verdict and its messages go to
+/// the stack. A message sent between the bump and the re-stamp sends its direction to the
+/// stack for good (safe, only slower). Nothing when the socket layer is off or not wired;
+/// how many namespaces were walked.
+pub fn restamp(
+    sys: &Arc<dyn Syscall>,
+    cfg: &crate::model::NodeConfig,
+    pin_dir: &Path,
+) -> Result<usize, SockLayerError> {
+    let Some(layer) = &cfg.socket_layer else { return Ok(0) };
+    if !pin_dir.join(SOCKLAYER_DIR).is_dir() {
+        return Ok(0);
+    }
+    let mut maps = open_maps(sys, pin_dir).map_err(|e| SockLayerError::PickUp(e.to_string()))?;
+    run_iter(sys, &mut maps, &layer.cgroup, sockops::IterMode::Restamp)
+}
+
+fn run_iter(
+    sys: &Arc<dyn Syscall>,
+    maps: &mut BTreeMap<&'static str, Map>,
+    cgroup: &Path,
+    mode: sockops::IterMode,
+) -> Result<usize, SockLayerError> {
+    use std::os::fd::{AsFd, AsRawFd};
+    let namespaces = cgroup_netns(cgroup)?;
+    if namespaces.is_empty() {
+        return Ok(0);
+    }
+    let btf = crate::sys::btf::Btf::vmlinux().map_err(|e| SockLayerError::PickUp(e.to_string()))?;
+    let offsets = sockops::IterOffsets::from_btf(&btf).map_err(SockLayerError::PickUp)?;
+    let target = btf
+        .find(crate::sys::btf::Kind::Func, "bpf_iter_tcp")
+        .ok_or_else(|| SockLayerError::PickUp("bpf_iter_tcp not in the kernel's BTF".into()))?;
+    let listen_def = sockops::listen_map_def();
+    let listen = Map::create(sys, &super::load::sys_spec(&listen_def))?;
+    maps.insert(sockops::LISTEN_MAP, listen);
+    let program = sockops::generate_iter(offsets, mode)?;
+    let prog =
+        super::load::load_generated(sys, sockops::ITER_NAME, &program, maps, ProgType::Tracing, |s| {
+            crate::sys::ProgSpec {
+                attach_btf_id: Some(target),
+                ..s.with_attach_type(attach_type::TRACE_ITER)
+            }
+        })?;
+    let link =
+        crate::sys::link_create(&**sys, &crate::sys::LinkCreate::new(prog.fd(), 0, attach_type::TRACE_ITER))?;
+    let listen = &maps[sockops::LISTEN_MAP];
+    for ns in &namespaces {
+        // The listeners of the previous namespace are not this one's.
+        let stale: Vec<Vec<u8>> = listen.keys().collect::<Result<_, _>>()?;
+        for k in stale {
+            listen.delete(&k)?;
+        }
+        let ran = std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns(2) on this scoped thread only, which runs nothing else; it
+                // changes no memory.
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    return Err(format!("setns: {}", std::io::Error::last_os_error()));
+                }
+                crate::sys::iter::run(&**sys, link.as_fd()).map(|_| ()).map_err(|e| e.to_string())
+            })
+            .join()
+            .unwrap_or_else(|_| Err("the pick-up thread panicked".into()))
+        });
+        ran.map_err(SockLayerError::PickUp)?;
+    }
+    Ok(namespaces.len())
+}
+
+/// The distinct network namespaces of the processes in `cgroup` and its descendants, open.
+fn cgroup_netns(cgroup: &Path) -> Result<Vec<std::fs::File>, SockLayerError> {
+    use std::os::unix::fs::MetadataExt;
+    let io = |what: &Path, e: std::io::Error| SockLayerError::PickUp(format!("{}: {e}", what.display()));
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        // A cgroup removed meanwhile (or never there) has no processes.
+        let entries = match std::fs::read_dir(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(|e| io(&dir, e))?,
+        };
+        for entry in entries {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            if entry.file_type().map_err(|e| io(&dir, e))?.is_dir() {
+                dirs.push(entry.path());
+            }
+        }
+        let procs = dir.join("cgroup.procs");
+        let text = match std::fs::read_to_string(&procs) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            other => other.map_err(|e| io(&procs, e))?,
+        };
+        for pid in text.split_whitespace() {
+            // A process may exit meanwhile: then it has no sockets to pick up.
+            let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else { continue };
+            let Ok(meta) = f.metadata() else { continue };
+            if seen.insert((meta.dev(), meta.ino())) {
+                out.push(f);
+            }
+        }
+    }
+    Ok(out)
 }

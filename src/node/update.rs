@@ -292,6 +292,8 @@ pub fn update_pinned(
         super::socklayer::VERDICT_INPUTS.contains(&w.map) && !(w.keys.is_empty() && w.deletes.is_empty())
     }) {
         super::socklayer::bump_revision(sys, dir)?;
+        // Connections the new policy still allows stay accelerated.
+        super::socklayer::restamp(sys, cfg, dir).map_err(|e| LoadError::SockLayer(e.to_string()))?;
     }
     Ok(count_writes(&writes))
 }

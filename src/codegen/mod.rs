@@ -9,6 +9,7 @@
 pub mod endpoint;
 pub mod kit;
 pub mod lb;
+pub mod overlay;
 pub mod prefilter;
 pub mod sock_lb;
 pub mod sockops;

@@ -16,7 +16,8 @@
 //! `world` entity UDP 6000; from the `cluster` entity UDP 7000. Every client is on another
 //! node than the server it talks to, so only the cluster's identities can let it in. Checked:
 //! label selectors across nodes (UDP, TCP, ICMP, allowed and denied), a remote pod is
-//! cluster and not world, both server pods have one identity number, etcd stopped and
+//! cluster and not world, both server pods have one identity number, the receiving node
+//! judges remote pods by the identity on the wire even when its ipcache lies, etcd stopped and
 //! restarted under traffic keeps the flows (the datapath keeps its state), and a node
 //! killed with SIGKILL is dropped by the others once its lease (3 s) expires.
 //!
@@ -345,6 +346,27 @@ fn three_nodes_share_identities_through_etcd() {
     assert_eq!(identity("10.0.1.5"), identity("10.0.3.6"), "the two app=client pods");
     assert_ne!(identity("10.0.1.5"), identity("10.0.2.5"));
 
+    // Identity on the wire (CLUSTER.md): node-2 judges a remote pod by the identity its
+    // node put in the VNI, not by node-2's ipcache entry for its address. Make node-2's
+    // entries lie (swap the client's and the other pod's identities): the client still
+    // gets in and the other pod still does not.
+    let (client, other) =
+        (identity("10.0.1.5").expect("client published"), identity("10.0.1.6").expect("other published"));
+    let pins = &lab.members[1].pin_dir;
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 5), other);
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 6), client);
+    assert!(
+        udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 20),
+        "the client, stale in node-2's ipcache, is let in by the identity on the wire\n{}",
+        lab.logs()
+    );
+    assert!(
+        !udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 3),
+        "the other pod, a client in node-2's stale ipcache, is still denied by the identity on the wire"
+    );
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 5), client);
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 6), other);
+
     // etcd goes away: the datapath keeps its state and the flows keep working.
     lab.etcd.as_mut().expect("running").stop();
     lab.wait("node-1 notices etcd is gone", |lab| lab.request(1, "cluster").contains("disconnected"));
@@ -370,6 +392,30 @@ fn three_nodes_share_identities_through_etcd() {
     lab.wait("node-1 stops tunnelling to node-3's pod", |lab| {
         !udp_reaches(lab.ep(1, 'a'), lab.ep(3, 'a'), 5000, 1)
     });
+}
+
+/// Overwrite the identity of `addr`'s /32 leaf in the ipcache pinned under `pin_dir`
+/// (`maps/ipc_v4_l{1,2,3}`), walking the tables as the programs do.
+fn set_ipcache_v4(pin_dir: &Path, addr: Ipv4Addr, identity: u32) {
+    use sluice::maps::names;
+    use sluice::maps::policy::IPC_CHILD;
+    let sys = sys::kernel();
+    let open =
+        |name: &str| sys::Map::from_pin(&sys, &pin_dir.join("maps").join(name)).expect("pinned ipcache");
+    let word = |v: &[u8], i: usize| u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let a = u32::from(addr);
+    let l1 = open(names::IPC_V4_L1).lookup(&0u32.to_le_bytes()).expect("l1").expect("l1 value");
+    let e1 = word(&l1, (a >> 16) as usize);
+    assert!(e1 & IPC_CHILD != 0, "{addr}: a /32 has an l2 table");
+    let l2 = open(names::IPC_V4_L2).lookup(&(e1 & !IPC_CHILD).to_le_bytes()).expect("l2").expect("l2 value");
+    let e2 = word(&l2, ((a >> 8) & 0xff) as usize);
+    assert!(e2 & IPC_CHILD != 0, "{addr}: a /32 has an l3 table");
+    let l3_map = open(names::IPC_V4_L3);
+    let key = (e2 & !IPC_CHILD).to_le_bytes();
+    let mut l3 = l3_map.lookup(&key).expect("l3").expect("l3 value");
+    let at = (a & 0xff) as usize * 4;
+    l3[at..at + 4].copy_from_slice(&identity.to_le_bytes());
+    l3_map.update(&key, &l3, sys::UpdateFlags::ANY).expect("l3 written");
 }
 
 fn reach(r: bool) -> &'static str {

@@ -367,18 +367,60 @@ fn three_nodes_share_identities_through_etcd() {
     set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 5), client);
     set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 6), other);
 
+    // An established TCP connection (node-1 client -> node-2 server) that must keep working
+    // through etcd's outage and return.
+    let server_addr = SocketAddr::from((lab.ep(2, 'a').v4, 8080));
+    let listener = lab.ep(2, 'a').ns.enter(|| TcpListener::bind(server_addr).expect("bind 8080"));
+    let mut client = lab
+        .ep(1, 'a')
+        .ns
+        .enter(|| TcpStream::connect_timeout(&server_addr, Duration::from_secs(5)))
+        .expect("node-1 client connects to node-2 server");
+    let (mut server, _) = listener.accept().expect("accepted");
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    }
+    let mut echo = |tag: &str| -> Result<(), String> {
+        let mut buf = vec![0u8; tag.len()];
+        client.write_all(tag.as_bytes()).map_err(|e| format!("{tag}: client write: {e}"))?;
+        server.read_exact(&mut buf).map_err(|e| format!("{tag}: server read: {e}"))?;
+        server.write_all(&buf).map_err(|e| format!("{tag}: server write: {e}"))?;
+        client.read_exact(&mut buf).map_err(|e| format!("{tag}: client read: {e}"))?;
+        if buf == tag.as_bytes() {
+            Ok(())
+        } else {
+            Err(format!("{tag}: echoed {buf:?}"))
+        }
+    };
+    echo("before the outage").unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
     // etcd goes away: the datapath keeps its state and the flows keep working.
     lab.etcd.as_mut().expect("running").stop();
     lab.wait("node-1 notices etcd is gone", |lab| lab.request(1, "cluster").contains("disconnected"));
+    echo("etcd down")
+        .unwrap_or_else(|e| panic!("the established connection with etcd down: {e}\n{}", lab.logs()));
     assert!(
         udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 5),
         "with etcd down the allowed flow still passes\n{}",
         lab.logs()
     );
     assert!(!udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 2), "and the denied one is still denied");
+    // A change made while etcd is down: node-1's `other` pod becomes a client.
+    let relabelled =
+        node_file(1).replace("ipv4: 10.0.1.6, labels: {app: other}", "ipv4: 10.0.1.6, labels: {app: client}");
+    assert_ne!(relabelled, node_file(1), "the label is in the node file");
+    std::fs::write(&lab.members[0].config, relabelled).expect("node-1's file rewritten");
+    let applied = lab.request(1, "apply");
+    echo("after a change with etcd down").unwrap_or_else(|e| panic!("{e}\napply: {applied}\n{}", lab.logs()));
     lab.etcd.as_mut().expect("stopped").restart().expect("etcd restarts");
     lab.wait("node-1 reconnects", |lab| lab.request(1, "cluster").contains("cluster: connected"));
+    echo("etcd back")
+        .unwrap_or_else(|e| panic!("the established connection after etcd returned: {e}\n{}", lab.logs()));
     assert!(udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 10), "after the restart\n{}", lab.logs());
+    lab.wait("node-2 applies the change made while etcd was down (node-1's b is now a client)", |lab| {
+        udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 1)
+    });
+    drop((client, server, listener));
 
     // node-3 dies: the others drop it once its lease expires.
     let mut d3 = lab.members[2].daemon.take().expect("node-3 runs");

@@ -18,8 +18,10 @@
 //! label selectors across nodes (UDP, TCP, ICMP, allowed and denied), a remote pod is
 //! cluster and not world, both server pods have one identity number, the receiving node
 //! judges remote pods by the identity on the wire even when its ipcache lies, etcd stopped and
-//! restarted under traffic keeps the flows (the datapath keeps its state), and a node
-//! killed with SIGKILL is dropped by the others once its lease (3 s) expires.
+//! restarted under traffic keeps the flows (the datapath keeps its state) and an
+//! established TCP connection, a change made while etcd is down is applied after it
+//! returns, a node whose daemon is killed and restarted adopts its pins and re-publishes,
+//! and a node killed with SIGKILL is dropped by the others once its lease (3 s) expires.
 //!
 //! A guard kills the daemons and etcd, runs `sluice down` per node and deletes the
 //! namespaces on drop, also on panic.
@@ -420,6 +422,31 @@ fn three_nodes_share_identities_through_etcd() {
     lab.wait("node-2 applies the change made while etcd was down (node-1's b is now a client)", |lab| {
         udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 1)
     });
+
+    // node-2's daemon is killed and restarted: it adopts its pinned datapath (the
+    // established connection never notices) and re-publishes under a new lease, so the
+    // others still see it once the dead daemon's lease (3 s) has expired.
+    let mut d2 = lab.members[1].daemon.take().expect("node-2 runs");
+    d2.kill().expect("SIGKILL node-2's daemon");
+    let _ = d2.wait();
+    echo("node-2's daemon dead").unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.members[1].daemon = Some(start_daemon(&lab.members[1], &url));
+    lab.wait("node-2's new daemon adopts its datapath and reconnects", |lab| {
+        let st = lab.request(2, "status");
+        st.contains("attachments (4)")
+            && st.contains("cluster: connected")
+            && st.contains("3 nodes, 6 endpoints")
+    });
+    // Past the dead daemon's lease: what it alone had published would be gone now.
+    std::thread::sleep(Duration::from_secs(5));
+    let seen = lab.request(1, "cluster");
+    assert!(
+        seen.contains("3 nodes, 6 endpoints"),
+        "node-2 re-published after its restart: {seen}\n{}",
+        lab.logs()
+    );
+    echo("node-2's daemon restarted").unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert!(udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 10), "after node-2's restart\n{}", lab.logs());
     drop((client, server, listener));
 
     // node-3 dies: the others drop it once its lease expires.

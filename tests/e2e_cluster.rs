@@ -16,9 +16,12 @@
 //! `world` entity UDP 6000; from the `cluster` entity UDP 7000. Every client is on another
 //! node than the server it talks to, so only the cluster's identities can let it in. Checked:
 //! label selectors across nodes (UDP, TCP, ICMP, allowed and denied), a remote pod is
-//! cluster and not world, both server pods have one identity number, etcd stopped and
-//! restarted under traffic keeps the flows (the datapath keeps its state), and a node
-//! killed with SIGKILL is dropped by the others once its lease (3 s) expires.
+//! cluster and not world, both server pods have one identity number, the receiving node
+//! judges remote pods by the identity on the wire even when its ipcache lies, etcd stopped and
+//! restarted under traffic keeps the flows (the datapath keeps its state) and an
+//! established TCP connection, a change made while etcd is down is applied after it
+//! returns, a node whose daemon is killed and restarted adopts its pins and re-publishes,
+//! and a node killed with SIGKILL is dropped by the others once its lease (3 s) expires.
 //!
 //! A guard kills the daemons and etcd, runs `sluice down` per node and deletes the
 //! namespaces on drop, also on panic.
@@ -345,18 +348,106 @@ fn three_nodes_share_identities_through_etcd() {
     assert_eq!(identity("10.0.1.5"), identity("10.0.3.6"), "the two app=client pods");
     assert_ne!(identity("10.0.1.5"), identity("10.0.2.5"));
 
+    // Identity on the wire (CLUSTER.md): node-2 judges a remote pod by the identity its
+    // node put in the VNI, not by node-2's ipcache entry for its address. Make node-2's
+    // entries lie (swap the client's and the other pod's identities): the client still
+    // gets in and the other pod still does not.
+    let (client, other) =
+        (identity("10.0.1.5").expect("client published"), identity("10.0.1.6").expect("other published"));
+    let pins = &lab.members[1].pin_dir;
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 5), other);
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 6), client);
+    assert!(
+        udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 20),
+        "the client, stale in node-2's ipcache, is let in by the identity on the wire\n{}",
+        lab.logs()
+    );
+    assert!(
+        !udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 3),
+        "the other pod, a client in node-2's stale ipcache, is still denied by the identity on the wire"
+    );
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 5), client);
+    set_ipcache_v4(pins, Ipv4Addr::new(10, 0, 1, 6), other);
+
+    // An established TCP connection (node-1 client -> node-2 server) that must keep working
+    // through etcd's outage and return.
+    let server_addr = SocketAddr::from((lab.ep(2, 'a').v4, 8080));
+    let listener = lab.ep(2, 'a').ns.enter(|| TcpListener::bind(server_addr).expect("bind 8080"));
+    let mut client = lab
+        .ep(1, 'a')
+        .ns
+        .enter(|| TcpStream::connect_timeout(&server_addr, Duration::from_secs(5)))
+        .expect("node-1 client connects to node-2 server");
+    let (mut server, _) = listener.accept().expect("accepted");
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    }
+    let mut echo = |tag: &str| -> Result<(), String> {
+        let mut buf = vec![0u8; tag.len()];
+        client.write_all(tag.as_bytes()).map_err(|e| format!("{tag}: client write: {e}"))?;
+        server.read_exact(&mut buf).map_err(|e| format!("{tag}: server read: {e}"))?;
+        server.write_all(&buf).map_err(|e| format!("{tag}: server write: {e}"))?;
+        client.read_exact(&mut buf).map_err(|e| format!("{tag}: client read: {e}"))?;
+        if buf == tag.as_bytes() {
+            Ok(())
+        } else {
+            Err(format!("{tag}: echoed {buf:?}"))
+        }
+    };
+    echo("before the outage").unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+
     // etcd goes away: the datapath keeps its state and the flows keep working.
     lab.etcd.as_mut().expect("running").stop();
     lab.wait("node-1 notices etcd is gone", |lab| lab.request(1, "cluster").contains("disconnected"));
+    echo("etcd down")
+        .unwrap_or_else(|e| panic!("the established connection with etcd down: {e}\n{}", lab.logs()));
     assert!(
         udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 5),
         "with etcd down the allowed flow still passes\n{}",
         lab.logs()
     );
     assert!(!udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 2), "and the denied one is still denied");
+    // A change made while etcd is down: node-1's `other` pod becomes a client.
+    let relabelled =
+        node_file(1).replace("ipv4: 10.0.1.6, labels: {app: other}", "ipv4: 10.0.1.6, labels: {app: client}");
+    assert_ne!(relabelled, node_file(1), "the label is in the node file");
+    std::fs::write(&lab.members[0].config, relabelled).expect("node-1's file rewritten");
+    let applied = lab.request(1, "apply");
+    echo("after a change with etcd down").unwrap_or_else(|e| panic!("{e}\napply: {applied}\n{}", lab.logs()));
     lab.etcd.as_mut().expect("stopped").restart().expect("etcd restarts");
     lab.wait("node-1 reconnects", |lab| lab.request(1, "cluster").contains("cluster: connected"));
+    echo("etcd back")
+        .unwrap_or_else(|e| panic!("the established connection after etcd returned: {e}\n{}", lab.logs()));
     assert!(udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 10), "after the restart\n{}", lab.logs());
+    lab.wait("node-2 applies the change made while etcd was down (node-1's b is now a client)", |lab| {
+        udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 1)
+    });
+
+    // node-2's daemon is killed and restarted: it adopts its pinned datapath (the
+    // established connection never notices) and re-publishes under a new lease, so the
+    // others still see it once the dead daemon's lease (3 s) has expired.
+    let mut d2 = lab.members[1].daemon.take().expect("node-2 runs");
+    d2.kill().expect("SIGKILL node-2's daemon");
+    let _ = d2.wait();
+    echo("node-2's daemon dead").unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    lab.members[1].daemon = Some(start_daemon(&lab.members[1], &url));
+    lab.wait("node-2's new daemon adopts its datapath and reconnects", |lab| {
+        let st = lab.request(2, "status");
+        st.contains("attachments (4)")
+            && st.contains("cluster: connected")
+            && st.contains("3 nodes, 6 endpoints")
+    });
+    // Past the dead daemon's lease: what it alone had published would be gone now.
+    std::thread::sleep(Duration::from_secs(5));
+    let seen = lab.request(1, "cluster");
+    assert!(
+        seen.contains("3 nodes, 6 endpoints"),
+        "node-2 re-published after its restart: {seen}\n{}",
+        lab.logs()
+    );
+    echo("node-2's daemon restarted").unwrap_or_else(|e| panic!("{e}\n{}", lab.logs()));
+    assert!(udp_reaches(lab.ep(1, 'a'), lab.ep(2, 'a'), 5000, 10), "after node-2's restart\n{}", lab.logs());
+    drop((client, server, listener));
 
     // node-3 dies: the others drop it once its lease expires.
     let mut d3 = lab.members[2].daemon.take().expect("node-3 runs");
@@ -370,6 +461,30 @@ fn three_nodes_share_identities_through_etcd() {
     lab.wait("node-1 stops tunnelling to node-3's pod", |lab| {
         !udp_reaches(lab.ep(1, 'a'), lab.ep(3, 'a'), 5000, 1)
     });
+}
+
+/// Overwrite the identity of `addr`'s /32 leaf in the ipcache pinned under `pin_dir`
+/// (`maps/ipc_v4_l{1,2,3}`), walking the tables as the programs do.
+fn set_ipcache_v4(pin_dir: &Path, addr: Ipv4Addr, identity: u32) {
+    use sluice::maps::names;
+    use sluice::maps::policy::IPC_CHILD;
+    let sys = sys::kernel();
+    let open =
+        |name: &str| sys::Map::from_pin(&sys, &pin_dir.join("maps").join(name)).expect("pinned ipcache");
+    let word = |v: &[u8], i: usize| u32::from_le_bytes(v[i * 4..i * 4 + 4].try_into().expect("4 bytes"));
+    let a = u32::from(addr);
+    let l1 = open(names::IPC_V4_L1).lookup(&0u32.to_le_bytes()).expect("l1").expect("l1 value");
+    let e1 = word(&l1, (a >> 16) as usize);
+    assert!(e1 & IPC_CHILD != 0, "{addr}: a /32 has an l2 table");
+    let l2 = open(names::IPC_V4_L2).lookup(&(e1 & !IPC_CHILD).to_le_bytes()).expect("l2").expect("l2 value");
+    let e2 = word(&l2, ((a >> 8) & 0xff) as usize);
+    assert!(e2 & IPC_CHILD != 0, "{addr}: a /32 has an l3 table");
+    let l3_map = open(names::IPC_V4_L3);
+    let key = (e2 & !IPC_CHILD).to_le_bytes();
+    let mut l3 = l3_map.lookup(&key).expect("l3").expect("l3 value");
+    let at = (a & 0xff) as usize * 4;
+    l3[at..at + 4].copy_from_slice(&identity.to_le_bytes());
+    l3_map.update(&key, &l3, sys::UpdateFlags::ANY).expect("l3 written");
 }
 
 fn reach(r: bool) -> &'static str {

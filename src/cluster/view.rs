@@ -148,6 +148,8 @@ impl ClusterView {
             });
         }
         overlay.peers = peers;
+        // Identities are cluster-wide here: the overlay carries them.
+        overlay.identities = true;
         notes
     }
 

@@ -54,8 +54,9 @@
 //!    tuple in this direction, then the reversed tuple in the opposite one
 //!    (a reply; see [`crate::maps::policy::ct4_key`]). A live entry passes without a policy
 //!    lookup; its TCP state and expiry advance.
-//! 6. New connection: if policy is enforced in this direction, the peer's identity from the
-//!    ipcache, then the longest match in that identity's policy subtree (which carries the
+//! 6. New connection: if policy is enforced in this direction, the peer's identity (in
+//!    `to-endpoint`, from the identity mark `from-overlay` left in cluster mode, see
+//!    [`super::overlay`]; otherwise) from the ipcache, then the longest match in that identity's policy subtree (which carries the
 //!    "any identity" rules too; see [`crate::maps::policy::policy_writes`]), or in the
 //!    "any identity" subtree when the peer has no rules of its own; an allowed connection
 //!    gets a conntrack entry (and a fragment entry when it is a first fragment).
@@ -85,6 +86,7 @@ use super::lb::{
     emit_hint_filter, emit_service_lb, Hint, HintAddr, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia,
     HAIRPIN_V4, HAIRPIN_V6,
 };
+use super::overlay;
 use super::{
     emit_ethernet, emit_skb_packet_pointers, ethertype, guard, CodegenError, EthLabels, ETH_HLEN, SKB_DATA,
     SKB_DATA_END,
@@ -518,9 +520,9 @@ struct Gen {
 impl Gen {
     fn emit_entry(&self, b: &mut Builder) {
         b.comment(format!("{:?} program of one endpoint: r8 = data, r9 = data_end", self.dir));
-        if self.dir == Direction::FromEndpoint || self.options.services {
-            b.store(Size::DW, Reg::R10, FP_CTX, Reg::R1);
-        }
+        // Kept in both directions: `to-endpoint` reads the identity mark from it
+        // ([`super::overlay`]).
+        b.store(Size::DW, Reg::R10, FP_CTX, Reg::R1);
         if self.dir == Direction::ToEndpoint && self.options.services {
             b.comment("services: no L4 header offsets yet (nothing to reverse-translate)");
             b.store(Size::DW, Reg::R10, FP_LB_OFFS, 0);
@@ -1006,6 +1008,18 @@ impl Gen {
             Direction::ToEndpoint => FP_CT,
         };
         let identity = f.l("identity");
+        if self.dir == Direction::ToEndpoint {
+            b.comment(
+                "identity on the wire: a mark from-overlay left (cluster mode) comes before the ipcache",
+            );
+            b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
+            b.load(Size::W, Reg::R1, Reg::R1, overlay::SKB_MARK);
+            b.mov32(Reg::R2, Reg::R1).alu32(AluOp::And, Reg::R2, overlay::MARK_MAGIC_MASK as i32);
+            b.jmp(JmpCond::Ne, Reg::R2, overlay::MARK_MAGIC_IDENTITY as i32, f.l("ipcache"));
+            b.mov32(Reg::R0, Reg::R1).alu32(AluOp::Rsh, Reg::R0, 16);
+            b.ja(identity.as_str());
+            b.label(f.l("ipcache"));
+        }
         if f.family == 4 {
             b.comment("the peer's identity: ipcache level 1 (direct), 2 and 3");
             b.load(Size::W, Reg::R6, Reg::R10, peer);
@@ -1344,6 +1358,17 @@ impl Gen {
         }
         b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::VNI as i16);
         b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, Reg::R1);
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::IDENTITY as i32, l("fwd_tunnel_identity"));
+        b.ja(l("fwd_tunnel_remote"));
+        b.label(l("fwd_tunnel_identity"))
+            .comment("cluster mode: the VNI is the source endpoint's identity (0: none the wire carries)");
+        b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, 0);
+        self.emit_ep_config(b);
+        b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_tunnel_remote"));
+        b.load(Size::W, Reg::R1, Reg::R0, ep_config::IDENTITY as i16);
+        b.jmp(JmpCond::Gt, Reg::R1, overlay::MAX_WIRE_IDENTITY as i32, l("fwd_tunnel_remote"));
+        b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, Reg::R1);
+        b.label(l("fwd_tunnel_remote"));
         b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::REMOTE as i16);
         b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::REMOTE_IPV4 as i16, Reg::R1);
         b.store(Size::B, Reg::R10, FP_FIB + tunnel_key_struct::TTL as i16, 64);

@@ -87,6 +87,9 @@ layout! {
     pub const OVERLAY: u32 = 2;
     /// Route everything else with `bpf_fib_lookup` and redirect to the egress device.
     pub const FIB: u32 = 4;
+    /// Cluster mode: the overlay carries identities (the tunnel id is the source endpoint's
+    /// identity; `from-overlay` reads it back; see [`crate::codegen::overlay`]).
+    pub const IDENTITY: u32 = 8;
 }
 
 /// `struct bpf_fib_lookup` (64 bytes): the fields the programs use.

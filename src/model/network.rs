@@ -79,6 +79,9 @@ pub struct Overlay {
     pub local: Ipv4Addr,
     /// Sorted by name.
     pub peers: Vec<OverlayPeer>,
+    /// The tunnel carries the source endpoint's identity (cluster mode, where identities
+    /// are cluster-wide; [`crate::codegen::overlay`]). Never set from a node file.
+    pub identities: bool,
 }
 
 /// Where services are balanced besides the endpoints' own programs.
@@ -379,7 +382,7 @@ pub(crate) fn lower(
     if device == "lo" || device == ROUTER_HOST_DEVICE || device == ROUTER_NET_DEVICE {
         return Err(at.key("device").invalid(format!("{device} is a device the node already uses")));
     }
-    Ok((router, Some(Overlay { device, vni, port, local, peers })))
+    Ok((router, Some(Overlay { device, vni, port, local, peers, identities: false })))
 }
 
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub enum ForwardError {
     Netns(String),
     #[error("{0}")]
     Encryption(String),
+    #[error(transparent)]
+    OverlayId(#[from] super::overlay_id::OverlayIdError),
     #[error(
         "encryption mode wireguard: {0} does not exist; start it first (crate::encrypt::start_wireguard)"
     )]
@@ -97,11 +99,16 @@ impl fmt::Display for ForwardReport {
         for (ep, why) in &self.unwired {
             writeln!(f, "endpoint {ep}: not forwarded by sluice ({why}); the stack routes it")?;
         }
-        let on: Vec<&str> = [(fwd_cfg::LOCAL, "local"), (fwd_cfg::OVERLAY, "overlay"), (fwd_cfg::FIB, "fib")]
-            .into_iter()
-            .filter(|(bit, _)| self.flags & bit != 0)
-            .map(|(_, name)| name)
-            .collect();
+        let on: Vec<&str> = [
+            (fwd_cfg::LOCAL, "local"),
+            (fwd_cfg::OVERLAY, "overlay"),
+            (fwd_cfg::FIB, "fib"),
+            (fwd_cfg::IDENTITY, "identity"),
+        ]
+        .into_iter()
+        .filter(|(bit, _)| self.flags & bit != 0)
+        .map(|(_, name)| name)
+        .collect();
         write!(
             f,
             "forwarding: {} local addresses, {} overlay prefixes, {} host routes; steps on: {} ({} map writes)",
@@ -312,6 +319,11 @@ pub fn sync(sys: &Arc<dyn Syscall>, cfg: &NodeConfig, pin_dir: &Path) -> Result<
         if created {
             own(&o.device)?;
             report.created.push(o.device.clone());
+        }
+        let identities = o.identities && !wireguard;
+        super::overlay_id::sync(sys, pin_dir, ifindex, identities)?;
+        if identities {
+            flags |= fwd_cfg::IDENTITY;
         }
         for peer in &o.peers {
             for c in &peer.prefixes {

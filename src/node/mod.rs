@@ -11,6 +11,7 @@ pub mod load;
 pub mod lock;
 pub mod node_replay;
 pub mod ours;
+pub mod overlay_id;
 pub mod replay;
 pub mod reshape;
 pub mod services;

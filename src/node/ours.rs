@@ -62,6 +62,7 @@ fn expected(name: &str) -> Option<Expect> {
         "maps" => Expect::Pins(PinKind::Map),
         super::wire::LINKS_DIR | super::socklb::SOCKLB_DIR => Expect::Pins(PinKind::Link),
         super::socklayer::SOCKLAYER_DIR => Expect::Pins(PinKind::Link),
+        super::overlay_id::OVERLAY_DIR => Expect::Pins(PinKind::Link),
         super::wire::NETLINK_RECORDS => Expect::Pin(PinKind::Map),
         OWNED_DIR => Expect::Records,
         _ => return None,

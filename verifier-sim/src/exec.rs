@@ -55,6 +55,8 @@
 //! `csum_diff` (Linux 6.13+ result: folded to 16 bits), `csum_update`, `fib_lookup`
 //! (answers [`Context::fib`]: `BPF_FIB_LKUP_RET_NOT_FWDED` with the parameters untouched
 //! when none is given), `skb_set_tunnel_key` (kept in [`Context::tunnel_key`]),
+//! `skb_get_tunnel_key` (reads [`Context::tunnel_key`], the received packet's metadata;
+//! `-EINVAL` with the buffer zeroed when there is none, as in the kernel),
 //! `redirect_neigh`, `redirect_peer` (tc; recorded in [`RunOutcome::redirect_peer`]) and
 //! `ringbuf_output`.
 //! The skb's `ip_summed` is [`IpSummed::None`] unless set (what `BPF_PROG_TEST_RUN`
@@ -135,6 +137,12 @@ const TUNNEL_KEY_SIZES: [u32; 5] = [
 /// `BPF_F_TUNINFO_IPV6 | BPF_F_ZERO_CSUM_TX | BPF_F_DONT_FRAGMENT | BPF_F_SEQ_NUMBER |
 /// BPF_F_NO_TUNNEL_KEY | BPF_F_TUNINFO_FLAGS`.
 const TUNNEL_KEY_FLAGS: u64 = 0x3f;
+/// `bpf_skb_get_tunnel_key` flags: `BPF_F_TUNINFO_IPV6 | BPF_F_TUNINFO_FLAGS`.
+const TUNNEL_GET_FLAGS: u64 = 0x11;
+/// `BPF_F_TUNINFO_IPV6`: the IPv6 tunnel key.
+const BPF_F_TUNINFO_IPV6: u64 = 1;
+/// `EPROTO`: the tunnel's family is not the one asked for.
+const EPROTO: i32 = 71;
 
 /// `bpf_redirect`: to the ingress path.
 pub const BPF_F_INGRESS: u64 = uapi::BPF_F_INGRESS as u64;
@@ -178,6 +186,7 @@ mod hid {
     pub const XDP_ADJUST_META: i32 = 54;
     pub const XDP_ADJUST_TAIL: i32 = 65;
     pub const FIB_LOOKUP: i32 = 69;
+    pub const SKB_GET_TUNNEL_KEY: i32 = 20;
     pub const SKB_SET_TUNNEL_KEY: i32 = 21;
     pub const REDIRECT_NEIGH: i32 = 152;
     pub const REDIRECT_PEER: i32 = 155;
@@ -1652,6 +1661,33 @@ impl Vm<'_> {
                     0
                 }
             }
+            hid::SKB_GET_TUNNEL_KEY if tc => {
+                // The kernel's `bpf_skb_get_tunnel_key`: no metadata, unknown flags or a size
+                // that is not a known prefix is -EINVAL; an IPv6 request for the IPv4 key
+                // (the only kind modelled) is -EPROTO; the buffer is zeroed on every error.
+                let size = r3 as u32;
+                let mut out = vec![0u8; size as usize];
+                let ret = match self.ctx.tunnel_key {
+                    _ if !TUNNEL_KEY_SIZES.contains(&size) || r4 & !TUNNEL_GET_FLAGS != 0 => {
+                        neg_errno(errno::EINVAL)
+                    }
+                    None => neg_errno(errno::EINVAL),
+                    Some(_) if r4 & BPF_F_TUNINFO_IPV6 != 0 => neg_errno(EPROTO),
+                    Some(k) => {
+                        let mut put = |at: usize, bytes: &[u8]| {
+                            if at + bytes.len() <= out.len() {
+                                out[at..at + bytes.len()].copy_from_slice(bytes);
+                            }
+                        };
+                        put(offset_of!(BpfTunnelKey, tunnel_id), &k.tunnel_id.to_le_bytes());
+                        put(offset_of!(BpfTunnelKey, remote_ipv6), &k.remote_ipv4.to_le_bytes());
+                        put(offset_of!(BpfTunnelKey, tunnel_ttl), &[k.ttl]);
+                        0
+                    }
+                };
+                self.write_mem(insn, r2, &out)?;
+                ret
+            }
             hid::REDIRECT_NEIGH if tc => {
                 if r4 != 0 || (r2 == 0) != (r3 == 0) {
                     TC_ACT_SHOT
@@ -1699,6 +1735,7 @@ impl Vm<'_> {
             | hid::CSUM_UPDATE
             | hid::FIB_LOOKUP
             | hid::SKB_SET_TUNNEL_KEY
+            | hid::SKB_GET_TUNNEL_KEY
             | hid::REDIRECT_NEIGH
             | hid::REDIRECT_PEER
             | hid::GET_SOCKET_COOKIE => return Err(unavailable),

@@ -67,6 +67,9 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
         Ok(n) => report.removed.push(format!("detached {n} socket-layer links")),
         Err(e) => report.warnings.push(format!("socket layer: {e}")),
     }
+    if crate::node::overlay_id::remove(sys, pin_dir) {
+        report.removed.push("detached the from-overlay link".to_owned());
+    }
     match crate::node::socklb::remove(sys, pin_dir) {
         Ok(0) => {}
         Ok(n) => report.removed.push(format!("detached {n} socket load-balancer cgroup links")),

@@ -169,6 +169,13 @@ pub const HELPERS: &[Helper] = &[
     helper(id::FIB_LOOKUP, "bpf_fib_lookup", &[Ctx, MemReadWrite, Size, Scalar], Ret::Integer, XDP_TC),
     helper(id::SKB_SET_TUNNEL_KEY, "bpf_skb_set_tunnel_key", &[Ctx, MemRead, Size, Scalar], Ret::Integer, TC),
     helper(
+        id::SKB_GET_TUNNEL_KEY,
+        "bpf_skb_get_tunnel_key",
+        &[Ctx, MemWrite, Size, Scalar],
+        Ret::Integer,
+        TC,
+    ),
+    helper(
         id::REDIRECT_NEIGH,
         "bpf_redirect_neigh",
         &[Scalar, MemReadOrNull, SizeOrZero, Scalar],

@@ -92,15 +92,19 @@ pub fn forget_mirrors() {
     mirrors().clear();
 }
 
+/// The map's kernel id and this process's mirror of it, if the mirror is of this very map.
+fn mirror_of(name: &'static str, map: &Map) -> Result<(u32, Option<Contents>), LoadError> {
+    let id = map.info()?.id;
+    let known = mirrors().get(name).filter(|(mid, _)| *mid == id).map(|(_, entries)| entries.clone());
+    Ok((id, known))
+}
+
 /// [`contents`] from the mirror when it is of this very map.
 fn contents_mirrored(name: &'static str, map: &Map) -> Result<(u32, Contents), LoadError> {
-    let id = map.info()?.id;
-    if let Some((mid, entries)) = mirrors().get(name) {
-        if *mid == id {
-            return Ok((id, entries.clone()));
-        }
+    match mirror_of(name, map)? {
+        (id, Some(known)) => Ok((id, known)),
+        (id, None) => Ok((id, contents(map)?)),
     }
-    Ok((id, contents(map)?))
 }
 
 /// A mirrored map's contents once `w` is applied to `now`.
@@ -417,11 +421,8 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         // An array: its mirror holds the entries written (the others are zero), and a key
         // it lacks is looked up.
         let ep_config = &maps[crate::maps::names::EP_CONFIG];
-        let cfg_id = ep_config.info()?.id;
-        let mut cfg_known = match mirrors().get(crate::maps::names::EP_CONFIG) {
-            Some((id, known)) if *id == cfg_id => known.clone(),
-            _ => Contents::new(),
-        };
+        let (cfg_id, cfg_known) = mirror_of(crate::maps::names::EP_CONFIG, ep_config)?;
+        let mut cfg_known = cfg_known.unwrap_or_default();
         let mut cfg_w = MapWrites { keys: Vec::new(), values: Vec::new(), ..cfg_want.clone() };
         for (k, v) in cfg_want
             .keys

@@ -342,7 +342,8 @@ fn ingress_from_device_to_endpoint() {
     let cfg = topo.node_config();
     let plan = plan(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let pin = topo.pin_dir().to_path_buf();
-    let opts = AttachOptions { xdp_device: Some("net0".into()), netlink_only: false };
+    let opts =
+        AttachOptions { xdp_device: Some("net0".into()), netlink_only: false, ..AttachOptions::default() };
     let built = start.elapsed();
 
     // Load and attach in the node namespace: the endpoint's two tcx hooks and the

@@ -337,7 +337,8 @@ fn attach_status_down_with_real_traffic() {
     let cfg = topo.node_config();
     let plan = plan(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let pin = topo.pin_dir().to_path_buf();
-    let opts = AttachOptions { xdp_device: Some("lxcA".into()), netlink_only: false };
+    let opts =
+        AttachOptions { xdp_device: Some("lxcA".into()), netlink_only: false, ..AttachOptions::default() };
 
     // 1. Load. A first attach fails on its last hook (lxcA's XDP hook is taken by a
     //    program attached through netlink in generic mode) and undoes the four tcx links
@@ -497,7 +498,8 @@ fn netlink_fallback_attach_status_down() {
     let cfg = topo.node_config();
     let plan = plan(&cfg).unwrap_or_else(|e| panic!("{e}"));
     let pin = topo.pin_dir().to_path_buf();
-    let opts = AttachOptions { xdp_device: Some("lxcA".into()), netlink_only: true };
+    let opts =
+        AttachOptions { xdp_device: Some("lxcA".into()), netlink_only: true, ..AttachOptions::default() };
 
     let report = topo.node.enter(|| {
         load::load_and_pin(&sys, &plan, &pin).unwrap_or_else(|e| panic!("{e}"));

@@ -117,6 +117,9 @@ pub struct AttachResult {
 pub struct KernelSplit {
     pub hooks: usize,
     pub attach_seq_ms: f64,
+    /// The same, one after another with expedited grace periods (`None`: the switch could
+    /// not be turned on, see [`crate::node::wire::grace`]).
+    pub attach_seq_expedited_ms: Option<f64>,
     pub attach_par_ms: f64,
     /// The same hooks as direct-action `cls_bpf` filters through netlink (clsact added
     /// per device), one after another.
@@ -126,8 +129,9 @@ pub struct KernelSplit {
     pub load_par_ms: f64,
 }
 
-/// The daemon's `--attach` mechanisms, timed in turn.
-pub const MECHANISMS: [&str; 2] = ["tcx", "tc"];
+/// The daemon's `--attach` mechanisms, timed in turn: `tcx` with its default expedited
+/// grace periods, `tcx-normal` (`--attach tcx --grace-periods normal`), `tc`.
+pub const MECHANISMS: [&str; 3] = ["tcx", "tcx-normal", "tc"];
 
 /// Threads of the parallel attach measurement.
 pub const THREADS: usize = 16;
@@ -242,8 +246,10 @@ fn spawn_daemon(exe: &Path, scene: &Scene, mech: &str, log: &Path) -> Result<Chi
         .arg(&scene.pin_dir)
         .arg("--socket")
         .arg(scene.tmp.join("sluice.sock"))
-        .arg("--attach")
-        .arg(mech)
+        .args(match mech {
+            "tcx-normal" => vec!["--attach", "tcx", "--grace-periods", "normal"],
+            other => vec!["--attach", other],
+        })
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);
@@ -398,10 +404,18 @@ fn prog_loads(
     Ok((times, insns))
 }
 
+/// What [`attach_split`] measured, ms.
+struct AttachSplit {
+    seq: f64,
+    seq_expedited: Option<f64>,
+    par: f64,
+    netlink: f64,
+}
+
 /// Create a tcx link for every hook of the loaded node (after the daemon's), one
-/// after another, then from [`THREADS`] threads; the links are dropped (detached) after
+/// after another (with normal, then expedited grace periods), then from [`THREADS`] threads; the links are dropped (detached) after
 /// each pass. Runs inside the namespace.
-fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<(f64, f64, f64), String> {
+fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<AttachSplit, String> {
     use crate::attach::{Direction, Interface, Link};
     let mut hooks = Vec::new();
     for i in 0..n {
@@ -421,6 +435,16 @@ fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<(f64
     }
     let seq = t.elapsed().as_secs_f64() * 1e3;
     drop(links);
+    let t = Instant::now();
+    let expedite =
+        crate::node::wire::grace::Expedite::begin(crate::node::wire::grace::GracePeriods::Expedited);
+    let mut links = Vec::new();
+    for (p, iface, dir) in &hooks {
+        links.push(Link::tcx(sys, p, iface.clone(), *dir).map_err(|e| e.to_string())?);
+    }
+    let seq_expedited = expedite.holds().then(|| t.elapsed().as_secs_f64() * 1e3);
+    drop(links);
+    drop(expedite);
     let t = Instant::now();
     let per = hooks.len().div_ceil(THREADS);
     let made: Vec<Result<Vec<Link>, String>> = std::thread::scope(|s| {
@@ -476,7 +500,7 @@ fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<(f64
     }
     match failed {
         Some(e) => Err(format!("cls_bpf through netlink: {e}")),
-        None => Ok((seq, par, netlink)),
+        None => Ok(AttachSplit { seq, seq_expedited, par, netlink }),
     }
 }
 
@@ -555,11 +579,16 @@ pub fn measure(opts: &BenchOpts, sys: &Arc<dyn Syscall>) -> Result<AttachResult,
                 loads = Some(prog_loads(sys, &scene, n)?);
                 let (load_seq_ms, load_par_ms) = load_split(sys, &scene.pin_dir, n)?;
                 let (pin_dir, sys2) = (scene.pin_dir.clone(), Arc::clone(sys));
-                let (attach_seq_ms, attach_par_ms, netlink_ms) =
-                    in_netns(&scene.ns, move || attach_split(&sys2, &pin_dir, n))?;
+                let AttachSplit {
+                    seq: attach_seq_ms,
+                    seq_expedited,
+                    par: attach_par_ms,
+                    netlink: netlink_ms,
+                } = in_netns(&scene.ns, move || attach_split(&sys2, &pin_dir, n))?;
                 split = Some(KernelSplit {
                     hooks: 2 * n,
                     attach_seq_ms,
+                    attach_seq_expedited_ms: seq_expedited,
                     attach_par_ms,
                     netlink_ms,
                     loads: SPLIT_LOADS,
@@ -673,11 +702,16 @@ impl AttachResult {
             let _ = writeln!(
                 s,
                 "- kernel calls alone: {} tcx link creations {:.0} ms one after another ({:.1} ms each), \
+                 {} with expedited grace periods, \
                  {:.0} ms from {THREADS} threads; the same hooks as cls_bpf filters through netlink {:.0} ms; \
                  {} loads of from_ep_1 {:.0} ms one after another, {:.0} ms from 2 threads",
                 k.hooks,
                 k.attach_seq_ms,
                 k.attach_seq_ms / k.hooks.max(1) as f64,
+                k.attach_seq_expedited_ms.map_or("not measured (switch unavailable)".to_string(), |ms| format!(
+                    "{ms:.0} ms ({:.2} ms each)",
+                    ms / k.hooks.max(1) as f64
+                )),
                 k.attach_par_ms,
                 k.netlink_ms,
                 k.loads,

@@ -157,9 +157,9 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             println!("events {state} (at most {rate} per second per CPU)");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Attach { node, pin_dir, xdp_device, attach } => {
+        Command::Attach { node, pin_dir, xdp_device, attach, grace_periods } => {
             let _lock = lock_node(&pin_dir, wait)?;
-            attach_cmd(&node, &pin_dir, attach.options(xdp_device))
+            attach_cmd(&node, &pin_dir, attach.options(xdp_device, grace_periods))
         }
         Command::Status { pin_dir } => {
             let sys = kernel("sluice status")?;
@@ -172,8 +172,8 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
                 Ok(ExitCode::from(1))
             }
         }
-        Command::Daemon { config, pin_dir, socket, poll_ms, attach, etcd, lease_ttl } => {
-            daemon(config, pin_dir, socket, poll_ms, attach.options(None), (etcd, lease_ttl))
+        Command::Daemon { config, pin_dir, socket, poll_ms, attach, grace_periods, etcd, lease_ttl } => {
+            daemon(config, pin_dir, socket, poll_ms, attach.options(None, grace_periods), (etcd, lease_ttl))
         }
         Command::Proxy {
             config,

@@ -133,10 +133,16 @@ pub enum Command {
         #[arg(long)]
         xdp_device: Option<String>,
         /// How hooks are attached: `tcx` (bpf links, pinned; each costs the kernel one RCU
-        /// grace period under RTNL, ~10 ms) or `tc` (netlink cls_bpf filters; no grace
-        /// period per hook).
+        /// grace period under RTNL, see `--grace-periods`) or `tc` (netlink cls_bpf
+        /// filters; no grace period per hook).
         #[arg(long, value_enum, default_value_t = HookMechanism::Tcx)]
         attach: HookMechanism,
+        /// How the grace period of each tcx link is waited for: `expedited` turns on
+        /// /sys/kernel/rcu_expedited for the length of the attach (0.1 ms a link instead
+        /// of ~10 ms; every synchronize_rcu on the machine sends IPIs meanwhile), `normal`
+        /// leaves the kernel's RCU settings alone.
+        #[arg(long, value_enum, default_value_t = GracePeriods::Expedited)]
+        grace_periods: GracePeriods,
     },
     /// Show programs, attachments (link or netlink), map fill levels and nonzero counters.
     Status {
@@ -159,6 +165,9 @@ pub enum Command {
         /// How hooks are attached (see `sluice attach --help`).
         #[arg(long, value_enum, default_value_t = HookMechanism::Tcx)]
         attach: HookMechanism,
+        /// How tcx grace periods are waited for (see `sluice attach --help`).
+        #[arg(long, value_enum, default_value_t = GracePeriods::Expedited)]
+        grace_periods: GracePeriods,
         /// Join the cluster kept in these etcd v3 endpoints (comma separated); without it the
         /// node file alone is the cluster.
         #[arg(long, value_delimiter = ',')]
@@ -299,6 +308,8 @@ pub fn main() -> ExitCode {
     }
 }
 
+pub use crate::node::wire::grace::GracePeriods;
+
 /// How endpoint and device hooks are attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum HookMechanism {
@@ -310,7 +321,15 @@ pub enum HookMechanism {
 
 impl HookMechanism {
     /// The attach options this mechanism asks for.
-    pub fn options(self, xdp_device: Option<String>) -> crate::node::wire::AttachOptions {
-        crate::node::wire::AttachOptions { xdp_device, netlink_only: self == HookMechanism::Tc }
+    pub fn options(
+        self,
+        xdp_device: Option<String>,
+        grace_periods: GracePeriods,
+    ) -> crate::node::wire::AttachOptions {
+        crate::node::wire::AttachOptions {
+            xdp_device,
+            netlink_only: self == HookMechanism::Tc,
+            grace_periods,
+        }
     }
 }

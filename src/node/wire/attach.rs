@@ -43,6 +43,8 @@ pub struct AttachOptions {
     /// Use netlink (`cls_bpf`, `IFLA_XDP`) even where bpf links work: the fallback path,
     /// on demand (tests, and tools that expect tc filters).
     pub netlink_only: bool,
+    /// How the grace period each new tcx link waits for is waited for ([`super::grace`]).
+    pub grace_periods: super::grace::GracePeriods,
 }
 
 /// What attaching did to one hook.
@@ -149,6 +151,9 @@ pub(super) struct Attacher<'a> {
     tc_netlink: Option<String>,
     netlink: Option<Netlink>,
     undo: Vec<Undo>,
+    grace_periods: super::grace::GracePeriods,
+    /// Held from the first tcx link this call creates until the call (and its undo) ends.
+    expedite: Option<super::grace::Expedite>,
 }
 
 /// `sluice attach`: put the loaded node's programs on its devices (see the module contract).
@@ -226,6 +231,8 @@ pub fn attach(
         tc_netlink: opts.netlink_only.then(|| "netlink requested".to_string()),
         netlink: None,
         undo: Vec::new(),
+        grace_periods: opts.grace_periods,
+        expedite: None,
     };
     let mut report = AttachReport::default();
     let result = (|| -> Result<()> {
@@ -350,6 +357,9 @@ impl Attacher<'_> {
         }
         let direction = w.hook.direction().expect("a tc hook has a direction");
         if self.tc_netlink.is_none() {
+            if self.expedite.is_none() {
+                self.expedite = Some(super::grace::Expedite::begin(self.grace_periods));
+            }
             match Link::tcx(self.sys, prog, iface.clone(), direction) {
                 Ok(link) => {
                     let via = self.keep_link(link, w)?;

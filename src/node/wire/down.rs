@@ -76,6 +76,8 @@ pub fn down(sys: &Arc<dyn Syscall>, pin_dir: &Path) -> Result<DownReport> {
         Err(e) => report.warnings.push(format!("socket load balancer: {e}")),
     }
     let links_dir = pin_dir.join(LINKS_DIR);
+    // Each tcx link released waits for a grace period, as each one created does.
+    let _expedite = super::grace::Expedite::begin(super::grace::GracePeriods::default());
     for (name, path) in sorted_entries(&links_dir)? {
         match Link::from_pin(sys, &path) {
             Ok(link) => {

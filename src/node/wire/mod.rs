@@ -304,6 +304,7 @@ type Result<T, E = WireError> = std::result::Result<T, E>;
 
 mod attach;
 mod down;
+pub mod grace;
 mod records;
 mod status;
 

@@ -12,6 +12,9 @@
 //!   ingress." So an endpoint isolated for ingress by a NetworkPolicy admits the node whatever
 //!   this setting says; `policy` changes only what CiliumNetworkPolicy isolation means. A deny
 //!   rule that matches the node still drops its traffic (deny wins, as everywhere).
+//! - `revokeEstablished` (default `false`, Cilium's behaviour: "established connections
+//!   survive policy changes"): when `true`, a policy change that now denies an established
+//!   connection ends it ([`crate::node::revoke`]).
 
 use serde::Deserialize;
 
@@ -20,11 +23,13 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "policy settings: a mapping with allowLocalhost"
+    expecting = "policy settings: a mapping with allowLocalhost and revokeEstablished"
 )]
 pub(crate) struct PolicySettingsWire {
     #[serde(default)]
     allow_localhost: Option<AllowLocalhostWire>,
+    #[serde(default)]
+    revoke_established: bool,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -51,6 +56,8 @@ pub enum AllowLocalhost {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct PolicySettings {
     pub allow_localhost: AllowLocalhost,
+    /// End established connections a policy change now denies.
+    pub revoke_established: bool,
 }
 
 pub(crate) fn lower(wire: Option<PolicySettingsWire>) -> PolicySettings {
@@ -60,5 +67,6 @@ pub(crate) fn lower(wire: Option<PolicySettingsWire>) -> PolicySettings {
             None | Some(AllowLocalhostWire::Auto | AllowLocalhostWire::Always) => AllowLocalhost::Always,
             Some(AllowLocalhostWire::Policy) => AllowLocalhost::Policy,
         },
+        revoke_established: wire.revoke_established,
     }
 }

@@ -69,6 +69,9 @@ pub enum LoadError {
     SockLayer(String),
     #[error(transparent)]
     Ours(#[from] super::ours::OursError),
+    /// `policy.revokeEstablished`: ending the connections a change denies.
+    #[error(transparent)]
+    Revoke(#[from] super::revoke::RevokeError),
 }
 
 /// The kernel map type of a simulator map kind.

@@ -14,6 +14,7 @@ pub mod ours;
 pub mod overlay_id;
 pub mod replay;
 pub mod reshape;
+pub mod revoke;
 pub mod services;
 pub mod sim;
 pub mod socklayer;

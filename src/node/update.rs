@@ -33,6 +33,8 @@ use std::sync::Arc;
 pub struct Update {
     /// Map updates and deletes, per map.
     pub writes: BTreeMap<String, usize>,
+    /// Connections ended because the change denies them (`policy.revokeEstablished`).
+    pub revoked: Vec<super::revoke::Revoked>,
 }
 
 impl Update {
@@ -290,16 +292,24 @@ pub fn update_pinned(
         }
     }
     let writes = map_writes(cfg, &maps)?.apply(&maps)?;
+    let mut update = count_writes(&writes);
+    let changed = |names: &[&str]| {
+        writes.iter().any(|w| names.contains(&w.map) && !(w.keys.is_empty() && w.deletes.is_empty()))
+    };
     // A changed verdict input makes every accelerated connection's verdict stale: its
     // messages go to the stack, where the tc programs judge them (issue 11).
-    if writes.iter().any(|w| {
-        super::socklayer::VERDICT_INPUTS.contains(&w.map) && !(w.keys.is_empty() && w.deletes.is_empty())
-    }) {
+    if changed(&super::socklayer::VERDICT_INPUTS) {
         super::socklayer::bump_revision(sys, dir)?;
         // Connections the new policy still allows stay accelerated.
         super::socklayer::restamp(sys, cfg, dir).map_err(|e| LoadError::SockLayer(e.to_string()))?;
     }
-    Ok(count_writes(&writes))
+    // After the restamp: a denied accelerated connection's messages go to the tc path,
+    // where its conntrack entry is then gone. Peer identities (the ipcache) are verdict
+    // inputs here too: revocation judges every peer, not only local endpoints.
+    if cfg.policy.revoke_established && changed(&super::revoke::VERDICT_INPUTS) {
+        update.revoked = super::revoke::revoke_denied(cfg, &maps)?;
+    }
+    Ok(update)
 }
 
 /// What [`apply_writes`] of these writes changes, per map.

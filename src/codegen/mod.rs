@@ -12,6 +12,7 @@ pub mod kit;
 pub mod lb;
 pub mod overlay;
 pub mod prefilter;
+pub mod sock_destroy;
 pub mod sock_lb;
 pub mod sockops;
 pub mod to_proxy;

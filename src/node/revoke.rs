@@ -9,8 +9,10 @@
 //! read from `policy`) and deletes the entries the new policy denies. The connection's next
 //! packet then finds no entry, is judged as a new flow and dropped, in both directions, on
 //! the tc path; an accelerated connection's messages already go to that path once its
-//! verdict is stale (`socklayer::restamp` leaves denied ones stale). What the endpoints'
-//! sockets see is a stalled connection (no data, retransmissions) until their own timeouts.
+//! verdict is stale (`socklayer::restamp` leaves denied ones stale). Then
+//! [`destroy_sockets`] ends the revoked TCP connections' sockets themselves with the
+//! `sock_destroy` iterator ([`crate::codegen::sock_destroy`], the kfunc `bpf_sock_destroy`):
+//! both ends' applications see the connection aborted at once instead of a stall.
 //!
 //! Contract:
 //! - An entry is judged from its tracking side: a `ct` key's direction says which end of its
@@ -21,6 +23,11 @@
 //!   policy judged; they are request/response and short-lived), and so are entries whose
 //!   local end is no endpoint of the node (nothing to judge them by).
 //! - An entry that disappears meanwhile (LRU eviction, expiry) is not an error.
+//! - Sockets are looked for in every network namespace of the machine's processes and in
+//!   every named one (`/run/netns`, where `ip netns` and CNI runtimes keep pod namespaces),
+//!   by the connection's exact addresses and ports as each end sees them. A kernel without
+//!   `bpf_sock_destroy` (before 6.5) makes this step an error the caller reports: the
+//!   conntrack entries are gone already, so the connection is ended either way.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -64,6 +71,8 @@ pub enum RevokeError {
     Policy(#[from] crate::policy::PolicyError),
     #[error("revoking established connections: {0}")]
     Sys(#[from] SysError),
+    #[error("ending revoked connections' sockets: {0}")]
+    Destroy(String),
 }
 
 /// The decoded tuple of a `ct4`/`ct6` key.
@@ -149,4 +158,86 @@ pub fn revoke_denied(
         }
     }
     Ok(out)
+}
+
+/// End the sockets of the revoked TCP connections (both ends, where they are sockets of
+/// this machine) with the `sock_destroy` iterator; how many namespaces were walked. Nothing
+/// to do (no TCP connection revoked) walks none.
+pub fn destroy_sockets(
+    sys: &std::sync::Arc<dyn crate::sys::Syscall>,
+    revoked: &[Revoked],
+) -> Result<usize, RevokeError> {
+    use crate::codegen::sock_destroy;
+    use crate::sys::btf::{Btf, Kind};
+    use crate::sys::{attach_type, ProgType, UpdateFlags};
+    use std::net::SocketAddr;
+    use std::os::fd::AsFd;
+    let tcp: Vec<&Revoked> =
+        revoked.iter().filter(|r| i32::from(r.proto) == crate::uapi::IPPROTO_TCP).collect();
+    if tcp.is_empty() {
+        return Ok(0);
+    }
+    let fail = |what: String| RevokeError::Destroy(what);
+    let btf = Btf::vmlinux().map_err(|e| fail(e.to_string()))?;
+    let offsets = crate::codegen::sockops::IterOffsets::from_btf(&btf).map_err(fail)?;
+    let target = btf
+        .find(Kind::Func, "bpf_iter_tcp")
+        .ok_or_else(|| fail("bpf_iter_tcp not in the kernel's BTF".into()))?;
+    let destroy = btf
+        .find(Kind::Func, "bpf_sock_destroy")
+        .ok_or_else(|| fail("bpf_sock_destroy not in the kernel's BTF (it came in Linux 6.5)".into()))?;
+    let def = sock_destroy::revoke_map_def();
+    let keys = Map::create(sys, &super::load::sys_spec(&def))?;
+    for r in &tcp {
+        let (a, b) = (SocketAddr::new(r.src, r.sport), SocketAddr::new(r.dst, r.dport));
+        for (local, remote) in [(a, b), (b, a)] {
+            keys.update(&crate::maps::sock::sock_key(local, remote), &[1], UpdateFlags::ANY)?;
+        }
+    }
+    let program = sock_destroy::generate(offsets, destroy as i32).map_err(|e| fail(e.to_string()))?;
+    let maps = BTreeMap::from([(sock_destroy::REVOKE_MAP, keys)]);
+    let prog =
+        super::load::load_generated(sys, sock_destroy::NAME, &program, &maps, ProgType::Tracing, |s| {
+            crate::sys::ProgSpec {
+                attach_btf_id: Some(target),
+                ..s.with_attach_type(attach_type::TRACE_ITER)
+            }
+        })
+        .map_err(|e| fail(e.to_string()))?;
+    let link =
+        crate::sys::link_create(&**sys, &crate::sys::LinkCreate::new(prog.fd(), 0, attach_type::TRACE_ITER))?;
+    let namespaces = all_netns();
+    for ns in &namespaces {
+        super::socklayer::run_iter_in(sys, link.as_fd(), ns).map_err(fail)?;
+    }
+    Ok(namespaces.len())
+}
+
+/// Every distinct network namespace of a process or named in `/run/netns`, open. What
+/// cannot be opened (a process gone meanwhile) is skipped.
+fn all_netns() -> Vec<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
+    for dir in ["/run/netns"] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            candidates.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for e in entries.flatten() {
+            if e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
+                candidates.push(e.path().join("ns/net"));
+            }
+        }
+    }
+    for path in candidates {
+        let Ok(f) = std::fs::File::open(&path) else { continue };
+        let Ok(meta) = f.metadata() else { continue };
+        if seen.insert((meta.dev(), meta.ino())) {
+            out.push(f);
+        }
+    }
+    out
 }

@@ -374,7 +374,7 @@ fn run_iter(
     cgroup: &Path,
     mode: sockops::IterMode,
 ) -> Result<usize, SockLayerError> {
-    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::fd::AsFd;
     let namespaces = cgroup_netns(cgroup)?;
     if namespaces.is_empty() {
         return Ok(0);
@@ -404,21 +404,31 @@ fn run_iter(
         for k in stale {
             listen.delete(&k)?;
         }
-        let ran = std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns(2) on this scoped thread only, which runs nothing else; it
-                // changes no memory.
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    return Err(format!("setns: {}", std::io::Error::last_os_error()));
-                }
-                crate::sys::iter::run(&**sys, link.as_fd()).map(|_| ()).map_err(|e| e.to_string())
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the pick-up thread panicked".into()))
-        });
-        ran.map_err(SockLayerError::PickUp)?;
+        run_iter_in(sys, link.as_fd(), ns).map_err(SockLayerError::PickUp)?;
     }
     Ok(namespaces.len())
+}
+
+/// Run the iterator `link` once in the network namespace `ns`, from a scoped thread that
+/// enters it (an `iter/tcp` run walks the sockets of the namespace it runs in).
+pub(crate) fn run_iter_in(
+    sys: &Arc<dyn Syscall>,
+    link: std::os::fd::BorrowedFd<'_>,
+    ns: &std::fs::File,
+) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns(2) on this scoped thread only, which runs nothing else; it
+            // changes no memory.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(format!("setns: {}", std::io::Error::last_os_error()));
+            }
+            crate::sys::iter::run(&**sys, link).map(|_| ()).map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the iterator thread panicked".into()))
+    })
 }
 
 /// The distinct network namespaces of the processes in `cgroup` and its descendants, open.

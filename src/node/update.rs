@@ -35,6 +35,8 @@ pub struct Update {
     pub writes: BTreeMap<String, usize>,
     /// Connections ended because the change denies them (`policy.revokeEstablished`).
     pub revoked: Vec<super::revoke::Revoked>,
+    /// What went wrong after the writes without undoing them (ending revoked sockets).
+    pub warnings: Vec<String>,
 }
 
 impl Update {
@@ -308,6 +310,11 @@ pub fn update_pinned(
     // inputs here too: revocation judges every peer, not only local endpoints.
     if cfg.policy.revoke_established && changed(&super::revoke::VERDICT_INPUTS) {
         update.revoked = super::revoke::revoke_denied(cfg, &maps)?;
+        // The entries are gone, so the connections are ended on the datapath already;
+        // failing to abort their sockets too leaves them to time out, which is reported.
+        if let Err(e) = super::revoke::destroy_sockets(sys, &update.revoked) {
+            update.warnings.push(e.to_string());
+        }
     }
     Ok(update)
 }

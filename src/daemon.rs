@@ -272,7 +272,14 @@ pub fn describe(update: &Update) -> String {
         return "no map writes (already in step)".to_string();
     }
     let per_map: Vec<String> = update.writes.iter().map(|(m, n)| format!("{m}: {n}")).collect();
-    format!("{} map writes ({})", update.total(), per_map.join(", "))
+    let mut line = format!("{} map writes ({})", update.total(), per_map.join(", "));
+    if !update.revoked.is_empty() {
+        line += &format!("; {} established connection entries revoked", update.revoked.len());
+    }
+    for w in &update.warnings {
+        line += &format!("; warning: {w}");
+    }
+    line
 }
 
 /// How long the daemon took from start to an attached node, per phase: printed once as

@@ -329,6 +329,15 @@ fn load_cmd(path: &Path, pin_dir: &Path, wait: Wait) -> Result<ExitCode> {
                 for (map, n) in &u.writes {
                     println!("  map {map}: {n} element writes");
                 }
+                for r in &u.revoked {
+                    println!(
+                        "  revoked: {} {:?} {}:{} -> {}:{} proto {}",
+                        r.endpoint, r.direction, r.src, r.sport, r.dst, r.dport, r.proto
+                    );
+                }
+                for w in &u.warnings {
+                    eprintln!("sluice: warning: {w}");
+                }
             }
             return Ok(ExitCode::SUCCESS);
         }

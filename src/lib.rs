@@ -5,7 +5,6 @@
 //! `sluice-verifier-sim` checks and runs it, [`sys`] loads it into the kernel.
 
 pub mod attach;
-pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod codegen;

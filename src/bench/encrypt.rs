@@ -5,8 +5,8 @@
 //! the same run.
 //!
 //! Contract:
-//! - Off: [`sluice::demo::lab::Lab`] for the default node (the peer is a Linux VXLAN
-//!   device), sluice loaded, attached and forwarding; WireGuard: [`sluice::encrypt::lab::WgLab`].
+//! - Off: [`crate::demo::lab::Lab`] for the default node (the peer is a Linux VXLAN
+//!   device), sluice loaded, attached and forwarding; WireGuard: [`crate::demo::wireguard::WgLab`].
 //!   The flow is frontend -> peer pod TCP 8080 (allowed by the node's policy).
 //! - Throughput and round trips as in [`super::flows`] (one connection, 128 KiB writes; one-byte
 //!   request/answer), medians over rounds. CPU: this process's user + system time
@@ -15,8 +15,8 @@
 //!   process; work the kernel defers to ksoftirqd is not counted.
 
 use super::flows::{measure, FlowBenchOpts, Sample};
-use sluice::demo::lab::Lab;
-use sluice::encrypt::lab::{PeerKey, WgLab};
+use crate::demo::lab::Lab;
+use crate::demo::wireguard::{PeerKey, WgLab};
 use sluice::model;
 use sluice::netlink::NetNs;
 use sluice::node::wire::{self, AttachOptions};

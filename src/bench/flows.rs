@@ -4,7 +4,7 @@
 //! between the veths), in the same run.
 //!
 //! Contract:
-//! - The lab is [`sluice::demo::lab::Lab`] for the built-in default node; the flow is
+//! - The lab is [`crate::demo::lab::Lab`] for the built-in default node; the flow is
 //!   frontend -> backend TCP 8080 (allowed by the node's policies, so every packet passes
 //!   the sender's egress policy and the receiver's ingress policy, conntrack included).
 //! - Rounds alternate: sluice loaded and attached (and forwarding wired), measure; `down`
@@ -14,7 +14,7 @@
 //!   [`FlowBenchOpts::round_trips`] times; mean, median and p99 of the round trip.
 //! - The figures are medians over rounds; the overhead is sluice over the stack.
 
-use sluice::demo::lab::Lab;
+use crate::demo::lab::Lab;
 use sluice::model::{self, NodeConfig};
 use sluice::netlink::NetNs;
 use sluice::node::wire::{self, AttachOptions};
@@ -106,9 +106,9 @@ impl FlowReport {
 #[derive(Debug, thiserror::Error)]
 pub enum FlowBenchError {
     #[error(transparent)]
-    Demo(#[from] sluice::demo::DemoError),
+    Demo(#[from] crate::demo::DemoError),
     #[error(transparent)]
-    Lab(#[from] sluice::demo::lab::LabError),
+    Lab(#[from] crate::demo::lab::LabError),
     #[error(transparent)]
     Netlink(#[from] sluice::netlink::NetlinkError),
     #[error("traffic: {0}")]
@@ -247,7 +247,7 @@ pub fn run(opts: &FlowBenchOpts) -> Result<FlowReport, FlowBenchError> {
         lab.endpoint(to).ok_or_else(|| FlowBenchError::Setup("no server namespace".into()))?,
     );
     let up = |pin: &PathBuf| -> Result<(), FlowBenchError> {
-        in_ns(&lab.node, || -> Result<(), sluice::demo::DemoError> {
+        in_ns(&lab.node, || -> Result<(), crate::demo::DemoError> {
             let plan = node::plan(&cfg)?;
             load::load_and_pin(&sys, &plan, pin)?;
             wire::attach(&sys, &cfg, pin, &AttachOptions::default())?;

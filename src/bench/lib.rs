@@ -43,6 +43,13 @@ pub mod policy;
 pub mod sock_lb;
 pub mod sockmsg;
 
+// `sluice demo`'s lab (namespaces, veths, traffic probes, the WireGuard lab), shared with the
+// `sluice` binary and the end-to-end tests; the flows, sockmsg and encrypt parts build it.
+// Each includer uses a part of it: what this crate does not call is not dead.
+#[path = "../demo/mod.rs"]
+#[allow(dead_code)]
+mod demo;
+
 use sluice::codegen::{self, CodegenError};
 use sluice::maps::prefilter::{cidr_key, mask128, mask32, DenySet, Tables, XDP_DROP, XDP_PASS};
 use sluice::maps::writes::MapWrites;

@@ -47,9 +47,9 @@ pub const SETUPS: [&str; 3] = ["accelerated", "tc only", "no programs"];
 #[derive(Debug, thiserror::Error)]
 pub enum SockMsgBenchError {
     #[error(transparent)]
-    Demo(#[from] sluice::demo::DemoError),
+    Demo(#[from] crate::demo::DemoError),
     #[error(transparent)]
-    Lab(#[from] sluice::demo::lab::LabError),
+    Lab(#[from] crate::demo::lab::LabError),
     #[error(transparent)]
     Netlink(#[from] sluice::netlink::NetlinkError),
     #[error("{what}: {source}")]
@@ -534,7 +534,7 @@ pub fn run(rounds: usize) -> Result<SockMsgReport, SockMsgBenchError> {
     let dst: IpAddr = SERVER_V4.parse().expect("a literal address");
     let flow = Flow { client, server, dst, procs: &procs };
     let up = |cfg: &NodeConfig| -> Result<(), SockMsgBenchError> {
-        lab.ns[0].run_in(|| -> Result<(), sluice::demo::DemoError> {
+        lab.ns[0].run_in(|| -> Result<(), crate::demo::DemoError> {
             let plan = node::plan(cfg)?;
             load::load_and_pin(&sys, &plan, &pin)?;
             wire::attach(&sys, cfg, &pin, &AttachOptions::default())?;

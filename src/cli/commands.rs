@@ -547,8 +547,8 @@ fn demo() -> Result<ExitCode> {
     drop(kernel);
     failures += demo_flows(&cfg)?;
     if sys::kernel_available().is_ok() {
-        // The same node with WireGuard to its peer (crate::encrypt::lab).
-        failures += crate::encrypt::lab::demo_step(&mut std::io::stdout()).map_err(CliError::Replay)?;
+        // The same node with WireGuard to its peer (crate::demo::wireguard).
+        failures += crate::demo::wireguard::demo_step(&mut std::io::stdout()).map_err(CliError::Replay)?;
     }
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

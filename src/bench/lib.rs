@@ -166,7 +166,9 @@ impl Default for BenchOpts {
             repeat: 1_000_000,
             rounds: 3,
             anchors_dir,
-            build_dir: PathBuf::from("target/anchors/build"),
+            // The workspace's `target/`, wherever this runs from (a test's working directory
+            // is its package, `src/bench/`).
+            build_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/anchors/build"),
             parts: PARTS
                 .iter()
                 .filter(|p| {

@@ -5,12 +5,9 @@
 //! `sluice-verifier-sim` checks and runs it, [`sys`] loads it into the kernel.
 
 pub mod attach;
-pub mod bench;
-pub mod cli;
 pub mod cluster;
 pub mod codegen;
 pub mod daemon;
-pub mod demo;
 pub mod elf;
 pub mod encrypt;
 #[path = "../golden/mod.rs"]

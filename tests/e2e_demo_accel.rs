@@ -7,7 +7,12 @@
 //! allowed IPv4 TCP flow between two endpoints. The only test in its binary: the run moves
 //! the test process into its cgroup for the transfer.
 
-use sluice::demo::{self, accel};
+// `sluice demo`'s lab belongs to the `sluice` binary, not the library: included by path.
+#[path = "../src/demo/mod.rs"]
+#[allow(dead_code)]
+mod demo;
+
+use demo::accel;
 use sluice::maps::sock::SockCounter;
 use sluice::model;
 use std::sync::atomic::AtomicBool;

@@ -13,7 +13,12 @@
 //! The simulator runs the same flows' packets (request and answer) through the programs,
 //! following redirects, with the same expectations; that part needs no privileges.
 
-use sluice::demo::{self, Side};
+// `sluice demo`'s lab belongs to the `sluice` binary, not the library: included by path.
+#[path = "../src/demo/mod.rs"]
+#[allow(dead_code)]
+mod demo;
+
+use demo::Side;
 use sluice::model;
 use std::sync::atomic::AtomicBool;
 

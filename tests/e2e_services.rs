@@ -17,6 +17,11 @@
 mod netns;
 #[path = "support/node.rs"]
 mod node;
+// `sluice demo`'s lab belongs to the `sluice` binary, not the library: included by path
+// (for `stack_forwarded`).
+#[path = "../src/demo/mod.rs"]
+#[allow(dead_code)]
+mod demo;
 
 use netns::{gate, remove_stale, unique, PinDir};
 use node::NodeNet;
@@ -445,7 +450,7 @@ fn services_inside_the_endpoint_programs() {
     assert!(name.starts_with("be"), "{name}");
     assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
     // The translated packets were delivered by redirect: the node's stack forwarded none.
-    assert_eq!(net.node.enter(sluice::demo::stack_forwarded), 0, "no packet went through the node's stack");
+    assert_eq!(net.node.enter(demo::stack_forwarded), 0, "no packet went through the node's stack");
     drop(held);
 
     // A denied flow: the admin port is a service port like the others, but the backends'
@@ -517,7 +522,7 @@ fn hairpin_inside_the_endpoint_programs() {
     let (name, from) = udp_answer(ns, solo, SocketAddr::from((vip, 53)));
     assert_eq!(name, "solo", "a UDP answer from itself");
     assert_eq!(from, SocketAddr::from((vip, 53)), "the answer's source is the VIP");
-    assert_eq!(net.node.enter(sluice::demo::stack_forwarded), 0, "no packet went through the node's stack");
+    assert_eq!(net.node.enter(demo::stack_forwarded), 0, "no packet went through the node's stack");
     let status = net.node.enter(|| wire::status(&sluice::sys::kernel(), &pin.0).expect("status"));
     let endpoint: Vec<_> = status.counters.iter().filter(|c| c.scope.starts_with("endpoint")).collect();
     assert!(

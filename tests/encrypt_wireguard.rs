@@ -1,7 +1,7 @@
 //! End to end: pod traffic between two nodes in namespaces with WireGuard between them
 //! (`spec.encryption: {mode: wireguard}`; the kernel here has no WireGuard device type, so
 //! both nodes' `sluice_wg` is sluice's userspace WireGuard on a TUN device). See
-//! `sluice::encrypt::lab` for the lab.
+//! `src/demo/wireguard.rs` for the lab.
 //!
 //! Specification (issue 15, "Tests"):
 //! - "cross-node TCP/UDP/ICMP between endpoints with encryption on": the demo's flows
@@ -14,8 +14,13 @@
 //! - "key rotation under traffic without loss": one TCP stream across a rotation of the
 //!   node's key delivers every byte in order and is never reset.
 
-use sluice::demo::{Expect, Outcome, Proto};
-use sluice::encrypt::lab::{underlay_leaks, PeerKey, WgLab};
+// `sluice demo`'s lab belongs to the `sluice` binary, not the library: included by path.
+#[path = "../src/demo/mod.rs"]
+#[allow(dead_code)]
+mod demo;
+
+use demo::wireguard::{underlay_leaks, PeerKey, WgLab};
+use demo::{Expect, Outcome, Proto};
 use sluice::model::encryption::DEFAULT_WIREGUARD_PORT;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -60,7 +65,7 @@ fn encrypted_flows_follow_policy_and_only_wireguard_crosses_the_underlay() {
     let mut pinged = false;
     for ep in 1..=lab.cfg.endpoints.len() {
         let flow = lab.flow_to_peer(ep, Proto::Icmp, 0).expect("a flow");
-        let expect = sluice::demo::expect(&lab.cfg, &flow).expect("oracle");
+        let expect = demo::expect(&lab.cfg, &flow).expect("oracle");
         let want = if expect == Expect::Allow { Outcome::Delivered } else { Outcome::Dropped };
         let got = lab.run_flow(&flow).expect("ping runs");
         eprintln!("{}: expected {expect}, observed {got:?}", flow.describe(&lab.cfg));
@@ -94,11 +99,7 @@ fn a_wrong_or_missing_peer_key_gets_nothing_through_and_leaks_nothing() {
         // The frontend may ping the peer (the lab's extra policy): only the key stops it.
         let frontend = 1 + lab.cfg.endpoints.iter().position(|e| e.name == "frontend").expect("frontend");
         let ping = lab.flow_to_peer(frontend, Proto::Icmp, 0).expect("a flow");
-        assert_eq!(
-            sluice::demo::expect(&lab.cfg, &ping).expect("oracle"),
-            Expect::Allow,
-            "policy allows the ping"
-        );
+        assert_eq!(demo::expect(&lab.cfg, &ping).expect("oracle"), Expect::Allow, "policy allows the ping");
         assert_eq!(lab.run_flow(&ping).expect("ping runs"), Outcome::Dropped, "{choice:?}: ICMP");
         let report = underlay_leaks(&capture.frames(), DEFAULT_WIREGUARD_PORT);
         assert!(report.plaintext.is_empty(), "{choice:?}: plaintext: {:?}", report.plaintext);
@@ -129,10 +130,10 @@ fn plaintext_from_a_peer_pod_on_the_underlay_is_not_delivered() {
     let ep_ns = lab.endpoint_ns(index + 1).expect("ns");
     let arrived = |rp_filter: bool| -> bool {
         lab.set_underlay_rp_filter(rp_filter).expect("sysctl");
-        let cap = sluice::encrypt::lab::Capture::start(ep_ns, "eth0").expect("capture");
+        let cap = demo::wireguard::Capture::start(ep_ns, "eth0").expect("capture");
         lab.inject_plaintext(dst).expect("inject");
         std::thread::sleep(Duration::from_millis(300));
-        let marker = sluice::encrypt::lab::MARKERS[0];
+        let marker = demo::wireguard::MARKERS[0];
         cap.frames().iter().any(|f| f.windows(marker.len()).any(|w| w == marker))
     };
     assert!(arrived(false), "control: without the filter the injected frame reaches the endpoint");
@@ -168,7 +169,7 @@ fn rotating_the_node_key_under_traffic_loses_no_byte() {
     let client = std::thread::spawn(move || -> std::io::Result<usize> {
         // SAFETY: as above.
         assert_eq!(unsafe { libc::setns(ep_fd.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
-        let mut s = sluice::demo::traffic::connect_from(src, dst, Duration::from_secs(5))?;
+        let mut s = demo::traffic::connect_from(src, dst, Duration::from_secs(5))?;
         let start = Instant::now();
         let mut sent = 0usize;
         let mut seq = 0u32;
@@ -210,7 +211,7 @@ fn reloading_a_changed_peer_key_updates_the_device() {
     let ping = lab.flow_to_peer(frontend, Proto::Icmp, 0).expect("a flow");
     assert_eq!(lab.run_flow(&ping).expect("ping runs"), Outcome::Dropped, "the wrong key stops it");
     let fixed =
-        sluice::model::parse_str(&sluice::encrypt::lab::node_text(&lab.peer_public, PeerKey::Right), "fixed")
+        sluice::model::parse_str(&demo::wireguard::node_text(&lab.peer_public, PeerKey::Right), "fixed")
             .expect("the fixed node file parses");
     assert!(sluice::encrypt::reload_peers(&lab.node_wg, &fixed), "the reload changes the peer table");
     assert!(!sluice::encrypt::reload_peers(&lab.node_wg, &fixed), "the same config again changes nothing");

@@ -20,10 +20,10 @@
 //! - The output is one markdown section ([`AttachResult::render`]).
 
 use super::{median, BenchError, BenchOpts};
-use crate::daemon::StartTimes;
-use crate::node::load::{load_program, open_pinned_map};
-use crate::node::wire;
-use crate::sys::{self, Map, Syscall};
+use sluice::daemon::StartTimes;
+use sluice::node::load::{load_program, open_pinned_map};
+use sluice::node::wire;
+use sluice::sys::{self, Map, Syscall};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::File;
@@ -44,16 +44,28 @@ pub const PROG_LOADS: usize = 5;
 /// How long a daemon may take to come up before the bench gives up.
 const START_LIMIT: Duration = Duration::from_secs(120);
 
-/// The environment variable naming the `sluice` binary to start (default: this executable).
+/// The environment variable naming the `sluice` binary to start (default: the `sluice`
+/// beside this executable).
 pub const SLUICE_EXE_ENV: &str = "SLUICE_EXE";
 
-/// The `sluice` binary the part starts: `$SLUICE_EXE`, else the running executable.
+/// The `sluice` binary the part starts: `$SLUICE_EXE`, else `sluice` in this executable's
+/// folder (`target/<profile>/`, where cargo puts both binaries), else in its parent (a test
+/// binary runs from `target/<profile>/deps/`).
 pub fn sluice_exe() -> Result<PathBuf, BenchError> {
-    match std::env::var_os(SLUICE_EXE_ENV) {
-        Some(p) => Ok(PathBuf::from(p)),
-        None => std::env::current_exe()
-            .map_err(|source| BenchError::Io { what: "locating the sluice executable".into(), source }),
+    if let Some(p) = std::env::var_os(SLUICE_EXE_ENV) {
+        return Ok(PathBuf::from(p));
     }
+    let exe = std::env::current_exe()
+        .map_err(|source| BenchError::Io { what: "locating the sluice executable".into(), source })?;
+    let beside = exe.ancestors().skip(1).take(2).map(|dir| dir.join("sluice")).find(|p| p.is_file());
+    beside.ok_or_else(|| BenchError::Io {
+        what: format!(
+            "locating the sluice executable beside {} (build it with `cargo build --release --workspace`, \
+             or name it in ${SLUICE_EXE_ENV})",
+            exe.display()
+        ),
+        source: std::io::ErrorKind::NotFound.into(),
+    })
 }
 
 /// The node file of the part: `n` endpoints on `lxc0..`, two policies.
@@ -118,7 +130,7 @@ pub struct KernelSplit {
     pub hooks: usize,
     pub attach_seq_ms: f64,
     /// The same, one after another with expedited grace periods (`None`: the switch could
-    /// not be turned on, see [`crate::node::wire::grace`]).
+    /// not be turned on, see [`sluice::node::wire::grace`]).
     pub attach_seq_expedited_ms: Option<f64>,
     pub attach_par_ms: f64,
     /// The same hooks as direct-action `cls_bpf` filters through netlink (clsact added
@@ -381,9 +393,9 @@ fn prog_loads(
     scene: &Scene,
     n: usize,
 ) -> Result<(LoadTimes, BTreeMap<String, u32>), BenchError> {
-    let cfg = crate::model::parse_str(&node_file(n), "bench-attach.yaml")
+    let cfg = sluice::model::parse_str(&node_file(n), "bench-attach.yaml")
         .map_err(|e| BenchError::Attach(e.to_string()))?;
-    let plan = crate::node::plan(&cfg).map_err(|e| BenchError::Attach(e.to_string()))?;
+    let plan = sluice::node::plan(&cfg).map_err(|e| BenchError::Attach(e.to_string()))?;
     let mut times = BTreeMap::new();
     let mut insns = BTreeMap::new();
     for name in ["from_ep_1", "to_ep_1"] {
@@ -416,7 +428,7 @@ struct AttachSplit {
 /// after another (with normal, then expedited grace periods), then from [`THREADS`] threads; the links are dropped (detached) after
 /// each pass. Runs inside the namespace.
 fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<AttachSplit, String> {
-    use crate::attach::{Direction, Interface, Link};
+    use sluice::attach::{Direction, Interface, Link};
     let mut hooks = Vec::new();
     for i in 0..n {
         let iface = Interface::lookup(&format!("lxc{i}")).map_err(|e| e.to_string())?;
@@ -437,7 +449,7 @@ fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<Atta
     drop(links);
     let t = Instant::now();
     let expedite =
-        crate::node::wire::grace::Expedite::begin(crate::node::wire::grace::GracePeriods::Expedited);
+        sluice::node::wire::grace::Expedite::begin(sluice::node::wire::grace::GracePeriods::Expedited);
     let mut links = Vec::new();
     for (p, iface, dir) in &hooks {
         links.push(Link::tcx(sys, p, iface.clone(), *dir).map_err(|e| e.to_string())?);
@@ -469,7 +481,7 @@ fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<Atta
     }
     // Netlink: a clsact qdisc per device, then a filter per hook; the qdiscs (and their
     // filters) are deleted afterwards.
-    use crate::netlink::{Netlink, TcDirection};
+    use sluice::netlink::{Netlink, TcDirection};
     let nl = Netlink::open().map_err(|e| e.to_string())?;
     let t = Instant::now();
     let mut devices = Vec::new();
@@ -506,9 +518,9 @@ fn attach_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<Atta
 
 /// Load `SPLIT_LOADS` copies of `from_ep_1` one after another, then from two threads.
 fn load_split(sys: &Arc<dyn Syscall>, pin_dir: &Path, n: usize) -> Result<(f64, f64), BenchError> {
-    let cfg = crate::model::parse_str(&node_file(n), "bench-attach.yaml")
+    let cfg = sluice::model::parse_str(&node_file(n), "bench-attach.yaml")
         .map_err(|e| BenchError::Attach(e.to_string()))?;
-    let plan = crate::node::plan(&cfg).map_err(|e| BenchError::Attach(e.to_string()))?;
+    let plan = sluice::node::plan(&cfg).map_err(|e| BenchError::Attach(e.to_string()))?;
     let obj =
         plan.object("from_ep_1").ok_or_else(|| BenchError::Attach("no from_ep_1 in the plan".into()))?;
     let mut maps: BTreeMap<&'static str, Map> = BTreeMap::new();
@@ -730,9 +742,9 @@ mod tests {
     fn the_node_file_parses_and_plans_two_programs_per_endpoint() {
         for n in [1, 3, 100] {
             let cfg =
-                crate::model::parse_str(&node_file(n), "bench").unwrap_or_else(|e| panic!("n={n}: {e}"));
+                sluice::model::parse_str(&node_file(n), "bench").unwrap_or_else(|e| panic!("n={n}: {e}"));
             assert_eq!(cfg.endpoints.len(), n);
-            let plan = crate::node::plan(&cfg).unwrap_or_else(|e| panic!("n={n}: {e}"));
+            let plan = sluice::node::plan(&cfg).unwrap_or_else(|e| panic!("n={n}: {e}"));
             assert_eq!(
                 plan.objects.len(),
                 2 * n + 3,

@@ -2,7 +2,7 @@
 //! cluster in a real etcd.
 //!
 //! What it does, in one run:
-//! - Starts a throwaway etcd ([`crate::cluster::server`]) and writes a synthetic cluster
+//! - Starts a throwaway etcd ([`sluice::cluster::server`]) and writes a synthetic cluster
 //!   with the agents' own record encodings: [`NODES`] nodes (a /24 of pods each) x
 //!   [`ENDPOINTS_PER_NODE`] endpoints, spread over [`LABEL_SETS`] label sets (identity
 //!   master keys plus one reference per node and set), in transactions of at most etcd's
@@ -28,12 +28,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::cluster::etcd::{Client, Op};
-use crate::cluster::layout::{self, EndpointRecord, NodeRecord};
-use crate::cluster::server::EtcdServer;
-use crate::cluster::{Agent, ClusterView};
-use crate::model::{Cidr, Labels};
-use crate::policy::identity::{canonical_labels, label_set_slot};
+use sluice::cluster::etcd::{Client, Op};
+use sluice::cluster::layout::{self, EndpointRecord, NodeRecord};
+use sluice::cluster::server::EtcdServer;
+use sluice::cluster::{Agent, ClusterView};
+use sluice::model::{Cidr, Labels};
+use sluice::policy::identity::{canonical_labels, label_set_slot};
 
 pub const NODES: usize = 1_000;
 pub const ENDPOINTS_PER_NODE: usize = 100;
@@ -164,7 +164,7 @@ fn generate(etcd: &Client, nodes: usize, per_node: usize, sets: usize) -> Result
 }
 
 /// The local node of the run: one endpoint, an overlay, and one rule selecting by labels.
-fn local_node() -> crate::model::NodeConfig {
+fn local_node() -> sluice::model::NodeConfig {
     let text = "apiVersion: sluice.dev/v1\nkind: Node\nmetadata: {name: bench-local}\nspec:\n  \
                 overlay: {local: 172.31.255.1}\n  endpoints:\n    \
                 - {name: web, interface: lxc-web, ipv4: 10.250.0.5, labels: {app: web}}\n---\n\
@@ -172,7 +172,7 @@ fn local_node() -> crate::model::NodeConfig {
                 endpointSelector: {matchLabels: {app: web}}\n  ingress:\n    \
                 - fromEndpoints: [{matchLabels: {app: app-7}}]\n    - fromEntities: [cluster]\n      \
                 toPorts: [{ports: [{port: \"53\", protocol: UDP}]}]\n";
-    crate::model::parse_str(text, "bench-local.yaml").expect("the bench's local node parses")
+    sluice::model::parse_str(text, "bench-local.yaml").expect("the bench's local node parses")
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -236,11 +236,11 @@ pub fn measure_sized(
         return Err(format!("the view left out {} things, first: {}", notes.len(), notes[0]));
     }
     let t = Instant::now();
-    let resolved = crate::policy::resolve(&cfg).map_err(|e| e.to_string())?;
+    let resolved = sluice::policy::resolve(&cfg).map_err(|e| e.to_string())?;
     let resolve = t.elapsed();
     let ipcache_entries = resolved.ipcache().len();
     let t = Instant::now();
-    let plan = crate::node::plan(&cfg).map(|_| t.elapsed()).map_err(|e| e.to_string());
+    let plan = sluice::node::plan(&cfg).map(|_| t.elapsed()).map_err(|e| e.to_string());
     let rss_converged_kib = rss_kib();
     drop(view);
 

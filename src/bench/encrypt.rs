@@ -6,7 +6,7 @@
 //!
 //! Contract:
 //! - Off: [`crate::demo::lab::Lab`] for the default node (the peer is a Linux VXLAN
-//!   device), sluice loaded, attached and forwarding; WireGuard: [`crate::encrypt::lab::WgLab`].
+//!   device), sluice loaded, attached and forwarding; WireGuard: [`crate::demo::wireguard::WgLab`].
 //!   The flow is frontend -> peer pod TCP 8080 (allowed by the node's policy).
 //! - Throughput and round trips as in [`super::flows`] (one connection, 128 KiB writes; one-byte
 //!   request/answer), medians over rounds. CPU: this process's user + system time
@@ -16,11 +16,11 @@
 
 use super::flows::{measure, FlowBenchOpts, Sample};
 use crate::demo::lab::Lab;
-use crate::encrypt::lab::{PeerKey, WgLab};
-use crate::model;
-use crate::netlink::NetNs;
-use crate::node::wire::{self, AttachOptions};
-use crate::node::{self, forward, load};
+use crate::demo::wireguard::{PeerKey, WgLab};
+use sluice::model;
+use sluice::netlink::NetNs;
+use sluice::node::wire::{self, AttachOptions};
+use sluice::node::{self, forward, load};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
@@ -119,8 +119,8 @@ impl EncryptReport {
 /// Run the benchmark (needs root).
 pub fn run(opts: &FlowBenchOpts) -> Result<EncryptReport, String> {
     let mut report = EncryptReport {
-        kernel_wireguard: crate::netlink::Netlink::open()
-            .map(|nl| crate::encrypt::kernel_wireguard(&nl))
+        kernel_wireguard: sluice::netlink::Netlink::open()
+            .map(|nl| sluice::encrypt::kernel_wireguard(&nl))
             .unwrap_or(false),
         ..EncryptReport::default()
     };
@@ -131,7 +131,7 @@ pub fn run(opts: &FlowBenchOpts) -> Result<EncryptReport, String> {
         let prefix = format!("slbench-vx-{}", std::process::id());
         let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
         let lab = Lab::build(&cfg, &prefix).map_err(|e| e.to_string())?;
-        let sys = crate::sys::kernel();
+        let sys = sluice::sys::kernel();
         let wired = lab.node.run_in(|| -> Result<(), String> {
             let plan = node::plan(&cfg).map_err(|e| e.to_string())?;
             load::load_and_pin(&sys, &plan, &pin).map_err(|e| e.to_string())?;

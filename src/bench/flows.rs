@@ -15,10 +15,10 @@
 //! - The figures are medians over rounds; the overhead is sluice over the stack.
 
 use crate::demo::lab::Lab;
-use crate::model::{self, NodeConfig};
-use crate::netlink::NetNs;
-use crate::node::wire::{self, AttachOptions};
-use crate::node::{self, forward, load};
+use sluice::model::{self, NodeConfig};
+use sluice::netlink::NetNs;
+use sluice::node::wire::{self, AttachOptions};
+use sluice::node::{self, forward, load};
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -110,7 +110,7 @@ pub enum FlowBenchError {
     #[error(transparent)]
     Lab(#[from] crate::demo::lab::LabError),
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] sluice::netlink::NetlinkError),
     #[error("traffic: {0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
@@ -220,14 +220,14 @@ pub(crate) fn measure(
 /// Host routes to every endpoint address through its interface, and forwarding on: what
 /// the node's stack needs to carry endpoint traffic with no sluice program attached.
 fn stack_routes(cfg: &NodeConfig) -> Result<(), FlowBenchError> {
-    use crate::netlink::{sysctl, Netlink, Route};
+    use sluice::netlink::{sysctl, Netlink, Route};
     let nl = Netlink::open()?;
     sysctl::ip_forward(None, true)?;
     sysctl::ipv6_forwarding(None, true)?;
     for ep in &cfg.endpoints {
         let ifindex = nl.ifindex(&ep.interface)?;
         for addr in ep.addresses() {
-            nl.replace_route(&Route::new(crate::model::Cidr::host(addr)).dev(ifindex))?;
+            nl.replace_route(&Route::new(sluice::model::Cidr::host(addr)).dev(ifindex))?;
         }
     }
     Ok(())
@@ -241,7 +241,7 @@ pub fn run(opts: &FlowBenchOpts) -> Result<FlowReport, FlowBenchError> {
     let prefix = format!("sluice-bench-{}", std::process::id());
     let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
     let lab = Lab::build(&cfg, &prefix)?;
-    let sys = crate::sys::kernel();
+    let sys = sluice::sys::kernel();
     let (client, server) = (
         lab.endpoint(from).ok_or_else(|| FlowBenchError::Setup("no client namespace".into()))?,
         lab.endpoint(to).ok_or_else(|| FlowBenchError::Setup("no server namespace".into()))?,

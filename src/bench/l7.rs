@@ -115,7 +115,7 @@ fn start_server(ns: String) -> Result<(), BenchError> {
                                 ))
                             });
                             let _ = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(crate::proxy::io::Io(stream), service)
+                                .serve_connection(sluice::proxy::io::Io(stream), service)
                                 .await;
                         });
                     }
@@ -345,7 +345,7 @@ pub fn run() -> Result<String, BenchError> {
     start_server(ns.clone())?;
     std::fs::write(dir.join("node.yaml"), node_file()).map_err(|e| err("node file", e))?;
     std::fs::write(dir.join("haproxy.cfg"), haproxy_config()).map_err(|e| err("haproxy config", e))?;
-    let exe = std::env::current_exe().map_err(|e| err("current exe", e))?;
+    let exe = super::attach::sluice_exe()?;
     let sluice = Command::new("ip")
         .args(["netns", "exec", &ns])
         .arg(&exe)

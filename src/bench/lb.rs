@@ -1,4 +1,4 @@
-//! `sluice bench`, service load balancing: our tc `lb` program ([`crate::codegen::lb`])
+//! `sluice bench`, service load balancing: our tc `lb` program ([`sluice::codegen::lb`])
 //! against the clang-built `tc_lb` anchor, in the same run.
 //!
 //! Contract:
@@ -29,18 +29,18 @@ use super::{
     bpftool_loadall, median, median_ratio, ms_since, ns, open_anchor_map, samples, BenchError, BenchOpts,
     Probe, ProgStats, DST_MAC, PAYLOAD, SPORT, SRC_MAC,
 };
-use crate::codegen::lb::{generate_with, map_defs, LbOptions};
-use crate::maps::lb::{hint_bit, service_writes, LbReason, LbState, TC_ACT_OK};
-use crate::maps::names;
-use crate::maps::MapDef;
-use crate::model::policy::Protocol;
-use crate::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
-use crate::node::load::{apply_writes, load_program, sys_spec};
-use crate::node::Object;
-use crate::packet::checksum::{verify_ipv4_header, verify_transport};
-use crate::packet::tcp::TcpFlags;
-use crate::packet::{PacketBuilder, TcpHeader};
-use crate::sys::{Map, MapKind, Program, Syscall, TestRunOpts, UpdateFlags};
+use sluice::codegen::lb::{generate_with, map_defs, LbOptions};
+use sluice::maps::lb::{hint_bit, service_writes, LbReason, LbState, TC_ACT_OK};
+use sluice::maps::names;
+use sluice::maps::MapDef;
+use sluice::model::policy::Protocol;
+use sluice::model::service::{Backend, BackendState, Frontend, LbAlgorithm, Service, SessionAffinity};
+use sluice::node::load::{apply_writes, load_program, sys_spec};
+use sluice::node::Object;
+use sluice::packet::checksum::{verify_ipv4_header, verify_transport};
+use sluice::packet::tcp::TcpFlags;
+use sluice::packet::{PacketBuilder, TcpHeader};
+use sluice::sys::{Map, MapKind, Program, Syscall, TestRunOpts, UpdateFlags};
 use sluice_verifier_sim::spec::ProgKind;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -196,7 +196,10 @@ fn load_ours(sys: &Arc<dyn Syscall>, n: u32) -> Result<(Ours, f64, f64), BenchEr
     let writes_ms = ms_since(t);
     let mut maps = BTreeMap::new();
     for def in bench_defs() {
-        maps.insert(def.name, Map::create(sys, &sys_spec(&def)).map_err(crate::node::load::LoadError::from)?);
+        maps.insert(
+            def.name,
+            Map::create(sys, &sys_spec(&def)).map_err(sluice::node::load::LoadError::from)?,
+        );
     }
     let t = Instant::now();
     apply_writes(&maps, &writes)?;

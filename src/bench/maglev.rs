@@ -15,7 +15,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Instant;
 
-use crate::lb::maglev::{Backend, MaglevError, Table, TableSize};
+use sluice::lb::maglev::{Backend, MaglevError, Table, TableSize};
 
 /// Backends of the benchmarked service.
 pub const BACKENDS: usize = 1000;

@@ -30,18 +30,18 @@ use super::{
     samples, timed, BenchError, BenchOpts, Env, Loadall, MapFill, PinDir, Probe, ProgStats, DST_MAC, PAYLOAD,
     SPORT, SRC_MAC,
 };
-use crate::codegen::endpoint::{generate_with, Direction, Options, Templates};
-use crate::maps::policy::{
+use sluice::codegen::endpoint::{generate_with, Direction, Options, Templates};
+use sluice::maps::policy::{
     datapath_verdict, policy_writes, IpcacheV4, PolicyRule, Reason, EGRESS, INGRESS, TC_ACT_OK, TC_ACT_SHOT,
     WORLD,
 };
-use crate::maps::prefilter::mask32;
-use crate::node::endpoints::{endpoint_objects_with, EndpointSpec, PolicyPlan};
-use crate::node::load::load_program;
-use crate::node::Object;
-use crate::packet::tcp::TcpFlags;
-use crate::packet::{PacketBuilder, TcpHeader};
-use crate::sys::{Map, MapKind, ProgSpec, ProgType, Program, Syscall, UpdateFlags};
+use sluice::maps::prefilter::mask32;
+use sluice::node::endpoints::{endpoint_objects_with, EndpointSpec, PolicyPlan};
+use sluice::node::load::load_program;
+use sluice::node::Object;
+use sluice::packet::tcp::TcpFlags;
+use sluice::packet::{PacketBuilder, TcpHeader};
+use sluice::sys::{Map, MapKind, ProgSpec, ProgType, Program, Syscall, UpdateFlags};
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
@@ -434,7 +434,7 @@ pub struct PolicyCase {
     pub ours: Vec<u32>,
     pub anchor: Vec<u32>,
     /// With conntrack on: ns per run of what a node runs, the endpoint's stub tail-calling
-    /// into the shared program ([`crate::node::endpoints::shared_endpoint_objects`]).
+    /// into the shared program ([`sluice::node::endpoints::shared_endpoint_objects`]).
     pub shared: Vec<u32>,
 }
 
@@ -641,7 +641,7 @@ pub(super) fn measure(
     let writes = plan.writes(&ipc);
     let writes_ms = ms_since(t);
     let policy_keys =
-        writes.iter().filter(|w| w.map == crate::maps::names::POLICY).map(|w| w.updates()).sum();
+        writes.iter().filter(|w| w.map == sluice::maps::names::POLICY).map(|w| w.updates()).sum();
     drop(writes);
     let checks = verdict_checks(&content, &plan, &ipc, &probes)?;
     if let Some(bad) = checks.iter().find(|c| !c.passed()) {
@@ -654,7 +654,7 @@ pub(super) fn measure(
     let mut objects = endpoint_objects_with(&plan, node_options)?;
     let object_ms = ms_since(t);
     for o in &mut objects {
-        o.add_maps(crate::node::lb_maps());
+        o.add_maps(sluice::node::lb_maps());
     }
     let t = Instant::now();
     for dir in [Direction::FromEndpoint, Direction::ToEndpoint] {
@@ -706,26 +706,26 @@ pub(super) fn measure(
     let t = Instant::now();
     let ours_new = load_program(sys, &new_obj, &ours._maps)?;
     let ours_new_ms = ms_since(t);
-    let stats = ours._maps.get(crate::maps::names::EP_STATS).ok_or_else(|| BenchError::PolicyCheck {
+    let stats = ours._maps.get(sluice::maps::names::EP_STATS).ok_or_else(|| BenchError::PolicyCheck {
         case: "-".into(),
         reason: "the endpoint object has no ep_stats map".into(),
     })?;
     // What a node runs: the stub of endpoint EP_INDEX and the shared program it tail-calls.
     let shared_obj = Object {
         name: Direction::ToEndpoint.shared_name().to_string(),
-        program: crate::codegen::endpoint::generate_shared(Direction::ToEndpoint, node_options)?,
+        program: sluice::codegen::endpoint::generate_shared(Direction::ToEndpoint, node_options)?,
         writes: Vec::new(),
         ..new_obj.clone()
     };
     let shared = load_program(sys, &shared_obj, &ours._maps)?;
     let stub_obj = Object {
         name: Direction::ToEndpoint.program_name(EP_INDEX),
-        program: crate::codegen::endpoint::generate_stub(EP_INDEX, Direction::ToEndpoint)?,
+        program: sluice::codegen::endpoint::generate_stub(EP_INDEX, Direction::ToEndpoint)?,
         ..shared_obj.clone()
     };
     let stub = load_program(sys, &stub_obj, &ours._maps)?;
     let shared_table = [shared_obj, stub_obj];
-    crate::node::load::fill_tail_slots(&ours._maps, |_| Some(&shared), &shared_table[..1])
+    sluice::node::load::fill_tail_slots(&ours._maps, |_| Some(&shared), &shared_table[..1])
         .map_err(|e| BenchError::PolicyCheck { case: "-".into(), reason: format!("ep_tail: {e}") })?;
     let floor = Program::load(sys, &ProgSpec::new("bench_tc_floor", ProgType::SchedCls, &TC_FLOOR))?;
     let floor_probe = Probe { expected: TC_ACT_OK as u32, ..probes[0].clone() };

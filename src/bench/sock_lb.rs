@@ -21,7 +21,7 @@
 //!   to its previous value after), and `run_time_ns / run_cnt` of `lb_connect4` is read
 //!   from the kernel.
 
-use crate::maps::names;
+use sluice::maps::names;
 use std::fmt::Write as _;
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -31,11 +31,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::codegen::sock_lb;
-use crate::maps::lb::{be_value, slot_key, slot_value_bytes, svc_key, svc_value};
-use crate::node::load::sys_spec;
-use crate::node::socklb::SockLb;
-use crate::sys::{Map, Syscall, UpdateFlags};
+use sluice::codegen::sock_lb;
+use sluice::maps::lb::{be_value, slot_key, slot_value_bytes, svc_key, svc_value};
+use sluice::node::load::sys_spec;
+use sluice::node::socklb::SockLb;
+use sluice::sys::{Map, Syscall, UpdateFlags};
 
 /// Where cgroup v2 is mounted.
 pub const CGROUP2_ROOT: &str = "/sys/fs/cgroup/unified";
@@ -62,9 +62,9 @@ pub enum SockLbBenchError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Sys(#[from] crate::sys::SysError),
+    Sys(#[from] sluice::sys::SysError),
     #[error(transparent)]
-    Attach(#[from] crate::node::socklb::SockLbError),
+    Attach(#[from] sluice::node::socklb::SockLbError),
     #[error("the client in the cgroup failed: {0}")]
     Client(String),
 }

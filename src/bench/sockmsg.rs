@@ -15,10 +15,10 @@
 //! - Rounds: each setup once per round, in the order no programs, tc only, accelerated.
 //!   Figures are medians over rounds.
 
-use crate::model::{self, NodeConfig};
-use crate::netlink::NetNs;
-use crate::node::wire::{self, AttachOptions};
-use crate::node::{self, forward, load, socklayer};
+use sluice::model::{self, NodeConfig};
+use sluice::netlink::NetNs;
+use sluice::node::wire::{self, AttachOptions};
+use sluice::node::{self, forward, load, socklayer};
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, RawFd};
@@ -51,7 +51,7 @@ pub enum SockMsgBenchError {
     #[error(transparent)]
     Lab(#[from] crate::demo::lab::LabError),
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] sluice::netlink::NetlinkError),
     #[error("{what}: {source}")]
     Io {
         what: String,
@@ -467,28 +467,28 @@ const STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
 
 /// The socket layer's program run statistics and counters on the node pinned at `pin`.
 fn layer_cost(
-    sys: &std::sync::Arc<dyn crate::sys::Syscall>,
+    sys: &std::sync::Arc<dyn sluice::sys::Syscall>,
     pin: &Path,
 ) -> Result<LayerCost, SockMsgBenchError> {
     let setup = |e: &dyn std::fmt::Display| SockMsgBenchError::Setup(e.to_string());
     let mut cost = LayerCost::default();
     let dir = pin.join(socklayer::SOCKLAYER_DIR);
-    for name in [crate::codegen::sockops::OPS_NAME, crate::codegen::sockops::MSG_NAME] {
-        let link = crate::attach::Link::from_pin(sys, &dir.join(name)).map_err(|e| setup(&e))?;
+    for name in [sluice::codegen::sockops::OPS_NAME, sluice::codegen::sockops::MSG_NAME] {
+        let link = sluice::attach::Link::from_pin(sys, &dir.join(name)).map_err(|e| setup(&e))?;
         let id = link.info().map_err(|e| setup(&e))?.prog_id;
-        let info = crate::sys::Program::from_id(sys, id).and_then(|p| p.info()).map_err(|e| setup(&e))?;
+        let info = sluice::sys::Program::from_id(sys, id).and_then(|p| p.info()).map_err(|e| setup(&e))?;
         let ns = info.run_time_ns as f64 / info.run_cnt.max(1) as f64;
-        if name == crate::codegen::sockops::OPS_NAME {
+        if name == sluice::codegen::sockops::OPS_NAME {
             (cost.ops_ns, cost.ops_runs) = (ns, info.run_cnt);
         } else {
             (cost.msg_ns, cost.msg_runs) = (ns, info.run_cnt);
         }
     }
-    let stats = crate::sys::Map::from_pin(sys, &pin.join("maps").join(crate::maps::names::SOCK_STATS))
+    let stats = sluice::sys::Map::from_pin(sys, &pin.join("maps").join(sluice::maps::names::SOCK_STATS))
         .map_err(|e| setup(&e))?;
-    for c in crate::maps::sock::SockCounter::ALL {
+    for c in sluice::maps::sock::SockCounter::ALL {
         let per_cpu =
-            stats.lookup_percpu(&crate::maps::u32_key(c as u32)).map_err(|e| setup(&e))?.unwrap_or_default();
+            stats.lookup_percpu(&sluice::maps::u32_key(c as u32)).map_err(|e| setup(&e))?.unwrap_or_default();
         let sum: u64 =
             per_cpu.iter().filter_map(|v| v.get(..8)?.try_into().ok()).map(u64::from_le_bytes).sum();
         if sum > 0 {
@@ -529,7 +529,7 @@ pub fn run(rounds: usize) -> Result<SockMsgReport, SockMsgBenchError> {
     let accelerated = node_config(Some(&cg.0))?;
     let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
     let lab = MiniLab::build(&format!("sm{}", std::process::id()))?;
-    let sys = crate::sys::kernel();
+    let sys = sluice::sys::kernel();
     let (client, server) = (&lab.ns[1], &lab.ns[2]);
     let dst: IpAddr = SERVER_V4.parse().expect("a literal address");
     let flow = Flow { client, server, dst, procs: &procs };

@@ -205,22 +205,31 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Bench { sizes, repeat, rounds, parts } => {
-            let opts = crate::bench::BenchOpts {
-                sizes,
-                repeat,
-                rounds,
-                parts,
-                ..crate::bench::BenchOpts::default()
-            };
-            if opts.needs_kernel() {
-                kernel("sluice bench")?;
-            }
-            let report = crate::bench::run(&opts).map_err(|e| CliError::Bench(e.to_string()))?;
-            println!("{report}");
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Bench { args } => bench(&args),
     }
+}
+
+/// The benchmark binary, built from the `sluice-bench` crate (`src/bench/`).
+const BENCH_EXE: &str = "sluice-bench";
+
+/// `sluice bench ARGS`: replace this process with `sluice-bench ARGS` from this executable's
+/// folder (cargo builds both into `target/<profile>/`). The benchmarks are a crate of their
+/// own so that the library does not carry their tool plumbing (python3, clang, bpftool).
+fn bench(args: &[std::ffi::OsString]) -> Result<ExitCode> {
+    use std::os::unix::process::CommandExt as _;
+    let exe = std::env::current_exe().map_err(|source| CliError::Io { path: "sluice".into(), source })?;
+    let bench = exe.with_file_name(BENCH_EXE);
+    if !bench.is_file() {
+        let release = exe.parent().and_then(Path::file_name).is_some_and(|d| d == "release");
+        return Err(CliError::Bench(format!(
+            "sluice bench runs `{}`, which is not there: build it with `cargo build{} -p sluice-bench`",
+            bench.display(),
+            if release { " --release" } else { "" }
+        )));
+    }
+    // `exec` returns only when it failed.
+    let source = std::process::Command::new(&bench).args(args).exec();
+    Err(CliError::Io { path: bench, source })
 }
 
 fn kernel(what: &'static str) -> Result<std::sync::Arc<dyn sys::Syscall>> {
@@ -547,8 +556,8 @@ fn demo() -> Result<ExitCode> {
     drop(kernel);
     failures += demo_flows(&cfg)?;
     if sys::kernel_available().is_ok() {
-        // The same node with WireGuard to its peer (crate::encrypt::lab).
-        failures += crate::encrypt::lab::demo_step(&mut std::io::stdout()).map_err(CliError::Replay)?;
+        // The same node with WireGuard to its peer (crate::demo::wireguard).
+        failures += crate::demo::wireguard::demo_step(&mut std::io::stdout()).map_err(CliError::Replay)?;
     }
     Ok(if failures == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -210,28 +210,14 @@ pub enum Command {
         #[arg(long, default_value = crate::node::load::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
     },
-    /// Time our programs against the clang-built anchors, in the same run (root).
+    /// Time our programs against the clang-built anchors, in the same run (root). Runs the
+    /// `sluice-bench` binary beside this one (crate `src/bench/`) with these arguments: see
+    /// `sluice bench --help`.
+    #[command(disable_help_flag = true)]
     Bench {
-        /// Deny-set sizes per family.
-        #[arg(long, value_delimiter = ',', default_values_t = [16usize, 10_000, 1_000_000])]
-        sizes: Vec<usize>,
-        /// BPF_PROG_TEST_RUN repeat count per measurement.
-        #[arg(long, default_value_t = 1_000_000)]
-        repeat: u32,
-        /// Interleaved rounds per case.
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-        /// Which parts to run: prefilter, policy, maglev (maglev alone needs no root), socklb
-        /// (connect() through the socket load balancer, root and cgroup v2), lb (the tc load
-        /// balancer against tc_lb.o); and
-        /// attach (daemon start to 100 attached endpoints) and flows (endpoint-to-endpoint TCP
-        /// through sluice against the stack alone), sockmsg (the socket layer against tc
-        /// only and no programs, with sockperf and iperf3), l7 (HTTP direct, through sluice
-        /// proxy and through HAProxy; needs wrk and haproxy), encrypt (cross-node TCP, VXLAN
-        /// against WireGuard) and cluster (one agent against 1,000 nodes x 100 endpoints in a
-        /// throwaway etcd), only when named.
-        #[arg(long, value_delimiter = ',', default_values_t = [String::from("prefilter"), String::from("policy"), String::from("maglev"), String::from("socklb"), String::from("lb")])]
-        parts: Vec<String>,
+        /// The arguments of `sluice-bench` (--sizes, --repeat, --rounds, --parts).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<std::ffi::OsString>,
     },
 }
 

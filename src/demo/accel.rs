@@ -20,11 +20,11 @@
 use super::lab::Lab;
 use super::traffic::Proto;
 use super::{counters, expect, Expect, Flow, Side};
-use crate::maps::sock::SockCounter;
-use crate::model::socket_layer::SocketLayer;
-use crate::model::NodeConfig;
-use crate::node::socklayer;
-use crate::sys::Syscall;
+use sluice::maps::sock::SockCounter;
+use sluice::model::socket_layer::SocketLayer;
+use sluice::model::NodeConfig;
+use sluice::node::socklayer;
+use sluice::sys::Syscall;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{Read, Write};

@@ -26,9 +26,9 @@
 //! `<prefix>-ep<N>`; [`Lab`] deletes them on drop (which removes every device in them).
 //! Duplicate address detection is off everywhere, so addresses work at once.
 
-use crate::maps::fwd::overlay_mac;
-use crate::model::{Cidr, NodeConfig};
-use crate::netlink::{sysctl, NetNs, Netlink, NetlinkError, Route, Vxlan};
+use sluice::maps::fwd::overlay_mac;
+use sluice::model::{Cidr, NodeConfig};
+use sluice::netlink::{sysctl, NetNs, Netlink, NetlinkError, Route, Vxlan};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A built lab. Dropping it deletes its namespaces.

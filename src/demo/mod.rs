@@ -6,7 +6,7 @@
 //! network device (prefilter on XDP, then the endpoint's ingress policy), endpoint to the
 //! world (egress policy, then FIB-routed out of the network device) and to and from the
 //! overlay peer (VXLAN). Each flow's expected verdict comes from the prefilter's deny list
-//! and the plain-Rust policy evaluator ([`crate::policy::oracle`]), never from the
+//! and the plain-Rust policy evaluator ([`sluice::policy::oracle`]), never from the
 //! programs: the programs are what is being checked.
 //!
 //! [`run_kernel`] builds the lab ([`lab::Lab`]), loads and attaches the node in its
@@ -18,17 +18,18 @@ pub mod accel;
 pub mod lab;
 pub mod services;
 pub mod traffic;
+pub mod wireguard;
 
-use crate::maps::fwd::{self, fwd_cfg, overlay_mac, LxcEntry, TunnelEntry};
-use crate::model::policy::Direction;
-use crate::model::NodeConfig;
-use crate::node::sim::SimNode;
-use crate::node::wire::{self, AttachOptions};
-use crate::node::{self, forward, load};
-use crate::packet::{PacketBuilder, TcpFlags};
-use crate::policy::oracle::{self, FlowKey};
-use crate::policy::Verdict;
 use lab::Lab;
+use sluice::maps::fwd::{self, fwd_cfg, overlay_mac, LxcEntry, TunnelEntry};
+use sluice::model::policy::Direction;
+use sluice::model::NodeConfig;
+use sluice::node::sim::SimNode;
+use sluice::node::wire::{self, AttachOptions};
+use sluice::node::{self, forward, load};
+use sluice::packet::{PacketBuilder, TcpFlags};
+use sluice::policy::oracle::{self, FlowKey};
+use sluice::policy::Verdict;
 use sluice_verifier_sim::exec::{Context, FibAnswer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -100,13 +101,13 @@ pub enum DemoError {
     #[error(transparent)]
     Forward(#[from] forward::ForwardError),
     #[error(transparent)]
-    Netlink(#[from] crate::netlink::NetlinkError),
+    Netlink(#[from] sluice::netlink::NetlinkError),
     #[error(transparent)]
-    Sim(#[from] crate::node::sim::SimError),
+    Sim(#[from] sluice::node::sim::SimError),
     #[error("flow {flow}: {message}")]
     Flow { flow: String, message: String },
     #[error("the reference evaluator: {0}")]
-    Oracle(#[from] crate::policy::PolicyError),
+    Oracle(#[from] sluice::policy::PolicyError),
 }
 
 impl Flow {
@@ -346,7 +347,7 @@ pub fn lab_prefix() -> String {
 }
 
 fn counters(
-    sys: &Arc<dyn crate::sys::Syscall>,
+    sys: &Arc<dyn sluice::sys::Syscall>,
     pin: &std::path::Path,
 ) -> BTreeMap<(String, &'static str), u64> {
     wire::status(sys, pin)
@@ -440,7 +441,7 @@ fn run_kernel_in_lab(
 ) -> Result<KernelRun, DemoError> {
     let prefix = lab_prefix();
     let pin: PathBuf = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
-    let sys = crate::sys::kernel();
+    let sys = sluice::sys::kernel();
     let lab = Lab::build(cfg, &prefix)?;
     let _ = writeln!(
         log,
@@ -501,7 +502,7 @@ fn run_kernel_in_lab(
     Ok(rows)
 }
 
-fn ns_of(lab: &Lab, side: Side) -> Option<&crate::netlink::NetNs> {
+fn ns_of(lab: &Lab, side: Side) -> Option<&sluice::netlink::NetNs> {
     match side {
         Side::Endpoint(i) => lab.endpoint(i),
         Side::World => Some(&lab.world),
@@ -569,7 +570,7 @@ pub fn sim_node(cfg: &NodeConfig) -> Result<SimNode, DemoError> {
         }
     }
     let writes = [fwd::lxc_writes(&local), fwd::tunnel_writes(&tunnels), fwd::fwd_cfg_writes(flags)];
-    crate::node::sim::apply_writes(&mut sim.maps, &writes)?;
+    sluice::node::sim::apply_writes(&mut sim.maps, &writes)?;
     Ok(sim)
 }
 
@@ -609,7 +610,7 @@ fn sim_path(
 ) -> Result<bool, DemoError> {
     let exec = DemoError::Sim;
     if from == Side::World {
-        let r = sim.run(crate::codegen::prefilter::NAME, packet).map_err(exec)?;
+        let r = sim.run(sluice::codegen::prefilter::NAME, packet).map_err(exec)?;
         trail.push(format!("prefilter {}", if r.retval == 2 { "pass" } else { "drop" }));
         if r.retval != 2 {
             return Ok(false);

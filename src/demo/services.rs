@@ -16,9 +16,9 @@
 use super::lab::Lab;
 use super::traffic::{self, Proto};
 use super::{expect, Expect, Flow, Side};
-use crate::model::service::BackendState;
-use crate::model::NodeConfig;
-use crate::netlink::NetNs;
+use sluice::model::service::BackendState;
+use sluice::model::NodeConfig;
+use sluice::netlink::NetNs;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener};
@@ -61,7 +61,7 @@ impl ServiceRow {
 /// with an address of the VIP's family that is none of the frontend's backends (a
 /// backend reaching its own service is the hairpin case, not what the demo shows) and whose
 /// egress policy admits at least one active backend.
-pub fn client_of(cfg: &NodeConfig, f: &crate::model::service::Frontend) -> Option<usize> {
+pub fn client_of(cfg: &NodeConfig, f: &sluice::model::service::Frontend) -> Option<usize> {
     cfg.endpoints.iter().enumerate().find_map(|(i, e)| {
         let src = match f.vip {
             IpAddr::V4(_) => e.ipv4.map(IpAddr::V4),
@@ -79,7 +79,7 @@ pub fn client_of(cfg: &NodeConfig, f: &crate::model::service::Frontend) -> Optio
 /// Whether endpoint `from` (1-based) may open a TCP connection from `src` to backend `b`:
 /// its egress policy and, for a local backend, that endpoint's ingress policy (the
 /// endpoint programs judge the backend, not the VIP).
-fn admits(cfg: &NodeConfig, from: usize, src: IpAddr, b: &crate::model::service::Backend) -> bool {
+fn admits(cfg: &NodeConfig, from: usize, src: IpAddr, b: &sluice::model::service::Backend) -> bool {
     let to = match cfg.endpoints.iter().position(|e| e.has_address(b.address)) {
         Some(j) => Side::Endpoint(j + 1),
         None => Side::Peer,

@@ -5,7 +5,6 @@
 //! `Dropped` when nothing did. The server side (a TCP listener or UDP socket in the
 //! destination's namespace) runs on its own thread; the kernel answers ICMP echoes itself.
 
-use crate::netlink::NetNs;
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
@@ -13,6 +12,7 @@ use nix::sys::socket::{
     self as sock, sockopt, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType, SockaddrStorage,
 };
 use nix::sys::time::TimeVal;
+use sluice::netlink::NetNs;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -214,7 +214,7 @@ fn echo(src: IpAddr, dst: IpAddr) -> io::Result<Outcome> {
     msg.extend_from_slice(&1u16.to_be_bytes());
     msg.extend_from_slice(REQUEST);
     if v4 {
-        let sum = crate::packet::checksum::internet(&msg);
+        let sum = sluice::packet::checksum::internet(&msg);
         msg[2..4].copy_from_slice(&sum.to_be_bytes());
     }
     sock::sendto(fd.as_raw_fd(), &msg, &SockaddrStorage::from(SocketAddr::new(dst, 0)), MsgFlags::empty())?;
@@ -228,7 +228,7 @@ fn echo(src: IpAddr, dst: IpAddr) -> io::Result<Outcome> {
         let pkt = &buf[..n];
         let icmp = if v4 {
             let ihl = usize::from(pkt.first().map_or(0, |b| b & 0x0f)) * 4;
-            if pkt.len() < ihl + 8 || pkt[12..16] != crate::demo::octets(dst)[..] {
+            if pkt.len() < ihl + 8 || pkt[12..16] != super::octets(dst)[..] {
                 continue;
             }
             &pkt[ihl..]

@@ -19,7 +19,6 @@
 
 pub mod ipsec;
 pub mod keys;
-pub mod lab;
 pub mod wg;
 
 use crate::model::encryption::{Encryption, WIREGUARD_DEVICE};

@@ -1,4 +1,4 @@
-//! `sluice::bench` against the real kernel and the clang-built anchors.
+//! `sluice_bench` against the real kernel and the clang-built anchors.
 //!
 //! Skips (with a line on stderr) without bpf(), bpftool or, when an anchor object still
 //! has to be built, clang; fails instead when `SLUICE_REQUIRE_KERNEL=1`. By default it is a
@@ -7,10 +7,10 @@
 //! the report; `SLUICE_BENCH_PARTS=policy` (or `prefilter`) runs one part:
 //!
 //! ```sh
-//! SLUICE_BENCH_FULL=1 cargo test --release -p sluice --test bench_smoke -- --nocapture
+//! SLUICE_BENCH_FULL=1 cargo test --release -p sluice-bench --test bench_smoke -- --nocapture
 //! ```
 
-use sluice::bench::{self, BenchOpts, PART_LB, PART_POLICY, PART_PREFILTER};
+use sluice_bench::{self as bench, BenchOpts, PART_LB, PART_POLICY, PART_PREFILTER};
 
 fn on_path(tool: &str) -> bool {
     std::env::var_os("PATH")

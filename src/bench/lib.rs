@@ -1,4 +1,7 @@
-//! `sluice bench`: our datapath against the clang-built anchors, in the same run. Two parts:
+//! `sluice bench` (crate `sluice-bench`, binary `sluice-bench`; the `sluice` command runs it):
+//! our datapath against the clang-built anchors, in the same run. It is a crate of its own, not a
+//! module of the library, because it shells out to python3, clang, bpftool and the traffic tools
+//! and builds namespace labs: none of that is node functionality. Two parts:
 //! the XDP prefilter (this module) and endpoint policy ([`policy`]).
 //!
 //! Contract (prefilter):
@@ -13,11 +16,11 @@
 //!   rounds of `BPF_PROG_TEST_RUN` with `repeat`, ours and the anchor interleaved per case
 //!   (who goes first alternates), plus a `r0 = 1; exit` drop floor; every timed run checks
 //!   its verdict again. A sample is the kernel's average ns per run (whole nanoseconds).
-//! - Our load is [`crate::node::load::load_plan`]'s steps (create every map, apply the
+//! - Our load is [`sluice::node::load::load_plan`]'s steps (create every map, apply the
 //!   object's writes in order, load the program), each timed on its own so the report can
 //!   say which map costs what; [`Tables::build`] is timed per family on one-family sets.
 //! - The pure parts (prefix parsing, probe frames, medians, the markdown) need no kernel and
-//!   are unit tested; the kernel part runs in `sluice bench` and `tests/bench_smoke.rs`.
+//!   are unit tested; the kernel part runs in `sluice bench` and `src/bench/tests/bench_smoke.rs`.
 //! - [`BenchOpts::parts`] picks the parts: `prefilter` (above), `policy` (endpoint policy
 //!   against the `tc_policy` anchor, [`policy`]) and `maglev` (Maglev table builds, pure user
 //!   space, [`maglev`]); each part's report is its own markdown section, in that order. Only
@@ -40,14 +43,21 @@ pub mod policy;
 pub mod sock_lb;
 pub mod sockmsg;
 
-use crate::codegen::{self, CodegenError};
-use crate::maps::prefilter::{cidr_key, mask128, mask32, DenySet, Tables, XDP_DROP, XDP_PASS};
-use crate::maps::writes::MapWrites;
-use crate::maps::MapDef;
-use crate::node::load::{apply_writes, load_program, sys_spec, LoadError};
-use crate::node::{prefilter_object, Object};
-use crate::packet::PacketBuilder;
-use crate::sys::{
+// `sluice demo`'s lab (namespaces, veths, traffic probes, the WireGuard lab), shared with the
+// `sluice` binary and the end-to-end tests; the flows, sockmsg and encrypt parts build it.
+// Each includer uses a part of it: what this crate does not call is not dead.
+#[path = "../demo/mod.rs"]
+#[allow(dead_code)]
+mod demo;
+
+use sluice::codegen::{self, CodegenError};
+use sluice::maps::prefilter::{cidr_key, mask128, mask32, DenySet, Tables, XDP_DROP, XDP_PASS};
+use sluice::maps::writes::MapWrites;
+use sluice::maps::MapDef;
+use sluice::node::load::{apply_writes, load_program, sys_spec, LoadError};
+use sluice::node::{prefilter_object, Object};
+use sluice::packet::PacketBuilder;
+use sluice::sys::{
     self, Map, MapKind, ProgSpec, ProgType, Program, SysError, Syscall, TestRunOpts, UpdateFlags,
 };
 use std::collections::BTreeMap;
@@ -150,13 +160,15 @@ impl Default for BenchOpts {
     fn default() -> Self {
         let anchors_dir = std::env::var_os(ANCHORS_DIR_ENV)
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/anchors"));
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/anchors"));
         BenchOpts {
             sizes: vec![16, 10_000, 1_000_000],
             repeat: 1_000_000,
             rounds: 3,
             anchors_dir,
-            build_dir: PathBuf::from("target/anchors/build"),
+            // The workspace's `target/`, wherever this runs from (a test's working directory
+            // is its package, `src/bench/`).
+            build_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/anchors/build"),
             parts: PARTS
                 .iter()
                 .filter(|p| {
@@ -219,7 +231,7 @@ pub enum BenchError {
     #[error("socklb part: {0}")]
     SockLb(#[from] sock_lb::SockLbBenchError),
     #[error("maglev part: {0}")]
-    Maglev(#[from] crate::lb::MaglevError),
+    Maglev(#[from] sluice::lb::MaglevError),
     #[error(transparent)]
     Load(#[from] LoadError),
     #[error(transparent)]
@@ -646,7 +658,7 @@ fn load_ours(sys: &Arc<dyn Syscall>, obj: &Object) -> Result<Ours, BenchError> {
         maps.insert(def.name, map);
     }
     for w in &obj.writes {
-        let parts: Vec<(MapWrites, &'static str)> = if w.map == crate::maps::names::PF_CIDRS {
+        let parts: Vec<(MapWrites, &'static str)> = if w.map == sluice::maps::names::PF_CIDRS {
             let [v4, v6] = split_cidrs(w);
             vec![(v4, "v4"), (v6, "v6")]
         } else {
@@ -656,7 +668,7 @@ fn load_ours(sys: &Arc<dyn Syscall>, obj: &Object) -> Result<Ours, BenchError> {
             let t = Instant::now();
             apply_writes(&maps, std::slice::from_ref(&part))?;
             let ms = ms_since(t);
-            let label = if w.map == crate::maps::names::PF_CIDRS {
+            let label = if w.map == sluice::maps::names::PF_CIDRS {
                 format!("pf_cidrs ({family})")
             } else {
                 w.map.to_string()
@@ -1511,7 +1523,7 @@ mod tests {
                 families: vec![fam("v4", 2500.0), fam("v6", 3.0)],
                 maps: vec![
                     MapFill {
-                        map: crate::maps::names::PF_V4_L1.into(),
+                        map: sluice::maps::names::PF_V4_L1.into(),
                         family: "v4",
                         bytes: 262_144,
                         entries: 1,
@@ -1519,7 +1531,7 @@ mod tests {
                         fill_ms: 0.3,
                     },
                     MapFill {
-                        map: crate::maps::names::PF_STATS.into(),
+                        map: sluice::maps::names::PF_STATS.into(),
                         family: "shared",
                         bytes: 0,
                         entries: 0,
@@ -1565,7 +1577,7 @@ mod tests {
 
     #[test]
     fn cidr_writes_split_by_family() {
-        use crate::maps::prefilter::Prefix;
+        use sluice::maps::prefilter::Prefix;
         let set = DenySet::new([
             Prefix::V4 { addr: 0x0a00_0000, len: 8 },
             Prefix::V6 { addr: 1 << 127, len: 1 },
@@ -1573,7 +1585,7 @@ mod tests {
         ]);
         let obj = prefilter_object(&set).expect("object");
         let cidrs =
-            obj.writes.iter().find(|w| w.map == crate::maps::names::PF_CIDRS).expect("pf_cidrs writes");
+            obj.writes.iter().find(|w| w.map == sluice::maps::names::PF_CIDRS).expect("pf_cidrs writes");
         let [v4, v6] = split_cidrs(cidrs);
         assert_eq!((v4.updates(), v6.updates()), (2, 1));
         // `pf_cidrs` is an array: the family is in the record, the key is an index.

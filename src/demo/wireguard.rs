@@ -1,9 +1,9 @@
 //! Two nodes in namespaces with WireGuard between them: the built-in default node (sluice's
-//! programs, `sluice_wg` served by [`super::wg`]) and its overlay peer `node-2`, whose own
+//! programs, `sluice_wg` served by [`sluice::encrypt::wg`]) and its overlay peer `node-2`, whose own
 //! `sluice_wg` (the same userspace WireGuard, no sluice programs) holds its pod addresses.
 //! What the encryption tests, `sluice demo --encrypt` and the encryption benchmark run.
 //!
-//! The lab is [`crate::demo::lab::Lab`] with the peer's VXLAN device replaced by WireGuard:
+//! The lab is [`super::lab::Lab`] with the peer's VXLAN device replaced by WireGuard:
 //! the node file gets `spec.encryption: {mode: wireguard}` and the peer's public key
 //! (right, wrong or missing: [`PeerKey`]). [`Capture`] records every frame on the node's
 //! underlay device (`underlay0`) with an `AF_PACKET` socket, and [`underlay_leaks`] says
@@ -12,18 +12,18 @@
 //! Dropping a [`WgLab`] stops both WireGuard threads, detaches the node's programs, removes
 //! its pins and state directory, then the namespaces.
 
-use super::keys::{NodeKey, StaticKeys};
-use super::wg::{DeviceConfig, PeerConfig, Userspace};
-use super::EncryptError;
-use crate::demo::lab::Lab;
-use crate::demo::traffic::{self, Outcome, Proto};
-use crate::demo::{self, Expect, Flow, Outside, Side};
-use crate::model::encryption::{DEFAULT_WIREGUARD_PORT, WIREGUARD_DEVICE};
-use crate::model::{Cidr, NodeConfig};
-use crate::netlink::{NetNs, Netlink};
-use crate::node::wire::{self, AttachOptions};
-use crate::node::{self, forward, load};
-use crate::sys::Syscall;
+use super::lab::Lab;
+use super::traffic::{self, Outcome, Proto};
+use super::{self as demo, Expect, Flow, Outside, Side};
+use sluice::encrypt::keys::{NodeKey, StaticKeys};
+use sluice::encrypt::wg::{DeviceConfig, PeerConfig, Userspace};
+use sluice::encrypt::EncryptError;
+use sluice::model::encryption::{DEFAULT_WIREGUARD_PORT, WIREGUARD_DEVICE};
+use sluice::model::{Cidr, NodeConfig};
+use sluice::netlink::{NetNs, Netlink};
+use sluice::node::wire::{self, AttachOptions};
+use sluice::node::{self, forward, load};
+use sluice::sys::Syscall;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ pub enum PeerKey {
     Missing,
 }
 
-/// The strings a probe carries (`crate::demo::traffic`): never on the underlay in the clear.
+/// The strings a probe carries (`super::traffic`): never on the underlay in the clear.
 pub const MARKERS: [&[u8]; 2] = [b"sluice probe", b"sluice answer"];
 
 /// An extra policy: the frontend may ping the peer's IPv4 pods.
@@ -102,7 +102,7 @@ impl WgLab {
         let peer_key = NodeKey::generate().map_err(|e| e.to_string())?;
         let peer_public = peer_key.public_base64();
         let text = node_text(&peer_public, choice);
-        let cfg = crate::model::parse_str(&text, "encrypt-lab").map_err(|e| e.to_string())?;
+        let cfg = sluice::model::parse_str(&text, "encrypt-lab").map_err(|e| e.to_string())?;
         let lab = Lab::build(&cfg, prefix).map_err(|e| e.to_string())?;
         let state_dir = std::env::temp_dir().join(format!("{prefix}-state"));
         let _ = std::fs::remove_dir_all(&state_dir);
@@ -124,9 +124,9 @@ impl WgLab {
                 .map_err(|e| e.to_string())?;
         }
         let _ = overlay;
-        let node_wg = super::start_wireguard(Some(&lab.node), &cfg, &StaticKeys(&cfg), &state_dir)
+        let node_wg = sluice::encrypt::start_wireguard(Some(&lab.node), &cfg, &StaticKeys(&cfg), &state_dir)
             .map_err(|e| format!("node WireGuard: {e}"))?;
-        let sys = crate::sys::kernel();
+        let sys = sluice::sys::kernel();
         let pin = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
         let wlab = WgLab { peer_public, node_wg, peer_wg, cfg, state_dir, sys, pin, lab };
         let wired = wlab.lab.node.run_in(|| -> Result<(), String> {
@@ -211,17 +211,17 @@ impl WgLab {
 
     /// Rotate the node's key as `sluice encrypt rotate` and the daemon do: a new key in the
     /// state directory, the node's device switched to it by the daemon poller's
-    /// [`super::follow_key_file`], and the peer told the new public key (what its node file
+    /// [`sluice::encrypt::follow_key_file`], and the peer told the new public key (what its node file
     /// or the cluster store will carry).
     pub fn rotate_node_key(&self) -> Result<NodeKey, EncryptError> {
         let key = NodeKey::rotate(&self.state_dir)?;
-        let switched = super::follow_key_file(&self.node_wg, &self.state_dir);
+        let switched = sluice::encrypt::follow_key_file(&self.node_wg, &self.state_dir);
         if switched.as_deref() != Some(key.public_base64().as_str()) {
             return Err(EncryptError::Device(format!(
                 "the device did not take the rotated key ({switched:?})"
             )));
         }
-        if super::follow_key_file(&self.node_wg, &self.state_dir).is_some() {
+        if sluice::encrypt::follow_key_file(&self.node_wg, &self.state_dir).is_some() {
             return Err(EncryptError::Device("an unchanged key file switched the key again".into()));
         }
         let node_pods: Vec<Cidr> =
@@ -235,7 +235,7 @@ impl WgLab {
     /// node's `underlay0`), bypassing the peer's WireGuard: what strict mode must not
     /// deliver.
     pub fn inject_plaintext(&self, dst: SocketAddr) -> std::io::Result<()> {
-        let err = |e: crate::netlink::NetlinkError| std::io::Error::other(e.to_string());
+        let err = |e: sluice::netlink::NetlinkError| std::io::Error::other(e.to_string());
         let (IpAddr::V4(dst_ip), Some(src)) = (dst.ip(), self.lab.peer_pods.0) else {
             return Err(std::io::Error::other("IPv4 only"));
         };
@@ -246,9 +246,9 @@ impl WgLab {
         let (Some(dmac), Some(smac)) = (node_mac, eth0.mac) else {
             return Err(std::io::Error::other("no MAC"));
         };
-        let frame = crate::packet::PacketBuilder::ethernet(smac, dmac)
+        let frame = sluice::packet::PacketBuilder::ethernet(smac, dmac)
             .ipv4(src, dst_ip)
-            .tcp(40_000, dst.port(), crate::packet::TcpFlags::SYN, 1, 0)
+            .tcp(40_000, dst.port(), sluice::packet::TcpFlags::SYN, 1, 0)
             .payload(MARKERS[0])
             .build();
         let ifindex = eth0.ifindex;
@@ -287,7 +287,7 @@ impl WgLab {
 
     /// Set the node's underlay reverse-path filter (the strict-mode test's control).
     pub fn set_underlay_rp_filter(&self, on: bool) -> std::io::Result<()> {
-        crate::netlink::sysctl::write(
+        sluice::netlink::sysctl::write(
             Some(&self.lab.node),
             "net.ipv4.conf.underlay0.rp_filter",
             if on { "1" } else { "0" },
@@ -486,10 +486,10 @@ mod tests {
         let key = super::NodeKey::from_secret([1; 32]).public_base64();
         for choice in [super::PeerKey::Right, super::PeerKey::Wrong, super::PeerKey::Missing] {
             let text = super::node_text(&key, choice);
-            let cfg = crate::model::parse_str(&text, "lab").unwrap_or_else(|e| panic!("{choice:?}: {e}"));
+            let cfg = sluice::model::parse_str(&text, "lab").unwrap_or_else(|e| panic!("{choice:?}: {e}"));
             let peer = &cfg.overlay.as_ref().expect("overlay").peers[0];
             assert_eq!(peer.wireguard.is_some(), choice != super::PeerKey::Missing, "{choice:?}");
-            assert!(matches!(cfg.encryption, crate::model::encryption::Encryption::Wireguard(_)));
+            assert!(matches!(cfg.encryption, sluice::model::encryption::Encryption::Wireguard(_)));
         }
     }
 }

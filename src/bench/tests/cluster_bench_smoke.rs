@@ -14,7 +14,7 @@ fn the_cluster_part_runs_at_a_small_size() {
         eprintln!("skip: the_cluster_part_runs_at_a_small_size: {}", server::INSTALL_HINT);
         return;
     }
-    let r = sluice::bench::cluster::measure_sized(20, 10, 30, 20).expect("the part runs");
+    let r = sluice_bench::cluster::measure_sized(20, 10, 30, 20).expect("the part runs");
     assert_eq!((r.nodes, r.endpoints, r.label_sets), (20, 200, 30));
     assert!(r.plan.is_ok(), "the plan of the converged view: {:?}", r.plan);
     // 200 remote endpoints, the local one, 20 node addresses, 20 pod prefixes, 2 defaults.

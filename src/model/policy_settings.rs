@@ -12,6 +12,12 @@
 //!   ingress." So an endpoint isolated for ingress by a NetworkPolicy admits the node whatever
 //!   this setting says; `policy` changes only what CiliumNetworkPolicy isolation means. A deny
 //!   rule that matches the node still drops its traffic (deny wins, as everywhere).
+//! - `nodeSelectorLabels` is Cilium's `enable-node-selector-labels` (Helm
+//!   `nodeSelectorLabels`), default false: with it, each overlay peer gets its own identity
+//!   from its `labels` (peers with equal labels share one) and `fromNodes`/`toNodes` select
+//!   peers by those labels; without it, `fromNodes`/`toNodes` are rejected, as Cilium rejects
+//!   them ("FromNodes/ToNodes rules can only be applied when the
+//!   \"enable-node-selector-labels\" flag is set").
 
 use serde::Deserialize;
 
@@ -20,11 +26,13 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "policy settings: a mapping with allowLocalhost"
+    expecting = "policy settings: a mapping with allowLocalhost and nodeSelectorLabels"
 )]
 pub(crate) struct PolicySettingsWire {
     #[serde(default)]
     allow_localhost: Option<AllowLocalhostWire>,
+    #[serde(default)]
+    node_selector_labels: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -51,6 +59,9 @@ pub enum AllowLocalhost {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct PolicySettings {
     pub allow_localhost: AllowLocalhost,
+    /// Cilium's `enable-node-selector-labels`: per-node identities from the peers' labels,
+    /// and `fromNodes`/`toNodes` accepted.
+    pub node_selector_labels: bool,
 }
 
 pub(crate) fn lower(wire: Option<PolicySettingsWire>) -> PolicySettings {
@@ -60,5 +71,6 @@ pub(crate) fn lower(wire: Option<PolicySettingsWire>) -> PolicySettings {
             None | Some(AllowLocalhostWire::Auto | AllowLocalhostWire::Always) => AllowLocalhost::Always,
             Some(AllowLocalhostWire::Policy) => AllowLocalhost::Policy,
         },
+        node_selector_labels: wire.node_selector_labels.unwrap_or(false),
     }
 }

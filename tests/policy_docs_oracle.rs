@@ -8,7 +8,8 @@
 //! IPv4 and IPv6 CIDRs with excepts, entities, ports with and without a protocol (TCP,
 //! UDP, SCTP, ANY), port ranges, ports without a number, named ports (endpoints name
 //! their ports, each its own number), Cilium's port 0, ICMP and ICMPv6
-//! types by number and by name, `enableDefaultDeny`, reserved entities, AdminNetworkPolicy
+//! types by number and by name, `enableDefaultDeny`, reserved entities, `toServices` (by
+//! name and by labels, Services with and without a selector), AdminNetworkPolicy
 //! and BaselineAdminNetworkPolicy tiers (priorities, Allow/Deny/Pass, namespace and pod
 //! subjects and peers, egress networks, port numbers, ranges and names), and the node's
 //! `allowLocalhost` setting (the node's own addresses are peers of every flow). Every
@@ -233,6 +234,11 @@ fn cnp(r: &mut Lcg, n: u64) -> String {
         let dir = if section.starts_with("ingress") { "from" } else { "to" };
         y += &format!("  {section}:\n");
         for _ in 0..1 + r.below(2) {
+            // toServices: egress allow entries only, without ports (Cilium refuses the rest).
+            if section == "egress" && r.chance(5) {
+                y += &format!("    - {{toServices: [{}]}}\n", to_service(r));
+                continue;
+            }
             let (peer, l4) = loop {
                 let (p, l) = (cnp_peer(r, dir), cnp_l4(r));
                 if p.is_some() || l.is_some() {
@@ -245,6 +251,44 @@ fn cnp(r: &mut Lcg, n: u64) -> String {
     }
     y
 }
+
+/// A `toServices` item naming the node's Services (see [`SERVICES`]).
+fn to_service(r: &mut Lcg) -> String {
+    match r.below(5) {
+        0 => "{k8sService: {serviceName: api}}".into(),
+        1 => format!("{{k8sService: {{serviceName: db, namespace: {}}}}}", r.pick(&NAMESPACES)),
+        2 => "{k8sService: {serviceName: ext, namespace: default}}".into(),
+        3 => format!("{{k8sServiceSelector: {{selector: {{matchLabels: {{tier: {}}}}}}}}}", r.pick(&["back", "ext"])),
+        _ => "{k8sServiceSelector: {selector: {matchExpressions: [{key: tier, operator: Exists}]}, namespace: prod}}"
+            .into(),
+    }
+}
+
+/// Services of every node: two with a selector (api in default, db in prod) and one without
+/// (ext, whose EndpointSlice lists an outside address and api's own).
+const SERVICES: &str = "---
+apiVersion: v1
+kind: Service
+metadata: {name: api, labels: {tier: back}}
+spec: {clusterIP: 10.96.0.10, selector: {app: api}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: prod, labels: {tier: back}}
+spec: {clusterIP: 10.96.0.11, selector: {app: db, tier: back}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, labels: {tier: ext}}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 443}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints: [{addresses: [203.0.113.9]}, {addresses: [10.9.0.11]}]
+ports: [{port: 443}]
+";
 
 fn knp_peer(r: &mut Lcg) -> String {
     match r.below(5) {
@@ -346,12 +390,13 @@ fn node(seed: u64) -> String {
     if r.chance(2) {
         y += "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {env: dev}}\n";
     }
+    y += SERVICES;
     for n in 0..2 + r.below(4) {
         y += &if r.chance(3) { knp(&mut r, n) } else { cnp(&mut r, n) };
     }
-    // Admin tiers, drawn after everything else so that a seed's other documents stay as
-    // they were. Distinct priorities: the API leaves the order of equal ones undefined.
-    if !r.chance(3) {
+    // Admin tiers (in every node: they change a small share of the flows), drawn after
+    // everything else so that a seed's other documents stay as they were. Distinct priorities: the API leaves the order of equal ones undefined.
+    {
         let mut priorities: Vec<u64> = Vec::new();
         for n in 0..1 + r.below(2) {
             let mut p = r.below(50);

@@ -44,6 +44,13 @@
 //! - Verdict: any matching deny entry of a selecting policy: deny; else not selected by a
 //!   policy enforcing the direction: allow; else ingress from the node where an enforcing
 //!   policy admits it: allow; else any matching allow entry: allow; else deny.
+//! - CiliumNetworkPolicy `toServices` (Cilium, Services based: "This feature uses the
+//!   discovered services' label selector as an endpoint selector within the policy ...
+//!   Services without selectors are handled differently. The IPs in the service's
+//!   EndpointSlices are, converted to CIDR selectors. CIDR selectors cannot select pods"):
+//!   `k8sService` by name, `k8sServiceSelector` by the Service's labels, each in the given
+//!   namespace or any; a Service with a `selector` admits the endpoints of its namespace
+//!   with those labels, one without admits outside addresses its EndpointSlices list.
 //! - AdminNetworkPolicy and BaselineAdminNetworkPolicy (network-policy-api v1alpha1), around
 //!   the above: "Policies with lower priority values have higher precedence" and "All
 //!   AdminNetworkPolicy rules have higher precedence than NetworkPolicy or
@@ -90,6 +97,8 @@ pub struct Docs {
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// AdminNetworkPolicies, by (priority, name).
     admin: Vec<Value>,
+    /// Services: (namespace, name, labels, selector, EndpointSlice addresses).
+    services: Vec<Service>,
     /// The BaselineAdminNetworkPolicy, if any.
     baseline: Option<Value>,
 }
@@ -133,7 +142,9 @@ impl Docs {
             namespaces: BTreeMap::new(),
             admin: Vec::new(),
             baseline: None,
+            services: Vec::new(),
         };
+        let mut slices: Vec<(String, String, Vec<IpAddr>)> = Vec::new();
         for d in serde_norway::Deserializer::from_str(text) {
             let v = Value::deserialize(d).unwrap_or_else(|e| panic!("YAML: {e}"));
             match get(&v, "kind").map(s).as_deref() {
@@ -179,6 +190,36 @@ impl Docs {
                     docs.policies.push(v)
                 }
                 Some("AdminNetworkPolicy") => docs.admin.push(v),
+                Some("Service") => {
+                    let meta = get(&v, "metadata").expect("metadata");
+                    let labels = |m: Option<&Value>| -> BTreeMap<String, String> {
+                        m.and_then(Value::as_mapping)
+                            .map(|m| m.iter().map(|(k, v)| (s(k), s(v))).collect())
+                            .unwrap_or_default()
+                    };
+                    docs.services.push(Service {
+                        namespace: get(meta, "namespace").map_or_else(|| "default".to_string(), s),
+                        name: s(get(meta, "name").expect("name")),
+                        labels: labels(get(meta, "labels")),
+                        selector: labels(get(get(&v, "spec").expect("spec"), "selector")),
+                        addresses: Vec::new(),
+                    });
+                }
+                Some("EndpointSlice") => {
+                    let meta = get(&v, "metadata").expect("metadata");
+                    let service = s(get(get(meta, "labels").expect("labels"), "kubernetes.io/service-name")
+                        .expect("the service-name label"));
+                    let addresses = list(get(&v, "endpoints"))
+                        .iter()
+                        .flat_map(|e| list(get(e, "addresses")))
+                        .map(|a| s(&a).parse().expect("an address"))
+                        .collect();
+                    slices.push((
+                        get(meta, "namespace").map_or_else(|| "default".to_string(), s),
+                        service,
+                        addresses,
+                    ));
+                }
                 Some("BaselineAdminNetworkPolicy") => docs.baseline = Some(v),
                 Some("Namespace") => {
                     let meta = get(&v, "metadata").expect("metadata");
@@ -189,6 +230,11 @@ impl Docs {
                     docs.namespaces.insert(s(get(meta, "name").expect("name")), labels);
                 }
                 _ => {}
+            }
+        }
+        for (namespace, name, addresses) in slices {
+            if let Some(svc) = docs.services.iter_mut().find(|x| x.namespace == namespace && x.name == name) {
+                svc.addresses.extend(addresses);
             }
         }
         let order = |v: &Value| {
@@ -219,6 +265,41 @@ impl Docs {
     pub fn endpoint(&self, name: &str) -> &Endpoint {
         self.endpoints.iter().find(|e| e.name == name).expect("a known endpoint")
     }
+}
+
+/// A Service as `toServices` sees it.
+#[derive(Debug, Clone)]
+struct Service {
+    namespace: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    /// Empty: a Service without a selector.
+    selector: BTreeMap<String, String>,
+    addresses: Vec<IpAddr>,
+}
+
+/// Whether one `toServices` item admits `peer`.
+fn to_service_matches(docs: &Docs, item: &Value, peer: Peer<'_>) -> bool {
+    let in_namespace = |v: &Value, svc: &Service| get(v, "namespace").is_none_or(|n| s(n) == svc.namespace);
+    docs.services
+        .iter()
+        .filter(|svc| match (get(item, "k8sService"), get(item, "k8sServiceSelector")) {
+            (Some(by_name), None) => {
+                s(get(by_name, "serviceName").expect("serviceName")) == svc.name && in_namespace(by_name, svc)
+            }
+            (None, Some(by_labels)) => {
+                in_namespace(by_labels, svc)
+                    && selector_matches(get(by_labels, "selector").expect("selector"), &svc.labels)
+            }
+            _ => panic!("one of k8sService and k8sServiceSelector"),
+        })
+        .any(|svc| match peer {
+            Peer::Endpoint(e) if !svc.selector.is_empty() => {
+                e.namespace == svc.namespace && svc.selector.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+            }
+            Peer::Outside(a) if svc.selector.is_empty() => svc.addresses.contains(&a),
+            _ => false,
+        })
 }
 
 /// Who a peer address is.
@@ -373,6 +454,7 @@ fn entity_matches(entity: &str, peer: Peer<'_>) -> bool {
 /// Whether a CiliumNetworkPolicy entry (of `ingress`, `egress` or their deny lists)
 /// matches; `from` is "from" or "to".
 fn cnp_entry_matches(
+    docs: &Docs,
     entry: &Value,
     from: &str,
     namespace: &str,
@@ -381,7 +463,7 @@ fn cnp_entry_matches(
     dest: Option<&Endpoint>,
 ) -> bool {
     let field = |name: &str| get(entry, &format!("{from}{name}"));
-    let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
+    let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities", "Services"];
     let any_peer_field = peer_fields.iter().any(|f| field(f).is_some());
     let peer_ok = if !any_peer_field {
         true
@@ -397,7 +479,8 @@ fn cnp_entry_matches(
         let cidr = list(field("CIDR")).iter().any(|c| outside(&|a| in_cidr(&s(c), a)));
         let cidr_set = list(field("CIDRSet")).iter().any(|set| outside(&|a| in_cidr_set(set, a)));
         let entities = list(field("Entities")).iter().any(|e| entity_matches(&s(e), peer));
-        endpoints || cidr || cidr_set || entities
+        let services = list(field("Services")).iter().any(|item| to_service_matches(docs, item, peer));
+        endpoints || cidr || cidr_set || entities || services
     };
     let to_ports = list(get(entry, "toPorts"));
     let icmps = list(get(entry, "icmps"));
@@ -581,8 +664,8 @@ fn network_policy_tier(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) 
                 .map_or(!allow.is_empty() || !deny.is_empty(), |v| v.as_bool().expect("a bool"));
             enforced |= enforces;
             node_admitted |= enforces && !docs.localhost_by_policy;
-            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
-            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
+            allowed |= allow.iter().any(|e| cnp_entry_matches(docs, e, from, &namespace, peer, flow, dest));
+            denied |= deny.iter().any(|e| cnp_entry_matches(docs, e, from, &namespace, peer, flow, dest));
         } else {
             if !selector_matches(get(spec, "podSelector").expect("podSelector"), &subject.labels) {
                 continue;

@@ -415,3 +415,119 @@ fn unsupported_service_and_node_peers_are_refused_at_their_place() {
     rejections::assert_exact_errors(&cases);
     rejections::assert_located(&cases);
 }
+
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 >> 11
+    }
+    fn pick<'a, T>(&mut self, xs: &'a [T]) -> &'a T {
+        &xs[(self.next() % xs.len() as u64) as usize]
+    }
+}
+
+/// Random Cilium policies mixing node selectors, node entities, toServices items and
+/// endpoint peers, with and without `nodeSelectorLabels`: the resolved table and `policy
+/// explain` must decide every probe as the oracle does.
+#[test]
+fn random_service_and_node_peers_agree_with_the_oracle() {
+    let cases: u64 =
+        std::env::var("SLUICE_PEERS_ORACLE_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(120);
+    let node_peers = [
+        "fromNodes: [{matchLabels: {node-role.kubernetes.io/control-plane: ''}}]",
+        "fromNodes: [{matchExpressions: [{key: pool, operator: Exists}]}]",
+        "fromNodes: [{}]",
+        "fromNodes: [{matchExpressions: [{key: pool, operator: NotIn, values: [gpu]}]}]",
+        "fromEntities: [remote-node]",
+        "fromEntities: [cluster]",
+        "fromEndpoints: [{matchLabels: {app: api}}]",
+    ];
+    let services = [
+        "toServices: [{k8sService: {serviceName: api-svc}}]",
+        "toServices: [{k8sService: {serviceName: db-svc, namespace: prod}}]",
+        "toServices: [{k8sService: {serviceName: ext-db}}]",
+        "toServices: [{k8sServiceSelector: {selector: {matchLabels: {tier: backend}}}}]",
+        "toServices: [{k8sServiceSelector: {selector: {matchExpressions: [{key: tier, operator: DoesNotExist}]}}}]",
+    ];
+    let ports = ["", ", toPorts: [{ports: [{port: '80', protocol: TCP}]}]"];
+    let probes: [(&str, u8, u16); 11] = [
+        (CONTROL, 6, 80),
+        (GPU, 6, 80),
+        (PLAIN, 17, 53),
+        (REMOTE_POD, 6, 80),
+        (HOST, 6, 80),
+        (API, 6, 8080),
+        (DB, 6, 5432),
+        (WEB, 6, 80),
+        (EXT_DB, 6, 5432),
+        (WORLD, 6, 80),
+        (GPU, 6, 443),
+    ];
+    let mut rng = Lcg(0x5eed_70de);
+    let mut bad = Vec::new();
+    for case in 0..cases {
+        let mut policies = String::new();
+        for i in 0..1 + rng.next() % 3 {
+            let subject = *rng.pick(&["web", "api", "db"]);
+            let (section, entry) = if rng.next().is_multiple_of(2) {
+                let peer = rng.pick(&node_peers).to_string();
+                let deny = rng.next().is_multiple_of(4);
+                let section = if deny { "ingressDeny" } else { "ingress" };
+                (section, format!("{peer}{}", rng.pick(&ports)))
+            } else if rng.next().is_multiple_of(2) {
+                ("egress", rng.pick(&services).to_string())
+            } else {
+                let peer = rng.pick(&node_peers).replace("from", "to");
+                (*rng.pick(&["egress", "egressDeny"]), format!("{peer}{}", rng.pick(&ports)))
+            };
+            policies += &cnp(&format!("p{i}"), subject, section, &format!("    - {{{entry}}}\n"));
+        }
+        // Node selectors need the setting; without them, half the nodes have it anyway.
+        let settings =
+            if policies.contains("Nodes") || rng.next().is_multiple_of(2) { NODE_LABELS } else { "" };
+        let text = node(settings, &policies);
+        let cfg =
+            model::parse_str(&text, "random.yaml").unwrap_or_else(|e| panic!("case {case}: {e}\n{text}"));
+        let resolved = resolve(&cfg).expect("resolves");
+        let sources = model::sources::policy_sources(&text, "random.yaml").expect("sources");
+        for endpoint in &cfg.endpoints {
+            let own = endpoint.addresses().next().expect("an address");
+            for direction in Direction::ALL {
+                for &(peer, proto, dport) in &probes {
+                    let peer: IpAddr = peer.parse().expect("an address");
+                    if peer == own {
+                        continue;
+                    }
+                    let (src, dst) = if direction == Direction::Ingress { (peer, own) } else { (own, peer) };
+                    let key = FlowKey { src, dst, proto, sport: 40_000, dport };
+                    let want = oracle::decide(&cfg, &endpoint.name, direction, &key).expect("decides");
+                    let policy = resolved.endpoint(&endpoint.name).expect("a subject").direction(direction);
+                    let identity = resolved.ipcache().lookup(peer);
+                    let got =
+                        evaluate_entries(&policy.entries, policy.enforced, identity.get(), proto, dport);
+                    let flow = Flow { from: End::Address(src), to: End::Address(dst), proto, dport };
+                    let explained = explain(&cfg, &sources, &flow)
+                        .expect("explains")
+                        .judgements
+                        .into_iter()
+                        .find(|j| j.endpoint == endpoint.name && j.direction == direction)
+                        .map(|j| j.verdict);
+                    if got != want || explained != Some(want) {
+                        bad.push(format!(
+                            "case {case}: {} {direction} peer {peer} proto {proto} port {dport}: oracle {want:?}, table {got:?}, explain {explained:?}\n{settings}\n{policies}",
+                            endpoint.name
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        bad.is_empty(),
+        "{} probes differ; first:\n{}",
+        bad.len(),
+        bad.iter().take(3).cloned().collect::<Vec<_>>().join("\n")
+    );
+}

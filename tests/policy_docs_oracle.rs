@@ -8,7 +8,10 @@
 //! IPv4 and IPv6 CIDRs with excepts, entities, ports with and without a protocol (TCP,
 //! UDP, SCTP, ANY), port ranges, ports without a number, named ports (endpoints name
 //! their ports, each its own number), Cilium's port 0, ICMP and ICMPv6
-//! types by number and by name, `enableDefaultDeny`, reserved entities, and the node's
+//! types by number and by name, `enableDefaultDeny`, reserved entities, `toServices` (by
+//! name and by labels, Services with and without a selector), AdminNetworkPolicy
+//! and BaselineAdminNetworkPolicy tiers (priorities, Allow/Deny/Pass, namespace and pod
+//! subjects and peers, egress networks, port numbers, ranges and names), and the node's
 //! `allowLocalhost` setting (the node's own addresses are peers of every flow). Every
 //! port a policy names is probed at itself and one each side (so a range at its ends and
 //! one past), every CIDR at its ends and one past, and every except likewise. Seeded;
@@ -231,6 +234,11 @@ fn cnp(r: &mut Lcg, n: u64) -> String {
         let dir = if section.starts_with("ingress") { "from" } else { "to" };
         y += &format!("  {section}:\n");
         for _ in 0..1 + r.below(2) {
+            // toServices: egress allow entries only, without ports (Cilium refuses the rest).
+            if section == "egress" && r.chance(5) {
+                y += &format!("    - {{toServices: [{}]}}\n", to_service(r));
+                continue;
+            }
             let (peer, l4) = loop {
                 let (p, l) = (cnp_peer(r, dir), cnp_l4(r));
                 if p.is_some() || l.is_some() {
@@ -243,6 +251,44 @@ fn cnp(r: &mut Lcg, n: u64) -> String {
     }
     y
 }
+
+/// A `toServices` item naming the node's Services (see [`SERVICES`]).
+fn to_service(r: &mut Lcg) -> String {
+    match r.below(5) {
+        0 => "{k8sService: {serviceName: api}}".into(),
+        1 => format!("{{k8sService: {{serviceName: db, namespace: {}}}}}", r.pick(&NAMESPACES)),
+        2 => "{k8sService: {serviceName: ext, namespace: default}}".into(),
+        3 => format!("{{k8sServiceSelector: {{selector: {{matchLabels: {{tier: {}}}}}}}}}", r.pick(&["back", "ext"])),
+        _ => "{k8sServiceSelector: {selector: {matchExpressions: [{key: tier, operator: Exists}]}, namespace: prod}}"
+            .into(),
+    }
+}
+
+/// Services of every node: two with a selector (api in default, db in prod) and one without
+/// (ext, whose EndpointSlice lists an outside address and api's own).
+const SERVICES: &str = "---
+apiVersion: v1
+kind: Service
+metadata: {name: api, labels: {tier: back}}
+spec: {clusterIP: 10.96.0.10, selector: {app: api}, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: db, namespace: prod, labels: {tier: back}}
+spec: {clusterIP: 10.96.0.11, selector: {app: db, tier: back}, ports: [{port: 5432}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: ext, labels: {tier: ext}}
+spec: {clusterIP: 10.96.0.12, ports: [{port: 443}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: ext-1, labels: {kubernetes.io/service-name: ext}}
+addressType: IPv4
+endpoints: [{addresses: [203.0.113.9]}, {addresses: [10.9.0.11]}]
+ports: [{port: 443}]
+";
 
 fn knp_peer(r: &mut Lcg) -> String {
     match r.below(5) {
@@ -344,10 +390,95 @@ fn node(seed: u64) -> String {
     if r.chance(2) {
         y += "---\napiVersion: v1\nkind: Namespace\nmetadata: {name: default, labels: {env: dev}}\n";
     }
+    y += SERVICES;
     for n in 0..2 + r.below(4) {
         y += &if r.chance(3) { knp(&mut r, n) } else { cnp(&mut r, n) };
     }
+    // Admin tiers (in every node: they change a small share of the flows), drawn after
+    // everything else so that a seed's other documents stay as they were. Distinct priorities: the API leaves the order of equal ones undefined.
+    {
+        let mut priorities: Vec<u64> = Vec::new();
+        for n in 0..1 + r.below(2) {
+            let mut p = r.below(50);
+            while priorities.contains(&p) {
+                p += 1;
+            }
+            priorities.push(p);
+            y += &admin(&mut r, Some(p), n);
+        }
+    }
+    if r.chance(2) {
+        y += &admin(&mut r, None, 0);
+    }
     y
+}
+
+/// An AdminNetworkPolicy of `priority`, or (`None`) the BaselineAdminNetworkPolicy.
+fn admin(r: &mut Lcg, priority: Option<u64>, n: u64) -> String {
+    let (kind, name, actions): (&str, String, &[&str]) = match priority {
+        Some(_) => ("AdminNetworkPolicy", format!("a{n}"), &["Allow", "Deny", "Pass"]),
+        None => ("BaselineAdminNetworkPolicy", "default".into(), &["Allow", "Deny"]),
+    };
+    let mut y = format!(
+        "---\napiVersion: policy.networking.k8s.io/v1alpha1\nkind: {kind}\nmetadata: {{name: {name}}}\nspec:\n"
+    );
+    if let Some(p) = priority {
+        y += &format!("  priority: {p}\n");
+    }
+    let subject = match r.below(4) {
+        0 => "{namespaces: {}}".to_string(),
+        1 => format!(
+            "{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}}}",
+            r.pick(&NAMESPACES)
+        ),
+        2 => format!("{{namespaces: {{matchLabels: {{env: {}}}}}}}", r.pick(&["prod", "dev"])),
+        _ => format!("{{pods: {{namespaceSelector: {{}}, podSelector: {}}}}}", subject(r)),
+    };
+    y += &format!("  subject: {subject}\n");
+    for (section, dir) in [("ingress", "from"), ("egress", "to")] {
+        if r.chance(3) {
+            continue;
+        }
+        y += &format!("  {section}:\n");
+        for _ in 0..1 + r.below(3) {
+            let peers: Vec<String> =
+                (0..1 + r.below(2)).map(|_| admin_peer(r, section == "egress")).collect();
+            let ports = if r.chance(2) {
+                String::new()
+            } else {
+                let ports: Vec<String> = (0..1 + r.below(2)).map(|_| admin_port(r)).collect();
+                format!(", ports: [{}]", ports.join(", "))
+            };
+            y += &format!("    - {{action: {}, {dir}: [{}]{ports}}}\n", r.pick(actions), peers.join(", "));
+        }
+    }
+    y
+}
+
+fn admin_peer(r: &mut Lcg, egress: bool) -> String {
+    match r.below(if egress { 6 } else { 5 }) {
+        0 => "{namespaces: {}}".into(),
+        1 => format!(
+            "{{namespaces: {{matchLabels: {{kubernetes.io/metadata.name: {}}}}}}}",
+            r.pick(&NAMESPACES)
+        ),
+        2 => format!(
+            "{{namespaces: {{matchExpressions: [{{key: team, operator: {}}}]}}}}",
+            r.pick(&["Exists", "DoesNotExist"])
+        ),
+        3 | 4 => format!("{{pods: {{namespaceSelector: {{}}, podSelector: {}}}}}", selector(r)),
+        _ => format!("{{networks: [\"{}\"]}}", r.pick(&CIDRS).0),
+    }
+}
+
+fn admin_port(r: &mut Lcg) -> String {
+    let p = *r.pick(&PORTS);
+    match r.below(4) {
+        0 => format!("{{portNumber: {{port: {p}}}}}"),
+        1 => format!("{{portNumber: {{protocol: UDP, port: {p}}}}}"),
+        2 => format!("{{portRange: {{start: {p}, end: {}}}}}", p + 1 + r.below(20) as u16),
+        _ => format!("{{namedPort: {}}}", r.pick(&["http", "dns", "pg"])),
+    }
 }
 
 /// Ports a node's policies name, each with its neighbours (a range's ends and one past).
@@ -355,7 +486,8 @@ fn probe_ports(text: &str) -> BTreeSet<u16> {
     let mut ports = BTreeSet::from([1, 22]);
     for word in text.split(|c: char| !c.is_ascii_digit()) {
         if let Ok(p) = word.parse::<u16>() {
-            if PORTS.contains(&p) || (p > 22 && p < 10_000 && text.contains(&format!("endPort: {p}"))) {
+            let range_end = text.contains(&format!("endPort: {p}")) || text.contains(&format!("end: {p}}}"));
+            if PORTS.contains(&p) || (p > 22 && p < 10_000 && range_end) {
                 ports.extend([p - 1, p, p + 1]);
             }
         }
@@ -455,6 +587,8 @@ fn random_policy_documents_agree_with_the_document_oracle() {
     let world = world();
     let mut bad = Vec::new();
     let (mut flows, mut allowed) = (0usize, 0usize);
+    // Flows whose verdict the admin tiers changed (the verdict without them differs).
+    let mut by_admin = 0usize;
     let mut kinds = BTreeSet::new();
     let mut sport = 10_000u16;
     for seed in 0..cases() {
@@ -462,6 +596,7 @@ fn random_policy_documents_agree_with_the_document_oracle() {
         let cfg = model::parse_str(&text, &format!("docs-{seed}.yaml"))
             .unwrap_or_else(|e| panic!("generated node {seed} does not parse: {e}\n{text}"));
         let docs = Docs::parse(&text);
+        let without_admin = docs.without_admin();
         if std::env::var_os("SLUICE_DOC_ORACLE_SHOW").is_some() {
             eprintln!("--- node {seed} ---\n{text}");
         }
@@ -500,6 +635,14 @@ fn random_policy_documents_agree_with_the_document_oracle() {
                         let key = FlowKey { src, dst, proto, sport, dport };
                         let want = doc_oracle::decide(&docs, &ep.name, ingress, &Flow { peer, proto, dport });
                         let want_code = if want { TC_ACT_OK as u32 } else { TC_ACT_SHOT as u32 };
+                        by_admin += usize::from(
+                            want != doc_oracle::decide(
+                                &without_admin,
+                                &ep.name,
+                                ingress,
+                                &Flow { peer, proto, dport },
+                            ),
+                        );
                         let frame = flow_frame(&key);
                         if (proto == 1 || proto == 58) && !ECHO.contains(&dport) {
                             forget_id_less_icmp(&mut sim, loaded.as_ref(), &key, ingress);
@@ -530,7 +673,9 @@ fn random_policy_documents_agree_with_the_document_oracle() {
             break;
         }
     }
-    eprintln!("{flows} flows judged by the document oracle ({allowed} allowed)");
+    eprintln!(
+        "{flows} flows judged by the document oracle ({allowed} allowed, {by_admin} decided by admin tiers)"
+    );
     assert!(
         allowed > flows / 20 && allowed < flows - flows / 20,
         "both verdicts well represented: {allowed} of {flows}"
@@ -549,4 +694,6 @@ fn random_policy_documents_agree_with_the_document_oracle() {
     }
     let shown = bad.len().min(40);
     assert!(bad.is_empty(), "{} flows differ (first {shown}):\n{}", bad.len(), bad[..shown].join("\n"));
+    // The admin tiers are exercised: over 1% of the flows get another verdict without them.
+    assert!(by_admin * 100 > flows, "the admin tiers decide too few flows: {by_admin} of {flows}");
 }

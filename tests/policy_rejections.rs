@@ -1171,9 +1171,10 @@ spec:
   egress:
     - toServices:
         - k8sService: {serviceName: db, namespace: default}
+      toPorts: [{ports: [{port: '80'}]}]
 ",
         ),
-        "cnp-to-services.yaml:8:9: spec.egress[0].toServices: toServices is not supported yet; select the service's backends with toEndpoints (its selector) or toCIDR (its endpoints' addresses)",
+        "cnp-to-services.yaml:7:7: spec.egress[0]: toServices and toPorts cannot be combined in one entry (Cilium rejects it too: \"Combining ToServices and ToPorts is not supported yet\"); toServices allows every port of the service's backends",
     ),
     (
         "cnp-from-nodes",
@@ -1187,7 +1188,7 @@ spec:
     - fromNodes: [{matchLabels: {role: control-plane}}]
 ",
         ),
-        "cnp-from-nodes.yaml:7:18: spec.ingress[0].fromNodes: fromNodes is not supported yet: sluice's node file knows no node labels to select by; use fromEntities (host, remote-node) instead",
+        "cnp-from-nodes.yaml:7:18: spec.ingress[0].fromNodes: fromNodes needs `policy.nodeSelectorLabels: true` in the Node's spec (Cilium: \"FromNodes/ToNodes rules can only be applied when the \"enable-node-selector-labels\" flag is set\"); or use fromEntities (host, remote-node)",
     ),
     (
         "knp-port-zero",

@@ -139,6 +139,9 @@ impl ClusterView {
                 // WireGuard keys are not published through etcd yet: cluster-mode peers
                 // are VXLAN peers (issue 15 uses node-file peers' keys).
                 wireguard: None,
+                // Node labels are not published through etcd: `fromNodes`/`toNodes` select
+                // node-file peers only.
+                labels: Default::default(),
                 endpoints: self.endpoints_of(
                     name,
                     by_node.get(name.as_str()).map_or(&[][..], Vec::as_slice),

@@ -18,7 +18,9 @@
 //!   the rule does not filter traffic via port"; when set, at least one).
 //! - A peer: exactly one of `namespaces` or `pods` (as in the subject); for egress also
 //!   `networks` (CIDRs, at most 25: addresses outside the cluster in any of them, as CIDR
-//!   peers of NetworkPolicy). `nodes` is refused (sluice has no node labels yet).
+//!   peers of NetworkPolicy). `nodes` is refused: the API's node selector covers every node, the subject's own
+//!   included, and the Node document declares no labels of its own (only overlay peers carry
+//!   labels, for CiliumNetworkPolicy's `toNodes`).
 //! - A port: exactly one of `portNumber` {protocol (TCP default), port 1-65535}, `portRange`
 //!   {protocol, start, end, start < end}, `namedPort` (a port name of the destination
 //!   endpoint, as in NetworkPolicy; the API gives it no protocol, so TCP, UDP and SCTP).
@@ -388,7 +390,11 @@ fn lower_rule(
 
 fn lower_peer(peer: &PeerWire, direction: Direction, at: &FieldPath) -> Result<Vec<Peer>, Invalid> {
     if peer.nodes.is_some() {
-        return Err(at.key("nodes").invalid("`nodes` peers are not supported: sluice has no node labels"));
+        return Err(at.key("nodes").invalid(
+            "`nodes` peers are not supported yet: they select every node, this one included, and the Node \
+             document declares no labels of its own (CiliumNetworkPolicy's toNodes selects other nodes by \
+             their peers[].labels, with policy.nodeSelectorLabels)",
+        ));
     }
     let given = [peer.namespaces.is_some(), peer.pods.is_some(), peer.networks.is_some()];
     if given.iter().filter(|g| **g).count() != 1 {

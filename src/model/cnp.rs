@@ -9,7 +9,20 @@
 //!   when `enableDefaultDeny` says so for it, or, when it does not say, when its allow or
 //!   deny list is non-empty (as in Cilium: `ingress: [{}]` is default deny with nothing
 //!   allowed). Deny entries drop whether or not the direction is enforced.
-//! - `fromNodes`/`toNodes` and `toServices` are rejected at their place (not supported yet).
+//! - `fromNodes`/`toNodes`: label selectors over the cluster's other nodes (the overlay
+//!   peers' `labels`), not scoped to a namespace; accepted only with the node's
+//!   `policy.nodeSelectorLabels` (Cilium's `enable-node-selector-labels`), rejected otherwise
+//!   with Cilium's message. They never select the node itself (Cilium adds a
+//!   `reserved:remote-node` requirement to them).
+//! - `toServices` (egress): `k8sService` (`serviceName`, `namespace`) selects the file's
+//!   Services of that name, `k8sServiceSelector` (`selector`, `namespace`) those whose labels
+//!   the selector matches; without `namespace`, in any namespace (as Cilium's
+//!   `serviceRefMatches`/`serviceSelectorMatches` do). Each selected Service becomes peers
+//!   as Cilium translates it: its `spec.selector` as an endpoint selector in the Service's
+//!   namespace, or, for a Service without a selector, its EndpointSlice addresses as CIDR
+//!   peers (which, like every CIDR peer, never match an endpoint of the cluster). As in
+//!   Cilium, `toServices` cannot be combined with `toPorts` or another peer field; it is
+//!   refused in `egressDeny`, where Cilium does not translate it.
 //! - An ingress entry: `fromEndpoints` (selectors, scoped to the namespace unless they name
 //!   one), `fromCIDR`, `fromCIDRSet` (`cidr` and `except`, each except inside its cidr),
 //!   `fromEntities` (all, cluster, host, world, remote-node, kube-apiserver, health, init,
@@ -36,15 +49,18 @@ use serde::{Deserialize, Deserializer};
 
 use super::cidr::Cidr;
 use super::de::parse_str_scalar;
+use super::endpoint::Name;
+use super::labels::{Requirement, Selector, NAMESPACE_LABEL};
 use super::locate::{FieldPath, Invalid};
 use super::policy::{
-    Direction, DirectionRules, Entity, HeaderRule, HttpRule, Mismatch, Peer, PeerRule, Policy, PolicyKind,
-    PortMatch, Protocol, Rule,
+    CidrRule, Direction, DirectionRules, Entity, HeaderRule, HttpRule, Mismatch, Peer, PeerRule, Policy,
+    PolicyKind, PortMatch, Protocol, Rule,
 };
 use super::policy_wire::{
-    lower_cidr_rule, lower_peer_selector, lower_port_spec, lower_subject, parse_protocol, EntityWire,
-    IcmpFamily, IcmpType, ObjectMeta, PortNumber, PortSpec, PortZero, SelectorWire,
+    lower_cidr_rule, lower_peer_selector, lower_port_spec, lower_requirements, lower_subject, parse_protocol,
+    EntityWire, IcmpFamily, IcmpType, ObjectMeta, ObjectName, PortNumber, PortSpec, PortZero, SelectorWire,
 };
+use super::service::PolicyService;
 use super::sources::EntryOrigin;
 
 /// `kind: CiliumNetworkPolicy`.
@@ -139,9 +155,8 @@ struct IngressWire {
     to_ports: Option<Vec<PortRuleWire>>,
     #[serde(default)]
     icmps: Option<Vec<IcmpRuleWire>>,
-    /// Read only to reject it at its place.
     #[serde(rename = "fromNodes", default)]
-    nodes: Option<IgnoredAny>,
+    nodes: Option<Vec<SelectorWire>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -162,12 +177,44 @@ struct EgressWire {
     to_ports: Option<Vec<PortRuleWire>>,
     #[serde(default)]
     icmps: Option<Vec<IcmpRuleWire>>,
-    /// Read only to reject it at its place.
     #[serde(rename = "toNodes", default)]
-    nodes: Option<IgnoredAny>,
-    /// Read only to reject it at its place.
+    nodes: Option<Vec<SelectorWire>>,
     #[serde(rename = "toServices", default)]
-    services: Option<IgnoredAny>,
+    services: Option<Vec<ServiceWire>>,
+}
+
+/// One `toServices` item.
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "a toServices entry: a mapping with k8sService or k8sServiceSelector"
+)]
+struct ServiceWire {
+    #[serde(default)]
+    k8s_service: Option<K8sServiceWire>,
+    #[serde(default)]
+    k8s_service_selector: Option<K8sServiceSelectorWire>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    rename_all = "camelCase",
+    expecting = "k8sService: a mapping with serviceName and namespace"
+)]
+struct K8sServiceWire {
+    service_name: ObjectName,
+    #[serde(default)]
+    namespace: Option<Name>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, expecting = "k8sServiceSelector: a mapping with selector and namespace")]
+struct K8sServiceSelectorWire {
+    selector: SelectorWire,
+    #[serde(default)]
+    namespace: Option<Name>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -288,10 +335,10 @@ struct EntryView<'a> {
     entities: &'a Option<Vec<EntityWire>>,
     to_ports: &'a Option<Vec<PortRuleWire>>,
     icmps: &'a Option<Vec<IcmpRuleWire>>,
-    /// `fromNodes`/`toNodes` given.
-    nodes: bool,
-    /// `toServices` given.
-    services: bool,
+    /// `fromNodes`/`toNodes`.
+    nodes: Option<&'a Vec<SelectorWire>>,
+    /// `toServices` (egress only).
+    services: Option<&'a Vec<ServiceWire>>,
 }
 
 impl IngressWire {
@@ -304,8 +351,8 @@ impl IngressWire {
             entities: &self.entities,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
-            nodes: self.nodes.is_some(),
-            services: false,
+            nodes: self.nodes.as_ref(),
+            services: None,
         }
     }
 }
@@ -320,30 +367,38 @@ impl EgressWire {
             entities: &self.entities,
             to_ports: &self.to_ports,
             icmps: &self.icmps,
-            nodes: self.nodes.is_some(),
-            services: self.services.is_some(),
+            nodes: self.nodes.as_ref(),
+            services: self.services.as_ref(),
         }
     }
 }
 
+/// What lowering a Cilium policy needs from the rest of the node file.
+pub(crate) struct CiliumContext<'a> {
+    /// What `toServices` can select.
+    pub services: &'a [PolicyService],
+    /// `policy.nodeSelectorLabels`: whether `fromNodes`/`toNodes` are accepted.
+    pub node_selector_labels: bool,
+}
+
 /// Lowers a CiliumNetworkPolicy document.
-pub(crate) fn lower_cnp(doc: &CnpDocument) -> Result<Policy, Invalid> {
+pub(crate) fn lower_cnp(doc: &CnpDocument, cx: &CiliumContext<'_>) -> Result<Policy, Invalid> {
     let namespace = doc.metadata.namespace();
-    let rules = lower_specs(&doc.spec, &doc.specs, &namespace, PolicyKind::CiliumNetworkPolicy)?;
+    let rules = lower_specs(&doc.spec, &doc.specs, &namespace, PolicyKind::CiliumNetworkPolicy, cx)?;
     Ok(Policy { namespace, name: doc.metadata.name.0.clone(), kind: PolicyKind::CiliumNetworkPolicy, rules })
 }
 
 /// Lowers a CiliumClusterwideNetworkPolicy document: as a CiliumNetworkPolicy, but its
 /// selectors are not scoped to a namespace (the policy's namespace is empty; see
 /// `super::policy_wire`), and it has none.
-pub(crate) fn lower_ccnp(doc: &CcnpDocument) -> Result<Policy, Invalid> {
+pub(crate) fn lower_ccnp(doc: &CcnpDocument, cx: &CiliumContext<'_>) -> Result<Policy, Invalid> {
     if doc.metadata.namespace.is_some() {
         return Err(FieldPath::root().key("metadata").key("namespace").invalid(
             "a CiliumClusterwideNetworkPolicy is cluster-scoped: it has no namespace (leave it out)",
         ));
     }
     let kind = PolicyKind::CiliumClusterwideNetworkPolicy;
-    let rules = lower_specs(&doc.spec, &doc.specs, CLUSTERWIDE, kind)?;
+    let rules = lower_specs(&doc.spec, &doc.specs, CLUSTERWIDE, kind, cx)?;
     Ok(Policy { namespace: CLUSTERWIDE.to_owned(), name: doc.metadata.name.0.clone(), kind, rules })
 }
 
@@ -355,6 +410,7 @@ fn lower_specs(
     specs: &Option<Vec<RuleWire>>,
     namespace: &str,
     kind: PolicyKind,
+    cx: &CiliumContext<'_>,
 ) -> Result<Vec<Rule>, Invalid> {
     let root = FieldPath::root();
     if spec.is_none() && specs.is_none() {
@@ -362,10 +418,10 @@ fn lower_specs(
     }
     let mut rules = Vec::new();
     if let Some(spec) = spec {
-        rules.push(lower_rule(spec, &root.key("spec"), namespace)?);
+        rules.push(lower_rule(spec, &root.key("spec"), namespace, cx)?);
     }
     for (i, spec) in specs.iter().flatten().enumerate() {
-        rules.push(lower_rule(spec, &root.key("specs").index(i), namespace)?);
+        rules.push(lower_rule(spec, &root.key("specs").index(i), namespace, cx)?);
     }
     Ok(rules)
 }
@@ -373,19 +429,26 @@ fn lower_specs(
 /// Where each rule and each entry of a (valid) CiliumNetworkPolicy was written: the path of
 /// every rule in `rules` order, and every entry's peer rule with its path (see
 /// `super::sources`). An entry that matches nothing has no peer rule and is left out.
-pub(crate) fn entry_origins(doc: &CnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
-    specs_origins(&doc.spec, &doc.specs, &doc.metadata.namespace())
+pub(crate) fn entry_origins(
+    doc: &CnpDocument,
+    cx: &CiliumContext<'_>,
+) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    specs_origins(&doc.spec, &doc.specs, &doc.metadata.namespace(), cx)
 }
 
 /// [`entry_origins`] for a CiliumClusterwideNetworkPolicy.
-pub(crate) fn ccnp_entry_origins(doc: &CcnpDocument) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
-    specs_origins(&doc.spec, &doc.specs, CLUSTERWIDE)
+pub(crate) fn ccnp_entry_origins(
+    doc: &CcnpDocument,
+    cx: &CiliumContext<'_>,
+) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
+    specs_origins(&doc.spec, &doc.specs, CLUSTERWIDE, cx)
 }
 
 fn specs_origins(
     spec: &Option<RuleWire>,
     specs: &Option<Vec<RuleWire>>,
     namespace: &str,
+    cx: &CiliumContext<'_>,
 ) -> Result<(Vec<FieldPath>, Vec<EntryOrigin>), Invalid> {
     let root = FieldPath::root();
     let specs = spec
@@ -423,7 +486,7 @@ fn specs_origins(
         for (direction, deny, key, views) in lists {
             for (i, view) in views.iter().enumerate() {
                 let at = path.key(key).index(i);
-                for peer_rule in lower_entry(view, &at, namespace, deny)? {
+                for peer_rule in lower_entry(view, &at, namespace, deny, cx)? {
                     entries.push(EntryOrigin { rule, direction, deny, peer_rule, path: at.clone() });
                 }
             }
@@ -433,7 +496,12 @@ fn specs_origins(
     Ok((rules, entries))
 }
 
-fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule, Invalid> {
+fn lower_rule(
+    rule: &RuleWire,
+    path: &FieldPath,
+    namespace: &str,
+    cx: &CiliumContext<'_>,
+) -> Result<Rule, Invalid> {
     let subject = lower_subject(&rule.endpoint_selector, &path.key("endpointSelector"), namespace)?;
     let default_deny = rule.enable_default_deny.as_ref();
     let ingress = lower_direction(
@@ -441,7 +509,7 @@ fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule
         rule.ingress_deny.as_deref().map(|list| list.iter().map(IngressWire::view).collect()),
         path,
         ("ingress", "ingressDeny"),
-        namespace,
+        (namespace, cx),
         default_deny.and_then(|d| d.ingress),
     )?;
     let egress = lower_direction(
@@ -449,7 +517,7 @@ fn lower_rule(rule: &RuleWire, path: &FieldPath, namespace: &str) -> Result<Rule
         rule.egress_deny.as_deref().map(|list| list.iter().map(EgressWire::view).collect()),
         path,
         ("egress", "egressDeny"),
-        namespace,
+        (namespace, cx),
         default_deny.and_then(|d| d.egress),
     )?;
     Ok(Rule { subject, ingress, egress })
@@ -460,7 +528,7 @@ fn lower_direction(
     deny: Option<Vec<EntryView<'_>>>,
     path: &FieldPath,
     (allow_key, deny_key): (&str, &str),
-    namespace: &str,
+    (namespace, cx): (&str, &CiliumContext<'_>),
     default_deny: Option<bool>,
 ) -> Result<DirectionRules, Invalid> {
     let allow = allow.unwrap_or_default();
@@ -471,7 +539,7 @@ fn lower_direction(
     let mut rules = DirectionRules { enforced, ..Default::default() };
     for (list, key, is_deny) in [(&allow, allow_key, false), (&deny, deny_key, true)] {
         for (i, entry) in list.iter().enumerate() {
-            let peer_rules = lower_entry(entry, &path.key(key).index(i), namespace, is_deny)?;
+            let peer_rules = lower_entry(entry, &path.key(key).index(i), namespace, is_deny, cx)?;
             if is_deny { &mut rules.deny } else { &mut rules.allow }.extend(peer_rules);
         }
     }
@@ -489,26 +557,24 @@ fn lower_entry(
     path: &FieldPath,
     namespace: &str,
     deny: bool,
+    cx: &CiliumContext<'_>,
 ) -> Result<Vec<PeerRule>, Invalid> {
     let prefix = entry.prefix;
-    if entry.nodes {
-        let key = format!("{prefix}Nodes");
-        return Err(path.key(&key).invalid(format!(
-            "{key} is not supported yet: sluice's node file knows no node labels to select by; \
-             use {prefix}Entities (host, remote-node) instead"
+    let nodes_key = format!("{prefix}Nodes");
+    if entry.nodes.is_some_and(|list| !list.is_empty()) && !cx.node_selector_labels {
+        return Err(path.key(&nodes_key).invalid(format!(
+            "{nodes_key} needs `policy.nodeSelectorLabels: true` in the Node's spec (Cilium: \
+             \"FromNodes/ToNodes rules can only be applied when the \"enable-node-selector-labels\" \
+             flag is set\"); or use {prefix}Entities (host, remote-node)"
         )));
-    }
-    if entry.services {
-        return Err(path.key("toServices").invalid(
-            "toServices is not supported yet; select the service's backends with toEndpoints \
-             (its selector) or toCIDR (its endpoints' addresses)",
-        ));
     }
     let peer_fields = [
         ("Endpoints", entry.endpoints.as_ref().map(Vec::len)),
         ("CIDR", entry.cidr.as_ref().map(Vec::len)),
         ("CIDRSet", entry.cidr_set.as_ref().map(Vec::len)),
         ("Entities", entry.entities.as_ref().map(Vec::len)),
+        ("Services", entry.services.map(Vec::len)),
+        ("Nodes", entry.nodes.map(Vec::len)),
     ];
     let used: Vec<&str> =
         peer_fields.iter().filter(|(_, len)| len.is_some_and(|n| n > 0)).map(|(name, _)| *name).collect();
@@ -540,6 +606,32 @@ fn lower_entry(
         peers.push(Peer::Cidr(lower_cidr_rule(set.cidr, &set.except, &at)?));
     }
     peers.extend(entry.entities.iter().flatten().map(|e| Peer::Entity(e.0)));
+    for (i, selector) in entry.nodes.into_iter().flatten().enumerate() {
+        // Not scoped to a namespace: nodes have none (Cilium lowers them with
+        // `NewESFromK8sLabelSelector("", ...)`).
+        let at = path.key(&nodes_key).index(i);
+        peers
+            .push(Peer::Nodes(Selector::new(lower_requirements(selector, &at)?.into_iter().map(|(r, _)| r))));
+    }
+    if let Some(list) = entry.services.filter(|list| !list.is_empty()) {
+        let at = path.key("toServices");
+        if deny {
+            return Err(at.invalid(
+                "toServices is not supported in egressDeny: Cilium translates toServices in egress \
+                 (allow) rules only; deny the service's pods with toEndpoints or its addresses with toCIDR",
+            ));
+        }
+        if has_ports {
+            return Err(path.invalid(
+                "toServices and toPorts cannot be combined in one entry (Cilium rejects it too: \
+                 \"Combining ToServices and ToPorts is not supported yet\"); toServices allows every \
+                 port of the service's backends",
+            ));
+        }
+        for (i, wire) in list.iter().enumerate() {
+            peers.extend(service_peers(wire, &at.index(i), cx.services)?);
+        }
+    }
     let any_peer_field = peer_fields.iter().any(|(_, len)| len.is_some());
     if !any_peer_field && (has_ports || has_icmps) {
         // Ports without a peer: those ports from (or to) anyone.
@@ -632,6 +724,55 @@ fn lower_entry(
         out.push(PeerRule { peers: peers.clone(), l4: ports, named_ports: Vec::new(), http: Some(http) });
     }
     Ok(out)
+}
+
+/// The peers one `toServices` item stands for: per selected Service, its pod selector in
+/// its namespace, or its EndpointSlice addresses when it has no selector (Cilium's
+/// `processRule` in `pkg/policy/k8s/service.go`: `appendSelector` / `appendEndpoints`).
+fn service_peers(
+    wire: &ServiceWire,
+    at: &FieldPath,
+    services: &[PolicyService],
+) -> Result<Vec<Peer>, Invalid> {
+    let in_namespace =
+        |namespace: &Option<Name>, s: &PolicyService| namespace.as_ref().is_none_or(|n| n.0 == s.namespace);
+    let selected: Vec<&PolicyService> = match (&wire.k8s_service, &wire.k8s_service_selector) {
+        (Some(_), Some(_)) => return Err(at.invalid(
+            "give one of k8sService and k8sServiceSelector (with both, Cilium reads only k8sServiceSelector)",
+        )),
+        (None, None) => return Err(at.invalid("a toServices entry needs k8sService or k8sServiceSelector")),
+        (Some(by_name), None) => services
+            .iter()
+            .filter(|s| s.name == by_name.service_name.0 && in_namespace(&by_name.namespace, s))
+            .collect(),
+        (None, Some(by_labels)) => {
+            let path = at.key("k8sServiceSelector").key("selector");
+            let selector =
+                Selector::new(lower_requirements(&by_labels.selector, &path)?.into_iter().map(|(r, _)| r));
+            services
+                .iter()
+                .filter(|s| in_namespace(&by_labels.namespace, s) && selector.matches(&s.labels))
+                .collect()
+        }
+    };
+    Ok(selected
+        .into_iter()
+        .flat_map(|s| match &s.selector {
+            Some(pods) => {
+                let requirements = pods
+                    .iter()
+                    .filter(|(key, _)| key.as_str() != NAMESPACE_LABEL)
+                    .map(|(key, value)| Requirement::equals(key, value))
+                    .chain([Requirement::equals(NAMESPACE_LABEL, &s.namespace)]);
+                vec![Peer::Endpoints(Selector::new(requirements))]
+            }
+            None => s
+                .addresses
+                .iter()
+                .map(|&addr| Peer::Cidr(CidrRule { cidr: Cidr::host(addr), except: Vec::new() }))
+                .collect(),
+        })
+        .collect())
 }
 
 /// `rules` of one `toPorts` entry: its HTTP rules, checked.

@@ -113,6 +113,9 @@ pub struct NodeConfig {
     /// AdminNetworkPolicies by (priority, name), then the BaselineAdminNetworkPolicy if any
     /// (`anp`): the tiers before and after [`NodeConfig::policies`].
     pub admin_policies: Vec<anp::AdminPolicy>,
+    /// Each Service as `toServices` sees it (names, labels, selector, backend addresses),
+    /// sorted by (namespace, name); the policies' `toServices` are already lowered from it.
+    pub policy_services: Vec<service::PolicyService>,
 }
 
 impl NodeConfig {
@@ -151,6 +154,9 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     let (mut services, mut slices) = (Vec::new(), Vec::new());
     let mut namespaces = Vec::new();
     let mut admin_policies = Vec::new();
+    // CiliumNetworkPolicy and CiliumClusterwideNetworkPolicy documents wait for the Services
+    // (their `toServices` lowers to what the Services select).
+    let mut cilium = Vec::new();
     // (kind, namespace, name) -> document position, to reject a second policy of one name.
     let mut seen: BTreeMap<(policy::PolicyKind, String, String), usize> = BTreeMap::new();
     for (index, document) in documents {
@@ -161,8 +167,14 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
                     node = Some(lower_node(doc, origin).map_err(|invalid| located(index, invalid))?);
                     continue;
                 }
-                Document::CiliumNetworkPolicy(doc) => cnp::lower_cnp(&doc),
-                Document::CiliumClusterwideNetworkPolicy(doc) => cnp::lower_ccnp(&doc),
+                Document::CiliumNetworkPolicy(doc) => {
+                    cilium.push((index, CiliumDocument::Namespaced(doc)));
+                    continue;
+                }
+                Document::CiliumClusterwideNetworkPolicy(doc) => {
+                    cilium.push((index, CiliumDocument::Clusterwide(doc)));
+                    continue;
+                }
                 Document::NetworkPolicy(doc) => knp::lower_knp(&doc).map(|(policy, ignored)| {
                     policy_warnings.extend(ignored.iter().map(|w| {
                         ModelError::from_yaml(origin, &locate::locate(source, index, w)).to_string()
@@ -197,22 +209,7 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
                 }
             }
             .map_err(|invalid| located(index, invalid))?;
-        let key = (policy.kind, policy.namespace.clone(), policy.name.clone());
-        if let Some(first) = seen.insert(key, index) {
-            let at = FieldPath::root().key("metadata").key("name");
-            return Err(located(
-                index,
-                at.invalid(format!(
-                    "a second {} `{}/{}` (document {} of the file; the first is document {})",
-                    policy.kind,
-                    policy.namespace,
-                    policy.name,
-                    index + 1,
-                    first + 1
-                )),
-            ));
-        }
-        policies.push(policy);
+        policies.push((index, policy));
     }
     let mut node = node.ok_or_else(|| {
         ModelError::at(
@@ -226,12 +223,43 @@ pub fn parse_str(source: &str, origin: &str) -> Result<NodeConfig, ModelError> {
     let namespace_labels =
         namespace::lower_namespaces(&namespaces).map_err(|(index, invalid)| located(index, invalid))?;
     namespace::label_endpoints(&mut node.endpoints, &namespace_labels);
+    node.services = service::lower_services(&services, &slices, &node.endpoints, &node.host_addresses)
+        .map_err(|(index, invalid)| located(index, invalid))?;
+    node.policy_services = service::policy_services(&services, &node.services);
+    let cx = cnp::CiliumContext {
+        services: &node.policy_services,
+        node_selector_labels: node.policy.node_selector_labels,
+    };
+    for (index, doc) in cilium {
+        let policy = match doc {
+            CiliumDocument::Namespaced(doc) => cnp::lower_cnp(&doc, &cx),
+            CiliumDocument::Clusterwide(doc) => cnp::lower_ccnp(&doc, &cx),
+        };
+        policies.push((index, policy.map_err(|invalid| located(index, invalid))?));
+    }
+    policies.sort_by_key(|(index, _)| *index);
+    for (index, policy) in &policies {
+        let key = (policy.kind, policy.namespace.clone(), policy.name.clone());
+        if let Some(first) = seen.insert(key, *index) {
+            let at = FieldPath::root().key("metadata").key("name");
+            return Err(located(
+                *index,
+                at.invalid(format!(
+                    "a second {} `{}/{}` (document {} of the file; the first is document {})",
+                    policy.kind,
+                    policy.namespace,
+                    policy.name,
+                    index + 1,
+                    first + 1
+                )),
+            ));
+        }
+    }
+    let mut policies: Vec<Policy> = policies.into_iter().map(|(_, policy)| policy).collect();
     policies.sort();
     node.policies = policies;
     node.policy_warnings = policy_warnings;
     node.admin_policies = anp::order(admin_policies).map_err(|(index, invalid)| located(index, invalid))?;
-    node.services = service::lower_services(&services, &slices, &node.endpoints, &node.host_addresses)
-        .map_err(|(index, invalid)| located(index, invalid))?;
     Ok(node)
 }
 
@@ -277,7 +305,14 @@ fn lower_node(node: NodeDocument, origin: &str) -> Result<NodeConfig, Invalid> {
         numbering: Default::default(),
         cluster_identities: BTreeMap::new(),
         admin_policies: Vec::new(),
+        policy_services: Vec::new(),
     })
+}
+
+/// A Cilium policy document, lowered once the Services are known.
+enum CiliumDocument {
+    Namespaced(cnp::CnpDocument),
+    Clusterwide(cnp::CcnpDocument),
 }
 
 #[cfg(test)]

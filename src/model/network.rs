@@ -150,6 +150,9 @@ pub struct OverlayPeer {
     pub wireguard: Option<super::encryption::WireguardPeer>,
     /// The endpoints the peer declares (sorted by name), each inside one of `prefixes`.
     pub endpoints: Vec<RemoteEndpoint>,
+    /// The node's labels (`peers[].labels`, source prefixes removed): what `fromNodes` and
+    /// `toNodes` select it by (with `policy.nodeSelectorLabels`). Peers from etcd have none.
+    pub labels: Labels,
 }
 
 /// An endpoint on another node: its addresses and identity labels, nothing to attach.
@@ -207,6 +210,8 @@ pub(crate) struct PeerWire {
     wireguard: Option<super::encryption::WireguardPeerWire>,
     #[serde(default)]
     endpoints: Vec<PeerEndpointWire>,
+    #[serde(default)]
+    labels: BTreeMap<LabelKey, LabelValue>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -372,7 +377,15 @@ pub(crate) fn lower(
             }
         }
         let endpoints = lower_peer_endpoints(p.endpoints, &own, &mut remote_addresses, (&here, i))?;
-        peers.push(OverlayPeer { name: p.name.0, address: p.address.0, prefixes: own, wireguard, endpoints });
+        let labels = p.labels.into_iter().map(|(k, v)| (k.key, v.0)).collect();
+        peers.push(OverlayPeer {
+            name: p.name.0,
+            address: p.address.0,
+            prefixes: own,
+            wireguard,
+            endpoints,
+            labels,
+        });
     }
     peers.sort_by(|a, b| a.name.cmp(&b.name));
     let device = o.device.map_or_else(|| DEFAULT_OVERLAY_DEVICE.to_string(), |d| d.0);

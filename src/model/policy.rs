@@ -14,7 +14,8 @@
 //!   peers matches nothing (Cilium's `ingress: [{}]`).
 //! - Peers: [`Peer::Endpoints`] selects endpoints by their labels (selectors are scoped to a
 //!   namespace unless they name one); [`Peer::Cidr`] matches addresses outside the cluster in
-//!   `cidr` and in none of `except`; [`Peer::Entity`] names a reserved group. Addresses of
+//!   `cidr` and in none of `except`; [`Peer::Entity`] names a reserved group;
+//!   [`Peer::Nodes`] selects other nodes (overlay peers) by their labels. Addresses of
 //!   endpoints and of the host are never matched by CIDR peers, as in Cilium, where an
 //!   endpoint's own address resolves to the endpoint's identity.
 //! - Semantics of a direction for one endpoint (the oracle implements exactly this): a packet
@@ -185,6 +186,9 @@ pub enum Peer {
     /// Endpoints whose labels match.
     Endpoints(Selector),
     Cidr(CidrRule),
+    /// The cluster's other nodes whose labels match (`fromNodes`/`toNodes`; never the node
+    /// itself).
+    Nodes(Selector),
 }
 
 /// A prefix minus sub-prefixes: `fromCIDR`, `fromCIDRSet`, `ipBlock`.

@@ -15,6 +15,12 @@
 //! - `revokeEstablished` (default `false`, Cilium's behaviour: "established connections
 //!   survive policy changes"): when `true`, a policy change that now denies an established
 //!   connection ends it ([`crate::node::revoke`]).
+//! - `nodeSelectorLabels` is Cilium's `enable-node-selector-labels` (Helm
+//!   `nodeSelectorLabels`), default false: with it, each overlay peer gets its own identity
+//!   from its `labels` (peers with equal labels share one) and `fromNodes`/`toNodes` select
+//!   peers by those labels; without it, `fromNodes`/`toNodes` are rejected, as Cilium rejects
+//!   them ("FromNodes/ToNodes rules can only be applied when the
+//!   \"enable-node-selector-labels\" flag is set").
 
 use serde::Deserialize;
 
@@ -23,13 +29,14 @@ use serde::Deserialize;
 #[serde(
     deny_unknown_fields,
     rename_all = "camelCase",
-    expecting = "policy settings: a mapping with allowLocalhost and revokeEstablished"
+    expecting = "policy settings: a mapping with allowLocalhost, revokeEstablished and nodeSelectorLabels"
 )]
 pub(crate) struct PolicySettingsWire {
     #[serde(default)]
     allow_localhost: Option<AllowLocalhostWire>,
     #[serde(default)]
     revoke_established: bool,
+    node_selector_labels: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -58,6 +65,9 @@ pub struct PolicySettings {
     pub allow_localhost: AllowLocalhost,
     /// End established connections a policy change now denies.
     pub revoke_established: bool,
+    /// Cilium's `enable-node-selector-labels`: per-node identities from the peers' labels,
+    /// and `fromNodes`/`toNodes` accepted.
+    pub node_selector_labels: bool,
 }
 
 pub(crate) fn lower(wire: Option<PolicySettingsWire>) -> PolicySettings {
@@ -68,5 +78,6 @@ pub(crate) fn lower(wire: Option<PolicySettingsWire>) -> PolicySettings {
             Some(AllowLocalhostWire::Policy) => AllowLocalhost::Policy,
         },
         revoke_established: wire.revoke_established,
+        node_selector_labels: wire.node_selector_labels.unwrap_or(false),
     }
 }

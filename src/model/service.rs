@@ -19,7 +19,10 @@
 //! - `spec.sessionAffinity`: `None` (default) or `ClientIP`, with
 //!   `sessionAffinityConfig.clientIP.timeoutSeconds` 1-86400 (default 10800, Kubernetes' own);
 //!   a `sessionAffinityConfig` without ClientIP affinity is rejected, as Kubernetes does.
-//! - `spec.selector` is accepted and not used: backends come from EndpointSlices only.
+//! - `spec.selector` is not used for backends: they come from EndpointSlices only. The
+//!   Service's labels and selector are kept for policy ([`PolicyService`]): Cilium's
+//!   `toServices` selects Services by name or labels and allows their pods by the selector,
+//!   or their EndpointSlice addresses when they have none.
 //! - Annotations (a typo in a `sluice.dev/` key is an error, other keys are accepted):
 //!   `sluice.dev/lb-algorithm: random | maglev`, default `random`: random selection needs no
 //!   per-service table, while Maglev costs one table of M slots (4 bytes each) per frontend,
@@ -71,7 +74,7 @@ use serde::Deserialize;
 use super::cidr::Family;
 use super::de::parse_str_scalar;
 use super::endpoint::{parse_unicast, AnyAddress, Endpoint, Name, DEFAULT_NAMESPACE};
-use super::labels::{LabelKey, LabelValue};
+use super::labels::{LabelKey, LabelValue, Labels};
 use super::locate::{FieldPath, Invalid};
 use super::names::check_dns_label;
 use super::policy::Protocol;
@@ -228,8 +231,9 @@ struct ServiceMeta {
     name: ServiceName,
     #[serde(default)]
     namespace: Option<Name>,
-    #[serde(default, rename = "labels")]
-    _labels: Option<BTreeMap<LabelKey, LabelValue>>,
+    /// What `toServices.k8sServiceSelector` selects the Service by.
+    #[serde(default)]
+    labels: Option<BTreeMap<LabelKey, LabelValue>>,
     #[serde(default)]
     annotations: Option<ServiceAnnotations>,
 }
@@ -251,8 +255,9 @@ struct ServiceSpec {
     ip_families: Option<Vec<IpFamilyWire>>,
     #[serde(default)]
     ip_family_policy: Option<IpFamilyPolicy>,
-    #[serde(default, rename = "selector")]
-    _selector: Option<BTreeMap<LabelKey, LabelValue>>,
+    /// Not used for backends; `toServices` turns it into an endpoint selector.
+    #[serde(default)]
+    selector: Option<BTreeMap<LabelKey, LabelValue>>,
     #[serde(default)]
     ports: Vec<ServicePortWire>,
     #[serde(default)]
@@ -954,6 +959,48 @@ pub(crate) fn lower_services(
     }
 
     pending.into_values().map(finish).collect()
+}
+
+/// What a CiliumNetworkPolicy's `toServices` can select: a Service's name, labels and pod
+/// selector, and the addresses of its EndpointSlices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyService {
+    pub namespace: String,
+    pub name: String,
+    /// `metadata.labels` (without source prefixes).
+    pub labels: Labels,
+    /// `spec.selector`; `None` when absent or empty (a Service "without a selector").
+    pub selector: Option<Labels>,
+    /// Every backend address of every frontend (any state), sorted, deduplicated.
+    pub addresses: Vec<IpAddr>,
+}
+
+/// The [`PolicyService`] of each Service document (`lowered` is [`lower_services`]' output
+/// for the same documents), sorted by (namespace, name).
+pub(crate) fn policy_services(docs: &[(usize, ServiceDocument)], lowered: &[Service]) -> Vec<PolicyService> {
+    let plain = |map: &Option<BTreeMap<LabelKey, LabelValue>>| -> Labels {
+        map.iter().flatten().map(|(k, v)| (k.key.clone(), v.0.clone())).collect()
+    };
+    let mut out: Vec<PolicyService> = docs
+        .iter()
+        .map(|(_, doc)| {
+            let namespace =
+                doc.metadata.namespace.as_ref().map_or_else(|| DEFAULT_NAMESPACE.to_owned(), |n| n.0.clone());
+            let name = doc.metadata.name.0.clone();
+            let mut addresses: Vec<IpAddr> = lowered
+                .iter()
+                .filter(|s| s.namespace == namespace && s.name == name)
+                .flat_map(|s| &s.frontends)
+                .flat_map(|f| f.backends.iter().map(|b| b.address))
+                .collect();
+            addresses.sort();
+            addresses.dedup();
+            let selector = Some(plain(&doc.spec.selector)).filter(|s| !s.is_empty());
+            PolicyService { labels: plain(&doc.metadata.labels), selector, addresses, namespace, name }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    out
 }
 
 /// Path of the `i`th VIP as written: in `clusterIPs` when given, else `clusterIP`.

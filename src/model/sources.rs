@@ -80,6 +80,12 @@ impl PolicySource {
 
 /// The sources of every policy document of `source` (named `origin`), in file order.
 pub fn policy_sources(source: &str, origin: &str) -> Result<Vec<PolicySource>, ModelError> {
+    // `toServices` lowers to what the file's Services select.
+    let cfg = super::parse_str(source, origin)?;
+    let cx = super::cnp::CiliumContext {
+        services: &cfg.policy_services,
+        node_selector_labels: cfg.policy.node_selector_labels,
+    };
     let documents = read_documents(source).map_err(|err| ModelError::from_yaml(origin, &err))?;
     let place = |index: usize, path: &FieldPath| -> Place {
         match ModelError::from_yaml(origin, &locate(source, index, &path.invalid("here"))) {
@@ -93,12 +99,12 @@ pub fn policy_sources(source: &str, origin: &str) -> Result<Vec<PolicySource>, M
     for (index, document) in documents {
         let (kind, meta, origins) = match &document {
             Document::CiliumNetworkPolicy(doc) => {
-                (PolicyKind::CiliumNetworkPolicy, &doc.metadata, super::cnp::entry_origins(doc))
+                (PolicyKind::CiliumNetworkPolicy, &doc.metadata, super::cnp::entry_origins(doc, &cx))
             }
             Document::CiliumClusterwideNetworkPolicy(doc) => (
                 PolicyKind::CiliumClusterwideNetworkPolicy,
                 &doc.metadata,
-                super::cnp::ccnp_entry_origins(doc),
+                super::cnp::ccnp_entry_origins(doc, &cx),
             ),
             Document::NetworkPolicy(doc) => {
                 (PolicyKind::NetworkPolicy, &doc.metadata, super::knp::entry_origins(doc))

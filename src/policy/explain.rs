@@ -25,7 +25,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use crate::model::anp::{AdminAction, AdminPolicy, AdminRule, AdminTier};
-use crate::model::policy::{Entity, Peer, PeerRule, PolicyKind};
+use crate::model::policy::{PeerRule, PolicyKind};
 use crate::model::policy_settings::AllowLocalhost;
 use crate::model::sources::{Place, PolicySource};
 use crate::model::{Direction, Endpoint, NodeConfig};
@@ -219,35 +219,10 @@ fn describe(end: &End) -> String {
     }
 }
 
-/// Who a peer address is.
-#[derive(Debug, Clone, Copy)]
-enum PeerKind<'a> {
-    Endpoint(&'a Endpoint),
-    Host,
-    Outside(IpAddr),
-}
-
-fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
-    if let Some(endpoint) = cfg.endpoints.iter().find(|e| e.has_address(addr)) {
-        PeerKind::Endpoint(endpoint)
-    } else if cfg.host_addresses.contains(&addr) {
-        PeerKind::Host
-    } else {
-        PeerKind::Outside(addr)
-    }
-}
-
-fn peer_matches(peer: &Peer, kind: PeerKind<'_>) -> bool {
-    match (peer, kind) {
-        (Peer::Entity(Entity::All), _) => true,
-        (Peer::Entity(Entity::Cluster), PeerKind::Endpoint(_) | PeerKind::Host) => true,
-        (Peer::Entity(Entity::Host), PeerKind::Host) => true,
-        (Peer::Entity(Entity::World), PeerKind::Outside(_)) => true,
-        (Peer::Endpoints(selector), PeerKind::Endpoint(endpoint)) => selector.matches(&endpoint.labels),
-        (Peer::Cidr(rule), PeerKind::Outside(addr)) => rule.contains(addr),
-        _ => false,
-    }
-}
+// Who a peer address is, and which peers match it: the oracle's own reading (remote
+// endpoints, remote nodes with their labels, unmanaged addresses), so that an explanation
+// never disagrees with the verdict.
+use super::oracle::{classify, peer_matches, PeerKind};
 
 fn policy_name(kind: PolicyKind, namespace: &str, name: &str) -> String {
     if namespace.is_empty() {

@@ -19,6 +19,13 @@
 //!   default routes, gets a local-scope identity `1 << 24 | n`, `n` counting from 1 over the
 //!   prefixes in sorted order ([`Cidr`]'s order). The default routes are the world identities
 //!   `0.0.0.0/0` -> world-ipv4 and `::/0` -> world-ipv6, as Cilium does on a dual-stack node.
+//! - Node identities, with `policy.nodeSelectorLabels` only (Cilium's
+//!   `enable-node-selector-labels`: "every cilium-agent allocates a different local security
+//!   identity for all other nodes. But instead of using local scoped identity it uses
+//!   remote-node scoped identity range"): every distinct label set of the overlay peers gets
+//!   `2 << 24 | n` (Cilium's remote-node scope), `n` counting from 1 over the sets in sorted
+//!   order; peers with equal labels share one. Without the setting every peer is
+//!   remote-node (6).
 //! - [`IdentityTable::allocate`] is a pure function of the config; it fails only when the
 //!   label sets do not fit the range.
 
@@ -51,6 +58,8 @@ impl Identity {
     pub const LAST_LABEL_SET: u32 = 65535;
     /// The bit that marks node-local identities (CIDR identities).
     pub const LOCAL_SCOPE: u32 = 1 << 24;
+    /// The bit that marks per-node identities (Cilium's remote-node scope).
+    pub const REMOTE_NODE_SCOPE: u32 = 2 << 24;
 
     pub const fn get(self) -> u32 {
         self.0
@@ -106,6 +115,10 @@ pub struct IdentityTable {
     labels_of: BTreeMap<Identity, Labels>,
     endpoints: BTreeMap<String, Identity>,
     cidrs: BTreeMap<Cidr, Identity>,
+    /// Overlay peer name -> its node identity (with `policy.nodeSelectorLabels` only).
+    nodes: BTreeMap<String, Identity>,
+    /// Each node identity's labels.
+    node_labels: BTreeMap<Identity, Labels>,
 }
 
 impl IdentityTable {
@@ -155,7 +168,30 @@ impl IdentityTable {
             .zip(1u32..)
             .map(|(cidr, n)| (cidr, Identity(Identity::LOCAL_SCOPE | n)))
             .collect();
-        Ok(IdentityTable { by_labels, labels_of, endpoints, cidrs })
+        let peers = cfg.overlay.iter().flat_map(|o| &o.peers).filter(|_| cfg.policy.node_selector_labels);
+        let node_sets: std::collections::BTreeSet<&Labels> = peers.clone().map(|p| &p.labels).collect();
+        let node_labels: BTreeMap<Identity, Labels> = node_sets
+            .into_iter()
+            .zip(1u32..)
+            .map(|(labels, n)| (Identity(Identity::REMOTE_NODE_SCOPE | n), labels.clone()))
+            .collect();
+        let nodes = peers
+            .map(|p| {
+                let id = node_labels.iter().find(|(_, l)| **l == p.labels).map(|(id, _)| *id);
+                (p.name.clone(), id.expect("every peer's label set got an identity above"))
+            })
+            .collect();
+        Ok(IdentityTable { by_labels, labels_of, endpoints, cidrs, nodes, node_labels })
+    }
+
+    /// The identity of the overlay peer called `name`, when nodes have their own.
+    pub fn node(&self, name: &str) -> Option<Identity> {
+        self.nodes.get(name).copied()
+    }
+
+    /// Every node identity with its labels, by identity.
+    pub fn node_sets(&self) -> impl Iterator<Item = (Identity, &Labels)> + '_ {
+        self.node_labels.iter().map(|(id, labels)| (*id, labels))
     }
 
     /// The identity of the endpoint called `name`.
@@ -201,7 +237,7 @@ pub(crate) fn rule_cidrs(cfg: &NodeConfig) -> impl Iterator<Item = Cidr> + '_ {
         .flat_map(|pr| &pr.peers)
         .flat_map(|peer| match peer {
             Peer::Cidr(rule) => std::iter::once(rule.cidr).chain(rule.except.iter().copied()).collect(),
-            Peer::Entity(_) | Peer::Endpoints(_) => Vec::new(),
+            Peer::Entity(_) | Peer::Endpoints(_) | Peer::Nodes(_) => Vec::new(),
         })
 }
 

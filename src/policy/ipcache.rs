@@ -4,7 +4,7 @@
 //! - Entries, by priority when two claim the same prefix: each endpoint address (the node's
 //!   and those its overlay peers declare) as a host prefix (`/32`, `/128`) -> the endpoint's
 //!   label-set identity; each host address -> host; each overlay peer's address ->
-//!   remote-node; each overlay peer's prefix -> unmanaged (an address of the cluster no
+//!   remote-node (its node identity with `policy.nodeSelectorLabels`); each overlay peer's prefix -> unmanaged (an address of the cluster no
 //!   endpoint claims: Cilium's "unmanaged endpoints are considered part of the cluster");
 //!   each prefix a rule uses -> its CIDR identity, unless it lies inside a peer's prefix;
 //!   `0.0.0.0/0` -> world-ipv4 and `::/0` -> world-ipv6. An endpoint, host or node address
@@ -61,7 +61,8 @@ impl IpCache {
         }
         let peers = cfg.overlay.iter().flat_map(|o| &o.peers);
         for peer in peers.clone() {
-            entries.entry(Cidr::host(IpAddr::V4(peer.address))).or_insert(Identity::REMOTE_NODE);
+            let id = ids.node(&peer.name).unwrap_or(Identity::REMOTE_NODE);
+            entries.entry(Cidr::host(IpAddr::V4(peer.address))).or_insert(id);
         }
         let cluster_prefixes: Vec<Cidr> = peers.flat_map(|p| p.prefixes.iter().copied()).collect();
         for prefix in &cluster_prefixes {

@@ -13,7 +13,8 @@
 //! - Peer semantics: `Endpoints(selector)` matches an endpoint whose labels the selector
 //!   matches; `Cidr(P except E..)` matches an outside address in P and in no E (never an
 //!   endpoint or the host); `all` matches every peer, `cluster` endpoints and the host,
-//!   `host` the host, `world` outside addresses.
+//!   `host` the host, `world` outside addresses; `Nodes(selector)` an overlay peer's own
+//!   address when the selector matches the peer's labels (never the node itself).
 //! - Verdict for one endpoint and direction: any matching deny peer rule of a selecting rule
 //!   -> deny; else not selected by any rule enforced in that direction -> allow; else, for
 //!   ingress from the node itself when an enforcing rule admits it
@@ -48,12 +49,13 @@ pub struct FlowKey {
 
 /// Who a peer address belongs to.
 #[derive(Debug, Clone, Copy)]
-enum PeerKind<'a> {
+pub(crate) enum PeerKind<'a> {
     Endpoint(&'a Endpoint),
     /// An endpoint an overlay peer declares, by its labels.
     Remote(&'a crate::model::Labels),
     Host,
-    RemoteNode,
+    /// An overlay peer's own address, with the peer's labels.
+    RemoteNode(&'a crate::model::Labels),
     /// In an overlay peer's prefix, claimed by no endpoint.
     Unmanaged,
     Outside(IpAddr),
@@ -137,15 +139,17 @@ fn network_policy_tier(
     Some(Verdict::Deny)
 }
 
-fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
+pub(crate) fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
     if let Some(endpoint) = cfg.endpoints.iter().find(|e| e.has_address(addr)) {
         PeerKind::Endpoint(endpoint)
     } else if let Some((_, remote)) = cfg.remote_endpoints().find(|(_, e)| e.addresses().any(|a| a == addr)) {
         PeerKind::Remote(&remote.labels)
     } else if cfg.host_addresses.contains(&addr) {
         PeerKind::Host
-    } else if cfg.overlay.iter().flat_map(|o| &o.peers).any(|p| IpAddr::V4(p.address) == addr) {
-        PeerKind::RemoteNode
+    } else if let Some(node) =
+        cfg.overlay.iter().flat_map(|o| &o.peers).find(|p| IpAddr::V4(p.address) == addr)
+    {
+        PeerKind::RemoteNode(&node.labels)
     } else if cfg.overlay.iter().flat_map(|o| &o.peers).flat_map(|p| &p.prefixes).any(|c| c.contains(addr)) {
         PeerKind::Unmanaged
     } else {
@@ -153,12 +157,15 @@ fn classify(cfg: &NodeConfig, addr: IpAddr) -> PeerKind<'_> {
     }
 }
 
-fn peer_matches(peer: &Peer, kind: PeerKind<'_>) -> bool {
+pub(crate) fn peer_matches(peer: &Peer, kind: PeerKind<'_>) -> bool {
     match (peer, kind) {
         (Peer::Entity(Entity::All), _) => true,
         (Peer::Entity(Entity::Cluster), kind) => !matches!(kind, PeerKind::Outside(_)),
         (Peer::Entity(Entity::Host), PeerKind::Host) => true,
-        (Peer::Entity(Entity::RemoteNode), PeerKind::RemoteNode) => true,
+        (Peer::Entity(Entity::RemoteNode), PeerKind::RemoteNode(_)) => true,
+        // `fromNodes`/`toNodes` exist only with `policy.nodeSelectorLabels` (the model
+        // refuses them otherwise); they select other nodes by their labels.
+        (Peer::Nodes(selector), PeerKind::RemoteNode(labels)) => selector.matches(labels),
         (Peer::Endpoints(selector), PeerKind::Remote(labels)) => selector.matches(labels),
         (Peer::Entity(Entity::World), PeerKind::Outside(_)) => true,
         (Peer::Endpoints(selector), PeerKind::Endpoint(endpoint)) => selector.matches(&endpoint.labels),

@@ -20,7 +20,9 @@
 //!   cluster), `cluster` -> every label-set identity (local and remote endpoints) plus host,
 //!   unmanaged, health, init, remote-node and ingress (Cilium's cluster entity); the other
 //!   reserved entities to their reserved identity (`unmanaged` 3, `health` 4, `init` 5,
-//!   `remote-node` 6, `kube-apiserver` 7, `ingress` 8).
+//!   `remote-node` 6, `kube-apiserver` 7, `ingress` 8). With per-node identities
+//!   (`policy.nodeSelectorLabels`), `remote-node` and `cluster` also take every node
+//!   identity, and `Nodes(selector)` the node identities whose labels it matches.
 //! - Subjects are the node's own endpoints: remote endpoints have identities (peers can
 //!   select them) but no policy here; their own node enforces theirs.
 //! - Ports become entries: a rule without ports gives protocol 0, port prefix 0; a port range
@@ -380,11 +382,23 @@ impl<'a> PeerIdentities<'a> {
         })
     }
 
+    /// The node identities whose labels pass `keep`.
+    fn node_ids<'b>(
+        &'b self,
+        keep: impl Fn(&crate::model::Labels) -> bool + 'b,
+    ) -> impl Iterator<Item = u32> + 'b {
+        self.identities.node_sets().filter(move |(_, labels)| keep(labels)).map(|(id, _)| id.get())
+    }
+
     pub(super) fn of(&self, peer: &Peer) -> Vec<u32> {
         match peer {
             Peer::Entity(Entity::All) => vec![0],
             Peer::Entity(Entity::Host) => vec![Identity::HOST.get()],
-            Peer::Entity(Entity::RemoteNode) => vec![Identity::REMOTE_NODE.get()],
+            // With per-node identities, each is a remote node too.
+            Peer::Entity(Entity::RemoteNode) => {
+                std::iter::once(Identity::REMOTE_NODE.get()).chain(self.node_ids(|_| true)).collect()
+            }
+            Peer::Nodes(selector) => self.node_ids(|labels| selector.matches(labels)).collect(),
             Peer::Entity(Entity::KubeApiserver) => vec![Identity::KUBE_APISERVER.get()],
             Peer::Entity(Entity::Health) => vec![Identity::HEALTH.get()],
             Peer::Entity(Entity::Init) => vec![Identity::INIT.get()],
@@ -395,9 +409,12 @@ impl<'a> PeerIdentities<'a> {
                 .map(|id| id.get())
                 .chain(self.cidrs.iter().copied())
                 .collect(),
-            Peer::Entity(Entity::Cluster) => {
-                CLUSTER_RESERVED.iter().map(|id| id.get()).chain(self.label_sets.iter().copied()).collect()
-            }
+            Peer::Entity(Entity::Cluster) => CLUSTER_RESERVED
+                .iter()
+                .map(|id| id.get())
+                .chain(self.label_sets.iter().copied())
+                .chain(self.node_ids(|_| true))
+                .collect(),
             Peer::Endpoints(selector) => self
                 .identities
                 .label_sets()

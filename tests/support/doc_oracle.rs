@@ -44,6 +44,27 @@
 //! - Verdict: any matching deny entry of a selecting policy: deny; else not selected by a
 //!   policy enforcing the direction: allow; else ingress from the node where an enforcing
 //!   policy admits it: allow; else any matching allow entry: allow; else deny.
+//! - CiliumNetworkPolicy `toServices` (Cilium, Services based: "This feature uses the
+//!   discovered services' label selector as an endpoint selector within the policy ...
+//!   Services without selectors are handled differently. The IPs in the service's
+//!   EndpointSlices are, converted to CIDR selectors. CIDR selectors cannot select pods"):
+//!   `k8sService` by name, `k8sServiceSelector` by the Service's labels, each in the given
+//!   namespace or any; a Service with a `selector` admits the endpoints of its namespace
+//!   with those labels, one without admits outside addresses its EndpointSlices list.
+//! - AdminNetworkPolicy and BaselineAdminNetworkPolicy (network-policy-api v1alpha1), around
+//!   the above: "Policies with lower priority values have higher precedence" and "All
+//!   AdminNetworkPolicy rules have higher precedence than NetworkPolicy or
+//!   BaselineAdminNetworkPolicy rules"; within one, "a rule that appears at the top of the
+//!   ingress rules would take the highest precedence". The first ANP rule (of ANPs whose
+//!   `subject` selects the endpoint) whose peers and ports match decides: Allow, Deny, or
+//!   Pass ("skip any remaining ANP rules, and then pass execution to any NetworkPolicies
+//!   that select the pod. If the pod is not selected by any NetworkPolicies then execution
+//!   is passed to any BaselineAdminNetworkPolicies"). Then the rule above, when a policy
+//!   denies or isolates; else the baseline's first matching rule; else allow. Subjects and
+//!   peers: `namespaces` (a selector over the Namespace's labels plus
+//!   `kubernetes.io/metadata.name`) or `pods` (`namespaceSelector` and `podSelector`);
+//!   egress `networks` (outside addresses in any CIDR). Ports: `portNumber` and `portRange`
+//!   (`protocol` TCP by default), `namedPort` (the destination's container port of that name).
 
 use serde::Deserialize;
 use serde_norway::Value;
@@ -74,6 +95,12 @@ pub struct Docs {
     localhost_by_policy: bool,
     /// Namespace documents' labels, by name.
     namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// AdminNetworkPolicies, by (priority, name).
+    admin: Vec<Value>,
+    /// Services: (namespace, name, labels, selector, EndpointSlice addresses).
+    services: Vec<Service>,
+    /// The BaselineAdminNetworkPolicy, if any.
+    baseline: Option<Value>,
 }
 
 fn s(v: &Value) -> String {
@@ -113,7 +140,11 @@ impl Docs {
             policies: Vec::new(),
             localhost_by_policy: false,
             namespaces: BTreeMap::new(),
+            admin: Vec::new(),
+            baseline: None,
+            services: Vec::new(),
         };
+        let mut slices: Vec<(String, String, Vec<IpAddr>)> = Vec::new();
         for d in serde_norway::Deserializer::from_str(text) {
             let v = Value::deserialize(d).unwrap_or_else(|e| panic!("YAML: {e}"));
             match get(&v, "kind").map(s).as_deref() {
@@ -158,6 +189,38 @@ impl Docs {
                 Some("CiliumNetworkPolicy" | "NetworkPolicy" | "CiliumClusterwideNetworkPolicy") => {
                     docs.policies.push(v)
                 }
+                Some("AdminNetworkPolicy") => docs.admin.push(v),
+                Some("Service") => {
+                    let meta = get(&v, "metadata").expect("metadata");
+                    let labels = |m: Option<&Value>| -> BTreeMap<String, String> {
+                        m.and_then(Value::as_mapping)
+                            .map(|m| m.iter().map(|(k, v)| (s(k), s(v))).collect())
+                            .unwrap_or_default()
+                    };
+                    docs.services.push(Service {
+                        namespace: get(meta, "namespace").map_or_else(|| "default".to_string(), s),
+                        name: s(get(meta, "name").expect("name")),
+                        labels: labels(get(meta, "labels")),
+                        selector: labels(get(get(&v, "spec").expect("spec"), "selector")),
+                        addresses: Vec::new(),
+                    });
+                }
+                Some("EndpointSlice") => {
+                    let meta = get(&v, "metadata").expect("metadata");
+                    let service = s(get(get(meta, "labels").expect("labels"), "kubernetes.io/service-name")
+                        .expect("the service-name label"));
+                    let addresses = list(get(&v, "endpoints"))
+                        .iter()
+                        .flat_map(|e| list(get(e, "addresses")))
+                        .map(|a| s(&a).parse().expect("an address"))
+                        .collect();
+                    slices.push((
+                        get(meta, "namespace").map_or_else(|| "default".to_string(), s),
+                        service,
+                        addresses,
+                    ));
+                }
+                Some("BaselineAdminNetworkPolicy") => docs.baseline = Some(v),
                 Some("Namespace") => {
                     let meta = get(&v, "metadata").expect("metadata");
                     let labels = get(meta, "labels")
@@ -169,6 +232,18 @@ impl Docs {
                 _ => {}
             }
         }
+        for (namespace, name, addresses) in slices {
+            if let Some(svc) = docs.services.iter_mut().find(|x| x.namespace == namespace && x.name == name) {
+                svc.addresses.extend(addresses);
+            }
+        }
+        let order = |v: &Value| {
+            let priority: u32 = s(get(get(v, "spec").expect("spec"), "priority").expect("priority"))
+                .parse()
+                .expect("a priority");
+            (priority, s(get(get(v, "metadata").expect("metadata"), "name").expect("name")))
+        };
+        docs.admin.sort_by_key(order);
         // Cilium gives pods their namespace's labels, prefixed.
         for e in &mut docs.endpoints {
             for (k, v) in docs.namespaces.get(&e.namespace).into_iter().flatten() {
@@ -180,9 +255,51 @@ impl Docs {
         docs
     }
 
+    /// The same documents without AdminNetworkPolicies and the baseline.
+    // Used by policy_docs_oracle, not by policy_semantics (which includes this file too).
+    #[allow(dead_code)]
+    pub fn without_admin(&self) -> Docs {
+        Docs { admin: Vec::new(), baseline: None, ..self.clone() }
+    }
+
     pub fn endpoint(&self, name: &str) -> &Endpoint {
         self.endpoints.iter().find(|e| e.name == name).expect("a known endpoint")
     }
+}
+
+/// A Service as `toServices` sees it.
+#[derive(Debug, Clone)]
+struct Service {
+    namespace: String,
+    name: String,
+    labels: BTreeMap<String, String>,
+    /// Empty: a Service without a selector.
+    selector: BTreeMap<String, String>,
+    addresses: Vec<IpAddr>,
+}
+
+/// Whether one `toServices` item admits `peer`.
+fn to_service_matches(docs: &Docs, item: &Value, peer: Peer<'_>) -> bool {
+    let in_namespace = |v: &Value, svc: &Service| get(v, "namespace").is_none_or(|n| s(n) == svc.namespace);
+    docs.services
+        .iter()
+        .filter(|svc| match (get(item, "k8sService"), get(item, "k8sServiceSelector")) {
+            (Some(by_name), None) => {
+                s(get(by_name, "serviceName").expect("serviceName")) == svc.name && in_namespace(by_name, svc)
+            }
+            (None, Some(by_labels)) => {
+                in_namespace(by_labels, svc)
+                    && selector_matches(get(by_labels, "selector").expect("selector"), &svc.labels)
+            }
+            _ => panic!("one of k8sService and k8sServiceSelector"),
+        })
+        .any(|svc| match peer {
+            Peer::Endpoint(e) if !svc.selector.is_empty() => {
+                e.namespace == svc.namespace && svc.selector.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+            }
+            Peer::Outside(a) if svc.selector.is_empty() => svc.addresses.contains(&a),
+            _ => false,
+        })
 }
 
 /// Who a peer address is.
@@ -337,6 +454,7 @@ fn entity_matches(entity: &str, peer: Peer<'_>) -> bool {
 /// Whether a CiliumNetworkPolicy entry (of `ingress`, `egress` or their deny lists)
 /// matches; `from` is "from" or "to".
 fn cnp_entry_matches(
+    docs: &Docs,
     entry: &Value,
     from: &str,
     namespace: &str,
@@ -345,7 +463,7 @@ fn cnp_entry_matches(
     dest: Option<&Endpoint>,
 ) -> bool {
     let field = |name: &str| get(entry, &format!("{from}{name}"));
-    let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities"];
+    let peer_fields = ["Endpoints", "CIDR", "CIDRSet", "Entities", "Services"];
     let any_peer_field = peer_fields.iter().any(|f| field(f).is_some());
     let peer_ok = if !any_peer_field {
         true
@@ -361,7 +479,8 @@ fn cnp_entry_matches(
         let cidr = list(field("CIDR")).iter().any(|c| outside(&|a| in_cidr(&s(c), a)));
         let cidr_set = list(field("CIDRSet")).iter().any(|set| outside(&|a| in_cidr_set(set, a)));
         let entities = list(field("Entities")).iter().any(|e| entity_matches(&s(e), peer));
-        endpoints || cidr || cidr_set || entities
+        let services = list(field("Services")).iter().any(|item| to_service_matches(docs, item, peer));
+        endpoints || cidr || cidr_set || entities || services
     };
     let to_ports = list(get(entry, "toPorts"));
     let icmps = list(get(entry, "icmps"));
@@ -400,8 +519,113 @@ fn knp_peer_matches(docs: &Docs, p: &Value, namespace: &str, peer: Peer<'_>) -> 
     ns_ok && pod_ok
 }
 
-/// Allow (true) or deny (false) for `endpoint`'s policy in one direction.
+/// A Namespace's labels as namespace selectors see them: its document's labels plus
+/// `kubernetes.io/metadata.name`.
+fn namespace_labels(docs: &Docs, namespace: &str) -> BTreeMap<String, String> {
+    let mut labels = docs.namespaces.get(namespace).cloned().unwrap_or_default();
+    labels.insert(NAMESPACE_NAME_LABEL.to_string(), namespace.to_string());
+    labels
+}
+
+/// An admin policy's `subject`, or a `namespaces`/`pods` peer, against an endpoint.
+fn admin_selects(docs: &Docs, v: &Value, e: &Endpoint) -> bool {
+    if let Some(sel) = get(v, "namespaces") {
+        return selector_matches(sel, &namespace_labels(docs, &e.namespace));
+    }
+    let pods = get(v, "pods").expect("namespaces or pods");
+    selector_matches(
+        get(pods, "namespaceSelector").expect("namespaceSelector"),
+        &namespace_labels(docs, &e.namespace),
+    ) && selector_matches(get(pods, "podSelector").expect("podSelector"), &e.labels)
+}
+
+/// Whether an admin rule's peers and ports match the flow.
+fn admin_rule_matches(
+    docs: &Docs,
+    rule: &Value,
+    from: &str,
+    peer: Peer<'_>,
+    flow: &Flow,
+    dest: Option<&Endpoint>,
+) -> bool {
+    let peer_ok = list(get(rule, from)).iter().any(|p| match (get(p, "networks"), peer) {
+        (Some(networks), Peer::Outside(a)) => list(Some(networks)).iter().any(|c| in_cidr(&s(c), a)),
+        (Some(_), _) => false,
+        (None, Peer::Endpoint(e)) => admin_selects(docs, p, e),
+        (None, _) => false,
+    });
+    let ports = list(get(rule, "ports"));
+    let port_ok = ports.is_empty()
+        || ports.iter().any(|p| {
+            let proto = |v: &Value| get(v, "protocol").map_or(6, |x| proto_number(&s(x))[0]);
+            if let Some(n) = get(p, "portNumber") {
+                proto(n) == flow.proto && s(get(n, "port").expect("port")).parse() == Ok(flow.dport)
+            } else if let Some(range) = get(p, "portRange") {
+                let start: u16 = s(get(range, "start").expect("start")).parse().expect("a port");
+                let end: u16 = s(get(range, "end").expect("end")).parse().expect("a port");
+                proto(range) == flow.proto && (start..=end).contains(&flow.dport)
+            } else {
+                let name = s(get(p, "namedPort").expect("a port kind"));
+                dest.is_some_and(|d| {
+                    d.ports
+                        .iter()
+                        .any(|(n, pr, number)| *n == name && *pr == flow.proto && *number == flow.dport)
+                })
+            }
+        });
+    peer_ok && port_ok
+}
+
+/// Allow (true) or deny (false) for `endpoint`'s policy in one direction, all tiers.
 pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
+    let subject = docs.endpoint(endpoint);
+    let peer = classify(docs, flow.peer);
+    let dest = match peer {
+        _ if ingress => Some(subject),
+        Peer::Endpoint(e) => Some(e),
+        _ => None,
+    };
+    let (key, from) = if ingress { ("ingress", "from") } else { ("egress", "to") };
+    let selecting = |v: &&Value| {
+        admin_selects(docs, get(get(v, "spec").expect("spec"), "subject").expect("subject"), subject)
+    };
+    let rules = |v: &Value| list(get(get(v, "spec").expect("spec"), key));
+    'admin: for anp in docs.admin.iter().filter(selecting) {
+        for rule in rules(anp) {
+            if admin_rule_matches(docs, &rule, from, peer, flow, dest) {
+                match s(get(&rule, "action").expect("action")).as_str() {
+                    "Allow" => return true,
+                    "Deny" => return false,
+                    _ => break 'admin,
+                }
+            }
+        }
+    }
+    if let Some(verdict) = network_policy_tier(docs, endpoint, ingress, flow) {
+        return verdict;
+    }
+    let baseline = docs.baseline.iter().filter(selecting).flat_map(rules);
+    for rule in baseline {
+        if admin_rule_matches(docs, &rule, from, peer, flow, dest) {
+            return s(get(&rule, "action").expect("action")) == "Allow";
+        }
+    }
+    true
+}
+
+fn classify(docs: &Docs, addr: IpAddr) -> Peer<'_> {
+    if let Some(e) = docs.endpoints.iter().find(|e| e.addresses.contains(&addr)) {
+        Peer::Endpoint(e)
+    } else if docs.hosts.contains(&addr) {
+        Peer::Host
+    } else {
+        Peer::Outside(addr)
+    }
+}
+
+/// The NetworkPolicy / CiliumNetworkPolicy tier: `None` when none of its policies denies
+/// the flow or isolates the endpoint in this direction.
+fn network_policy_tier(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> Option<bool> {
     let subject = docs.endpoint(endpoint);
     let peer = if let Some(e) = docs.endpoints.iter().find(|e| e.addresses.contains(&flow.peer)) {
         Peer::Endpoint(e)
@@ -440,8 +664,8 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
                 .map_or(!allow.is_empty() || !deny.is_empty(), |v| v.as_bool().expect("a bool"));
             enforced |= enforces;
             node_admitted |= enforces && !docs.localhost_by_policy;
-            allowed |= allow.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
-            denied |= deny.iter().any(|e| cnp_entry_matches(e, from, &namespace, peer, flow, dest));
+            allowed |= allow.iter().any(|e| cnp_entry_matches(docs, e, from, &namespace, peer, flow, dest));
+            denied |= deny.iter().any(|e| cnp_entry_matches(docs, e, from, &namespace, peer, flow, dest));
         } else {
             if !selector_matches(get(spec, "podSelector").expect("podSelector"), &subject.labels) {
                 continue;
@@ -468,5 +692,8 @@ pub fn decide(docs: &Docs, endpoint: &str, ingress: bool, flow: &Flow) -> bool {
             });
         }
     }
-    !denied && (!enforced || (ingress && node_admitted && matches!(peer, Peer::Host)) || allowed)
+    if denied {
+        return Some(false);
+    }
+    enforced.then_some((ingress && node_admitted && matches!(peer, Peer::Host)) || allowed)
 }

@@ -174,7 +174,7 @@ impl Userspace {
                     }
                 };
                 let _ = ready_tx.send(Ok(ifindex));
-                let mut device = Device::new(key, t_stats, tun, udp);
+                let mut device = Device::new(key, t_stats, tun, udp, ifindex);
                 device.set_peers(t_peers);
                 device.run(&ctl_rx, &t_stop);
                 // The device goes with its descriptor; routes through it go with the device.
@@ -295,12 +295,14 @@ struct Device {
     /// `Tunn` index -> (peer position, retiring?).
     by_index: HashMap<u32, (usize, bool)>,
     next_index: u32,
+    /// The device's ifindex: peers' AllowedIPs are routed through it.
+    ifindex: u32,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
 
 impl Device {
-    fn new(key: NodeKey, stats: Arc<Stats>, tun: OwnedFd, udp: UdpSocket) -> Device {
+    fn new(key: NodeKey, stats: Arc<Stats>, tun: OwnedFd, udp: UdpSocket, ifindex: u32) -> Device {
         Device {
             key,
             stats,
@@ -309,6 +311,7 @@ impl Device {
             peers: Vec::new(),
             by_index: HashMap::new(),
             next_index: 1,
+            ifindex,
             buf: vec![0; BUF],
             out: vec![0; BUF],
         }
@@ -334,6 +337,15 @@ impl Device {
     }
 
     fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+        // Peers added later (a reload, a node joining the cluster) get routes as the start
+        // config's do, so the host's own traffic to their pods is encrypted too. This thread
+        // is in the device's namespace. A removed peer's routes stay: what they carry is
+        // dropped as `tx_no_peer`, never sent in the clear.
+        if let Ok(nl) = Netlink::open() {
+            for c in peers.iter().flat_map(|p| &p.allowed) {
+                let _ = nl.replace_route(&Route::new(*c).dev(self.ifindex));
+            }
+        }
         let mut old: Vec<PeerState> = std::mem::take(&mut self.peers);
         for cfg in peers {
             match old.iter().position(|p| p.cfg.name == cfg.name) {

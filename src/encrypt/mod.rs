@@ -91,13 +91,26 @@ pub fn state_dir() -> std::path::PathBuf {
     std::env::var_os("SLUICE_STATE_DIR").map_or_else(|| DEFAULT_STATE_DIR.into(), Into::into)
 }
 
+/// Why mode ipsec is refused on a kernel that has ESP.
+pub const IPSEC_NOT_ATTACHED: &str =
+    "spec.encryption.mode ipsec: the kernel has ESP, but sluice does not attach \
+     the IPsec marking programs (ipsec_egress, ipsec_ingress) to the node yet; use mode: wireguard";
+
 /// Where the node key lives unless `$SLUICE_STATE_DIR` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 
 /// What the daemon starts for `cfg`, before it loads anything: the WireGuard device in
 /// mode wireguard, unless one named `sluice_wg` exists already (the kernel's, configured
-/// elsewhere); nothing otherwise.
+/// elsewhere); nothing otherwise. Mode ipsec is refused here, so nothing is loaded or
+/// attached: on a kernel without ESP with [`ipsec::check_kernel`]'s message naming the
+/// kernel options it needs; on one with ESP because the node plan does not attach the
+/// marking programs yet (see `ipsec`).
 pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, EncryptError> {
+    if matches!(cfg.encryption, Encryption::Ipsec(_)) {
+        let xfrm = Netlink::open_xfrm().map_err(|e| EncryptError::Device(e.to_string()))?;
+        ipsec::check_kernel(&xfrm)?;
+        return Err(EncryptError::Unsupported(IPSEC_NOT_ATTACHED.into()));
+    }
     if !matches!(cfg.encryption, Encryption::Wireguard(_)) {
         return Ok(None);
     }

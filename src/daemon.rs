@@ -347,6 +347,8 @@ struct Daemon<'a> {
     cluster: Option<Arc<crate::cluster::Agent>>,
     /// The cluster view's generation the last apply used.
     cluster_applied: std::sync::atomic::AtomicU64,
+    /// Mode wireguard: the userspace device's counters (the `wireguard` request).
+    wireguard: Option<Arc<crate::encrypt::wg::Stats>>,
 }
 
 /// Locks `m`; a thread that panicked while holding it left plain data, still usable.
@@ -364,6 +366,7 @@ impl Daemon<'_> {
             clients: AtomicUsize::new(0),
             cluster: None,
             cluster_applied: std::sync::atomic::AtomicU64::new(0),
+            wireguard: None,
         }
     }
 
@@ -501,6 +504,15 @@ impl Daemon<'_> {
             "metrics" => match &self.cluster {
                 Some(agent) => format!("{}\n{}", lock(&self.metrics), agent.status()),
                 None => lock(&self.metrics).to_string(),
+            },
+            // Per-reason counters of sluice_wg (what was sent, received and dropped, why).
+            "wireguard" => match &self.wireguard {
+                Some(stats) => {
+                    let counts: Vec<String> =
+                        stats.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("wireguard: {}", counts.join(" "))
+                }
+                None => "wireguard: not in mode wireguard (or the kernel's device)".to_owned(),
             },
             "cluster" => match &self.cluster {
                 Some(agent) => agent.status().to_string(),
@@ -644,6 +656,7 @@ pub fn run_in_cluster(
     // needs the device (after a restart the old one went with the old daemon's process).
     let wireguard =
         crate::encrypt::start_for_daemon(&cfg).map_err(|e| ForwardError::Encryption(e.to_string()))?;
+    d.wireguard = wireguard.as_ref().map(|w| w.stats.clone());
     let how = match load::load_and_pin(&d.sys, &plan, dir) {
         Ok(loaded) => {
             println!(

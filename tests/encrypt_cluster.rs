@@ -31,7 +31,11 @@
 //!   meanwhile are dropped, never sent in the clear (the endpoint programs redirect to an
 //!   ifindex that is gone). The new daemon makes the device again with the same key (the
 //!   key file), points the datapath at it and starts handshakes at once; TCP retransmits
-//!   across the gap and the stream continues with every byte. The gap is printed.
+//!   across the gap and the stream continues with every byte. The gap is printed;
+//! - "a node with a wrong or missing peer key gets nothing through, and nothing leaks
+//!   unencrypted": node-3's record in etcd is given a wrong key; an allowed flow from
+//!   node-1 does not pass, node-3 counts the handshakes as from an unknown peer (the
+//!   daemon's `wireguard` request), and passes again once the record is right.
 //!
 //! A guard kills the daemons and etcd, runs `sluice down` per node and deletes the
 //! namespaces and state directories on drop, also on panic.
@@ -602,6 +606,66 @@ fn three_nodes_encrypt_with_keys_from_etcd_through_rotation_and_a_daemon_restart
         lab.logs()
     );
     assert!(!udp_reaches(lab.ep(1, 'b'), lab.ep(2, 'a'), 5000, 3), "and a denied flow is still denied");
+
+    // A wrong key: node-3's record in etcd is made to carry another node's key (as a stale
+    // or forged record would). node-1 then encrypts for a key node-3 does not hold: nothing
+    // gets through (an allowed flow), nothing leaks (the capture below), and node-3 counts
+    // the handshakes it cannot open as from an unknown peer. With the record back, the
+    // flow passes again.
+    let record_key = sluice::cluster::layout::node_key("node-3");
+    let original = lab.underlay.enter(|| {
+        let c = lab.etcd.as_ref().expect("running").client();
+        c.range(record_key.as_bytes(), false)
+            .expect("etcd answers")
+            .kvs
+            .into_iter()
+            .next()
+            .expect("node-3's record")
+    });
+    let mut forged: sluice::cluster::layout::NodeRecord =
+        serde_json::from_slice(&original.value).expect("a node record");
+    forged.public_key = keys[1].clone();
+    let put = |value: &[u8]| {
+        lab.underlay.enter(|| {
+            let c = lab.etcd.as_ref().expect("running").client();
+            c.put(record_key.as_bytes(), value, original.lease).expect("etcd takes the record");
+        })
+    };
+    let reloads = |lab: &Lab| {
+        std::fs::read_to_string(&lab.members[0].log)
+            .unwrap_or_default()
+            .matches("wireguard: peers reloaded")
+            .count()
+    };
+    let reloaded = reloads(&lab);
+    put(&serde_json::to_vec(&forged).expect("json"));
+    let unknown = |lab: &Lab| -> u64 {
+        let line = lab.request(3, "wireguard");
+        line.split_whitespace()
+            .find_map(|kv| kv.strip_prefix("rx_unknown_peer="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("node-3 answers the wireguard request: {line}"))
+    };
+    let before = unknown(&lab);
+    lab.wait("node-1 takes node-3's forged key", |lab| reloads(lab) > reloaded);
+    assert!(
+        !udp_reaches(lab.ep(1, 'a'), lab.ep(3, 'a'), 5000, 10),
+        "with a wrong key for node-3 nothing gets through\n{}",
+        lab.logs()
+    );
+    assert!(!pings(lab.ep(1, 'a'), lab.ep(3, 'a')), "not an echo either");
+    assert!(
+        unknown(&lab) > before,
+        "node-3 counted handshakes from an unknown peer: {}",
+        lab.request(3, "wireguard")
+    );
+    put(&original.value);
+    assert!(
+        udp_reaches(lab.ep(1, 'a'), lab.ep(3, 'a'), 5000, 60),
+        "with the right key again the flow passes\n{}",
+        lab.logs()
+    );
+    eprintln!("node-3: {}", lab.request(3, "wireguard"));
 
     // The underlay of every node, for the whole test: WireGuard UDP, link control and the
     // control plane only; no marker anywhere.

@@ -446,9 +446,11 @@ pub struct UnderlayReport {
     pub plaintext: Vec<String>,
 }
 
-/// The IPv4 header of an Ethernet frame: (header length, protocol, fragment offset,
-/// (source, destination, id)).
-fn ipv4_head(f: &[u8]) -> Option<(usize, u8, u16, ([u8; 4], [u8; 4], u16))> {
+/// What names one IPv4 datagram's fragments: (source, destination, id).
+type DatagramId = ([u8; 4], [u8; 4], u16);
+
+/// The IPv4 header of an Ethernet frame: (header length, protocol, fragment offset, id).
+fn ipv4_head(f: &[u8]) -> Option<(usize, u8, u16, DatagramId)> {
     let h = f.get(14..14 + 20)?;
     if f.get(12..14)? != [0x08, 0x00] {
         return None;
@@ -471,7 +473,7 @@ fn wireguard_ports(f: &[u8], l4: usize, wg_port: u16) -> bool {
 pub fn underlay_leaks(frames: &[Vec<u8>], wg_port: u16) -> UnderlayReport {
     let mut r = UnderlayReport::default();
     // First fragments (and whole datagrams) of WireGuard UDP, by (source, destination, id).
-    let wireguard_ids: std::collections::BTreeSet<([u8; 4], [u8; 4], u16)> = frames
+    let wireguard_ids: std::collections::BTreeSet<DatagramId> = frames
         .iter()
         .filter_map(|f| {
             let (ihl, proto, offset, id) = ipv4_head(f)?;

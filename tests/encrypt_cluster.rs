@@ -665,7 +665,9 @@ fn three_nodes_encrypt_with_keys_from_etcd_through_rotation_and_a_daemon_restart
         "with the right key again the flow passes\n{}",
         lab.logs()
     );
-    eprintln!("node-3: {}", lab.request(3, "wireguard"));
+    for i in 1..=3 {
+        eprintln!("node-{i}: {}", lab.request(i, "wireguard"));
+    }
 
     // The underlay of every node, for the whole test: WireGuard UDP, link control and the
     // control plane only; no marker anywhere.
@@ -692,5 +694,15 @@ fn three_nodes_encrypt_with_keys_from_etcd_through_rotation_and_a_daemon_restart
         assert!(report.plaintext.is_empty(), "node-{}: plaintext: {:?}", i + 1, report.plaintext);
         assert!(report.other.is_empty(), "node-{}: non-WireGuard frames: {:?}", i + 1, report.other);
         assert!(report.wireguard > 0, "node-{}: traffic crossed as WireGuard", i + 1);
+        // Full-size TCP segments are answered with "fragmentation needed" by the sending
+        // node's device, so no WireGuard datagram needs more than one underlay frame.
+        let fragments = data
+            .iter()
+            .filter(|f| {
+                f.get(12..14) == Some(&[0x08, 0x00][..])
+                    && f.get(14 + 6).is_some_and(|b| b & 0x3f != 0 || f[14 + 7] != 0)
+            })
+            .count();
+        assert_eq!(fragments, 0, "node-{}: IPv4 fragments on the underlay", i + 1);
     }
 }

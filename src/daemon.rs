@@ -354,6 +354,8 @@ struct Daemon<'a> {
     cluster: Option<Arc<crate::cluster::Agent>>,
     /// The cluster view's generation the last apply used.
     cluster_applied: std::sync::atomic::AtomicU64,
+    /// Mode wireguard: the userspace device's counters (the `wireguard` request).
+    wireguard: Option<Arc<crate::encrypt::wg::Stats>>,
 }
 
 /// Locks `m`; a thread that panicked while holding it left plain data, still usable.
@@ -371,6 +373,7 @@ impl Daemon<'_> {
             clients: AtomicUsize::new(0),
             cluster: None,
             cluster_applied: std::sync::atomic::AtomicU64::new(0),
+            wireguard: None,
         }
     }
 
@@ -393,6 +396,16 @@ impl Daemon<'_> {
             }
         }
         Ok(cfg)
+    }
+
+    /// The node file as [`Daemon::read_config`] makes it (the cluster's view applied),
+    /// without recording it as seen: what the WireGuard device's peers follow.
+    fn wireguard_config(&self) -> Option<NodeConfig> {
+        let mut cfg = model::load_file(&self.opts.config).ok()?;
+        if let Some(agent) = &self.cluster {
+            let _ = agent.view().apply(&mut cfg);
+        }
+        Some(cfg)
     }
 
     /// Re-read the node file and apply it: map updates when the program set is the same,
@@ -498,6 +511,15 @@ impl Daemon<'_> {
             "metrics" => match &self.cluster {
                 Some(agent) => format!("{}\n{}", lock(&self.metrics), agent.status()),
                 None => lock(&self.metrics).to_string(),
+            },
+            // Per-reason counters of sluice_wg (what was sent, received and dropped, why).
+            "wireguard" => match &self.wireguard {
+                Some(stats) => {
+                    let counts: Vec<String> =
+                        stats.snapshot().iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!("wireguard: {}", counts.join(" "))
+                }
+                None => "wireguard: not in mode wireguard (or the kernel's device)".to_owned(),
             },
             "cluster" => match &self.cluster {
                 Some(agent) => agent.status().to_string(),
@@ -635,6 +657,13 @@ pub fn run_in_cluster(
     let plan = node::plan(&cfg)?;
     let planned = Instant::now();
     let dir = &opts.pin_dir;
+    // Encryption mode wireguard: sluice_wg lives as long as the daemon (forwarding points
+    // peers' prefixes at it). The poller below hands it changed peers and a rotated key.
+    // Started before the node is adopted: adopting applies the config, whose forwarding
+    // needs the device (after a restart the old one went with the old daemon's process).
+    let wireguard =
+        crate::encrypt::start_for_daemon(&cfg).map_err(|e| ForwardError::Encryption(e.to_string()))?;
+    d.wireguard = wireguard.as_ref().map(|w| w.stats.clone());
     let how = match load::load_and_pin(&d.sys, &plan, dir) {
         Ok(loaded) => {
             println!(
@@ -664,10 +693,6 @@ pub fn run_in_cluster(
     };
     let loaded = Instant::now();
     let report = wire::attach(&d.sys, &cfg, dir, &d.opts.attach)?;
-    // Encryption mode wireguard: sluice_wg lives as long as the daemon (forwarding points
-    // peers' prefixes at it). The poller below hands it changed peers and a rotated key.
-    let wireguard =
-        crate::encrypt::start_for_daemon(&cfg).map_err(|e| ForwardError::Encryption(e.to_string()))?;
     let forwarding = forward::sync(&d.sys, &cfg, dir)?;
     let sockets = socklb::sync(&d.sys, &cfg, dir)?;
     let socket_layer = crate::node::socklayer::sync(&d.sys, &cfg, dir)?;
@@ -719,8 +744,14 @@ pub fn run_in_cluster(
                 if Instant::now() >= next_poll {
                     d.poll();
                     if let Some(wg) = &wireguard {
-                        // Reload: a changed peer list or key in the node file reaches sluice_wg.
-                        crate::encrypt::follow_node_file(wg, &opts.config);
+                        // Reload: a changed peer list or key (node file or cluster view)
+                        // reaches sluice_wg; a rotated node key is published.
+                        let cfg = d.wireguard_config();
+                        if crate::encrypt::follow_config(wg, cfg.as_ref()).is_some() {
+                            if let (Some(agent), Some(cfg)) = (&d.cluster, &cfg) {
+                                agent.set_local(cfg);
+                            }
+                        }
                     }
                     if wants_proxy {
                         keep_proxy();

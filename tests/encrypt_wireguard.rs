@@ -198,7 +198,7 @@ fn rotating_the_node_key_under_traffic_loses_no_byte() {
 
 /// Issue 15 (brief): "peers update on reload". The node starts with a wrong key for its
 /// peer (nothing gets through); the node file is then fixed, and the reload the daemon's
-/// poller runs (`encrypt::reload_peers`, which `follow_node_file` calls with the file's
+/// poller runs (`encrypt::reload_peers`, which `follow_config` calls with the file's
 /// config) gives the device the right key: the same ping is delivered. A second reload of
 /// the same config changes nothing.
 #[test]

@@ -60,7 +60,12 @@ impl LocalState {
             })
             .collect();
         Some(LocalState {
-            node: NodeRecord { name: cfg.name.clone(), address: overlay.local, prefixes, public_key: None },
+            node: NodeRecord {
+                name: cfg.name.clone(),
+                address: overlay.local,
+                prefixes,
+                public_key: crate::encrypt::published_key(cfg),
+            },
             endpoints,
         })
     }

@@ -18,6 +18,7 @@ use std::net::IpAddr;
 
 use super::etcd::{Event, KeyValue};
 use super::layout::{self, EndpointRecord, NodeRecord};
+use crate::model::encryption::decode_key;
 use crate::model::network::{OverlayPeer, RemoteEndpoint};
 use crate::model::{Cidr, Labels, NodeConfig};
 
@@ -136,9 +137,13 @@ impl ClusterView {
                 name: name.clone(),
                 address: node.address,
                 prefixes,
-                // WireGuard keys are not published through etcd yet: cluster-mode peers
-                // are VXLAN peers (issue 15 uses node-file peers' keys).
-                wireguard: None,
+                // The node's WireGuard public key as it published it (mode wireguard);
+                // its endpoint is its underlay address at this node's port.
+                wireguard: node
+                    .public_key
+                    .as_deref()
+                    .and_then(|k| decode_key(k).ok())
+                    .map(|public_key| crate::model::encryption::WireguardPeer { public_key, endpoint: None }),
                 // Node labels are not published through etcd: `fromNodes`/`toNodes` select
                 // node-file peers only.
                 labels: Default::default(),

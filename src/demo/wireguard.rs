@@ -432,9 +432,13 @@ impl Capture {
 /// What the frames on the underlay were.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct UnderlayReport {
-    /// IPv4 UDP to or from the WireGuard port.
+    /// IPv4 UDP to or from the WireGuard port, and the later fragments of such datagrams
+    /// (a datagram over the underlay's MTU leaves in fragments; only the first holds the
+    /// UDP header).
     pub wireguard: usize,
-    /// ARP and IPv6 link-local control (neighbor discovery, listener reports).
+    /// ARP, IPv6 link-local control (neighbor discovery, listener reports, from a
+    /// link-local or the unspecified source to a multicast group) and ICMP errors about
+    /// WireGuard datagrams (a port unreachable while a peer's device is down).
     pub control: usize,
     /// Anything else: a description per frame.
     pub other: Vec<String>,
@@ -442,9 +446,40 @@ pub struct UnderlayReport {
     pub plaintext: Vec<String>,
 }
 
+/// What names one IPv4 datagram's fragments: (source, destination, id).
+type DatagramId = ([u8; 4], [u8; 4], u16);
+
+/// The IPv4 header of an Ethernet frame: (header length, protocol, fragment offset, id).
+fn ipv4_head(f: &[u8]) -> Option<(usize, u8, u16, DatagramId)> {
+    let h = f.get(14..14 + 20)?;
+    if f.get(12..14)? != [0x08, 0x00] {
+        return None;
+    }
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let offset = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let src = [h[12], h[13], h[14], h[15]];
+    let dst = [h[16], h[17], h[18], h[19]];
+    Some((ihl, h[9], offset, (src, dst, u16::from_be_bytes([h[4], h[5]]))))
+}
+
+/// Whether the UDP header at `l4` names the WireGuard port.
+fn wireguard_ports(f: &[u8], l4: usize, wg_port: u16) -> bool {
+    f.get(l4..l4 + 4).is_some_and(|p| {
+        u16::from_be_bytes([p[0], p[1]]) == wg_port || u16::from_be_bytes([p[2], p[3]]) == wg_port
+    })
+}
+
 /// Classify captured underlay frames (Ethernet).
 pub fn underlay_leaks(frames: &[Vec<u8>], wg_port: u16) -> UnderlayReport {
     let mut r = UnderlayReport::default();
+    // First fragments (and whole datagrams) of WireGuard UDP, by (source, destination, id).
+    let wireguard_ids: std::collections::BTreeSet<DatagramId> = frames
+        .iter()
+        .filter_map(|f| {
+            let (ihl, proto, offset, id) = ipv4_head(f)?;
+            (proto == 17 && offset == 0 && wireguard_ports(f, 14 + ihl, wg_port)).then_some(id)
+        })
+        .collect();
     for f in frames {
         if MARKERS.iter().any(|m| f.windows(m.len()).any(|w| w == *m)) {
             r.plaintext.push(hex_head(f));
@@ -452,21 +487,31 @@ pub fn underlay_leaks(frames: &[Vec<u8>], wg_port: u16) -> UnderlayReport {
         let ethertype = f.get(12..14).map(|b| u16::from_be_bytes([b[0], b[1]]));
         match ethertype {
             Some(0x0806) => r.control += 1,
-            Some(0x0800) if f.len() >= 14 + 20 => {
-                let ihl = usize::from(f[14] & 0x0f) * 4;
-                let proto = f[14 + 9];
-                let l4 = 14 + ihl;
-                let ports = f
-                    .get(l4..l4 + 4)
-                    .map(|p| (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]])));
-                match (proto, ports) {
-                    (17, Some((s, d))) if s == wg_port || d == wg_port => r.wireguard += 1,
-                    _ => r.other.push(format!("IPv4 protocol {proto}: {}", hex_head(f))),
+            Some(0x0800) => match ipv4_head(f) {
+                Some((ihl, 17, 0, _)) if wireguard_ports(f, 14 + ihl, wg_port) => r.wireguard += 1,
+                Some((_, 17, offset, id)) if offset > 0 && wireguard_ids.contains(&id) => r.wireguard += 1,
+                // An ICMP error (type 3) quoting a WireGuard datagram's IPv4 and UDP headers.
+                Some((ihl, 1, 0, _))
+                    if f.get(14 + ihl) == Some(&3)
+                        && f.get(14 + ihl + 8 + 9) == Some(&17)
+                        && f.get(14 + ihl + 8).is_some_and(|v| {
+                            wireguard_ports(f, 14 + ihl + 8 + usize::from(v & 0x0f) * 4, wg_port)
+                        }) =>
+                {
+                    r.control += 1
                 }
-            }
+                Some((_, proto, _, _)) => r.other.push(format!("IPv4 protocol {proto}: {}", hex_head(f))),
+                None => r.other.push(hex_head(f)),
+            },
             // Link-local control: neighbor discovery and listener reports (ICMPv6, the
-            // latter behind a hop-by-hop header) from a link-local source.
-            Some(0x86dd) if f.len() >= 14 + 40 && matches!(f[14 + 6], 0 | 58) && f[14 + 8] == 0xfe => {
+            // latter behind a hop-by-hop header) from a link-local source, or from the
+            // unspecified one (duplicate address detection) to a multicast group.
+            Some(0x86dd)
+                if f.len() >= 14 + 40
+                    && matches!(f[14 + 6], 0 | 58)
+                    && (f[14 + 8] == 0xfe
+                        || (f[14 + 8..14 + 24].iter().all(|b| *b == 0) && f[14 + 24] == 0xff)) =>
+            {
                 r.control += 1
             }
             _ => r.other.push(hex_head(f)),
@@ -481,6 +526,57 @@ fn hex_head(f: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use sluice::packet::PacketBuilder;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    /// Each frame alone and how `underlay_leaks` classifies it: (what, frames, WireGuard,
+    /// control, other, plaintext). A later fragment counts as WireGuard only when the first
+    /// fragment of the same datagram (source, destination, id) was WireGuard UDP.
+    #[test]
+    fn underlay_frames_are_classified_by_what_they_are() {
+        const WG: u16 = 51871;
+        let (m1, m2) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let (n1, n2) = (Ipv4Addr::new(172, 16, 0, 1), Ipv4Addr::new(172, 16, 0, 2));
+        let eth = || PacketBuilder::ethernet(m1, m2);
+        let wg_first =
+            eth().ipv4(n1, n2).ident(7).ipv4_fragment(0, true).udp(WG, WG).payload(&[4; 64]).build();
+        let wg_later = eth().ipv4(n1, n2).ident(7).ipv4_fragment(185, false).raw_l4(17, &[9; 40]).build();
+        let stray_later = eth().ipv4(n1, n2).ident(8).ipv4_fragment(185, false).raw_l4(17, &[9; 40]).build();
+        let other_udp = eth().ipv4(n1, n2).udp(5000, 5000).payload(b"x").build();
+        let marked = eth().ipv4(n1, n2).udp(WG, WG).payload(super::MARKERS[0]).build();
+        // Port unreachable quoting a WireGuard datagram's headers; and one quoting another's.
+        let quote = |port: u16| {
+            let inner = eth().ipv4(n1, n2).udp(port, port).payload(&[0; 8]).build();
+            eth().ipv4(n2, n1).icmpv4(3, 3, 0).payload(&inner[14..14 + 28]).build()
+        };
+        let dad = eth()
+            .ipv6(Ipv6Addr::UNSPECIFIED, "ff02::1:ff00:1".parse().expect("literal"))
+            .hop_limit(255)
+            .icmpv6(135, 0, 0)
+            .build();
+        let global_v6 = eth()
+            .ipv6("fd00::1".parse().expect("literal"), "ff02::1".parse().expect("literal"))
+            .icmpv6(135, 0, 0)
+            .build();
+        // (WireGuard, control, other, plaintext) as counted.
+        type Counts = (usize, usize, usize, usize);
+        let cases: Vec<(&str, Vec<Vec<u8>>, Counts)> = vec![
+            ("WireGuard UDP, first fragment", vec![wg_first.clone()], (1, 0, 0, 0)),
+            ("its later fragment", vec![wg_first, wg_later], (2, 0, 0, 0)),
+            ("a later fragment of no WireGuard datagram", vec![stray_later], (0, 0, 1, 0)),
+            ("UDP to another port", vec![other_udp], (0, 0, 1, 0)),
+            ("a marker, even in WireGuard UDP", vec![marked], (1, 0, 0, 1)),
+            ("port unreachable about WireGuard", vec![quote(WG)], (0, 1, 0, 0)),
+            ("port unreachable about another port", vec![quote(5000)], (0, 0, 1, 0)),
+            ("IPv6 duplicate address detection", vec![dad], (0, 1, 0, 0)),
+            ("IPv6 from a global source", vec![global_v6], (0, 0, 1, 0)),
+        ];
+        for (what, frames, want) in cases {
+            let r = super::underlay_leaks(&frames, WG);
+            assert_eq!((r.wireguard, r.control, r.other.len(), r.plaintext.len()), want, "{what}: {r:?}");
+        }
+    }
+
     #[test]
     fn the_lab_node_parses_with_each_key_choice() {
         let key = super::NodeKey::from_secret([1; 32]).public_base64();

@@ -9,8 +9,10 @@
 //!   the file always holds a whole key.
 //! - Random bytes come from the kernel (`getrandom(2)`); X25519 clamping happens where the
 //!   key is used (x25519-dalek), as in WireGuard.
-//! - Peers' public keys come from a [`KeySource`]: the node file in single-file mode
-//!   ([`StaticKeys`]); the cluster store can implement the same trait later.
+//! - Peers' public keys come from a [`KeySource`]: [`StaticKeys`] reads them from the node
+//!   config, which holds the node file's peers in single-file mode and, in cluster mode,
+//!   the peers the cluster view put there with the keys they published in etcd
+//!   (`crate::cluster::view`; this node's own is published by `crate::encrypt::published_key`).
 
 use crate::model::encryption::{decode_key, encode_key, WireguardPeer};
 use crate::model::NodeConfig;

@@ -90,12 +90,26 @@ pub fn state_dir() -> std::path::PathBuf {
     std::env::var_os("SLUICE_STATE_DIR").map_or_else(|| DEFAULT_STATE_DIR.into(), Into::into)
 }
 
+/// Why mode ipsec is refused on a kernel that has ESP.
+pub const IPSEC_NOT_ATTACHED: &str =
+    "spec.encryption.mode ipsec: the kernel has ESP, but sluice does not attach \
+     the IPsec marking programs (ipsec_egress, ipsec_ingress) to the node yet; use mode: wireguard";
+
 /// Where the node key lives unless `$SLUICE_STATE_DIR` says otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/sluice";
 
-/// What the daemon starts for `cfg`: the WireGuard device in mode wireguard, unless one
-/// named `sluice_wg` exists already (the kernel's, configured elsewhere); nothing otherwise.
+/// What the daemon starts for `cfg`, before it loads anything: the WireGuard device in
+/// mode wireguard, unless one named `sluice_wg` exists already (the kernel's, configured
+/// elsewhere); nothing otherwise. Mode ipsec is refused here, so nothing is loaded or
+/// attached: on a kernel without ESP with [`ipsec::check_kernel`]'s message naming the
+/// kernel options it needs; on one with ESP because the node plan does not attach the
+/// marking programs yet (see `ipsec`).
 pub fn start_for_daemon(cfg: &NodeConfig) -> Result<Option<wg::Userspace>, EncryptError> {
+    if matches!(cfg.encryption, Encryption::Ipsec(_)) {
+        let xfrm = Netlink::open_xfrm().map_err(|e| EncryptError::Device(e.to_string()))?;
+        ipsec::check_kernel(&xfrm)?;
+        return Err(EncryptError::Unsupported(IPSEC_NOT_ATTACHED.into()));
+    }
     if !matches!(cfg.encryption, Encryption::Wireguard(_)) {
         return Ok(None);
     }
@@ -127,18 +141,30 @@ pub fn reload_peers(device: &wg::Userspace, cfg: &NodeConfig) -> bool {
     device.set_peers_if_changed(peers(cfg, &keys::StaticKeys(cfg), w.port))
 }
 
-/// The daemon's poller: reload the device's peers from the node file at `path` when they
-/// changed (an unreadable or invalid file changes nothing: the daemon reports it already),
-/// and its key from the state directory when `sluice encrypt rotate` replaced it.
-pub fn follow_node_file(device: &wg::Userspace, path: &std::path::Path) {
-    if let Ok(cfg) = crate::model::load_file(path) {
-        if reload_peers(device, &cfg) {
-            println!("wireguard: peers reloaded from {}", path.display());
+/// The daemon's poller: reload the device's peers from `cfg` when they changed (`cfg` is
+/// the node file as the daemon reads it: with the cluster's view applied in cluster mode,
+/// so peers' keys come from etcd there; `None` when the file is unreadable or invalid,
+/// which changes nothing: the daemon reports it already), and its key from the state
+/// directory when `sluice encrypt rotate` replaced it. Returns the new public key (base64)
+/// after a rotation, which the caller publishes (cluster mode).
+pub fn follow_config(device: &wg::Userspace, cfg: Option<&NodeConfig>) -> Option<String> {
+    if let Some(cfg) = cfg {
+        if reload_peers(device, cfg) {
+            println!("wireguard: peers reloaded");
         }
     }
-    if let Some(public) = follow_key_file(device, &state_dir()) {
-        println!("wireguard: node key rotated; this node's public key {public}");
+    let public = follow_key_file(device, &state_dir())?;
+    println!("wireguard: node key rotated; this node's public key {public}");
+    Some(public)
+}
+
+/// This node's public key (base64) when `cfg` is in mode wireguard: what the cluster store
+/// publishes with the node. The key is made on first use (as the daemon's start does).
+pub fn published_key(cfg: &NodeConfig) -> Option<String> {
+    if !matches!(cfg.encryption, Encryption::Wireguard(_)) {
+        return None;
     }
+    NodeKey::load_or_create(&state_dir()).ok().map(|k| k.public_base64())
 }
 
 /// Give the device the key in `state_dir` if it is not the one it uses (a rotation); the

@@ -21,6 +21,10 @@
 //!   public key) start a new `Tunn` (a new handshake; packets sent meanwhile wait in its
 //!   queue) and keep the old one for [`RETIRE_AFTER`] to decrypt what was already in flight,
 //!   so a rotation loses nothing that the new handshake's queue can hold.
+//! - An IPv4 packet from the device over [`MTU`] with don't-fragment set is dropped and
+//!   answered with ICMP "fragmentation needed" ([`fragmentation_needed`]): the endpoint
+//!   programs redirect into the device past any MTU check, and a full-size segment would
+//!   otherwise leave the node as two underlay fragments.
 //! - Counters per reason are [`Stats`], readable at any time.
 
 use super::keys::NodeKey;
@@ -77,6 +81,9 @@ pub struct Stats {
     pub tx_no_peer: AtomicU64,
     /// Packets from the device that are not IP: dropped.
     pub tx_malformed: AtomicU64,
+    /// IPv4 packets over the device's MTU with don't-fragment set: dropped and answered
+    /// with ICMP "fragmentation needed" (as a router does).
+    pub tx_too_big: AtomicU64,
     /// The device's own link-local and multicast traffic (IPv6 router solicitations,
     /// listener reports): never sent to a peer.
     pub tx_link_local: AtomicU64,
@@ -104,6 +111,7 @@ impl Stats {
             ("tx_packets", r(&self.tx_packets)),
             ("tx_no_peer", r(&self.tx_no_peer)),
             ("tx_malformed", r(&self.tx_malformed)),
+            ("tx_too_big", r(&self.tx_too_big)),
             ("tx_link_local", r(&self.tx_link_local)),
             ("rx_packets", r(&self.rx_packets)),
             ("rx_invalid", r(&self.rx_invalid)),
@@ -174,7 +182,7 @@ impl Userspace {
                     }
                 };
                 let _ = ready_tx.send(Ok(ifindex));
-                let mut device = Device::new(key, t_stats, tun, udp);
+                let mut device = Device::new(key, t_stats, tun, udp, ifindex);
                 device.set_peers(t_peers);
                 device.run(&ctl_rx, &t_stop);
                 // The device goes with its descriptor; routes through it go with the device.
@@ -295,12 +303,14 @@ struct Device {
     /// `Tunn` index -> (peer position, retiring?).
     by_index: HashMap<u32, (usize, bool)>,
     next_index: u32,
+    /// The device's ifindex: peers' AllowedIPs are routed through it.
+    ifindex: u32,
     buf: Vec<u8>,
     out: Vec<u8>,
 }
 
 impl Device {
-    fn new(key: NodeKey, stats: Arc<Stats>, tun: OwnedFd, udp: UdpSocket) -> Device {
+    fn new(key: NodeKey, stats: Arc<Stats>, tun: OwnedFd, udp: UdpSocket, ifindex: u32) -> Device {
         Device {
             key,
             stats,
@@ -309,6 +319,7 @@ impl Device {
             peers: Vec::new(),
             by_index: HashMap::new(),
             next_index: 1,
+            ifindex,
             buf: vec![0; BUF],
             out: vec![0; BUF],
         }
@@ -334,6 +345,15 @@ impl Device {
     }
 
     fn set_peers(&mut self, peers: Vec<PeerConfig>) {
+        // Peers added later (a reload, a node joining the cluster) get routes as the start
+        // config's do, so the host's own traffic to their pods is encrypted too. This thread
+        // is in the device's namespace. A removed peer's routes stay: what they carry is
+        // dropped as `tx_no_peer`, never sent in the clear.
+        if let Ok(nl) = Netlink::open() {
+            for c in peers.iter().flat_map(|p| &p.allowed) {
+                let _ = nl.replace_route(&Route::new(*c).dev(self.ifindex));
+            }
+        }
         let mut old: Vec<PeerState> = std::mem::take(&mut self.peers);
         for cfg in peers {
             match old.iter().position(|p| p.cfg.name == cfg.name) {
@@ -450,6 +470,19 @@ impl Device {
             self.stats.tx_no_peer.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        if len > MTU as usize {
+            if let Some(icmp) = fragmentation_needed(&self.buf[..len]) {
+                // An IPv4 packet over the device's MTU that may not be fragmented (the
+                // endpoint program redirects here past the MTU check a route would make):
+                // answered as a router answers it, so the sender's path MTU discovery
+                // lowers its segment size, instead of each datagram leaving the node in
+                // two underlay fragments.
+                self.stats.tx_too_big.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: writing our own buffer of its length to the TUN descriptor.
+                let _ = unsafe { libc::write(self.tun.as_raw_fd(), icmp.as_ptr().cast(), icmp.len()) };
+                return;
+            }
+        }
         let p = &mut self.peers[i];
         match p.tunn.encapsulate(&self.buf[..len], &mut self.out) {
             TunnResult::WriteToNetwork(b) => {
@@ -567,6 +600,37 @@ impl Device {
     }
 }
 
+/// ICMP "fragmentation needed" (type 3, code 4, next-hop MTU [`MTU`]) for an IPv4 `packet`
+/// with the don't-fragment bit, quoting its header and first 8 payload bytes (what the
+/// sender matches to its connection: ports and sequence number), from the packet's own
+/// destination (whose route on this node is this device, so a reverse-path check passes);
+/// `None` for anything else (IPv6, or a packet that may be fragmented).
+pub fn fragmentation_needed(packet: &[u8]) -> Option<Vec<u8>> {
+    use crate::packet::checksum;
+    let ihl = usize::from(packet.first()? & 0x0f) * 4;
+    if packet.first()? >> 4 != 4 || ihl < 20 || packet.get(6)? & 0x40 == 0 {
+        return None;
+    }
+    let quoted = packet.get(..ihl + 8)?;
+    let total = 20 + 8 + quoted.len();
+    let mut out = vec![0u8; total];
+    out[0] = 0x45;
+    out[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    out[8] = 64;
+    out[9] = 1;
+    out[12..16].copy_from_slice(&packet[16..20]);
+    out[16..20].copy_from_slice(&packet[12..16]);
+    let header = checksum::ipv4_header(&out[..20]);
+    out[10..12].copy_from_slice(&header.to_be_bytes());
+    out[20] = 3;
+    out[21] = 4;
+    out[26..28].copy_from_slice(&(MTU as u16).to_be_bytes());
+    out[28..].copy_from_slice(quoted);
+    let icmp = checksum::internet(&out[20..]);
+    out[22..24].copy_from_slice(&icmp.to_be_bytes());
+    Some(out)
+}
+
 fn deliver(tun: &OwnedFd, stats: &Stats, peer: &PeerConfig, packet: &[u8], src: IpAddr) {
     if packet.is_empty() {
         // A keepalive.
@@ -580,5 +644,46 @@ fn deliver(tun: &OwnedFd, stats: &Stats, peer: &PeerConfig, packet: &[u8], src: 
     let n = unsafe { libc::write(tun.as_raw_fd(), packet.as_ptr().cast(), packet.len()) };
     if n > 0 {
         stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::packet::{checksum, PacketBuilder, TcpFlags};
+    use std::net::Ipv4Addr;
+
+    /// "fragmentation needed" answers an oversized IPv4 packet with don't-fragment, from its
+    /// destination, quoting its header and first 8 payload bytes, with valid checksums;
+    /// nothing answers a packet that may be fragmented, or IPv6.
+    #[test]
+    fn an_oversized_packet_with_dont_fragment_is_answered_with_the_device_mtu() {
+        let (pod, peer) = (Ipv4Addr::new(10, 0, 1, 5), Ipv4Addr::new(10, 0, 2, 5));
+        let eth = || PacketBuilder::ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        let frame = eth()
+            .ipv4(pod, peer)
+            .dont_fragment()
+            .tcp(40_000, 8080, TcpFlags::ACK, 7, 9)
+            .payload(&[1; 1460])
+            .build();
+        let packet = &frame[14..];
+        let icmp = super::fragmentation_needed(packet).expect("answered");
+        assert!(checksum::verify_ipv4_header(&icmp[..20]), "IPv4 header checksum");
+        assert!(checksum::verify_icmpv4(&icmp[20..]), "ICMP checksum");
+        assert_eq!((icmp[9], icmp[20], icmp[21]), (1, 3, 4), "ICMP type 3 code 4");
+        assert_eq!(
+            (&icmp[12..16], &icmp[16..20]),
+            (&packet[16..20], &packet[12..16]),
+            "from the destination"
+        );
+        assert_eq!(u16::from_be_bytes([icmp[26], icmp[27]]), super::MTU as u16, "next-hop MTU");
+        assert_eq!(&icmp[28..], &packet[..28], "the header and the ports and sequence number quoted");
+        let may_fragment = eth().ipv4(pod, peer).udp(1, 2).payload(&[1; 1460]).build();
+        assert_eq!(super::fragmentation_needed(&may_fragment[14..]), None, "no don't-fragment bit");
+        let v6 = eth()
+            .ipv6("fd00::1".parse().expect("literal"), "fd00::2".parse().expect("literal"))
+            .udp(1, 2)
+            .payload(&[1; 1460])
+            .build();
+        assert_eq!(super::fragmentation_needed(&v6[14..]), None, "IPv6");
     }
 }

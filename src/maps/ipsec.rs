@@ -12,13 +12,13 @@ use sluice_verifier_sim::spec::MapKind;
 use std::net::{IpAddr, Ipv4Addr};
 
 /// Pod prefix (LPM) -> the node address it lives on.
-pub const PODS: &str = "ipsec_pods";
+pub const PODS: &str = super::names::IPSEC_PODS;
 /// Node address -> `{node id, newest key}` ([`NodeValue`]).
-pub const NODES: &str = "ipsec_nodes";
+pub const NODES: &str = super::names::IPSEC_NODES;
 /// The one [`IpsecCfg`]: this node's newest key, strict mode.
-pub const CFG: &str = "ipsec_cfg";
+pub const CFG: &str = super::names::IPSEC_CFG;
 /// Per-CPU `u64` per [`Reason`].
-pub const STATS: &str = "ipsec_stats";
+pub const STATS: &str = super::names::IPSEC_STATS;
 /// Every map of the IPsec programs.
 pub const MAPS: [&str; 4] = [PODS, NODES, CFG, STATS];
 

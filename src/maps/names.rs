@@ -55,6 +55,12 @@ pub const SOCK_VERDICT: &str = "sock_verdict";
 pub const SOCK_REV: &str = "sock_rev";
 pub const SOCK_STATS: &str = "sock_stats";
 
+// The IPsec mode's maps (`maps::ipsec`).
+pub const IPSEC_PODS: &str = "ipsec_pods";
+pub const IPSEC_NODES: &str = "ipsec_nodes";
+pub const IPSEC_CFG: &str = "ipsec_cfg";
+pub const IPSEC_STATS: &str = "ipsec_stats";
+
 /// Every name above.
 pub const ALL: &[&str] = &[
     CT4,
@@ -99,6 +105,10 @@ pub const ALL: &[&str] = &[
     SOCK_VERDICT,
     SOCK_REV,
     SOCK_STATS,
+    IPSEC_PODS,
+    IPSEC_NODES,
+    IPSEC_CFG,
+    IPSEC_STATS,
 ];
 
 #[cfg(test)]

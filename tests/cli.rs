@@ -143,8 +143,8 @@ fn write_pcap(name: &str, frames: &[&[u8]]) -> PathBuf {
     path
 }
 
-/// `sluice sim` prints one line per packet in capture order, then the summary; with `-q`
-/// only the summary. Progress is for a person at a terminal: with stdout and stderr piped
+/// `sluice sim --prefilter-only` prints one line per packet in capture order, then the
+/// summary; with `-q` only the summary. Progress is for a person at a terminal: with stdout and stderr piped
 /// (as here), stderr stays empty.
 #[test]
 fn sim_prints_each_verdict_then_the_summary_and_no_progress_into_a_pipe() {
@@ -171,7 +171,7 @@ fn sim_prints_each_verdict_then_the_summary_and_no_progress_into_a_pipe() {
         passed.len()
     );
     for (args, want) in [(vec![], format!("{lines}{summary}")), (vec!["-q"], summary.to_string())] {
-        let mut argv = vec!["sim", "--pcap", &pcap];
+        let mut argv = vec!["sim", "--prefilter-only", "--pcap", &pcap];
         argv.extend(args.iter().copied());
         let node = fixture("default-node.yaml");
         argv.push(&node);
@@ -252,4 +252,39 @@ fn load_prefilter_and_unload_on_a_private_pin_dir() {
     let o = sluice(&["unload", "--pin-dir", &pin]);
     assert!(o.status.success(), "{}", text(&o));
     assert!(!pins.path().exists(), "unload leaves nothing behind");
+}
+
+/// Issue 14: "`sluice sim NODE --pcap FILE` runs each packet through every program the node
+/// would run for it": without a flag the replay is the whole node's, each packet's path
+/// printed (`prefilter=…` then `=> dropped|delivered|forwarded`), then the node summary;
+/// `--prefilter-only` is the prefilter's line per packet.
+#[test]
+fn sim_replays_through_the_whole_node_by_default() {
+    use sluice::packet::PacketBuilder;
+    let udp4 = |src: [u8; 4]| {
+        PacketBuilder::ethernet([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+            .ipv4(src.into(), [10, 0, 1, 10].into())
+            .udp(1, 2)
+            .payload(b"x")
+            .build()
+    };
+    // fixtures/default-node.yaml denies 192.0.2.0/24 in its prefilter.
+    let pcap = write_pcap("sim-whole", &[&udp4([192, 0, 2, 1]), &udp4([8, 8, 8, 8])]);
+    let pcap = pcap.to_string_lossy().into_owned();
+    let node = fixture("default-node.yaml");
+    let o = sluice(&["sim", &node, "--pcap", &pcap]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "two packet paths and the summary:\n{out}");
+    assert!(
+        lines[0].starts_with("packet 0 192.0.2.1 -> 10.0.1.10:") && lines[0].ends_with("=> dropped"),
+        "{out}"
+    );
+    assert!(lines[1].starts_with("packet 1 8.8.8.8 -> 10.0.1.10:") && lines[1].contains("=>"), "{out}");
+    assert!(lines[2].starts_with("2 packets: "), "the whole node's summary:\n{out}");
+    let o = sluice(&["sim", &node, "--pcap", &pcap, "--prefilter-only", "-q"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).starts_with("2 packets run\n"), "{}", text(&o));
+    let _ = std::fs::remove_file(&pcap);
 }

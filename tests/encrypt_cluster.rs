@@ -50,10 +50,10 @@ mod netns;
 #[path = "support/node.rs"]
 mod node;
 
+use demo::wireguard::{underlay_leaks, Capture};
 use netns::{gate, Netns};
 use node::{Endpoint, NodeNet};
 use sluice::cluster::server::{self, EtcdServer};
-use demo::wireguard::{underlay_leaks, Capture};
 use sluice::model::encryption::DEFAULT_WIREGUARD_PORT;
 use sluice::node::wire;
 use sluice::sys;

@@ -1,4 +1,4 @@
-//! Whole-node replay (`sluice::node::node_replay`, `sluice sim --whole-node`): packets go
+//! Whole-node replay (`sluice::node::node_replay`, `sluice sim`): packets go
 //! through the prefilter or their source endpoint's program, then their destination
 //! endpoint's, with conntrack carried across the capture; on flows of the demo fixture
 //! (each with the path and end the policies give it), then on the tcpdump corpus (no

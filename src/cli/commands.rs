@@ -86,10 +86,10 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
     match cmd {
         Command::Demo => demo(),
         Command::Compile { node, out } => compile(&node, out.as_deref()),
-        Command::Sim { node, pcap, quiet, whole_node: true, json, kernel } => {
+        Command::Sim { node, pcap, quiet, prefilter_only: true, .. } => sim(&node, &pcap, quiet),
+        Command::Sim { node, pcap, quiet, json, kernel, .. } => {
             super::node_sim::sim_node(&node, &pcap, quiet, json, kernel)
         }
-        Command::Sim { node, pcap, quiet, .. } => sim(&node, &pcap, quiet),
         Command::Policy { op: PolicyOp::Explain { node, from, to, proto, port, json } } => {
             super::policy::explain_cmd(&node, &from, &to, proto, port, json)
         }

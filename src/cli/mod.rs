@@ -34,7 +34,9 @@ pub enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Replay a capture through the simulator and print each packet's verdict.
+    /// Replay a capture through the simulated node: each packet runs through every program
+    /// the node runs for it (prefilter or the source endpoint's program, then the
+    /// destination endpoint's), conntrack carried across the capture; prints its path.
     Sim {
         node: PathBuf,
         /// A pcap or pcapng file.
@@ -43,17 +45,18 @@ pub enum Command {
         /// Print only the summary.
         #[arg(long, short)]
         quiet: bool,
-        /// Run each packet through every program the node runs for it (prefilter or the
-        /// source endpoint's program, then the destination endpoint's), conntrack carried
-        /// across the capture, and print its path.
-        #[arg(long)]
+        /// Run the XDP prefilter alone and print each packet's verdict and reason.
+        #[arg(long, conflicts_with_all = ["json", "kernel"])]
+        prefilter_only: bool,
+        /// The default; accepted for scripts written when whole-node replay was opt-in.
+        #[arg(long, hide = true, conflicts_with = "prefilter_only")]
         whole_node: bool,
-        /// With --whole-node: one JSON object per packet.
-        #[arg(long, requires = "whole_node")]
+        /// One JSON object per packet.
+        #[arg(long)]
         json: bool,
-        /// With --whole-node (root): also run the capture through the loaded programs with
-        /// BPF_PROG_TEST_RUN and report every packet whose path differs.
-        #[arg(long, requires = "whole_node")]
+        /// (root) Also run the capture through the loaded programs with BPF_PROG_TEST_RUN
+        /// and report every packet whose path differs.
+        #[arg(long)]
         kernel: bool,
     },
     /// Policy questions about a node file.

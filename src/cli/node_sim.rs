@@ -1,4 +1,4 @@
-//! `sluice sim NODE --pcap FILE --whole-node`: the body of the command (see
+//! `sluice sim NODE --pcap FILE` (whole-node replay, the default): the body of the command (see
 //! `crate::node::node_replay`).
 
 use std::io::Write;

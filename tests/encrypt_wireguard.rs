@@ -219,3 +219,18 @@ fn reloading_a_changed_peer_key_updates_the_device() {
     let delivered = (0..5).any(|_| lab.run_flow(&ping).is_ok_and(|o| o == Outcome::Delivered));
     assert!(delivered, "after the reload the ping is delivered");
 }
+
+/// The lab's node file parses with each peer-key choice. (It was a unit test inside the lab
+/// module; the lab is included by several test binaries, so it lives here, run once.)
+#[test]
+fn the_lab_node_parses_with_each_key_choice() {
+    use demo::wireguard::node_text;
+    let key = sluice::encrypt::keys::NodeKey::from_secret([1; 32]).public_base64();
+    for choice in [PeerKey::Right, PeerKey::Wrong, PeerKey::Missing] {
+        let text = node_text(&key, choice);
+        let cfg = sluice::model::parse_str(&text, "lab").unwrap_or_else(|e| panic!("{choice:?}: {e}"));
+        let peer = &cfg.overlay.as_ref().expect("overlay").peers[0];
+        assert_eq!(peer.wireguard.is_some(), choice != PeerKey::Missing, "{choice:?}");
+        assert!(matches!(cfg.encryption, sluice::model::encryption::Encryption::Wireguard(_)));
+    }
+}

@@ -478,18 +478,3 @@ pub fn underlay_leaks(frames: &[Vec<u8>], wg_port: u16) -> UnderlayReport {
 fn hex_head(f: &[u8]) -> String {
     f.iter().take(64).map(|b| format!("{b:02x}")).collect()
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn the_lab_node_parses_with_each_key_choice() {
-        let key = super::NodeKey::from_secret([1; 32]).public_base64();
-        for choice in [super::PeerKey::Right, super::PeerKey::Wrong, super::PeerKey::Missing] {
-            let text = super::node_text(&key, choice);
-            let cfg = sluice::model::parse_str(&text, "lab").unwrap_or_else(|e| panic!("{choice:?}: {e}"));
-            let peer = &cfg.overlay.as_ref().expect("overlay").peers[0];
-            assert_eq!(peer.wireguard.is_some(), choice != super::PeerKey::Missing, "{choice:?}");
-            assert!(matches!(cfg.encryption, sluice::model::encryption::Encryption::Wireguard(_)));
-        }
-    }
-}

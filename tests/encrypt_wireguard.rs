@@ -219,3 +219,67 @@ fn reloading_a_changed_peer_key_updates_the_device() {
     let delivered = (0..5).any(|_| lab.run_flow(&ping).is_ok_and(|o| o == Outcome::Delivered));
     assert!(delivered, "after the reload the ping is delivered");
 }
+
+/// The lab's node file parses with each peer-key choice. (It was a unit test inside the lab
+/// module; the lab is included by several test binaries, so it lives here, run once.)
+#[test]
+fn the_lab_node_parses_with_each_key_choice() {
+    use demo::wireguard::node_text;
+    let key = sluice::encrypt::keys::NodeKey::from_secret([1; 32]).public_base64();
+    for choice in [PeerKey::Right, PeerKey::Wrong, PeerKey::Missing] {
+        let text = node_text(&key, choice);
+        let cfg = sluice::model::parse_str(&text, "lab").unwrap_or_else(|e| panic!("{choice:?}: {e}"));
+        let peer = &cfg.overlay.as_ref().expect("overlay").peers[0];
+        assert_eq!(peer.wireguard.is_some(), choice != PeerKey::Missing, "{choice:?}");
+        assert!(matches!(cfg.encryption, sluice::model::encryption::Encryption::Wireguard(_)));
+    }
+}
+
+/// Each frame alone and how `underlay_leaks` classifies it: (what, frames, WireGuard,
+/// control, other, plaintext). A later fragment counts as WireGuard only when the first
+/// fragment of the same datagram (source, destination, id) was WireGuard UDP.
+#[test]
+fn underlay_frames_are_classified_by_what_they_are() {
+    use sluice::packet::PacketBuilder;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    const WG: u16 = 51871;
+    let (m1, m2) = ([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+    let (n1, n2) = (Ipv4Addr::new(172, 16, 0, 1), Ipv4Addr::new(172, 16, 0, 2));
+    let eth = || PacketBuilder::ethernet(m1, m2);
+    let wg_first = eth().ipv4(n1, n2).ident(7).ipv4_fragment(0, true).udp(WG, WG).payload(&[4; 64]).build();
+    let wg_later = eth().ipv4(n1, n2).ident(7).ipv4_fragment(185, false).raw_l4(17, &[9; 40]).build();
+    let stray_later = eth().ipv4(n1, n2).ident(8).ipv4_fragment(185, false).raw_l4(17, &[9; 40]).build();
+    let other_udp = eth().ipv4(n1, n2).udp(5000, 5000).payload(b"x").build();
+    let marked = eth().ipv4(n1, n2).udp(WG, WG).payload(demo::wireguard::MARKERS[0]).build();
+    // Port unreachable quoting a WireGuard datagram's headers; and one quoting another's.
+    let quote = |port: u16| {
+        let inner = eth().ipv4(n1, n2).udp(port, port).payload(&[0; 8]).build();
+        eth().ipv4(n2, n1).icmpv4(3, 3, 0).payload(&inner[14..14 + 28]).build()
+    };
+    let dad = eth()
+        .ipv6(Ipv6Addr::UNSPECIFIED, "ff02::1:ff00:1".parse().expect("literal"))
+        .hop_limit(255)
+        .icmpv6(135, 0, 0)
+        .build();
+    let global_v6 = eth()
+        .ipv6("fd00::1".parse().expect("literal"), "ff02::1".parse().expect("literal"))
+        .icmpv6(135, 0, 0)
+        .build();
+    // (WireGuard, control, other, plaintext) as counted.
+    type Counts = (usize, usize, usize, usize);
+    let cases: Vec<(&str, Vec<Vec<u8>>, Counts)> = vec![
+        ("WireGuard UDP, first fragment", vec![wg_first.clone()], (1, 0, 0, 0)),
+        ("its later fragment", vec![wg_first, wg_later], (2, 0, 0, 0)),
+        ("a later fragment of no WireGuard datagram", vec![stray_later], (0, 0, 1, 0)),
+        ("UDP to another port", vec![other_udp], (0, 0, 1, 0)),
+        ("a marker, even in WireGuard UDP", vec![marked], (1, 0, 0, 1)),
+        ("port unreachable about WireGuard", vec![quote(WG)], (0, 1, 0, 0)),
+        ("port unreachable about another port", vec![quote(5000)], (0, 0, 1, 0)),
+        ("IPv6 duplicate address detection", vec![dad], (0, 1, 0, 0)),
+        ("IPv6 from a global source", vec![global_v6], (0, 0, 1, 0)),
+    ];
+    for (what, frames, want) in cases {
+        let r = demo::wireguard::underlay_leaks(&frames, WG);
+        assert_eq!((r.wireguard, r.control, r.other.len(), r.plaintext.len()), want, "{what}: {r:?}");
+    }
+}

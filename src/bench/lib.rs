@@ -156,11 +156,16 @@ impl BenchOpts {
     }
 }
 
+/// The workspace this crate was built in (the crate is its `src/bench/`).
+fn workspace_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR")).ancestors().nth(2).expect("src/bench/ has two parents")
+}
+
 impl Default for BenchOpts {
     fn default() -> Self {
         let anchors_dir = std::env::var_os(ANCHORS_DIR_ENV)
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/anchors"));
+            .unwrap_or_else(|| workspace_root().join("../shared/anchors"));
         BenchOpts {
             sizes: vec![16, 10_000, 1_000_000],
             repeat: 1_000_000,
@@ -168,7 +173,7 @@ impl Default for BenchOpts {
             anchors_dir,
             // The workspace's `target/`, wherever this runs from (a test's working directory
             // is its package, `src/bench/`).
-            build_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/anchors/build"),
+            build_dir: workspace_root().join("target/anchors/build"),
             parts: PARTS
                 .iter()
                 .filter(|p| {

@@ -21,6 +21,7 @@ pub mod mutate;
 pub mod netlink;
 pub mod node;
 pub mod packet;
+pub mod plan;
 pub mod policy;
 pub mod proxy;
 pub mod sys;

@@ -175,10 +175,9 @@ fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T, String> + Send) -> 
     let file = File::open(&path).map_err(|source| BenchError::Io { what: format!("open {path}"), source })?;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: `file` is an open namespace file; setns changes only this thread.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("setns {path}: {}", std::io::Error::last_os_error()));
-            }
+            // setns changes only this thread.
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("setns {path}: {e}"))?;
             f()
         })
         .join()
@@ -330,8 +329,11 @@ fn started<T>(
             Err(format!("{good} of {} hooks attached without a problem:\n{st}", 2 * n))
         }
     });
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    // Our own child's pid, not yet reaped.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
     let extra = extra?;
     checked.map_err(|e| failed(e.to_string()))?;

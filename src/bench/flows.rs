@@ -144,11 +144,8 @@ pub(crate) fn measure(
     let seconds = opts.seconds;
     let round_trips = opts.round_trips;
     let srv = std::thread::spawn(move || -> std::io::Result<u64> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: setns on this thread only.
-        if unsafe { libc::setns(sfd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        // setns on this thread only.
+        nix::sched::setns(&sfd, nix::sched::CloneFlags::CLONE_NEWNET)?;
         let l = TcpListener::bind(dst)?;
         let _ = tx.send(());
         // Throughput: count until the sender closes, then close (the sender waits for it).

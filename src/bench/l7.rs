@@ -69,12 +69,9 @@ impl Drop for Lab {
 fn enter(ns: &str) -> Result<(), BenchError> {
     let path = format!("/run/netns/{ns}");
     let file = std::fs::File::open(&path).map_err(|e| err(&path, e))?;
-    // SAFETY: `file` is an open namespace file; setns changes only the calling thread.
-    let rc = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-    if rc != 0 {
-        return Err(err("setns", std::io::Error::last_os_error()));
-    }
-    Ok(())
+    // setns changes only the calling thread.
+    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| err("setns", std::io::Error::from(e)))
 }
 
 fn run_ip(args: &[&str]) -> Result<(), BenchError> {

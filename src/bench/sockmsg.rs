@@ -223,8 +223,11 @@ fn spawn_in(ns: &NetNs, procs: &File, cmd: &mut Command) -> Result<Child, SockMs
 
 /// Kill and reap a server.
 fn stop(mut child: Child) {
-    // SAFETY: the pid is our own child's, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    // The pid is our own child's, not yet reaped.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
     let _ = child.wait();
 }
 

@@ -151,10 +151,9 @@ impl EtcdServer {
                 let client = client.clone();
                 std::thread::spawn(move || {
                     let Ok(file) = std::fs::File::open(format!("/run/netns/{name}")) else { return false };
-                    // SAFETY: an open namespace file; setns changes only this new thread.
-                    let rc =
-                        unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
-                    rc == 0 && client.range(b"sluice/", true).is_ok()
+                    // setns changes only this new thread.
+                    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).is_ok()
+                        && client.range(b"sluice/", true).is_ok()
                 })
                 .join()
                 .unwrap_or(false)

@@ -166,10 +166,9 @@ impl Userspace {
             .name(format!("wg-{}", dev.name))
             .spawn(move || {
                 if let Some(fd) = ns_fd {
-                    // SAFETY: setns on a namespace descriptor we own; affects this thread only.
-                    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        let _ =
-                            ready_tx.send(Err(EncryptError::io("setns", std::io::Error::last_os_error())));
+                    // Affects this thread only.
+                    if let Err(e) = nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET) {
+                        let _ = ready_tx.send(Err(EncryptError::io("setns", e.into())));
                         return;
                     }
                 }

@@ -21,7 +21,7 @@
 use std::ffi::CString;
 use std::fs::File;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -69,11 +69,9 @@ impl NetNs {
         let mounted = std::thread::scope(|scope| {
             scope
                 .spawn(|| -> std::io::Result<()> {
-                    // SAFETY: unshare(2) with a constant flag; it affects only this helper
-                    // thread, which exits right after.
-                    if unsafe { libc::unshare(libc::CLONE_NEWNET) } < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
+                    // It affects only this helper thread, which exits right after.
+                    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                        .map_err(std::io::Error::from)?;
                     mount_bind(THREAD_NETNS, &target)
                 })
                 .join()
@@ -212,26 +210,13 @@ fn c_path(path: &Path) -> Result<CString> {
 }
 
 fn setns(fd: BorrowedFd<'_>) -> std::io::Result<()> {
-    // SAFETY: setns(2) on a namespace descriptor we borrow for the call.
-    if unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) } < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    nix::sched::setns(fd, nix::sched::CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
 }
 
 fn mount_bind(source: &str, target: &CString) -> std::io::Result<()> {
-    let source = CString::new(source).map_err(std::io::Error::other)?;
-    let none = c"none";
-    // SAFETY: all strings are NUL-terminated and live for the call; no data argument.
-    let ret = unsafe {
-        libc::mount(source.as_ptr(), target.as_ptr(), none.as_ptr(), libc::MS_BIND, std::ptr::null())
-    };
-    if ret < 0 {
-        Err(std::io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
+    use nix::mount::{mount, MsFlags};
+    mount(Some(source), target.as_c_str(), Some("none"), MsFlags::MS_BIND, None::<&str>)
+        .map_err(std::io::Error::from)
 }
 
 /// Make `/run/netns` exist and be a shared mount, so that namespace mounts made under it
@@ -239,55 +224,28 @@ fn mount_bind(source: &str, target: &CString) -> std::io::Result<()> {
 fn prepare_run_dir() -> std::result::Result<(), (&'static str, std::io::Error)> {
     let _lock = RUN_DIR_LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     std::fs::create_dir_all(NETNS_RUN_DIR).map_err(|e| ("create directory", e))?;
-    let dir = CString::new(NETNS_RUN_DIR).map_err(|e| ("path", std::io::Error::other(e)))?;
-    let none = c"none";
+    use nix::mount::{mount, MsFlags};
+    let dir = NETNS_RUN_DIR;
     let mut bound = false;
     loop {
-        // SAFETY: NUL-terminated strings living for the call; no data argument.
-        let ret = unsafe {
-            libc::mount(
-                c"".as_ptr(),
-                dir.as_ptr(),
-                none.as_ptr(),
-                libc::MS_SHARED | libc::MS_REC,
-                std::ptr::null(),
-            )
-        };
-        if ret == 0 {
-            return Ok(());
-        }
-        let err = std::io::Error::last_os_error();
-        if err.raw_os_error() != Some(libc::EINVAL) || bound {
-            return Err(("make shared", err));
+        match mount(Some(""), dir, Some("none"), MsFlags::MS_SHARED | MsFlags::MS_REC, None::<&str>) {
+            Ok(()) => return Ok(()),
+            Err(nix::errno::Errno::EINVAL) if !bound => {}
+            Err(e) => return Err(("make shared", e.into())),
         }
         // EINVAL: not a mount point yet. Bind it onto itself, then try again.
-        // SAFETY: as above.
-        let ret = unsafe {
-            libc::mount(
-                dir.as_ptr(),
-                dir.as_ptr(),
-                none.as_ptr(),
-                libc::MS_BIND | libc::MS_REC,
-                std::ptr::null(),
-            )
-        };
-        if ret < 0 {
-            return Err(("bind-mount onto itself", std::io::Error::last_os_error()));
-        }
+        mount(Some(dir), dir, Some("none"), MsFlags::MS_BIND | MsFlags::MS_REC, None::<&str>)
+            .map_err(|e| ("bind-mount onto itself", e.into()))?;
         bound = true;
     }
 }
 
 /// Lazily unmount and unlink `/run/netns/NAME`.
 fn remove(path: &Path) -> std::result::Result<(), (&'static str, std::io::Error)> {
-    let target = CString::new(path.as_os_str().as_bytes()).map_err(|e| ("path", std::io::Error::other(e)))?;
-    // SAFETY: a NUL-terminated path living for the call.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } < 0 {
-        let err = std::io::Error::last_os_error();
+    match nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
         // EINVAL: not a mount point (a half-made namespace); still unlink it.
-        if err.raw_os_error() != Some(libc::EINVAL) {
-            return Err(("unmount", err));
-        }
+        Ok(()) | Err(nix::errno::Errno::EINVAL) => {}
+        Err(e) => return Err(("unmount", e.into())),
     }
     std::fs::remove_file(path).map_err(|e| ("unlink", e))
 }

@@ -416,14 +416,10 @@ pub(crate) fn run_iter_in(
     link: std::os::fd::BorrowedFd<'_>,
     ns: &std::fs::File,
 ) -> Result<(), String> {
-    use std::os::fd::AsRawFd;
     std::thread::scope(|s| {
         s.spawn(|| {
-            // SAFETY: setns(2) on this scoped thread only, which runs nothing else; it
-            // changes no memory.
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(format!("setns: {}", std::io::Error::last_os_error()));
-            }
+            // setns(2) on this scoped thread only, which runs nothing else.
+            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
             crate::sys::iter::run(&**sys, link).map(|_| ()).map_err(|e| e.to_string())
         })
         .join()

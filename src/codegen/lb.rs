@@ -83,7 +83,7 @@
 //!
 //! Every verdict is counted per reason ([`LbReason`]) in the per-CPU array `lb_stats`.
 
-use super::kit;
+use super::kit::{self, Ipv4Checks, VerdictSites};
 use super::{emit_count_and_exit, emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels};
 use crate::lb::hash::FLOW_HASH_SEED;
 use crate::maps::fwd::V4_MAPPED_WORD;
@@ -94,10 +94,11 @@ use crate::maps::lb::{
     LbReason,
 };
 use crate::maps::names as map;
+use crate::packet::{ipv4::field as ipv4, ipv6::field as ipv6};
 use sluice_asm::helpers::{
     KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, REDIRECT, REDIRECT_PEER, SKB_LOAD_BYTES, SKB_STORE_BYTES,
 };
-use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size, Target};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::SkBuff;
 
@@ -277,7 +278,7 @@ impl Default for LbOptions {
 pub struct LbLabels<'a> {
     /// Prefix of the names the emitter's labels show in the listing.
     pub prefix: &'a str,
-    pub exit: &'a str,
+    pub exit: Label,
 }
 
 /// The labels of one [`emit_service_lb`] call: ids ([`Builder::new_label`]), so the emitter
@@ -285,7 +286,7 @@ pub struct LbLabels<'a> {
 /// listing.
 struct Labels<'a> {
     prefix: &'a str,
-    exit: &'a str,
+    exit: Label,
     csum_done: Label,
     reply: Label,
     forward_miss: Label,
@@ -517,8 +518,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         (LbReason::NoBackend, lb.no_backend_site),
         (LbReason::RewriteFailed, lb.rewrite_failed),
     ] {
-        b.place(site).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(lb.exit);
+        kit::verdict_site(b, site, r, lb.exit);
     }
 }
 
@@ -539,8 +539,7 @@ fn emit_reply_only(b: &mut Builder, f: LbFrame, lb: &Labels<'_>, o: LbOptions) {
         b.ja(lb.pass_no_service);
     }
     for (r, site) in sites {
-        b.place(site).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(lb.exit);
+        kit::verdict_site(b, site, r, lb.exit);
     }
 }
 
@@ -933,9 +932,8 @@ pub fn emit_hint_filter(
     port: i16,
     proto: i16,
     key: i16,
-    clear: impl Into<Target>,
+    clear: Label,
 ) {
-    let clear: Target = clear.into();
     let (element, what) = match which {
         Hint::Frontend => (hint::FRONTEND, "frontend? lb_hint[FRONTEND]"),
         Hint::Backend => (hint::BACKEND, "backend? lb_hint[BACKEND]"),
@@ -945,7 +943,7 @@ pub fn emit_hint_filter(
     b.mov(Reg::R6, Reg::R1);
     b.store(Size::W, Reg::R10, key, element as i32);
     kit::map_lookup(b, map::LB_HINT, key);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, clear.clone());
+    b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
     b.add(Reg::R0, Reg::R1);
     b.load(Size::B, Reg::R1, Reg::R0, 0);
@@ -1129,12 +1127,6 @@ fn emit_port_store(b: &mut Builder, old: i16, new: i16, off: i16, skip: Label) {
     b.place(skip);
 }
 
-/// Verdict sites of the standalone program's parser.
-fn pass(b: &mut Builder, r: LbReason) {
-    b.label(r.name()).comment(format!("verdict: {}", r.name()));
-    b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja("exit");
-}
-
 /// The standalone tc program `lb` (see the module header).
 pub fn generate() -> Result<Program, CodegenError> {
     generate_with(LbOptions::default())
@@ -1149,9 +1141,13 @@ pub fn generate_with(options: LbOptions) -> Result<Program, CodegenError> {
 /// emitter works at any base).
 pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenError> {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    let malformed = LbReason::PassMalformed.name();
-    let not_l4 = LbReason::PassNotL4.name();
     let mut b = Builder::new();
+    let exit = b.new_label("exit");
+    let v =
+        VerdictSites::new(&mut b, [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed], exit);
+    let (malformed, not_l4) = (v.of(LbReason::PassMalformed), v.of(LbReason::PassNotL4));
+    let [ipv4, ipv6, l4, tcp, udp, ports] =
+        ["ipv4", "ipv6", "l4", "tcp", "udp", "ports"].map(|n| b.new_label(n));
     f.declare(&mut b);
     b.comment("tc service load balancer: keep ctx; zero the tuple; r8 = data, r9 = data_end");
     b.store(Size::DW, Reg::R10, f.at(LbFrame::CTX), Reg::R1);
@@ -1162,73 +1158,67 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     emit_ethernet(
         &mut b,
         EthLabels {
-            ipv4: "ipv4",
-            ipv6: "ipv6",
-            not_ip: LbReason::PassNotIp.name(),
+            ipv4,
+            ipv6,
+            not_ip: v.of(LbReason::PassNotIp),
             truncated_ethernet: malformed,
             truncated_vlan: malformed,
             vlan_too_deep: malformed,
         },
     );
 
-    b.label("ipv4").comment("ipv4: header with options; later fragments pass; r6 = the L4 header");
-    guard(&mut b, Reg::R7, 20, malformed);
-    b.load(Size::B, Reg::R2, Reg::R7, 0);
-    b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
-    b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
-    b.alu(AluOp::And, Reg::R2, 0x0f);
-    b.jmp(JmpCond::Lt, Reg::R2, 5, malformed);
-    b.alu(AluOp::Lsh, Reg::R2, 2);
-    b.mov(Reg::R6, Reg::R7).add(Reg::R6, Reg::R2);
-    b.load(Size::H, Reg::R1, Reg::R7, 6);
+    b.place(ipv4).comment("ipv4: header with options; later fragments pass; r6 = the L4 header");
+    kit::ipv4_header(&mut b, Reg::R6, Ipv4Checks { truncated: malformed, malformed, whole_header: false });
+    b.comment(
+        "a fragment (more fragments, or an offset): flags and offset, as a little-endian load sees them",
+    );
+    b.load(Size::H, Reg::R1, Reg::R7, ipv4::FLG_OFF.start as i16);
     b.alu(AluOp::And, Reg::R1, 0xff1f);
     b.jmp(JmpCond::Ne, Reg::R1, 0, not_l4);
     b.comment("the tuple: IPv4-mapped addresses, protocol");
-    for (field, off) in [(ct_key::SADDR, 12i16), (ct_key::DADDR, 16)] {
+    for (field, off) in
+        [(ct_key::SADDR, ipv4::SRC_ADDR.start as i16), (ct_key::DADDR, ipv4::DST_ADDR.start as i16)]
+    {
         b.store(Size::W, Reg::R10, t(field) + 8, V4_MAPPED_WORD as i32);
         b.load(Size::W, Reg::R1, Reg::R7, off).store(Size::W, Reg::R10, t(field) + 12, Reg::R1);
     }
-    b.load(Size::B, Reg::R1, Reg::R7, 9);
+    b.load(Size::B, Reg::R1, Reg::R7, ipv4::PROTOCOL as i16);
     b.store(Size::B, Reg::R10, f.at(LbFrame::FAMILY), 4);
-    b.ja("l4");
+    b.ja(l4);
 
-    b.label("ipv6").comment("ipv6: fixed header only (an extension header passes untouched)");
-    guard(&mut b, Reg::R7, 40, malformed);
-    b.load(Size::B, Reg::R2, Reg::R7, 0);
-    b.alu(AluOp::And, Reg::R2, 0xf0);
-    b.jmp(JmpCond::Ne, Reg::R2, 0x60, malformed);
-    for (i, off) in [8i16, 16, 24, 32].into_iter().enumerate() {
+    b.place(ipv6).comment("ipv6: fixed header only (an extension header passes untouched)");
+    kit::ipv6_header(&mut b, malformed, malformed);
+    for i in 0..4usize {
+        let off = (ipv6::SRC_ADDR.start + 8 * i) as i16;
         b.load(Size::DW, Reg::R1, Reg::R7, off).store(Size::DW, Reg::R10, t(0) + 8 * i as i16, Reg::R1);
     }
-    b.load(Size::B, Reg::R1, Reg::R7, 6);
-    b.mov(Reg::R6, Reg::R7).add(Reg::R6, 40);
+    b.load(Size::B, Reg::R1, Reg::R7, ipv6::NXT_HDR as i16);
+    b.mov(Reg::R6, Reg::R7).add(Reg::R6, ipv6::HEADER_LEN as i32);
     b.store(Size::B, Reg::R10, f.at(LbFrame::FAMILY), 6);
 
-    b.label("l4").comment("r1 = protocol: tcp (20 bytes), udp (8), sctp (12); offsets for the helpers");
+    b.place(l4).comment("r1 = protocol: tcp (20 bytes), udp (8), sctp (12); offsets for the helpers");
     b.store(Size::B, Reg::R10, t(ct_key::PROTO), Reg::R1);
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, "tcp");
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, "udp");
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, tcp);
+    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, udp);
     b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_SCTP, not_l4);
-    guard(&mut b, Reg::R6, 12, malformed);
-    b.ja("ports");
-    b.label("tcp");
-    guard(&mut b, Reg::R6, 20, malformed);
-    b.ja("ports");
-    b.label("udp");
-    guard(&mut b, Reg::R6, 8, malformed);
-    b.label("ports");
+    guard(&mut b, Reg::R6, kit::SCTP_HLEN, malformed);
+    b.ja(ports);
+    b.place(tcp);
+    guard(&mut b, Reg::R6, kit::TCP_HLEN, malformed);
+    b.ja(ports);
+    b.place(udp);
+    guard(&mut b, Reg::R6, kit::UDP_HLEN, malformed);
+    b.place(ports);
     b.load(Size::W, Reg::R1, Reg::R6, 0).store(Size::W, Reg::R10, t(ct_key::SPORT), Reg::R1);
     b.mov(Reg::R1, Reg::R7).alu(AluOp::Sub, Reg::R1, Reg::R8);
     b.store(Size::W, Reg::R10, f.at(LbFrame::L3), Reg::R1);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Sub, Reg::R1, Reg::R8);
     b.store(Size::W, Reg::R10, f.at(LbFrame::L4), Reg::R1);
 
-    emit_service_lb(&mut b, f, LbLabels { prefix: "lb_", exit: "exit" }, options);
+    emit_service_lb(&mut b, f, LbLabels { prefix: "lb_", exit }, options);
 
-    for r in [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed] {
-        pass(&mut b, r);
-    }
-    emit_count_and_exit(&mut b, "exit", map::LB_STATS);
+    v.emit(&mut b);
+    emit_count_and_exit(&mut b, exit, map::LB_STATS);
     b.build().map(crate::mutate::program_seam).map_err(|source| CodegenError::Build { object: "lb", source })
 }
 

@@ -16,7 +16,7 @@ pub mod sock_lb;
 pub mod sockops;
 pub mod to_proxy;
 
-use sluice_asm::{AluOp, Builder, JmpCond, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::{SkBuff, XdpMd};
 use thiserror::Error;
@@ -54,13 +54,13 @@ pub const VLAN_HLEN: i32 = 4;
 
 /// Labels the Ethernet parser jumps to.
 #[derive(Debug, Clone, Copy)]
-pub struct EthLabels<'a> {
-    pub ipv4: &'a str,
-    pub ipv6: &'a str,
-    pub not_ip: &'a str,
-    pub truncated_ethernet: &'a str,
-    pub truncated_vlan: &'a str,
-    pub vlan_too_deep: &'a str,
+pub struct EthLabels {
+    pub ipv4: Label,
+    pub ipv6: Label,
+    pub not_ip: Label,
+    pub truncated_ethernet: Label,
+    pub truncated_vlan: Label,
+    pub vlan_too_deep: Label,
 }
 
 /// Load the packet pointers (`r8`, `r9`) from an XDP context in `r1`.
@@ -87,7 +87,7 @@ pub fn emit_skb_packet_pointers(b: &mut Builder, ctx: Reg) {
 /// offsets. Tagged frames share one path: whether a second tag follows is computed without
 /// a branch (`r5 = 4` or `0`) and added to the cursor, so the kernel verifier walks the IP
 /// parsers twice (untagged, tagged) instead of once per tag depth.
-pub fn emit_ethernet(b: &mut Builder, l: EthLabels<'_>) {
+pub fn emit_ethernet(b: &mut Builder, l: EthLabels) {
     let tpids = [ethertype::wire(ethertype::VLAN), ethertype::wire(ethertype::QINQ)];
     b.comment("ethernet: 14 bytes");
     guard(b, Reg::R8, ETH_HLEN, l.truncated_ethernet);
@@ -116,7 +116,7 @@ pub fn emit_ethernet(b: &mut Builder, l: EthLabels<'_>) {
     emit_l3_dispatch(b, &l);
 }
 
-fn emit_l3_dispatch(b: &mut Builder, l: &EthLabels<'_>) {
+fn emit_l3_dispatch(b: &mut Builder, l: &EthLabels) {
     b.comment("inner ethertype");
     b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV4), l.ipv4);
     b.jmp(JmpCond::Eq, Reg::R4, ethertype::wire(ethertype::IPV6), l.ipv6);
@@ -124,7 +124,7 @@ fn emit_l3_dispatch(b: &mut Builder, l: &EthLabels<'_>) {
 }
 
 /// `if base + len > data_end goto fail` (uses `r2`).
-pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: impl Into<sluice_asm::Target>) {
+pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: Label) {
     b.mov(Reg::R2, base).add(Reg::R2, len);
     b.jmp(JmpCond::Gt, Reg::R2, Reg::R9, fail);
 }
@@ -133,8 +133,8 @@ pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: impl Into<sluice_asm::T
 /// the verdict in `r7`. Neither value steers a branch or a pointer here, so the kernel
 /// verifier keeps them imprecise and prunes every path that reaches this block after the
 /// first: the block is verified once, not once per verdict site.
-pub fn emit_count_and_exit(b: &mut Builder, label: &str, stats: &str) {
-    b.label(label).comment(format!("count the reason (r6) in {stats}, return the verdict (r7)"));
+pub fn emit_count_and_exit(b: &mut Builder, exit: Label, stats: &str) {
+    b.place(exit).comment(format!("count the reason (r6) in {stats}, return the verdict (r7)"));
     b.store(Size::W, Reg::R10, -4, Reg::R6);
     b.ld_map(Reg::R1, stats);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
@@ -146,12 +146,6 @@ pub fn emit_count_and_exit(b: &mut Builder, label: &str, stats: &str) {
     b.store(Size::DW, Reg::R0, 0, Reg::R1);
     b.place(ret);
     b.mov(Reg::R0, Reg::R7).exit();
-}
-
-/// A verdict site: `r6 = reason; r7 = verdict; goto exit`.
-pub fn emit_verdict(b: &mut Builder, label: &str, reason: i32, verdict: i32, exit: &str) {
-    b.label(label).comment(format!("verdict: {label}"));
-    b.mov(Reg::R6, reason).mov(Reg::R7, verdict).ja(exit);
 }
 
 /// `dst = bswap32(dst)` then keep only the low 32 bits (`be32` already zero-extends).

@@ -89,7 +89,6 @@ use super::lb::{
 use super::overlay;
 use super::{
     emit_ethernet, emit_skb_packet_pointers, ethertype, guard, CodegenError, EthLabels, ETH_HLEN, SKB_DATA,
-    SKB_DATA_END,
 };
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::names as map;
@@ -1554,8 +1553,7 @@ impl Gen {
         } else {
             (ethertype::wire(ethertype::IPV6), V6_HLEN, l3 + ipv6::HOP_LIMIT as i16)
         };
-        b.load(Size::W, Reg::R3, Reg::R6, SKB_DATA);
-        b.load(Size::W, Reg::R4, Reg::R6, SKB_DATA_END);
+        kit::skb_data(b, Reg::R6, Reg::R3, Reg::R4);
         b.mov(Reg::R5, Reg::R3).add(Reg::R5, ETH_HLEN + hdr);
         b.jmp(JmpCond::Gt, Reg::R5, Reg::R4, self.l.return_ok);
         b.load(Size::H, Reg::R1, Reg::R3, off(ethernet::ETHERTYPE));
@@ -1590,19 +1588,9 @@ impl Gen {
     fn emit_lb_step(&self, b: &mut Builder, f: Fam) {
         let fl = self.fl(f);
         let skip = fl.conntrack;
-        let [lb_tcp, lb_udp, lb_l4] = ["lb_tcp", "lb_udp", "lb_l4"].map(|n| b.new_label(&f.name(n)));
         b.place(fl.lb).comment("services: is the whole L4 header there? (tcp 20, udp 8, sctp 12)");
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, lb_tcp);
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, lb_udp);
-        guard(b, Reg::R8, kit::SCTP_HLEN, skip);
-        b.ja(lb_l4);
-        b.place(lb_tcp);
-        guard(b, Reg::R8, kit::TCP_HLEN, skip);
-        b.ja(lb_l4);
-        b.place(lb_udp);
-        guard(b, Reg::R8, kit::UDP_HLEN, skip);
-        b.place(lb_l4);
+        kit::l4_whole_header(b, Reg::R1, Reg::R8, skip, None, &f.name("lb_"));
         emit_lb_offsets(b);
         b.jmp(JmpCond::Gt, Reg::R4, 255, skip);
         match self.dir {

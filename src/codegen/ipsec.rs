@@ -27,7 +27,7 @@
 //! untouched (`not_ipv4`).
 
 use super::kit::{self, VerdictSites};
-use super::{emit_count_and_exit, CodegenError, ETH_HLEN, SKB_DATA, SKB_DATA_END};
+use super::{emit_count_and_exit, CodegenError, ETH_HLEN};
 use crate::encrypt::ipsec::{MARK_DECRYPT, MARK_ENCRYPT, MAX_SPI, SPI_SHIFT};
 use crate::maps::ipsec::{ipsec_cfg, node_value, pod_key, Reason, CFG, NODES, PODS, STATS};
 use crate::packet::ipv4::field as ipv4;
@@ -61,8 +61,7 @@ fn emit_prologue(b: &mut Builder, v: &VerdictSites<Reason>) {
     b.load(Size::B, Reg::R6, Reg::R1, ipsec_cfg::LOCAL_SPI as i16);
     b.load(Size::B, Reg::R7, Reg::R1, ipsec_cfg::STRICT as i16);
     b.comment("ethernet + an IPv4 header without options must be in the linear data");
-    b.load(Size::W, Reg::R8, Reg::R9, SKB_DATA);
-    b.load(Size::W, Reg::R2, Reg::R9, SKB_DATA_END);
+    kit::skb_data(b, Reg::R9, Reg::R8, Reg::R2);
     b.mov(Reg::R3, Reg::R8).add(Reg::R3, ETH_HLEN + ipv4::HEADER_LEN as i32);
     b.jmp(JmpCond::Gt, Reg::R3, Reg::R2, v.of(Reason::Truncated));
     b.load(Size::H, Reg::R3, Reg::R8, ETH_PROTO);

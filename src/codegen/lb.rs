@@ -109,8 +109,8 @@ pub const HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42,
 pub const HAIRPIN_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x5c1e, 0, 0, 0, 0, 0, 1);
 
 use crate::uapi::{
-    BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK,
-    TCP_FIN, TCP_RST, TCP_SYN,
+    BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, IPPROTO_SCTP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
 /// `__sk_buff.ifindex`.
@@ -1146,8 +1146,7 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     let v =
         VerdictSites::new(&mut b, [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed], exit);
     let (malformed, not_l4) = (v.of(LbReason::PassMalformed), v.of(LbReason::PassNotL4));
-    let [ipv4, ipv6, l4, tcp, udp, ports] =
-        ["ipv4", "ipv6", "l4", "tcp", "udp", "ports"].map(|n| b.new_label(n));
+    let [ipv4, ipv6, l4] = ["ipv4", "ipv6", "l4"].map(|n| b.new_label(n));
     f.declare(&mut b);
     b.comment("tc service load balancer: keep ctx; zero the tuple; r8 = data, r9 = data_end");
     b.store(Size::DW, Reg::R10, f.at(LbFrame::CTX), Reg::R1);
@@ -1198,17 +1197,7 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
 
     b.place(l4).comment("r1 = protocol: tcp (20 bytes), udp (8), sctp (12); offsets for the helpers");
     b.store(Size::B, Reg::R10, t(ct_key::PROTO), Reg::R1);
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, tcp);
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, udp);
-    b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_SCTP, not_l4);
-    guard(&mut b, Reg::R6, kit::SCTP_HLEN, malformed);
-    b.ja(ports);
-    b.place(tcp);
-    guard(&mut b, Reg::R6, kit::TCP_HLEN, malformed);
-    b.ja(ports);
-    b.place(udp);
-    guard(&mut b, Reg::R6, kit::UDP_HLEN, malformed);
-    b.place(ports);
+    kit::l4_whole_header(&mut b, Reg::R1, Reg::R6, malformed, Some(not_l4), "");
     b.load(Size::W, Reg::R1, Reg::R6, 0).store(Size::W, Reg::R10, t(ct_key::SPORT), Reg::R1);
     b.mov(Reg::R1, Reg::R7).alu(AluOp::Sub, Reg::R1, Reg::R8);
     b.store(Size::W, Reg::R10, f.at(LbFrame::L3), Reg::R1);

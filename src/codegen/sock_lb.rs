@@ -65,7 +65,7 @@ use crate::uapi::{
     IPPROTO_SCTP as PROTO_SCTP, IPPROTO_TCP as PROTO_TCP, IPPROTO_UDP as PROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
 };
 /// The third word of an IPv4-mapped address (`00 00 ff ff`) as a `u32` load sees it.
-const V4_MAPPED_WORD: i32 = u32::from_le_bytes([0, 0, 0xff, 0xff]) as i32;
+const V4_MAPPED_WORD: i32 = crate::maps::fwd::V4_MAPPED_WORD as i32;
 /// Nanoseconds per second (affinity timeouts are in seconds).
 const NS_PER_SEC: i32 = 1_000_000_000;
 

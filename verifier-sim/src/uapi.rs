@@ -361,9 +361,29 @@ pub const IPPROTO_ICMPV6: i32 = 58;
 pub const IPPROTO_SCTP: i32 = 132;
 pub const IPPROTO_ESP: i32 = 50;
 
-/// `bpf_map_update_elem` flags: create or replace, create only.
+/// `bpf_map_update_elem` flags: create or replace, create only, replace only.
 pub const BPF_ANY: i32 = 0;
 pub const BPF_NOEXIST: i32 = 1;
+pub const BPF_EXIST: i32 = 2;
+
+/// `map_flags` of `BPF_MAP_CREATE`: allocate on demand (required for LPM tries); programs
+/// may only read, only write the map.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+pub const BPF_F_WRONLY_PROG: u32 = 1 << 8;
+
+/// `bpf_skb_get/set_tunnel_key` flags.
+pub const BPF_F_TUNINFO_IPV6: i32 = 1;
+pub const BPF_F_TUNINFO_FLAGS: i32 = 1 << 4;
+
+/// `bpf_redirect_map` flags: the verdict on a miss is `flags & BPF_F_ACTION_MASK`.
+pub const BPF_F_ACTION_MASK: i32 = 3;
+pub const BPF_F_BROADCAST: i32 = 1 << 3;
+pub const BPF_F_EXCLUDE_INGRESS: i32 = 1 << 4;
+
+/// `bpf_ringbuf_output` flags.
+pub const BPF_RB_NO_WAKEUP: i32 = 1;
+pub const BPF_RB_FORCE_WAKEUP: i32 = 2;
 
 /// TCP header flags (the byte at offset 13).
 pub const TCP_FIN: i32 = 0x01;

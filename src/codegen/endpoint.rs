@@ -1343,12 +1343,8 @@ impl Gen {
                 b.add(Reg::R1, Reg::R6);
             }
         }
-        b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-        kit::map_lookup(b, map::EP_STATS, FP_KEY);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, event);
-        b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
-
-        b.place(event).comment("an event for drops and new connections, if switched on");
+        kit::counter_add_then(b, map::EP_STATS, FP_KEY, Reg::R1, None, event);
+        b.comment("an event for drops and new connections, if switched on");
         if self.options.services {
             b.comment("services: none for hairpin traffic (its reason sorts after the drops)");
             b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, self.l.ret);
@@ -1681,11 +1677,7 @@ impl Gen {
     fn emit_lb_count(&self, b: &mut Builder, tag: &str) {
         let done = b.new_label(&format!("services_{tag}_counted"));
         b.comment("services: count the load balancer's reason (r6) in lb_stats");
-        b.store(Size::W, Reg::R10, FP_KEY, Reg::R6);
-        kit::map_lookup(b, map::LB_STATS, FP_KEY);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, done);
-        b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
-        b.place(done);
+        kit::counter_add_then(b, map::LB_STATS, FP_KEY, Reg::R6, None, done);
     }
 
     /// `from-endpoint`: one call of the load balancer on `paths`, then what both call sites

@@ -12,7 +12,7 @@
 
 use crate::lb::hash::FLOW_HASH_MIX;
 use sluice_asm::helpers::{MAP_LOOKUP_ELEM, MAP_UPDATE_ELEM};
-use sluice_asm::{AluOp, Builder, JmpCond, Label, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Reg, Size, Src};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::{SkBuff, XdpMd};
 
@@ -77,11 +77,25 @@ pub fn policy_trie_lookup(b: &mut Builder, key: i16, found: Label) {
 }
 
 /// Add `amount` (a register the helper call keeps: `r6`-`r9`; `None` adds 1) to the `u64`
-/// at `index` of the (per-CPU) array `map`; `r10 + key` is a 4-byte scratch slot.
-pub fn counter_add(b: &mut Builder, map: &str, key: i16, index: i32, amount: Option<Reg>) {
+/// at `index` (a constant or a register) of the (per-CPU) array `map`; `r10 + key` is a
+/// 4-byte scratch slot.
+pub fn counter_add(b: &mut Builder, map: &str, key: i16, index: impl Into<Src>, amount: Option<Reg>) {
+    let done = b.new_label("counted");
+    counter_add_then(b, map, key, index, amount, done);
+}
+
+/// [`counter_add`], then on at `done`, which it places after the increment (a caller's
+/// label: the listing names the skip after what follows).
+pub fn counter_add_then(
+    b: &mut Builder,
+    map: &str,
+    key: i16,
+    index: impl Into<Src>,
+    amount: Option<Reg>,
+    done: Label,
+) {
     b.store(Size::W, Reg::R10, key, index);
     map_lookup(b, map, key);
-    let done = b.new_label("counted");
     b.jmp(JmpCond::Eq, Reg::R0, 0, done);
     b.load(Size::DW, Reg::R1, Reg::R0, 0);
     match amount {
@@ -348,22 +362,18 @@ pub fn guard(b: &mut Builder, base: Reg, len: i32, fail: Label) {
     b.jmp(JmpCond::Gt, Reg::R2, Reg::R9, fail);
 }
 
+/// The stats key's slot at the exit: the top of the frame, whatever it held before (no
+/// program that uses this exit reads its frame after it).
+const STATS_KEY: i16 = -4;
+
 /// The shared exit: count the reason in `r6` in the per-CPU array `stats`, then return
 /// the verdict in `r7`. Neither value steers a branch or a pointer here, so the kernel
 /// verifier keeps them imprecise and prunes every path that reaches this block after the
 /// first: the block is verified once, not once per verdict site.
 pub fn emit_count_and_exit(b: &mut Builder, exit: Label, stats: &str) {
     b.place(exit).comment(format!("count the reason (r6) in {stats}, return the verdict (r7)"));
-    b.store(Size::W, Reg::R10, -4, Reg::R6);
-    b.ld_map(Reg::R1, stats);
-    b.mov(Reg::R2, Reg::R10).add(Reg::R2, -4);
-    b.call(sluice_asm::helpers::MAP_LOOKUP_ELEM);
     let ret = b.new_label("return");
-    b.jmp(JmpCond::Eq, Reg::R0, 0, ret);
-    b.load(Size::DW, Reg::R1, Reg::R0, 0);
-    b.add(Reg::R1, 1);
-    b.store(Size::DW, Reg::R0, 0, Reg::R1);
-    b.place(ret);
+    counter_add_then(b, stats, STATS_KEY, Reg::R6, None, ret);
     b.mov(Reg::R0, Reg::R7).exit();
 }
 

@@ -657,15 +657,15 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: La
     b.store(Size::H, Reg::R10, ports, Reg::R1);
     b.load(Size::H, Reg::R1, Reg::R10, t(ct_key::SPORT));
     b.store(Size::H, Reg::R10, ports + 2, Reg::R1);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), 0, ports, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), L4_PORTS.into(), ports, 4);
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
     b.jmp(JmpCond::Eq, Reg::R1, 6, swap6);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 12, t(ct_key::DADDR) + 12, 4);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 16, t(ct_key::SADDR) + 12, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V4_SRC.into(), t(ct_key::DADDR) + 12, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V4_DST.into(), t(ct_key::SADDR) + 12, 4);
     b.ja(macs_l);
     b.place(swap6);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 8, t(ct_key::DADDR), 16);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 24, t(ct_key::SADDR), 16);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V6_SRC.into(), t(ct_key::DADDR), 16);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V6_DST.into(), t(ct_key::SADDR), 16);
     b.place(macs_l);
     bytes(b, SKB_LOAD_BYTES, None, 0, macs, 12);
     bytes(b, SKB_STORE_BYTES, None, 0, macs + 6, 6);
@@ -1022,8 +1022,8 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
         (id("v6"), id("v4_port"), id("v6_port"), id("port"), id("done"));
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let (old_addr, old_port, v4_off, v6_off, port_off) = match side {
-        Side::Source => (t(ct_key::SADDR), t(ct_key::SPORT), 12i16, 8i16, 0i16),
-        Side::Destination => (t(ct_key::DADDR), t(ct_key::DPORT), 16, 24, 2),
+        Side::Source => (t(ct_key::SADDR), t(ct_key::SPORT), V4_SRC, V6_SRC, L4_SPORT),
+        Side::Destination => (t(ct_key::DADDR), t(ct_key::DPORT), V4_DST, V6_DST, L4_DPORT),
     };
     let ctx = f.at(LbFrame::CTX);
     let l4_csum = |b: &mut Builder, old: i16, new: i16, size: Size, skip: Label| {
@@ -1053,8 +1053,8 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
     b.jmp(JmpCond::Eq, Reg::R1, 6, is_v6);
     b.comment("ipv4: header checksum += ~old + new, 16 bits at a time; then the address");
-    guard(b, Reg::R7, 20, fail);
-    b.load(Size::H, Reg::R1, Reg::R7, 10);
+    guard(b, Reg::R7, ipv4::HEADER_LEN as i32, fail);
+    b.load(Size::H, Reg::R1, Reg::R7, V4_CHECKSUM);
     b.alu(AluOp::Xor, Reg::R1, 0xffff);
     for (addr, invert) in [(old_addr + 12, true), (new + 12, false)] {
         b.load(Size::W, Reg::R2, Reg::R10, addr);
@@ -1069,7 +1069,7 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
         b.add(Reg::R1, Reg::R2);
     }
     b.alu(AluOp::Xor, Reg::R1, 0xffff);
-    b.store(Size::H, Reg::R7, 10, Reg::R1);
+    b.store(Size::H, Reg::R7, V4_CHECKSUM, Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R10, new + 12);
     b.store(Size::W, Reg::R7, v4_off, Reg::R1);
     b.comment("the port (never changed for SCTP: see the model); then the L4 checksum helpers");
@@ -1079,7 +1079,7 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     l4_csum(b, old_addr + 12, new + 12, Size::W, port_l);
     b.ja(port_l);
     b.place(is_v6).comment("ipv6: the address (no header checksum)");
-    guard(b, Reg::R7, 40, fail);
+    guard(b, Reg::R7, ipv6::HEADER_LEN as i32, fail);
     for word in [0i16, 4, 8, 12] {
         b.load(Size::W, Reg::R1, Reg::R10, new + word);
         b.store(Size::W, Reg::R7, v6_off + word, Reg::R1);
@@ -1126,6 +1126,17 @@ fn emit_port_store(b: &mut Builder, old: i16, new: i16, off: i16, skip: Label) {
     b.store(Size::H, Reg::R6, off, Reg::R2);
     b.place(skip);
 }
+
+/// Header fields the rewrites write, from `packet::*::field`: IPv4 and IPv6 addresses, the
+/// IPv4 header checksum, and the ports every L4 header this balancer handles starts with.
+const V4_SRC: i16 = ipv4::SRC_ADDR.start as i16;
+const V4_DST: i16 = ipv4::DST_ADDR.start as i16;
+const V4_CHECKSUM: i16 = ipv4::CHECKSUM.start as i16;
+const V6_SRC: i16 = ipv6::SRC_ADDR.start as i16;
+const V6_DST: i16 = ipv6::DST_ADDR.start as i16;
+const L4_PORTS: i16 = crate::packet::udp::field::SRC_PORT.start as i16;
+const L4_SPORT: i16 = crate::packet::udp::field::SRC_PORT.start as i16;
+const L4_DPORT: i16 = crate::packet::udp::field::DST_PORT.start as i16;
 
 /// The standalone tc program `lb` (see the module header).
 pub fn generate() -> Result<Program, CodegenError> {

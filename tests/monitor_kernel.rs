@@ -54,17 +54,18 @@ fn event_program(len: usize, gated: bool) -> sluice_asm::Program {
     assert!(len.is_multiple_of(4) && len <= 64, "whole words that fit the frame");
     let base = -(len.div_ceil(8) as i16 * 8);
     let mut b = Builder::new();
+    let out = b.new_label("out");
     b.mov(Reg::R6, Reg::R1);
     if gated {
         b.ld_map_value(Reg::R7, "ev_config", 0);
         b.load(Size::W, Reg::R7, Reg::R7, 0);
-        b.jmp(JmpCond::Eq, Reg::R7, 0, "out");
+        b.jmp(JmpCond::Eq, Reg::R7, 0, out);
     }
     b.load(Size::W, Reg::R2, Reg::R6, 0); // xdp_md.data
     b.load(Size::W, Reg::R3, Reg::R6, 4); // xdp_md.data_end
     b.mov(Reg::R4, Reg::R2);
     b.add(Reg::R4, len as i32);
-    b.jmp(JmpCond::Gt, Reg::R4, Reg::R3, "out");
+    b.jmp(JmpCond::Gt, Reg::R4, Reg::R3, out);
     for at in (0..len).step_by(4) {
         b.load(Size::W, Reg::R5, Reg::R2, at as i16);
         b.store(Size::W, Reg::R10, base + at as i16, Reg::R5);
@@ -75,7 +76,7 @@ fn event_program(len: usize, gated: bool) -> sluice_asm::Program {
     b.mov(Reg::R3, len as i32);
     b.mov(Reg::R4, 0);
     b.call(helpers::RINGBUF_OUTPUT);
-    b.label("out");
+    b.place(out);
     b.ret(XDP_PASS as i32);
     b.build().expect("the test program builds")
 }

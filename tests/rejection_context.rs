@@ -16,11 +16,12 @@ fn a_kernel_rejection_shows_the_failing_instruction_in_context() {
         return;
     }
     let mut b = Builder::new();
-    b.label("entry").mov(Reg::R0, 0);
+    let (entry, bad) = (b.new_label("entry"), b.new_label("bad"));
+    b.place(entry).mov(Reg::R0, 0);
     for i in 0..30 {
         b.add(Reg::R0, i);
     }
-    b.label("bad").comment("reads through a scalar: the verifier stops here");
+    b.place(bad).comment("reads through a scalar: the verifier stops here");
     b.load(Size::W, Reg::R1, Reg::R0, 0);
     for _ in 0..30 {
         b.mov(Reg::R0, 2);

@@ -1,13 +1,15 @@
 //! A builder that reads like assembly: instructions are pushed in order, jumps name
 //! symbolic labels, maps are referred to by name, template constants by parameter name.
 //!
-//! Labels come in two kinds, resolved alike:
-//! - [`Builder::new_label`] hands out a [`Label`] id (cranelift's `get_label`): the string is
-//!   only the name the listing shows, so two emitters (or one emitter used twice) can never
-//!   collide. Listing names of id labels are made unique at build (`vlan`, `vlan.2`).
-//! - [`Builder::label`] defines a label by name in the builder's one global namespace (the
-//!   text assembler's labels, and the verdict sites generators share on purpose); a name
-//!   defined twice is an error.
+//! Labels are ids: [`Builder::new_label`] hands out a [`Label`] (cranelift's `get_label`)
+//! and [`Builder::place`] puts it at the next instruction; the string is only the name the
+//! listing shows, so two emitters (or one emitter used twice) can never collide. Listing
+//! names are made unique at build (`vlan`, `vlan.2`). Jumps take a [`Target`], which code
+//! outside this crate can only make from a [`Label`]: a jump to a label *name* does not
+//! compile. Names resolved by string exist for exactly two users: the text assembler
+//! ([`crate::text::parse_program`], through crate-private methods) and, behind the
+//! `named-labels` feature that only test builds enable, hand-written test programs
+//! (`b.label("out")`, `b.ja("out")`); a name defined twice is an error.
 //!
 //! [`Builder::build`] resolves in five steps, each a function below with its post-invariant
 //! stated in its comment: [`thread_jumps`] (jumps to an unconditional `goto` follow it to
@@ -49,36 +51,50 @@ pub enum BuildError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Label(u32);
 
-/// A jump target: a label id, or a name in the builder's global label namespace.
+/// A jump target: a label id or (the text assembler's, and test programs' with the
+/// `named-labels` feature) a name in the builder's one namespace of named labels.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub struct Target(TargetKind);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TargetKind {
     Id(Label),
     Name(String),
 }
 
+impl Target {
+    /// The named label `name` (crate-private: the text assembler's labels).
+    pub(crate) fn named(name: String) -> Target {
+        Target(TargetKind::Name(name))
+    }
+}
+
 impl From<Label> for Target {
     fn from(l: Label) -> Target {
-        Target::Id(l)
+        Target(TargetKind::Id(l))
     }
 }
 impl From<&Label> for Target {
     fn from(l: &Label) -> Target {
-        Target::Id(*l)
+        Target(TargetKind::Id(*l))
     }
 }
+#[cfg(feature = "named-labels")]
 impl From<&str> for Target {
     fn from(s: &str) -> Target {
-        Target::Name(s.to_string())
+        Target::named(s.to_string())
     }
 }
+#[cfg(feature = "named-labels")]
 impl From<String> for Target {
     fn from(s: String) -> Target {
-        Target::Name(s)
+        Target::named(s)
     }
 }
+#[cfg(feature = "named-labels")]
 impl From<&String> for Target {
     fn from(s: &String) -> Target {
-        Target::Name(s.clone())
+        Target::named(s.clone())
     }
 }
 
@@ -111,7 +127,6 @@ pub struct Builder {
     stack: Vec<crate::program::StackSlot>,
     /// The first definition error seen (reported by `build`, as the builder chains).
     error: Option<BuildError>,
-    fresh: usize,
 }
 
 impl Builder {
@@ -130,12 +145,6 @@ impl Builder {
         self.items.is_empty()
     }
 
-    /// A label name not used before, starting with `prefix`. Prefer [`Builder::new_label`].
-    pub fn fresh_label(&mut self, prefix: &str) -> String {
-        self.fresh += 1;
-        format!("{prefix}_{}", self.fresh)
-    }
-
     /// A new label, not yet placed; `name` is only what the listing shows.
     pub fn new_label(&mut self, name: &str) -> Label {
         let id = Label(u32::try_from(self.labels.len()).expect("fewer than 2^32 labels"));
@@ -149,11 +158,18 @@ impl Builder {
         self
     }
 
-    /// Define the global label `name` at the next instruction.
-    pub fn label(&mut self, name: impl Into<String>) -> &mut Self {
-        let id = self.intern(name.into());
+    /// Define the named label `name` at the next instruction: the text assembler's labels.
+    pub(crate) fn place_named(&mut self, name: String) -> &mut Self {
+        let id = self.intern(name);
         self.define(id);
         self
+    }
+
+    /// Define the named label `name` at the next instruction (hand-written test programs
+    /// only: generators use [`Builder::new_label`] and [`Builder::place`]).
+    #[cfg(feature = "named-labels")]
+    pub fn label(&mut self, name: impl Into<String>) -> &mut Self {
+        self.place_named(name.into())
     }
 
     /// Mark the immediate of the instruction just pushed as the template parameter `name`:
@@ -180,9 +196,9 @@ impl Builder {
     }
 
     fn target(&mut self, t: Target) -> Label {
-        match t {
-            Target::Id(l) => l,
-            Target::Name(n) => self.intern(n),
+        match t.0 {
+            TargetKind::Id(l) => l,
+            TargetKind::Name(n) => self.intern(n),
         }
     }
 

@@ -1441,7 +1441,7 @@ pub fn parse_program(text: &str) -> Result<Program, ParseError> {
                     kind: ParseErrorKind::DuplicateLabel { label: name.to_string(), first },
                 });
             }
-            b.label(name);
+            b.place_named(name.to_string());
             continue;
         }
         let (insn, target) = parse_line(raw).map_err(|e| ParseError { line: Some(line), ..e })?;
@@ -1453,7 +1453,7 @@ pub fn parse_program(text: &str) -> Result<Program, ParseError> {
             Some((label, col)) => {
                 origin.push((line, col));
                 refs.push((label.clone(), line, col));
-                b.emit_to(insn, label);
+                b.emit_to(insn, crate::builder::Target::named(label));
             }
         }
     }

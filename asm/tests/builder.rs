@@ -303,8 +303,8 @@ fn builder_reads_like_assembly() {
         .mov32(Reg::R0, 1)
         .alu32(AluOp::Lsh, Reg::R0, 3);
     b.call(sluice_asm::helpers::KTIME_GET_NS).exit();
-    let fresh = (b.fresh_label("drop"), b.fresh_label("drop"));
-    assert_ne!(fresh.0, fresh.1);
+    let fresh = (b.new_label("drop"), b.new_label("drop"));
+    assert_ne!(fresh.0, fresh.1, "two labels of one name are two labels");
     assert_eq!(b.len(), 7);
     assert!(!b.is_empty());
     let text: Vec<String> = b.build().expect("builds").insns().iter().map(Insn::to_string).collect();

@@ -81,7 +81,7 @@
 //! listener messages 130-132 and 143, neighbor discovery 133-137) passes before
 //! anti-spoofing: it uses link-local and unspecified sources.
 
-use super::kit;
+use super::kit::{self, Ipv4Checks, VerdictSites};
 use super::lb::{
     emit_hint_filter, emit_service_lb, Hint, HintAddr, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia,
     HAIRPIN_V4, HAIRPIN_V6,
@@ -89,7 +89,6 @@ use super::lb::{
 use super::overlay;
 use super::{
     emit_ethernet, emit_skb_packet_pointers, ethertype, guard, CodegenError, EthLabels, ETH_HLEN, SKB_DATA,
-    SKB_DATA_END,
 };
 use crate::maps::fwd::{fib, fwd_cfg, lxc_value, tunnel_key_struct, tunnel_value, V4_MAPPED_WORD};
 use crate::maps::names as map;
@@ -108,7 +107,7 @@ use sluice_asm::helpers::{
     FIB_LOOKUP, KTIME_GET_COARSE_NS, KTIME_GET_NS, REDIRECT, REDIRECT_NEIGH, RINGBUF_OUTPUT,
     SKB_SET_TUNNEL_KEY,
 };
-use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::SkBuff;
 
@@ -253,10 +252,6 @@ use crate::uapi::{
     IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 
-fn label(r: Reason) -> &'static str {
-    r.name()
-}
-
 /// Where a family's tuple fields sit in its conntrack key (and fragment key).
 #[derive(Debug, Clone, Copy)]
 struct Fam {
@@ -306,8 +301,82 @@ const V6: Fam = Fam {
 };
 
 impl Fam {
-    fn l(&self, name: &str) -> String {
+    /// `name` with the family's prefix, for the listing.
+    fn name(&self, name: &str) -> String {
         format!("{}{name}", self.p)
+    }
+}
+
+/// The labels of one family's path that more than one emitter jumps to or places.
+#[derive(Debug, Clone, Copy)]
+struct FamLabels {
+    transport: Label,
+    later_fragment: Label,
+    lb: Label,
+    icmp_error: Label,
+    conntrack: Label,
+    ct_hit: Label,
+    new_connection: Label,
+    policy_key: Label,
+    ct_create: Label,
+    allowed: Label,
+    lb_hairpin_reply: Label,
+    forward: Label,
+}
+
+impl FamLabels {
+    fn new(b: &mut Builder, f: Fam) -> FamLabels {
+        let mut id = |name: &str| b.new_label(&f.name(name));
+        FamLabels {
+            transport: id("transport"),
+            later_fragment: id("later_fragment"),
+            lb: id("lb"),
+            icmp_error: id("icmp_error"),
+            conntrack: id("conntrack"),
+            ct_hit: id("ct_hit"),
+            new_connection: id("new_connection"),
+            policy_key: id("policy_key"),
+            ct_create: id("ct_create"),
+            allowed: id("allowed"),
+            lb_hairpin_reply: id("lb_hairpin_reply"),
+            forward: id("forward"),
+        }
+    }
+}
+
+/// The program's labels: ids handed out by the builder, the strings only listing names.
+#[derive(Debug, Clone)]
+struct Labels {
+    /// One verdict site per reason the program can give.
+    v: VerdictSites<Reason>,
+    ipv4: Label,
+    ipv6: Label,
+    v4: FamLabels,
+    v6: FamLabels,
+    /// After counting and the event: the forwarding decision, or the verdict.
+    ret: Label,
+    return_verdict: Label,
+    /// Not forwarded here: `TC_ACT_OK`, the stack takes it.
+    return_ok: Label,
+}
+
+impl Labels {
+    fn new(b: &mut Builder, options: Options) -> Labels {
+        let exit = b.new_label("exit");
+        let reasons = Reason::ALL.into_iter().filter(|r| *r != Reason::AllowHairpin || options.services);
+        let v = VerdictSites::new(b, reasons, exit);
+        let [ipv4, ipv6, ret, return_verdict, return_ok] =
+            ["ipv4", "ipv6", "return", "return_verdict", "return_ok"].map(|n| b.new_label(n));
+        Labels {
+            v,
+            ipv4,
+            ipv6,
+            v4: FamLabels::new(b, V4),
+            v6: FamLabels::new(b, V6),
+            ret,
+            return_verdict,
+            return_ok,
+        }
     }
 }
 
@@ -397,17 +466,18 @@ pub fn generate_stub(ep: u16, dir: Direction) -> Result<Program, CodegenError> {
 fn generate_program(ep: Option<u16>, dir: Direction, options: Options) -> Result<Program, CodegenError> {
     let mut b = Builder::new();
     declare_frame(&mut b, options);
-    let g = Gen { ep, dir, options };
+    let l = Labels::new(&mut b, options);
+    let g = Gen { ep, dir, options, l };
     g.emit_entry(&mut b);
     emit_ethernet(
         &mut b,
         EthLabels {
-            ipv4: "ipv4",
-            ipv6: "ipv6",
-            not_ip: label(Reason::AllowNotIp),
-            truncated_ethernet: label(Reason::DenyTruncated),
-            truncated_vlan: label(Reason::DenyTruncated),
-            vlan_too_deep: label(Reason::DenyMalformed),
+            ipv4: g.l.ipv4,
+            ipv6: g.l.ipv6,
+            not_ip: g.site(Reason::AllowNotIp),
+            truncated_ethernet: g.site(Reason::DenyTruncated),
+            truncated_vlan: g.site(Reason::DenyTruncated),
+            vlan_too_deep: g.site(Reason::DenyMalformed),
         },
     );
     g.emit_ipv4(&mut b);
@@ -428,14 +498,7 @@ fn generate_program(ep: Option<u16>, dir: Direction, options: Options) -> Result
         g.emit_new_connection(&mut b, f);
         g.emit_ct_create(&mut b, f);
     }
-    for r in Reason::ALL {
-        if r == Reason::AllowHairpin && !options.services {
-            continue;
-        }
-        b.label(label(r)).comment(format!("verdict: {}", r.name()));
-        let verdict = if r.allows() { TC_ACT_OK } else { TC_ACT_SHOT };
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, verdict).ja("exit");
-    }
+    g.l.v.emit(&mut b);
     g.emit_exit(&mut b);
     b.build()
         .map(crate::mutate::program_seam)
@@ -515,9 +578,24 @@ struct Gen {
     ep: Option<u16>,
     dir: Direction,
     options: Options,
+    l: Labels,
 }
 
 impl Gen {
+    /// The verdict site of `r`.
+    fn site(&self, r: Reason) -> Label {
+        self.l.v.of(r)
+    }
+
+    /// The labels of family `f`'s path.
+    fn fl(&self, f: Fam) -> FamLabels {
+        if f.family == 4 {
+            self.l.v4
+        } else {
+            self.l.v6
+        }
+    }
+
     fn emit_entry(&self, b: &mut Builder) {
         b.comment(format!("{:?} program of one endpoint: r8 = data, r9 = data_end", self.dir));
         // Kept in both directions: `to-endpoint` reads the identity mark from it
@@ -544,7 +622,7 @@ impl Gen {
             b.comment("hairpinned connection, translated already) passes: no policy, no reverse NAT");
             b.load(Size::W, Reg::R2, Reg::R1, SKB_INGRESS_IFINDEX);
             b.load(Size::W, Reg::R3, Reg::R1, SKB_IFINDEX);
-            b.jmp(JmpCond::Eq, Reg::R2, Reg::R3, label(Reason::AllowHairpin));
+            b.jmp(JmpCond::Eq, Reg::R2, Reg::R3, self.site(Reason::AllowHairpin));
         }
     }
 
@@ -584,18 +662,13 @@ impl Gen {
     }
 
     fn emit_ipv4(&self, b: &mut Builder) {
-        let trunc = label(Reason::DenyTruncated);
-        let malformed = label(Reason::DenyMalformed);
-        b.label("ipv4").comment("ipv4: header with options; r8 = transport header");
-        guard(b, Reg::R7, V4_HLEN, trunc);
-        b.load(Size::B, Reg::R2, Reg::R7, ipv4::VER_IHL as i16);
-        b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
-        b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
-        b.alu(AluOp::And, Reg::R2, 0x0f);
-        b.jmp(JmpCond::Lt, Reg::R2, 5, malformed);
-        b.alu(AluOp::Lsh, Reg::R2, 2);
-        b.mov(Reg::R8, Reg::R7).add(Reg::R8, Reg::R2);
-        b.jmp(JmpCond::Gt, Reg::R8, Reg::R9, trunc);
+        let checks = Ipv4Checks {
+            truncated: self.site(Reason::DenyTruncated),
+            malformed: self.site(Reason::DenyMalformed),
+            whole_header: true,
+        };
+        b.place(self.l.ipv4).comment("ipv4: header with options; r8 = transport header");
+        kit::ipv4_header(b, Reg::R8, checks);
         b.comment("the tuple: addresses, protocol, direction (ports below)");
         b.load(Size::W, Reg::R1, Reg::R7, off(ipv4::SRC_ADDR)).store(Size::W, Reg::R10, FP_CT, Reg::R1);
         b.load(Size::W, Reg::R1, Reg::R7, off(ipv4::DST_ADDR)).store(
@@ -609,10 +682,10 @@ impl Gen {
         if self.dir == Direction::FromEndpoint {
             b.comment("anti-spoofing: the source must be the endpoint's own address");
             self.emit_ep_config(b);
-            b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenySpoofed));
+            b.jmp(JmpCond::Eq, Reg::R0, 0, self.site(Reason::DenySpoofed));
             b.load(Size::W, Reg::R1, Reg::R0, ep_config::IPV4 as i16);
             b.load(Size::W, Reg::R2, Reg::R10, FP_CT);
-            b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, label(Reason::DenySpoofed));
+            b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, self.site(Reason::DenySpoofed));
         }
         b.comment("fragments: the key is the tuple with the id for ports");
         copy_stack(b, FP_CT, FP_FRAG, V4.key);
@@ -627,18 +700,16 @@ impl Gen {
         b.mov(Reg::R3, Reg::R1).alu(AluOp::Rsh, Reg::R3, 13).alu(AluOp::And, Reg::R3, 1);
         b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
         b.alu(AluOp::And, Reg::R1, 0x1fff);
-        b.jmp(JmpCond::Ne, Reg::R1, 0, V4.l("later_fragment"));
-        b.ja(V4.l("transport"));
+        b.jmp(JmpCond::Ne, Reg::R1, 0, self.l.v4.later_fragment);
+        b.ja(self.l.v4.transport);
     }
 
     fn emit_ipv6(&self, b: &mut Builder) {
-        let trunc = label(Reason::DenyTruncated);
-        let malformed = label(Reason::DenyMalformed);
-        b.label("ipv6").comment("ipv6: fixed header; r8 = the next header, r4 = its type");
-        guard(b, Reg::R7, V6_HLEN, trunc);
-        b.load(Size::B, Reg::R2, Reg::R7, off(ipv6::VER_TC_FLOW));
-        b.alu(AluOp::And, Reg::R2, 0xf0);
-        b.jmp(JmpCond::Ne, Reg::R2, 0x60, malformed);
+        let trunc = self.site(Reason::DenyTruncated);
+        let malformed = self.site(Reason::DenyMalformed);
+        let [not_nd, later, ext_done] = ["v6_not_nd", "v6_later", "v6_ext_done"].map(|n| b.new_label(n));
+        b.place(self.l.ipv6).comment("ipv6: fixed header; r8 = the next header, r4 = its type");
+        kit::ipv6_header(b, trunc, malformed);
         b.comment("source and destination: the tuple's first 32 bytes, as the header has them");
         for i in 0..4i16 {
             let at = off(ipv6::SRC_ADDR) + 8 * i;
@@ -648,47 +719,50 @@ impl Gen {
         b.mov(Reg::R8, Reg::R7).add(Reg::R8, V6_HLEN);
         b.comment("link-local control passes: multicast listener queries and reports (130-132, 143)");
         b.comment("and neighbor discovery (133-137), sent from link-local or unspecified sources");
-        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, "v6_not_nd");
+        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, not_nd);
         guard(b, Reg::R8, 1, trunc);
         b.load(Size::B, Reg::R1, Reg::R8, 0);
-        b.jmp(JmpCond::Eq, Reg::R1, 143, label(Reason::AllowNotIp));
-        b.jmp(JmpCond::Lt, Reg::R1, 130, "v6_not_nd");
-        b.jmp(JmpCond::Le, Reg::R1, 137, label(Reason::AllowNotIp));
-        b.label("v6_not_nd");
+        b.jmp(JmpCond::Eq, Reg::R1, 143, self.site(Reason::AllowNotIp));
+        b.jmp(JmpCond::Lt, Reg::R1, 130, not_nd);
+        b.jmp(JmpCond::Le, Reg::R1, 137, self.site(Reason::AllowNotIp));
+        b.place(not_nd);
         if self.dir == Direction::FromEndpoint {
             b.comment("anti-spoofing: the source must be the endpoint's own address");
             self.emit_ep_config(b);
-            b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenySpoofed));
+            b.jmp(JmpCond::Eq, Reg::R0, 0, self.site(Reason::DenySpoofed));
             for half in [0i16, 8] {
                 b.load(Size::DW, Reg::R1, Reg::R0, ep_config::IPV6 as i16 + half);
                 b.load(Size::DW, Reg::R2, Reg::R10, FP_CT + half);
-                b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, label(Reason::DenySpoofed));
+                b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, self.site(Reason::DenySpoofed));
             }
             b.load(Size::B, Reg::R4, Reg::R7, ipv6::NXT_HDR as i16);
         }
         b.store(Size::B, Reg::R10, FP_MISC + 1, 0);
+        let rounds = [0, 1, 2].map(|round| b.new_label(&format!("v6_ext_{round}")));
         for round in 0..3 {
-            let next = format!("v6_ext_{}", round + 1);
-            b.label(format!("v6_ext_{round}"));
+            b.place(rounds[round]);
             if round == 2 {
                 for t in [0, 43, 44, 60] {
                     b.jmp(JmpCond::Eq, Reg::R4, t, malformed);
                 }
-                b.ja("v6_ext_done");
+                b.ja(ext_done);
                 break;
             }
-            b.jmp(JmpCond::Eq, Reg::R4, 44, format!("v6_frag_{round}"));
-            b.jmp(JmpCond::Eq, Reg::R4, 0, format!("v6_opt_{round}"));
-            b.jmp(JmpCond::Eq, Reg::R4, 43, format!("v6_opt_{round}"));
-            b.jmp(JmpCond::Ne, Reg::R4, 60, "v6_ext_done");
-            b.label(format!("v6_opt_{round}")).comment("an options or routing header: (len + 1) * 8 bytes");
+            let next = rounds[round + 1];
+            let (frag, opt) =
+                (b.new_label(&format!("v6_frag_{round}")), b.new_label(&format!("v6_opt_{round}")));
+            b.jmp(JmpCond::Eq, Reg::R4, 44, frag);
+            b.jmp(JmpCond::Eq, Reg::R4, 0, opt);
+            b.jmp(JmpCond::Eq, Reg::R4, 43, opt);
+            b.jmp(JmpCond::Ne, Reg::R4, 60, ext_done);
+            b.place(opt).comment("an options or routing header: (len + 1) * 8 bytes");
             guard(b, Reg::R8, 8, trunc);
             b.load(Size::B, Reg::R4, Reg::R8, 0);
             b.load(Size::B, Reg::R2, Reg::R8, 1);
             b.add(Reg::R2, 1).alu(AluOp::Lsh, Reg::R2, 3);
             b.add(Reg::R8, Reg::R2);
-            b.ja(next.as_str());
-            b.label(format!("v6_frag_{round}")).comment("the fragment header");
+            b.ja(next);
+            b.place(frag).comment("the fragment header");
             guard(b, Reg::R8, 8, trunc);
             b.load(Size::B, Reg::R4, Reg::R8, ipv6_frag::NXT_HDR as i16);
             b.load(Size::W, Reg::R1, Reg::R8, off(ipv6_frag::IDENT)).store(
@@ -703,19 +777,19 @@ impl Gen {
             b.store(Size::B, Reg::R10, FP_MISC + 1, Reg::R3);
             b.add(Reg::R8, ipv6_frag::HEADER_LEN as i32);
             b.alu(AluOp::Rsh, Reg::R1, 3);
-            b.jmp(JmpCond::Ne, Reg::R1, 0, "v6_later");
-            b.ja(next.as_str());
+            b.jmp(JmpCond::Ne, Reg::R1, 0, later);
+            b.ja(next);
         }
-        b.label("v6_later").comment("a later fragment: the transport header is elsewhere");
+        b.place(later).comment("a later fragment: the transport header is elsewhere");
         b.mov(Reg::R1, Reg::R4);
         self.emit_family(b, V6);
         self.emit_v6_frag_key(b);
-        b.ja(V6.l("later_fragment"));
-        b.label("v6_ext_done").comment("r4 = the transport protocol");
+        b.ja(self.l.v6.later_fragment);
+        b.place(ext_done).comment("r4 = the transport protocol");
         b.mov(Reg::R1, Reg::R4);
         self.emit_family(b, V6);
         self.emit_v6_frag_key(b);
-        b.ja(V6.l("transport"));
+        b.ja(self.l.v6.transport);
     }
 
     /// The `frag6` key: the tuple with the fragment id (kept in `FP_MISC + 4`) for ports.
@@ -727,22 +801,25 @@ impl Gen {
 
     /// Ports (r8 = the transport header), or ICMP type and echo id.
     fn emit_transport(&self, b: &mut Builder, f: Fam) {
-        let trunc = label(Reason::DenyTruncated);
-        b.label(f.l("transport"));
+        let trunc = self.site(Reason::DenyTruncated);
+        let fl = self.fl(f);
+        let [tcp_hdr, ports, read_ports, icmp_hdr] =
+            ["tcp", "ports", "read_ports", "icmp"].map(|n| b.new_label(&f.name(n)));
+        b.place(fl.transport);
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, f.l("tcp"));
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, f.l("ports"));
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, f.l("ports"));
-        b.jmp(JmpCond::Eq, Reg::R1, f.icmp, f.l("icmp"));
-        b.ja(f.l("conntrack"));
-        b.label(f.l("tcp")).comment("tcp: ports and flags");
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, tcp_hdr);
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, ports);
+        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_SCTP, ports);
+        b.jmp(JmpCond::Eq, Reg::R1, f.icmp, icmp_hdr);
+        b.ja(fl.conntrack);
+        b.place(tcp_hdr).comment("tcp: ports and flags");
         guard(b, Reg::R8, tcp::FLAGS.end as i32, trunc);
         b.load(Size::B, Reg::R1, Reg::R8, TCP_FLAGS_BYTE).store(Size::B, Reg::R10, FP_MISC, Reg::R1);
-        b.ja(f.l("read_ports"));
-        b.label(f.l("ports")).comment("udp, sctp: ports");
+        b.ja(read_ports);
+        b.place(ports).comment("udp, sctp: ports");
         b.comment("(TCP, UDP and SCTP all start with the two ports)");
         guard(b, Reg::R8, udp::DST_PORT.end as i32, trunc);
-        b.label(f.l("read_ports"));
+        b.place(read_ports);
         b.load(Size::H, Reg::R1, Reg::R8, off(udp::SRC_PORT)).store(
             Size::H,
             Reg::R10,
@@ -756,15 +833,15 @@ impl Gen {
             Reg::R1,
         );
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R1);
-        b.ja(f.l(if self.options.services { "lb" } else { "conntrack" }));
-        b.label(f.l("icmp")).comment("icmp: the type is the policy port; echo id is the source port");
+        b.ja(if self.options.services { fl.lb } else { fl.conntrack });
+        b.place(icmp_hdr).comment("icmp: the type is the policy port; echo id is the source port");
         guard(b, Reg::R8, icmp::HEADER_LEN as i32, trunc);
         b.load(Size::B, Reg::R1, Reg::R8, icmp::TYPE as i16);
         b.mov(Reg::R2, Reg::R1).alu(AluOp::Lsh, Reg::R2, 8);
         b.store(Size::H, Reg::R10, FP_MISC + 2, Reg::R2);
         let errors: &[i32] = if f.family == 4 { &[3, 11, 12] } else { &[1, 2, 3, 4] };
         for &t in errors {
-            b.jmp(JmpCond::Eq, Reg::R1, t, f.l("icmp_error"));
+            b.jmp(JmpCond::Eq, Reg::R1, t, fl.icmp_error);
         }
         b.comment("queries (echo; v4 timestamp, information, address mask): the tuple's ports are");
         b.comment("(id, request type) for a request and (request type, id) for its reply, so a");
@@ -772,20 +849,20 @@ impl Gen {
         b.comment("any other type is (0, type): it is never another message's reply");
         let queries: &[(i32, i32)] =
             if f.family == 4 { &[(8, 0), (13, 14), (15, 16), (17, 18)] } else { &[(128, 129)] };
-        let (request, reply) = (f.l("icmp_request"), f.l("icmp_reply"));
+        let (request, reply) = (b.new_label(&f.name("icmp_request")), b.new_label(&f.name("icmp_reply")));
         for &(req, _) in queries {
-            b.jmp(JmpCond::Eq, Reg::R1, req, request.as_str());
+            b.jmp(JmpCond::Eq, Reg::R1, req, request);
         }
         for &(req, rep) in queries {
-            let next = b.new_label(&f.l("icmp_not_reply"));
+            let next = b.new_label(&f.name("icmp_not_reply"));
             b.jmp(JmpCond::Ne, Reg::R1, rep, next);
-            b.mov(Reg::R1, req).ja(reply.as_str());
+            b.mov(Reg::R1, req).ja(reply);
             b.place(next);
         }
         b.comment("(the type in network order, as the key's ports are)");
         b.be(16, Reg::R1).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
-        b.ja(f.l("conntrack"));
-        b.label(request.as_str());
+        b.ja(fl.conntrack);
+        b.place(request);
         b.be(16, Reg::R1).store(Size::H, Reg::R10, FP_CT + f.dport, Reg::R1);
         b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
             Size::H,
@@ -793,8 +870,8 @@ impl Gen {
             FP_CT + f.sport,
             Reg::R1,
         );
-        b.ja(f.l("conntrack"));
-        b.label(reply.as_str());
+        b.ja(fl.conntrack);
+        b.place(reply);
         b.be(16, Reg::R1).store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
         b.load(Size::H, Reg::R1, Reg::R8, off(icmp::ECHO_IDENT)).store(
             Size::H,
@@ -802,7 +879,7 @@ impl Gen {
             FP_CT + f.dport,
             Reg::R1,
         );
-        b.ja(f.l("conntrack"));
+        b.ja(fl.conntrack);
     }
 
     /// An ICMP error passes if the packet it quotes belongs to a tracked connection.
@@ -815,11 +892,12 @@ impl Gen {
         };
         // Offsets into the packet from r8 (the ICMP header): the quoted IP header follows it.
         let quoted = icmp::HEADER_LEN as i16;
-        b.label(f.l("icmp_error")).comment("icmp error: does it quote a tracked connection?");
-        guard(b, Reg::R8, i32::from(quoted + hlen + 4), label(Reason::DenyTruncated));
+        let fl = self.fl(f);
+        b.place(fl.icmp_error).comment("icmp error: does it quote a tracked connection?");
+        guard(b, Reg::R8, i32::from(quoted + hlen + 4), self.site(Reason::DenyTruncated));
         if f.family == 4 {
             b.load(Size::B, Reg::R1, Reg::R8, quoted + ipv4::VER_IHL as i16);
-            b.jmp(JmpCond::Ne, Reg::R1, 0x45, f.l("conntrack"));
+            b.jmp(JmpCond::Ne, Reg::R1, 0x45, fl.conntrack);
         }
         b.comment("the quoted tuple, as sent (FP_CTR), and reversed (FP_FRAG)");
         for off in (0..f.key).step_by(8) {
@@ -868,44 +946,45 @@ impl Gen {
         b.store(Size::B, Reg::R10, FP_FRAG + f.dir, i32::from(self.dir.policy_dir()));
         b.comment("related only to a live entry: an expired connection relates nothing");
         for key in [FP_CTR, FP_FRAG] {
-            let next = b.new_label(&f.l("icmp_quoted_miss"));
+            let next = b.new_label(&f.name("icmp_quoted_miss"));
             kit::map_lookup(b, f.ct, key);
             b.jmp(JmpCond::Eq, Reg::R0, 0, next);
             b.mov(Reg::R6, Reg::R0);
             b.call(KTIME_GET_COARSE_NS);
             b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
-            b.jmp(JmpCond::Le, Reg::R0, Reg::R1, label(Reason::AllowRelated));
+            b.jmp(JmpCond::Le, Reg::R0, Reg::R1, self.site(Reason::AllowRelated));
             b.place(next);
         }
-        b.ja(f.l("conntrack"));
+        b.ja(fl.conntrack);
     }
 
     fn emit_later_fragment(&self, b: &mut Builder, f: Fam) {
-        b.label(f.l("later_fragment"))
+        b.place(self.fl(f).later_fragment)
             .comment("a later fragment: the first fragment's verdict, while it lasts");
         kit::map_lookup(b, f.frag, FP_FRAG);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyFragment));
+        b.jmp(JmpCond::Eq, Reg::R0, 0, self.site(Reason::DenyFragment));
         b.mov(Reg::R6, Reg::R0);
         b.call(KTIME_GET_COARSE_NS);
         b.alu(AluOp::Rsh, Reg::R0, FRAG_CLOCK_SHIFT);
         b.load(Size::W, Reg::R1, Reg::R6, frag_value::EXPIRES as i16);
-        b.jmp(JmpCond::Gt, Reg::R0, Reg::R1, label(Reason::DenyFragment));
+        b.jmp(JmpCond::Gt, Reg::R0, Reg::R1, self.site(Reason::DenyFragment));
         b.load(Size::B, Reg::R1, Reg::R6, frag_value::VERDICT as i16);
-        b.jmp(JmpCond::Eq, Reg::R1, 1, label(Reason::AllowFragment));
-        b.ja(label(Reason::DenyFragment));
+        b.jmp(JmpCond::Eq, Reg::R1, 1, self.site(Reason::AllowFragment));
+        b.ja(self.site(Reason::DenyFragment));
     }
 
     fn emit_conntrack(&self, b: &mut Builder, f: Fam) {
-        b.label(f.l("conntrack")).comment("conntrack: the tuple as sent");
+        let fl = self.fl(f);
+        b.place(fl.conntrack).comment("conntrack: the tuple as sent");
         if !self.options.conntrack {
-            b.ja(f.l("new_connection"));
+            b.ja(fl.new_connection);
         }
         kit::map_lookup(b, f.ct, FP_CT);
         b.mov(Reg::R8, 0);
-        b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("ct_hit"));
+        b.jmp(JmpCond::Ne, Reg::R0, 0, fl.ct_hit);
         b.comment("a bare TCP SYN opens a connection: it is never a reply");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC).alu(AluOp::And, Reg::R1, TCP_SYN | TCP_ACK);
-        b.jmp(JmpCond::Eq, Reg::R1, TCP_SYN, f.l("new_connection"));
+        b.jmp(JmpCond::Eq, Reg::R1, TCP_SYN, fl.new_connection);
         b.comment("... and reversed, in the opposite direction: a reply");
         copy_stack(b, FP_CT + f.daddr, FP_CTR, f.alen);
         copy_stack(b, FP_CT, FP_CTR + f.daddr, f.alen);
@@ -930,84 +1009,97 @@ impl Gen {
         b.store(Size::B, Reg::R10, FP_CTR + f.dir, i32::from(self.opposite_dir()));
         kit::map_lookup(b, f.ct, FP_CTR);
         b.mov(Reg::R8, 1);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, f.l("new_connection"));
+        b.jmp(JmpCond::Eq, Reg::R0, 0, fl.new_connection);
     }
 
     /// A live entry (r0; r8 = 1 for a reply) advances; a dead one is a miss.
     fn emit_ct_hit(&self, b: &mut Builder, f: Fam) {
-        let l = |name: &str| f.l(name);
-        b.label(l("ct_hit")).comment("r6 = the entry, r8 = 1 for a reply; a dead entry is a miss");
+        let fl = self.fl(f);
+        let [ct_dead, ct_state, ct_open, ct_closing, ct_closing_keep, ct_keep_state, ct_established] = [
+            "ct_dead",
+            "ct_state",
+            "ct_open",
+            "ct_closing",
+            "ct_closing_keep",
+            "ct_keep_state",
+            "ct_established",
+        ]
+        .map(|n| b.new_label(&f.name(n)));
+        let [ct_open_icmp, ct_store, ct_state_kept] =
+            ["ct_open_icmp", "ct_store", "ct_state_kept"].map(|n| b.new_label(&f.name(n)));
+        b.place(fl.ct_hit).comment("r6 = the entry, r8 = 1 for a reply; a dead entry is a miss");
         b.mov(Reg::R6, Reg::R0);
         b.call(KTIME_GET_COARSE_NS);
         b.mov(Reg::R9, Reg::R0);
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::EXPIRES as i16);
-        b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, l("ct_dead"));
+        b.jmp(JmpCond::Gt, Reg::R9, Reg::R1, ct_dead);
         b.comment("the reply flag and the state are written only when they change (a write makes");
         b.comment("every other CPU's copy of the entry's cache line stale): the reply flag once");
-        b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_state"));
+        b.jmp(JmpCond::Eq, Reg::R8, 0, ct_state);
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::FLAGS as i16);
-        b.jmp(JmpCond::Set, Reg::R1, i32::from(ct_value::SEEN_REPLY), l("ct_state"));
+        b.jmp(JmpCond::Set, Reg::R1, i32::from(ct_value::SEEN_REPLY), ct_state);
         b.alu(AluOp::Or, Reg::R1, i32::from(ct_value::SEEN_REPLY));
         b.store(Size::B, Reg::R6, ct_value::FLAGS as i16, Reg::R1);
-        b.label(l("ct_state")).comment("advance the state; r1 = new state (r5 = old), r2 = its lifetime");
+        b.place(ct_state).comment("advance the state; r1 = new state (r5 = old), r2 = its lifetime");
         b.load(Size::B, Reg::R3, Reg::R10, FP_MISC);
         b.load(Size::B, Reg::R1, Reg::R6, ct_value::STATE as i16);
         b.mov(Reg::R5, Reg::R1);
-        b.jmp(JmpCond::Eq, Reg::R1, CtState::Open as i32, l("ct_open"));
-        b.jmp(JmpCond::Set, Reg::R3, TCP_FIN | TCP_RST, l("ct_closing"));
-        b.jmp(JmpCond::Eq, Reg::R1, CtState::Closing as i32, l("ct_closing_keep"));
+        b.jmp(JmpCond::Eq, Reg::R1, CtState::Open as i32, ct_open);
+        b.jmp(JmpCond::Set, Reg::R3, TCP_FIN | TCP_RST, ct_closing);
+        b.jmp(JmpCond::Eq, Reg::R1, CtState::Closing as i32, ct_closing_keep);
         b.mov(Reg::R2, Reg::R3).alu(AluOp::And, Reg::R2, TCP_SYN | TCP_ACK);
-        b.jmp(JmpCond::Ne, Reg::R2, TCP_SYN | TCP_ACK, l("ct_keep_state"));
-        b.jmp(JmpCond::Eq, Reg::R8, 0, l("ct_keep_state"));
+        b.jmp(JmpCond::Ne, Reg::R2, TCP_SYN | TCP_ACK, ct_keep_state);
+        b.jmp(JmpCond::Eq, Reg::R8, 0, ct_keep_state);
         b.mov(Reg::R1, CtState::Established as i32);
-        b.label(l("ct_keep_state"));
-        b.jmp(JmpCond::Eq, Reg::R1, CtState::Established as i32, l("ct_established"));
-        b.ld_imm64(Reg::R2, timeout::TCP_SYN).ja(l("ct_store"));
-        b.label(l("ct_established"));
-        b.ld_imm64(Reg::R2, timeout::TCP_ESTABLISHED).ja(l("ct_store"));
-        b.label(l("ct_closing"));
+        b.place(ct_keep_state);
+        b.jmp(JmpCond::Eq, Reg::R1, CtState::Established as i32, ct_established);
+        b.ld_imm64(Reg::R2, timeout::TCP_SYN).ja(ct_store);
+        b.place(ct_established);
+        b.ld_imm64(Reg::R2, timeout::TCP_ESTABLISHED).ja(ct_store);
+        b.place(ct_closing);
         b.mov(Reg::R1, CtState::Closing as i32);
-        b.label(l("ct_closing_keep"));
-        b.ld_imm64(Reg::R2, timeout::TCP_CLOSING).ja(l("ct_store"));
-        b.label(l("ct_open"));
+        b.place(ct_closing_keep);
+        b.ld_imm64(Reg::R2, timeout::TCP_CLOSING).ja(ct_store);
+        b.place(ct_open);
         b.ld_imm64(Reg::R2, timeout::UDP);
         b.load(Size::B, Reg::R4, Reg::R10, FP_FAM + 1);
-        b.jmp(JmpCond::Eq, Reg::R4, IPPROTO_ICMP, l("ct_open_icmp"));
-        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, l("ct_store"));
-        b.label(l("ct_open_icmp"));
+        b.jmp(JmpCond::Eq, Reg::R4, IPPROTO_ICMP, ct_open_icmp);
+        b.jmp(JmpCond::Ne, Reg::R4, IPPROTO_ICMPV6, ct_store);
+        b.place(ct_open_icmp);
         b.ld_imm64(Reg::R2, timeout::ICMP);
-        b.label(l("ct_store")).comment("the state, if it changed");
-        b.jmp(JmpCond::Eq, Reg::R1, Reg::R5, l("ct_state_kept"));
+        b.place(ct_store).comment("the state, if it changed");
+        b.jmp(JmpCond::Eq, Reg::R1, Reg::R5, ct_state_kept);
         b.store(Size::B, Reg::R6, ct_value::STATE as i16, Reg::R1);
-        b.label(l("ct_state_kept")).comment("the expiry: the lifetime from now");
+        b.place(ct_state_kept).comment("the expiry: the lifetime from now");
         b.add(Reg::R2, Reg::R9);
         b.store(Size::DW, Reg::R6, ct_value::EXPIRES as i16, Reg::R2);
         b.comment("count the packet: a plain add (the locked add cost 4 ns a packet, BENCHMARKS.md);");
         b.comment("two CPUs adding at the same instant may lose one; nothing reads it as exact");
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::PACKETS as i16);
         b.add(Reg::R1, 1).store(Size::DW, Reg::R6, ct_value::PACKETS as i16, Reg::R1);
-        b.mov(Reg::R7, Reason::AllowEstablished as i32).ja(l("allowed"));
-        b.label(l("ct_dead")).comment("a dead entry: judge the packet as new");
-        b.ja(l("new_connection"));
+        b.mov(Reg::R7, Reason::AllowEstablished as i32).ja(fl.allowed);
+        b.place(ct_dead).comment("a dead entry: judge the packet as new");
+        b.ja(fl.new_connection);
     }
 
     fn emit_new_connection(&self, b: &mut Builder, f: Fam) {
         let dir = self.dir.policy_dir();
-        b.label(f.l("new_connection")).comment("a new connection: is policy enforced here?");
+        let fl = self.fl(f);
+        b.place(fl.new_connection).comment("a new connection: is policy enforced here?");
         self.emit_ep_config(b);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, label(Reason::DenyDefault));
+        b.jmp(JmpCond::Eq, Reg::R0, 0, self.site(Reason::DenyDefault));
         b.load(Size::W, Reg::R1, Reg::R0, ep_config::IDENTITY as i16);
         b.store(Size::W, Reg::R10, FP_MISC + 4, Reg::R1);
         b.load(Size::W, Reg::R1, Reg::R0, ep_config::FLAGS as i16);
         b.alu(AluOp::And, Reg::R1, self.enforced_bit());
         b.mov(Reg::R7, Reason::AllowUnenforced as i32);
-        b.jmp(JmpCond::Eq, Reg::R1, 0, f.l("ct_create"));
+        b.jmp(JmpCond::Eq, Reg::R1, 0, fl.ct_create);
 
         let peer = match self.dir {
             Direction::FromEndpoint => FP_CT + f.daddr,
             Direction::ToEndpoint => FP_CT,
         };
-        let identity = f.l("identity");
+        let identity = b.new_label(&f.name("identity"));
         if self.dir == Direction::ToEndpoint {
             b.comment(
                 "identity on the wire: a mark from-overlay left (cluster mode) comes before the ipcache",
@@ -1015,10 +1107,11 @@ impl Gen {
             b.load(Size::DW, Reg::R1, Reg::R10, FP_CTX);
             b.load(Size::W, Reg::R1, Reg::R1, overlay::SKB_MARK);
             b.mov32(Reg::R2, Reg::R1).alu32(AluOp::And, Reg::R2, overlay::MARK_MAGIC_MASK as i32);
-            b.jmp(JmpCond::Ne, Reg::R2, overlay::MARK_MAGIC_IDENTITY as i32, f.l("ipcache"));
+            let ipcache = b.new_label(&f.name("ipcache"));
+            b.jmp(JmpCond::Ne, Reg::R2, overlay::MARK_MAGIC_IDENTITY as i32, ipcache);
             b.mov32(Reg::R0, Reg::R1).alu32(AluOp::Rsh, Reg::R0, 16);
-            b.ja(identity.as_str());
-            b.label(f.l("ipcache"));
+            b.ja(identity);
+            b.place(ipcache);
         }
         if f.family == 4 {
             b.comment("the peer's identity: ipcache level 1 (direct), 2 and 3");
@@ -1029,13 +1122,14 @@ impl Gen {
             b.add(Reg::R1, Reg::R2);
             b.load(Size::W, Reg::R0, Reg::R1, 0);
             for (level, shift) in [(map::IPC_V4_L2, 8), (map::IPC_V4_L3, 0)] {
-                b.jmp(JmpCond::Set, Reg::R0, IPC_CHILD as i32, format!("{level}_lookup"));
-                b.ja(identity.as_str());
-                b.label(format!("{level}_lookup"));
+                let lookup = b.new_label(&format!("{level}_lookup"));
+                b.jmp(JmpCond::Set, Reg::R0, IPC_CHILD as i32, lookup);
+                b.ja(identity);
+                b.place(lookup);
                 b.alu32(AluOp::And, Reg::R0, !IPC_CHILD as i32);
                 b.store(Size::W, Reg::R10, FP_KEY, Reg::R0);
                 kit::map_lookup(b, level, FP_KEY);
-                b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
+                b.jmp(JmpCond::Eq, Reg::R0, 0, identity);
                 b.mov32(Reg::R2, Reg::R6);
                 if shift != 0 {
                     b.alu32(AluOp::Rsh, Reg::R2, shift);
@@ -1049,11 +1143,11 @@ impl Gen {
             b.store(Size::W, Reg::R10, FP_LPM, 128);
             copy_stack(b, peer, FP_LPM + 4, 16);
             kit::map_lookup(b, map::IPC_V6, FP_LPM);
-            b.jmp(JmpCond::Eq, Reg::R0, 0, identity.as_str());
+            b.jmp(JmpCond::Eq, Reg::R0, 0, identity);
             b.load(Size::W, Reg::R0, Reg::R0, 0);
         }
-        b.label(identity.as_str()).comment("r0 = identity (0: world)");
-        b.jmp(JmpCond::Ne, Reg::R0, 0, f.l("policy_key"));
+        b.place(identity).comment("r0 = identity (0: world)");
+        b.jmp(JmpCond::Ne, Reg::R0, 0, fl.policy_key);
         b.mov(Reg::R0, WORLD as i32);
         self.emit_policy(b, f, dir);
     }
@@ -1065,8 +1159,10 @@ impl Gen {
     /// first that matches decides (see [`crate::maps::policy::pol_slot`]). A slot with too
     /// many rules says so and the `policy` trie decides instead.
     fn emit_policy(&self, b: &mut Builder, f: Fam, dir: u8) {
-        let l = |name: &str| f.l(name);
-        b.label(l("policy_key")).comment("policy: r6 = the peer's identity; r8 = base bucket, r9 = shift");
+        let fl = self.fl(f);
+        let [pol_found, policy_trie, policy_found] =
+            ["pol_found", "policy_trie", "policy_found"].map(|n| b.new_label(&f.name(n)));
+        b.place(fl.policy_key).comment("policy: r6 = the peer's identity; r8 = base bucket, r9 = shift");
         b.store(Size::W, Reg::R10, FP_PEER, Reg::R0);
         b.mov(Reg::R6, Reg::R0);
         b.ld_map_value(Reg::R1, map::POL_META, 0);
@@ -1091,12 +1187,12 @@ impl Gen {
                 }
             }
             for (h, mul) in V6_HASH_MUL.into_iter().enumerate() {
-                let next_bucket = l(&format!("pol_bucket_{pass}_{h}"));
+                let next_bucket = b.new_label(&f.name(&format!("pol_bucket_{pass}_{h}")));
                 b.mov32(Reg::R1, Reg::R7).alu32(AluOp::Mul, Reg::R1, mul as i32);
                 b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
                 b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
                 kit::map_lookup(b, map::POL_TABLE, FP_KEY);
-                b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
+                b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket);
                 if self.ep.is_none() {
                     // pol_epdir(ep, dir) = ep | pol_epdir(0, dir), once per bucket: the slot
                     // loop leaves r2 alone.
@@ -1105,59 +1201,59 @@ impl Gen {
                 }
                 for s in 0..POL_SLOTS {
                     let at = (s * pol_slot::SIZE) as i16;
-                    let next = l(&format!("pol_slot_{pass}_{h}_{s}"));
+                    let next = b.new_label(&f.name(&format!("pol_slot_{pass}_{h}_{s}")));
                     b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::IDENTITY as i16);
-                    b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next.as_str());
+                    b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next);
                     b.load(Size::W, Reg::R1, Reg::R0, at + pol_slot::EPDIR as i16);
                     match self.ep {
                         Some(ep) => {
                             let epdir = pol_epdir(ep, dir) as i32;
-                            b.jmp32(JmpCond::Ne, Reg::R1, epdir, next.as_str()).param(param::POLICY_EPDIR);
+                            b.jmp32(JmpCond::Ne, Reg::R1, epdir, next).param(param::POLICY_EPDIR);
                         }
                         None => {
-                            b.jmp32(JmpCond::Ne, Reg::R1, Reg::R2, next.as_str());
+                            b.jmp32(JmpCond::Ne, Reg::R1, Reg::R2, next);
                         }
                     }
                     if at != 0 {
                         b.add(Reg::R0, i32::from(at));
                     }
-                    b.ja(l("pol_found"));
-                    b.label(next.as_str());
+                    b.ja(pol_found);
+                    b.place(next);
                 }
-                b.label(next_bucket.as_str());
+                b.place(next_bucket);
             }
         }
-        b.ja(label(Reason::DenyDefault));
+        b.ja(self.site(Reason::DenyDefault));
 
-        b.label(l("pol_found")).comment("r0 = the slot; r1 = rules inline, r3 = protocol, r4 = port");
+        b.place(pol_found).comment("r0 = the slot; r1 = rules inline, r3 = protocol, r4 = port");
         b.load(Size::W, Reg::R1, Reg::R0, pol_slot::STATE as i16);
-        b.jmp(JmpCond::Set, Reg::R1, POL_OVERFLOW as i32, l("policy_trie"));
+        b.jmp(JmpCond::Set, Reg::R1, POL_OVERFLOW as i32, policy_trie);
         b.load(Size::B, Reg::R3, Reg::R10, FP_FAM + 1);
         b.load(Size::H, Reg::R4, Reg::R10, FP_MISC + 2);
         b.be(16, Reg::R4);
         for i in 0..POL_LIST {
             let at = (pol_slot::ENTRIES + i * pol_slot::ENTRY_SIZE) as i16;
-            let next = l(&format!("pol_rule_{}", i + 1));
-            let port = l(&format!("pol_port_{i}"));
-            b.jmp(JmpCond::Le, Reg::R1, i as i32, label(Reason::DenyDefault));
+            let next = b.new_label(&f.name(&format!("pol_rule_{}", i + 1)));
+            let port = b.new_label(&f.name(&format!("pol_port_{i}")));
+            b.jmp(JmpCond::Le, Reg::R1, i as i32, self.site(Reason::DenyDefault));
             b.load(Size::B, Reg::R2, Reg::R0, at + pol_slot::PROTO as i16);
-            b.jmp(JmpCond::Eq, Reg::R2, 0, port.as_str());
-            b.jmp(JmpCond::Ne, Reg::R2, Reg::R3, next.as_str());
-            b.label(port.as_str());
+            b.jmp(JmpCond::Eq, Reg::R2, 0, port);
+            b.jmp(JmpCond::Ne, Reg::R2, Reg::R3, next);
+            b.place(port);
             b.load(Size::H, Reg::R2, Reg::R0, at + pol_slot::PORT as i16);
             b.alu(AluOp::Xor, Reg::R2, Reg::R4);
             b.load(Size::H, Reg::R5, Reg::R0, at + pol_slot::MASK as i16);
             b.alu(AluOp::And, Reg::R2, Reg::R5);
-            b.jmp(JmpCond::Ne, Reg::R2, 0, next.as_str());
+            b.jmp(JmpCond::Ne, Reg::R2, 0, next);
             b.load(Size::B, Reg::R2, Reg::R0, at + pol_slot::VERDICT as i16);
-            b.jmp(JmpCond::Eq, Reg::R2, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
+            b.jmp(JmpCond::Eq, Reg::R2, i32::from(policy_value::DENY), self.site(Reason::DenyPolicy));
             b.mov(Reg::R7, Reason::AllowNew as i32);
-            b.ja(l("ct_create"));
-            b.label(next.as_str());
+            b.ja(fl.ct_create);
+            b.place(next);
         }
-        b.ja(label(Reason::DenyDefault));
+        b.ja(self.site(Reason::DenyDefault));
 
-        b.label(l("policy_trie"))
+        b.place(policy_trie)
             .comment("too many rules inline: the policy trie {96, ep, dir, identity, proto, port}");
         b.load(Size::W, Reg::R0, Reg::R10, FP_PEER);
         b.be(32, Reg::R0);
@@ -1178,24 +1274,25 @@ impl Gen {
         b.store(Size::H, Reg::R10, FP_POL + policy_key::PROTO as i16, Reg::R1);
         b.load(Size::H, Reg::R1, Reg::R10, FP_MISC + 2);
         b.store(Size::H, Reg::R10, FP_POL + policy_key::PORT as i16, Reg::R1);
-        let found = l("policy_found");
-        kit::policy_trie_lookup(b, FP_POL, found.as_str());
-        b.ja(label(Reason::DenyDefault));
-        b.label(found.as_str());
+        kit::policy_trie_lookup(b, FP_POL, policy_found);
+        b.ja(self.site(Reason::DenyDefault));
+        b.place(policy_found);
         b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
-        b.jmp(JmpCond::Eq, Reg::R1, i32::from(policy_value::DENY), label(Reason::DenyPolicy));
-        b.jmp(JmpCond::Ne, Reg::R1, i32::from(policy_value::ALLOW), label(Reason::DenyDefault));
+        b.jmp(JmpCond::Eq, Reg::R1, i32::from(policy_value::DENY), self.site(Reason::DenyPolicy));
+        b.jmp(JmpCond::Ne, Reg::R1, i32::from(policy_value::ALLOW), self.site(Reason::DenyDefault));
         b.mov(Reg::R7, Reason::AllowNew as i32);
-        b.ja(l("ct_create"));
+        b.ja(fl.ct_create);
     }
 
     /// Track the allowed connection (r7 = the allow reason) in the family's map, and leave a
     /// first fragment's verdict for the rest.
     fn emit_ct_create(&self, b: &mut Builder, f: Fam) {
-        let l = |name: &str| f.l(name);
-        b.label(l("ct_create")).comment("track the connection; r7 = the allow reason");
+        let fl = self.fl(f);
+        let (store, allowed_reason) =
+            (b.new_label(&f.name("ct_create_store")), b.new_label(&f.name("allowed_reason")));
+        b.place(fl.ct_create).comment("track the connection; r7 = the allow reason");
         if !self.options.conntrack {
-            b.ja(l("allowed"));
+            b.ja(fl.allowed);
         }
         for off in (0..ct_value::SIZE as i16).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_CTV + off, 0);
@@ -1204,37 +1301,39 @@ impl Gen {
         b.load(Size::B, Reg::R3, Reg::R10, FP_FAM + 1);
         b.ld_imm64(Reg::R2, timeout::UDP);
         b.mov(Reg::R1, CtState::Open as i32);
-        b.jmp(JmpCond::Ne, Reg::R3, IPPROTO_TCP, l("ct_create_store"));
+        b.jmp(JmpCond::Ne, Reg::R3, IPPROTO_TCP, store);
         b.load(Size::B, Reg::R3, Reg::R10, FP_MISC);
         b.ld_imm64(Reg::R2, timeout::TCP_ESTABLISHED);
         b.mov(Reg::R1, CtState::Established as i32);
         b.alu(AluOp::And, Reg::R3, TCP_SYN | TCP_ACK);
-        b.jmp(JmpCond::Ne, Reg::R3, TCP_SYN, l("ct_create_store"));
+        b.jmp(JmpCond::Ne, Reg::R3, TCP_SYN, store);
         b.ld_imm64(Reg::R2, timeout::TCP_SYN);
         b.mov(Reg::R1, CtState::SynSent as i32);
-        b.label(l("ct_create_store"));
+        b.place(store);
         b.add(Reg::R0, Reg::R2);
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::EXPIRES as i16, Reg::R0);
         b.store(Size::B, Reg::R10, FP_CTV + ct_value::STATE as i16, Reg::R1);
         b.store(Size::DW, Reg::R10, FP_CTV + ct_value::PACKETS as i16, 1);
         kit::map_update(b, f.ct, FP_CT, FP_CTV, kit::BPF_ANY);
-        b.label(l("allowed")).comment("a first fragment leaves its verdict for the rest; r7 = reason");
+        b.place(fl.allowed).comment("a first fragment leaves its verdict for the rest; r7 = reason");
         b.load(Size::B, Reg::R1, Reg::R10, FP_MISC + 1);
-        b.jmp(JmpCond::Eq, Reg::R1, 0, l("allowed_reason"));
+        b.jmp(JmpCond::Eq, Reg::R1, 0, allowed_reason);
         b.call(KTIME_GET_COARSE_NS);
         b.alu(AluOp::Rsh, Reg::R0, FRAG_CLOCK_SHIFT).add(Reg::R0, FRAG_TIMEOUT_UNITS);
         b.store(Size::W, Reg::R10, FP_CTV + frag_value::EXPIRES as i16, Reg::R0);
         b.store(Size::W, Reg::R10, FP_CTV + frag_value::VERDICT as i16, 1);
         kit::map_update(b, f.frag, FP_FRAG, FP_CTV, kit::BPF_ANY);
-        b.label(l("allowed_reason"));
-        b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, label(Reason::AllowUnenforced));
-        b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowEstablished as i32, label(Reason::AllowEstablished));
-        b.ja(label(Reason::AllowNew));
+        b.place(allowed_reason);
+        b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowUnenforced as i32, self.site(Reason::AllowUnenforced));
+        b.jmp(JmpCond::Eq, Reg::R7, Reason::AllowEstablished as i32, self.site(Reason::AllowEstablished));
+        b.ja(self.site(Reason::AllowNew));
     }
 
     fn emit_exit(&self, b: &mut Builder) {
         let stride = Reason::COUNT as i32;
-        b.label("exit").comment("count (endpoint, reason) in ep_stats; r6 = reason, r7 = verdict");
+        let [event, event_drop, event_kind, event_budget, event_send] =
+            ["event", "event_drop", "event_kind", "event_budget", "event_send"].map(|n| b.new_label(n));
+        b.place(self.l.v.exit()).comment("count (endpoint, reason) in ep_stats; r6 = reason, r7 = verdict");
         match self.ep {
             Some(ep) => {
                 b.mov(Reg::R1, Reg::R6).add(Reg::R1, i32::from(ep) * stride).param(param::STATS_ROW);
@@ -1244,59 +1343,55 @@ impl Gen {
                 b.add(Reg::R1, Reg::R6);
             }
         }
-        b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
-        kit::map_lookup(b, map::EP_STATS, FP_KEY);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, "event");
-        b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
-
-        b.label("event").comment("an event for drops and new connections, if switched on");
+        kit::counter_add_then(b, map::EP_STATS, FP_KEY, Reg::R1, None, event);
+        b.comment("an event for drops and new connections, if switched on");
         if self.options.services {
             b.comment("services: none for hairpin traffic (its reason sorts after the drops)");
-            b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, "return");
+            b.jmp(JmpCond::Eq, Reg::R6, Reason::AllowHairpin as i32, self.l.ret);
         }
         b.comment("(the reason first: most packets, established ones, can produce none)");
-        b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, "event_drop");
-        b.jmp(JmpCond::Ne, Reg::R6, Reason::AllowNew as i32, "return");
-        b.mov(Reg::R3, 1).ja("event_kind");
-        b.label("event_drop");
+        b.jmp(JmpCond::Ge, Reg::R6, Reason::DenyPolicy as i32, event_drop);
+        b.jmp(JmpCond::Ne, Reg::R6, Reason::AllowNew as i32, self.l.ret);
+        b.mov(Reg::R3, 1).ja(event_kind);
+        b.place(event_drop);
         b.mov(Reg::R3, 2);
-        b.label("event_kind");
+        b.place(event_kind);
         b.ld_map_value(Reg::R1, map::EV_CONFIG, 0);
         b.load(Size::W, Reg::R2, Reg::R1, ev_config::FLAGS as i16);
         b.alu(AluOp::And, Reg::R2, Reg::R3);
-        b.jmp(JmpCond::Eq, Reg::R2, 0, "return");
+        b.jmp(JmpCond::Eq, Reg::R2, 0, self.l.ret);
         b.store(Size::B, Reg::R10, FP_EV + event::KIND as i16, Reg::R3);
         b.comment("rate budget: ev_budget per CPU, a one-second window");
         b.load(Size::W, Reg::R8, Reg::R1, ev_config::RATE as i16);
         b.store(Size::W, Reg::R10, FP_KEY, 0);
         kit::map_lookup(b, map::EV_BUDGET, FP_KEY);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, "return");
+        b.jmp(JmpCond::Eq, Reg::R0, 0, self.l.ret);
         b.mov(Reg::R9, Reg::R0);
         b.call(KTIME_GET_NS);
         b.load(Size::DW, Reg::R1, Reg::R9, ev_budget::WINDOW_START as i16);
         b.mov(Reg::R2, Reg::R0).alu(AluOp::Sub, Reg::R2, Reg::R1);
-        b.jmp(JmpCond::Lt, Reg::R2, 1_000_000_000, "event_budget");
+        b.jmp(JmpCond::Lt, Reg::R2, 1_000_000_000, event_budget);
         b.store(Size::DW, Reg::R9, ev_budget::WINDOW_START as i16, Reg::R0);
         b.store(Size::DW, Reg::R9, ev_budget::SENT as i16, 0);
-        b.label("event_budget");
+        b.place(event_budget);
         b.load(Size::DW, Reg::R1, Reg::R9, ev_budget::SENT as i16);
-        b.jmp(JmpCond::Eq, Reg::R8, 0, "event_send");
-        b.jmp(JmpCond::Ge, Reg::R1, Reg::R8, "return");
-        b.label("event_send");
+        b.jmp(JmpCond::Eq, Reg::R8, 0, event_send);
+        b.jmp(JmpCond::Ge, Reg::R1, Reg::R8, self.l.ret);
+        b.place(event_send);
         b.add(Reg::R1, 1).store(Size::DW, Reg::R9, ev_budget::SENT as i16, Reg::R1);
         self.emit_event_record(b);
-        b.label("return");
+        b.place(self.l.ret);
         if self.dir == Direction::ToEndpoint && self.options.services {
             self.emit_lb_reply(b);
         }
         if self.dir == Direction::FromEndpoint {
             b.comment("an allowed IP packet is forwarded (when the node is wired)");
-            b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
+            b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, self.l.return_verdict);
             b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
-            b.jmp(JmpCond::Eq, Reg::R1, 4, "v4_forward");
-            b.jmp(JmpCond::Eq, Reg::R1, 6, "v6_forward");
+            b.jmp(JmpCond::Eq, Reg::R1, 4, self.l.v4.forward);
+            b.jmp(JmpCond::Eq, Reg::R1, 6, self.l.v6.forward);
         }
-        b.label("return_verdict");
+        b.place(self.l.return_verdict);
         b.mov(Reg::R0, Reg::R7).exit();
         if self.dir == Direction::FromEndpoint {
             for f in [V4, V6] {
@@ -1310,11 +1405,22 @@ impl Gen {
     /// device; whatever none of them takes goes to the stack. r6 = ctx, r9 = `fwd_cfg`
     /// flags, r7 = the map value or stack area the new Ethernet header comes from.
     fn emit_forward(&self, b: &mut Builder, f: Fam) {
-        let l = |name: &str| f.l(name);
-        b.label(l("forward")).comment("which forwarding steps are on (none until the node is wired)");
+        let [fwd_lxc, fwd_lxc_lookup, fwd_tunnel, fwd_tunnel_lookup, fwd_tunnel_identity, fwd_tunnel_remote] =
+            [
+                "fwd_lxc",
+                "fwd_lxc_lookup",
+                "fwd_tunnel",
+                "fwd_tunnel_lookup",
+                "fwd_tunnel_identity",
+                "fwd_tunnel_remote",
+            ]
+            .map(|n| b.new_label(&f.name(n)));
+        let [fwd_fib, fwd_fib_lookup, fwd_neigh] =
+            ["fwd_fib", "fwd_fib_lookup", "fwd_neigh"].map(|n| b.new_label(&f.name(n)));
+        b.place(self.fl(f).forward).comment("which forwarding steps are on (none until the node is wired)");
         b.ld_map_value(Reg::R1, map::FWD_CFG, 0);
         b.load(Size::W, Reg::R9, Reg::R1, fwd_cfg::FLAGS as i16);
-        b.jmp(JmpCond::Eq, Reg::R9, 0, "return_verdict");
+        b.jmp(JmpCond::Eq, Reg::R9, 0, self.l.return_verdict);
         b.load(Size::DW, Reg::R6, Reg::R10, FP_CTX);
         b.comment("the destination as a tunnel key: {128, addr[16]}, IPv4 mapped");
         b.store(Size::W, Reg::R10, FP_LPM, 128);
@@ -1332,13 +1438,12 @@ impl Gen {
             copy_stack(b, FP_CT + f.daddr, FP_LPM + 4, 16);
         }
 
-        b.label(l("fwd_lxc"))
-            .comment("a local endpoint: straight to its veth, its ingress policy runs there");
-        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::LOCAL as i32, l("fwd_lxc_lookup"));
-        b.ja(l("fwd_tunnel"));
-        b.label(l("fwd_lxc_lookup"));
+        b.place(fwd_lxc).comment("a local endpoint: straight to its veth, its ingress policy runs there");
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::LOCAL as i32, fwd_lxc_lookup);
+        b.ja(fwd_tunnel);
+        b.place(fwd_lxc_lookup);
         kit::map_lookup(b, map::LXC, FP_LPM + 4);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_tunnel"));
+        b.jmp(JmpCond::Eq, Reg::R0, 0, fwd_tunnel);
         b.mov(Reg::R7, Reg::R0);
         self.emit_rewrite(b, f, "lxc", Some((lxc_value::MAC, lxc_value::NODE_MAC)));
         b.load(Size::W, Reg::R1, Reg::R7, lxc_value::IFINDEX as i16);
@@ -1346,29 +1451,29 @@ impl Gen {
         b.call(REDIRECT);
         b.exit();
 
-        b.label(l("fwd_tunnel")).comment("a peer node's prefix: encapsulate (VXLAN) and send");
-        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::OVERLAY as i32, l("fwd_tunnel_lookup"));
-        b.ja(l("fwd_fib"));
-        b.label(l("fwd_tunnel_lookup"));
+        b.place(fwd_tunnel).comment("a peer node's prefix: encapsulate (VXLAN) and send");
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::OVERLAY as i32, fwd_tunnel_lookup);
+        b.ja(fwd_fib);
+        b.place(fwd_tunnel_lookup);
         kit::map_lookup(b, map::TUNNEL, FP_LPM);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_fib"));
+        b.jmp(JmpCond::Eq, Reg::R0, 0, fwd_fib);
         b.mov(Reg::R7, Reg::R0);
         for off in (0..48).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_FIB + off, 0);
         }
         b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::VNI as i16);
         b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, Reg::R1);
-        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::IDENTITY as i32, l("fwd_tunnel_identity"));
-        b.ja(l("fwd_tunnel_remote"));
-        b.label(l("fwd_tunnel_identity"))
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::IDENTITY as i32, fwd_tunnel_identity);
+        b.ja(fwd_tunnel_remote);
+        b.place(fwd_tunnel_identity)
             .comment("cluster mode: the VNI is the source endpoint's identity (0: none the wire carries)");
         b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, 0);
         self.emit_ep_config(b);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, l("fwd_tunnel_remote"));
+        b.jmp(JmpCond::Eq, Reg::R0, 0, fwd_tunnel_remote);
         b.load(Size::W, Reg::R1, Reg::R0, ep_config::IDENTITY as i16);
-        b.jmp(JmpCond::Gt, Reg::R1, overlay::MAX_WIRE_IDENTITY as i32, l("fwd_tunnel_remote"));
+        b.jmp(JmpCond::Gt, Reg::R1, overlay::MAX_WIRE_IDENTITY as i32, fwd_tunnel_remote);
         b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::TUNNEL_ID as i16, Reg::R1);
-        b.label(l("fwd_tunnel_remote"));
+        b.place(fwd_tunnel_remote);
         b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::REMOTE as i16);
         b.store(Size::W, Reg::R10, FP_FIB + tunnel_key_struct::REMOTE_IPV4 as i16, Reg::R1);
         b.store(Size::B, Reg::R10, FP_FIB + tunnel_key_struct::TTL as i16, 64);
@@ -1377,17 +1482,17 @@ impl Gen {
         b.mov(Reg::R3, tunnel_key_struct::SIZE as i32);
         b.mov(Reg::R4, 0);
         b.call(SKB_SET_TUNNEL_KEY);
-        b.jmp(JmpCond::Ne, Reg::R0, 0, "return_ok");
+        b.jmp(JmpCond::Ne, Reg::R0, 0, self.l.return_ok);
         self.emit_rewrite(b, f, "tunnel", Some((tunnel_value::DMAC, tunnel_value::SMAC)));
         b.load(Size::W, Reg::R1, Reg::R7, tunnel_value::IFINDEX as i16);
         b.mov(Reg::R2, 0);
         b.call(REDIRECT);
         b.exit();
 
-        b.label(l("fwd_fib")).comment("anything else: the kernel's FIB picks the egress device and next hop");
-        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::FIB as i32, l("fwd_fib_lookup"));
-        b.ja("return_ok");
-        b.label(l("fwd_fib_lookup"));
+        b.place(fwd_fib).comment("anything else: the kernel's FIB picks the egress device and next hop");
+        b.jmp(JmpCond::Set, Reg::R9, fwd_cfg::FIB as i32, fwd_fib_lookup);
+        b.ja(self.l.return_ok);
+        b.place(fwd_fib_lookup);
         for off in (0..fib::SIZE as i16).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_FIB + off, 0);
         }
@@ -1413,21 +1518,21 @@ impl Gen {
         b.mov(Reg::R4, 0);
         b.call(FIB_LOOKUP);
         b.mov(Reg::R7, Reg::R10).add(Reg::R7, i32::from(FP_FIB));
-        b.jmp(JmpCond::Eq, Reg::R0, fib::RET_NO_NEIGH, l("fwd_neigh"));
-        b.jmp(JmpCond::Ne, Reg::R0, fib::RET_SUCCESS, "return_ok");
+        b.jmp(JmpCond::Eq, Reg::R0, fib::RET_NO_NEIGH, fwd_neigh);
+        b.jmp(JmpCond::Ne, Reg::R0, fib::RET_SUCCESS, self.l.return_ok);
         self.emit_rewrite(b, f, "fib", Some((fib::DMAC, fib::SMAC)));
         b.load(Size::W, Reg::R1, Reg::R7, fib::IFINDEX as i16);
         b.mov(Reg::R2, 0);
         b.call(REDIRECT);
         b.exit();
-        b.label(l("fwd_neigh")).comment("routed, next hop's MAC unknown: the kernel resolves it");
+        b.place(fwd_neigh).comment("routed, next hop's MAC unknown: the kernel resolves it");
         self.emit_rewrite(b, f, "neigh", None);
         b.load(Size::W, Reg::R1, Reg::R7, fib::IFINDEX as i16);
         b.mov(Reg::R2, 0).mov(Reg::R3, 0).mov(Reg::R4, 0);
         b.call(REDIRECT_NEIGH);
         b.exit();
         if f.family == 4 {
-            b.label("return_ok").comment("not forwarded here: the stack takes it");
+            b.place(self.l.return_ok).comment("not forwarded here: the stack takes it");
             b.mov(Reg::R0, TC_ACT_OK).exit();
         }
     }
@@ -1444,22 +1549,21 @@ impl Gen {
         } else {
             (ethertype::wire(ethertype::IPV6), V6_HLEN, l3 + ipv6::HOP_LIMIT as i16)
         };
-        b.load(Size::W, Reg::R3, Reg::R6, SKB_DATA);
-        b.load(Size::W, Reg::R4, Reg::R6, SKB_DATA_END);
+        kit::skb_data(b, Reg::R6, Reg::R3, Reg::R4);
         b.mov(Reg::R5, Reg::R3).add(Reg::R5, ETH_HLEN + hdr);
-        b.jmp(JmpCond::Gt, Reg::R5, Reg::R4, "return_ok");
+        b.jmp(JmpCond::Gt, Reg::R5, Reg::R4, self.l.return_ok);
         b.load(Size::H, Reg::R1, Reg::R3, off(ethernet::ETHERTYPE));
-        b.jmp(JmpCond::Ne, Reg::R1, ethertype, "return_ok");
+        b.jmp(JmpCond::Ne, Reg::R1, ethertype, self.l.return_ok);
         b.load(Size::B, Reg::R1, Reg::R3, ttl);
-        b.jmp(JmpCond::Le, Reg::R1, 1, "return_ok");
+        b.jmp(JmpCond::Le, Reg::R1, 1, self.l.return_ok);
         b.add(Reg::R1, -1).store(Size::B, Reg::R3, ttl, Reg::R1);
         if f.family == 4 {
-            let done = f.l(&format!("ttl_csum_{tag}"));
+            let done = b.new_label(&f.name(&format!("ttl_csum_{tag}")));
             b.load(Size::H, Reg::R1, Reg::R3, l3 + off(ipv4::CHECKSUM));
             b.add(Reg::R1, 1);
-            b.jmp(JmpCond::Lt, Reg::R1, 0xffff, done.as_str());
+            b.jmp(JmpCond::Lt, Reg::R1, 0xffff, done);
             b.add(Reg::R1, 1);
-            b.label(done.as_str());
+            b.place(done);
             b.store(Size::H, Reg::R3, l3 + off(ipv4::CHECKSUM), Reg::R1);
         }
         if let Some((dst, src)) = macs {
@@ -1478,27 +1582,18 @@ impl Gen {
     /// its exit. Otherwise (or with the L4 header deeper than the load balancer's 255-byte
     /// bound: many IPv6 extension headers) the packet goes on untranslated.
     fn emit_lb_step(&self, b: &mut Builder, f: Fam) {
-        let l = |name: &str| f.l(name);
-        let skip = l("conntrack");
-        b.label(l("lb")).comment("services: is the whole L4 header there? (tcp 20, udp 8, sctp 12)");
+        let fl = self.fl(f);
+        let skip = fl.conntrack;
+        b.place(fl.lb).comment("services: is the whole L4 header there? (tcp 20, udp 8, sctp 12)");
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM + 1);
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, l("lb_tcp"));
-        b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, l("lb_udp"));
-        guard(b, Reg::R8, 12, &skip);
-        b.ja(l("lb_l4"));
-        b.label(l("lb_tcp"));
-        guard(b, Reg::R8, 20, &skip);
-        b.ja(l("lb_l4"));
-        b.label(l("lb_udp"));
-        guard(b, Reg::R8, 8, &skip);
-        b.label(l("lb_l4"));
+        kit::l4_whole_header(b, Reg::R1, Reg::R8, skip, None, &f.name("lb_"));
         emit_lb_offsets(b);
-        b.jmp(JmpCond::Gt, Reg::R4, 255, &skip);
+        b.jmp(JmpCond::Gt, Reg::R4, 255, skip);
         match self.dir {
             Direction::ToEndpoint => {
                 b.store(Size::W, Reg::R10, FP_LB_OFFS, Reg::R3);
                 b.store(Size::W, Reg::R10, FP_LB_OFFS + 4, Reg::R4);
-                b.ja(skip.as_str());
+                b.ja(skip);
             }
             Direction::FromEndpoint => {
                 // The frontend filter runs inside the load balancer (its own check): an
@@ -1508,18 +1603,18 @@ impl Gen {
                 b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R4);
                 b.store(Size::DW, Reg::R10, LB.base + LbFrame::CTX, Reg::R1);
                 self.emit_lb_tuple(b, f);
-                let (reply, forward) = (f.l("lb_hairpin_reply"), f.l("lb_forward"));
+                let (reply, forward) = (fl.lb_hairpin_reply, b.new_label(&f.name("lb_forward")));
                 b.comment(
                     "services: to the hairpin address? the endpoint answers its own hairpinned connection",
                 );
-                self.emit_to_hairpin(b, f, &reply, &forward);
+                self.emit_to_hairpin(b, f, reply, forward);
             }
         }
     }
 
     /// Jump to `yes` if the tuple's destination is the hairpin address of family `f`, else
-    /// go on at label `no` (defined here).
-    fn emit_to_hairpin(&self, b: &mut Builder, f: Fam, yes: &str, no: &str) {
+    /// go on at label `no` (placed here).
+    fn emit_to_hairpin(&self, b: &mut Builder, f: Fam, yes: Label, no: Label) {
         if f.family == 4 {
             b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.daddr);
             b.jmp32(JmpCond::Eq, Reg::R1, addr_word(&HAIRPIN_V4.octets(), 0), yes);
@@ -1530,7 +1625,7 @@ impl Gen {
             }
             b.ja(yes);
         }
-        b.label(no);
+        b.place(no);
     }
 
     /// The `lb_hint` form of the address of family `f` at stack offset `at` of the tuple.
@@ -1580,13 +1675,9 @@ impl Gen {
 
     /// Count the load balancer's reason (r6) in `lb_stats`; keeps r6 and r7.
     fn emit_lb_count(&self, b: &mut Builder, tag: &str) {
-        let done = format!("services_{tag}_counted");
+        let done = b.new_label(&format!("services_{tag}_counted"));
         b.comment("services: count the load balancer's reason (r6) in lb_stats");
-        b.store(Size::W, Reg::R10, FP_KEY, Reg::R6);
-        kit::map_lookup(b, map::LB_STATS, FP_KEY);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, done.as_str());
-        b.load(Size::DW, Reg::R1, Reg::R0, 0).add(Reg::R1, 1).store(Size::DW, Reg::R0, 0, Reg::R1);
-        b.label(done.as_str());
+        kit::counter_add_then(b, map::LB_STATS, FP_KEY, Reg::R6, None, done);
     }
 
     /// `from-endpoint`: one call of the load balancer on `paths`, then what both call sites
@@ -1596,16 +1687,17 @@ impl Gen {
     /// to conntrack. `names`: the label prefix, the exit label, the count tag and the
     /// resume label, each made unique per family.
     fn emit_lb_call(&self, b: &mut Builder, f: Fam, paths: LbPaths, names: [&str; 4]) {
-        let [prefix, done, tag, ok] = names.map(|n| f.l(n));
+        let [prefix, done, tag, ok] = names.map(|n| f.name(n));
+        let (done, ok) = (b.new_label(&done), b.new_label(&ok));
         // The forward path checks its own frontend filter (see emit_lb_step).
         let filtered = false;
         let options = LbOptions { conntrack: true, paths, reset: ResetVia::Peer, filtered };
-        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: &done }, options);
-        b.label(done.as_str());
+        emit_service_lb(b, LB, LbLabels { prefix: &prefix, exit: done }, options);
+        b.place(done);
         self.emit_lb_count(b, &tag);
-        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, ok.as_str());
+        b.jmp(JmpCond::Eq, Reg::R7, TC_ACT_OK, ok);
         b.mov(Reg::R0, Reg::R7).exit();
-        b.label(ok.as_str()).comment("services: the context back in its slot; no peer yet");
+        b.place(ok).comment("services: the context back in its slot; no peer yet");
         b.load(Size::DW, Reg::R1, Reg::R10, LB.base + LbFrame::CTX).store(
             Size::DW,
             Reg::R10,
@@ -1613,7 +1705,7 @@ impl Gen {
             Reg::R1,
         );
         b.store(Size::W, Reg::R10, FP_PEER, 0);
-        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, f.l("conntrack"));
+        b.jmp(JmpCond::Eq, Reg::R6, crate::maps::lb::LbReason::PassNoService as i32, self.fl(f).conntrack);
     }
 
     /// `from-endpoint`: the load balancer's forward path (DNAT), one copy per family (so
@@ -1625,7 +1717,7 @@ impl Gen {
     /// to the backend's (the packet itself is not read again: conntrack and policy work on
     /// the stack copy, forwarding reloads the packet pointers from the context).
     fn emit_lb_forward(&self, b: &mut Builder, f: Fam) {
-        let l = |name: &str| f.l(name);
+        let fl = self.fl(f);
         b.comment("services: the load balancer's forward path");
         self.emit_lb_call(b, f, LbPaths::ForwardOnly, ["svc_", "lb_done", "forward", "lb_ok"]);
         b.comment("services: translated: the tuple's destination and the policy port are the backend's");
@@ -1643,16 +1735,16 @@ impl Gen {
         if f.family == 4 {
             b.load(Size::W, Reg::R1, Reg::R10, new + 12);
             b.load(Size::W, Reg::R2, Reg::R10, FP_CT);
-            b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, l("conntrack"));
+            b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, fl.conntrack);
         } else {
             for half in [0i16, 8] {
                 b.load(Size::DW, Reg::R1, Reg::R10, new + half);
                 b.load(Size::DW, Reg::R2, Reg::R10, FP_CT + half);
-                b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, l("conntrack"));
+                b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, fl.conntrack);
             }
         }
         self.emit_store_hairpin(b, f, FP_CT);
-        b.ja(label(Reason::AllowHairpin));
+        b.ja(self.site(Reason::AllowHairpin));
     }
 
     /// `from-endpoint`, for a packet to the hairpin address of family `f`: the load
@@ -1660,8 +1752,7 @@ impl Gen {
     /// skips conntrack and policy, as its connection's forward direction did; a miss goes
     /// on as any packet; a failed rewrite drops (counted in `lb_stats` only).
     fn emit_lb_hairpin_reply(&self, b: &mut Builder, f: Fam) {
-        let l = |name: &str| f.l(name);
-        b.label(l("lb_hairpin_reply")).comment("services: the load balancer's hairpin reply path");
+        b.place(self.fl(f).lb_hairpin_reply).comment("services: the load balancer's hairpin reply path");
         self.emit_lb_call(b, f, LbPaths::HairpinReply, ["svchp_", "lb_hp_done", "hairpin_reply", "lb_hp_ok"]);
         b.comment(
             "services: hairpin reply translated: the tuple is the frontend → the endpoint; on to forwarding",
@@ -1675,29 +1766,38 @@ impl Gen {
         }
         b.load(Size::H, Reg::R1, Reg::R10, new + 16);
         b.store(Size::H, Reg::R10, FP_CT + f.sport, Reg::R1);
-        b.ja(label(Reason::AllowHairpin));
+        b.ja(self.site(Reason::AllowHairpin));
     }
 
     /// `to-endpoint`, at the exit of an allowed packet whose L4 header the parse recorded:
     /// the load balancer's reply path (reverse NAT: the backend's source back to the
     /// frontend), counted in `lb_stats`; its verdict is the program's.
     fn emit_lb_reply(&self, b: &mut Builder) {
+        let [filter_v6, reply_frame, reply_v6, reply, no_service, done] = [
+            "services_filter_v6",
+            "services_reply_frame",
+            "services_reply_v6",
+            "services_reply",
+            "services_reply_no_service",
+            "services_reply_done",
+        ]
+        .map(|n| b.new_label(n));
         b.comment("services: reverse NAT of an allowed packet with an L4 header");
-        b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, "return_verdict");
+        b.jmp(JmpCond::Ne, Reg::R7, TC_ACT_OK, self.l.return_verdict);
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
-        b.jmp(JmpCond::Eq, Reg::R1, 0, "return_verdict");
+        b.jmp(JmpCond::Eq, Reg::R1, 0, self.l.return_verdict);
         b.comment("services: the backend filter on the tuple before the frame is set up");
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
-        b.jmp(JmpCond::Eq, Reg::R1, 6, "services_filter_v6");
+        b.jmp(JmpCond::Eq, Reg::R1, 6, filter_v6);
         for f in [V4, V6] {
             if f.family == 6 {
-                b.label("services_filter_v6");
+                b.place(filter_v6);
             }
             let (addr, port) = (self.hint_addr(f, FP_CT), FP_CT + f.sport);
-            emit_hint_filter(b, Hint::Backend, addr, port, FP_FAM + 1, FP_KEY, "services_reply_no_service");
-            b.ja("services_reply_frame");
+            emit_hint_filter(b, Hint::Backend, addr, port, FP_FAM + 1, FP_KEY, no_service);
+            b.ja(reply_frame);
         }
-        b.label("services_reply_frame").comment("services: the load balancer's frame");
+        b.place(reply_frame).comment("services: the load balancer's frame");
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS + 4);
         b.store(Size::W, Reg::R10, LB.base + LbFrame::L4, Reg::R1);
         b.load(Size::W, Reg::R1, Reg::R10, FP_LB_OFFS).store(
@@ -1713,19 +1813,19 @@ impl Gen {
             Reg::R1,
         );
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
-        b.jmp(JmpCond::Eq, Reg::R1, 6, "services_reply_v6");
+        b.jmp(JmpCond::Eq, Reg::R1, 6, reply_v6);
         self.emit_lb_tuple(b, V4);
-        b.ja("services_reply");
-        b.label("services_reply_v6");
+        b.ja(reply);
+        b.place(reply_v6);
         self.emit_lb_tuple(b, V6);
-        b.label("services_reply");
+        b.place(reply);
         let options =
             LbOptions { conntrack: true, paths: LbPaths::ReplyOnly, reset: ResetVia::Egress, filtered: true };
-        emit_service_lb(b, LB, LbLabels { prefix: "svc_", exit: "services_reply_done" }, options);
-        b.label("services_reply_no_service").comment("services: from no backend (its filter bit clear)");
+        emit_service_lb(b, LB, LbLabels { prefix: "svc_", exit: done }, options);
+        b.place(no_service).comment("services: from no backend (its filter bit clear)");
         let pass = crate::maps::lb::LbReason::PassNoService;
         b.mov(Reg::R6, pass as i32).mov(Reg::R7, pass.verdict());
-        b.label("services_reply_done");
+        b.place(done);
         self.emit_lb_count(b, "reply");
         b.mov(Reg::R0, Reg::R7).exit();
     }
@@ -1750,9 +1850,10 @@ impl Gen {
         b.store(Size::W, Reg::R10, ev(event::DST_IDENTITY), dst);
         b.comment("ports and addresses, by family");
         b.load(Size::B, Reg::R1, Reg::R10, FP_FAM);
-        b.jmp(JmpCond::Eq, Reg::R1, 6, "event_v6");
-        for (f, name) in [(V4, "event_v4"), (V6, "event_v6")] {
-            b.label(name);
+        let [event_v4, event_v6, output] = ["event_v4", "event_v6", "event_output"].map(|n| b.new_label(n));
+        b.jmp(JmpCond::Eq, Reg::R1, 6, event_v6);
+        for (f, at) in [(V4, event_v4), (V6, event_v6)] {
+            b.place(at);
             b.load(Size::W, Reg::R1, Reg::R10, FP_CT + f.sport).store(
                 Size::W,
                 Reg::R10,
@@ -1773,9 +1874,9 @@ impl Gen {
                     }
                 }
             }
-            b.ja("event_output");
+            b.ja(output);
         }
-        b.label("event_output");
+        b.place(output);
         b.ld_map(Reg::R1, map::EVENTS);
         b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_EV));
         b.mov(Reg::R3, event::SIZE as i32);

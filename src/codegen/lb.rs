@@ -83,7 +83,7 @@
 //!
 //! Every verdict is counted per reason ([`LbReason`]) in the per-CPU array `lb_stats`.
 
-use super::kit;
+use super::kit::{self, Ipv4Checks, VerdictSites};
 use super::{emit_count_and_exit, emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels};
 use crate::lb::hash::FLOW_HASH_SEED;
 use crate::maps::fwd::V4_MAPPED_WORD;
@@ -94,10 +94,11 @@ use crate::maps::lb::{
     LbReason,
 };
 use crate::maps::names as map;
+use crate::packet::{ipv4::field as ipv4, ipv6::field as ipv6};
 use sluice_asm::helpers::{
     KTIME_GET_COARSE_NS, L4_CSUM_REPLACE, REDIRECT, REDIRECT_PEER, SKB_LOAD_BYTES, SKB_STORE_BYTES,
 };
-use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size, Target};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::uapi::SkBuff;
 
@@ -108,8 +109,8 @@ pub const HAIRPIN_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(169, 254, 42,
 pub const HAIRPIN_V6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0xfd00, 0x5c1e, 0, 0, 0, 0, 0, 1);
 
 use crate::uapi::{
-    BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK,
-    TCP_FIN, TCP_RST, TCP_SYN,
+    BPF_F_IPV6, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, IPPROTO_SCTP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST,
+    TCP_SYN,
 };
 
 /// `__sk_buff.ifindex`.
@@ -277,7 +278,7 @@ impl Default for LbOptions {
 pub struct LbLabels<'a> {
     /// Prefix of the names the emitter's labels show in the listing.
     pub prefix: &'a str,
-    pub exit: &'a str,
+    pub exit: Label,
 }
 
 /// The labels of one [`emit_service_lb`] call: ids ([`Builder::new_label`]), so the emitter
@@ -285,7 +286,7 @@ pub struct LbLabels<'a> {
 /// listing.
 struct Labels<'a> {
     prefix: &'a str,
-    exit: &'a str,
+    exit: Label,
     csum_done: Label,
     reply: Label,
     forward_miss: Label,
@@ -517,8 +518,7 @@ pub fn emit_service_lb(b: &mut Builder, f: LbFrame, l: LbLabels<'_>, o: LbOption
         (LbReason::NoBackend, lb.no_backend_site),
         (LbReason::RewriteFailed, lb.rewrite_failed),
     ] {
-        b.place(site).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(lb.exit);
+        kit::verdict_site(b, site, r, lb.exit);
     }
 }
 
@@ -539,8 +539,7 @@ fn emit_reply_only(b: &mut Builder, f: LbFrame, lb: &Labels<'_>, o: LbOptions) {
         b.ja(lb.pass_no_service);
     }
     for (r, site) in sites {
-        b.place(site).comment(format!("verdict: {}", r.name()));
-        b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja(lb.exit);
+        kit::verdict_site(b, site, r, lb.exit);
     }
 }
 
@@ -658,15 +657,15 @@ fn emit_reset(b: &mut Builder, f: LbFrame, prefix: &str, via: ResetVia, fail: La
     b.store(Size::H, Reg::R10, ports, Reg::R1);
     b.load(Size::H, Reg::R1, Reg::R10, t(ct_key::SPORT));
     b.store(Size::H, Reg::R10, ports + 2, Reg::R1);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), 0, ports, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L4), L4_PORTS.into(), ports, 4);
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
     b.jmp(JmpCond::Eq, Reg::R1, 6, swap6);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 12, t(ct_key::DADDR) + 12, 4);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 16, t(ct_key::SADDR) + 12, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V4_SRC.into(), t(ct_key::DADDR) + 12, 4);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V4_DST.into(), t(ct_key::SADDR) + 12, 4);
     b.ja(macs_l);
     b.place(swap6);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 8, t(ct_key::DADDR), 16);
-    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), 24, t(ct_key::SADDR), 16);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V6_SRC.into(), t(ct_key::DADDR), 16);
+    bytes(b, SKB_STORE_BYTES, Some(LbFrame::L3), V6_DST.into(), t(ct_key::SADDR), 16);
     b.place(macs_l);
     bytes(b, SKB_LOAD_BYTES, None, 0, macs, 12);
     bytes(b, SKB_STORE_BYTES, None, 0, macs + 6, 6);
@@ -933,9 +932,8 @@ pub fn emit_hint_filter(
     port: i16,
     proto: i16,
     key: i16,
-    clear: impl Into<Target>,
+    clear: Label,
 ) {
-    let clear: Target = clear.into();
     let (element, what) = match which {
         Hint::Frontend => (hint::FRONTEND, "frontend? lb_hint[FRONTEND]"),
         Hint::Backend => (hint::BACKEND, "backend? lb_hint[BACKEND]"),
@@ -945,7 +943,7 @@ pub fn emit_hint_filter(
     b.mov(Reg::R6, Reg::R1);
     b.store(Size::W, Reg::R10, key, element as i32);
     kit::map_lookup(b, map::LB_HINT, key);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, clear.clone());
+    b.jmp(JmpCond::Eq, Reg::R0, 0, clear);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Rsh, Reg::R1, 3).alu(AluOp::And, Reg::R1, (hint::BYTES - 1) as i32);
     b.add(Reg::R0, Reg::R1);
     b.load(Size::B, Reg::R1, Reg::R0, 0);
@@ -1024,8 +1022,8 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
         (id("v6"), id("v4_port"), id("v6_port"), id("port"), id("done"));
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
     let (old_addr, old_port, v4_off, v6_off, port_off) = match side {
-        Side::Source => (t(ct_key::SADDR), t(ct_key::SPORT), 12i16, 8i16, 0i16),
-        Side::Destination => (t(ct_key::DADDR), t(ct_key::DPORT), 16, 24, 2),
+        Side::Source => (t(ct_key::SADDR), t(ct_key::SPORT), V4_SRC, V6_SRC, L4_SPORT),
+        Side::Destination => (t(ct_key::DADDR), t(ct_key::DPORT), V4_DST, V6_DST, L4_DPORT),
     };
     let ctx = f.at(LbFrame::CTX);
     let l4_csum = |b: &mut Builder, old: i16, new: i16, size: Size, skip: Label| {
@@ -1055,8 +1053,8 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     b.load(Size::B, Reg::R1, Reg::R10, f.at(LbFrame::FAMILY));
     b.jmp(JmpCond::Eq, Reg::R1, 6, is_v6);
     b.comment("ipv4: header checksum += ~old + new, 16 bits at a time; then the address");
-    guard(b, Reg::R7, 20, fail);
-    b.load(Size::H, Reg::R1, Reg::R7, 10);
+    guard(b, Reg::R7, ipv4::HEADER_LEN as i32, fail);
+    b.load(Size::H, Reg::R1, Reg::R7, V4_CHECKSUM);
     b.alu(AluOp::Xor, Reg::R1, 0xffff);
     for (addr, invert) in [(old_addr + 12, true), (new + 12, false)] {
         b.load(Size::W, Reg::R2, Reg::R10, addr);
@@ -1071,7 +1069,7 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
         b.add(Reg::R1, Reg::R2);
     }
     b.alu(AluOp::Xor, Reg::R1, 0xffff);
-    b.store(Size::H, Reg::R7, 10, Reg::R1);
+    b.store(Size::H, Reg::R7, V4_CHECKSUM, Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R10, new + 12);
     b.store(Size::W, Reg::R7, v4_off, Reg::R1);
     b.comment("the port (never changed for SCTP: see the model); then the L4 checksum helpers");
@@ -1081,7 +1079,7 @@ fn emit_rewrite(b: &mut Builder, f: LbFrame, tag: &str, side: Side, new: i16, po
     l4_csum(b, old_addr + 12, new + 12, Size::W, port_l);
     b.ja(port_l);
     b.place(is_v6).comment("ipv6: the address (no header checksum)");
-    guard(b, Reg::R7, 40, fail);
+    guard(b, Reg::R7, ipv6::HEADER_LEN as i32, fail);
     for word in [0i16, 4, 8, 12] {
         b.load(Size::W, Reg::R1, Reg::R10, new + word);
         b.store(Size::W, Reg::R7, v6_off + word, Reg::R1);
@@ -1129,11 +1127,16 @@ fn emit_port_store(b: &mut Builder, old: i16, new: i16, off: i16, skip: Label) {
     b.place(skip);
 }
 
-/// Verdict sites of the standalone program's parser.
-fn pass(b: &mut Builder, r: LbReason) {
-    b.label(r.name()).comment(format!("verdict: {}", r.name()));
-    b.mov(Reg::R6, r as i32).mov(Reg::R7, r.verdict()).ja("exit");
-}
+/// Header fields the rewrites write, from `packet::*::field`: IPv4 and IPv6 addresses, the
+/// IPv4 header checksum, and the ports every L4 header this balancer handles starts with.
+const V4_SRC: i16 = ipv4::SRC_ADDR.start as i16;
+const V4_DST: i16 = ipv4::DST_ADDR.start as i16;
+const V4_CHECKSUM: i16 = ipv4::CHECKSUM.start as i16;
+const V6_SRC: i16 = ipv6::SRC_ADDR.start as i16;
+const V6_DST: i16 = ipv6::DST_ADDR.start as i16;
+const L4_PORTS: i16 = crate::packet::udp::field::SRC_PORT.start as i16;
+const L4_SPORT: i16 = crate::packet::udp::field::SRC_PORT.start as i16;
+const L4_DPORT: i16 = crate::packet::udp::field::DST_PORT.start as i16;
 
 /// The standalone tc program `lb` (see the module header).
 pub fn generate() -> Result<Program, CodegenError> {
@@ -1149,9 +1152,12 @@ pub fn generate_with(options: LbOptions) -> Result<Program, CodegenError> {
 /// emitter works at any base).
 pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenError> {
     let t = |off: usize| f.at(LbFrame::TUPLE) + off as i16;
-    let malformed = LbReason::PassMalformed.name();
-    let not_l4 = LbReason::PassNotL4.name();
     let mut b = Builder::new();
+    let exit = b.new_label("exit");
+    let v =
+        VerdictSites::new(&mut b, [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed], exit);
+    let (malformed, not_l4) = (v.of(LbReason::PassMalformed), v.of(LbReason::PassNotL4));
+    let [ipv4, ipv6, l4] = ["ipv4", "ipv6", "l4"].map(|n| b.new_label(n));
     f.declare(&mut b);
     b.comment("tc service load balancer: keep ctx; zero the tuple; r8 = data, r9 = data_end");
     b.store(Size::DW, Reg::R10, f.at(LbFrame::CTX), Reg::R1);
@@ -1162,73 +1168,57 @@ pub fn generate_in(options: LbOptions, f: LbFrame) -> Result<Program, CodegenErr
     emit_ethernet(
         &mut b,
         EthLabels {
-            ipv4: "ipv4",
-            ipv6: "ipv6",
-            not_ip: LbReason::PassNotIp.name(),
+            ipv4,
+            ipv6,
+            not_ip: v.of(LbReason::PassNotIp),
             truncated_ethernet: malformed,
             truncated_vlan: malformed,
             vlan_too_deep: malformed,
         },
     );
 
-    b.label("ipv4").comment("ipv4: header with options; later fragments pass; r6 = the L4 header");
-    guard(&mut b, Reg::R7, 20, malformed);
-    b.load(Size::B, Reg::R2, Reg::R7, 0);
-    b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
-    b.jmp(JmpCond::Ne, Reg::R3, 0x40, malformed);
-    b.alu(AluOp::And, Reg::R2, 0x0f);
-    b.jmp(JmpCond::Lt, Reg::R2, 5, malformed);
-    b.alu(AluOp::Lsh, Reg::R2, 2);
-    b.mov(Reg::R6, Reg::R7).add(Reg::R6, Reg::R2);
-    b.load(Size::H, Reg::R1, Reg::R7, 6);
+    b.place(ipv4).comment("ipv4: header with options; later fragments pass; r6 = the L4 header");
+    kit::ipv4_header(&mut b, Reg::R6, Ipv4Checks { truncated: malformed, malformed, whole_header: false });
+    b.comment(
+        "a fragment (more fragments, or an offset): flags and offset, as a little-endian load sees them",
+    );
+    b.load(Size::H, Reg::R1, Reg::R7, ipv4::FLG_OFF.start as i16);
     b.alu(AluOp::And, Reg::R1, 0xff1f);
     b.jmp(JmpCond::Ne, Reg::R1, 0, not_l4);
     b.comment("the tuple: IPv4-mapped addresses, protocol");
-    for (field, off) in [(ct_key::SADDR, 12i16), (ct_key::DADDR, 16)] {
+    for (field, off) in
+        [(ct_key::SADDR, ipv4::SRC_ADDR.start as i16), (ct_key::DADDR, ipv4::DST_ADDR.start as i16)]
+    {
         b.store(Size::W, Reg::R10, t(field) + 8, V4_MAPPED_WORD as i32);
         b.load(Size::W, Reg::R1, Reg::R7, off).store(Size::W, Reg::R10, t(field) + 12, Reg::R1);
     }
-    b.load(Size::B, Reg::R1, Reg::R7, 9);
+    b.load(Size::B, Reg::R1, Reg::R7, ipv4::PROTOCOL as i16);
     b.store(Size::B, Reg::R10, f.at(LbFrame::FAMILY), 4);
-    b.ja("l4");
+    b.ja(l4);
 
-    b.label("ipv6").comment("ipv6: fixed header only (an extension header passes untouched)");
-    guard(&mut b, Reg::R7, 40, malformed);
-    b.load(Size::B, Reg::R2, Reg::R7, 0);
-    b.alu(AluOp::And, Reg::R2, 0xf0);
-    b.jmp(JmpCond::Ne, Reg::R2, 0x60, malformed);
-    for (i, off) in [8i16, 16, 24, 32].into_iter().enumerate() {
+    b.place(ipv6).comment("ipv6: fixed header only (an extension header passes untouched)");
+    kit::ipv6_header(&mut b, malformed, malformed);
+    for i in 0..4usize {
+        let off = (ipv6::SRC_ADDR.start + 8 * i) as i16;
         b.load(Size::DW, Reg::R1, Reg::R7, off).store(Size::DW, Reg::R10, t(0) + 8 * i as i16, Reg::R1);
     }
-    b.load(Size::B, Reg::R1, Reg::R7, 6);
-    b.mov(Reg::R6, Reg::R7).add(Reg::R6, 40);
+    b.load(Size::B, Reg::R1, Reg::R7, ipv6::NXT_HDR as i16);
+    b.mov(Reg::R6, Reg::R7).add(Reg::R6, ipv6::HEADER_LEN as i32);
     b.store(Size::B, Reg::R10, f.at(LbFrame::FAMILY), 6);
 
-    b.label("l4").comment("r1 = protocol: tcp (20 bytes), udp (8), sctp (12); offsets for the helpers");
+    b.place(l4).comment("r1 = protocol: tcp (20 bytes), udp (8), sctp (12); offsets for the helpers");
     b.store(Size::B, Reg::R10, t(ct_key::PROTO), Reg::R1);
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_TCP, "tcp");
-    b.jmp(JmpCond::Eq, Reg::R1, IPPROTO_UDP, "udp");
-    b.jmp(JmpCond::Ne, Reg::R1, IPPROTO_SCTP, not_l4);
-    guard(&mut b, Reg::R6, 12, malformed);
-    b.ja("ports");
-    b.label("tcp");
-    guard(&mut b, Reg::R6, 20, malformed);
-    b.ja("ports");
-    b.label("udp");
-    guard(&mut b, Reg::R6, 8, malformed);
-    b.label("ports");
+    kit::l4_whole_header(&mut b, Reg::R1, Reg::R6, malformed, Some(not_l4), "");
     b.load(Size::W, Reg::R1, Reg::R6, 0).store(Size::W, Reg::R10, t(ct_key::SPORT), Reg::R1);
     b.mov(Reg::R1, Reg::R7).alu(AluOp::Sub, Reg::R1, Reg::R8);
     b.store(Size::W, Reg::R10, f.at(LbFrame::L3), Reg::R1);
     b.mov(Reg::R1, Reg::R6).alu(AluOp::Sub, Reg::R1, Reg::R8);
     b.store(Size::W, Reg::R10, f.at(LbFrame::L4), Reg::R1);
 
-    emit_service_lb(&mut b, f, LbLabels { prefix: "lb_", exit: "exit" }, options);
+    emit_service_lb(&mut b, f, LbLabels { prefix: "lb_", exit }, options);
 
-    for r in [LbReason::PassNotIp, LbReason::PassNotL4, LbReason::PassMalformed] {
-        pass(&mut b, r);
-    }
-    emit_count_and_exit(&mut b, "exit", map::LB_STATS);
+    v.emit(&mut b);
+    emit_count_and_exit(&mut b, exit, map::LB_STATS);
     b.build().map(crate::mutate::program_seam).map_err(|source| CodegenError::Build { object: "lb", source })
 }
 

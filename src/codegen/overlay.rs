@@ -76,28 +76,29 @@ const FP_TUNNEL_KEY: i16 = -(((tunnel_key_struct::SIZE + 7) & !7) as i16);
 /// Generate `from-overlay` (see the module doc).
 pub fn generate_from_overlay() -> Result<Program, CodegenError> {
     let mut b = Builder::new();
+    let (read_key, pass) = (b.new_label("read_key"), b.new_label("pass"));
     b.stack_slot("tunnel_key", FP_TUNNEL_KEY, tunnel_key_struct::SIZE as u16);
     b.mov(Reg::R6, Reg::R1);
     b.comment("identities on the wire only in cluster mode (fwd_cfg IDENTITY)");
     b.ld_map_value(Reg::R1, map::FWD_CFG, 0);
     b.load(Size::W, Reg::R1, Reg::R1, fwd_cfg::FLAGS as i16);
-    b.jmp(JmpCond::Set, Reg::R1, fwd_cfg::IDENTITY as i32, "read_key");
-    b.ja("pass");
-    b.label("read_key");
+    b.jmp(JmpCond::Set, Reg::R1, fwd_cfg::IDENTITY as i32, read_key);
+    b.ja(pass);
+    b.place(read_key);
     b.mov(Reg::R1, Reg::R6);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_TUNNEL_KEY));
     b.mov(Reg::R3, tunnel_key_struct::SIZE as i32);
     b.mov(Reg::R4, 0);
     b.call(SKB_GET_TUNNEL_KEY);
-    b.jmp(JmpCond::Ne, Reg::R0, 0, "pass");
+    b.jmp(JmpCond::Ne, Reg::R0, 0, pass);
     b.load(Size::W, Reg::R1, Reg::R10, FP_TUNNEL_KEY + tunnel_key_struct::TUNNEL_ID as i16);
     b.comment("VNI 0 or beyond the label-set range: no identity, the ipcache decides");
-    b.jmp(JmpCond::Eq, Reg::R1, 0, "pass");
-    b.jmp(JmpCond::Gt, Reg::R1, MAX_WIRE_IDENTITY as i32, "pass");
+    b.jmp(JmpCond::Eq, Reg::R1, 0, pass);
+    b.jmp(JmpCond::Gt, Reg::R1, MAX_WIRE_IDENTITY as i32, pass);
     b.alu(AluOp::Lsh, Reg::R1, 16);
     b.alu(AluOp::Or, Reg::R1, MARK_MAGIC_IDENTITY as i32);
     b.store(Size::W, Reg::R6, SKB_MARK, Reg::R1);
-    b.label("pass");
+    b.place(pass);
     b.mov(Reg::R0, TC_ACT_OK).exit();
     b.build().map_err(|source| CodegenError::Build { object: FROM_OVERLAY, source })
 }

@@ -7,11 +7,8 @@
 //! present) or IPv6 (the fixed header; extension headers do not move the source address).
 //! Every verdict is counted per [`Reason`] in `pf_stats`.
 
-use super::kit;
-use super::{
-    emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_verdict, emit_xdp_packet_pointers,
-    guard,
-};
+use super::kit::{self, Ipv4Checks, VerdictSites};
+use super::{emit_be32, emit_count_and_exit, emit_ethernet, emit_field32, emit_xdp_packet_pointers};
 use super::{CodegenError, EthLabels};
 use crate::maps::names as map;
 use crate::maps::prefilter::{meta, slot, Reason, CHILD, DENY, PASS, V6_LPM};
@@ -28,50 +25,46 @@ const V6_SRC: i16 = ipv6::SRC_ADDR.start as i16;
 /// The program's name (kernel-visible and pin name).
 pub const NAME: &str = "prefilter";
 
-fn label(r: Reason) -> &'static str {
-    r.name()
-}
-
 /// Generate the prefilter program.
 pub fn generate() -> Result<Program, CodegenError> {
     let mut b = Builder::new();
     b.stack_slot("key", FP_KEY, 4);
     b.stack_slot("lpm_key.prefixlen", FP_LPM_KEY, 4);
     b.stack_slot("lpm_key.addr", FP_LPM_KEY + 4, 16);
+    let count = b.new_label("count");
+    let v = VerdictSites::new(&mut b, Reason::ALL, count);
+    let (ipv4, ipv6) = (b.new_label("ipv4"), b.new_label("ipv6"));
     emit_xdp_packet_pointers(&mut b);
     emit_ethernet(
         &mut b,
         EthLabels {
-            ipv4: "ipv4",
-            ipv6: "ipv6",
-            not_ip: label(Reason::NotIp),
-            truncated_ethernet: label(Reason::TruncatedEthernet),
-            truncated_vlan: label(Reason::TruncatedVlan),
-            vlan_too_deep: label(Reason::VlanTooDeep),
+            ipv4,
+            ipv6,
+            not_ip: v.of(Reason::NotIp),
+            truncated_ethernet: v.of(Reason::TruncatedEthernet),
+            truncated_vlan: v.of(Reason::TruncatedVlan),
+            vlan_too_deep: v.of(Reason::VlanTooDeep),
         },
     );
-    emit_ipv4(&mut b);
-    emit_ipv6(&mut b);
-    for r in Reason::ALL {
-        emit_verdict(&mut b, label(r), r as i32, r.verdict(), "count");
-    }
-    emit_count_and_exit(&mut b, "count", map::PF_STATS);
+    b.place(ipv4);
+    emit_ipv4(&mut b, &v);
+    b.place(ipv6);
+    emit_ipv6(&mut b, &v);
+    v.emit(&mut b);
+    emit_count_and_exit(&mut b, v.exit(), map::PF_STATS);
     b.build().map(crate::mutate::program_seam).map_err(|source| CodegenError::Build { object: NAME, source })
 }
 
 /// IPv4: check the header, then walk the DIR-16-8-8 tables with the source address.
-fn emit_ipv4(b: &mut Builder) {
-    let (pass, deny) = (label(Reason::PassV4), label(Reason::DenyV4));
-    b.label("ipv4").comment("ipv4: fixed header, version, ihl, options");
-    guard(b, Reg::R7, ipv4::HEADER_LEN as i32, label(Reason::TruncatedIpv4));
-    b.load(Size::B, Reg::R2, Reg::R7, 0);
-    b.mov(Reg::R3, Reg::R2).alu(AluOp::And, Reg::R3, 0xf0);
-    b.jmp(JmpCond::Ne, Reg::R3, 0x40, label(Reason::MalformedIpv4));
-    b.alu(AluOp::And, Reg::R2, 0x0f);
-    b.jmp(JmpCond::Lt, Reg::R2, 5, label(Reason::MalformedIpv4));
-    b.alu(AluOp::Lsh, Reg::R2, 2);
-    b.mov(Reg::R3, Reg::R7).add(Reg::R3, Reg::R2);
-    b.jmp(JmpCond::Gt, Reg::R3, Reg::R9, label(Reason::TruncatedIpv4));
+fn emit_ipv4(b: &mut Builder, v: &VerdictSites<Reason>) {
+    let (pass, deny) = (v.of(Reason::PassV4), v.of(Reason::DenyV4));
+    b.comment("ipv4: fixed header, version, ihl, options");
+    let checks = Ipv4Checks {
+        truncated: v.of(Reason::TruncatedIpv4),
+        malformed: v.of(Reason::MalformedIpv4),
+        whole_header: true,
+    };
+    kit::ipv4_header(b, Reg::R3, checks);
     b.comment("r6 = source address, host order");
     b.load(Size::W, Reg::R6, Reg::R7, ipv4::SRC_ADDR.start as i16);
     emit_be32(b, Reg::R6);
@@ -112,13 +105,11 @@ fn emit_ipv4(b: &mut Builder) {
 
 /// IPv6: check the fixed header, then the /16 array, the /32 cuckoo table with its inline
 /// prefix, and the LPM trie for what overflows.
-fn emit_ipv6(b: &mut Builder) {
-    let (pass, deny) = (label(Reason::PassV6), label(Reason::DenyV6));
-    b.label("ipv6").comment("ipv6: fixed header, version");
-    guard(b, Reg::R7, ipv6::HEADER_LEN as i32, label(Reason::TruncatedIpv6));
-    b.load(Size::B, Reg::R2, Reg::R7, 0);
-    b.alu(AluOp::And, Reg::R2, 0xf0);
-    b.jmp(JmpCond::Ne, Reg::R2, 0x60, label(Reason::MalformedIpv6));
+fn emit_ipv6(b: &mut Builder, v: &VerdictSites<Reason>) {
+    let (pass, deny) = (v.of(Reason::PassV6), v.of(Reason::DenyV6));
+    let (slot_found, lpm) = (b.new_label("ipv6_slot"), b.new_label("ipv6_lpm"));
+    b.comment("ipv6: fixed header, version");
+    kit::ipv6_header(b, v.of(Reason::TruncatedIpv6), v.of(Reason::MalformedIpv6));
     b.comment("r6 = source address bits 0..32, host order");
     b.load(Size::W, Reg::R6, Reg::R7, V6_SRC);
     emit_be32(b, Reg::R6);
@@ -130,7 +121,7 @@ fn emit_ipv6(b: &mut Builder) {
     b.load(Size::W, Reg::R0, Reg::R1, 0);
     b.jmp(JmpCond::Eq, Reg::R0, PASS as i32, pass);
     b.jmp(JmpCond::Eq, Reg::R0, DENY as i32, deny);
-    b.jmp(JmpCond::Eq, Reg::R0, V6_LPM as i32, "ipv6_lpm");
+    b.jmp(JmpCond::Eq, Reg::R0, V6_LPM as i32, lpm);
     b.comment("level 2: the cuckoo table pf_v6_l2 of /32 keys; pf_meta says which half is live");
     b.ld_map_value(Reg::R1, map::PF_META, meta::V6_CONF as u32);
     b.comment("r9 = shift, r8 = base bucket (the packet pointers are no longer needed)");
@@ -138,32 +129,32 @@ fn emit_ipv6(b: &mut Builder) {
     b.mov32(Reg::R8, Reg::R9).alu32(AluOp::Rsh, Reg::R8, 8);
     b.alu32(AluOp::And, Reg::R9, 0xff);
     for (h, mul) in V6_HASH_MUL.into_iter().enumerate() {
-        let next_bucket = format!("ipv6_bucket_{}", h + 1);
+        let next_bucket = b.new_label(&format!("ipv6_bucket_{}", h + 1));
         b.comment(format!("bucket {h}: base + (key * {mul:#x}) >> shift"));
         b.mov32(Reg::R1, Reg::R6).alu32(AluOp::Mul, Reg::R1, mul as i32);
         b.alu32(AluOp::Rsh, Reg::R1, Reg::R9).alu32(AluOp::Add, Reg::R1, Reg::R8);
         b.store(Size::W, Reg::R10, FP_KEY, Reg::R1);
         kit::map_lookup(b, map::PF_V6_L2, FP_KEY);
-        b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket.as_str());
+        b.jmp(JmpCond::Eq, Reg::R0, 0, next_bucket);
         for s in 0..V6_SLOTS {
             let at = (s * slot::SIZE) as i16;
-            let next = format!("ipv6_slot_{h}_{}", s + 1);
+            let next = b.new_label(&format!("ipv6_slot_{h}_{}", s + 1));
             b.load(Size::W, Reg::R1, Reg::R0, at + slot::KEY as i16);
-            b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next.as_str());
+            b.jmp(JmpCond::Ne, Reg::R1, Reg::R6, next);
             b.load(Size::W, Reg::R1, Reg::R0, at + slot::STATE as i16);
-            b.jmp(JmpCond::Eq, Reg::R1, SLOT_EMPTY as i32, next.as_str());
+            b.jmp(JmpCond::Eq, Reg::R1, SLOT_EMPTY as i32, next);
             if at != 0 {
                 b.add(Reg::R0, i32::from(at));
             }
-            b.ja("ipv6_slot");
-            b.label(next.as_str());
+            b.ja(slot_found);
+            b.place(next);
         }
-        b.label(next_bucket.as_str());
+        b.place(next_bucket);
     }
     b.ja(pass);
-    b.label("ipv6_slot").comment("r0 = the /32's slot, r1 = its state");
+    b.place(slot_found).comment("r0 = the /32's slot, r1 = its state");
     b.jmp(JmpCond::Eq, Reg::R1, SLOT_DENY_ALL as i32, deny);
-    b.jmp(JmpCond::Eq, Reg::R1, SLOT_LPM as i32, "ipv6_lpm");
+    b.jmp(JmpCond::Eq, Reg::R1, SLOT_LPM as i32, lpm);
     b.comment("one inline prefix: r3 = address bits 32..96, r4 = bits 96..128, host order");
     b.load(Size::W, Reg::R3, Reg::R7, V6_SRC + 4);
     emit_be32(b, Reg::R3);
@@ -182,7 +173,7 @@ fn emit_ipv6(b: &mut Builder) {
     b.load(Size::W, Reg::R2, Reg::R0, slot::PREFIX_LO as i16);
     b.jmp(JmpCond::Eq, Reg::R1, Reg::R2, deny);
     b.ja(pass);
-    b.label("ipv6_lpm").comment("overflow: pf_v6_lpm, key {prefixlen = 128, source address}");
+    b.place(lpm).comment("overflow: pf_v6_lpm, key {prefixlen = 128, source address}");
     b.store(Size::W, Reg::R10, FP_LPM_KEY, 128);
     for w in 0..4i16 {
         b.load(Size::W, Reg::R1, Reg::R7, V6_SRC + 4 * w);

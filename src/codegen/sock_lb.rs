@@ -57,7 +57,7 @@ use crate::maps::lb::{
 use crate::maps::names as map;
 use crate::maps::MapDef;
 use sluice_asm::helpers::{GET_SOCKET_COOKIE, KTIME_GET_NS};
-use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size};
 pub use sluice_verifier_sim::spec::SockAddrHook;
 use sluice_verifier_sim::spec::{sock_addr as ctx, ProgKind};
 
@@ -65,7 +65,7 @@ use crate::uapi::{
     IPPROTO_SCTP as PROTO_SCTP, IPPROTO_TCP as PROTO_TCP, IPPROTO_UDP as PROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
 };
 /// The third word of an IPv4-mapped address (`00 00 ff ff`) as a `u32` load sees it.
-const V4_MAPPED_WORD: i32 = u32::from_le_bytes([0, 0, 0xff, 0xff]) as i32;
+const V4_MAPPED_WORD: i32 = crate::maps::fwd::V4_MAPPED_WORD as i32;
 /// Nanoseconds per second (affinity timeouts are in seconds).
 const NS_PER_SEC: i32 = 1_000_000_000;
 
@@ -128,15 +128,16 @@ pub fn generate(hook: SockAddrHook) -> Result<Program, CodegenError> {
     let mut b = Builder::new();
     b.comment("r6 = ctx");
     b.mov(Reg::R6, Reg::R1);
+    let (pass, refuse) = (b.new_label("pass"), b.new_label("refuse"));
     if hook.is_forward() {
-        emit_forward(&mut b, hook);
+        emit_forward(&mut b, hook, pass, refuse);
     } else {
-        emit_reverse(&mut b, hook);
+        emit_reverse(&mut b, hook, pass);
     }
-    b.label("pass").comment("not a service, or done: go on");
+    b.place(pass).comment("not a service, or done: go on");
     b.mov(Reg::R0, 1).exit();
     if hook.is_forward() {
-        b.label("refuse").comment("no usable backend: the call fails with EPERM");
+        b.place(refuse).comment("no usable backend: the call fails with EPERM");
         b.mov(Reg::R0, 0).exit();
     }
     b.build()
@@ -162,7 +163,7 @@ fn emit_user_addr(b: &mut Builder, hook: SockAddrHook, at: i16) {
 
 /// Write the 16-byte address at `base + at` into the socket's user address. IPv4 hooks
 /// first check that it is IPv4 mapped (else `refuse`, when given).
-fn emit_set_user_addr(b: &mut Builder, hook: SockAddrHook, base: Reg, at: i16, refuse: Option<&str>) {
+fn emit_set_user_addr(b: &mut Builder, hook: SockAddrHook, base: Reg, at: i16, refuse: Option<Label>) {
     if hook.is_v6() {
         for w in 0..4i16 {
             b.load(Size::W, Reg::R1, base, at + 4 * w);
@@ -192,39 +193,41 @@ fn emit_aff_key(b: &mut Builder) {
     }
 }
 
-fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
+fn emit_forward(b: &mut Builder, hook: SockAddrHook, pass: Label, refuse: Label) {
     let key = slot::SVC_KEY;
+    let [have_proto, affinity, select, remember, backend] =
+        ["have_proto", "affinity", "select", "remember", "backend"].map(|n| b.new_label(n));
     b.comment("r3 = protocol: SOCK_DGRAM is UDP, SOCK_STREAM TCP (or SCTP), others untouched");
     b.load(Size::W, Reg::R2, Reg::R6, ctx::TYPE as i16);
     b.mov(Reg::R3, PROTO_UDP);
-    b.jmp(JmpCond::Eq, Reg::R2, SOCK_DGRAM, "have_proto");
-    b.jmp(JmpCond::Ne, Reg::R2, SOCK_STREAM, "pass");
+    b.jmp(JmpCond::Eq, Reg::R2, SOCK_DGRAM, have_proto);
+    b.jmp(JmpCond::Ne, Reg::R2, SOCK_STREAM, pass);
     b.load(Size::W, Reg::R3, Reg::R6, ctx::PROTOCOL as i16);
-    b.jmp(JmpCond::Eq, Reg::R3, PROTO_SCTP, "have_proto");
+    b.jmp(JmpCond::Eq, Reg::R3, PROTO_SCTP, have_proto);
     b.mov(Reg::R3, PROTO_TCP);
-    b.label("have_proto").comment("lb_svc key: {user address (IPv4 mapped), user_port, protocol, scope 0}");
+    b.place(have_proto).comment("lb_svc key: {user address (IPv4 mapped), user_port, protocol, scope 0}");
     emit_user_addr(b, hook, key + svc_key::ADDR as i16);
     b.load(Size::W, Reg::R1, Reg::R6, ctx::USER_PORT as i16);
     b.alu(AluOp::And, Reg::R1, 0xffff);
     b.alu(AluOp::Lsh, Reg::R3, 16).alu(AluOp::Or, Reg::R1, Reg::R3);
     b.store(Size::W, Reg::R10, key + svc_key::PORT as i16, Reg::R1);
     kit::map_lookup(b, map::LB_SVC, key);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "pass");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
     b.mov(Reg::R7, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::SLOTS as i16);
-    b.jmp(JmpCond::Eq, Reg::R1, 0, "refuse");
+    b.jmp(JmpCond::Eq, Reg::R1, 0, refuse);
     b.comment("r9 = socket cookie");
     b.mov(Reg::R1, Reg::R6).call(GET_SOCKET_COOKIE);
     b.mov(Reg::R9, Reg::R0);
 
     b.comment("ClientIP affinity: lb_aff[{svc_id, ::}] while fresh and its backend active");
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::FLAGS as i16);
-    b.jmp(JmpCond::Set, Reg::R1, svc_value::AFFINITY as i32, "affinity");
-    b.ja("select");
-    b.label("affinity");
+    b.jmp(JmpCond::Set, Reg::R1, svc_value::AFFINITY as i32, affinity);
+    b.ja(select);
+    b.place(affinity);
     emit_aff_key(b);
     kit::map_lookup(b, map::LB_AFF, slot::AFF_KEY);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "select");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, select);
     b.mov(Reg::R8, Reg::R0);
     b.call(KTIME_GET_NS);
     b.store(Size::DW, Reg::R10, slot::NOW, Reg::R0);
@@ -232,20 +235,20 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.alu(AluOp::Sub, Reg::R0, Reg::R1);
     b.load(Size::W, Reg::R2, Reg::R7, svc_value::AFFINITY_TIMEOUT as i16);
     b.alu(AluOp::Mul, Reg::R2, NS_PER_SEC);
-    b.jmp(JmpCond::Gt, Reg::R0, Reg::R2, "select");
+    b.jmp(JmpCond::Gt, Reg::R0, Reg::R2, select);
     b.load(Size::W, Reg::R1, Reg::R8, aff_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
     kit::map_lookup(b, map::LB_BE, slot::BE_KEY);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "select");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, select);
     b.load(Size::B, Reg::R1, Reg::R0, be_value::STATE as i16);
-    b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), "select");
+    b.jmp(JmpCond::Ne, Reg::R1, i32::from(be_value::ACTIVE), select);
     b.comment("refresh the entry; r8 = the backend");
     b.load(Size::DW, Reg::R1, Reg::R10, slot::NOW);
     b.store(Size::DW, Reg::R8, aff_value::LAST_USED as i16, Reg::R1);
     b.mov(Reg::R8, Reg::R0);
-    b.ja("backend");
+    b.ja(backend);
 
-    b.label("select").comment("r8 = flow_hash(cookie lo, cookie hi, the 5 lb_svc key words) % slots");
+    b.place(select).comment("r8 = flow_hash(cookie lo, cookie hi, the 5 lb_svc key words) % slots");
     b.mov32(Reg::R8, FLOW_HASH_SEED as i32);
     b.mov32(Reg::R1, Reg::R9);
     kit::flow_hash_word(b, Reg::R8, Reg::R1, Reg::R2);
@@ -263,15 +266,15 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SVC_ID as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::SLOT_KEY + slot_key::SLOT as i16, Reg::R8);
     kit::map_lookup(b, map::LB_SLOT, slot::SLOT_KEY);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "refuse");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, refuse);
     b.load(Size::W, Reg::R1, Reg::R0, slot_value::BACKEND_ID as i16);
     b.store(Size::W, Reg::R10, slot::BE_KEY, Reg::R1);
     b.comment("r8 = the backend: an lb_slot value has its address and port where lb_be has");
     b.mov(Reg::R8, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, svc_value::FLAGS as i16);
-    b.jmp(JmpCond::Set, Reg::R1, svc_value::AFFINITY as i32, "remember");
-    b.ja("backend");
-    b.label("remember").comment("lb_aff[{svc_id, ::}] = {backend_id, now}");
+    b.jmp(JmpCond::Set, Reg::R1, svc_value::AFFINITY as i32, remember);
+    b.ja(backend);
+    b.place(remember).comment("lb_aff[{svc_id, ::}] = {backend_id, now}");
     emit_aff_key(b);
     b.call(KTIME_GET_NS);
     b.store(Size::DW, Reg::R10, slot::AFF_VALUE + aff_value::LAST_USED as i16, Reg::R0);
@@ -280,8 +283,8 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.store(Size::W, Reg::R10, slot::AFF_VALUE + aff_value::BACKEND_ID as i16 + 4, 0);
     kit::map_update(b, map::LB_AFF, slot::AFF_KEY, slot::AFF_VALUE, kit::BPF_ANY);
 
-    b.label("backend").comment("rewrite the socket's address to the backend (r8)");
-    emit_set_user_addr(b, hook, Reg::R8, be_value::ADDR as i16, Some("refuse"));
+    b.place(backend).comment("rewrite the socket's address to the backend (r8)");
+    emit_set_user_addr(b, hook, Reg::R8, be_value::ADDR as i16, Some(refuse));
     b.load(Size::H, Reg::R1, Reg::R8, be_value::PORT as i16);
     b.store(Size::W, Reg::R6, ctx::USER_PORT as i16, Reg::R1);
     b.comment("lb_sock[{cookie, backend addr, backend port}] = {VIP, port}");
@@ -299,10 +302,10 @@ fn emit_forward(b: &mut Builder, hook: SockAddrHook) {
     b.load(Size::H, Reg::R1, Reg::R10, key + svc_key::PORT as i16);
     b.store(Size::W, Reg::R10, sv + sock_value::PORT as i16, Reg::R1);
     kit::map_update(b, map::LB_SOCK, sk, sv, kit::BPF_ANY);
-    b.ja("pass");
+    b.ja(pass);
 }
 
-fn emit_reverse(b: &mut Builder, hook: SockAddrHook) {
+fn emit_reverse(b: &mut Builder, hook: SockAddrHook, pass: Label) {
     let sk = slot::SOCK_KEY;
     b.comment("lb_sock key: {cookie, the peer address the kernel reports, its port}");
     b.mov(Reg::R1, Reg::R6).call(GET_SOCKET_COOKIE);
@@ -313,7 +316,7 @@ fn emit_reverse(b: &mut Builder, hook: SockAddrHook) {
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16, Reg::R1);
     b.store(Size::W, Reg::R10, sk + sock_key::PORT as i16 + 4, 0);
     kit::map_lookup(b, map::LB_SOCK, sk);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "pass");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, pass);
     b.comment("show the VIP");
     emit_set_user_addr(b, hook, Reg::R0, sock_value::ADDR as i16, None);
     b.load(Size::H, Reg::R1, Reg::R0, sock_value::PORT as i16);

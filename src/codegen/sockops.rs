@@ -46,7 +46,7 @@ use crate::uapi::{
     BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, IPPROTO_TCP, SK_PASS,
 };
 use sluice_asm::helpers::{MSG_REDIRECT_HASH, SOCK_HASH_UPDATE};
-use sluice_asm::{AluOp, Builder, JmpCond, Program, Reg, Size};
+use sluice_asm::{AluOp, Builder, JmpCond, Label, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
 use sluice_verifier_sim::spec::ProgKind;
 use sluice_verifier_sim::uapi::{BpfSockOps, SkMsgMd};
@@ -169,7 +169,7 @@ fn declare_frame(b: &mut Builder) {
 
 /// Build the `{own, peer}` key at `slot::KEY` from the context in `r6`; a family other
 /// than IPv4 or IPv6 jumps to `other_family`.
-fn emit_own_key(b: &mut Builder, ctx: CtxAddrs, other_family: &str) {
+fn emit_own_key(b: &mut Builder, ctx: CtxAddrs, other_family: Label) {
     let key = slot::KEY;
     let (v4, v6, ports) = (b.new_label("ipv4"), b.new_label("ipv6"), b.new_label("ports"));
     b.comment("the connection as this socket sees it: {own address, peer address, own port, peer port}");
@@ -204,14 +204,14 @@ fn emit_own_key(b: &mut Builder, ctx: CtxAddrs, other_family: &str) {
 }
 
 /// A counted decline: count `counter`, then `done`.
-fn emit_decline(b: &mut Builder, label: &str, counter: SockCounter, done: &str) {
-    b.label(label).comment(format!("declined: {}", counter.name()));
+fn emit_decline(b: &mut Builder, at: Label, counter: SockCounter, done: Label) {
+    b.place(at).comment(format!("declined: {}", counter.name()));
     kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, counter as i32, None);
     b.ja(done);
 }
 
 /// `r0 = &lxc[addr at r10 + at]`'s endpoint index into `r10 + to`, or `not_local`.
-fn emit_endpoint_of(b: &mut Builder, at: i16, to: i16, not_local: &str) {
+fn emit_endpoint_of(b: &mut Builder, at: i16, to: i16, not_local: Label) {
     kit::map_lookup(b, map::LXC, at);
     b.jmp(JmpCond::Eq, Reg::R0, 0, not_local);
     b.load(Size::W, Reg::R1, Reg::R0, lxc_value::EP as i16);
@@ -220,7 +220,7 @@ fn emit_endpoint_of(b: &mut Builder, at: i16, to: i16, not_local: &str) {
 
 /// `ep_config[ep at r10 + ep]`: identity and flags to `r10 + id` and `r10 + flags`, or
 /// `missing`.
-fn emit_ep_config(b: &mut Builder, ep: i16, id: i16, flags: i16, missing: &str) {
+fn emit_ep_config(b: &mut Builder, ep: i16, id: i16, flags: i16, missing: Label) {
     b.load(Size::W, Reg::R1, Reg::R10, ep);
     b.store(Size::W, Reg::R10, slot::SCRATCH, Reg::R1);
     kit::map_lookup(b, map::EP_CONFIG, slot::SCRATCH);
@@ -234,7 +234,7 @@ fn emit_ep_config(b: &mut Builder, ep: i16, id: i16, flags: i16, missing: &str) 
 /// One endpoint's policy for the connection: endpoint `ep`, direction `dir`, peer identity
 /// at `peer`; skipped when `dir` is not enforced (flags at `flags`); a deny or no match
 /// goes to `deny`.
-fn emit_policy(b: &mut Builder, tag: &str, (ep, flags, peer): (i16, i16, i16), dir: u8, deny: &str) {
+fn emit_policy(b: &mut Builder, tag: &str, (ep, flags, peer): (i16, i16, i16), dir: u8, deny: Label) {
     let enforced = if dir == EGRESS { ep_config::EGRESS_ENFORCED } else { ep_config::INGRESS_ENFORCED };
     let (enforced_label, found, done) = (
         b.new_label(&format!("{tag}_enforced")),
@@ -290,7 +290,9 @@ enum Recording {
     RestampOnly,
 }
 
-fn emit_record(b: &mut Builder, recording: Recording) {
+/// `done`: where [`Recording::RestampOnly`] goes when there is nothing to re-stamp, and
+/// [`Recording::KeepStack`] when the direction went to the stack already.
+fn emit_record(b: &mut Builder, recording: Recording, done: Label) {
     if recording == Recording::Replace {
         kit::map_update(b, map::SOCK_VERDICT, slot::KEY, slot::VERDICT, kit::BPF_ANY);
         return;
@@ -298,12 +300,12 @@ fn emit_record(b: &mut Builder, recording: Recording) {
     let (fresh, recorded) = (b.new_label("fresh_verdict"), b.new_label("recorded"));
     kit::map_lookup(b, map::SOCK_VERDICT, slot::KEY);
     if recording == Recording::RestampOnly {
-        b.jmp(JmpCond::Eq, Reg::R0, 0, "done");
+        b.jmp(JmpCond::Eq, Reg::R0, 0, done);
     } else {
         b.jmp(JmpCond::Eq, Reg::R0, 0, fresh);
     }
     b.load(Size::W, Reg::R1, Reg::R0, sock_verdict::STATE as i16);
-    b.jmp(JmpCond::Eq, Reg::R1, DirState::Stack as i32, "done");
+    b.jmp(JmpCond::Eq, Reg::R1, DirState::Stack as i32, done);
     b.load(Size::W, Reg::R1, Reg::R10, slot::VERDICT + sock_verdict::REVISION as i16);
     b.store(Size::W, Reg::R0, sock_verdict::REVISION as i16, Reg::R1);
     b.ja(recorded);
@@ -315,14 +317,17 @@ fn emit_record(b: &mut Builder, recording: Recording) {
 /// From the `{own, peer}` key at `slot::KEY` and `r8` (1: this socket is the client): the
 /// verdict from both policies; allowed, the verdict is recorded and `insert` (which must
 /// leave 0 in `r0` on success) puts the socket into `sock_hash` under `slot::PEER_KEY`;
-/// every outcome counted (`accepted` for an insert). Ends at label `done`, which the
-/// caller places. Labels `other_family` and `not_local` are declines the caller may jump to.
+/// every outcome counted (`accepted` for an insert). Ends at `l.done`, which the caller
+/// places; `l.other_family` is a decline (placed here) the caller may jump to.
 fn emit_decide(
     b: &mut Builder,
+    l: DecideLabels,
     recording: Recording,
     accepted: SockCounter,
     insert: impl FnOnce(&mut Builder),
 ) {
+    let [not_local, deny_egress, deny_ingress, insert_refused] =
+        ["not_local", "deny_egress", "deny_ingress", "insert_refused"].map(|n| b.new_label(n));
     b.comment("the peer's view {peer, own}: this socket's sock_hash key");
     copy_stack(b, slot::KEY + sock_key::REMOTE as i16, slot::PEER_KEY + sock_key::LOCAL as i16, 16);
     copy_stack(b, slot::KEY + sock_key::LOCAL as i16, slot::PEER_KEY + sock_key::REMOTE as i16, 16);
@@ -332,8 +337,8 @@ fn emit_decide(
     b.store(Size::H, Reg::R10, slot::PEER_KEY + sock_key::REMOTE_PORT as i16, Reg::R1);
 
     b.comment("both ends local endpoints: lxc[own], lxc[peer]");
-    emit_endpoint_of(b, slot::KEY + sock_key::LOCAL as i16, slot::EP_OWN, "not_local");
-    emit_endpoint_of(b, slot::KEY + sock_key::REMOTE as i16, slot::EP_PEER, "not_local");
+    emit_endpoint_of(b, slot::KEY + sock_key::LOCAL as i16, slot::EP_OWN, not_local);
+    emit_endpoint_of(b, slot::KEY + sock_key::REMOTE as i16, slot::EP_PEER, not_local);
     b.comment("client and server: endpoints and the server's port");
     let (passive, roles) = (b.new_label("passive"), b.new_label("roles"));
     b.jmp(JmpCond::Eq, Reg::R8, 0, passive);
@@ -350,8 +355,8 @@ fn emit_decide(
     b.load(Size::H, Reg::R1, Reg::R10, slot::KEY + sock_key::LOCAL_PORT as i16);
     b.store(Size::H, Reg::R10, slot::SERVER_PORT, Reg::R1);
     b.place(roles);
-    emit_ep_config(b, slot::EP_CLIENT, slot::ID_CLIENT, slot::FLAGS_CLIENT, "not_local");
-    emit_ep_config(b, slot::EP_SERVER, slot::ID_SERVER, slot::FLAGS_SERVER, "not_local");
+    emit_ep_config(b, slot::EP_CLIENT, slot::ID_CLIENT, slot::FLAGS_CLIENT, not_local);
+    emit_ep_config(b, slot::EP_SERVER, slot::ID_SERVER, slot::FLAGS_SERVER, not_local);
 
     b.comment("the policy revision, read before deciding: a raced change leaves this verdict stale");
     b.ld_map_value(Reg::R1, map::SOCK_REV, 0);
@@ -359,38 +364,45 @@ fn emit_decide(
     b.store(Size::W, Reg::R10, slot::VERDICT + sock_verdict::REVISION as i16, Reg::R1);
     b.store(Size::W, Reg::R10, slot::VERDICT + sock_verdict::STATE as i16, DirState::Undecided as i32);
 
-    emit_policy(b, "egress", (slot::EP_CLIENT, slot::FLAGS_CLIENT, slot::ID_SERVER), EGRESS, "deny_egress");
-    emit_policy(
-        b,
-        "ingress",
-        (slot::EP_SERVER, slot::FLAGS_SERVER, slot::ID_CLIENT),
-        INGRESS,
-        "deny_ingress",
-    );
+    emit_policy(b, "egress", (slot::EP_CLIENT, slot::FLAGS_CLIENT, slot::ID_SERVER), EGRESS, deny_egress);
+    emit_policy(b, "ingress", (slot::EP_SERVER, slot::FLAGS_SERVER, slot::ID_CLIENT), INGRESS, deny_ingress);
 
     b.comment("allowed by both: record the verdict, then insert the socket under the peer's view");
-    emit_record(b, recording);
+    emit_record(b, recording, l.done);
     insert(b);
-    b.jmp(JmpCond::Ne, Reg::R0, 0, "insert_refused");
+    b.jmp(JmpCond::Ne, Reg::R0, 0, insert_refused);
     kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, accepted as i32, None);
-    b.ja("done");
+    b.ja(l.done);
 
     let declines = [
-        ("other_family", SockCounter::DeclinedFamily),
-        ("not_local", SockCounter::DeclinedNotLocal),
-        ("deny_egress", SockCounter::DeclinedEgress),
-        ("deny_ingress", SockCounter::DeclinedIngress),
-        ("insert_refused", SockCounter::DeclinedInsert),
+        (l.other_family, SockCounter::DeclinedFamily),
+        (not_local, SockCounter::DeclinedNotLocal),
+        (deny_egress, SockCounter::DeclinedEgress),
+        (deny_ingress, SockCounter::DeclinedIngress),
+        (insert_refused, SockCounter::DeclinedInsert),
     ];
-    for (label, counter) in declines {
+    for (at, counter) in declines {
         if recording == Recording::RestampOnly {
             // Re-deciding after a policy change is not a new connection: the decline
             // counters count connections, once each.
-            b.label(label);
-            b.ja("done");
+            b.place(at);
+            b.ja(l.done);
         } else {
-            emit_decline(b, label, counter, "done");
+            emit_decline(b, at, counter, l.done);
         }
+    }
+}
+
+/// Where [`emit_decide`] ends, and its decline for a family other than IPv4 and IPv6.
+#[derive(Debug, Clone, Copy)]
+struct DecideLabels {
+    done: Label,
+    other_family: Label,
+}
+
+impl DecideLabels {
+    fn new(b: &mut Builder) -> DecideLabels {
+        DecideLabels { done: b.new_label("done"), other_family: b.new_label("other_family") }
     }
 }
 
@@ -399,25 +411,26 @@ pub fn generate_ops() -> Result<Program, CodegenError> {
     let mut b = Builder::new();
     declare_frame(&mut b);
     let b = &mut b;
+    let (l, established) = (DecideLabels::new(b), b.new_label("established"));
     b.comment("r6 = ctx; r8 = 1 when this socket opened the connection (the client)");
     b.mov(Reg::R6, Reg::R1);
     b.load(Size::W, Reg::R1, Reg::R6, ctx_off!(BpfSockOps, op));
     b.mov(Reg::R8, 1);
-    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, "established");
+    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, established);
     b.mov(Reg::R8, 0);
-    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, "established");
-    b.ja("done");
+    b.jmp(JmpCond::Eq, Reg::R1, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB, established);
+    b.ja(l.done);
 
-    b.label("established");
-    emit_own_key(b, SOCK_OPS_ADDRS, "other_family");
-    emit_decide(b, Recording::Replace, SockCounter::Accelerated, |b| {
+    b.place(established);
+    emit_own_key(b, SOCK_OPS_ADDRS, l.other_family);
+    emit_decide(b, l, Recording::Replace, SockCounter::Accelerated, |b| {
         b.mov(Reg::R1, Reg::R6);
         b.ld_map(Reg::R2, map::SOCK_HASH);
         b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(slot::PEER_KEY));
         b.mov(Reg::R4, kit::BPF_ANY);
         b.call(SOCK_HASH_UPDATE);
     });
-    b.label("done").comment("sock_ops programs return 1");
+    b.place(l.done).comment("sock_ops programs return 1");
     b.mov(Reg::R0, 1).exit();
     b.build()
         .map(crate::mutate::program_seam)
@@ -431,18 +444,19 @@ pub fn generate_msg() -> Result<Program, CodegenError> {
     let b = &mut b;
     b.comment("r6 = ctx");
     b.mov(Reg::R6, Reg::R1);
-    emit_own_key(b, SK_MSG_ADDRS, "to_stack");
+    let [to_stack, stale, no_peer, pass] = ["to_stack", "stale", "no_peer", "pass"].map(|n| b.new_label(n));
+    emit_own_key(b, SK_MSG_ADDRS, to_stack);
     b.comment("r7 = sock_verdict[{own, peer}]");
     kit::map_lookup(b, map::SOCK_VERDICT, slot::KEY);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "to_stack");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, to_stack);
     b.mov(Reg::R7, Reg::R0);
     b.load(Size::W, Reg::R1, Reg::R7, sock_verdict::STATE as i16);
-    b.jmp(JmpCond::Eq, Reg::R1, DirState::Stack as i32, "to_stack");
+    b.jmp(JmpCond::Eq, Reg::R1, DirState::Stack as i32, to_stack);
     b.comment("a verdict from an older policy revision is not used (one array load)");
     b.ld_map_value(Reg::R1, map::SOCK_REV, 0);
     b.load(Size::W, Reg::R1, Reg::R1, 0);
     b.load(Size::W, Reg::R2, Reg::R7, sock_verdict::REVISION as i16);
-    b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, "stale");
+    b.jmp(JmpCond::Ne, Reg::R1, Reg::R2, stale);
     b.comment("to the peer socket's receive queue");
     b.load(Size::W, Reg::R9, Reg::R6, ctx_off!(SkMsgMd, size));
     b.mov(Reg::R1, Reg::R6);
@@ -450,23 +464,21 @@ pub fn generate_msg() -> Result<Program, CodegenError> {
     b.mov(Reg::R3, Reg::R10).add(Reg::R3, i32::from(slot::KEY));
     b.mov(Reg::R4, BPF_F_INGRESS);
     b.call(MSG_REDIRECT_HASH);
-    b.jmp(JmpCond::Ne, Reg::R0, SK_PASS, "no_peer");
+    b.jmp(JmpCond::Ne, Reg::R0, SK_PASS, no_peer);
     b.store(Size::W, Reg::R7, sock_verdict::STATE as i16, DirState::Redirecting as i32);
     kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, SockCounter::MsgsRedirected as i32, None);
     kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, SockCounter::BytesRedirected as i32, Some(Reg::R9));
-    b.ja("pass");
+    b.ja(pass);
 
-    for (label, counter) in
-        [("no_peer", SockCounter::FallbackNoPeer), ("stale", SockCounter::FallbackRevision)]
-    {
-        b.label(label).comment("this direction goes through the stack for the rest of the connection");
+    for (at, counter) in [(no_peer, SockCounter::FallbackNoPeer), (stale, SockCounter::FallbackRevision)] {
+        b.place(at).comment("this direction goes through the stack for the rest of the connection");
         b.store(Size::W, Reg::R7, sock_verdict::STATE as i16, DirState::Stack as i32);
         kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, counter as i32, None);
-        b.ja("to_stack");
+        b.ja(to_stack);
     }
-    b.label("to_stack").comment("through TCP and the tc programs");
+    b.place(to_stack).comment("through TCP and the tc programs");
     kit::counter_add(b, map::SOCK_STATS, slot::SCRATCH, SockCounter::MsgsToStack as i32, None);
-    b.label("pass");
+    b.place(pass);
     b.mov(Reg::R0, SK_PASS).exit();
     b.build()
         .map(crate::mutate::program_seam)
@@ -501,8 +513,7 @@ pub fn listen_map_def() -> MapDef {
 }
 
 /// `TCP_ESTABLISHED` and `TCP_LISTEN` (`include/net/tcp_states.h`).
-pub const TCP_ESTABLISHED: i32 = 1;
-pub const TCP_LISTEN: i32 = 10;
+pub use crate::uapi::{BPF_TCP_ESTABLISHED as TCP_ESTABLISHED, BPF_TCP_LISTEN as TCP_LISTEN};
 
 /// What a run of the iterator does with an established socket the policy allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -575,27 +586,28 @@ pub fn generate_iter(off: IterOffsets, mode: IterMode) -> Result<Program, Codege
     let mut b = Builder::new();
     declare_frame(&mut b);
     let b = &mut b;
+    let (l, established) = (DecideLabels::new(b), b.new_label("established"));
     b.comment("r6 = the socket; NULL ends the run");
     b.load(Size::DW, Reg::R6, Reg::R1, off.sk_common);
-    b.jmp(JmpCond::Eq, Reg::R6, 0, "done");
+    b.jmp(JmpCond::Eq, Reg::R6, 0, l.done);
     b.load(Size::B, Reg::R1, Reg::R6, off.state);
-    b.jmp(JmpCond::Eq, Reg::R1, TCP_ESTABLISHED, "established");
-    b.jmp(JmpCond::Ne, Reg::R1, TCP_LISTEN, "done");
+    b.jmp(JmpCond::Eq, Reg::R1, TCP_ESTABLISHED, established);
+    b.jmp(JmpCond::Ne, Reg::R1, TCP_LISTEN, l.done);
     b.comment("a listener (they come first): remember its port");
     b.load(Size::H, Reg::R1, Reg::R6, off.num);
     b.store(Size::W, Reg::R10, slot::SCRATCH, Reg::R1);
     b.store(Size::W, Reg::R10, slot::EP_OWN, 1);
     kit::map_update(b, LISTEN_MAP, slot::SCRATCH, slot::EP_OWN, kit::BPF_ANY);
-    b.ja("done");
+    b.ja(l.done);
 
-    b.label("established");
+    b.place(established);
     let key = slot::KEY;
     let (v4, v6, ports) = (b.new_label("ipv4"), b.new_label("ipv6"), b.new_label("ports"));
     b.comment("the connection as this socket sees it: {own address, peer address, own port, peer port}");
     b.load(Size::H, Reg::R1, Reg::R6, off.family);
     b.jmp(JmpCond::Eq, Reg::R1, AF_INET, v4);
     b.jmp(JmpCond::Eq, Reg::R1, AF_INET6, v6);
-    b.ja("other_family");
+    b.ja(l.other_family);
     b.place(v4).comment("IPv4: addresses IPv4-mapped, as lxc keys them");
     for (at, field) in [(sock_key::LOCAL, off.rcv_saddr), (sock_key::REMOTE, off.daddr)] {
         let at = key + at as i16;
@@ -628,7 +640,7 @@ pub fn generate_iter(off: IterOffsets, mode: IterMode) -> Result<Program, Codege
     b.mov(Reg::R8, 0);
     b.place(client);
     match mode {
-        IterMode::PickUp => emit_decide(b, Recording::KeepStack, SockCounter::PickedUp, |b| {
+        IterMode::PickUp => emit_decide(b, l, Recording::KeepStack, SockCounter::PickedUp, |b| {
             b.ld_map(Reg::R1, map::SOCK_HASH);
             b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(slot::PEER_KEY));
             b.mov(Reg::R3, Reg::R6);
@@ -636,11 +648,11 @@ pub fn generate_iter(off: IterOffsets, mode: IterMode) -> Result<Program, Codege
             b.call(sluice_asm::helpers::MAP_UPDATE_ELEM);
         }),
         // The socket is in sock_hash already (its verdict entry says so); nothing to insert.
-        IterMode::Restamp => emit_decide(b, Recording::RestampOnly, SockCounter::Restamped, |b| {
+        IterMode::Restamp => emit_decide(b, l, Recording::RestampOnly, SockCounter::Restamped, |b| {
             b.mov(Reg::R0, 0);
         }),
     }
-    b.label("done").comment("iterator programs return 0");
+    b.place(l.done).comment("iterator programs return 0");
     b.mov(Reg::R0, 0).exit();
     b.build()
         .map(crate::mutate::program_seam)

@@ -26,9 +26,11 @@
 
 use super::{emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels};
 use crate::packet::{ipv4::field as ipv4, tcp::field as tcp};
-use sluice_asm::{helpers, AluOp, Builder, JmpCond, Program, Reg, Size};
+use sluice_asm::{helpers, AluOp, Builder, JmpCond, Label, Program, Reg, Size};
 use sluice_verifier_sim::ctx_off;
-use sluice_verifier_sim::uapi::{SkBuff, TC_ACT_OK, TC_ACT_SHOT};
+use sluice_verifier_sim::uapi::{BpfSock, SkBuff, TC_ACT_OK, TC_ACT_SHOT};
+use sluice_verifier_sim::uapi::{BPF_F_CURRENT_NETNS, BPF_TCP_LISTEN, BPF_TCP_TIME_WAIT, TCX_NEXT};
+use sluice_verifier_sim::uapi::{IPPROTO_TCP, TCP_ACK, TCP_SYN};
 
 /// The program's name (kernel-visible and pin name).
 pub const NAME: &str = "to_proxy";
@@ -38,21 +40,8 @@ pub const MARK_TO_PROXY: u32 = 0x0200;
 /// The mark bits policy routing compares (`MARK_MAGIC_HOST_MASK`).
 pub const MARK_MASK: u32 = 0x0F00;
 
-/// `offsetof(struct bpf_sock, state)` (uapi `linux/bpf.h`: bound_dev_if, family, type,
-/// protocol, mark, priority, src_ip4, src_ip6[4], src_port, dst_port + pad, dst_ip4,
-/// dst_ip6[4], state).
-const BPF_SOCK_STATE: i16 = 72;
-/// `BPF_TCP_TIME_WAIT`, `BPF_TCP_LISTEN`.
-const TCP_TIME_WAIT: i32 = 6;
-const TCP_LISTEN: i32 = 10;
-/// `TCX_NEXT`: a packet the redirect does not take goes on to the next program of the tcx
-/// chain (the stack when there is none), so the redirect can sit in front of other programs.
-const TCX_NEXT: i32 = -1;
-/// `BPF_F_CURRENT_NETNS` (-1 as the helper's u64 netns argument).
-const CURRENT_NETNS: i32 = -1;
-/// TCP flag bits in the header's byte 13.
-const TCP_SYN: i32 = 0x02;
-const TCP_ACK: i32 = 0x10;
+/// `bpf_sock.state`.
+const BPF_SOCK_STATE: i16 = ctx_off!(BpfSock, state);
 
 /// The frame: `struct bpf_sock_tuple.ipv4` (saddr, daddr, sport, dport: network order).
 const FP_TUPLE: i16 = -16;
@@ -106,40 +95,60 @@ pub fn generate(redirects: &[Redirect]) -> Result<Program, CodegenError> {
     b.stack_slot("tcp_flags", FP_FLAGS, 8);
     b.comment("r6 = ctx");
     b.mov(Reg::R6, Reg::R1);
+    let l = Labels::new(&mut b);
     emit_skb_packet_pointers(&mut b, Reg::R6);
     emit_ethernet(
         &mut b,
         EthLabels {
-            ipv4: "ipv4",
-            ipv6: "pass",
-            not_ip: "pass",
-            truncated_ethernet: "pass",
-            truncated_vlan: "pass",
-            vlan_too_deep: "pass",
+            ipv4: l.ipv4,
+            ipv6: l.pass,
+            not_ip: l.pass,
+            truncated_ethernet: l.pass,
+            truncated_vlan: l.pass,
+            vlan_too_deep: l.pass,
         },
     );
-    emit_tuple(&mut b);
-    emit_established(&mut b);
-    emit_new_connection(&mut b, redirects);
-    emit_assign_listener(&mut b);
-    b.label("assigned").comment("mark it for the to-proxy route (local delivery)");
+    emit_tuple(&mut b, &l);
+    emit_established(&mut b, &l);
+    emit_new_connection(&mut b, &l, redirects);
+    emit_assign_listener(&mut b, &l);
+    b.place(l.assigned).comment("mark it for the to-proxy route (local delivery)");
     b.mov(Reg::R2, MARK_TO_PROXY as i32);
     b.store(Size::W, Reg::R6, ctx_off!(SkBuff, mark), Reg::R2);
     b.mov(Reg::R0, TC_ACT_OK).exit();
-    b.label("pass").mov(Reg::R0, TCX_NEXT).exit();
-    b.label("drop").mov(Reg::R0, TC_ACT_SHOT).exit();
+    b.comment("not ours: on to the next program of the tcx chain (the stack when there is none)");
+    b.place(l.pass).mov(Reg::R0, TCX_NEXT).exit();
+    b.place(l.drop).mov(Reg::R0, TC_ACT_SHOT).exit();
     b.build().map_err(|source| CodegenError::Build { object: NAME, source })
 }
 
+/// The program's labels.
+struct Labels {
+    ipv4: Label,
+    new_connection: Label,
+    listener: Label,
+    assigned: Label,
+    pass: Label,
+    drop: Label,
+}
+
+impl Labels {
+    fn new(b: &mut Builder) -> Labels {
+        let [ipv4, new_connection, listener, assigned, pass, drop] =
+            ["ipv4", "new_connection", "listener", "assigned", "pass", "drop"].map(|n| b.new_label(n));
+        Labels { ipv4, new_connection, listener, assigned, pass, drop }
+    }
+}
+
 /// IPv4 TCP first fragments only: the tuple to the stack, the flags byte to `FP_FLAGS`.
-fn emit_tuple(b: &mut Builder) {
-    b.label("ipv4").comment("ipv4: fixed header, TCP, not a later fragment");
-    guard(b, Reg::R7, ipv4::HEADER_LEN as i32, "pass");
+fn emit_tuple(b: &mut Builder, l: &Labels) {
+    b.place(l.ipv4).comment("ipv4: fixed header, TCP, not a later fragment");
+    guard(b, Reg::R7, ipv4::HEADER_LEN as i32, l.pass);
     b.load(Size::B, Reg::R2, Reg::R7, ipv4::PROTOCOL as i16);
-    b.jmp(JmpCond::Ne, Reg::R2, 6, "pass");
+    b.jmp(JmpCond::Ne, Reg::R2, IPPROTO_TCP, l.pass);
     b.load(Size::H, Reg::R2, Reg::R7, ipv4::FLG_OFF.start as i16);
     b.be(16, Reg::R2).alu(AluOp::And, Reg::R2, 0x1fff);
-    b.jmp(JmpCond::Ne, Reg::R2, 0, "pass");
+    b.jmp(JmpCond::Ne, Reg::R2, 0, l.pass);
     b.load(Size::W, Reg::R2, Reg::R7, ipv4::SRC_ADDR.start as i16);
     b.store(Size::W, Reg::R10, FP_TUPLE, Reg::R2);
     b.load(Size::W, Reg::R2, Reg::R7, ipv4::DST_ADDR.start as i16);
@@ -147,9 +156,9 @@ fn emit_tuple(b: &mut Builder) {
     b.comment("r7 = the TCP header (ihl * 4 past the IP header)");
     b.load(Size::B, Reg::R3, Reg::R7, ipv4::VER_IHL as i16);
     b.alu(AluOp::And, Reg::R3, 0x0f).alu(AluOp::Lsh, Reg::R3, 2);
-    b.jmp(JmpCond::Lt, Reg::R3, ipv4::HEADER_LEN as i32, "pass");
+    b.jmp(JmpCond::Lt, Reg::R3, ipv4::HEADER_LEN as i32, l.pass);
     b.add(Reg::R7, Reg::R3);
-    guard(b, Reg::R7, tcp::HEADER_LEN as i32, "pass");
+    guard(b, Reg::R7, tcp::HEADER_LEN as i32, l.pass);
     b.load(Size::W, Reg::R2, Reg::R7, tcp::SRC_PORT.start as i16);
     b.store(Size::W, Reg::R10, FP_TUPLE + 8, Reg::R2);
     b.load(Size::B, Reg::R2, Reg::R7, tcp::FLAGS.start as i16 + 1);
@@ -160,37 +169,37 @@ fn emit_tuple(b: &mut Builder) {
 fn emit_lookup_args(b: &mut Builder) {
     b.mov(Reg::R1, Reg::R6);
     b.mov(Reg::R2, Reg::R10).add(Reg::R2, i32::from(FP_TUPLE));
-    b.mov(Reg::R3, TUPLE_LEN).mov(Reg::R4, CURRENT_NETNS).mov(Reg::R5, 0);
+    b.mov(Reg::R3, TUPLE_LEN).mov(Reg::R4, BPF_F_CURRENT_NETNS).mov(Reg::R5, 0);
 }
 
 /// Contract 1: a live socket for the tuple takes the packet.
-fn emit_established(b: &mut Builder) {
+fn emit_established(b: &mut Builder, l: &Labels) {
     b.comment("a live socket for this tuple (accepted or upstream proxy connection) takes it");
     emit_lookup_args(b);
     b.call(helpers::SKC_LOOKUP_TCP);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "new_connection");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, l.new_connection);
     b.mov(Reg::R7, Reg::R0);
     b.load(Size::W, Reg::R2, Reg::R7, BPF_SOCK_STATE);
     let not_live = b.new_label("not_live");
-    b.jmp(JmpCond::Eq, Reg::R2, TCP_LISTEN, not_live);
-    b.jmp(JmpCond::Eq, Reg::R2, TCP_TIME_WAIT, not_live);
+    b.jmp(JmpCond::Eq, Reg::R2, BPF_TCP_LISTEN, not_live);
+    b.jmp(JmpCond::Eq, Reg::R2, BPF_TCP_TIME_WAIT, not_live);
     b.mov(Reg::R1, Reg::R6).mov(Reg::R2, Reg::R7).mov(Reg::R3, 0);
     b.call(helpers::SK_ASSIGN);
     b.mov(Reg::R8, Reg::R0);
     b.mov(Reg::R1, Reg::R7).call(helpers::SK_RELEASE);
     b.comment("a failed assign leaves the packet to the stack (the socket may be closing)");
-    b.jmp(JmpCond::Eq, Reg::R8, 0, "assigned");
-    b.ja("pass");
+    b.jmp(JmpCond::Eq, Reg::R8, 0, l.assigned);
+    b.ja(l.pass);
     b.place(not_live);
     b.mov(Reg::R1, Reg::R7).call(helpers::SK_RELEASE);
 }
 
 /// Contract 2: a SYN to a redirected port looks up its proxy listener.
-fn emit_new_connection(b: &mut Builder, redirects: &[Redirect]) {
-    b.label("new_connection").comment("a SYN without ACK to a redirected port");
+fn emit_new_connection(b: &mut Builder, l: &Labels, redirects: &[Redirect]) {
+    b.place(l.new_connection).comment("a SYN without ACK to a redirected port");
     b.load(Size::DW, Reg::R2, Reg::R10, FP_FLAGS);
     b.alu(AluOp::And, Reg::R2, TCP_SYN | TCP_ACK);
-    b.jmp(JmpCond::Ne, Reg::R2, TCP_SYN, "pass");
+    b.jmp(JmpCond::Ne, Reg::R2, TCP_SYN, l.pass);
     b.load(Size::H, Reg::R2, Reg::R10, FP_DPORT);
     for r in redirects {
         let next = b.new_label("next_port");
@@ -198,27 +207,27 @@ fn emit_new_connection(b: &mut Builder, redirects: &[Redirect]) {
         b.comment(format!("port {} -> proxy listener 0.0.0.0:{}", r.port, r.proxy_port));
         b.mov(Reg::R3, i32::from(r.proxy_port.to_be()));
         b.store(Size::H, Reg::R10, FP_DPORT, Reg::R3);
-        b.ja("listener");
+        b.ja(l.listener);
         b.place(next);
     }
-    b.ja("pass");
+    b.ja(l.pass);
 }
 
 /// The listener lookup (`daddr = 0`, `dport = proxy port` already in the tuple) and assign.
-fn emit_assign_listener(b: &mut Builder) {
-    b.label("listener").comment("the proxy's listener; none (proxy down): drop, fail closed");
+fn emit_assign_listener(b: &mut Builder, l: &Labels) {
+    b.place(l.listener).comment("the proxy's listener; none (proxy down): drop, fail closed");
     b.mov(Reg::R2, 0);
     b.store(Size::W, Reg::R10, FP_DADDR, Reg::R2);
     emit_lookup_args(b);
     b.call(helpers::SK_LOOKUP_TCP);
-    b.jmp(JmpCond::Eq, Reg::R0, 0, "drop");
+    b.jmp(JmpCond::Eq, Reg::R0, 0, l.drop);
     b.mov(Reg::R7, Reg::R0);
     b.mov(Reg::R1, Reg::R6).mov(Reg::R2, Reg::R7).mov(Reg::R3, 0);
     b.call(helpers::SK_ASSIGN);
     b.mov(Reg::R8, Reg::R0);
     b.mov(Reg::R1, Reg::R7).call(helpers::SK_RELEASE);
-    b.jmp(JmpCond::Ne, Reg::R8, 0, "drop");
-    b.ja("assigned");
+    b.jmp(JmpCond::Ne, Reg::R8, 0, l.drop);
+    b.ja(l.assigned);
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ pub mod writes;
 use sluice_verifier_sim::spec::{MapKind, MapSpec};
 
 /// `BPF_F_NO_PREALLOC`: allocate hash and trie elements on demand.
-pub const F_NO_PREALLOC: u32 = 1;
+pub const F_NO_PREALLOC: u32 = crate::uapi::BPF_F_NO_PREALLOC;
 
 /// One map: its name in programs and pins, its type and sizes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -29,8 +29,8 @@ use crate::model::NodeConfig;
 use crate::packet::{ethernet, ipv4, ipv6};
 
 /// XDP_DROP, XDP_PASS; TC_ACT_OK, TC_ACT_SHOT (the verdicts a path hop can end with).
-const XDP_DROP: u32 = 1;
-const TC_ACT_SHOT: u32 = 2;
+const XDP_DROP: u32 = crate::uapi::XDP_DROP as u32;
+const TC_ACT_SHOT: u32 = crate::uapi::TC_ACT_SHOT as u32;
 
 /// One program a packet ran through.
 #[derive(Debug, Clone, PartialEq, Eq)]

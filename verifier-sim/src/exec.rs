@@ -138,9 +138,9 @@ const TUNNEL_KEY_SIZES: [u32; 5] = [
 /// BPF_F_NO_TUNNEL_KEY | BPF_F_TUNINFO_FLAGS`.
 const TUNNEL_KEY_FLAGS: u64 = 0x3f;
 /// `bpf_skb_get_tunnel_key` flags: `BPF_F_TUNINFO_IPV6 | BPF_F_TUNINFO_FLAGS`.
-const TUNNEL_GET_FLAGS: u64 = 0x11;
+const TUNNEL_GET_FLAGS: u64 = (uapi::BPF_F_TUNINFO_IPV6 | uapi::BPF_F_TUNINFO_FLAGS) as u64;
 /// `BPF_F_TUNINFO_IPV6`: the IPv6 tunnel key.
-const BPF_F_TUNINFO_IPV6: u64 = 1;
+const BPF_F_TUNINFO_IPV6: u64 = uapi::BPF_F_TUNINFO_IPV6 as u64;
 /// `EPROTO`: the tunnel's family is not the one asked for.
 const EPROTO: i32 = 71;
 
@@ -156,12 +156,12 @@ pub const BPF_F_MARK_MANGLED_0: u64 = uapi::BPF_F_MARK_MANGLED_0 as u64;
 pub const BPF_F_MARK_ENFORCE: u64 = uapi::BPF_F_MARK_ENFORCE as u64;
 pub const BPF_F_IPV6: u64 = uapi::BPF_F_IPV6 as u64;
 /// `bpf_redirect_map`: the verdict on a miss is `flags & BPF_F_ACTION_MASK`.
-const BPF_F_ACTION_MASK: u64 = 3;
-const BPF_F_BROADCAST: u64 = 1 << 3;
-const BPF_F_EXCLUDE_INGRESS: u64 = 1 << 4;
+const BPF_F_ACTION_MASK: u64 = uapi::BPF_F_ACTION_MASK as u64;
+const BPF_F_BROADCAST: u64 = uapi::BPF_F_BROADCAST as u64;
+const BPF_F_EXCLUDE_INGRESS: u64 = uapi::BPF_F_EXCLUDE_INGRESS as u64;
 /// `bpf_ringbuf_output` flags.
-const BPF_RB_NO_WAKEUP: u64 = 1;
-const BPF_RB_FORCE_WAKEUP: u64 = 2;
+const BPF_RB_NO_WAKEUP: u64 = uapi::BPF_RB_NO_WAKEUP as u64;
+const BPF_RB_FORCE_WAKEUP: u64 = uapi::BPF_RB_FORCE_WAKEUP as u64;
 /// `sizeof(struct bpf_fib_lookup)`.
 const FIB_LOOKUP_SIZE: u64 = size_of::<BpfFibLookup>() as u64;
 

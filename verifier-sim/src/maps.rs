@@ -50,13 +50,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 /// Update flag: create or replace.
-pub const BPF_ANY: u64 = 0;
+pub const BPF_ANY: u64 = crate::uapi::BPF_ANY as u64;
 /// Update flag: create only.
-pub const BPF_NOEXIST: u64 = 1;
+pub const BPF_NOEXIST: u64 = crate::uapi::BPF_NOEXIST as u64;
 /// Update flag: replace only.
-pub const BPF_EXIST: u64 = 2;
+pub const BPF_EXIST: u64 = crate::uapi::BPF_EXIST as u64;
 /// Map flag the kernel requires for LPM tries.
-pub const BPF_F_NO_PREALLOC: u32 = 1;
+pub use crate::uapi::BPF_F_NO_PREALLOC;
 
 /// Address of the first map handle; map `id`'s handle is at `MAP_HANDLE_BASE + id * MAP_HANDLE_SPAN`.
 pub const MAP_HANDLE_BASE: u64 = 0x4000_0000;

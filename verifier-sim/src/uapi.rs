@@ -83,6 +83,27 @@ pub struct BpfSockAddr {
     pub sk: MdPtr,
 }
 
+/// `struct bpf_sock` (what `bpf_sk_lookup_tcp` and friends return), up to `state`.
+/// Addresses and `dst_port` are in network byte order, `src_port` in host order.
+#[derive(Debug, Clone, Copy, Default)]
+#[repr(C)]
+pub struct BpfSock {
+    pub bound_dev_if: u32,
+    pub family: u32,
+    pub r#type: u32,
+    pub protocol: u32,
+    pub mark: u32,
+    pub priority: u32,
+    pub src_ip4: u32,
+    pub src_ip6: [u32; 4],
+    pub src_port: u32,
+    pub dst_port: u16,
+    pub _pad: u16,
+    pub dst_ip4: u32,
+    pub dst_ip6: [u32; 4],
+    pub state: u32,
+}
+
 /// `struct bpf_sock_ops`. `args` is the union of `args[4]`, `reply` and `replylong[4]`.
 #[derive(Debug, Clone, Copy, Default)]
 #[repr(C)]
@@ -338,12 +359,47 @@ pub const IPPROTO_TCP: i32 = 6;
 pub const IPPROTO_UDP: i32 = 17;
 pub const IPPROTO_ICMPV6: i32 = 58;
 pub const IPPROTO_SCTP: i32 = 132;
+pub const IPPROTO_ESP: i32 = 50;
+
+/// `bpf_map_update_elem` flags: create or replace, create only, replace only.
+pub const BPF_ANY: i32 = 0;
+pub const BPF_NOEXIST: i32 = 1;
+pub const BPF_EXIST: i32 = 2;
+
+/// `map_flags` of `BPF_MAP_CREATE`: allocate on demand (required for LPM tries); programs
+/// may only read, only write the map.
+pub const BPF_F_NO_PREALLOC: u32 = 1;
+pub const BPF_F_RDONLY_PROG: u32 = 1 << 7;
+pub const BPF_F_WRONLY_PROG: u32 = 1 << 8;
+
+/// `bpf_skb_get/set_tunnel_key` flags.
+pub const BPF_F_TUNINFO_IPV6: i32 = 1;
+pub const BPF_F_TUNINFO_FLAGS: i32 = 1 << 4;
+
+/// `bpf_redirect_map` flags: the verdict on a miss is `flags & BPF_F_ACTION_MASK`.
+pub const BPF_F_ACTION_MASK: i32 = 3;
+pub const BPF_F_BROADCAST: i32 = 1 << 3;
+pub const BPF_F_EXCLUDE_INGRESS: i32 = 1 << 4;
+
+/// `bpf_ringbuf_output` flags.
+pub const BPF_RB_NO_WAKEUP: i32 = 1;
+pub const BPF_RB_FORCE_WAKEUP: i32 = 2;
 
 /// TCP header flags (the byte at offset 13).
 pub const TCP_FIN: i32 = 0x01;
 pub const TCP_SYN: i32 = 0x02;
 pub const TCP_RST: i32 = 0x04;
 pub const TCP_ACK: i32 = 0x10;
+
+/// `bpf_sock.state` values (`BPF_TCP_*`, the kernel's `TCP_*` states).
+pub const BPF_TCP_ESTABLISHED: i32 = 1;
+pub const BPF_TCP_TIME_WAIT: i32 = 6;
+pub const BPF_TCP_LISTEN: i32 = 10;
+
+/// `TCX_NEXT`: go on to the next program of the tcx chain (the stack when there is none).
+pub const TCX_NEXT: i32 = -1;
+/// `BPF_F_CURRENT_NETNS`: the socket lookup helpers' "this namespace" (-1 as a u64).
+pub const BPF_F_CURRENT_NETNS: i32 = -1;
 
 /// Address families.
 pub const AF_INET: i32 = 2;

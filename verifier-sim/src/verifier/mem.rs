@@ -7,10 +7,8 @@ use super::ErrorKind;
 use crate::spec::{CtxField, CtxValue, ProgKind};
 use sluice_asm::{AtomicOp, Reg, Src};
 
-/// `BPF_F_RDONLY_PROG`: programs may not write the map.
-const BPF_F_RDONLY_PROG: u32 = 1 << 7;
-/// `BPF_F_WRONLY_PROG`: programs may not read the map.
-const BPF_F_WRONLY_PROG: u32 = 1 << 8;
+/// `BPF_F_RDONLY_PROG`: programs may not write the map; `BPF_F_WRONLY_PROG`: not read it.
+use crate::uapi::{BPF_F_RDONLY_PROG, BPF_F_WRONLY_PROG};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {

@@ -124,7 +124,8 @@ impl Stats {
 }
 
 enum Control {
-    SetPeers(Vec<PeerConfig>),
+    /// The new peer table, and where to say it is in use.
+    SetPeers(Vec<PeerConfig>, mpsc::Sender<()>),
     SetKey(NodeKey),
 }
 
@@ -194,9 +195,17 @@ impl Userspace {
     }
 
     /// Replace the peer table (peers are matched by name; a changed key starts a new session).
+    ///
+    /// Returns once the device uses the new table (it takes control messages between polls,
+    /// every [`TICK`] at most), so that a caller who reports the reload reports what is in
+    /// force: a packet sent after this returns never uses a replaced peer's session. A device
+    /// that does not answer within a second (stopped, or starved) is not waited for longer.
     pub fn set_peers(&self, peers: Vec<PeerConfig>) {
         *self.peers.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = peers.clone();
-        let _ = self.ctl.send(Control::SetPeers(peers));
+        let (done, applied) = mpsc::channel();
+        if self.ctl.send(Control::SetPeers(peers, done)).is_ok() {
+            let _ = applied.recv_timeout(Duration::from_secs(1));
+        }
     }
 
     /// [`Userspace::set_peers`] unless the table is the one the device has; whether it changed.
@@ -404,7 +413,10 @@ impl Device {
         while !stop.load(Ordering::Relaxed) {
             while let Ok(c) = ctl.try_recv() {
                 match c {
-                    Control::SetPeers(p) => self.set_peers(p),
+                    Control::SetPeers(p, done) => {
+                        self.set_peers(p);
+                        let _ = done.send(());
+                    }
                     Control::SetKey(k) => self.set_key(k),
                 }
             }

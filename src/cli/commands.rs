@@ -203,6 +203,10 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             let sys = kernel("sluice down")?;
             let _lock = lock_node(&pin_dir, wait)?;
             println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
+            // The L7 redirect's policy routing (installed by the daemon for L7 rules).
+            if let Err(e) = crate::proxy::route::remove() {
+                eprintln!("sluice down: the to-proxy route: {e}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { sizes, repeat, rounds, parts } => {

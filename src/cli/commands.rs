@@ -553,13 +553,19 @@ fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
     let err = |e: crate::demo::DemoError| CliError::Replay(e.to_string());
     let mut services = Vec::new();
     let mut accel = None;
+    let mut l7: Option<crate::demo::l7::L7Report> = None;
     let rows = match sys::kernel_available() {
         Ok(()) => {
             println!("\nflows: the node built in network namespaces (endpoints, the world, an overlay peer), real traffic");
             crate::daemon::signals::install();
-            let (rows, svc, accel_row) =
-                crate::demo::run_kernel_all(cfg, &crate::daemon::signals::STOP, &mut std::io::stdout())
-                    .map_err(err)?;
+            let ((rows, svc, accel_row), l7_report) = crate::demo::run_kernel_demo(
+                cfg,
+                crate::model::DEFAULT_NODE_YAML,
+                &crate::daemon::signals::STOP,
+                &mut std::io::stdout(),
+            )
+            .map_err(err)?;
+            l7 = l7_report;
             if crate::daemon::signals::STOP.load(std::sync::atomic::Ordering::Relaxed) {
                 println!("interrupted: namespaces, programs and pins removed");
                 return Ok(1);
@@ -583,12 +589,16 @@ fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
         println!("{a}");
         usize::from(!a.ok())
     });
+    let l7_bad = l7.as_ref().map_or(0, |r| {
+        print!("{r}");
+        r.bad()
+    });
     println!("flows: {} tried, {} as expected, {} not", rows.len(), rows.len() - bad, bad);
     if !services.is_empty() {
         let probed = services.iter().filter(|s| s.skipped.is_none()).count();
         println!("services: {probed} frontends probed, {} as expected, {svc_bad} not", probed - svc_bad);
     }
-    Ok(bad + svc_bad + accel_bad)
+    Ok(bad + svc_bad + accel_bad + l7_bad)
 }
 
 /// Endpoint policy: a grid of flows between the endpoints, the host and outside peers,

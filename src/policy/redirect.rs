@@ -122,10 +122,12 @@ mod tests {
             .map(|e| e.proxy_port)
     }
 
+    /// (entries, L7 ranges, ports that must go to the proxy, ports that must not)
+    type Case = (Vec<PolicyEntry>, Vec<L7Range>, Vec<u16>, Vec<u16>);
+
     #[test]
     fn l7_ports_and_only_they_carry_the_proxy_port() {
-        // (entries, L7 ranges, ports that must go to the proxy, ports that must not)
-        let cases: Vec<(Vec<PolicyEntry>, Vec<L7Range>, Vec<u16>, Vec<u16>)> = vec![
+        let cases: Vec<Case> = vec![
             // The L7 rule is the entry.
             (
                 vec![allow(300, 80, 16)],

@@ -185,7 +185,8 @@ pub fn run(cfg: &NodeConfig, lab: &Lab, node_file: &str, dir: &Path) -> L7Report
     let (src, dst) = (&cfg.endpoints[si], &cfg.endpoints[di]);
     let (Some(src4), Some(dst4)) = (src.ipv4, dst.ipv4) else { return report };
     report.flow = format!("{} -> {} {dst4}:{port}", src.name, dst.name);
-    let (Some(src_ns), Some(dst_ns)) = (lab.endpoint(si), lab.endpoint(di)) else {
+    // The lab numbers endpoints from 1.
+    let (Some(src_ns), Some(dst_ns)) = (lab.endpoint(si + 1), lab.endpoint(di + 1)) else {
         report.error = Some("no namespace for an endpoint".into());
         return report;
     };

@@ -728,6 +728,10 @@ pub fn run_in_cluster(
         }
     };
     if wants_proxy {
+        // The endpoint programs hand L7 connections to the proxy marked for local delivery.
+        if let Err(e) = crate::proxy::route::install() {
+            println!("sluice proxy: cannot install the to-proxy route: {e}");
+        }
         keep_proxy();
     }
     let tick = opts.poll.min(Duration::from_millis(50)).max(Duration::from_millis(1));

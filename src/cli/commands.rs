@@ -203,6 +203,10 @@ pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
             let sys = kernel("sluice down")?;
             let _lock = lock_node(&pin_dir, wait)?;
             println!("{}", crate::node::wire::down(&sys, &pin_dir)?);
+            // The L7 redirect's policy routing (installed by the daemon for L7 rules).
+            if let Err(e) = crate::proxy::route::remove() {
+                eprintln!("sluice down: the to-proxy route: {e}");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { args } => bench(&args),
@@ -567,13 +571,19 @@ fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
     let err = |e: crate::demo::DemoError| CliError::Replay(e.to_string());
     let mut services = Vec::new();
     let mut accel = None;
+    let mut l7: Option<crate::demo::l7::L7Report> = None;
     let rows = match sys::kernel_available() {
         Ok(()) => {
             println!("\nflows: the node built in network namespaces (endpoints, the world, an overlay peer), real traffic");
             crate::daemon::signals::install();
-            let (rows, svc, accel_row) =
-                crate::demo::run_kernel_all(cfg, &crate::daemon::signals::STOP, &mut std::io::stdout())
-                    .map_err(err)?;
+            let ((rows, svc, accel_row), l7_report) = crate::demo::run_kernel_demo(
+                cfg,
+                crate::model::DEFAULT_NODE_YAML,
+                &crate::daemon::signals::STOP,
+                &mut std::io::stdout(),
+            )
+            .map_err(err)?;
+            l7 = l7_report;
             if crate::daemon::signals::STOP.load(std::sync::atomic::Ordering::Relaxed) {
                 println!("interrupted: namespaces, programs and pins removed");
                 return Ok(1);
@@ -597,12 +607,16 @@ fn demo_flows(cfg: &model::NodeConfig) -> Result<usize> {
         println!("{a}");
         usize::from(!a.ok())
     });
+    let l7_bad = l7.as_ref().map_or(0, |r| {
+        print!("{r}");
+        r.bad()
+    });
     println!("flows: {} tried, {} as expected, {} not", rows.len(), rows.len() - bad, bad);
     if !services.is_empty() {
         let probed = services.iter().filter(|s| s.skipped.is_none()).count();
         println!("services: {probed} frontends probed, {} as expected, {svc_bad} not", probed - svc_bad);
     }
-    Ok(bad + svc_bad + accel_bad)
+    Ok(bad + svc_bad + accel_bad + l7_bad)
 }
 
 /// Endpoint policy: a grid of flows between the endpoints, the host and outside peers,

@@ -82,6 +82,7 @@
 //! anti-spoofing: it uses link-local and unspecified sources.
 
 use super::kit::{self, Ipv4Checks, VerdictSites};
+use super::l7_redirect;
 use super::lb::{
     emit_hint_filter, emit_service_lb, Hint, HintAddr, LbFrame, LbLabels, LbOptions, LbPaths, ResetVia,
     HAIRPIN_V4, HAIRPIN_V6,
@@ -222,6 +223,7 @@ fn declare_frame(b: &mut Builder, options: Options) {
     b.stack_slot("own_identity", FP_MISC + 4, 4);
     b.stack_slot("family", FP_FAM, 1);
     b.stack_slot("proto", FP_FAM + 1, 1);
+    b.stack_slot("l7_ct_flags", L7.stash, 1);
     b.stack_slot("event", FP_EV, key(event::SIZE));
     b.stack_slot("ipc_key", FP_LPM, 20);
     b.stack_slot("peer_identity", FP_PEER, 4);
@@ -231,6 +233,17 @@ fn declare_frame(b: &mut Builder, options: Options) {
         LB.declare(b);
     }
 }
+
+/// The slots the L7 redirect uses ([`l7_redirect`]); its conntrack flags byte is the free
+/// byte after the protocol (zeroed at entry with the family word).
+const L7: l7_redirect::Frame = l7_redirect::Frame {
+    ctx: FP_CTX,
+    ct: FP_CT,
+    ctv: FP_CTV,
+    scratch: FP_CTR,
+    tcp_flags: FP_MISC,
+    stash: FP_FAM + 2,
+};
 
 /// Fixed header lengths, as the guards and cursor moves use them.
 const V4_HLEN: i32 = ipv4::HEADER_LEN as i32;
@@ -467,7 +480,8 @@ fn generate_program(ep: Option<u16>, dir: Direction, options: Options) -> Result
     let mut b = Builder::new();
     declare_frame(&mut b, options);
     let l = Labels::new(&mut b, options);
-    let g = Gen { ep, dir, options, l };
+    let l7 = [l7_redirect::Labels::new(&mut b), l7_redirect::Labels::new(&mut b)];
+    let g = Gen { ep, dir, options, l, l7 };
     g.emit_entry(&mut b);
     emit_ethernet(
         &mut b,
@@ -497,6 +511,12 @@ fn generate_program(ep: Option<u16>, dir: Direction, options: Options) -> Result
         g.emit_ct_hit(&mut b, f);
         g.emit_new_connection(&mut b, f);
         g.emit_ct_create(&mut b, f);
+        let at = l7_redirect::Where {
+            from_endpoint: dir == Direction::FromEndpoint,
+            ipv4: f.family == 4,
+            ct_map: f.ct,
+        };
+        l7_redirect::emit_blocks(&mut b, &L7, at, g.l7_labels(f), g.l.v.exit());
     }
     g.l.v.emit(&mut b);
     g.emit_exit(&mut b);
@@ -579,9 +599,15 @@ struct Gen {
     dir: Direction,
     options: Options,
     l: Labels,
+    /// The L7 redirect's blocks, IPv4 and IPv6.
+    l7: [l7_redirect::Labels; 2],
 }
 
 impl Gen {
+    fn l7_labels(&self, f: Fam) -> &l7_redirect::Labels {
+        &self.l7[usize::from(f.family == 6)]
+    }
+
     /// The verdict site of `r`.
     fn site(&self, r: Reason) -> Label {
         self.l.v.of(r)
@@ -1077,6 +1103,9 @@ impl Gen {
         b.comment("two CPUs adding at the same instant may lose one; nothing reads it as exact");
         b.load(Size::DW, Reg::R1, Reg::R6, ct_value::PACKETS as i16);
         b.add(Reg::R1, 1).store(Size::DW, Reg::R6, ct_value::PACKETS as i16, Reg::R1);
+        if self.dir == Direction::FromEndpoint {
+            l7_redirect::emit_established_check(b, Reg::R6, self.l7_labels(f));
+        }
         b.mov(Reg::R7, Reason::AllowEstablished as i32).ja(fl.allowed);
         b.place(ct_dead).comment("a dead entry: judge the packet as new");
         b.ja(fl.new_connection);
@@ -1086,6 +1115,9 @@ impl Gen {
         let dir = self.dir.policy_dir();
         let fl = self.fl(f);
         b.place(fl.new_connection).comment("a new connection: is policy enforced here?");
+        if self.dir == Direction::ToEndpoint {
+            l7_redirect::emit_note_upstream(b, &L7);
+        }
         self.emit_ep_config(b);
         b.jmp(JmpCond::Eq, Reg::R0, 0, self.site(Reason::DenyDefault));
         b.load(Size::W, Reg::R1, Reg::R0, ep_config::IDENTITY as i16);
@@ -1247,6 +1279,7 @@ impl Gen {
             b.jmp(JmpCond::Ne, Reg::R2, 0, next);
             b.load(Size::B, Reg::R2, Reg::R0, at + pol_slot::VERDICT as i16);
             b.jmp(JmpCond::Eq, Reg::R2, i32::from(policy_value::DENY), self.site(Reason::DenyPolicy));
+            l7_redirect::emit_entry_check(b, Reg::R0, at + pol_slot::PROXY_PORT as i16, self.l7_labels(f));
             b.mov(Reg::R7, Reason::AllowNew as i32);
             b.ja(fl.ct_create);
             b.place(next);
@@ -1280,6 +1313,7 @@ impl Gen {
         b.load(Size::B, Reg::R1, Reg::R0, policy_value::VERDICT as i16);
         b.jmp(JmpCond::Eq, Reg::R1, i32::from(policy_value::DENY), self.site(Reason::DenyPolicy));
         b.jmp(JmpCond::Ne, Reg::R1, i32::from(policy_value::ALLOW), self.site(Reason::DenyDefault));
+        l7_redirect::emit_entry_check(b, Reg::R0, policy_value::PROXY_PORT as i16, self.l7_labels(f));
         b.mov(Reg::R7, Reason::AllowNew as i32);
         b.ja(fl.ct_create);
     }
@@ -1297,6 +1331,7 @@ impl Gen {
         for off in (0..ct_value::SIZE as i16).step_by(8) {
             b.store(Size::DW, Reg::R10, FP_CTV + off, 0);
         }
+        l7_redirect::emit_ct_flags(b, &L7);
         b.call(KTIME_GET_COARSE_NS);
         b.load(Size::B, Reg::R3, Reg::R10, FP_FAM + 1);
         b.ld_imm64(Reg::R2, timeout::UDP);

@@ -10,6 +10,7 @@
 pub mod endpoint;
 pub mod ipsec;
 pub mod kit;
+pub mod l7_redirect;
 pub mod lb;
 pub mod overlay;
 pub mod prefilter;

@@ -19,10 +19,11 @@
 //! 4. Packets it does not take return `TCX_NEXT` (the next tcx program runs); packets it
 //!    assigned return `TC_ACT_OK` (to the stack, which delivers them to the socket).
 //!
-//! Not yet: the redirected ports are constants of the program (one per L7 port), not the
-//! endpoint policy entries' `proxy_port` (so the endpoint programs' L3/L4 verdict does not
-//! run for the packets this program takes when it is attached in front of them); IPv6; the verifier simulator does not model the
-//! socket helpers, so this program has kernel tests only (`tests/l7_redirect.rs`).
+//! Standalone: the redirected ports are constants of the program (one per L7 port), not the
+//! policy entries' `proxy_port`, so attached in front of the endpoint programs it would take
+//! connections before their L3/L4 verdict; the node does not attach it. The node's redirect
+//! is [`super::l7_redirect`], inside the endpoint programs after their verdict. IPv6 is not
+//! done; this program has kernel tests only (`tests/l7_redirect.rs`).
 
 use super::{emit_ethernet, emit_skb_packet_pointers, guard, CodegenError, EthLabels};
 use crate::packet::{ipv4::field as ipv4, tcp::field as tcp};

@@ -15,6 +15,7 @@
 //! verifier-sim, following redirects from program to program as the kernel would.
 
 pub mod accel;
+pub mod l7;
 pub mod lab;
 pub mod services;
 pub mod traffic;
@@ -415,7 +416,7 @@ pub fn run_kernel_with_services(
     stop: &AtomicBool,
     log: &mut dyn std::io::Write,
 ) -> Result<(Vec<Row>, Vec<services::ServiceRow>), DemoError> {
-    run_kernel_in_lab(cfg, stop, log, false).map(|(rows, svc, _)| (rows, svc))
+    run_kernel_in_lab(cfg, stop, log, false, None).map(|((rows, svc, _), _)| (rows, svc))
 }
 
 /// What [`run_kernel_all`] showed: the flows, the services' probes, the accelerated path
@@ -430,7 +431,18 @@ pub fn run_kernel_all(
     stop: &AtomicBool,
     log: &mut dyn std::io::Write,
 ) -> Result<KernelRun, DemoError> {
-    run_kernel_in_lab(cfg, stop, log, true)
+    run_kernel_in_lab(cfg, stop, log, true, None).map(|(run, _)| run)
+}
+
+/// [`run_kernel_all`], then the L7 flow ([`l7::run`], with `node_file` the node's YAML for
+/// `sluice proxy`) in the same lab: what `sluice demo` shows.
+pub fn run_kernel_demo(
+    cfg: &NodeConfig,
+    node_file: &str,
+    stop: &AtomicBool,
+    log: &mut dyn std::io::Write,
+) -> Result<(KernelRun, Option<l7::L7Report>), DemoError> {
+    run_kernel_in_lab(cfg, stop, log, true, Some(node_file))
 }
 
 fn run_kernel_in_lab(
@@ -438,7 +450,8 @@ fn run_kernel_in_lab(
     stop: &AtomicBool,
     log: &mut dyn std::io::Write,
     with_accel: bool,
-) -> Result<KernelRun, DemoError> {
+    l7_node_file: Option<&str>,
+) -> Result<(KernelRun, Option<l7::L7Report>), DemoError> {
     let prefix = lab_prefix();
     let pin: PathBuf = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
     let sys = sluice::sys::kernel();
@@ -492,7 +505,13 @@ fn run_kernel_in_lab(
         };
         let accel = (with_accel && !stop.load(Ordering::Relaxed))
             .then(|| accel::run(cfg, &lab, &sys, &pin, &flows(cfg, &outside)));
-        Ok((rows, svc, accel))
+        let l7 = l7_node_file.filter(|_| !stop.load(Ordering::Relaxed)).map(|yaml| {
+            let dir = std::env::temp_dir().join(format!("{prefix}-l7"));
+            let report = l7::run(cfg, &lab, yaml, &dir);
+            let _ = std::fs::remove_dir_all(&dir);
+            report
+        });
+        Ok(((rows, svc, accel), l7))
     });
     let down = lab.node.run_in(|| wire::down(&sys, &pin));
     drop(lab);

@@ -130,6 +130,12 @@ layout! {
         packets: u64 => PACKETS,
     }
     pub const SEEN_REPLY: u8 = 1;
+    /// The endpoint programs handed this connection to the L7 proxy: `from-endpoint` gives
+    /// its packets to the proxy's socket (see `crate::codegen::l7_redirect`).
+    pub const PROXIED: u8 = 4;
+    /// The proxy opened this connection (its upstream): `from-endpoint` gives the replies
+    /// to the proxy's socket.
+    pub const PROXY_UPSTREAM: u8 = 8;
 }
 
 /// Connection states.
@@ -618,7 +624,8 @@ layout! {
         /// The port bits that must match.
         mask: u16 => MASK,
         port: u16 => PORT,
-        _pad: u16,
+        /// The L7 proxy port of an allow (network order, as `policy_value`'s), 0 = none.
+        proxy_port: u16 => PROXY_PORT,
     }
 }
 
@@ -638,7 +645,7 @@ layout! {
     /// Bytes per entry.
     pub const ENTRY_SIZE: usize = super::pol_entry::SIZE;
     /// Offsets within an entry.
-    pub use super::pol_entry::{MASK, PORT, PROTO, VERDICT};
+    pub use super::pol_entry::{MASK, PORT, PROTO, PROXY_PORT, VERDICT};
     /// Set in `EPDIR` for a used slot.
     pub const OCCUPIED: u32 = 1 << 24;
 }
@@ -671,6 +678,8 @@ pub struct InlineRule {
     pub allow: bool,
     pub mask: u16,
     pub port: u16,
+    /// L7 proxy port (host order), 0 = none.
+    pub proxy_port: u16,
 }
 
 /// The `pol_table` contents: per (endpoint, direction, identity) its rules most specific
@@ -691,7 +700,14 @@ pub fn policy_table(rules: &[PolicyRule]) -> PolicyTable {
         let port_bits = len.saturating_sub(policy_key::PORT_BITS).min(16);
         let mask = if port_bits == 0 { 0 } else { u16::MAX << (16 - port_bits) };
         let port = u16::from_be_bytes([k[14], k[15]]) & mask;
-        let rule = InlineRule { proto, allow: v[policy_value::VERDICT] == policy_value::ALLOW, mask, port };
+        let proxy_port = u16::from_be_bytes([v[policy_value::PROXY_PORT], v[policy_value::PROXY_PORT + 1]]);
+        let rule = InlineRule {
+            proto,
+            allow: v[policy_value::VERDICT] == policy_value::ALLOW,
+            mask,
+            port,
+            proxy_port,
+        };
         lists.entry((ep, dir, identity)).or_default().push((len, rule));
     }
     lists
@@ -721,6 +737,8 @@ fn pol_slot_bytes(key: (u16, u8, u32), list: &Option<Vec<InlineRule>>) -> [u8; p
         v[at + pol_slot::VERDICT] = if r.allow { policy_value::ALLOW } else { policy_value::DENY };
         v[at + pol_slot::MASK..at + pol_slot::MASK + 2].copy_from_slice(&r.mask.to_le_bytes());
         v[at + pol_slot::PORT..at + pol_slot::PORT + 2].copy_from_slice(&r.port.to_le_bytes());
+        v[at + pol_slot::PROXY_PORT..at + pol_slot::PROXY_PORT + 2]
+            .copy_from_slice(&r.proxy_port.to_be_bytes());
     }
     v
 }

@@ -270,9 +270,12 @@ pub fn load_file(path: &Path) -> Result<NodeConfig, ModelError> {
     parse_str(&text, &path.display().to_string())
 }
 
+/// The built-in default node's YAML (`fixtures/default-node.yaml`).
+pub const DEFAULT_NODE_YAML: &str = include_str!("../../fixtures/default-node.yaml");
+
 /// The built-in default node (`fixtures/default-node.yaml`), used by `sluice demo`.
 pub fn default_node() -> NodeConfig {
-    parse_str(include_str!("../../fixtures/default-node.yaml"), DEFAULT_NODE_ORIGIN)
+    parse_str(DEFAULT_NODE_YAML, DEFAULT_NODE_ORIGIN)
         .expect("fixtures/default-node.yaml is valid: tests::default_node_parses checks it")
 }
 

@@ -14,9 +14,10 @@
 //!   endpoint's own traffic passes there.
 //! - A deny prefix that covers an overlay peer's address: the peer's VXLAN packets come from
 //!   that address, so the overlay to it breaks where the prefilter runs.
-//! - A policy with L7 (`rules.http`) rules: `sluice proxy` enforces them on the connections it
-//!   is given, but the endpoint programs do not redirect to it yet, so the datapath allows
-//!   those ports at L3/L4 without the HTTP rules.
+//! - A policy with ingress L7 (`rules.http`) rules: egress rules' connections are redirected
+//!   to `sluice proxy` (`crate::codegen::l7_redirect`), ingress rules' are not yet, so the
+//!   endpoint programs drop the connections those entries allow (fail closed); IPv6
+//!   connections to L7 ports are dropped the same way.
 //! - What a policy document holds that Kubernetes accepts and ignores (a NetworkPolicy's
 //!   rules for a direction its `policyTypes` leaves out), from `NodeConfig::policy_warnings`,
 //!   after the prefilter's.
@@ -54,15 +55,12 @@ pub fn warnings(cfg: &NodeConfig) -> Vec<String> {
         }
     }
     for policy in &cfg.policies {
-        let has_l7 = policy
-            .rules
-            .iter()
-            .flat_map(|r| r.ingress.allow.iter().chain(&r.egress.allow))
-            .any(|peer_rule| peer_rule.http.is_some());
-        if has_l7 {
+        let has_ingress_l7 =
+            policy.rules.iter().flat_map(|r| &r.ingress.allow).any(|peer_rule| peer_rule.http.is_some());
+        if has_ingress_l7 {
             out.push(format!(
-                "{}: {} {}/{}: L7 rules are enforced by `sluice proxy` only for connections it is given; the \
-                 datapath does not redirect to it yet, so their ports are allowed at L3/L4 without the HTTP rules",
+                "{}: {} {}/{}: ingress L7 rules are not redirected to `sluice proxy` yet (egress rules are): the \
+                 connections they allow are dropped (fails closed); write the HTTP rules on the client's egress",
                 cfg.source, policy.kind, policy.namespace, policy.name
             ));
         }

@@ -34,7 +34,8 @@ pub struct PolicyEntry {
     pub port_prefix: u8,
     /// Drop what matches, whatever allows it.
     pub deny: bool,
-    /// Redirect to this L7 proxy port; 0 (reserved for L7 policy, always 0 for now).
+    /// Redirect to this L7 proxy port (allow entries of rules with `rules.http`, see
+    /// `super::redirect`); 0: none.
     pub proxy_port: u16,
 }
 

@@ -19,6 +19,7 @@ pub mod explain;
 pub mod identity;
 pub mod ipcache;
 pub mod oracle;
+pub mod redirect;
 pub mod resolve;
 pub mod tiers;
 

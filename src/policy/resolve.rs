@@ -150,6 +150,9 @@ struct RuleDirection {
     pieces: Vec<usize>,
     /// Ingress port names, which depend on the subject.
     named_ingress: Vec<NamedIngress>,
+    /// The port ranges of allow rules with L7 (`rules.http`) rules: their entries carry the
+    /// proxy port (`super::redirect`).
+    l7: Vec<super::redirect::L7Range>,
 }
 
 /// Peer rules as (deny, identity, protocol, port range) lists, each distinct list stored once:
@@ -238,7 +241,14 @@ pub fn resolve(cfg: &NodeConfig) -> Result<Resolved, PolicyError> {
                             last: u16::MAX,
                         });
                     }
-                    DirectionPolicy { enforced: true, entries: canonical_entries(&mut raw) }
+                    let l7: Vec<super::redirect::L7Range> =
+                        selecting.iter().flat_map(|&r| rules[r].1[d].l7.iter().copied()).collect();
+                    let entries = super::redirect::apply_proxy_ports(
+                        canonical_entries(&mut raw),
+                        &l7,
+                        crate::proxy::LISTEN_PORT,
+                    );
+                    DirectionPolicy { enforced: true, entries }
                 });
                 Arc::new(EndpointPolicy { ingress, egress })
             })
@@ -266,6 +276,7 @@ fn rule_direction(
 ) -> RuleDirection {
     let mut used = Vec::new();
     let mut named_ingress = Vec::new();
+    let mut l7 = Vec::new();
     for (list, deny) in [(&rules.allow, false), (&rules.deny, true)] {
         for rule in list {
             let mut identities: Vec<u32> = rule.peers.iter().flat_map(|p| peers.of(p)).collect();
@@ -285,6 +296,9 @@ fn rule_direction(
                     l4.iter().map(move |&(proto, first, last)| Raw { deny, id, proto, first, last })
                 })
                 .collect();
+            if !deny && rule.http.is_some() {
+                l7.extend(raw.iter().map(super::redirect::L7Range::from));
+            }
             if !rule.named_ports.is_empty() {
                 match direction {
                     // The subject's named ports: resolved per subject.
@@ -303,7 +317,7 @@ fn rule_direction(
     }
     used.sort_unstable();
     used.dedup();
-    RuleDirection { enforced: rules.enforced, pieces: used, named_ingress }
+    RuleDirection { enforced: rules.enforced, pieces: used, named_ingress, l7 }
 }
 
 /// An ingress peer rule's port names, resolved against each subject's named ports.

@@ -161,7 +161,22 @@ pub(super) fn apply(
                     }
                 }
             }
-            let policy = DirectionPolicy { enforced: true, entries: canonical_entries(&mut raw) };
+            // The L7 ports of the tier below stay redirected (`super::redirect`).
+            let l7: Vec<super::redirect::L7Range> = np
+                .entries
+                .iter()
+                .filter(|e| e.proxy_port != 0)
+                .map(|e| {
+                    let (first, last) = e.port_range();
+                    super::redirect::L7Range { identity: e.identity, first, last }
+                })
+                .collect();
+            let entries = super::redirect::apply_proxy_ports(
+                canonical_entries(&mut raw),
+                &l7,
+                crate::proxy::LISTEN_PORT,
+            );
+            let policy = DirectionPolicy { enforced: true, entries };
             match direction {
                 Direction::Ingress => updated.ingress = policy,
                 Direction::Egress => updated.egress = policy,

@@ -58,6 +58,10 @@ use self::metrics::Metrics;
 /// 0x0A00), so the datapath does not redirect them again.
 pub const MARK_FROM_PROXY: u32 = 0x0A00;
 
+/// The proxy's transparent listener port (`sluice proxy --listen`'s default, `0.0.0.0:15001`):
+/// the proxy port policy entries with L7 rules carry, both directions (`crate::policy::redirect`).
+pub const LISTEN_PORT: u16 = 15001;
+
 /// How often the node file is checked for changes.
 pub const RULES_POLL: Duration = Duration::from_millis(200);
 

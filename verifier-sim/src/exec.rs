@@ -57,8 +57,10 @@
 //! when none is given), `skb_set_tunnel_key` (kept in [`Context::tunnel_key`]),
 //! `skb_get_tunnel_key` (reads [`Context::tunnel_key`], the received packet's metadata;
 //! `-EINVAL` with the buffer zeroed when there is none, as in the kernel),
-//! `redirect_neigh`, `redirect_peer` (tc; recorded in [`RunOutcome::redirect_peer`]) and
-//! `ringbuf_output`.
+//! `redirect_neigh`, `redirect_peer` (tc; recorded in [`RunOutcome::redirect_peer`]),
+//! `ringbuf_output`, and `sk_lookup_tcp`/`skc_lookup_tcp`, which find no socket (the
+//! simulator models none: the L7 redirect's connections fail closed here, see the
+//! verifier's helper table).
 //! The skb's `ip_summed` is [`IpSummed::None`] unless set (what `BPF_PROG_TEST_RUN`
 //! builds), so `BPF_F_PSEUDO_HDR` and `BPF_F_RECOMPUTE_CSUM` change only `skb->csum` under
 //! [`IpSummed::Complete`] and the field under [`IpSummed::Partial`], as in the kernel.
@@ -196,6 +198,10 @@ mod hid {
     pub const XDP_LOAD_BYTES: i32 = 189;
     pub const XDP_STORE_BYTES: i32 = 190;
     pub const GET_SOCKET_COOKIE: i32 = 46;
+    pub const SK_LOOKUP_TCP: i32 = 84;
+    pub const SK_RELEASE: i32 = 86;
+    pub const SKC_LOOKUP_TCP: i32 = 99;
+    pub const SK_ASSIGN: i32 = 124;
 }
 
 /// Map kinds a program may look up, update and delete in.
@@ -1487,6 +1493,8 @@ impl Vm<'_> {
             }
             hid::KTIME_GET_NS | hid::KTIME_GET_BOOT_NS | hid::KTIME_GET_COARSE_NS => self.ctx.now_ns,
             hid::GET_PRANDOM_U32 => u64::from(self.next_random()),
+            // No sockets in the simulator: every lookup finds none (NULL).
+            hid::SK_LOOKUP_TCP | hid::SKC_LOOKUP_TCP if tc => 0,
             hid::GET_SMP_PROCESSOR_ID => self.maps.cpu() as u64,
             hid::GET_SOCKET_COOKIE if matches!(self.kind, ProgKind::CgroupSockAddr(_)) => {
                 if r1 != CTX_ADDR {
@@ -1738,7 +1746,11 @@ impl Vm<'_> {
             | hid::SKB_GET_TUNNEL_KEY
             | hid::REDIRECT_NEIGH
             | hid::REDIRECT_PEER
-            | hid::GET_SOCKET_COOKIE => return Err(unavailable),
+            | hid::GET_SOCKET_COOKIE
+            | hid::SK_LOOKUP_TCP
+            | hid::SKC_LOOKUP_TCP
+            | hid::SK_ASSIGN
+            | hid::SK_RELEASE => return Err(unavailable),
             _ => return Err(ExecError::UnknownHelper { insn, helper: id }),
         };
         self.regs[0] = r0;

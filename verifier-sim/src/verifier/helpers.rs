@@ -183,6 +183,26 @@ pub const HELPERS: &[Helper] = &[
         TC,
     ),
     helper(id::REDIRECT_PEER, "bpf_redirect_peer", &[Scalar, Scalar], Ret::Redirect, TC),
+    // The socket helpers of the L7 redirect. The subset models no socket pointers: a lookup
+    // finds none (r0 is 0, as the executor answers), so the code after its null check is
+    // dead here and checked by the kernel's verifier only (the endpoint programs' kernel
+    // tests load it); `sk_assign` and `sk_release` are then never reached.
+    helper(
+        id::SK_LOOKUP_TCP,
+        "bpf_sk_lookup_tcp",
+        &[Ctx, MemRead, Size, Scalar, Scalar],
+        Ret::Range(0, 0),
+        TC,
+    ),
+    helper(
+        id::SKC_LOOKUP_TCP,
+        "bpf_skc_lookup_tcp",
+        &[Ctx, MemRead, Size, Scalar, Scalar],
+        Ret::Range(0, 0),
+        TC,
+    ),
+    helper(id::SK_ASSIGN, "bpf_sk_assign", &[Ctx, Scalar, Scalar], Ret::Integer, TC),
+    helper(id::SK_RELEASE, "bpf_sk_release", &[Scalar], Ret::Integer, TC),
     helper(
         id::SOCK_HASH_UPDATE,
         "bpf_sock_hash_update",

@@ -8,18 +8,18 @@
 //!   frontend to the backend's port 9080, where only `GET /api/.*` is allowed. A node without
 //!   one gets a report saying so, not a failure.
 //! - In the lab's node namespace the to-proxy route is installed and `sluice proxy` (this
-//!   very binary) started on [`crate::proxy::LISTEN_PORT`] with the node file; a small HTTP
+//!   very binary) started on [`sluice::proxy::LISTEN_PORT`] with the node file; a small HTTP
 //!   server answers `200` in the destination's namespace. Each of [`REQUESTS`] is sent from
 //!   the source's namespace to the destination's own address on a fresh connection.
-//! - The expected status comes from the rules ([`crate::l7::policy`]: 200 when every gate of
+//! - The expected status comes from the rules ([`sluice::l7::policy`]: 200 when every gate of
 //!   the connection allows the request, 403 otherwise), never from the proxy or the programs.
 //! - The proxy is stopped and the route removed before returning.
 
 use super::lab::Lab;
-use crate::l7::policy::{GateVerdict, L7Policy};
-use crate::l7::rules::Request;
-use crate::model::policy::Peer;
-use crate::model::NodeConfig;
+use sluice::l7::policy::{GateVerdict, L7Policy};
+use sluice::l7::rules::Request;
+use sluice::model::policy::Peer;
+use sluice::model::NodeConfig;
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -170,7 +170,7 @@ impl Drop for Running<'_> {
             let _ = p.kill();
             let _ = p.wait();
         }
-        let _ = self.lab.node.run_in(crate::proxy::route::remove);
+        let _ = self.lab.node.run_in(sluice::proxy::route::remove);
     }
 }
 
@@ -203,7 +203,7 @@ pub fn run(cfg: &NodeConfig, lab: &Lab, node_file: &str, dir: &Path) -> L7Report
         std::fs::write(&file, node_file).map_err(|e| format!("{}: {e}", file.display()))?;
         let mut running = Running { lab, proxy: None };
         lab.node
-            .run_in(crate::proxy::route::install)
+            .run_in(sluice::proxy::route::install)
             .map_err(|e| e.to_string())?
             .map_err(|e| e.to_string())?;
         let exe = std::env::current_exe().map_err(|e| format!("the sluice binary: {e}"))?;
@@ -215,7 +215,7 @@ pub fn run(cfg: &NodeConfig, lab: &Lab, node_file: &str, dir: &Path) -> L7Report
                     .arg("proxy")
                     .arg("--config")
                     .arg(&file)
-                    .args(["--listen", &format!("0.0.0.0:{}", crate::proxy::LISTEN_PORT)])
+                    .args(["--listen", &format!("0.0.0.0:{}", sluice::proxy::LISTEN_PORT)])
                     .arg("--access-log")
                     .arg(dir.join("access.log"))
                     .stdin(Stdio::null())
@@ -230,7 +230,7 @@ pub fn run(cfg: &NodeConfig, lab: &Lab, node_file: &str, dir: &Path) -> L7Report
         let listening = || {
             lab.node
                 .run_in(|| {
-                    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, crate::proxy::LISTEN_PORT));
+                    let to = SocketAddr::from((Ipv4Addr::LOCALHOST, sluice::proxy::LISTEN_PORT));
                     TcpStream::connect_timeout(&to, Duration::from_millis(200)).is_ok()
                 })
                 .unwrap_or(false)

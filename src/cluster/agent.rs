@@ -231,10 +231,20 @@ impl Agent {
         }
         // The view first: a first publish learns from it what an earlier run left behind.
         if watch.is_none() {
-            let list = self.etcd.list(layout::ROOT.as_bytes())?;
-            let view = ClusterView::from_list(&list.kvs);
-            *watch = Some(self.etcd.watch(layout::ROOT.as_bytes(), list.revision + 1)?);
-            self.set_view(view, list.revision, true);
+            // What the view holds, one snapshot (one revision), folded page by page; the
+            // identity references (half the keys of a big cluster) are not read: the view
+            // does not use them.
+            let mut view = ClusterView::default();
+            let mut revision = 0;
+            for prefix in [layout::NODES, layout::IDENTITY_IDS, layout::ENDPOINTS] {
+                revision = self.etcd.list_pages(prefix.as_bytes(), revision, &mut |kvs| {
+                    for kv in &kvs {
+                        view.put_kv(kv);
+                    }
+                })?;
+            }
+            *watch = Some(self.etcd.watch(layout::ROOT.as_bytes(), revision + 1)?);
+            self.set_view(view, revision, true);
         }
         let local = lock(&self.local).clone();
         if let Some(local) = local.filter(|l| s.published.as_ref() != Some(l)) {

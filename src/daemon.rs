@@ -468,7 +468,26 @@ impl Daemon<'_> {
             .is_some_and(|a| a.generation() != self.cluster_applied.load(Ordering::Acquire));
         match (&*seen, &now) {
             (Some(Ok(old)), Ok(new)) if old == new && cluster_moved => {
-                println!("cluster changed");
+                // An endpoint that only changed identity is one ipcache word
+                // (crate::cluster::fast); anything else re-applies the whole view.
+                if let Some(agent) = &self.cluster {
+                    use crate::cluster::fast::{apply, Applied};
+                    match apply(agent, &self.sys, &self.opts.pin_dir) {
+                        (Applied::Whole(why), _) => println!("cluster changed ({why})"),
+                        (Applied::Nothing, generation) => {
+                            self.cluster_applied.store(generation, Ordering::Release);
+                            return;
+                        }
+                        (Applied::Fast { addresses, chunks }, generation) => {
+                            self.cluster_applied.store(generation, Ordering::Release);
+                            lock(&self.metrics).updates_applied += 1;
+                            println!(
+                                "cluster changed: {addresses} endpoint identities written to the ipcache ({chunks} chunks)"
+                            );
+                            return;
+                        }
+                    }
+                }
                 match self.apply_locked(&mut seen) {
                     Ok(report) => println!("applied: {report}"),
                     Err(e) => println!("not applied: {e}"),
@@ -745,6 +764,11 @@ pub fn run_in_cluster(
         scope.spawn(|| {
             let mut next_poll = Instant::now() + opts.poll;
             while !stop.load(Ordering::Relaxed) {
+                // A cluster change is applied as soon as the agent has it, not at the next poll.
+                let generation = d.cluster.as_ref().map(|a| a.generation());
+                if generation.is_some_and(|g| g != d.cluster_applied.load(Ordering::Acquire)) {
+                    d.poll();
+                }
                 if Instant::now() >= next_poll {
                     d.poll();
                     if let Some(wg) = &wireguard {
@@ -762,7 +786,12 @@ pub fn run_in_cluster(
                     }
                     next_poll = Instant::now() + opts.poll;
                 }
-                std::thread::sleep(tick);
+                match (&d.cluster, generation) {
+                    (Some(agent), Some(seen)) => {
+                        agent.wait_generation(seen, tick);
+                    }
+                    _ => std::thread::sleep(tick),
+                }
             }
         });
         while !stop.load(Ordering::Relaxed) {

@@ -56,25 +56,40 @@ pub struct ClusterResult {
     pub apply: Duration,
     pub resolve: Duration,
     pub plan: Result<Duration, String>,
+    /// The plan's maps created, filled and pinned with its programs (root only).
+    pub load: Result<Duration, String>,
     pub ipcache_entries: usize,
     pub propagation_p50: Duration,
     pub propagation_p99: Duration,
     pub propagation_max: Duration,
+    /// etcd put -> the ipcache word written by the daemon's fast path
+    /// ([`sluice::cluster::fast::apply`]) into the loaded maps: p50, p99, max (root only).
+    pub map_update: Option<(Duration, Duration, Duration)>,
+    /// Changes the fast path declined (the daemon would re-apply the whole view).
+    pub fallbacks: usize,
+    /// Changes that kept the endpoint's identity (nothing to write).
+    pub unchanged: usize,
     /// Changes timed.
     pub changes: usize,
     pub rss_before_kib: u64,
     pub rss_converged_kib: u64,
+    /// The peak RSS from the agent's start to converged (VmHWM, reset before the start).
+    pub rss_peak_kib: u64,
     pub agent_requests_per_change: f64,
     pub agent_bytes_per_change: f64,
     pub put_bytes: usize,
 }
 
 fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+fn status_kib(field: &str) -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
         })
         .unwrap_or(0)
@@ -97,8 +112,8 @@ fn put(key: String, value: Vec<u8>, lease: i64) -> Op {
     Op::Put { key: key.into_bytes(), value, lease }
 }
 
-/// Writes the synthetic cluster; returns the number of keys.
-fn generate(etcd: &Client, nodes: usize, per_node: usize, sets: usize) -> Result<usize, String> {
+/// Writes the synthetic cluster; returns the number of keys and each label set's identity.
+fn generate(etcd: &Client, nodes: usize, per_node: usize, sets: usize) -> Result<(usize, Vec<u32>), String> {
     let mut ops: Vec<Op> = Vec::new();
     // Identities: the slot order single-file mode uses, probing on collision.
     let mut taken = std::collections::BTreeSet::new();
@@ -160,7 +175,7 @@ fn generate(etcd: &Client, nodes: usize, per_node: usize, sets: usize) -> Result
             return Err("a compare-free transaction did not succeed".into());
         }
     }
-    Ok(keys)
+    Ok((keys, ids))
 }
 
 /// The local node of the run: one endpoint, an overlay, and one rule selecting by labels.
@@ -200,10 +215,12 @@ pub fn measure_sized(
         .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(str::to_owned))
         .unwrap_or_default();
     let t = Instant::now();
-    let keys = generate(&etcd, nodes, per_node, sets)?;
+    let (keys, ids) = generate(&etcd, nodes, per_node, sets)?;
     let write = t.elapsed();
 
     let rss_before_kib = rss_kib();
+    // Peak from here on (Linux: writing 5 to clear_refs resets VmHWM to the current RSS).
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
     let local = local_node();
     let agent = Arc::new(Agent::new(server.client(), &local.name, 60));
     agent.set_local(&local);
@@ -240,14 +257,37 @@ pub fn measure_sized(
     let resolve = t.elapsed();
     let ipcache_entries = resolved.ipcache().len();
     let t = Instant::now();
-    let plan = sluice::node::plan(&cfg).map(|_| t.elapsed()).map_err(|e| e.to_string());
-    let rss_converged_kib = rss_kib();
+    let planned = sluice::node::plan(&cfg).map(|p| (p, t.elapsed())).map_err(|e| e.to_string());
+    let plan = planned.as_ref().map(|(_, d)| *d).map_err(Clone::clone);
     drop(view);
+    // The kernel part of converging (root): what the daemon's start does with the plan.
+    let sys = sluice::sys::kernel();
+    let pins = Pins(
+        std::path::PathBuf::from(sluice::sys::DEFAULT_BPFFS)
+            .join(format!("sluice-bench-cluster-{}", std::process::id())),
+    );
+    let load = match (&planned, sluice::sys::kernel_available()) {
+        (Ok((p, _)), Ok(())) => {
+            let t = Instant::now();
+            sluice::node::load::load_and_pin(&sys, p, &pins.0).map(|_| t.elapsed()).map_err(|e| e.to_string())
+        }
+        (Err(e), _) => Err(format!("no plan: {e}")),
+        (_, Err(why)) => Err(format!("not measured: {why}")),
+    };
+    drop(planned);
+    let rss_converged_kib = rss_kib();
+    let rss_peak_kib = status_kib("VmHWM:");
 
     // Propagation: one endpoint changes identity per step.
     let counters = agent_counters(&agent);
     let (req0, bytes0) = counters;
     let mut lat = Vec::with_capacity(changes);
+    let mut map_lat = Vec::with_capacity(changes);
+    let mut fallbacks = 0;
+    let mut unchanged = 0;
+    let loaded = load.is_ok();
+    // The changes the view took in while converging are not the ones timed.
+    let _ = agent.take_changes();
     let mut put_bytes = 0;
     for i in 0..changes {
         let node = 1 + (i * 7919) % nodes;
@@ -256,7 +296,7 @@ pub fn measure_sized(
         let ip = IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], (i % per_node) as u8 + 1));
         let record = EndpointRecord {
             ip,
-            identity: label_set_slot(&labels_of(i % sets)),
+            identity: ids[i % sets],
             node: format!("node-{node}"),
             name: format!("moved-{i}"),
             namespace: "default".into(),
@@ -266,18 +306,29 @@ pub fn measure_sized(
         let before = agent.generation();
         let t = Instant::now();
         etcd.put(layout::endpoint_key(ip).as_bytes(), &value, 0).map_err(|e| e.to_string())?;
-        while agent.generation() == before {
+        while agent.wait_generation(before, Duration::from_millis(100)) == before {
             if t.elapsed() > Duration::from_secs(30) {
                 return Err(format!("change {i} not seen within 30 s"));
             }
-            std::thread::sleep(Duration::from_micros(50));
         }
         lat.push(t.elapsed());
+        if loaded {
+            // What the daemon's poller does when the generation moves.
+            match sluice::cluster::fast::apply(&agent, &sys, &pins.0).0 {
+                sluice::cluster::fast::Applied::Fast { .. } => map_lat.push(t.elapsed()),
+                sluice::cluster::fast::Applied::Nothing => unchanged += 1,
+                sluice::cluster::fast::Applied::Whole(_) => fallbacks += 1,
+            }
+        }
     }
     let (req1, bytes1) = agent_counters(&agent);
     stop.store(true, Ordering::Relaxed);
     let _ = runner.join();
     lat.sort();
+    map_lat.sort();
+    let map_update = (!map_lat.is_empty()).then(|| {
+        (percentile(&map_lat, 0.5), percentile(&map_lat, 0.99), map_lat.last().copied().unwrap_or_default())
+    });
     Ok(ClusterResult {
         nodes,
         endpoints: nodes * per_node,
@@ -289,17 +340,38 @@ pub fn measure_sized(
         apply,
         resolve,
         plan,
+        load,
         ipcache_entries,
         propagation_p50: percentile(&lat, 0.5),
         propagation_p99: percentile(&lat, 0.99),
         propagation_max: lat.last().copied().unwrap_or_default(),
+        map_update,
+        fallbacks,
+        unchanged,
         changes,
         rss_before_kib,
         rss_converged_kib,
+        rss_peak_kib,
         agent_requests_per_change: (req1 - req0) as f64 / changes.max(1) as f64,
         agent_bytes_per_change: (bytes1 - bytes0) as f64 / changes.max(1) as f64,
         put_bytes,
     })
+}
+
+fn map_lat_len(r: &ClusterResult) -> usize {
+    r.changes - r.fallbacks - r.unchanged
+}
+
+/// A bench pin directory, removed (with the maps and programs in it) on drop.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            let _ = sluice::node::load::unload(&sluice::sys::kernel(), &self.0);
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
 }
 
 fn agent_counters(agent: &Agent) -> (u64, u64) {
@@ -339,7 +411,19 @@ impl ClusterResult {
             Ok(d) => ms(*d),
             Err(e) => format!("fails: {e}"),
         };
-        let _ = writeln!(s, "| plan (every map's contents) | {plan} |");
+        let _ = writeln!(s, "| plan (resolution included; every map's contents) | {plan} |");
+        let load = match &self.load {
+            Ok(d) => ms(*d),
+            Err(e) => e.clone(),
+        };
+        let _ = writeln!(s, "| load: maps created, filled and pinned, programs loaded | {load} |");
+        if let (Ok(p), Ok(l)) = (&self.plan, &self.load) {
+            let _ = writeln!(
+                s,
+                "| **start -> converged datapath** (view + config + plan + load) | **{}** |",
+                ms(self.list + self.apply + *p + *l)
+            );
+        }
         let _ = writeln!(
             s,
             "| propagation, etcd put -> agent view (p50 / p99 / max of {}) | {} / {} / {} |",
@@ -348,11 +432,32 @@ impl ClusterResult {
             ms(self.propagation_p99),
             ms(self.propagation_max)
         );
+        match self.map_update {
+            Some((p50, p99, max)) => {
+                let _ = writeln!(
+                    s,
+                    "| propagation, etcd put -> ipcache written (fast path; p50 / p99 / max of {}; {} kept their identity, {} declined) | {} / {} / {} |",
+                    map_lat_len(self),
+                    self.unchanged,
+                    self.fallbacks,
+                    ms(p50),
+                    ms(p99),
+                    ms(max)
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "| propagation, etcd put -> ipcache written | not measured (no loaded maps) |"
+                );
+            }
+        }
         let _ = writeln!(
             s,
-            "| RSS before the agent / converged | {:.1} MiB / {:.1} MiB |",
+            "| RSS before the agent / converged / peak while converging | {:.1} MiB / {:.1} MiB / {:.1} MiB |",
             self.rss_before_kib as f64 / 1024.0,
-            self.rss_converged_kib as f64 / 1024.0
+            self.rss_converged_kib as f64 / 1024.0,
+            self.rss_peak_kib as f64 / 1024.0
         );
         let _ = writeln!(
             s,

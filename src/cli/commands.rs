@@ -84,7 +84,8 @@ fn lock_node(pin_dir: &Path, wait: Wait) -> Result<Option<NodeLock>> {
 /// Run one command; `wait` says what a change does when another holds the node's lock.
 pub fn run(cmd: Command, wait: Wait) -> Result<ExitCode> {
     match cmd {
-        Command::Demo => demo(),
+        Command::Demo { cluster: false, .. } => demo(),
+        Command::Demo { cluster: true, lease_ttl } => Ok(crate::demo::cluster::main(lease_ttl)),
         Command::Compile { node, out } => compile(&node, out.as_deref()),
         Command::Sim { node, pcap, quiet, prefilter_only: true, .. } => sim(&node, &pcap, quiet),
         Command::Sim { node, pcap, quiet, json, kernel, .. } => {

@@ -25,7 +25,15 @@ pub struct Cli {
 pub enum Command {
     /// Compile the built-in default node, check it in the simulator and (as root) in the
     /// kernel with golden packets, and print what every packet got.
-    Demo,
+    Demo {
+        /// Instead: three nodes in network namespaces, each with its own daemon, joined
+        /// through an etcd the demo starts (root; needs `etcd`: apt-get install etcd-server).
+        #[arg(long)]
+        cluster: bool,
+        /// With --cluster: each node's lease TTL in seconds (how soon a dead node is dropped).
+        #[arg(long, default_value_t = 5, requires = "cluster")]
+        lease_ttl: u64,
+    },
     /// Print each program's listing, or write ELF objects with --out.
     Compile {
         /// The node file (multi-document YAML).

@@ -21,11 +21,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::alloc::{self, Garbage};
 use super::etcd::{Client, EtcdError, Watch, WatchBatch};
+use super::fast::{Changes, InUse};
 use super::layout::{self, EndpointRecord, NodeRecord};
 use super::view::ClusterView;
 use crate::model::{Cidr, Labels, NodeConfig};
@@ -136,6 +137,11 @@ pub struct Agent {
     view: Mutex<ClusterView>,
     generation: AtomicU64,
     status: Mutex<AgentStatus>,
+    /// What changed since the daemon last took it, and the identity counts it is sorted
+    /// by (`super::fast`); locked after `view`.
+    changes: Mutex<(Changes, InUse)>,
+    /// Signalled when the generation moves ([`Agent::wait_generation`]).
+    moved: (Mutex<()>, Condvar),
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -153,6 +159,8 @@ impl Agent {
             view: Mutex::new(ClusterView::default()),
             generation: AtomicU64::new(0),
             status: Mutex::new(AgentStatus::default()),
+            changes: Mutex::new((Changes::default(), InUse::new())),
+            moved: (Mutex::new(()), Condvar::new()),
         }
     }
 
@@ -164,6 +172,33 @@ impl Agent {
     /// Changes of the view so far: the daemon re-applies when this moved.
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// Waits until the generation is not `seen` any more, or `timeout` passed; returns it.
+    pub fn wait_generation(&self, seen: u64, timeout: std::time::Duration) -> u64 {
+        let (m, cv) = &self.moved;
+        let mut guard = lock(m);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.generation();
+            let left = deadline.saturating_duration_since(Instant::now());
+            if now != seen || left.is_zero() {
+                return now;
+            }
+            guard = cv.wait_timeout(guard, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+    }
+
+    fn bump(&self) {
+        let _guard = lock(&self.moved.0);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.moved.1.notify_all();
+    }
+
+    /// The changes since the last call (`super::fast`): identity changes the daemon can
+    /// write as they are, or a structural change that needs the whole view applied.
+    pub fn take_changes(&self) -> Changes {
+        std::mem::take(&mut lock(&self.changes).0)
     }
 
     /// What the agent's etcd client sent and received so far.
@@ -236,10 +271,20 @@ impl Agent {
         }
         // The view first: a first publish learns from it what an earlier run left behind.
         if watch.is_none() {
-            let list = self.etcd.list(layout::ROOT.as_bytes())?;
-            let view = ClusterView::from_list(&list.kvs);
-            *watch = Some(self.etcd.watch(layout::ROOT.as_bytes(), list.revision + 1)?);
-            self.set_view(view, list.revision, true);
+            // What the view holds, one snapshot (one revision), folded page by page; the
+            // identity references (half the keys of a big cluster) are not read: the view
+            // does not use them.
+            let mut view = ClusterView::default();
+            let mut revision = 0;
+            for prefix in [layout::NODES, layout::IDENTITY_IDS, layout::ENDPOINTS] {
+                revision = self.etcd.list_pages(prefix.as_bytes(), revision, &mut |kvs| {
+                    for kv in &kvs {
+                        view.put_kv(kv);
+                    }
+                })?;
+            }
+            *watch = Some(self.etcd.watch(layout::ROOT.as_bytes(), revision + 1)?);
+            self.set_view(view, revision, true);
         }
         let local = lock(&self.local).clone();
         if let Some(local) = local.filter(|l| s.published.as_ref() != Some(l)) {
@@ -260,12 +305,15 @@ impl Agent {
                     // In place: a change costs its events, not a copy of the whole view.
                     let (nodes, endpoints, identities) = {
                         let mut view = lock(&self.view);
+                        let mut changes = lock(&self.changes);
+                        let (changes, in_use) = &mut *changes;
                         for e in &events {
+                            changes.note(&view, in_use, &self.node, e);
                             view.apply_event(e);
                         }
                         (view.nodes.len(), view.endpoints.len(), view.identities.len())
                     };
-                    self.generation.fetch_add(1, Ordering::AcqRel);
+                    self.bump();
                     let mut st = lock(&self.status);
                     st.revision = revision.max(st.revision);
                     (st.nodes, st.endpoints, st.identities) = (nodes, endpoints, identities);
@@ -295,9 +343,15 @@ impl Agent {
                 st.relists += 1;
             }
         }
-        *lock(&self.view) = view;
+        {
+            let mut held = lock(&self.view);
+            let mut changes = lock(&self.changes);
+            changes.1 = super::fast::in_use(&view);
+            changes.0.structural |= changed || relisted;
+            *held = view;
+        }
         if changed || relisted {
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.bump();
         }
     }
 

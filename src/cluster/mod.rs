@@ -15,6 +15,8 @@
 //! - [`agent`]: the loop a daemon runs: publish, keep the lease alive, watch, and on any
 //!   etcd failure keep the last view (the datapath keeps its state), retry with back-off,
 //!   and resynchronise (relist) when etcd is back or the watch fell behind compaction.
+//! - [`fast`]: an endpoint that changed identity written straight into the ipcache, so a
+//!   change does not cost a whole re-apply.
 //! - [`server`]: a throwaway etcd for tests, the demo and the benchmark.
 //! - [`etcd`]: the etcd v3 client (JSON gateway over HTTP/1.1; why not `etcd-client`: see
 //!   there).
@@ -22,6 +24,7 @@
 pub mod agent;
 pub mod alloc;
 pub mod etcd;
+pub mod fast;
 pub mod layout;
 pub mod server;
 pub mod view;

@@ -48,6 +48,11 @@ impl ClusterView {
         }
     }
 
+    /// One listed pair, as [`ClusterView::from_list`] folds it.
+    pub fn put_kv(&mut self, kv: &KeyValue) {
+        self.put(kv);
+    }
+
     fn put(&mut self, kv: &KeyValue) {
         let key = kv.key_str();
         let ok = if let Some(name) = key.strip_prefix(layout::NODES) {

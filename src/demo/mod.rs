@@ -15,6 +15,7 @@
 //! verifier-sim, following redirects from program to program as the kernel would.
 
 pub mod accel;
+pub mod cluster;
 pub mod l7;
 pub mod lab;
 pub mod services;

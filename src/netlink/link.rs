@@ -377,6 +377,24 @@ impl Netlink {
         self.ifindex(&spec.name)
     }
 
+    /// Create a Linux bridge (down). Returns its ifindex.
+    pub fn create_bridge(&self, name: &str) -> Result<u32> {
+        check_ifname(name)?;
+        let mut req = Request::new(rtm::NEWLINK, flags::CREATE | flags::EXCL, format_args!("bridge {name}"));
+        req.header(&IfInfoMsg::default()).attr_str(ifla::IFNAME, name).nest(ifla::LINKINFO, |r| {
+            r.attr_str(ifla::INFO_KIND, "bridge");
+        });
+        self.ack(&mut req)?;
+        self.ifindex(name)
+    }
+
+    /// Enslave the link to `master` (a bridge's port).
+    pub fn set_master(&self, ifindex: u32, master: u32) -> Result<()> {
+        let mut req = Request::new(rtm::NEWLINK, 0, format_args!("set ifindex {ifindex} master {master}"));
+        req.header(&ifinfo(ifindex)).attr_u32(ifla::MASTER, master);
+        self.ack(&mut req)
+    }
+
     /// Bring the link up (`IFF_UP`).
     pub fn set_up(&self, ifindex: u32) -> Result<()> {
         self.set_flags(ifindex, IFF_UP, IFF_UP, "up")

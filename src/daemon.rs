@@ -736,6 +736,21 @@ pub fn run_in_cluster(
         dir: opts.socket.parent().map_or_else(|| PathBuf::from("/run/sluice"), Path::to_path_buf),
     };
     let wants_proxy = crate::l7::policy::L7Policy::new(cfg.clone()).is_ok_and(|p| !p.is_empty());
+    // Whether a node file's text has L7 rules: read again whenever the file changes, so
+    // L7 rules added while the daemon runs get their proxy and route without a restart
+    // (until then their connections fail closed in the endpoint programs).
+    let l7_in = |text: &str| {
+        model::parse_str(text, &opts.config.display().to_string())
+            .ok()
+            .and_then(|c| crate::l7::policy::L7Policy::new(c).ok())
+            .is_some_and(|p| !p.is_empty())
+    };
+    let install_route = || {
+        // The endpoint programs hand L7 connections to the proxy marked for local delivery.
+        if let Err(e) = crate::proxy::route::install() {
+            println!("sluice proxy: cannot install the to-proxy route: {e}");
+        }
+    };
     let keep_proxy = || {
         let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("sluice"));
         match crate::proxy::supervise::ensure(&proxy_files, &opts.config, &exe, &[]) {
@@ -747,10 +762,7 @@ pub fn run_in_cluster(
         }
     };
     if wants_proxy {
-        // The endpoint programs hand L7 connections to the proxy marked for local delivery.
-        if let Err(e) = crate::proxy::route::install() {
-            println!("sluice proxy: cannot install the to-proxy route: {e}");
-        }
+        install_route();
         keep_proxy();
     }
     let tick = opts.poll.min(Duration::from_millis(50)).max(Duration::from_millis(1));
@@ -763,6 +775,8 @@ pub fn run_in_cluster(
         // The poller: an apply it starts never holds up the socket.
         scope.spawn(|| {
             let mut next_poll = Instant::now() + opts.poll;
+            let (mut proxy_wanted, mut proxy_text) =
+                (wants_proxy, model::limits::read_node_file(&opts.config).ok());
             while !stop.load(Ordering::Relaxed) {
                 // A cluster change is applied as soon as the agent has it, not at the next poll.
                 let generation = d.cluster.as_ref().map(|a| a.generation());
@@ -781,7 +795,16 @@ pub fn run_in_cluster(
                             }
                         }
                     }
-                    if wants_proxy {
+                    let text = model::limits::read_node_file(&opts.config).ok();
+                    if text.is_some() && text != proxy_text {
+                        let wanted = text.as_deref().is_some_and(l7_in);
+                        if wanted && !proxy_wanted {
+                            println!("the node file has L7 rules now: starting sluice proxy");
+                            install_route();
+                        }
+                        (proxy_wanted, proxy_text) = (wanted, text);
+                    }
+                    if proxy_wanted {
                         keep_proxy();
                     }
                     next_poll = Instant::now() + opts.poll;

@@ -344,3 +344,84 @@ fn l7_rules_are_enforced_through_the_node_after_l3_l4_policy() {
     assert!(down.status.success(), "sluice down: {}", String::from_utf8_lossy(&down.stderr));
     assert!(!rules().contains("lookup 2004"), "sluice down removed the to-proxy rule:\n{}", rules());
 }
+
+/// L7 rules added to the node file while the daemon runs get their proxy and route without
+/// a restart: first A may reach B:80 with no L7 rule (a DELETE reaches B), then the file
+/// gains `rules.http` on that port and the same DELETE gets the proxy's 403 while a GET
+/// under `/api/` still reaches B.
+#[test]
+fn l7_rules_added_while_the_daemon_runs_get_their_proxy() {
+    if !gate("l7_rules_added_while_the_daemon_runs_get_their_proxy") {
+        return;
+    }
+    if Command::new("curl").arg("--version").output().is_err() {
+        assert!(std::env::var_os("SLUICE_REQUIRE_KERNEL").is_none(), "curl is not installed");
+        eprintln!("skipped: curl is not installed");
+        return;
+    }
+    netns::remove_stale_namespaces(PREFIX);
+    let base = netns::unique(PREFIX);
+    let tmp = std::env::temp_dir().join(&base);
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let with_l7 = node_file();
+    let without_l7 = with_l7.replace(
+        "          rules:\n            http:\n              - {method: GET, path: \"/api/.*\"}\n",
+        "",
+    );
+    assert_ne!(with_l7, without_l7, "the node file without its L7 rules");
+    std::fs::write(tmp.join("node.yaml"), &without_l7).expect("node file");
+    let paths = Paths {
+        config: tmp.join("node.yaml"),
+        pin_dir: PathBuf::from(format!("/sys/fs/bpf/{base}")),
+        socket: tmp.join("sluice.sock"),
+        tmp,
+    };
+    let net = NodeNet::build(&base, &[("lxcA", A4), ("lxcB", B4), ("lxcC", C4), ("lxcD", D4)]);
+    let mut guard = Guard { daemon: Some(start_daemon(&net.node.name, &paths)), paths, net };
+    let until = |what: &str, guard: &mut Guard, mut cond: Box<dyn FnMut(&Guard) -> bool>| {
+        let deadline = Instant::now() + STALL;
+        while !cond(guard) {
+            if let Some(Ok(Some(exit))) = guard.daemon.as_mut().map(|d| d.try_wait()) {
+                panic!("the daemon exited ({exit})\n{}", guard.paths.logs());
+            }
+            assert!(Instant::now() < deadline, "{what}\n{}", guard.paths.logs());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    until(
+        "no attached node",
+        &mut guard,
+        Box::new(|g: &Guard| {
+            request(&g.paths.socket, "status").is_some_and(|st| st.contains("attachments (8)"))
+        }),
+    );
+    let seen: Seen = Default::default();
+    serve(&guard.net.ep("lxcB").ns, B4, 80, seen.clone());
+    let a = guard.net.ep("lxcA").ns.name.clone();
+    let delete = format!("http://{B4}/api/items");
+    assert_eq!(curl(&a, "DELETE", &delete), (200, "DELETE /api/items".to_string()), "no L7 rule yet");
+
+    std::fs::write(&guard.paths.config, &with_l7).expect("node file with L7 rules");
+    until(
+        "the proxy did not start after the L7 rules were added",
+        &mut guard,
+        Box::new(|g: &Guard| {
+            g.net.node.enter(|| {
+                TcpStream::connect_timeout(
+                    &(Ipv4Addr::LOCALHOST, sluice::proxy::LISTEN_PORT).into(),
+                    Duration::from_millis(200),
+                )
+                .is_ok()
+            })
+        }),
+    );
+    // The policy entries and the proxy change in the same poll, but not at the same instant:
+    // a connection in between fails closed, so ask again until the proxy answers.
+    until(
+        "the DELETE never got the proxy's 403",
+        &mut guard,
+        Box::new(move |_: &Guard| curl(&a, "DELETE", &delete).0 == 403),
+    );
+    let a = guard.net.ep("lxcA").ns.name.clone();
+    assert_eq!(curl(&a, "GET", &format!("http://{B4}/api/items")), (200, "GET /api/items".to_string()));
+}

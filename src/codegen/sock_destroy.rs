@@ -15,12 +15,10 @@
 //!   socket fields' offsets are the iterator's ([`IterOffsets`], also from BTF).
 
 use super::kit;
-use super::sockops::{IterOffsets, TCP_ESTABLISHED};
+use super::sockops::{emit_iter_sock_key, IterOffsets, TCP_ESTABLISHED};
 use super::CodegenError;
-use crate::maps::fwd::V4_MAPPED_WORD;
 use crate::maps::sock::{sock_key, SockKey};
 use crate::maps::MapDef;
-use crate::uapi::{AF_INET, AF_INET6};
 use sluice_asm::{Builder, CallTarget, Insn, JmpCond, Program, Reg, Size};
 
 /// The program's name.
@@ -43,41 +41,13 @@ pub fn generate(off: IterOffsets, destroy_btf_id: i32) -> Result<Program, Codege
     let mut b = Builder::new();
     let b = &mut b;
     kit::stack_layout::<SockKey>(b, "key", KEY);
-    let (done, v4, v6, ports) =
-        (b.new_label("done"), b.new_label("ipv4"), b.new_label("ipv6"), b.new_label("ports"));
+    let done = b.new_label("done");
     b.comment("r6 = the socket; NULL ends the run");
     b.load(Size::DW, Reg::R6, Reg::R1, off.sk_common);
     b.jmp(JmpCond::Eq, Reg::R6, 0, done);
     b.load(Size::B, Reg::R1, Reg::R6, off.state);
     b.jmp(JmpCond::Ne, Reg::R1, TCP_ESTABLISHED, done);
-    b.comment("the connection as this socket sees it: {own address, peer address, own port, peer port}");
-    b.load(Size::H, Reg::R1, Reg::R6, off.family);
-    b.jmp(JmpCond::Eq, Reg::R1, AF_INET, v4);
-    b.jmp(JmpCond::Eq, Reg::R1, AF_INET6, v6);
-    b.ja(done);
-    b.place(v4).comment("IPv4: addresses IPv4-mapped, as the key has them");
-    for (at, field) in [(sock_key::LOCAL, off.rcv_saddr), (sock_key::REMOTE, off.daddr)] {
-        let at = KEY + at as i16;
-        b.store(Size::W, Reg::R10, at, 0);
-        b.store(Size::W, Reg::R10, at + 4, 0);
-        b.store(Size::W, Reg::R10, at + 8, V4_MAPPED_WORD as i32);
-        b.load(Size::W, Reg::R1, Reg::R6, field);
-        b.store(Size::W, Reg::R10, at + 12, Reg::R1);
-    }
-    b.ja(ports);
-    b.place(v6);
-    for (at, field) in [(sock_key::LOCAL, off.v6_rcv_saddr), (sock_key::REMOTE, off.v6_daddr)] {
-        for w in 0..4i16 {
-            b.load(Size::W, Reg::R1, Reg::R6, field + 4 * w);
-            b.store(Size::W, Reg::R10, KEY + at as i16 + 4 * w, Reg::R1);
-        }
-    }
-    b.place(ports).comment("ports in network order (skc_num is host order, skc_dport network order)");
-    b.load(Size::H, Reg::R1, Reg::R6, off.num);
-    b.be(16, Reg::R1);
-    b.store(Size::H, Reg::R10, KEY + sock_key::LOCAL_PORT as i16, Reg::R1);
-    b.load(Size::H, Reg::R1, Reg::R6, off.dport);
-    b.store(Size::H, Reg::R10, KEY + sock_key::REMOTE_PORT as i16, Reg::R1);
+    emit_iter_sock_key(b, &off, KEY, None, done);
     kit::map_lookup(b, REVOKE_MAP, KEY);
     b.jmp(JmpCond::Eq, Reg::R0, 0, done);
     b.comment("revoked: abort it (bpf_sock_destroy)");

@@ -570,6 +570,53 @@ impl IterOffsets {
     }
 }
 
+/// Build the `{own address, peer address, own port, peer port}` [`SockKey`] at `r10 + key`
+/// from the `iter/tcp` socket in `r6`, as that socket sees its connection: IPv4 addresses
+/// IPv4-mapped (as `lxc` keys them), ports in network order. `host_port`: also store the
+/// own port in host order there (a 4-byte slot). A family other than IPv4 or IPv6 jumps
+/// to `other_family`. Clobbers `r1`. Shared by the pick-up/re-stamp iterator and
+/// [`super::sock_destroy`].
+pub(crate) fn emit_iter_sock_key(
+    b: &mut Builder,
+    off: &IterOffsets,
+    key: i16,
+    host_port: Option<i16>,
+    other_family: Label,
+) {
+    let (v4, v6, ports) = (b.new_label("ipv4"), b.new_label("ipv6"), b.new_label("ports"));
+    b.comment("the connection as this socket sees it: {own address, peer address, own port, peer port}");
+    b.load(Size::H, Reg::R1, Reg::R6, off.family);
+    b.jmp(JmpCond::Eq, Reg::R1, AF_INET, v4);
+    b.jmp(JmpCond::Eq, Reg::R1, AF_INET6, v6);
+    b.ja(other_family);
+    b.place(v4).comment("IPv4: addresses IPv4-mapped, as lxc keys them");
+    for (at, field) in [(sock_key::LOCAL, off.rcv_saddr), (sock_key::REMOTE, off.daddr)] {
+        let at = key + at as i16;
+        b.store(Size::W, Reg::R10, at, 0);
+        b.store(Size::W, Reg::R10, at + 4, 0);
+        b.store(Size::W, Reg::R10, at + 8, V4_MAPPED_WORD as i32);
+        b.load(Size::W, Reg::R1, Reg::R6, field);
+        b.store(Size::W, Reg::R10, at + 12, Reg::R1);
+    }
+    b.ja(ports);
+    b.place(v6);
+    for (at, field) in [(sock_key::LOCAL, off.v6_rcv_saddr), (sock_key::REMOTE, off.v6_daddr)] {
+        for w in 0..4i16 {
+            b.load(Size::W, Reg::R1, Reg::R6, field + 4 * w);
+            b.store(Size::W, Reg::R10, key + at as i16 + 4 * w, Reg::R1);
+        }
+    }
+    b.place(ports).comment("ports in network order (skc_num is host order, skc_dport network order)");
+    b.load(Size::H, Reg::R1, Reg::R6, off.num);
+    if let Some(slot) = host_port {
+        b.store(Size::W, Reg::R10, slot, Reg::R1);
+    }
+    b.be(16, Reg::R1);
+    b.store(Size::H, Reg::R10, key + sock_key::LOCAL_PORT as i16, Reg::R1);
+    b.load(Size::H, Reg::R1, Reg::R6, off.dport);
+    b.store(Size::H, Reg::R10, key + sock_key::REMOTE_PORT as i16, Reg::R1);
+}
+
 /// Generate the `iter/tcp` program that picks up established sockets (issue 11, existing
 /// sockets): run once per network namespace at attach, it decides each established TCP
 /// socket exactly as `sock_ops` decides a new connection ([`emit_decide`]) and inserts the
@@ -601,37 +648,7 @@ pub fn generate_iter(off: IterOffsets, mode: IterMode) -> Result<Program, Codege
     b.ja(l.done);
 
     b.place(established);
-    let key = slot::KEY;
-    let (v4, v6, ports) = (b.new_label("ipv4"), b.new_label("ipv6"), b.new_label("ports"));
-    b.comment("the connection as this socket sees it: {own address, peer address, own port, peer port}");
-    b.load(Size::H, Reg::R1, Reg::R6, off.family);
-    b.jmp(JmpCond::Eq, Reg::R1, AF_INET, v4);
-    b.jmp(JmpCond::Eq, Reg::R1, AF_INET6, v6);
-    b.ja(l.other_family);
-    b.place(v4).comment("IPv4: addresses IPv4-mapped, as lxc keys them");
-    for (at, field) in [(sock_key::LOCAL, off.rcv_saddr), (sock_key::REMOTE, off.daddr)] {
-        let at = key + at as i16;
-        b.store(Size::W, Reg::R10, at, 0);
-        b.store(Size::W, Reg::R10, at + 4, 0);
-        b.store(Size::W, Reg::R10, at + 8, V4_MAPPED_WORD as i32);
-        b.load(Size::W, Reg::R1, Reg::R6, field);
-        b.store(Size::W, Reg::R10, at + 12, Reg::R1);
-    }
-    b.ja(ports);
-    b.place(v6);
-    for (at, field) in [(sock_key::LOCAL, off.v6_rcv_saddr), (sock_key::REMOTE, off.v6_daddr)] {
-        for w in 0..4i16 {
-            b.load(Size::W, Reg::R1, Reg::R6, field + 4 * w);
-            b.store(Size::W, Reg::R10, key + at as i16 + 4 * w, Reg::R1);
-        }
-    }
-    b.place(ports).comment("ports in network order (skc_num is host order, skc_dport network order)");
-    b.load(Size::H, Reg::R1, Reg::R6, off.num);
-    b.store(Size::W, Reg::R10, slot::SCRATCH, Reg::R1);
-    b.be(16, Reg::R1);
-    b.store(Size::H, Reg::R10, key + sock_key::LOCAL_PORT as i16, Reg::R1);
-    b.load(Size::H, Reg::R1, Reg::R6, off.dport);
-    b.store(Size::H, Reg::R10, key + sock_key::REMOTE_PORT as i16, Reg::R1);
+    emit_iter_sock_key(b, &off, slot::KEY, Some(slot::SCRATCH), l.other_family);
     b.comment("r8 = 1 (client) unless the local port has a listener here");
     kit::map_lookup(b, LISTEN_MAP, slot::SCRATCH);
     b.mov(Reg::R8, 1);

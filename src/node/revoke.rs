@@ -5,7 +5,7 @@
 //! How: the endpoint programs judge a connection once, at its first packet, and let every
 //! later packet through on its conntrack entry. So after the new policy's map writes,
 //! [`revoke_denied`] walks `ct4` and `ct6`, judges each entry again with the node's
-//! compiled policy ([`crate::policy::resolve`] and [`evaluate_entries`], what the programs
+//! compiled policy (the update's [`crate::policy::Resolved`] and [`evaluate_entries`], what the programs
 //! read from `policy`) and deletes the entries the new policy denies. The connection's next
 //! packet then finds no entry, is judged as a new flow and dropped, in both directions, on
 //! the tc path; an accelerated connection's messages already go to that path once its
@@ -68,8 +68,6 @@ pub struct Revoked {
 #[derive(Debug, thiserror::Error)]
 pub enum RevokeError {
     #[error("revoking established connections: {0}")]
-    Policy(#[from] crate::policy::PolicyError),
-    #[error("revoking established connections: {0}")]
     Sys(#[from] SysError),
     #[error("ending revoked connections' sockets: {0}")]
     Destroy(String),
@@ -111,13 +109,14 @@ fn decode6(k: &[u8]) -> Option<Tuple> {
     })
 }
 
-/// Delete every `ct4`/`ct6` entry of `maps` that `cfg`'s policy denies (see the module
-/// contract); the deleted ones, in walk order.
+/// Delete every `ct4`/`ct6` entry of `maps` that `cfg`'s policy, `resolved` (the one the
+/// update's writes were computed from), denies (see the module contract); the deleted
+/// ones, in walk order.
 pub fn revoke_denied(
     cfg: &NodeConfig,
+    resolved: &crate::policy::Resolved,
     maps: &BTreeMap<&'static str, Map>,
 ) -> Result<Vec<Revoked>, RevokeError> {
-    let resolved = crate::policy::resolve(cfg)?;
     let owner: BTreeMap<IpAddr, &str> =
         cfg.endpoints.iter().flat_map(|e| e.addresses().map(move |a| (a, e.name.as_str()))).collect();
     let mut out = Vec::new();
@@ -213,31 +212,12 @@ pub fn destroy_sockets(
     Ok(namespaces.len())
 }
 
-/// Every distinct network namespace of a process or named in `/run/netns`, open. What
-/// cannot be opened (a process gone meanwhile) is skipped.
+/// Every distinct network namespace named in `/run/netns` or of a process, open.
 fn all_netns() -> Vec<std::fs::File> {
-    use std::os::unix::fs::MetadataExt;
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
-    let mut candidates: Vec<std::path::PathBuf> = Vec::new();
-    for dir in ["/run/netns"] {
-        if let Ok(entries) = std::fs::read_dir(dir) {
-            candidates.extend(entries.flatten().map(|e| e.path()));
-        }
-    }
-    if let Ok(entries) = std::fs::read_dir("/proc") {
-        for e in entries.flatten() {
-            if e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())) {
-                candidates.push(e.path().join("ns/net"));
-            }
-        }
-    }
-    for path in candidates {
-        let Ok(f) = std::fs::File::open(&path) else { continue };
-        let Ok(meta) = f.metadata() else { continue };
-        if seen.insert((meta.dev(), meta.ino())) {
-            out.push(f);
-        }
-    }
-    out
+    let dir = |d: &str| std::fs::read_dir(d).into_iter().flatten().flatten();
+    let named = dir("/run/netns").map(|e| e.path());
+    let processes = dir("/proc")
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit())))
+        .map(|e| e.path().join("ns/net"));
+    super::socklayer::distinct_netns(named.chain(processes))
 }

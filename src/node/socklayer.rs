@@ -429,10 +429,8 @@ pub(crate) fn run_iter_in(
 
 /// The distinct network namespaces of the processes in `cgroup` and its descendants, open.
 fn cgroup_netns(cgroup: &Path) -> Result<Vec<std::fs::File>, SockLayerError> {
-    use std::os::unix::fs::MetadataExt;
     let io = |what: &Path, e: std::io::Error| SockLayerError::PickUp(format!("{}: {e}", what.display()));
-    let mut seen = std::collections::BTreeSet::new();
-    let mut out = Vec::new();
+    let mut pids = Vec::new();
     let mut dirs = vec![cgroup.to_path_buf()];
     while let Some(dir) = dirs.pop() {
         // A cgroup removed meanwhile (or never there) has no processes.
@@ -451,14 +449,24 @@ fn cgroup_netns(cgroup: &Path) -> Result<Vec<std::fs::File>, SockLayerError> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             other => other.map_err(|e| io(&procs, e))?,
         };
-        for pid in text.split_whitespace() {
-            // A process may exit meanwhile: then it has no sockets to pick up.
-            let Ok(f) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else { continue };
-            let Ok(meta) = f.metadata() else { continue };
-            if seen.insert((meta.dev(), meta.ino())) {
-                out.push(f);
-            }
+        pids.extend(text.split_whitespace().map(|pid| PathBuf::from(format!("/proc/{pid}/ns/net"))));
+    }
+    // A process may exit meanwhile: then it has no sockets to pick up.
+    Ok(distinct_netns(pids))
+}
+
+/// The distinct network namespaces among `paths` (namespace files: `/proc/PID/ns/net`,
+/// `/run/netns/NAME`), open, in first-seen order; a path that cannot be opened is skipped.
+pub(crate) fn distinct_netns(paths: impl IntoIterator<Item = PathBuf>) -> Vec<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for path in paths {
+        let Ok(f) = std::fs::File::open(&path) else { continue };
+        let Ok(meta) = f.metadata() else { continue };
+        if seen.insert((meta.dev(), meta.ino())) {
+            out.push(f);
         }
     }
-    Ok(out)
+    out
 }

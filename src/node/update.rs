@@ -293,7 +293,9 @@ pub fn update_pinned(
             }
         }
     }
-    let writes = map_writes(cfg, &maps)?.apply(&maps)?;
+    let mut live = map_writes(cfg, &maps)?;
+    let resolved = live.resolved.take();
+    let writes = live.apply(&maps)?;
     let mut update = count_writes(&writes);
     let changed = |names: &[&str]| {
         writes.iter().any(|w| names.contains(&w.map) && !(w.keys.is_empty() && w.deletes.is_empty()))
@@ -308,8 +310,10 @@ pub fn update_pinned(
     // After the restamp: a denied accelerated connection's messages go to the tc path,
     // where its conntrack entry is then gone. Peer identities (the ipcache) are verdict
     // inputs here too: revocation judges every peer, not only local endpoints.
-    if cfg.policy.revoke_established && changed(&super::revoke::VERDICT_INPUTS) {
-        update.revoked = super::revoke::revoke_denied(cfg, &maps)?;
+    if let Some(resolved) =
+        resolved.filter(|_| cfg.policy.revoke_established && changed(&super::revoke::VERDICT_INPUTS))
+    {
+        update.revoked = super::revoke::revoke_denied(cfg, &resolved, &maps)?;
         // The entries are gone, so the connections are ended on the datapath already;
         // failing to abort their sockets too leaves them to time out, which is reported.
         if let Err(e) = super::revoke::destroy_sockets(sys, &update.revoked) {
@@ -335,6 +339,9 @@ pub struct LiveWrites {
     pub purge: CtPurge,
     /// Mirrored maps' contents once the writes are applied (see `MIRRORS`).
     mirrors: Vec<(&'static str, u32, Contents)>,
+    /// The policy the writes were computed from (`None` without endpoints), for what
+    /// judges the datapath's state after them (`policy.revokeEstablished`).
+    pub resolved: Option<crate::policy::Resolved>,
 }
 
 impl LiveWrites {
@@ -380,6 +387,7 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
     let mut purge = CtPurge::default();
     let mut mirrored = Vec::new();
     let mut writes: Vec<MapWrites> = Vec::new();
+    let mut resolved_policy = None;
 
     // The prefilter: the same path as `sluice prefilter add|del`.
     let state = load::prefilter_live_state(maps)?;
@@ -392,6 +400,7 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
     if !cfg.endpoints.is_empty() {
         let resolved = crate::policy::resolve(cfg).map_err(|e| LoadError::Plan(e.to_string()))?;
         let pp: PolicyPlan = policy_plan(cfg, &resolved);
+        resolved_policy = Some(resolved);
         let ipc = IpcacheV4::build(&pp.ipcache_v4);
         // Only the maps diffed here (the policy table has its own path, `pol_table_writes`).
         let (v6_want, policy_want, cfg_want) =
@@ -508,5 +517,6 @@ pub fn map_writes(cfg: &NodeConfig, maps: &BTreeMap<&'static str, Map>) -> Resul
         writes: writes.into_iter().filter(|w| !w.is_empty()).collect(),
         purge,
         mirrors: mirrored,
+        resolved: resolved_policy,
     })
 }
